@@ -1,0 +1,124 @@
+-- BuildNet's one SQLite schema (plan §12.1, extended). Applied at start by
+-- buildnet_actors::store::open, which records the version in PRAGMA user_version.
+-- Times are milliseconds since the Unix epoch.
+
+-- Every node this node knows: itself first, later its peers (the roster).
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    -- Not UNIQUE as in the plan: a node restarted on port 0 has a new address, and two
+    -- records may briefly share one while a peer moves.
+    address TEXT NOT NULL,
+    public_key BLOB NOT NULL,
+    role TEXT NOT NULL DEFAULT 'worker',
+    status TEXT NOT NULL DEFAULT 'offline',
+    capabilities TEXT NOT NULL,            -- JSON
+    last_seen_at INTEGER NOT NULL,
+    joined_at INTEGER NOT NULL
+);
+
+-- One row per resource (the plan had one per type; a node has many volumes and tools).
+CREATE TABLE IF NOT EXISTS node_resources (
+    id TEXT PRIMARY KEY,                   -- node_id/resource_key
+    node_id TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+    resource_type TEXT NOT NULL,           -- cpu, memory, storage, tool, runtime, network
+    resource_key TEXT NOT NULL,            -- cpu, memory, storage:/path, tool:gcc, …
+    resource_data TEXT NOT NULL,           -- JSON
+    benchmark_data TEXT,                   -- JSON
+    last_updated_at INTEGER NOT NULL,
+    UNIQUE(node_id, resource_key)
+);
+
+CREATE TABLE IF NOT EXISTS configurations (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT,
+    config_data TEXT NOT NULL,             -- JSON
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    is_template BOOLEAN NOT NULL DEFAULT FALSE,
+    template_category TEXT,
+    UNIQUE(name)
+);
+
+CREATE TABLE IF NOT EXISTS builds (
+    id TEXT PRIMARY KEY,
+    config_id TEXT REFERENCES configurations(id),
+    status TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    completed_at INTEGER,
+    duration_ms INTEGER,
+    error TEXT,
+    metrics TEXT,                          -- JSON
+    artifacts TEXT,                        -- JSON array of artifact digests
+    triggered_by TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS build_packages (
+    id TEXT PRIMARY KEY,
+    build_id TEXT NOT NULL REFERENCES builds(id) ON DELETE CASCADE,
+    package_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at INTEGER,
+    completed_at INTEGER,
+    duration_ms INTEGER,
+    assigned_node TEXT REFERENCES nodes(id),
+    output TEXT,
+    error TEXT
+);
+
+CREATE TABLE IF NOT EXISTS allocations (
+    id TEXT PRIMARY KEY,
+    build_id TEXT REFERENCES builds(id) ON DELETE SET NULL,
+    resource_type TEXT NOT NULL,
+    node_id TEXT NOT NULL REFERENCES nodes(id),
+    amount TEXT NOT NULL,                  -- JSON (cores, bytes, …)
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    released_at INTEGER
+);
+
+-- The ledger: one hash chain per origin node (DESIGN.md "Ledger"). An entry is stored only
+-- after its prev_hash and signature check; (origin, seq) is its identity.
+CREATE TABLE IF NOT EXISTS ledger (
+    origin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hlc_wall INTEGER NOT NULL,
+    hlc_logical INTEGER NOT NULL,
+    entry_type TEXT NOT NULL,
+    entry_data TEXT NOT NULL,              -- JSON
+    hash TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (origin, seq)
+);
+
+CREATE TABLE IF NOT EXISTS benchmarks (
+    id TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+    benchmark_type TEXT NOT NULL,
+    results TEXT NOT NULL,                 -- JSON
+    run_at INTEGER NOT NULL
+);
+
+-- API keys, stored only as BLAKE3 hashes of the secret.
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    last_used_at INTEGER,
+    revoked_at INTEGER
+);
+
+CREATE INDEX IF NOT EXISTS idx_nodes_status ON nodes(status);
+CREATE INDEX IF NOT EXISTS idx_builds_status ON builds(status);
+CREATE INDEX IF NOT EXISTS idx_builds_started ON builds(started_at DESC);
+CREATE INDEX IF NOT EXISTS idx_ledger_time ON ledger(hlc_wall DESC, hlc_logical DESC, origin);
+CREATE INDEX IF NOT EXISTS idx_ledger_type ON ledger(entry_type);
+CREATE INDEX IF NOT EXISTS idx_allocations_build ON allocations(build_id);
+CREATE INDEX IF NOT EXISTS idx_allocations_expires ON allocations(expires_at);

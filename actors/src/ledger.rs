@@ -420,6 +420,19 @@ pub fn verify_all(conn: &Connection, own: (String, [u8; 32])) -> Result<VerifyRe
     Ok(report)
 }
 
+/// Closes the ledger's connection; used on shutdown.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+impl Handler<Close> for LedgerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, _: &mut Self::Context) {
+        store::close(self.conn.take());
+    }
+}
+
 /// Typed front of the ledger actor.
 #[derive(Clone)]
 pub struct LedgerHandle {
@@ -466,6 +479,11 @@ impl LedgerHandle {
             .send(Verify)
             .await
             .map_err(|_| StoreError::Unavailable)?
+    }
+
+    /// Closes the ledger's connection; used on shutdown.
+    pub async fn close(&self) {
+        let _ = self.addr.send(Close).await;
     }
 }
 

@@ -131,9 +131,8 @@ impl Actor for NodeActor {
     }
 
     fn stopping(&mut self, _: &mut Context<Self>) -> Running {
-        for child in self.children.values() {
-            child.do_send(resource::Fail);
-        }
+        // Dropping the last address ends a supervised actor for good (a stop would restart it).
+        self.children.clear();
         Running::Stop
     }
 }
@@ -492,6 +491,38 @@ pub struct Node {
     pub store: StoreHandle,
     pub data_dir: PathBuf,
     pub address: String,
+}
+
+impl Node {
+    /// Stops the node on purpose: records the stop, stops the actors, closes the database.
+    pub async fn shutdown(&self, reason: &str) {
+        if let Err(e) = self
+            .ledger
+            .append(
+                LedgerEntryType::NodeStopped,
+                serde_json::json!({ "node_id": self.identity.node_id, "reason": reason }),
+            )
+            .await
+        {
+            log::warn!("recording the stop: {e}");
+        }
+        let _ = self.node.addr.send(Stop).await;
+        self.ledger.close().await;
+        self.store.close().await;
+    }
+}
+
+/// Stops the node actor and with it every resource actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for NodeActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
 }
 
 /// What `start` did that the user must be told.

@@ -106,6 +106,28 @@ impl<R: Send + 'static> Handler<Exec<R>> for StoreActor {
     }
 }
 
+/// Closes the connection (checkpointing the WAL); later jobs answer `Unavailable`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+impl Handler<Close> for StoreActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, _: &mut Self::Context) {
+        close(self.conn.take());
+    }
+}
+
+/// Closes a connection, logging rather than panicking if SQLite refuses.
+pub fn close(conn: Option<Connection>) {
+    if let Some(conn) = conn {
+        if let Err((_, e)) = conn.close() {
+            log::warn!("closing the database: {e}");
+        }
+    }
+}
+
 /// Typed front of the store actor.
 #[derive(Clone)]
 pub struct StoreHandle {
@@ -133,6 +155,11 @@ impl StoreHandle {
             .send(Exec { job: Box::new(job) })
             .await
             .map_err(|_| StoreError::Unavailable)?
+    }
+
+    /// Closes the database; used on shutdown.
+    pub async fn close(&self) {
+        let _ = self.addr.send(Close).await;
     }
 }
 

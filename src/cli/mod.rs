@@ -1,0 +1,241 @@
+//! The command line: `buildnet up` runs a node; every other command is a thin client of a
+//! node's HTTP API (plan §7.1). Global flags work before or after the subcommand, and without
+//! them the local node's address and admin key are read from the data dir.
+
+pub mod client;
+pub mod key;
+pub mod ledger;
+pub mod node;
+pub mod output;
+pub mod pool;
+pub mod up;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use buildnet_actors::node::{ADDRESS_FILE, ADMIN_KEY_FILE};
+use client::Client;
+use output::Format;
+
+#[derive(Parser)]
+#[command(
+    name = "buildnet",
+    version,
+    about = "Pool the machines you already have into one build farm",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct GlobalArgs {
+    /// URL of the node to talk to [default: the one in the data dir's `address` file]
+    #[arg(long, global = true, env = "BUILDNET_ADDRESS")]
+    pub address: Option<String>,
+    /// API key [default: the data dir's `admin.key`]
+    #[arg(long, global = true, env = "BUILDNET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Data dir [default: ~/.buildnet]
+    #[arg(long, global = true, env = "BUILDNET_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Output format
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a node (the daemon) in the foreground
+    Up(up::UpArgs),
+    /// This node: status, rescan
+    Node {
+        #[command(subcommand)]
+        action: node::NodeCommand,
+    },
+    /// The pool: status, resources, nodes, health
+    Pool {
+        #[command(subcommand)]
+        action: pool::PoolCommand,
+    },
+    /// The activity ledger; `ledger verify` checks every chain
+    Ledger(ledger::LedgerArgs),
+    /// API keys: create, list, revoke
+    Key {
+        #[command(subcommand)]
+        action: key::KeyCommand,
+    },
+}
+
+/// A failed command: one line for the user, and an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("no BuildNet node answers at {url} — start one with `buildnet up`")]
+    NoNode { url: String },
+    #[error("no BuildNet node address in {0} — start one with `buildnet up`, or pass --address")]
+    NoAddress(PathBuf),
+    #[error(
+        "no API key — pass --token or set BUILDNET_TOKEN (a local node's admin key is in {0})"
+    )]
+    NoToken(PathBuf),
+    #[error("{message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CliError {
+    /// 2 for "could not reach or use a node at all", 1 for a command that ran and failed.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::NoNode { .. }
+            | CliError::NoAddress(_)
+            | CliError::NoToken(_)
+            | CliError::Usage(_) => 2,
+            CliError::Api { status: 401, .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// `--data-dir`, else `$BUILDNET_DATA_DIR` (folded into the flag by clap), else `~/.buildnet`.
+pub fn data_dir(global: &GlobalArgs) -> Result<PathBuf, CliError> {
+    if let Some(d) = &global.data_dir {
+        return Ok(d.clone());
+    }
+    std::env::var_os("HOME")
+        .map(|home| Path::new(&home).join(".buildnet"))
+        .ok_or_else(|| CliError::Usage("HOME is not set; pass --data-dir".into()))
+}
+
+/// Everything a client command needs.
+pub struct Ctx {
+    pub client: Client,
+    pub format: Format,
+}
+
+impl Ctx {
+    /// Finds the node and key: flags and environment first, then the data dir.
+    pub fn connect(global: &GlobalArgs) -> Result<Ctx, CliError> {
+        let dir = data_dir(global)?;
+        let address = match &global.address {
+            Some(a) => a.clone(),
+            None => std::fs::read_to_string(dir.join(ADDRESS_FILE))
+                .map(|s| s.trim().to_string())
+                .map_err(|_| CliError::NoAddress(dir.join(ADDRESS_FILE)))?,
+        };
+        if !(address.starts_with("http://") || address.starts_with("https://")) {
+            return Err(CliError::Usage(format!(
+                "--address must be a URL like http://host:port, got '{address}'"
+            )));
+        }
+        let token = match &global.token {
+            Some(t) => Some(t.clone()),
+            None => std::fs::read_to_string(dir.join(ADMIN_KEY_FILE))
+                .ok()
+                .map(|s| s.trim().to_string()),
+        };
+        let token = token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| CliError::NoToken(dir.join(ADMIN_KEY_FILE)))?;
+        Ok(Ctx {
+            client: Client::new(address, Some(token)),
+            format: global.format,
+        })
+    }
+
+    /// Prints a document when a machine format was asked for; true if it did.
+    pub fn printed_as_document<T: serde::Serialize>(&self, value: &T) -> bool {
+        if self.format == Format::Table {
+            return false;
+        }
+        output::print_document(
+            self.format,
+            &serde_json::to_value(value).unwrap_or_default(),
+        );
+        true
+    }
+}
+
+/// Parses durations like `90s`, `30m`, `24h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration like 30m, 24h or 7d, got '{text}'"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" | "" => n * 3600,
+        "d" => n * 86_400,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}' in '{text}': use s, m, h or d"
+            ))
+        }
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Up(args) => up::run(&cli.global, args),
+        other => {
+            let ctx = Ctx::connect(&cli.global)?;
+            actix_rt::System::new().block_on(async move {
+                match other {
+                    Command::Node { action } => node::run(&ctx, action).await,
+                    Command::Pool { action } => pool::run(&ctx, action).await,
+                    Command::Ledger(args) => ledger::run(&ctx, args).await,
+                    Command::Key { action } => key::run(&ctx, action).await,
+                    Command::Up(_) => Ok(()),
+                }
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_work_before_and_after_the_subcommand() {
+        let before = Cli::try_parse_from(["buildnet", "--format", "json", "node", "status"])
+            .expect("parses");
+        let after = Cli::try_parse_from(["buildnet", "node", "status", "--format", "json"])
+            .expect("parses");
+        assert_eq!(before.global.format, Format::Json);
+        assert_eq!(after.global.format, Format::Json);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90s").map(|d| d.as_secs()), Ok(90));
+        assert_eq!(parse_duration("24h").map(|d| d.as_secs()), Ok(86_400));
+        assert_eq!(parse_duration("7d").map(|d| d.as_secs()), Ok(604_800));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5w").is_err());
+    }
+}

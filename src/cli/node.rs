@@ -1,0 +1,137 @@
+//! `buildnet node status|scan`.
+
+use clap::Subcommand;
+
+use buildnet_actors::node::{NodeStatus, ScanOutcome};
+use buildnet_actors::wire::ToolInfo;
+
+use super::output::{bytes, print_facts, spinner, time, Table};
+use super::{CliError, Ctx};
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Show this node: identity, CPU, memory, storage, tools, runtimes
+    Status,
+    /// Rescan this node's resources (live leases are kept)
+    Scan,
+}
+
+pub async fn run(ctx: &Ctx, cmd: NodeCommand) -> Result<(), CliError> {
+    match cmd {
+        NodeCommand::Status => {
+            let s: NodeStatus = ctx.client.get("/api/node").await?;
+            if !ctx.printed_as_document(&s) {
+                print_status(&s);
+            }
+        }
+        NodeCommand::Scan => {
+            let bar = spinner("scanning resources…");
+            let outcome: Result<ScanOutcome, _> = ctx.client.post("/api/node/scan", None).await;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            let outcome = outcome?;
+            if !ctx.printed_as_document(&outcome) {
+                let r = &outcome.resources;
+                println!(
+                    "Scanned in {} ms: {} cores offered, {} memory offered, {} volumes, {} tools, {} runtimes; {}.",
+                    r.scan_duration_ms,
+                    r.cpu.offered,
+                    bytes(r.memory.offered_bytes),
+                    r.storage.len(),
+                    r.tools.iter().filter(|t| t.error.is_none()).count(),
+                    r.runtimes.iter().filter(|t| t.error.is_none()).count(),
+                    if outcome.changed { "resources changed (recorded in the ledger)" } else { "nothing changed" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tools_table(list: &[ToolInfo]) {
+    let mut t = Table::new(&["name", "version", "path", "capabilities"]);
+    for tool in list {
+        let caps = match &tool.error {
+            Some(e) => format!("NOT USABLE: {e}"),
+            None if tool.capabilities.len() > 6 => format!(
+                "{} … ({} in all)",
+                tool.capabilities[..6].join(", "),
+                tool.capabilities.len()
+            ),
+            None => tool.capabilities.join(", "),
+        };
+        t.row(vec![
+            tool.name.clone(),
+            tool.version.clone().unwrap_or_else(|| "?".into()),
+            tool.path.clone(),
+            caps,
+        ]);
+    }
+    t.print();
+}
+
+fn print_status(s: &NodeStatus) {
+    let r = &s.resources;
+    print_facts(&[
+        ("Node", format!("{} ({})", s.name, s.node_id)),
+        ("Address", s.address.clone()),
+        ("Status", format!("{}, role {}", s.status, s.role)),
+        ("Version", s.version.clone()),
+        ("Up since", time(s.started_at_ms)),
+        (
+            "CPU",
+            format!(
+                "{} — {} logical cores ({} physical), {} offered, {} MHz, {}",
+                r.cpu.model,
+                r.cpu.count,
+                r.cpu.physical_count.map_or("?".into(), |n| n.to_string()),
+                r.cpu.offered,
+                r.cpu.frequency_mhz,
+                r.cpu.architecture
+            ),
+        ),
+        ("Features", r.cpu.features.join(" ")),
+        (
+            "Memory",
+            format!(
+                "{} total, {} available, {} offered",
+                bytes(r.memory.total_bytes),
+                bytes(r.memory.available_bytes),
+                bytes(r.memory.offered_bytes)
+            ),
+        ),
+    ]);
+    println!("\nStorage");
+    let mut t = Table::new(&[
+        "path",
+        "purpose",
+        "mount",
+        "type",
+        "total",
+        "available",
+        "offered",
+    ]);
+    for v in &r.storage {
+        t.row(vec![
+            v.path.clone(),
+            v.purpose.clone(),
+            v.mount_point.clone(),
+            v.storage_type.clone(),
+            bytes(v.total_bytes),
+            bytes(v.available_bytes),
+            bytes(v.offered_bytes),
+        ]);
+    }
+    t.print();
+    println!("\nTools");
+    tools_table(&r.tools);
+    println!("\nRuntimes");
+    tools_table(&r.runtimes);
+    println!("\nNetwork");
+    let mut t = Table::new(&["interface", "addresses"]);
+    for n in &r.network {
+        t.row(vec![n.name.clone(), n.addresses.join(", ")]);
+    }
+    t.print();
+}

@@ -1,0 +1,177 @@
+//! `/api/ledger`: the merged timeline with plan §10.2's filters, and chain verification.
+
+use actix_web::{web, HttpResponse};
+use buildnet_actors::ledger::{LedgerFilter, VerifyReport, MAX_PAGE};
+use buildnet_actors::wire::{Action, LedgerEntry, LedgerEntryType, NodeId};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::web::auth::Caller;
+use crate::web::error::{ApiError, ErrorBody};
+use crate::web::AppState;
+
+/// Entries returned when no limit is given.
+pub const DEFAULT_LIMIT: usize = 50;
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+pub struct LedgerQuery {
+    /// Comma-separated entry types, e.g. `KeyCreated,KeyRevoked`.
+    pub types: Option<String>,
+    /// Only entries from this node.
+    pub origin: Option<String>,
+    /// From this time: RFC 3339 or milliseconds since the epoch.
+    pub from: Option<String>,
+    /// Up to this time: RFC 3339 or milliseconds since the epoch.
+    pub to: Option<String>,
+    /// At most this many entries (1–1000, default 50).
+    pub limit: Option<String>,
+    /// Skip this many (for "load more").
+    pub offset: Option<String>,
+}
+
+fn time(field: &str, text: &str) -> Result<u64, ApiError> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis().max(0) as u64)
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("{field}: expected RFC 3339 time or milliseconds, got '{text}'"),
+            )
+        })
+}
+
+fn number(field: &str, text: &str, max: usize) -> Result<usize, ApiError> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| *n <= max)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("{field}: expected an integer from 0 to {max}, got '{text}'"),
+            )
+        })
+}
+
+impl LedgerQuery {
+    /// Turns query text into a checked filter; errors name the parameter.
+    pub fn filter(&self) -> Result<LedgerFilter, ApiError> {
+        let nonempty = |o: &Option<String>| {
+            o.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let mut filter = LedgerFilter {
+            limit: DEFAULT_LIMIT,
+            ..Default::default()
+        };
+        if let Some(types) = nonempty(&self.types) {
+            for t in types.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                filter.types.push(
+                    t.parse::<LedgerEntryType>().map_err(|e| {
+                        ApiError::bad_request("invalid_query", format!("types: {e}"))
+                    })?,
+                );
+            }
+        }
+        if let Some(origin) = nonempty(&self.origin) {
+            filter.origin = Some(
+                NodeId::parse(&origin)
+                    .map_err(|e| ApiError::bad_request("invalid_query", format!("origin: {e}")))?,
+            );
+        }
+        if let Some(from) = nonempty(&self.from) {
+            filter.from_ms = Some(time("from", &from)?);
+        }
+        if let Some(to) = nonempty(&self.to) {
+            filter.to_ms = Some(time("to", &to)?);
+        }
+        if let Some(limit) = nonempty(&self.limit) {
+            filter.limit = number("limit", &limit, MAX_PAGE)?.max(1);
+        }
+        if let Some(offset) = nonempty(&self.offset) {
+            filter.offset = number("offset", &offset, usize::MAX / 2)?;
+        }
+        Ok(filter)
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct LedgerResponse {
+    pub entries: Vec<LedgerEntry>,
+}
+
+/// Ledger entries, newest first.
+#[utoipa::path(get, path = "/api/ledger", tag = "ledger", params(LedgerQuery),
+    responses((status = 200, body = LedgerResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_ledger(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<LedgerQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::View, "read the ledger")?;
+    let entries = state.node.ledger.query(query.filter()?).await?;
+    Ok(HttpResponse::Ok().json(LedgerResponse { entries }))
+}
+
+/// Checks every chain: links, hashes, signatures. `ok` is false and `first_bad` names the
+/// entry when any row was altered.
+#[utoipa::path(get, path = "/api/ledger/verify", tag = "ledger",
+    responses((status = 200, body = VerifyReport), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn verify(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::View, "verify the ledger")?;
+    Ok(HttpResponse::Ok().json(state.node.ledger.verify().await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_parsed_and_errors_name_the_parameter() {
+        let q = LedgerQuery {
+            types: Some("KeyCreated, NodeJoined".into()),
+            limit: Some("10".into()),
+            from: Some("2026-01-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        let f = q.filter().expect("valid");
+        assert_eq!(
+            f.types,
+            vec![LedgerEntryType::KeyCreated, LedgerEntryType::NodeJoined]
+        );
+        assert_eq!(f.limit, 10);
+        assert_eq!(f.from_ms, Some(1_767_225_600_000));
+        let bad = |q: LedgerQuery| q.filter().expect_err("invalid").message;
+        assert!(bad(LedgerQuery {
+            types: Some("Nope".into()),
+            ..Default::default()
+        })
+        .starts_with("types:"));
+        assert!(bad(LedgerQuery {
+            limit: Some("x".into()),
+            ..Default::default()
+        })
+        .starts_with("limit:"));
+        assert!(bad(LedgerQuery {
+            limit: Some("5000".into()),
+            ..Default::default()
+        })
+        .starts_with("limit:"));
+        assert!(bad(LedgerQuery {
+            origin: Some("zz".into()),
+            ..Default::default()
+        })
+        .starts_with("origin:"));
+        assert!(bad(LedgerQuery {
+            to: Some("yesterday".into()),
+            ..Default::default()
+        })
+        .starts_with("to:"));
+    }
+}

@@ -1,0 +1,89 @@
+//! The JSON API under `/api` (plan §13.1). Each handler checks the caller's role, asks an actor
+//! handle, and answers JSON; the OpenAPI document is generated from these handlers' types.
+
+pub mod keys;
+pub mod ledger;
+pub mod node;
+pub mod pool;
+
+use actix_web::{web, HttpResponse};
+use buildnet_actors::wire::NodeId;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::AppState;
+
+/// Registers every API route under `/api`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health))
+        .route("/openapi.json", web::get().to(openapi))
+        .route("/node", web::get().to(node::get_node))
+        .route("/node/scan", web::post().to(node::scan))
+        .route("/pool", web::get().to(pool::get_pool))
+        .route("/pool/nodes", web::get().to(pool::get_nodes))
+        .route("/pool/resources", web::get().to(pool::get_resources))
+        .route("/ledger", web::get().to(ledger::get_ledger))
+        .route("/ledger/verify", web::get().to(ledger::verify))
+        .route("/keys", web::get().to(keys::list))
+        .route("/keys", web::post().to(keys::create))
+        .route("/keys/{id}", web::delete().to(keys::revoke));
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` when the node answers.
+    pub status: String,
+    pub node_id: NodeId,
+    pub version: String,
+}
+
+/// Liveness; the only endpoint that needs no key.
+#[utoipa::path(get, path = "/api/health", tag = "node", responses((status = 200, body = Health)))]
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(Health {
+        status: "ok".into(),
+        node_id: state.node.identity.node_id.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "node", responses((status = 200, description = "OpenAPI 3.1 document")), security(("bearer" = [])))]
+pub async fn openapi(_caller: Caller) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(ApiDoc::openapi()))
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key from `buildnet key create`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "BuildNet API", description = "Pool the machines you already have into one build farm."),
+    paths(
+        health, openapi,
+        node::get_node, node::scan,
+        pool::get_pool, pool::get_nodes, pool::get_resources,
+        ledger::get_ledger, ledger::verify,
+        keys::list, keys::create, keys::revoke,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "node"), (name = "pool"), (name = "ledger"), (name = "keys"))
+)]
+pub struct ApiDoc;

@@ -1,0 +1,77 @@
+//! `Json<T>`: the API's request-body extractor. Parses through `serde_path_to_error` so a bad
+//! body is refused with the path of the field at fault (`role: unknown variant …`), and answers
+//! in the API's error shape. Size limits come from `web::PayloadConfig`.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::web::Bytes;
+use actix_web::{FromRequest, HttpRequest};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// Largest request body the API accepts.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let is_json = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        let bytes = Bytes::from_request(req, payload);
+        Box::pin(async move {
+            let body = bytes.await.map_err(|e| {
+                if e.as_response_error().status_code()
+                    == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE
+                {
+                    ApiError::new(
+                        actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                    )
+                } else {
+                    ApiError::bad_request(
+                        "invalid_body",
+                        format!("request body could not be read: {e}"),
+                    )
+                }
+            })?;
+            if !is_json {
+                return Err(ApiError::new(
+                    actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send the body as JSON with 'Content-Type: application/json'",
+                ));
+            }
+            parse(&body).map(Json)
+        })
+    }
+}
+
+/// Parses JSON, naming the field at fault.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let mut msg = inner.to_string();
+        if let Some(pos) = msg.find(" at line ") {
+            msg.truncate(pos);
+        }
+        let message = if path == "." {
+            format!("body: {msg}")
+        } else {
+            format!("{path}: {msg}")
+        };
+        ApiError::bad_request("invalid_body", message)
+    })
+}

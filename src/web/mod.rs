@@ -1,0 +1,99 @@
+//! The HTTP face of a node: the JSON API under `/api`, the admin pages, static files. Built
+//! around an already bound `TcpListener` so tests and `buildnet up` share one path.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod json;
+pub mod pages;
+
+use actix_web::dev::{Server, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Logger};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use buildnet_actors::node::Node;
+
+use error::ApiError;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub node: Node,
+    pub sessions: auth::Sessions,
+}
+
+/// Builds the server on a bound listener; the caller awaits it. actix-web stops it on SIGINT
+/// and SIGTERM, finishing requests in flight for up to five seconds.
+pub fn server(node: Node, listener: std::net::TcpListener) -> std::io::Result<Server> {
+    let state = web::Data::new(AppState {
+        node,
+        sessions: auth::Sessions::default(),
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(json::MAX_BODY_BYTES))
+            .app_data(web::FormConfig::default().limit(64 * 1024))
+            .app_data(
+                web::QueryConfig::default().error_handler(|e, _| {
+                    ApiError::bad_request("invalid_query", e.to_string()).into()
+                }),
+            )
+            .app_data(
+                web::PathConfig::default().error_handler(|e, _| {
+                    ApiError::bad_request("invalid_path", e.to_string()).into()
+                }),
+            )
+            .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/api/health"))
+            .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, method_not_allowed))
+            .service(
+                web::scope("/api")
+                    .configure(api::routes)
+                    .default_service(web::to(api_not_found)),
+            )
+            .configure(pages::routes)
+            .default_service(web::to(page_not_found))
+    })
+    .workers(2)
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+async fn api_not_found(req: HttpRequest) -> HttpResponse {
+    let err = ApiError::not_found(format!(
+        "no API route {} {}; see /api/openapi.json",
+        req.method(),
+        req.path()
+    ));
+    actix_web::ResponseError::error_response(&err)
+}
+
+async fn page_not_found(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    pages::not_found(auth::authenticate(&req, &state).as_ref(), req.path())
+}
+
+fn method_not_allowed<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let (req, _) = res.into_parts();
+    let err = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    );
+    let res = ServiceResponse::new(req, actix_web::ResponseError::error_response(&err))
+        .map_into_right_body();
+    Ok(ErrorHandlerResponse::Response(res))
+}
+
+/// A page saying what went wrong.
+pub fn error_page(caller: Option<&auth::Caller>, message: &str) -> HttpResponse {
+    pages::html_response(
+        StatusCode::BAD_REQUEST,
+        pages::layout(
+            "Error",
+            caller,
+            "",
+            maud::html! { h1 { "Something went wrong" } p.error { (message) } p { a href="/" { "Back to the dashboard" } } },
+        ),
+    )
+}

@@ -1,0 +1,195 @@
+//! Server-rendered admin pages. Every page reads without JavaScript; `static/app.js` only
+//! enhances (local times). Charts are SVG drawn here. Pages need a session: without one they
+//! redirect to `/login`.
+
+pub mod dashboard;
+pub mod keys;
+pub mod ledger;
+pub mod login;
+pub mod node;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use maud::{html, Markup, DOCTYPE};
+
+use super::auth::{self, Caller};
+use super::AppState;
+
+/// Registers the pages and static files.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(dashboard::page))
+        .route("/node", web::get().to(node::page))
+        .route("/node/scan", web::post().to(node::scan))
+        .route("/ledger", web::get().to(ledger::page))
+        .route("/keys", web::get().to(keys::page))
+        .route("/keys", web::post().to(keys::create))
+        .route("/keys/{id}/revoke", web::post().to(keys::revoke))
+        .route("/login", web::get().to(login::page))
+        .route("/login", web::post().to(login::submit))
+        .route("/logout", web::post().to(login::logout))
+        .route("/static/{file}", web::get().to(static_file));
+}
+
+/// The caller of a page, or a redirect to the login page.
+pub fn caller(req: &HttpRequest, state: &AppState) -> Result<Caller, HttpResponse> {
+    auth::authenticate(req, state).ok_or_else(|| {
+        HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/login"))
+            .finish()
+    })
+}
+
+/// Answers a page.
+pub fn html_response(status: actix_web::http::StatusCode, markup: Markup) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'",
+        ))
+        .insert_header(("X-Frame-Options", "DENY"))
+        .body(markup.into_string())
+}
+
+/// The frame around every page: navigation, who is logged in, a logout form.
+pub fn layout(title: &str, caller: Option<&Caller>, active: &str, body: Markup) -> Markup {
+    let nav = [
+        ("/", "Dashboard"),
+        ("/node", "Node"),
+        ("/ledger", "Ledger"),
+        ("/keys", "Keys"),
+    ];
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · BuildNet" }
+                link rel="stylesheet" href="/static/style.css";
+                script src="/static/app.js" defer {}
+            }
+            body {
+                header.top {
+                    a.brand href="/" { "BuildNet" }
+                    @if let Some(c) = caller {
+                        nav {
+                            @for (href, label) in nav {
+                                a href=(href) class=[(active == href).then_some("active")] { (label) }
+                            }
+                        }
+                        form.logout method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(c.csrf.clone().unwrap_or_default());
+                            span.who { (c.key_name) " · " (c.role) }
+                            button type="submit" { "Log out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// A horizontal bar as SVG: `used` of `total`, with a label.
+pub fn bar(label: &str, used: f64, total: f64, text: &str) -> Markup {
+    let fraction = if total > 0.0 {
+        (used / total).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let width = (fraction * 300.0).round();
+    html! {
+        div.bar {
+            span.bar-label { (label) }
+            svg width="300" height="14" viewBox="0 0 300 14" role="img" aria-label=(format!("{label}: {text}")) {
+                rect x="0" y="0" width="300" height="14" rx="3" class="bar-bg" {}
+                rect x="0" y="0" width=(width) height="14" rx="3" class="bar-fill" {}
+            }
+            span.bar-text { (text) }
+        }
+    }
+}
+
+/// Bytes in binary units.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A time as UTC text inside `<time>`, which app.js shows in the reader's zone.
+pub fn time(ms: u64) -> Markup {
+    let text = chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| ms.to_string());
+    html! { time datetime=(ms) { (text) } }
+}
+
+const STYLE_CSS: &str = include_str!("../../../static/style.css");
+const APP_JS: &str = include_str!("../../../static/app.js");
+
+/// Static files, embedded at compile time. Public: they hold no data, and the login page
+/// needs them before anyone is logged in.
+async fn static_file(file: web::Path<String>) -> HttpResponse {
+    let (body, kind) = match file.as_str() {
+        "style.css" => (STYLE_CSS, "text/css; charset=utf-8"),
+        "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        _ => {
+            return HttpResponse::NotFound()
+                .content_type("text/plain")
+                .body("no such file")
+        }
+    };
+    HttpResponse::Ok()
+        .content_type(kind)
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+        .body(body)
+}
+
+/// The HTML 404 for paths outside `/api`.
+pub fn not_found(caller: Option<&Caller>, path: &str) -> HttpResponse {
+    html_response(
+        actix_web::http::StatusCode::NOT_FOUND,
+        layout(
+            "Not found",
+            caller,
+            "",
+            html! { h1 { "Not found" } p { "Nothing lives at " code { (path) } ". " a href="/" { "Back to the dashboard" } } },
+        ),
+    )
+}
+
+/// An empty-state line for tables with no rows.
+pub fn empty(text: &str) -> Markup {
+    html! { p.empty { (text) } }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn bars_clamp() {
+        let svg = bar("CPU", 5.0, 4.0, "5/4").into_string();
+        assert!(svg.contains("width=\"300\" height=\"14\" rx=\"3\" class=\"bar-fill\""));
+        let zero = bar("CPU", 1.0, 0.0, "n/a").into_string();
+        assert!(zero.contains("width=\"0\""));
+    }
+}

@@ -1,0 +1,144 @@
+//! The node page: every resource with its numbers, tools and runtimes with versions and
+//! capabilities, and the leases each resource has granted.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use buildnet_actors::resource::ResourceInfo;
+use buildnet_actors::wire::{Action, ToolInfo};
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::{bytes, caller, html_response, layout, time};
+use crate::web::auth;
+use crate::web::AppState;
+
+fn tools_table(list: &[ToolInfo]) -> Markup {
+    html! {
+        @if list.is_empty() { (super::empty("None found.")) } @else {
+            table {
+                thead { tr { th { "Name" } th { "Version" } th { "Path" } th { "Capabilities" } } }
+                tbody {
+                    @for t in list {
+                        tr class=[t.error.as_ref().map(|_| "broken")] {
+                            td { (t.name) }
+                            td { @if let Some(v) = &t.version { (v) br; } span.small { (t.version_output.clone().unwrap_or_default()) } }
+                            td { code { (t.path) } }
+                            td {
+                                @if let Some(e) = &t.error { span.error { "not usable: " (e) } }
+                                @else if t.capabilities.len() > 24 {
+                                    details { summary { (t.capabilities.len()) " capabilities" } (t.capabilities.join(", ")) }
+                                } @else { (t.capabilities.join(", ")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let who = match caller(&req, &state) {
+        Ok(c) => c,
+        Err(redirect) => return redirect,
+    };
+    let s = match state.node.node.status().await {
+        Ok(s) => s,
+        Err(e) => return super::super::error_page(Some(&who), &e.to_string()),
+    };
+    let r = &s.resources;
+    let body = html! {
+        h1 { (s.name) " " span.small { code { (s.node_id) } } }
+        p { "Serving " code { (s.address) } " · version " (s.version) " · " span class=(format!("status {}", s.status)) { (s.status) }
+            " · role " (s.role) " · up since " (time(s.started_at_ms)) }
+        @if who.role.allows(Action::ModifyResources) {
+            form.inline method="post" action="/node/scan" {
+                input type="hidden" name="csrf" value=(who.csrf.clone().unwrap_or_default());
+                button type="submit" { "Rescan resources" }
+                span.small { " Last scan " (time(r.scanned_at_ms)) ", took " (r.scan_duration_ms) " ms." }
+            }
+        }
+        h2 { "CPU" }
+        dl.facts {
+            dt { "Model" } dd #cpu-model { (r.cpu.model) }
+            dt { "Logical cores" } dd #cpu-count { (r.cpu.count) }
+            dt { "Physical cores" } dd { (r.cpu.physical_count.map_or("unknown".to_string(), |n| n.to_string())) }
+            dt { "Offered" } dd #cpu-offered { (r.cpu.offered) }
+            dt { "Architecture" } dd { (r.cpu.architecture) }
+            dt { "Frequency" } dd { (r.cpu.frequency_mhz) " MHz" }
+            dt { "Features" } dd { (r.cpu.features.join(" ")) }
+        }
+        h2 { "Memory" }
+        dl.facts {
+            dt { "Total" } dd #memory-total data-value=(r.memory.total_bytes) { (bytes(r.memory.total_bytes)) }
+            dt { "Available" } dd { (bytes(r.memory.available_bytes)) }
+            dt { "Offered" } dd { (bytes(r.memory.offered_bytes)) }
+        }
+        h2 { "Storage" }
+        table {
+            thead { tr { th { "Path" } th { "Purpose" } th { "Mount" } th { "Type" } th { "Total" } th { "Available" } th { "Offered" } } }
+            tbody {
+                @for v in &r.storage {
+                    tr { td { code { (v.path) } } td { (v.purpose) } td { code { (v.mount_point) } } td { (v.storage_type) }
+                         td { (bytes(v.total_bytes)) } td { (bytes(v.available_bytes)) } td { (bytes(v.offered_bytes)) } }
+                }
+            }
+        }
+        h2 { "Tools" }
+        (tools_table(&r.tools))
+        h2 { "Runtimes" }
+        (tools_table(&r.runtimes))
+        h2 { "Network interfaces" }
+        table {
+            thead { tr { th { "Name" } th { "Addresses" } th { "MAC" } } }
+            tbody { @for n in &r.network { tr { td { (n.name) } td { (n.addresses.join(", ")) } td { code { (n.mac_address) } } } } }
+        }
+        h2 { "Leases" }
+        table {
+            thead { tr { th { "Resource" } th { "Capacity" } th { "Leased" } th { "Available" } th { "Holders" } } }
+            tbody {
+                @for rs in &s.resource_status {
+                    @let fmt = |n: u64| if matches!(rs.resource, ResourceInfo::Memory(_) | ResourceInfo::Storage(_)) { bytes(n) } else { format!("{n} {}", rs.unit) };
+                    tr { td { code { (rs.key) } } td { (fmt(rs.capacity)) } td { (fmt(rs.leased)) } td { (fmt(rs.available)) }
+                         td { (rs.leases.iter().map(|l| l.holder.as_str()).collect::<Vec<_>>().join(", ")) } }
+                }
+            }
+        }
+    };
+    html_response(StatusCode::OK, layout(&s.name, Some(&who), "/node", body))
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+pub async fn scan(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<CsrfForm>,
+) -> HttpResponse {
+    let who = match caller(&req, &state) {
+        Ok(c) => c,
+        Err(redirect) => return redirect,
+    };
+    if !who
+        .csrf
+        .as_deref()
+        .is_some_and(|t| auth::same_token(t, &form.csrf))
+    {
+        return super::super::error_page(
+            Some(&who),
+            "The form expired; reload the page and try again.",
+        );
+    }
+    if let Err(e) = who.require(Action::ModifyResources, "rescan resources") {
+        return super::super::error_page(Some(&who), &e.message);
+    }
+    if let Err(e) = state.node.node.rescan().await {
+        return super::super::error_page(Some(&who), &e.to_string());
+    }
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/node"))
+        .finish()
+}

@@ -1,0 +1,208 @@
+//! Test harness: real `buildnet up` processes on 127.0.0.1 port 0 with temporary data dirs, a
+//! tiny blocking HTTP client, and polling with deadlines instead of sleeps.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_buildnet");
+
+/// Polls `check` until it returns Some or the deadline passes.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A running node; killed when dropped.
+pub struct TestNode {
+    pub child: Child,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub url: String,
+    pub admin_key: String,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// Options for starting a node.
+#[derive(Default)]
+pub struct Start<'a> {
+    pub args: Vec<String>,
+    pub config: Option<&'a str>,
+    pub path_prefix: Option<&'a Path>,
+    /// Reuse this data dir (a restart).
+    pub dir: Option<PathBuf>,
+}
+
+impl TestNode {
+    pub fn start() -> TestNode {
+        TestNode::start_with(Start::default())
+    }
+
+    pub fn start_with(opts: Start<'_>) -> TestNode {
+        let (tmp, dir) = match opts.dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir().expect("tempdir");
+                let d = t.path().join("data");
+                (Some(t), d)
+            }
+        };
+        std::fs::create_dir_all(&dir).expect("data dir");
+        if let Some(c) = opts.config {
+            std::fs::write(dir.join("node-config.json"), c).expect("write config");
+        }
+        let _ = std::fs::remove_file(dir.join("address"));
+        let stdout = dir.with_extension("stdout");
+        let stderr = dir.with_extension("stderr");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["up", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&dir).args(&opts.args);
+        cmd.stdout(std::fs::File::create(&stdout).expect("stdout file")).stderr(std::fs::File::create(&stderr).expect("stderr file"));
+        cmd.env_remove("BUILDNET_ADDRESS").env_remove("BUILDNET_TOKEN").env_remove("BUILDNET_DATA_DIR");
+        if let Some(prefix) = opts.path_prefix {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut dirs = vec![prefix.to_path_buf()];
+            dirs.extend(std::env::split_paths(&path));
+            cmd.env("PATH", std::env::join_paths(dirs).expect("PATH"));
+        }
+        let mut child = cmd.spawn().expect("spawn buildnet up");
+        let url = wait_until("the node to write its address", Duration::from_secs(60), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("buildnet up exited early with {status}: {}", std::fs::read_to_string(&stderr).unwrap_or_default());
+            }
+            std::fs::read_to_string(dir.join("address")).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+        });
+        let admin_key = std::fs::read_to_string(dir.join("admin.key")).expect("admin.key").trim().to_string();
+        TestNode { child, dir, _tmp: tmp, url, admin_key, stdout, stderr }
+    }
+
+    /// Runs the CLI against this node through its data dir.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("BUILDNET_DATA_DIR", &self.dir)
+            .env_remove("BUILDNET_ADDRESS")
+            .env_remove("BUILDNET_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run buildnet")
+    }
+
+    /// Runs the CLI and parses its `--format json` output.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--format", "json"]);
+        let out = self.cli(&all);
+        assert!(out.status.success(), "buildnet {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("CLI printed JSON")
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let (status, body) = http("GET", &format!("{}{path}", self.url), &[("Authorization", &format!("Bearer {}", self.admin_key))], None);
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (status, text) = http(
+            "POST",
+            &format!("{}{path}", self.url),
+            &[("Authorization", &format!("Bearer {}", self.admin_key)), ("Content-Type", "application/json")],
+            Some(body.to_string().as_bytes()),
+        );
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Creates a key with a role and returns its secret.
+    pub fn key(&self, role: &str) -> String {
+        let (status, body) = self.post("/api/keys", &serde_json::json!({ "name": format!("test-{role}"), "role": role }));
+        assert_eq!(status, 201, "{body}");
+        body["key"].as_str().expect("secret").to_string()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Stops with SIGTERM; returns the exit status and the data dir's guard, so a test can
+    /// start the node again on the same data dir.
+    pub fn stop(mut self) -> (std::process::ExitStatus, Option<tempfile::TempDir>) {
+        self.signal(libc::SIGTERM);
+        let child = &mut self.child;
+        let status = wait_until("the node to exit", Duration::from_secs(20), || child.try_wait().ok().flatten());
+        (status, self._tmp.take())
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal blocking HTTP/1.1 client (one request per connection). Returns status and body.
+pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> (u16, String) {
+    let (status, _, body) = http_full(method, url, headers, body);
+    (status, body)
+}
+
+/// Like [`http`], also returning response headers (lowercase names).
+pub fn http_full(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> (u16, Vec<(String, String)>, String) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut stream = TcpStream::connect(host).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(req.as_bytes()).expect("write");
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status line");
+    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string())).collect();
+    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+        body = dechunk(&body);
+    }
+    (status, headers, String::from_utf8_lossy(&body).to_string())
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
+        let n = usize::from_str_radix(String::from_utf8_lossy(&body[..line_end]).trim(), 16).unwrap_or(0);
+        let rest = &body[line_end + 2..];
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.extend_from_slice(&rest[..n]);
+        body = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}

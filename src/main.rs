@@ -1,6 +1,7 @@
 //! `buildnet`: one binary for the daemon (`buildnet up`), the CLI and the web server.
 
 mod cli;
+mod human;
 mod web;
 
 use clap::Parser;

@@ -88,9 +88,12 @@ impl Actor for StoreActor {
     type Context = SyncContext<Self>;
 }
 
+/// A unit of work for the store thread.
+pub type Job<R> = Box<dyn FnOnce(&mut Connection) -> Result<R, StoreError> + Send>;
+
 /// Runs a job on the store's connection.
 pub struct Exec<R: Send + 'static> {
-    pub job: Box<dyn FnOnce(&mut Connection) -> Result<R, StoreError> + Send>,
+    pub job: Job<R>,
 }
 
 impl<R: Send + 'static> Message for Exec<R> {

@@ -96,28 +96,7 @@ pub fn print_facts(facts: &[(&str, String)]) {
     }
 }
 
-/// Bytes in binary units.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-/// Milliseconds since the epoch as UTC text.
-pub fn time(ms: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms as i64)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_else(|| ms.to_string())
-}
+pub use crate::human::{bytes, utc as time};
 
 /// A spinner on stderr while long work runs, only when stderr is a terminal.
 pub fn spinner(message: &str) -> Option<indicatif::ProgressBar> {

@@ -209,8 +209,14 @@ fn statvfs(path: &Path) -> std::io::Result<(u64, u64)> {
     }
     // SAFETY: rc == 0 means statvfs initialised the struct.
     let stat = unsafe { stat.assume_init() };
-    let frsize = stat.f_frsize as u64;
-    Ok((stat.f_blocks as u64 * frsize, stat.f_bavail as u64 * frsize))
+    // The field types differ between platforms (u32 on some); on Linux they are already u64.
+    #[allow(clippy::useless_conversion)]
+    let (frsize, blocks, avail) = (
+        u64::from(stat.f_frsize),
+        u64::from(stat.f_blocks),
+        u64::from(stat.f_bavail),
+    );
+    Ok((blocks * frsize, avail * frsize))
 }
 
 fn scan_network() -> Vec<NetworkInterface> {

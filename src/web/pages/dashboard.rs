@@ -10,7 +10,7 @@ use crate::web::AppState;
 pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let who = match caller(&req, &state) {
         Ok(c) => c,
-        Err(redirect) => return redirect,
+        Err(redirect) => return *redirect,
     };
     let pool = match state.node.pool.view().await {
         Ok(p) => p,

@@ -68,17 +68,17 @@ fn render(
     html_response(status, layout("Keys", Some(who), "/keys", body))
 }
 
-fn admin(req: &HttpRequest, state: &AppState) -> Result<Caller, HttpResponse> {
+fn admin(req: &HttpRequest, state: &AppState) -> Result<Caller, Box<HttpResponse>> {
     let who = caller(req, state)?;
     who.require(Action::ManageKeys, "manage keys")
-        .map_err(|e| super::super::error_page(Some(&who), &e.message))?;
+        .map_err(|e| Box::new(super::super::error_page(Some(&who), &e.message)))?;
     Ok(who)
 }
 
 pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     match admin(&req, &state) {
         Ok(who) => render(&who, &state, None, None),
-        Err(res) => res,
+        Err(res) => *res,
     }
 }
 
@@ -96,7 +96,7 @@ pub async fn create(
 ) -> HttpResponse {
     let who = match admin(&req, &state) {
         Ok(w) => w,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     if !who
         .csrf
@@ -133,7 +133,7 @@ pub async fn revoke(
 ) -> HttpResponse {
     let who = match admin(&req, &state) {
         Ok(w) => w,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     if !who
         .csrf

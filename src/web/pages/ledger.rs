@@ -17,7 +17,7 @@ pub async fn page(
 ) -> HttpResponse {
     let who = match caller(&req, &state) {
         Ok(c) => c,
-        Err(redirect) => return redirect,
+        Err(redirect) => return *redirect,
     };
     let filter = match query.filter() {
         Ok(f) => f,

@@ -31,11 +31,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// The caller of a page, or a redirect to the login page.
-pub fn caller(req: &HttpRequest, state: &AppState) -> Result<Caller, HttpResponse> {
+pub fn caller(req: &HttpRequest, state: &AppState) -> Result<Caller, Box<HttpResponse>> {
     auth::authenticate(req, state).ok_or_else(|| {
-        HttpResponse::SeeOther()
-            .insert_header((header::LOCATION, "/login"))
-            .finish()
+        Box::new(
+            HttpResponse::SeeOther()
+                .insert_header((header::LOCATION, "/login"))
+                .finish(),
+        )
     })
 }
 
@@ -111,27 +113,11 @@ pub fn bar(label: &str, used: f64, total: f64, text: &str) -> Markup {
     }
 }
 
-/// Bytes in binary units.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use crate::human::bytes;
 
 /// A time as UTC text inside `<time>`, which app.js shows in the reader's zone.
 pub fn time(ms: u64) -> Markup {
-    let text = chrono::DateTime::from_timestamp_millis(ms as i64)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_else(|| ms.to_string());
+    let text = format!("{} UTC", crate::human::utc(ms));
     html! { time datetime=(ms) { (text) } }
 }
 
@@ -177,13 +163,6 @@ pub fn empty(text: &str) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bytes_are_human() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(3 << 30), "3.0 GiB");
-    }
 
     #[test]
     fn bars_clamp() {

@@ -40,7 +40,7 @@ fn tools_table(list: &[ToolInfo]) -> Markup {
 pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let who = match caller(&req, &state) {
         Ok(c) => c,
-        Err(redirect) => return redirect,
+        Err(redirect) => return *redirect,
     };
     let s = match state.node.node.status().await {
         Ok(s) => s,
@@ -120,7 +120,7 @@ pub async fn scan(
 ) -> HttpResponse {
     let who = match caller(&req, &state) {
         Ok(c) => c,
-        Err(redirect) => return redirect,
+        Err(redirect) => return *redirect,
     };
     if !who
         .csrf

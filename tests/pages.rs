@@ -1,0 +1,303 @@
+//! The admin pages: the login flow over plain HTTP (cookies, CSRF, redirects), and the same
+//! in headless Chromium through WebDriver. Without Chromium the browser test says it was
+//! skipped; with `CI` set a missing browser is a failure.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{http, http_full, wait_until, TestNode};
+use serde_json::{json, Value};
+
+fn cookie(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .filter_map(|(_, v)| v.split(';').next())
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, v)| *k == name && !v.is_empty())
+        .map(|(_, v)| v.to_string())
+}
+
+fn hidden_csrf(html: &str) -> String {
+    let at =
+        html.find("name=\"csrf\" value=\"").expect("csrf field") + "name=\"csrf\" value=\"".len();
+    html[at..].split('"').next().expect("value").to_string()
+}
+
+#[test]
+fn login_sets_a_session_and_forms_need_the_csrf_token() {
+    let node = TestNode::start();
+    let url = |p: &str| format!("{}{p}", node.url);
+    let (status, headers, _) = http_full("GET", &url("/"), &[], None);
+    assert_eq!(status, 303);
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "location" && v == "/login"));
+
+    let (status, headers, page) = http_full("GET", &url("/login"), &[], None);
+    assert_eq!(status, 200);
+    let csrf_cookie = cookie(&headers, "bn_login_csrf").expect("login csrf cookie");
+    let csrf = hidden_csrf(&page);
+    assert_eq!(csrf, csrf_cookie);
+
+    let form = |key: &str, token: &str| format!("key={key}&csrf={token}");
+    let ctype = ("Content-Type", "application/x-www-form-urlencoded");
+    let with_cookie = format!("bn_login_csrf={csrf_cookie}");
+    let (status, _, body) = http_full(
+        "POST",
+        &url("/login"),
+        &[ctype, ("Cookie", &with_cookie)],
+        Some(form(&node.admin_key, "forged").as_bytes()),
+    );
+    assert_eq!(status, 401, "a wrong CSRF token is refused");
+    assert!(body.contains("expired"));
+    let (status, _, body) = http_full(
+        "POST",
+        &url("/login"),
+        &[ctype, ("Cookie", &with_cookie)],
+        Some(form("bn_wrong", &csrf).as_bytes()),
+    );
+    assert_eq!(status, 401);
+    assert!(body.contains("not valid"));
+    let (status, headers, _) = http_full(
+        "POST",
+        &url("/login"),
+        &[ctype, ("Cookie", &with_cookie)],
+        Some(form(&node.admin_key, &csrf).as_bytes()),
+    );
+    assert_eq!(status, 303);
+    let session = cookie(&headers, "bn_session").expect("session cookie");
+    let auth = format!("bn_session={session}");
+
+    let (_, n) = node.get("/api/node");
+    let (status, page) = http("GET", &url("/"), &[("Cookie", &auth)], None);
+    assert_eq!(status, 200);
+    let cores = n["resources"]["cpu"]["offered"].as_u64().expect("cores");
+    assert!(
+        page.contains(&format!("id=\"total-cores\" data-value=\"{cores}\"")),
+        "dashboard shows the pool's cores"
+    );
+    let (status, page) = http("GET", &url("/node"), &[("Cookie", &auth)], None);
+    assert_eq!(status, 200);
+    assert!(page.contains(n["resources"]["cpu"]["model"].as_str().expect("model")));
+    let (status, page) = http(
+        "GET",
+        &url("/ledger?types=NodeJoined"),
+        &[("Cookie", &auth)],
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("data-type=\"NodeJoined\"") && !page.contains("data-type=\"KeyCreated\"")
+    );
+    let (status, _) = http("GET", &url("/api/node"), &[("Cookie", &auth)], None);
+    assert_eq!(status, 200, "the session cookie also works for the API");
+
+    let csrf = hidden_csrf(&http("GET", &url("/keys"), &[("Cookie", &auth)], None).1);
+    let (status, page) = http(
+        "POST",
+        &url("/keys"),
+        &[ctype, ("Cookie", &auth)],
+        Some(format!("csrf={csrf}&name=pager&role=observer").as_bytes()),
+    );
+    assert_eq!(status, 200);
+    assert!(page.contains("id=\"new-key\""), "the new key is shown once");
+    let (status, _) = http(
+        "POST",
+        &url("/keys"),
+        &[ctype, ("Cookie", &auth)],
+        Some(b"csrf=forged&name=evil&role=admin"),
+    );
+    assert_eq!(status, 400, "forged CSRF is refused");
+    assert!(!node.get("/api/keys").1.to_string().contains("evil"));
+
+    let (status, _) = http(
+        "POST",
+        &url("/logout"),
+        &[ctype, ("Cookie", &auth)],
+        Some(format!("csrf={csrf}").as_bytes()),
+    );
+    assert_eq!(status, 303);
+    let (status, _) = http("GET", &url("/"), &[("Cookie", &auth)], None);
+    assert_eq!(status, 303, "logged out");
+}
+
+#[test]
+fn static_files_are_embedded_and_unknown_pages_are_404() {
+    let node = TestNode::start();
+    let (status, css) = http("GET", &format!("{}/static/style.css", node.url), &[], None);
+    assert_eq!(status, 200);
+    assert!(css.contains(".bar-fill"));
+    let (status, _) = http("GET", &format!("{}/nowhere", node.url), &[], None);
+    assert_eq!(status, 404);
+}
+
+/// Finds a program on the PATH.
+fn which(names: &[&str]) -> Option<String> {
+    let path = std::env::var_os("PATH")?;
+    names.iter().find_map(|n| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(n))
+            .find(|p| p.is_file())
+            .map(|p| p.display().to_string())
+    })
+}
+
+struct Driver {
+    child: Child,
+    base: String,
+    session: String,
+}
+
+impl Driver {
+    fn start(chromium: &str, chromedriver: &str) -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver");
+        let base = format!("http://127.0.0.1:{port}");
+        wait_until("chromedriver", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            let (_, body) = http("GET", &format!("{base}/status"), &[], None);
+            let v: Value = serde_json::from_str(&body).ok()?;
+            v["value"]["ready"].as_bool().filter(|r| *r)
+        });
+        let profile = tempfile::tempdir().expect("profile").keep();
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     format!("--user-data-dir={}", profile.display())]}}}});
+        let mut driver = Driver {
+            child,
+            base,
+            session: String::new(),
+        };
+        let v = driver.call("POST", "/session", Some(caps));
+        driver.session = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
+        driver
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let path = if path.starts_with("/session/") || path == "/session" {
+            path.to_string()
+        } else {
+            format!("/session/{}{path}", self.session)
+        };
+        let body = body.map(|b| b.to_string());
+        let (_, text) = http(
+            method,
+            &format!("{}{path}", self.base),
+            &[("Content-Type", "application/json")],
+            body.as_deref().map(str::as_bytes),
+        );
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("webdriver said: {text}"));
+        v["value"].clone()
+    }
+
+    fn find(&self, css: &str) -> String {
+        let v = wait_until(&format!("element {css}"), Duration::from_secs(10), || {
+            let v = self.call(
+                "POST",
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            );
+            v.as_object()?.values().next()?.as_str().map(str::to_string)
+        });
+        v
+    }
+
+    fn text(&self, css: &str) -> String {
+        let id = self.find(css);
+        self.call("GET", &format!("/element/{id}/text"), None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = http(
+                "DELETE",
+                &format!("{}/session/{}", self.base, self.session),
+                &[],
+                None,
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn browser_logs_in_and_the_dashboard_shows_the_nodes_cores() {
+    let (Some(chromium), Some(chromedriver)) = (
+        which(&["chromium", "chromium-browser", "google-chrome"]),
+        which(&["chromedriver"]),
+    ) else {
+        assert!(std::env::var_os("CI").is_none(), "CI is set but Chromium or chromedriver is missing: .ci/run installs chromium and chromium-driver");
+        eprintln!("browser tests skipped: chromium and chromedriver not found (apt-get install chromium chromium-driver)");
+        return;
+    };
+    let node = TestNode::start();
+    let driver = Driver::start(&chromium, &chromedriver);
+    driver.call(
+        "POST",
+        "/url",
+        Some(json!({"url": format!("{}/", node.url)})),
+    );
+    let key_field = driver.find("#key");
+    driver.call(
+        "POST",
+        &format!("/element/{key_field}/value"),
+        Some(json!({"text": node.admin_key})),
+    );
+    let submit = driver.find("section.login button[type=submit]");
+    driver.call("POST", &format!("/element/{submit}/click"), Some(json!({})));
+    wait_until("the dashboard after login", Duration::from_secs(10), || {
+        let url = driver.call("GET", "/url", None);
+        (url.as_str() == Some(&format!("{}/", node.url))).then_some(())
+    });
+    let (_, n) = node.get("/api/node");
+    let shown = driver.text("#total-cores");
+    assert_eq!(
+        shown,
+        n["resources"]["cpu"]["offered"].to_string(),
+        "dashboard cores = /api/node"
+    );
+    assert_eq!(
+        n["resources"]["cpu"]["offered"], n["resources"]["cpu"]["count"],
+        "no limits: every core is offered"
+    );
+
+    driver.call(
+        "POST",
+        "/url",
+        Some(json!({"url": format!("{}/node", node.url)})),
+    );
+    assert_eq!(
+        driver.text("#cpu-count"),
+        n["resources"]["cpu"]["count"].to_string()
+    );
+    driver.call(
+        "POST",
+        "/url",
+        Some(json!({"url": format!("{}/ledger", node.url)})),
+    );
+    assert!(driver.text("#ledger-entries").contains("NodeJoined"));
+}

@@ -480,3 +480,73 @@ fn sigterm_stops_cleanly_and_a_restart_keeps_identity_and_keys() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_rescan_that_finds_a_new_tool_is_persisted_and_in_the_ledger() {
+    let tools = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start_with(Start {
+        path_prefix: Some(tools.path()),
+        ..Default::default()
+    });
+    let (_, scan) = node.post("/api/node/scan", &json!({}));
+    assert_eq!(scan["changed"], false, "nothing changed yet");
+
+    let fake = tools.path().join("cmake");
+    std::fs::write(&fake, "#!/bin/sh\necho 'cmake version 3.99.1'\n").expect("write");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (status, scan) = node.post("/api/node/scan", &json!({}));
+    assert_eq!(status, 200);
+    assert_eq!(scan["changed"], true);
+    let cmake = scan["resources"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .find(|t| t["name"] == "cmake")
+        .expect("cmake found")
+        .clone();
+    assert_eq!(cmake["version"], "3.99.1");
+
+    let (_, ledger) = node.get("/api/ledger?types=ResourcesChanged");
+    let entries = ledger["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["data"]["added"], json!(["cmake@3.99.1"]));
+
+    let db = rusqlite::Connection::open(node.dir.join("buildnet.db")).expect("open db");
+    let keys: Vec<String> = {
+        let mut stmt = db
+            .prepare("SELECT resource_key FROM node_resources ORDER BY resource_key")
+            .expect("prepare");
+        stmt.query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    for want in ["cpu", "memory", "network", "tool:cmake"] {
+        assert!(keys.iter().any(|k| k == want), "{want} in {keys:?}");
+    }
+    let nodes: i64 = db
+        .query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(nodes, 1);
+
+    std::fs::remove_file(&fake).expect("remove");
+    let (_, scan) = node.post("/api/node/scan", &json!({}));
+    assert_eq!(scan["changed"], true);
+    let gone: i64 = db
+        .query_row(
+            "SELECT count(*) FROM node_resources WHERE resource_key = 'tool:cmake'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(gone, 0, "a vanished tool's row is removed");
+    let (_, n) = node.get("/api/node");
+    assert!(
+        !n["resource_status"]
+            .as_array()
+            .expect("status")
+            .iter()
+            .any(|r| r["key"] == "tool:cmake"),
+        "and its actor is gone"
+    );
+}

@@ -404,6 +404,49 @@ mod tests {
     }
 
     #[test]
+    fn capabilities_are_read_from_real_tool_output() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fake_tool(
+            dir.path(),
+            "magick",
+            r#"case "$1" in
+  -version) echo 'Version: ImageMagick 7.1.1-21 Q16-HDRI x86_64 https://imagemagick.org';;
+  -list) printf '   Format  Module    Mode  Description\n-------------------------------\n      AVIF  HEIC      rw+   AV1 Image File Format\n       PNG* PNG       rw-   Portable Network Graphics\n      WEBP* WEBP      r--   WebP Image Format\n     XC  XC        ---   Constant image\n';;
+esac"#,
+        );
+        fake_tool(
+            dir.path(),
+            "ffmpeg",
+            r#"case "$1" in
+  -version) echo 'ffmpeg version 6.1.1 Copyright (c) 2000-2023';;
+  -hide_banner) printf 'Encoders:\n V..... = Video\n ------\n V....D libx264              libx264 H.264\n A....D aac                  AAC\n';;
+esac"#,
+        );
+        fake_tool(
+            dir.path(),
+            "docker",
+            r#"case "$1" in
+  --version) echo 'Docker version 28.2.2, build e6534b4';;
+  info) echo '28.2.2';;
+esac"#,
+        );
+        let (tools, _) = scan(
+            &BTreeMap::new(),
+            Some(dir.path().as_os_str()),
+            Duration::from_secs(5),
+        );
+        let by_name = |n: &str| tools.iter().find(|t| t.name == n).cloned().expect(n);
+        let im = by_name("imagemagick");
+        assert_eq!(im.version.as_deref(), Some("7.1.1"));
+        assert_eq!(im.capabilities, vec!["avif", "png", "webp"]);
+        assert_eq!(by_name("ffmpeg").capabilities, vec!["libx264", "aac"]);
+        assert_eq!(
+            by_name("docker").capabilities,
+            vec!["daemon:reachable", "server:28.2.2"]
+        );
+    }
+
+    #[test]
     fn overrides_disable_and_redirect() {
         let dir = tempfile::tempdir().expect("tempdir");
         fake_tool(dir.path(), "git", "echo 'git version 1.0.0'");

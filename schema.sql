@@ -122,3 +122,43 @@ CREATE INDEX IF NOT EXISTS idx_ledger_time ON ledger(hlc_wall DESC, hlc_logical 
 CREATE INDEX IF NOT EXISTS idx_ledger_type ON ledger(entry_type);
 CREATE INDEX IF NOT EXISTS idx_allocations_build ON allocations(build_id);
 CREATE INDEX IF NOT EXISTS idx_allocations_expires ON allocations(expires_at);
+
+-- Schema version 2: the mesh.
+
+-- The mesh this node belongs to (one row): its id and root public key.
+CREATE TABLE IF NOT EXISTS mesh (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    mesh_id TEXT NOT NULL,
+    public_key TEXT NOT NULL,              -- hex Ed25519
+    joined_at INTEGER NOT NULL
+);
+
+-- Roster entries signed by the mesh key: who may link, with which keys and role.
+CREATE TABLE IF NOT EXISTS roster (
+    node_id TEXT PRIMARY KEY,
+    entry TEXT NOT NULL,                   -- JSON RosterEntry, signature included
+    address TEXT NOT NULL,                 -- last address seen (a link's Hello may update it)
+    updated_at INTEGER NOT NULL
+);
+
+-- Single-use join tokens, stored as BLAKE3 hashes.
+CREATE TABLE IF NOT EXISTS join_tokens (
+    id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER,
+    used_by TEXT
+);
+
+-- Two different entries for one (origin, seq): proof that the origin equivocated.
+CREATE TABLE IF NOT EXISTS ledger_conflicts (
+    origin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    stored_hash TEXT NOT NULL,
+    other_entry TEXT NOT NULL,             -- JSON of the conflicting entry
+    seen_at INTEGER NOT NULL,
+    PRIMARY KEY (origin, seq, stored_hash)
+);

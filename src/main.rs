@@ -4,18 +4,19 @@ mod cli;
 mod human;
 mod web;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() {
-    let cli = cli::Cli::parse();
-    let default_level = if matches!(cli.command, cli::Command::Up(_)) {
-        "info"
-    } else {
-        "warn"
+    let matches = cli::Cli::command().get_matches();
+    let token_on_command_line = matches.value_source("token") == Some(ValueSource::CommandLine);
+    let cli = match cli::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .init();
-    if let Err(e) = cli::run(cli) {
+    let default_level = if matches!(cli.command, cli::Command::Up(_)) { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
+    if let Err(e) = cli::run(cli, token_on_command_line) {
         eprintln!("buildnet: {e}");
         std::process::exit(e.exit_code());
     }

@@ -12,25 +12,14 @@ use serde_json::Value;
 fn no_node_answers_is_one_line_and_exit_2() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A port that was free a moment ago: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let url = format!("http://127.0.0.1:{port}");
     std::fs::write(dir.path().join("address"), &url).expect("write");
     std::fs::write(dir.path().join("admin.key"), "bn_x").expect("write");
-    let out = Command::new(BIN)
-        .args(["node", "status", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run");
+    let out = Command::new(BIN).args(["node", "status", "--data-dir"]).arg(dir.path()).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        err.trim(),
-        format!("buildnet: no BuildNet node answers at {url} — start one with `buildnet up`")
-    );
+    assert_eq!(err.trim(), format!("buildnet: no BuildNet node answers at {url} — start one with `buildnet up`"));
 
     let empty = tempfile::tempdir().expect("tempdir");
     let out = Command::new(BIN)
@@ -49,45 +38,29 @@ fn status_in_every_format_and_flags_before_or_after() {
     let json = node.cli_json(&["node", "status"]);
     let (_, api) = node.get("/api/node");
     assert_eq!(json["node_id"], api["node_id"]);
-    assert_eq!(
-        json["resources"]["cpu"]["count"],
-        api["resources"]["cpu"]["count"]
-    );
+    assert_eq!(json["resources"]["cpu"]["count"], api["resources"]["cpu"]["count"]);
 
     let before = node.cli(&["--format", "json", "pool", "status"]);
     assert!(before.status.success());
     let pool: Value = serde_json::from_slice(&before.stdout).expect("json");
-    assert_eq!(
-        pool["aggregate"]["total_cpu_cores"],
-        api["resources"]["cpu"]["offered"]
-    );
+    assert_eq!(pool["aggregate"]["total_cpu_cores"], api["resources"]["cpu"]["offered"]);
 
     let yaml = node.cli(&["pool", "nodes", "--format", "yaml"]);
     assert!(yaml.status.success());
     let text = String::from_utf8_lossy(&yaml.stdout);
     assert!(text.starts_with("nodes:\n  - "), "{text}");
-    assert!(
-        text.contains(&format!("id: {}", api["node_id"].as_str().expect("id"))),
-        "{text}"
-    );
+    assert!(text.contains(&format!("id: {}", api["node_id"].as_str().expect("id"))), "{text}");
 
     let table = node.cli(&["node", "status"]);
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(
-        text.contains("logical cores") && text.contains("Storage") && text.contains("Runtimes"),
-        "{text}"
-    );
+    assert!(text.contains("logical cores") && text.contains("Storage") && text.contains("Runtimes"), "{text}");
 
     let resources = node.cli_json(&["pool", "resources", "--type", "storage"]);
     let list = resources["resources"].as_array().expect("resources");
     assert!(!list.is_empty() && list.iter().all(|r| r["type"] == "storage"));
 
     let health = node.cli(&["pool", "health"]);
-    assert!(
-        health.status.success(),
-        "{}",
-        String::from_utf8_lossy(&health.stdout)
-    );
+    assert!(health.status.success(), "{}", String::from_utf8_lossy(&health.stdout));
 }
 
 #[test]
@@ -100,11 +73,7 @@ fn address_and_token_flags_reach_another_node() {
         .args(["--address", &node.url, "--token", &node.admin_key])
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = Command::new(BIN)
         .args(["node", "status", "--data-dir"])
         .arg(elsewhere.path())
@@ -121,48 +90,25 @@ fn address_and_token_flags_reach_another_node() {
 #[test]
 fn keys_can_be_created_listed_and_revoked() {
     let node = TestNode::start();
-    let created = node.cli_json(&[
-        "key",
-        "create",
-        "--role",
-        "observer",
-        "--name",
-        "ci-reader",
-        "--ttl",
-        "24h",
-    ]);
+    let created = node.cli_json(&["key", "create", "--role", "observer", "--name", "ci-reader", "--ttl", "24h"]);
     let secret = created["key"].as_str().expect("secret");
     assert!(secret.starts_with("bn_"));
     let id = created["info"]["id"].as_str().expect("id").to_string();
     assert!(created["info"]["expires_at_ms"].as_u64().is_some());
 
     let out = Command::new(BIN)
-        .args([
-            "node",
-            "status",
-            "--format",
-            "json",
-            "--address",
-            &node.url,
-            "--token",
-            secret,
-        ])
+        .args(["node", "status", "--format", "json", "--address", &node.url, "--token", secret])
         .output()
         .expect("run");
     assert!(out.status.success());
-    let out = Command::new(BIN)
-        .args(["node", "scan", "--address", &node.url, "--token", secret])
-        .output()
-        .expect("run");
+    let out =
+        Command::new(BIN).args(["node", "scan", "--address", &node.url, "--token", secret]).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("may not rescan"));
 
     let list = node.cli(&["key", "list"]);
     let text = String::from_utf8_lossy(&list.stdout);
-    assert!(
-        text.contains("ci-reader") && text.contains("observer") && !text.contains(secret),
-        "{text}"
-    );
+    assert!(text.contains("ci-reader") && text.contains("observer") && !text.contains(secret), "{text}");
 
     let revoked = node.cli(&["key", "revoke", &id]);
     assert!(revoked.status.success());
@@ -198,14 +144,7 @@ fn ledger_lists_filters_and_verifies() {
 fn scan_prints_a_summary() {
     let node = TestNode::start();
     let out = node.cli(&["node", "scan"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.starts_with("Scanned in ") && text.contains("cores offered"),
-        "{text}"
-    );
+    assert!(text.starts_with("Scanned in ") && text.contains("cores offered"), "{text}");
 }

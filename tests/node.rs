@@ -14,23 +14,11 @@ use serde_json::{json, Value};
 fn up_writes_address_and_admin_key_and_prints_where_pages_are() {
     let node = TestNode::start();
     let stdout = std::fs::read_to_string(&node.stdout).expect("stdout");
-    assert!(
-        stdout.contains(&format!("Admin pages: {}/", node.url)),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains(&node.admin_key),
-        "the first start prints the admin key once"
-    );
-    let mode = std::fs::metadata(node.dir.join("admin.key"))
-        .expect("admin.key")
-        .permissions()
-        .mode();
+    assert!(stdout.contains(&format!("Admin pages: {}/", node.url)), "{stdout}");
+    assert!(stdout.contains(&node.admin_key), "the first start prints the admin key once");
+    let mode = std::fs::metadata(node.dir.join("admin.key")).expect("admin.key").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    let key_mode = std::fs::metadata(node.dir.join("node.key"))
-        .expect("node.key")
-        .permissions()
-        .mode();
+    let key_mode = std::fs::metadata(node.dir.join("node.key")).expect("node.key").permissions().mode();
     assert_eq!(key_mode & 0o777, 0o600);
     let (status, body) = http("GET", &format!("{}/api/health", node.url), &[], None);
     assert_eq!(status, 200);
@@ -39,21 +27,9 @@ fn up_writes_address_and_admin_key_and_prints_where_pages_are() {
 }
 
 fn first_line(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program)
-        .args(args)
-        .env("LC_ALL", "C")
-        .output()
-        .ok()?;
-    let text = if out.stdout.iter().any(|b| !b.is_ascii_whitespace()) {
-        out.stdout
-    } else {
-        out.stderr
-    };
-    String::from_utf8_lossy(&text)
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(str::to_string)
+    let out = Command::new(program).args(args).env("LC_ALL", "C").output().ok()?;
+    let text = if out.stdout.iter().any(|b| !b.is_ascii_whitespace()) { out.stdout } else { out.stderr };
+    String::from_utf8_lossy(&text).lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)
 }
 
 #[test]
@@ -63,9 +39,7 @@ fn discovery_reports_what_the_machine_says() {
     assert_eq!(status, 200);
     let r = &n["resources"];
 
-    let nproc: u64 = first_line("nproc", &[])
-        .and_then(|s| s.parse().ok())
-        .expect("nproc");
+    let nproc: u64 = first_line("nproc", &[]).and_then(|s| s.parse().ok()).expect("nproc");
     assert_eq!(r["cpu"]["count"], nproc, "cores = nproc");
 
     let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
@@ -75,49 +49,20 @@ fn discovery_reports_what_the_machine_says() {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .expect("MemTotal");
-    assert_eq!(
-        r["memory"]["total_bytes"],
-        kb * 1024,
-        "memory = /proc/meminfo MemTotal"
-    );
+    assert_eq!(r["memory"]["total_bytes"], kb * 1024, "memory = /proc/meminfo MemTotal");
 
-    let df = Command::new("df")
-        .args(["-B1", "--output=size,avail"])
-        .arg(&node.dir)
-        .output()
-        .expect("df");
+    let df = Command::new("df").args(["-B1", "--output=size,avail"]).arg(&node.dir).output().expect("df");
     let df = String::from_utf8_lossy(&df.stdout);
-    let nums: Vec<u64> = df
-        .lines()
-        .nth(1)
-        .expect("df row")
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let vol = r["storage"]
-        .as_array()
-        .expect("storage")
-        .iter()
-        .find(|v| v["purpose"] == "data")
-        .expect("data dir volume");
+    let nums: Vec<u64> = df.lines().nth(1).expect("df row").split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let vol =
+        r["storage"].as_array().expect("storage").iter().find(|v| v["purpose"] == "data").expect("data dir volume");
     assert_eq!(vol["total_bytes"], nums[0], "disk size = df");
     let avail = vol["available_bytes"].as_u64().expect("available");
-    assert!(
-        avail.abs_diff(nums[1]) < 256 << 20,
-        "available {avail} vs df {}",
-        nums[1]
-    );
+    assert!(avail.abs_diff(nums[1]) < 256 << 20, "available {avail} vs df {}", nums[1]);
 
-    let found: Vec<&Value> = r["tools"]
-        .as_array()
-        .expect("tools")
-        .iter()
-        .chain(r["runtimes"].as_array().expect("runtimes"))
-        .collect();
-    assert!(
-        !found.is_empty(),
-        "at least one tool on any CI machine (gcc, git or make)"
-    );
+    let found: Vec<&Value> =
+        r["tools"].as_array().expect("tools").iter().chain(r["runtimes"].as_array().expect("runtimes")).collect();
+    assert!(!found.is_empty(), "at least one tool on any CI machine (gcc, git or make)");
     for t in found.iter().filter(|t| t["error"].is_null()) {
         let path = t["path"].as_str().expect("path");
         let args: &[&str] = match t["name"].as_str().expect("name") {
@@ -126,26 +71,14 @@ fn discovery_reports_what_the_machine_says() {
             _ => &["--version"],
         };
         let line = first_line(path, args).expect("tool answers");
-        assert_eq!(
-            t["version_output"].as_str(),
-            Some(line.as_str()),
-            "{} reports what it says itself",
-            t["name"]
-        );
+        assert_eq!(t["version_output"].as_str(), Some(line.as_str()), "{} reports what it says itself", t["name"]);
         if let Some(v) = t["version"].as_str() {
             assert!(line.contains(v), "{v} is in '{line}'");
         }
     }
-    let names: Vec<&str> = n["resource_status"]
-        .as_array()
-        .expect("status")
-        .iter()
-        .filter_map(|s| s["key"].as_str())
-        .collect();
-    assert!(
-        names.contains(&"cpu") && names.contains(&"memory"),
-        "{names:?}"
-    );
+    let names: Vec<&str> =
+        n["resource_status"].as_array().expect("status").iter().filter_map(|s| s["key"].as_str()).collect();
+    assert!(names.contains(&"cpu") && names.contains(&"memory"), "{names:?}");
 }
 
 #[test]
@@ -165,45 +98,26 @@ fn keys_and_roles_gate_every_endpoint() {
         assert_eq!(status, 401, "{path} without a key");
         let v: Value = serde_json::from_str(&body).expect("JSON error");
         assert_eq!(v["error"]["code"], "unauthorized");
-        let (status, _) = http(
-            "GET",
-            &url(path),
-            &[("Authorization", "Bearer bn_wrong")],
-            None,
-        );
+        let (status, _) = http("GET", &url(path), &[("Authorization", "Bearer bn_wrong")], None);
         assert_eq!(status, 401, "{path} with a wrong key");
     }
     let observer = node.key("observer");
     let auth = format!("Bearer {observer}");
     let (status, _) = http("GET", &url("/api/node"), &[("Authorization", &auth)], None);
     assert_eq!(status, 200, "an observer may read");
-    let (status, body) = http(
-        "POST",
-        &url("/api/node/scan"),
-        &[("Authorization", &auth)],
-        None,
-    );
+    let (status, body) = http("POST", &url("/api/node/scan"), &[("Authorization", &auth)], None);
     assert_eq!(status, 403, "an observer may not scan: {body}");
     assert!(body.contains("forbidden"));
     let (status, _) = http("GET", &url("/api/keys"), &[("Authorization", &auth)], None);
     assert_eq!(status, 403, "an observer may not manage keys");
 
     let builder = node.key("builder");
-    let (status, _) = http(
-        "POST",
-        &url("/api/node/scan"),
-        &[("Authorization", &format!("Bearer {builder}"))],
-        None,
-    );
+    let (status, _) = http("POST", &url("/api/node/scan"), &[("Authorization", &format!("Bearer {builder}"))], None);
     assert_eq!(status, 403, "a builder may not scan");
 
     let (_, keys) = node.get("/api/keys");
-    let id = keys["keys"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .find(|k| k["role"] == "observer")
-        .expect("observer key")["id"]
+    let id = keys["keys"].as_array().expect("keys").iter().find(|k| k["role"] == "observer").expect("observer key")
+        ["id"]
         .as_str()
         .expect("id")
         .to_string();
@@ -218,87 +132,40 @@ fn keys_and_roles_gate_every_endpoint() {
     assert_eq!(status, 401, "a revoked key stops working at once");
 
     let (_, ledger) = node.get("/api/ledger?types=KeyCreated,KeyRevoked");
-    let types: Vec<&str> = ledger["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter_map(|e| e["entry_type"].as_str())
-        .collect();
+    let types: Vec<&str> =
+        ledger["entries"].as_array().expect("entries").iter().filter_map(|e| e["entry_type"].as_str()).collect();
     assert_eq!(types.iter().filter(|t| **t == "KeyRevoked").count(), 1);
-    assert_eq!(
-        types.iter().filter(|t| **t == "KeyCreated").count(),
-        3,
-        "admin, observer, builder"
-    );
+    assert_eq!(types.iter().filter(|t| **t == "KeyCreated").count(), 3, "admin, observer, builder");
 }
 
 #[test]
 fn errors_are_json_naming_the_field_and_the_node_keeps_serving() {
     let node = TestNode::start();
     let auth = format!("Bearer {}", node.admin_key);
-    let h = [
-        ("Authorization", auth.as_str()),
-        ("Content-Type", "application/json"),
-    ];
+    let h = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
     let call = |method: &str, path: &str, body: Option<&[u8]>| {
         let (status, text) = http(method, &format!("{}{path}", node.url), &h, body);
-        (
-            status,
-            serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
-        )
+        (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
     };
     let (status, v) = call("GET", "/api/no/such/route", None);
-    assert_eq!(
-        (status, v["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
+    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("not_found")));
     let (status, v) = call("POST", "/api/keys", Some(br#"{"name":"x","role":"king"}"#));
     assert_eq!(status, 400);
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .expect("message")
-            .starts_with("role:"),
-        "{v}"
-    );
+    assert!(v["error"]["message"].as_str().expect("message").starts_with("role:"), "{v}");
     let (status, v) = call("POST", "/api/keys", Some(br#"{"name":"x"}"#));
     assert_eq!(status, 400);
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .expect("message")
-            .contains("role"),
-        "{v}"
-    );
+    assert!(v["error"]["message"].as_str().expect("message").contains("role"), "{v}");
     let (status, v) = call("POST", "/api/keys", Some(b"{not json"));
-    assert_eq!(
-        (status, v["error"]["code"].as_str()),
-        (400, Some("invalid_body"))
-    );
+    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("invalid_body")));
     let big = vec![b' '; 2 << 20];
     let (status, v) = call("POST", "/api/keys", Some(&big));
-    assert_eq!(
-        (status, v["error"]["code"].as_str()),
-        (413, Some("payload_too_large"))
-    );
+    assert_eq!((status, v["error"]["code"].as_str()), (413, Some("payload_too_large")));
     let (status, v) = call("GET", "/api/ledger?limit=lots", None);
     assert_eq!(status, 400);
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .expect("message")
-            .starts_with("limit:"),
-        "{v}"
-    );
+    assert!(v["error"]["message"].as_str().expect("message").starts_with("limit:"), "{v}");
     let (status, v) = call("GET", "/api/pool/resources?type=gpu", None);
     assert_eq!(status, 400);
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .expect("message")
-            .starts_with("type:"),
-        "{v}"
-    );
+    assert!(v["error"]["message"].as_str().expect("message").starts_with("type:"), "{v}");
     let (status, _) = call("GET", "/api/health", None);
     assert_eq!(status, 200, "still serving");
 }
@@ -328,18 +195,12 @@ fn openapi_is_generated_from_the_handlers() {
 #[test]
 fn scan_and_pool_agree_with_the_node() {
     let config = r#"{"resource_limits": {"cpu": {"max_cores": 1}, "memory": {"max_gb": 1}}}"#;
-    let node = TestNode::start_with(Start {
-        config: Some(config),
-        ..Default::default()
-    });
+    let node = TestNode::start_with(Start { config: Some(config), ..Default::default() });
     let (status, scan) = node.post("/api/node/scan", &json!({}));
     assert_eq!(status, 200, "{scan}");
     assert_eq!(scan["success"], true);
     let (_, n) = node.get("/api/node");
-    assert_eq!(
-        n["resources"]["cpu"]["offered"], 1,
-        "limits change what is offered"
-    );
+    assert_eq!(n["resources"]["cpu"]["offered"], 1, "limits change what is offered");
     assert_eq!(n["resources"]["memory"]["offered_bytes"], 1u64 << 30);
     let (_, pool) = node.get("/api/pool");
     assert_eq!(pool["aggregate"]["total_cpu_cores"], 1);
@@ -374,13 +235,7 @@ fn a_hanging_tool_does_not_hang_the_scan() {
         .find(|t| t["name"] == "ninja")
         .expect("ninja listed")
         .clone();
-    assert!(
-        ninja["error"]
-            .as_str()
-            .expect("error")
-            .contains("did not answer within 500 ms"),
-        "{ninja}"
-    );
+    assert!(ninja["error"].as_str().expect("error").contains("did not answer within 500 ms"), "{ninja}");
     let (status, _) = node.post("/api/node/scan", &json!({}));
     assert_eq!(status, 200);
 }
@@ -389,24 +244,14 @@ fn a_hanging_tool_does_not_hang_the_scan() {
 fn a_bad_config_stops_up_before_it_serves_with_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("node-config.json");
-    std::fs::write(
-        &config,
-        r#"{"resource_limits": {"cpu": {"max_cores": "six"}}}"#,
-    )
-    .expect("write");
-    let out = Command::new(BIN)
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run");
+    std::fs::write(&config, r#"{"resource_limits": {"cpu": {"max_cores": "six"}}}"#).expect("write");
+    let out =
+        Command::new(BIN).args(["up", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path()).output().expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{err}");
-    assert!(
-        lines[0].contains("node-config.json: resource_limits.cpu.max_cores: expected an integer"),
-        "{err}"
-    );
+    assert!(lines[0].contains("node-config.json: resource_limits.cpu.max_cores: expected an integer"), "{err}");
     assert!(!dir.path().join("address").exists(), "it never served");
 }
 
@@ -415,18 +260,11 @@ fn an_altered_ledger_row_is_caught_by_verify() {
     let node = TestNode::start();
     node.key("observer");
     let out = node.cli(&["ledger", "verify"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let db = rusqlite::Connection::open(node.dir.join("buildnet.db")).expect("open db");
     db.busy_timeout(Duration::from_secs(5)).expect("timeout");
     let changed = db
-        .execute(
-            "UPDATE ledger SET entry_data = replace(entry_data, 'observer', 'admin') WHERE seq = 3",
-            [],
-        )
+        .execute("UPDATE ledger SET entry_data = replace(entry_data, 'observer', 'admin') WHERE seq = 3", [])
         .expect("tamper");
     assert_eq!(changed, 1);
     let out = node.cli(&["ledger", "verify"]);
@@ -442,52 +280,29 @@ fn sigterm_stops_cleanly_and_a_restart_keeps_identity_and_keys() {
     let (dir, key) = (node.dir.clone(), node.admin_key.clone());
     let (status, _keep) = node.stop();
     assert!(status.success(), "exit status {status}");
-    assert!(
-        !dir.join("buildnet.db-wal").exists(),
-        "the database was closed (WAL checkpointed)"
-    );
+    assert!(!dir.join("buildnet.db-wal").exists(), "the database was closed (WAL checkpointed)");
     assert!(!dir.join("address").exists());
 
-    let again = TestNode::start_with(Start {
-        dir: Some(dir.clone()),
-        ..Default::default()
-    });
+    let again = TestNode::start_with(Start { dir: Some(dir.clone()), ..Default::default() });
     assert_eq!(again.admin_key, key, "the admin key is kept");
     let (status, after) = again.get("/api/node");
     assert_eq!(status, 200);
     assert_eq!(after["node_id"], before["node_id"]);
     let stdout = std::fs::read_to_string(&again.stdout).expect("stdout");
-    assert!(
-        !stdout.contains(&key),
-        "the key is printed only on first start"
-    );
+    assert!(!stdout.contains(&key), "the key is printed only on first start");
     let (_, ledger) = again.get("/api/ledger?limit=100");
-    let types: Vec<&str> = ledger["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter_map(|e| e["entry_type"].as_str())
-        .collect();
-    assert_eq!(
-        types,
-        vec!["NodeStarted", "NodeStopped", "KeyCreated", "NodeJoined"]
-    );
+    let types: Vec<&str> =
+        ledger["entries"].as_array().expect("entries").iter().filter_map(|e| e["entry_type"].as_str()).collect();
+    assert_eq!(types, vec!["NodeStarted", "NodeStopped", "KeyCreated", "NodeJoined"]);
     wait_until("verify passes", Duration::from_secs(5), || {
-        again
-            .cli(&["ledger", "verify"])
-            .status
-            .success()
-            .then_some(())
+        again.cli(&["ledger", "verify"]).status.success().then_some(())
     });
 }
 
 #[test]
 fn a_rescan_that_finds_a_new_tool_is_persisted_and_in_the_ledger() {
     let tools = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start_with(Start {
-        path_prefix: Some(tools.path()),
-        ..Default::default()
-    });
+    let node = TestNode::start_with(Start { path_prefix: Some(tools.path()), ..Default::default() });
     let (_, scan) = node.post("/api/node/scan", &json!({}));
     assert_eq!(scan["changed"], false, "nothing changed yet");
 
@@ -513,40 +328,25 @@ fn a_rescan_that_finds_a_new_tool_is_persisted_and_in_the_ledger() {
 
     let db = rusqlite::Connection::open(node.dir.join("buildnet.db")).expect("open db");
     let keys: Vec<String> = {
-        let mut stmt = db
-            .prepare("SELECT resource_key FROM node_resources ORDER BY resource_key")
-            .expect("prepare");
-        stmt.query_map([], |r| r.get(0))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows")
+        let mut stmt = db.prepare("SELECT resource_key FROM node_resources ORDER BY resource_key").expect("prepare");
+        stmt.query_map([], |r| r.get(0)).expect("query").collect::<Result<_, _>>().expect("rows")
     };
     for want in ["cpu", "memory", "network", "tool:cmake"] {
         assert!(keys.iter().any(|k| k == want), "{want} in {keys:?}");
     }
-    let nodes: i64 = db
-        .query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))
-        .expect("count");
+    let nodes: i64 = db.query_row("SELECT count(*) FROM nodes", [], |r| r.get(0)).expect("count");
     assert_eq!(nodes, 1);
 
     std::fs::remove_file(&fake).expect("remove");
     let (_, scan) = node.post("/api/node/scan", &json!({}));
     assert_eq!(scan["changed"], true);
     let gone: i64 = db
-        .query_row(
-            "SELECT count(*) FROM node_resources WHERE resource_key = 'tool:cmake'",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT count(*) FROM node_resources WHERE resource_key = 'tool:cmake'", [], |r| r.get(0))
         .expect("count");
     assert_eq!(gone, 0, "a vanished tool's row is removed");
     let (_, n) = node.get("/api/node");
     assert!(
-        !n["resource_status"]
-            .as_array()
-            .expect("status")
-            .iter()
-            .any(|r| r["key"] == "tool:cmake"),
+        !n["resource_status"].as_array().expect("status").iter().any(|r| r["key"] == "tool:cmake"),
         "and its actor is gone"
     );
 }

@@ -21,8 +21,7 @@ fn cookie(headers: &[(String, String)], name: &str) -> Option<String> {
 }
 
 fn hidden_csrf(html: &str) -> String {
-    let at =
-        html.find("name=\"csrf\" value=\"").expect("csrf field") + "name=\"csrf\" value=\"".len();
+    let at = html.find("name=\"csrf\" value=\"").expect("csrf field") + "name=\"csrf\" value=\"".len();
     html[at..].split('"').next().expect("value").to_string()
 }
 
@@ -32,9 +31,7 @@ fn login_sets_a_session_and_forms_need_the_csrf_token() {
     let url = |p: &str| format!("{}{p}", node.url);
     let (status, headers, _) = http_full("GET", &url("/"), &[], None);
     assert_eq!(status, 303);
-    assert!(headers
-        .iter()
-        .any(|(k, v)| k == "location" && v == "/login"));
+    assert!(headers.iter().any(|(k, v)| k == "location" && v == "/login"));
 
     let (status, headers, page) = http_full("GET", &url("/login"), &[], None);
     assert_eq!(status, 200);
@@ -53,12 +50,8 @@ fn login_sets_a_session_and_forms_need_the_csrf_token() {
     );
     assert_eq!(status, 401, "a wrong CSRF token is refused");
     assert!(body.contains("expired"));
-    let (status, _, body) = http_full(
-        "POST",
-        &url("/login"),
-        &[ctype, ("Cookie", &with_cookie)],
-        Some(form("bn_wrong", &csrf).as_bytes()),
-    );
+    let (status, _, body) =
+        http_full("POST", &url("/login"), &[ctype, ("Cookie", &with_cookie)], Some(form("bn_wrong", &csrf).as_bytes()));
     assert_eq!(status, 401);
     assert!(body.contains("not valid"));
     let (status, headers, _) = http_full(
@@ -75,23 +68,13 @@ fn login_sets_a_session_and_forms_need_the_csrf_token() {
     let (status, page) = http("GET", &url("/"), &[("Cookie", &auth)], None);
     assert_eq!(status, 200);
     let cores = n["resources"]["cpu"]["offered"].as_u64().expect("cores");
-    assert!(
-        page.contains(&format!("id=\"total-cores\" data-value=\"{cores}\"")),
-        "dashboard shows the pool's cores"
-    );
+    assert!(page.contains(&format!("id=\"total-cores\" data-value=\"{cores}\"")), "dashboard shows the pool's cores");
     let (status, page) = http("GET", &url("/node"), &[("Cookie", &auth)], None);
     assert_eq!(status, 200);
     assert!(page.contains(n["resources"]["cpu"]["model"].as_str().expect("model")));
-    let (status, page) = http(
-        "GET",
-        &url("/ledger?types=NodeJoined"),
-        &[("Cookie", &auth)],
-        None,
-    );
+    let (status, page) = http("GET", &url("/ledger?types=NodeJoined"), &[("Cookie", &auth)], None);
     assert_eq!(status, 200);
-    assert!(
-        page.contains("data-type=\"NodeJoined\"") && !page.contains("data-type=\"KeyCreated\"")
-    );
+    assert!(page.contains("data-type=\"NodeJoined\"") && !page.contains("data-type=\"KeyCreated\""));
     let (status, _) = http("GET", &url("/api/node"), &[("Cookie", &auth)], None);
     assert_eq!(status, 200, "the session cookie also works for the API");
 
@@ -104,21 +87,13 @@ fn login_sets_a_session_and_forms_need_the_csrf_token() {
     );
     assert_eq!(status, 200);
     assert!(page.contains("id=\"new-key\""), "the new key is shown once");
-    let (status, _) = http(
-        "POST",
-        &url("/keys"),
-        &[ctype, ("Cookie", &auth)],
-        Some(b"csrf=forged&name=evil&role=admin"),
-    );
+    let (status, _) =
+        http("POST", &url("/keys"), &[ctype, ("Cookie", &auth)], Some(b"csrf=forged&name=evil&role=admin"));
     assert_eq!(status, 400, "forged CSRF is refused");
     assert!(!node.get("/api/keys").1.to_string().contains("evil"));
 
-    let (status, _) = http(
-        "POST",
-        &url("/logout"),
-        &[ctype, ("Cookie", &auth)],
-        Some(format!("csrf={csrf}").as_bytes()),
-    );
+    let (status, _) =
+        http("POST", &url("/logout"), &[ctype, ("Cookie", &auth)], Some(format!("csrf={csrf}").as_bytes()));
     assert_eq!(status, 303);
     let (status, _) = http("GET", &url("/"), &[("Cookie", &auth)], None);
     assert_eq!(status, 303, "logged out");
@@ -138,10 +113,7 @@ fn static_files_are_embedded_and_unknown_pages_are_404() {
 fn which(names: &[&str]) -> Option<String> {
     let path = std::env::var_os("PATH")?;
     names.iter().find_map(|n| {
-        std::env::split_paths(&path)
-            .map(|d| d.join(n))
-            .find(|p| p.is_file())
-            .map(|p| p.display().to_string())
+        std::env::split_paths(&path).map(|d| d.join(n)).find(|p| p.is_file()).map(|p| p.display().to_string())
     })
 }
 
@@ -153,11 +125,7 @@ struct Driver {
 
 impl Driver {
     fn start(chromium: &str, chromedriver: &str) -> Driver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let child = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -177,16 +145,9 @@ impl Driver {
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
                      format!("--user-data-dir={}", profile.display())]}}}});
-        let mut driver = Driver {
-            child,
-            base,
-            session: String::new(),
-        };
+        let mut driver = Driver { child, base, session: String::new() };
         let v = driver.call("POST", "/session", Some(caps));
-        driver.session = v["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {v}"))
-            .to_string();
+        driver.session = v["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {v}")).to_string();
         driver
     }
 
@@ -203,18 +164,13 @@ impl Driver {
             &[("Content-Type", "application/json")],
             body.as_deref().map(str::as_bytes),
         );
-        let v: Value =
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("webdriver said: {text}"));
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("webdriver said: {text}"));
         v["value"].clone()
     }
 
     fn find(&self, css: &str) -> String {
         let v = wait_until(&format!("element {css}"), Duration::from_secs(10), || {
-            let v = self.call(
-                "POST",
-                "/element",
-                Some(json!({"using": "css selector", "value": css})),
-            );
+            let v = self.call("POST", "/element", Some(json!({"using": "css selector", "value": css})));
             v.as_object()?.values().next()?.as_str().map(str::to_string)
         });
         v
@@ -222,22 +178,14 @@ impl Driver {
 
     fn text(&self, css: &str) -> String {
         let id = self.find(css);
-        self.call("GET", &format!("/element/{id}/text"), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.call("GET", &format!("/element/{id}/text"), None).as_str().unwrap_or_default().to_string()
     }
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
         if !self.session.is_empty() {
-            let _ = http(
-                "DELETE",
-                &format!("{}/session/{}", self.base, self.session),
-                &[],
-                None,
-            );
+            let _ = http("DELETE", &format!("{}/session/{}", self.base, self.session), &[], None);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -246,27 +194,23 @@ impl Drop for Driver {
 
 #[test]
 fn browser_logs_in_and_the_dashboard_shows_the_nodes_cores() {
-    let (Some(chromium), Some(chromedriver)) = (
-        which(&["chromium", "chromium-browser", "google-chrome"]),
-        which(&["chromedriver"]),
-    ) else {
-        assert!(std::env::var_os("CI").is_none(), "CI is set but Chromium or chromedriver is missing: .ci/run installs chromium and chromium-driver");
-        eprintln!("browser tests skipped: chromium and chromedriver not found (apt-get install chromium chromium-driver)");
+    let (Some(chromium), Some(chromedriver)) =
+        (which(&["chromium", "chromium-browser", "google-chrome"]), which(&["chromedriver"]))
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but Chromium or chromedriver is missing: .ci/run installs chromium and chromium-driver"
+        );
+        eprintln!(
+            "browser tests skipped: chromium and chromedriver not found (apt-get install chromium chromium-driver)"
+        );
         return;
     };
     let node = TestNode::start();
     let driver = Driver::start(&chromium, &chromedriver);
-    driver.call(
-        "POST",
-        "/url",
-        Some(json!({"url": format!("{}/", node.url)})),
-    );
+    driver.call("POST", "/url", Some(json!({"url": format!("{}/", node.url)})));
     let key_field = driver.find("#key");
-    driver.call(
-        "POST",
-        &format!("/element/{key_field}/value"),
-        Some(json!({"text": node.admin_key})),
-    );
+    driver.call("POST", &format!("/element/{key_field}/value"), Some(json!({"text": node.admin_key})));
     let submit = driver.find("section.login button[type=submit]");
     driver.call("POST", &format!("/element/{submit}/click"), Some(json!({})));
     wait_until("the dashboard after login", Duration::from_secs(10), || {
@@ -275,29 +219,11 @@ fn browser_logs_in_and_the_dashboard_shows_the_nodes_cores() {
     });
     let (_, n) = node.get("/api/node");
     let shown = driver.text("#total-cores");
-    assert_eq!(
-        shown,
-        n["resources"]["cpu"]["offered"].to_string(),
-        "dashboard cores = /api/node"
-    );
-    assert_eq!(
-        n["resources"]["cpu"]["offered"], n["resources"]["cpu"]["count"],
-        "no limits: every core is offered"
-    );
+    assert_eq!(shown, n["resources"]["cpu"]["offered"].to_string(), "dashboard cores = /api/node");
+    assert_eq!(n["resources"]["cpu"]["offered"], n["resources"]["cpu"]["count"], "no limits: every core is offered");
 
-    driver.call(
-        "POST",
-        "/url",
-        Some(json!({"url": format!("{}/node", node.url)})),
-    );
-    assert_eq!(
-        driver.text("#cpu-count"),
-        n["resources"]["cpu"]["count"].to_string()
-    );
-    driver.call(
-        "POST",
-        "/url",
-        Some(json!({"url": format!("{}/ledger", node.url)})),
-    );
+    driver.call("POST", "/url", Some(json!({"url": format!("{}/node", node.url)})));
+    assert_eq!(driver.text("#cpu-count"), n["resources"]["cpu"]["count"].to_string());
+    driver.call("POST", "/url", Some(json!({"url": format!("{}/ledger", node.url)})));
     assert!(driver.text("#ledger-entries").contains("NodeJoined"));
 }

@@ -77,10 +77,7 @@ pub struct ToolOverride {
 
 impl Default for ToolOverride {
     fn default() -> Self {
-        ToolOverride {
-            path: None,
-            enabled: true,
-        }
+        ToolOverride { path: None, enabled: true }
     }
 }
 
@@ -127,9 +124,7 @@ pub struct ScanConfig {
 
 impl Default for ScanConfig {
     fn default() -> Self {
-        ScanConfig {
-            probe_timeout_ms: DEFAULT_PROBE_TIMEOUT_MS,
-        }
+        ScanConfig { probe_timeout_ms: DEFAULT_PROBE_TIMEOUT_MS }
     }
 }
 
@@ -157,10 +152,7 @@ impl HoursWindow {
             let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
             (h < 24 && m < 60 && t.trim().len() == 5).then_some(h * 60 + m)
         };
-        Some(HoursWindow {
-            start_minute: minute(start)?,
-            end_minute: minute(end)?,
-        })
+        Some(HoursWindow { start_minute: minute(start)?, end_minute: minute(end)? })
     }
 
     pub fn contains(&self, minute_of_day: u32) -> bool {
@@ -192,11 +184,7 @@ impl NodeConfig {
             let inner = e.into_inner();
             ConfigError {
                 file: file.to_string(),
-                field: if path == "." {
-                    "(document)".into()
-                } else {
-                    path
-                },
+                field: if path == "." { "(document)".into() } else { path },
                 message: humanize_serde(&inner),
             }
         })?;
@@ -206,19 +194,10 @@ impl NodeConfig {
 
     /// Semantic checks that types alone do not express.
     pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let fail = |field: String, message: String| {
-            Err(ConfigError {
-                file: file.to_string(),
-                field,
-                message,
-            })
-        };
+        let fail = |field: String, message: String| Err(ConfigError { file: file.to_string(), field, message });
         if let Some(id) = &self.node_id {
             if id != "auto" {
-                return fail(
-                    "node_id".into(),
-                    "must be \"auto\": a node's id is derived from its key".into(),
-                );
+                return fail("node_id".into(), "must be \"auto\": a node's id is derived from its key".into());
             }
         }
         if let Some(name) = &self.node_name {
@@ -227,10 +206,7 @@ impl NodeConfig {
             }
         }
         if self.resource_limits.cpu.max_cores == Some(0) {
-            return fail(
-                "resource_limits.cpu.max_cores".into(),
-                "must be at least 1".into(),
-            );
+            return fail("resource_limits.cpu.max_cores".into(), "must be at least 1".into());
         }
         let mem = &self.resource_limits.memory;
         for (field, value) in [("max_gb", mem.max_gb), ("reserved_gb", mem.reserved_gb)] {
@@ -261,11 +237,7 @@ impl NodeConfig {
             if !STORAGE_PURPOSES.contains(&s.purpose.as_str()) {
                 return fail(
                     format!("resource_limits.storage[{i}].purpose"),
-                    format!(
-                        "must be one of {}, got '{}'",
-                        STORAGE_PURPOSES.join(", "),
-                        s.purpose
-                    ),
+                    format!("must be one of {}, got '{}'", STORAGE_PURPOSES.join(", "), s.purpose),
                 );
             }
         }
@@ -281,10 +253,7 @@ impl NodeConfig {
         }
         if let Some(addr) = &self.network.advertise_address {
             if addr.trim().is_empty() {
-                return fail(
-                    "network.advertise_address".into(),
-                    "must not be empty".into(),
-                );
+                return fail("network.advertise_address".into(), "must not be empty".into());
             }
         }
         for (i, peer) in self.network.peers.iter().enumerate() {
@@ -297,18 +266,9 @@ impl NodeConfig {
         }
         let w = self.scheduling.priority_weight;
         if !w.is_finite() || w < 0.0 {
-            return fail(
-                "scheduling.priority_weight".into(),
-                format!("must be a number >= 0, got {w}"),
-            );
+            return fail("scheduling.priority_weight".into(), format!("must be a number >= 0, got {w}"));
         }
-        for (i, h) in self
-            .scheduling
-            .time_restrictions
-            .local_only_hours
-            .iter()
-            .enumerate()
-        {
+        for (i, h) in self.scheduling.time_restrictions.local_only_hours.iter().enumerate() {
             if HoursWindow::parse(h).is_none() {
                 return fail(
                     format!("scheduling.time_restrictions.local_only_hours[{i}]"),
@@ -319,21 +279,14 @@ impl NodeConfig {
         if !(1..=60_000).contains(&self.scan.probe_timeout_ms) {
             return fail(
                 "scan.probe_timeout_ms".into(),
-                format!(
-                    "must be between 1 and 60000, got {}",
-                    self.scan.probe_timeout_ms
-                ),
+                format!("must be between 1 and 60000, got {}", self.scan.probe_timeout_ms),
             );
         }
         Ok(())
     }
 
     /// Checks against the machine: reserved core indices must exist.
-    pub fn validate_for_machine(
-        &self,
-        file: &str,
-        logical_cores: usize,
-    ) -> Result<(), ConfigError> {
+    pub fn validate_for_machine(&self, file: &str, logical_cores: usize) -> Result<(), ConfigError> {
         for (i, core) in self.resource_limits.cpu.reserved_cores.iter().enumerate() {
             if *core >= logical_cores {
                 return Err(ConfigError {
@@ -358,12 +311,7 @@ impl NodeConfig {
 
     /// The parsed `local_only_hours` windows (validated at load).
     pub fn local_only_windows(&self) -> Vec<HoursWindow> {
-        self.scheduling
-            .time_restrictions
-            .local_only_hours
-            .iter()
-            .filter_map(|h| HoursWindow::parse(h))
-            .collect()
+        self.scheduling.time_restrictions.local_only_hours.iter().filter_map(|h| HoursWindow::parse(h)).collect()
     }
 }
 
@@ -388,11 +336,7 @@ fn humanize_serde(err: &serde_json::Error) -> String {
     // serde says "invalid type: string \"six\", expected an integer"; lead with what was expected.
     if let Some(rest) = msg.strip_prefix("invalid type: ") {
         if let Some((found, expected)) = rest.split_once(", ") {
-            return format!(
-                "{expected}, found {found} (line {}, column {})",
-                err.line(),
-                err.column()
-            );
+            return format!("{expected}, found {found} (line {}, column {})", err.line(), err.column());
         }
     }
     if err.line() > 0 {
@@ -407,9 +351,7 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        NodeConfig::parse("node-config.json", text)
-            .expect_err("should be refused")
-            .to_string()
+        NodeConfig::parse("node-config.json", text).expect_err("should be refused").to_string()
     }
 
     #[test]
@@ -437,10 +379,7 @@ mod tests {
     #[test]
     fn wrong_type_names_the_field_and_says_integer() {
         let e = err(r#"{"resource_limits": {"cpu": {"max_cores": "six"}}}"#);
-        assert!(
-            e.starts_with("node-config.json: resource_limits.cpu.max_cores: expected an integer"),
-            "{e}"
-        );
+        assert!(e.starts_with("node-config.json: resource_limits.cpu.max_cores: expected an integer"), "{e}");
     }
 
     #[test]
@@ -458,21 +397,17 @@ mod tests {
 
     #[test]
     fn semantic_checks_name_the_field() {
-        assert!(err(r#"{"resource_limits":{"cpu":{"max_cores":0}}}"#)
-            .contains("resource_limits.cpu.max_cores"));
-        assert!(err(r#"{"resource_limits":{"storage":[{"path":"rel/x"}]}}"#)
-            .contains("resource_limits.storage[0].path"));
+        assert!(err(r#"{"resource_limits":{"cpu":{"max_cores":0}}}"#).contains("resource_limits.cpu.max_cores"));
         assert!(
-            err(r#"{"resource_limits":{"storage":[{"path":"/x","purpose":"junk"}]}}"#)
-                .contains("storage[0].purpose")
+            err(r#"{"resource_limits":{"storage":[{"path":"rel/x"}]}}"#).contains("resource_limits.storage[0].path")
+        );
+        assert!(
+            err(r#"{"resource_limits":{"storage":[{"path":"/x","purpose":"junk"}]}}"#).contains("storage[0].purpose")
         );
         assert!(err(r#"{"network":{"peers":["ftp://x"]}}"#).contains("network.peers[0]"));
+        assert!(err(r#"{"scheduling":{"priority_weight":-1}}"#).contains("scheduling.priority_weight"));
         assert!(
-            err(r#"{"scheduling":{"priority_weight":-1}}"#).contains("scheduling.priority_weight")
-        );
-        assert!(
-            err(r#"{"scheduling":{"time_restrictions":{"local_only_hours":["9-5"]}}}"#)
-                .contains("local_only_hours[0]")
+            err(r#"{"scheduling":{"time_restrictions":{"local_only_hours":["9-5"]}}}"#).contains("local_only_hours[0]")
         );
         assert!(err(r#"{"node_id":"abc"}"#).contains("node_id"));
         assert!(err(r#"{"network":{"listen_port":70000}}"#).contains("network.listen_port"));
@@ -480,8 +415,7 @@ mod tests {
 
     #[test]
     fn reserved_cores_checked_against_machine() {
-        let c = NodeConfig::parse("f", r#"{"resource_limits":{"cpu":{"reserved_cores":[5]}}}"#)
-            .expect("parses");
+        let c = NodeConfig::parse("f", r#"{"resource_limits":{"cpu":{"reserved_cores":[5]}}}"#).expect("parses");
         let e = c.validate_for_machine("f", 2).expect_err("core 5 of 2");
         assert_eq!(e.field, "resource_limits.cpu.reserved_cores[0]");
         assert!(c.validate_for_machine("f", 8).is_ok());

@@ -15,10 +15,7 @@ pub const KEY_FILE: &str = "node.key";
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a node key (expected 64 hex digits)")]
     Malformed { path: PathBuf },
 }
@@ -43,12 +40,8 @@ impl Identity {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let signing = SigningKey::generate(&mut rand::rngs::OsRng);
-                write_secret(&path, wire::hex(&signing.to_bytes()).as_bytes()).map_err(
-                    |source| IdentityError::Io {
-                        path: path.clone(),
-                        source,
-                    },
-                )?;
+                write_secret(&path, wire::hex(&signing.to_bytes()).as_bytes())
+                    .map_err(|source| IdentityError::Io { path: path.clone(), source })?;
                 Ok((Identity::from_secret(&signing.to_bytes()), true))
             }
             Err(source) => Err(IdentityError::Io { path, source }),
@@ -75,19 +68,13 @@ pub fn verify(public_key: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bo
     let Ok(key) = VerifyingKey::from_bytes(public_key) else {
         return false;
     };
-    key.verify(message, &ed25519_dalek::Signature::from_bytes(signature))
-        .is_ok()
+    key.verify(message, &ed25519_dalek::Signature::from_bytes(signature)).is_ok()
 }
 
 /// Writes a file only its owner may read (0600), replacing any old one.
 pub fn write_secret(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     file.write_all(contents)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
@@ -103,10 +90,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (first, created) = Identity::load_or_create(dir.path()).expect("create");
         assert!(created);
-        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
-            .expect("stat")
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let (again, created) = Identity::load_or_create(dir.path()).expect("load");
         assert!(!created);
@@ -127,9 +111,6 @@ mod tests {
     fn a_malformed_key_file_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join(KEY_FILE), "zz").expect("write");
-        assert!(matches!(
-            Identity::load_or_create(dir.path()),
-            Err(IdentityError::Malformed { .. })
-        ));
+        assert!(matches!(Identity::load_or_create(dir.path()), Err(IdentityError::Malformed { .. })));
     }
 }

@@ -100,11 +100,7 @@ impl Keys {
                 Ok(out)
             })
             .await?;
-        Ok(Keys {
-            store,
-            ledger,
-            ring: Arc::new(RwLock::new(records)),
-        })
+        Ok(Keys { store, ledger, ring: Arc::new(RwLock::new(records)) })
     }
 
     /// Creates a key and returns its secret (the only time it exists outside the caller).
@@ -146,10 +142,7 @@ impl Keys {
             })
             .await?;
         if let Ok(mut ring) = self.ring.write() {
-            ring.push(KeyRecord {
-                info: info.clone(),
-                hash,
-            });
+            ring.push(KeyRecord { info: info.clone(), hash });
         }
         self.ledger
             .append(
@@ -165,15 +158,10 @@ impl Keys {
         let now = wire::now_ms();
         let target = {
             let ring = self.ring.read().map_err(|_| StoreError::Unavailable)?;
-            let target = ring
-                .iter()
-                .find(|k| k.info.id == id && k.info.revoked_at_ms.is_none())
-                .cloned();
+            let target = ring.iter().find(|k| k.info.id == id && k.info.revoked_at_ms.is_none()).cloned();
             let target = target.ok_or_else(|| KeyError::NotFound(id.to_string()))?;
-            let other_admins = ring
-                .iter()
-                .filter(|k| k.info.id != id && k.info.role == Role::Admin && k.info.active(now))
-                .count();
+            let other_admins =
+                ring.iter().filter(|k| k.info.id != id && k.info.role == Role::Admin && k.info.active(now)).count();
             if target.info.role == Role::Admin && other_admins == 0 {
                 return Err(KeyError::LastAdmin(id.to_string()));
             }
@@ -182,10 +170,7 @@ impl Keys {
         let key_id = id.to_string();
         self.store
             .run(move |c| {
-                c.execute(
-                    "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2",
-                    params![now as i64, key_id],
-                )?;
+                c.execute("UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2", params![now as i64, key_id])?;
                 Ok(())
             })
             .await?;
@@ -197,16 +182,16 @@ impl Keys {
             }
         }
         self.ledger
-            .append(LedgerEntryType::KeyRevoked, serde_json::json!({ "key_id": info.id, "name": info.name, "revoked_by": revoked_by }))
+            .append(
+                LedgerEntryType::KeyRevoked,
+                serde_json::json!({ "key_id": info.id, "name": info.name, "revoked_by": revoked_by }),
+            )
             .await?;
         Ok(info)
     }
 
     pub fn list(&self) -> Vec<KeyInfo> {
-        self.ring
-            .read()
-            .map(|r| r.iter().map(|k| k.info.clone()).collect())
-            .unwrap_or_default()
+        self.ring.read().map(|r| r.iter().map(|k| k.info.clone()).collect()).unwrap_or_default()
     }
 
     /// The active key whose secret this is. Compares against every key with BLAKE3's
@@ -233,10 +218,7 @@ impl Keys {
             .ok()
             .and_then(|mut ring| {
                 let k = ring.iter_mut().find(|k| k.info.id == id)?;
-                let stale = k
-                    .info
-                    .last_used_at_ms
-                    .is_none_or(|t| now.saturating_sub(t) > 60_000);
+                let stale = k.info.last_used_at_ms.is_none_or(|t| now.saturating_sub(t) > 60_000);
                 if stale {
                     k.info.last_used_at_ms = Some(now);
                 }
@@ -249,10 +231,7 @@ impl Keys {
             actix::spawn(async move {
                 let result = store
                     .run(move |c| {
-                        c.execute(
-                            "UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2",
-                            params![now as i64, id],
-                        )?;
+                        c.execute("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2", params![now as i64, id])?;
                         Ok(())
                     })
                     .await;
@@ -266,9 +245,7 @@ impl Keys {
     /// Whether any active admin key exists (a first start creates one when not).
     pub fn has_admin(&self) -> bool {
         let now = wire::now_ms();
-        self.list()
-            .iter()
-            .any(|k| k.role == Role::Admin && k.active(now))
+        self.list().iter().any(|k| k.role == Role::Admin && k.active(now))
     }
 }
 
@@ -282,7 +259,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(DB_FILE);
         let store = StoreHandle::start(store::open(&path, Durability::Normal).expect("open"));
-        let ledger = LedgerHandle::start(&path, Identity::from_secret(&[1; 32])).expect("ledger");
+        let ledger = LedgerHandle::start(&path, Identity::from_secret(&[1; 32]), None).expect("ledger");
         let keys = Keys::load(store, ledger).await.expect("load");
         (dir, keys)
     }
@@ -290,75 +267,41 @@ mod tests {
     #[actix::test]
     async fn created_keys_authenticate_until_revoked() {
         let (_dir, keys) = keys().await;
-        let (admin, _) = keys
-            .create("admin", Role::Admin, None, "test")
-            .await
-            .expect("create");
-        let (secret, info) = keys
-            .create("ci", Role::Observer, None, "test")
-            .await
-            .expect("create");
+        let (admin, _) = keys.create("admin", Role::Admin, None, "test").await.expect("create");
+        let (secret, info) = keys.create("ci", Role::Observer, None, "test").await.expect("create");
         assert!(secret.starts_with(KEY_PREFIX));
-        assert_eq!(
-            keys.authenticate(&secret).map(|k| k.role),
-            Some(Role::Observer)
-        );
+        assert_eq!(keys.authenticate(&secret).map(|k| k.role), Some(Role::Observer));
         assert_eq!(keys.authenticate(&admin).map(|k| k.role), Some(Role::Admin));
         assert!(keys.authenticate("bn_wrong").is_none());
         keys.revoke(&info.id, "test").await.expect("revoke");
         assert!(keys.authenticate(&secret).is_none());
-        assert!(matches!(
-            keys.revoke(&info.id, "test").await,
-            Err(KeyError::NotFound(_))
-        ));
+        assert!(matches!(keys.revoke(&info.id, "test").await, Err(KeyError::NotFound(_))));
     }
 
     #[actix::test]
     async fn keys_survive_reload_and_only_hashes_are_stored() {
         let (dir, keys) = keys().await;
-        let (secret, _) = keys
-            .create("ci", Role::Builder, None, "test")
-            .await
-            .expect("create");
+        let (secret, _) = keys.create("ci", Role::Builder, None, "test").await.expect("create");
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).expect("open");
-        let stored: String = conn
-            .query_row("SELECT key_hash FROM api_keys", [], |r| r.get(0))
-            .expect("row");
+        let stored: String = conn.query_row("SELECT key_hash FROM api_keys", [], |r| r.get(0)).expect("row");
         assert_ne!(stored, secret);
         assert_eq!(stored, blake3::hash(secret.as_bytes()).to_hex().as_str());
-        let reloaded = Keys::load(keys.store.clone(), keys.ledger.clone())
-            .await
-            .expect("reload");
-        assert_eq!(
-            reloaded.authenticate(&secret).map(|k| k.name),
-            Some("ci".to_string())
-        );
+        let reloaded = Keys::load(keys.store.clone(), keys.ledger.clone()).await.expect("reload");
+        assert_eq!(reloaded.authenticate(&secret).map(|k| k.name), Some("ci".to_string()));
     }
 
     #[actix::test]
     async fn the_last_admin_key_cannot_be_revoked_and_names_are_checked() {
         let (_dir, keys) = keys().await;
-        let (_, admin) = keys
-            .create("admin", Role::Admin, None, "test")
-            .await
-            .expect("create");
-        assert!(matches!(
-            keys.revoke(&admin.id, "test").await,
-            Err(KeyError::LastAdmin(_))
-        ));
-        assert!(matches!(
-            keys.create("  ", Role::Admin, None, "t").await,
-            Err(KeyError::BadName)
-        ));
+        let (_, admin) = keys.create("admin", Role::Admin, None, "test").await.expect("create");
+        assert!(matches!(keys.revoke(&admin.id, "test").await, Err(KeyError::LastAdmin(_))));
+        assert!(matches!(keys.create("  ", Role::Admin, None, "t").await, Err(KeyError::BadName)));
     }
 
     #[actix::test]
     async fn expired_keys_do_not_authenticate() {
         let (_dir, keys) = keys().await;
-        let (secret, _) = keys
-            .create("short", Role::Admin, Some(0), "test")
-            .await
-            .expect("create");
+        let (secret, _) = keys.create("short", Role::Admin, Some(0), "test").await.expect("create");
         assert!(keys.authenticate(&secret).is_none());
     }
 }

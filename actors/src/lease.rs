@@ -10,24 +10,11 @@ use crate::wire::{Lease, LeaseRequest};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseError {
     #[error("{resource}: asked for {requested} {unit}, only {available} of {capacity} free")]
-    Insufficient {
-        resource: String,
-        requested: u64,
-        available: u64,
-        capacity: u64,
-        unit: &'static str,
-    },
+    Insufficient { resource: String, requested: u64, available: u64, capacity: u64, unit: &'static str },
     #[error("{resource}: request from epoch {epoch} refused, epoch {current} is current")]
-    StaleEpoch {
-        resource: String,
-        epoch: u64,
-        current: u64,
-    },
+    StaleEpoch { resource: String, epoch: u64, current: u64 },
     #[error("{resource}: a lease must ask for at least 1 {unit}")]
-    Empty {
-        resource: String,
-        unit: &'static str,
-    },
+    Empty { resource: String, unit: &'static str },
     #[error("{resource}: no lease {id}")]
     Unknown { resource: String, id: String },
 }
@@ -45,14 +32,7 @@ pub struct LeaseBook {
 
 impl LeaseBook {
     pub fn new(resource: impl Into<String>, unit: &'static str, capacity: u64) -> Self {
-        LeaseBook {
-            resource: resource.into(),
-            unit,
-            capacity,
-            leases: BTreeMap::new(),
-            highest_epoch: 0,
-            next_id: 1,
-        }
+        LeaseBook { resource: resource.into(), unit, capacity, leases: BTreeMap::new(), highest_epoch: 0, next_id: 1 }
     }
 
     pub fn capacity(&self) -> u64 {
@@ -86,10 +66,7 @@ impl LeaseBook {
             });
         }
         if req.amount == 0 {
-            return Err(LeaseError::Empty {
-                resource: self.resource.clone(),
-                unit: self.unit,
-            });
+            return Err(LeaseError::Empty { resource: self.resource.clone(), unit: self.unit });
         }
         let available = self.available(now_ms);
         if req.amount > available {
@@ -118,20 +95,19 @@ impl LeaseBook {
     /// Extends a live lease; an expired one is gone and must be asked for again.
     pub fn renew(&mut self, id: &str, ttl_ms: u64, now_ms: u64) -> Result<Lease, LeaseError> {
         self.reclaim(now_ms);
-        let lease = self.leases.get_mut(id).ok_or_else(|| LeaseError::Unknown {
-            resource: self.resource.clone(),
-            id: id.to_string(),
-        })?;
+        let lease = self
+            .leases
+            .get_mut(id)
+            .ok_or_else(|| LeaseError::Unknown { resource: self.resource.clone(), id: id.to_string() })?;
         lease.expires_at_ms = now_ms.saturating_add(ttl_ms);
         Ok(lease.clone())
     }
 
     /// Gives a lease back. Releasing twice is an error, so double frees show up.
     pub fn release(&mut self, id: &str) -> Result<Lease, LeaseError> {
-        self.leases.remove(id).ok_or_else(|| LeaseError::Unknown {
-            resource: self.resource.clone(),
-            id: id.to_string(),
-        })
+        self.leases
+            .remove(id)
+            .ok_or_else(|| LeaseError::Unknown { resource: self.resource.clone(), id: id.to_string() })
     }
 
     /// Releases every lease of a holder (a build that ended or died); returns how many.
@@ -156,12 +132,7 @@ mod tests {
     use super::*;
 
     fn req(amount: u64, epoch: u64) -> LeaseRequest {
-        LeaseRequest {
-            amount,
-            holder: "b".into(),
-            ttl_ms: 1_000,
-            epoch,
-        }
+        LeaseRequest { amount, holder: "b".into(), ttl_ms: 1_000, epoch }
     }
 
     #[test]
@@ -210,10 +181,7 @@ mod tests {
     #[test]
     fn zero_requests_and_holder_release() {
         let mut book = LeaseBook::new("cpu", "cores", 8);
-        assert!(matches!(
-            book.grant(&req(0, 0), 0),
-            Err(LeaseError::Empty { .. })
-        ));
+        assert!(matches!(book.grant(&req(0, 0), 0), Err(LeaseError::Empty { .. })));
         book.grant(&req(2, 0), 0).expect("fits");
         book.grant(&req(2, 0), 0).expect("fits");
         assert_eq!(book.release_holder("b"), 2);

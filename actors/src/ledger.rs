@@ -12,9 +12,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::events::{Event, EventBus};
 use crate::identity::{self, Identity};
 use crate::store::{self, Durability, StoreError};
-use crate::wire::{self, Hlc, LedgerEntry, LedgerEntryType, NodeId};
+use crate::wire::{self, Head, Hlc, LedgerEntry, LedgerEntryType, NodeId};
 
 /// `prev_hash` of an origin's first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -55,11 +56,7 @@ pub struct BadEntry {
 }
 
 /// Checks one entry against its predecessor's hash and the origin's public key.
-pub fn check_entry(
-    entry: &LedgerEntry,
-    expected_prev: &str,
-    public_key: &[u8; 32],
-) -> Result<(), String> {
+pub fn check_entry(entry: &LedgerEntry, expected_prev: &str, public_key: &[u8; 32]) -> Result<(), String> {
     if entry.prev_hash != expected_prev {
         return Err(format!(
             "prev_hash {} does not match the previous entry's hash {}",
@@ -144,11 +141,9 @@ impl LedgerActor {
         let origin = self.identity.node_id.to_string();
         let head = self
             .conn()?
-            .query_row(
-                "SELECT seq, hash FROM ledger WHERE origin = ?1 ORDER BY seq DESC LIMIT 1",
-                [origin],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
-            )
+            .query_row("SELECT seq, hash FROM ledger WHERE origin = ?1 ORDER BY seq DESC LIMIT 1", [origin], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
             .optional()?
             .unwrap_or((0, GENESIS_HASH.to_string()));
         self.head = Some(head.clone());
@@ -159,15 +154,9 @@ impl LedgerActor {
     fn tick(&mut self) -> Hlc {
         let wall = wire::now_ms();
         self.last_hlc = if wall > self.last_hlc.wall_ms {
-            Hlc {
-                wall_ms: wall,
-                logical: 0,
-            }
+            Hlc { wall_ms: wall, logical: 0 }
         } else {
-            Hlc {
-                wall_ms: self.last_hlc.wall_ms,
-                logical: self.last_hlc.logical + 1,
-            }
+            Hlc { wall_ms: self.last_hlc.wall_ms, logical: self.last_hlc.logical + 1 }
         };
         self.last_hlc
     }
@@ -189,14 +178,7 @@ impl Handler<Append> for LedgerActor {
         let seq = seq + 1;
         let hlc = self.tick();
         let origin = self.identity.node_id.clone();
-        let hash = blake3::hash(&canonical_bytes(
-            &origin,
-            seq,
-            &prev_hash,
-            hlc,
-            msg.entry_type,
-            &msg.data,
-        ));
+        let hash = blake3::hash(&canonical_bytes(&origin, seq, &prev_hash, hlc, msg.entry_type, &msg.data));
         let signature = wire::hex(&self.identity.sign(hash.as_bytes()));
         let entry = LedgerEntry {
             origin,
@@ -247,8 +229,7 @@ struct Row {
     signature: String,
 }
 
-const ROW_COLUMNS: &str =
-    "origin, seq, prev_hash, hlc_wall, hlc_logical, entry_type, entry_data, hash, signature";
+const ROW_COLUMNS: &str = "origin, seq, prev_hash, hlc_wall, hlc_logical, entry_type, entry_data, hash, signature";
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -272,13 +253,9 @@ impl Row {
             prev_hash: self.prev_hash,
             hlc: Hlc {
                 wall_ms: u64::try_from(self.wall).map_err(|_| "negative time".to_string())?,
-                logical: u32::try_from(self.logical)
-                    .map_err(|_| "bad logical clock".to_string())?,
+                logical: u32::try_from(self.logical).map_err(|_| "bad logical clock".to_string())?,
             },
-            entry_type: self
-                .entry_type
-                .parse()
-                .map_err(|e: wire::InvalidId| e.to_string())?,
+            entry_type: self.entry_type.parse().map_err(|e: wire::InvalidId| e.to_string())?,
             data: serde_json::from_str(&self.data).map_err(|e| format!("data is not JSON: {e}"))?,
             hash: self.hash,
             signature: self.signature,
@@ -340,10 +317,7 @@ impl Handler<Verify> for LedgerActor {
     type Result = Result<VerifyReport, StoreError>;
 
     fn handle(&mut self, _: Verify, _: &mut Self::Context) -> Self::Result {
-        let own = (
-            self.identity.node_id.to_string(),
-            self.identity.public_key(),
-        );
+        let own = (self.identity.node_id.to_string(), self.identity.public_key());
         verify_all(self.conn()?, own)
     }
 }
@@ -354,9 +328,7 @@ pub fn verify_all(conn: &Connection, own: (String, [u8; 32])) -> Result<VerifyRe
     let mut keys: BTreeMap<String, [u8; 32]> = BTreeMap::new();
     {
         let mut stmt = conn.prepare("SELECT id, public_key FROM nodes")?;
-        for row in stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })? {
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))? {
             let (id, key) = row?;
             if let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) {
                 keys.insert(id, key);
@@ -369,21 +341,10 @@ pub fn verify_all(conn: &Connection, own: (String, [u8; 32])) -> Result<VerifyRe
         let rows = stmt.query_map([], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
-    let mut report = VerifyReport {
-        ok: true,
-        chains: Vec::new(),
-        first_bad: None,
-    };
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {ROW_COLUMNS} FROM ledger WHERE origin = ?1 ORDER BY seq"
-    ))?;
+    let mut report = VerifyReport { ok: true, chains: Vec::new(), first_bad: None };
+    let mut stmt = conn.prepare(&format!("SELECT {ROW_COLUMNS} FROM ledger WHERE origin = ?1 ORDER BY seq"))?;
     for origin in origins {
-        let mut chain = ChainReport {
-            origin: origin.clone(),
-            entries: 0,
-            head_hash: GENESIS_HASH.into(),
-            ok: true,
-        };
+        let mut chain = ChainReport { origin: origin.clone(), entries: 0, head_hash: GENESIS_HASH.into(), ok: true };
         let mut expected_seq = 1u64;
         for row in stmt.query_map([&origin], read_row)? {
             let row = row?;
@@ -391,10 +352,9 @@ pub fn verify_all(conn: &Connection, own: (String, [u8; 32])) -> Result<VerifyRe
             let verdict = match (row.into_entry(), keys.get(&origin)) {
                 (Err(e), _) => Err(e),
                 (_, None) => Err("origin is not in the roster; its key is unknown".to_string()),
-                (Ok(e), Some(_)) if e.seq != expected_seq => Err(format!(
-                    "expected seq {expected_seq}, found {} (entries missing)",
-                    e.seq
-                )),
+                (Ok(e), Some(_)) if e.seq != expected_seq => {
+                    Err(format!("expected seq {expected_seq}, found {} (entries missing)", e.seq))
+                }
                 (Ok(e), Some(key)) => check_entry(&e, &chain.head_hash, key).map(|_| e.hash),
             };
             match verdict {
@@ -406,11 +366,7 @@ pub fn verify_all(conn: &Connection, own: (String, [u8; 32])) -> Result<VerifyRe
                 Err(reason) => {
                     chain.ok = false;
                     report.ok = false;
-                    report.first_bad.get_or_insert(BadEntry {
-                        origin: origin.clone(),
-                        seq,
-                        reason,
-                    });
+                    report.first_bad.get_or_insert(BadEntry { origin: origin.clone(), seq, reason });
                     break;
                 }
             }
@@ -418,6 +374,183 @@ pub fn verify_all(conn: &Connection, own: (String, [u8; 32])) -> Result<VerifyRe
         report.chains.push(chain);
     }
     Ok(report)
+}
+
+/// The newest entry of every chain held here.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Head>, StoreError>")]
+pub struct Heads;
+
+impl Handler<Heads> for LedgerActor {
+    type Result = Result<Vec<Head>, StoreError>;
+
+    fn handle(&mut self, _: Heads, _: &mut Self::Context) -> Self::Result {
+        heads(self.conn()?)
+    }
+}
+
+fn heads(conn: &Connection) -> Result<Vec<Head>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT l.origin, l.seq, l.hash FROM ledger l
+         JOIN (SELECT origin, max(seq) AS top FROM ledger GROUP BY origin) h ON l.origin = h.origin AND l.seq = h.top
+         ORDER BY l.origin",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (origin, seq, hash) = row?;
+        out.push(Head {
+            origin: NodeId::parse(&origin).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            seq: seq as u64,
+            hash,
+        });
+    }
+    Ok(out)
+}
+
+/// Entries of one origin after a sequence number, in chain order.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<LedgerEntry>, StoreError>")]
+pub struct EntriesAfter {
+    pub origin: NodeId,
+    pub after_seq: u64,
+    pub limit: usize,
+}
+
+impl Handler<EntriesAfter> for LedgerActor {
+    type Result = Result<Vec<LedgerEntry>, StoreError>;
+
+    fn handle(&mut self, msg: EntriesAfter, _: &mut Self::Context) -> Self::Result {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {ROW_COLUMNS} FROM ledger WHERE origin = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(params![msg.origin.as_str(), msg.after_seq as i64, msg.limit as i64], read_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?.into_entry().map_err(StoreError::Corrupt)?);
+        }
+        Ok(out)
+    }
+}
+
+/// What a batch from a peer did.
+#[derive(Debug, Clone, Default)]
+pub struct InsertOutcome {
+    /// Entries stored, in order.
+    pub stored: Vec<LedgerEntry>,
+    /// Entries already held.
+    pub duplicates: usize,
+    /// Origins caught with two different entries at one position.
+    pub equivocations: Vec<(NodeId, u64)>,
+}
+
+/// Why a batch was refused as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("entry {origin}#{seq} refused: {reason}")]
+    Refused { origin: String, seq: u64, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for BatchError {
+    fn from(e: rusqlite::Error) -> Self {
+        BatchError::Store(StoreError::Sql(e))
+    }
+}
+
+/// Stores entries from a peer after checking each against its chain and its origin's key
+/// (from the roster). One bad entry refuses the whole batch; a different entry at a held
+/// position is kept as proof of equivocation.
+#[derive(Message)]
+#[rtype(result = "Result<InsertOutcome, BatchError>")]
+pub struct InsertRemote {
+    pub entries: Vec<LedgerEntry>,
+}
+
+impl Handler<InsertRemote> for LedgerActor {
+    type Result = Result<InsertOutcome, BatchError>;
+
+    fn handle(&mut self, msg: InsertRemote, _: &mut Self::Context) -> Self::Result {
+        let own = self.identity.node_id.clone();
+        let conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let mut outcome = InsertOutcome::default();
+        let mut entries = msg.entries;
+        entries.sort_by(|a, b| (a.origin.as_str(), a.seq).cmp(&(b.origin.as_str(), b.seq)));
+        for e in entries {
+            let refuse = |reason: String| BatchError::Refused { origin: e.origin.to_string(), seq: e.seq, reason };
+            let held: Option<String> = tx
+                .query_row(
+                    "SELECT hash FROM ledger WHERE origin = ?1 AND seq = ?2",
+                    params![e.origin.as_str(), e.seq as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let key: Option<Vec<u8>> = tx
+                .query_row("SELECT public_key FROM nodes WHERE id = ?1", [e.origin.as_str()], |r| r.get(0))
+                .optional()?;
+            let key: [u8; 32] =
+                key.and_then(|k| k.try_into().ok()).ok_or_else(|| refuse("origin is not in the roster".into()))?;
+            if let Some(hash) = held {
+                if hash == e.hash {
+                    outcome.duplicates += 1;
+                    continue;
+                }
+                // Only a correctly signed second entry proves anything.
+                let signed = wire::unhex(&e.signature).and_then(|b| <[u8; 64]>::try_from(b).ok()).is_some_and(|sig| {
+                    let h =
+                        blake3::hash(&canonical_bytes(&e.origin, e.seq, &e.prev_hash, e.hlc, e.entry_type, &e.data));
+                    h.to_hex().as_str() == e.hash && identity::verify(&key, h.as_bytes(), &sig)
+                });
+                if !signed {
+                    return Err(refuse("conflicts with a held entry and does not verify".into()));
+                }
+                tx.execute(
+                    "INSERT OR IGNORE INTO ledger_conflicts (origin, seq, stored_hash, other_entry, seen_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![e.origin.as_str(), e.seq as i64, hash, serde_json::to_string(&e).unwrap_or_default(), wire::now_ms() as i64],
+                )?;
+                outcome.equivocations.push((e.origin.clone(), e.seq));
+                continue;
+            }
+            if e.origin == own {
+                return Err(refuse("claims to be this node's entry, which this node never wrote".into()));
+            }
+            let prev: Option<(i64, String)> = tx
+                .query_row(
+                    "SELECT seq, hash FROM ledger WHERE origin = ?1 ORDER BY seq DESC LIMIT 1",
+                    [e.origin.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let (head_seq, head_hash) = prev.map(|(s, h)| (s as u64, h)).unwrap_or((0, GENESIS_HASH.to_string()));
+            if e.seq != head_seq + 1 {
+                return Err(refuse(format!("expected seq {} next", head_seq + 1)));
+            }
+            check_entry(&e, &head_hash, &key).map_err(refuse)?;
+            insert(&tx, &e)?;
+            outcome.stored.push(e);
+        }
+        tx.commit()?;
+        Ok(outcome)
+    }
+}
+
+/// Origins with proof of equivocation, and how many conflicting positions each has.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, u64)>, StoreError>")]
+pub struct Equivocators;
+
+impl Handler<Equivocators> for LedgerActor {
+    type Result = Result<Vec<(String, u64)>, StoreError>;
+
+    fn handle(&mut self, _: Equivocators, _: &mut Self::Context) -> Self::Result {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT origin, count(*) FROM ledger_conflicts GROUP BY origin ORDER BY origin")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 
 /// Closes the ledger's connection; used on shutdown.
@@ -437,23 +570,21 @@ impl Handler<Close> for LedgerActor {
 #[derive(Clone)]
 pub struct LedgerHandle {
     addr: Addr<LedgerActor>,
+    events: Option<EventBus>,
 }
 
 impl LedgerHandle {
     /// Opens the ledger's own connection (`synchronous=FULL`) and starts the actor.
-    pub fn start(db_path: &Path, identity: Identity) -> Result<LedgerHandle, StoreError> {
+    pub fn start(db_path: &Path, identity: Identity, events: Option<EventBus>) -> Result<LedgerHandle, StoreError> {
         let conn = store::open(db_path, Durability::Full)?;
         let slot = std::sync::Mutex::new(Some(conn));
         let addr = SyncArbiter::start(1, move || LedgerActor {
             conn: slot.lock().ok().and_then(|mut s| s.take()),
             identity: identity.clone(),
             head: None,
-            last_hlc: Hlc {
-                wall_ms: 0,
-                logical: 0,
-            },
+            last_hlc: Hlc { wall_ms: 0, logical: 0 },
         });
-        Ok(LedgerHandle { addr })
+        Ok(LedgerHandle { addr, events })
     }
 
     pub async fn append(
@@ -461,24 +592,40 @@ impl LedgerHandle {
         entry_type: LedgerEntryType,
         data: serde_json::Value,
     ) -> Result<LedgerEntry, StoreError> {
-        self.addr
-            .send(Append { entry_type, data })
-            .await
-            .map_err(|_| StoreError::Unavailable)?
+        let entry = self.addr.send(Append { entry_type, data }).await.map_err(|_| StoreError::Unavailable)??;
+        if let Some(events) = &self.events {
+            events.publish(Event::LedgerEntry { entry: Box::new(entry.clone()) });
+        }
+        Ok(entry)
     }
 
     pub async fn query(&self, filter: LedgerFilter) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.addr
-            .send(Query { filter })
-            .await
-            .map_err(|_| StoreError::Unavailable)?
+        self.addr.send(Query { filter }).await.map_err(|_| StoreError::Unavailable)?
     }
 
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
-        self.addr
-            .send(Verify)
-            .await
-            .map_err(|_| StoreError::Unavailable)?
+        self.addr.send(Verify).await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    pub async fn heads(&self) -> Result<Vec<Head>, StoreError> {
+        self.addr.send(Heads).await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    pub async fn entries_after(
+        &self,
+        origin: NodeId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.addr.send(EntriesAfter { origin, after_seq, limit }).await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    pub async fn insert_remote(&self, entries: Vec<LedgerEntry>) -> Result<InsertOutcome, BatchError> {
+        self.addr.send(InsertRemote { entries }).await.map_err(|_| BatchError::Store(StoreError::Unavailable))?
+    }
+
+    pub async fn equivocators(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.addr.send(Equivocators).await.map_err(|_| StoreError::Unavailable)?
     }
 
     /// Closes the ledger's connection; used on shutdown.
@@ -502,27 +649,16 @@ mod tests {
             params![id.node_id.as_str(), id.public_key().to_vec()],
         )
         .expect("roster row");
-        let handle = LedgerHandle::start(&path, id.clone()).expect("start");
+        let handle = LedgerHandle::start(&path, id.clone(), None).expect("start");
         (dir, handle, id)
     }
 
     #[actix::test]
     async fn entries_chain_and_verify() {
         let (_dir, ledger, id) = fresh_ledger().await;
-        let a = ledger
-            .append(
-                LedgerEntryType::NodeJoined,
-                serde_json::json!({"b": 1, "a": [1, 2]}),
-            )
-            .await
-            .expect("append");
-        let b = ledger
-            .append(
-                LedgerEntryType::KeyCreated,
-                serde_json::json!({"name": "ci"}),
-            )
-            .await
-            .expect("append");
+        let a =
+            ledger.append(LedgerEntryType::NodeJoined, serde_json::json!({"b": 1, "a": [1, 2]})).await.expect("append");
+        let b = ledger.append(LedgerEntryType::KeyCreated, serde_json::json!({"name": "ci"})).await.expect("append");
         assert_eq!(a.seq, 1);
         assert_eq!(a.prev_hash, GENESIS_HASH);
         assert_eq!(b.prev_hash, a.hash);
@@ -537,63 +673,26 @@ mod tests {
     async fn filters_select_and_page() {
         let (_dir, ledger, id) = fresh_ledger().await;
         for i in 0..5 {
-            ledger
-                .append(LedgerEntryType::KeyCreated, serde_json::json!({ "i": i }))
-                .await
-                .expect("append");
+            ledger.append(LedgerEntryType::KeyCreated, serde_json::json!({ "i": i })).await.expect("append");
         }
-        ledger
-            .append(LedgerEntryType::KeyRevoked, serde_json::json!({}))
-            .await
-            .expect("append");
-        let all = ledger
-            .query(LedgerFilter {
-                limit: 100,
-                ..Default::default()
-            })
-            .await
-            .expect("query");
+        ledger.append(LedgerEntryType::KeyRevoked, serde_json::json!({})).await.expect("append");
+        let all = ledger.query(LedgerFilter { limit: 100, ..Default::default() }).await.expect("query");
         assert_eq!(all.len(), 6);
-        assert_eq!(
-            all[0].entry_type,
-            LedgerEntryType::KeyRevoked,
-            "newest first"
-        );
+        assert_eq!(all[0].entry_type, LedgerEntryType::KeyRevoked, "newest first");
         let revoked = ledger
-            .query(LedgerFilter {
-                types: vec![LedgerEntryType::KeyRevoked],
-                limit: 100,
-                ..Default::default()
-            })
+            .query(LedgerFilter { types: vec![LedgerEntryType::KeyRevoked], limit: 100, ..Default::default() })
             .await
             .expect("query");
         assert_eq!(revoked.len(), 1);
-        let page = ledger
-            .query(LedgerFilter {
-                limit: 2,
-                offset: 2,
-                ..Default::default()
-            })
-            .await
-            .expect("query");
+        let page = ledger.query(LedgerFilter { limit: 2, offset: 2, ..Default::default() }).await.expect("query");
         assert_eq!(page.len(), 2);
         assert_eq!(page[0].seq, 4);
         let other = NodeId::parse("00000000000000aa").expect("valid");
-        let none = ledger
-            .query(LedgerFilter {
-                origin: Some(other),
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .expect("query");
+        let none =
+            ledger.query(LedgerFilter { origin: Some(other), limit: 10, ..Default::default() }).await.expect("query");
         assert!(none.is_empty());
         let mine = ledger
-            .query(LedgerFilter {
-                origin: Some(id.node_id),
-                limit: 10,
-                ..Default::default()
-            })
+            .query(LedgerFilter { origin: Some(id.node_id), limit: 10, ..Default::default() })
             .await
             .expect("query");
         assert_eq!(mine.len(), 6);
@@ -603,19 +702,11 @@ mod tests {
     async fn an_altered_row_is_caught() {
         let (dir, ledger, id) = fresh_ledger().await;
         for i in 0..3 {
-            ledger
-                .append(LedgerEntryType::KeyCreated, serde_json::json!({ "i": i }))
-                .await
-                .expect("append");
+            ledger.append(LedgerEntryType::KeyCreated, serde_json::json!({ "i": i })).await.expect("append");
         }
         let conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
-        conn.execute(
-            "UPDATE ledger SET entry_data = '{\"i\":99}' WHERE seq = 2",
-            [],
-        )
-        .expect("tamper");
-        let report =
-            verify_all(&conn, (id.node_id.to_string(), id.public_key())).expect("verify runs");
+        conn.execute("UPDATE ledger SET entry_data = '{\"i\":99}' WHERE seq = 2", []).expect("tamper");
+        let report = verify_all(&conn, (id.node_id.to_string(), id.public_key())).expect("verify runs");
         assert!(!report.ok);
         let bad = report.first_bad.expect("names the bad entry");
         assert_eq!(bad.seq, 2);
@@ -626,20 +717,11 @@ mod tests {
     async fn a_re_signed_forgery_and_a_gap_are_caught() {
         let (dir, ledger, id) = fresh_ledger().await;
         for i in 0..3 {
-            ledger
-                .append(LedgerEntryType::KeyCreated, serde_json::json!({ "i": i }))
-                .await
-                .expect("append");
+            ledger.append(LedgerEntryType::KeyCreated, serde_json::json!({ "i": i })).await.expect("append");
         }
         let conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
         // A forger without the key recomputes the hash but cannot sign it.
-        let entries = ledger
-            .query(LedgerFilter {
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .expect("query");
+        let entries = ledger.query(LedgerFilter { limit: 10, ..Default::default() }).await.expect("query");
         let e = entries.iter().find(|e| e.seq == 1).expect("seq 1");
         let forged = blake3::hash(&canonical_bytes(
             &e.origin,
@@ -654,24 +736,17 @@ mod tests {
             [forged.to_hex().as_str()],
         )
         .expect("forge");
-        let report =
-            verify_all(&conn, (id.node_id.to_string(), id.public_key())).expect("verify runs");
+        let report = verify_all(&conn, (id.node_id.to_string(), id.public_key())).expect("verify runs");
         assert_eq!(report.first_bad.as_ref().map(|b| b.seq), Some(1));
         assert!(report.first_bad.expect("bad").reason.contains("signature"));
 
         let (dir2, ledger2, id2) = fresh_ledger().await;
         for i in 0..3 {
-            ledger2
-                .append(LedgerEntryType::KeyCreated, serde_json::json!({ "i": i }))
-                .await
-                .expect("append");
+            ledger2.append(LedgerEntryType::KeyCreated, serde_json::json!({ "i": i })).await.expect("append");
         }
         let conn2 = Connection::open(dir2.path().join(DB_FILE)).expect("open");
-        conn2
-            .execute("DELETE FROM ledger WHERE seq = 2", [])
-            .expect("delete");
-        let report =
-            verify_all(&conn2, (id2.node_id.to_string(), id2.public_key())).expect("verify runs");
+        conn2.execute("DELETE FROM ledger WHERE seq = 2", []).expect("delete");
+        let report = verify_all(&conn2, (id2.node_id.to_string(), id2.public_key())).expect("verify runs");
         assert!(report.first_bad.expect("bad").reason.contains("missing"));
         drop(dir);
     }

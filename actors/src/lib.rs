@@ -5,10 +5,12 @@
 
 pub mod config;
 pub mod discovery;
+pub mod events;
 pub mod identity;
 pub mod keys;
 pub mod lease;
 pub mod ledger;
+pub mod mesh;
 pub mod node;
 pub mod pool;
 pub mod resource;

@@ -26,10 +26,13 @@ use utoipa::ToSchema;
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::discovery::{self, ScanInput};
+use crate::events::{Event, EventBus};
 use crate::identity::{self, Identity, IdentityError};
 use crate::keys::{KeyError, Keys};
 use crate::lease::LeaseError;
 use crate::ledger::LedgerHandle;
+use crate::mesh::roster::RosterError;
+use crate::mesh::{MeshActor, MeshHandle, MeshOptions};
 use crate::pool::{PoolActor, PoolHandle};
 use crate::resource::{self, ResourceActor, ResourceInfo, ResourceStatus};
 use crate::store::{self, Durability, StoreError, StoreHandle};
@@ -45,10 +48,7 @@ pub const CONFIG_FILE: &str = "node-config.json";
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("data dir {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("identity: {0}")]
@@ -65,6 +65,8 @@ pub enum NodeError {
     Scan(String),
     #[error("the node actor is not running")]
     Unavailable,
+    #[error("mesh: {0}")]
+    Mesh(#[from] RosterError),
 }
 
 /// How to start a node.
@@ -77,6 +79,8 @@ pub struct NodeOptions {
     pub name: Option<String>,
     /// The URL this node serves (after binding).
     pub address: String,
+    /// Make this node a mesh of its own when it belongs to none (false while joining one).
+    pub create_mesh: bool,
 }
 
 /// A node's state as `/api/node` shows it.
@@ -120,6 +124,7 @@ pub struct NodeActor {
     children: BTreeMap<String, Addr<ResourceActor>>,
     store: StoreHandle,
     ledger: LedgerHandle,
+    events: EventBus,
 }
 
 impl Actor for NodeActor {
@@ -139,19 +144,10 @@ impl Actor for NodeActor {
 
 impl NodeActor {
     fn infos(resources: &NodeResources) -> Vec<ResourceInfo> {
-        let mut infos = vec![
-            ResourceInfo::Cpu(resources.cpu.clone()),
-            ResourceInfo::Memory(resources.memory.clone()),
-        ];
+        let mut infos = vec![ResourceInfo::Cpu(resources.cpu.clone()), ResourceInfo::Memory(resources.memory.clone())];
         infos.extend(resources.storage.iter().cloned().map(ResourceInfo::Storage));
         infos.extend(resources.tools.iter().cloned().map(ResourceInfo::Tool));
-        infos.extend(
-            resources
-                .runtimes
-                .iter()
-                .cloned()
-                .map(ResourceInfo::Runtime),
-        );
+        infos.extend(resources.runtimes.iter().cloned().map(ResourceInfo::Runtime));
         infos
     }
 
@@ -163,10 +159,7 @@ impl NodeActor {
             let key = info.key();
             seen.push(key.clone());
             match self.children.get(&key) {
-                Some(addr) => addr.do_send(resource::UpdateInfo {
-                    info,
-                    offered_cores,
-                }),
+                Some(addr) => addr.do_send(resource::UpdateInfo { info, offered_cores }),
                 None => {
                     let addr = Supervisor::start(move |_| ResourceActor::new(info, offered_cores));
                     self.children.insert(key, addr);
@@ -185,11 +178,7 @@ impl NodeActor {
 /// Runs discovery on a blocking thread.
 pub async fn run_scan(config: NodeConfig, data_dir: PathBuf) -> Result<NodeResources, NodeError> {
     actix_rt::task::spawn_blocking(move || {
-        discovery::scan(&ScanInput {
-            config: &config,
-            data_dir: &data_dir,
-            search_path: std::env::var_os("PATH"),
-        })
+        discovery::scan(&ScanInput { config: &config, data_dir: &data_dir, search_path: std::env::var_os("PATH") })
     })
     .await
     .map_err(|e| NodeError::Scan(e.to_string()))
@@ -203,12 +192,8 @@ async fn persist(
     address: &str,
     resources: &NodeResources,
 ) -> Result<(), StoreError> {
-    let (id, key, name, address) = (
-        identity.node_id.to_string(),
-        identity.public_key().to_vec(),
-        name.to_string(),
-        address.to_string(),
-    );
+    let (id, key, name, address) =
+        (identity.node_id.to_string(), identity.public_key().to_vec(), name.to_string(), address.to_string());
     let resources = resources.clone();
     store
         .run(move |c| {
@@ -289,16 +274,12 @@ impl Handler<GetNodeStatus> for NodeActor {
         };
         Box::pin(async move {
             for child in children {
-                status.resource_status.push(
-                    child
-                        .send(resource::GetStatus)
-                        .await
-                        .map_err(|_| NodeError::Unavailable)?,
-                );
+                status.resource_status.push(child.send(resource::GetStatus).await.map_err(|_| NodeError::Unavailable)?);
             }
-            let saturated = status.resource_status.iter().any(|r| {
-                matches!(r.kind, wire::ResourceKind::Cpu) && r.capacity > 0 && r.available == 0
-            });
+            let saturated = status
+                .resource_status
+                .iter()
+                .any(|r| matches!(r.kind, wire::ResourceKind::Cpu) && r.capacity > 0 && r.available == 0);
             if saturated {
                 status.status = "busy".into();
             }
@@ -325,6 +306,7 @@ impl Handler<Rescan> for NodeActor {
                     let changed = resources.fingerprint() != act.resources.fingerprint();
                     let before = act.resources.clone();
                     act.apply(resources.clone());
+                    act.events.publish(Event::ResourceUpdate { node_id: act.identity.node_id.clone() });
                     Ok((
                         resources,
                         before,
@@ -338,22 +320,14 @@ impl Handler<Rescan> for NodeActor {
                 })
                 .then(|prepared: Result<_, NodeError>, _, _| {
                     fut::wrap_future(async move {
-                        let (resources, before, changed, store, ledger, identity, name, address) =
-                            prepared?;
+                        let (resources, before, changed, store, ledger, identity, name, address) = prepared?;
                         persist(&store, &identity, &name, &address, &resources).await?;
                         if changed {
                             ledger
-                                .append(
-                                    LedgerEntryType::ResourcesChanged,
-                                    describe_change(&before, &resources),
-                                )
+                                .append(LedgerEntryType::ResourcesChanged, describe_change(&before, &resources))
                                 .await?;
                         }
-                        Ok(ScanOutcome {
-                            success: true,
-                            changed,
-                            resources,
-                        })
+                        Ok(ScanOutcome { success: true, changed, resources })
                     })
                 }),
         )
@@ -396,9 +370,7 @@ impl Handler<LeaseResource> for NodeActor {
         Box::pin(async move {
             let child = child.ok_or(NodeError::UnknownResource(msg.resource_key))?;
             Ok(child
-                .send(resource::RequestLease {
-                    request: msg.request,
-                })
+                .send(resource::RequestLease { request: msg.request })
                 .await
                 .map_err(|_| NodeError::Unavailable)??)
         })
@@ -421,9 +393,7 @@ impl Handler<ReleaseResource> for NodeActor {
         Box::pin(async move {
             let child = child.ok_or(NodeError::UnknownResource(msg.resource_key))?;
             Ok(child
-                .send(resource::ReleaseLease {
-                    lease_id: msg.lease_id,
-                })
+                .send(resource::ReleaseLease { lease_id: msg.lease_id })
                 .await
                 .map_err(|_| NodeError::Unavailable)??)
         })
@@ -442,39 +412,23 @@ impl NodeHandle {
     }
 
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
-        self.addr
-            .send(GetNodeStatus)
-            .await
-            .map_err(|_| NodeError::Unavailable)?
+        self.addr.send(GetNodeStatus).await.map_err(|_| NodeError::Unavailable)?
     }
 
     pub async fn rescan(&self) -> Result<ScanOutcome, NodeError> {
-        self.addr
-            .send(Rescan)
-            .await
-            .map_err(|_| NodeError::Unavailable)?
+        self.addr.send(Rescan).await.map_err(|_| NodeError::Unavailable)?
     }
 
-    pub async fn lease(
-        &self,
-        resource_key: &str,
-        request: LeaseRequest,
-    ) -> Result<Lease, NodeError> {
+    pub async fn lease(&self, resource_key: &str, request: LeaseRequest) -> Result<Lease, NodeError> {
         self.addr
-            .send(LeaseResource {
-                resource_key: resource_key.to_string(),
-                request,
-            })
+            .send(LeaseResource { resource_key: resource_key.to_string(), request })
             .await
             .map_err(|_| NodeError::Unavailable)?
     }
 
     pub async fn release(&self, resource_key: &str, lease_id: &str) -> Result<Lease, NodeError> {
         self.addr
-            .send(ReleaseResource {
-                resource_key: resource_key.to_string(),
-                lease_id: lease_id.to_string(),
-            })
+            .send(ReleaseResource { resource_key: resource_key.to_string(), lease_id: lease_id.to_string() })
             .await
             .map_err(|_| NodeError::Unavailable)?
     }
@@ -486,6 +440,8 @@ pub struct Node {
     pub identity: Identity,
     pub node: NodeHandle,
     pub pool: PoolHandle,
+    pub mesh: MeshHandle,
+    pub events: EventBus,
     pub keys: Keys,
     pub ledger: LedgerHandle,
     pub store: StoreHandle,
@@ -535,29 +491,23 @@ pub struct Started {
 
 /// Creates the data dir if needed.
 pub fn prepare_data_dir(path: &Path) -> Result<(), NodeError> {
-    std::fs::create_dir_all(path).map_err(|source| NodeError::DataDir {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::create_dir_all(path).map_err(|source| NodeError::DataDir { path: path.to_path_buf(), source })
 }
 
 /// Starts a node: identity, database, ledger, first scan, actors, keys.
 pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
     prepare_data_dir(&opts.data_dir)?;
     for s in &opts.config.resource_limits.storage {
-        std::fs::create_dir_all(&s.path).map_err(|source| NodeError::DataDir {
-            path: s.path.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&s.path).map_err(|source| NodeError::DataDir { path: s.path.clone(), source })?;
     }
     let (identity, first_start) = Identity::load_or_create(&opts.data_dir)?;
     let db_path = opts.data_dir.join(store::DB_FILE);
     let store = StoreHandle::start(store::open(&db_path, Durability::Normal)?);
-    let ledger = LedgerHandle::start(&db_path, identity.clone())?;
+    let events = EventBus::default();
+    let ledger = LedgerHandle::start(&db_path, identity.clone(), Some(events.clone()))?;
 
     let resources = run_scan(opts.config.clone(), opts.data_dir.clone()).await?;
-    opts.config
-        .validate_for_machine(&opts.config_file, resources.cpu.count)?;
+    opts.config.validate_for_machine(&opts.config_file, resources.cpu.count)?;
     let name = opts
         .name
         .clone()
@@ -577,18 +527,29 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         children: BTreeMap::new(),
         store: store.clone(),
         ledger: ledger.clone(),
+        events: events.clone(),
     }
     .start();
     let node = NodeHandle { addr: node_actor };
-    let pool = PoolHandle {
-        addr: PoolActor::new(node.clone()).start(),
-    };
+    let mesh = MeshHandle::start(
+        MeshActor::load(MeshOptions {
+            identity: identity.clone(),
+            name: name.clone(),
+            address: opts.config.network.advertise_address.clone().unwrap_or_else(|| opts.address.clone()),
+            data_dir: opts.data_dir.clone(),
+            priority_weight: opts.config.scheduling.priority_weight,
+            bootstrap: opts.config.network.peers.clone(),
+            create_if_missing: opts.create_mesh,
+            store: store.clone(),
+            ledger: ledger.clone(),
+            node: node.clone(),
+            events: events.clone(),
+        })
+        .await?,
+    );
+    let pool = PoolHandle { addr: PoolActor::new(node.clone(), mesh.clone()).start() };
 
-    let entry_type = if first_start {
-        LedgerEntryType::NodeJoined
-    } else {
-        LedgerEntryType::NodeStarted
-    };
+    let entry_type = if first_start { LedgerEntryType::NodeJoined } else { LedgerEntryType::NodeStarted };
     ledger
         .append(
             entry_type,
@@ -610,17 +571,9 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
     let keys = Keys::load(store.clone(), ledger.clone()).await?;
     let mut new_admin_key = None;
     if !keys.has_admin() {
-        let (secret, _) = keys
-            .create("admin", Role::Admin, None, "buildnet up")
-            .await?;
-        identity::write_secret(
-            &opts.data_dir.join(ADMIN_KEY_FILE),
-            format!("{secret}\n").as_bytes(),
-        )
-        .map_err(|source| NodeError::DataDir {
-            path: opts.data_dir.join(ADMIN_KEY_FILE),
-            source,
-        })?;
+        let (secret, _) = keys.create("admin", Role::Admin, None, "buildnet up").await?;
+        identity::write_secret(&opts.data_dir.join(ADMIN_KEY_FILE), format!("{secret}\n").as_bytes())
+            .map_err(|source| NodeError::DataDir { path: opts.data_dir.join(ADMIN_KEY_FILE), source })?;
         new_admin_key = Some(secret);
     }
 
@@ -629,6 +582,8 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
             identity,
             node,
             pool,
+            mesh,
+            events,
             keys,
             ledger,
             store,
@@ -651,6 +606,7 @@ mod tests {
             config_file: "test".into(),
             name: Some("t".into()),
             address: "http://127.0.0.1:1".into(),
+            create_mesh: true,
         })
         .await
         .expect("node starts")
@@ -663,17 +619,11 @@ mod tests {
         assert!(s.first_start);
         assert!(s.new_admin_key.is_some());
         let status = s.node.node.status().await.expect("status");
-        let keys: Vec<&str> = status
-            .resource_status
-            .iter()
-            .map(|r| r.key.as_str())
-            .collect();
+        let keys: Vec<&str> = status.resource_status.iter().map(|r| r.key.as_str()).collect();
         assert!(keys.contains(&"cpu") && keys.contains(&"memory"));
         assert!(keys.iter().any(|k| k.starts_with("storage:")));
-        let expected = 2
-            + status.resources.storage.len()
-            + status.resources.tools.len()
-            + status.resources.runtimes.len();
+        let expected =
+            2 + status.resources.storage.len() + status.resources.tools.len() + status.resources.runtimes.len();
         assert_eq!(status.resource_status.len(), expected);
     }
 
@@ -684,50 +634,24 @@ mod tests {
         let lease = s
             .node
             .node
-            .lease(
-                "cpu",
-                LeaseRequest {
-                    amount: 1,
-                    holder: "test".into(),
-                    ttl_ms: 60_000,
-                    epoch: 0,
-                },
-            )
+            .lease("cpu", LeaseRequest { amount: 1, holder: "test".into(), ttl_ms: 60_000, epoch: 0 })
             .await
             .expect("lease");
         let outcome = s.node.node.rescan().await.expect("rescan");
         assert!(outcome.success);
         let status = s.node.node.status().await.expect("status");
-        let cpu = status
-            .resource_status
-            .iter()
-            .find(|r| r.key == "cpu")
-            .expect("cpu");
+        let cpu = status.resource_status.iter().find(|r| r.key == "cpu").expect("cpu");
         assert_eq!(cpu.leases.len(), 1);
         assert_eq!(cpu.leases[0].id, lease.id);
         assert!(matches!(
-            s.node
-                .node
-                .lease(
-                    "gpu",
-                    LeaseRequest {
-                        amount: 1,
-                        holder: "t".into(),
-                        ttl_ms: 1,
-                        epoch: 0
-                    }
-                )
-                .await,
+            s.node.node.lease("gpu", LeaseRequest { amount: 1, holder: "t".into(), ttl_ms: 1, epoch: 0 }).await,
             Err(NodeError::UnknownResource(_))
         ));
         let id = s.node.identity.node_id.clone();
         drop(s);
         let again = started(dir.path()).await;
         assert!(!again.first_start);
-        assert!(
-            again.new_admin_key.is_none(),
-            "the admin key exists already"
-        );
+        assert!(again.new_admin_key.is_none(), "the admin key exists already");
         assert_eq!(again.node.identity.node_id, id);
     }
 }

@@ -7,9 +7,10 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::mesh::{MeshHandle, MeshView, PeerView};
 use crate::node::{NodeError, NodeHandle, NodeStatus};
 use crate::resource::{ResourceInfo, ResourceStatus};
-use crate::wire::{NodeId, ResourceKind};
+use crate::wire::{NodeId, ResourceKind, Role};
 
 /// One node as the pool sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -71,6 +72,7 @@ pub struct PooledResource {
 /// The whole pool.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PoolView {
+    pub mesh_id: Option<String>,
     /// The node that coordinates the pool.
     pub coordinator: NodeId,
     /// Grows each time the coordinator changes.
@@ -81,12 +83,66 @@ pub struct PoolView {
 
 pub struct PoolActor {
     local: NodeHandle,
+    mesh: MeshHandle,
 }
 
 impl PoolActor {
-    pub fn new(local: NodeHandle) -> Self {
-        PoolActor { local }
+    pub fn new(local: NodeHandle, mesh: MeshHandle) -> Self {
+        PoolActor { local, mesh }
     }
+}
+
+/// The role shown for a node: the coordinator, else worker or observer by roster role.
+fn role_label(id: &NodeId, role: Role, coordinator: &NodeId) -> String {
+    if id == coordinator {
+        "coordinator".into()
+    } else if role == Role::Observer {
+        "observer".into()
+    } else {
+        "worker".into()
+    }
+}
+
+/// Local status, mesh view and peers, fetched together.
+async fn gather(local: &NodeHandle, mesh: &MeshHandle) -> Result<(NodeStatus, MeshView, Vec<PeerView>), NodeError> {
+    let status = local.status().await?;
+    let (view, peers) = mesh.peers().await.ok_or(NodeError::Unavailable)?;
+    Ok((status, view, peers))
+}
+
+/// Every node of the pool, this one first.
+fn nodes_of(status: &NodeStatus, view: &MeshView, peers: &[PeerView]) -> Vec<PoolNode> {
+    let mut me = pool_node(status, 0.0);
+    me.role = role_label(&status.node_id, view.role, &view.coordinator);
+    let mut nodes = vec![me];
+    for p in peers {
+        let mut n = match &p.advert {
+            Some(a) => pool_node(a, p.latency_ms.unwrap_or(0.0)),
+            None => PoolNode {
+                id: p.node_id.clone(),
+                name: p.name.clone(),
+                address: p.address.clone(),
+                status: p.status.clone(),
+                role: String::new(),
+                latency_ms: p.latency_ms.unwrap_or(0.0),
+                last_seen_ms: p.last_seen_ms,
+                cores: 0,
+                cores_available: 0,
+                memory_bytes: 0,
+                memory_available_bytes: 0,
+                storage_bytes: 0,
+                storage_available_bytes: 0,
+                tools: vec![],
+                runtimes: vec![],
+            },
+        };
+        n.status = p.status.clone();
+        n.address = p.address.clone();
+        n.last_seen_ms = p.last_seen_ms;
+        n.role = role_label(&p.node_id, p.role, &view.coordinator);
+        nodes.push(n);
+    }
+    nodes
 }
 
 impl Actor for PoolActor {
@@ -130,14 +186,10 @@ pub fn pool_node(status: &NodeStatus, latency_ms: f64) -> PoolNode {
     }
 }
 
-/// Totals over the nodes that are not offline.
+/// Totals over the nodes that are online and not observers (observers offer nothing).
 pub fn aggregate(nodes: &[PoolNode], storage_volumes: usize) -> Aggregate {
-    let mut agg = Aggregate {
-        last_updated_ms: crate::wire::now_ms(),
-        storage_volumes,
-        ..Default::default()
-    };
-    for n in nodes.iter().filter(|n| n.status != "offline") {
+    let mut agg = Aggregate { last_updated_ms: crate::wire::now_ms(), storage_volumes, ..Default::default() };
+    for n in nodes.iter().filter(|n| n.status != "offline" && n.role != "observer") {
         agg.total_cpu_cores += n.cores;
         agg.available_cpu_cores += n.cores_available;
         agg.total_memory_bytes += n.memory_bytes;
@@ -148,10 +200,7 @@ pub fn aggregate(nodes: &[PoolNode], storage_volumes: usize) -> Aggregate {
             agg.tools.entry(t.clone()).or_default().push(n.id.clone());
         }
         for r in &n.runtimes {
-            agg.runtimes
-                .entry(r.clone())
-                .or_default()
-                .push(n.id.clone());
+            agg.runtimes.entry(r.clone()).or_default().push(n.id.clone());
         }
     }
     agg
@@ -166,14 +215,21 @@ impl Handler<GetPool> for PoolActor {
     type Result = ResponseFuture<Result<PoolView, NodeError>>;
 
     fn handle(&mut self, _: GetPool, _: &mut Context<Self>) -> Self::Result {
-        let local = self.local.clone();
+        let (local, mesh) = (self.local.clone(), self.mesh.clone());
         Box::pin(async move {
-            let status = local.status().await?;
-            let volumes = status.resources.storage.len();
-            let nodes = vec![pool_node(&status, 0.0)];
+            let (status, view, peers) = gather(&local, &mesh).await?;
+            let volumes = status.resources.storage.len()
+                + peers
+                    .iter()
+                    .filter(|p| p.status != "offline" && p.role != Role::Observer)
+                    .filter_map(|p| p.advert.as_ref())
+                    .map(|a| a.resources.storage.len())
+                    .sum::<usize>();
+            let nodes = nodes_of(&status, &view, &peers);
             Ok(PoolView {
-                coordinator: status.node_id.clone(),
-                epoch: 1,
+                mesh_id: view.mesh_id.clone(),
+                coordinator: view.coordinator.clone(),
+                epoch: view.epoch,
                 aggregate: aggregate(&nodes, volumes),
                 nodes,
             })
@@ -193,30 +249,31 @@ impl Handler<ListResources> for PoolActor {
     type Result = ResponseFuture<Result<Vec<PooledResource>, NodeError>>;
 
     fn handle(&mut self, msg: ListResources, _: &mut Context<Self>) -> Self::Result {
-        let local = self.local.clone();
+        let (local, mesh) = (self.local.clone(), self.mesh.clone());
         Box::pin(async move {
-            let status = local.status().await?;
-            if msg.node.as_ref().is_some_and(|n| *n != status.node_id) {
-                return Ok(Vec::new());
-            }
-            Ok(status
-                .resource_status
+            let (status, _, peers) = gather(&local, &mesh).await?;
+            let mut sources: Vec<(NodeStatus, f64)> = vec![(status, 0.0)];
+            sources.extend(
+                peers
+                    .into_iter()
+                    .filter(|p| p.status != "offline" && p.role != Role::Observer)
+                    .filter_map(|p| p.advert.map(|a| (*a, p.latency_ms.unwrap_or(0.0)))),
+            );
+            Ok(sources
                 .iter()
-                .filter(|r| msg.kind.is_none_or(|k| k == r.kind))
-                .map(|r| PooledResource {
+                .filter(|(s, _)| msg.node.as_ref().is_none_or(|n| *n == s.node_id))
+                .flat_map(|(s, latency)| s.resource_status.iter().map(move |r| (s, *latency, r)))
+                .filter(|(_, _, r)| msg.kind.is_none_or(|k| k == r.kind))
+                .map(|(status, latency, r)| PooledResource {
                     key: r.key.clone(),
                     resource: r.resource.clone(),
                     node_id: status.node_id.clone(),
                     node_name: status.name.clone(),
-                    latency_ms: 0.0,
+                    latency_ms: latency,
                     capacity: r.capacity,
                     available: r.available,
                     unit: r.unit.clone(),
-                    availability: if r.capacity == 0 {
-                        0.0
-                    } else {
-                        r.available as f64 / r.capacity as f64
-                    },
+                    availability: if r.capacity == 0 { 0.0 } else { r.available as f64 / r.capacity as f64 },
                     performance_score: None,
                 })
                 .collect())
@@ -232,10 +289,7 @@ pub struct PoolHandle {
 
 impl PoolHandle {
     pub async fn view(&self) -> Result<PoolView, NodeError> {
-        self.addr
-            .send(GetPool)
-            .await
-            .map_err(|_| NodeError::Unavailable)?
+        self.addr.send(GetPool).await.map_err(|_| NodeError::Unavailable)?
     }
 
     pub async fn resources(
@@ -243,10 +297,7 @@ impl PoolHandle {
         kind: Option<ResourceKind>,
         node: Option<NodeId>,
     ) -> Result<Vec<PooledResource>, NodeError> {
-        self.addr
-            .send(ListResources { kind, node })
-            .await
-            .map_err(|_| NodeError::Unavailable)?
+        self.addr.send(ListResources { kind, node }).await.map_err(|_| NodeError::Unavailable)?
     }
 }
 

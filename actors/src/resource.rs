@@ -11,9 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::lease::{LeaseBook, LeaseError};
-use crate::wire::{
-    self, CpuInfo, Lease, LeaseRequest, MemoryInfo, ResourceKind, StorageVolume, ToolInfo,
-};
+use crate::wire::{self, CpuInfo, Lease, LeaseRequest, MemoryInfo, ResourceKind, StorageVolume, ToolInfo};
 
 /// What a resource actor owns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -94,11 +92,7 @@ impl ResourceActor {
     pub fn new(info: ResourceInfo, offered_cores: usize) -> Self {
         let kind = info.kind();
         let book = LeaseBook::new(info.key(), kind.unit(), info.capacity(offered_cores));
-        ResourceActor {
-            info,
-            book,
-            restarts: 0,
-        }
+        ResourceActor { info, book, restarts: 0 }
     }
 }
 
@@ -110,11 +104,7 @@ impl Supervised for ResourceActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         // The supervisor keeps this value, so leases survive a restart.
         self.restarts += 1;
-        log::warn!(
-            "resource actor {} restarted ({} so far)",
-            self.info.key(),
-            self.restarts
-        );
+        log::warn!("resource actor {} restarted ({} so far)", self.info.key(), self.restarts);
     }
 }
 
@@ -237,14 +227,7 @@ mod tests {
     }
 
     fn req(amount: u64) -> RequestLease {
-        RequestLease {
-            request: LeaseRequest {
-                amount,
-                holder: "t".into(),
-                ttl_ms: 60_000,
-                epoch: 0,
-            },
-        }
+        RequestLease { request: LeaseRequest { amount, holder: "t".into(), ttl_ms: 60_000, epoch: 0 } }
     }
 
     #[actix::test]
@@ -255,10 +238,7 @@ mod tests {
         let granted = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
         assert_eq!(granted, 4);
         let status = addr.send(GetStatus).await.expect("status");
-        assert_eq!(
-            (status.capacity, status.leased, status.available),
-            (4, 4, 0)
-        );
+        assert_eq!((status.capacity, status.leased, status.available), (4, 4, 0));
     }
 
     #[actix::test]
@@ -276,17 +256,9 @@ mod tests {
     async fn rescan_keeps_leases() {
         let addr = ResourceActor::new(cpu(4), 4).start();
         addr.send(req(2)).await.expect("mailbox").expect("granted");
-        addr.send(UpdateInfo {
-            info: cpu(6),
-            offered_cores: 6,
-        })
-        .await
-        .expect("update");
+        addr.send(UpdateInfo { info: cpu(6), offered_cores: 6 }).await.expect("update");
         let status = addr.send(GetStatus).await.expect("status");
-        assert_eq!(
-            (status.capacity, status.leased, status.available),
-            (6, 2, 4)
-        );
+        assert_eq!((status.capacity, status.leased, status.available), (6, 2, 4));
     }
 
     #[test]

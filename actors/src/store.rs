@@ -12,17 +12,14 @@ use rusqlite::Connection;
 /// The schema, embedded so the binary runs from any directory.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// Recorded in `PRAGMA user_version` once the schema is applied.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "buildnet.db";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Open { path: PathBuf, source: rusqlite::Error },
     #[error("database {path} has schema version {found}, newer than this buildnet understands ({SCHEMA_VERSION}); upgrade buildnet")]
     TooNew { path: PathBuf, found: i32 },
     #[error("database: {0}")]
@@ -45,36 +42,23 @@ pub enum Durability {
 
 /// Opens the database, applies the schema if needed and turns on WAL.
 pub fn open(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
-    let err = |source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| StoreError::Open { path: path.to_path_buf(), source };
     let conn = Connection::open(path).map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(err)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
     let sync = match durability {
         Durability::Normal => "NORMAL",
         Durability::Full => "FULL",
     };
     conn.pragma_update(None, "synchronous", sync).map_err(err)?;
-    conn.pragma_update(None, "foreign_keys", "ON")
-        .map_err(err)?;
-    let version: i32 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(err)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
+    let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            path: path.to_path_buf(),
-            found: version,
-        });
+        return Err(StoreError::TooNew { path: path.to_path_buf(), found: version });
     }
     if version < SCHEMA_VERSION {
-        conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA_SQL}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        ))
-        .map_err(err)?;
+        conn.execute_batch(&format!("BEGIN; {SCHEMA_SQL}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
+            .map_err(err)?;
     }
     Ok(conn)
 }
@@ -154,10 +138,7 @@ impl StoreHandle {
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        self.addr
-            .send(Exec { job: Box::new(job) })
-            .await
-            .map_err(|_| StoreError::Unavailable)?
+        self.addr.send(Exec { job: Box::new(job) }).await.map_err(|_| StoreError::Unavailable)?
     }
 
     /// Closes the database; used on shutdown.
@@ -175,13 +156,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(DB_FILE);
         let conn = open(&path, Durability::Normal).expect("open");
-        let v: i32 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .expect("pragma");
+        let v: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).expect("pragma");
         assert_eq!(v, SCHEMA_VERSION);
-        let mode: String = conn
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .expect("pragma");
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).expect("pragma");
         assert_eq!(mode, "wal");
         drop(conn);
         open(&path, Durability::Full).expect("reopen is fine");
@@ -194,21 +171,15 @@ mod tests {
         let conn = Connection::open(&path).expect("open");
         conn.pragma_update(None, "user_version", 99).expect("set");
         drop(conn);
-        assert!(matches!(
-            open(&path, Durability::Normal),
-            Err(StoreError::TooNew { found: 99, .. })
-        ));
+        assert!(matches!(open(&path, Durability::Normal), Err(StoreError::TooNew { found: 99, .. })));
     }
 
     #[actix::test]
     async fn jobs_run_on_the_store_thread() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store =
-            StoreHandle::start(open(&dir.path().join(DB_FILE), Durability::Normal).expect("open"));
-        let n: i64 = store
-            .run(|c| Ok(c.query_row("SELECT count(*) FROM api_keys", [], |r| r.get(0))?))
-            .await
-            .expect("query");
+        let store = StoreHandle::start(open(&dir.path().join(DB_FILE), Durability::Normal).expect("open"));
+        let n: i64 =
+            store.run(|c| Ok(c.query_row("SELECT count(*) FROM api_keys", [], |r| r.get(0))?)).await.expect("query");
         assert_eq!(n, 0);
     }
 }

@@ -90,16 +90,11 @@ pub fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Role of an API key or a mesh member (plan §11.3).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything: keys, configuration, resources, builds.
@@ -123,10 +118,7 @@ impl Role {
     pub fn allows(self, action: Action) -> bool {
         match self {
             Role::Admin => true,
-            Role::Builder => matches!(
-                action,
-                Action::View | Action::TriggerBuild | Action::CancelBuild
-            ),
+            Role::Builder => matches!(action, Action::View | Action::TriggerBuild | Action::CancelBuild),
             Role::Observer => action == Action::View,
         }
     }
@@ -139,11 +131,7 @@ impl FromStr for Role {
             "admin" => Ok(Role::Admin),
             "builder" => Ok(Role::Builder),
             "observer" => Ok(Role::Observer),
-            other => Err(InvalidId {
-                what: "role",
-                value: other.to_string(),
-                expected: "admin, builder or observer",
-            }),
+            other => Err(InvalidId { what: "role", value: other.to_string(), expected: "admin, builder or observer" }),
         }
     }
 }
@@ -248,14 +236,7 @@ impl NodeResources {
         let storage: Vec<_> = self
             .storage
             .iter()
-            .map(|v| {
-                (
-                    &v.path,
-                    v.total_bytes,
-                    v.offered_bytes / (1 << 30),
-                    &v.storage_type,
-                )
-            })
+            .map(|v| (&v.path, v.total_bytes, v.offered_bytes / (1 << 30), &v.storage_type))
             .collect();
         let tools: Vec<_> = self
             .tools
@@ -269,9 +250,7 @@ impl NodeResources {
             "storage": storage,
             "tools": tools,
         });
-        blake3::hash(text.to_string().as_bytes())
-            .to_hex()
-            .to_string()
+        blake3::hash(text.to_string().as_bytes()).to_hex().to_string()
     }
 }
 
@@ -351,9 +330,7 @@ pub struct Lease {
 
 /// Hybrid logical clock reading: wall milliseconds, then a counter for events in the same
 /// millisecond. Orders the merged ledger across nodes whose clocks disagree a little.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
 pub struct Hlc {
     pub wall_ms: u64,
     pub logical: u32,
@@ -444,14 +421,11 @@ impl LedgerEntryType {
 impl FromStr for LedgerEntryType {
     type Err = InvalidId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        LedgerEntryType::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| InvalidId {
-                what: "ledger entry type",
-                value: s.to_string(),
-                expected: "one of NodeJoined, NodeLeft, KeyCreated, BuildStarted, … (see /api/openapi.json)",
-            })
+        LedgerEntryType::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| InvalidId {
+            what: "ledger entry type",
+            value: s.to_string(),
+            expected: "one of NodeJoined, NodeLeft, KeyCreated, BuildStarted, … (see /api/openapi.json)",
+        })
     }
 }
 
@@ -471,12 +445,77 @@ pub struct Envelope<B> {
     pub body: B,
 }
 
+/// Everything two nodes say to each other over a link, inside an [`Envelope`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MeshMessage {
+    /// First message on a link: who I am now and where I can be reached.
+    Hello(Hello),
+    /// Heartbeat; carries the sender's coordinator view so views converge.
+    Ping {
+        sent_ms: u64,
+        view: CoordinatorView,
+    },
+    Pong {
+        echo_ms: u64,
+    },
+    /// The sender's resources and their availability.
+    Advert(Box<crate::node::NodeStatus>),
+    /// Signed roster entries the receiver may not have.
+    Roster {
+        entries: Vec<crate::mesh::roster::RosterEntry>,
+    },
+    /// The sender's ledger heads; the receiver answers with entries the sender lacks.
+    LedgerHeads {
+        heads: Vec<Head>,
+    },
+    /// A bounded batch of ledger entries, in chain order per origin.
+    LedgerEntries {
+        entries: Vec<LedgerEntry>,
+    },
+    /// The sender leaves the mesh.
+    Leave {
+        node_id: NodeId,
+    },
+    /// The sender switches to a new key for what it sends next.
+    Rekey,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub node_id: NodeId,
+    pub name: String,
+    pub address: String,
+    pub version: String,
+}
+
+/// Who a node thinks coordinates, and the epoch of that choice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CoordinatorView {
+    pub coordinator: NodeId,
+    pub epoch: u64,
+}
+
+/// The newest entry of one origin's chain as a node holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Head {
+    pub origin: NodeId,
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// Encodes a message for a link (MessagePack with field names).
+pub fn encode(env: &Envelope<MeshMessage>) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(env)
+}
+
+/// Decodes a message from a link.
+pub fn decode(bytes: &[u8]) -> Result<Envelope<MeshMessage>, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -535,12 +574,7 @@ mod tests {
             id: 7,
             from: NodeId::parse("0123456789abcdef").expect("valid"),
             to: None,
-            body: LeaseRequest {
-                amount: 2,
-                holder: "b1".into(),
-                ttl_ms: 1000,
-                epoch: 3,
-            },
+            body: LeaseRequest { amount: 2, holder: "b1".into(), ttl_ms: 1000, epoch: 3 },
         };
         let bytes = rmp_serde::to_vec_named(&env).expect("encodes");
         let back: Envelope<LeaseRequest> = rmp_serde::from_slice(&bytes).expect("decodes");

@@ -17,14 +17,8 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: String, token: Option<String>) -> Self {
-        let http = awc::Client::builder()
-            .timeout(Duration::from_secs(300))
-            .finish();
-        Client {
-            http,
-            base: base.trim_end_matches('/').to_string(),
-            token,
-        }
+        let http = awc::Client::builder().timeout(Duration::from_secs(300)).finish();
+        Client { http, base: base.trim_end_matches('/').to_string(), token }
     }
 
     pub fn base(&self) -> &str {
@@ -35,11 +29,7 @@ impl Client {
         self.send("GET", path, None).await
     }
 
-    pub async fn post<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<T, CliError> {
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: Option<Value>) -> Result<T, CliError> {
         self.send("POST", path, body).await
     }
 
@@ -47,15 +37,9 @@ impl Client {
         self.send("DELETE", path, None).await
     }
 
-    async fn send<T: DeserializeOwned>(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<T, CliError> {
+    async fn send<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<Value>) -> Result<T, CliError> {
         let url = format!("{}{path}", self.base);
-        let method = awc::http::Method::from_bytes(method.as_bytes())
-            .map_err(|e| CliError::Other(e.to_string()))?;
+        let method = awc::http::Method::from_bytes(method.as_bytes()).map_err(|e| CliError::Other(e.to_string()))?;
         let mut req = self.http.request(method, &url);
         if let Some(token) = &self.token {
             req = req.insert_header(("Authorization", format!("Bearer {token}")));
@@ -65,12 +49,8 @@ impl Client {
             None => req.send().await,
         };
         let mut res = sent.map_err(|e| match e {
-            awc::error::SendRequestError::Connect(_) => CliError::NoNode {
-                url: self.base.clone(),
-            },
-            awc::error::SendRequestError::Timeout => {
-                CliError::Other(format!("{url} did not answer in time"))
-            }
+            awc::error::SendRequestError::Connect(_) => CliError::NoNode { url: self.base.clone() },
+            awc::error::SendRequestError::Timeout => CliError::Other(format!("{url} did not answer in time")),
             other => CliError::Other(format!("request to {url} failed: {other}")),
         })?;
         let status = res.status();
@@ -82,23 +62,14 @@ impl Client {
         if !status.is_success() {
             let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
             let err = parsed.as_ref().and_then(|v| v.get("error"));
-            let code = err
-                .and_then(|e| e.get("code"))
-                .and_then(Value::as_str)
-                .unwrap_or("http_error")
-                .to_string();
+            let code = err.and_then(|e| e.get("code")).and_then(Value::as_str).unwrap_or("http_error").to_string();
             let message = err
                 .and_then(|e| e.get("message"))
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("{} answered {status}", self.base));
-            return Err(CliError::Api {
-                status: status.as_u16(),
-                code,
-                message,
-            });
+            return Err(CliError::Api { status: status.as_u16(), code, message });
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| CliError::Other(format!("unexpected answer from {url}: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| CliError::Other(format!("unexpected answer from {url}: {e}")))
     }
 }

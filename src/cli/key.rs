@@ -90,10 +90,7 @@ pub async fn run(ctx: &Ctx, cmd: KeyCommand) -> Result<(), CliError> {
         KeyCommand::Revoke { id } => {
             let revoked: Revoked = ctx.client.delete(&format!("/api/keys/{id}")).await?;
             if !ctx.printed_as_document(&revoked) {
-                println!(
-                    "Revoked key '{}' ({}).",
-                    revoked.revoked.name, revoked.revoked.id
-                );
+                println!("Revoked key '{}' ({}).", revoked.revoked.name, revoked.revoked.id);
             }
         }
     }

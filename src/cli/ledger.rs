@@ -29,6 +29,8 @@ pub struct LedgerArgs {
 pub enum LedgerCommand {
     /// Check every chain's links, hashes and signatures; exit 1 naming the first bad entry
     Verify,
+    /// Exchange ledger heads with every linked peer now
+    Sync,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -38,6 +40,13 @@ struct Entries {
 
 pub async fn run(ctx: &Ctx, args: LedgerArgs) -> Result<(), CliError> {
     match args.action {
+        Some(LedgerCommand::Sync) => {
+            let synced: serde_json::Value = ctx.client.post("/api/ledger/sync", None).await?;
+            if !ctx.printed_as_document(&synced) {
+                println!("Asked {} peer(s) for what this node lacks; entries arrive within seconds.", synced["peers"]);
+            }
+            Ok(())
+        }
         Some(LedgerCommand::Verify) => {
             let report: VerifyReport = ctx.client.get("/api/ledger/verify").await?;
             if !ctx.printed_as_document(&report) {
@@ -62,10 +71,7 @@ pub async fn run(ctx: &Ctx, args: LedgerArgs) -> Result<(), CliError> {
         }
         None => {
             if args.limit == 0 || args.limit > 1000 {
-                return Err(CliError::Usage(format!(
-                    "-n must be between 1 and 1000, got {}",
-                    args.limit
-                )));
+                return Err(CliError::Usage(format!("-n must be between 1 and 1000, got {}", args.limit)));
             }
             let mut path = format!("/api/ledger?limit={}", args.limit);
             if let Some(t) = &args.types {

@@ -8,6 +8,7 @@ pub mod ledger;
 pub mod node;
 pub mod output;
 pub mod pool;
+pub mod token;
 pub mod up;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +70,11 @@ pub enum Command {
         #[command(subcommand)]
         action: key::KeyCommand,
     },
+    /// Join tokens for new nodes
+    Token {
+        #[command(subcommand)]
+        action: token::TokenCommand,
+    },
 }
 
 /// A failed command: one line for the user, and an exit code.
@@ -78,16 +84,10 @@ pub enum CliError {
     NoNode { url: String },
     #[error("no BuildNet node address in {0} — start one with `buildnet up`, or pass --address")]
     NoAddress(PathBuf),
-    #[error(
-        "no API key — pass --token or set BUILDNET_TOKEN (a local node's admin key is in {0})"
-    )]
+    #[error("no API key — pass --token or set BUILDNET_TOKEN (a local node's admin key is in {0})")]
     NoToken(PathBuf),
     #[error("{message}")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Api { status: u16, code: String, message: String },
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -98,10 +98,7 @@ impl CliError {
     /// 2 for "could not reach or use a node at all", 1 for a command that ran and failed.
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::NoNode { .. }
-            | CliError::NoAddress(_)
-            | CliError::NoToken(_)
-            | CliError::Usage(_) => 2,
+            CliError::NoNode { .. } | CliError::NoAddress(_) | CliError::NoToken(_) | CliError::Usage(_) => 2,
             CliError::Api { status: 401, .. } => 2,
             _ => 1,
         }
@@ -125,8 +122,9 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Finds the node and key: flags and environment first, then the data dir.
-    pub fn connect(global: &GlobalArgs) -> Result<Ctx, CliError> {
+    /// Finds the node and key: flags and environment first, then the data dir. When `--token`
+    /// carries a join token (`node join`), the API key comes from `BUILDNET_TOKEN` or the data dir.
+    pub fn connect(global: &GlobalArgs, token_is_join_token: bool) -> Result<Ctx, CliError> {
         let dir = data_dir(global)?;
         let address = match &global.address {
             Some(a) => a.clone(),
@@ -135,23 +133,15 @@ impl Ctx {
                 .map_err(|_| CliError::NoAddress(dir.join(ADDRESS_FILE)))?,
         };
         if !(address.starts_with("http://") || address.starts_with("https://")) {
-            return Err(CliError::Usage(format!(
-                "--address must be a URL like http://host:port, got '{address}'"
-            )));
+            return Err(CliError::Usage(format!("--address must be a URL like http://host:port, got '{address}'")));
         }
-        let token = match &global.token {
-            Some(t) => Some(t.clone()),
-            None => std::fs::read_to_string(dir.join(ADMIN_KEY_FILE))
-                .ok()
-                .map(|s| s.trim().to_string()),
+        let api_token = if token_is_join_token { std::env::var("BUILDNET_TOKEN").ok() } else { global.token.clone() };
+        let token = match api_token {
+            Some(t) => Some(t),
+            None => std::fs::read_to_string(dir.join(ADMIN_KEY_FILE)).ok().map(|s| s.trim().to_string()),
         };
-        let token = token
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| CliError::NoToken(dir.join(ADMIN_KEY_FILE)))?;
-        Ok(Ctx {
-            client: Client::new(address, Some(token)),
-            format: global.format,
-        })
+        let token = token.filter(|t| !t.is_empty()).ok_or_else(|| CliError::NoToken(dir.join(ADMIN_KEY_FILE)))?;
+        Ok(Ctx { client: Client::new(address, Some(token)), format: global.format })
     }
 
     /// Prints a document when a machine format was asked for; true if it did.
@@ -159,10 +149,7 @@ impl Ctx {
         if self.format == Format::Table {
             return false;
         }
-        output::print_document(
-            self.format,
-            &serde_json::to_value(value).unwrap_or_default(),
-        );
+        output::print_document(self.format, &serde_json::to_value(value).unwrap_or_default());
         true
     }
 }
@@ -170,36 +157,36 @@ impl Ctx {
 /// Parses durations like `90s`, `30m`, `24h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("expected a duration like 30m, 24h or 7d, got '{text}'"))?;
+    let n: u64 = num.parse().map_err(|_| format!("expected a duration like 30m, 24h or 7d, got '{text}'"))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
         "h" | "" => n * 3600,
         "d" => n * 86_400,
-        _ => {
-            return Err(format!(
-                "unknown unit '{unit}' in '{text}': use s, m, h or d"
-            ))
-        }
+        _ => return Err(format!("unknown unit '{unit}' in '{text}': use s, m, h or d")),
     };
     Ok(std::time::Duration::from_secs(secs))
 }
 
-/// Runs a parsed command line.
-pub fn run(cli: Cli) -> Result<(), CliError> {
+/// Runs a parsed command line. `token_on_command_line` says whether `--token` was typed (as
+/// opposed to coming from `BUILDNET_TOKEN`): for `up --join` and `node join` it is the join token.
+pub fn run(cli: Cli, token_on_command_line: bool) -> Result<(), CliError> {
+    let typed_token = cli.global.token.clone().filter(|_| token_on_command_line);
     match cli.command {
-        Command::Up(args) => up::run(&cli.global, args),
+        Command::Up(args) => {
+            let join_token = if args.join.is_some() { typed_token } else { None };
+            up::run(&cli.global, args, join_token)
+        }
         other => {
-            let ctx = Ctx::connect(&cli.global)?;
+            let joining = matches!(&other, Command::Node { action: node::NodeCommand::Join { .. } });
+            let ctx = Ctx::connect(&cli.global, joining && token_on_command_line)?;
+            let join_token = if joining { typed_token } else { None };
             actix_rt::System::new().block_on(async move {
                 match other {
-                    Command::Node { action } => node::run(&ctx, action).await,
+                    Command::Node { action } => node::run(&ctx, action, join_token).await,
+                    Command::Token { action } => token::run(&ctx, action).await,
                     Command::Pool { action } => pool::run(&ctx, action).await,
                     Command::Ledger(args) => ledger::run(&ctx, args).await,
                     Command::Key { action } => key::run(&ctx, action).await,
@@ -222,10 +209,8 @@ mod tests {
 
     #[test]
     fn global_flags_work_before_and_after_the_subcommand() {
-        let before = Cli::try_parse_from(["buildnet", "--format", "json", "node", "status"])
-            .expect("parses");
-        let after = Cli::try_parse_from(["buildnet", "node", "status", "--format", "json"])
-            .expect("parses");
+        let before = Cli::try_parse_from(["buildnet", "--format", "json", "node", "status"]).expect("parses");
+        let after = Cli::try_parse_from(["buildnet", "node", "status", "--format", "json"]).expect("parses");
         assert_eq!(before.global.format, Format::Json);
         assert_eq!(after.global.format, Format::Json);
     }

@@ -14,10 +14,40 @@ pub enum NodeCommand {
     Status,
     /// Rescan this node's resources (live leases are kept)
     Scan,
+    /// Join the mesh of the node at URL, with a join token given as --token
+    Join {
+        /// URL of the node holding the mesh key
+        url: String,
+    },
+    /// Leave the mesh cleanly; this node becomes a mesh of one
+    Leave,
 }
 
-pub async fn run(ctx: &Ctx, cmd: NodeCommand) -> Result<(), CliError> {
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Joined {
+    success: bool,
+    node_id: String,
+    mesh_id: String,
+}
+
+pub async fn run(ctx: &Ctx, cmd: NodeCommand, join_token: Option<String>) -> Result<(), CliError> {
     match cmd {
+        NodeCommand::Join { url } => {
+            let token = join_token.ok_or_else(|| {
+                CliError::Usage("node join needs the join token: buildnet node join URL --token bnj_…".into())
+            })?;
+            let joined: Joined =
+                ctx.client.post("/api/pool/join", Some(serde_json::json!({ "address": url, "token": token }))).await?;
+            if !ctx.printed_as_document(&joined) {
+                println!("Node {} joined mesh {} through {url}.", joined.node_id, joined.mesh_id);
+            }
+        }
+        NodeCommand::Leave => {
+            let left: serde_json::Value = ctx.client.post("/api/pool/leave", None).await?;
+            if !ctx.printed_as_document(&left) {
+                println!("Left the mesh; this node is now a mesh of one.");
+            }
+        }
         NodeCommand::Status => {
             let s: NodeStatus = ctx.client.get("/api/node").await?;
             if !ctx.printed_as_document(&s) {
@@ -54,19 +84,12 @@ fn tools_table(list: &[ToolInfo]) {
     for tool in list {
         let caps = match &tool.error {
             Some(e) => format!("NOT USABLE: {e}"),
-            None if tool.capabilities.len() > 6 => format!(
-                "{} … ({} in all)",
-                tool.capabilities[..6].join(", "),
-                tool.capabilities.len()
-            ),
+            None if tool.capabilities.len() > 6 => {
+                format!("{} … ({} in all)", tool.capabilities[..6].join(", "), tool.capabilities.len())
+            }
             None => tool.capabilities.join(", "),
         };
-        t.row(vec![
-            tool.name.clone(),
-            tool.version.clone().unwrap_or_else(|| "?".into()),
-            tool.path.clone(),
-            caps,
-        ]);
+        t.row(vec![tool.name.clone(), tool.version.clone().unwrap_or_else(|| "?".into()), tool.path.clone(), caps]);
     }
     t.print();
 }
@@ -103,15 +126,7 @@ fn print_status(s: &NodeStatus) {
         ),
     ]);
     println!("\nStorage");
-    let mut t = Table::new(&[
-        "path",
-        "purpose",
-        "mount",
-        "type",
-        "total",
-        "available",
-        "offered",
-    ]);
+    let mut t = Table::new(&["path", "purpose", "mount", "type", "total", "available", "offered"]);
     for v in &r.storage {
         t.row(vec![
             v.path.clone(),

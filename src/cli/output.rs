@@ -15,15 +15,9 @@ pub enum Format {
 /// Prints a JSON document in the chosen machine format; `Table` callers print their own.
 pub fn print_document(format: Format, value: &Value) {
     match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        ),
+        Format::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
         Format::Yaml => print!("{}", to_yaml(value)),
-        Format::Table => println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        ),
+        Format::Table => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
     }
 }
 
@@ -35,10 +29,7 @@ pub struct Table {
 
 impl Table {
     pub fn new(headers: &[&str]) -> Self {
-        Table {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
+        Table { headers: headers.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -68,13 +59,7 @@ impl Table {
             }
             out.trim_end().to_string()
         };
-        let mut out = line(
-            &self
-                .headers
-                .iter()
-                .map(|h| h.to_uppercase())
-                .collect::<Vec<_>>(),
-        );
+        let mut out = line(&self.headers.iter().map(|h| h.to_uppercase()).collect::<Vec<_>>());
         out.push('\n');
         for r in &self.rows {
             out.push_str(&line(r));
@@ -180,9 +165,7 @@ fn scalar(v: &Value) -> String {
 
 /// Plain when YAML reads it back as the same string, else JSON-quoted (valid YAML).
 fn quote(s: &str) -> String {
-    let reserved = [
-        "true", "false", "yes", "no", "on", "off", "null", "~", "y", "n",
-    ];
+    let reserved = ["true", "false", "yes", "no", "on", "off", "null", "~", "y", "n"];
     let plain = !s.is_empty()
         && !reserved.contains(&s.to_lowercase().as_str())
         && s.parse::<f64>().is_err()

@@ -41,31 +41,17 @@ struct Resources {
 }
 
 fn nodes_table(nodes: &[PoolNode], coordinator: Option<&str>) {
-    let mut t = Table::new(&[
-        "name", "id", "status", "role", "cores", "memory", "storage", "latency",
-    ]);
+    let mut t = Table::new(&["name", "id", "status", "role", "cores", "memory", "storage", "latency"]);
     for n in nodes {
-        let star = if Some(n.id.as_str()) == coordinator {
-            " *"
-        } else {
-            ""
-        };
+        let star = if Some(n.id.as_str()) == coordinator { " *" } else { "" };
         t.row(vec![
             n.name.clone(),
             n.id.to_string(),
             n.status.clone(),
             format!("{}{star}", n.role),
             format!("{}/{}", n.cores_available, n.cores),
-            format!(
-                "{}/{}",
-                bytes(n.memory_available_bytes),
-                bytes(n.memory_bytes)
-            ),
-            format!(
-                "{}/{}",
-                bytes(n.storage_available_bytes),
-                bytes(n.storage_bytes)
-            ),
+            format!("{}/{}", bytes(n.memory_available_bytes), bytes(n.memory_bytes)),
+            format!("{}/{}", bytes(n.storage_available_bytes), bytes(n.storage_bytes)),
             format!("{:.1} ms", n.latency_ms),
         ]);
     }
@@ -81,25 +67,9 @@ pub async fn run(ctx: &Ctx, cmd: PoolCommand) -> Result<(), CliError> {
             }
             let a = &p.aggregate;
             print_facts(&[
-                (
-                    "Coordinator",
-                    format!("{} (epoch {})", p.coordinator, p.epoch),
-                ),
-                (
-                    "CPU",
-                    format!(
-                        "{} cores ({} available)",
-                        a.total_cpu_cores, a.available_cpu_cores
-                    ),
-                ),
-                (
-                    "Memory",
-                    format!(
-                        "{} ({} available)",
-                        bytes(a.total_memory_bytes),
-                        bytes(a.available_memory_bytes)
-                    ),
-                ),
+                ("Coordinator", format!("{} (epoch {})", p.coordinator, p.epoch)),
+                ("CPU", format!("{} cores ({} available)", a.total_cpu_cores, a.available_cpu_cores)),
+                ("Memory", format!("{} ({} available)", bytes(a.total_memory_bytes), bytes(a.available_memory_bytes))),
                 (
                     "Storage",
                     format!(
@@ -109,14 +79,8 @@ pub async fn run(ctx: &Ctx, cmd: PoolCommand) -> Result<(), CliError> {
                         a.storage_volumes
                     ),
                 ),
-                (
-                    "Tools",
-                    a.tools.keys().cloned().collect::<Vec<_>>().join(", "),
-                ),
-                (
-                    "Runtimes",
-                    a.runtimes.keys().cloned().collect::<Vec<_>>().join(", "),
-                ),
+                ("Tools", a.tools.keys().cloned().collect::<Vec<_>>().join(", ")),
+                ("Runtimes", a.runtimes.keys().cloned().collect::<Vec<_>>().join(", ")),
             ]);
             println!("\nNodes ({})", p.nodes.len());
             nodes_table(&p.nodes, Some(p.coordinator.as_str()));
@@ -190,11 +154,7 @@ async fn health(ctx: &Ctx) -> Result<(), CliError> {
     checks.push(Check {
         check: "node answers".into(),
         ok: health.get("status").and_then(|s| s.as_str()) == Some("ok"),
-        detail: format!(
-            "{} in {} ms",
-            ctx.client.base(),
-            started.elapsed().as_millis()
-        ),
+        detail: format!("{} in {} ms", ctx.client.base(), started.elapsed().as_millis()),
     });
     let nodes: Nodes = ctx.client.get("/api/pool/nodes").await?;
     for n in &nodes.nodes {
@@ -232,10 +192,7 @@ async fn health(ctx: &Ctx) -> Result<(), CliError> {
             format!("not usable: {}", broken.join(", "))
         },
     });
-    let failed = checks
-        .iter()
-        .filter(|c| !c.ok && c.check != "tools usable")
-        .count();
+    let failed = checks.iter().filter(|c| !c.ok && c.check != "tools usable").count();
     if !ctx.printed_as_document(&checks) {
         let mut t = Table::new(&["check", "result", "detail"]);
         for c in &checks {

@@ -22,16 +22,14 @@ pub struct UpArgs {
     /// Name shown for this node [default: node_name of the config, else the host name]
     #[arg(long)]
     pub name: Option<String>,
+    /// Join the mesh of the node at this URL, with the join token given as --token
+    #[arg(long, value_name = "URL")]
+    pub join: Option<String>,
 }
 
 /// Binds where the user asked; with no address given, port 80 falls back to 127.0.0.1:8080.
 fn bind(args: &UpArgs, config: &NodeConfig) -> Result<(TcpListener, Option<String>), CliError> {
-    let explicit = args.listen.or_else(|| {
-        config
-            .network
-            .listen_port
-            .map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
-    });
+    let explicit = args.listen.or_else(|| config.network.listen_port.map(|p| SocketAddr::from(([0, 0, 0, 0], p))));
     if let Some(addr) = explicit {
         return TcpListener::bind(addr)
             .map(|l| (l, None))
@@ -42,63 +40,78 @@ fn bind(args: &UpArgs, config: &NodeConfig) -> Result<(TcpListener, Option<Strin
         Err(e) => {
             let fallback: SocketAddr = ([127, 0, 0, 1], 8080).into();
             let l = TcpListener::bind(fallback).map_err(|e2| {
-                CliError::Other(format!(
-                    "cannot listen on port 80 ({e}) nor on {fallback} ({e2}); pass --listen"
-                ))
+                CliError::Other(format!("cannot listen on port 80 ({e}) nor on {fallback} ({e2}); pass --listen"))
             })?;
-            Ok((
-                l,
-                Some(format!(
-                    "port 80 is not available ({e}); listening on {fallback} instead"
-                )),
-            ))
+            Ok((l, Some(format!("port 80 is not available ({e}); listening on {fallback} instead"))))
         }
     }
 }
 
 /// The URL a local client uses to reach a socket address.
 fn url_for(addr: SocketAddr) -> String {
-    let ip = if addr.ip().is_unspecified() {
-        "127.0.0.1".parse().unwrap_or(addr.ip())
-    } else {
-        addr.ip()
-    };
+    let ip = if addr.ip().is_unspecified() { "127.0.0.1".parse().unwrap_or(addr.ip()) } else { addr.ip() };
     match ip {
         std::net::IpAddr::V6(v6) => format!("http://[{v6}]:{}", addr.port()),
         v4 => format!("http://{v4}:{}", addr.port()),
     }
 }
 
-pub fn run(global: &GlobalArgs, args: UpArgs) -> Result<(), CliError> {
+pub fn run(global: &GlobalArgs, args: UpArgs, join_token: Option<String>) -> Result<(), CliError> {
+    if args.join.is_some() && join_token.is_none() {
+        return Err(CliError::Usage("--join needs the join token: buildnet up --join URL --token bnj_…".into()));
+    }
     let dir = data_dir(global)?;
     node::prepare_data_dir(&dir).map_err(|e| CliError::Other(e.to_string()))?;
-    let config_path = args
-        .config
-        .clone()
-        .or_else(|| Some(dir.join(CONFIG_FILE)).filter(|p| p.exists()));
+    let config_path = args.config.clone().or_else(|| Some(dir.join(CONFIG_FILE)).filter(|p| p.exists()));
     let (config, config_file) = match &config_path {
-        Some(p) => (
-            NodeConfig::load(p).map_err(|e| CliError::Other(e.to_string()))?,
-            p.display().to_string(),
-        ),
+        Some(p) => (NodeConfig::load(p).map_err(|e| CliError::Other(e.to_string()))?, p.display().to_string()),
         None => (NodeConfig::default(), "(defaults)".to_string()),
     };
     let (listener, note) = bind(&args, &config)?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| CliError::Other(format!("listener: {e}")))?;
+    let local = listener.local_addr().map_err(|e| CliError::Other(format!("listener: {e}")))?;
     let url = url_for(local);
     if let Some(note) = note {
         eprintln!("buildnet: {note}");
     }
 
     actix_rt::System::new().block_on(async move {
-        let started = node::start(NodeOptions { data_dir: dir.clone(), config, config_file, name: args.name, address: url.clone() })
-            .await
-            .map_err(|e| CliError::Other(e.to_string()))?;
+        let joining = args.join.clone().zip(join_token);
+        let started = node::start(NodeOptions {
+            data_dir: dir.clone(),
+            config,
+            config_file,
+            name: args.name,
+            address: url.clone(),
+            create_mesh: joining.is_none(),
+        })
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
         let node = started.node.clone();
-        let server = crate::web::server(node.clone(), listener).map_err(|e| CliError::Other(format!("cannot serve: {e}")))?;
-        std::fs::write(dir.join(ADDRESS_FILE), format!("{url}\n")).map_err(|e| CliError::Other(format!("{}: {e}", dir.join(ADDRESS_FILE).display())))?;
+        if let Some((target, token)) = &joining {
+            let member = node.mesh.peers().await.and_then(|(view, _)| view.mesh_id);
+            let pinned =
+                buildnet_actors::mesh::roster::JoinToken::parse(token).map_err(|e| CliError::Usage(e.to_string()))?;
+            match member {
+                Some(id) if id == pinned.mesh_id => log::info!("already a member of mesh {id}; not joining again"),
+                Some(id) => {
+                    node.shutdown("join refused").await;
+                    return Err(CliError::Other(format!(
+                        "this node already belongs to mesh {id}; run `buildnet node leave` first"
+                    )));
+                }
+                None => match crate::web::mesh::join_remote(&node.mesh, target, token).await {
+                    Ok(info) => println!("Joined mesh {} through {target}.", info.mesh_id),
+                    Err(e) => {
+                        node.shutdown("join refused").await;
+                        return Err(CliError::Other(e));
+                    }
+                },
+            }
+        }
+        let server =
+            crate::web::server(node.clone(), listener).map_err(|e| CliError::Other(format!("cannot serve: {e}")))?;
+        std::fs::write(dir.join(ADDRESS_FILE), format!("{url}\n"))
+            .map_err(|e| CliError::Other(format!("{}: {e}", dir.join(ADDRESS_FILE).display())))?;
 
         println!("BuildNet node {} is up.", node.identity.node_id);
         println!("  API:         {url}/api  (OpenAPI: {url}/api/openapi.json)");

@@ -41,10 +41,7 @@ impl Caller {
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!(
-                    "a key with role '{}' may not {what}; use an admin key",
-                    self.role
-                ),
+                format!("a key with role '{}' may not {what}; use an admin key", self.role),
             ))
         }
     }
@@ -82,14 +79,7 @@ impl Sessions {
         if let Ok(mut map) = self.inner.write() {
             let now = wire::now_ms();
             map.retain(|_, s| now.saturating_sub(s.last_used_ms) < SESSION_IDLE_MS);
-            map.insert(
-                id.clone(),
-                Session {
-                    key_id: key_id.to_string(),
-                    csrf: csrf.clone(),
-                    last_used_ms: now,
-                },
-            );
+            map.insert(id.clone(), Session { key_id: key_id.to_string(), csrf: csrf.clone(), last_used_ms: now });
         }
         (id, csrf)
     }
@@ -126,27 +116,14 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Option<Caller> {
     if let Some(secret) = bearer {
         let info = keys.authenticate(secret)?;
         keys.touch(&info.id);
-        return Some(Caller {
-            key_id: info.id,
-            key_name: info.name,
-            role: info.role,
-            csrf: None,
-        });
+        return Some(Caller { key_id: info.id, key_name: info.name, role: info.role, csrf: None });
     }
     let cookie = req.cookie(SESSION_COOKIE)?;
     let (key_id, csrf) = state.sessions.lookup(cookie.value())?;
     // A revoked or expired key ends its sessions at once.
     let now = wire::now_ms();
-    let info = keys
-        .list()
-        .into_iter()
-        .find(|k| k.id == key_id && k.active(now))?;
-    Some(Caller {
-        key_id: info.id,
-        key_name: info.name,
-        role: info.role,
-        csrf: Some(csrf),
-    })
+    let info = keys.list().into_iter().find(|k| k.id == key_id && k.active(now))?;
+    Some(Caller { key_id: info.id, key_name: info.name, role: info.role, csrf: Some(csrf) })
 }
 
 impl FromRequest for Caller {
@@ -155,9 +132,7 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let Some(state) = req.app_data::<web::Data<AppState>>() else {
-            return ready(Err(ApiError::internal(&std::io::Error::other(
-                "app state missing",
-            ))));
+            return ready(Err(ApiError::internal(&std::io::Error::other("app state missing"))));
         };
         ready(authenticate(req, state).ok_or_else(ApiError::unauthorized))
     }

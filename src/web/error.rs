@@ -33,11 +33,7 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -66,11 +62,7 @@ impl ApiError {
             source = s.source();
         }
         log::error!("internal error: {chain}");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the node failed to handle the request; see its log",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the node failed to handle the request; see its log")
     }
 }
 
@@ -80,24 +72,16 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message.clone(),
-            },
-        })
+        HttpResponse::build(self.status)
+            .json(ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message.clone() } })
     }
 }
 
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         match e {
-            NodeError::UnknownResource(r) => {
-                ApiError::not_found(format!("no resource '{r}' on this node"))
-            }
-            NodeError::Lease(l) => {
-                ApiError::new(StatusCode::CONFLICT, "lease_refused", l.to_string())
-            }
+            NodeError::UnknownResource(r) => ApiError::not_found(format!("no resource '{r}' on this node")),
+            NodeError::Lease(l) => ApiError::new(StatusCode::CONFLICT, "lease_refused", l.to_string()),
             other => ApiError::internal(&other),
         }
     }
@@ -114,9 +98,7 @@ impl From<KeyError> for ApiError {
         match e {
             KeyError::BadName => ApiError::bad_request("invalid_field", e.to_string()),
             KeyError::NotFound(_) => ApiError::not_found(e.to_string()),
-            KeyError::LastAdmin(_) => {
-                ApiError::new(StatusCode::CONFLICT, "last_admin_key", e.to_string())
-            }
+            KeyError::LastAdmin(_) => ApiError::new(StatusCode::CONFLICT, "last_admin_key", e.to_string()),
             KeyError::Store(s) => ApiError::internal(&s),
         }
     }

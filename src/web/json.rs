@@ -30,19 +30,14 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
         let bytes = Bytes::from_request(req, payload);
         Box::pin(async move {
             let body = bytes.await.map_err(|e| {
-                if e.as_response_error().status_code()
-                    == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE
-                {
+                if e.as_response_error().status_code() == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
                         actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
                         "payload_too_large",
                         format!("request body is larger than {MAX_BODY_BYTES} bytes"),
                     )
                 } else {
-                    ApiError::bad_request(
-                        "invalid_body",
-                        format!("request body could not be read: {e}"),
-                    )
+                    ApiError::bad_request("invalid_body", format!("request body could not be read: {e}"))
                 }
             })?;
             if !is_json {
@@ -67,11 +62,7 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         if let Some(pos) = msg.find(" at line ") {
             msg.truncate(pos);
         }
-        let message = if path == "." {
-            format!("body: {msg}")
-        } else {
-            format!("{path}: {msg}")
-        };
+        let message = if path == "." { format!("body: {msg}") } else { format!("{path}: {msg}") };
         ApiError::bad_request("invalid_body", message)
     })
 }

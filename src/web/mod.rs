@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod json;
+pub mod mesh;
 pub mod pages;
 
 use actix_web::dev::{Server, ServiceResponse};
@@ -24,32 +25,25 @@ pub struct AppState {
 /// Builds the server on a bound listener; the caller awaits it. actix-web stops it on SIGINT
 /// and SIGTERM, finishing requests in flight for up to five seconds.
 pub fn server(node: Node, listener: std::net::TcpListener) -> std::io::Result<Server> {
-    let state = web::Data::new(AppState {
-        node,
-        sessions: auth::Sessions::default(),
-    });
+    node.mesh.set_dialer(mesh::dialer());
+    let state = web::Data::new(AppState { node, sessions: auth::Sessions::default() });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(json::MAX_BODY_BYTES))
             .app_data(web::FormConfig::default().limit(64 * 1024))
             .app_data(
-                web::QueryConfig::default().error_handler(|e, _| {
-                    ApiError::bad_request("invalid_query", e.to_string()).into()
-                }),
+                web::QueryConfig::default()
+                    .error_handler(|e, _| ApiError::bad_request("invalid_query", e.to_string()).into()),
             )
             .app_data(
-                web::PathConfig::default().error_handler(|e, _| {
-                    ApiError::bad_request("invalid_path", e.to_string()).into()
-                }),
+                web::PathConfig::default()
+                    .error_handler(|e, _| ApiError::bad_request("invalid_path", e.to_string()).into()),
             )
             .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/api/health"))
             .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, method_not_allowed))
-            .service(
-                web::scope("/api")
-                    .configure(api::routes)
-                    .default_service(web::to(api_not_found)),
-            )
+            .route("/mesh", web::get().to(mesh::accept))
+            .service(web::scope("/api").configure(api::routes).default_service(web::to(api_not_found)))
             .configure(pages::routes)
             .default_service(web::to(page_not_found))
     })
@@ -61,11 +55,7 @@ pub fn server(node: Node, listener: std::net::TcpListener) -> std::io::Result<Se
 }
 
 async fn api_not_found(req: HttpRequest) -> HttpResponse {
-    let err = ApiError::not_found(format!(
-        "no API route {} {}; see /api/openapi.json",
-        req.method(),
-        req.path()
-    ));
+    let err = ApiError::not_found(format!("no API route {} {}; see /api/openapi.json", req.method(), req.path()));
     actix_web::ResponseError::error_response(&err)
 }
 
@@ -80,8 +70,7 @@ fn method_not_allowed<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHand
         "method_not_allowed",
         format!("{} is not allowed on {}", req.method(), req.path()),
     );
-    let res = ServiceResponse::new(req, actix_web::ResponseError::error_response(&err))
-        .map_into_right_body();
+    let res = ServiceResponse::new(req, actix_web::ResponseError::error_response(&err)).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(res))
 }
 

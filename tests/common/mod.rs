@@ -20,10 +20,7 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
         if let Some(v) = check() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -71,14 +68,10 @@ impl TestNode {
         let stdout = dir.with_extension("stdout");
         let stderr = dir.with_extension("stderr");
         let mut cmd = Command::new(BIN);
-        cmd.args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&dir)
-            .args(&opts.args);
+        cmd.args(["up", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&dir).args(&opts.args);
         cmd.stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&stderr).expect("stderr file"));
-        cmd.env_remove("BUILDNET_ADDRESS")
-            .env_remove("BUILDNET_TOKEN")
-            .env_remove("BUILDNET_DATA_DIR");
+        cmd.env_remove("BUILDNET_ADDRESS").env_remove("BUILDNET_TOKEN").env_remove("BUILDNET_DATA_DIR");
         if let Some(prefix) = opts.path_prefix {
             let path = std::env::var_os("PATH").unwrap_or_default();
             let mut dirs = vec![prefix.to_path_buf()];
@@ -86,35 +79,17 @@ impl TestNode {
             cmd.env("PATH", std::env::join_paths(dirs).expect("PATH"));
         }
         let mut child = cmd.spawn().expect("spawn buildnet up");
-        let url = wait_until(
-            "the node to write its address",
-            Duration::from_secs(60),
-            || {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "buildnet up exited early with {status}: {}",
-                        std::fs::read_to_string(&stderr).unwrap_or_default()
-                    );
-                }
-                std::fs::read_to_string(dir.join("address"))
-                    .ok()
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-            },
-        );
-        let admin_key = std::fs::read_to_string(dir.join("admin.key"))
-            .expect("admin.key")
-            .trim()
-            .to_string();
-        TestNode {
-            child,
-            dir,
-            _tmp: tmp,
-            url,
-            admin_key,
-            stdout,
-            stderr,
-        }
+        let url = wait_until("the node to write its address", Duration::from_secs(60), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "buildnet up exited early with {status}: {}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                );
+            }
+            std::fs::read_to_string(dir.join("address")).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+        });
+        let admin_key = std::fs::read_to_string(dir.join("admin.key")).expect("admin.key").trim().to_string();
+        TestNode { child, dir, _tmp: tmp, url, admin_key, stdout, stderr }
     }
 
     /// Runs the CLI against this node through its data dir.
@@ -134,11 +109,7 @@ impl TestNode {
         let mut all = args.to_vec();
         all.extend(["--format", "json"]);
         let out = self.cli(&all);
-        assert!(
-            out.status.success(),
-            "buildnet {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "buildnet {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("CLI printed JSON")
     }
 
@@ -156,10 +127,7 @@ impl TestNode {
         let (status, text) = http(
             "POST",
             &format!("{}{path}", self.url),
-            &[
-                ("Authorization", &format!("Bearer {}", self.admin_key)),
-                ("Content-Type", "application/json"),
-            ],
+            &[("Authorization", &format!("Bearer {}", self.admin_key)), ("Content-Type", "application/json")],
             Some(body.to_string().as_bytes()),
         );
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
@@ -167,10 +135,8 @@ impl TestNode {
 
     /// Creates a key with a role and returns its secret.
     pub fn key(&self, role: &str) -> String {
-        let (status, body) = self.post(
-            "/api/keys",
-            &serde_json::json!({ "name": format!("test-{role}"), "role": role }),
-        );
+        let (status, body) =
+            self.post("/api/keys", &serde_json::json!({ "name": format!("test-{role}"), "role": role }));
         assert_eq!(status, 201, "{body}");
         body["key"].as_str().expect("secret").to_string()
     }
@@ -187,9 +153,7 @@ impl TestNode {
     pub fn stop(mut self) -> (std::process::ExitStatus, Option<tempfile::TempDir>) {
         self.signal(libc::SIGTERM);
         let child = &mut self.child;
-        let status = wait_until("the node to exit", Duration::from_secs(20), || {
-            child.try_wait().ok().flatten()
-        });
+        let status = wait_until("the node to exit", Duration::from_secs(20), || child.try_wait().ok().flatten());
         (status, self._tmp.take())
     }
 
@@ -206,12 +170,7 @@ impl Drop for TestNode {
 }
 
 /// A minimal blocking HTTP/1.1 client (one request per connection). Returns status and body.
-pub fn http(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> (u16, String) {
+pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> (u16, String) {
     let (status, _, body) = http_full(method, url, headers, body);
     (status, body)
 }
@@ -224,14 +183,9 @@ pub fn http_full(
     body: Option<&[u8]>,
 ) -> (u16, Vec<(String, String)>, String) {
     let rest = url.strip_prefix("http://").expect("http URL");
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap_or((rest, "/".into()));
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let mut stream = TcpStream::connect(host).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .expect("timeout");
+    stream.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -255,22 +209,12 @@ pub fn http_full(
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut body = raw[split + 4..].to_vec();
     let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
-        .collect();
-    let length = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse::<usize>().ok());
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let status: u16 =
+        lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status line");
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string())).collect();
+    let length = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok());
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
     loop {
         let done = match (length, chunked) {
             (Some(n), _) => body.len() >= n,
@@ -294,8 +238,7 @@ pub fn http_full(
 fn dechunk(mut body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
-        let n = usize::from_str_radix(String::from_utf8_lossy(&body[..line_end]).trim(), 16)
-            .unwrap_or(0);
+        let n = usize::from_str_radix(String::from_utf8_lossy(&body[..line_end]).trim(), 16).unwrap_or(0);
         let rest = &body[line_end + 2..];
         if n == 0 || rest.len() < n {
             break;

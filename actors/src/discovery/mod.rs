@@ -30,13 +30,7 @@ pub fn scan(input: &ScanInput<'_>) -> NodeResources {
     let started = Instant::now();
     let timeout = Duration::from_millis(input.config.scan.probe_timeout_ms);
     let (tools, runtimes) = std::thread::scope(|s| {
-        let probes = s.spawn(|| {
-            tools::scan(
-                &input.config.tool_overrides,
-                input.search_path.as_deref(),
-                timeout,
-            )
-        });
+        let probes = s.spawn(|| tools::scan(&input.config.tool_overrides, input.search_path.as_deref(), timeout));
         probes.join().unwrap_or_default()
     });
     let sys = System::new_with_specifics(
@@ -62,18 +56,13 @@ fn scan_cpu(sys: Option<&System>, config: &NodeConfig) -> CpuInfo {
     let count = usable_cores().unwrap_or(cpus.len()).max(1);
     let limits = &config.resource_limits.cpu;
     let after_reserved = count.saturating_sub(limits.reserved_cores.len()).max(1);
-    let offered = limits
-        .max_cores
-        .map_or(after_reserved, |m| m.min(after_reserved));
+    let offered = limits.max_cores.map_or(after_reserved, |m| m.min(after_reserved));
     CpuInfo {
         count,
         physical_count: System::physical_core_count().ok(),
         offered,
         architecture: std::env::consts::ARCH.to_string(),
-        model: cpus
-            .first()
-            .map(|c| c.brand().trim().to_string())
-            .unwrap_or_default(),
+        model: cpus.first().map(|c| c.brand().trim().to_string()).unwrap_or_default(),
         frequency_mhz: cpus.iter().map(|c| c.frequency()).max().unwrap_or(0),
         features: cpu_features(),
     }
@@ -131,43 +120,33 @@ fn scan_memory(sys: Option<&System>, config: &NodeConfig) -> MemoryInfo {
     let limits = &config.resource_limits.memory;
     let reserved = limits.reserved_gb.map_or(0, |gb| (gb * GIB) as u64);
     let after_reserved = total.saturating_sub(reserved);
-    let offered = limits
-        .max_gb
-        .map_or(after_reserved, |gb| ((gb * GIB) as u64).min(after_reserved));
-    MemoryInfo {
-        total_bytes: total,
-        available_bytes: available,
-        offered_bytes: offered,
-    }
+    let offered = limits.max_gb.map_or(after_reserved, |gb| ((gb * GIB) as u64).min(after_reserved));
+    MemoryInfo { total_bytes: total, available_bytes: available, offered_bytes: offered }
 }
 
 fn scan_storage(config: &NodeConfig, data_dir: &Path) -> Vec<StorageVolume> {
     let disks = Disks::new_with_refreshed_list().ok();
-    let mut paths: Vec<(PathBuf, String, Option<f64>)> =
-        vec![(data_dir.to_path_buf(), "data".to_string(), None)];
+    let mut paths: Vec<(PathBuf, String, Option<f64>)> = vec![(data_dir.to_path_buf(), "data".to_string(), None)];
     for s in &config.resource_limits.storage {
         paths.push((s.path.clone(), s.purpose.clone(), s.max_gb));
     }
     paths
         .into_iter()
-        .filter_map(
-            |(path, purpose, max_gb)| match volume(&path, disks.as_ref()) {
-                Ok((mount_point, total, available, storage_type)) => Some(StorageVolume {
-                    path: path.display().to_string(),
-                    mount_point,
-                    total_bytes: total,
-                    available_bytes: available,
-                    offered_bytes: max_gb
-                        .map_or(available, |gb| ((gb * GIB) as u64).min(available)),
-                    storage_type,
-                    purpose,
-                }),
-                Err(e) => {
-                    log::warn!("storage {}: {e}; not offered", path.display());
-                    None
-                }
-            },
-        )
+        .filter_map(|(path, purpose, max_gb)| match volume(&path, disks.as_ref()) {
+            Ok((mount_point, total, available, storage_type)) => Some(StorageVolume {
+                path: path.display().to_string(),
+                mount_point,
+                total_bytes: total,
+                available_bytes: available,
+                offered_bytes: max_gb.map_or(available, |gb| ((gb * GIB) as u64).min(available)),
+                storage_type,
+                purpose,
+            }),
+            Err(e) => {
+                log::warn!("storage {}: {e}; not offered", path.display());
+                None
+            }
+        })
         .collect()
 }
 
@@ -197,9 +176,8 @@ fn volume(path: &Path, disks: Option<&Disks>) -> std::io::Result<(String, u64, u
 /// Total and available bytes of the filesystem holding `path`, as `df` counts them.
 fn statvfs(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte")
-    })?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
     let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: c_path is a valid NUL-terminated string and stat points to writable memory of the
     // right type; statvfs fills it completely when it returns 0.
@@ -211,11 +189,7 @@ fn statvfs(path: &Path) -> std::io::Result<(u64, u64)> {
     let stat = unsafe { stat.assume_init() };
     // The field types differ between platforms (u32 on some); on Linux they are already u64.
     #[allow(clippy::useless_conversion)]
-    let (frsize, blocks, avail) = (
-        u64::from(stat.f_frsize),
-        u64::from(stat.f_blocks),
-        u64::from(stat.f_bavail),
-    );
+    let (frsize, blocks, avail) = (u64::from(stat.f_frsize), u64::from(stat.f_blocks), u64::from(stat.f_bavail));
     Ok((blocks * frsize, avail * frsize))
 }
 
@@ -240,11 +214,7 @@ mod tests {
     use super::*;
 
     fn scan_with(config: &NodeConfig, dir: &Path) -> NodeResources {
-        scan(&ScanInput {
-            config,
-            data_dir: dir,
-            search_path: Some("/nonexistent".into()),
-        })
+        scan(&ScanInput { config, data_dir: dir, search_path: Some("/nonexistent".into()) })
     }
 
     #[test]
@@ -254,11 +224,8 @@ mod tests {
         assert_eq!(free.cpu.offered, free.cpu.count);
         assert_eq!(free.memory.offered_bytes, free.memory.total_bytes);
 
-        let limited = NodeConfig::parse(
-            "t",
-            r#"{"resource_limits":{"cpu":{"max_cores":1},"memory":{"max_gb":0.5}}}"#,
-        )
-        .expect("valid");
+        let limited = NodeConfig::parse("t", r#"{"resource_limits":{"cpu":{"max_cores":1},"memory":{"max_gb":0.5}}}"#)
+            .expect("valid");
         let r = scan_with(&limited, dir.path());
         assert_eq!(r.cpu.offered, 1);
         assert_eq!(r.memory.offered_bytes, (0.5 * GIB) as u64);
@@ -271,7 +238,10 @@ mod tests {
         std::fs::create_dir(&cache).expect("mkdir");
         let config = NodeConfig::parse(
             "t",
-            &format!(r#"{{"resource_limits":{{"storage":[{{"path":"{}","max_gb":1,"purpose":"cache"}}]}}}}"#, cache.display()),
+            &format!(
+                r#"{{"resource_limits":{{"storage":[{{"path":"{}","max_gb":1,"purpose":"cache"}}]}}}}"#,
+                cache.display()
+            ),
         )
         .expect("valid");
         let r = scan_with(&config, dir.path());

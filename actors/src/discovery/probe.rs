@@ -59,14 +59,8 @@ pub fn run(program: &Path, args: &[&str], timeout: Duration) -> Result<ProbeOutp
         .map_err(ProbeError::Spawn)?;
 
     let readers: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
     ]
     .into_iter()
     .map(|stream| {
@@ -122,12 +116,8 @@ mod tests {
 
     #[test]
     fn captures_output_and_exit_code() {
-        let out = run(
-            Path::new("/bin/sh"),
-            &["-c", "echo hello; echo oops >&2; exit 3"],
-            Duration::from_secs(5),
-        )
-        .expect("sh runs");
+        let out = run(Path::new("/bin/sh"), &["-c", "echo hello; echo oops >&2; exit 3"], Duration::from_secs(5))
+            .expect("sh runs");
         assert_eq!(out.stdout.trim(), "hello");
         assert_eq!(out.stderr.trim(), "oops");
         assert_eq!(out.code, Some(3));
@@ -137,24 +127,15 @@ mod tests {
     #[test]
     fn a_hanging_program_is_killed_on_time() {
         let started = Instant::now();
-        let err = run(
-            Path::new("/bin/sh"),
-            &["-c", "sleep 30 & sleep 30"],
-            Duration::from_millis(200),
-        )
-        .expect_err("must time out");
+        let err = run(Path::new("/bin/sh"), &["-c", "sleep 30 & sleep 30"], Duration::from_millis(200))
+            .expect_err("must time out");
         assert!(matches!(err, ProbeError::TimedOut(200)));
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     }
 
     #[test]
     fn a_missing_program_is_a_spawn_error() {
-        let err =
-            run(Path::new("/nonexistent/tool"), &[], Duration::from_secs(1)).expect_err("missing");
+        let err = run(Path::new("/nonexistent/tool"), &[], Duration::from_secs(1)).expect_err("missing");
         assert!(matches!(err, ProbeError::Spawn(_)));
     }
 }

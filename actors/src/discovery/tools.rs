@@ -54,13 +54,7 @@ pub const KNOWN: &[ToolSpec] = &[
         version_args: &["--version"],
         capabilities: docker_daemon,
     },
-    ToolSpec {
-        name: "git",
-        kind: Kind::Tool,
-        binaries: &["git"],
-        version_args: &["--version"],
-        capabilities: none,
-    },
+    ToolSpec { name: "git", kind: Kind::Tool, binaries: &["git"], version_args: &["--version"], capabilities: none },
     ToolSpec {
         name: "gcc",
         kind: Kind::Tool,
@@ -75,13 +69,7 @@ pub const KNOWN: &[ToolSpec] = &[
         version_args: &["--version"],
         capabilities: compiler_target,
     },
-    ToolSpec {
-        name: "make",
-        kind: Kind::Tool,
-        binaries: &["make"],
-        version_args: &["--version"],
-        capabilities: none,
-    },
+    ToolSpec { name: "make", kind: Kind::Tool, binaries: &["make"], version_args: &["--version"], capabilities: none },
     ToolSpec {
         name: "cmake",
         kind: Kind::Tool,
@@ -103,13 +91,7 @@ pub const KNOWN: &[ToolSpec] = &[
         version_args: &["--version"],
         capabilities: none,
     },
-    ToolSpec {
-        name: "bun",
-        kind: Kind::Runtime,
-        binaries: &["bun"],
-        version_args: &["--version"],
-        capabilities: none,
-    },
+    ToolSpec { name: "bun", kind: Kind::Runtime, binaries: &["bun"], version_args: &["--version"], capabilities: none },
     ToolSpec {
         name: "deno",
         kind: Kind::Runtime,
@@ -138,13 +120,7 @@ pub const KNOWN: &[ToolSpec] = &[
         version_args: &["--version"],
         capabilities: none,
     },
-    ToolSpec {
-        name: "go",
-        kind: Kind::Runtime,
-        binaries: &["go"],
-        version_args: &["version"],
-        capabilities: none,
-    },
+    ToolSpec { name: "go", kind: Kind::Runtime, binaries: &["go"], version_args: &["version"], capabilities: none },
     ToolSpec {
         name: "java",
         kind: Kind::Runtime,
@@ -167,10 +143,7 @@ pub fn scan(
             .filter_map(|spec| {
                 let path = match overrides.get(spec.name).and_then(|o| o.path.clone()) {
                     Some(p) => p,
-                    None => spec
-                        .binaries
-                        .iter()
-                        .find_map(|b| find_executable(b, search_path))?,
+                    None => spec.binaries.iter().find_map(|b| find_executable(b, search_path))?,
                 };
                 Some(scope.spawn(move || (spec.kind, probe_tool(spec, &path, timeout))))
             })
@@ -207,15 +180,9 @@ pub fn probe_tool(spec: &ToolSpec, path: &Path, timeout: Duration) -> ToolInfo {
             info.capabilities = (spec.capabilities)(path, timeout);
         }
         Ok(out) => {
-            let code = out
-                .code
-                .map_or("a signal".to_string(), |c| format!("status {c}"));
+            let code = out.code.map_or("a signal".to_string(), |c| format!("status {c}"));
             let said = out.first_line().unwrap_or_default();
-            info.error = Some(
-                format!("{asked} exited with {code}: {said}")
-                    .trim_end_matches(": ")
-                    .to_string(),
-            );
+            info.error = Some(format!("{asked} exited with {code}: {said}").trim_end_matches(": ").to_string());
         }
         Err(e) => info.error = Some(format!("{asked} {e}")),
     }
@@ -284,8 +251,7 @@ fn imagemagick_formats(path: &Path, timeout: Duration) -> Vec<String> {
             let name = cols.next()?.trim_end_matches('*');
             let _module = cols.next()?;
             let mode = cols.next()?;
-            let is_mode =
-                mode.len() == 3 && mode.chars().all(|c| matches!(c, 'r' | 'w' | '+' | '-'));
+            let is_mode = mode.len() == 3 && mode.chars().all(|c| matches!(c, 'r' | 'w' | '+' | '-'));
             (is_mode && mode.contains(['r', 'w'])).then(|| name.to_lowercase())
         })
         .collect();
@@ -307,10 +273,7 @@ fn ffmpeg_encoders(path: &Path, timeout: Duration) -> Vec<String> {
             continue;
         }
         // " V....D libx264              libx264 H.264 / AVC"
-        if let (true, [flags, name, ..]) = (
-            after_header,
-            line.split_whitespace().collect::<Vec<_>>().as_slice(),
-        ) {
+        if let (true, [flags, name, ..]) = (after_header, line.split_whitespace().collect::<Vec<_>>().as_slice()) {
             if flags.len() == 6 {
                 encoders.push(name.to_string());
             }
@@ -323,10 +286,7 @@ fn ffmpeg_encoders(path: &Path, timeout: Duration) -> Vec<String> {
 fn docker_daemon(path: &Path, timeout: Duration) -> Vec<String> {
     match probe::run(path, &["info", "--format", "{{.ServerVersion}}"], timeout) {
         Ok(out) if out.success() && !out.stdout.trim().is_empty() => {
-            vec![
-                "daemon:reachable".into(),
-                format!("server:{}", out.stdout.trim()),
-            ]
+            vec!["daemon:reachable".into(), format!("server:{}", out.stdout.trim())]
         }
         _ => vec!["daemon:unreachable".into()],
     }
@@ -335,10 +295,7 @@ fn docker_daemon(path: &Path, timeout: Duration) -> Vec<String> {
 /// The target triple a C compiler builds for.
 fn compiler_target(path: &Path, timeout: Duration) -> Vec<String> {
     match probe::run(path, &["-dumpmachine"], timeout) {
-        Ok(out) if out.success() => out
-            .first_line()
-            .map(|t| vec![format!("target:{t}")])
-            .unwrap_or_default(),
+        Ok(out) if out.success() => out.first_line().map(|t| vec![format!("target:{t}")]).unwrap_or_default(),
         _ => Vec::new(),
     }
 }
@@ -379,28 +336,13 @@ mod tests {
         fake_tool(dir.path(), "ninja", "sleep 30");
         fake_tool(dir.path(), "make", "echo 'make: broken' >&2; exit 4");
         let started = std::time::Instant::now();
-        let (tools, _) = scan(
-            &BTreeMap::new(),
-            Some(dir.path().as_os_str()),
-            Duration::from_millis(300),
-        );
+        let (tools, _) = scan(&BTreeMap::new(), Some(dir.path().as_os_str()), Duration::from_millis(300));
         assert!(started.elapsed() < Duration::from_secs(5));
         let by_name = |n: &str| tools.iter().find(|t| t.name == n).cloned().expect(n);
         assert_eq!(by_name("git").version.as_deref(), Some("2.47.3"));
-        assert_eq!(
-            by_name("git").version_output.as_deref(),
-            Some("git version 2.47.3")
-        );
-        assert!(by_name("ninja")
-            .error
-            .as_deref()
-            .unwrap_or("")
-            .contains("did not answer"));
-        assert!(by_name("make")
-            .error
-            .as_deref()
-            .unwrap_or("")
-            .contains("status 4"));
+        assert_eq!(by_name("git").version_output.as_deref(), Some("git version 2.47.3"));
+        assert!(by_name("ninja").error.as_deref().unwrap_or("").contains("did not answer"));
+        assert!(by_name("make").error.as_deref().unwrap_or("").contains("status 4"));
     }
 
     #[test]
@@ -430,20 +372,13 @@ esac"#,
   info) echo '28.2.2';;
 esac"#,
         );
-        let (tools, _) = scan(
-            &BTreeMap::new(),
-            Some(dir.path().as_os_str()),
-            Duration::from_secs(5),
-        );
+        let (tools, _) = scan(&BTreeMap::new(), Some(dir.path().as_os_str()), Duration::from_secs(5));
         let by_name = |n: &str| tools.iter().find(|t| t.name == n).cloned().expect(n);
         let im = by_name("imagemagick");
         assert_eq!(im.version.as_deref(), Some("7.1.1"));
         assert_eq!(im.capabilities, vec!["avif", "png", "webp"]);
         assert_eq!(by_name("ffmpeg").capabilities, vec!["libx264", "aac"]);
-        assert_eq!(
-            by_name("docker").capabilities,
-            vec!["daemon:reachable", "server:28.2.2"]
-        );
+        assert_eq!(by_name("docker").capabilities, vec!["daemon:reachable", "server:28.2.2"]);
     }
 
     #[test]
@@ -452,22 +387,10 @@ esac"#,
         fake_tool(dir.path(), "git", "echo 'git version 1.0.0'");
         fake_tool(dir.path(), "mygit", "echo 'git version 9.9.9'");
         let mut o = BTreeMap::new();
-        o.insert(
-            "git".to_string(),
-            ToolOverride {
-                path: Some(dir.path().join("mygit")),
-                enabled: true,
-            },
-        );
+        o.insert("git".to_string(), ToolOverride { path: Some(dir.path().join("mygit")), enabled: true });
         let (tools, _) = scan(&o, Some(dir.path().as_os_str()), Duration::from_secs(2));
         assert_eq!(tools[0].version.as_deref(), Some("9.9.9"));
-        o.insert(
-            "git".to_string(),
-            ToolOverride {
-                path: None,
-                enabled: false,
-            },
-        );
+        o.insert("git".to_string(), ToolOverride { path: None, enabled: false });
         let (tools, _) = scan(&o, Some(dir.path().as_os_str()), Duration::from_secs(2));
         assert!(tools.is_empty());
     }

@@ -22,9 +22,7 @@ pub struct KeysResponse {
     security(("bearer" = [])))]
 pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require(Action::ManageKeys, "manage keys")?;
-    Ok(HttpResponse::Ok().json(KeysResponse {
-        keys: state.node.keys.list(),
-    }))
+    Ok(HttpResponse::Ok().json(KeysResponse { keys: state.node.keys.list() }))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -56,11 +54,7 @@ pub async fn create(
     caller.require(Action::ManageKeys, "manage keys")?;
     let req = body.0;
     let ttl_ms = req.ttl_secs.map(|s| s.saturating_mul(1000));
-    let (key, info) = state
-        .node
-        .keys
-        .create(&req.name, req.role, ttl_ms, &caller.actor())
-        .await?;
+    let (key, info) = state.node.keys.create(&req.name, req.role, ttl_ms, &caller.actor()).await?;
     Ok(HttpResponse::Created().json(CreatedKey { key, info }))
 }
 

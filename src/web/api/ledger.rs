@@ -33,54 +33,33 @@ fn time(field: &str, text: &str) -> Result<u64, ApiError> {
     if let Ok(ms) = text.parse::<u64>() {
         return Ok(ms);
     }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis().max(0) as u64)
-        .map_err(|_| {
-            ApiError::bad_request(
-                "invalid_query",
-                format!("{field}: expected RFC 3339 time or milliseconds, got '{text}'"),
-            )
-        })
+    chrono::DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_millis().max(0) as u64).map_err(|_| {
+        ApiError::bad_request("invalid_query", format!("{field}: expected RFC 3339 time or milliseconds, got '{text}'"))
+    })
 }
 
 fn number(field: &str, text: &str, max: usize) -> Result<usize, ApiError> {
-    text.parse::<usize>()
-        .ok()
-        .filter(|n| *n <= max)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_query",
-                format!("{field}: expected an integer from 0 to {max}, got '{text}'"),
-            )
-        })
+    text.parse::<usize>().ok().filter(|n| *n <= max).ok_or_else(|| {
+        ApiError::bad_request("invalid_query", format!("{field}: expected an integer from 0 to {max}, got '{text}'"))
+    })
 }
 
 impl LedgerQuery {
     /// Turns query text into a checked filter; errors name the parameter.
     pub fn filter(&self) -> Result<LedgerFilter, ApiError> {
-        let nonempty = |o: &Option<String>| {
-            o.as_deref()
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        };
-        let mut filter = LedgerFilter {
-            limit: DEFAULT_LIMIT,
-            ..Default::default()
-        };
+        let nonempty = |o: &Option<String>| o.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+        let mut filter = LedgerFilter { limit: DEFAULT_LIMIT, ..Default::default() };
         if let Some(types) = nonempty(&self.types) {
             for t in types.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                 filter.types.push(
-                    t.parse::<LedgerEntryType>().map_err(|e| {
-                        ApiError::bad_request("invalid_query", format!("types: {e}"))
-                    })?,
+                    t.parse::<LedgerEntryType>()
+                        .map_err(|e| ApiError::bad_request("invalid_query", format!("types: {e}")))?,
                 );
             }
         }
         if let Some(origin) = nonempty(&self.origin) {
             filter.origin = Some(
-                NodeId::parse(&origin)
-                    .map_err(|e| ApiError::bad_request("invalid_query", format!("origin: {e}")))?,
+                NodeId::parse(&origin).map_err(|e| ApiError::bad_request("invalid_query", format!("origin: {e}")))?,
             );
         }
         if let Some(from) = nonempty(&self.from) {
@@ -141,37 +120,14 @@ mod tests {
             ..Default::default()
         };
         let f = q.filter().expect("valid");
-        assert_eq!(
-            f.types,
-            vec![LedgerEntryType::KeyCreated, LedgerEntryType::NodeJoined]
-        );
+        assert_eq!(f.types, vec![LedgerEntryType::KeyCreated, LedgerEntryType::NodeJoined]);
         assert_eq!(f.limit, 10);
         assert_eq!(f.from_ms, Some(1_767_225_600_000));
         let bad = |q: LedgerQuery| q.filter().expect_err("invalid").message;
-        assert!(bad(LedgerQuery {
-            types: Some("Nope".into()),
-            ..Default::default()
-        })
-        .starts_with("types:"));
-        assert!(bad(LedgerQuery {
-            limit: Some("x".into()),
-            ..Default::default()
-        })
-        .starts_with("limit:"));
-        assert!(bad(LedgerQuery {
-            limit: Some("5000".into()),
-            ..Default::default()
-        })
-        .starts_with("limit:"));
-        assert!(bad(LedgerQuery {
-            origin: Some("zz".into()),
-            ..Default::default()
-        })
-        .starts_with("origin:"));
-        assert!(bad(LedgerQuery {
-            to: Some("yesterday".into()),
-            ..Default::default()
-        })
-        .starts_with("to:"));
+        assert!(bad(LedgerQuery { types: Some("Nope".into()), ..Default::default() }).starts_with("types:"));
+        assert!(bad(LedgerQuery { limit: Some("x".into()), ..Default::default() }).starts_with("limit:"));
+        assert!(bad(LedgerQuery { limit: Some("5000".into()), ..Default::default() }).starts_with("limit:"));
+        assert!(bad(LedgerQuery { origin: Some("zz".into()), ..Default::default() }).starts_with("origin:"));
+        assert!(bad(LedgerQuery { to: Some("yesterday".into()), ..Default::default() }).starts_with("to:"));
     }
 }

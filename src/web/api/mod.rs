@@ -3,6 +3,7 @@
 
 pub mod keys;
 pub mod ledger;
+pub mod mesh;
 pub mod node;
 pub mod pool;
 
@@ -29,7 +30,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/ledger/verify", web::get().to(ledger::verify))
         .route("/keys", web::get().to(keys::list))
         .route("/keys", web::post().to(keys::create))
-        .route("/keys/{id}", web::delete().to(keys::revoke));
+        .route("/keys/{id}", web::delete().to(keys::revoke))
+        .route("/tokens", web::post().to(mesh::create_token))
+        .route("/mesh/join", web::post().to(crate::web::mesh::admit))
+        .route("/pool/join", web::post().to(mesh::join))
+        .route("/pool/leave", web::post().to(mesh::leave))
+        .route("/pool/visualization", web::get().to(mesh::visualization))
+        .route("/ledger/sync", web::post().to(mesh::sync));
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -82,6 +89,7 @@ impl Modify for BearerAuth {
         pool::get_pool, pool::get_nodes, pool::get_resources,
         ledger::get_ledger, ledger::verify,
         keys::list, keys::create, keys::revoke,
+        mesh::create_token, mesh::join, mesh::leave, mesh::sync, mesh::visualization, crate::web::mesh::admit,
     ),
     modifiers(&BearerAuth),
     tags((name = "node"), (name = "pool"), (name = "ledger"), (name = "keys"))

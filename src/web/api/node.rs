@@ -12,10 +12,7 @@ use crate::web::AppState;
 #[utoipa::path(get, path = "/api/node", tag = "node",
     responses((status = 200, body = NodeStatus), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get_node(
-    state: web::Data<AppState>,
-    caller: Caller,
-) -> Result<HttpResponse, ApiError> {
+pub async fn get_node(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read the node")?;
     Ok(HttpResponse::Ok().json(state.node.node.status().await?))
 }

@@ -14,10 +14,7 @@ use crate::web::AppState;
 #[utoipa::path(get, path = "/api/pool", tag = "pool",
     responses((status = 200, body = PoolView), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get_pool(
-    state: web::Data<AppState>,
-    caller: Caller,
-) -> Result<HttpResponse, ApiError> {
+pub async fn get_pool(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read the pool")?;
     Ok(HttpResponse::Ok().json(state.node.pool.view().await?))
 }
@@ -31,10 +28,7 @@ pub struct NodesResponse {
 #[utoipa::path(get, path = "/api/pool/nodes", tag = "pool",
     responses((status = 200, body = NodesResponse), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get_nodes(
-    state: web::Data<AppState>,
-    caller: Caller,
-) -> Result<HttpResponse, ApiError> {
+pub async fn get_nodes(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read the pool")?;
     let view = state.node.pool.view().await?;
     Ok(HttpResponse::Ok().json(NodesResponse { nodes: view.nodes }))
@@ -66,17 +60,13 @@ pub async fn get_resources(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read the pool")?;
     let kind = match query.kind.as_deref().filter(|s| !s.is_empty()) {
-        Some(k) => Some(
-            k.parse::<ResourceKind>()
-                .map_err(|e| ApiError::bad_request("invalid_query", format!("type: {e}")))?,
-        ),
+        Some(k) => {
+            Some(k.parse::<ResourceKind>().map_err(|e| ApiError::bad_request("invalid_query", format!("type: {e}")))?)
+        }
         None => None,
     };
     let node = match query.node.as_deref().filter(|s| !s.is_empty()) {
-        Some(n) => Some(
-            NodeId::parse(n)
-                .map_err(|e| ApiError::bad_request("invalid_query", format!("node: {e}")))?,
-        ),
+        Some(n) => Some(NodeId::parse(n).map_err(|e| ApiError::bad_request("invalid_query", format!("node: {e}")))?),
         None => None,
     };
     let resources = state.node.pool.resources(kind, node).await?;

@@ -18,12 +18,8 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
     };
     let a = &pool.aggregate;
     let leased_cores = a.total_cpu_cores.saturating_sub(a.available_cpu_cores);
-    let leased_mem = a
-        .total_memory_bytes
-        .saturating_sub(a.available_memory_bytes);
-    let leased_disk = a
-        .total_storage_bytes
-        .saturating_sub(a.available_storage_bytes);
+    let leased_mem = a.total_memory_bytes.saturating_sub(a.available_memory_bytes);
+    let leased_disk = a.total_storage_bytes.saturating_sub(a.available_storage_bytes);
     let body = html! {
         h1 { "Pool" }
         section.summary {

@@ -10,12 +10,7 @@ use super::{caller, html_response, layout, time};
 use crate::web::auth::{self, Caller};
 use crate::web::AppState;
 
-fn render(
-    who: &Caller,
-    state: &AppState,
-    created: Option<(&str, &str)>,
-    error: Option<&str>,
-) -> HttpResponse {
+fn render(who: &Caller, state: &AppState, created: Option<(&str, &str)>, error: Option<&str>) -> HttpResponse {
     let now = wire::now_ms();
     let keys = state.node.keys.list();
     let csrf = who.csrf.clone().unwrap_or_default();
@@ -60,11 +55,7 @@ fn render(
             button type="submit" { "Create key" }
         }
     };
-    let status = if error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
+    let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
     html_response(status, layout("Keys", Some(who), "/keys", body))
 }
 
@@ -89,32 +80,19 @@ pub struct CreateForm {
     role: String,
 }
 
-pub async fn create(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    form: web::Form<CreateForm>,
-) -> HttpResponse {
+pub async fn create(req: HttpRequest, state: web::Data<AppState>, form: web::Form<CreateForm>) -> HttpResponse {
     let who = match admin(&req, &state) {
         Ok(w) => w,
         Err(res) => return *res,
     };
-    if !who
-        .csrf
-        .as_deref()
-        .is_some_and(|t| auth::same_token(t, &form.csrf))
-    {
+    if !who.csrf.as_deref().is_some_and(|t| auth::same_token(t, &form.csrf)) {
         return render(&who, &state, None, Some("The form expired; try again."));
     }
     let role: Role = match form.role.parse() {
         Ok(r) => r,
         Err(e) => return render(&who, &state, None, Some(&format!("role: {e}"))),
     };
-    match state
-        .node
-        .keys
-        .create(&form.name, role, None, &who.actor())
-        .await
-    {
+    match state.node.keys.create(&form.name, role, None, &who.actor()).await {
         Ok((secret, info)) => render(&who, &state, Some((&info.name, &secret)), None),
         Err(e) => render(&who, &state, None, Some(&e.to_string())),
     }
@@ -135,11 +113,7 @@ pub async fn revoke(
         Ok(w) => w,
         Err(res) => return *res,
     };
-    if !who
-        .csrf
-        .as_deref()
-        .is_some_and(|t| auth::same_token(t, &form.csrf))
-    {
+    if !who.csrf.as_deref().is_some_and(|t| auth::same_token(t, &form.csrf)) {
         return render(&who, &state, None, Some("The form expired; try again."));
     }
     match state.node.keys.revoke(&id, &who.actor()).await {

@@ -10,11 +10,7 @@ use super::{caller, html_response, layout, time};
 use crate::web::api::ledger::{LedgerQuery, DEFAULT_LIMIT};
 use crate::web::AppState;
 
-pub async fn page(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    query: web::Query<LedgerQuery>,
-) -> HttpResponse {
+pub async fn page(req: HttpRequest, state: web::Data<AppState>, query: web::Query<LedgerQuery>) -> HttpResponse {
     let who = match caller(&req, &state) {
         Ok(c) => c,
         Err(redirect) => return *redirect,
@@ -28,15 +24,8 @@ pub async fn page(
         Err(e) => return super::super::error_page(Some(&who), &e.to_string()),
     };
     let selected_type = filter.types.first().map(|t| t.as_str()).unwrap_or("");
-    let origin = filter
-        .origin
-        .as_ref()
-        .map(|o| o.to_string())
-        .unwrap_or_default();
-    let more = format!(
-        "/ledger?types={selected_type}&origin={origin}&limit={}",
-        filter.limit + DEFAULT_LIMIT
-    );
+    let origin = filter.origin.as_ref().map(|o| o.to_string()).unwrap_or_default();
+    let more = format!("/ledger?types={selected_type}&origin={origin}&limit={}", filter.limit + DEFAULT_LIMIT);
     let body = html! {
         h1 { "Ledger" }
         p.small { "Every node's signed, hash-chained history, merged by hybrid logical clock. "
@@ -67,8 +56,5 @@ pub async fn page(
         }
         @if entries.len() >= filter.limit { p { a.button href=(more) { "Load more" } } }
     };
-    html_response(
-        StatusCode::OK,
-        layout("Ledger", Some(&who), "/ledger", body),
-    )
+    html_response(StatusCode::OK, layout("Ledger", Some(&who), "/ledger", body))
 }

@@ -43,9 +43,7 @@ fn csrf_cookie(value: &str) -> Cookie<'static> {
 
 pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if auth::authenticate(&req, &state).is_some() {
-        return HttpResponse::SeeOther()
-            .insert_header((header::LOCATION, "/"))
-            .finish();
+        return HttpResponse::SeeOther().insert_header((header::LOCATION, "/")).finish();
     }
     let csrf = auth::random_token();
     let mut res = html_response(StatusCode::OK, form(&csrf, None));
@@ -59,20 +57,14 @@ pub struct LoginForm {
     csrf: String,
 }
 
-pub async fn submit(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    form_data: web::Form<LoginForm>,
-) -> HttpResponse {
+pub async fn submit(req: HttpRequest, state: web::Data<AppState>, form_data: web::Form<LoginForm>) -> HttpResponse {
     let fresh = auth::random_token();
     let refuse = |message: &str| {
         let mut res = html_response(StatusCode::UNAUTHORIZED, form(&fresh, Some(message)));
         let _ = res.add_cookie(&csrf_cookie(&fresh));
         res
     };
-    let cookie_ok = req
-        .cookie(LOGIN_CSRF_COOKIE)
-        .is_some_and(|c| auth::same_token(c.value(), &form_data.csrf));
+    let cookie_ok = req.cookie(LOGIN_CSRF_COOKIE).is_some_and(|c| auth::same_token(c.value(), &form_data.csrf));
     if !cookie_ok {
         return refuse("The form expired. Please try again.");
     }
@@ -80,18 +72,10 @@ pub async fn submit(
         return refuse("That key is not valid here (wrong, revoked or expired).");
     };
     let (session, _) = state.sessions.open(&info.id);
-    let cookie = Cookie::build(SESSION_COOKIE, session)
-        .path("/")
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .finish();
+    let cookie = Cookie::build(SESSION_COOKIE, session).path("/").http_only(true).same_site(SameSite::Strict).finish();
     let mut clear = csrf_cookie("");
     clear.make_removal();
-    HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, "/"))
-        .cookie(cookie)
-        .cookie(clear)
-        .finish()
+    HttpResponse::SeeOther().insert_header((header::LOCATION, "/")).cookie(cookie).cookie(clear).finish()
 }
 
 #[derive(Deserialize)]
@@ -99,26 +83,13 @@ pub struct LogoutForm {
     csrf: String,
 }
 
-pub async fn logout(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    form_data: web::Form<LogoutForm>,
-) -> HttpResponse {
-    if let (Some(caller), Some(cookie)) =
-        (auth::authenticate(&req, &state), req.cookie(SESSION_COOKIE))
-    {
-        if caller
-            .csrf
-            .as_deref()
-            .is_some_and(|t| auth::same_token(t, &form_data.csrf))
-        {
+pub async fn logout(req: HttpRequest, state: web::Data<AppState>, form_data: web::Form<LogoutForm>) -> HttpResponse {
+    if let (Some(caller), Some(cookie)) = (auth::authenticate(&req, &state), req.cookie(SESSION_COOKIE)) {
+        if caller.csrf.as_deref().is_some_and(|t| auth::same_token(t, &form_data.csrf)) {
             state.sessions.close(cookie.value());
         }
     }
     let mut gone = Cookie::build(SESSION_COOKIE, "").path("/").finish();
     gone.make_removal();
-    HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, "/login"))
-        .cookie(gone)
-        .finish()
+    HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).cookie(gone).finish()
 }

@@ -32,13 +32,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// The caller of a page, or a redirect to the login page.
 pub fn caller(req: &HttpRequest, state: &AppState) -> Result<Caller, Box<HttpResponse>> {
-    auth::authenticate(req, state).ok_or_else(|| {
-        Box::new(
-            HttpResponse::SeeOther()
-                .insert_header((header::LOCATION, "/login"))
-                .finish(),
-        )
-    })
+    auth::authenticate(req, state)
+        .ok_or_else(|| Box::new(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish()))
 }
 
 /// Answers a page.
@@ -55,12 +50,7 @@ pub fn html_response(status: actix_web::http::StatusCode, markup: Markup) -> Htt
 
 /// The frame around every page: navigation, who is logged in, a logout form.
 pub fn layout(title: &str, caller: Option<&Caller>, active: &str, body: Markup) -> Markup {
-    let nav = [
-        ("/", "Dashboard"),
-        ("/node", "Node"),
-        ("/ledger", "Ledger"),
-        ("/keys", "Keys"),
-    ];
+    let nav = [("/", "Dashboard"), ("/node", "Node"), ("/ledger", "Ledger"), ("/keys", "Keys")];
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -95,11 +85,7 @@ pub fn layout(title: &str, caller: Option<&Caller>, active: &str, body: Markup) 
 
 /// A horizontal bar as SVG: `used` of `total`, with a label.
 pub fn bar(label: &str, used: f64, total: f64, text: &str) -> Markup {
-    let fraction = if total > 0.0 {
-        (used / total).clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
+    let fraction = if total > 0.0 { (used / total).clamp(0.0, 1.0) } else { 0.0 };
     let width = (fraction * 300.0).round();
     html! {
         div.bar {
@@ -130,16 +116,9 @@ async fn static_file(file: web::Path<String>) -> HttpResponse {
     let (body, kind) = match file.as_str() {
         "style.css" => (STYLE_CSS, "text/css; charset=utf-8"),
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
-        _ => {
-            return HttpResponse::NotFound()
-                .content_type("text/plain")
-                .body("no such file")
-        }
+        _ => return HttpResponse::NotFound().content_type("text/plain").body("no such file"),
     };
-    HttpResponse::Ok()
-        .content_type(kind)
-        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .body(body)
+    HttpResponse::Ok().content_type(kind).insert_header((header::CACHE_CONTROL, "public, max-age=300")).body(body)
 }
 
 /// The HTML 404 for paths outside `/api`.

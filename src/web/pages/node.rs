@@ -113,24 +113,13 @@ pub struct CsrfForm {
     csrf: String,
 }
 
-pub async fn scan(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    form: web::Form<CsrfForm>,
-) -> HttpResponse {
+pub async fn scan(req: HttpRequest, state: web::Data<AppState>, form: web::Form<CsrfForm>) -> HttpResponse {
     let who = match caller(&req, &state) {
         Ok(c) => c,
         Err(redirect) => return *redirect,
     };
-    if !who
-        .csrf
-        .as_deref()
-        .is_some_and(|t| auth::same_token(t, &form.csrf))
-    {
-        return super::super::error_page(
-            Some(&who),
-            "The form expired; reload the page and try again.",
-        );
+    if !who.csrf.as_deref().is_some_and(|t| auth::same_token(t, &form.csrf)) {
+        return super::super::error_page(Some(&who), "The form expired; reload the page and try again.");
     }
     if let Err(e) = who.require(Action::ModifyResources, "rescan resources") {
         return super::super::error_page(Some(&who), &e.message);
@@ -138,7 +127,5 @@ pub async fn scan(
     if let Err(e) = state.node.node.rescan().await {
         return super::super::error_page(Some(&who), &e.to_string());
     }
-    HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, "/node"))
-        .finish()
+    HttpResponse::SeeOther().insert_header((header::LOCATION, "/node")).finish()
 }

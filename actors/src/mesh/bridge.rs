@@ -1,0 +1,293 @@
+//! `BridgeActor`: one per peer link. It owns the link's Noise state: it runs the XX handshake,
+//! encrypts and decrypts frames, turns frames into [`MeshMessage`]s and back, rekeys, and closes
+//! the link on any frame that fails to decrypt or decode, or when the peer falls silent.
+//!
+//! The socket itself belongs to the web layer, which feeds raw frames in ([`Incoming`],
+//! [`SocketClosed`]) and writes what arrives on the `outgoing` channel — so this crate stays free
+//! of HTTP and a test can drive a bridge with plain channels.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::noise::{Handshake, Transport, MAX_FRAME};
+use super::{LinkAuthenticated, LinkClosed, LinkMessage, MeshActor};
+use crate::wire::{self, Envelope, MeshMessage, NodeId, PROTOCOL_VERSION};
+
+/// A link with no frame for this long is dead (heartbeats come every second).
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(3);
+/// A handshake must finish within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keys are replaced after this many messages in one direction …
+pub const REKEY_AFTER_MESSAGES: u64 = 10_000;
+/// … or after this long.
+pub const REKEY_AFTER: Duration = Duration::from_secs(600);
+
+/// What the bridge asks the socket writer to do.
+#[derive(Debug)]
+pub enum Outgoing {
+    Frame(Vec<u8>),
+    Close,
+}
+
+enum Phase {
+    Handshaking(Box<Handshake>),
+    /// Handshake done, waiting for the mesh to accept the peer.
+    Authenticating(Box<Transport>),
+    Open {
+        transport: Box<Transport>,
+        peer: NodeId,
+    },
+    Closed,
+}
+
+pub struct BridgeActor {
+    pub(crate) id: u64,
+    mesh: Addr<MeshActor>,
+    me: NodeId,
+    outgoing: UnboundedSender<Outgoing>,
+    phase: Phase,
+    pub(crate) initiator: bool,
+    last_rx: Instant,
+    last_rekey: Instant,
+    next_msg_id: u64,
+    /// Frames that arrived while the mesh was still checking the peer.
+    pending: Vec<Vec<u8>>,
+}
+
+impl BridgeActor {
+    pub(crate) fn new(
+        id: u64,
+        mesh: Addr<MeshActor>,
+        me: NodeId,
+        handshake: Handshake,
+        initiator: bool,
+        outgoing: UnboundedSender<Outgoing>,
+    ) -> Self {
+        BridgeActor {
+            id,
+            mesh,
+            me,
+            outgoing,
+            phase: Phase::Handshaking(Box::new(handshake)),
+            initiator,
+            last_rx: Instant::now(),
+            last_rekey: Instant::now(),
+            next_msg_id: 1,
+            pending: Vec::new(),
+        }
+    }
+
+    fn fail(&mut self, ctx: &mut Context<Self>, why: &str) {
+        if !matches!(self.phase, Phase::Closed) {
+            log::warn!("mesh link {}: closing: {why}", self.id);
+        }
+        self.close(ctx);
+    }
+
+    fn close(&mut self, ctx: &mut Context<Self>) {
+        self.phase = Phase::Closed;
+        let _ = self.outgoing.send(Outgoing::Close);
+        ctx.stop();
+    }
+
+    /// Sends handshake messages while it is our turn; hands over to the mesh when done.
+    fn drive_handshake(&mut self, ctx: &mut Context<Self>) {
+        let Phase::Handshaking(hs) = &mut self.phase else { return };
+        while hs.my_turn() && !hs.finished() {
+            match hs.write() {
+                Ok(msg) => {
+                    let _ = self.outgoing.send(Outgoing::Frame(msg));
+                }
+                Err(e) => return self.fail(ctx, &format!("handshake: {e}")),
+            }
+        }
+        if hs.finished() {
+            let Phase::Handshaking(hs) = std::mem::replace(&mut self.phase, Phase::Closed) else { return };
+            match hs.into_transport() {
+                Ok(t) => {
+                    let remote_static = t.remote_static;
+                    self.phase = Phase::Authenticating(Box::new(t));
+                    self.mesh.do_send(LinkAuthenticated {
+                        bridge: ctx.address(),
+                        link_id: self.id,
+                        remote_static,
+                        initiator: self.initiator,
+                    });
+                }
+                Err(e) => self.fail(ctx, &format!("handshake: {e}")),
+            }
+        }
+    }
+
+    fn send_message(&mut self, ctx: &mut Context<Self>, body: MeshMessage) {
+        let Phase::Open { transport, peer } = &mut self.phase else { return };
+        let env =
+            Envelope { v: PROTOCOL_VERSION, id: self.next_msg_id, from: self.me.clone(), to: Some(peer.clone()), body };
+        self.next_msg_id += 1;
+        let plain = match wire::encode(&env) {
+            Ok(p) => p,
+            Err(e) => return log::error!("mesh link {}: cannot encode: {e}", self.id),
+        };
+        match transport.encrypt(&plain) {
+            Ok(frame) => {
+                let _ = self.outgoing.send(Outgoing::Frame(frame));
+            }
+            Err(e) => return self.fail(ctx, &format!("encrypt: {e}")),
+        }
+        let due = transport.sent % REKEY_AFTER_MESSAGES == 0 || self.last_rekey.elapsed() >= REKEY_AFTER;
+        if due && !matches!(env.body, MeshMessage::Rekey) {
+            self.last_rekey = Instant::now();
+            self.send_message(ctx, MeshMessage::Rekey);
+            if let Phase::Open { transport, .. } = &mut self.phase {
+                transport.rekey_outgoing();
+            }
+        }
+    }
+}
+
+impl Actor for BridgeActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.drive_handshake(ctx);
+        ctx.run_later(HANDSHAKE_TIMEOUT, |act, ctx| {
+            if matches!(act.phase, Phase::Handshaking(_) | Phase::Authenticating(_)) {
+                act.fail(ctx, "handshake timed out");
+            }
+        });
+        ctx.run_interval(Duration::from_millis(500), |act, ctx| {
+            if matches!(act.phase, Phase::Open { .. }) && act.last_rx.elapsed() > LINK_TIMEOUT {
+                act.fail(ctx, "peer silent");
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        let _ = self.outgoing.send(Outgoing::Close);
+        self.mesh.do_send(LinkClosed { link_id: self.id });
+    }
+}
+
+/// A raw frame from the socket.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Incoming {
+    pub frame: Vec<u8>,
+}
+
+impl Handler<Incoming> for BridgeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Incoming, ctx: &mut Context<Self>) {
+        if msg.frame.len() > MAX_FRAME {
+            return self.fail(ctx, &format!("frame of {} bytes refused", msg.frame.len()));
+        }
+        self.last_rx = Instant::now();
+        match &mut self.phase {
+            Phase::Handshaking(hs) => {
+                if let Err(e) = hs.read(&msg.frame) {
+                    return self.fail(ctx, &format!("handshake: {e}"));
+                }
+                self.drive_handshake(ctx);
+            }
+            Phase::Authenticating(_) if self.pending.len() < 64 => self.pending.push(msg.frame),
+            Phase::Authenticating(_) => self.fail(ctx, "too many messages before the link was accepted"),
+            Phase::Open { .. } => self.open_frame(ctx, &msg.frame),
+            Phase::Closed => {}
+        }
+    }
+}
+
+impl BridgeActor {
+    fn open_frame(&mut self, ctx: &mut Context<Self>, frame: &[u8]) {
+        if let Phase::Open { transport, peer } = &mut self.phase {
+            {
+                let plain = match transport.decrypt(frame) {
+                    Ok(p) => p,
+                    Err(e) => return self.fail(ctx, &format!("frame does not decrypt ({e}): tampered or replayed")),
+                };
+                let env = match wire::decode(&plain) {
+                    Ok(env) => env,
+                    Err(e) => return self.fail(ctx, &format!("frame does not decode: {e}")),
+                };
+                if env.v != PROTOCOL_VERSION || env.from != *peer {
+                    return self.fail(ctx, "envelope from the wrong node or protocol version");
+                }
+                if matches!(env.body, MeshMessage::Rekey) {
+                    transport.rekey_incoming();
+                    return;
+                }
+                self.mesh.do_send(LinkMessage { link_id: self.id, from: peer.clone(), body: env.body });
+            }
+        }
+    }
+}
+
+/// The socket closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SocketClosed;
+
+impl Handler<SocketClosed> for BridgeActor {
+    type Result = ();
+
+    fn handle(&mut self, _: SocketClosed, ctx: &mut Context<Self>) {
+        self.phase = Phase::Closed;
+        ctx.stop();
+    }
+}
+
+/// The mesh's answer to [`LinkAuthenticated`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Accepted {
+    pub peer: Option<NodeId>,
+}
+
+impl Handler<Accepted> for BridgeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Accepted, ctx: &mut Context<Self>) {
+        match (msg.peer, std::mem::replace(&mut self.phase, Phase::Closed)) {
+            (Some(peer), Phase::Authenticating(transport)) => {
+                self.phase = Phase::Open { transport, peer };
+                self.last_rx = Instant::now();
+                for frame in std::mem::take(&mut self.pending) {
+                    self.open_frame(ctx, &frame);
+                }
+            }
+            (None, _) => self.fail(ctx, "peer is not a member of this mesh (or a duplicate link)"),
+            (Some(_), other) => self.phase = other,
+        }
+    }
+}
+
+/// Sends a message to the peer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Send {
+    pub body: MeshMessage,
+}
+
+impl Handler<Send> for BridgeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Send, ctx: &mut Context<Self>) {
+        self.send_message(ctx, msg.body);
+    }
+}
+
+/// Closes the link on purpose.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+impl Handler<Close> for BridgeActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) {
+        self.close(ctx);
+    }
+}

@@ -1,0 +1,203 @@
+//! Mesh management: join tokens, joining and leaving, forcing a ledger sync, and the pool's
+//! topology (plan §4.3 `PoolVisualization`).
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use buildnet_actors::mesh::roster::{RosterError, TokenInfo};
+use buildnet_actors::pool::{Aggregate, PoolNode};
+use buildnet_actors::wire::{Action, Role};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::web::auth::Caller;
+use crate::web::error::{ApiError, ErrorBody};
+use crate::web::json::Json;
+use crate::web::AppState;
+
+/// Join tokens live this long unless asked otherwise.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 24 * 3600;
+
+fn mesh_error(e: RosterError) -> ApiError {
+    match e {
+        RosterError::Store(s) => ApiError::internal(&s),
+        e @ RosterError::NotMeshAdmin => ApiError::new(StatusCode::CONFLICT, "not_mesh_admin", e.to_string()),
+        other => ApiError::new(StatusCode::CONFLICT, "mesh", other.to_string()),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// Role the joining node gets: builder (a worker), observer (contributes nothing, cannot
+    /// trigger work) or admin.
+    pub role: Role,
+    /// Seconds until the token expires (default one day).
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    /// The single-use token; it pins this mesh's key.
+    pub token: String,
+    pub info: TokenInfo,
+}
+
+/// Creates a single-use, expiring join token (on the node holding the mesh key).
+#[utoipa::path(post, path = "/api/tokens", tag = "pool", request_body = CreateTokenRequest,
+    responses((status = 201, body = CreatedToken), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_token(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: Json<CreateTokenRequest>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::ManageNodes, "create join tokens")?;
+    let ttl = body.0.ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
+    if ttl == 0 {
+        return Err(ApiError::bad_request("invalid_body", "ttl_secs: must be at least 1"));
+    }
+    let (token, info) = state
+        .node
+        .mesh
+        .create_token(body.0.role, ttl.saturating_mul(1000), &caller.actor())
+        .await
+        .map_err(mesh_error)?;
+    Ok(HttpResponse::Created().json(CreatedToken { token, info }))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinPoolRequest {
+    /// URL of a node of the mesh to join (the one holding the mesh key), e.g. http://10.0.0.5:80
+    pub address: String,
+    /// A join token from `buildnet token create` on that node.
+    pub token: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct JoinPoolResponse {
+    pub success: bool,
+    pub node_id: String,
+    pub mesh_id: String,
+}
+
+/// Makes this running node join another mesh.
+#[utoipa::path(post, path = "/api/pool/join", tag = "pool", request_body = JoinPoolRequest,
+    responses((status = 200, body = JoinPoolResponse), (status = 400, body = ErrorBody), (status = 502, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn join(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: Json<JoinPoolRequest>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::ManageNodes, "join a mesh")?;
+    let req = body.0;
+    if !(req.address.starts_with("http://") || req.address.starts_with("https://")) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("address: expected a URL like http://host:port, got '{}'", req.address),
+        ));
+    }
+    let info = crate::web::mesh::join_remote(&state.node.mesh, &req.address, &req.token)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "join_failed", e))?;
+    Ok(HttpResponse::Ok().json(JoinPoolResponse {
+        success: true,
+        node_id: state.node.identity.node_id.to_string(),
+        mesh_id: info.mesh_id,
+    }))
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Success {
+    pub success: bool,
+}
+
+/// Leaves the mesh cleanly (`NodeLeft` in the ledger); the node becomes a mesh of one.
+#[utoipa::path(post, path = "/api/pool/leave", tag = "pool",
+    responses((status = 200, body = Success), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn leave(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::ManageNodes, "leave the mesh")?;
+    state.node.mesh.leave().await.map_err(mesh_error)?;
+    Ok(HttpResponse::Ok().json(Success { success: true }))
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SyncResponse {
+    /// Peers asked for what this node lacks.
+    pub peers: usize,
+}
+
+/// Forces a ledger exchange with every linked peer now.
+#[utoipa::path(post, path = "/api/ledger/sync", tag = "ledger",
+    responses((status = 200, body = SyncResponse)), security(("bearer" = [])))]
+pub async fn sync(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::View, "sync the ledger")?;
+    Ok(HttpResponse::Ok().json(SyncResponse { peers: state.node.mesh.sync_now().await }))
+}
+
+/// A link between two nodes (plan §4.3).
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ConnectionVisualization {
+    pub from_node: String,
+    pub to_node: String,
+    pub latency_ms: f64,
+    /// Measured bandwidth; absent until network benchmarks exist.
+    pub bandwidth_mbps: Option<f64>,
+    /// `excellent` (< 5 ms), `good` (< 20 ms), `fair` (< 100 ms), `poor`, or `down`.
+    pub status: String,
+}
+
+/// Plan §4.3's `PoolVisualization`.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct PoolVisualization {
+    pub coordinator: String,
+    pub epoch: u64,
+    pub nodes: Vec<PoolNode>,
+    /// Links from this node to each peer, as this node measures them.
+    pub connections: Vec<ConnectionVisualization>,
+    pub aggregate: Aggregate,
+}
+
+/// A label for a round-trip time.
+pub fn quality(latency_ms: f64, up: bool) -> &'static str {
+    match (up, latency_ms) {
+        (false, _) => "down",
+        (true, l) if l < 5.0 => "excellent",
+        (true, l) if l < 20.0 => "good",
+        (true, l) if l < 100.0 => "fair",
+        _ => "poor",
+    }
+}
+
+/// The pool as a graph: nodes, links with latency and a quality label, totals.
+#[utoipa::path(get, path = "/api/pool/visualization", tag = "pool",
+    responses((status = 200, body = PoolVisualization)), security(("bearer" = [])))]
+pub async fn visualization(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::View, "read the pool")?;
+    Ok(HttpResponse::Ok().json(topology(&state).await?))
+}
+
+pub async fn topology(state: &AppState) -> Result<PoolVisualization, ApiError> {
+    let view = state.node.pool.view().await?;
+    let me = state.node.identity.node_id.to_string();
+    let connections = view
+        .nodes
+        .iter()
+        .filter(|n| n.id.as_str() != me)
+        .map(|n| ConnectionVisualization {
+            from_node: me.clone(),
+            to_node: n.id.to_string(),
+            latency_ms: n.latency_ms,
+            bandwidth_mbps: None,
+            status: quality(n.latency_ms, n.status != "offline").into(),
+        })
+        .collect();
+    Ok(PoolVisualization {
+        coordinator: view.coordinator.to_string(),
+        epoch: view.epoch,
+        nodes: view.nodes,
+        connections,
+        aggregate: view.aggregate,
+    })
+}

@@ -14,7 +14,16 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let default_level = if matches!(cli.command, cli::Command::Up(_)) { "info" } else { "warn" };
+    let daemon = matches!(cli.command, cli::Command::Up(_));
+    if !daemon {
+        // A CLI piped into `head` should stop quietly, as Unix tools do. The daemon keeps Rust's
+        // default (SIGPIPE ignored) so a closed socket never kills it.
+        // SAFETY: setting a signal disposition before any threads exist.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    let default_level = if daemon { "info" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
     if let Err(e) = cli::run(cli, token_on_command_line) {
         eprintln!("buildnet: {e}");

@@ -489,6 +489,19 @@ pub struct Started {
     pub first_start: bool,
 }
 
+/// The name this node had before, so a restart without `--name` keeps it.
+async fn stored_name(store: &StoreHandle, id: &NodeId) -> Option<String> {
+    let id = id.to_string();
+    store
+        .run(move |c| {
+            use rusqlite::OptionalExtension;
+            Ok(c.query_row("SELECT name FROM nodes WHERE id = ?1", [id], |r| r.get::<_, String>(0)).optional()?)
+        })
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Creates the data dir if needed.
 pub fn prepare_data_dir(path: &Path) -> Result<(), NodeError> {
     std::fs::create_dir_all(path).map_err(|source| NodeError::DataDir { path: path.to_path_buf(), source })
@@ -512,6 +525,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         .name
         .clone()
         .or_else(|| opts.config.node_name.clone())
+        .or(stored_name(&store, &identity.node_id).await)
         .or_else(|| sysinfo::System::host_name().ok())
         .unwrap_or_else(|| identity.node_id.to_string());
     persist(&store, &identity, &name, &opts.address, &resources).await?;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -37,7 +39,7 @@ pub struct TestNode {
 }
 
 /// Options for starting a node.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Start<'a> {
     pub args: Vec<String>,
     pub config: Option<&'a str>,

@@ -33,7 +33,7 @@ pub fn prologue(mesh_id: &str) -> Vec<u8> {
 
 /// A fresh X25519 static key pair: (private, public).
 pub fn generate_keypair() -> Result<([u8; 32], [u8; 32]), NoiseError> {
-    let params = NOISE_PARAMS.parse().map_err(snow::Error::from)?;
+    let params = NOISE_PARAMS.parse::<snow::params::NoiseParams>()?;
     let kp = snow::Builder::new(params).generate_keypair()?;
     let private: [u8; 32] = kp.private.as_slice().try_into().map_err(|_| NoiseError::NoRemoteKey)?;
     let public: [u8; 32] = kp.public.as_slice().try_into().map_err(|_| NoiseError::NoRemoteKey)?;
@@ -55,12 +55,12 @@ impl Handshake {
     }
 
     pub fn initiator(private: &[u8; 32], prologue: &[u8]) -> Result<Self, NoiseError> {
-        let params = NOISE_PARAMS.parse().map_err(snow::Error::from)?;
+        let params = NOISE_PARAMS.parse::<snow::params::NoiseParams>()?;
         Ok(Handshake { state: Self::builder(params, private, prologue)?.build_initiator()? })
     }
 
     pub fn responder(private: &[u8; 32], prologue: &[u8]) -> Result<Self, NoiseError> {
-        let params = NOISE_PARAMS.parse().map_err(snow::Error::from)?;
+        let params = NOISE_PARAMS.parse::<snow::params::NoiseParams>()?;
         Ok(Handshake { state: Self::builder(params, private, prologue)?.build_responder()? })
     }
 

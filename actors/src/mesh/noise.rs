@@ -205,11 +205,12 @@ mod tests {
         );
         let mut init = init.into_transport_mode().expect("transport");
         let mut resp = resp.into_transport_mode().expect("transport");
-        let n = init.write_message(&unhex("4361726c204d656e676572").expect("hex"), &mut buf).expect("write");
+        // Messages keep alternating after the handshake: the responder sends the fourth.
+        let n = resp.write_message(&unhex("4361726c204d656e676572").expect("hex"), &mut buf).expect("write");
         assert_eq!(crate::wire::hex(&buf[..n]), "d5e83adfaac5dc324a68f1862df54549e56d209fba707205f328b2");
-        resp.read_message(&buf[..n], &mut out).expect("read");
+        init.read_message(&buf[..n], &mut out).expect("read");
         let n =
-            resp.write_message(&unhex("4a65616e2d426170746973746520536179").expect("hex"), &mut buf).expect("write");
+            init.write_message(&unhex("4a65616e2d426170746973746520536179").expect("hex"), &mut buf).expect("write");
         assert_eq!(crate::wire::hex(&buf[..n]), "d102c9029b1f55c788f561ba7737afbccef9c9f1bf2f238167fd40ba9c1c134867");
     }
 

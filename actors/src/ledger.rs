@@ -106,6 +106,15 @@ pub struct VerifyReport {
     pub chains: Vec<ChainReport>,
     /// The first entry that failed, if any.
     pub first_bad: Option<BadEntry>,
+    /// Origins caught signing two different entries for one position (proof is kept).
+    pub equivocations: Vec<Equivocation>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Equivocation {
+    pub origin: String,
+    /// How many positions have a second, different signed entry.
+    pub positions: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -341,7 +350,13 @@ pub fn verify_all(conn: &Connection, own: (String, [u8; 32])) -> Result<VerifyRe
         let rows = stmt.query_map([], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
-    let mut report = VerifyReport { ok: true, chains: Vec::new(), first_bad: None };
+    let equivocations = {
+        let mut stmt = conn.prepare("SELECT origin, count(*) FROM ledger_conflicts GROUP BY origin ORDER BY origin")?;
+        let rows =
+            stmt.query_map([], |r| Ok(Equivocation { origin: r.get(0)?, positions: r.get::<_, i64>(1)? as u64 }))?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    let mut report = VerifyReport { ok: true, chains: Vec::new(), first_bad: None, equivocations };
     let mut stmt = conn.prepare(&format!("SELECT {ROW_COLUMNS} FROM ledger WHERE origin = ?1 ORDER BY seq"))?;
     for origin in origins {
         let mut chain = ChainReport { origin: origin.clone(), entries: 0, head_hash: GENESIS_HASH.into(), ok: true };
@@ -749,5 +764,92 @@ mod tests {
         let report = verify_all(&conn2, (id2.node_id.to_string(), id2.public_key())).expect("verify runs");
         assert!(report.first_bad.expect("bad").reason.contains("missing"));
         drop(dir);
+    }
+
+    /// A second node's ledger, writing entries as `secret`'s identity.
+    async fn remote(secret: u8) -> (tempfile::TempDir, LedgerHandle, Identity) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = Identity::from_secret(&[secret; 32]);
+        let path = dir.path().join(DB_FILE);
+        store::open(&path, Durability::Normal).expect("open");
+        (dir, LedgerHandle::start(&path, id.clone(), None).expect("start"), id)
+    }
+
+    async fn chain(ledger: &LedgerHandle, n: u64) -> Vec<LedgerEntry> {
+        for i in 0..n {
+            ledger.append(LedgerEntryType::KeyCreated, serde_json::json!({ "i": i })).await.expect("append");
+        }
+        let mut all = ledger.query(LedgerFilter { limit: 100, ..Default::default() }).await.expect("query");
+        all.reverse();
+        all
+    }
+
+    fn admit(dir: &std::path::Path, id: &Identity) {
+        let conn = Connection::open(dir.join(DB_FILE)).expect("open");
+        conn.execute(
+            "INSERT INTO nodes (id, name, address, public_key, capabilities, last_seen_at, joined_at) VALUES (?1, 'r', 'a', ?2, '{}', 0, 0)",
+            params![id.node_id.as_str(), id.public_key().to_vec()],
+        )
+        .expect("roster row");
+    }
+
+    #[actix::test]
+    async fn remote_entries_are_checked_and_a_bad_batch_is_refused_whole() {
+        let (local_dir, local, _) = fresh_ledger().await;
+        let (_rdir, remote_ledger, rid) = remote(9).await;
+        let entries = chain(&remote_ledger, 4).await;
+
+        let unknown = local.insert_remote(entries.clone()).await;
+        assert!(matches!(unknown, Err(BatchError::Refused { .. })), "an origin outside the roster is refused");
+        admit(local_dir.path(), &rid);
+
+        let mut tampered = entries.clone();
+        tampered[2].data = serde_json::json!({ "i": 99 });
+        let refused = local.insert_remote(tampered).await.expect_err("tampered batch");
+        assert!(refused.to_string().contains("#3"), "{refused}");
+        let held = local
+            .query(LedgerFilter { origin: Some(rid.node_id.clone()), limit: 10, ..Default::default() })
+            .await
+            .expect("query");
+        assert!(held.is_empty(), "nothing of a refused batch is stored");
+
+        let gap = local.insert_remote(entries[1..].to_vec()).await;
+        assert!(gap.is_err(), "a batch that does not continue the chain is refused");
+
+        let outcome = local.insert_remote(entries.clone()).await.expect("valid batch");
+        assert_eq!(outcome.stored.len(), 4);
+        let again = local.insert_remote(entries.clone()).await.expect("duplicates are fine");
+        assert_eq!((again.stored.len(), again.duplicates), (0, 4));
+        let report = local.verify().await.expect("verify");
+        assert!(report.ok, "{report:?}");
+        let heads = local.heads().await.expect("heads");
+        assert!(heads.iter().any(|h| h.origin == rid.node_id && h.seq == 4));
+        let after = local.entries_after(rid.node_id.clone(), 2, 10).await.expect("entries");
+        assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+    }
+
+    #[actix::test]
+    async fn two_signed_entries_at_one_position_are_kept_as_proof() {
+        let (local_dir, local, _) = fresh_ledger().await;
+        let (_d1, honest, rid) = remote(11).await;
+        let (_d2, forked, _) = remote(11).await;
+        admit(local_dir.path(), &rid);
+        let first = chain(&honest, 2).await;
+        local.insert_remote(first).await.expect("stored");
+        ledger_sleep().await;
+        let other = chain(&forked, 1).await;
+        let outcome = local.insert_remote(other).await.expect("a conflict is not an error");
+        assert_eq!(outcome.equivocations, vec![(rid.node_id.clone(), 1)]);
+        let flagged = local.equivocators().await.expect("query");
+        assert_eq!(flagged, vec![(rid.node_id.to_string(), 1)]);
+        let report = local.verify().await.expect("verify");
+        assert_eq!(report.equivocations.len(), 1);
+        assert_eq!(report.equivocations[0].origin, rid.node_id.to_string());
+        assert!(local.verify().await.expect("verify").ok, "the stored chain still verifies");
+    }
+
+    /// Lets the wall clock move so a forked entry differs from the honest one.
+    async fn ledger_sleep() {
+        actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }

@@ -61,6 +61,12 @@ pub async fn run(ctx: &Ctx, args: LedgerArgs) -> Result<(), CliError> {
                 }
                 t.print();
             }
+            for e in &report.equivocations {
+                eprintln!(
+                    "buildnet: warning: node {} signed two different entries at {} position(s); the proof is kept",
+                    e.origin, e.positions
+                );
+            }
             match report.first_bad {
                 Some(bad) => Err(CliError::Other(format!(
                     "ledger verify failed at entry {}#{}: {}",

@@ -331,30 +331,25 @@ impl MeshActor {
         }
     }
 
-    /// The coordinator by DESIGN.md's rule: highest priority weight among live, non-observer
-    /// nodes, ties to the smallest node id.
-    fn choose_coordinator(&self) -> NodeId {
-        let mut best: (f64, NodeId) =
-            (if self.role == Role::Observer { f64::NEG_INFINITY } else { self.priority_weight }, self.me.clone());
-        for (id, p) in &self.peers {
-            if !p.online() || p.entry.role == Role::Observer || p.entry.revoked {
-                continue;
-            }
-            let weight = p.advert.as_ref().map_or(1.0, |a| a.priority_weight);
-            if weight > best.0 || (weight == best.0 && *id < best.1) {
-                best = (weight, id.clone());
-            }
-        }
-        best.1
+    fn candidates(&self) -> Vec<Candidate> {
+        let mut list =
+            vec![Candidate { id: self.me.clone(), weight: self.priority_weight, role: self.role, live: true }];
+        list.extend(self.peers.iter().filter(|(_, p)| !p.entry.revoked).map(|(id, p)| Candidate {
+            id: id.clone(),
+            weight: p.advert.as_ref().map_or(1.0, |a| a.priority_weight),
+            role: p.entry.role,
+            live: p.online(),
+        }));
+        list
     }
 
     fn recompute_coordinator(&mut self) {
-        let chosen = self.choose_coordinator();
-        if chosen != self.view.coordinator {
-            self.highest_epoch = self.highest_epoch.max(self.view.epoch) + 1;
-            log::info!("coordinator is now {chosen} (epoch {})", self.highest_epoch);
-            self.view = CoordinatorView { coordinator: chosen, epoch: self.highest_epoch };
+        let next = next_view(&self.view, self.highest_epoch, &self.candidates());
+        if next.coordinator != self.view.coordinator {
+            log::info!("coordinator is now {} (epoch {})", next.coordinator, next.epoch);
         }
+        self.highest_epoch = self.highest_epoch.max(next.epoch);
+        self.view = next;
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
@@ -469,9 +464,7 @@ impl MeshActor {
             MeshMessage::Ping { sent_ms, view } => {
                 self.send(link_id, MeshMessage::Pong { echo_ms: sent_ms });
                 self.highest_epoch = self.highest_epoch.max(view.epoch);
-                if view.coordinator == self.view.coordinator && view.epoch > self.view.epoch {
-                    self.view.epoch = view.epoch;
-                }
+                self.view = adopt_epoch(&self.view, &view);
             }
             MeshMessage::Pong { echo_ms } => {
                 peer.rtt_ms = Some(wire::now_ms().saturating_sub(echo_ms) as f64);
@@ -569,6 +562,49 @@ impl MeshActor {
             .await
             .map(|r| r.into_iter().map(|(e, _)| e).collect())
             .unwrap_or_default()
+    }
+}
+
+/// A node that could coordinate, as this node sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub id: NodeId,
+    pub weight: f64,
+    pub role: Role,
+    /// This node itself, or a peer heard from within [`OFFLINE_AFTER`].
+    pub live: bool,
+}
+
+/// DESIGN.md's rule: among live nodes that are not observers, the highest priority weight
+/// coordinates; ties go to the smallest node id. Every node applies it to its own live view,
+/// so nodes that see the same members choose the same coordinator. `None` only when every
+/// live node is an observer.
+pub fn choose_coordinator(candidates: &[Candidate]) -> Option<NodeId> {
+    candidates
+        .iter()
+        .filter(|c| c.live && c.role != Role::Observer)
+        .max_by(|a, b| a.weight.total_cmp(&b.weight).then_with(|| b.id.cmp(&a.id)))
+        .map(|c| c.id.clone())
+}
+
+/// The view after a membership change: a different coordinator gets an epoch above any this
+/// node has seen, so epochs only grow; the same coordinator keeps its epoch.
+pub fn next_view(current: &CoordinatorView, highest_seen: u64, candidates: &[Candidate]) -> CoordinatorView {
+    let chosen = choose_coordinator(candidates).unwrap_or_else(|| current.coordinator.clone());
+    if chosen == current.coordinator {
+        current.clone()
+    } else {
+        CoordinatorView { coordinator: chosen, epoch: highest_seen.max(current.epoch) + 1 }
+    }
+}
+
+/// Takes a peer's higher epoch when it agrees on the coordinator, so all nodes converge on
+/// one (coordinator, epoch) pair once they see the same members.
+pub fn adopt_epoch(mine: &CoordinatorView, theirs: &CoordinatorView) -> CoordinatorView {
+    if theirs.coordinator == mine.coordinator && theirs.epoch > mine.epoch {
+        theirs.clone()
+    } else {
+        mine.clone()
     }
 }
 
@@ -1167,5 +1203,135 @@ impl MeshHandle {
 
     pub async fn leave(&self) -> Result<(), RosterError> {
         self.addr.send(Leave).await.map_err(|_| RosterError::Io("mesh actor stopped".into()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> NodeId {
+        NodeId::parse(&format!("{n:016x}")).expect("id")
+    }
+
+    fn cand(n: u8, weight: f64, role: Role, live: bool) -> Candidate {
+        Candidate { id: id(n), weight, role, live }
+    }
+
+    #[test]
+    fn highest_weight_then_smallest_id_among_live_non_observers() {
+        let all =
+            [cand(3, 1.0, Role::Builder, true), cand(1, 1.0, Role::Builder, true), cand(2, 1.0, Role::Admin, true)];
+        assert_eq!(choose_coordinator(&all), Some(id(1)));
+        let weighted = [cand(3, 2.0, Role::Builder, true), cand(1, 1.0, Role::Builder, true)];
+        assert_eq!(choose_coordinator(&weighted), Some(id(3)));
+        let dead = [cand(1, 5.0, Role::Builder, false), cand(2, 1.0, Role::Builder, true)];
+        assert_eq!(choose_coordinator(&dead), Some(id(2)));
+        let observer = [cand(1, 9.0, Role::Observer, true), cand(2, 1.0, Role::Builder, true)];
+        assert_eq!(choose_coordinator(&observer), Some(id(2)));
+        assert_eq!(choose_coordinator(&[cand(1, 1.0, Role::Observer, true)]), None);
+    }
+
+    #[test]
+    fn the_same_view_gives_the_same_choice_in_any_order() {
+        let mut list = vec![
+            cand(9, 1.0, Role::Builder, true),
+            cand(4, 1.0, Role::Builder, true),
+            cand(7, 1.0, Role::Builder, true),
+        ];
+        let first = choose_coordinator(&list);
+        list.reverse();
+        assert_eq!(choose_coordinator(&list), first);
+    }
+
+    #[test]
+    fn epochs_only_grow_and_converge() {
+        let start = CoordinatorView { coordinator: id(1), epoch: 3 };
+        let same = next_view(&start, 3, &[cand(1, 1.0, Role::Builder, true), cand(2, 1.0, Role::Builder, true)]);
+        assert_eq!(same, start, "no change, no new epoch");
+        let failover = next_view(&start, 7, &[cand(1, 1.0, Role::Builder, false), cand(2, 1.0, Role::Builder, true)]);
+        assert_eq!(failover, CoordinatorView { coordinator: id(2), epoch: 8 });
+        let back = next_view(&failover, 8, &[cand(1, 1.0, Role::Builder, true), cand(2, 1.0, Role::Builder, true)]);
+        assert_eq!(back.coordinator, id(1));
+        assert!(back.epoch > failover.epoch);
+        // Two nodes that chose the same coordinator at different epochs end on the higher one.
+        let mine = CoordinatorView { coordinator: id(1), epoch: 9 };
+        let theirs = CoordinatorView { coordinator: id(1), epoch: 11 };
+        assert_eq!(adopt_epoch(&mine, &theirs), theirs);
+        assert_eq!(adopt_epoch(&theirs, &mine), theirs);
+        let other = CoordinatorView { coordinator: id(2), epoch: 50 };
+        assert_eq!(adopt_epoch(&mine, &other), mine, "a different choice is not adopted");
+    }
+
+    #[test]
+    fn a_split_mesh_has_at_most_one_coordinator_per_side() {
+        // Side A sees 1 and 2, side B sees 3 and 4; each side agrees internally.
+        let side_a = [
+            cand(1, 1.0, Role::Builder, true),
+            cand(2, 1.0, Role::Builder, true),
+            cand(3, 1.0, Role::Builder, false),
+            cand(4, 1.0, Role::Builder, false),
+        ];
+        let side_b = [
+            cand(1, 1.0, Role::Builder, false),
+            cand(2, 1.0, Role::Builder, false),
+            cand(3, 1.0, Role::Builder, true),
+            cand(4, 1.0, Role::Builder, true),
+        ];
+        assert_eq!(choose_coordinator(&side_a), Some(id(1)));
+        assert_eq!(choose_coordinator(&side_b), Some(id(3)));
+        let healed = [
+            cand(1, 1.0, Role::Builder, true),
+            cand(2, 1.0, Role::Builder, true),
+            cand(3, 1.0, Role::Builder, true),
+            cand(4, 1.0, Role::Builder, true),
+        ];
+        assert_eq!(choose_coordinator(&healed), Some(id(1)));
+    }
+
+    #[test]
+    fn join_requests_must_be_signed_by_the_joining_key() {
+        let identity = Identity::from_secret(&[6; 32]);
+        let mut req = JoinRequest {
+            token: "bnj_x".into(),
+            node_id: identity.node_id.clone(),
+            name: "n".into(),
+            address: "http://127.0.0.1:1".into(),
+            ed_public: wire::hex(&identity.public_key()),
+            noise_public: wire::hex(&[1; 32]),
+            signature: String::new(),
+        };
+        req.signature = wire::hex(&identity.sign(&req.signing_bytes()));
+        assert!(req.verify());
+        let mut stolen = req.clone();
+        stolen.noise_public = wire::hex(&[2; 32]);
+        assert!(!stolen.verify(), "changing the link key breaks the signature");
+    }
+
+    #[test]
+    fn batches_fit_in_a_frame() {
+        let entry = |seq: u64| wire::LedgerEntry {
+            origin: id(1),
+            seq,
+            prev_hash: "0".repeat(64),
+            hlc: wire::Hlc { wall_ms: 1, logical: 0 },
+            entry_type: LedgerEntryType::KeyCreated,
+            data: serde_json::json!({ "pad": "x".repeat(2000) }),
+            hash: "0".repeat(64),
+            signature: "0".repeat(128),
+        };
+        let batches = split_batch((1..=100).map(entry).collect());
+        assert!(batches.len() > 1);
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 100);
+        for b in &batches {
+            let env = wire::Envelope {
+                v: 1,
+                id: 1,
+                from: id(1),
+                to: None,
+                body: MeshMessage::LedgerEntries { entries: b.clone() },
+            };
+            assert!(wire::encode(&env).expect("encodes").len() <= noise::MAX_PLAINTEXT);
+        }
     }
 }

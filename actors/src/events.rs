@@ -4,7 +4,7 @@
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::wire::{LedgerEntry, NodeId};
+use crate::wire::{LedgerEntry, NodeId, NodeResources};
 
 /// Events kept for a subscriber that has not read them yet.
 const BACKLOG: usize = 256;
@@ -14,7 +14,7 @@ const BACKLOG: usize = 256;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     NodeStatus { node_id: NodeId, status: String, reason: Option<String> },
-    ResourceUpdate { node_id: NodeId },
+    ResourceUpdate { node_id: NodeId, resources: Box<NodeResources> },
     LedgerEntry { entry: Box<LedgerEntry> },
 }
 

@@ -306,7 +306,10 @@ impl Handler<Rescan> for NodeActor {
                     let changed = resources.fingerprint() != act.resources.fingerprint();
                     let before = act.resources.clone();
                     act.apply(resources.clone());
-                    act.events.publish(Event::ResourceUpdate { node_id: act.identity.node_id.clone() });
+                    act.events.publish(Event::ResourceUpdate {
+                        node_id: act.identity.node_id.clone(),
+                        resources: Box::new(resources.clone()),
+                    });
                     Ok((
                         resources,
                         before,

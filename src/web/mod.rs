@@ -7,6 +7,7 @@ pub mod error;
 pub mod json;
 pub mod mesh;
 pub mod pages;
+pub mod ws;
 
 use actix_web::dev::{Server, ServiceResponse};
 use actix_web::http::StatusCode;
@@ -43,6 +44,7 @@ pub fn server(node: Node, listener: std::net::TcpListener) -> std::io::Result<Se
             .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/api/health"))
             .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, method_not_allowed))
             .route("/mesh", web::get().to(mesh::accept))
+            .route("/ws", web::get().to(ws::events))
             .service(web::scope("/api").configure(api::routes).default_service(web::to(api_not_found)))
             .configure(pages::routes)
             .default_service(web::to(page_not_found))

@@ -471,8 +471,9 @@ impl MeshActor {
             }
             MeshMessage::Advert(status) => {
                 if status.node_id == from {
+                    let resources = Box::new(status.resources.clone());
                     peer.advert = Some(status);
-                    self.events.publish(Event::ResourceUpdate { node_id: from });
+                    self.events.publish(Event::ResourceUpdate { node_id: from, resources });
                 }
             }
             MeshMessage::Roster { entries } => self.on_roster(ctx, entries),

@@ -19,7 +19,12 @@ async fn next_matching(
 ) -> Value {
     let deadline = actix_rt::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let frame = actix_rt::time::timeout(deadline.saturating_duration_since(actix_rt::time::Instant::now()), stream.next()).await.expect("event in time").expect("stream open").expect("frame");
+        let frame =
+            actix_rt::time::timeout(deadline.saturating_duration_since(actix_rt::time::Instant::now()), stream.next())
+                .await
+                .expect("event in time")
+                .expect("stream open")
+                .expect("frame");
         if let awc::ws::Frame::Text(text) = frame {
             let v: Value = serde_json::from_slice(&text).expect("JSON event");
             if want(&v) {
@@ -39,11 +44,23 @@ async fn subscribers_receive_ledger_and_resource_events() {
     let foreign = client.ws(ws_url(&node)).bearer_auth(&node.admin_key).origin("http://evil.example").connect().await;
     assert!(foreign.is_err(), "another site's origin is refused");
 
-    let (_, mut conn) = client.ws(ws_url(&node)).bearer_auth(&node.admin_key).origin(node.url.as_str()).connect().await.expect("connect");
-    conn.send(awc::ws::Message::Text(json!({"type": "subscribe", "channels": ["galaxies"]}).to_string().into())).await.expect("send");
+    let (_, mut conn) = client
+        .ws(ws_url(&node))
+        .bearer_auth(&node.admin_key)
+        .origin(node.url.as_str())
+        .connect()
+        .await
+        .expect("connect");
+    conn.send(awc::ws::Message::Text(json!({"type": "subscribe", "channels": ["galaxies"]}).to_string().into()))
+        .await
+        .expect("send");
     let err = next_matching(&mut conn, |v| v["type"] == "error").await;
     assert!(err["message"].as_str().expect("message").contains("channels"));
-    conn.send(awc::ws::Message::Text(json!({"type": "subscribe", "channels": ["ledger", "resources"]}).to_string().into())).await.expect("send");
+    conn.send(awc::ws::Message::Text(
+        json!({"type": "subscribe", "channels": ["ledger", "resources"]}).to_string().into(),
+    ))
+    .await
+    .expect("send");
     next_matching(&mut conn, |v| v["type"] == "subscribed").await;
 
     let key = node.key("observer");

@@ -192,22 +192,24 @@ impl Drop for Driver {
     }
 }
 
-#[test]
-fn browser_logs_in_and_the_dashboard_shows_the_nodes_cores() {
-    let (Some(chromium), Some(chromedriver)) =
-        (which(&["chromium", "chromium-browser", "google-chrome"]), which(&["chromedriver"]))
-    else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but Chromium or chromedriver is missing: .ci/run installs chromium and chromium-driver"
-        );
-        eprintln!(
-            "browser tests skipped: chromium and chromedriver not found (apt-get install chromium chromium-driver)"
-        );
-        return;
-    };
-    let node = TestNode::start();
-    let driver = Driver::start(&chromium, &chromedriver);
+/// Chromium and chromedriver, or None after saying the browser tests are skipped.
+fn browser() -> Option<(String, String)> {
+    match (which(&["chromium", "chromium-browser", "google-chrome"]), which(&["chromedriver"])) {
+        (Some(c), Some(d)) => Some((c, d)),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but Chromium or chromedriver is missing: .ci/run installs chromium and chromium-driver"
+            );
+            eprintln!(
+                "browser tests skipped: chromium and chromedriver not found (apt-get install chromium chromium-driver)"
+            );
+            None
+        }
+    }
+}
+
+fn log_in(driver: &Driver, node: &TestNode) {
     driver.call("POST", "/url", Some(json!({"url": format!("{}/", node.url)})));
     let key_field = driver.find("#key");
     driver.call("POST", &format!("/element/{key_field}/value"), Some(json!({"text": node.admin_key})));
@@ -217,6 +219,14 @@ fn browser_logs_in_and_the_dashboard_shows_the_nodes_cores() {
         let url = driver.call("GET", "/url", None);
         (url.as_str() == Some(&format!("{}/", node.url))).then_some(())
     });
+}
+
+#[test]
+fn browser_logs_in_and_the_dashboard_shows_the_nodes_cores() {
+    let Some((chromium, chromedriver)) = browser() else { return };
+    let node = TestNode::start();
+    let driver = Driver::start(&chromium, &chromedriver);
+    log_in(&driver, &node);
     let (_, n) = node.get("/api/node");
     let shown = driver.text("#total-cores");
     assert_eq!(shown, n["resources"]["cpu"]["offered"].to_string(), "dashboard cores = /api/node");
@@ -226,4 +236,42 @@ fn browser_logs_in_and_the_dashboard_shows_the_nodes_cores() {
     assert_eq!(driver.text("#cpu-count"), n["resources"]["cpu"]["count"].to_string());
     driver.call("POST", "/url", Some(json!({"url": format!("{}/ledger", node.url)})));
     assert!(driver.text("#ledger-entries").contains("NodeJoined"));
+}
+
+#[test]
+fn browser_nodes_page_shows_the_mesh_and_updates_live_when_a_peer_dies() {
+    let Some((chromium, chromedriver)) = browser() else { return };
+    let a = TestNode::start_with(common::Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
+    let (status, token) = a.post("/api/tokens", &json!({ "role": "builder" }));
+    assert_eq!(status, 201);
+    let b = TestNode::start_with(common::Start {
+        args: vec![
+            "--name".into(),
+            "beta".into(),
+            "--join".into(),
+            a.url.clone(),
+            "--token".into(),
+            token["token"].as_str().expect("token").into(),
+        ],
+        ..Default::default()
+    });
+    let b_id = b.get("/api/node").1["node_id"].as_str().expect("id").to_string();
+    wait_until("beta online on alpha", Duration::from_secs(15), || {
+        let (_, v) = a.get("/api/pool/nodes");
+        v["nodes"].as_array()?.iter().any(|n| n["id"] == b_id.as_str() && n["status"] == "online").then_some(())
+    });
+    let driver = Driver::start(&chromium, &chromedriver);
+    log_in(&driver, &a);
+    driver.call("POST", "/url", Some(json!({"url": format!("{}/nodes", a.url)})));
+    let row = format!("tr[data-node='{b_id}'] .status");
+    assert_eq!(driver.text(&row), "online");
+    assert!(driver.text("svg.topology").contains("beta"), "the topology names the peer");
+    let _ = driver.find("svg.topology line.link");
+    // Kill beta: alpha's page changes by itself, without a reload.
+    b.signal(libc::SIGKILL);
+    wait_until("the page shows beta offline", Duration::from_secs(10), || {
+        (driver.text(&row) == "offline").then_some(())
+    });
+    driver.call("POST", "/url", Some(json!({"url": format!("{}/nodes/{b_id}", a.url)})));
+    assert!(driver.text("main").contains("last advertised"), "a remote node has its own page");
 }

@@ -30,10 +30,20 @@ fn origin_allowed(req: &HttpRequest) -> bool {
     origin == format!("http://{host}") || origin == format!("https://{host}")
 }
 
-pub async fn events(req: HttpRequest, body: web::Payload, state: web::Data<AppState>, caller: Caller) -> actix_web::Result<HttpResponse> {
+pub async fn events(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> actix_web::Result<HttpResponse> {
     caller.require(buildnet_actors::wire::Action::View, "watch events")?;
     if !origin_allowed(&req) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "bad_origin", "WebSocket connections from other sites are refused").into());
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_origin",
+            "WebSocket connections from other sites are refused",
+        )
+        .into());
     }
     let (response, mut session, mut stream) = actix_ws::handle(&req, body)?;
     let mut events = state.node.events.subscribe();

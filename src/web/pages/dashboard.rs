@@ -40,7 +40,7 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
             tbody {
                 @for n in &pool.nodes {
                     tr {
-                        td { a href="/node" { (n.name) } br; code.small { (n.id) } }
+                        td { a href=(format!("/nodes/{}", n.id)) { (n.name) } br; code.small { (n.id) } }
                         td { span class=(format!("status {}", n.status)) { (n.status) } }
                         td { (n.role) @if n.id == pool.coordinator { " ★" } }
                         td { (n.cores_available) " / " (n.cores) }

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod ledger;
 pub mod login;
 pub mod node;
+pub mod nodes;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -20,6 +21,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(dashboard::page))
         .route("/node", web::get().to(node::page))
         .route("/node/scan", web::post().to(node::scan))
+        .route("/nodes", web::get().to(nodes::page))
+        .route("/nodes/{id}", web::get().to(node::remote_page))
         .route("/ledger", web::get().to(ledger::page))
         .route("/keys", web::get().to(keys::page))
         .route("/keys", web::post().to(keys::create))
@@ -48,9 +51,13 @@ pub fn html_response(status: actix_web::http::StatusCode, markup: Markup) -> Htt
         .body(markup.into_string())
 }
 
+/// Pages that re-render when `/ws` reports a change.
+const LIVE_PAGES: [&str; 4] = ["/", "/nodes", "/node", "/ledger"];
+
 /// The frame around every page: navigation, who is logged in, a logout form.
 pub fn layout(title: &str, caller: Option<&Caller>, active: &str, body: Markup) -> Markup {
-    let nav = [("/", "Dashboard"), ("/node", "Node"), ("/ledger", "Ledger"), ("/keys", "Keys")];
+    let nav =
+        [("/", "Dashboard"), ("/nodes", "Nodes"), ("/node", "This node"), ("/ledger", "Ledger"), ("/keys", "Keys")];
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -61,7 +68,7 @@ pub fn layout(title: &str, caller: Option<&Caller>, active: &str, body: Markup) 
                 link rel="stylesheet" href="/static/style.css";
                 script src="/static/app.js" defer {}
             }
-            body {
+            body data-live=[LIVE_PAGES.contains(&active).then_some("")] {
                 header.top {
                     a.brand href="/" { "BuildNet" }
                     @if let Some(c) = caller {

@@ -42,16 +42,45 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
         Ok(c) => c,
         Err(redirect) => return *redirect,
     };
-    let s = match state.node.node.status().await {
-        Ok(s) => s,
-        Err(e) => return super::super::error_page(Some(&who), &e.to_string()),
+    match state.node.node.status().await {
+        Ok(s) => render(&who, &s, true),
+        Err(e) => super::super::error_page(Some(&who), &e.to_string()),
+    }
+}
+
+/// A peer's page, from what it last advertised.
+pub async fn remote_page(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
+    let who = match caller(&req, &state) {
+        Ok(c) => c,
+        Err(redirect) => return *redirect,
     };
+    if *id == state.node.identity.node_id.to_string() {
+        return page(req, state).await;
+    }
+    let peers = state.node.mesh.peers().await.map(|(_, p)| p).unwrap_or_default();
+    match peers.into_iter().find(|p| p.node_id.as_str() == id.as_str()) {
+        Some(p) => match p.advert {
+            Some(mut status) => {
+                status.status = p.status.clone();
+                render(&who, &status, false)
+            }
+            None => super::super::error_page(
+                Some(&who),
+                &format!("{} ({}) has not advertised its resources yet; it is {}", p.name, p.node_id, p.status),
+            ),
+        },
+        None => super::not_found(Some(&who), &format!("/nodes/{id}")),
+    }
+}
+
+fn render(who: &crate::web::auth::Caller, s: &buildnet_actors::node::NodeStatus, local: bool) -> HttpResponse {
     let r = &s.resources;
     let body = html! {
         h1 { (s.name) " " span.small { code { (s.node_id) } } }
         p { "Serving " code { (s.address) } " · version " (s.version) " · " span class=(format!("status {}", s.status)) { (s.status) }
             " · role " (s.role) " · up since " (time(s.started_at_ms)) }
-        @if who.role.allows(Action::ModifyResources) {
+        @if !local { p.notice { "Resources as " (s.name) " last advertised them over the mesh." } }
+        @if local && who.role.allows(Action::ModifyResources) {
             form.inline method="post" action="/node/scan" {
                 input type="hidden" name="csrf" value=(who.csrf.clone().unwrap_or_default());
                 button type="submit" { "Rescan resources" }
@@ -105,7 +134,7 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
             }
         }
     };
-    html_response(StatusCode::OK, layout(&s.name, Some(&who), "/node", body))
+    html_response(StatusCode::OK, layout(&s.name, Some(who), if local { "/node" } else { "/nodes" }, body))
 }
 
 #[derive(Deserialize)]

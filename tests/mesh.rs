@@ -92,8 +92,12 @@ fn three_nodes_form_one_pool_with_one_ledger() {
             (n.get("/api/pool").1["aggregate"]["total_cpu_cores"].as_u64() == Some(per_node)).then_some(())
         });
     }
-    // One coordinator, the same everywhere.
+    // One coordinator, the same everywhere; every pair has exactly one link although both
+    // sides dial.
     agreed(&[&a, &b, &c], Duration::from_secs(10));
+    for n in [&a, &b, &c] {
+        wait_until("one link per peer", Duration::from_secs(10), || (n.get("/api/mesh").1["links"] == 2).then_some(()));
+    }
     // The pooled resources name their nodes.
     let (_, res) = b.get("/api/pool/resources?type=cpu");
     assert_eq!(res["resources"].as_array().expect("list").len(), 3);
@@ -328,4 +332,36 @@ fn a_tampered_or_replayed_frame_closes_the_link_and_a_partition_heals() {
             "'{secret}' is readable in the capture"
         );
     }
+}
+
+#[test]
+fn an_oversized_frame_is_refused_before_allocation_and_the_node_keeps_serving() {
+    use std::io::{Read, Write};
+    let _serial = serial();
+    let a = TestNode::start();
+    let host = a.url.trim_start_matches("http://").to_string();
+    let mut tcp = std::net::TcpStream::connect(&host).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let upgrade = format!(
+        "GET /mesh HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(upgrade.as_bytes()).expect("upgrade");
+    let mut head = [0u8; 1024];
+    let n = tcp.read(&mut head).expect("101");
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 101"));
+    // A masked binary frame claiming 1 TiB of payload.
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    tcp.write_all(&frame).expect("frame header");
+    let mut rest = Vec::new();
+    let _ = tcp.read_to_end(&mut rest);
+    assert_eq!(a.get("/api/health").0, 200, "the node keeps serving");
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", a.child.id()))
+        .expect("status")
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .expect("VmRSS");
+    assert!(rss_kb < 512 * 1024, "nothing near the announced size was allocated ({rss_kb} KiB)");
 }

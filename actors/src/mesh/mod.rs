@@ -105,6 +105,8 @@ pub struct MeshView {
     pub mesh_admin: bool,
     pub coordinator: NodeId,
     pub epoch: u64,
+    /// Links open to peers; with duplicates resolved, at most one per peer.
+    pub links: usize,
 }
 
 struct Peer {
@@ -867,6 +869,7 @@ impl MeshActor {
             mesh_admin: self.mesh_key.is_some(),
             coordinator: self.view.coordinator.clone(),
             epoch: self.view.epoch,
+            links: self.links.values().filter(|l| l.peer.is_some()).count(),
         }
     }
 }

@@ -4,6 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use buildnet_actors::mesh::roster::{RosterError, TokenInfo};
+use buildnet_actors::mesh::MeshView;
 use buildnet_actors::pool::{Aggregate, PoolNode};
 use buildnet_actors::wire::{Action, Role};
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,20 @@ fn mesh_error(e: RosterError) -> ApiError {
         e @ RosterError::NotMeshAdmin => ApiError::new(StatusCode::CONFLICT, "not_mesh_admin", e.to_string()),
         other => ApiError::new(StatusCode::CONFLICT, "mesh", other.to_string()),
     }
+}
+
+/// This node's place in the mesh: mesh id, role, coordinator and epoch, open links.
+#[utoipa::path(get, path = "/api/mesh", tag = "pool",
+    responses((status = 200, body = MeshView)), security(("bearer" = [])))]
+pub async fn view(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::View, "read the mesh")?;
+    let (view, _) = state
+        .node
+        .mesh
+        .peers()
+        .await
+        .ok_or_else(|| ApiError::internal(&std::io::Error::other("mesh actor stopped")))?;
+    Ok(HttpResponse::Ok().json(view))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -32,6 +32,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/keys", web::post().to(keys::create))
         .route("/keys/{id}", web::delete().to(keys::revoke))
         .route("/tokens", web::post().to(mesh::create_token))
+        .route("/mesh", web::get().to(mesh::view))
         .route("/mesh/join", web::post().to(crate::web::mesh::admit))
         .route("/pool/join", web::post().to(mesh::join))
         .route("/pool/leave", web::post().to(mesh::leave))
@@ -89,7 +90,7 @@ impl Modify for BearerAuth {
         pool::get_pool, pool::get_nodes, pool::get_resources,
         ledger::get_ledger, ledger::verify,
         keys::list, keys::create, keys::revoke,
-        mesh::create_token, mesh::join, mesh::leave, mesh::sync, mesh::visualization, crate::web::mesh::admit,
+        mesh::view, mesh::create_token, mesh::join, mesh::leave, mesh::sync, mesh::visualization, crate::web::mesh::admit,
     ),
     modifiers(&BearerAuth),
     tags((name = "node"), (name = "pool"), (name = "ledger"), (name = "keys"))

@@ -365,3 +365,49 @@ fn an_oversized_frame_is_refused_before_allocation_and_the_node_keeps_serving() 
         .expect("VmRSS");
     assert!(rss_kb < 512 * 1024, "nothing near the announced size was allocated ({rss_kb} KiB)");
 }
+
+#[test]
+fn observers_offer_nothing_rescans_propagate_and_a_node_can_leave() {
+    let _serial = serial();
+    let a = TestNode::start_with(Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
+    let tools = tempfile::tempdir().expect("tempdir");
+    let b = join(&a, "beta", "builder", Start { path_prefix: Some(tools.path()), ..Default::default() });
+    let o = join(&a, "watcher", "observer", Start::default());
+    for n in [&a, &b, &o] {
+        wait_until("all online", Duration::from_secs(15), || all_online(n, 3));
+    }
+    let o_id = node_id(&o);
+    let role = nodes(&a).iter().find(|n| n["id"] == o_id.as_str()).map(|n| n["role"].clone());
+    assert_eq!(role, Some(json!("observer")));
+    let cores = |n: &TestNode| n.get("/api/node").1["resources"]["cpu"]["offered"].as_u64().expect("cores");
+    let expected = cores(&a) + cores(&b);
+    wait_until("observer cores not counted", Duration::from_secs(10), || {
+        (a.get("/api/pool").1["aggregate"]["total_cpu_cores"].as_u64() == Some(expected)).then_some(())
+    });
+    assert_ne!(coordinator(&a), o_id, "an observer never coordinates");
+
+    // A tool appears on beta; after its rescan every node lists it within seconds.
+    let fake = tools.path().join("ninja");
+    std::fs::write(&fake, "#!/bin/sh\necho 1.12.1\n").expect("write");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    assert_eq!(b.post("/api/node/scan", &json!({})).0, 200);
+    wait_until("ninja in alpha's pool", Duration::from_secs(5), || {
+        a.get("/api/pool").1["aggregate"]["tools"]["ninja"].as_array().filter(|v| !v.is_empty()).map(|_| ())
+    });
+
+    // Beta leaves cleanly: NodeLeft in the ledger, and the others stop counting it.
+    let b_id = node_id(&b);
+    let out = b.cli(&["node", "leave"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("beta gone from alpha's pool", Duration::from_secs(10), || {
+        (!nodes(&a).iter().any(|n| n["id"] == b_id.as_str())).then_some(())
+    });
+    let (_, left) = b.get("/api/ledger?types=NodeLeft");
+    assert_eq!(left["entries"].as_array().expect("entries").len(), 1);
+    wait_until("NodeLeft reached alpha", Duration::from_secs(10), || {
+        a.get("/api/ledger?types=NodeLeft").1["entries"].as_array().filter(|e| !e.is_empty()).map(|_| ())
+    });
+    let refused = a.cli(&["node", "leave"]);
+    assert_eq!(refused.status.code(), Some(1), "the mesh key holder cannot leave while others depend on it");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("mesh key"));
+}

@@ -1085,27 +1085,33 @@ impl Handler<Leave> for MeshActor {
                 "this node holds the mesh key and other nodes depend on it; it cannot leave its own mesh".into(),
             ))));
         }
-        self.broadcast(MeshMessage::Leave { node_id: self.me.clone() });
         let (ledger, store, data_dir, me) =
             (self.ledger.clone(), self.store.clone(), self.data_dir.clone(), self.me.clone());
         let mesh_id = self.mesh.as_ref().map(|m| m.mesh_id.clone());
         Box::pin(
             async move {
-                ledger
+                let left = ledger
                     .append(
                         LedgerEntryType::NodeLeft,
                         serde_json::json!({ "node_id": me, "mesh_id": mesh_id, "reason": "left" }),
                     )
                     .await?;
+                // Our recent chain, so peers get the NodeLeft entry before the links close
+                // (entries they hold already are skipped as duplicates).
+                let recent = ledger.entries_after(me, left.seq.saturating_sub(SYNC_BATCH as u64), SYNC_BATCH).await?;
                 let key = MeshKey::create(&data_dir)?;
                 let info = key.info();
                 let saved = info.clone();
                 store.run(move |c| roster::save_mesh(c, &saved).map_err(store_error)).await?;
-                Ok((key, info))
+                Ok((key, info, recent))
             }
             .into_actor(self)
-            .map(|result: Result<(MeshKey, MeshInfo), RosterError>, act, _| {
-                let (key, info) = result?;
+            .map(|result: Result<(MeshKey, MeshInfo, Vec<wire::LedgerEntry>), RosterError>, act, _| {
+                let (key, info, recent) = result?;
+                for entries in split_batch(recent) {
+                    act.broadcast(MeshMessage::LedgerEntries { entries });
+                }
+                act.broadcast(MeshMessage::Leave { node_id: act.me.clone() });
                 for link in act.links.values() {
                     link.addr.do_send(bridge::Close);
                 }

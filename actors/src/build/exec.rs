@@ -1,0 +1,312 @@
+//! Runs one package in a sandbox directory: inputs and dependencies' outputs laid out at their
+//! project-relative paths, the command run as argv (or `sh -c` when the package asked for a
+//! shell) in its own process group, output captured, declared outputs stored by digest.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::cas::{self, Cas, FileRef};
+
+/// Output kept for history and error messages.
+pub const TAIL_BYTES: usize = 16 * 1024;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Invocation {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+/// One package's work, self-contained: any node holding the blobs can run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Task {
+    pub build_id: String,
+    pub package: String,
+    pub invocation: Invocation,
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Inputs and dependencies' outputs.
+    pub files: Vec<FileRef>,
+    pub outputs: Vec<String>,
+}
+
+impl Task {
+    /// The action key: what determines the result. Unchanged key ⇒ cache hit.
+    pub fn action_key(&self, tool_versions: &[(String, String)]) -> String {
+        let mut files = self.files.clone();
+        files.sort();
+        let doc = serde_json::json!({
+            "v": 1,
+            "invocation": self.invocation,
+            "env": self.env,
+            "files": files.iter().map(|f| (&f.path, &f.digest, f.executable)).collect::<Vec<_>>(),
+            "outputs": self.outputs,
+            "tools": tool_versions,
+        });
+        blake3::hash(doc.to_string().as_bytes()).to_hex().to_string()
+    }
+}
+
+/// What running a task did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskResult {
+    pub exit_code: Option<i32>,
+    pub outputs: Vec<FileRef>,
+    /// The last [`TAIL_BYTES`] of stdout and stderr together.
+    pub output_tail: String,
+    pub duration_ms: u64,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+impl TaskResult {
+    pub fn success(&self) -> bool {
+        self.error.is_none() && self.exit_code == Some(0)
+    }
+}
+
+fn failed(error: String, started: Instant) -> TaskResult {
+    TaskResult {
+        exit_code: None,
+        outputs: vec![],
+        output_tail: String::new(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        error: Some(error),
+    }
+}
+
+/// Runs a task under `sandboxes`; `cancel` kills it. The sandbox is removed afterwards.
+pub fn run(cas: &Cas, sandboxes: &Path, task: &Task, cancel: &Arc<AtomicBool>) -> TaskResult {
+    let started = Instant::now();
+    let dir: PathBuf = sandboxes.join(&task.build_id).join(&task.package);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return failed(format!("sandbox {}: {e}", dir.display()), started);
+    }
+    let result = run_in(cas, &dir, task, cancel, started);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_in(cas: &Cas, dir: &Path, task: &Task, cancel: &Arc<AtomicBool>, started: Instant) -> TaskResult {
+    for f in &task.files {
+        if let Err(e) = cas.materialize(f, &dir.join(&f.path)) {
+            return failed(format!("input {}: {e}", f.path), started);
+        }
+    }
+    let mut cmd = match &task.invocation {
+        Invocation::Argv(argv) => {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+        Invocation::Shell(line) => {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c").arg(line);
+            c
+        }
+    };
+    cmd.current_dir(dir)
+        .envs(&task.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return failed(format!("could not start the command: {e}"), started),
+    };
+    let tail = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let readers: Vec<_> = [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|mut stream| {
+        let tail = tail.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut t) = tail.lock() {
+                    t.extend_from_slice(&buf[..n]);
+                    let excess = t.len().saturating_sub(TAIL_BYTES);
+                    t.drain(..excess);
+                }
+            }
+        })
+    })
+    .collect();
+    let status = loop {
+        if cancel.load(Ordering::SeqCst) {
+            kill_group(child.id());
+            let _ = child.wait();
+            for r in readers {
+                let _ = r.join();
+            }
+            return failed("cancelled".into(), started);
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return failed(format!("waiting for the command: {e}"), started),
+        }
+    };
+    // Whatever the command left running goes with its group.
+    kill_group(child.id());
+    for r in readers {
+        let _ = r.join();
+    }
+    let output_tail = tail.lock().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
+    let mut result = TaskResult { exit_code: status.code(), outputs: vec![], output_tail, duration_ms: 0, error: None };
+    if status.success() {
+        for o in &task.outputs {
+            let path = dir.join(o);
+            match cas.put_file(&path) {
+                Ok((digest, size)) => result.outputs.push(FileRef {
+                    path: o.clone(),
+                    digest,
+                    executable: cas::is_executable(&path),
+                    size,
+                }),
+                Err(_) => {
+                    result.error = Some(format!("output '{o}' was not produced"));
+                    break;
+                }
+            }
+        }
+    } else {
+        result.error = Some(match status.code() {
+            Some(code) => format!("exited with status {code}"),
+            None => "killed by a signal".into(),
+        });
+    }
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    result
+}
+
+fn kill_group(pid: u32) {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+    unsafe {
+        libc::kill(-(pid as i32), libc::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Cas) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cas = Cas::open(dir.path().join("cas")).expect("cas");
+        (dir, cas)
+    }
+
+    fn file(cas: &Cas, dir: &Path, path: &str, text: &str) -> FileRef {
+        let p = dir.join("src-files").join(path.replace('/', "_"));
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+        let (digest, size) = cas.put_file(&p).expect("put");
+        FileRef { path: path.into(), digest, executable: false, size }
+    }
+
+    fn task(invocation: Invocation, files: Vec<FileRef>, outputs: &[&str]) -> Task {
+        Task {
+            build_id: "b1".into(),
+            package: "p".into(),
+            invocation,
+            env: Default::default(),
+            files,
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn inputs_appear_at_their_paths_and_outputs_are_stored() {
+        let (dir, cas) = setup();
+        let input = file(&cas, dir.path(), "src/in.txt", "hello");
+        let t = task(
+            Invocation::Shell("mkdir -p out && tr a-z A-Z < src/in.txt > out/up.txt && echo done".into()),
+            vec![input],
+            &["out/up.txt"],
+        );
+        let r = run(&cas, &dir.path().join("sandboxes"), &t, &Arc::new(AtomicBool::new(false)));
+        assert!(r.success(), "{r:?}");
+        assert_eq!(r.output_tail.trim(), "done");
+        assert_eq!(cas.read(&r.outputs[0].digest).expect("read"), b"HELLO");
+        assert!(!dir.path().join("sandboxes/b1/p").exists(), "the sandbox is removed");
+    }
+
+    #[test]
+    fn argv_is_not_interpreted_by_a_shell() {
+        let (dir, cas) = setup();
+        let t = task(Invocation::Argv(vec!["/bin/echo".into(), "$HOME; rm -rf /".into()]), vec![], &[]);
+        let r = run(&cas, &dir.path().join("s"), &t, &Arc::new(AtomicBool::new(false)));
+        assert_eq!(r.output_tail.trim(), "$HOME; rm -rf /");
+    }
+
+    #[test]
+    fn failures_missing_outputs_and_cancellation_are_reported() {
+        let (dir, cas) = setup();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let r = run(
+            &cas,
+            &dir.path().join("s"),
+            &task(Invocation::Shell("echo broken >&2; exit 3".into()), vec![], &[]),
+            &cancel,
+        );
+        assert_eq!((r.exit_code, r.error.as_deref()), (Some(3), Some("exited with status 3")));
+        assert!(r.output_tail.contains("broken"));
+        let r =
+            run(&cas, &dir.path().join("s"), &task(Invocation::Shell("true".into()), vec![], &["nothing.o"]), &cancel);
+        assert_eq!(r.error.as_deref(), Some("output 'nothing.o' was not produced"));
+        let r = run(
+            &cas,
+            &dir.path().join("s"),
+            &task(Invocation::Argv(vec!["/no/such/tool".into()]), vec![], &[]),
+            &cancel,
+        );
+        assert!(r.error.expect("error").starts_with("could not start"));
+        let flag = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            flag.store(true, Ordering::SeqCst);
+        });
+        let started = Instant::now();
+        let r = run(
+            &cas,
+            &dir.path().join("s"),
+            &task(Invocation::Shell("sleep 30 & sleep 30".into()), vec![], &[]),
+            &cancel,
+        );
+        assert_eq!(r.error.as_deref(), Some("cancelled"));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn action_keys_change_with_what_matters() {
+        let (dir, cas) = setup();
+        let a = file(&cas, dir.path(), "a.c", "1");
+        let b = file(&cas, dir.path(), "a.c", "2");
+        let t1 = task(Invocation::Argv(vec!["cc".into()]), vec![a.clone()], &["a.o"]);
+        let t2 = task(Invocation::Argv(vec!["cc".into()]), vec![b], &["a.o"]);
+        let tools = vec![("gcc".to_string(), "12.2.0".to_string())];
+        assert_ne!(t1.action_key(&tools), t2.action_key(&tools));
+        assert_eq!(t1.action_key(&tools), t1.clone().action_key(&tools));
+        assert_ne!(t1.action_key(&tools), t1.action_key(&[("gcc".into(), "13.1.0".into())]));
+        let mut t3 = t1.clone();
+        t3.build_id = "another build".into();
+        assert_eq!(t1.action_key(&tools), t3.action_key(&tools), "the build id does not matter");
+    }
+}

@@ -162,3 +162,27 @@ CREATE TABLE IF NOT EXISTS ledger_conflicts (
     seen_at INTEGER NOT NULL,
     PRIMARY KEY (origin, seq, stored_hash)
 );
+
+-- Schema version 3: builds.
+
+-- Results of actions by key: an unchanged package is served from here.
+CREATE TABLE IF NOT EXISTS action_cache (
+    action_key TEXT PRIMARY KEY,
+    package_name TEXT NOT NULL,
+    outputs TEXT NOT NULL,                 -- JSON [FileRef]
+    node_id TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+
+-- Per-package facts the plan's build_packages lacked (kept apart so older databases migrate
+-- by adding a table).
+CREATE TABLE IF NOT EXISTS build_package_results (
+    build_id TEXT NOT NULL REFERENCES builds(id) ON DELETE CASCADE,
+    package_name TEXT NOT NULL,
+    cache_hit BOOLEAN NOT NULL DEFAULT FALSE,
+    exit_code INTEGER,
+    action_key TEXT,
+    outputs TEXT,                          -- JSON [FileRef]
+    PRIMARY KEY (build_id, package_name)
+);

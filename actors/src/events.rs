@@ -16,6 +16,7 @@ pub enum Event {
     NodeStatus { node_id: NodeId, status: String, reason: Option<String> },
     ResourceUpdate { node_id: NodeId, resources: Box<NodeResources> },
     LedgerEntry { entry: Box<LedgerEntry> },
+    BuildProgress { build_id: String, package: String, status: String, progress: f64, output: Option<String> },
 }
 
 impl Event {
@@ -25,6 +26,7 @@ impl Event {
             Event::NodeStatus { .. } => "nodes",
             Event::ResourceUpdate { .. } => "resources",
             Event::LedgerEntry { .. } => "ledger",
+            Event::BuildProgress { .. } => "builds",
         }
     }
 }

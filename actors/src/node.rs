@@ -24,6 +24,8 @@ use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::build::cas::Cas;
+use crate::build::Builds;
 use crate::config::{ConfigError, NodeConfig};
 use crate::discovery::{self, ScanInput};
 use crate::events::{Event, EventBus};
@@ -440,6 +442,7 @@ impl NodeHandle {
 /// Everything a running node consists of; the web layer holds one.
 #[derive(Clone)]
 pub struct Node {
+    pub builds: Builds,
     pub identity: Identity,
     pub node: NodeHandle,
     pub pool: PoolHandle,
@@ -565,6 +568,19 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         .await?,
     );
     let pool = PoolHandle { addr: PoolActor::new(node.clone(), mesh.clone()).start() };
+    let cas = Cas::open(opts.data_dir.join("cas")).map_err(|e| NodeError::Scan(e.to_string()))?;
+    let sandboxes = opts.data_dir.join("sandboxes");
+    let _ = std::fs::remove_dir_all(&sandboxes);
+    let builds = Builds::new(
+        identity.node_id.clone(),
+        node.clone(),
+        mesh.clone(),
+        ledger.clone(),
+        store.clone(),
+        events.clone(),
+        cas,
+        sandboxes,
+    );
 
     let entry_type = if first_start { LedgerEntryType::NodeJoined } else { LedgerEntryType::NodeStarted };
     ledger
@@ -596,6 +612,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
 
     Ok(Started {
         node: Node {
+            builds,
             identity,
             node,
             pool,

@@ -153,10 +153,42 @@ impl Manifest {
 
     /// Checks the manifest against the project directory and orders the packages.
     pub fn check(self, file: &str, root: &Path) -> Result<Project, ProjectError> {
+        let order = self.check_structure(file)?;
+        let mut inputs = BTreeMap::new();
+        for (name, p) in &self.packages {
+            let field = |f: &str| format!("packages.{name}.{f}");
+            let mut matched = BTreeSet::new();
+            for pattern in &p.inputs {
+                let full = root.join(pattern);
+                let mut found = 0;
+                let paths = glob::glob(&full.to_string_lossy())
+                    .map_err(|e| err(file, field("inputs"), format!("bad glob '{pattern}': {e}")))?;
+                for path in paths.flatten() {
+                    if path.is_file() {
+                        if let Ok(rel) = path.strip_prefix(root) {
+                            matched.insert(rel.to_string_lossy().replace('\\', "/"));
+                            found += 1;
+                        }
+                    }
+                }
+                if found == 0 {
+                    return Err(err(
+                        file,
+                        field("inputs"),
+                        format!("'{pattern}' matches no file in {}", root.display()),
+                    ));
+                }
+            }
+            inputs.insert(name.clone(), matched.into_iter().collect());
+        }
+        Ok(Project { manifest: self, order, inputs })
+    }
+
+    /// Every check that needs no files; returns the packages in dependency order.
+    pub fn check_structure(&self, file: &str) -> Result<Vec<String>, ProjectError> {
         if self.packages.is_empty() {
             return Err(err(file, "packages".into(), "no packages: add a [packages.<name>] table"));
         }
-        let mut inputs = BTreeMap::new();
         for (name, p) in &self.packages {
             let field = |f: &str| format!("packages.{name}.{f}");
             if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
@@ -198,42 +230,17 @@ impl Manifest {
                     return Err(err(file, field("memory_gb"), format!("must be a positive number, got {gb}")));
                 }
             }
-            let mut matched = BTreeSet::new();
             for pattern in &p.inputs {
-                if !relative_ok(pattern.trim_start_matches("./")) && !pattern.contains('*')
-                    || pattern.starts_with('/')
-                    || pattern.contains("..")
-                {
+                if pattern.starts_with('/') || pattern.contains("..") || pattern.trim().is_empty() {
                     return Err(err(file, field("inputs"), format!("'{pattern}' must be a glob inside the project")));
                 }
                 glob::Pattern::new(pattern)
                     .map_err(|e| err(file, field("inputs"), format!("bad glob '{pattern}': {e}")))?;
-                let full = root.join(pattern);
-                let mut found = 0;
-                let paths = glob::glob(&full.to_string_lossy())
-                    .map_err(|e| err(file, field("inputs"), format!("bad glob '{pattern}': {e}")))?;
-                for path in paths.flatten() {
-                    if path.is_file() {
-                        if let Ok(rel) = path.strip_prefix(root) {
-                            matched.insert(rel.to_string_lossy().replace('\\', "/"));
-                            found += 1;
-                        }
-                    }
-                }
-                if found == 0 {
-                    return Err(err(
-                        file,
-                        field("inputs"),
-                        format!("'{pattern}' matches no file in {}", root.display()),
-                    ));
-                }
             }
-            inputs.insert(name.clone(), matched.into_iter().collect());
         }
-        let order = topological_order(&self.packages).map_err(|cycle| {
+        topological_order(&self.packages).map_err(|cycle| {
             err(file, format!("packages.{}.deps", cycle[0]), format!("dependency cycle: {}", cycle.join(" → ")))
-        })?;
-        Ok(Project { manifest: self, order, inputs })
+        })
     }
 }
 
@@ -374,5 +381,29 @@ memory_gb = 0.5
         assert!(!version_matches("12", "1.2"));
         assert!(version_matches("=1.95", "1.95.0"));
         assert!(version_matches(">1.0", "v1.0.1"));
+    }
+}
+
+impl Project {
+    /// Re-checks a project a client sent: the manifest's structure, and input lists that only
+    /// name files matching the package's globs.
+    pub fn recheck(&self, file: &str) -> Result<Vec<String>, ProjectError> {
+        let order = self.manifest.check_structure(file)?;
+        for (name, files) in &self.inputs {
+            let Some(p) = self.manifest.packages.get(name) else {
+                return Err(err(file, format!("inputs.{name}"), "no such package"));
+            };
+            let patterns: Vec<glob::Pattern> = p.inputs.iter().filter_map(|g| glob::Pattern::new(g).ok()).collect();
+            for f in files {
+                if !relative_ok(f) || !patterns.iter().any(|pat| pat.matches(f)) {
+                    return Err(err(
+                        file,
+                        format!("packages.{name}.inputs"),
+                        format!("'{f}' is not matched by the package's inputs"),
+                    ));
+                }
+            }
+        }
+        Ok(order)
     }
 }

@@ -1,0 +1,684 @@
+//! `BuildActor`: one per running build. It walks the DAG in dependency order, serves unchanged
+//! packages from the action cache, leases cores (and memory) from the node's resource actors for
+//! the rest, runs them in sandboxes off the async threads, and records every step in the
+//! history tables, the ledger and the live events. Leases are always released.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::cas::{Cas, FileRef};
+use super::exec::{self, Invocation, Task, TaskResult};
+use super::project::Project;
+use crate::events::{Event, EventBus};
+use crate::ledger::LedgerHandle;
+use crate::node::NodeHandle;
+use crate::store::{StoreError, StoreHandle};
+use crate::wire::{self, LeaseRequest, LedgerEntryType, NodeId};
+
+/// A lease lives this long unless the package finishes first.
+const LEASE_TTL_MS: u64 = 3_600_000;
+
+/// What a client asks to build.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BuildRequest {
+    pub project: Project,
+    /// Every input file by project path.
+    pub files: BTreeMap<String, FileRef>,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub local_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageState {
+    Pending,
+    Running,
+    Cached,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl PackageState {
+    fn finished(self) -> bool {
+        !matches!(self, PackageState::Pending | PackageState::Running)
+    }
+
+    fn ok(self) -> bool {
+        matches!(self, PackageState::Cached | PackageState::Succeeded)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackageState::Pending => "pending",
+            PackageState::Running => "running",
+            PackageState::Cached => "cached",
+            PackageState::Succeeded => "succeeded",
+            PackageState::Failed => "failed",
+            PackageState::Skipped => "skipped",
+            PackageState::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PackageStatus {
+    pub name: String,
+    pub state: PackageState,
+    pub node: Option<NodeId>,
+    pub cache_hit: bool,
+    pub started_at_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub output_tail: String,
+    pub error: Option<String>,
+    pub outputs: Vec<FileRef>,
+}
+
+/// A build as `GET /api/build/:id` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BuildStatus {
+    pub id: String,
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    pub started_at_ms: u64,
+    pub completed_at_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub error: Option<String>,
+    pub triggered_by: String,
+    pub packages: Vec<PackageStatus>,
+}
+
+impl BuildStatus {
+    pub fn done(&self) -> bool {
+        self.status != "running"
+    }
+
+    /// Every package's outputs, for writing back into the project.
+    pub fn outputs(&self) -> Vec<FileRef> {
+        self.packages.iter().flat_map(|p| p.outputs.iter().cloned()).collect()
+    }
+}
+
+/// Everything a build needs from its node.
+#[derive(Clone)]
+pub struct BuildContext {
+    pub node_id: NodeId,
+    pub node: NodeHandle,
+    pub ledger: LedgerHandle,
+    pub store: StoreHandle,
+    pub events: EventBus,
+    pub cas: Cas,
+    pub sandboxes: PathBuf,
+    /// Tool and runtime name → version on this node.
+    pub tools: BTreeMap<String, Option<String>>,
+    pub epoch: u64,
+}
+
+pub struct BuildActor {
+    ctx: BuildContext,
+    req: BuildRequest,
+    status: BuildStatus,
+    cancel: Arc<AtomicBool>,
+    registry: Registry,
+}
+
+/// Live builds by id, shared with the web layer.
+pub type Registry = Arc<Mutex<HashMap<String, Addr<BuildActor>>>>;
+
+impl BuildActor {
+    pub fn new(ctx: BuildContext, req: BuildRequest, id: String, triggered_by: String, registry: Registry) -> Self {
+        let packages = req
+            .project
+            .order
+            .iter()
+            .map(|name| PackageStatus {
+                name: name.clone(),
+                state: PackageState::Pending,
+                node: None,
+                cache_hit: false,
+                started_at_ms: None,
+                duration_ms: None,
+                exit_code: None,
+                output_tail: String::new(),
+                error: None,
+                outputs: vec![],
+            })
+            .collect();
+        let status = BuildStatus {
+            id,
+            status: "running".into(),
+            started_at_ms: wire::now_ms(),
+            completed_at_ms: None,
+            duration_ms: None,
+            error: None,
+            triggered_by,
+            packages,
+        };
+        BuildActor { ctx, req, status, cancel: Arc::new(AtomicBool::new(false)), registry }
+    }
+
+    fn pkg(&self, name: &str) -> Option<&PackageStatus> {
+        self.status.packages.iter().find(|p| p.name == name)
+    }
+
+    fn pkg_mut(&mut self, name: &str) -> Option<&mut PackageStatus> {
+        self.status.packages.iter_mut().find(|p| p.name == name)
+    }
+
+    /// A package and everything it depends on, transitively.
+    fn transitive_deps(&self, name: &str) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![name.to_string()];
+        while let Some(n) = stack.pop() {
+            for d in self.req.project.manifest.packages.get(&n).map(|p| p.deps.clone()).unwrap_or_default() {
+                if seen.insert(d.clone()) {
+                    stack.push(d);
+                }
+            }
+        }
+        seen
+    }
+
+    fn progress(&self) -> f64 {
+        let total = self.status.packages.len().max(1);
+        self.status.packages.iter().filter(|p| p.state.finished()).count() as f64 / total as f64
+    }
+
+    fn publish(&self, package: &str) {
+        if let Some(p) = self.pkg(package) {
+            self.ctx.events.publish(Event::BuildProgress {
+                build_id: self.status.id.clone(),
+                package: package.to_string(),
+                status: p.state.as_str().into(),
+                progress: self.progress(),
+                output: p.error.clone(),
+            });
+        }
+    }
+
+    /// The task for a package whose dependencies are done.
+    fn task(&self, name: &str) -> Result<(Task, String), String> {
+        let spec = self.req.project.manifest.packages.get(name).ok_or("unknown package")?;
+        let mut files: BTreeMap<String, FileRef> = BTreeMap::new();
+        for path in self.req.project.inputs.get(name).map(Vec::as_slice).unwrap_or_default() {
+            let f = self.req.files.get(path).ok_or_else(|| format!("input {path} was not sent"))?;
+            files.insert(path.clone(), f.clone());
+        }
+        for dep in self.transitive_deps(name) {
+            for f in self.pkg(&dep).map(|p| p.outputs.clone()).unwrap_or_default() {
+                files.insert(f.path.clone(), f);
+            }
+        }
+        let mut tool_versions = Vec::new();
+        for req in spec.tools.iter().chain(&spec.runtimes) {
+            match self.ctx.tools.get(req.name()) {
+                Some(version) if req.accepts(version.as_deref()) => {
+                    tool_versions.push((req.name().to_string(), version.clone().unwrap_or_default()))
+                }
+                Some(version) => {
+                    return Err(format!(
+                        "needs {} {}, this node has {}",
+                        req.name(),
+                        req.version().unwrap_or(""),
+                        version.clone().unwrap_or_else(|| "an unknown version".into())
+                    ))
+                }
+                None => return Err(format!("needs {}, which no node of this build has", req.name())),
+            }
+        }
+        let invocation = match (&spec.command, &spec.shell) {
+            (Some(argv), _) => Invocation::Argv(argv.clone()),
+            (None, Some(sh)) => Invocation::Shell(sh.clone()),
+            (None, None) => return Err("no command".into()),
+        };
+        let task = Task {
+            build_id: self.status.id.clone(),
+            package: name.to_string(),
+            invocation,
+            env: spec.env.clone(),
+            files: files.into_values().collect(),
+            outputs: spec.outputs.clone(),
+        };
+        let key = task.action_key(&tool_versions);
+        Ok((task, key))
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if self.cancel.load(Ordering::SeqCst) {
+            for p in self.status.packages.iter_mut().filter(|p| p.state == PackageState::Pending) {
+                p.state = PackageState::Cancelled;
+            }
+        }
+        let order = self.req.project.order.clone();
+        for name in order {
+            if self.pkg(&name).map(|p| p.state) != Some(PackageState::Pending) {
+                continue;
+            }
+            let deps = self.req.project.manifest.packages.get(&name).map(|p| p.deps.clone()).unwrap_or_default();
+            let states: Vec<PackageState> = deps.iter().filter_map(|d| self.pkg(d).map(|p| p.state)).collect();
+            if states.iter().any(|s| s.finished() && !s.ok()) {
+                if let Some(p) = self.pkg_mut(&name) {
+                    p.state = PackageState::Skipped;
+                    p.error = Some("a dependency failed".into());
+                }
+                self.publish(&name);
+                continue;
+            }
+            if !states.iter().all(|s| s.ok()) {
+                continue;
+            }
+            match self.task(&name) {
+                Err(e) => {
+                    if let Some(p) = self.pkg_mut(&name) {
+                        p.state = PackageState::Failed;
+                        p.error = Some(e);
+                    }
+                    self.publish(&name);
+                }
+                Ok((task, key)) => {
+                    let me = self.ctx.node_id.clone();
+                    if let Some(p) = self.pkg_mut(&name) {
+                        p.state = PackageState::Running;
+                        p.node = Some(me);
+                        p.started_at_ms = Some(wire::now_ms());
+                    }
+                    self.start_package(ctx, name.clone(), task, key);
+                }
+            }
+        }
+        if self.status.packages.iter().all(|p| p.state.finished()) {
+            self.finish(ctx);
+        }
+    }
+
+    fn start_package(&mut self, ctx: &mut Context<Self>, name: String, task: Task, key: String) {
+        let spec = self.req.project.manifest.packages.get(&name).cloned();
+        let cores = spec.as_ref().and_then(|s| s.cores).unwrap_or(1) as u64;
+        let memory = spec.as_ref().and_then(|s| s.memory_gb).map(|gb| (gb * (1u64 << 30) as f64) as u64);
+        let (c, force, build_id, epoch) = (self.ctx.clone(), self.req.force, self.status.id.clone(), self.ctx.epoch);
+        let cancel = self.cancel.clone();
+        let fut = async move {
+            if !force {
+                if let Some(outputs) = cached(&c, &key).await {
+                    return Ok::<_, String>((
+                        TaskResult {
+                            exit_code: Some(0),
+                            outputs,
+                            output_tail: String::new(),
+                            duration_ms: 0,
+                            error: None,
+                        },
+                        true,
+                    ));
+                }
+            }
+            // Wait for a core: other packages of this build (or other builds) hold them.
+            let request = |amount| LeaseRequest { amount, holder: build_id.clone(), ttl_ms: LEASE_TTL_MS, epoch };
+            let cpu = loop {
+                if cancel.load(Ordering::SeqCst) {
+                    return Err("cancelled".to_string());
+                }
+                match c.node.lease("cpu", request(cores)).await {
+                    Ok(lease) => break lease,
+                    Err(crate::node::NodeError::Lease(crate::lease::LeaseError::Insufficient { capacity, .. }))
+                        if cores > capacity =>
+                    {
+                        return Err(format!("asks for {cores} cores, this node offers {capacity}"));
+                    }
+                    Err(crate::node::NodeError::Lease(_)) => {
+                        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            };
+            let mem = match memory {
+                Some(bytes) => match c.node.lease("memory", request(bytes)).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        let _ = c.node.release("cpu", &cpu.id).await;
+                        return Err(e.to_string());
+                    }
+                },
+                None => None,
+            };
+            let _ = c.ledger.append(LedgerEntryType::ResourceAllocated, serde_json::json!({ "allocation_id": cpu.id, "build_id": build_id, "package": task.package, "cores": cores, "memory_bytes": memory })).await;
+            let (cas, sandboxes, flag) = (c.cas.clone(), c.sandboxes.clone(), cancel.clone());
+            let result = actix_rt::task::spawn_blocking(move || exec::run(&cas, &sandboxes, &task, &flag)).await;
+            let _ = c.node.release("cpu", &cpu.id).await;
+            if let Some(m) = mem {
+                let _ = c.node.release("memory", &m.id).await;
+            }
+            let _ = c
+                .ledger
+                .append(
+                    LedgerEntryType::ResourceReleased,
+                    serde_json::json!({ "allocation_id": cpu.id, "build_id": build_id }),
+                )
+                .await;
+            let result = result.map_err(|e| format!("the task panicked: {e}"))?;
+            if result.success() {
+                remember(&c, &key, &result).await;
+            }
+            Ok((result, false))
+        };
+        ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
+            if let Some(p) = act.pkg_mut(&name) {
+                match outcome {
+                    Ok((r, hit)) => {
+                        p.cache_hit = hit;
+                        p.exit_code = r.exit_code;
+                        p.duration_ms = Some(r.duration_ms);
+                        p.output_tail = r.output_tail.clone();
+                        p.outputs = r.outputs.clone();
+                        p.state = match (r.success(), hit, r.error.as_deref()) {
+                            (_, _, Some("cancelled")) => PackageState::Cancelled,
+                            (true, true, _) => PackageState::Cached,
+                            (true, false, _) => PackageState::Succeeded,
+                            (false, _, _) => PackageState::Failed,
+                        };
+                        p.error = r.error;
+                    }
+                    Err(e) => {
+                        p.state = if e == "cancelled" { PackageState::Cancelled } else { PackageState::Failed };
+                        p.error = Some(e);
+                    }
+                }
+            }
+            act.publish(&name);
+            act.schedule(ctx);
+        }));
+    }
+
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        if self.status.done() {
+            return;
+        }
+        let now = wire::now_ms();
+        let cancelled = self.cancel.load(Ordering::SeqCst);
+        let failed: Vec<&PackageStatus> =
+            self.status.packages.iter().filter(|p| p.state == PackageState::Failed).collect();
+        self.status.status = if cancelled {
+            "cancelled"
+        } else if failed.is_empty() {
+            "succeeded"
+        } else {
+            "failed"
+        }
+        .into();
+        self.status.error =
+            failed.first().map(|p| format!("package {} failed: {}", p.name, p.error.clone().unwrap_or_default()));
+        if cancelled {
+            self.status.error = Some("cancelled".into());
+        }
+        self.status.completed_at_ms = Some(now);
+        self.status.duration_ms = Some(now.saturating_sub(self.status.started_at_ms));
+        let (status, c) = (self.status.clone(), self.ctx.clone());
+        ctx.wait(
+            async move {
+                if let Err(e) = save(&c.store, &status).await {
+                    log::error!("saving build {}: {e}", status.id);
+                }
+                let executed = status.packages.iter().filter(|p| p.state == PackageState::Succeeded).count();
+                let cached = status.packages.iter().filter(|p| p.cache_hit).count();
+                let (kind, data) = if status.status == "succeeded" {
+                    (LedgerEntryType::BuildCompleted, serde_json::json!({ "build_id": status.id, "duration_ms": status.duration_ms, "executed": executed, "cached": cached, "artifacts": status.outputs().iter().map(|f| &f.digest).collect::<Vec<_>>() }))
+                } else {
+                    (LedgerEntryType::BuildFailed, serde_json::json!({ "build_id": status.id, "error": status.error, "status": status.status }))
+                };
+                let _ = c.ledger.append(kind, data).await;
+                c.events.publish(Event::BuildProgress { build_id: status.id.clone(), package: String::new(), status: status.status.clone(), progress: 1.0, output: status.error.clone() });
+            }
+            .into_actor(self),
+        );
+        ctx.stop();
+    }
+}
+
+async fn cached(c: &BuildContext, key: &str) -> Option<Vec<FileRef>> {
+    let key = key.to_string();
+    let outputs: Option<String> = c
+        .store
+        .run(move |conn| {
+            Ok(conn
+                .query_row("SELECT outputs FROM action_cache WHERE action_key = ?1", [key], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+        .ok()
+        .flatten();
+    let outputs: Vec<FileRef> = serde_json::from_str(&outputs?).ok()?;
+    // A cache entry is only good while its blobs are still here.
+    outputs.iter().all(|f| c.cas.has(&f.digest)).then_some(outputs)
+}
+
+async fn remember(c: &BuildContext, key: &str, result: &TaskResult) {
+    let (key, outputs, node, ms) = (
+        key.to_string(),
+        serde_json::to_string(&result.outputs).unwrap_or_default(),
+        c.node_id.to_string(),
+        result.duration_ms as i64,
+    );
+    let saved = c
+        .store
+        .run(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO action_cache (action_key, package_name, outputs, node_id, duration_ms, created_at) VALUES (?1, '', ?2, ?3, ?4, ?5)",
+                params![key, outputs, node, ms, wire::now_ms() as i64],
+            )?;
+            Ok(())
+        })
+        .await;
+    if let Err(e) = saved {
+        log::warn!("caching a result: {e}");
+    }
+}
+
+/// Writes a build and its packages to the history tables.
+pub async fn save(store: &StoreHandle, status: &BuildStatus) -> Result<(), StoreError> {
+    let s = status.clone();
+    store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            let metrics = serde_json::json!({
+                "packages": s.packages.len(),
+                "cached": s.packages.iter().filter(|p| p.cache_hit).count(),
+                "executed": s.packages.iter().filter(|p| p.state == PackageState::Succeeded).count(),
+            });
+            tx.execute(
+                "INSERT INTO builds (id, config_id, status, started_at, completed_at, duration_ms, error, metrics, artifacts, triggered_by)
+                 VALUES (?1, NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(id) DO UPDATE SET status = ?2, completed_at = ?4, duration_ms = ?5, error = ?6, metrics = ?7, artifacts = ?8",
+                params![
+                    s.id,
+                    s.status,
+                    s.started_at_ms as i64,
+                    s.completed_at_ms.map(|t| t as i64),
+                    s.duration_ms.map(|t| t as i64),
+                    s.error,
+                    metrics.to_string(),
+                    serde_json::to_string(&s.outputs()).unwrap_or_default(),
+                    s.triggered_by
+                ],
+            )?;
+            for p in &s.packages {
+                let row_id = format!("{}/{}", s.id, p.name);
+                tx.execute(
+                    "INSERT INTO build_packages (id, build_id, package_name, status, started_at, completed_at, duration_ms, assigned_node, output, error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?9)
+                     ON CONFLICT(id) DO UPDATE SET status = ?4, started_at = ?5, completed_at = ?6, duration_ms = ?7, output = ?8, error = ?9",
+                    params![
+                        row_id,
+                        s.id,
+                        p.name,
+                        p.state.as_str(),
+                        p.started_at_ms.map(|t| t as i64),
+                        p.started_at_ms.zip(p.duration_ms).map(|(a, d)| (a + d) as i64),
+                        p.duration_ms.map(|t| t as i64),
+                        p.output_tail,
+                        p.error
+                    ],
+                )?;
+                tx.execute("UPDATE build_packages SET assigned_node = (SELECT id FROM nodes WHERE id = ?1) WHERE id = ?2", params![p.node.as_ref().map(|n| n.to_string()), row_id])?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO build_package_results (build_id, package_name, cache_hit, exit_code, action_key, outputs) VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
+                    params![s.id, p.name, p.cache_hit, p.exit_code, serde_json::to_string(&p.outputs).unwrap_or_default()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+}
+
+/// Reads a finished build back from history.
+pub async fn load(store: &StoreHandle, id: &str) -> Result<Option<BuildStatus>, StoreError> {
+    let id = id.to_string();
+    store
+        .run(move |conn| {
+            let head = conn
+                .query_row("SELECT id, status, started_at, completed_at, duration_ms, error, triggered_by FROM builds WHERE id = ?1", [&id], |r| {
+                    Ok(BuildStatus {
+                        id: r.get(0)?,
+                        status: r.get(1)?,
+                        started_at_ms: r.get::<_, i64>(2)? as u64,
+                        completed_at_ms: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+                        duration_ms: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+                        error: r.get(5)?,
+                        triggered_by: r.get(6)?,
+                        packages: vec![],
+                    })
+                })
+                .optional()?;
+            let Some(mut status) = head else { return Ok(None) };
+            let mut stmt = conn.prepare(
+                "SELECT p.package_name, p.status, p.assigned_node, p.started_at, p.duration_ms, p.output, p.error, r.cache_hit, r.exit_code, r.outputs
+                 FROM build_packages p LEFT JOIN build_package_results r ON r.build_id = p.build_id AND r.package_name = p.package_name
+                 WHERE p.build_id = ?1 ORDER BY p.started_at IS NULL, p.started_at, p.package_name",
+            )?;
+            let rows = stmt.query_map([&id], |r| {
+                let state: String = r.get(1)?;
+                Ok(PackageStatus {
+                    name: r.get(0)?,
+                    state: serde_json::from_value(serde_json::Value::String(state)).unwrap_or(PackageState::Failed),
+                    node: r.get::<_, Option<String>>(2)?.and_then(|n| NodeId::parse(&n).ok()),
+                    started_at_ms: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+                    duration_ms: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+                    output_tail: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                    error: r.get(6)?,
+                    cache_hit: r.get::<_, Option<bool>>(7)?.unwrap_or(false),
+                    exit_code: r.get(8)?,
+                    outputs: r.get::<_, Option<String>>(9)?.and_then(|o| serde_json::from_str(&o).ok()).unwrap_or_default(),
+                })
+            })?;
+            status.packages = rows.collect::<Result<_, _>>()?;
+            Ok(Some(status))
+        })
+        .await
+}
+
+/// One line of the build history.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BuildSummary {
+    pub id: String,
+    pub status: String,
+    pub started_at_ms: u64,
+    pub duration_ms: Option<u64>,
+    pub packages: u64,
+    pub cached: u64,
+    pub executed: u64,
+    pub error: Option<String>,
+    pub triggered_by: String,
+}
+
+/// Recent builds, newest first.
+pub async fn history(
+    store: &StoreHandle,
+    limit: usize,
+    status: Option<String>,
+) -> Result<Vec<BuildSummary>, StoreError> {
+    store
+        .run(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, status, started_at, duration_ms, metrics, error, triggered_by FROM builds WHERE (?1 IS NULL OR status = ?1) ORDER BY started_at DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![status, limit as i64], |r| {
+                let metrics: serde_json::Value = r.get::<_, Option<String>>(4)?.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default();
+                Ok(BuildSummary {
+                    id: r.get(0)?,
+                    status: r.get(1)?,
+                    started_at_ms: r.get::<_, i64>(2)? as u64,
+                    duration_ms: r.get::<_, Option<i64>>(3)?.map(|d| d as u64),
+                    packages: metrics["packages"].as_u64().unwrap_or(0),
+                    cached: metrics["cached"].as_u64().unwrap_or(0),
+                    executed: metrics["executed"].as_u64().unwrap_or(0),
+                    error: r.get(5)?,
+                    triggered_by: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+}
+
+impl Actor for BuildActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let (status, c, packages) = (self.status.clone(), self.ctx.clone(), self.req.project.order.clone());
+        let local_only = self.req.local_only;
+        ctx.wait(
+            async move {
+                if let Err(e) = save(&c.store, &status).await {
+                    log::error!("saving build {}: {e}", status.id);
+                }
+                let _ = c.ledger.append(LedgerEntryType::BuildStarted, serde_json::json!({ "build_id": status.id, "config_id": null, "packages": packages, "local_only": local_only, "triggered_by": status.triggered_by })).await;
+            }
+            .into_actor(self),
+        );
+        self.schedule(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Ok(mut r) = self.registry.lock() {
+            r.remove(&self.status.id);
+        }
+    }
+}
+
+/// The build's live status.
+#[derive(Message)]
+#[rtype(result = "BuildStatus")]
+pub struct GetStatus;
+
+impl Handler<GetStatus> for BuildActor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.status.clone())
+    }
+}
+
+/// Stops the build: running commands are killed, pending packages are not started.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Cancel;
+
+impl Handler<Cancel> for BuildActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Cancel, ctx: &mut Context<Self>) {
+        self.cancel.store(true, Ordering::SeqCst);
+        self.schedule(ctx);
+    }
+}

@@ -37,6 +37,40 @@ impl Client {
         self.send("DELETE", path, None).await
     }
 
+    /// Uploads raw bytes.
+    pub async fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> Result<(), CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.put(&url).insert_header(("Content-Type", "application/octet-stream"));
+        if let Some(token) = &self.token {
+            req = req.insert_header(("Authorization", format!("Bearer {token}")));
+        }
+        let res = req.send_body(bytes).await.map_err(|e| match e {
+            awc::error::SendRequestError::Connect(_) => CliError::NoNode { url: self.base.clone() },
+            other => CliError::Other(format!("uploading to {url}: {other}")),
+        })?;
+        if !res.status().is_success() {
+            return Err(CliError::Other(format!("{url} refused the upload ({})", res.status())));
+        }
+        Ok(())
+    }
+
+    /// Downloads raw bytes.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.get(&url);
+        if let Some(token) = &self.token {
+            req = req.insert_header(("Authorization", format!("Bearer {token}")));
+        }
+        let mut res = req.send().await.map_err(|e| match e {
+            awc::error::SendRequestError::Connect(_) => CliError::NoNode { url: self.base.clone() },
+            other => CliError::Other(format!("downloading {url}: {other}")),
+        })?;
+        if !res.status().is_success() {
+            return Err(CliError::Other(format!("{url} answered {}", res.status())));
+        }
+        Ok(res.body().limit(1 << 30).await.map_err(|e| CliError::Other(format!("downloading {url}: {e}")))?.to_vec())
+    }
+
     async fn send<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<Value>) -> Result<T, CliError> {
         let url = format!("{}{path}", self.base);
         let method = awc::http::Method::from_bytes(method.as_bytes()).map_err(|e| CliError::Other(e.to_string()))?;

@@ -2,6 +2,7 @@
 //! node's HTTP API (plan §7.1). Global flags work before or after the subcommand, and without
 //! them the local node's address and admin key are read from the data dir.
 
+pub mod build;
 pub mod client;
 pub mod key;
 pub mod ledger;
@@ -70,6 +71,10 @@ pub enum Command {
         #[command(subcommand)]
         action: key::KeyCommand,
     },
+    /// Build a project (its buildnet.toml) on the pool
+    Build(build::BuildArgs),
+    /// Build history; with an id, one build's packages
+    History(build::HistoryArgs),
     /// Join tokens for new nodes
     Token {
         #[command(subcommand)]
@@ -187,6 +192,8 @@ pub fn run(cli: Cli, token_on_command_line: bool) -> Result<(), CliError> {
                 match other {
                     Command::Node { action } => node::run(&ctx, action, join_token).await,
                     Command::Token { action } => token::run(&ctx, action).await,
+                    Command::Build(args) => build::run(&ctx, args).await,
+                    Command::History(args) => build::history(&ctx, args).await,
                     Command::Pool { action } => pool::run(&ctx, action).await,
                     Command::Ledger(args) => ledger::run(&ctx, args).await,
                     Command::Key { action } => key::run(&ctx, action).await,

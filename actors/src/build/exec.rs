@@ -102,6 +102,14 @@ fn run_in(cas: &Cas, dir: &Path, task: &Task, cancel: &Arc<AtomicBool>, started:
             return failed(format!("input {}: {e}", f.path), started);
         }
     }
+    // Declared outputs may go into directories the command expects to exist.
+    for o in &task.outputs {
+        if let Some(parent) = dir.join(o).parent() {
+            if let Err(e) = std::fs::create_dir_all(parent) {
+                return failed(format!("output directory for {o}: {e}"), started);
+            }
+        }
+    }
     let mut cmd = match &task.invocation {
         Invocation::Argv(argv) => {
             let mut c = Command::new(&argv[0]);

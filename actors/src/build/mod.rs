@@ -151,3 +151,99 @@ impl Builds {
         Ok(runner::history(&self.store, limit, status).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeConfig;
+    use crate::node::{start, NodeOptions};
+
+    fn write(root: &std::path::Path, path: &str, text: &str) {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    }
+
+    async fn request(root: &std::path::Path, cas: &Cas, force: bool) -> BuildRequest {
+        let project = project::load(root).expect("valid project");
+        let mut files = BTreeMap::new();
+        for path in project.inputs.values().flatten() {
+            let (digest, size) = cas.put_file(&root.join(path)).expect("put");
+            files.insert(path.clone(), cas::FileRef { path: path.clone(), digest, executable: false, size });
+        }
+        BuildRequest { project, files, force, local_only: true }
+    }
+
+    async fn wait(builds: &Builds, id: &str) -> BuildStatus {
+        for _ in 0..500 {
+            let s = builds.status(id).await.expect("status");
+            if s.done() {
+                return s;
+            }
+            actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("build {id} did not finish");
+    }
+
+    #[actix::test]
+    async fn a_dag_builds_caches_and_rebuilds_only_what_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("project");
+        write(&root, "a.txt", "alpha");
+        write(&root, "b.txt", "beta");
+        write(
+            &root,
+            project::MANIFEST,
+            r#"
+[packages.a]
+shell = "tr a-z A-Z < a.txt > a.out"
+inputs = ["a.txt"]
+outputs = ["a.out"]
+[packages.b]
+command = ["cp", "b.txt", "b.out"]
+inputs = ["b.txt"]
+outputs = ["b.out"]
+[packages.both]
+shell = "cat a.out b.out > both.out"
+deps = ["a", "b"]
+outputs = ["both.out"]
+"#,
+        );
+        let started = start(NodeOptions {
+            data_dir: dir.path().join("data"),
+            config: NodeConfig::default(),
+            config_file: "test".into(),
+            name: Some("t".into()),
+            address: "http://127.0.0.1:1".into(),
+            create_mesh: true,
+        })
+        .await
+        .expect("node");
+        let builds = started.node.builds.clone();
+        let cas = builds.cas.clone();
+
+        let id = builds.start(request(&root, &cas, false).await, "test").await.expect("start");
+        let s = wait(&builds, &id).await;
+        assert_eq!(s.status, "succeeded", "{s:?}");
+        let both = s.outputs().into_iter().find(|f| f.path == "both.out").expect("output");
+        assert_eq!(cas.read(&both.digest).expect("blob"), b"ALPHAbeta");
+
+        let again = wait(&builds, &builds.start(request(&root, &cas, false).await, "test").await.expect("start")).await;
+        assert!(again.packages.iter().all(|p| p.cache_hit), "nothing changed, nothing runs: {again:?}");
+
+        write(&root, "b.txt", "BETA2");
+        let changed =
+            wait(&builds, &builds.start(request(&root, &cas, false).await, "test").await.expect("start")).await;
+        let hits: BTreeMap<String, bool> = changed.packages.iter().map(|p| (p.name.clone(), p.cache_hit)).collect();
+        assert_eq!(hits, BTreeMap::from([("a".into(), true), ("b".into(), false), ("both".into(), false)]));
+
+        let forced = wait(&builds, &builds.start(request(&root, &cas, true).await, "test").await.expect("start")).await;
+        assert!(forced.packages.iter().all(|p| !p.cache_hit));
+
+        let history = builds.history(10, None).await.expect("history");
+        assert_eq!(history.len(), 4);
+        let status = started.node.node.status().await.expect("status");
+        let cpu = status.resource_status.iter().find(|r| r.key == "cpu").expect("cpu");
+        assert_eq!(cpu.leased, 0, "every lease was released");
+    }
+}

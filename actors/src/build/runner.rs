@@ -439,9 +439,10 @@ impl BuildActor {
                 let _ = c.ledger.append(kind, data).await;
                 c.events.publish(Event::BuildProgress { build_id: status.id.clone(), package: String::new(), status: status.status.clone(), progress: 1.0, output: status.error.clone() });
             }
-            .into_actor(self),
+            .into_actor(self)
+            // Stop only once the history and the ledger have the result.
+            .map(|_, _, ctx| ctx.stop()),
         );
-        ctx.stop();
     }
 }
 

@@ -1,6 +1,7 @@
 //! The JSON API under `/api` (plan §13.1). Each handler checks the caller's role, asks an actor
 //! handle, and answers JSON; the OpenAPI document is generated from these handlers' types.
 
+pub mod build;
 pub mod keys;
 pub mod ledger;
 pub mod mesh;
@@ -37,7 +38,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/pool/join", web::post().to(mesh::join))
         .route("/pool/leave", web::post().to(mesh::leave))
         .route("/pool/visualization", web::get().to(mesh::visualization))
-        .route("/ledger/sync", web::post().to(mesh::sync));
+        .route("/ledger/sync", web::post().to(mesh::sync))
+        .route("/blobs/missing", web::post().to(build::missing))
+        .service(
+            web::resource("/blobs/{digest}")
+                .app_data(web::PayloadConfig::new(build::MAX_BLOB_BYTES))
+                .route(web::put().to(build::put_blob))
+                .route(web::get().to(build::get_blob)),
+        )
+        .service(
+            web::resource("/build")
+                .app_data(web::PayloadConfig::new(build::MAX_BUILD_REQUEST_BYTES))
+                .route(web::post().to(build::start)),
+        )
+        .route("/build/{id}", web::get().to(build::status))
+        .route("/build/{id}/cancel", web::post().to(build::cancel))
+        .route("/builds", web::get().to(build::list));
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -90,9 +106,10 @@ impl Modify for BearerAuth {
         pool::get_pool, pool::get_nodes, pool::get_resources,
         ledger::get_ledger, ledger::verify,
         keys::list, keys::create, keys::revoke,
+        build::missing, build::put_blob, build::get_blob, build::start, build::status, build::cancel, build::list,
         mesh::view, mesh::create_token, mesh::join, mesh::leave, mesh::sync, mesh::visualization, crate::web::mesh::admit,
     ),
     modifiers(&BearerAuth),
-    tags((name = "node"), (name = "pool"), (name = "ledger"), (name = "keys"))
+    tags((name = "node"), (name = "pool"), (name = "ledger"), (name = "keys"), (name = "builds"))
 )]
 pub struct ApiDoc;

@@ -1,0 +1,278 @@
+//! `buildnet build` and `buildnet history`: send a project's inputs by digest (only what the
+//! node lacks), start the build, show progress, write the outputs back into the project.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use buildnet_actors::build::cas::{self, FileRef};
+use buildnet_actors::build::project;
+use buildnet_actors::build::runner::{BuildRequest, BuildStatus, BuildSummary, PackageState};
+
+use super::output::{time, Table};
+use super::{CliError, Ctx};
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Project directory holding buildnet.toml
+    #[arg(long, default_value = ".")]
+    pub project: PathBuf,
+    /// Run every package even if its result is cached
+    #[arg(long)]
+    pub force: bool,
+    /// Keep everything on this node
+    #[arg(long)]
+    pub local_only: bool,
+}
+
+#[derive(Args)]
+pub struct HistoryArgs {
+    /// Show one build in detail
+    pub build_id: Option<String>,
+    /// Number of builds
+    #[arg(short = 'n', long = "limit", default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Missing {
+    missing: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Started {
+    build_id: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BuildList {
+    builds: Vec<BuildSummary>,
+}
+
+/// Hashes every input file of the project.
+fn hash_inputs(root: &Path, project: &project::Project) -> Result<BTreeMap<String, FileRef>, CliError> {
+    let mut files = BTreeMap::new();
+    for path in project.inputs.values().flatten() {
+        if files.contains_key(path) {
+            continue;
+        }
+        let full = root.join(path);
+        let (digest, size) = cas::hash_file(&full).map_err(|e| CliError::Other(e.to_string()))?;
+        files.insert(path.clone(), FileRef { path: path.clone(), digest, executable: cas::is_executable(&full), size });
+    }
+    Ok(files)
+}
+
+pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
+    let root = args
+        .project
+        .canonicalize()
+        .map_err(|e| CliError::Usage(format!("--project {}: {e}", args.project.display())))?;
+    let project = project::load(&root).map_err(|e| CliError::Other(e.to_string()))?;
+    let files = hash_inputs(&root, &project)?;
+
+    let digests: Vec<String> =
+        files.values().map(|f| f.digest.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let missing: Missing =
+        ctx.client.post("/api/blobs/missing", Some(serde_json::json!({ "digests": digests }))).await?;
+    for digest in &missing.missing {
+        if let Some(f) = files.values().find(|f| &f.digest == digest) {
+            let bytes = std::fs::read(root.join(&f.path)).map_err(|e| CliError::Other(format!("{}: {e}", f.path)))?;
+            ctx.client.put_bytes(&format!("/api/blobs/{digest}"), bytes).await?;
+        }
+    }
+    let request = BuildRequest { project, files, force: args.force, local_only: args.local_only };
+    let body = serde_json::to_value(&request).map_err(|e| CliError::Other(e.to_string()))?;
+    let started: Started = ctx.client.post("/api/build", Some(body)).await?;
+    let id = started.build_id;
+
+    let bars = Bars::new(request.project.order.len() as u64, &id, missing.missing.len(), digests.len());
+    let mut cancelled = false;
+    let status = loop {
+        let status: BuildStatus = ctx.client.get(&format!("/api/build/{id}")).await?;
+        bars.update(&status);
+        if status.done() {
+            break status;
+        }
+        tokio::select! {
+            _ = actix_rt::time::sleep(Duration::from_millis(100)) => {}
+            _ = tokio::signal::ctrl_c(), if !cancelled => {
+                cancelled = true;
+                bars.note("cancelling…");
+                let _: BuildStatus = ctx.client.post(&format!("/api/build/{id}/cancel"), None).await?;
+            }
+        }
+    };
+    bars.finish();
+
+    let mut written = 0;
+    for f in status.outputs() {
+        let dest = root.join(&f.path);
+        if cas::hash_file(&dest).map(|(d, _)| d == f.digest).unwrap_or(false) {
+            continue;
+        }
+        let bytes = ctx.client.get_bytes(&format!("/api/blobs/{}", f.digest)).await?;
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| CliError::Other(format!("{}: {e}", dir.display())))?;
+        }
+        std::fs::write(&dest, bytes).map_err(|e| CliError::Other(format!("{}: {e}", dest.display())))?;
+        cas::set_executable(&dest, f.executable).map_err(|e| CliError::Other(format!("{}: {e}", dest.display())))?;
+        written += 1;
+    }
+    if ctx.printed_as_document(&status) {
+        return if status.status == "succeeded" {
+            Ok(())
+        } else {
+            Err(CliError::Other(status.error.unwrap_or_default()))
+        };
+    }
+    let ran = status.packages.iter().filter(|p| p.state == PackageState::Succeeded).count();
+    let cached = status.packages.iter().filter(|p| p.cache_hit).count();
+    let secs = status.duration_ms.unwrap_or(0) as f64 / 1000.0;
+    match status.status.as_str() {
+        "succeeded" => {
+            println!("Build {id} succeeded in {secs:.1} s: {} packages, {ran} ran, {cached} from cache; {written} output file(s) written.", status.packages.len());
+            Ok(())
+        }
+        other => {
+            if let Some(p) = status.packages.iter().find(|p| p.state == PackageState::Failed) {
+                eprintln!("--- {} (last lines of its output) ---", p.name);
+                let lines: Vec<&str> = p.output_tail.lines().collect();
+                for line in &lines[lines.len().saturating_sub(20)..] {
+                    eprintln!("{line}");
+                }
+            }
+            Err(CliError::Other(format!("build {id} {other}: {}", status.error.unwrap_or_default())))
+        }
+    }
+}
+
+/// The overall bar and one line per running package (only on a terminal).
+struct Bars {
+    multi: MultiProgress,
+    overall: ProgressBar,
+    running: std::cell::RefCell<BTreeMap<String, ProgressBar>>,
+}
+
+impl Bars {
+    fn new(total: u64, id: &str, uploaded: usize, inputs: usize) -> Bars {
+        let multi = MultiProgress::new();
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let overall = multi.add(ProgressBar::new(total));
+        overall.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} packages {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        overall.set_prefix(id.to_string());
+        overall.set_message(format!("({uploaded} of {inputs} inputs uploaded)"));
+        Bars { multi, overall, running: Default::default() }
+    }
+
+    fn update(&self, status: &BuildStatus) {
+        let done = status
+            .packages
+            .iter()
+            .filter(|p| !matches!(p.state, PackageState::Pending | PackageState::Running))
+            .count();
+        self.overall.set_position(done as u64);
+        let mut running = self.running.borrow_mut();
+        for p in &status.packages {
+            match (p.state, running.contains_key(&p.name)) {
+                (PackageState::Running, false) => {
+                    let bar = self.multi.add(ProgressBar::new_spinner());
+                    bar.set_message(format!(
+                        "{} on {}",
+                        p.name,
+                        p.node.as_ref().map(|n| n.to_string()).unwrap_or_default()
+                    ));
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                    running.insert(p.name.clone(), bar);
+                }
+                (PackageState::Running, true) | (_, false) => {}
+                (state, true) => {
+                    if let Some(bar) = running.remove(&p.name) {
+                        bar.finish_and_clear();
+                        self.multi.remove(&bar);
+                    }
+                    if state == PackageState::Failed {
+                        let _ =
+                            self.multi.println(format!("✗ {} failed: {}", p.name, p.error.clone().unwrap_or_default()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn note(&self, text: &str) {
+        self.overall.set_message(text.to_string());
+    }
+
+    fn finish(&self) {
+        for bar in self.running.borrow().values() {
+            bar.finish_and_clear();
+        }
+        self.overall.finish_and_clear();
+    }
+}
+
+pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), CliError> {
+    match args.build_id {
+        Some(id) => {
+            let status: BuildStatus = ctx.client.get(&format!("/api/build/{id}")).await?;
+            if ctx.printed_as_document(&status) {
+                return Ok(());
+            }
+            println!(
+                "Build {} — {} (started {}, {} ms){}",
+                status.id,
+                status.status,
+                time(status.started_at_ms),
+                status.duration_ms.unwrap_or(0),
+                status.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            );
+            let mut t = Table::new(&["package", "state", "node", "cache", "duration", "exit", "error"]);
+            for p in &status.packages {
+                t.row(vec![
+                    p.name.clone(),
+                    p.state.as_str().into(),
+                    p.node.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+                    if p.cache_hit { "hit".into() } else { "".into() },
+                    p.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default(),
+                    p.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                    p.error.clone().unwrap_or_default(),
+                ]);
+            }
+            t.print();
+        }
+        None => {
+            if args.limit == 0 || args.limit > 500 {
+                return Err(CliError::Usage(format!("-n must be between 1 and 500, got {}", args.limit)));
+            }
+            let list: BuildList = ctx.client.get(&format!("/api/builds?limit={}", args.limit)).await?;
+            if ctx.printed_as_document(&list) {
+                return Ok(());
+            }
+            let mut t = Table::new(&["build", "status", "started", "duration", "packages", "ran", "cached"]);
+            for b in &list.builds {
+                t.row(vec![
+                    b.id.clone(),
+                    b.status.clone(),
+                    time(b.started_at_ms),
+                    b.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default(),
+                    b.packages.to_string(),
+                    b.executed.to_string(),
+                    b.cached.to_string(),
+                ]);
+            }
+            t.print();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! Builds over HTTP: content-addressed blobs (only missing ones are sent), starting a build,
+//! its status, cancelling it, and the history (plan §13.1).
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use buildnet_actors::build::runner::{BuildRequest, BuildStatus, BuildSummary};
+use buildnet_actors::build::BuildError;
+use buildnet_actors::wire::Action;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::web::auth::Caller;
+use crate::web::error::{ApiError, ErrorBody};
+use crate::web::json::Json;
+use crate::web::AppState;
+
+/// Largest blob one request may upload.
+pub const MAX_BLOB_BYTES: usize = 1 << 30;
+/// Largest build request (manifest and file list).
+pub const MAX_BUILD_REQUEST_BYTES: usize = 32 << 20;
+
+fn build_error(e: BuildError) -> ApiError {
+    match e {
+        BuildError::Project(p) => ApiError::bad_request("invalid_project", p.to_string()),
+        e @ (BuildError::MissingBlobs { .. } | BuildError::MissingFile(_)) => {
+            ApiError::bad_request("missing_blobs", e.to_string())
+        }
+        e @ BuildError::NotFound(_) => ApiError::not_found(e.to_string()),
+        BuildError::Store(s) => ApiError::internal(&s),
+        e @ BuildError::Unavailable => ApiError::internal(&e),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Digests {
+    pub digests: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Missing {
+    /// The digests this node does not hold.
+    pub missing: Vec<String>,
+}
+
+/// Which of these blobs this node lacks.
+#[utoipa::path(post, path = "/api/blobs/missing", tag = "builds", request_body = Digests,
+    responses((status = 200, body = Missing), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn missing(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: Json<Digests>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::TriggerBuild, "upload build inputs")?;
+    if let Some(bad) = body.0.digests.iter().find(|d| !buildnet_actors::build::cas::valid_digest(d)) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("digests: '{bad}' is not a BLAKE3 digest (64 hex digits)"),
+        ));
+    }
+    Ok(HttpResponse::Ok().json(Missing { missing: state.node.builds.cas.missing(&body.0.digests) }))
+}
+
+/// Uploads one blob; the body must hash to the digest in the path.
+#[utoipa::path(put, path = "/api/blobs/{digest}", tag = "builds",
+    params(("digest" = String, Path, description = "BLAKE3 of the body, hex")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, description = "stored"), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn put_blob(
+    state: web::Data<AppState>,
+    caller: Caller,
+    digest: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::TriggerBuild, "upload build inputs")?;
+    let cas = state.node.builds.cas.clone();
+    let digest = digest.into_inner();
+    web::block(move || cas.put_verified(&digest, &body))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|e| ApiError::bad_request("invalid_blob", e.to_string()))?;
+    Ok(HttpResponse::Created().finish())
+}
+
+/// Downloads one blob (build outputs).
+#[utoipa::path(get, path = "/api/blobs/{digest}", tag = "builds",
+    params(("digest" = String, Path, description = "BLAKE3 of the blob, hex")),
+    responses((status = 200, description = "the bytes"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get_blob(
+    state: web::Data<AppState>,
+    caller: Caller,
+    digest: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::View, "read build outputs")?;
+    let cas = state.node.builds.cas.clone();
+    let bytes = web::block(move || cas.read(&digest))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|e| ApiError::not_found(e.to_string()))?;
+    Ok(HttpResponse::Ok().content_type("application/octet-stream").body(bytes))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Started {
+    pub build_id: String,
+}
+
+/// Starts a build of a project whose input blobs are already uploaded.
+#[utoipa::path(post, path = "/api/build", tag = "builds", request_body = BuildRequest,
+    responses((status = 202, body = Started), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn start(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: Json<BuildRequest>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::TriggerBuild, "start builds")?;
+    let build_id = state.node.builds.start(body.0, &caller.actor()).await.map_err(build_error)?;
+    Ok(HttpResponse::Accepted().json(Started { build_id }))
+}
+
+/// A build's status with every package.
+#[utoipa::path(get, path = "/api/build/{id}", tag = "builds", params(("id" = String, Path, description = "Build id")),
+    responses((status = 200, body = BuildStatus), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn status(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::View, "read builds")?;
+    Ok(HttpResponse::Ok().json(state.node.builds.status(&id).await.map_err(build_error)?))
+}
+
+/// Cancels a build: running commands are killed, leases released.
+#[utoipa::path(post, path = "/api/build/{id}/cancel", tag = "builds", params(("id" = String, Path, description = "Build id")),
+    responses((status = 200, body = BuildStatus), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn cancel(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::CancelBuild, "cancel builds")?;
+    Ok(HttpResponse::Ok().json(state.node.builds.cancel(&id).await.map_err(build_error)?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct HistoryQuery {
+    /// At most this many (1–500, default 20).
+    pub limit: Option<usize>,
+    /// Only builds with this status: running, succeeded, failed, cancelled.
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BuildList {
+    pub builds: Vec<BuildSummary>,
+}
+
+/// Build history, newest first.
+#[utoipa::path(get, path = "/api/builds", tag = "builds", params(HistoryQuery),
+    responses((status = 200, body = BuildList), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::View, "read builds")?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit: expected 1 to 500, got {limit}")));
+    }
+    if let Some(s) = &query.status {
+        if !["running", "succeeded", "failed", "cancelled"].contains(&s.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("status: expected running, succeeded, failed or cancelled, got '{s}'"),
+            ));
+        }
+    }
+    let builds = state.node.builds.history(limit, query.status.clone()).await.map_err(build_error)?;
+    Ok(HttpResponse::Ok().json(BuildList { builds }))
+}

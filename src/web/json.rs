@@ -1,6 +1,7 @@
-//! `Json<T>`: the API's request-body extractor. Parses through `serde_path_to_error` so a bad
-//! body is refused with the path of the field at fault (`role: unknown variant …`), and answers
-//! in the API's error shape. Size limits come from `web::PayloadConfig`.
+//! `JsonBody`: the API's request-body extractor. It reads the body (size limits come from
+//! `web::PayloadConfig`) but parses only when the handler asks — after it has checked the
+//! caller's role, so a caller without the right gets 403 whatever it sent. Parsing goes through
+//! `serde_path_to_error`, so a bad body is refused with the path of the field at fault.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,9 +16,26 @@ use super::error::ApiError;
 /// Largest request body the API accepts.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-pub struct Json<T>(pub T);
+pub struct JsonBody {
+    bytes: Bytes,
+    is_json: bool,
+}
 
-impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
+impl JsonBody {
+    /// Parses the body as `T`, naming the field at fault.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if !self.is_json {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with 'Content-Type: application/json'",
+            ));
+        }
+        parse(&self.bytes)
+    }
+}
+
+impl FromRequest for JsonBody {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
@@ -40,14 +58,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
                     ApiError::bad_request("invalid_body", format!("request body could not be read: {e}"))
                 }
             })?;
-            if !is_json {
-                return Err(ApiError::new(
-                    actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    "send the body as JSON with 'Content-Type: application/json'",
-                ));
-            }
-            parse(&body).map(Json)
+            Ok(JsonBody { bytes: body, is_json })
         })
     }
 }

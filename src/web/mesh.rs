@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
-use super::json::Json;
+use super::json::JsonBody;
 use super::AppState;
 
 /// `GET /mesh`: a peer opens a link. No API key: the Noise handshake proves the peer is in the
@@ -119,8 +119,8 @@ pub fn dialer() -> Dialer {
 /// `POST /api/mesh/join`: a node presents a join token (the token is its credential).
 #[utoipa::path(post, path = "/api/mesh/join", tag = "pool", request_body = JoinRequest,
     responses((status = 200, body = JoinResponse), (status = 403, body = super::error::ErrorBody)))]
-pub async fn admit(state: web::Data<AppState>, body: Json<JoinRequest>) -> Result<HttpResponse, ApiError> {
-    match state.node.mesh.admit(body.0).await {
+pub async fn admit(state: web::Data<AppState>, body: JsonBody) -> Result<HttpResponse, ApiError> {
+    match state.node.mesh.admit(body.parse()?).await {
         Ok(response) => Ok(HttpResponse::Ok().json(response)),
         Err(RosterError::Store(e)) => Err(ApiError::internal(&e)),
         Err(e @ RosterError::NotMeshAdmin) => {

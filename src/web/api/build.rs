@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::web::auth::Caller;
 use crate::web::error::{ApiError, ErrorBody};
-use crate::web::json::Json;
+use crate::web::json::JsonBody;
 use crate::web::AppState;
 
 /// Largest blob one request may upload.
@@ -46,19 +46,16 @@ pub struct Missing {
 /// Which of these blobs this node lacks.
 #[utoipa::path(post, path = "/api/blobs/missing", tag = "builds", request_body = Digests,
     responses((status = 200, body = Missing), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn missing(
-    state: web::Data<AppState>,
-    caller: Caller,
-    body: Json<Digests>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn missing(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
     caller.require(Action::TriggerBuild, "upload build inputs")?;
-    if let Some(bad) = body.0.digests.iter().find(|d| !buildnet_actors::build::cas::valid_digest(d)) {
+    let body: Digests = body.parse()?;
+    if let Some(bad) = body.digests.iter().find(|d| !buildnet_actors::build::cas::valid_digest(d)) {
         return Err(ApiError::bad_request(
             "invalid_body",
             format!("digests: '{bad}' is not a BLAKE3 digest (64 hex digits)"),
         ));
     }
-    Ok(HttpResponse::Ok().json(Missing { missing: state.node.builds.cas.missing(&body.0.digests) }))
+    Ok(HttpResponse::Ok().json(Missing { missing: state.node.builds.cas.missing(&body.digests) }))
 }
 
 /// Uploads one blob; the body must hash to the digest in the path.
@@ -108,13 +105,10 @@ pub struct Started {
 /// Starts a build of a project whose input blobs are already uploaded.
 #[utoipa::path(post, path = "/api/build", tag = "builds", request_body = BuildRequest,
     responses((status = 202, body = Started), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn start(
-    state: web::Data<AppState>,
-    caller: Caller,
-    body: Json<BuildRequest>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn start(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
     caller.require(Action::TriggerBuild, "start builds")?;
-    let build_id = state.node.builds.start(body.0, &caller.actor()).await.map_err(build_error)?;
+    let request: BuildRequest = body.parse()?;
+    let build_id = state.node.builds.start(request, &caller.actor()).await.map_err(build_error)?;
     Ok(HttpResponse::Accepted().json(Started { build_id }))
 }
 

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::web::auth::Caller;
 use crate::web::error::{ApiError, ErrorBody};
-use crate::web::json::Json;
+use crate::web::json::JsonBody;
 use crate::web::AppState;
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -46,13 +46,9 @@ pub struct CreatedKey {
 #[utoipa::path(post, path = "/api/keys", tag = "keys", request_body = CreateKeyRequest,
     responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn create(
-    state: web::Data<AppState>,
-    caller: Caller,
-    body: Json<CreateKeyRequest>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn create(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
     caller.require(Action::ManageKeys, "manage keys")?;
-    let req = body.0;
+    let req: CreateKeyRequest = body.parse()?;
     let ttl_ms = req.ttl_secs.map(|s| s.saturating_mul(1000));
     let (key, info) = state.node.keys.create(&req.name, req.role, ttl_ms, &caller.actor()).await?;
     Ok(HttpResponse::Created().json(CreatedKey { key, info }))

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use crate::web::auth::Caller;
 use crate::web::error::{ApiError, ErrorBody};
-use crate::web::json::Json;
+use crate::web::json::JsonBody;
 use crate::web::AppState;
 
 /// Join tokens live this long unless asked otherwise.
@@ -64,19 +64,16 @@ pub struct CreatedToken {
 pub async fn create_token(
     state: web::Data<AppState>,
     caller: Caller,
-    body: Json<CreateTokenRequest>,
+    body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::ManageNodes, "create join tokens")?;
-    let ttl = body.0.ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
+    let body: CreateTokenRequest = body.parse()?;
+    let ttl = body.ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
     if ttl == 0 {
         return Err(ApiError::bad_request("invalid_body", "ttl_secs: must be at least 1"));
     }
-    let (token, info) = state
-        .node
-        .mesh
-        .create_token(body.0.role, ttl.saturating_mul(1000), &caller.actor())
-        .await
-        .map_err(mesh_error)?;
+    let (token, info) =
+        state.node.mesh.create_token(body.role, ttl.saturating_mul(1000), &caller.actor()).await.map_err(mesh_error)?;
     Ok(HttpResponse::Created().json(CreatedToken { token, info }))
 }
 
@@ -100,13 +97,9 @@ pub struct JoinPoolResponse {
 #[utoipa::path(post, path = "/api/pool/join", tag = "pool", request_body = JoinPoolRequest,
     responses((status = 200, body = JoinPoolResponse), (status = 400, body = ErrorBody), (status = 502, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn join(
-    state: web::Data<AppState>,
-    caller: Caller,
-    body: Json<JoinPoolRequest>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn join(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
     caller.require(Action::ManageNodes, "join a mesh")?;
-    let req = body.0;
+    let req: JoinPoolRequest = body.parse()?;
     if !(req.address.starts_with("http://") || req.address.starts_with("https://")) {
         return Err(ApiError::bad_request(
             "invalid_body",

@@ -1,0 +1,153 @@
+//! Builds through the real binary: the C example compiles and passes its own check, unchanged
+//! work is served from the cache, failures end non-zero with the package's output, a build can
+//! be cancelled, and everything lands in history and the ledger.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{http, wait_until, TestNode};
+use serde_json::{json, Value};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+fn example(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join(name);
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name), &root);
+    (dir, root)
+}
+
+fn build(node: &TestNode, root: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["build", "--project", root.to_str().expect("utf-8 path")];
+    args.extend(extra);
+    node.cli(&args)
+}
+
+#[test]
+fn the_c_example_builds_runs_its_check_and_caches() {
+    let node = TestNode::start();
+    let (_dir, root) = example("c-hello");
+    let out = build(&node, &root, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("4 ran, 0 from cache"), "{text}");
+    let run = std::process::Command::new(root.join("app")).output().expect("the built program runs");
+    assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "hello from BuildNet: 2 + 3 = 5");
+
+    let again = build(&node, &root, &[]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 ran, 4 from cache"), "a no-change rebuild runs nothing");
+
+    std::fs::write(
+        root.join("src/greeting.c"),
+        "#include \"greet.h\"\nconst char *greeting(void) { return \"hello from BuildNet\"; }\n/* edited */\n",
+    )
+    .expect("edit");
+    let std::process::Output { stdout, .. } = build(&node, &root, &[]);
+    let text = String::from_utf8_lossy(&stdout);
+    assert!(
+        text.contains("1 ran, 3 from cache"),
+        "only the changed package reruns (its object is unchanged, so the link is cached): {text}"
+    );
+
+    let forced = build(&node, &root, &["--force"]);
+    assert!(String::from_utf8_lossy(&forced.stdout).contains("4 ran, 0 from cache"));
+
+    // A broken program fails its own check: the build fails with the package and its output.
+    std::fs::write(root.join("src/add.c"), "#include \"greet.h\"\nint add(int a, int b) { return a - b; }\n")
+        .expect("break");
+    let failed = build(&node, &root, &[]);
+    assert_eq!(failed.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(err.contains("package app failed") && err.contains("check failed"), "{err}");
+
+    let history = node.cli_json(&["history", "-n", "10"]);
+    let builds = history["builds"].as_array().expect("builds");
+    assert_eq!(builds.len(), 5);
+    assert_eq!(builds[0]["status"], "failed");
+    let id = builds[4]["id"].as_str().expect("id");
+    let detail = node.cli_json(&["history", id]);
+    assert_eq!(detail["packages"].as_array().expect("packages").len(), 4);
+    let (_, ledger) = node
+        .get("/api/ledger?types=BuildStarted,BuildCompleted,BuildFailed,ResourceAllocated,ResourceReleased&limit=200");
+    let types: Vec<&str> =
+        ledger["entries"].as_array().expect("entries").iter().filter_map(|e| e["entry_type"].as_str()).collect();
+    assert_eq!(types.iter().filter(|t| **t == "BuildStarted").count(), 5);
+    assert_eq!(types.iter().filter(|t| **t == "BuildCompleted").count(), 4);
+    assert_eq!(types.iter().filter(|t| **t == "BuildFailed").count(), 1);
+    assert_eq!(
+        types.iter().filter(|t| **t == "ResourceAllocated").count(),
+        types.iter().filter(|t| **t == "ResourceReleased").count()
+    );
+    let (_, n) = node.get("/api/node");
+    let cpu = n["resource_status"].as_array().expect("status").iter().find(|r| r["key"] == "cpu").expect("cpu").clone();
+    assert_eq!(cpu["leased"], 0, "leases are always released");
+}
+
+#[test]
+fn an_invalid_project_is_refused_naming_package_and_field() {
+    let node = TestNode::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("buildnet.toml"), "[packages.app]\ncommand = [\"cc\"]\ndeps = [\"lib\"]\n")
+        .expect("write");
+    let out = build(&node, dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("packages.app.deps: unknown package 'lib'"), "{err}");
+}
+
+#[test]
+fn a_running_build_can_be_cancelled_and_observers_cannot_build() {
+    let node = TestNode::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("buildnet.toml"), "[packages.slow]\nshell = \"sleep 60\"\n").expect("write");
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["build", "--project"])
+        .arg(dir.path())
+        .env("BUILDNET_DATA_DIR", &node.dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let id = wait_until("the build to run", Duration::from_secs(20), || {
+        let (_, list) = node.get("/api/builds");
+        let b = list["builds"].as_array()?.first()?.clone();
+        let (_, status) = node.get(&format!("/api/build/{}", b["id"].as_str()?));
+        (status["packages"][0]["state"] == "running").then(|| b["id"].as_str().map(str::to_string)).flatten()
+    });
+    let started = std::time::Instant::now();
+    let (status, body) = node.post(&format!("/api/build/{id}/cancel"), &json!({}));
+    assert_eq!(status, 200, "{body}");
+    let final_status: Value = wait_until("cancelled", Duration::from_secs(10), || {
+        let (_, s) = node.get(&format!("/api/build/{id}"));
+        (s["status"] == "cancelled").then_some(s)
+    });
+    assert!(started.elapsed() < Duration::from_secs(10), "the sleeping command was killed");
+    assert_eq!(final_status["packages"][0]["state"], "cancelled");
+    let exit = wait_until("the CLI to exit", Duration::from_secs(10), || child.try_wait().ok().flatten());
+    assert_eq!(exit.code(), Some(1));
+    let (_, n) = node.get("/api/node");
+    let cpu = n["resource_status"].as_array().expect("status").iter().find(|r| r["key"] == "cpu").expect("cpu").clone();
+    assert_eq!(cpu["leased"], 0);
+
+    let observer = node.key("observer");
+    let (status, _) = http(
+        "POST",
+        &format!("{}/api/build", node.url),
+        &[("Authorization", &format!("Bearer {observer}")), ("Content-Type", "application/json")],
+        Some(b"{}"),
+    );
+    assert_eq!(status, 403, "an observer cannot trigger work");
+}

@@ -551,6 +551,9 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
     }
     .start();
     let node = NodeHandle { addr: node_actor };
+    let cas = Cas::open(opts.data_dir.join("cas")).map_err(|e| NodeError::Scan(e.to_string()))?;
+    let sandboxes = opts.data_dir.join("sandboxes");
+    let _ = std::fs::remove_dir_all(&sandboxes);
     let mesh = MeshHandle::start(
         MeshActor::load(MeshOptions {
             identity: identity.clone(),
@@ -564,13 +567,14 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
             ledger: ledger.clone(),
             node: node.clone(),
             events: events.clone(),
+            cas: cas.clone(),
+            sandboxes: sandboxes.join("remote"),
+            accept_remote_builds: opts.config.scheduling.accept_remote_builds,
+            local_only_hours: opts.config.local_only_windows(),
         })
         .await?,
     );
     let pool = PoolHandle { addr: PoolActor::new(node.clone(), mesh.clone()).start() };
-    let cas = Cas::open(opts.data_dir.join("cas")).map_err(|e| NodeError::Scan(e.to_string()))?;
-    let sandboxes = opts.data_dir.join("sandboxes");
-    let _ = std::fs::remove_dir_all(&sandboxes);
     let builds = Builds::new(
         identity.node_id.clone(),
         node.clone(),

@@ -478,6 +478,40 @@ pub enum MeshMessage {
     },
     /// The sender switches to a new key for what it sends next.
     Rekey,
+    /// Run a package here (the sender holds every blob it names).
+    TaskRequest(Box<TaskRequest>),
+    /// Blobs the sender needs from the receiver.
+    BlobWant {
+        digests: Vec<String>,
+    },
+    /// Part of a blob; parts arrive in order on a link.
+    BlobChunk(BlobChunk),
+    /// How a requested task ended; its outputs were sent as chunks just before.
+    TaskDone {
+        task_id: u64,
+        result: Result<crate::build::exec::TaskResult, String>,
+    },
+}
+
+/// A package to run on another node, with the leases it needs there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRequest {
+    pub task_id: u64,
+    pub task: crate::build::exec::Task,
+    pub cores: u64,
+    pub memory_bytes: Option<u64>,
+    /// The requester's coordinator epoch; the owner refuses a stale one.
+    pub epoch: u64,
+}
+
+/// Bytes of a blob in MessagePack's binary form.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobChunk {
+    pub digest: String,
+    pub offset: u64,
+    pub total: u64,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -117,6 +117,7 @@ impl Builds {
             sandboxes: self.sandboxes.clone(),
             tools,
             epoch,
+            mesh: self.mesh.clone(),
         };
         let actor = BuildActor::new(ctx, req, id.clone(), triggered_by.to_string(), self.registry.clone());
         let addr = actor.start();

@@ -15,9 +15,10 @@ use utoipa::ToSchema;
 
 use super::cas::{Cas, FileRef};
 use super::exec::{self, Invocation, Task, TaskResult};
-use super::project::Project;
+use super::project::{Project, Requirement};
 use crate::events::{Event, EventBus};
 use crate::ledger::LedgerHandle;
+use crate::mesh::MeshHandle;
 use crate::node::NodeHandle;
 use crate::store::{StoreError, StoreHandle};
 use crate::wire::{self, LeaseRequest, LedgerEntryType, NodeId};
@@ -123,6 +124,7 @@ pub struct BuildContext {
     /// Tool and runtime name → version on this node.
     pub tools: BTreeMap<String, Option<String>>,
     pub epoch: u64,
+    pub mesh: MeshHandle,
 }
 
 pub struct BuildActor {
@@ -208,7 +210,7 @@ impl BuildActor {
     }
 
     /// The task for a package whose dependencies are done.
-    fn task(&self, name: &str) -> Result<(Task, String), String> {
+    fn task(&self, name: &str) -> Result<Task, String> {
         let spec = self.req.project.manifest.packages.get(name).ok_or("unknown package")?;
         let mut files: BTreeMap<String, FileRef> = BTreeMap::new();
         for path in self.req.project.inputs.get(name).map(Vec::as_slice).unwrap_or_default() {
@@ -220,38 +222,19 @@ impl BuildActor {
                 files.insert(f.path.clone(), f);
             }
         }
-        let mut tool_versions = Vec::new();
-        for req in spec.tools.iter().chain(&spec.runtimes) {
-            match self.ctx.tools.get(req.name()) {
-                Some(version) if req.accepts(version.as_deref()) => {
-                    tool_versions.push((req.name().to_string(), version.clone().unwrap_or_default()))
-                }
-                Some(version) => {
-                    return Err(format!(
-                        "needs {} {}, this node has {}",
-                        req.name(),
-                        req.version().unwrap_or(""),
-                        version.clone().unwrap_or_else(|| "an unknown version".into())
-                    ))
-                }
-                None => return Err(format!("needs {}, which no node of this build has", req.name())),
-            }
-        }
         let invocation = match (&spec.command, &spec.shell) {
             (Some(argv), _) => Invocation::Argv(argv.clone()),
             (None, Some(sh)) => Invocation::Shell(sh.clone()),
             (None, None) => return Err("no command".into()),
         };
-        let task = Task {
+        Ok(Task {
             build_id: self.status.id.clone(),
             package: name.to_string(),
             invocation,
             env: spec.env.clone(),
             files: files.into_values().collect(),
             outputs: spec.outputs.clone(),
-        };
-        let key = task.action_key(&tool_versions);
-        Ok((task, key))
+        })
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
@@ -286,14 +269,12 @@ impl BuildActor {
                     }
                     self.publish(&name);
                 }
-                Ok((task, key)) => {
-                    let me = self.ctx.node_id.clone();
+                Ok(task) => {
                     if let Some(p) = self.pkg_mut(&name) {
                         p.state = PackageState::Running;
-                        p.node = Some(me);
                         p.started_at_ms = Some(wire::now_ms());
                     }
-                    self.start_package(ctx, name.clone(), task, key);
+                    self.start_package(ctx, name.clone(), task);
                 }
             }
         }
@@ -302,80 +283,21 @@ impl BuildActor {
         }
     }
 
-    fn start_package(&mut self, ctx: &mut Context<Self>, name: String, task: Task, key: String) {
+    fn start_package(&mut self, ctx: &mut Context<Self>, name: String, task: Task) {
         let spec = self.req.project.manifest.packages.get(&name).cloned();
+        let requirements: Vec<Requirement> =
+            spec.as_ref().map(|s| s.tools.iter().chain(&s.runtimes).cloned().collect()).unwrap_or_default();
         let cores = spec.as_ref().and_then(|s| s.cores).unwrap_or(1) as u64;
         let memory = spec.as_ref().and_then(|s| s.memory_gb).map(|gb| (gb * (1u64 << 30) as f64) as u64);
-        let (c, force, build_id, epoch) = (self.ctx.clone(), self.req.force, self.status.id.clone(), self.ctx.epoch);
-        let cancel = self.cancel.clone();
-        let fut = async move {
-            if !force {
-                if let Some(outputs) = cached(&c, &key).await {
-                    return Ok::<_, String>((
-                        TaskResult {
-                            exit_code: Some(0),
-                            outputs,
-                            output_tail: String::new(),
-                            duration_ms: 0,
-                            error: None,
-                        },
-                        true,
-                    ));
-                }
-            }
-            // Wait for a core: other packages of this build (or other builds) hold them.
-            let request = |amount| LeaseRequest { amount, holder: build_id.clone(), ttl_ms: LEASE_TTL_MS, epoch };
-            let cpu = loop {
-                if cancel.load(Ordering::SeqCst) {
-                    return Err("cancelled".to_string());
-                }
-                match c.node.lease("cpu", request(cores)).await {
-                    Ok(lease) => break lease,
-                    Err(crate::node::NodeError::Lease(crate::lease::LeaseError::Insufficient { capacity, .. }))
-                        if cores > capacity =>
-                    {
-                        return Err(format!("asks for {cores} cores, this node offers {capacity}"));
-                    }
-                    Err(crate::node::NodeError::Lease(_)) => {
-                        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await
-                    }
-                    Err(e) => return Err(e.to_string()),
-                }
-            };
-            let mem = match memory {
-                Some(bytes) => match c.node.lease("memory", request(bytes)).await {
-                    Ok(l) => Some(l),
-                    Err(e) => {
-                        let _ = c.node.release("cpu", &cpu.id).await;
-                        return Err(e.to_string());
-                    }
-                },
-                None => None,
-            };
-            let _ = c.ledger.append(LedgerEntryType::ResourceAllocated, serde_json::json!({ "allocation_id": cpu.id, "build_id": build_id, "package": task.package, "cores": cores, "memory_bytes": memory })).await;
-            let (cas, sandboxes, flag) = (c.cas.clone(), c.sandboxes.clone(), cancel.clone());
-            let result = actix_rt::task::spawn_blocking(move || exec::run(&cas, &sandboxes, &task, &flag)).await;
-            let _ = c.node.release("cpu", &cpu.id).await;
-            if let Some(m) = mem {
-                let _ = c.node.release("memory", &m.id).await;
-            }
-            let _ = c
-                .ledger
-                .append(
-                    LedgerEntryType::ResourceReleased,
-                    serde_json::json!({ "allocation_id": cpu.id, "build_id": build_id }),
-                )
-                .await;
-            let result = result.map_err(|e| format!("the task panicked: {e}"))?;
-            if result.success() {
-                remember(&c, &key, &result).await;
-            }
-            Ok((result, false))
-        };
+        let (c, force, local_only, cancel) =
+            (self.ctx.clone(), self.req.force, self.req.local_only, self.cancel.clone());
+        let fut =
+            async move { place_and_run(&c, task, &requirements, cores, memory, force, local_only, &cancel).await };
         ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
             if let Some(p) = act.pkg_mut(&name) {
                 match outcome {
-                    Ok((r, hit)) => {
+                    Ok((r, hit, node)) => {
+                        p.node = Some(node);
                         p.cache_hit = hit;
                         p.exit_code = r.exit_code;
                         p.duration_ms = Some(r.duration_ms);
@@ -444,6 +366,195 @@ impl BuildActor {
             .map(|_, _, ctx| ctx.stop()),
         );
     }
+}
+
+/// A node that could run a package, with the versions of the tools it would use.
+struct Candidate {
+    node: NodeId,
+    local: bool,
+    versions: Vec<(String, String)>,
+    free_cores: u64,
+    capacity: u64,
+}
+
+/// The versions a node would use for `requirements`, or None when it lacks one.
+fn versions_for(
+    requirements: &[Requirement],
+    tools: &BTreeMap<String, Option<String>>,
+) -> Option<Vec<(String, String)>> {
+    requirements
+        .iter()
+        .map(|r| match tools.get(r.name()) {
+            Some(v) if r.accepts(v.as_deref()) => Some((r.name().to_string(), v.clone().unwrap_or_default())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// This node and every live peer that may run the package (tools, role, `accept_remote_builds`).
+async fn candidates(c: &BuildContext, requirements: &[Requirement], local_only: bool) -> Vec<Candidate> {
+    let mut list = Vec::new();
+    if let Some(versions) = versions_for(requirements, &c.tools) {
+        let capacity = c.node.status().await.map(|s| s.resources.cpu.offered as u64).unwrap_or(0);
+        list.push(Candidate { node: c.node_id.clone(), local: true, versions, free_cores: u64::MAX, capacity });
+    }
+    if local_only {
+        return list;
+    }
+    let peers = c.mesh.peers().await.map(|(_, p)| p).unwrap_or_default();
+    for p in peers {
+        let Some(advert) = p.advert.filter(|a| a.accept_remote_builds) else { continue };
+        if p.status == "offline" || p.role == wire::Role::Observer {
+            continue;
+        }
+        let tools = advert
+            .resources
+            .tools
+            .iter()
+            .chain(&advert.resources.runtimes)
+            .filter(|t| t.error.is_none())
+            .map(|t| (t.name.clone(), t.version.clone()))
+            .collect();
+        if let Some(versions) = versions_for(requirements, &tools) {
+            let cpu = advert.resource_status.iter().filter(|r| r.kind == wire::ResourceKind::Cpu);
+            let (free_cores, capacity) = cpu.fold((0, 0), |(f, c), r| (f + r.available, c + r.capacity));
+            list.push(Candidate { node: p.node_id, local: false, versions, free_cores, capacity });
+        }
+    }
+    list
+}
+
+/// Serves a package from the cache, or runs it: here when a core is free, else on the peer
+/// with the most free cores; a lost or busy peer means trying again elsewhere (3 times at most).
+#[allow(clippy::too_many_arguments)]
+async fn place_and_run(
+    c: &BuildContext,
+    task: Task,
+    requirements: &[Requirement],
+    cores: u64,
+    memory: Option<u64>,
+    force: bool,
+    local_only: bool,
+    cancel: &Arc<AtomicBool>,
+) -> Result<(TaskResult, bool, NodeId), String> {
+    let mut excluded: BTreeSet<NodeId> = BTreeSet::new();
+    let mut retries = 0;
+    loop {
+        if cancel.load(Ordering::SeqCst) {
+            return Err("cancelled".into());
+        }
+        let list: Vec<Candidate> =
+            candidates(c, requirements, local_only).await.into_iter().filter(|x| !excluded.contains(&x.node)).collect();
+        if list.is_empty() {
+            let names: Vec<String> = requirements
+                .iter()
+                .map(|r| format!("{}{}", r.name(), r.version().map(|v| format!(" {v}")).unwrap_or_default()))
+                .collect();
+            return Err(if excluded.is_empty() {
+                format!("needs {}, which no node of this build has", names.join(", "))
+            } else {
+                format!(
+                    "no node left to run it ({} failed)",
+                    excluded.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                )
+            });
+        }
+        if !force {
+            for cand in &list {
+                if let Some(outputs) = cached(c, &task.action_key(&cand.versions)).await {
+                    return Ok((
+                        TaskResult {
+                            exit_code: Some(0),
+                            outputs,
+                            output_tail: String::new(),
+                            duration_ms: 0,
+                            error: None,
+                        },
+                        true,
+                        cand.node.clone(),
+                    ));
+                }
+            }
+        }
+        if let Some(local) = list.iter().find(|x| x.local) {
+            match run_local(c, &task, cores, memory, cancel).await {
+                Ok(Some(result)) => {
+                    if result.success() {
+                        remember(c, &task.action_key(&local.versions), &result).await;
+                    }
+                    return Ok((result, false, c.node_id.clone()));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let remote = list.iter().filter(|x| !x.local && x.free_cores >= cores).max_by_key(|x| x.free_cores);
+        if let Some(peer) = remote {
+            match c.mesh.run_remote(peer.node.clone(), task.clone(), cores, memory).await {
+                Ok(result) => {
+                    if result.success() {
+                        remember(c, &task.action_key(&peer.versions), &result).await;
+                    }
+                    return Ok((result, false, peer.node.clone()));
+                }
+                Err(e) if e.starts_with("busy") => {}
+                Err(e) => {
+                    log::warn!("package {} on {}: {e}; trying elsewhere", task.package, peer.node);
+                    excluded.insert(peer.node.clone());
+                    retries += 1;
+                    if retries > 3 {
+                        return Err(format!("gave up after 3 retries: {e}"));
+                    }
+                    continue;
+                }
+            }
+        }
+        if list.iter().all(|x| x.capacity < cores) {
+            return Err(format!("asks for {cores} cores, more than any node of this build offers"));
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs a package on this node if its leases can be had now; `Ok(None)` when the node is full.
+async fn run_local(
+    c: &BuildContext,
+    task: &Task,
+    cores: u64,
+    memory: Option<u64>,
+    cancel: &Arc<AtomicBool>,
+) -> Result<Option<TaskResult>, String> {
+    let request = |amount| LeaseRequest { amount, holder: task.build_id.clone(), ttl_ms: LEASE_TTL_MS, epoch: c.epoch };
+    let cpu = match c.node.lease("cpu", request(cores)).await {
+        Ok(lease) => lease,
+        Err(crate::node::NodeError::Lease(_)) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mem = match memory {
+        Some(bytes) => match c.node.lease("memory", request(bytes)).await {
+            Ok(l) => Some(l),
+            Err(_) => {
+                let _ = c.node.release("cpu", &cpu.id).await;
+                return Ok(None);
+            }
+        },
+        None => None,
+    };
+    let _ = c.ledger.append(LedgerEntryType::ResourceAllocated, serde_json::json!({ "allocation_id": cpu.id, "build_id": task.build_id, "package": task.package, "cores": cores, "memory_bytes": memory })).await;
+    let (cas, sandboxes, flag, t) = (c.cas.clone(), c.sandboxes.clone(), cancel.clone(), task.clone());
+    let result = actix_rt::task::spawn_blocking(move || exec::run(&cas, &sandboxes, &t, &flag)).await;
+    let _ = c.node.release("cpu", &cpu.id).await;
+    if let Some(m) = mem {
+        let _ = c.node.release("memory", &m.id).await;
+    }
+    let _ = c
+        .ledger
+        .append(
+            LedgerEntryType::ResourceReleased,
+            serde_json::json!({ "allocation_id": cpu.id, "build_id": task.build_id }),
+        )
+        .await;
+    result.map(Some).map_err(|e| format!("the task panicked: {e}"))
 }
 
 async fn cached(c: &BuildContext, key: &str) -> Option<Vec<FileRef>> {

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 use utoipa::ToSchema;
 
+use crate::build::cas::Cas;
+use crate::build::exec::{Task, TaskResult};
 use crate::events::{Event, EventBus};
 use crate::identity::{self, Identity};
 use crate::ledger::LedgerHandle;
@@ -173,6 +175,12 @@ pub struct MeshOptions {
     pub ledger: LedgerHandle,
     pub node: NodeHandle,
     pub events: EventBus,
+    /// Where blobs and sandboxes of remote tasks live.
+    pub cas: Cas,
+    pub sandboxes: PathBuf,
+    /// `scheduling.accept_remote_builds` and `local_only_hours` of the node config.
+    pub accept_remote_builds: bool,
+    pub local_only_hours: Vec<crate::config::HoursWindow>,
 }
 
 pub struct MeshActor {
@@ -200,7 +208,26 @@ pub struct MeshActor {
     ledger: LedgerHandle,
     node: NodeHandle,
     events: EventBus,
+    work: RemoteWork,
 }
+
+/// Packages run for other nodes, and packages this node sent elsewhere.
+struct RemoteWork {
+    cas: Cas,
+    sandboxes: PathBuf,
+    accept: bool,
+    local_only_hours: Vec<crate::config::HoursWindow>,
+    next_task: u64,
+    /// Tasks this node asked a peer to run: id → (peer, where the result goes).
+    sent: HashMap<u64, (NodeId, tokio::sync::oneshot::Sender<Result<TaskResult, String>>)>,
+    /// Blobs being received: digest → bytes so far.
+    receiving: HashMap<String, Vec<u8>>,
+    /// Tasks from peers waiting for blobs: (link, peer, request).
+    waiting: Vec<(u64, NodeId, wire::TaskRequest)>,
+}
+
+/// Bytes of a blob per chunk: with framing, one chunk stays well inside a Noise frame.
+const CHUNK: usize = 48 * 1024;
 
 impl MeshActor {
     /// Loads keys, membership and roster; creates a mesh of one when asked and none exists.
@@ -251,6 +278,16 @@ impl MeshActor {
             ledger: opts.ledger,
             node: opts.node,
             events: opts.events,
+            work: RemoteWork {
+                cas: opts.cas,
+                sandboxes: opts.sandboxes,
+                accept: opts.accept_remote_builds,
+                local_only_hours: opts.local_only_hours,
+                next_task: 1,
+                sent: HashMap::new(),
+                receiving: HashMap::new(),
+                waiting: Vec::new(),
+            },
         };
         actor.refresh_own_entry().await?;
         actor.reload_roster().await?;
@@ -511,6 +548,25 @@ impl MeshActor {
                 });
             }
             MeshMessage::Leave { .. } | MeshMessage::Rekey => {}
+            MeshMessage::TaskRequest(req) => self.on_task_request(ctx, link_id, from, *req),
+            MeshMessage::BlobWant { digests } => {
+                for d in digests {
+                    self.send_blob(link_id, &d);
+                }
+            }
+            MeshMessage::BlobChunk(chunk) => self.on_chunk(ctx, chunk),
+            MeshMessage::TaskDone { task_id, result } => {
+                if let Some((peer, reply)) = self.work.sent.remove(&task_id) {
+                    if peer == from {
+                        let result =
+                            result.and_then(|r| match r.outputs.iter().find(|f| !self.work.cas.has(&f.digest)) {
+                                Some(missing) => Err(format!("output {} did not arrive", missing.path)),
+                                None => Ok(r),
+                            });
+                        let _ = reply.send(result);
+                    }
+                }
+            }
         }
     }
 
@@ -557,6 +613,138 @@ impl MeshActor {
                 }
             }),
         );
+    }
+
+    /// Streams a blob to a peer in chunks.
+    fn send_blob(&self, link_id: u64, digest: &str) {
+        let Ok(bytes) = self.work.cas.read(digest) else {
+            log::warn!("a peer asked for blob {digest}, which this node does not hold");
+            return;
+        };
+        let total = bytes.len() as u64;
+        if bytes.is_empty() {
+            self.send(
+                link_id,
+                MeshMessage::BlobChunk(wire::BlobChunk { digest: digest.to_string(), offset: 0, total, data: vec![] }),
+            );
+        }
+        for (i, part) in bytes.chunks(CHUNK).enumerate() {
+            let chunk =
+                wire::BlobChunk { digest: digest.to_string(), offset: (i * CHUNK) as u64, total, data: part.to_vec() };
+            self.send(link_id, MeshMessage::BlobChunk(chunk));
+        }
+    }
+
+    fn on_chunk(&mut self, ctx: &mut Context<Self>, chunk: wire::BlobChunk) {
+        if self.work.cas.has(&chunk.digest) {
+            return;
+        }
+        let buf = self.work.receiving.entry(chunk.digest.clone()).or_default();
+        if chunk.offset != buf.len() as u64 || chunk.total > (1 << 32) {
+            log::warn!("blob {}: chunk out of order; dropped", chunk.digest);
+            self.work.receiving.remove(&chunk.digest);
+            return;
+        }
+        buf.extend_from_slice(&chunk.data);
+        if (buf.len() as u64) < chunk.total {
+            return;
+        }
+        let bytes = self.work.receiving.remove(&chunk.digest).unwrap_or_default();
+        if let Err(e) = self.work.cas.put_verified(&chunk.digest, &bytes) {
+            log::warn!("blob {}: {e}", chunk.digest);
+        }
+        self.start_ready_tasks(ctx);
+    }
+
+    fn on_task_request(&mut self, ctx: &mut Context<Self>, link_id: u64, from: NodeId, req: wire::TaskRequest) {
+        let minute = {
+            use chrono::Timelike;
+            let now = chrono::Local::now();
+            now.hour() * 60 + now.minute()
+        };
+        let refusal = if !self.work.accept {
+            Some("this node does not accept remote builds (scheduling.accept_remote_builds)".to_string())
+        } else if self.work.local_only_hours.iter().any(|w| w.contains(minute)) {
+            Some("this node runs only its own builds at this hour (local_only_hours)".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            return self.send(link_id, MeshMessage::TaskDone { task_id: req.task_id, result: Err(why) });
+        }
+        let digests: Vec<String> = req
+            .task
+            .files
+            .iter()
+            .map(|f| f.digest.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let missing = self.work.cas.missing(&digests);
+        self.work.waiting.push((link_id, from, req));
+        if missing.is_empty() {
+            self.start_ready_tasks(ctx);
+        } else {
+            self.send(link_id, MeshMessage::BlobWant { digests: missing });
+        }
+    }
+
+    /// Starts every waiting task whose blobs are all here.
+    fn start_ready_tasks(&mut self, ctx: &mut Context<Self>) {
+        let cas = self.work.cas.clone();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.work.waiting)
+            .into_iter()
+            .partition(|(_, _, r)| r.task.files.iter().all(|f| cas.has(&f.digest)));
+        self.work.waiting = waiting;
+        for (link_id, from, req) in ready {
+            let (node, sandboxes, cas, ledger) =
+                (self.node.clone(), self.work.sandboxes.clone(), cas.clone(), self.ledger.clone());
+            let task_id = req.task_id;
+            let fut = async move {
+                let lease_req = |amount| crate::wire::LeaseRequest {
+                    amount,
+                    holder: format!("{}:{}", from, req.task.build_id),
+                    ttl_ms: 3_600_000,
+                    epoch: req.epoch,
+                };
+                let cpu = node.lease("cpu", lease_req(req.cores)).await.map_err(|e| format!("busy: {e}"))?;
+                let mem = match req.memory_bytes {
+                    Some(b) => match node.lease("memory", lease_req(b)).await {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            let _ = node.release("cpu", &cpu.id).await;
+                            return Err(format!("busy: {e}"));
+                        }
+                    },
+                    None => None,
+                };
+                let _ = ledger.append(LedgerEntryType::ResourceAllocated, serde_json::json!({ "allocation_id": cpu.id, "build_id": req.task.build_id, "package": req.task.package, "for_node": from, "cores": req.cores })).await;
+                let task = req.task.clone();
+                let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let result =
+                    actix_rt::task::spawn_blocking(move || crate::build::exec::run(&cas, &sandboxes, &task, &flag))
+                        .await;
+                let _ = node.release("cpu", &cpu.id).await;
+                if let Some(m) = mem {
+                    let _ = node.release("memory", &m.id).await;
+                }
+                let _ = ledger
+                    .append(
+                        LedgerEntryType::ResourceReleased,
+                        serde_json::json!({ "allocation_id": cpu.id, "build_id": req.task.build_id }),
+                    )
+                    .await;
+                result.map_err(|e| format!("the task panicked: {e}"))
+            };
+            ctx.spawn(fut.into_actor(self).map(move |result, act, _| {
+                if let Ok(r) = &result {
+                    for f in &r.outputs {
+                        act.send_blob(link_id, &f.digest);
+                    }
+                }
+                act.send(link_id, MeshMessage::TaskDone { task_id, result });
+            }));
+        }
     }
 
     async fn all_entries(store: &StoreHandle) -> Vec<RosterEntry> {
@@ -794,6 +982,13 @@ impl Handler<LinkClosed> for MeshActor {
                     p.link = None;
                     p.dialing = false;
                     log::info!("link {} to {peer_id} closed", msg.link_id);
+                    let lost: Vec<u64> =
+                        self.work.sent.iter().filter(|(_, (peer, _))| *peer == peer_id).map(|(id, _)| *id).collect();
+                    for id in lost {
+                        if let Some((_, reply)) = self.work.sent.remove(&id) {
+                            let _ = reply.send(Err(format!("lost node {peer_id}")));
+                        }
+                    }
                 }
             }
         }
@@ -1149,6 +1344,42 @@ impl Handler<ReloadRoster> for MeshActor {
     }
 }
 
+/// Runs a task on a peer and waits for its result (outputs land in the local CAS).
+#[derive(Message)]
+#[rtype(result = "Result<TaskResult, String>")]
+pub struct RunRemote {
+    pub peer: NodeId,
+    pub task: Task,
+    pub cores: u64,
+    pub memory_bytes: Option<u64>,
+}
+
+impl Handler<RunRemote> for MeshActor {
+    type Result = ResponseFuture<Result<TaskResult, String>>;
+
+    fn handle(&mut self, msg: RunRemote, _: &mut Context<Self>) -> Self::Result {
+        let link = self.peers.get(&msg.peer).and_then(|p| p.link.filter(|_| p.online()));
+        let Some(link_id) = link else {
+            let peer = msg.peer;
+            return Box::pin(async move { Err(format!("lost node {peer}")) });
+        };
+        let task_id = self.work.next_task;
+        self.work.next_task += 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.work.sent.insert(task_id, (msg.peer.clone(), tx));
+        let req = wire::TaskRequest {
+            task_id,
+            task: msg.task,
+            cores: msg.cores,
+            memory_bytes: msg.memory_bytes,
+            epoch: self.view.epoch,
+        };
+        self.send(link_id, MeshMessage::TaskRequest(Box::new(req)));
+        let peer = msg.peer;
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(format!("lost node {peer}"))) })
+    }
+}
+
 /// Typed front of the mesh actor.
 #[derive(Clone)]
 pub struct MeshHandle {
@@ -1209,6 +1440,20 @@ impl MeshHandle {
 
     pub async fn sync_now(&self) -> usize {
         self.addr.send(SyncNow).await.unwrap_or(0)
+    }
+
+    /// Runs a package on a peer.
+    pub async fn run_remote(
+        &self,
+        peer: NodeId,
+        task: Task,
+        cores: u64,
+        memory_bytes: Option<u64>,
+    ) -> Result<TaskResult, String> {
+        self.addr
+            .send(RunRemote { peer, task, cores, memory_bytes })
+            .await
+            .unwrap_or_else(|_| Err("the mesh actor stopped".into()))
     }
 
     pub async fn leave(&self) -> Result<(), RosterError> {

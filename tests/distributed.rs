@@ -1,0 +1,159 @@
+//! Builds across three real nodes: packages spread over the mesh, a package needing a tool only
+//! one node has runs there, and killing a worker mid-build still ends in success.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{wait_until, Start, TestNode};
+use serde_json::{json, Value};
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn join(admin: &TestNode, name: &str, extra: Start<'_>) -> TestNode {
+    let (status, body) = admin.post("/api/tokens", &json!({ "role": "builder" }));
+    assert_eq!(status, 201, "{body}");
+    let mut args = vec![
+        "--name".into(),
+        name.into(),
+        "--join".into(),
+        admin.url.clone(),
+        "--token".into(),
+        body["token"].as_str().expect("token").into(),
+    ];
+    args.extend(extra.args.clone());
+    TestNode::start_with(Start { args, ..extra })
+}
+
+fn mesh_of_three(tools: &Path) -> (TestNode, TestNode, TestNode) {
+    // alpha offers one core, so work spills over to the others.
+    let a = TestNode::start_with(Start {
+        config: Some(r#"{"resource_limits": {"cpu": {"max_cores": 1}}}"#),
+        args: vec!["--name".into(), "alpha".into()],
+        ..Default::default()
+    });
+    let b = join(&a, "beta", Start::default());
+    let c = join(&a, "gamma", Start { path_prefix: Some(tools), ..Default::default() });
+    for n in [&a, &b, &c] {
+        wait_until("three nodes online with adverts", Duration::from_secs(20), || {
+            let (_, v) = n.get("/api/pool/nodes");
+            let nodes = v["nodes"].as_array()?.clone();
+            (nodes.len() == 3 && nodes.iter().all(|x| x["status"] == "online" && x["cores"].as_u64().unwrap_or(0) > 0))
+                .then_some(())
+        });
+    }
+    (a, b, c)
+}
+
+fn fake_ffmpeg(dir: &Path) {
+    let path = dir.join("ffmpeg");
+    std::fs::write(&path, "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in -version) echo 'ffmpeg version 6.1.1'; exit 0;; -encoders) exit 0;; esac; done\nfor last in \"$@\"; do :; done\necho tone > \"$last\"\n").expect("write");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+}
+
+fn copy_example(name: &str, to: &Path) -> PathBuf {
+    let root = to.join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("dir").flatten() {
+            if e.path().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+            }
+        }
+    }
+    copy(&src, &root);
+    root
+}
+
+fn last_build(n: &TestNode) -> Value {
+    let list = n.cli_json(&["history", "-n", "1"]);
+    let id = list["builds"][0]["id"].as_str().expect("id").to_string();
+    n.cli_json(&["history", &id])
+}
+
+#[test]
+fn packages_spread_over_the_mesh_and_tools_decide_where_they_run() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let tools = tempfile::tempdir().expect("tempdir");
+    fake_ffmpeg(tools.path());
+    let (a, _b, c) = mesh_of_three(tools.path());
+    let work = tempfile::tempdir().expect("tempdir");
+
+    let root = copy_example("c-hello", work.path());
+    let out = a.cli(&["build", "--project", root.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = std::process::Command::new(root.join("app")).arg("--check").output().expect("runs");
+    assert!(run.status.success());
+    let build = last_build(&a);
+    let nodes: std::collections::BTreeSet<String> = build["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .filter_map(|p| p["node"].as_str().map(str::to_string))
+        .collect();
+    assert!(nodes.len() > 1, "packages ran on more than one node: {build}");
+
+    // Unchanged: nothing runs anywhere.
+    let again = a.cli(&["build", "--project", root.to_str().expect("path")]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 ran, 4 from cache"));
+
+    let tone = copy_example("media-tone", work.path());
+    let out = a.cli(&["build", "--project", tone.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let build = last_build(&a);
+    let c_id = c.get("/api/node").1["node_id"].clone();
+    let tone_pkg =
+        build["packages"].as_array().expect("packages").iter().find(|p| p["name"] == "tone").expect("tone").clone();
+    assert_eq!(tone_pkg["node"], c_id, "the only node with ffmpeg ran it");
+    assert_eq!(std::fs::read_to_string(tone.join("out/tone.wav")).expect("output").trim(), "tone");
+}
+
+#[test]
+fn a_worker_killed_mid_build_has_its_package_retried_elsewhere() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let tools = tempfile::tempdir().expect("tempdir");
+    let (a, b, c) = mesh_of_three(tools.path());
+    let b_id = b.get("/api/health").1["node_id"].clone();
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut manifest = String::new();
+    for i in 0..4 {
+        manifest.push_str(&format!(
+            "[packages.slow{i}]\nshell = \"sleep 2 && echo {i} > out/{i}.txt\"\noutputs = [\"out/{i}.txt\"]\n"
+        ));
+    }
+    std::fs::write(work.path().join("buildnet.toml"), manifest).expect("manifest");
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["build", "--project"])
+        .arg(work.path())
+        .env("BUILDNET_DATA_DIR", &a.dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Kill beta as soon as it is running one of the packages.
+    wait_until("beta runs a package", Duration::from_secs(20), || {
+        let (_, n) = b.get("/api/node");
+        let cpu = n["resource_status"].as_array()?.iter().find(|r| r["key"] == "cpu")?.clone();
+        (cpu["leased"].as_u64()? > 0).then_some(())
+    });
+    b.signal(libc::SIGKILL);
+    let status = wait_until("the build to end", Duration::from_secs(60), || child.try_wait().ok().flatten());
+    let out = child.wait_with_output().expect("output");
+    assert!(status.success(), "the build still succeeds: {}", String::from_utf8_lossy(&out.stderr));
+    for i in 0..4 {
+        assert_eq!(
+            std::fs::read_to_string(work.path().join(format!("out/{i}.txt"))).expect("output").trim(),
+            i.to_string()
+        );
+    }
+    let build = last_build(&a);
+    assert!(
+        build["packages"].as_array().expect("packages").iter().all(|p| p["node"] != b_id),
+        "nothing is credited to the dead node: {build}"
+    );
+    drop(c);
+}

@@ -92,6 +92,8 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
 
     let bars = Bars::new(request.project.order.len() as u64, &id, missing.missing.len(), digests.len());
     let mut cancelled = false;
+    // Poll quickly at first (a cached build is done in milliseconds), then every 100 ms.
+    let mut pause = Duration::from_millis(5);
     let status = loop {
         let status: BuildStatus = ctx.client.get(&format!("/api/build/{id}")).await?;
         bars.update(&status);
@@ -99,7 +101,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
             break status;
         }
         tokio::select! {
-            _ = actix_rt::time::sleep(Duration::from_millis(100)) => {}
+            _ = actix_rt::time::sleep(pause) => pause = (pause * 2).min(Duration::from_millis(100)),
             _ = tokio::signal::ctrl_c(), if !cancelled => {
                 cancelled = true;
                 bars.note("cancelling…");

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Build benchmark: BuildNet on a mesh of three local nodes against `make -j2` doing the same
+work on the same machine. Prints medians of repeated runs:
+
+  (a) 200 packages whose command is `true`   — per-package overhead
+  (b) examples/c-hello                        — a real compile + link + check
+
+Usage: python3 bench/builds.py [--runs N]   (builds target/release/buildnet first)
+Standard library only; everything listens on 127.0.0.1 and is stopped at the end.
+"""
+import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "buildnet")
+
+
+def start_node(data, name, join=None, token=None):
+    args = [BIN, "up", "--listen", "127.0.0.1:0", "--data-dir", data, "--name", name]
+    if join:
+        args += ["--join", join, "--token", token]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+    for _ in range(600):
+        if os.path.exists(os.path.join(data, "address")):
+            return proc, open(os.path.join(data, "address")).read().strip()
+        time.sleep(0.05)
+    raise SystemExit(f"node {name} did not start")
+
+
+def cli(data, *args):
+    out = subprocess.run([BIN, "--data-dir", data, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"buildnet {' '.join(args)} failed: {out.stderr.strip()}")
+    return out.stdout
+
+
+def timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    runs = ap.parse_args().runs
+    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="bn-bench-")
+    procs = []
+    try:
+        a = os.path.join(work, "a")
+        p, url = start_node(a, "alpha")
+        procs.append(p)
+        for name in ["beta", "gamma"]:
+            token = json.loads(cli(a, "token", "create", "--role", "builder", "--format", "json"))["token"]
+            p, _ = start_node(os.path.join(work, name), name, url, token)
+            procs.append(p)
+        for _ in range(200):
+            nodes = json.loads(cli(a, "pool", "nodes", "--format", "json"))["nodes"]
+            if len(nodes) == 3 and all(n["status"] == "online" and n["cores"] > 0 for n in nodes):
+                break
+            time.sleep(0.1)
+        else:
+            raise SystemExit("the mesh did not form")
+
+        # (a) 200 packages of `true`.
+        trues = os.path.join(work, "trues")
+        os.makedirs(trues)
+        with open(os.path.join(trues, "buildnet.toml"), "w") as f:
+            for i in range(200):
+                f.write(f'[packages.p{i}]\ncommand = ["true"]\n')
+        with open(os.path.join(trues, "Makefile"), "w") as f:
+            f.write(".PHONY: all " + " ".join(f"p{i}" for i in range(200)) + "\nall: " + " ".join(f"p{i}" for i in range(200)) + "\n")
+            for i in range(200):
+                f.write(f"p{i}:\n\t@true\n")
+
+        # (b) the C example, and the same work as a Makefile.
+        chello = os.path.join(work, "c-hello")
+        shutil.copytree(os.path.join(ROOT, "examples", "c-hello"), chello)
+        with open(os.path.join(chello, "Makefile"), "w") as f:
+            f.write("all: app\n\t./app --check >/dev/null\n"
+                    "obj/%.o: src/%.c src/greet.h\n\t@mkdir -p obj\n\tgcc -O2 -c $< -o $@\n"
+                    "app: obj/add.o obj/greeting.o obj/main.o\n\tgcc $^ -o app\n")
+
+        results = {}
+        for label, project, packages in [("200 x true", trues, 200), ("c-hello", chello, 4)]:
+            cold, cached, make = [], [], []
+            for _ in range(runs):
+                cold.append(timed(lambda: cli(a, "build", "--project", project, "--force")))
+                cached.append(timed(lambda: cli(a, "build", "--project", project)))
+                make.append(timed(lambda: subprocess.run(["make", "-s", "-B", "-j2", "-C", project], check=True, capture_output=True)))
+            results[label] = (packages, statistics.median(cold), statistics.median(cached), statistics.median(make))
+
+        print(f"BuildNet on 3 local nodes vs make -j2, medians of {runs} runs (wall time of the whole CLI command)")
+        print(f"{'work':<12} {'buildnet cold':>14} {'cached':>10} {'make -j2':>10} {'cold/make':>10} {'cached/cold':>12} {'overhead/pkg':>13}")
+        for label, (n, cold, cached, make) in results.items():
+            print(f"{label:<12} {cold*1000:>12.0f}ms {cached*1000:>8.0f}ms {make*1000:>8.0f}ms {cold/make:>10.1f} {cached/cold:>12.2f} {(cold-make)/n*1000:>11.2f}ms")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

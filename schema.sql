@@ -186,3 +186,9 @@ CREATE TABLE IF NOT EXISTS build_package_results (
     outputs TEXT,                          -- JSON [FileRef]
     PRIMARY KEY (build_id, package_name)
 );
+
+-- What each build was asked to do, so it can be run again from the pages or the API.
+CREATE TABLE IF NOT EXISTS build_requests (
+    build_id TEXT PRIMARY KEY,             -- no foreign key: written before the build row
+    request TEXT NOT NULL                  -- JSON BuildRequest
+);

@@ -36,7 +36,7 @@ localTimes(document);
   };
   const connect = () => {
     const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
-    ws.onopen = () => ws.send(JSON.stringify({ type: "subscribe", channels: ["nodes", "resources", "ledger"] }));
+    ws.onopen = () => ws.send(JSON.stringify({ type: "subscribe", channels: ["nodes", "resources", "ledger", "builds"] }));
     ws.onmessage = (e) => {
       const msg = JSON.parse(e.data);
       if (msg.type !== "subscribed" && msg.type !== "error") refresh();

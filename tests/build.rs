@@ -151,3 +151,62 @@ fn a_running_build_can_be_cancelled_and_observers_cannot_build() {
     );
     assert_eq!(status, 403, "an observer cannot trigger work");
 }
+
+#[test]
+fn builds_have_pages_and_can_be_run_again() {
+    let node = TestNode::start();
+    let (_dir, root) = example("c-hello");
+    assert!(build(&node, &root, &[]).status.success());
+    let id = node.cli_json(&["history", "-n", "1"])["builds"][0]["id"].as_str().expect("id").to_string();
+    let auth = format!("Bearer {}", node.admin_key);
+    let (status, page) = http("GET", &format!("{}/builds", node.url), &[("Authorization", &auth)], None);
+    assert_eq!(status, 200);
+    assert!(page.contains(&id));
+    let (status, page) = http("GET", &format!("{}/builds/{id}", node.url), &[("Authorization", &auth)], None);
+    assert_eq!(status, 200);
+    for package in ["add", "greeting", "main", "app"] {
+        assert!(page.contains(&format!("data-package=\"{package}\"")), "{package} is listed");
+    }
+    assert!(page.contains("check passed"), "the link step's output tail is shown");
+
+    let (status, body) = node.post(&format!("/api/build/{id}/rerun"), &json!({ "force": true }));
+    assert_eq!(status, 202, "{body}");
+    let again = body["build_id"].as_str().expect("id").to_string();
+    let done: Value = wait_until("the rerun to finish", Duration::from_secs(30), || {
+        let (_, s) = node.get(&format!("/api/build/{again}"));
+        (s["status"] != "running").then_some(s)
+    });
+    assert_eq!(done["status"], "succeeded");
+    assert!(
+        done["packages"].as_array().expect("packages").iter().all(|p| p["cache_hit"] == false),
+        "forced: everything ran"
+    );
+    let (status, _) = node.post("/api/build/b_000000000000/rerun", &json!({}));
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn the_curl_scripts_in_examples_work() {
+    let node = TestNode::start();
+    let (_dir, root) = example("c-hello");
+    assert!(build(&node, &root, &[]).status.success());
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/api");
+    for (script, args, expect) in
+        [("rerun-build.sh", vec!["--force"], "succeeded"), ("pool-and-history.sh", vec![], "== ledger")]
+    {
+        let out = std::process::Command::new("bash")
+            .arg(scripts.join(script))
+            .args(&args)
+            .env("BUILDNET_DATA_DIR", &node.dir)
+            .env_remove("BUILDNET_ADDRESS")
+            .env_remove("BUILDNET_TOKEN")
+            .output()
+            .expect("bash runs");
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(expect),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}

@@ -12,7 +12,7 @@ use rusqlite::Connection;
 /// The schema, embedded so the binary runs from any directory.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// Recorded in `PRAGMA user_version` once the schema is applied.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "buildnet.db";
 

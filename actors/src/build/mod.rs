@@ -119,12 +119,41 @@ impl Builds {
             epoch,
             mesh: self.mesh.clone(),
         };
+        // Kept so the build can be run again from the pages or the API.
+        let (saved_id, saved) =
+            (id.clone(), serde_json::to_string(&req).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        self.store
+            .run(move |c| {
+                c.execute(
+                    "INSERT INTO build_requests (build_id, request) VALUES (?1, ?2)",
+                    rusqlite::params![saved_id, saved],
+                )?;
+                Ok(())
+            })
+            .await?;
         let actor = BuildActor::new(ctx, req, id.clone(), triggered_by.to_string(), self.registry.clone());
         let addr = actor.start();
         if let Ok(mut r) = self.registry.lock() {
             r.insert(id.clone(), addr);
         }
         Ok(id)
+    }
+
+    /// Starts a new build with the same request as an earlier one (its blobs are still here).
+    pub async fn rerun(&self, id: &str, force: bool, triggered_by: &str) -> Result<String, BuildError> {
+        let key = id.to_string();
+        let text: Option<String> = self
+            .store
+            .run(move |c| {
+                use rusqlite::OptionalExtension;
+                Ok(c.query_row("SELECT request FROM build_requests WHERE build_id = ?1", [key], |r| r.get(0))
+                    .optional()?)
+            })
+            .await?;
+        let mut req: BuildRequest =
+            text.and_then(|t| serde_json::from_str(&t).ok()).ok_or_else(|| BuildError::NotFound(id.to_string()))?;
+        req.force = force;
+        self.start(req, triggered_by).await
     }
 
     fn live(&self, id: &str) -> Option<Addr<BuildActor>> {

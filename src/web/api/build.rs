@@ -136,6 +136,29 @@ pub async fn cancel(
     Ok(HttpResponse::Ok().json(state.node.builds.cancel(&id).await.map_err(build_error)?))
 }
 
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerunRequest {
+    /// Run every package even if cached.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Runs an earlier build again with the same project and inputs.
+#[utoipa::path(post, path = "/api/build/{id}/rerun", tag = "builds", params(("id" = String, Path, description = "Build id")),
+    request_body = RerunRequest, responses((status = 202, body = Started), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn rerun(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::TriggerBuild, "start builds")?;
+    let req: RerunRequest = body.parse()?;
+    let build_id = state.node.builds.rerun(&id, req.force, &caller.actor()).await.map_err(build_error)?;
+    Ok(HttpResponse::Accepted().json(Started { build_id }))
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct HistoryQuery {
     /// At most this many (1–500, default 20).

@@ -53,6 +53,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/build/{id}", web::get().to(build::status))
         .route("/build/{id}/cancel", web::post().to(build::cancel))
+        .route("/build/{id}/rerun", web::post().to(build::rerun))
         .route("/builds", web::get().to(build::list));
 }
 
@@ -106,7 +107,7 @@ impl Modify for BearerAuth {
         pool::get_pool, pool::get_nodes, pool::get_resources,
         ledger::get_ledger, ledger::verify,
         keys::list, keys::create, keys::revoke,
-        build::missing, build::put_blob, build::get_blob, build::start, build::status, build::cancel, build::list,
+        build::missing, build::put_blob, build::get_blob, build::start, build::status, build::cancel, build::rerun, build::list,
         mesh::view, mesh::create_token, mesh::join, mesh::leave, mesh::sync, mesh::visualization, crate::web::mesh::admit,
     ),
     modifiers(&BearerAuth),

@@ -2,6 +2,7 @@
 //! enhances (local times). Charts are SVG drawn here. Pages need a session: without one they
 //! redirect to `/login`.
 
+pub mod builds;
 pub mod dashboard;
 pub mod keys;
 pub mod ledger;
@@ -23,6 +24,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/node/scan", web::post().to(node::scan))
         .route("/nodes", web::get().to(nodes::page))
         .route("/nodes/{id}", web::get().to(node::remote_page))
+        .route("/builds", web::get().to(builds::list))
+        .route("/builds/{id}", web::get().to(builds::page))
+        .route("/builds/{id}/rerun", web::post().to(builds::rerun))
+        .route("/builds/{id}/cancel", web::post().to(builds::cancel))
         .route("/ledger", web::get().to(ledger::page))
         .route("/keys", web::get().to(keys::page))
         .route("/keys", web::post().to(keys::create))
@@ -52,7 +57,7 @@ pub fn html_response(status: actix_web::http::StatusCode, markup: Markup) -> Htt
 }
 
 /// Pages that re-render when `/ws` reports a change.
-const LIVE_PAGES: [&str; 4] = ["/", "/nodes", "/node", "/ledger"];
+const LIVE_PAGES: [&str; 5] = ["/", "/nodes", "/node", "/ledger", "/builds"];
 
 /// The frame around every page: navigation, who is logged in, a logout form.
 pub fn layout(title: &str, caller: Option<&Caller>, active: &str, body: Markup) -> Markup {

@@ -5,6 +5,7 @@
 //! and answers status, cancel and history.
 
 pub mod cas;
+pub mod config;
 pub mod exec;
 pub mod project;
 pub mod runner;

@@ -210,3 +210,70 @@ fn the_curl_scripts_in_examples_work() {
         );
     }
 }
+
+#[test]
+fn configurations_and_templates_shape_builds() {
+    let node = TestNode::start();
+    let cores = node.get("/api/node").1["resources"]["cpu"]["offered"].as_u64().expect("cores");
+    let ok =
+        node.cli(&["config", "create", "--name", "one-core", "--cores", "1", "--node", "local:1", "--tool", "gcc"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let too_big = node.cli(&["config", "create", "--name", "huge", "--cores", &(cores + 1).to_string()]);
+    assert_eq!(too_big.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&too_big.stderr);
+    assert!(
+        err.contains("resources.cpu.cores") && err.contains(&format!("the pool offers {cores}")),
+        "what is short, where: {err}"
+    );
+    let missing_tool = node.cli(&["config", "create", "--name", "x", "--tool", "no-such-tool"]);
+    assert!(String::from_utf8_lossy(&missing_tool.stderr)
+        .contains("resources.tools[0]: no node in the pool has no-such-tool"));
+
+    // Appendix B's JSON is accepted as it is (adapted only in what this machine can give).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let appendix = json!({"id": "local-dev", "name": "Local Development", "resources": {
+        "cpu": {"cores": 1, "node_allocations": [{"node_id": "local", "cores": 1}], "priority": "normal"},
+        "memory": {"gb": 0.5, "priority": "normal"},
+        "storage": {"volumes": [], "min_class": "ssd"}, "tools": [], "runtimes": []}});
+    std::fs::write(dir.path().join("dev.json"), appendix.to_string()).expect("write");
+    let imported = node.cli(&["config", "import", dir.path().join("dev.json").to_str().expect("path")]);
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    assert!(node.cli(&["config", "edit", "local-dev", "--set", "resources.memory.gb=1"]).status.success());
+    assert_eq!(node.get("/api/configs/local-dev").1["resources"]["memory"]["gb"], 1.0);
+    let export = dir.path().join("out.json");
+    assert!(node.cli(&["config", "export", "local-dev", export.to_str().expect("path")]).status.success());
+    assert!(std::fs::read_to_string(&export).expect("exported").contains("Local Development"));
+    let list = node.cli_json(&["config", "list"]);
+    assert_eq!(list["configs"].as_array().expect("configs").len(), 2);
+
+    let templates = node.cli_json(&["template", "list"]);
+    let names: Vec<&str> =
+        templates["templates"].as_array().expect("templates").iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(&names[..4], ["Local Only", "Quick Build", "Full Distributed", "CI/CD"]);
+    assert!(node.cli(&["template", "use", "local-only", "--name", "mine", "--set", "cores=1"]).status.success());
+    assert!(node.cli(&["template", "save", "one-core", "--name", "one-core-template"]).status.success());
+    assert!(node.cli_json(&["template", "list"])["templates"].to_string().contains("one-core-template"));
+
+    let (_d, root) = example("c-hello");
+    let built = build(&node, &root, &["--config", "one-core"]);
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let built = build(&node, &root, &["--template", "local-only", "--force"]);
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let unknown = build(&node, &root, &["--config", "nope"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no configuration or template named 'nope'"));
+
+    assert!(node.cli(&["config", "delete", "mine"]).status.success());
+    let (_, ledger) = node.get("/api/ledger?types=ConfigCreated,ConfigModified&limit=50");
+    let types: Vec<&str> =
+        ledger["entries"].as_array().expect("entries").iter().filter_map(|e| e["entry_type"].as_str()).collect();
+    assert_eq!(types.iter().filter(|t| **t == "ConfigCreated").count(), 4);
+    assert_eq!(types.iter().filter(|t| **t == "ConfigModified").count(), 2, "an edit and a delete");
+    let builder = node.key("builder");
+    let (status, _) = http(
+        "POST",
+        &format!("{}/api/configs", node.url),
+        &[("Authorization", &format!("Bearer {builder}")), ("Content-Type", "application/json")],
+        Some(b"{}"),
+    );
+    assert_eq!(status, 403, "builders build; they do not change configurations");
+}

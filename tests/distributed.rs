@@ -101,6 +101,18 @@ fn packages_spread_over_the_mesh_and_tools_decide_where_they_run() {
     let again = a.cli(&["build", "--project", root.to_str().expect("path")]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("0 ran, 4 from cache"));
 
+    // A configuration that allocates cores only on gamma: every package runs there.
+    let gamma = c.get("/api/node").1["node_id"].as_str().expect("id").to_string();
+    let created = a.cli(&["config", "create", "--name", "on-gamma", "--node", &format!("{gamma}:2")]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let out = a.cli(&["build", "--project", root.to_str().expect("path"), "--config", "on-gamma", "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let build = last_build(&a);
+    assert!(
+        build["packages"].as_array().expect("packages").iter().all(|p| p["node"] == gamma.as_str()),
+        "per-node allocations are honoured: {build}"
+    );
+
     let tone = copy_example("media-tone", work.path());
     let out = a.cli(&["build", "--project", tone.to_str().expect("path")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

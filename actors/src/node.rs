@@ -579,6 +579,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         identity.node_id.clone(),
         node.clone(),
         mesh.clone(),
+        pool.clone(),
         ledger.clone(),
         store.clone(),
         events.clone(),

@@ -121,6 +121,7 @@ impl Role {
             Role::Builder => matches!(action, Action::View | Action::TriggerBuild | Action::CancelBuild),
             Role::Observer => action == Action::View,
         }
+        // (ModifyConfig is admin-only: plan §11.3 lets builders build, not change configs.)
     }
 }
 
@@ -151,6 +152,7 @@ pub enum Action {
     ModifyResources,
     ManageKeys,
     ManageNodes,
+    ModifyConfig,
 }
 
 /// Plan §2.1 CPU resource.

@@ -27,6 +27,12 @@ pub struct BuildArgs {
     /// Keep everything on this node
     #[arg(long)]
     pub local_only: bool,
+    /// Use a saved configuration (name or id)
+    #[arg(long, conflicts_with = "template")]
+    pub config: Option<String>,
+    /// Use a template's configuration (e.g. local-only, quick-build)
+    #[arg(long)]
+    pub template: Option<String>,
 }
 
 #[derive(Args)]
@@ -85,7 +91,14 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
             ctx.client.put_bytes(&format!("/api/blobs/{digest}"), bytes).await?;
         }
     }
-    let request = BuildRequest { project, files, force: args.force, local_only: args.local_only };
+    let request = BuildRequest {
+        project,
+        files,
+        force: args.force,
+        local_only: args.local_only,
+        config: args.config.clone(),
+        template: args.template.clone(),
+    };
     let body = serde_json::to_value(&request).map_err(|e| CliError::Other(e.to_string()))?;
     let started: Started = ctx.client.post("/api/build", Some(body)).await?;
     let id = started.build_id;

@@ -71,6 +71,16 @@ impl Client {
         Ok(res.body().limit(1 << 30).await.map_err(|e| CliError::Other(format!("downloading {url}: {e}")))?.to_vec())
     }
 
+    /// Any method with an optional JSON body.
+    pub async fn send_json<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T, CliError> {
+        self.send(method, path, body).await
+    }
+
     async fn send<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<Value>) -> Result<T, CliError> {
         let url = format!("{}{path}", self.base);
         let method = awc::http::Method::from_bytes(method.as_bytes()).map_err(|e| CliError::Other(e.to_string()))?;

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod client;
+pub mod config;
 pub mod key;
 pub mod ledger;
 pub mod node;
@@ -70,6 +71,16 @@ pub enum Command {
     Key {
         #[command(subcommand)]
         action: key::KeyCommand,
+    },
+    /// Build configurations: list, show, create, edit, delete, export, import
+    Config {
+        #[command(subcommand)]
+        action: config::ConfigCommand,
+    },
+    /// Configuration templates: list, use, save
+    Template {
+        #[command(subcommand)]
+        action: config::TemplateCommand,
     },
     /// Build a project (its buildnet.toml) on the pool
     Build(build::BuildArgs),
@@ -193,6 +204,8 @@ pub fn run(cli: Cli, token_on_command_line: bool) -> Result<(), CliError> {
                     Command::Node { action } => node::run(&ctx, action, join_token).await,
                     Command::Token { action } => token::run(&ctx, action).await,
                     Command::Build(args) => build::run(&ctx, args).await,
+                    Command::Config { action } => config::run(&ctx, action).await,
+                    Command::Template { action } => config::run_template(&ctx, action).await,
                     Command::History(args) => build::history(&ctx, args).await,
                     Command::Pool { action } => pool::run(&ctx, action).await,
                     Command::Ledger(args) => ledger::run(&ctx, args).await,

@@ -36,6 +36,53 @@ pub struct BuildRequest {
     pub force: bool,
     #[serde(default)]
     pub local_only: bool,
+    /// A saved configuration (name or id) whose resources the build may use.
+    #[serde(default)]
+    pub config: Option<String>,
+    /// A template to take the configuration from instead.
+    #[serde(default)]
+    pub template: Option<String>,
+}
+
+/// What a configuration allows a build, and what the build holds right now.
+#[derive(Debug, Default)]
+pub struct Limits {
+    /// Nodes the build may use, with the cores it may hold on each (None: any node).
+    pub caps: Option<BTreeMap<NodeId, u64>>,
+    /// Cores the build may hold in all (None: no limit).
+    pub total: Option<u64>,
+    held: Mutex<BTreeMap<NodeId, u64>>,
+}
+
+impl Limits {
+    pub fn new(caps: Option<BTreeMap<NodeId, u64>>, total: Option<u64>) -> Limits {
+        Limits { caps, total, held: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn allows(&self, node: &NodeId) -> bool {
+        self.caps.as_ref().is_none_or(|c| c.contains_key(node))
+    }
+
+    /// Takes `cores` against the caps; false when the configuration has no room now.
+    fn reserve(&self, node: &NodeId, cores: u64) -> bool {
+        let Ok(mut held) = self.held.lock() else { return false };
+        let on_node = held.get(node).copied().unwrap_or(0);
+        let all: u64 = held.values().sum();
+        let node_cap = self.caps.as_ref().and_then(|c| c.get(node).copied()).unwrap_or(u64::MAX);
+        if on_node + cores > node_cap || all + cores > self.total.unwrap_or(u64::MAX) {
+            return false;
+        }
+        held.insert(node.clone(), on_node + cores);
+        true
+    }
+
+    fn release(&self, node: &NodeId, cores: u64) {
+        if let Ok(mut held) = self.held.lock() {
+            if let Some(n) = held.get_mut(node) {
+                *n = n.saturating_sub(cores);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -125,6 +172,7 @@ pub struct BuildContext {
     pub tools: BTreeMap<String, Option<String>>,
     pub epoch: u64,
     pub mesh: MeshHandle,
+    pub limits: Arc<Limits>,
 }
 
 pub struct BuildActor {
@@ -443,8 +491,11 @@ async fn place_and_run(
         if cancel.load(Ordering::SeqCst) {
             return Err("cancelled".into());
         }
-        let list: Vec<Candidate> =
-            candidates(c, requirements, local_only).await.into_iter().filter(|x| !excluded.contains(&x.node)).collect();
+        let list: Vec<Candidate> = candidates(c, requirements, local_only)
+            .await
+            .into_iter()
+            .filter(|x| !excluded.contains(&x.node) && c.limits.allows(&x.node))
+            .collect();
         if list.is_empty() {
             let names: Vec<String> = requirements
                 .iter()
@@ -476,8 +527,10 @@ async fn place_and_run(
                 }
             }
         }
-        if let Some(local) = list.iter().find(|x| x.local) {
-            match run_local(c, &task, cores, memory, cancel).await {
+        if let Some(local) = list.iter().find(|x| x.local && c.limits.reserve(&x.node, cores)) {
+            let ran = run_local(c, &task, cores, memory, cancel).await;
+            c.limits.release(&local.node, cores);
+            match ran {
                 Ok(Some(result)) => {
                     if result.success() {
                         remember(c, &task.action_key(&local.versions), &result).await;
@@ -488,9 +541,12 @@ async fn place_and_run(
                 Err(e) => return Err(e),
             }
         }
-        let remote = list.iter().filter(|x| !x.local && x.free_cores >= cores).max_by_key(|x| x.free_cores);
-        if let Some(peer) = remote {
-            match c.mesh.run_remote(peer.node.clone(), task.clone(), cores, memory).await {
+        let mut remotes: Vec<&Candidate> = list.iter().filter(|x| !x.local && x.free_cores >= cores).collect();
+        remotes.sort_by_key(|x| std::cmp::Reverse(x.free_cores));
+        if let Some(peer) = remotes.into_iter().find(|x| c.limits.reserve(&x.node, cores)) {
+            let ran = c.mesh.run_remote(peer.node.clone(), task.clone(), cores, memory).await;
+            c.limits.release(&peer.node, cores);
+            match ran {
                 Ok(result) => {
                     if result.success() {
                         remember(c, &task.action_key(&peer.versions), &result).await;

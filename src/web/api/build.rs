@@ -19,13 +19,16 @@ pub const MAX_BLOB_BYTES: usize = 1 << 30;
 /// Largest build request (manifest and file list).
 pub const MAX_BUILD_REQUEST_BYTES: usize = 32 << 20;
 
-fn build_error(e: BuildError) -> ApiError {
+pub fn build_error(e: BuildError) -> ApiError {
     match e {
+        e @ BuildError::InvalidConfig(_) => ApiError::bad_request("invalid_config", e.to_string()),
+        e @ BuildError::Insufficient(_) => ApiError::new(StatusCode::CONFLICT, "insufficient_resources", e.to_string()),
+        e @ BuildError::Duplicate(_) => ApiError::new(StatusCode::CONFLICT, "duplicate", e.to_string()),
         BuildError::Project(p) => ApiError::bad_request("invalid_project", p.to_string()),
         e @ (BuildError::MissingBlobs { .. } | BuildError::MissingFile(_)) => {
             ApiError::bad_request("missing_blobs", e.to_string())
         }
-        e @ BuildError::NotFound(_) => ApiError::not_found(e.to_string()),
+        e @ (BuildError::NotFound(_) | BuildError::NoConfig(_)) => ApiError::not_found(e.to_string()),
         BuildError::Store(s) => ApiError::internal(&s),
         e @ BuildError::Unavailable => ApiError::internal(&e),
     }

@@ -2,6 +2,7 @@
 //! handle, and answers JSON; the OpenAPI document is generated from these handlers' types.
 
 pub mod build;
+pub mod configs;
 pub mod keys;
 pub mod ledger;
 pub mod mesh;
@@ -54,7 +55,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/build/{id}", web::get().to(build::status))
         .route("/build/{id}/cancel", web::post().to(build::cancel))
         .route("/build/{id}/rerun", web::post().to(build::rerun))
-        .route("/builds", web::get().to(build::list));
+        .route("/builds", web::get().to(build::list))
+        .route("/configs", web::get().to(configs::list))
+        .route("/configs", web::post().to(configs::create))
+        .route("/configs/{id}", web::get().to(configs::get))
+        .route("/configs/{id}", web::put().to(configs::update))
+        .route("/configs/{id}", web::delete().to(configs::delete))
+        .route("/templates", web::get().to(configs::templates))
+        .route("/templates", web::post().to(configs::save_template))
+        .route("/templates/{id}/use", web::post().to(configs::use_template));
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -108,6 +117,7 @@ impl Modify for BearerAuth {
         ledger::get_ledger, ledger::verify,
         keys::list, keys::create, keys::revoke,
         build::missing, build::put_blob, build::get_blob, build::start, build::status, build::cancel, build::rerun, build::list,
+        configs::list, configs::create, configs::get, configs::update, configs::delete, configs::templates, configs::save_template, configs::use_template,
         mesh::view, mesh::create_token, mesh::join, mesh::leave, mesh::sync, mesh::visualization, crate::web::mesh::admit,
     ),
     modifiers(&BearerAuth),

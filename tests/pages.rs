@@ -275,3 +275,90 @@ fn browser_nodes_page_shows_the_mesh_and_updates_live_when_a_peer_dies() {
     driver.call("POST", "/url", Some(json!({"url": format!("{}/nodes/{b_id}", a.url)})));
     assert!(driver.text("main").contains("last advertised"), "a remote node has its own page");
 }
+
+/// Logs in over HTTP; returns the Cookie header value of the session.
+fn session(node: &TestNode) -> String {
+    let (_, headers, page) = http_full("GET", &format!("{}/login", node.url), &[], None);
+    let csrf_cookie = cookie(&headers, "bn_login_csrf").expect("csrf cookie");
+    let csrf = hidden_csrf(&page);
+    let (status, headers, _) = http_full(
+        "POST",
+        &format!("{}/login", node.url),
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &format!("bn_login_csrf={csrf_cookie}"))],
+        Some(format!("key={}&csrf={csrf}", node.admin_key).as_bytes()),
+    );
+    assert_eq!(status, 303);
+    format!("bn_session={}", cookie(&headers, "bn_session").expect("session"))
+}
+
+fn form_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn configurations_can_be_made_edited_and_deleted_from_the_pages() {
+    let node = TestNode::start();
+    let auth = session(&node);
+    let ctype = ("Content-Type", "application/x-www-form-urlencoded");
+    let url = |p: &str| format!("{}{p}", node.url);
+    let (status, page) = http("GET", &url("/configs"), &[("Cookie", &auth)], None);
+    assert_eq!(status, 200);
+    assert!(page.contains("Local Only") && page.contains("CI/CD"), "system templates are listed");
+    let csrf = hidden_csrf(&page);
+
+    let (status, _) = http(
+        "POST",
+        &url("/configs"),
+        &[ctype, ("Cookie", &auth)],
+        Some(format!("csrf={csrf}&name=paged&cores=1&memory_gb=0&nodes=local%3A1&tools=").as_bytes()),
+    );
+    assert_eq!(status, 303);
+    let (_, cfg) = node.get("/api/configs/paged");
+    assert_eq!(cfg["resources"]["cpu"]["cores"], 1);
+    let id = cfg["id"].as_str().expect("id").to_string();
+
+    let (status, page) = http(
+        "POST",
+        &url("/configs"),
+        &[ctype, ("Cookie", &auth)],
+        Some(format!("csrf={csrf}&name=greedy&cores=100000").as_bytes()),
+    );
+    assert_eq!(status, 400);
+    assert!(page.contains("resources.cpu.cores"), "the page says what is short");
+
+    let json = form_encode(r#"{"description": "edited in the page"}"#);
+    let (status, _) = http(
+        "POST",
+        &url(&format!("/configs/{id}")),
+        &[ctype, ("Cookie", &auth)],
+        Some(format!("csrf={csrf}&json={json}").as_bytes()),
+    );
+    assert_eq!(status, 303);
+    assert_eq!(node.get(&format!("/api/configs/{id}")).1["description"], "edited in the page");
+
+    let (status, _) = http(
+        "POST",
+        &url("/templates/local-only/use"),
+        &[ctype, ("Cookie", &auth)],
+        Some(format!("csrf={csrf}&name=from-template&cores=1").as_bytes()),
+    );
+    assert_eq!(status, 303);
+    assert_eq!(node.get("/api/configs/from-template").0, 200);
+
+    let (status, _) = http(
+        "POST",
+        &url(&format!("/configs/{id}/delete")),
+        &[ctype, ("Cookie", &auth)],
+        Some(format!("csrf={csrf}").as_bytes()),
+    );
+    assert_eq!(status, 303);
+    assert_eq!(node.get(&format!("/api/configs/{id}")).0, 404);
+    let (status, _) =
+        http("POST", &url("/configs"), &[ctype, ("Cookie", &auth)], Some(b"csrf=forged&name=evil&cores=1"));
+    assert_eq!(status, 400, "forged CSRF is refused");
+}

@@ -177,7 +177,13 @@ impl Builds {
     }
 
     /// Starts a new build with the same request as an earlier one (its blobs are still here).
-    pub async fn rerun(&self, id: &str, force: bool, triggered_by: &str) -> Result<String, BuildError> {
+    pub async fn rerun(
+        &self,
+        id: &str,
+        force: bool,
+        config: Option<String>,
+        triggered_by: &str,
+    ) -> Result<String, BuildError> {
         let key = id.to_string();
         let text: Option<String> = self
             .store
@@ -190,6 +196,10 @@ impl Builds {
         let mut req: BuildRequest =
             text.and_then(|t| serde_json::from_str(&t).ok()).ok_or_else(|| BuildError::NotFound(id.to_string()))?;
         req.force = force;
+        if config.is_some() {
+            req.config = config;
+            req.template = None;
+        }
         self.start(req, triggered_by).await
     }
 

@@ -145,6 +145,9 @@ pub struct RerunRequest {
     /// Run every package even if cached.
     #[serde(default)]
     pub force: bool,
+    /// Use this configuration (name or id) instead of the earlier one.
+    #[serde(default)]
+    pub config: Option<String>,
 }
 
 /// Runs an earlier build again with the same project and inputs.
@@ -158,7 +161,7 @@ pub async fn rerun(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::TriggerBuild, "start builds")?;
     let req: RerunRequest = body.parse()?;
-    let build_id = state.node.builds.rerun(&id, req.force, &caller.actor()).await.map_err(build_error)?;
+    let build_id = state.node.builds.rerun(&id, req.force, req.config, &caller.actor()).await.map_err(build_error)?;
     Ok(HttpResponse::Accepted().json(Started { build_id }))
 }
 

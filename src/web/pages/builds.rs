@@ -144,7 +144,7 @@ pub async fn rerun(
         Ok(w) => w,
         Err(res) => return *res,
     };
-    match state.node.builds.rerun(&id, form.force.is_some(), &who.actor()).await {
+    match state.node.builds.rerun(&id, form.force.is_some(), None, &who.actor()).await {
         Ok(new_id) => HttpResponse::SeeOther().insert_header((header::LOCATION, format!("/builds/{new_id}"))).finish(),
         Err(e) => super::super::error_page(Some(&who), &e.to_string()),
     }

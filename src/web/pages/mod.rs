@@ -3,6 +3,7 @@
 //! redirect to `/login`.
 
 pub mod builds;
+pub mod configs;
 pub mod dashboard;
 pub mod keys;
 pub mod ledger;
@@ -24,6 +25,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/node/scan", web::post().to(node::scan))
         .route("/nodes", web::get().to(nodes::page))
         .route("/nodes/{id}", web::get().to(node::remote_page))
+        .route("/configs", web::get().to(configs::list))
+        .route("/configs", web::post().to(configs::create))
+        .route("/configs/{id}", web::get().to(configs::edit_page))
+        .route("/configs/{id}", web::post().to(configs::edit))
+        .route("/configs/{id}/delete", web::post().to(configs::delete))
+        .route("/templates/{id}/use", web::post().to(configs::use_template))
         .route("/builds", web::get().to(builds::list))
         .route("/builds/{id}", web::get().to(builds::page))
         .route("/builds/{id}/rerun", web::post().to(builds::rerun))

@@ -277,3 +277,42 @@ fn configurations_and_templates_shape_builds() {
     );
     assert_eq!(status, 403, "builders build; they do not change configurations");
 }
+
+#[test]
+fn sandboxes_go_to_the_storage_volume_the_configuration_selects() {
+    let volumes = tempfile::tempdir().expect("tempdir");
+    let fast = volumes.path().join("fast");
+    let config =
+        format!(r#"{{"resource_limits": {{"storage": [{{"path": "{}", "purpose": "builds"}}]}}}}"#, fast.display());
+    let node = TestNode::start_with(common::Start { config: Some(&config), ..Default::default() });
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("buildnet.toml"),
+        "[packages.where]\nshell = \"pwd > out/where.txt\"\noutputs = [\"out/where.txt\"]\n",
+    )
+    .expect("write");
+    let body = json!({ "name": "on-fast", "resources": { "storage": { "volumes": [ { "node_id": "local", "path": fast.display().to_string(), "purpose": "build", "size_gb": 1 } ] } } });
+    let (status, created) = node.post("/api/configs", &body);
+    assert_eq!(status, 201, "{created}");
+    let bad = json!({ "name": "nowhere", "resources": { "storage": { "volumes": [ { "node_id": "local", "path": "/no/such/volume", "size_gb": 1 } ] } } });
+    let (status, refused) = node.post("/api/configs", &bad);
+    assert_eq!(status, 409);
+    assert!(
+        refused["error"]["message"].as_str().expect("message").contains("resources.storage.volumes[0].path"),
+        "{refused}"
+    );
+
+    let out = build(&node, dir.path(), &["--config", "on-fast"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let wd = std::fs::read_to_string(dir.path().join("out/where.txt")).expect("output");
+    let canonical = fast.canonicalize().expect("volume");
+    assert!(
+        wd.trim().starts_with(&canonical.join("buildnet-sandboxes").display().to_string())
+            || wd.trim().starts_with(&fast.join("buildnet-sandboxes").display().to_string()),
+        "ran in {wd}"
+    );
+    let out = build(&node, dir.path(), &["--force"]);
+    assert!(out.status.success());
+    let wd = std::fs::read_to_string(dir.path().join("out/where.txt")).expect("output");
+    assert!(wd.contains("/data/sandboxes/"), "without a configuration, sandboxes are in the data dir: {wd}");
+}

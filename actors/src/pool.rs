@@ -79,6 +79,8 @@ pub struct PoolView {
     pub epoch: u64,
     pub nodes: Vec<PoolNode>,
     pub aggregate: Aggregate,
+    /// Storage volume paths per node id.
+    pub volumes: BTreeMap<String, Vec<String>>,
 }
 
 pub struct PoolActor {
@@ -226,7 +228,15 @@ impl Handler<GetPool> for PoolActor {
                     .map(|a| a.resources.storage.len())
                     .sum::<usize>();
             let nodes = nodes_of(&status, &view, &peers);
+            let mut paths = BTreeMap::new();
+            paths.insert(status.node_id.to_string(), status.resources.storage.iter().map(|v| v.path.clone()).collect());
+            for p in &peers {
+                if let Some(a) = &p.advert {
+                    paths.insert(p.node_id.to_string(), a.resources.storage.iter().map(|v| v.path.clone()).collect());
+                }
+            }
             Ok(PoolView {
+                volumes: paths,
                 mesh_id: view.mesh_id.clone(),
                 coordinator: view.coordinator.clone(),
                 epoch: view.epoch,

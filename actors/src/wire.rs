@@ -504,6 +504,10 @@ pub struct TaskRequest {
     pub memory_bytes: Option<u64>,
     /// The requester's coordinator epoch; the owner refuses a stale one.
     pub epoch: u64,
+    /// The storage volume the configuration selected on the receiver, if any; used only when
+    /// it is one of the receiver's own volumes.
+    #[serde(default)]
+    pub volume: Option<String>,
 }
 
 /// Bytes of a blob in MessagePack's binary form.

@@ -283,11 +283,21 @@ impl BuildConfiguration {
             }
         }
         for (i, v) in r.storage.volumes.iter().enumerate() {
-            if node(&v.node_id).is_none() {
-                out.push(problem(
+            match node(&v.node_id) {
+                None => out.push(problem(
                     format!("resources.storage.volumes[{i}].node_id"),
                     format!("no online node {} in the pool", name_of(&v.node_id)),
-                ));
+                )),
+                Some(n) if !pool.volumes.get(n.id.as_str()).is_some_and(|vols| vols.iter().any(|p| p == &v.path)) => {
+                    out.push(problem(
+                        format!("resources.storage.volumes[{i}].path"),
+                        format!(
+                            "{} offers no volume at {} (configure it under resource_limits.storage)",
+                            n.name, v.path
+                        ),
+                    ))
+                }
+                Some(_) => {}
             }
         }
         for (kind, list, have) in [("tools", &r.tools, &a.tools), ("runtimes", &r.runtimes, &a.runtimes)] {
@@ -313,6 +323,23 @@ impl BuildConfiguration {
             caps.insert(id, if a.cores == 0 { u64::MAX } else { u64::from(a.cores) });
         }
         Some(caps)
+    }
+}
+
+impl BuildConfiguration {
+    /// The storage volume selected per node (the first with purpose build/builds, else the
+    /// first), where that node's sandboxes go.
+    pub fn volumes(&self, me: &NodeId) -> BTreeMap<NodeId, String> {
+        let mut out = BTreeMap::new();
+        let mut volumes: Vec<&StorageVolumeSelection> = self.resources.storage.volumes.iter().collect();
+        volumes.sort_by_key(|v| !matches!(v.purpose.as_str(), "build" | "builds"));
+        for v in volumes {
+            let id = if v.node_id == LOCAL { Some(me.clone()) } else { NodeId::parse(&v.node_id).ok() };
+            if let Some(id) = id {
+                out.entry(id).or_insert_with(|| v.path.clone());
+            }
+        }
+        out
     }
 }
 

@@ -127,6 +127,7 @@ impl Builds {
             Some(c) => runner::Limits::new(
                 c.node_caps(&self.node_id),
                 (c.resources.cpu.cores > 0).then_some(u64::from(c.resources.cpu.cores)),
+                c.volumes(&self.node_id),
             ),
             None => runner::Limits::default(),
         };

@@ -51,12 +51,14 @@ pub struct Limits {
     pub caps: Option<BTreeMap<NodeId, u64>>,
     /// Cores the build may hold in all (None: no limit).
     pub total: Option<u64>,
+    /// Storage volume per node where sandboxes go (the configuration's selection).
+    pub volumes: BTreeMap<NodeId, String>,
     held: Mutex<BTreeMap<NodeId, u64>>,
 }
 
 impl Limits {
-    pub fn new(caps: Option<BTreeMap<NodeId, u64>>, total: Option<u64>) -> Limits {
-        Limits { caps, total, held: Mutex::new(BTreeMap::new()) }
+    pub fn new(caps: Option<BTreeMap<NodeId, u64>>, total: Option<u64>, volumes: BTreeMap<NodeId, String>) -> Limits {
+        Limits { caps, total, volumes, held: Mutex::new(BTreeMap::new()) }
     }
 
     fn allows(&self, node: &NodeId) -> bool {
@@ -423,6 +425,8 @@ struct Candidate {
     versions: Vec<(String, String)>,
     free_cores: u64,
     capacity: u64,
+    /// CPU frequency: the measure of "faster" until benchmarks score nodes.
+    mhz: u64,
 }
 
 /// The versions a node would use for `requirements`, or None when it lacks one.
@@ -444,7 +448,7 @@ async fn candidates(c: &BuildContext, requirements: &[Requirement], local_only: 
     let mut list = Vec::new();
     if let Some(versions) = versions_for(requirements, &c.tools) {
         let capacity = c.node.status().await.map(|s| s.resources.cpu.offered as u64).unwrap_or(0);
-        list.push(Candidate { node: c.node_id.clone(), local: true, versions, free_cores: u64::MAX, capacity });
+        list.push(Candidate { node: c.node_id.clone(), local: true, versions, free_cores: u64::MAX, capacity, mhz: 0 });
     }
     if local_only {
         return list;
@@ -466,7 +470,8 @@ async fn candidates(c: &BuildContext, requirements: &[Requirement], local_only: 
         if let Some(versions) = versions_for(requirements, &tools) {
             let cpu = advert.resource_status.iter().filter(|r| r.kind == wire::ResourceKind::Cpu);
             let (free_cores, capacity) = cpu.fold((0, 0), |(f, c), r| (f + r.available, c + r.capacity));
-            list.push(Candidate { node: p.node_id, local: false, versions, free_cores, capacity });
+            let mhz = advert.resources.cpu.frequency_mhz;
+            list.push(Candidate { node: p.node_id, local: false, versions, free_cores, capacity, mhz });
         }
     }
     list
@@ -542,9 +547,13 @@ async fn place_and_run(
             }
         }
         let mut remotes: Vec<&Candidate> = list.iter().filter(|x| !x.local && x.free_cores >= cores).collect();
-        remotes.sort_by_key(|x| std::cmp::Reverse(x.free_cores));
+        // Faster nodes first, then the one with the most room.
+        remotes.sort_by_key(|x| std::cmp::Reverse((x.mhz, x.free_cores)));
         if let Some(peer) = remotes.into_iter().find(|x| c.limits.reserve(&x.node, cores)) {
-            let ran = c.mesh.run_remote(peer.node.clone(), task.clone(), cores, memory).await;
+            let ran = c
+                .mesh
+                .run_remote(peer.node.clone(), task.clone(), cores, memory, c.limits.volumes.get(&peer.node).cloned())
+                .await;
             c.limits.release(&peer.node, cores);
             match ran {
                 Ok(result) => {
@@ -597,7 +606,11 @@ async fn run_local(
         None => None,
     };
     let _ = c.ledger.append(LedgerEntryType::ResourceAllocated, serde_json::json!({ "allocation_id": cpu.id, "build_id": task.build_id, "package": task.package, "cores": cores, "memory_bytes": memory })).await;
-    let (cas, sandboxes, flag, t) = (c.cas.clone(), c.sandboxes.clone(), cancel.clone(), task.clone());
+    let sandboxes = match c.limits.volumes.get(&c.node_id) {
+        Some(volume) => std::path::Path::new(volume).join("buildnet-sandboxes"),
+        None => c.sandboxes.clone(),
+    };
+    let (cas, flag, t) = (c.cas.clone(), cancel.clone(), task.clone());
     let result = actix_rt::task::spawn_blocking(move || exec::run(&cas, &sandboxes, &t, &flag)).await;
     let _ = c.node.release("cpu", &cpu.id).await;
     if let Some(m) = mem {

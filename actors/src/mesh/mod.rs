@@ -1352,6 +1352,7 @@ pub struct RunRemote {
     pub task: Task,
     pub cores: u64,
     pub memory_bytes: Option<u64>,
+    pub volume: Option<String>,
 }
 
 impl Handler<RunRemote> for MeshActor {
@@ -1373,6 +1374,7 @@ impl Handler<RunRemote> for MeshActor {
             cores: msg.cores,
             memory_bytes: msg.memory_bytes,
             epoch: self.view.epoch,
+            volume: msg.volume,
         };
         self.send(link_id, MeshMessage::TaskRequest(Box::new(req)));
         let peer = msg.peer;
@@ -1449,9 +1451,10 @@ impl MeshHandle {
         task: Task,
         cores: u64,
         memory_bytes: Option<u64>,
+        volume: Option<String>,
     ) -> Result<TaskResult, String> {
         self.addr
-            .send(RunRemote { peer, task, cores, memory_bytes })
+            .send(RunRemote { peer, task, cores, memory_bytes, volume })
             .await
             .unwrap_or_else(|_| Err("the mesh actor stopped".into()))
     }

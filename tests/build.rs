@@ -316,3 +316,41 @@ fn sandboxes_go_to_the_storage_volume_the_configuration_selects() {
     let wd = std::fs::read_to_string(dir.path().join("out/where.txt")).expect("output");
     assert!(wd.contains("/data/sandboxes/"), "without a configuration, sandboxes are in the data dir: {wd}");
 }
+
+#[test]
+fn estimates_run_nothing_and_learn_from_history() {
+    let node = TestNode::start();
+    let (_dir, root) = example("c-hello");
+    let path = root.to_str().expect("path");
+    let first = node.cli_json(&["build", "--project", path, "--estimate"]);
+    assert!(first["confidence"].as_f64().expect("confidence") < 0.5, "no history: low confidence");
+    assert!(first["package_estimates"].as_array().expect("packages").iter().all(|p| p["samples"] == 0));
+    assert_eq!(node.cli_json(&["history"])["builds"].as_array().expect("builds").len(), 0, "an estimate runs nothing");
+    let text = node.cli(&["build", "--project", path, "--estimate"]);
+    assert!(String::from_utf8_lossy(&text.stdout).starts_with("Estimated time: ~"), "plan's format_human text");
+
+    for _ in 0..3 {
+        assert!(build(&node, &root, &["--force"]).status.success());
+    }
+    let learned = node.cli_json(&["build", "--project", path, "--estimate", "--force"]);
+    assert!(learned["confidence"].as_f64().expect("confidence") > 0.8, "{learned}");
+    assert!(learned["package_estimates"].as_array().expect("packages").iter().all(|p| p["samples"] == 3));
+    let (low, high, total) = (
+        learned["low_ms"].as_u64().expect("low"),
+        learned["high_ms"].as_u64().expect("high"),
+        learned["total_duration_ms"].as_u64().expect("total"),
+    );
+    assert!(low <= total && total <= high);
+
+    let cached = node.cli_json(&["build", "--project", path, "--estimate"]);
+    assert!(
+        cached["package_estimates"]
+            .as_array()
+            .expect("packages")
+            .iter()
+            .all(|p| p["cached"] == true && p["duration_ms"] == 0),
+        "unchanged packages count as zero"
+    );
+    let (status, body) = node.post("/api/build/estimate", &json!({}));
+    assert_eq!(status, 400, "{body}");
+}

@@ -10,6 +10,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use buildnet_actors::build::cas::{self, FileRef};
+use buildnet_actors::build::estimate::BuildEstimation;
 use buildnet_actors::build::project;
 use buildnet_actors::build::runner::{BuildRequest, BuildStatus, BuildSummary, PackageState};
 
@@ -33,6 +34,9 @@ pub struct BuildArgs {
     /// Use a template's configuration (e.g. local-only, quick-build)
     #[arg(long)]
     pub template: Option<String>,
+    /// Only estimate how long it would take; run nothing
+    #[arg(long)]
+    pub estimate: bool,
 }
 
 #[derive(Args)]
@@ -81,6 +85,20 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
     let project = project::load(&root).map_err(|e| CliError::Other(e.to_string()))?;
     let files = hash_inputs(&root, &project)?;
 
+    if args.estimate {
+        return estimate(
+            ctx,
+            BuildRequest {
+                project,
+                files,
+                force: args.force,
+                local_only: args.local_only,
+                config: args.config.clone(),
+                template: args.template.clone(),
+            },
+        )
+        .await;
+    }
     let digests: Vec<String> =
         files.values().map(|f| f.digest.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     let missing: Missing =
@@ -164,6 +182,33 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
             Err(CliError::Other(format!("build {id} {other}: {}", status.error.unwrap_or_default())))
         }
     }
+}
+
+/// `--estimate`: asks the node how long the build would take, runs nothing.
+async fn estimate(ctx: &Ctx, request: BuildRequest) -> Result<(), CliError> {
+    let body = serde_json::to_value(&request).map_err(|e| CliError::Other(e.to_string()))?;
+    let estimation: BuildEstimation = ctx.client.post("/api/build/estimate", Some(body)).await?;
+    if ctx.printed_as_document(&estimation) {
+        return Ok(());
+    }
+    println!("{}", estimation.format_human());
+    let mut t = Table::new(&["package", "estimate", "basis", "confidence", "cpu factor"]);
+    for p in &estimation.package_estimates {
+        let basis = match (p.cached, p.samples) {
+            (true, _) => "cached".to_string(),
+            (false, 0) => "input size (no history)".into(),
+            (false, n) => format!("{n} recorded runs"),
+        };
+        t.row(vec![
+            p.package.clone(),
+            format!("{} ms", p.duration_ms),
+            basis,
+            format!("{:.2}", p.confidence),
+            format!("{:.2}", p.factors.cpu_factor),
+        ]);
+    }
+    t.print();
+    Ok(())
 }
 
 /// The overall bar and one line per running package (only on a terminal).

@@ -6,6 +6,7 @@
 
 pub mod cas;
 pub mod config;
+pub mod estimate;
 pub mod exec;
 pub mod project;
 pub mod runner;
@@ -445,6 +446,139 @@ impl Builds {
         let t = self.template(template).await?;
         let cfg = t.instantiate(name, values).map_err(|p| BuildError::InvalidConfig(vec![p]))?;
         self.create_config(cfg, by, false).await
+    }
+}
+
+impl Builds {
+    /// Estimates a build without running anything (plan §9).
+    pub async fn estimate(&self, mut req: BuildRequest) -> Result<estimate::BuildEstimation, BuildError> {
+        req.project.order = req.project.recheck("buildnet.toml")?;
+        let cfg = self.resolve(req.config.as_deref(), req.template.as_deref()).await?;
+        let status = self.node.status().await.map_err(|_| BuildError::Unavailable)?;
+        let (_, peers) = self.mesh.peers().await.ok_or(BuildError::Unavailable)?;
+        let mut mhz: BTreeMap<String, u64> = BTreeMap::new();
+        mhz.insert(self.node_id.to_string(), status.resources.cpu.frequency_mhz);
+        let mut cores_by_node: BTreeMap<NodeId, u64> = BTreeMap::new();
+        cores_by_node.insert(self.node_id.clone(), status.resources.cpu.offered as u64);
+        let mut rtts = Vec::new();
+        for p in &peers {
+            if let Some(a) = &p.advert {
+                mhz.insert(p.node_id.to_string(), a.resources.cpu.frequency_mhz);
+                if p.status != "offline" && p.role != wire::Role::Observer && a.accept_remote_builds && !req.local_only
+                {
+                    cores_by_node.insert(p.node_id.clone(), a.resources.cpu.offered as u64);
+                    rtts.push(p.latency_ms.unwrap_or(1.0));
+                }
+            }
+        }
+        // The cores the build may use: the configuration's nodes and caps, else the pool.
+        let caps = cfg.as_ref().and_then(|c| c.node_caps(&self.node_id));
+        let mut cores: u64 = cores_by_node
+            .iter()
+            .filter(|(n, _)| caps.as_ref().is_none_or(|c| c.contains_key(*n)))
+            .map(|(n, c)| (*c).min(caps.as_ref().and_then(|m| m.get(n).copied()).unwrap_or(u64::MAX)))
+            .sum();
+        if let Some(total) = cfg.as_ref().map(|c| u64::from(c.resources.cpu.cores)).filter(|t| *t > 0) {
+            cores = cores.min(total);
+        }
+        let target_mhz = cores_by_node.keys().filter_map(|n| mhz.get(n.as_str()).copied()).max().unwrap_or(0);
+        let tools: BTreeMap<String, Option<String>> = status
+            .resources
+            .tools
+            .iter()
+            .chain(&status.resources.runtimes)
+            .filter(|t| t.error.is_none())
+            .map(|t| (t.name.clone(), t.version.clone()))
+            .collect();
+
+        let mut facts: BTreeMap<String, estimate::PackageFacts> = BTreeMap::new();
+        let mut outputs: BTreeMap<String, Vec<cas::FileRef>> = BTreeMap::new();
+        let mut input_total = 0u64;
+        for name in &req.project.order {
+            let Some(spec) = req.project.manifest.packages.get(name) else { continue };
+            let mut files = BTreeMap::new();
+            let mut input_bytes = 0;
+            for path in req.project.inputs.get(name).map(Vec::as_slice).unwrap_or_default() {
+                if let Some(f) = req.files.get(path) {
+                    input_bytes += f.size;
+                    files.insert(path.clone(), f.clone());
+                }
+            }
+            input_total += input_bytes;
+            // Cached when every dependency is cached (their outputs are then known) and so is it.
+            let mut deps_known = true;
+            let mut stack = spec.deps.clone();
+            let mut seen = std::collections::BTreeSet::new();
+            while let Some(d) = stack.pop() {
+                if !seen.insert(d.clone()) {
+                    continue;
+                }
+                match outputs.get(&d) {
+                    Some(outs) => outs.iter().for_each(|f| {
+                        files.insert(f.path.clone(), f.clone());
+                    }),
+                    None => deps_known = false,
+                }
+                stack.extend(req.project.manifest.packages.get(&d).map(|p| p.deps.clone()).unwrap_or_default());
+            }
+            let requirements: Vec<project::Requirement> = spec.tools.iter().chain(&spec.runtimes).cloned().collect();
+            let mut cached = false;
+            if deps_known && !req.force {
+                if let (Some(versions), Ok(task)) =
+                    (runner::tool_versions(&requirements, &tools), runner::make_task("estimate", name, spec, files))
+                {
+                    if let Some(outs) =
+                        runner::cached_outputs(&self.store, &self.cas, &task.action_key(&versions)).await
+                    {
+                        outputs.insert(name.clone(), outs);
+                        cached = true;
+                    }
+                }
+            }
+            let history = self.history_of(name, &mhz).await?;
+            facts.insert(
+                name.clone(),
+                estimate::PackageFacts {
+                    name: name.clone(),
+                    deps: spec.deps.clone(),
+                    cores: u64::from(spec.cores.unwrap_or(1)),
+                    history,
+                    cached,
+                    input_bytes,
+                },
+            );
+        }
+        // Work beyond this node's cores goes to peers: their share of the inputs crosses the
+        // mesh (at an assumed 100 MB/s until network benchmarks), plus two round trips each.
+        let local = status.resources.cpu.offered as u64;
+        let remote_share = if cores > local { (cores - local) as f64 / cores as f64 } else { 0.0 };
+        let running = facts.values().filter(|f| !f.cached).count() as f64;
+        let rtt = if rtts.is_empty() { 0.0 } else { rtts.iter().sum::<f64>() / rtts.len() as f64 };
+        let network = (remote_share * (input_total as f64 / 100_000.0 + running * 2.0 * rtt)).round() as u64;
+        Ok(estimate::estimate(&req.project.order, &facts, cores.max(1), target_mhz, network))
+    }
+
+    /// Durations of a package's real (not cached) successful runs, newest first, with the MHz
+    /// of the node each ran on.
+    async fn history_of(&self, package: &str, mhz: &BTreeMap<String, u64>) -> Result<Vec<(u64, u64)>, BuildError> {
+        let name = package.to_string();
+        let rows: Vec<(i64, Option<String>)> = self
+            .store
+            .run(move |c| {
+                let mut stmt = c.prepare(
+                    "SELECT p.duration_ms, p.assigned_node FROM build_packages p
+                     JOIN build_package_results r ON r.build_id = p.build_id AND r.package_name = p.package_name
+                     WHERE p.package_name = ?1 AND p.status = 'succeeded' AND r.cache_hit = 0 AND p.duration_ms IS NOT NULL
+                     ORDER BY p.started_at DESC LIMIT 10",
+                )?;
+                let rows = stmt.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(ms, node)| (ms.max(0) as u64, node.and_then(|n| mhz.get(&n).copied()).unwrap_or(0)))
+            .collect())
     }
 }
 

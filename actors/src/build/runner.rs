@@ -272,19 +272,7 @@ impl BuildActor {
                 files.insert(f.path.clone(), f);
             }
         }
-        let invocation = match (&spec.command, &spec.shell) {
-            (Some(argv), _) => Invocation::Argv(argv.clone()),
-            (None, Some(sh)) => Invocation::Shell(sh.clone()),
-            (None, None) => return Err("no command".into()),
-        };
-        Ok(Task {
-            build_id: self.status.id.clone(),
-            package: name.to_string(),
-            invocation,
-            env: spec.env.clone(),
-            files: files.into_values().collect(),
-            outputs: spec.outputs.clone(),
-        })
+        make_task(&self.status.id, name, spec, files)
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
@@ -416,6 +404,52 @@ impl BuildActor {
             .map(|_, _, ctx| ctx.stop()),
         );
     }
+}
+
+/// The self-contained task for a package given its files (inputs and dependency outputs).
+pub fn make_task(
+    build_id: &str,
+    name: &str,
+    spec: &super::project::Package,
+    files: BTreeMap<String, FileRef>,
+) -> Result<Task, String> {
+    let invocation = match (&spec.command, &spec.shell) {
+        (Some(argv), _) => Invocation::Argv(argv.clone()),
+        (None, Some(sh)) => Invocation::Shell(sh.clone()),
+        (None, None) => return Err("no command".into()),
+    };
+    Ok(Task {
+        build_id: build_id.to_string(),
+        package: name.to_string(),
+        invocation,
+        env: spec.env.clone(),
+        files: files.into_values().collect(),
+        outputs: spec.outputs.clone(),
+    })
+}
+
+/// The versions a node would use for `requirements` (public for estimates).
+pub fn tool_versions(
+    requirements: &[Requirement],
+    tools: &BTreeMap<String, Option<String>>,
+) -> Option<Vec<(String, String)>> {
+    versions_for(requirements, tools)
+}
+
+/// Whether a result is cached under `key`, with its outputs (public for estimates).
+pub async fn cached_outputs(store: &StoreHandle, cas: &Cas, key: &str) -> Option<Vec<FileRef>> {
+    let key = key.to_string();
+    let outputs: Option<String> = store
+        .run(move |conn| {
+            Ok(conn
+                .query_row("SELECT outputs FROM action_cache WHERE action_key = ?1", [key], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+        .ok()
+        .flatten();
+    let outputs: Vec<FileRef> = serde_json::from_str(&outputs?).ok()?;
+    outputs.iter().all(|f| cas.has(&f.digest)).then_some(outputs)
 }
 
 /// A node that could run a package, with the versions of the tools it would use.

@@ -115,6 +115,17 @@ pub async fn start(state: web::Data<AppState>, caller: Caller, body: JsonBody) -
     Ok(HttpResponse::Accepted().json(Started { build_id }))
 }
 
+/// Estimates a build without running it: per-package times learned from history (cached
+/// packages near zero), the DAG scheduled over the cores the configuration allows, network
+/// overhead, and a confidence with its range (plan §9). Blobs need not be uploaded.
+#[utoipa::path(post, path = "/api/build/estimate", tag = "builds", request_body = BuildRequest,
+    responses((status = 200, body = buildnet_actors::build::estimate::BuildEstimation), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn estimate(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::View, "estimate builds")?;
+    let request: BuildRequest = body.parse()?;
+    Ok(HttpResponse::Ok().json(state.node.builds.estimate(request).await.map_err(build_error)?))
+}
+
 /// A build's status with every package.
 #[utoipa::path(get, path = "/api/build/{id}", tag = "builds", params(("id" = String, Path, description = "Build id")),
     responses((status = 200, body = BuildStatus), (status = 404, body = ErrorBody)), security(("bearer" = [])))]

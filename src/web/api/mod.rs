@@ -52,6 +52,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .app_data(web::PayloadConfig::new(build::MAX_BUILD_REQUEST_BYTES))
                 .route(web::post().to(build::start)),
         )
+        .service(
+            web::resource("/build/estimate")
+                .app_data(web::PayloadConfig::new(build::MAX_BUILD_REQUEST_BYTES))
+                .route(web::post().to(build::estimate)),
+        )
         .route("/build/{id}", web::get().to(build::status))
         .route("/build/{id}/cancel", web::post().to(build::cancel))
         .route("/build/{id}/rerun", web::post().to(build::rerun))
@@ -116,7 +121,7 @@ impl Modify for BearerAuth {
         pool::get_pool, pool::get_nodes, pool::get_resources,
         ledger::get_ledger, ledger::verify,
         keys::list, keys::create, keys::revoke,
-        build::missing, build::put_blob, build::get_blob, build::start, build::status, build::cancel, build::rerun, build::list,
+        build::missing, build::put_blob, build::get_blob, build::start, build::status, build::cancel, build::rerun, build::list, build::estimate,
         configs::list, configs::create, configs::get, configs::update, configs::delete, configs::templates, configs::save_template, configs::use_template,
         mesh::view, mesh::create_token, mesh::join, mesh::leave, mesh::sync, mesh::visualization, crate::web::mesh::admit,
     ),

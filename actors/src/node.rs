@@ -497,15 +497,7 @@ pub struct Started {
 
 /// The name this node had before, so a restart without `--name` keeps it.
 async fn stored_name(store: &StoreHandle, id: &NodeId) -> Option<String> {
-    let id = id.to_string();
-    store
-        .run(move |c| {
-            use rusqlite::OptionalExtension;
-            Ok(c.query_row("SELECT name FROM nodes WHERE id = ?1", [id], |r| r.get::<_, String>(0)).optional()?)
-        })
-        .await
-        .ok()
-        .flatten()
+    store.optional_text("SELECT name FROM nodes WHERE id = ?1", id.to_string()).await.ok().flatten()
 }
 
 /// Creates the data dir if needed.

@@ -141,6 +141,15 @@ impl StoreHandle {
         self.addr.send(Exec { job: Box::new(job) }).await.map_err(|_| StoreError::Unavailable)?
     }
 
+    /// One optional text value from a query with one parameter.
+    pub async fn optional_text(&self, sql: &'static str, param: String) -> Result<Option<String>, StoreError> {
+        self.run(move |c| {
+            use rusqlite::OptionalExtension;
+            Ok(c.query_row(sql, [param], |r| r.get(0)).optional()?)
+        })
+        .await
+    }
+
     /// Closes the database; used on shutdown.
     pub async fn close(&self) {
         let _ = self.addr.send(Close).await;

@@ -85,20 +85,18 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
     let project = project::load(&root).map_err(|e| CliError::Other(e.to_string()))?;
     let files = hash_inputs(&root, &project)?;
 
+    let request = BuildRequest {
+        project,
+        files,
+        force: args.force,
+        local_only: args.local_only,
+        config: args.config.clone(),
+        template: args.template.clone(),
+    };
     if args.estimate {
-        return estimate(
-            ctx,
-            BuildRequest {
-                project,
-                files,
-                force: args.force,
-                local_only: args.local_only,
-                config: args.config.clone(),
-                template: args.template.clone(),
-            },
-        )
-        .await;
+        return estimate(ctx, request).await;
     }
+    let files = &request.files;
     let digests: Vec<String> =
         files.values().map(|f| f.digest.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     let missing: Missing =
@@ -109,14 +107,6 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
             ctx.client.put_bytes(&format!("/api/blobs/{digest}"), bytes).await?;
         }
     }
-    let request = BuildRequest {
-        project,
-        files,
-        force: args.force,
-        local_only: args.local_only,
-        config: args.config.clone(),
-        template: args.template.clone(),
-    };
     let body = serde_json::to_value(&request).map_err(|e| CliError::Other(e.to_string()))?;
     let started: Started = ctx.client.post("/api/build", Some(body)).await?;
     let id = started.build_id;

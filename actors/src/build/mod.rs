@@ -186,15 +186,8 @@ impl Builds {
         config: Option<String>,
         triggered_by: &str,
     ) -> Result<String, BuildError> {
-        let key = id.to_string();
-        let text: Option<String> = self
-            .store
-            .run(move |c| {
-                use rusqlite::OptionalExtension;
-                Ok(c.query_row("SELECT request FROM build_requests WHERE build_id = ?1", [key], |r| r.get(0))
-                    .optional()?)
-            })
-            .await?;
+        let text =
+            self.store.optional_text("SELECT request FROM build_requests WHERE build_id = ?1", id.to_string()).await?;
         let mut req: BuildRequest =
             text.and_then(|t| serde_json::from_str(&t).ok()).ok_or_else(|| BuildError::NotFound(id.to_string()))?;
         req.force = force;
@@ -288,14 +281,9 @@ impl Builds {
 
     /// A configuration (or custom template) by id or name.
     pub async fn config(&self, key: &str) -> Result<config::BuildConfiguration, BuildError> {
-        let k = key.to_string();
-        let data: Option<String> = self
+        let data = self
             .store
-            .run(move |c| {
-                use rusqlite::OptionalExtension;
-                Ok(c.query_row("SELECT config_data FROM configurations WHERE id = ?1 OR name = ?1", [k], |r| r.get(0))
-                    .optional()?)
-            })
+            .optional_text("SELECT config_data FROM configurations WHERE id = ?1 OR name = ?1", key.to_string())
             .await?;
         data.and_then(|d| serde_json::from_str(&d).ok()).ok_or_else(|| BuildError::NoConfig(key.to_string()))
     }

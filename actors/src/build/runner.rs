@@ -438,17 +438,10 @@ pub fn tool_versions(
 
 /// Whether a result is cached under `key`, with its outputs (public for estimates).
 pub async fn cached_outputs(store: &StoreHandle, cas: &Cas, key: &str) -> Option<Vec<FileRef>> {
-    let key = key.to_string();
-    let outputs: Option<String> = store
-        .run(move |conn| {
-            Ok(conn
-                .query_row("SELECT outputs FROM action_cache WHERE action_key = ?1", [key], |r| r.get(0))
-                .optional()?)
-        })
-        .await
-        .ok()
-        .flatten();
-    let outputs: Vec<FileRef> = serde_json::from_str(&outputs?).ok()?;
+    let outputs =
+        store.optional_text("SELECT outputs FROM action_cache WHERE action_key = ?1", key.to_string()).await.ok()??;
+    let outputs: Vec<FileRef> = serde_json::from_str(&outputs).ok()?;
+    // A cache entry is only good while its blobs are still here.
     outputs.iter().all(|f| cas.has(&f.digest)).then_some(outputs)
 }
 
@@ -661,20 +654,7 @@ async fn run_local(
 }
 
 async fn cached(c: &BuildContext, key: &str) -> Option<Vec<FileRef>> {
-    let key = key.to_string();
-    let outputs: Option<String> = c
-        .store
-        .run(move |conn| {
-            Ok(conn
-                .query_row("SELECT outputs FROM action_cache WHERE action_key = ?1", [key], |r| r.get(0))
-                .optional()?)
-        })
-        .await
-        .ok()
-        .flatten();
-    let outputs: Vec<FileRef> = serde_json::from_str(&outputs?).ok()?;
-    // A cache entry is only good while its blobs are still here.
-    outputs.iter().all(|f| c.cas.has(&f.digest)).then_some(outputs)
+    cached_outputs(&c.store, &c.cas, key).await
 }
 
 async fn remember(c: &BuildContext, key: &str, result: &TaskResult) {

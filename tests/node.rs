@@ -350,3 +350,38 @@ fn a_rescan_that_finds_a_new_tool_is_persisted_and_in_the_ledger() {
         "and its actor is gone"
     );
 }
+
+#[test]
+fn benchmarks_measure_record_and_need_an_admin() {
+    let node = TestNode::start();
+    let cpu = node.cli_json(&["test", "cpu"]);
+    let c = &cpu["cpu"];
+    assert!(c["single_core_score"].as_f64().expect("single") > 0.0);
+    let eff = c["parallel_efficiency"].as_f64().expect("efficiency");
+    assert!(eff > 0.0 && eff <= 1.0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = node.cli_json(&["test", "storage", dir.path().to_str().expect("path"), "--size-mb", "8"]);
+    assert!(
+        storage["seq_read_mbps"].as_f64().expect("read") > 0.0
+            && storage["random_write_iops"].as_u64().expect("iops") > 0
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0, "the test file is removed");
+    let bad = node.cli(&["test", "storage", "/no/such/dir"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("path:"));
+
+    let (_, history) = node.get("/api/node/benchmarks");
+    let kinds: Vec<&str> =
+        history.as_array().expect("records").iter().filter_map(|r| r["benchmark_type"].as_str()).collect();
+    assert_eq!(kinds, vec!["storage", "cpu"]);
+    let (_, ledger) = node.get("/api/ledger?types=BenchmarkCompleted");
+    assert_eq!(ledger["entries"].as_array().expect("entries").len(), 2);
+    let observer = node.key("observer");
+    let (status, _) = http(
+        "POST",
+        &format!("{}/api/node/benchmark", node.url),
+        &[("Authorization", &format!("Bearer {observer}"))],
+        None,
+    );
+    assert_eq!(status, 403);
+}

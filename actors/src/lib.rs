@@ -3,6 +3,7 @@
 //!
 //! Start with [`node::start`], which brings up a whole node and returns handles to its actors.
 
+pub mod bench;
 pub mod build;
 pub mod config;
 pub mod discovery;

@@ -442,6 +442,7 @@ impl NodeHandle {
 /// Everything a running node consists of; the web layer holds one.
 #[derive(Clone)]
 pub struct Node {
+    pub bench: crate::bench::BenchHandle,
     pub builds: Builds,
     pub identity: Identity,
     pub node: NodeHandle,
@@ -609,6 +610,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
 
     Ok(Started {
         node: Node {
+            bench: crate::bench::BenchHandle::start(store.clone(), ledger.clone()),
             builds,
             identity,
             node,

@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod node;
 pub mod output;
 pub mod pool;
+pub mod test;
 pub mod token;
 pub mod up;
 
@@ -86,6 +87,11 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Build history; with an id, one build's packages
     History(build::HistoryArgs),
+    /// Measure this node: cpu, memory, storage <path>, all
+    Test {
+        #[command(subcommand)]
+        what: test::TestCommand,
+    },
     /// Join tokens for new nodes
     Token {
         #[command(subcommand)]
@@ -205,6 +211,7 @@ pub fn run(cli: Cli, token_on_command_line: bool) -> Result<(), CliError> {
                     Command::Token { action } => token::run(&ctx, action).await,
                     Command::Build(args) => build::run(&ctx, args).await,
                     Command::Config { action } => config::run(&ctx, action).await,
+                    Command::Test { what } => test::run(&ctx, what).await,
                     Command::Template { action } => config::run_template(&ctx, action).await,
                     Command::History(args) => build::history(&ctx, args).await,
                     Command::Pool { action } => pool::run(&ctx, action).await,

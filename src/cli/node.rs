@@ -21,6 +21,8 @@ pub enum NodeCommand {
     },
     /// Leave the mesh cleanly; this node becomes a mesh of one
     Leave,
+    /// Benchmark this node: CPU, memory and every storage volume
+    Benchmark,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -42,6 +44,7 @@ pub async fn run(ctx: &Ctx, cmd: NodeCommand, join_token: Option<String>) -> Res
                 println!("Node {} joined mesh {} through {url}.", joined.node_id, joined.mesh_id);
             }
         }
+        NodeCommand::Benchmark => return super::test::run(ctx, super::test::TestCommand::All).await,
         NodeCommand::Leave => {
             let left: serde_json::Value = ctx.client.post("/api/pool/leave", None).await?;
             if !ctx.printed_as_document(&left) {

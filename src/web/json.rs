@@ -22,6 +22,11 @@ pub struct JsonBody {
 }
 
 impl JsonBody {
+    /// Whether the request had no body at all.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
     /// Parses the body as `T`, naming the field at fault.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         if !self.is_json {

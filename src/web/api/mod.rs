@@ -1,6 +1,7 @@
 //! The JSON API under `/api` (plan §13.1). Each handler checks the caller's role, asks an actor
 //! handle, and answers JSON; the OpenAPI document is generated from these handlers' types.
 
+pub mod bench;
 pub mod build;
 pub mod configs;
 pub mod keys;
@@ -25,6 +26,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/openapi.json", web::get().to(openapi))
         .route("/node", web::get().to(node::get_node))
         .route("/node/scan", web::post().to(node::scan))
+        .route("/node/benchmark", web::post().to(bench::run))
+        .route("/node/benchmarks", web::get().to(bench::history))
+        .route("/test/storage", web::post().to(bench::storage))
         .route("/pool", web::get().to(pool::get_pool))
         .route("/pool/nodes", web::get().to(pool::get_nodes))
         .route("/pool/resources", web::get().to(pool::get_resources))
@@ -117,7 +121,7 @@ impl Modify for BearerAuth {
     info(title = "BuildNet API", description = "Pool the machines you already have into one build farm."),
     paths(
         health, openapi,
-        node::get_node, node::scan,
+        node::get_node, node::scan, bench::run, bench::history, bench::storage,
         pool::get_pool, pool::get_nodes, pool::get_resources,
         ledger::get_ledger, ledger::verify,
         keys::list, keys::create, keys::revoke,

@@ -1,0 +1,94 @@
+//! `buildnet test cpu|memory|storage <path>|all` and `buildnet node benchmark`: measure this
+//! node's resources (plan §8) and print the figures. Network tests arrive with a later change.
+
+use clap::Subcommand;
+use serde_json::json;
+
+use buildnet_actors::bench::{BenchmarkResults, StorageBenchmarkResult};
+
+use super::output::{print_facts, spinner};
+use super::{CliError, Ctx};
+
+#[derive(Subcommand)]
+pub enum TestCommand {
+    /// CPU: single-core and all-core sieve scores, parallel efficiency
+    Cpu,
+    /// Memory: bandwidth and latency
+    Memory,
+    /// Storage: sequential and random I/O of a directory's volume, page cache bypassed
+    Storage {
+        path: String,
+        /// Test file size in MB
+        #[arg(long, default_value_t = 256)]
+        size_mb: u64,
+    },
+    /// CPU, memory and every storage volume of the node
+    All,
+}
+
+fn print_storage(s: &StorageBenchmarkResult) {
+    print_facts(&[
+        ("Storage", format!("{} — class {} ({}, {} MB file)", s.path, s.storage_class, s.method, s.file_mb)),
+        ("Sequential", format!("read {:.0} MB/s, write {:.0} MB/s", s.seq_read_mbps, s.seq_write_mbps)),
+        (
+            "Random 4 KiB",
+            format!(
+                "read {} IOPS, write {} IOPS, read latency {} µs",
+                s.random_read_iops, s.random_write_iops, s.read_latency_us
+            ),
+        ),
+    ]);
+}
+
+pub fn print_results(r: &BenchmarkResults) {
+    if let Some(c) = &r.cpu {
+        print_facts(&[
+            ("CPU single", format!("{:.1} sieves/s", c.single_core_score)),
+            ("CPU all", format!("{:.1} sieves/s on {} threads", c.multi_core_score, c.threads)),
+            ("Efficiency", format!("{:.2} ({} effective cores)", c.parallel_efficiency, c.effective_cores)),
+        ]);
+    }
+    if let Some(m) = &r.memory {
+        print_facts(&[("Memory", format!("{:.1} GB/s, {:.0} ns latency", m.bandwidth_gbps, m.latency_ns))]);
+    }
+    for s in &r.storage {
+        print_storage(s);
+    }
+}
+
+pub async fn run(ctx: &Ctx, cmd: TestCommand) -> Result<(), CliError> {
+    let bar = spinner("measuring…");
+    let outcome = async {
+        match cmd {
+            TestCommand::Storage { path, size_mb } => {
+                let r: StorageBenchmarkResult =
+                    ctx.client.post("/api/test/storage", Some(json!({ "path": path, "file_mb": size_mb }))).await?;
+                Ok::<_, CliError>(serde_json::to_value(r).unwrap_or_default())
+            }
+            other => {
+                let types = match other {
+                    TestCommand::Cpu => vec!["cpu"],
+                    TestCommand::Memory => vec!["memory"],
+                    _ => vec![],
+                };
+                let r: BenchmarkResults =
+                    ctx.client.post("/api/node/benchmark", Some(json!({ "types": types }))).await?;
+                Ok(serde_json::to_value(r).unwrap_or_default())
+            }
+        }
+    }
+    .await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let value = outcome?;
+    if ctx.printed_as_document(&value) {
+        return Ok(());
+    }
+    if let Ok(r) = serde_json::from_value::<BenchmarkResults>(value.clone()) {
+        print_results(&r);
+    } else if let Ok(s) = serde_json::from_value::<StorageBenchmarkResult>(value) {
+        print_storage(&s);
+    }
+    Ok(())
+}

@@ -628,21 +628,25 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
     })
 }
 
+/// Options for a node in the engine's own tests.
+#[cfg(test)]
+pub(crate) fn test_options(data_dir: &Path) -> NodeOptions {
+    NodeOptions {
+        data_dir: data_dir.to_path_buf(),
+        config: NodeConfig::default(),
+        config_file: "test".into(),
+        name: Some("t".into()),
+        address: "http://127.0.0.1:1".into(),
+        create_mesh: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     async fn started(dir: &Path) -> Started {
-        start(NodeOptions {
-            data_dir: dir.to_path_buf(),
-            config: NodeConfig::default(),
-            config_file: "test".into(),
-            name: Some("t".into()),
-            address: "http://127.0.0.1:1".into(),
-            create_mesh: true,
-        })
-        .await
-        .expect("node starts")
+        start(test_options(dir)).await.expect("node starts")
     }
 
     #[actix::test]

@@ -288,21 +288,27 @@ impl Builds {
         data.and_then(|d| serde_json::from_str(&d).ok()).ok_or_else(|| BuildError::NoConfig(key.to_string()))
     }
 
-    /// Every saved configuration (templates are listed apart).
-    pub async fn configs(&self) -> Result<Vec<ConfigSummary>, BuildError> {
-        let rows: Vec<(String, i64)> = self
+    /// Stored configurations (or custom templates): JSON, last change, description.
+    async fn config_rows(&self, templates: bool) -> Result<Vec<(String, i64, Option<String>)>, BuildError> {
+        Ok(self
             .store
-            .run(|c| {
+            .run(move |c| {
                 let mut stmt = c.prepare(
-                    "SELECT config_data, updated_at FROM configurations WHERE is_template = 0 ORDER BY name",
+                    "SELECT config_data, updated_at, description FROM configurations WHERE is_template = ?1 ORDER BY name",
                 )?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let rows = stmt.query_map([templates], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 Ok(rows.collect::<Result<_, _>>()?)
             })
-            .await?;
-        Ok(rows
+            .await?)
+    }
+
+    /// Every saved configuration (templates are listed apart).
+    pub async fn configs(&self) -> Result<Vec<ConfigSummary>, BuildError> {
+        Ok(self
+            .config_rows(false)
+            .await?
             .into_iter()
-            .filter_map(|(data, updated)| {
+            .filter_map(|(data, updated, _)| {
                 let cfg: config::BuildConfiguration = serde_json::from_str(&data).ok()?;
                 Some(ConfigSummary {
                     id: cfg.id.clone().unwrap_or_default(),
@@ -372,17 +378,7 @@ impl Builds {
     /// System templates, then custom ones.
     pub async fn templates(&self) -> Result<Vec<config::ConfigTemplate>, BuildError> {
         let mut list = config::system_templates();
-        let rows: Vec<(String, Option<String>)> = self
-            .store
-            .run(|c| {
-                let mut stmt = c.prepare(
-                    "SELECT config_data, description FROM configurations WHERE is_template = 1 ORDER BY name",
-                )?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                Ok(rows.collect::<Result<_, _>>()?)
-            })
-            .await?;
-        for (data, description) in rows {
+        for (data, _, description) in self.config_rows(true).await? {
             if let Ok(cfg) = serde_json::from_str::<config::BuildConfiguration>(&data) {
                 list.push(config::ConfigTemplate {
                     id: cfg.id.clone().unwrap_or_default(),
@@ -611,8 +607,7 @@ impl Builds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::NodeConfig;
-    use crate::node::{start, NodeOptions};
+    use crate::node::start;
 
     fn write(root: &std::path::Path, path: &str, text: &str) {
         let p = root.join(path);
@@ -665,16 +660,7 @@ deps = ["a", "b"]
 outputs = ["both.out"]
 "#,
         );
-        let started = start(NodeOptions {
-            data_dir: dir.path().join("data"),
-            config: NodeConfig::default(),
-            config_file: "test".into(),
-            name: Some("t".into()),
-            address: "http://127.0.0.1:1".into(),
-            create_mesh: true,
-        })
-        .await
-        .expect("node");
+        let started = start(crate::node::test_options(&dir.path().join("data"))).await.expect("node");
         let builds = started.node.builds.clone();
         let cas = builds.cas.clone();
 

@@ -126,12 +126,7 @@ fn checked(
     action: Action,
     what: &str,
 ) -> Result<auth::Caller, Box<HttpResponse>> {
-    let who = caller(req, state)?;
-    if !who.csrf.as_deref().is_some_and(|t| auth::same_token(t, &form.csrf)) {
-        return Err(Box::new(super::super::error_page(Some(&who), "The form expired; reload the page and try again.")));
-    }
-    who.require(action, what).map_err(|e| Box::new(super::super::error_page(Some(&who), &e.message)))?;
-    Ok(who)
+    super::form_caller(req, state, &form.csrf, action, what)
 }
 
 pub async fn rerun(

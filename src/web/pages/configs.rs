@@ -12,7 +12,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::{caller, html_response, layout};
-use crate::web::auth::{self, Caller};
+use crate::web::auth::Caller;
 use crate::web::AppState;
 
 async fn render(who: &Caller, state: &AppState, error: Option<&str>) -> HttpResponse {
@@ -97,13 +97,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
 }
 
 fn admin_form(req: &HttpRequest, state: &AppState, csrf: &str) -> Result<Caller, Box<HttpResponse>> {
-    let who = caller(req, state)?;
-    if !who.csrf.as_deref().is_some_and(|t| auth::same_token(t, csrf)) {
-        return Err(Box::new(super::super::error_page(Some(&who), "The form expired; reload the page and try again.")));
-    }
-    who.require(Action::ModifyConfig, "change configurations")
-        .map_err(|e| Box::new(super::super::error_page(Some(&who), &e.message)))?;
-    Ok(who)
+    super::form_caller(req, state, csrf, Action::ModifyConfig, "change configurations")
 }
 
 #[derive(Deserialize)]

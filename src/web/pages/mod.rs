@@ -51,6 +51,23 @@ pub fn caller(req: &HttpRequest, state: &AppState) -> Result<Caller, Box<HttpRes
         .ok_or_else(|| Box::new(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish()))
 }
 
+/// The caller of a form post: logged in, echoing the session's CSRF token, and with a role
+/// that allows `action`; otherwise the page that says why.
+pub fn form_caller(
+    req: &HttpRequest,
+    state: &AppState,
+    csrf: &str,
+    action: buildnet_actors::wire::Action,
+    what: &str,
+) -> Result<Caller, Box<HttpResponse>> {
+    let who = caller(req, state)?;
+    if !who.csrf.as_deref().is_some_and(|t| auth::same_token(t, csrf)) {
+        return Err(Box::new(super::error_page(Some(&who), "The form expired; reload the page and try again.")));
+    }
+    who.require(action, what).map_err(|e| Box::new(super::error_page(Some(&who), &e.message)))?;
+    Ok(who)
+}
+
 /// Answers a page.
 pub fn html_response(status: actix_web::http::StatusCode, markup: Markup) -> HttpResponse {
     HttpResponse::build(status)

@@ -9,7 +9,6 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::{bytes, caller, html_response, layout, time};
-use crate::web::auth;
 use crate::web::AppState;
 
 fn tools_table(list: &[ToolInfo]) -> Markup {
@@ -143,16 +142,10 @@ pub struct CsrfForm {
 }
 
 pub async fn scan(req: HttpRequest, state: web::Data<AppState>, form: web::Form<CsrfForm>) -> HttpResponse {
-    let who = match caller(&req, &state) {
+    let who = match super::form_caller(&req, &state, &form.csrf, Action::ModifyResources, "rescan resources") {
         Ok(c) => c,
-        Err(redirect) => return *redirect,
+        Err(res) => return *res,
     };
-    if !who.csrf.as_deref().is_some_and(|t| auth::same_token(t, &form.csrf)) {
-        return super::super::error_page(Some(&who), "The form expired; reload the page and try again.");
-    }
-    if let Err(e) = who.require(Action::ModifyResources, "rescan resources") {
-        return super::super::error_page(Some(&who), &e.message);
-    }
     if let Err(e) = state.node.node.rescan().await {
         return super::super::error_page(Some(&who), &e.to_string());
     }

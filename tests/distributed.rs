@@ -7,24 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{wait_until, Start, TestNode};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn join(admin: &TestNode, name: &str, extra: Start<'_>) -> TestNode {
-    let (status, body) = admin.post("/api/tokens", &json!({ "role": "builder" }));
-    assert_eq!(status, 201, "{body}");
-    let mut args = vec![
-        "--name".into(),
-        name.into(),
-        "--join".into(),
-        admin.url.clone(),
-        "--token".into(),
-        body["token"].as_str().expect("token").into(),
-    ];
-    args.extend(extra.args.clone());
-    TestNode::start_with(Start { args, ..extra })
-}
 
 fn mesh_of_three(tools: &Path) -> (TestNode, TestNode, TestNode) {
     // alpha offers one core, so work spills over to the others.
@@ -33,8 +18,8 @@ fn mesh_of_three(tools: &Path) -> (TestNode, TestNode, TestNode) {
         args: vec!["--name".into(), "alpha".into()],
         ..Default::default()
     });
-    let b = join(&a, "beta", Start::default());
-    let c = join(&a, "gamma", Start { path_prefix: Some(tools), ..Default::default() });
+    let b = a.join("beta", "builder", Start::default());
+    let c = a.join("gamma", "builder", Start { path_prefix: Some(tools), ..Default::default() });
     for n in [&a, &b, &c] {
         wait_until("three nodes online with adverts", Duration::from_secs(20), || {
             let (_, v) = n.get("/api/pool/nodes");

@@ -32,14 +32,6 @@ fn token(admin: &TestNode, role: &str) -> String {
     body["token"].as_str().expect("token").to_string()
 }
 
-fn join(admin: &TestNode, name: &str, role: &str, extra: Start<'_>) -> TestNode {
-    let t = token(admin, role);
-    let mut args =
-        vec!["--name".to_string(), name.to_string(), "--join".to_string(), admin.url.clone(), "--token".to_string(), t];
-    args.extend(extra.args.clone());
-    TestNode::start_with(Start { args, ..extra })
-}
-
 fn nodes(n: &TestNode) -> Vec<Value> {
     let (_, v) = n.get("/api/pool/nodes");
     v["nodes"].as_array().cloned().unwrap_or_default()
@@ -79,8 +71,8 @@ fn all_online(n: &TestNode, count: usize) -> Option<()> {
 fn three_nodes_form_one_pool_with_one_ledger() {
     let _serial = serial();
     let a = TestNode::start_with(Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
-    let b = join(&a, "beta", "builder", Start::default());
-    let c = join(&a, "gamma", "builder", Start::default());
+    let b = a.join("beta", "builder", Start::default());
+    let c = a.join("gamma", "builder", Start::default());
     for n in [&a, &b, &c] {
         wait_until("all three online everywhere", Duration::from_secs(15), || all_online(n, 3));
     }
@@ -161,8 +153,8 @@ fn join_with(admin: &TestNode, token: &str, name: &str) -> Result<(), String> {
 fn a_killed_worker_goes_offline_and_rejoins_on_restart_without_a_token() {
     let _serial = serial();
     let a = TestNode::start_with(Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
-    let b = join(&a, "beta", "builder", Start::default());
-    let c = join(&a, "gamma", "builder", Start::default());
+    let b = a.join("beta", "builder", Start::default());
+    let c = a.join("gamma", "builder", Start::default());
     for n in [&a, &b, &c] {
         wait_until("all online", Duration::from_secs(15), || all_online(n, 3));
     }
@@ -199,8 +191,8 @@ fn a_killed_worker_goes_offline_and_rejoins_on_restart_without_a_token() {
 fn killing_the_coordinator_elects_a_new_one_within_five_seconds() {
     let _serial = serial();
     let a = TestNode::start_with(Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
-    let b = join(&a, "beta", "builder", Start::default());
-    let c = join(&a, "gamma", "builder", Start::default());
+    let b = a.join("beta", "builder", Start::default());
+    let c = a.join("gamma", "builder", Start::default());
     for n in [&a, &b, &c] {
         wait_until("all online", Duration::from_secs(15), || all_online(n, 3));
     }
@@ -371,8 +363,8 @@ fn observers_offer_nothing_rescans_propagate_and_a_node_can_leave() {
     let _serial = serial();
     let a = TestNode::start_with(Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
     let tools = tempfile::tempdir().expect("tempdir");
-    let b = join(&a, "beta", "builder", Start { path_prefix: Some(tools.path()), ..Default::default() });
-    let o = join(&a, "watcher", "observer", Start::default());
+    let b = a.join("beta", "builder", Start { path_prefix: Some(tools.path()), ..Default::default() });
+    let o = a.join("watcher", "observer", Start::default());
     for n in [&a, &b, &o] {
         wait_until("all online", Duration::from_secs(15), || all_online(n, 3));
     }

@@ -50,6 +50,28 @@ pub struct StorageBenchmarkResult {
     pub duration_ms: u64,
 }
 
+/// Plan §8.1's network result: measured over the real, encrypted mesh link to one peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkBenchmarkResult {
+    /// The peer's node id.
+    pub target_node: String,
+    pub target_name: String,
+    /// Median round trip of `samples` echoes through both nodes' mesh actors (ms).
+    pub latency_ms: f64,
+    pub min_latency_ms: f64,
+    pub max_latency_ms: f64,
+    /// Mean difference between consecutive round trips (RFC 3550's idea of jitter), ms.
+    pub jitter_ms: f64,
+    pub samples: u32,
+    /// Megabits per second sent to the peer, until the peer confirmed every byte.
+    pub upload_mbps: f64,
+    /// Megabits per second received from the peer.
+    pub download_mbps: f64,
+    /// Payload bytes each way.
+    pub bytes: u64,
+    pub duration_ms: u64,
+}
+
 /// Sizes and durations; the defaults finish in seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BenchOptions {
@@ -59,11 +81,18 @@ pub struct BenchOptions {
     pub file_mb: u64,
     /// Seconds each random-I/O phase runs.
     pub random_secs: f64,
+    /// Size of the memory test's buffers (keep it well above the last-level cache).
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+}
+
+fn default_memory_mb() -> u64 {
+    256
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { cpu_secs: 1.0, file_mb: 256, random_secs: 2.0 }
+        BenchOptions { cpu_secs: 1.0, file_mb: 256, random_secs: 2.0, memory_mb: default_memory_mb() }
     }
 }
 
@@ -324,6 +353,61 @@ pub struct BenchmarkResults {
     pub cpu: Option<CpuBenchmarkResult>,
     pub memory: Option<MemoryBenchmarkResult>,
     pub storage: Vec<StorageBenchmarkResult>,
+    #[serde(default)]
+    pub network: Vec<NetworkBenchmarkResult>,
+}
+
+/// A node's latest figures, advertised to the pool: placement ranks nodes by them, the estimator
+/// scales durations by them, and the coordinator schedules benchmarks by `next_due_ms`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BenchmarkScores {
+    pub cpu: Option<CpuBenchmarkResult>,
+    pub memory: Option<MemoryBenchmarkResult>,
+    /// The latest result per path.
+    pub storage: Vec<StorageBenchmarkResult>,
+    /// The latest result per peer.
+    pub network: Vec<NetworkBenchmarkResult>,
+    /// When the newest of these was measured (0: never).
+    pub measured_at_ms: u64,
+    /// When this node wants its next scheduled benchmark; none when the schedule is off.
+    pub next_due_ms: Option<u64>,
+    /// A benchmark is running on this node now.
+    pub running: bool,
+}
+
+impl BenchmarkScores {
+    /// Folds newer results in, keeping one per storage path and one per peer.
+    pub fn merge(&mut self, r: &BenchmarkResults) {
+        if let Some(c) = &r.cpu {
+            self.cpu = Some(c.clone());
+        }
+        if let Some(m) = &r.memory {
+            self.memory = Some(m.clone());
+        }
+        for s in &r.storage {
+            self.storage.retain(|x| x.path != s.path);
+            self.storage.push(s.clone());
+        }
+        for n in &r.network {
+            self.network.retain(|x| x.target_node != n.target_node);
+            self.network.push(n.clone());
+        }
+        self.measured_at_ms = self.measured_at_ms.max(r.timestamp_ms);
+    }
+
+    /// Sieves per second on one core, the figure nodes are compared by.
+    pub fn cpu_single(&self) -> Option<f64> {
+        self.cpu.as_ref().map(|c| c.single_core_score).filter(|s| *s > 0.0)
+    }
+
+    /// The storage result for the volume holding `path` (the longest matching prefix).
+    pub fn storage_for(&self, path: &str) -> Option<&StorageBenchmarkResult> {
+        self.storage.iter().filter(|s| Path::new(path).starts_with(&s.path)).max_by_key(|s| s.path.len())
+    }
+
+    pub fn network_to(&self, node: &str) -> Option<&NetworkBenchmarkResult> {
+        self.network.iter().find(|n| n.target_node == node)
+    }
 }
 
 /// What to run.
@@ -343,7 +427,7 @@ impl Handler<Run> for BenchmarkActor {
     fn handle(&mut self, msg: Run, _: &mut Self::Context) -> Self::Result {
         let started = Instant::now();
         let cpu = msg.cpu_threads.map(|t| cpu(t, msg.options.cpu_secs));
-        let memory = msg.memory.then(|| memory(256));
+        let memory = msg.memory.then(|| memory(msg.options.memory_mb.clamp(16, 4096) as usize));
         let mut storage_results = Vec::new();
         for dir in &msg.storage {
             storage_results.push(storage(dir, &msg.options).map_err(|e| e.to_string())?);
@@ -355,7 +439,122 @@ impl Handler<Run> for BenchmarkActor {
             cpu,
             memory,
             storage: storage_results,
+            network: vec![],
         })
+    }
+}
+
+/// Typed front of the benchmark actor; records every result in `benchmarks` and the ledger.
+#[derive(Clone)]
+pub struct BenchHandle {
+    addr: Addr<BenchmarkActor>,
+    store: crate::store::StoreHandle,
+    ledger: crate::ledger::LedgerHandle,
+}
+
+impl BenchHandle {
+    pub fn start(store: crate::store::StoreHandle, ledger: crate::ledger::LedgerHandle) -> BenchHandle {
+        BenchHandle { addr: SyncArbiter::start(1, || BenchmarkActor), store, ledger }
+    }
+
+    /// Runs what `run` asks for on the benchmark thread (one run at a time), then records it.
+    pub async fn run(&self, run: Run) -> Result<BenchmarkResults, String> {
+        let results = self.measure(run).await?;
+        self.record(&results).await;
+        Ok(results)
+    }
+
+    /// Runs without recording, for callers that add network figures before recording it all.
+    pub async fn measure(&self, run: Run) -> Result<BenchmarkResults, String> {
+        self.addr.send(run).await.map_err(|_| "the benchmark actor stopped".to_string())?
+    }
+
+    /// Stores results in `benchmarks` and appends `BenchmarkCompleted` to the ledger.
+    pub async fn record(&self, results: &BenchmarkResults) {
+        let (node, at) = (results.node_id.clone(), results.timestamp_ms as i64);
+        let mut rows: Vec<(&'static str, String)> = Vec::new();
+        if let Some(c) = &results.cpu {
+            rows.push(("cpu", serde_json::to_string(c).unwrap_or_default()));
+        }
+        if let Some(m) = &results.memory {
+            rows.push(("memory", serde_json::to_string(m).unwrap_or_default()));
+        }
+        for s in &results.storage {
+            rows.push(("storage", serde_json::to_string(s).unwrap_or_default()));
+        }
+        for n in &results.network {
+            rows.push(("network", serde_json::to_string(n).unwrap_or_default()));
+        }
+        let stored = self
+            .store
+            .run(move |c| {
+                for (kind, json) in rows {
+                    let id = format!("bench_{}_{}_{}", kind, at, rand::random::<u32>());
+                    c.execute(
+                        "INSERT INTO benchmarks (id, node_id, benchmark_type, results, run_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        rusqlite::params![id, node, kind, json, at],
+                    )?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = stored {
+            log::warn!("recording benchmark results: {e}");
+        }
+        let summary = serde_json::json!({
+            "node_id": results.node_id,
+            "started_at_ms": results.timestamp_ms.saturating_sub(results.duration_ms),
+            "finished_at_ms": results.timestamp_ms,
+            "cpu": results.cpu.as_ref().map(|c| serde_json::json!({ "single": c.single_core_score, "multi": c.multi_core_score, "efficiency": c.parallel_efficiency })),
+            "memory": results.memory.as_ref().map(|m| serde_json::json!({ "gbps": m.bandwidth_gbps, "latency_ns": m.latency_ns })),
+            "storage": results.storage.iter().map(|s| serde_json::json!({ "path": s.path, "class": s.storage_class, "read_mbps": s.seq_read_mbps, "write_mbps": s.seq_write_mbps })).collect::<Vec<_>>(),
+            "network": results.network.iter().map(|n| serde_json::json!({ "node": n.target_node, "latency_ms": n.latency_ms, "jitter_ms": n.jitter_ms, "upload_mbps": n.upload_mbps, "download_mbps": n.download_mbps })).collect::<Vec<_>>(),
+        });
+        let _ = self.ledger.append(crate::wire::LedgerEntryType::BenchmarkCompleted, summary).await;
+    }
+
+    /// The latest recorded figures, folded oldest to newest.
+    pub async fn latest(&self) -> BenchmarkScores {
+        let rows = self.history(None, 500).await.unwrap_or_default();
+        let mut scores = BenchmarkScores::default();
+        for (kind, at, value) in rows.into_iter().rev() {
+            let mut r = BenchmarkResults {
+                node_id: String::new(),
+                timestamp_ms: at,
+                duration_ms: 0,
+                cpu: None,
+                memory: None,
+                storage: vec![],
+                network: vec![],
+            };
+            match kind.as_str() {
+                "cpu" => r.cpu = serde_json::from_value(value).ok(),
+                "memory" => r.memory = serde_json::from_value(value).ok(),
+                "storage" => r.storage.extend(serde_json::from_value(value).ok()),
+                "network" => r.network.extend(serde_json::from_value(value).ok()),
+                _ => continue,
+            }
+            scores.merge(&r);
+        }
+        scores
+    }
+
+    /// Recorded results of one kind, newest first.
+    pub async fn history(
+        &self,
+        kind: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64, serde_json::Value)>, crate::store::StoreError> {
+        self.store
+            .run(move |c| {
+                let mut stmt = c.prepare("SELECT benchmark_type, run_at, results FROM benchmarks WHERE (?1 IS NULL OR benchmark_type = ?1) ORDER BY run_at DESC LIMIT ?2")?;
+                let rows = stmt.query_map(rusqlite::params![kind, limit as i64], |r| {
+                    let text: String = r.get(2)?;
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, serde_json::from_str(&text).unwrap_or_default()))
+                })?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
     }
 }
 
@@ -379,7 +578,8 @@ mod tests {
     #[test]
     fn storage_measures_and_cleans_up() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let r = storage(dir.path(), &BenchOptions { cpu_secs: 0.1, file_mb: 4, random_secs: 0.2 }).expect("benchmark");
+        let r = storage(dir.path(), &BenchOptions { cpu_secs: 0.1, file_mb: 4, random_secs: 0.2, memory_mb: 16 })
+            .expect("benchmark");
         assert!(r.seq_read_mbps > 0.0 && r.seq_write_mbps > 0.0 && r.random_read_iops > 0 && r.random_write_iops > 0);
         assert!(["nvme", "ssd", "hdd", "network"].contains(&r.storage_class.as_str()));
         assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0, "the test file is removed");
@@ -391,77 +591,5 @@ mod tests {
         assert_eq!(classify(550.0, 50_000), "ssd");
         assert_eq!(classify(150.0, 100), "hdd");
         assert_eq!(classify(50.0, 100), "network");
-    }
-}
-
-/// Typed front of the benchmark actor; records every result in `benchmarks` and the ledger.
-#[derive(Clone)]
-pub struct BenchHandle {
-    addr: Addr<BenchmarkActor>,
-    store: crate::store::StoreHandle,
-    ledger: crate::ledger::LedgerHandle,
-}
-
-impl BenchHandle {
-    pub fn start(store: crate::store::StoreHandle, ledger: crate::ledger::LedgerHandle) -> BenchHandle {
-        BenchHandle { addr: SyncArbiter::start(1, || BenchmarkActor), store, ledger }
-    }
-
-    /// Runs what `run` asks for, then records it.
-    pub async fn run(&self, run: Run) -> Result<BenchmarkResults, String> {
-        let results = self.addr.send(run).await.map_err(|_| "the benchmark actor stopped".to_string())??;
-        let (node, at) = (results.node_id.clone(), results.timestamp_ms as i64);
-        let mut rows: Vec<(&'static str, String)> = Vec::new();
-        if let Some(c) = &results.cpu {
-            rows.push(("cpu", serde_json::to_string(c).unwrap_or_default()));
-        }
-        if let Some(m) = &results.memory {
-            rows.push(("memory", serde_json::to_string(m).unwrap_or_default()));
-        }
-        for s in &results.storage {
-            rows.push(("storage", serde_json::to_string(s).unwrap_or_default()));
-        }
-        let stored = self
-            .store
-            .run(move |c| {
-                for (kind, json) in rows {
-                    let id = format!("bench_{}_{}_{}", kind, at, rand::random::<u32>());
-                    c.execute(
-                        "INSERT INTO benchmarks (id, node_id, benchmark_type, results, run_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        rusqlite::params![id, node, kind, json, at],
-                    )?;
-                }
-                Ok(())
-            })
-            .await;
-        if let Err(e) = stored {
-            log::warn!("recording benchmark results: {e}");
-        }
-        let summary = serde_json::json!({
-            "node_id": results.node_id,
-            "cpu": results.cpu.as_ref().map(|c| serde_json::json!({ "single": c.single_core_score, "multi": c.multi_core_score, "efficiency": c.parallel_efficiency })),
-            "memory": results.memory.as_ref().map(|m| serde_json::json!({ "gbps": m.bandwidth_gbps, "latency_ns": m.latency_ns })),
-            "storage": results.storage.iter().map(|s| serde_json::json!({ "path": s.path, "class": s.storage_class, "read_mbps": s.seq_read_mbps, "write_mbps": s.seq_write_mbps })).collect::<Vec<_>>(),
-        });
-        let _ = self.ledger.append(crate::wire::LedgerEntryType::BenchmarkCompleted, summary).await;
-        Ok(results)
-    }
-
-    /// Recorded results of one kind, newest first.
-    pub async fn history(
-        &self,
-        kind: Option<String>,
-        limit: usize,
-    ) -> Result<Vec<(String, u64, serde_json::Value)>, crate::store::StoreError> {
-        self.store
-            .run(move |c| {
-                let mut stmt = c.prepare("SELECT benchmark_type, run_at, results FROM benchmarks WHERE (?1 IS NULL OR benchmark_type = ?1) ORDER BY run_at DESC LIMIT ?2")?;
-                let rows = stmt.query_map(rusqlite::params![kind, limit as i64], |r| {
-                    let text: String = r.get(2)?;
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, serde_json::from_str(&text).unwrap_or_default()))
-                })?;
-                Ok(rows.collect::<Result<_, _>>()?)
-            })
-            .await
     }
 }

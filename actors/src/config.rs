@@ -28,6 +28,7 @@ pub struct NodeConfig {
     pub network: NetworkConfig,
     pub scheduling: SchedulingConfig,
     pub scan: ScanConfig,
+    pub benchmark: BenchmarkConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -128,6 +129,23 @@ impl Default for ScanConfig {
     }
 }
 
+/// When this node measures itself (plan §8.3). The coordinator grants the runs one node at a
+/// time, so two nodes' benchmarks never disturb each other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BenchmarkConfig {
+    /// A quick benchmark (CPU, memory, data-dir storage, peers) shortly after start-up.
+    pub on_start: bool,
+    /// Hours between full scheduled benchmarks; 0 turns the schedule off.
+    pub interval_hours: f64,
+}
+
+impl Default for BenchmarkConfig {
+    fn default() -> Self {
+        BenchmarkConfig { on_start: true, interval_hours: 24.0 }
+    }
+}
+
 /// A configuration problem: which file, which field, what is wrong.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{file}: {field}: {message}")]
@@ -204,6 +222,10 @@ impl NodeConfig {
             if name.trim().is_empty() || name.len() > 64 {
                 return fail("node_name".into(), "must be 1 to 64 characters".into());
             }
+        }
+        let hours = self.benchmark.interval_hours;
+        if !hours.is_finite() || !(0.0..=8760.0).contains(&hours) {
+            return fail("benchmark.interval_hours".into(), "must be between 0 (off) and 8760".into());
         }
         if self.resource_limits.cpu.max_cores == Some(0) {
             return fail("resource_limits.cpu.max_cores".into(), "must be at least 1".into());

@@ -685,6 +685,30 @@ mod tests {
     }
 
     #[actix::test]
+    async fn entries_with_floats_still_check_after_a_trip_through_the_database() {
+        // Benchmark figures are floats; the text in SQLite must parse back to the very same
+        // values, or a peer receiving the entry would find it altered.
+        let (_dir, ledger, id) = fresh_ledger().await;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let floats: Vec<f64> = (0..2000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 1_000_000_007) as f64 / ((state >> 20) % 999_983 + 1) as f64
+            })
+            .collect();
+        let data = serde_json::json!({ "mbps": 30.497247279407716, "ms": 0.06263911111111112, "floats": floats });
+        let e = ledger.append(LedgerEntryType::BenchmarkCompleted, data).await.expect("append");
+        let stored = ledger.query(LedgerFilter { limit: 1, ..Default::default() }).await.expect("query");
+        assert_eq!(stored[0].data, e.data);
+        check_entry(&stored[0], GENESIS_HASH, &id.public_key()).expect("checks after the round trip");
+        let wire =
+            rmp_serde::from_slice::<LedgerEntry>(&rmp_serde::to_vec(&stored[0]).expect("encode")).expect("decode");
+        check_entry(&wire, GENESIS_HASH, &id.public_key()).expect("checks after MessagePack");
+    }
+
+    #[actix::test]
     async fn filters_select_and_page() {
         let (_dir, ledger, id) = fresh_ledger().await;
         for i in 0..5 {

@@ -104,6 +104,9 @@ pub struct NodeStatus {
     pub resources: NodeResources,
     /// Capacity, leases and availability per resource.
     pub resource_status: Vec<ResourceStatus>,
+    /// The latest benchmark figures and the node's place in the benchmark schedule.
+    #[serde(default)]
+    pub benchmarks: crate::bench::BenchmarkScores,
 }
 
 /// Result of a rescan.
@@ -127,6 +130,7 @@ pub struct NodeActor {
     store: StoreHandle,
     ledger: LedgerHandle,
     events: EventBus,
+    benchmarks: crate::bench::BenchmarkScores,
 }
 
 impl Actor for NodeActor {
@@ -273,6 +277,7 @@ impl Handler<GetNodeStatus> for NodeActor {
             priority_weight: self.config.scheduling.priority_weight,
             resources: self.resources.clone(),
             resource_status: Vec::new(),
+            benchmarks: self.benchmarks.clone(),
         };
         Box::pin(async move {
             for child in children {
@@ -288,6 +293,34 @@ impl Handler<GetNodeStatus> for NodeActor {
             Ok(status)
         })
     }
+}
+
+/// A benchmark started (`results: None`) or ended; results fold into what the node advertises.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BenchmarkUpdate {
+    pub running: bool,
+    pub results: Option<crate::bench::BenchmarkResults>,
+}
+
+impl Handler<BenchmarkUpdate> for NodeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: BenchmarkUpdate, _: &mut Context<Self>) {
+        self.benchmarks.running = msg.running;
+        if let Some(r) = msg.results {
+            self.benchmarks.merge(&r);
+            if r.cpu.is_some() {
+                self.benchmarks.next_due_ms = next_benchmark_due(&self.config, wire::now_ms(), r.timestamp_ms);
+            }
+        }
+    }
+}
+
+/// When a node next wants a scheduled benchmark, given the time of its last one (0: never).
+pub fn next_benchmark_due(config: &NodeConfig, now_ms: u64, last_ms: u64) -> Option<u64> {
+    let hours = config.benchmark.interval_hours;
+    (hours > 0.0).then(|| if last_ms == 0 { now_ms } else { last_ms + (hours * 3_600_000.0) as u64 })
 }
 
 /// Rescans the machine; live leases are kept.
@@ -437,6 +470,23 @@ impl NodeHandle {
             .await
             .map_err(|_| NodeError::Unavailable)?
     }
+
+    pub async fn benchmark_update(&self, running: bool, results: Option<crate::bench::BenchmarkResults>) {
+        let _ = self.addr.send(BenchmarkUpdate { running, results }).await;
+    }
+}
+
+/// What one benchmark run measures.
+#[derive(Debug, Clone, Default)]
+pub struct BenchmarkSelection {
+    pub cpu: bool,
+    pub memory: bool,
+    /// Directories whose volumes are tested.
+    pub storage: Vec<PathBuf>,
+    /// Peers whose links are tested.
+    pub network: Vec<NodeId>,
+    pub options: crate::bench::BenchOptions,
+    pub network_options: crate::mesh::netbench::NetworkOptions,
 }
 
 /// Everything a running node consists of; the web layer holds one.
@@ -457,6 +507,104 @@ pub struct Node {
 }
 
 impl Node {
+    /// Runs a benchmark: local figures on the benchmark thread, then each peer's link. While it
+    /// runs the node advertises `running`, so the coordinator grants no other node a turn; the
+    /// results are recorded (`benchmarks`, ledger) and advertised. A peer that cannot be
+    /// measured is left out of a run with several parts and fails a run of that peer alone.
+    pub async fn benchmark(&self, want: BenchmarkSelection) -> Result<crate::bench::BenchmarkResults, String> {
+        self.node.benchmark_update(true, None).await;
+        let started_ms = wire::now_ms();
+        let outcome = self.measure(want).await.map(|mut r| {
+            r.timestamp_ms = wire::now_ms();
+            r.duration_ms = r.timestamp_ms.saturating_sub(started_ms);
+            r
+        });
+        if let Ok(r) = &outcome {
+            self.bench.record(r).await;
+        }
+        self.node.benchmark_update(false, outcome.as_ref().ok().cloned()).await;
+        outcome
+    }
+
+    async fn measure(&self, want: BenchmarkSelection) -> Result<crate::bench::BenchmarkResults, String> {
+        let status = self.node.status().await.map_err(|e| e.to_string())?;
+        let only_network = !want.cpu && !want.memory && want.storage.is_empty();
+        let mut results = if only_network {
+            crate::bench::BenchmarkResults {
+                node_id: status.node_id.to_string(),
+                timestamp_ms: wire::now_ms(),
+                duration_ms: 0,
+                cpu: None,
+                memory: None,
+                storage: vec![],
+                network: vec![],
+            }
+        } else {
+            self.bench
+                .measure(crate::bench::Run {
+                    node_id: status.node_id.to_string(),
+                    cpu_threads: want.cpu.then_some(status.resources.cpu.count),
+                    memory: want.memory,
+                    storage: want.storage.clone(),
+                    options: want.options.clone(),
+                })
+                .await?
+        };
+        for peer in &want.network {
+            match self.mesh.network_test(peer.clone(), want.network_options.clone()).await {
+                Ok(r) => results.network.push(r),
+                Err(e) if only_network && want.network.len() == 1 => return Err(e),
+                Err(e) => log::warn!("network benchmark to {peer}: {e}"),
+            }
+        }
+        Ok(results)
+    }
+
+    /// Everything, on every volume and to every online peer: `buildnet test all`, the schedule.
+    pub async fn full_selection(&self, quick: bool) -> BenchmarkSelection {
+        let storage = match self.node.status().await {
+            Ok(s) => s.resources.storage.iter().map(|v| PathBuf::from(&v.path)).collect(),
+            Err(_) => vec![self.data_dir.clone()],
+        };
+        let network = match self.mesh.peers().await {
+            Some((_, peers)) => peers
+                .into_iter()
+                .filter(|p| p.status != "offline" && p.role != Role::Observer)
+                .map(|p| p.node_id)
+                .collect(),
+            None => vec![],
+        };
+        let (options, network_options) = if quick {
+            (
+                crate::bench::BenchOptions { cpu_secs: 0.5, file_mb: 32, random_secs: 0.5, memory_mb: 64 },
+                crate::mesh::netbench::NetworkOptions { samples: 20, interval_ms: 5, size_mb: 4 },
+            )
+        } else {
+            Default::default()
+        };
+        BenchmarkSelection { cpu: true, memory: true, storage, network, options, network_options }
+    }
+
+    /// Runs this node's turns of the benchmark schedule: the first one quick (start-up), later
+    /// ones full.
+    fn serve_benchmark_turns(&self) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        self.mesh.set_benchmark_sink(tx);
+        let node = self.clone();
+        actix::spawn(async move {
+            let mut quick = true;
+            while rx.recv().await.is_some() {
+                let selection = node.full_selection(quick).await;
+                quick = false;
+                if let Err(e) = node.benchmark(selection).await {
+                    log::warn!("scheduled benchmark: {e}");
+                    // Tell the schedule this turn is over, so it does not wait for it.
+                    node.node.benchmark_update(false, None).await;
+                }
+            }
+        });
+    }
+
     /// Stops the node on purpose: records the stop, stops the actors, closes the database.
     pub async fn shutdown(&self, reason: &str) {
         if let Err(e) = self
@@ -517,6 +665,13 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
     let store = StoreHandle::start(store::open(&db_path, Durability::Normal)?);
     let events = EventBus::default();
     let ledger = LedgerHandle::start(&db_path, identity.clone(), Some(events.clone()))?;
+    let bench = crate::bench::BenchHandle::start(store.clone(), ledger.clone());
+    let mut benchmarks = bench.latest().await;
+    benchmarks.next_due_ms = if opts.config.benchmark.on_start {
+        Some(wire::now_ms())
+    } else {
+        next_benchmark_due(&opts.config, wire::now_ms(), benchmarks.measured_at_ms)
+    };
 
     let resources = run_scan(opts.config.clone(), opts.data_dir.clone()).await?;
     opts.config.validate_for_machine(&opts.config_file, resources.cpu.count)?;
@@ -541,6 +696,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         store: store.clone(),
         ledger: ledger.clone(),
         events: events.clone(),
+        benchmarks,
     }
     .start();
     let node = NodeHandle { addr: node_actor };
@@ -608,24 +764,22 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         new_admin_key = Some(secret);
     }
 
-    Ok(Started {
-        node: Node {
-            bench: crate::bench::BenchHandle::start(store.clone(), ledger.clone()),
-            builds,
-            identity,
-            node,
-            pool,
-            mesh,
-            events,
-            keys,
-            ledger,
-            store,
-            data_dir: opts.data_dir,
-            address: opts.address,
-        },
-        new_admin_key,
-        first_start,
-    })
+    let node = Node {
+        bench,
+        builds,
+        identity,
+        node,
+        pool,
+        mesh,
+        events,
+        keys,
+        ledger,
+        store,
+        data_dir: opts.data_dir,
+        address: opts.address,
+    };
+    node.serve_benchmark_turns();
+    Ok(Started { node, new_admin_key, first_start })
 }
 
 /// Options for a node in the engine's own tests.

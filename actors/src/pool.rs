@@ -32,6 +32,9 @@ pub struct PoolNode {
     pub storage_available_bytes: u64,
     pub tools: Vec<String>,
     pub runtimes: Vec<String>,
+    /// The node's latest benchmark figures, as it advertised them.
+    #[serde(default)]
+    pub benchmarks: crate::bench::BenchmarkScores,
 }
 
 /// Totals over online nodes (plan §4.1 `AggregateResources`).
@@ -136,6 +139,7 @@ fn nodes_of(status: &NodeStatus, view: &MeshView, peers: &[PeerView]) -> Vec<Poo
                 storage_available_bytes: 0,
                 tools: vec![],
                 runtimes: vec![],
+                benchmarks: Default::default(),
             },
         };
         n.status = p.status.clone();
@@ -185,6 +189,7 @@ pub fn pool_node(status: &NodeStatus, latency_ms: f64) -> PoolNode {
         storage_available_bytes: sum(rs, ResourceKind::Storage, |r| r.available),
         tools: usable(rs, ResourceKind::Tool),
         runtimes: usable(rs, ResourceKind::Runtime),
+        benchmarks: status.benchmarks.clone(),
     }
 }
 
@@ -332,6 +337,7 @@ mod tests {
             storage_available_bytes: 50,
             tools: tools.iter().map(|t| t.to_string()).collect(),
             runtimes: vec![],
+            benchmarks: Default::default(),
         }
     }
 

@@ -493,6 +493,38 @@ pub enum MeshMessage {
         task_id: u64,
         result: Result<crate::build::exec::TaskResult, String>,
     },
+    /// Network benchmark (see `mesh::netbench`): answer with `NetEchoReply` at once.
+    NetEcho {
+        probe: u64,
+        seq: u32,
+    },
+    NetEchoReply {
+        probe: u64,
+        seq: u32,
+    },
+    /// Benchmark payload, counted by the receiver and otherwise dropped.
+    NetData {
+        probe: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The end of a probe's payload: the uploader's peer answers `NetReceived`.
+    NetDataEnd {
+        probe: u64,
+    },
+    NetReceived {
+        probe: u64,
+        bytes: u64,
+    },
+    /// Send me this many bytes of payload for `probe`, then `NetDataEnd` (a download test).
+    NetPull {
+        probe: u64,
+        bytes: u64,
+    },
+    /// The coordinator's turn for the receiver to run its scheduled benchmark.
+    BenchmarkGrant {
+        epoch: u64,
+    },
 }
 
 /// A package to run on another node, with the leases it needs there.

@@ -21,7 +21,7 @@ pub enum NodeCommand {
     },
     /// Leave the mesh cleanly; this node becomes a mesh of one
     Leave,
-    /// Benchmark this node: CPU, memory and every storage volume
+    /// Benchmark this node: CPU, memory, every storage volume and the links to online peers
     Benchmark,
 }
 

@@ -1,10 +1,10 @@
-//! `buildnet test cpu|memory|storage <path>|all` and `buildnet node benchmark`: measure this
-//! node's resources (plan §8) and print the figures. Network tests arrive with a later change.
+//! `buildnet test cpu|memory|storage <path>|network <node>|all` and `buildnet node benchmark`:
+//! measure this node's resources and its links to peers (plan §8) and print the figures.
 
 use clap::Subcommand;
 use serde_json::json;
 
-use buildnet_actors::bench::{BenchmarkResults, StorageBenchmarkResult};
+use buildnet_actors::bench::{BenchmarkResults, NetworkBenchmarkResult, StorageBenchmarkResult};
 
 use super::output::{print_facts, spinner};
 use super::{CliError, Ctx};
@@ -22,8 +22,41 @@ pub enum TestCommand {
         #[arg(long, default_value_t = 256)]
         size_mb: u64,
     },
-    /// CPU, memory and every storage volume of the node
+    /// Network: latency, jitter and bandwidth of the encrypted mesh link to a peer
+    Network {
+        /// The peer's name or node id
+        node: String,
+        /// Payload each way in MB
+        #[arg(long, default_value_t = 32)]
+        size_mb: u64,
+        /// Round trips to time
+        #[arg(long, default_value_t = 50)]
+        samples: u32,
+    },
+    /// CPU, memory, every storage volume of the node and the link to every online peer
     All,
+}
+
+fn print_network(n: &NetworkBenchmarkResult) {
+    print_facts(&[
+        ("Network", format!("to {} ({})", n.target_name, n.target_node)),
+        (
+            "Latency",
+            format!(
+                "{:.2} ms median of {} (min {:.2}, max {:.2}), jitter {:.2} ms",
+                n.latency_ms, n.samples, n.min_latency_ms, n.max_latency_ms, n.jitter_ms
+            ),
+        ),
+        (
+            "Bandwidth",
+            format!(
+                "upload {:.0} Mbit/s, download {:.0} Mbit/s ({} MB each way)",
+                n.upload_mbps,
+                n.download_mbps,
+                n.bytes >> 20
+            ),
+        ),
+    ]);
 }
 
 fn print_storage(s: &StorageBenchmarkResult) {
@@ -54,6 +87,9 @@ pub fn print_results(r: &BenchmarkResults) {
     for s in &r.storage {
         print_storage(s);
     }
+    for n in &r.network {
+        print_network(n);
+    }
 }
 
 pub async fn run(ctx: &Ctx, cmd: TestCommand) -> Result<(), CliError> {
@@ -64,6 +100,13 @@ pub async fn run(ctx: &Ctx, cmd: TestCommand) -> Result<(), CliError> {
                 let r: StorageBenchmarkResult =
                     ctx.client.post("/api/test/storage", Some(json!({ "path": path, "file_mb": size_mb }))).await?;
                 Ok::<_, CliError>(serde_json::to_value(r).unwrap_or_default())
+            }
+            TestCommand::Network { node, size_mb, samples } => {
+                let r: NetworkBenchmarkResult = ctx
+                    .client
+                    .post("/api/test/network", Some(json!({ "node": node, "size_mb": size_mb, "samples": samples })))
+                    .await?;
+                Ok(serde_json::to_value(r).unwrap_or_default())
             }
             other => {
                 let types = match other {
@@ -87,8 +130,10 @@ pub async fn run(ctx: &Ctx, cmd: TestCommand) -> Result<(), CliError> {
     }
     if let Ok(r) = serde_json::from_value::<BenchmarkResults>(value.clone()) {
         print_results(&r);
-    } else if let Ok(s) = serde_json::from_value::<StorageBenchmarkResult>(value) {
+    } else if let Ok(s) = serde_json::from_value::<StorageBenchmarkResult>(value.clone()) {
         print_storage(&s);
+    } else if let Ok(n) = serde_json::from_value::<NetworkBenchmarkResult>(value) {
+        print_network(&n);
     }
     Ok(())
 }

@@ -46,6 +46,9 @@ pub struct Start<'a> {
     pub path_prefix: Option<&'a Path>,
     /// Reuse this data dir (a restart).
     pub dir: Option<PathBuf>,
+    /// Keep the start-up benchmark (off by default so parallel tests don't load each other's
+    /// cores; tests of the schedule turn it on).
+    pub benchmark_on_start: bool,
 }
 
 impl TestNode {
@@ -63,7 +66,21 @@ impl TestNode {
             }
         };
         std::fs::create_dir_all(&dir).expect("data dir");
-        if let Some(c) = opts.config {
+        let config = match (opts.config, opts.benchmark_on_start) {
+            (Some(c), true) => Some(c.to_string()),
+            (c, false) => match serde_json::from_str::<Value>(&c.map(str::to_string).unwrap_or_else(|| {
+                std::fs::read_to_string(dir.join("node-config.json")).unwrap_or_else(|_| "{}".into())
+            })) {
+                Ok(Value::Object(mut map)) => {
+                    map.entry("benchmark").or_insert(serde_json::json!({ "on_start": false }));
+                    Some(Value::Object(map).to_string())
+                }
+                // A deliberately broken config is written as it is.
+                _ => c.map(str::to_string),
+            },
+            (None, true) => None,
+        };
+        if let Some(c) = config {
             std::fs::write(dir.join("node-config.json"), c).expect("write config");
         }
         let _ = std::fs::remove_file(dir.join("address"));
@@ -92,6 +109,16 @@ impl TestNode {
         });
         let admin_key = std::fs::read_to_string(dir.join("admin.key")).expect("admin.key").trim().to_string();
         TestNode { child, dir, _tmp: tmp, url, admin_key, stdout, stderr }
+    }
+
+    /// Starts a node named `name` that joins this node's mesh with a fresh token of `role`.
+    pub fn join(&self, name: &str, role: &str, extra: Start<'_>) -> TestNode {
+        let (status, body) = self.post("/api/tokens", &serde_json::json!({ "role": role, "ttl_secs": 3600 }));
+        assert_eq!(status, 201, "{body}");
+        let token = body["token"].as_str().expect("token").to_string();
+        let mut args = vec!["--name".into(), name.into(), "--join".into(), self.url.clone(), "--token".into(), token];
+        args.extend(extra.args.clone());
+        TestNode::start_with(Start { args, ..extra })
     }
 
     /// Runs the CLI against this node through its data dir.

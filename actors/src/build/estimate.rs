@@ -10,10 +10,13 @@ use utoipa::ToSchema;
 /// Plan §9.2's factors behind one package's estimate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EstimationFactors {
-    /// Recorded speed of the nodes it ran on against the node expected to run it (CPU frequency
-    /// until benchmarks score nodes); 1.0 when unknown.
+    /// Single-core benchmark score of the nodes it ran on over that of the node expected to run
+    /// it (below 1: the target is faster); 1.0 when either is unmeasured.
     pub cpu_factor: f64,
+    /// Not modelled: builds are rarely bound by memory bandwidth; always 1.0.
     pub memory_factor: f64,
+    /// Sequential read speed of the recorded nodes' storage over the target's, applied to the
+    /// time reading the package's inputs takes; 1.0 when unmeasured.
     pub storage_factor: f64,
     /// Cores the package gets (its `cores`).
     pub parallel_speedup: f64,
@@ -75,10 +78,40 @@ pub struct PackageFacts {
     pub name: String,
     pub deps: Vec<String>,
     pub cores: u64,
-    /// Recorded durations (ms) of real runs, newest first, each with the CPU MHz of its node.
-    pub history: Vec<(u64, u64)>,
+    /// Recorded real runs, newest first.
+    pub history: Vec<RecordedRun>,
     pub cached: bool,
     pub input_bytes: u64,
+}
+
+/// One recorded run of a package and the benchmark figures of the node it ran on.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RecordedRun {
+    pub duration_ms: u64,
+    /// Single-core score of the node (0: not measured).
+    pub cpu_score: f64,
+    /// Sequential read MB/s of the node's storage (0: not measured).
+    pub storage_mbps: f64,
+}
+
+/// The node a package is expected to run on, by its benchmark figures (0: not measured).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Target {
+    pub cpu_score: f64,
+    pub storage_mbps: f64,
+}
+
+fn ratio(recorded: f64, target: f64) -> f64 {
+    if recorded > 0.0 && target > 0.0 {
+        recorded / target
+    } else {
+        1.0
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(1.0)
 }
 
 /// Time for a package that has never run: process start plus reading its inputs.
@@ -86,12 +119,13 @@ fn unknown_package_ms(input_bytes: u64) -> u64 {
     100 + input_bytes / 20_000 // ~20 MB/s of source compiled: a deliberately rough prior
 }
 
-/// Estimates a package from its history, scaled to a node of `target_mhz`.
-pub fn package_estimate(f: &PackageFacts, target_mhz: u64) -> PackageEstimate {
-    let unit = |cpu_factor| EstimationFactors {
+/// Estimates a package from its last five real runs, each scaled to the target node: the time
+/// spent reading inputs by storage speed, the rest by CPU score; the median resists outliers.
+pub fn package_estimate(f: &PackageFacts, target: Target) -> PackageEstimate {
+    let unit = |cpu_factor, storage_factor| EstimationFactors {
         cpu_factor,
         memory_factor: 1.0,
-        storage_factor: 1.0,
+        storage_factor,
         parallel_speedup: f.cores as f64,
     };
     if f.cached {
@@ -101,10 +135,10 @@ pub fn package_estimate(f: &PackageFacts, target_mhz: u64) -> PackageEstimate {
             cached: true,
             samples: f.history.len(),
             confidence: 0.95,
-            factors: unit(1.0),
+            factors: unit(1.0, 1.0),
         };
     }
-    let recent: Vec<(u64, u64)> = f.history.iter().take(5).copied().collect();
+    let recent: Vec<RecordedRun> = f.history.iter().take(5).copied().collect();
     if recent.is_empty() {
         return PackageEstimate {
             package: f.name.clone(),
@@ -112,32 +146,28 @@ pub fn package_estimate(f: &PackageFacts, target_mhz: u64) -> PackageEstimate {
             cached: false,
             samples: 0,
             confidence: 0.2,
-            factors: unit(1.0),
+            factors: unit(1.0, 1.0),
         };
     }
-    let mut scaled: Vec<f64> = recent
+    let scaled: Vec<f64> = recent
         .iter()
-        .map(|&(ms, mhz)| {
-            let factor = if mhz > 0 && target_mhz > 0 { mhz as f64 / target_mhz as f64 } else { 1.0 };
-            ms as f64 * factor
+        .map(|r| {
+            let io_ms = if r.storage_mbps > 0.0 { f.input_bytes as f64 / (r.storage_mbps * 1e3) } else { 0.0 };
+            let io_ms = io_ms.min(r.duration_ms as f64);
+            let cpu_ms = r.duration_ms as f64 - io_ms;
+            cpu_ms * ratio(r.cpu_score, target.cpu_score) + io_ms * ratio(r.storage_mbps, target.storage_mbps)
         })
         .collect();
-    scaled.sort_by(f64::total_cmp);
-    let median = scaled[scaled.len() / 2];
-    let raw_median = {
-        let mut r: Vec<u64> = recent.iter().map(|x| x.0).collect();
-        r.sort();
-        r[r.len() / 2] as f64
-    };
-    let cpu_factor = if raw_median > 0.0 { median / raw_median } else { 1.0 };
+    let cpu_factor = median(recent.iter().map(|r| ratio(r.cpu_score, target.cpu_score)).collect());
+    let storage_factor = median(recent.iter().map(|r| ratio(r.storage_mbps, target.storage_mbps)).collect());
     let confidence = (0.5 + 0.15 * recent.len() as f64).min(0.9);
     PackageEstimate {
         package: f.name.clone(),
-        duration_ms: median.round() as u64,
+        duration_ms: median(scaled).round() as u64,
         cached: false,
         samples: recent.len(),
         confidence,
-        factors: unit(cpu_factor),
+        factors: unit(cpu_factor, storage_factor),
     }
 }
 
@@ -174,11 +204,11 @@ pub fn estimate(
     order: &[String],
     facts: &BTreeMap<String, PackageFacts>,
     cores: u64,
-    target_mhz: u64,
+    target: Target,
     network_overhead_ms: u64,
 ) -> BuildEstimation {
     let packages: Vec<PackageEstimate> =
-        order.iter().filter_map(|n| facts.get(n)).map(|f| package_estimate(f, target_mhz)).collect();
+        order.iter().filter_map(|n| facts.get(n)).map(|f| package_estimate(f, target)).collect();
     let durations: BTreeMap<String, u64> = packages.iter().map(|p| (p.package.clone(), p.duration_ms)).collect();
     let wall = makespan(order, facts, &durations, cores);
     let sum: u64 = durations.values().sum();
@@ -211,7 +241,7 @@ mod tests {
             name: name.into(),
             deps: deps.iter().map(|d| d.to_string()).collect(),
             cores: 1,
-            history: history.iter().map(|&ms| (ms, 0)).collect(),
+            history: history.iter().map(|&ms| RecordedRun { duration_ms: ms, ..Default::default() }).collect(),
             cached,
             input_bytes: 0,
         }
@@ -229,28 +259,39 @@ mod tests {
         .map(|f| (f.name.clone(), f))
         .collect();
         let order: Vec<String> = ["a", "b", "c", "link"].iter().map(|s| s.to_string()).collect();
-        let one = estimate(&order, &f, 1, 0, 0);
+        let one = estimate(&order, &f, 1, Target::default(), 0);
         assert_eq!(one.total_duration_ms, 350);
-        let three = estimate(&order, &f, 3, 0, 0);
+        let three = estimate(&order, &f, 3, Target::default(), 0);
         assert_eq!(three.total_duration_ms, 150, "three compiles in parallel, then the link");
         assert!((three.parallelization_factor - 350.0 / 150.0).abs() < 1e-9);
     }
 
     #[test]
     fn history_cache_and_speed_shape_a_package() {
-        let cached = package_estimate(&facts("x", &[], &[500], true), 0);
+        let none = Target::default();
+        let cached = package_estimate(&facts("x", &[], &[500], true), none);
         assert_eq!((cached.duration_ms, cached.cached), (0, true));
-        let learned = package_estimate(&facts("x", &[], &[100, 120, 90, 5000, 110], false), 0);
+        let learned = package_estimate(&facts("x", &[], &[100, 120, 90, 5000, 110], false), none);
         assert_eq!(learned.duration_ms, 110, "the median resists an outlier");
         assert!(learned.confidence > 0.8);
-        let fresh = package_estimate(&PackageFacts { input_bytes: 2_000_000, ..facts("x", &[], &[], false) }, 0);
+        let fresh = package_estimate(&PackageFacts { input_bytes: 2_000_000, ..facts("x", &[], &[], false) }, none);
         assert_eq!(fresh.duration_ms, 200);
         assert!(fresh.confidence < 0.3);
         let mut slow_history = facts("x", &[], &[], false);
-        slow_history.history = vec![(200, 1000)];
-        let faster_target = package_estimate(&slow_history, 2000);
+        slow_history.history = vec![RecordedRun { duration_ms: 200, cpu_score: 100.0, storage_mbps: 0.0 }];
+        let faster_target = package_estimate(&slow_history, Target { cpu_score: 200.0, storage_mbps: 0.0 });
         assert_eq!(faster_target.duration_ms, 100, "a node twice as fast halves the time");
         assert!((faster_target.factors.cpu_factor - 0.5).abs() < 1e-9);
+        // 100 MB of inputs read at 100 MB/s took 1 s of a 1.5 s run; storage 4× as fast makes
+        // that 0.25 s, the CPU part stays.
+        let io_heavy = PackageFacts {
+            input_bytes: 100_000_000,
+            history: vec![RecordedRun { duration_ms: 1500, cpu_score: 100.0, storage_mbps: 100.0 }],
+            ..facts("x", &[], &[], false)
+        };
+        let e = package_estimate(&io_heavy, Target { cpu_score: 100.0, storage_mbps: 400.0 });
+        assert_eq!(e.duration_ms, 750);
+        assert!((e.factors.storage_factor - 0.25).abs() < 1e-9);
     }
 
     #[test]
@@ -259,7 +300,7 @@ mod tests {
             &["a".to_string()],
             &[("a".to_string(), facts("a", &[], &[1500], false))].into_iter().collect(),
             2,
-            0,
+            Target::default(),
             12,
         );
         let text = e.format_human();

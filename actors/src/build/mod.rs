@@ -440,18 +440,23 @@ impl Builds {
         let cfg = self.resolve(req.config.as_deref(), req.template.as_deref()).await?;
         let status = self.node.status().await.map_err(|_| BuildError::Unavailable)?;
         let (_, peers) = self.mesh.peers().await.ok_or(BuildError::Unavailable)?;
-        let mut mhz: BTreeMap<String, u64> = BTreeMap::new();
-        mhz.insert(self.node_id.to_string(), status.resources.cpu.frequency_mhz);
+        // Every node's figures, to scale recorded runs by; the node each ran on may be offline now.
+        let mut figures: BTreeMap<String, estimate::Target> = BTreeMap::new();
+        figures.insert(self.node_id.to_string(), target_of(&status.benchmarks));
         let mut cores_by_node: BTreeMap<NodeId, u64> = BTreeMap::new();
         cores_by_node.insert(self.node_id.clone(), status.resources.cpu.offered as u64);
-        let mut rtts = Vec::new();
+        let mut links = Vec::new();
         for p in &peers {
             if let Some(a) = &p.advert {
-                mhz.insert(p.node_id.to_string(), a.resources.cpu.frequency_mhz);
+                figures.insert(p.node_id.to_string(), target_of(&a.benchmarks));
                 if p.status != "offline" && p.role != wire::Role::Observer && a.accept_remote_builds && !req.local_only
                 {
                     cores_by_node.insert(p.node_id.clone(), a.resources.cpu.offered as u64);
-                    rtts.push(p.latency_ms.unwrap_or(1.0));
+                    let measured = status.benchmarks.network_to(p.node_id.as_str());
+                    links.push((
+                        measured.map_or(p.latency_ms.unwrap_or(1.0), |n| n.latency_ms),
+                        measured.map_or(ASSUMED_MBPS, |n| n.upload_mbps.min(n.download_mbps)),
+                    ));
                 }
             }
         }
@@ -465,7 +470,16 @@ impl Builds {
         if let Some(total) = cfg.as_ref().map(|c| u64::from(c.resources.cpu.cores)).filter(|t| *t > 0) {
             cores = cores.min(total);
         }
-        let target_mhz = cores_by_node.keys().filter_map(|n| mhz.get(n.as_str()).copied()).max().unwrap_or(0);
+        // Packages go to the node placement ranks first, so that node's figures are the target.
+        let target = cores_by_node
+            .keys()
+            .filter(|n| caps.as_ref().is_none_or(|c| c.contains_key(*n)))
+            .filter_map(|n| {
+                figures.get(n.as_str()).map(|f| (runner::placement_rank(f.cpu_score, *n == self.node_id), *f))
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, f)| f)
+            .unwrap_or_default();
         let tools: BTreeMap<String, Option<String>> = status
             .resources
             .tools
@@ -519,7 +533,7 @@ impl Builds {
                     }
                 }
             }
-            let history = self.history_of(name, &mhz).await?;
+            let history = self.history_of(name, &figures).await?;
             facts.insert(
                 name.clone(),
                 estimate::PackageFacts {
@@ -533,18 +547,26 @@ impl Builds {
             );
         }
         // Work beyond this node's cores goes to peers: their share of the inputs crosses the
-        // mesh (at an assumed 100 MB/s until network benchmarks), plus two round trips each.
+        // mesh at the measured bandwidth (an assumed 800 Mbit/s where no network benchmark has
+        // run), plus two round trips per package.
         let local = status.resources.cpu.offered as u64;
         let remote_share = if cores > local { (cores - local) as f64 / cores as f64 } else { 0.0 };
         let running = facts.values().filter(|f| !f.cached).count() as f64;
-        let rtt = if rtts.is_empty() { 0.0 } else { rtts.iter().sum::<f64>() / rtts.len() as f64 };
-        let network = (remote_share * (input_total as f64 / 100_000.0 + running * 2.0 * rtt)).round() as u64;
-        Ok(estimate::estimate(&req.project.order, &facts, cores.max(1), target_mhz, network))
+        let n = links.len().max(1) as f64;
+        let rtt = links.iter().map(|l| l.0).sum::<f64>() / n;
+        let mbps = if links.is_empty() { ASSUMED_MBPS } else { links.iter().map(|l| l.1).sum::<f64>() / n };
+        let transfer_ms = input_total as f64 * 8.0 / (mbps.max(1.0) * 1e3);
+        let network = (remote_share * (transfer_ms + running * 2.0 * rtt)).round() as u64;
+        Ok(estimate::estimate(&req.project.order, &facts, cores.max(1), target, network))
     }
 
-    /// Durations of a package's real (not cached) successful runs, newest first, with the MHz
-    /// of the node each ran on.
-    async fn history_of(&self, package: &str, mhz: &BTreeMap<String, u64>) -> Result<Vec<(u64, u64)>, BuildError> {
+    /// A package's real (not cached) successful runs, newest first, with the figures of the node
+    /// each ran on.
+    async fn history_of(
+        &self,
+        package: &str,
+        figures: &BTreeMap<String, estimate::Target>,
+    ) -> Result<Vec<estimate::RecordedRun>, BuildError> {
         let name = package.to_string();
         let rows: Vec<(i64, Option<String>)> = self
             .store
@@ -561,8 +583,26 @@ impl Builds {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(ms, node)| (ms.max(0) as u64, node.and_then(|n| mhz.get(&n).copied()).unwrap_or(0)))
+            .map(|(ms, node)| {
+                let f = node.and_then(|n| figures.get(&n).copied()).unwrap_or_default();
+                estimate::RecordedRun {
+                    duration_ms: ms.max(0) as u64,
+                    cpu_score: f.cpu_score,
+                    storage_mbps: f.storage_mbps,
+                }
+            })
             .collect())
+    }
+}
+
+/// Link speed assumed where no network benchmark has measured one (Mbit/s).
+const ASSUMED_MBPS: f64 = 800.0;
+
+/// The figures the estimator scales by: single-core score and the fastest volume's reads.
+fn target_of(b: &crate::bench::BenchmarkScores) -> estimate::Target {
+    estimate::Target {
+        cpu_score: b.cpu_single().unwrap_or(0.0),
+        storage_mbps: b.storage.iter().map(|s| s.seq_read_mbps).fold(0.0, f64::max),
     }
 }
 

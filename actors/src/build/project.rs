@@ -295,6 +295,30 @@ pub fn load(root: &Path) -> Result<Project, ProjectError> {
     Manifest::parse(&file, &text)?.check(&file, root)
 }
 
+impl Project {
+    /// Re-checks a project a client sent: the manifest's structure, and input lists that only
+    /// name files matching the package's globs.
+    pub fn recheck(&self, file: &str) -> Result<Vec<String>, ProjectError> {
+        let order = self.manifest.check_structure(file)?;
+        for (name, files) in &self.inputs {
+            let Some(p) = self.manifest.packages.get(name) else {
+                return Err(err(file, format!("inputs.{name}"), "no such package"));
+            };
+            let patterns: Vec<glob::Pattern> = p.inputs.iter().filter_map(|g| glob::Pattern::new(g).ok()).collect();
+            for f in files {
+                if !relative_ok(f) || !patterns.iter().any(|pat| pat.matches(f)) {
+                    return Err(err(
+                        file,
+                        format!("packages.{name}.inputs"),
+                        format!("'{f}' is not matched by the package's inputs"),
+                    ));
+                }
+            }
+        }
+        Ok(order)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,29 +405,5 @@ memory_gb = 0.5
         assert!(!version_matches("12", "1.2"));
         assert!(version_matches("=1.95", "1.95.0"));
         assert!(version_matches(">1.0", "v1.0.1"));
-    }
-}
-
-impl Project {
-    /// Re-checks a project a client sent: the manifest's structure, and input lists that only
-    /// name files matching the package's globs.
-    pub fn recheck(&self, file: &str) -> Result<Vec<String>, ProjectError> {
-        let order = self.manifest.check_structure(file)?;
-        for (name, files) in &self.inputs {
-            let Some(p) = self.manifest.packages.get(name) else {
-                return Err(err(file, format!("inputs.{name}"), "no such package"));
-            };
-            let patterns: Vec<glob::Pattern> = p.inputs.iter().filter_map(|g| glob::Pattern::new(g).ok()).collect();
-            for f in files {
-                if !relative_ok(f) || !patterns.iter().any(|pat| pat.matches(f)) {
-                    return Err(err(
-                        file,
-                        format!("packages.{name}.inputs"),
-                        format!("'{f}' is not matched by the package's inputs"),
-                    ));
-                }
-            }
-        }
-        Ok(order)
     }
 }

@@ -452,8 +452,23 @@ struct Candidate {
     versions: Vec<(String, String)>,
     free_cores: u64,
     capacity: u64,
-    /// CPU frequency: the measure of "faster" until benchmarks score nodes.
-    mhz: u64,
+    /// Single-core benchmark score; 0 when the node has not been measured.
+    cpu_score: f64,
+}
+
+/// How much faster a peer must be before work leaves this node: sending inputs and outputs
+/// across the mesh costs time this node does not pay.
+pub const LOCAL_PREFERENCE: f64 = 1.5;
+
+/// Placement order: faster first, with this node's advantage. An unmeasured node ranks as one of
+/// score 1, so without benchmarks this node comes first and peers tie.
+pub fn placement_rank(cpu_score: f64, local: bool) -> f64 {
+    let score = if cpu_score > 0.0 { cpu_score } else { 1.0 };
+    if local {
+        score * LOCAL_PREFERENCE
+    } else {
+        score
+    }
 }
 
 /// The versions a node would use for `requirements`, or None when it lacks one.
@@ -474,8 +489,20 @@ fn versions_for(
 async fn candidates(c: &BuildContext, requirements: &[Requirement], local_only: bool) -> Vec<Candidate> {
     let mut list = Vec::new();
     if let Some(versions) = versions_for(requirements, &c.tools) {
-        let capacity = c.node.status().await.map(|s| s.resources.cpu.offered as u64).unwrap_or(0);
-        list.push(Candidate { node: c.node_id.clone(), local: true, versions, free_cores: u64::MAX, capacity, mhz: 0 });
+        let (capacity, cpu_score) = c
+            .node
+            .status()
+            .await
+            .map(|s| (s.resources.cpu.offered as u64, s.benchmarks.cpu_single().unwrap_or(0.0)))
+            .unwrap_or((0, 0.0));
+        list.push(Candidate {
+            node: c.node_id.clone(),
+            local: true,
+            versions,
+            free_cores: u64::MAX,
+            capacity,
+            cpu_score,
+        });
     }
     if local_only {
         return list;
@@ -497,15 +524,15 @@ async fn candidates(c: &BuildContext, requirements: &[Requirement], local_only: 
         if let Some(versions) = versions_for(requirements, &tools) {
             let cpu = advert.resource_status.iter().filter(|r| r.kind == wire::ResourceKind::Cpu);
             let (free_cores, capacity) = cpu.fold((0, 0), |(f, c), r| (f + r.available, c + r.capacity));
-            let mhz = advert.resources.cpu.frequency_mhz;
-            list.push(Candidate { node: p.node_id, local: false, versions, free_cores, capacity, mhz });
+            let cpu_score = advert.benchmarks.cpu_single().unwrap_or(0.0);
+            list.push(Candidate { node: p.node_id, local: false, versions, free_cores, capacity, cpu_score });
         }
     }
     list
 }
 
-/// Serves a package from the cache, or runs it: here when a core is free, else on the peer
-/// with the most free cores; a lost or busy peer means trying again elsewhere (3 times at most).
+/// Serves a package from the cache, or runs it on the best-ranked node with a free core (see
+/// [`placement_rank`]); a lost or busy peer means trying again elsewhere (3 times at most).
 #[allow(clippy::too_many_arguments)]
 async fn place_and_run(
     c: &BuildContext,
@@ -559,45 +586,52 @@ async fn place_and_run(
                 }
             }
         }
-        if let Some(local) = list.iter().find(|x| x.local && c.limits.reserve(&x.node, cores)) {
-            let ran = run_local(c, &task, cores, memory, cancel).await;
-            c.limits.release(&local.node, cores);
-            match ran {
-                Ok(Some(result)) => {
-                    if result.success() {
-                        remember(c, &task.action_key(&local.versions), &result).await;
-                    }
-                    return Ok((result, false, c.node_id.clone()));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(e),
+        // Faster first (this node with its advantage), then the one with the most room.
+        let mut order: Vec<&Candidate> = list.iter().filter(|x| x.local || x.free_cores >= cores).collect();
+        order.sort_by(|a, b| {
+            placement_rank(b.cpu_score, b.local)
+                .total_cmp(&placement_rank(a.cpu_score, a.local))
+                .then(b.free_cores.cmp(&a.free_cores))
+        });
+        for cand in order {
+            if !c.limits.reserve(&cand.node, cores) {
+                continue;
             }
-        }
-        let mut remotes: Vec<&Candidate> = list.iter().filter(|x| !x.local && x.free_cores >= cores).collect();
-        // Faster nodes first, then the one with the most room.
-        remotes.sort_by_key(|x| std::cmp::Reverse((x.mhz, x.free_cores)));
-        if let Some(peer) = remotes.into_iter().find(|x| c.limits.reserve(&x.node, cores)) {
+            if cand.local {
+                let ran = run_local(c, &task, cores, memory, cancel).await;
+                c.limits.release(&cand.node, cores);
+                match ran {
+                    Ok(Some(result)) => {
+                        if result.success() {
+                            remember(c, &task.action_key(&cand.versions), &result).await;
+                        }
+                        return Ok((result, false, c.node_id.clone()));
+                    }
+                    Ok(None) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
             let ran = c
                 .mesh
-                .run_remote(peer.node.clone(), task.clone(), cores, memory, c.limits.volumes.get(&peer.node).cloned())
+                .run_remote(cand.node.clone(), task.clone(), cores, memory, c.limits.volumes.get(&cand.node).cloned())
                 .await;
-            c.limits.release(&peer.node, cores);
+            c.limits.release(&cand.node, cores);
             match ran {
                 Ok(result) => {
                     if result.success() {
-                        remember(c, &task.action_key(&peer.versions), &result).await;
+                        remember(c, &task.action_key(&cand.versions), &result).await;
                     }
-                    return Ok((result, false, peer.node.clone()));
+                    return Ok((result, false, cand.node.clone()));
                 }
                 Err(e) if e.starts_with("busy") => {}
                 Err(e) => {
-                    log::warn!("package {} on {}: {e}; trying elsewhere", task.package, peer.node);
-                    excluded.insert(peer.node.clone());
+                    log::warn!("package {} on {}: {e}; trying elsewhere", task.package, cand.node);
+                    excluded.insert(cand.node.clone());
                     retries += 1;
                     if retries > 3 {
                         return Err(format!("gave up after 3 retries: {e}"));
                     }
-                    continue;
+                    break;
                 }
             }
         }

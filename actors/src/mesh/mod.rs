@@ -7,6 +7,7 @@
 //! argument.
 
 pub mod bridge;
+pub mod netbench;
 pub mod noise;
 pub mod roster;
 
@@ -209,6 +210,22 @@ pub struct MeshActor {
     node: NodeHandle,
     events: EventBus,
     work: RemoteWork,
+    bench: BenchSchedule,
+}
+
+/// Network probes in flight and the benchmark schedule this node runs when it coordinates.
+struct BenchSchedule {
+    /// This node's own probes: id → where the peer's answers go.
+    probes: HashMap<u64, UnboundedSender<netbench::ProbeEvent>>,
+    /// Payload bytes counted for peers' upload probes.
+    counted: HashMap<(NodeId, u64), u64>,
+    /// Where a grant for this node's own scheduled benchmark goes (set by the node at start).
+    sink: Option<UnboundedSender<()>>,
+    /// The node granted a run, when (wall ms), and whether it has been seen running.
+    granted: Option<(NodeId, u64, bool)>,
+    /// This node's latest status, for the schedule's view of itself.
+    own: Option<Box<NodeStatus>>,
+    started: Instant,
 }
 
 /// Packages run for other nodes, and packages this node sent elsewhere.
@@ -287,6 +304,14 @@ impl MeshActor {
                 sent: HashMap::new(),
                 receiving: HashMap::new(),
                 waiting: Vec::new(),
+            },
+            bench: BenchSchedule {
+                probes: HashMap::new(),
+                counted: HashMap::new(),
+                sink: None,
+                granted: None,
+                own: None,
+                started: Instant::now(),
             },
         };
         actor.refresh_own_entry().await?;
@@ -410,6 +435,60 @@ impl MeshActor {
         self.dial_missing(now, ctx);
         self.exchange_heads(ctx);
         self.advertise(ctx, false);
+        self.schedule_benchmarks();
+    }
+
+    /// The coordinator's half of plan §8.3: at most one node benchmarks at a time, the one most
+    /// overdue first, and never one that is busy with builds. A grant is over when the node's
+    /// advert shows results newer than the grant, when it goes offline, when it has not started
+    /// within 15 s (a grant lost in a coordinator change), or after ten minutes.
+    fn schedule_benchmarks(&mut self) {
+        if self.view.coordinator != self.me || self.bench.started.elapsed() < OFFLINE_AFTER {
+            return;
+        }
+        let now = wire::now_ms();
+        let mut nodes: Vec<(&NodeId, &NodeStatus)> = Vec::new();
+        if let Some(own) = &self.bench.own {
+            if self.role != Role::Observer {
+                nodes.push((&self.me, own));
+            }
+        }
+        for (id, p) in &self.peers {
+            if let (true, Some(a)) = (p.online() && p.entry.role != Role::Observer, &p.advert) {
+                nodes.push((id, a));
+            }
+        }
+        if let Some((id, at, seen_running)) = &mut self.bench.granted {
+            let (done, running) = match nodes.iter().find(|(n, _)| *n == id) {
+                Some((_, s)) => (!s.benchmarks.running && s.benchmarks.measured_at_ms >= *at, s.benchmarks.running),
+                None => (true, false),
+            };
+            *seen_running |= running;
+            let age = now.saturating_sub(*at);
+            let lapsed = (!*seen_running && age > 15_000) || age > 600_000;
+            if !done && !lapsed {
+                return;
+            }
+            self.bench.granted = None;
+        }
+        if nodes.iter().any(|(_, s)| s.benchmarks.running) {
+            return;
+        }
+        let due = nodes
+            .iter()
+            .filter(|(_, s)| s.status != "busy")
+            .filter_map(|(id, s)| s.benchmarks.next_due_ms.filter(|d| *d <= now).map(|d| (d, (*id).clone())))
+            .min();
+        let Some((_, id)) = due else { return };
+        log::info!("benchmark turn for {id}");
+        self.bench.granted = Some((id.clone(), now, false));
+        if id == self.me {
+            if let Some(sink) = &self.bench.sink {
+                let _ = sink.send(());
+            }
+        } else if let Some(link) = self.peers.get(&id).and_then(|p| p.link) {
+            self.send(link, MeshMessage::BenchmarkGrant { epoch: self.view.epoch });
+        }
     }
 
     fn dial_missing(&mut self, now: Instant, ctx: &mut Context<Self>) {
@@ -474,6 +553,7 @@ impl MeshActor {
         let node = self.node.clone();
         ctx.spawn(async move { node.status().await }.into_actor(self).map(move |status, act, _| {
             let Ok(status) = status else { return };
+            act.bench.own = Some(Box::new(status.clone()));
             let fingerprint = advert_fingerprint(&status);
             if force || fingerprint != act.last_advert {
                 act.last_advert = fingerprint;
@@ -555,6 +635,44 @@ impl MeshActor {
                 }
             }
             MeshMessage::BlobChunk(chunk) => self.on_chunk(ctx, chunk),
+            MeshMessage::NetEcho { probe, seq } => self.send(link_id, MeshMessage::NetEchoReply { probe, seq }),
+            MeshMessage::NetEchoReply { probe, seq } => self.forward_to_probe(probe, netbench::ProbeEvent::Echo(seq)),
+            MeshMessage::NetData { probe, data } => {
+                if self.bench.probes.contains_key(&probe) {
+                    self.forward_to_probe(probe, netbench::ProbeEvent::Data(data.len()));
+                } else {
+                    *self.bench.counted.entry((from, probe)).or_default() += data.len() as u64;
+                }
+            }
+            MeshMessage::NetDataEnd { probe } => {
+                if self.bench.probes.contains_key(&probe) {
+                    self.forward_to_probe(probe, netbench::ProbeEvent::End);
+                } else {
+                    let bytes = self.bench.counted.remove(&(from, probe)).unwrap_or(0);
+                    self.send(link_id, MeshMessage::NetReceived { probe, bytes });
+                }
+            }
+            MeshMessage::NetReceived { probe, bytes } => {
+                self.forward_to_probe(probe, netbench::ProbeEvent::Received(bytes))
+            }
+            MeshMessage::NetPull { probe, bytes } => {
+                let payload = vec![0xA5u8; netbench::PAYLOAD_CHUNK];
+                let (mut sent, bytes) = (0u64, bytes.min(netbench::MAX_PULL_BYTES));
+                while sent < bytes {
+                    let n = netbench::PAYLOAD_CHUNK.min((bytes - sent) as usize);
+                    self.send(link_id, MeshMessage::NetData { probe, data: payload[..n].to_vec() });
+                    sent += n as u64;
+                }
+                self.send(link_id, MeshMessage::NetDataEnd { probe });
+            }
+            MeshMessage::BenchmarkGrant { epoch } => {
+                // Only the coordinator this node recognises hands out turns.
+                if from == self.view.coordinator || epoch > self.view.epoch {
+                    if let Some(sink) = &self.bench.sink {
+                        let _ = sink.send(());
+                    }
+                }
+            }
             MeshMessage::TaskDone { task_id, result } => {
                 if let Some((peer, reply)) = self.work.sent.remove(&task_id) {
                     if peer == from {
@@ -566,6 +684,14 @@ impl MeshActor {
                         let _ = reply.send(result);
                     }
                 }
+            }
+        }
+    }
+
+    fn forward_to_probe(&mut self, probe: u64, event: netbench::ProbeEvent) {
+        if let Some(tx) = self.bench.probes.get(&probe) {
+            if tx.send(event).is_err() {
+                self.bench.probes.remove(&probe);
             }
         }
     }
@@ -809,7 +935,17 @@ fn store_error(e: RosterError) -> crate::store::StoreError {
 /// What of a status is worth re-advertising (not the clock-driven fields).
 fn advert_fingerprint(s: &NodeStatus) -> String {
     let caps: Vec<_> = s.resource_status.iter().map(|r| (&r.key, r.capacity, r.available)).collect();
-    format!("{}|{}|{:?}|{}", s.status, s.resources.fingerprint(), caps, s.name)
+    let b = &s.benchmarks;
+    format!(
+        "{}|{}|{:?}|{}|{}|{}|{:?}",
+        s.status,
+        s.resources.fingerprint(),
+        caps,
+        s.name,
+        b.running,
+        b.measured_at_ms,
+        b.next_due_ms
+    )
 }
 
 /// Splits entries into batches that each fit one frame.
@@ -1382,6 +1518,52 @@ impl Handler<RunRemote> for MeshActor {
     }
 }
 
+/// Measures the link to a peer (see [`netbench`]).
+#[derive(Message)]
+#[rtype(result = "Result<crate::bench::NetworkBenchmarkResult, String>")]
+pub struct NetworkTest {
+    pub peer: NodeId,
+    pub options: netbench::NetworkOptions,
+}
+
+impl Handler<NetworkTest> for MeshActor {
+    type Result = ResponseActFuture<Self, Result<crate::bench::NetworkBenchmarkResult, String>>;
+
+    fn handle(&mut self, msg: NetworkTest, _: &mut Context<Self>) -> Self::Result {
+        let target = self.peers.get(&msg.peer).and_then(|p| {
+            let link = p.link.filter(|_| p.online()).and_then(|l| self.links.get(&l))?;
+            Some((link.addr.clone(), p.advert.as_ref().map_or(p.entry.name.clone(), |a| a.name.clone())))
+        });
+        let Some((link, name)) = target else {
+            let why = format!("node {} is not online", msg.peer);
+            return Box::pin(async move { Err(why) }.into_actor(self));
+        };
+        let probe = rand::random::<u64>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.bench.probes.insert(probe, tx);
+        let fut = netbench::measure(link, rx, probe, (msg.peer.to_string(), name), msg.options);
+        Box::pin(fut.into_actor(self).map(move |result, act, _| {
+            act.bench.probes.remove(&probe);
+            result
+        }))
+    }
+}
+
+/// Where this node's turns of the benchmark schedule go.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetBenchmarkSink {
+    pub sink: UnboundedSender<()>,
+}
+
+impl Handler<SetBenchmarkSink> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetBenchmarkSink, _: &mut Context<Self>) {
+        self.bench.sink = Some(msg.sink);
+    }
+}
+
 /// Typed front of the mesh actor.
 #[derive(Clone)]
 pub struct MeshHandle {
@@ -1457,6 +1639,19 @@ impl MeshHandle {
             .send(RunRemote { peer, task, cores, memory_bytes, volume })
             .await
             .unwrap_or_else(|_| Err("the mesh actor stopped".into()))
+    }
+
+    /// Measures latency, jitter and bandwidth to a peer over its mesh link.
+    pub async fn network_test(
+        &self,
+        peer: NodeId,
+        options: netbench::NetworkOptions,
+    ) -> Result<crate::bench::NetworkBenchmarkResult, String> {
+        self.addr.send(NetworkTest { peer, options }).await.unwrap_or_else(|_| Err("the mesh actor stopped".into()))
+    }
+
+    pub fn set_benchmark_sink(&self, sink: UnboundedSender<()>) {
+        self.addr.do_send(SetBenchmarkSink { sink });
     }
 
     pub async fn leave(&self) -> Result<(), RosterError> {

@@ -2,7 +2,9 @@
 //! recorded history. Running a benchmark loads the machine, so it is for admins.
 
 use actix_web::{web, HttpResponse};
-use buildnet_actors::bench::{BenchOptions, BenchmarkResults, Run, StorageBenchmarkResult};
+use buildnet_actors::bench::{BenchOptions, BenchmarkResults, NetworkBenchmarkResult, StorageBenchmarkResult};
+use buildnet_actors::mesh::netbench::NetworkOptions;
+use buildnet_actors::node::BenchmarkSelection;
 use buildnet_actors::wire::Action;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -15,43 +17,57 @@ use crate::web::AppState;
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BenchmarkRequest {
-    /// Any of cpu, memory, storage (default: all three; storage on every volume).
+    /// Any of cpu, memory, storage, network (default: all four; storage on every volume,
+    /// network to every online peer).
     #[serde(default)]
     pub types: Vec<String>,
     #[serde(default)]
     pub options: Option<BenchOptions>,
+    #[serde(default)]
+    pub network_options: Option<NetworkOptions>,
 }
 
 fn failed(e: String) -> ApiError {
     ApiError::new(actix_web::http::StatusCode::UNPROCESSABLE_ENTITY, "benchmark_failed", e)
 }
 
-/// Runs benchmarks on this node and records them (`benchmarks`, `BenchmarkCompleted`).
+const TYPES: [&str; 4] = ["cpu", "memory", "storage", "network"];
+
+/// Runs benchmarks on this node and to its peers, records them (`benchmarks`,
+/// `BenchmarkCompleted`) and advertises them to the pool.
 #[utoipa::path(post, path = "/api/node/benchmark", tag = "node", request_body = BenchmarkRequest,
     responses((status = 200, body = BenchmarkResults), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn run(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
     caller.require(Action::ModifyResources, "run benchmarks")?;
     let req: BenchmarkRequest = if body.is_empty() { BenchmarkRequest::default() } else { body.parse()? };
-    let all = req.types.is_empty();
     for t in &req.types {
-        if !["cpu", "memory", "storage"].contains(&t.as_str()) {
-            return Err(ApiError::bad_request("invalid_body", format!("types: '{t}' is not cpu, memory or storage")));
+        if !TYPES.contains(&t.as_str()) {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                format!("types: '{t}' is not cpu, memory, storage or network"),
+            ));
         }
     }
-    let wants = |t: &str| all || req.types.iter().any(|x| x == t);
-    let status = state.node.node.status().await?;
-    let run = Run {
-        node_id: status.node_id.to_string(),
-        cpu_threads: wants("cpu").then_some(status.resources.cpu.count),
-        memory: wants("memory"),
-        storage: if wants("storage") {
-            status.resources.storage.iter().map(|v| v.path.clone().into()).collect()
-        } else {
-            vec![]
-        },
-        options: req.options.unwrap_or_default(),
-    };
-    Ok(HttpResponse::Ok().json(state.node.bench.run(run).await.map_err(failed)?))
+    if let Some(o) = &req.network_options {
+        o.check().map_err(|e| ApiError::bad_request("invalid_body", format!("network_options.{e}")))?;
+    }
+    let wants = |t: &str| req.types.is_empty() || req.types.iter().any(|x| x == t);
+    let mut selection = state.node.full_selection(false).await;
+    selection.cpu = wants("cpu");
+    selection.memory = wants("memory");
+    if !wants("storage") {
+        selection.storage.clear();
+    }
+    if !wants("network") {
+        selection.network.clear();
+    }
+    if let Some(o) = req.options {
+        selection.options = o;
+    }
+    if let Some(o) = req.network_options {
+        selection.network_options = o;
+    }
+    Ok(HttpResponse::Ok().json(state.node.benchmark(selection).await.map_err(failed)?))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -82,21 +98,54 @@ pub async fn storage(state: web::Data<AppState>, caller: Caller, body: JsonBody)
         }
         options.file_mb = mb;
     }
-    let status = state.node.node.status().await?;
-    let run = Run {
-        node_id: status.node_id.to_string(),
-        cpu_threads: None,
-        memory: false,
-        storage: vec![req.path.into()],
-        options,
-    };
-    let mut results = state.node.bench.run(run).await.map_err(failed)?;
+    let selection = BenchmarkSelection { storage: vec![req.path.into()], options, ..Default::default() };
+    let mut results = state.node.benchmark(selection).await.map_err(failed)?;
     Ok(HttpResponse::Ok().json(results.storage.remove(0)))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkTest {
+    /// The peer's node id or name.
+    pub node: String,
+    /// Round trips to time (default 50).
+    pub samples: Option<u32>,
+    /// Pause between round trips, ms (default 10).
+    pub interval_ms: Option<u64>,
+    /// Payload each way, MB (default 32).
+    pub size_mb: Option<u64>,
+}
+
+/// Measures the mesh link to one peer: round-trip latency and jitter, upload and download.
+#[utoipa::path(post, path = "/api/test/network", tag = "node", request_body = NetworkTest,
+    responses((status = 200, body = NetworkBenchmarkResult), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn network(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::ModifyResources, "run benchmarks")?;
+    let req: NetworkTest = body.parse()?;
+    let d = NetworkOptions::default();
+    let options = NetworkOptions {
+        samples: req.samples.unwrap_or(d.samples),
+        interval_ms: req.interval_ms.unwrap_or(d.interval_ms),
+        size_mb: req.size_mb.unwrap_or(d.size_mb),
+    };
+    options.check().map_err(|e| ApiError::bad_request("invalid_body", e))?;
+    let peers = state.node.mesh.peers().await.map(|(_, p)| p).unwrap_or_default();
+    let Some(peer) = peers.iter().find(|p| p.node_id.to_string() == req.node || p.name == req.node) else {
+        return Err(ApiError::bad_request("invalid_body", format!("node: '{}' is not a peer of this node", req.node)));
+    };
+    if peer.status == "offline" {
+        return Err(failed(format!("node: '{}' is offline", req.node)));
+    }
+    let selection =
+        BenchmarkSelection { network: vec![peer.node_id.clone()], network_options: options, ..Default::default() };
+    let mut results = state.node.benchmark(selection).await.map_err(failed)?;
+    Ok(HttpResponse::Ok().json(results.network.remove(0)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct HistoryQuery {
-    /// cpu, memory or storage.
+    /// cpu, memory, storage or network.
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub kind: Option<String>,

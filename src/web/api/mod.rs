@@ -29,6 +29,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/node/benchmark", web::post().to(bench::run))
         .route("/node/benchmarks", web::get().to(bench::history))
         .route("/test/storage", web::post().to(bench::storage))
+        .route("/test/network", web::post().to(bench::network))
         .route("/pool", web::get().to(pool::get_pool))
         .route("/pool/nodes", web::get().to(pool::get_nodes))
         .route("/pool/resources", web::get().to(pool::get_resources))
@@ -121,7 +122,7 @@ impl Modify for BearerAuth {
     info(title = "BuildNet API", description = "Pool the machines you already have into one build farm."),
     paths(
         health, openapi,
-        node::get_node, node::scan, bench::run, bench::history, bench::storage,
+        node::get_node, node::scan, bench::run, bench::history, bench::storage, bench::network,
         pool::get_pool, pool::get_nodes, pool::get_resources,
         ledger::get_ledger, ledger::verify,
         keys::list, keys::create, keys::revoke,

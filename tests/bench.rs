@@ -1,0 +1,135 @@
+//! Benchmarks between real nodes: the network test over the mesh link, results advertised to the
+//! pool, and the start-up benchmarks that the coordinator grants one node at a time.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{wait_until, Start, TestNode};
+use serde_json::{json, Value};
+
+fn node_id(n: &TestNode) -> String {
+    n.get("/api/node").1["node_id"].as_str().expect("id").to_string()
+}
+
+fn all_online(n: &TestNode, count: usize) -> Option<()> {
+    let (_, v) = n.get("/api/pool/nodes");
+    let list = v["nodes"].as_array()?.clone();
+    (list.len() == count && list.iter().all(|x| x["status"] == "online")).then_some(())
+}
+
+#[test]
+fn the_network_test_measures_the_mesh_link_and_the_pool_sees_it() {
+    let a = TestNode::start_with(Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
+    let b = a.join("beta", "builder", Start::default());
+    for n in [&a, &b] {
+        wait_until("two nodes online", Duration::from_secs(20), || all_online(n, 2));
+    }
+    let a_id = node_id(&a);
+
+    let out = b.cli(&["test", "network", "alpha", "--size-mb", "4", "--samples", "10"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("to alpha") && text.contains("median of 10") && text.contains("Mbit/s"), "{text}");
+
+    let (status, r) = b.post("/api/test/network", &json!({ "node": a_id, "size_mb": 2, "samples": 5 }));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["target_node"], a_id.as_str());
+    assert_eq!(r["bytes"], 2 << 20);
+    assert_eq!(r["samples"], 5);
+    for field in ["latency_ms", "upload_mbps", "download_mbps"] {
+        assert!(r[field].as_f64().unwrap_or(0.0) > 0.0, "{field} measured: {r}");
+    }
+    assert!(r["min_latency_ms"].as_f64() <= r["latency_ms"].as_f64());
+    assert!(r["latency_ms"].as_f64() <= r["max_latency_ms"].as_f64());
+
+    // Bad requests name the field; the node keeps serving.
+    let (status, e) = b.post("/api/test/network", &json!({ "node": "nobody" }));
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap_or("").starts_with("node:"), "{e}");
+    let (status, e) = b.post("/api/test/network", &json!({ "node": "alpha", "size_mb": 0 }));
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap_or("").starts_with("size_mb"), "{e}");
+    let out = b.cli(&["test", "network", "nobody"]);
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1);
+
+    // An observer may not load the link.
+    let viewer = b.key("observer");
+    let (status, _) = common::http(
+        "POST",
+        &format!("{}/api/test/network", b.url),
+        &[("Authorization", &format!("Bearer {viewer}")), ("Content-Type", "application/json")],
+        Some(json!({ "node": "alpha" }).to_string().as_bytes()),
+    );
+    assert_eq!(status, 403);
+
+    // Recorded here, in the shared ledger, and advertised: alpha sees beta's link figures.
+    let (_, history) = b.get("/api/node/benchmarks?type=network");
+    assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
+    let b_id = node_id(&b);
+    wait_until("beta's network figures in alpha's pool view", Duration::from_secs(10), || {
+        let (_, v) = a.get("/api/pool/nodes");
+        let beta = v["nodes"].as_array()?.iter().find(|n| n["id"] == b_id.as_str())?.clone();
+        let net = beta["benchmarks"]["network"].as_array()?.clone();
+        (net.len() == 1 && net[0]["target_node"] == a_id.as_str()).then_some(())
+    });
+    wait_until("beta's BenchmarkCompleted replicated to alpha", Duration::from_secs(30), || {
+        let (_, v) = a.get(&format!("/api/ledger?types=BenchmarkCompleted&origin={b_id}"));
+        (v["entries"].as_array()?.len() == 2).then_some(())
+    });
+}
+
+fn runs(entries: &[Value]) -> Vec<(String, u64, u64)> {
+    entries
+        .iter()
+        .map(|e| {
+            let d = &e["data"];
+            (
+                e["origin"].as_str().unwrap_or_default().to_string(),
+                d["started_at_ms"].as_u64().unwrap_or(0),
+                d["finished_at_ms"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn start_up_benchmarks_take_turns_across_the_mesh() {
+    let on =
+        |name: &str| Start { args: vec!["--name".into(), name.into()], benchmark_on_start: true, ..Default::default() };
+    let a = TestNode::start_with(on("alpha"));
+    let b = a.join("beta", "builder", Start { benchmark_on_start: true, ..Default::default() });
+    let c = a.join("gamma", "builder", Start { benchmark_on_start: true, ..Default::default() });
+    let ids = [node_id(&a), node_id(&b), node_id(&c)];
+
+    // The node serves at once, while its benchmark waits for its turn or runs.
+    assert_eq!(a.get("/api/health").0, 200);
+
+    let entries = wait_until("a start-up benchmark from each node", Duration::from_secs(120), || {
+        let (_, v) = a.get("/api/ledger?types=BenchmarkCompleted&limit=100");
+        let entries = v["entries"].as_array()?.clone();
+        ids.iter().all(|id| entries.iter().any(|e| e["origin"] == id.as_str())).then_some(entries)
+    });
+    let mut spans = runs(&entries);
+    spans.sort_by_key(|s| s.1);
+    for pair in spans.windows(2) {
+        assert!(pair[0].2 <= pair[1].1, "benchmarks overlapped: {pair:?}");
+    }
+    // Every result carries the figures placement and estimates use, and each node advertises them.
+    for e in &entries {
+        assert!(e["data"]["cpu"]["single"].as_f64().unwrap_or(0.0) > 0.0, "{e}");
+        assert!(!e["data"]["storage"].as_array().map(Vec::is_empty).unwrap_or(true), "{e}");
+    }
+    wait_until("every node's scores in the pool view", Duration::from_secs(10), || {
+        let (_, v) = c.get("/api/pool/nodes");
+        let nodes = v["nodes"].as_array()?.clone();
+        (nodes.len() == 3
+            && nodes.iter().all(|n| {
+                n["benchmarks"]["cpu"]["single_core_score"].as_f64().unwrap_or(0.0) > 0.0
+                    && n["benchmarks"]["next_due_ms"].as_u64().unwrap_or(0)
+                        > n["benchmarks"]["measured_at_ms"].as_u64().unwrap_or(u64::MAX)
+            }))
+        .then_some(())
+    });
+}

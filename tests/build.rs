@@ -353,4 +353,38 @@ fn estimates_run_nothing_and_learn_from_history() {
     );
     let (status, body) = node.post("/api/build/estimate", &json!({}));
     assert_eq!(status, 400, "{body}");
+
+    // The configuration pages show the estimate of the last project under each configuration,
+    // and it follows the configuration: one core is slower than two for three parallel compiles.
+    let page = |path: &str| {
+        let (status, html) = common::http(
+            "GET",
+            &format!("{}{path}", node.url),
+            &[("Authorization", &format!("Bearer {}", node.admin_key))],
+            None,
+        );
+        assert_eq!(status, 200, "{html}");
+        html
+    };
+    let estimate_of = |html: &str| -> u64 {
+        assert!(html.contains("Estimated time: ~"), "the plan's text on the page");
+        let text = html.split("data-total-ms=\"").nth(1).expect("an estimate on the page");
+        text.split('"').next().and_then(|s| s.parse().ok()).expect("milliseconds")
+    };
+    let (status, one) =
+        node.post("/api/configs", &json!({ "name": "one-core", "resources": { "cpu": { "cores": 1 } } }));
+    assert_eq!(status, 201, "{one}");
+    let id = one["id"].as_str().expect("id").to_string();
+    let narrow = estimate_of(&page(&format!("/configs/{id}")));
+    assert!(page("/configs").contains("<td class=\"estimate\"><span title=\"Estimated time"), "the list has estimates");
+    let (status, _) = node.put(&format!("/api/configs/{id}"), &json!({ "resources": { "cpu": { "cores": 2 } } }));
+    assert_eq!(status, 200);
+    let wide = estimate_of(&page(&format!("/configs/{id}")));
+    if n_cores(&node) >= 2 {
+        assert!(wide < narrow, "two cores ({wide} ms) beat one ({narrow} ms)");
+    }
+}
+
+fn n_cores(node: &TestNode) -> u64 {
+    node.get("/api/node").1["resources"]["cpu"]["offered"].as_u64().unwrap_or(1)
 }

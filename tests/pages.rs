@@ -362,3 +362,45 @@ fn configurations_can_be_made_edited_and_deleted_from_the_pages() {
         http("POST", &url("/configs"), &[ctype, ("Cookie", &auth)], Some(b"csrf=forged&name=evil&cores=1"));
     assert_eq!(status, 400, "forged CSRF is refused");
 }
+
+#[test]
+fn browser_benchmark_pages_show_figures_history_and_the_network_matrix() {
+    let Some((chromium, chromedriver)) = browser() else { return };
+    let a = TestNode::start_with(common::Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
+    let b = a.join("beta", "builder", common::Start::default());
+    let b_id = b.get("/api/node").1["node_id"].as_str().expect("id").to_string();
+    wait_until("beta online on alpha", Duration::from_secs(15), || {
+        let (_, v) = a.get("/api/pool/nodes");
+        v["nodes"].as_array()?.iter().any(|n| n["id"] == b_id.as_str() && n["status"] == "online").then_some(())
+    });
+    // Beta measures itself and its link to alpha twice, with small sizes: two points of history.
+    let small = json!({ "types": ["cpu", "storage", "network"],
+        "options": { "cpu_secs": 0.2, "file_mb": 4, "random_secs": 0.2 },
+        "network_options": { "samples": 5, "interval_ms": 1, "size_mb": 1 } });
+    let mut score = 0.0;
+    for _ in 0..2 {
+        let (status, r) = b.post("/api/node/benchmark", &small);
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["network"].as_array().map(Vec::len), Some(1), "{r}");
+        score = r["cpu"]["single_core_score"].as_f64().expect("score");
+    }
+    wait_until("beta's results on alpha", Duration::from_secs(30), || {
+        let (_, v) = a.get(&format!("/api/ledger?types=BenchmarkCompleted&origin={b_id}"));
+        let (_, p) = a.get("/api/pool/nodes");
+        let beta = p["nodes"].as_array()?.iter().find(|n| n["id"] == b_id.as_str())?.clone();
+        (v["entries"].as_array()?.len() == 2 && beta["benchmarks"]["network"].as_array()?.len() == 1).then_some(())
+    });
+
+    let driver = Driver::start(&chromium, &chromedriver);
+    log_in(&driver, &a);
+    driver.call("POST", "/url", Some(json!({"url": format!("{}/benchmarks", a.url)})));
+    let matrix = driver.text("#network-matrix");
+    assert!(matrix.contains("ms") && matrix.contains("Mbit/s"), "beta's link to alpha: {matrix}");
+    assert!(matrix.contains("not measured"), "alpha has not measured its link to beta: {matrix}");
+    assert!(driver.text("#benchmark-nodes").contains(&format!("{score:.0}")), "beta's CPU score is listed");
+
+    driver.call("POST", "/url", Some(json!({"url": format!("{}/nodes/{b_id}", a.url)})));
+    assert!(driver.text("dl.benchmarks").contains("sieves/s"), "beta's latest figures on its page");
+    let _ = driver.find("figure.chart svg polyline");
+    assert!(driver.text("main").contains("CPU score"), "history charts drawn from the shared ledger");
+}

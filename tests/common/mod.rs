@@ -153,8 +153,17 @@ impl TestNode {
     }
 
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send("POST", path, body)
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send("PUT", path, body)
+    }
+
+    /// A JSON request with the admin key.
+    pub fn send(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
         let (status, text) = http(
-            "POST",
+            method,
             &format!("{}{path}", self.url),
             &[("Authorization", &format!("Bearer {}", self.admin_key)), ("Content-Type", "application/json")],
             Some(body.to_string().as_bytes()),

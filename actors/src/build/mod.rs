@@ -560,6 +560,34 @@ impl Builds {
         Ok(estimate::estimate(&req.project.order, &facts, cores.max(1), target, network))
     }
 
+    /// Estimates a from-scratch build (cache ignored: a configuration matters most then) of the
+    /// project built here most recently, under configuration `config`: what the configuration
+    /// pages show. `None` when nothing has been built here yet.
+    pub async fn estimate_latest(
+        &self,
+        config: &str,
+    ) -> Result<Option<(String, Vec<String>, estimate::BuildEstimation)>, BuildError> {
+        let latest: Option<(String, String)> = self
+            .store
+            .run(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT r.build_id, r.request FROM build_requests r JOIN builds b ON b.id = r.build_id
+                     ORDER BY b.started_at DESC LIMIT 1",
+                )?;
+                let mut rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(rows.next().transpose()?)
+            })
+            .await?;
+        let Some((build_id, text)) = latest else { return Ok(None) };
+        let Ok(mut req) = serde_json::from_str::<BuildRequest>(&text) else { return Ok(None) };
+        req.config = Some(config.to_string());
+        req.template = None;
+        req.local_only = false;
+        req.force = true;
+        let packages = req.project.order.clone();
+        Ok(Some((build_id, packages, self.estimate(req).await?)))
+    }
+
     /// A package's real (not cached) successful runs, newest first, with the figures of the node
     /// each ran on.
     async fn history_of(

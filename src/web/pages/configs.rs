@@ -27,7 +27,7 @@ async fn render(who: &Caller, state: &AppState, error: Option<&str>) -> HttpResp
         @if let Some(e) = error { p.error role="alert" { (e) } }
         @if configs.is_empty() { (super::empty("No configurations yet.")) } @else {
             table #configs {
-                thead { tr { th { "Name" } th { "Cores" } th { "Memory" } th { "Nodes" } th {} } }
+                thead { tr { th { "Name" } th { "Cores" } th { "Memory" } th { "Nodes" } th { "Estimate" } th {} } }
                 tbody {
                     @for c in &configs {
                         tr {
@@ -35,6 +35,7 @@ async fn render(who: &Caller, state: &AppState, error: Option<&str>) -> HttpResp
                             td { @if c.cores == 0 { "all" } @else { (c.cores) } }
                             td { @if c.memory_gb == 0.0 { "available" } @else { (c.memory_gb) " GB" } }
                             td { @if c.nodes.is_empty() { "any" } @else { (c.nodes.join(", ")) } }
+                            td.estimate { (estimate_cell(state, &c.id).await) }
                             td {
                                 a href=(format!("/api/configs/{}", c.id)) download=(format!("{}.json", c.name)) { "Export" }
                                 @if admin {
@@ -172,6 +173,46 @@ pub async fn edit_page(req: HttpRequest, state: web::Data<AppState>, id: web::Pa
     show(&who, &state, &id, None).await
 }
 
+/// A clean build of the last project built here under this configuration, in one line.
+async fn estimate_cell(state: &AppState, id: &str) -> maud::Markup {
+    match state.node.builds.estimate_latest(id).await {
+        Ok(Some((_, _, e))) => html! {
+            span title=(e.format_human()) { "~" (format!("{:.1}", e.total_duration_ms as f64 / 1000.0)) " s" }
+            span.small { " (" (format!("{:.0}", e.confidence * 100.0)) "%)" }
+        },
+        Ok(None) => html! { span.small { "no build yet" } },
+        Err(e) => html! { span.small.error { (e.to_string()) } },
+    }
+}
+
+/// The estimate with its packages, or why there is none.
+async fn estimate_section(state: &AppState, id: &str) -> maud::Markup {
+    let estimate = state.node.builds.estimate_latest(id).await;
+    html! {
+        h2 { "Estimate" }
+        @match estimate {
+            Ok(Some((build, packages, e))) => {
+                p.small { "A build from scratch (cache ignored) of the project last built here — build "
+                    a href=(format!("/builds/{build}")) { code { (build) } } ", packages " (packages.join(", "))
+                    " — on the nodes and cores this configuration allows, learned from recorded builds and scaled by benchmarks." }
+                pre #estimate data-total-ms=(e.total_duration_ms) { (e.format_human()) }
+                table #estimate-packages {
+                    thead { tr { th { "Package" } th { "Estimate" } th { "Runs learned from" } th { "CPU factor" } th { "Storage factor" } th { "Confidence" } } }
+                    tbody {
+                        @for p in &e.package_estimates {
+                            tr { td { (p.package) } td { (p.duration_ms) " ms" } td { (p.samples) }
+                                 td { (format!("{:.2}", p.factors.cpu_factor)) } td { (format!("{:.2}", p.factors.storage_factor)) }
+                                 td { (format!("{:.0}%", p.confidence * 100.0)) } }
+                        }
+                    }
+                }
+            }
+            Ok(None) => { p.small { "No estimate yet: estimates are for the project last built on this node; run a build first." } }
+            Err(e) => { p.error { "No estimate: " (e.to_string()) } }
+        }
+    }
+}
+
 async fn show(who: &Caller, state: &AppState, id: &str, error: Option<&str>) -> HttpResponse {
     let cfg = match state.node.builds.config(id).await {
         Ok(c) => c,
@@ -191,6 +232,7 @@ async fn show(who: &Caller, state: &AppState, id: &str, error: Option<&str>) -> 
             pre.data { (json) }
         }
         p { a href=(format!("/api/configs/{id}")) download=(format!("{}.json", cfg.name)) { "Export" } " · " a href="/configs" { "All configurations" } }
+        (estimate_section(state, id).await)
     };
     html_response(
         if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK },

@@ -2,6 +2,7 @@
 //! enhances (local times). Charts are SVG drawn here. Pages need a session: without one they
 //! redirect to `/login`.
 
+pub mod benchmarks;
 pub mod builds;
 pub mod configs;
 pub mod dashboard;
@@ -25,6 +26,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/node/scan", web::post().to(node::scan))
         .route("/nodes", web::get().to(nodes::page))
         .route("/nodes/{id}", web::get().to(node::remote_page))
+        .route("/benchmarks", web::get().to(benchmarks::page))
+        .route("/benchmarks/run", web::post().to(benchmarks::run))
         .route("/configs", web::get().to(configs::list))
         .route("/configs", web::post().to(configs::create))
         .route("/configs/{id}", web::get().to(configs::edit_page))
@@ -85,8 +88,16 @@ const LIVE_PAGES: [&str; 5] = ["/", "/nodes", "/node", "/ledger", "/builds"];
 
 /// The frame around every page: navigation, who is logged in, a logout form.
 pub fn layout(title: &str, caller: Option<&Caller>, active: &str, body: Markup) -> Markup {
-    let nav =
-        [("/", "Dashboard"), ("/nodes", "Nodes"), ("/node", "This node"), ("/ledger", "Ledger"), ("/keys", "Keys")];
+    let nav = [
+        ("/", "Dashboard"),
+        ("/nodes", "Nodes"),
+        ("/node", "This node"),
+        ("/builds", "Builds"),
+        ("/configs", "Configurations"),
+        ("/benchmarks", "Benchmarks"),
+        ("/ledger", "Ledger"),
+        ("/keys", "Keys"),
+    ];
     html! {
         (DOCTYPE)
         html lang="en" {

@@ -42,7 +42,7 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
         Err(redirect) => return *redirect,
     };
     match state.node.node.status().await {
-        Ok(s) => render(&who, &s, true),
+        Ok(s) => render(&who, &s, true, &state).await,
         Err(e) => super::super::error_page(Some(&who), &e.to_string()),
     }
 }
@@ -61,7 +61,7 @@ pub async fn remote_page(req: HttpRequest, state: web::Data<AppState>, id: web::
         Some(p) => match p.advert {
             Some(mut status) => {
                 status.status = p.status.clone();
-                render(&who, &status, false)
+                render(&who, &status, false, &state).await
             }
             None => super::super::error_page(
                 Some(&who),
@@ -72,8 +72,18 @@ pub async fn remote_page(req: HttpRequest, state: web::Data<AppState>, id: web::
     }
 }
 
-fn render(who: &crate::web::auth::Caller, s: &buildnet_actors::node::NodeStatus, local: bool) -> HttpResponse {
+async fn render(
+    who: &crate::web::auth::Caller,
+    s: &buildnet_actors::node::NodeStatus,
+    local: bool,
+    state: &AppState,
+) -> HttpResponse {
     let r = &s.resources;
+    let names: std::collections::BTreeMap<String, String> = match state.node.pool.view().await {
+        Ok(v) => v.nodes.iter().map(|n| (n.id.to_string(), n.name.clone())).collect(),
+        Err(_) => Default::default(),
+    };
+    let history = super::benchmarks::history_charts(state, &s.node_id, &names).await;
     let body = html! {
         h1 { (s.name) " " span.small { code { (s.node_id) } } }
         p { "Serving " code { (s.address) } " · version " (s.version) " · " span class=(format!("status {}", s.status)) { (s.status) }
@@ -121,6 +131,9 @@ fn render(who: &crate::web::auth::Caller, s: &buildnet_actors::node::NodeStatus,
             thead { tr { th { "Name" } th { "Addresses" } th { "MAC" } } }
             tbody { @for n in &r.network { tr { td { (n.name) } td { (n.addresses.join(", ")) } td { code { (n.mac_address) } } } } }
         }
+        h2 #benchmarks { "Benchmarks" }
+        (super::benchmarks::latest(&s.benchmarks, &names))
+        (history)
         h2 { "Leases" }
         table {
             thead { tr { th { "Resource" } th { "Capacity" } th { "Leased" } th { "Available" } th { "Holders" } } }

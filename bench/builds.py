@@ -15,6 +15,10 @@ BIN = os.path.join(ROOT, "target", "release", "buildnet")
 
 
 def start_node(data, name, join=None, token=None):
+    # No start-up benchmark: it would load the cores the builds are timed on.
+    os.makedirs(data, exist_ok=True)
+    with open(os.path.join(data, "node-config.json"), "w") as f:
+        f.write('{"benchmark": {"on_start": false}}')
     args = [BIN, "up", "--listen", "127.0.0.1:0", "--data-dir", data, "--name", name]
     if join:
         args += ["--join", join, "--token", token]

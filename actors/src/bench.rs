@@ -90,6 +90,25 @@ fn default_memory_mb() -> u64 {
     256
 }
 
+impl BenchOptions {
+    /// Names the field that is out of range: a benchmark must end and must not fill a disk.
+    pub fn check(&self) -> Result<(), String> {
+        if !(0.05..=60.0).contains(&self.cpu_secs) {
+            return Err("cpu_secs: must be between 0.05 and 60".into());
+        }
+        if !(1..=65_536).contains(&self.file_mb) {
+            return Err("file_mb: must be between 1 and 65536".into());
+        }
+        if !(0.1..=120.0).contains(&self.random_secs) {
+            return Err("random_secs: must be between 0.1 and 120".into());
+        }
+        if !(16..=4096).contains(&self.memory_mb) {
+            return Err("memory_mb: must be between 16 and 4096".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions { cpu_secs: 1.0, file_mb: 256, random_secs: 2.0, memory_mb: default_memory_mb() }
@@ -583,6 +602,15 @@ mod tests {
         assert!(r.seq_read_mbps > 0.0 && r.seq_write_mbps > 0.0 && r.random_read_iops > 0 && r.random_write_iops > 0);
         assert!(["nvme", "ssd", "hdd", "network"].contains(&r.storage_class.as_str()));
         assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0, "the test file is removed");
+    }
+
+    #[test]
+    fn options_out_of_range_name_their_field() {
+        assert!(BenchOptions::default().check().is_ok());
+        let e = BenchOptions { cpu_secs: 1e9, ..BenchOptions::default() }.check().unwrap_err();
+        assert!(e.starts_with("cpu_secs"), "{e}");
+        let e = BenchOptions { file_mb: 0, ..BenchOptions::default() }.check().unwrap_err();
+        assert!(e.starts_with("file_mb"), "{e}");
     }
 
     #[test]

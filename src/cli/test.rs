@@ -4,7 +4,7 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use buildnet_actors::bench::{BenchmarkResults, NetworkBenchmarkResult, StorageBenchmarkResult};
+use buildnet_actors::bench::{BenchOptions, BenchmarkResults, NetworkBenchmarkResult, StorageBenchmarkResult};
 
 use super::output::{print_facts, spinner};
 use super::{CliError, Ctx};
@@ -12,7 +12,11 @@ use super::{CliError, Ctx};
 #[derive(Subcommand)]
 pub enum TestCommand {
     /// CPU: single-core and all-core sieve scores, parallel efficiency
-    Cpu,
+    Cpu {
+        /// Seconds each phase (one thread, every core) runs
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+    },
     /// Memory: bandwidth and latency
     Memory,
     /// Storage: sequential and random I/O of a directory's volume, page cache bypassed
@@ -109,13 +113,18 @@ pub async fn run(ctx: &Ctx, cmd: TestCommand) -> Result<(), CliError> {
                 Ok(serde_json::to_value(r).unwrap_or_default())
             }
             other => {
-                let types = match other {
-                    TestCommand::Cpu => vec!["cpu"],
-                    TestCommand::Memory => vec!["memory"],
-                    _ => vec![],
+                let body = match other {
+                    TestCommand::Cpu { seconds } => {
+                        if !(0.1..=60.0).contains(&seconds) {
+                            return Err(CliError::Usage("--seconds must be between 0.1 and 60".into()));
+                        }
+                        let options = BenchOptions { cpu_secs: seconds, ..BenchOptions::default() };
+                        json!({ "types": ["cpu"], "options": options })
+                    }
+                    TestCommand::Memory => json!({ "types": ["memory"] }),
+                    _ => json!({}),
                 };
-                let r: BenchmarkResults =
-                    ctx.client.post("/api/node/benchmark", Some(json!({ "types": types }))).await?;
+                let r: BenchmarkResults = ctx.client.post("/api/node/benchmark", Some(body)).await?;
                 Ok(serde_json::to_value(r).unwrap_or_default())
             }
         }

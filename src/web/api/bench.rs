@@ -48,6 +48,9 @@ pub async fn run(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> 
             ));
         }
     }
+    if let Some(o) = &req.options {
+        o.check().map_err(|e| ApiError::bad_request("invalid_body", format!("options.{e}")))?;
+    }
     if let Some(o) = &req.network_options {
         o.check().map_err(|e| ApiError::bad_request("invalid_body", format!("network_options.{e}")))?;
     }

@@ -385,7 +385,10 @@ fn benchmarks_measure_record_and_need_an_admin() {
     );
     assert_eq!(status, 403);
     // Options that would never end or would fill the disk are refused, naming the field.
-    let (status, e) = node.post("/api/node/benchmark", &json!({ "types": ["cpu"], "options": { "cpu_secs": 1e9, "file_mb": 8, "random_secs": 1 } }));
+    let (status, e) = node.post(
+        "/api/node/benchmark",
+        &json!({ "types": ["cpu"], "options": { "cpu_secs": 1e9, "file_mb": 8, "random_secs": 1 } }),
+    );
     assert_eq!(status, 400, "{e}");
     assert!(e["error"]["message"].as_str().unwrap_or("").starts_with("options.cpu_secs"), "{e}");
     let bad = node.cli(&["test", "cpu", "--seconds", "0"]);

@@ -42,6 +42,10 @@ pub struct BuildEstimation {
     /// Sum of package times over the scheduled wall time.
     pub parallelization_factor: f64,
     pub network_overhead_ms: u64,
+    /// Time a build spends outside its packages (checking inputs, starting, writing outputs),
+    /// learned from recorded builds of these packages; 0 without history.
+    #[serde(default)]
+    pub build_overhead_ms: u64,
     /// 0.0–1.0.
     pub confidence: f64,
     /// The range the real time should fall in at this confidence.
@@ -60,14 +64,15 @@ impl BuildEstimation {
             _ => "low",
         };
         format!(
-            "Estimated time: ~{:.1} seconds ({} confidence, {:.1}–{:.1} s)\nParallelization: {:.1}x speedup on {} cores\nNetwork overhead: {}ms",
+            "Estimated time: ~{:.1} seconds ({} confidence, {:.1}–{:.1} s)\nParallelization: {:.1}x speedup on {} cores\nNetwork overhead: {}ms\nBuild overhead: {}ms",
             self.total_duration_ms as f64 / 1000.0,
             confidence,
             self.low_ms as f64 / 1000.0,
             self.high_ms as f64 / 1000.0,
             self.parallelization_factor,
             self.cores,
-            self.network_overhead_ms
+            self.network_overhead_ms,
+            self.build_overhead_ms
         )
     }
 }
@@ -114,9 +119,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(1.0)
 }
 
-/// Time for a package that has never run: process start plus reading its inputs.
-fn unknown_package_ms(input_bytes: u64) -> u64 {
-    100 + input_bytes / 20_000 // ~20 MB/s of source compiled: a deliberately rough prior
+/// Source bytes a node of [`REFERENCE_SCORE`] turns into output per second when nothing is known
+/// of a package: gcc -O2 on C ran at 50–150 KB/s on the development machine. A rough prior,
+/// reported with low confidence; the first real run replaces it.
+const PRIOR_BYTES_PER_SEC: f64 = 100_000.0;
+/// Single-core sieve score of the machine the prior was measured on.
+const REFERENCE_SCORE: f64 = 400.0;
+
+/// Time for a package that has never run: process start plus working through its inputs at the
+/// prior rate, scaled by the target node's CPU score.
+fn unknown_package_ms(input_bytes: u64, target: Target) -> u64 {
+    let speed = if target.cpu_score > 0.0 { target.cpu_score / REFERENCE_SCORE } else { 1.0 };
+    100 + (input_bytes as f64 / (PRIOR_BYTES_PER_SEC * speed) * 1000.0).round() as u64
 }
 
 /// Estimates a package from its last five real runs, each scaled to the target node: the time
@@ -142,7 +156,7 @@ pub fn package_estimate(f: &PackageFacts, target: Target) -> PackageEstimate {
     if recent.is_empty() {
         return PackageEstimate {
             package: f.name.clone(),
-            duration_ms: unknown_package_ms(f.input_bytes),
+            duration_ms: unknown_package_ms(f.input_bytes, target),
             cached: false,
             samples: 0,
             confidence: 0.2,
@@ -206,13 +220,14 @@ pub fn estimate(
     cores: u64,
     target: Target,
     network_overhead_ms: u64,
+    build_overhead_ms: u64,
 ) -> BuildEstimation {
     let packages: Vec<PackageEstimate> =
         order.iter().filter_map(|n| facts.get(n)).map(|f| package_estimate(f, target)).collect();
     let durations: BTreeMap<String, u64> = packages.iter().map(|p| (p.package.clone(), p.duration_ms)).collect();
     let wall = makespan(order, facts, &durations, cores);
     let sum: u64 = durations.values().sum();
-    let total = wall + network_overhead_ms;
+    let total = wall + network_overhead_ms + build_overhead_ms;
     let weight: f64 = packages.iter().map(|p| p.duration_ms.max(1) as f64).sum();
     let confidence = if weight > 0.0 {
         packages.iter().map(|p| p.confidence * p.duration_ms.max(1) as f64).sum::<f64>() / weight
@@ -224,6 +239,7 @@ pub fn estimate(
         total_duration_ms: total,
         parallelization_factor: if wall > 0 { sum as f64 / wall as f64 } else { 1.0 },
         network_overhead_ms,
+        build_overhead_ms,
         confidence,
         low_ms: (total as f64 * (1.0 - spread)).round() as u64,
         high_ms: (total as f64 * (1.0 + spread)).round() as u64 + 50,
@@ -259,9 +275,9 @@ mod tests {
         .map(|f| (f.name.clone(), f))
         .collect();
         let order: Vec<String> = ["a", "b", "c", "link"].iter().map(|s| s.to_string()).collect();
-        let one = estimate(&order, &f, 1, Target::default(), 0);
+        let one = estimate(&order, &f, 1, Target::default(), 0, 0);
         assert_eq!(one.total_duration_ms, 350);
-        let three = estimate(&order, &f, 3, Target::default(), 0);
+        let three = estimate(&order, &f, 3, Target::default(), 0, 0);
         assert_eq!(three.total_duration_ms, 150, "three compiles in parallel, then the link");
         assert!((three.parallelization_factor - 350.0 / 150.0).abs() < 1e-9);
     }
@@ -274,8 +290,11 @@ mod tests {
         let learned = package_estimate(&facts("x", &[], &[100, 120, 90, 5000, 110], false), none);
         assert_eq!(learned.duration_ms, 110, "the median resists an outlier");
         assert!(learned.confidence > 0.8);
-        let fresh = package_estimate(&PackageFacts { input_bytes: 2_000_000, ..facts("x", &[], &[], false) }, none);
-        assert_eq!(fresh.duration_ms, 200);
+        let fresh = package_estimate(&PackageFacts { input_bytes: 200_000, ..facts("x", &[], &[], false) }, none);
+        assert_eq!(fresh.duration_ms, 2_100);
+        let fast = Target { cpu_score: 800.0, storage_mbps: 0.0 };
+        let on_fast = package_estimate(&PackageFacts { input_bytes: 200_000, ..facts("x", &[], &[], false) }, fast);
+        assert_eq!(on_fast.duration_ms, 1_100, "a node twice the reference score halves the prior");
         assert!(fresh.confidence < 0.3);
         let mut slow_history = facts("x", &[], &[], false);
         slow_history.history = vec![RecordedRun { duration_ms: 200, cpu_score: 100.0, storage_mbps: 0.0 }];
@@ -302,6 +321,7 @@ mod tests {
             2,
             Target::default(),
             12,
+            0,
         );
         let text = e.format_human();
         assert!(text.starts_with("Estimated time: ~1.5 seconds (medium confidence"), "{text}");

@@ -557,7 +557,30 @@ impl Builds {
         let mbps = if links.is_empty() { ASSUMED_MBPS } else { links.iter().map(|l| l.1).sum::<f64>() / n };
         let transfer_ms = input_total as f64 * 8.0 / (mbps.max(1.0) * 1e3);
         let network = (remote_share * (transfer_ms + running * 2.0 * rtt)).round() as u64;
-        Ok(estimate::estimate(&req.project.order, &facts, cores.max(1), target, network))
+        let overhead = self.build_overhead(&req.project.order).await?;
+        Ok(estimate::estimate(&req.project.order, &facts, cores.max(1), target, network, overhead))
+    }
+
+    /// Median time of the last five successful builds of these packages outside the packages
+    /// themselves: build duration less the span from the first package's start to the last's end.
+    async fn build_overhead(&self, packages: &[String]) -> Result<u64, BuildError> {
+        let names = serde_json::to_string(packages).unwrap_or_default();
+        let mut spans: Vec<i64> = self
+            .store
+            .run(move |c| {
+                let mut stmt = c.prepare(
+                    "SELECT b.duration_ms - (MAX(p.completed_at) - MIN(p.started_at)) FROM builds b
+                     JOIN build_packages p ON p.build_id = b.id
+                     WHERE b.status = 'succeeded' AND b.duration_ms IS NOT NULL AND p.started_at IS NOT NULL
+                       AND p.package_name IN (SELECT value FROM json_each(?1))
+                     GROUP BY b.id ORDER BY b.started_at DESC LIMIT 5",
+                )?;
+                let rows = stmt.query_map([names], |r| r.get::<_, Option<i64>>(0))?;
+                Ok(rows.filter_map(|r| r.ok().flatten()).collect())
+            })
+            .await?;
+        spans.sort();
+        Ok(spans.get(spans.len() / 2).copied().unwrap_or(0).max(0) as u64)
     }
 
     /// Estimates a from-scratch build (cache ignored: a configuration matters most then) of the

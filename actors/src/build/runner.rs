@@ -54,11 +54,14 @@ pub struct Limits {
     /// Storage volume per node where sandboxes go (the configuration's selection).
     pub volumes: BTreeMap<NodeId, String>,
     held: Mutex<BTreeMap<NodeId, u64>>,
+    /// Wakes packages waiting for a core when one of this build's packages ends, so the next
+    /// starts at once rather than at its next poll.
+    freed: tokio::sync::Notify,
 }
 
 impl Limits {
     pub fn new(caps: Option<BTreeMap<NodeId, u64>>, total: Option<u64>, volumes: BTreeMap<NodeId, String>) -> Limits {
-        Limits { caps, total, volumes, held: Mutex::new(BTreeMap::new()) }
+        Limits { caps, total, volumes, held: Mutex::new(BTreeMap::new()), freed: tokio::sync::Notify::new() }
     }
 
     fn allows(&self, node: &NodeId) -> bool {
@@ -84,6 +87,7 @@ impl Limits {
                 *n = n.saturating_sub(cores);
             }
         }
+        self.freed.notify_waiters();
     }
 }
 
@@ -550,6 +554,10 @@ async fn place_and_run(
         if cancel.load(Ordering::SeqCst) {
             return Err("cancelled".into());
         }
+        // Registered before looking for room, so a core freed meanwhile still wakes us.
+        let freed = c.limits.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
         let list: Vec<Candidate> = candidates(c, requirements, local_only)
             .await
             .into_iter()
@@ -597,11 +605,15 @@ async fn place_and_run(
             if !c.limits.reserve(&cand.node, cores) {
                 continue;
             }
+            // A package's time is what the build waits for once a node is chosen: leases, inputs
+            // and outputs over the mesh, the sandbox and the process. The estimator learns this.
+            let placed = std::time::Instant::now();
             if cand.local {
                 let ran = run_local(c, &task, cores, memory, cancel).await;
                 c.limits.release(&cand.node, cores);
                 match ran {
-                    Ok(Some(result)) => {
+                    Ok(Some(mut result)) => {
+                        result.duration_ms = placed.elapsed().as_millis() as u64;
                         if result.success() {
                             remember(c, &task.action_key(&cand.versions), &result).await;
                         }
@@ -617,7 +629,8 @@ async fn place_and_run(
                 .await;
             c.limits.release(&cand.node, cores);
             match ran {
-                Ok(result) => {
+                Ok(mut result) => {
+                    result.duration_ms = placed.elapsed().as_millis() as u64;
                     if result.success() {
                         remember(c, &task.action_key(&cand.versions), &result).await;
                     }
@@ -638,7 +651,8 @@ async fn place_and_run(
         if list.iter().all(|x| x.capacity < cores) {
             return Err(format!("asks for {cores} cores, more than any node of this build offers"));
         }
-        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+        // Room elsewhere (a peer's core, another build's lease) shows up at the next poll.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(20), freed).await;
     }
 }
 

@@ -184,6 +184,7 @@ CREATE TABLE IF NOT EXISTS build_package_results (
     exit_code INTEGER,
     action_key TEXT,
     outputs TEXT,                          -- JSON [FileRef]
+    cpu_ms INTEGER,                        -- CPU time of the process (v5)
     PRIMARY KEY (build_id, package_name)
 );
 

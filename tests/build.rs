@@ -388,3 +388,26 @@ fn estimates_run_nothing_and_learn_from_history() {
 fn n_cores(node: &TestNode) -> u64 {
     node.get("/api/node").1["resources"]["cpu"]["offered"].as_u64().unwrap_or(1)
 }
+
+#[test]
+fn a_packages_cpu_time_is_recorded_and_becomes_its_measured_parallelism() {
+    let node = TestNode::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A shell loop keeps one core busy for a while and waits for nothing.
+    std::fs::write(
+        dir.path().join("buildnet.toml"),
+        "[packages.spin]\nshell = \"i=0; while [ $i -lt 150000 ]; do i=$((i+1)); done; echo done > out.txt\"\noutputs = [\"out.txt\"]\n",
+    )
+    .expect("write");
+    let out = build(&node, dir.path(), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let builds = node.cli_json(&["history"]);
+    let id = builds["builds"][0]["id"].as_str().expect("id").to_string();
+    let (_, status) = node.get(&format!("/api/build/{id}"));
+    let spin = &status["packages"][0];
+    let (cpu, wall) = (spin["cpu_ms"].as_u64().expect("cpu_ms recorded"), spin["duration_ms"].as_u64().expect("ms"));
+    assert!(cpu >= 50 && cpu <= wall + 50, "one busy core: {cpu} ms of CPU in {wall} ms");
+    let e = node.cli_json(&["build", "--project", dir.path().to_str().expect("path"), "--estimate", "--force"]);
+    let speedup = e["package_estimates"][0]["factors"]["parallel_speedup"].as_f64().expect("speedup");
+    assert!(speedup > 0.3 && speedup < 1.3, "measured parallelism of a one-core loop: {speedup}");
+}

@@ -12,7 +12,11 @@ use rusqlite::Connection;
 /// The schema, embedded so the binary runs from any directory.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// Recorded in `PRAGMA user_version` once the schema is applied.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
+/// Changes to tables an older database already has: `(from, to, sql)` applies to a database at
+/// a version in `from..to` (the table exists since `from`); `schema.sql` (all `IF NOT EXISTS`)
+/// then adds what is new, and creates tables that did not exist yet with every column.
+const UPGRADES: &[(i32, i32, &str)] = &[(4, 5, "ALTER TABLE build_package_results ADD COLUMN cpu_ms INTEGER;")];
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "buildnet.db";
 
@@ -57,7 +61,13 @@ pub fn open(path: &Path, durability: Durability) -> Result<Connection, StoreErro
         return Err(StoreError::TooNew { path: path.to_path_buf(), found: version });
     }
     if version < SCHEMA_VERSION {
-        conn.execute_batch(&format!("BEGIN; {SCHEMA_SQL}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
+        let upgrades: String = UPGRADES
+            .iter()
+            .filter(|(from, to, _)| (*from..*to).contains(&version))
+            .map(|(_, _, sql)| *sql)
+            .collect::<Vec<_>>()
+            .join(" ");
+        conn.execute_batch(&format!("BEGIN; {upgrades} {SCHEMA_SQL}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
             .map_err(err)?;
     }
     Ok(conn)
@@ -171,6 +181,28 @@ mod tests {
         assert_eq!(mode, "wal");
         drop(conn);
         open(&path, Durability::Full).expect("reopen is fine");
+    }
+
+    #[test]
+    fn a_version_4_database_gains_the_new_column_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        let conn = Connection::open(&path).expect("open");
+        // build_package_results as version 4 made it, with a row in it.
+        conn.execute_batch(
+            "CREATE TABLE build_package_results (build_id TEXT NOT NULL, package_name TEXT NOT NULL,
+               cache_hit BOOLEAN NOT NULL DEFAULT FALSE, exit_code INTEGER, action_key TEXT, outputs TEXT,
+               PRIMARY KEY (build_id, package_name));
+             INSERT INTO build_package_results (build_id, package_name) VALUES ('b1', 'p');
+             PRAGMA user_version = 4;",
+        )
+        .expect("old schema");
+        drop(conn);
+        let conn = open(&path, Durability::Normal).expect("upgrade");
+        let (name, cpu): (String, Option<i64>) = conn
+            .query_row("SELECT package_name, cpu_ms FROM build_package_results", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("the column exists");
+        assert_eq!((name.as_str(), cpu), ("p", None));
     }
 
     #[test]

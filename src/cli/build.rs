@@ -182,7 +182,8 @@ async fn estimate(ctx: &Ctx, request: BuildRequest) -> Result<(), CliError> {
         return Ok(());
     }
     println!("{}", estimation.format_human());
-    let mut t = Table::new(&["package", "estimate", "basis", "confidence", "cpu factor"]);
+    let mut t =
+        Table::new(&["package", "estimate", "basis", "confidence", "cpu factor", "storage factor", "cores used"]);
     for p in &estimation.package_estimates {
         let basis = match (p.cached, p.samples) {
             (true, _) => "cached".to_string(),
@@ -195,6 +196,8 @@ async fn estimate(ctx: &Ctx, request: BuildRequest) -> Result<(), CliError> {
             basis,
             format!("{:.2}", p.confidence),
             format!("{:.2}", p.factors.cpu_factor),
+            format!("{:.2}", p.factors.storage_factor),
+            format!("{:.1}", p.factors.parallel_speedup),
         ]);
     }
     t.print();

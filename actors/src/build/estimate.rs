@@ -18,7 +18,8 @@ pub struct EstimationFactors {
     /// Sequential read speed of the recorded nodes' storage over the target's, applied to the
     /// time reading the package's inputs takes; 1.0 when unmeasured.
     pub storage_factor: f64,
-    /// Cores the package gets (its `cores`).
+    /// Cores the package kept busy in its recorded runs (CPU time over wall time, median);
+    /// its declared `cores` where nothing is recorded.
     pub parallel_speedup: f64,
 }
 
@@ -97,6 +98,8 @@ pub struct RecordedRun {
     pub cpu_score: f64,
     /// Sequential read MB/s of the node's storage (0: not measured).
     pub storage_mbps: f64,
+    /// CPU time of the run (0: not recorded).
+    pub cpu_ms: u64,
 }
 
 /// The node a package is expected to run on, by its benchmark figures (0: not measured).
@@ -136,11 +139,19 @@ fn unknown_package_ms(input_bytes: u64, target: Target) -> u64 {
 /// Estimates a package from its last five real runs, each scaled to the target node: the time
 /// spent reading inputs by storage speed, the rest by CPU score; the median resists outliers.
 pub fn package_estimate(f: &PackageFacts, target: Target) -> PackageEstimate {
+    let measured: Vec<f64> = f
+        .history
+        .iter()
+        .take(5)
+        .filter(|r| r.cpu_ms > 0 && r.duration_ms > 0)
+        .map(|r| r.cpu_ms as f64 / r.duration_ms as f64)
+        .collect();
+    let parallel_speedup = if measured.is_empty() { f.cores as f64 } else { median(measured) };
     let unit = |cpu_factor, storage_factor| EstimationFactors {
         cpu_factor,
         memory_factor: 1.0,
         storage_factor,
-        parallel_speedup: f.cores as f64,
+        parallel_speedup,
     };
     if f.cached {
         return PackageEstimate {
@@ -297,15 +308,16 @@ mod tests {
         assert_eq!(on_fast.duration_ms, 1_100, "a node twice the reference score halves the prior");
         assert!(fresh.confidence < 0.3);
         let mut slow_history = facts("x", &[], &[], false);
-        slow_history.history = vec![RecordedRun { duration_ms: 200, cpu_score: 100.0, storage_mbps: 0.0 }];
+        slow_history.history = vec![RecordedRun { duration_ms: 200, cpu_score: 100.0, storage_mbps: 0.0, cpu_ms: 380 }];
         let faster_target = package_estimate(&slow_history, Target { cpu_score: 200.0, storage_mbps: 0.0 });
         assert_eq!(faster_target.duration_ms, 100, "a node twice as fast halves the time");
         assert!((faster_target.factors.cpu_factor - 0.5).abs() < 1e-9);
+        assert!((faster_target.factors.parallel_speedup - 1.9).abs() < 1e-9, "380 ms of CPU in 200 ms: 1.9 cores");
         // 100 MB of inputs read at 100 MB/s took 1 s of a 1.5 s run; storage 4× as fast makes
         // that 0.25 s, the CPU part stays.
         let io_heavy = PackageFacts {
             input_bytes: 100_000_000,
-            history: vec![RecordedRun { duration_ms: 1500, cpu_score: 100.0, storage_mbps: 100.0 }],
+            history: vec![RecordedRun { duration_ms: 1500, cpu_score: 100.0, storage_mbps: 100.0, cpu_ms: 0 }],
             ..facts("x", &[], &[], false)
         };
         let e = package_estimate(&io_heavy, Target { cpu_score: 100.0, storage_mbps: 400.0 });

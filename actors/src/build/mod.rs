@@ -619,27 +619,28 @@ impl Builds {
         figures: &BTreeMap<String, estimate::Target>,
     ) -> Result<Vec<estimate::RecordedRun>, BuildError> {
         let name = package.to_string();
-        let rows: Vec<(i64, Option<String>)> = self
+        let rows: Vec<(i64, Option<String>, Option<i64>)> = self
             .store
             .run(move |c| {
                 let mut stmt = c.prepare(
-                    "SELECT p.duration_ms, p.assigned_node FROM build_packages p
+                    "SELECT p.duration_ms, p.assigned_node, r.cpu_ms FROM build_packages p
                      JOIN build_package_results r ON r.build_id = p.build_id AND r.package_name = p.package_name
                      WHERE p.package_name = ?1 AND p.status = 'succeeded' AND r.cache_hit = 0 AND p.duration_ms IS NOT NULL
                      ORDER BY p.started_at DESC LIMIT 10",
                 )?;
-                let rows = stmt.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let rows = stmt.query_map([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 Ok(rows.collect::<Result<_, _>>()?)
             })
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(ms, node)| {
+            .map(|(ms, node, cpu)| {
                 let f = node.and_then(|n| figures.get(&n).copied()).unwrap_or_default();
                 estimate::RecordedRun {
                     duration_ms: ms.max(0) as u64,
                     cpu_score: f.cpu_score,
                     storage_mbps: f.storage_mbps,
+                    cpu_ms: cpu.unwrap_or(0).max(0) as u64,
                 }
             })
             .collect())

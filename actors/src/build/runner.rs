@@ -137,6 +137,9 @@ pub struct PackageStatus {
     pub output_tail: String,
     pub error: Option<String>,
     pub outputs: Vec<FileRef>,
+    /// CPU time the package's process used (user + system).
+    #[serde(default)]
+    pub cpu_ms: Option<u64>,
 }
 
 /// A build as `GET /api/build/:id` shows it.
@@ -209,6 +212,7 @@ impl BuildActor {
                 output_tail: String::new(),
                 error: None,
                 outputs: vec![],
+                cpu_ms: None,
             })
             .collect();
         let status = BuildStatus {
@@ -343,6 +347,7 @@ impl BuildActor {
                         p.cache_hit = hit;
                         p.exit_code = r.exit_code;
                         p.duration_ms = Some(r.duration_ms);
+                        p.cpu_ms = (!hit).then_some(r.cpu_ms);
                         p.output_tail = r.output_tail.clone();
                         p.outputs = r.outputs.clone();
                         p.state = match (r.success(), hit, r.error.as_deref()) {
@@ -586,6 +591,7 @@ async fn place_and_run(
                             outputs,
                             output_tail: String::new(),
                             duration_ms: 0,
+                            cpu_ms: 0,
                             error: None,
                         },
                         true,
@@ -774,8 +780,8 @@ pub async fn save(store: &StoreHandle, status: &BuildStatus) -> Result<(), Store
                 )?;
                 tx.execute("UPDATE build_packages SET assigned_node = (SELECT id FROM nodes WHERE id = ?1) WHERE id = ?2", params![p.node.as_ref().map(|n| n.to_string()), row_id])?;
                 tx.execute(
-                    "INSERT OR REPLACE INTO build_package_results (build_id, package_name, cache_hit, exit_code, action_key, outputs) VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
-                    params![s.id, p.name, p.cache_hit, p.exit_code, serde_json::to_string(&p.outputs).unwrap_or_default()],
+                    "INSERT OR REPLACE INTO build_package_results (build_id, package_name, cache_hit, exit_code, action_key, outputs, cpu_ms) VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6)",
+                    params![s.id, p.name, p.cache_hit, p.exit_code, serde_json::to_string(&p.outputs).unwrap_or_default(), p.cpu_ms.map(|c| c as i64)],
                 )?;
             }
             tx.commit()?;
@@ -805,7 +811,7 @@ pub async fn load(store: &StoreHandle, id: &str) -> Result<Option<BuildStatus>, 
                 .optional()?;
             let Some(mut status) = head else { return Ok(None) };
             let mut stmt = conn.prepare(
-                "SELECT p.package_name, p.status, p.assigned_node, p.started_at, p.duration_ms, p.output, p.error, r.cache_hit, r.exit_code, r.outputs
+                "SELECT p.package_name, p.status, p.assigned_node, p.started_at, p.duration_ms, p.output, p.error, r.cache_hit, r.exit_code, r.outputs, r.cpu_ms
                  FROM build_packages p LEFT JOIN build_package_results r ON r.build_id = p.build_id AND r.package_name = p.package_name
                  WHERE p.build_id = ?1 ORDER BY p.started_at IS NULL, p.started_at, p.package_name",
             )?;
@@ -822,6 +828,7 @@ pub async fn load(store: &StoreHandle, id: &str) -> Result<Option<BuildStatus>, 
                     cache_hit: r.get::<_, Option<bool>>(7)?.unwrap_or(false),
                     exit_code: r.get(8)?,
                     outputs: r.get::<_, Option<String>>(9)?.and_then(|o| serde_json::from_str(&o).ok()).unwrap_or_default(),
+                    cpu_ms: r.get::<_, Option<i64>>(10)?.map(|c| c.max(0) as u64),
                 })
             })?;
             status.packages = rows.collect::<Result<_, _>>()?;

@@ -123,17 +123,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Source bytes a node of [`REFERENCE_SCORE`] turns into output per second when nothing is known
-/// of a package: gcc -O2 on C ran at 50–150 KB/s on the development machine. A rough prior,
-/// reported with low confidence; the first real run replaces it.
-const PRIOR_BYTES_PER_SEC: f64 = 100_000.0;
-/// Single-core sieve score of the machine the prior was measured on.
-const REFERENCE_SCORE: f64 = 400.0;
+/// of a package: gcc -O2 on generated C ran at about 45 KB/s on the development machine. A
+/// rough prior, reported with low confidence; the first real run replaces it.
+const PRIOR_BYTES_PER_SEC: f64 = 50_000.0;
+/// Single-core sieve score (release build) of the machine the prior was measured on.
+const REFERENCE_SCORE: f64 = 3_800.0;
+/// Starting a process in a sandbox and collecting its outputs: ~20 ms for a tiny compile.
+const PRIOR_START_MS: u64 = 20;
 
 /// Time for a package that has never run: process start plus working through its inputs at the
 /// prior rate, scaled by the target node's CPU score.
 fn unknown_package_ms(input_bytes: u64, target: Target) -> u64 {
     let speed = if target.cpu_score > 0.0 { target.cpu_score / REFERENCE_SCORE } else { 1.0 };
-    100 + (input_bytes as f64 / (PRIOR_BYTES_PER_SEC * speed) * 1000.0).round() as u64
+    PRIOR_START_MS + (input_bytes as f64 / (PRIOR_BYTES_PER_SEC * speed) * 1000.0).round() as u64
 }
 
 /// Estimates a package from its last five real runs, each scaled to the target node: the time
@@ -302,10 +304,10 @@ mod tests {
         assert_eq!(learned.duration_ms, 110, "the median resists an outlier");
         assert!(learned.confidence > 0.8);
         let fresh = package_estimate(&PackageFacts { input_bytes: 200_000, ..facts("x", &[], &[], false) }, none);
-        assert_eq!(fresh.duration_ms, 2_100);
-        let fast = Target { cpu_score: 800.0, storage_mbps: 0.0 };
+        assert_eq!(fresh.duration_ms, 4_020);
+        let fast = Target { cpu_score: 7_600.0, storage_mbps: 0.0 };
         let on_fast = package_estimate(&PackageFacts { input_bytes: 200_000, ..facts("x", &[], &[], false) }, fast);
-        assert_eq!(on_fast.duration_ms, 1_100, "a node twice the reference score halves the prior");
+        assert_eq!(on_fast.duration_ms, 2_020, "a node twice the reference score halves the prior");
         assert!(fresh.confidence < 0.3);
         let mut slow_history = facts("x", &[], &[], false);
         slow_history.history = vec![RecordedRun { duration_ms: 200, cpu_score: 100.0, storage_mbps: 0.0, cpu_ms: 380 }];

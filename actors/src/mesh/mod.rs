@@ -862,13 +862,16 @@ impl MeshActor {
                     .await;
                 result.map_err(|e| format!("the task panicked: {e}"))
             };
-            ctx.spawn(fut.into_actor(self).map(move |result, act, _| {
+            ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
                 if let Ok(r) = &result {
                     for f in &r.outputs {
                         act.send_blob(link_id, &f.digest);
                     }
                 }
                 act.send(link_id, MeshMessage::TaskDone { task_id, result });
+                // The freed core is news now: a requester waiting for it should not wait for
+                // the next tick's advert.
+                act.advertise(ctx, false);
             }));
         }
     }

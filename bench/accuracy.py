@@ -21,33 +21,16 @@ sources of a few thousand functions each, compiled at -O2, then linked) — real
 Usage: python3 bench/accuracy.py [--runs N] [--functions N]
 Standard library only; needs gcc. Everything listens on 127.0.0.1 and is stopped at the end.
 """
-import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+import argparse, os, shutil, statistics, sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "buildnet")
+from localmesh import ROOT, cli_json, mesh
+
 ONE_CORE = '{"resource_limits": {"cpu": {"max_cores": 1}}}'
 
 
-def start_node(data, name, join=None, token=None):
-    os.makedirs(data, exist_ok=True)
-    with open(os.path.join(data, "node-config.json"), "w") as f:
-        f.write(ONE_CORE)
-    args = [BIN, "up", "--listen", "127.0.0.1:0", "--data-dir", data, "--name", name]
-    if join:
-        args += ["--join", join, "--token", token]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        if os.path.exists(os.path.join(data, "address")):
-            return proc, open(os.path.join(data, "address")).read().strip()
-        time.sleep(0.05)
-    raise SystemExit(f"node {name} did not start")
-
-
-def cli_json(data, *args):
-    out = subprocess.run([BIN, "--data-dir", data, *args, "--format", "json"], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"buildnet {' '.join(args)} failed: {out.stderr.strip()}")
-    return json.loads(out.stdout)
+def benchmarked(node):
+    """Both nodes benchmark themselves after start-up, one after the other."""
+    return bool(node["benchmarks"].get("cpu")) and not node["benchmarks"]["running"]
 
 
 def generated_project(path, sources, functions):
@@ -96,26 +79,10 @@ def main():
     ap.add_argument("--runs", type=int, default=3, help="builds per unseen configuration")
     ap.add_argument("--functions", type=int, default=1500, help="functions per generated source")
     opts = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
-    work = tempfile.mkdtemp(prefix="bn-accuracy-")
-    procs = []
     cold, learned = [], []
-    try:
-        a = os.path.join(work, "a")
-        p, url = start_node(a, "alpha")
-        procs.append(p)
-        token = cli_json(a, "token", "create", "--role", "builder")["token"]
-        p, _ = start_node(os.path.join(work, "b"), "beta", url, token)
-        procs.append(p)
-        # Both nodes benchmark themselves after start-up, one after the other; wait for both.
-        for _ in range(1200):
-            nodes = cli_json(a, "pool", "nodes")["nodes"]
-            if len(nodes) == 2 and all(n["status"] == "online" and n["benchmarks"].get("cpu")
-                                       and not n["benchmarks"]["running"] for n in nodes):
-                break
-            time.sleep(0.1)
-        else:
-            raise SystemExit("the nodes did not finish their start-up benchmarks")
+    with mesh(["alpha", "beta"], ONE_CORE, "bn-accuracy-", benchmarked, timeout=300) as (work, dirs):
+        a = dirs["alpha"]
+        nodes = cli_json(a, "pool", "nodes")["nodes"]
         ids = {n["name"]: n["id"] for n in nodes}
         for name, nodes_field in [("both", [f"{ids['alpha']}:1", f"{ids['beta']}:1"]),
                                   ("alpha", [f"{ids['alpha']}:1"]),
@@ -150,15 +117,6 @@ def main():
                     print(f"{name:<10} {label:<14} {'learned':<8} {row[1]:>7}ms {row[2]:>6}–{row[3]:<6}ms {real:>6}ms "
                           f"{abs(row[1] - real) / real:>6.0%}")
             summarize(f"  {name}, after history", learned[before:])
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
     print()
     summarize("No history (input sizes only)", cold)
     summarize("After history (unseen configurations)", learned)

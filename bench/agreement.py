@@ -14,10 +14,10 @@ Usage: python3 bench/agreement.py [--runs N] [--size-mb N] [--dir DIR] [--markdo
 Installs fio, sysbench and iperf3 with apt-get when they are missing (Debian).
 Everything listens on 127.0.0.1 and is stopped at the end.
 """
-import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, statistics, subprocess, sys, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "buildnet")
+from localmesh import cli_json, mesh
+
 NO_BENCH_ON_START = '{"benchmark": {"on_start": false}}'
 
 
@@ -26,28 +26,6 @@ def ensure_tools():
     if missing:
         print(f"installing {', '.join(missing)} with apt-get…", file=sys.stderr)
         subprocess.run(["apt-get", "install", "-y", *missing], check=True, stdout=subprocess.DEVNULL)
-
-
-def start_node(data, name, join=None, token=None):
-    os.makedirs(data, exist_ok=True)
-    with open(os.path.join(data, "node-config.json"), "w") as f:
-        f.write(NO_BENCH_ON_START)
-    args = [BIN, "up", "--listen", "127.0.0.1:0", "--data-dir", data, "--name", name]
-    if join:
-        args += ["--join", join, "--token", token]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        if os.path.exists(os.path.join(data, "address")):
-            return proc, open(os.path.join(data, "address")).read().strip()
-        time.sleep(0.05)
-    raise SystemExit(f"node {name} did not start")
-
-
-def cli_json(data, *args):
-    out = subprocess.run([BIN, "--data-dir", data, *args, "--format", "json"], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"buildnet {' '.join(args)} failed: {out.stderr.strip()}")
-    return json.loads(out.stdout)
 
 
 def fio(directory, size_mb, rw, bs, seconds=None):
@@ -115,25 +93,11 @@ def main():
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     opts = ap.parse_args()
     ensure_tools()
-    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
-    work = tempfile.mkdtemp(prefix="bn-agree-")
-    directory = opts.dir or os.path.join(work, "volume")
-    os.makedirs(directory, exist_ok=True)
-    procs = []
     rows = []
-    try:
-        a = os.path.join(work, "a")
-        p, url = start_node(a, "alpha")
-        procs.append(p)
-        token = cli_json(a, "token", "create", "--role", "builder")["token"]
-        b = os.path.join(work, "b")
-        p, _ = start_node(b, "beta", url, token)
-        procs.append(p)
-        for _ in range(200):
-            if len([n for n in cli_json(a, "pool", "nodes")["nodes"] if n["status"] == "online"]) == 2:
-                break
-            time.sleep(0.1)
-
+    with mesh(["alpha", "beta"], NO_BENCH_ON_START, "bn-agree-") as (work, dirs):
+        a, b = dirs["alpha"], dirs["beta"]
+        directory = opts.dir or os.path.join(work, "volume")
+        os.makedirs(directory, exist_ok=True)
         # Storage: the same file size, block sizes and one-second random phases on both sides.
         ours, theirs = [], []
         for _ in range(opts.runs):
@@ -172,12 +136,6 @@ def main():
                      (min(up), max(up), min(refs), max(refs))))
         rows.append(("network download, mesh link (Mbit/s)", statistics.median(down), "iperf3 TCP loopback", ref, None,
                      (min(down), max(down), min(refs), max(refs))))
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
     print(f"medians of {opts.runs} runs, storage file {opts.size_mb} MB in {directory if opts.dir else 'a temporary directory'}")
     if opts.markdown:

@@ -8,33 +8,12 @@ work on the same machine. Prints medians of repeated runs:
 Usage: python3 bench/builds.py [--runs N]   (builds target/release/buildnet first)
 Standard library only; everything listens on 127.0.0.1 and is stopped at the end.
 """
-import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, os, shutil, statistics, subprocess, sys, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "buildnet")
+from localmesh import ROOT, cli, mesh
 
-
-def start_node(data, name, join=None, token=None):
-    # No start-up benchmark: it would load the cores the builds are timed on.
-    os.makedirs(data, exist_ok=True)
-    with open(os.path.join(data, "node-config.json"), "w") as f:
-        f.write('{"benchmark": {"on_start": false}}')
-    args = [BIN, "up", "--listen", "127.0.0.1:0", "--data-dir", data, "--name", name]
-    if join:
-        args += ["--join", join, "--token", token]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
-    for _ in range(600):
-        if os.path.exists(os.path.join(data, "address")):
-            return proc, open(os.path.join(data, "address")).read().strip()
-        time.sleep(0.05)
-    raise SystemExit(f"node {name} did not start")
-
-
-def cli(data, *args):
-    out = subprocess.run([BIN, "--data-dir", data, *args], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"buildnet {' '.join(args)} failed: {out.stderr.strip()}")
-    return out.stdout
+# No start-up benchmark: it would load the cores the builds are timed on.
+NO_BENCH_ON_START = '{"benchmark": {"on_start": false}}'
 
 
 def timed(fn):
@@ -47,25 +26,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     runs = ap.parse_args().runs
-    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
-    work = tempfile.mkdtemp(prefix="bn-bench-")
-    procs = []
-    try:
-        a = os.path.join(work, "a")
-        p, url = start_node(a, "alpha")
-        procs.append(p)
-        for name in ["beta", "gamma"]:
-            token = json.loads(cli(a, "token", "create", "--role", "builder", "--format", "json"))["token"]
-            p, _ = start_node(os.path.join(work, name), name, url, token)
-            procs.append(p)
-        for _ in range(200):
-            nodes = json.loads(cli(a, "pool", "nodes", "--format", "json"))["nodes"]
-            if len(nodes) == 3 and all(n["status"] == "online" and n["cores"] > 0 for n in nodes):
-                break
-            time.sleep(0.1)
-        else:
-            raise SystemExit("the mesh did not form")
-
+    ready = lambda n: n["cores"] > 0
+    with mesh(["alpha", "beta", "gamma"], NO_BENCH_ON_START, "bn-bench-", ready) as (work, dirs):
+        a = dirs["alpha"]
         # (a) 200 packages of `true`.
         trues = os.path.join(work, "trues")
         os.makedirs(trues)
@@ -98,15 +61,6 @@ def main():
         print(f"{'work':<12} {'buildnet cold':>14} {'cached':>10} {'make -j2':>10} {'cold/make':>10} {'cached/cold':>12} {'overhead/pkg':>13}")
         for label, (n, cold, cached, make) in results.items():
             print(f"{label:<12} {cold*1000:>12.0f}ms {cached*1000:>8.0f}ms {make*1000:>8.0f}ms {cold/make:>10.1f} {cached/cold:>12.2f} {(cold-make)/n*1000:>11.2f}ms")
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -232,6 +232,17 @@ pub struct NodeResources {
 }
 
 impl NodeResources {
+    /// Every working tool and runtime by name, with its version: what placement and the action
+    /// cache match requirements against.
+    pub fn tool_versions(&self) -> std::collections::BTreeMap<String, Option<String>> {
+        self.tools
+            .iter()
+            .chain(&self.runtimes)
+            .filter(|t| t.error.is_none())
+            .map(|t| (t.name.clone(), t.version.clone()))
+            .collect()
+    }
+
     /// The parts a user would call "what this node has", without fluctuating numbers (free
     /// memory, free disk, time of scan). Used to decide whether a rescan changed anything.
     pub fn fingerprint(&self) -> String {

@@ -133,14 +133,7 @@ impl Builds {
             None => runner::Limits::default(),
         };
         let status = self.node.status().await.map_err(|_| BuildError::Unavailable)?;
-        let tools: BTreeMap<String, Option<String>> = status
-            .resources
-            .tools
-            .iter()
-            .chain(&status.resources.runtimes)
-            .filter(|t| t.error.is_none())
-            .map(|t| (t.name.clone(), t.version.clone()))
-            .collect();
+        let tools = status.resources.tool_versions();
         let epoch = self.mesh.peers().await.map(|(v, _)| v.epoch).unwrap_or(0);
         let mut raw = [0u8; 6];
         rand::rngs::OsRng.fill_bytes(&mut raw);
@@ -480,14 +473,7 @@ impl Builds {
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, f)| f)
             .unwrap_or_default();
-        let tools: BTreeMap<String, Option<String>> = status
-            .resources
-            .tools
-            .iter()
-            .chain(&status.resources.runtimes)
-            .filter(|t| t.error.is_none())
-            .map(|t| (t.name.clone(), t.version.clone()))
-            .collect();
+        let tools = status.resources.tool_versions();
 
         let mut facts: BTreeMap<String, estimate::PackageFacts> = BTreeMap::new();
         let mut outputs: BTreeMap<String, Vec<cas::FileRef>> = BTreeMap::new();

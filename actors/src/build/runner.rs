@@ -522,14 +522,7 @@ async fn candidates(c: &BuildContext, requirements: &[Requirement], local_only: 
         if p.status == "offline" || p.role == wire::Role::Observer {
             continue;
         }
-        let tools = advert
-            .resources
-            .tools
-            .iter()
-            .chain(&advert.resources.runtimes)
-            .filter(|t| t.error.is_none())
-            .map(|t| (t.name.clone(), t.version.clone()))
-            .collect();
+        let tools = advert.resources.tool_versions();
         if let Some(versions) = versions_for(requirements, &tools) {
             let cpu = advert.resource_status.iter().filter(|r| r.kind == wire::ResourceKind::Cpu);
             let (free_cores, capacity) = cpu.fold((0, 0), |(f, c), r| (f + r.available, c + r.capacity));

@@ -12,65 +12,10 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Plan §8.1's CPU result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct CpuBenchmarkResult {
-    /// Sieves per second on one thread.
-    pub single_core_score: f64,
-    /// Sieves per second on every core at once.
-    pub multi_core_score: f64,
-    /// multi / (single × cores), 0–1.
-    pub parallel_efficiency: f64,
-    pub effective_cores: usize,
-    pub threads: usize,
-    pub duration_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct MemoryBenchmarkResult {
-    pub bandwidth_gbps: f64,
-    pub latency_ns: f64,
-    pub duration_ms: u64,
-}
-
-/// Plan §8.1's storage result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct StorageBenchmarkResult {
-    pub path: String,
-    /// nvme, ssd, hdd or network, from the figures (plan §2.3).
-    pub storage_class: String,
-    pub seq_read_mbps: f64,
-    pub seq_write_mbps: f64,
-    pub random_read_iops: u32,
-    pub random_write_iops: u32,
-    pub read_latency_us: u64,
-    /// `direct` (O_DIRECT) or `fsync+fadvise` when the filesystem refuses O_DIRECT.
-    pub method: String,
-    pub file_mb: u64,
-    pub duration_ms: u64,
-}
-
-/// Plan §8.1's network result: measured over the real, encrypted mesh link to one peer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct NetworkBenchmarkResult {
-    /// The peer's node id.
-    pub target_node: String,
-    pub target_name: String,
-    /// Median round trip of `samples` echoes through both nodes' mesh actors (ms).
-    pub latency_ms: f64,
-    pub min_latency_ms: f64,
-    pub max_latency_ms: f64,
-    /// Mean difference between consecutive round trips (RFC 3550's idea of jitter), ms.
-    pub jitter_ms: f64,
-    pub samples: u32,
-    /// Megabits per second sent to the peer, until the peer confirmed every byte.
-    pub upload_mbps: f64,
-    /// Megabits per second received from the peer.
-    pub download_mbps: f64,
-    /// Payload bytes each way.
-    pub bytes: u64,
-    pub duration_ms: u64,
-}
+pub use crate::wire::{
+    BenchmarkResults, BenchmarkScores, CpuBenchmarkResult, MemoryBenchmarkResult, NetworkBenchmarkResult,
+    StorageBenchmarkResult,
+};
 
 /// Sizes and durations; the defaults finish in seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -361,72 +306,6 @@ pub struct BenchmarkActor;
 
 impl Actor for BenchmarkActor {
     type Context = SyncContext<Self>;
-}
-
-/// Plan §8.1's full result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct BenchmarkResults {
-    pub node_id: String,
-    pub timestamp_ms: u64,
-    pub duration_ms: u64,
-    pub cpu: Option<CpuBenchmarkResult>,
-    pub memory: Option<MemoryBenchmarkResult>,
-    pub storage: Vec<StorageBenchmarkResult>,
-    #[serde(default)]
-    pub network: Vec<NetworkBenchmarkResult>,
-}
-
-/// A node's latest figures, advertised to the pool: placement ranks nodes by them, the estimator
-/// scales durations by them, and the coordinator schedules benchmarks by `next_due_ms`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct BenchmarkScores {
-    pub cpu: Option<CpuBenchmarkResult>,
-    pub memory: Option<MemoryBenchmarkResult>,
-    /// The latest result per path.
-    pub storage: Vec<StorageBenchmarkResult>,
-    /// The latest result per peer.
-    pub network: Vec<NetworkBenchmarkResult>,
-    /// When the newest of these was measured (0: never).
-    pub measured_at_ms: u64,
-    /// When this node wants its next scheduled benchmark; none when the schedule is off.
-    pub next_due_ms: Option<u64>,
-    /// A benchmark is running on this node now.
-    pub running: bool,
-}
-
-impl BenchmarkScores {
-    /// Folds newer results in, keeping one per storage path and one per peer.
-    pub fn merge(&mut self, r: &BenchmarkResults) {
-        if let Some(c) = &r.cpu {
-            self.cpu = Some(c.clone());
-        }
-        if let Some(m) = &r.memory {
-            self.memory = Some(m.clone());
-        }
-        for s in &r.storage {
-            self.storage.retain(|x| x.path != s.path);
-            self.storage.push(s.clone());
-        }
-        for n in &r.network {
-            self.network.retain(|x| x.target_node != n.target_node);
-            self.network.push(n.clone());
-        }
-        self.measured_at_ms = self.measured_at_ms.max(r.timestamp_ms);
-    }
-
-    /// Sieves per second on one core, the figure nodes are compared by.
-    pub fn cpu_single(&self) -> Option<f64> {
-        self.cpu.as_ref().map(|c| c.single_core_score).filter(|s| *s > 0.0)
-    }
-
-    /// The storage result for the volume holding `path` (the longest matching prefix).
-    pub fn storage_for(&self, path: &str) -> Option<&StorageBenchmarkResult> {
-        self.storage.iter().filter(|s| Path::new(path).starts_with(&s.path)).max_by_key(|s| s.path.len())
-    }
-
-    pub fn network_to(&self, node: &str) -> Option<&NetworkBenchmarkResult> {
-        self.network.iter().find(|n| n.target_node == node)
-    }
 }
 
 /// What to run.

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::wire::{LedgerEntry, NodeId, NodeResources};
+use crate::wire::{LedgerEntry, NodeId, NodeResources, NodeState};
 
 /// Events kept for a subscriber that has not read them yet.
 const BACKLOG: usize = 256;
@@ -13,7 +13,7 @@ const BACKLOG: usize = 256;
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    NodeStatus { node_id: NodeId, status: String, reason: Option<String> },
+    NodeStatus { node_id: NodeId, status: NodeState, reason: Option<String> },
     ResourceUpdate { node_id: NodeId, resources: Box<NodeResources> },
     LedgerEntry { entry: Box<LedgerEntry> },
     BuildProgress { build_id: String, package: String, status: String, progress: f64, output: Option<String> },

@@ -4,10 +4,12 @@
 //! Start with [`node::start`], which brings up a whole node and returns handles to its actors.
 
 pub mod bench;
-pub mod build;
+pub mod builds;
+pub mod cas;
 pub mod config;
 pub mod discovery;
 pub mod events;
+pub mod exec;
 pub mod identity;
 pub mod keys;
 pub mod lease;
@@ -16,5 +18,6 @@ pub mod mesh;
 pub mod node;
 pub mod pool;
 pub mod resource;
+pub mod start;
 pub mod store;
 pub mod wire;

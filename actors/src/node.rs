@@ -24,21 +24,18 @@ use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::build::cas::Cas;
-use crate::build::Builds;
 use crate::config::{ConfigError, NodeConfig};
 use crate::discovery::{self, ScanInput};
 use crate::events::{Event, EventBus};
-use crate::identity::{self, Identity, IdentityError};
-use crate::keys::{KeyError, Keys};
+use crate::identity::{Identity, IdentityError};
+use crate::keys::KeyError;
 use crate::lease::LeaseError;
 use crate::ledger::LedgerHandle;
 use crate::mesh::roster::RosterError;
-use crate::mesh::{MeshActor, MeshHandle, MeshOptions};
-use crate::pool::{PoolActor, PoolHandle};
-use crate::resource::{self, ResourceActor, ResourceInfo, ResourceStatus};
-use crate::store::{self, Durability, StoreError, StoreHandle};
-use crate::wire::{self, Lease, LeaseRequest, LedgerEntryType, NodeId, NodeResources, Role};
+use crate::resource::{self, ResourceActor, ResourceInfo};
+use crate::store::{StoreError, StoreHandle};
+pub use crate::wire::NodeStatus;
+use crate::wire::{self, Lease, LeaseRequest, LedgerEntryType, NodeResources};
 
 /// File in the data dir holding the URL the node serves.
 pub const ADDRESS_FILE: &str = "address";
@@ -85,30 +82,6 @@ pub struct NodeOptions {
     pub create_mesh: bool,
 }
 
-/// A node's state as `/api/node` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct NodeStatus {
-    pub node_id: NodeId,
-    pub name: String,
-    pub address: String,
-    pub version: String,
-    /// Role in the mesh (plan §1.2); a lone node coordinates itself.
-    pub role: String,
-    /// `online` or `busy` (some resource fully leased).
-    pub status: String,
-    pub tags: Vec<String>,
-    pub started_at_ms: u64,
-    pub uptime_ms: u64,
-    pub accept_remote_builds: bool,
-    pub priority_weight: f64,
-    pub resources: NodeResources,
-    /// Capacity, leases and availability per resource.
-    pub resource_status: Vec<ResourceStatus>,
-    /// The latest benchmark figures and the node's place in the benchmark schedule.
-    #[serde(default)]
-    pub benchmarks: crate::bench::BenchmarkScores,
-}
-
 /// Result of a rescan.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ScanOutcome {
@@ -119,18 +92,18 @@ pub struct ScanOutcome {
 }
 
 pub struct NodeActor {
-    identity: Identity,
-    name: String,
-    address: String,
-    config: NodeConfig,
-    data_dir: PathBuf,
-    started_at_ms: u64,
-    resources: NodeResources,
-    children: BTreeMap<String, Addr<ResourceActor>>,
-    store: StoreHandle,
-    ledger: LedgerHandle,
-    events: EventBus,
-    benchmarks: crate::bench::BenchmarkScores,
+    pub(crate) identity: Identity,
+    pub(crate) name: String,
+    pub(crate) address: String,
+    pub(crate) config: NodeConfig,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) started_at_ms: u64,
+    pub(crate) resources: NodeResources,
+    pub(crate) children: BTreeMap<String, Addr<ResourceActor>>,
+    pub(crate) store: StoreHandle,
+    pub(crate) ledger: LedgerHandle,
+    pub(crate) events: EventBus,
+    pub(crate) benchmarks: crate::bench::BenchmarkScores,
 }
 
 impl Actor for NodeActor {
@@ -191,7 +164,7 @@ pub async fn run_scan(config: NodeConfig, data_dir: PathBuf) -> Result<NodeResou
 }
 
 /// Writes this node's row and one row per resource.
-async fn persist(
+pub(crate) async fn persist(
     store: &StoreHandle,
     identity: &Identity,
     name: &str,
@@ -268,8 +241,9 @@ impl Handler<GetNodeStatus> for NodeActor {
             name: self.name.clone(),
             address: self.address.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            role: "coordinator".into(),
-            status: "online".into(),
+            // What the node alone knows; the mesh and `Node::status` put in the coordinator.
+            role: wire::NodeRole::Worker,
+            status: wire::NodeState::Online,
             tags: self.config.node_tags.clone(),
             started_at_ms: self.started_at_ms,
             uptime_ms: now.saturating_sub(self.started_at_ms),
@@ -288,7 +262,7 @@ impl Handler<GetNodeStatus> for NodeActor {
                 .iter()
                 .any(|r| matches!(r.kind, wire::ResourceKind::Cpu) && r.capacity > 0 && r.available == 0);
             if saturated {
-                status.status = "busy".into();
+                status.status = wire::NodeState::Busy;
             }
             Ok(status)
         })
@@ -441,7 +415,7 @@ impl Handler<ReleaseResource> for NodeActor {
 /// Typed front of the node actor.
 #[derive(Clone)]
 pub struct NodeHandle {
-    addr: Addr<NodeActor>,
+    pub(crate) addr: Addr<NodeActor>,
 }
 
 impl NodeHandle {
@@ -476,153 +450,6 @@ impl NodeHandle {
     }
 }
 
-/// What one benchmark run measures.
-#[derive(Debug, Clone, Default)]
-pub struct BenchmarkSelection {
-    pub cpu: bool,
-    pub memory: bool,
-    /// Directories whose volumes are tested.
-    pub storage: Vec<PathBuf>,
-    /// Peers whose links are tested.
-    pub network: Vec<NodeId>,
-    pub options: crate::bench::BenchOptions,
-    pub network_options: crate::mesh::netbench::NetworkOptions,
-}
-
-/// Everything a running node consists of; the web layer holds one.
-#[derive(Clone)]
-pub struct Node {
-    pub bench: crate::bench::BenchHandle,
-    pub builds: Builds,
-    pub identity: Identity,
-    pub node: NodeHandle,
-    pub pool: PoolHandle,
-    pub mesh: MeshHandle,
-    pub events: EventBus,
-    pub keys: Keys,
-    pub ledger: LedgerHandle,
-    pub store: StoreHandle,
-    pub data_dir: PathBuf,
-    pub address: String,
-}
-
-impl Node {
-    /// Runs a benchmark: local figures on the benchmark thread, then each peer's link. While it
-    /// runs the node advertises `running`, so the coordinator grants no other node a turn; the
-    /// results are recorded (`benchmarks`, ledger) and advertised. A peer that cannot be
-    /// measured is left out of a run with several parts and fails a run of that peer alone.
-    pub async fn benchmark(&self, want: BenchmarkSelection) -> Result<crate::bench::BenchmarkResults, String> {
-        self.node.benchmark_update(true, None).await;
-        let started_ms = wire::now_ms();
-        let outcome = self.measure(want).await.map(|mut r| {
-            r.timestamp_ms = wire::now_ms();
-            r.duration_ms = r.timestamp_ms.saturating_sub(started_ms);
-            r
-        });
-        if let Ok(r) = &outcome {
-            self.bench.record(r).await;
-        }
-        self.node.benchmark_update(false, outcome.as_ref().ok().cloned()).await;
-        outcome
-    }
-
-    async fn measure(&self, want: BenchmarkSelection) -> Result<crate::bench::BenchmarkResults, String> {
-        let status = self.node.status().await.map_err(|e| e.to_string())?;
-        let only_network = !want.cpu && !want.memory && want.storage.is_empty();
-        let mut results = if only_network {
-            crate::bench::BenchmarkResults {
-                node_id: status.node_id.to_string(),
-                timestamp_ms: wire::now_ms(),
-                duration_ms: 0,
-                cpu: None,
-                memory: None,
-                storage: vec![],
-                network: vec![],
-            }
-        } else {
-            self.bench
-                .measure(crate::bench::Run {
-                    node_id: status.node_id.to_string(),
-                    cpu_threads: want.cpu.then_some(status.resources.cpu.count),
-                    memory: want.memory,
-                    storage: want.storage.clone(),
-                    options: want.options.clone(),
-                })
-                .await?
-        };
-        for peer in &want.network {
-            match self.mesh.network_test(peer.clone(), want.network_options.clone()).await {
-                Ok(r) => results.network.push(r),
-                Err(e) if only_network && want.network.len() == 1 => return Err(e),
-                Err(e) => log::warn!("network benchmark to {peer}: {e}"),
-            }
-        }
-        Ok(results)
-    }
-
-    /// Everything, on every volume and to every online peer: `buildnet test all`, the schedule.
-    pub async fn full_selection(&self, quick: bool) -> BenchmarkSelection {
-        let storage = match self.node.status().await {
-            Ok(s) => s.resources.storage.iter().map(|v| PathBuf::from(&v.path)).collect(),
-            Err(_) => vec![self.data_dir.clone()],
-        };
-        let network = match self.mesh.peers().await {
-            Some((_, peers)) => peers
-                .into_iter()
-                .filter(|p| p.status != "offline" && p.role != Role::Observer)
-                .map(|p| p.node_id)
-                .collect(),
-            None => vec![],
-        };
-        let (options, network_options) = if quick {
-            (
-                crate::bench::BenchOptions { cpu_secs: 0.5, file_mb: 32, random_secs: 0.5, memory_mb: 64 },
-                crate::mesh::netbench::NetworkOptions { samples: 20, interval_ms: 5, size_mb: 4 },
-            )
-        } else {
-            Default::default()
-        };
-        BenchmarkSelection { cpu: true, memory: true, storage, network, options, network_options }
-    }
-
-    /// Runs this node's turns of the benchmark schedule: the first one quick (start-up), later
-    /// ones full.
-    fn serve_benchmark_turns(&self) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        self.mesh.set_benchmark_sink(tx);
-        let node = self.clone();
-        actix::spawn(async move {
-            let mut quick = true;
-            while rx.recv().await.is_some() {
-                let selection = node.full_selection(quick).await;
-                quick = false;
-                if let Err(e) = node.benchmark(selection).await {
-                    log::warn!("scheduled benchmark: {e}");
-                    // Tell the schedule this turn is over, so it does not wait for it.
-                    node.node.benchmark_update(false, None).await;
-                }
-            }
-        });
-    }
-
-    /// Stops the node on purpose: records the stop, stops the actors, closes the database.
-    pub async fn shutdown(&self, reason: &str) {
-        if let Err(e) = self
-            .ledger
-            .append(
-                LedgerEntryType::NodeStopped,
-                serde_json::json!({ "node_id": self.identity.node_id, "reason": reason }),
-            )
-            .await
-        {
-            log::warn!("recording the stop: {e}");
-        }
-        let _ = self.node.addr.send(Stop).await;
-        self.ledger.close().await;
-        self.store.close().await;
-    }
-}
-
 /// Stops the node actor and with it every resource actor.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -636,213 +463,7 @@ impl Handler<Stop> for NodeActor {
     }
 }
 
-/// What `start` did that the user must be told.
-pub struct Started {
-    pub node: Node,
-    /// The admin key created on this start (first start, or none left), shown once.
-    pub new_admin_key: Option<String>,
-    pub first_start: bool,
-}
-
-/// The name this node had before, so a restart without `--name` keeps it.
-async fn stored_name(store: &StoreHandle, id: &NodeId) -> Option<String> {
-    store.optional_text("SELECT name FROM nodes WHERE id = ?1", id.to_string()).await.ok().flatten()
-}
-
 /// Creates the data dir if needed.
 pub fn prepare_data_dir(path: &Path) -> Result<(), NodeError> {
     std::fs::create_dir_all(path).map_err(|source| NodeError::DataDir { path: path.to_path_buf(), source })
-}
-
-/// Starts a node: identity, database, ledger, first scan, actors, keys.
-pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
-    prepare_data_dir(&opts.data_dir)?;
-    for s in &opts.config.resource_limits.storage {
-        std::fs::create_dir_all(&s.path).map_err(|source| NodeError::DataDir { path: s.path.clone(), source })?;
-    }
-    let (identity, first_start) = Identity::load_or_create(&opts.data_dir)?;
-    let db_path = opts.data_dir.join(store::DB_FILE);
-    let store = StoreHandle::start(store::open(&db_path, Durability::Normal)?);
-    let events = EventBus::default();
-    let ledger = LedgerHandle::start(&db_path, identity.clone(), Some(events.clone()))?;
-    let bench = crate::bench::BenchHandle::start(store.clone(), ledger.clone());
-    let mut benchmarks = bench.latest().await;
-    benchmarks.next_due_ms = if opts.config.benchmark.on_start {
-        Some(wire::now_ms())
-    } else {
-        next_benchmark_due(&opts.config, wire::now_ms(), benchmarks.measured_at_ms)
-    };
-
-    let resources = run_scan(opts.config.clone(), opts.data_dir.clone()).await?;
-    opts.config.validate_for_machine(&opts.config_file, resources.cpu.count)?;
-    let name = opts
-        .name
-        .clone()
-        .or_else(|| opts.config.node_name.clone())
-        .or(stored_name(&store, &identity.node_id).await)
-        .or_else(|| sysinfo::System::host_name().ok())
-        .unwrap_or_else(|| identity.node_id.to_string());
-    persist(&store, &identity, &name, &opts.address, &resources).await?;
-
-    let node_actor = NodeActor {
-        identity: identity.clone(),
-        name: name.clone(),
-        address: opts.address.clone(),
-        config: opts.config.clone(),
-        data_dir: opts.data_dir.clone(),
-        started_at_ms: wire::now_ms(),
-        resources: resources.clone(),
-        children: BTreeMap::new(),
-        store: store.clone(),
-        ledger: ledger.clone(),
-        events: events.clone(),
-        benchmarks,
-    }
-    .start();
-    let node = NodeHandle { addr: node_actor };
-    let cas = Cas::open(opts.data_dir.join("cas")).map_err(|e| NodeError::Scan(e.to_string()))?;
-    let sandboxes = opts.data_dir.join("sandboxes");
-    let _ = std::fs::remove_dir_all(&sandboxes);
-    let mesh = MeshHandle::start(
-        MeshActor::load(MeshOptions {
-            identity: identity.clone(),
-            name: name.clone(),
-            address: opts.config.network.advertise_address.clone().unwrap_or_else(|| opts.address.clone()),
-            data_dir: opts.data_dir.clone(),
-            priority_weight: opts.config.scheduling.priority_weight,
-            bootstrap: opts.config.network.peers.clone(),
-            create_if_missing: opts.create_mesh,
-            store: store.clone(),
-            ledger: ledger.clone(),
-            node: node.clone(),
-            events: events.clone(),
-            cas: cas.clone(),
-            sandboxes: sandboxes.join("remote"),
-            accept_remote_builds: opts.config.scheduling.accept_remote_builds,
-            local_only_hours: opts.config.local_only_windows(),
-        })
-        .await?,
-    );
-    let pool = PoolHandle { addr: PoolActor::new(node.clone(), mesh.clone()).start() };
-    let builds = Builds::new(
-        identity.node_id.clone(),
-        node.clone(),
-        mesh.clone(),
-        pool.clone(),
-        ledger.clone(),
-        store.clone(),
-        events.clone(),
-        cas,
-        sandboxes,
-    );
-
-    let entry_type = if first_start { LedgerEntryType::NodeJoined } else { LedgerEntryType::NodeStarted };
-    ledger
-        .append(
-            entry_type,
-            serde_json::json!({
-                "node_id": identity.node_id,
-                "node_name": name,
-                "address": opts.address,
-                "public_key": wire::hex(&identity.public_key()),
-                "capabilities": {
-                    "cores": resources.cpu.offered,
-                    "memory_bytes": resources.memory.offered_bytes,
-                    "tools": resources.tools.iter().filter(|t| t.error.is_none()).map(|t| &t.name).collect::<Vec<_>>(),
-                    "runtimes": resources.runtimes.iter().filter(|t| t.error.is_none()).map(|t| &t.name).collect::<Vec<_>>(),
-                },
-            }),
-        )
-        .await?;
-
-    let keys = Keys::load(store.clone(), ledger.clone()).await?;
-    let mut new_admin_key = None;
-    if !keys.has_admin() {
-        let (secret, _) = keys.create("admin", Role::Admin, None, "buildnet up").await?;
-        identity::write_secret(&opts.data_dir.join(ADMIN_KEY_FILE), format!("{secret}\n").as_bytes())
-            .map_err(|source| NodeError::DataDir { path: opts.data_dir.join(ADMIN_KEY_FILE), source })?;
-        new_admin_key = Some(secret);
-    }
-
-    let node = Node {
-        bench,
-        builds,
-        identity,
-        node,
-        pool,
-        mesh,
-        events,
-        keys,
-        ledger,
-        store,
-        data_dir: opts.data_dir,
-        address: opts.address,
-    };
-    node.serve_benchmark_turns();
-    Ok(Started { node, new_admin_key, first_start })
-}
-
-/// Options for a node in the engine's own tests.
-#[cfg(test)]
-pub(crate) fn test_options(data_dir: &Path) -> NodeOptions {
-    NodeOptions {
-        data_dir: data_dir.to_path_buf(),
-        config: NodeConfig::default(),
-        config_file: "test".into(),
-        name: Some("t".into()),
-        address: "http://127.0.0.1:1".into(),
-        create_mesh: true,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn started(dir: &Path) -> Started {
-        start(test_options(dir)).await.expect("node starts")
-    }
-
-    #[actix::test]
-    async fn a_node_supervises_one_actor_per_resource() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = started(dir.path()).await;
-        assert!(s.first_start);
-        assert!(s.new_admin_key.is_some());
-        let status = s.node.node.status().await.expect("status");
-        let keys: Vec<&str> = status.resource_status.iter().map(|r| r.key.as_str()).collect();
-        assert!(keys.contains(&"cpu") && keys.contains(&"memory"));
-        assert!(keys.iter().any(|k| k.starts_with("storage:")));
-        let expected =
-            2 + status.resources.storage.len() + status.resources.tools.len() + status.resources.runtimes.len();
-        assert_eq!(status.resource_status.len(), expected);
-    }
-
-    #[actix::test]
-    async fn rescan_keeps_leases_and_second_start_reuses_identity() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = started(dir.path()).await;
-        let lease = s
-            .node
-            .node
-            .lease("cpu", LeaseRequest { amount: 1, holder: "test".into(), ttl_ms: 60_000, epoch: 0 })
-            .await
-            .expect("lease");
-        let outcome = s.node.node.rescan().await.expect("rescan");
-        assert!(outcome.success);
-        let status = s.node.node.status().await.expect("status");
-        let cpu = status.resource_status.iter().find(|r| r.key == "cpu").expect("cpu");
-        assert_eq!(cpu.leases.len(), 1);
-        assert_eq!(cpu.leases[0].id, lease.id);
-        assert!(matches!(
-            s.node.node.lease("gpu", LeaseRequest { amount: 1, holder: "t".into(), ttl_ms: 1, epoch: 0 }).await,
-            Err(NodeError::UnknownResource(_))
-        ));
-        let id = s.node.identity.node_id.clone();
-        drop(s);
-        let again = started(dir.path()).await;
-        assert!(!again.first_start);
-        assert!(again.new_admin_key.is_none(), "the admin key exists already");
-        assert_eq!(again.node.identity.node_id, id);
-    }
 }

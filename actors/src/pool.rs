@@ -1,5 +1,7 @@
-//! `PoolActor`: the pooled view of every node's resources — today this node alone; peers join
-//! it with the mesh. It aggregates totals, lists pooled resources and finds candidates.
+//! `PoolActor`: the pooled view — this node's status and every peer's advert and liveness. The
+//! mesh hands it the peer table whenever that changes ([`PeersChanged`]); everything else (builds,
+//! benchmarks, pages, the API) asks the pool, and "which peers can take work" is one query,
+//! [`PoolHandle::usable_peers`]. It aggregates totals and lists pooled resources.
 
 use std::collections::BTreeMap;
 
@@ -7,10 +9,10 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::mesh::{MeshHandle, MeshView, PeerView};
+use crate::mesh::{MeshView, PeerView, PeersChanged};
 use crate::node::{NodeError, NodeHandle, NodeStatus};
 use crate::resource::{ResourceInfo, ResourceStatus};
-use crate::wire::{NodeId, ResourceKind, Role};
+use crate::wire::{NodeId, NodeRole, NodeState, ResourceKind, Role};
 
 /// One node as the pool sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -18,10 +20,8 @@ pub struct PoolNode {
     pub id: NodeId,
     pub name: String,
     pub address: String,
-    /// `online`, `busy` or `offline`.
-    pub status: String,
-    /// `coordinator`, `worker` or `observer`.
-    pub role: String,
+    pub status: NodeState,
+    pub role: NodeRole,
     pub latency_ms: f64,
     pub last_seen_ms: u64,
     pub cores: u64,
@@ -88,37 +88,50 @@ pub struct PoolView {
 
 pub struct PoolActor {
     local: NodeHandle,
-    mesh: MeshHandle,
+    /// This node's place in the mesh and the peer table, as the mesh last sent them.
+    view: Option<MeshView>,
+    peers: Vec<PeerView>,
 }
 
 impl PoolActor {
-    pub fn new(local: NodeHandle, mesh: MeshHandle) -> Self {
-        PoolActor { local, mesh }
+    pub fn new(local: NodeHandle) -> Self {
+        PoolActor { local, view: None, peers: Vec::new() }
     }
 }
 
-/// The role shown for a node: the coordinator, else worker or observer by roster role.
-fn role_label(id: &NodeId, role: Role, coordinator: &NodeId) -> String {
-    if id == coordinator {
-        "coordinator".into()
-    } else if role == Role::Observer {
-        "observer".into()
-    } else {
-        "worker".into()
+/// Whether a peer can take work now: live (online or busy) and not an observer.
+pub fn is_usable(peer: &PeerView) -> bool {
+    peer.status != NodeState::Offline && peer.role != Role::Observer
+}
+
+impl Handler<PeersChanged> for PoolActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeersChanged, _: &mut Context<Self>) {
+        self.view = Some(msg.view);
+        self.peers = msg.peers;
     }
 }
 
-/// Local status, mesh view and peers, fetched together.
-async fn gather(local: &NodeHandle, mesh: &MeshHandle) -> Result<(NodeStatus, MeshView, Vec<PeerView>), NodeError> {
-    let status = local.status().await?;
-    let (view, peers) = mesh.peers().await.ok_or(NodeError::Unavailable)?;
-    Ok((status, view, peers))
+/// Every peer (usable ones only when asked), with their adverts.
+#[derive(Message)]
+#[rtype(result = "Vec<PeerView>")]
+pub struct GetPeers {
+    pub usable_only: bool,
+}
+
+impl Handler<GetPeers> for PoolActor {
+    type Result = MessageResult<GetPeers>;
+
+    fn handle(&mut self, msg: GetPeers, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.peers.iter().filter(|p| !msg.usable_only || is_usable(p)).cloned().collect())
+    }
 }
 
 /// Every node of the pool, this one first.
 fn nodes_of(status: &NodeStatus, view: &MeshView, peers: &[PeerView]) -> Vec<PoolNode> {
     let mut me = pool_node(status, 0.0);
-    me.role = role_label(&status.node_id, view.role, &view.coordinator);
+    me.role = NodeRole::of(&status.node_id, view.role, &view.coordinator);
     let mut nodes = vec![me];
     for p in peers {
         let mut n = match &p.advert {
@@ -127,8 +140,8 @@ fn nodes_of(status: &NodeStatus, view: &MeshView, peers: &[PeerView]) -> Vec<Poo
                 id: p.node_id.clone(),
                 name: p.name.clone(),
                 address: p.address.clone(),
-                status: p.status.clone(),
-                role: String::new(),
+                status: p.status,
+                role: NodeRole::Worker,
                 latency_ms: p.latency_ms.unwrap_or(0.0),
                 last_seen_ms: p.last_seen_ms,
                 cores: 0,
@@ -142,10 +155,10 @@ fn nodes_of(status: &NodeStatus, view: &MeshView, peers: &[PeerView]) -> Vec<Poo
                 benchmarks: Default::default(),
             },
         };
-        n.status = p.status.clone();
+        n.status = p.status;
         n.address = p.address.clone();
         n.last_seen_ms = p.last_seen_ms;
-        n.role = role_label(&p.node_id, p.role, &view.coordinator);
+        n.role = NodeRole::of(&p.node_id, p.role, &view.coordinator);
         nodes.push(n);
     }
     nodes
@@ -177,8 +190,8 @@ pub fn pool_node(status: &NodeStatus, latency_ms: f64) -> PoolNode {
         id: status.node_id.clone(),
         name: status.name.clone(),
         address: status.address.clone(),
-        status: status.status.clone(),
-        role: status.role.clone(),
+        status: status.status,
+        role: status.role,
         latency_ms,
         last_seen_ms: crate::wire::now_ms(),
         cores: sum(rs, ResourceKind::Cpu, |r| r.capacity),
@@ -196,7 +209,7 @@ pub fn pool_node(status: &NodeStatus, latency_ms: f64) -> PoolNode {
 /// Totals over the nodes that are online and not observers (observers offer nothing).
 pub fn aggregate(nodes: &[PoolNode], storage_volumes: usize) -> Aggregate {
     let mut agg = Aggregate { last_updated_ms: crate::wire::now_ms(), storage_volumes, ..Default::default() };
-    for n in nodes.iter().filter(|n| n.status != "offline" && n.role != "observer") {
+    for n in nodes.iter().filter(|n| n.status != NodeState::Offline && n.role != NodeRole::Observer) {
         agg.total_cpu_cores += n.cores;
         agg.available_cpu_cores += n.cores_available;
         agg.total_memory_bytes += n.memory_bytes;
@@ -222,13 +235,14 @@ impl Handler<GetPool> for PoolActor {
     type Result = ResponseFuture<Result<PoolView, NodeError>>;
 
     fn handle(&mut self, _: GetPool, _: &mut Context<Self>) -> Self::Result {
-        let (local, mesh) = (self.local.clone(), self.mesh.clone());
+        let (local, view, peers) = (self.local.clone(), self.view.clone(), self.peers.clone());
         Box::pin(async move {
-            let (status, view, peers) = gather(&local, &mesh).await?;
+            let status = local.status().await?;
+            let view = view.ok_or(NodeError::Unavailable)?;
             let volumes = status.resources.storage.len()
                 + peers
                     .iter()
-                    .filter(|p| p.status != "offline" && p.role != Role::Observer)
+                    .filter(|p| is_usable(p))
                     .filter_map(|p| p.advert.as_ref())
                     .map(|a| a.resources.storage.len())
                     .sum::<usize>();
@@ -264,15 +278,12 @@ impl Handler<ListResources> for PoolActor {
     type Result = ResponseFuture<Result<Vec<PooledResource>, NodeError>>;
 
     fn handle(&mut self, msg: ListResources, _: &mut Context<Self>) -> Self::Result {
-        let (local, mesh) = (self.local.clone(), self.mesh.clone());
+        let (local, peers) = (self.local.clone(), self.peers.clone());
         Box::pin(async move {
-            let (status, _, peers) = gather(&local, &mesh).await?;
+            let status = local.status().await?;
             let mut sources: Vec<(NodeStatus, f64)> = vec![(status, 0.0)];
             sources.extend(
-                peers
-                    .into_iter()
-                    .filter(|p| p.status != "offline" && p.role != Role::Observer)
-                    .filter_map(|p| p.advert.map(|a| (*a, p.latency_ms.unwrap_or(0.0)))),
+                peers.into_iter().filter(is_usable).filter_map(|p| p.advert.map(|a| (*a, p.latency_ms.unwrap_or(0.0)))),
             );
             Ok(sources
                 .iter()
@@ -303,6 +314,25 @@ pub struct PoolHandle {
 }
 
 impl PoolHandle {
+    pub fn start(actor: PoolActor) -> PoolHandle {
+        PoolHandle { addr: actor.start() }
+    }
+
+    /// Where the mesh sends its peer table.
+    pub fn peers_sink(&self) -> Recipient<PeersChanged> {
+        self.addr.clone().recipient()
+    }
+
+    /// Every peer the mesh knows, with liveness and advert.
+    pub async fn peers(&self) -> Vec<PeerView> {
+        self.addr.send(GetPeers { usable_only: false }).await.unwrap_or_default()
+    }
+
+    /// The peers that can take work now (live, not observers): the one filter every caller uses.
+    pub async fn usable_peers(&self) -> Vec<PeerView> {
+        self.addr.send(GetPeers { usable_only: true }).await.unwrap_or_default()
+    }
+
     pub async fn view(&self) -> Result<PoolView, NodeError> {
         self.addr.send(GetPool).await.map_err(|_| NodeError::Unavailable)?
     }
@@ -320,13 +350,13 @@ impl PoolHandle {
 mod tests {
     use super::*;
 
-    fn node(id: &str, status: &str, cores: u64, tools: &[&str]) -> PoolNode {
+    fn node(id: &str, status: NodeState, cores: u64, tools: &[&str]) -> PoolNode {
         PoolNode {
             id: NodeId::parse(id).expect("valid id"),
             name: id.into(),
             address: String::new(),
-            status: status.into(),
-            role: "worker".into(),
+            status,
+            role: NodeRole::Worker,
             latency_ms: 0.0,
             last_seen_ms: 0,
             cores,
@@ -344,9 +374,9 @@ mod tests {
     #[test]
     fn aggregate_sums_online_nodes_only() {
         let nodes = [
-            node("000000000000000a", "online", 4, &["gcc"]),
-            node("000000000000000b", "busy", 2, &["gcc", "ffmpeg"]),
-            node("000000000000000c", "offline", 16, &["docker"]),
+            node("000000000000000a", NodeState::Online, 4, &["gcc"]),
+            node("000000000000000b", NodeState::Busy, 2, &["gcc", "ffmpeg"]),
+            node("000000000000000c", NodeState::Offline, 16, &["docker"]),
         ];
         let agg = aggregate(&nodes, 3);
         assert_eq!(agg.total_cpu_cores, 6);

@@ -7,79 +7,10 @@
 //! never grants more than the capacity the node offers.
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::lease::{LeaseBook, LeaseError};
-use crate::wire::{self, CpuInfo, Lease, LeaseRequest, MemoryInfo, ResourceKind, StorageVolume, ToolInfo};
-
-/// What a resource actor owns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "type", content = "info", rename_all = "lowercase")]
-pub enum ResourceInfo {
-    Cpu(CpuInfo),
-    Memory(MemoryInfo),
-    Storage(StorageVolume),
-    Tool(ToolInfo),
-    Runtime(ToolInfo),
-}
-
-impl ResourceInfo {
-    pub fn kind(&self) -> ResourceKind {
-        match self {
-            ResourceInfo::Cpu(_) => ResourceKind::Cpu,
-            ResourceInfo::Memory(_) => ResourceKind::Memory,
-            ResourceInfo::Storage(_) => ResourceKind::Storage,
-            ResourceInfo::Tool(_) => ResourceKind::Tool,
-            ResourceInfo::Runtime(_) => ResourceKind::Runtime,
-        }
-    }
-
-    /// The stable key of this resource on its node: `cpu`, `memory`, `storage:/path`,
-    /// `tool:gcc`, `runtime:node`.
-    pub fn key(&self) -> String {
-        match self {
-            ResourceInfo::Cpu(_) => "cpu".into(),
-            ResourceInfo::Memory(_) => "memory".into(),
-            ResourceInfo::Storage(v) => format!("storage:{}", v.path),
-            ResourceInfo::Tool(t) => format!("tool:{}", t.name),
-            ResourceInfo::Runtime(t) => format!("runtime:{}", t.name),
-        }
-    }
-
-    /// How much can be leased, in the kind's unit. A tool has one slot per offered core, and
-    /// none when its probe failed.
-    pub fn capacity(&self, offered_cores: usize) -> u64 {
-        match self {
-            ResourceInfo::Cpu(c) => c.offered as u64,
-            ResourceInfo::Memory(m) => m.offered_bytes,
-            ResourceInfo::Storage(s) => s.offered_bytes,
-            ResourceInfo::Tool(t) | ResourceInfo::Runtime(t) => {
-                if t.error.is_some() {
-                    0
-                } else {
-                    offered_cores as u64
-                }
-            }
-        }
-    }
-}
-
-/// A resource's state as its owner sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ResourceStatus {
-    pub key: String,
-    pub kind: ResourceKind,
-    pub unit: String,
-    pub capacity: u64,
-    pub leased: u64,
-    pub available: u64,
-    pub leases: Vec<Lease>,
-    /// Times the supervisor restarted this actor.
-    pub restarts: u32,
-    #[serde(flatten)]
-    pub resource: ResourceInfo,
-}
+use crate::wire::{self, Lease, LeaseRequest};
+pub use crate::wire::{ResourceInfo, ResourceStatus};
 
 /// Owns one resource and its leases.
 pub struct ResourceActor {
@@ -213,6 +144,7 @@ impl Handler<Fail> for ResourceActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{CpuInfo, ToolInfo};
 
     fn cpu(offered: usize) -> ResourceInfo {
         ResourceInfo::Cpu(CpuInfo {

@@ -9,10 +9,10 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use buildnet_actors::build::cas::{self, FileRef};
-use buildnet_actors::build::estimate::BuildEstimation;
-use buildnet_actors::build::project;
-use buildnet_actors::build::runner::{BuildRequest, BuildStatus, BuildSummary, PackageState};
+use buildnet_actors::builds::estimate::BuildEstimation;
+use buildnet_actors::builds::project;
+use buildnet_actors::builds::runner::{BuildRequest, BuildStatus, BuildSummary, PackageState};
+use buildnet_actors::cas::{self, FileRef};
 
 use super::output::{time, Table};
 use super::{CliError, Ctx};

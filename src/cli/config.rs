@@ -9,8 +9,8 @@ use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use buildnet_actors::build::config::{BuildConfiguration, ConfigTemplate};
-use buildnet_actors::build::ConfigSummary;
+use buildnet_actors::builds::config::{BuildConfiguration, ConfigTemplate};
+use buildnet_actors::builds::ConfigSummary;
 
 use super::output::{print_facts, time, Table};
 use super::{CliError, Ctx};

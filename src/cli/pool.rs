@@ -7,6 +7,7 @@ use buildnet_actors::ledger::VerifyReport;
 use buildnet_actors::node::NodeStatus;
 use buildnet_actors::pool::{PoolNode, PoolView, PooledResource};
 use buildnet_actors::resource::ResourceInfo;
+use buildnet_actors::wire::NodeState;
 
 use super::output::{bytes, print_facts, Table};
 use super::{CliError, Ctx};
@@ -47,7 +48,7 @@ fn nodes_table(nodes: &[PoolNode], coordinator: Option<&str>) {
         t.row(vec![
             n.name.clone(),
             n.id.to_string(),
-            n.status.clone(),
+            n.status.to_string(),
             format!("{}{star}", n.role),
             format!("{}/{}", n.cores_available, n.cores),
             format!("{}/{}", bytes(n.memory_available_bytes), bytes(n.memory_bytes)),
@@ -160,7 +161,7 @@ async fn health(ctx: &Ctx) -> Result<(), CliError> {
     for n in &nodes.nodes {
         checks.push(Check {
             check: format!("node {}", n.name),
-            ok: n.status != "offline",
+            ok: n.status != NodeState::Offline,
             detail: format!("{} ({})", n.status, n.id),
         });
     }

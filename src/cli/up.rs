@@ -76,7 +76,7 @@ pub fn run(global: &GlobalArgs, args: UpArgs, join_token: Option<String>) -> Res
 
     actix_rt::System::new().block_on(async move {
         let joining = args.join.clone().zip(join_token);
-        let started = node::start(NodeOptions {
+        let started = buildnet_actors::start::start(NodeOptions {
             data_dir: dir.clone(),
             config,
             config_file,
@@ -88,7 +88,7 @@ pub fn run(global: &GlobalArgs, args: UpArgs, join_token: Option<String>) -> Res
         .map_err(|e| CliError::Other(e.to_string()))?;
         let node = started.node.clone();
         if let Some((target, token)) = &joining {
-            let member = node.mesh.peers().await.and_then(|(view, _)| view.mesh_id);
+            let member = node.mesh.view().await.and_then(|view| view.mesh_id);
             let pinned =
                 buildnet_actors::mesh::roster::JoinToken::parse(token).map_err(|e| CliError::Usage(e.to_string()))?;
             match member {

@@ -13,7 +13,7 @@ use actix_web::dev::{Server, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Logger};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use buildnet_actors::node::Node;
+use buildnet_actors::start::Node;
 
 use error::ApiError;
 

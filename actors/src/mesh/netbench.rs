@@ -9,14 +9,18 @@
 
 use std::time::{Duration, Instant};
 
-use actix::Addr;
+use std::collections::HashMap;
+
+use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::UnboundedSender;
 use utoipa::ToSchema;
 
 use super::bridge::{self, BridgeActor};
+use super::MeshActor;
 use crate::bench::NetworkBenchmarkResult;
-use crate::wire::MeshMessage;
+use crate::wire::{MeshMessage, NodeId};
 
 /// Payload bytes per message; with framing it stays well inside one Noise frame.
 pub const PAYLOAD_CHUNK: usize = 48 * 1024;
@@ -169,6 +173,91 @@ pub async fn measure(
         bytes,
         duration_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+impl MeshActor {
+    pub(super) fn forward_to_probe(&mut self, probe: u64, event: ProbeEvent) {
+        if let Some(tx) = self.probes.active.get(&probe) {
+            if tx.send(event).is_err() {
+                self.probes.active.remove(&probe);
+            }
+        }
+    }
+}
+
+/// Measures the link to a peer (see [`netbench`]).
+#[derive(Message)]
+#[rtype(result = "Result<crate::bench::NetworkBenchmarkResult, String>")]
+pub struct NetworkTest {
+    pub peer: NodeId,
+    pub options: NetworkOptions,
+}
+
+impl Handler<NetworkTest> for MeshActor {
+    type Result = ResponseActFuture<Self, Result<crate::bench::NetworkBenchmarkResult, String>>;
+
+    fn handle(&mut self, msg: NetworkTest, _: &mut Context<Self>) -> Self::Result {
+        let target = self.peers.get(&msg.peer).and_then(|p| {
+            let link = p.link.filter(|_| p.online()).and_then(|l| self.links.get(&l))?;
+            Some((link.addr.clone(), p.advert.as_ref().map_or(p.entry.name.clone(), |a| a.name.clone())))
+        });
+        let Some((link, name)) = target else {
+            let why = format!("node {} is not online", msg.peer);
+            return Box::pin(async move { Err(why) }.into_actor(self));
+        };
+        let probe = rand::random::<u64>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.probes.active.insert(probe, tx);
+        let fut = measure(link, rx, probe, (msg.peer.to_string(), name), msg.options);
+        Box::pin(fut.into_actor(self).map(move |result, act, _| {
+            act.probes.active.remove(&probe);
+            result
+        }))
+    }
+}
+
+/// Network probes in flight: this node's own, and peers' upload payload being counted.
+#[derive(Default)]
+pub(super) struct Probes {
+    /// This node's own probes: id → where the peer's answers go.
+    active: HashMap<u64, UnboundedSender<ProbeEvent>>,
+    /// Payload bytes counted for peers' upload probes.
+    counted: HashMap<(NodeId, u64), u64>,
+}
+
+impl MeshActor {
+    /// Every netbench message: answers for peers' probes, events for this node's own.
+    pub(super) fn on_probe(&mut self, link_id: u64, from: NodeId, message: MeshMessage) {
+        match message {
+            MeshMessage::NetEcho { probe, seq } => self.send(link_id, MeshMessage::NetEchoReply { probe, seq }),
+            MeshMessage::NetEchoReply { probe, seq } => self.forward_to_probe(probe, ProbeEvent::Echo(seq)),
+            MeshMessage::NetData { probe, data } if self.probes.active.contains_key(&probe) => {
+                self.forward_to_probe(probe, ProbeEvent::Data(data.len()))
+            }
+            MeshMessage::NetData { probe, data } => {
+                *self.probes.counted.entry((from, probe)).or_default() += data.len() as u64
+            }
+            MeshMessage::NetDataEnd { probe } if self.probes.active.contains_key(&probe) => {
+                self.forward_to_probe(probe, ProbeEvent::End)
+            }
+            MeshMessage::NetDataEnd { probe } => {
+                let bytes = self.probes.counted.remove(&(from, probe)).unwrap_or(0);
+                self.send(link_id, MeshMessage::NetReceived { probe, bytes });
+            }
+            MeshMessage::NetReceived { probe, bytes } => self.forward_to_probe(probe, ProbeEvent::Received(bytes)),
+            MeshMessage::NetPull { probe, bytes } => {
+                let payload = vec![0xA5u8; PAYLOAD_CHUNK];
+                let (mut sent, bytes) = (0u64, bytes.min(MAX_PULL_BYTES));
+                while sent < bytes {
+                    let n = PAYLOAD_CHUNK.min((bytes - sent) as usize);
+                    self.send(link_id, MeshMessage::NetData { probe, data: payload[..n].to_vec() });
+                    sent += n as u64;
+                }
+                self.send(link_id, MeshMessage::NetDataEnd { probe });
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

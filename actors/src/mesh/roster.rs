@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::identity::write_secret;
 use crate::store::StoreError;
+pub use crate::wire::RosterEntry;
 use crate::wire::{self, NodeId, Role};
 
 /// The mesh root key file, present only on the node that created the mesh.
@@ -125,24 +126,6 @@ pub fn noise_keys(data_dir: &Path) -> Result<([u8; 32], [u8; 32]), RosterError> 
         }
         Err(e) => Err(RosterError::Io(format!("{}: {e}", path.display()))),
     }
-}
-
-/// One member of the mesh, signed by the mesh key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct RosterEntry {
-    pub node_id: NodeId,
-    pub name: String,
-    pub role: Role,
-    /// Hex Ed25519 key that signs the node's ledger entries.
-    pub ed_public: String,
-    /// Hex X25519 key the node's Noise links prove.
-    pub noise_public: String,
-    /// Where the node was reachable when admitted.
-    pub address: String,
-    pub issued_at_ms: u64,
-    /// A revoked or departed member may not link.
-    pub revoked: bool,
-    pub signature: String,
 }
 
 impl RosterEntry {

@@ -4,7 +4,7 @@
 use actix_web::{web, HttpResponse};
 use buildnet_actors::bench::{BenchOptions, BenchmarkResults, NetworkBenchmarkResult, StorageBenchmarkResult};
 use buildnet_actors::mesh::netbench::NetworkOptions;
-use buildnet_actors::node::BenchmarkSelection;
+use buildnet_actors::start::BenchmarkSelection;
 use buildnet_actors::wire::Action;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -133,11 +133,11 @@ pub async fn network(state: web::Data<AppState>, caller: Caller, body: JsonBody)
         size_mb: req.size_mb.unwrap_or(d.size_mb),
     };
     options.check().map_err(|e| ApiError::bad_request("invalid_body", e))?;
-    let peers = state.node.mesh.peers().await.map(|(_, p)| p).unwrap_or_default();
+    let peers = state.node.pool.peers().await;
     let Some(peer) = peers.iter().find(|p| p.node_id.to_string() == req.node || p.name == req.node) else {
         return Err(ApiError::bad_request("invalid_body", format!("node: '{}' is not a peer of this node", req.node)));
     };
-    if peer.status == "offline" {
+    if peer.status == buildnet_actors::wire::NodeState::Offline {
         return Err(failed(format!("node: '{}' is offline", req.node)));
     }
     let selection =

@@ -3,8 +3,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use buildnet_actors::build::runner::{BuildRequest, BuildStatus, BuildSummary};
-use buildnet_actors::build::BuildError;
+use buildnet_actors::builds::runner::{BuildRequest, BuildStatus, BuildSummary};
+use buildnet_actors::builds::BuildError;
 use buildnet_actors::wire::Action;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -52,7 +52,7 @@ pub struct Missing {
 pub async fn missing(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
     caller.require(Action::TriggerBuild, "upload build inputs")?;
     let body: Digests = body.parse()?;
-    if let Some(bad) = body.digests.iter().find(|d| !buildnet_actors::build::cas::valid_digest(d)) {
+    if let Some(bad) = body.digests.iter().find(|d| !buildnet_actors::cas::valid_digest(d)) {
         return Err(ApiError::bad_request(
             "invalid_body",
             format!("digests: '{bad}' is not a BLAKE3 digest (64 hex digits)"),
@@ -119,7 +119,7 @@ pub async fn start(state: web::Data<AppState>, caller: Caller, body: JsonBody) -
 /// packages near zero), the DAG scheduled over the cores the configuration allows, network
 /// overhead, and a confidence with its range (plan §9). Blobs need not be uploaded.
 #[utoipa::path(post, path = "/api/build/estimate", tag = "builds", request_body = BuildRequest,
-    responses((status = 200, body = buildnet_actors::build::estimate::BuildEstimation), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = buildnet_actors::builds::estimate::BuildEstimation), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn estimate(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "estimate builds")?;
     let request: BuildRequest = body.parse()?;

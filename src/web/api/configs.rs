@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpResponse};
-use buildnet_actors::build::config::{BuildConfiguration, ConfigTemplate};
-use buildnet_actors::build::ConfigSummary;
+use buildnet_actors::builds::config::{BuildConfiguration, ConfigTemplate};
+use buildnet_actors::builds::ConfigSummary;
 use buildnet_actors::wire::Action;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

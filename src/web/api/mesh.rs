@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use buildnet_actors::mesh::roster::{RosterError, TokenInfo};
 use buildnet_actors::mesh::MeshView;
 use buildnet_actors::pool::{Aggregate, PoolNode};
-use buildnet_actors::wire::{Action, Role};
+use buildnet_actors::wire::{Action, NodeState, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -31,12 +31,8 @@ fn mesh_error(e: RosterError) -> ApiError {
     responses((status = 200, body = MeshView)), security(("bearer" = [])))]
 pub async fn view(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read the mesh")?;
-    let (view, _) = state
-        .node
-        .mesh
-        .peers()
-        .await
-        .ok_or_else(|| ApiError::internal(&std::io::Error::other("mesh actor stopped")))?;
+    let view =
+        state.node.mesh.view().await.ok_or_else(|| ApiError::internal(&std::io::Error::other("mesh actor stopped")))?;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -198,7 +194,7 @@ pub async fn topology(state: &AppState) -> Result<PoolVisualization, ApiError> {
             to_node: n.id.to_string(),
             latency_ms: n.latency_ms,
             bandwidth_mbps: None,
-            status: quality(n.latency_ms, n.status != "offline").into(),
+            status: quality(n.latency_ms, n.status != NodeState::Offline).into(),
         })
         .collect();
     Ok(PoolVisualization {

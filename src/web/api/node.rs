@@ -14,7 +14,7 @@ use crate::web::AppState;
     security(("bearer" = [])))]
 pub async fn get_node(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read the node")?;
-    Ok(HttpResponse::Ok().json(state.node.node.status().await?))
+    Ok(HttpResponse::Ok().json(state.node.status().await?))
 }
 
 /// Rescans the machine's resources; live leases are kept. Admin only.

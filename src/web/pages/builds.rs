@@ -4,7 +4,7 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use buildnet_actors::build::runner::PackageState;
+use buildnet_actors::builds::runner::PackageState;
 use buildnet_actors::wire::Action;
 use maud::html;
 use serde::Deserialize;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use buildnet_actors::build::config::BuildConfiguration;
+use buildnet_actors::builds::config::BuildConfiguration;
 use buildnet_actors::wire::Action;
 use maud::html;
 use serde::Deserialize;

@@ -41,7 +41,7 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
         Ok(c) => c,
         Err(redirect) => return *redirect,
     };
-    match state.node.node.status().await {
+    match state.node.status().await {
         Ok(s) => render(&who, &s, true, &state).await,
         Err(e) => super::super::error_page(Some(&who), &e.to_string()),
     }
@@ -56,7 +56,7 @@ pub async fn remote_page(req: HttpRequest, state: web::Data<AppState>, id: web::
     if *id == state.node.identity.node_id.to_string() {
         return page(req, state).await;
     }
-    let peers = state.node.mesh.peers().await.map(|(_, p)| p).unwrap_or_default();
+    let peers = state.node.pool.peers().await;
     match peers.into_iter().find(|p| p.node_id.as_str() == id.as_str()) {
         Some(p) => match p.advert {
             Some(mut status) => {

@@ -9,6 +9,7 @@ use maud::{html, Markup};
 use super::{bytes, caller, html_response, layout, time};
 use crate::web::api::mesh::{quality, topology, PoolVisualization};
 use crate::web::AppState;
+use buildnet_actors::wire::NodeState;
 
 /// Draws the topology.
 pub fn topology_svg(viz: &PoolVisualization, me: &str) -> Markup {
@@ -26,17 +27,17 @@ pub fn topology_svg(viz: &PoolVisualization, me: &str) -> Markup {
         svg.topology viewBox=(format!("0 0 {W} {H}")) width="100%" role="img" aria-label="Mesh topology" {
             @for (i, p) in peers.iter().enumerate() {
                 @let (x, y) = place(i);
-                @let q = quality(p.latency_ms, p.status != "offline");
+                @let q = quality(p.latency_ms, p.status != NodeState::Offline);
                 line x1=(cx) y1=(cy) x2=(x) y2=(y) class=(format!("link {q}")) {}
                 text x=((cx + x) / 2.0) y=((cy + y) / 2.0 - 4.0) class="link-label" text-anchor="middle" {
-                    @if p.status == "offline" { "down" } @else { (format!("{:.0} ms", p.latency_ms)) }
+                    @if p.status == NodeState::Offline { "down" } @else { (format!("{:.0} ms", p.latency_ms)) }
                 }
             }
             @for (i, p) in peers.iter().enumerate() {
                 @let (x, y) = place(i);
-                (node_mark(x, y, &p.name, &p.status, p.id.as_str() == viz.coordinator))
+                (node_mark(x, y, &p.name, p.status.as_str(), p.id.as_str() == viz.coordinator))
             }
-            @if let Some(l) = local { (node_mark(cx, cy, &format!("{} (this node)", l.name), &l.status, l.id.as_str() == viz.coordinator)) }
+            @if let Some(l) = local { (node_mark(cx, cy, &format!("{} (this node)", l.name), l.status.as_str(), l.id.as_str() == viz.coordinator)) }
         }
     }
 }
@@ -61,7 +62,7 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
         Err(e) => return super::super::error_page(Some(&who), &e.message),
     };
     let me = state.node.identity.node_id.to_string();
-    let mesh_id = state.node.mesh.peers().await.and_then(|(v, _)| v.mesh_id).unwrap_or_default();
+    let mesh_id = state.node.mesh.view().await.and_then(|v| v.mesh_id).unwrap_or_default();
     let body = html! {
         h1 { "Nodes" }
         p.small { "Mesh " code { (mesh_id) } " · coordinator " code { (viz.coordinator) } " (epoch " (viz.epoch) ")" }

@@ -10,72 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-use super::cas::{self, Cas, FileRef};
-
-/// Output kept for history and error messages.
-pub const TAIL_BYTES: usize = 16 * 1024;
-
-/// What to run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Invocation {
-    Argv(Vec<String>),
-    Shell(String),
-}
-
-/// One package's work, self-contained: any node holding the blobs can run it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Task {
-    pub build_id: String,
-    pub package: String,
-    pub invocation: Invocation,
-    pub env: std::collections::BTreeMap<String, String>,
-    /// Inputs and dependencies' outputs.
-    pub files: Vec<FileRef>,
-    pub outputs: Vec<String>,
-}
-
-impl Task {
-    /// The action key: what determines the result. Unchanged key ⇒ cache hit.
-    pub fn action_key(&self, tool_versions: &[(String, String)]) -> String {
-        let mut files = self.files.clone();
-        files.sort();
-        let doc = serde_json::json!({
-            "v": 1,
-            "invocation": self.invocation,
-            "env": self.env,
-            "files": files.iter().map(|f| (&f.path, &f.digest, f.executable)).collect::<Vec<_>>(),
-            "outputs": self.outputs,
-            "tools": tool_versions,
-        });
-        blake3::hash(doc.to_string().as_bytes()).to_hex().to_string()
-    }
-}
-
-/// What running a task did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct TaskResult {
-    pub exit_code: Option<i32>,
-    pub outputs: Vec<FileRef>,
-    /// The last [`TAIL_BYTES`] of stdout and stderr together.
-    pub output_tail: String,
-    pub duration_ms: u64,
-    /// CPU time (user + system) of the command and the descendants it waited for: over the
-    /// duration, how many cores the package really kept busy.
-    #[serde(default)]
-    pub cpu_ms: u64,
-    /// Why it failed, when it did.
-    pub error: Option<String>,
-}
-
-impl TaskResult {
-    pub fn success(&self) -> bool {
-        self.error.is_none() && self.exit_code == Some(0)
-    }
-}
+use crate::cas::{self, Cas};
+use crate::wire::{FileRef, Invocation, Task, TaskResult, TAIL_BYTES};
 
 fn failed(error: String, started: Instant) -> TaskResult {
     TaskResult {
@@ -107,30 +43,40 @@ fn try_reap(pid: u32) -> std::io::Result<Option<(std::process::ExitStatus, u64)>
     }
 }
 
+/// The package was cancelled: its process group was killed and it has no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled;
+
 /// Runs a task under `sandboxes`; `cancel` kills it. The sandbox is removed afterwards.
-pub fn run(cas: &Cas, sandboxes: &Path, task: &Task, cancel: &Arc<AtomicBool>) -> TaskResult {
+pub fn run(cas: &Cas, sandboxes: &Path, task: &Task, cancel: &Arc<AtomicBool>) -> Result<TaskResult, Cancelled> {
     let started = Instant::now();
     let dir: PathBuf = sandboxes.join(&task.build_id).join(&task.package);
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        return failed(format!("sandbox {}: {e}", dir.display()), started);
+        return Ok(failed(format!("sandbox {}: {e}", dir.display()), started));
     }
     let result = run_in(cas, &dir, task, cancel, started);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn run_in(cas: &Cas, dir: &Path, task: &Task, cancel: &Arc<AtomicBool>, started: Instant) -> TaskResult {
+fn run_in(
+    cas: &Cas,
+    dir: &Path,
+    task: &Task,
+    cancel: &Arc<AtomicBool>,
+    started: Instant,
+) -> Result<TaskResult, Cancelled> {
     for f in &task.files {
         if let Err(e) = cas.materialize(f, &dir.join(&f.path)) {
-            return failed(format!("input {}: {e}", f.path), started);
+            return Ok(failed(format!("input {}: {e}", f.path), started));
         }
     }
     // Declared outputs may go into directories the command expects to exist.
     for o in &task.outputs {
         if let Some(parent) = dir.join(o).parent() {
             if let Err(e) = std::fs::create_dir_all(parent) {
-                return failed(format!("output directory for {o}: {e}"), started);
+                return Ok(failed(format!("output directory for {o}: {e}"), started));
             }
         }
     }
@@ -154,7 +100,7 @@ fn run_in(cas: &Cas, dir: &Path, task: &Task, cancel: &Arc<AtomicBool>, started:
         .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return failed(format!("could not start the command: {e}"), started),
+        Err(e) => return Ok(failed(format!("could not start the command: {e}"), started)),
     };
     let tail = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
     let readers: Vec<_> = [
@@ -187,12 +133,12 @@ fn run_in(cas: &Cas, dir: &Path, task: &Task, cancel: &Arc<AtomicBool>, started:
             for r in readers {
                 let _ = r.join();
             }
-            return failed("cancelled".into(), started);
+            return Err(Cancelled);
         }
         match try_reap(child.id()) {
             Ok(Some(reaped)) => break reaped,
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return failed(format!("waiting for the command: {e}"), started),
+            Err(e) => return Ok(failed(format!("waiting for the command: {e}"), started)),
         }
     };
     // Whatever the command left running goes with its group.
@@ -226,7 +172,7 @@ fn run_in(cas: &Cas, dir: &Path, task: &Task, cancel: &Arc<AtomicBool>, started:
         });
     }
     result.duration_ms = started.elapsed().as_millis() as u64;
-    result
+    Ok(result)
 }
 
 fn kill_group(pid: u32) {
@@ -274,7 +220,7 @@ mod tests {
             vec![input],
             &["out/up.txt"],
         );
-        let r = run(&cas, &dir.path().join("sandboxes"), &t, &Arc::new(AtomicBool::new(false)));
+        let r = run(&cas, &dir.path().join("sandboxes"), &t, &Arc::new(AtomicBool::new(false))).expect("ran");
         assert!(r.success(), "{r:?}");
         assert_eq!(r.output_tail.trim(), "done");
         assert_eq!(cas.read(&r.outputs[0].digest).expect("read"), b"HELLO");
@@ -285,7 +231,7 @@ mod tests {
     fn argv_is_not_interpreted_by_a_shell() {
         let (dir, cas) = setup();
         let t = task(Invocation::Argv(vec!["/bin/echo".into(), "$HOME; rm -rf /".into()]), vec![], &[]);
-        let r = run(&cas, &dir.path().join("s"), &t, &Arc::new(AtomicBool::new(false)));
+        let r = run(&cas, &dir.path().join("s"), &t, &Arc::new(AtomicBool::new(false))).expect("ran");
         assert_eq!(r.output_tail.trim(), "$HOME; rm -rf /");
     }
 
@@ -298,18 +244,21 @@ mod tests {
             &dir.path().join("s"),
             &task(Invocation::Shell("echo broken >&2; exit 3".into()), vec![], &[]),
             &cancel,
-        );
+        )
+        .expect("ran");
         assert_eq!((r.exit_code, r.error.as_deref()), (Some(3), Some("exited with status 3")));
         assert!(r.output_tail.contains("broken"));
         let r =
-            run(&cas, &dir.path().join("s"), &task(Invocation::Shell("true".into()), vec![], &["nothing.o"]), &cancel);
+            run(&cas, &dir.path().join("s"), &task(Invocation::Shell("true".into()), vec![], &["nothing.o"]), &cancel)
+                .expect("ran");
         assert_eq!(r.error.as_deref(), Some("output 'nothing.o' was not produced"));
         let r = run(
             &cas,
             &dir.path().join("s"),
             &task(Invocation::Argv(vec!["/no/such/tool".into()]), vec![], &[]),
             &cancel,
-        );
+        )
+        .expect("ran");
         assert!(r.error.expect("error").starts_with("could not start"));
         let flag = cancel.clone();
         std::thread::spawn(move || {
@@ -323,7 +272,7 @@ mod tests {
             &task(Invocation::Shell("sleep 30 & sleep 30".into()), vec![], &[]),
             &cancel,
         );
-        assert_eq!(r.error.as_deref(), Some("cancelled"));
+        assert_eq!(r, Err(Cancelled));
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 

@@ -4,7 +4,6 @@
 //! history tables, the ledger and the live events. Leases are always released.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -13,18 +12,16 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::cas::{Cas, FileRef};
-use super::exec::{self, Invocation, Task, TaskResult};
 use super::project::{Project, Requirement};
+use crate::cas::{Cas, FileRef};
 use crate::events::{Event, EventBus};
+use crate::exec::{Invocation, Task, TaskResult};
 use crate::ledger::LedgerHandle;
-use crate::mesh::MeshHandle;
+use crate::mesh::{Job, Workers};
 use crate::node::NodeHandle;
+use crate::pool::PoolHandle;
 use crate::store::{StoreError, StoreHandle};
-use crate::wire::{self, LeaseRequest, LedgerEntryType, NodeId};
-
-/// A lease lives this long unless the package finishes first.
-const LEASE_TTL_MS: u64 = 3_600_000;
+use crate::wire::{self, LedgerEntryType, NodeId, RemoteError};
 
 /// What a client asks to build.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -176,11 +173,12 @@ pub struct BuildContext {
     pub store: StoreHandle,
     pub events: EventBus,
     pub cas: Cas,
-    pub sandboxes: PathBuf,
     /// Tool and runtime name → version on this node.
     pub tools: BTreeMap<String, Option<String>>,
-    pub epoch: u64,
-    pub mesh: MeshHandle,
+    /// Runs a package on any node (this one included).
+    pub workers: Workers,
+    /// Which peers can take work, and what they offer.
+    pub pool: PoolHandle,
     pub limits: Arc<Limits>,
 }
 
@@ -350,17 +348,20 @@ impl BuildActor {
                         p.cpu_ms = (!hit).then_some(r.cpu_ms);
                         p.output_tail = r.output_tail.clone();
                         p.outputs = r.outputs.clone();
-                        p.state = match (r.success(), hit, r.error.as_deref()) {
-                            (_, _, Some("cancelled")) => PackageState::Cancelled,
-                            (true, true, _) => PackageState::Cached,
-                            (true, false, _) => PackageState::Succeeded,
-                            (false, _, _) => PackageState::Failed,
+                        p.state = match (r.success(), hit) {
+                            (true, true) => PackageState::Cached,
+                            (true, false) => PackageState::Succeeded,
+                            (false, _) => PackageState::Failed,
                         };
                         p.error = r.error;
                     }
+                    Err(PlaceError::Cancelled) => {
+                        p.state = PackageState::Cancelled;
+                        p.error = Some(PlaceError::Cancelled.to_string());
+                    }
                     Err(e) => {
-                        p.state = if e == "cancelled" { PackageState::Cancelled } else { PackageState::Failed };
-                        p.error = Some(e);
+                        p.state = PackageState::Failed;
+                        p.error = Some(e.to_string());
                     }
                 }
             }
@@ -516,12 +517,8 @@ async fn candidates(c: &BuildContext, requirements: &[Requirement], local_only: 
     if local_only {
         return list;
     }
-    let peers = c.mesh.peers().await.map(|(_, p)| p).unwrap_or_default();
-    for p in peers {
+    for p in c.pool.usable_peers().await {
         let Some(advert) = p.advert.filter(|a| a.accept_remote_builds) else { continue };
-        if p.status == "offline" || p.role == wire::Role::Observer {
-            continue;
-        }
         let tools = advert.resources.tool_versions();
         if let Some(versions) = versions_for(requirements, &tools) {
             let cpu = advert.resource_status.iter().filter(|r| r.kind == wire::ResourceKind::Cpu);
@@ -533,8 +530,22 @@ async fn candidates(c: &BuildContext, requirements: &[Requirement], local_only: 
     list
 }
 
+/// Why a package could not be placed (its own failures are a [`TaskResult`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlaceError {
+    #[error("cancelled")]
+    Cancelled,
+    /// No node of this build can run it; the text says what is missing.
+    #[error("{0}")]
+    Unplaceable(String),
+    /// Nodes were lost or refused it more often than retries allow.
+    #[error("gave up after 3 retries: {0}")]
+    GaveUp(RemoteError),
+}
+
 /// Serves a package from the cache, or runs it on the best-ranked node with a free core (see
-/// [`placement_rank`]); a lost or busy peer means trying again elsewhere (3 times at most).
+/// [`placement_rank`]); a lost or refusing node means trying again elsewhere (3 times at most),
+/// a busy one waiting for room. Local and remote runs go through the same [`Workers`] call.
 #[allow(clippy::too_many_arguments)]
 async fn place_and_run(
     c: &BuildContext,
@@ -545,12 +556,12 @@ async fn place_and_run(
     force: bool,
     local_only: bool,
     cancel: &Arc<AtomicBool>,
-) -> Result<(TaskResult, bool, NodeId), String> {
+) -> Result<(TaskResult, bool, NodeId), PlaceError> {
     let mut excluded: BTreeSet<NodeId> = BTreeSet::new();
     let mut retries = 0;
     loop {
         if cancel.load(Ordering::SeqCst) {
-            return Err("cancelled".into());
+            return Err(PlaceError::Cancelled);
         }
         // Registered before looking for room, so a core freed meanwhile still wakes us.
         let freed = c.limits.freed.notified();
@@ -566,30 +577,27 @@ async fn place_and_run(
                 .iter()
                 .map(|r| format!("{}{}", r.name(), r.version().map(|v| format!(" {v}")).unwrap_or_default()))
                 .collect();
-            return Err(if excluded.is_empty() {
+            return Err(PlaceError::Unplaceable(if excluded.is_empty() {
                 format!("needs {}, which no node of this build has", names.join(", "))
             } else {
                 format!(
                     "no node left to run it ({} failed)",
                     excluded.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
                 )
-            });
+            }));
         }
         if !force {
             for cand in &list {
                 if let Some(outputs) = cached(c, &task.action_key(&cand.versions)).await {
-                    return Ok((
-                        TaskResult {
-                            exit_code: Some(0),
-                            outputs,
-                            output_tail: String::new(),
-                            duration_ms: 0,
-                            cpu_ms: 0,
-                            error: None,
-                        },
-                        true,
-                        cand.node.clone(),
-                    ));
+                    let hit = TaskResult {
+                        exit_code: Some(0),
+                        outputs,
+                        output_tail: String::new(),
+                        duration_ms: 0,
+                        cpu_ms: 0,
+                        error: None,
+                    };
+                    return Ok((hit, true, cand.node.clone()));
                 }
             }
         }
@@ -607,25 +615,13 @@ async fn place_and_run(
             // A package's time is what the build waits for once a node is chosen: leases, inputs
             // and outputs over the mesh, the sandbox and the process. The estimator learns this.
             let placed = std::time::Instant::now();
-            if cand.local {
-                let ran = run_local(c, &task, cores, memory, cancel).await;
-                c.limits.release(&cand.node, cores);
-                match ran {
-                    Ok(Some(mut result)) => {
-                        result.duration_ms = placed.elapsed().as_millis() as u64;
-                        if result.success() {
-                            remember(c, &task.action_key(&cand.versions), &result).await;
-                        }
-                        return Ok((result, false, c.node_id.clone()));
-                    }
-                    Ok(None) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            let ran = c
-                .mesh
-                .run_remote(cand.node.clone(), task.clone(), cores, memory, c.limits.volumes.get(&cand.node).cloned())
-                .await;
+            let job = Job {
+                task: task.clone(),
+                cores,
+                memory_bytes: memory,
+                volume: c.limits.volumes.get(&cand.node).cloned(),
+            };
+            let ran = c.workers.run_on(&cand.node, job).await;
             c.limits.release(&cand.node, cores);
             match ran {
                 Ok(mut result) => {
@@ -635,69 +631,27 @@ async fn place_and_run(
                     }
                     return Ok((result, false, cand.node.clone()));
                 }
-                Err(e) if e.starts_with("busy") => {}
+                Err(RemoteError::Busy(_)) => {}
+                Err(RemoteError::Cancelled) => return Err(PlaceError::Cancelled),
                 Err(e) => {
                     log::warn!("package {} on {}: {e}; trying elsewhere", task.package, cand.node);
                     excluded.insert(cand.node.clone());
                     retries += 1;
                     if retries > 3 {
-                        return Err(format!("gave up after 3 retries: {e}"));
+                        return Err(PlaceError::GaveUp(e));
                     }
                     break;
                 }
             }
         }
         if list.iter().all(|x| x.capacity < cores) {
-            return Err(format!("asks for {cores} cores, more than any node of this build offers"));
+            return Err(PlaceError::Unplaceable(format!(
+                "asks for {cores} cores, more than any node of this build offers"
+            )));
         }
         // Room elsewhere (a peer's core, another build's lease) shows up at the next poll.
         let _ = tokio::time::timeout(std::time::Duration::from_millis(20), freed).await;
     }
-}
-
-/// Runs a package on this node if its leases can be had now; `Ok(None)` when the node is full.
-async fn run_local(
-    c: &BuildContext,
-    task: &Task,
-    cores: u64,
-    memory: Option<u64>,
-    cancel: &Arc<AtomicBool>,
-) -> Result<Option<TaskResult>, String> {
-    let request = |amount| LeaseRequest { amount, holder: task.build_id.clone(), ttl_ms: LEASE_TTL_MS, epoch: c.epoch };
-    let cpu = match c.node.lease("cpu", request(cores)).await {
-        Ok(lease) => lease,
-        Err(crate::node::NodeError::Lease(_)) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
-    let mem = match memory {
-        Some(bytes) => match c.node.lease("memory", request(bytes)).await {
-            Ok(l) => Some(l),
-            Err(_) => {
-                let _ = c.node.release("cpu", &cpu.id).await;
-                return Ok(None);
-            }
-        },
-        None => None,
-    };
-    let _ = c.ledger.append(LedgerEntryType::ResourceAllocated, serde_json::json!({ "allocation_id": cpu.id, "build_id": task.build_id, "package": task.package, "cores": cores, "memory_bytes": memory })).await;
-    let sandboxes = match c.limits.volumes.get(&c.node_id) {
-        Some(volume) => std::path::Path::new(volume).join("buildnet-sandboxes"),
-        None => c.sandboxes.clone(),
-    };
-    let (cas, flag, t) = (c.cas.clone(), cancel.clone(), task.clone());
-    let result = actix_rt::task::spawn_blocking(move || exec::run(&cas, &sandboxes, &t, &flag)).await;
-    let _ = c.node.release("cpu", &cpu.id).await;
-    if let Some(m) = mem {
-        let _ = c.node.release("memory", &m.id).await;
-    }
-    let _ = c
-        .ledger
-        .append(
-            LedgerEntryType::ResourceReleased,
-            serde_json::json!({ "allocation_id": cpu.id, "build_id": task.build_id }),
-        )
-        .await;
-    result.map(Some).map_err(|e| format!("the task panicked: {e}"))
 }
 
 async fn cached(c: &BuildContext, key: &str) -> Option<Vec<FileRef>> {
@@ -922,6 +876,10 @@ impl Handler<Cancel> for BuildActor {
 
     fn handle(&mut self, _: Cancel, ctx: &mut Context<Self>) {
         self.cancel.store(true, Ordering::SeqCst);
+        // Kills what runs, here and on every peer this build sent work to; each package then
+        // ends as cancelled and the build finishes.
+        let (workers, id) = (self.ctx.workers.clone(), self.status.id.clone());
+        actix::spawn(async move { workers.cancel_build(&id).await });
         self.schedule(ctx);
     }
 }

@@ -4,10 +4,8 @@
 //! [`Builds`] is the node's front door: it checks a request, starts a [`runner::BuildActor`],
 //! and answers status, cancel and history.
 
-pub mod cas;
 pub mod config;
 pub mod estimate;
-pub mod exec;
 pub mod project;
 pub mod runner;
 
@@ -17,13 +15,13 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use rand::RngCore;
 
+use crate::cas::{self, Cas};
 use crate::events::EventBus;
 use crate::ledger::LedgerHandle;
-use crate::mesh::MeshHandle;
+use crate::mesh::Workers;
 use crate::node::NodeHandle;
 use crate::store::{StoreError, StoreHandle};
 use crate::wire::{self, NodeId};
-use cas::Cas;
 use runner::{BuildActor, BuildContext, BuildRequest, BuildStatus, BuildSummary, Registry};
 
 #[derive(Debug, thiserror::Error)]
@@ -71,12 +69,11 @@ pub struct ConfigSummary {
 pub struct Builds {
     node_id: NodeId,
     node: NodeHandle,
-    mesh: MeshHandle,
+    workers: Workers,
     ledger: LedgerHandle,
     store: StoreHandle,
     events: EventBus,
     pub cas: Cas,
-    sandboxes: std::path::PathBuf,
     registry: Registry,
     pool: crate::pool::PoolHandle,
 }
@@ -86,24 +83,22 @@ impl Builds {
     pub fn new(
         node_id: NodeId,
         node: NodeHandle,
-        mesh: MeshHandle,
+        workers: Workers,
         pool: crate::pool::PoolHandle,
         ledger: LedgerHandle,
         store: StoreHandle,
         events: EventBus,
         cas: Cas,
-        sandboxes: std::path::PathBuf,
     ) -> Builds {
         Builds {
             node_id,
             node,
-            mesh,
+            workers,
             pool,
             ledger,
             store,
             events,
             cas,
-            sandboxes,
             registry: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -134,7 +129,6 @@ impl Builds {
         };
         let status = self.node.status().await.map_err(|_| BuildError::Unavailable)?;
         let tools = status.resources.tool_versions();
-        let epoch = self.mesh.peers().await.map(|(v, _)| v.epoch).unwrap_or(0);
         let mut raw = [0u8; 6];
         rand::rngs::OsRng.fill_bytes(&mut raw);
         let id = format!("b_{}", wire::hex(&raw));
@@ -145,10 +139,9 @@ impl Builds {
             store: self.store.clone(),
             events: self.events.clone(),
             cas: self.cas.clone(),
-            sandboxes: self.sandboxes.clone(),
             tools,
-            epoch,
-            mesh: self.mesh.clone(),
+            workers: self.workers.clone(),
+            pool: self.pool.clone(),
             limits: Arc::new(limits),
         };
         // Kept so the build can be run again from the pages or the API.
@@ -432,7 +425,7 @@ impl Builds {
         req.project.order = req.project.recheck("buildnet.toml")?;
         let cfg = self.resolve(req.config.as_deref(), req.template.as_deref()).await?;
         let status = self.node.status().await.map_err(|_| BuildError::Unavailable)?;
-        let (_, peers) = self.mesh.peers().await.ok_or(BuildError::Unavailable)?;
+        let peers = self.pool.peers().await;
         // Every node's figures, to scale recorded runs by; the node each ran on may be offline now.
         let mut figures: BTreeMap<String, estimate::Target> = BTreeMap::new();
         figures.insert(self.node_id.to_string(), target_of(&status.benchmarks));
@@ -442,8 +435,7 @@ impl Builds {
         for p in &peers {
             if let Some(a) = &p.advert {
                 figures.insert(p.node_id.to_string(), target_of(&a.benchmarks));
-                if p.status != "offline" && p.role != wire::Role::Observer && a.accept_remote_builds && !req.local_only
-                {
+                if crate::pool::is_usable(p) && a.accept_remote_builds && !req.local_only {
                     cores_by_node.insert(p.node_id.clone(), a.resources.cpu.offered as u64);
                     let measured = status.benchmarks.network_to(p.node_id.as_str());
                     links.push((
@@ -685,7 +677,7 @@ impl Builds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::start;
+    use crate::start::{start, test_options};
 
     fn write(root: &std::path::Path, path: &str, text: &str) {
         let p = root.join(path);
@@ -738,7 +730,7 @@ deps = ["a", "b"]
 outputs = ["both.out"]
 "#,
         );
-        let started = start(crate::node::test_options(&dir.path().join("data"))).await.expect("node");
+        let started = start(test_options(&dir.path().join("data"))).await.expect("node");
         let builds = started.node.builds.clone();
         let cas = builds.cas.clone();
 

@@ -11,6 +11,18 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod bench;
+mod message;
+mod roster;
+mod status;
+mod task;
+
+pub use bench::*;
+pub use message::*;
+pub use roster::*;
+pub use status::*;
+pub use task::*;
+
 /// Version of the wire protocol; bumped on any incompatible change of these types.
 pub const PROTOCOL_VERSION: u16 = 1;
 
@@ -446,154 +458,6 @@ impl fmt::Display for LedgerEntryType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// The envelope every mesh message travels in.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Envelope<B> {
-    pub v: u16,
-    pub id: u64,
-    pub from: NodeId,
-    pub to: Option<NodeId>,
-    pub body: B,
-}
-
-/// Everything two nodes say to each other over a link, inside an [`Envelope`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum MeshMessage {
-    /// First message on a link: who I am now and where I can be reached.
-    Hello(Hello),
-    /// Heartbeat; carries the sender's coordinator view so views converge.
-    Ping {
-        sent_ms: u64,
-        view: CoordinatorView,
-    },
-    Pong {
-        echo_ms: u64,
-    },
-    /// The sender's resources and their availability.
-    Advert(Box<crate::node::NodeStatus>),
-    /// Signed roster entries the receiver may not have.
-    Roster {
-        entries: Vec<crate::mesh::roster::RosterEntry>,
-    },
-    /// The sender's ledger heads; the receiver answers with entries the sender lacks.
-    LedgerHeads {
-        heads: Vec<Head>,
-    },
-    /// A bounded batch of ledger entries, in chain order per origin.
-    LedgerEntries {
-        entries: Vec<LedgerEntry>,
-    },
-    /// The sender leaves the mesh.
-    Leave {
-        node_id: NodeId,
-    },
-    /// The sender switches to a new key for what it sends next.
-    Rekey,
-    /// Run a package here (the sender holds every blob it names).
-    TaskRequest(Box<TaskRequest>),
-    /// Blobs the sender needs from the receiver.
-    BlobWant {
-        digests: Vec<String>,
-    },
-    /// Part of a blob; parts arrive in order on a link.
-    BlobChunk(BlobChunk),
-    /// How a requested task ended; its outputs were sent as chunks just before.
-    TaskDone {
-        task_id: u64,
-        result: Result<crate::build::exec::TaskResult, String>,
-    },
-    /// Network benchmark (see `mesh::netbench`): answer with `NetEchoReply` at once.
-    NetEcho {
-        probe: u64,
-        seq: u32,
-    },
-    NetEchoReply {
-        probe: u64,
-        seq: u32,
-    },
-    /// Benchmark payload, counted by the receiver and otherwise dropped.
-    NetData {
-        probe: u64,
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
-    },
-    /// The end of a probe's payload: the uploader's peer answers `NetReceived`.
-    NetDataEnd {
-        probe: u64,
-    },
-    NetReceived {
-        probe: u64,
-        bytes: u64,
-    },
-    /// Send me this many bytes of payload for `probe`, then `NetDataEnd` (a download test).
-    NetPull {
-        probe: u64,
-        bytes: u64,
-    },
-    /// The coordinator's turn for the receiver to run its scheduled benchmark.
-    BenchmarkGrant {
-        epoch: u64,
-    },
-}
-
-/// A package to run on another node, with the leases it needs there.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskRequest {
-    pub task_id: u64,
-    pub task: crate::build::exec::Task,
-    pub cores: u64,
-    pub memory_bytes: Option<u64>,
-    /// The requester's coordinator epoch; the owner refuses a stale one.
-    pub epoch: u64,
-    /// The storage volume the configuration selected on the receiver, if any; used only when
-    /// it is one of the receiver's own volumes.
-    #[serde(default)]
-    pub volume: Option<String>,
-}
-
-/// Bytes of a blob in MessagePack's binary form.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BlobChunk {
-    pub digest: String,
-    pub offset: u64,
-    pub total: u64,
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Hello {
-    pub node_id: NodeId,
-    pub name: String,
-    pub address: String,
-    pub version: String,
-}
-
-/// Who a node thinks coordinates, and the epoch of that choice.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct CoordinatorView {
-    pub coordinator: NodeId,
-    pub epoch: u64,
-}
-
-/// The newest entry of one origin's chain as a node holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Head {
-    pub origin: NodeId,
-    pub seq: u64,
-    pub hash: String,
-}
-
-/// Encodes a message for a link (MessagePack with field names).
-pub fn encode(env: &Envelope<MeshMessage>) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    rmp_serde::to_vec_named(env)
-}
-
-/// Decodes a message from a link.
-pub fn decode(bytes: &[u8]) -> Result<Envelope<MeshMessage>, rmp_serde::decode::Error> {
-    rmp_serde::from_slice(bytes)
 }
 
 /// Milliseconds since the Unix epoch, now.

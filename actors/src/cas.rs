@@ -4,19 +4,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-/// A file of a build: where it goes, what it holds, whether it is executable.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
-pub struct FileRef {
-    /// Project-relative, `/`-separated.
-    pub path: String,
-    /// BLAKE3 of the contents, 64 hex digits.
-    pub digest: String,
-    pub executable: bool,
-    pub size: u64,
-}
+pub use crate::wire::FileRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CasError {

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::project::Requirement;
 use crate::pool::PoolView;
-use crate::wire::NodeId;
+use crate::wire::{NodeId, NodeRole, NodeState};
 
 /// `node_id` that means "the node that runs the build".
 pub const LOCAL: &str = "local";
@@ -239,7 +239,9 @@ impl BuildConfiguration {
         let r = &self.resources;
         let resolve = |id: &str| if id == LOCAL { me.to_string() } else { id.to_string() };
         let node = |id: &str| {
-            pool.nodes.iter().find(|n| n.id.as_str() == resolve(id) && n.status != "offline" && n.role != "observer")
+            pool.nodes.iter().find(|n| {
+                n.id.as_str() == resolve(id) && n.status != NodeState::Offline && n.role != NodeRole::Observer
+            })
         };
         let name_of = |id: &str| node(id).map(|n| n.name.clone()).unwrap_or_else(|| resolve(id));
         let a = &pool.aggregate;

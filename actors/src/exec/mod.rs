@@ -1,0 +1,234 @@
+//! The executor: the one place a package runs on this node, whoever asked for it. Local builds
+//! and peers' task requests both come here; the executor takes the leases from the resource
+//! actors (refusing stale coordinator epochs through them), places the sandbox on the requested
+//! volume, records `ResourceAllocated`/`ResourceReleased` in the ledger, runs the process group
+//! off the async threads ([`sandbox`]), kills it on cancel and always releases the leases.
+
+pub mod sandbox;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::cas::Cas;
+use crate::ledger::LedgerHandle;
+use crate::node::{NodeError, NodeHandle};
+pub use crate::wire::{Invocation, RemoteError, Task, TaskResult};
+use crate::wire::{LeaseRequest, LedgerEntryType, NodeId};
+
+/// A lease lives this long unless the package finishes first (it always releases).
+pub const LEASE_TTL_MS: u64 = 3_600_000;
+/// A cancelled build's late requests are refused for this long.
+const CANCEL_MEMORY: Duration = Duration::from_secs(600);
+/// Sandboxes on a configuration's storage volume go into this folder of the volume.
+pub const VOLUME_SANDBOX_DIR: &str = "buildnet-sandboxes";
+
+/// One package to run here, with what it needs.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub task: Task,
+    pub cores: u64,
+    pub memory_bytes: Option<u64>,
+    /// The requester's coordinator epoch; the lease books refuse an older one.
+    pub epoch: u64,
+    /// A storage volume of this node for the sandbox (the configuration's selection).
+    pub volume: Option<String>,
+    /// The node that asked (this node for local builds).
+    pub requester: NodeId,
+}
+
+/// What the executor needs from its node.
+pub struct ExecutorOptions {
+    pub node: NodeHandle,
+    pub ledger: LedgerHandle,
+    pub cas: Cas,
+    /// Where sandboxes go when no volume was asked for (`<data-dir>/sandboxes`).
+    pub sandboxes: PathBuf,
+    /// This node's storage volumes: a requested volume is used only when it is one of them.
+    pub volumes: Vec<PathBuf>,
+}
+
+struct InFlight {
+    build_id: String,
+    requester: NodeId,
+    cancel: Arc<AtomicBool>,
+}
+
+pub struct ExecutorActor {
+    opts: Arc<ExecutorOptions>,
+    running: HashMap<u64, InFlight>,
+    next_id: u64,
+    /// Builds cancelled recently, by (requester, build id).
+    cancelled: HashMap<(NodeId, String), Instant>,
+}
+
+impl ExecutorActor {
+    pub fn new(opts: ExecutorOptions) -> ExecutorActor {
+        ExecutorActor { opts: Arc::new(opts), running: HashMap::new(), next_id: 1, cancelled: HashMap::new() }
+    }
+}
+
+impl Actor for ExecutorActor {
+    type Context = Context<Self>;
+
+    fn stopping(&mut self, _: &mut Context<Self>) -> Running {
+        for r in self.running.values() {
+            r.cancel.store(true, Ordering::SeqCst);
+        }
+        actix::Running::Stop
+    }
+}
+
+/// Where the sandbox of a run goes: the requested volume when it is one of this node's, else the
+/// data dir's sandboxes.
+pub fn sandbox_root(opts: &ExecutorOptions, volume: Option<&str>) -> PathBuf {
+    match volume.map(Path::new) {
+        Some(v) if opts.volumes.iter().any(|own| own == v) => v.join(VOLUME_SANDBOX_DIR),
+        Some(v) => {
+            log::warn!("volume {} is not one of this node's; using the data dir", v.display());
+            opts.sandboxes.clone()
+        }
+        None => opts.sandboxes.clone(),
+    }
+}
+
+/// Leases, ledger entries, the run and the release, in that order; the release happens whatever
+/// the run did.
+async fn execute(
+    opts: Arc<ExecutorOptions>,
+    req: RunRequest,
+    cancel: Arc<AtomicBool>,
+) -> Result<TaskResult, RemoteError> {
+    let lease =
+        |amount| LeaseRequest { amount, holder: req.task.build_id.clone(), ttl_ms: LEASE_TTL_MS, epoch: req.epoch };
+    let busy = |e: NodeError| match e {
+        NodeError::Lease(l) => RemoteError::Busy(l.to_string()),
+        NodeError::Unavailable => RemoteError::Stopped,
+        other => RemoteError::Failed(other.to_string()),
+    };
+    let cpu = opts.node.lease("cpu", lease(req.cores)).await.map_err(busy)?;
+    let memory = match req.memory_bytes {
+        Some(bytes) => match opts.node.lease("memory", lease(bytes)).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = opts.node.release("cpu", &cpu.id).await;
+                return Err(busy(e));
+            }
+        },
+        None => None,
+    };
+    let allocated = serde_json::json!({
+        "allocation_id": cpu.id,
+        "build_id": req.task.build_id,
+        "package": req.task.package,
+        "for_node": req.requester,
+        "cores": req.cores,
+        "memory_bytes": req.memory_bytes,
+    });
+    if let Err(e) = opts.ledger.append(LedgerEntryType::ResourceAllocated, allocated).await {
+        log::warn!("recording an allocation: {e}");
+    }
+    let root = sandbox_root(&opts, req.volume.as_deref());
+    let (cas, task) = (opts.cas.clone(), req.task.clone());
+    let ran = actix_rt::task::spawn_blocking(move || sandbox::run(&cas, &root, &task, &cancel)).await;
+    let _ = opts.node.release("cpu", &cpu.id).await;
+    if let Some(m) = memory {
+        let _ = opts.node.release("memory", &m.id).await;
+    }
+    let released = serde_json::json!({ "allocation_id": cpu.id, "build_id": req.task.build_id });
+    if let Err(e) = opts.ledger.append(LedgerEntryType::ResourceReleased, released).await {
+        log::warn!("recording a release: {e}");
+    }
+    match ran {
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(sandbox::Cancelled)) => Err(RemoteError::Cancelled),
+        Err(e) => Err(RemoteError::Failed(format!("the task panicked: {e}"))),
+    }
+}
+
+/// Runs one package here.
+#[derive(Message)]
+#[rtype(result = "Result<TaskResult, RemoteError>")]
+struct Run(RunRequest);
+
+impl Handler<Run> for ExecutorActor {
+    type Result = ResponseActFuture<Self, Result<TaskResult, RemoteError>>;
+
+    fn handle(&mut self, Run(req): Run, _: &mut Context<Self>) -> Self::Result {
+        self.cancelled.retain(|_, at| at.elapsed() < CANCEL_MEMORY);
+        if self.cancelled.contains_key(&(req.requester.clone(), req.task.build_id.clone())) {
+            return Box::pin(fut::ready(Err(RemoteError::Cancelled)));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let running =
+            InFlight { build_id: req.task.build_id.clone(), requester: req.requester.clone(), cancel: cancel.clone() };
+        self.running.insert(id, running);
+        Box::pin(execute(self.opts.clone(), req, cancel).into_actor(self).map(move |result, act, _| {
+            act.running.remove(&id);
+            result
+        }))
+    }
+}
+
+/// Kills every package of a build that `requester` asked for (any requester when `None`).
+#[derive(Message)]
+#[rtype(result = "usize")]
+struct Cancel {
+    build_id: Option<String>,
+    requester: Option<NodeId>,
+}
+
+impl Handler<Cancel> for ExecutorActor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: Cancel, _: &mut Context<Self>) -> usize {
+        let matches = |r: &InFlight| {
+            msg.build_id.as_ref().is_none_or(|b| *b == r.build_id)
+                && msg.requester.as_ref().is_none_or(|n| *n == r.requester)
+        };
+        let mut killed = 0;
+        for r in self.running.values().filter(|r| matches(r)) {
+            r.cancel.store(true, Ordering::SeqCst);
+            killed += 1;
+        }
+        if let (Some(build), Some(requester)) = (msg.build_id, msg.requester) {
+            self.cancelled.insert((requester, build), Instant::now());
+        }
+        killed
+    }
+}
+
+/// Typed front of the executor.
+#[derive(Clone)]
+pub struct ExecutorHandle {
+    addr: Addr<ExecutorActor>,
+}
+
+impl ExecutorHandle {
+    pub fn start(opts: ExecutorOptions) -> ExecutorHandle {
+        ExecutorHandle { addr: ExecutorActor::new(opts).start() }
+    }
+
+    /// Runs a package on this node: leases, sandbox, process group, ledger, release.
+    pub async fn run(&self, req: RunRequest) -> Result<TaskResult, RemoteError> {
+        self.addr.send(Run(req)).await.unwrap_or(Err(RemoteError::Stopped))
+    }
+
+    /// Kills the running packages of `build_id` that `requester` asked for, and refuses that
+    /// build's later requests; returns how many were killed.
+    pub async fn cancel_build(&self, requester: &NodeId, build_id: &str) -> usize {
+        let msg = Cancel { build_id: Some(build_id.to_string()), requester: Some(requester.clone()) };
+        self.addr.send(msg).await.unwrap_or(0)
+    }
+
+    /// Kills everything a node asked for: it is gone, and nobody is waiting for the results.
+    pub fn cancel_requester(&self, requester: &NodeId) {
+        self.addr.do_send(Cancel { build_id: None, requester: Some(requester.clone()) });
+    }
+}

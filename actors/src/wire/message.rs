@@ -1,0 +1,144 @@
+//! What two nodes say to each other over a link: the envelope and every message, encoded as
+//! MessagePack with field names so version skew keeps working.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{LedgerEntry, NodeId, NodeStatus, RemoteError, RosterEntry, TaskRequest, TaskResult};
+
+/// The envelope every mesh message travels in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope<B> {
+    pub v: u16,
+    pub id: u64,
+    pub from: NodeId,
+    pub to: Option<NodeId>,
+    pub body: B,
+}
+
+/// Everything two nodes say to each other over a link, inside an [`Envelope`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MeshMessage {
+    /// First message on a link: who I am now and where I can be reached.
+    Hello(Hello),
+    /// Heartbeat; carries the sender's coordinator view so views converge.
+    Ping {
+        sent_ms: u64,
+        view: CoordinatorView,
+    },
+    Pong {
+        echo_ms: u64,
+    },
+    /// The sender's resources and their availability.
+    Advert(Box<NodeStatus>),
+    /// Signed roster entries the receiver may not have.
+    Roster {
+        entries: Vec<RosterEntry>,
+    },
+    /// The sender's ledger heads; the receiver answers with entries the sender lacks.
+    LedgerHeads {
+        heads: Vec<Head>,
+    },
+    /// A bounded batch of ledger entries, in chain order per origin.
+    LedgerEntries {
+        entries: Vec<LedgerEntry>,
+    },
+    /// The sender leaves the mesh.
+    Leave {
+        node_id: NodeId,
+    },
+    /// The sender switches to a new key for what it sends next.
+    Rekey,
+    /// Run a package here (the sender holds every blob it names).
+    TaskRequest(Box<TaskRequest>),
+    /// Blobs the sender needs from the receiver.
+    BlobWant {
+        digests: Vec<String>,
+    },
+    /// Part of a blob; parts arrive in order on a link.
+    BlobChunk(BlobChunk),
+    /// How a requested task ended; its outputs were sent as chunks just before.
+    TaskDone {
+        task_id: u64,
+        result: Result<TaskResult, RemoteError>,
+    },
+    /// Stop every package of this build that the receiver runs for the sender.
+    TaskCancel {
+        build_id: String,
+    },
+    /// Network benchmark (see `mesh::netbench`): answer with `NetEchoReply` at once.
+    NetEcho {
+        probe: u64,
+        seq: u32,
+    },
+    NetEchoReply {
+        probe: u64,
+        seq: u32,
+    },
+    /// Benchmark payload, counted by the receiver and otherwise dropped.
+    NetData {
+        probe: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The end of a probe's payload: the uploader's peer answers `NetReceived`.
+    NetDataEnd {
+        probe: u64,
+    },
+    NetReceived {
+        probe: u64,
+        bytes: u64,
+    },
+    /// Send me this many bytes of payload for `probe`, then `NetDataEnd` (a download test).
+    NetPull {
+        probe: u64,
+        bytes: u64,
+    },
+    /// The coordinator's turn for the receiver to run its scheduled benchmark.
+    BenchmarkGrant {
+        epoch: u64,
+    },
+}
+
+/// Bytes of a blob in MessagePack's binary form.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobChunk {
+    pub digest: String,
+    pub offset: u64,
+    pub total: u64,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub node_id: NodeId,
+    pub name: String,
+    pub address: String,
+    pub version: String,
+}
+
+/// Who a node thinks coordinates, and the epoch of that choice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CoordinatorView {
+    pub coordinator: NodeId,
+    pub epoch: u64,
+}
+
+/// The newest entry of one origin's chain as a node holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Head {
+    pub origin: NodeId,
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// Encodes a message for a link (MessagePack with field names).
+pub fn encode(env: &Envelope<MeshMessage>) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(env)
+}
+
+/// Decodes a message from a link.
+pub fn decode(bytes: &[u8]) -> Result<Envelope<MeshMessage>, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}

@@ -1,0 +1,229 @@
+//! The tamper-evident ledger: each node appends to its own hash chain, every entry hashed with
+//! BLAKE3 over a canonical encoding and signed with the node's Ed25519 key.
+//!
+//! `LedgerActor` owns the `ledger` table on its own `SyncArbiter` thread and connection, opened
+//! with `synchronous=FULL`: once `append` returns, the entry survives a crash. This file owns the
+//! actor, appending to this node's own chain, and `LedgerHandle`; the other concerns live in
+//! `chain` (encoding, hashing, checking), `table` (the row layout), `query` (the timeline's
+//! filters) and `sync` (peers' batches, heads, equivocation proofs).
+
+mod chain;
+mod query;
+mod sync;
+mod table;
+
+use std::path::Path;
+
+use actix::prelude::*;
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::events::{Event, EventBus};
+use crate::identity::Identity;
+use crate::store::{self, Durability, StoreError};
+use crate::wire::{self, Head, Hlc, LedgerEntry, LedgerEntryType, NodeId};
+
+pub use chain::{
+    canonical_bytes, check_entry, verify_all, BadEntry, ChainReport, Equivocation, Verify, VerifyReport, GENESIS_HASH,
+};
+pub use query::{LedgerFilter, Query, MAX_PAGE};
+pub use sync::{BatchError, EntriesAfter, Equivocators, Heads, InsertOutcome, InsertRemote};
+use table::insert;
+
+/// Owns the ledger table.
+pub struct LedgerActor {
+    conn: Option<Connection>,
+    identity: Identity,
+    /// Our chain's head: (seq, hash).
+    head: Option<(u64, String)>,
+    last_hlc: Hlc,
+}
+
+impl Actor for LedgerActor {
+    type Context = SyncContext<Self>;
+}
+
+impl LedgerActor {
+    fn conn(&mut self) -> Result<&mut Connection, StoreError> {
+        self.conn.as_mut().ok_or(StoreError::Unavailable)
+    }
+
+    fn own_head(&mut self) -> Result<(u64, String), StoreError> {
+        if let Some(head) = &self.head {
+            return Ok(head.clone());
+        }
+        let origin = self.identity.node_id.to_string();
+        let head = self
+            .conn()?
+            .query_row("SELECT seq, hash FROM ledger WHERE origin = ?1 ORDER BY seq DESC LIMIT 1", [origin], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
+            .optional()?
+            .unwrap_or((0, GENESIS_HASH.to_string()));
+        self.head = Some(head.clone());
+        Ok(head)
+    }
+
+    /// Next reading of the hybrid logical clock.
+    fn tick(&mut self) -> Hlc {
+        let wall = wire::now_ms();
+        self.last_hlc = if wall > self.last_hlc.wall_ms {
+            Hlc { wall_ms: wall, logical: 0 }
+        } else {
+            Hlc { wall_ms: self.last_hlc.wall_ms, logical: self.last_hlc.logical + 1 }
+        };
+        self.last_hlc
+    }
+}
+
+/// Appends an entry to this node's chain.
+#[derive(Message)]
+#[rtype(result = "Result<LedgerEntry, StoreError>")]
+pub struct Append {
+    pub entry_type: LedgerEntryType,
+    pub data: serde_json::Value,
+}
+
+impl Handler<Append> for LedgerActor {
+    type Result = Result<LedgerEntry, StoreError>;
+
+    fn handle(&mut self, msg: Append, _: &mut Self::Context) -> Self::Result {
+        let (seq, prev_hash) = self.own_head()?;
+        let seq = seq + 1;
+        let hlc = self.tick();
+        let origin = self.identity.node_id.clone();
+        let hash = blake3::hash(&canonical_bytes(&origin, seq, &prev_hash, hlc, msg.entry_type, &msg.data));
+        let signature = wire::hex(&self.identity.sign(hash.as_bytes()));
+        let entry = LedgerEntry {
+            origin,
+            seq,
+            prev_hash,
+            hlc,
+            entry_type: msg.entry_type,
+            data: msg.data,
+            hash: hash.to_hex().to_string(),
+            signature,
+        };
+        insert(self.conn()?, &entry)?;
+        self.head = Some((seq, entry.hash.clone()));
+        Ok(entry)
+    }
+}
+
+/// Closes the ledger's connection; used on shutdown.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+impl Handler<Close> for LedgerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, _: &mut Self::Context) {
+        store::close(self.conn.take());
+    }
+}
+
+/// Typed front of the ledger actor.
+#[derive(Clone)]
+pub struct LedgerHandle {
+    addr: Addr<LedgerActor>,
+    events: Option<EventBus>,
+}
+
+impl LedgerHandle {
+    /// Opens the ledger's own connection (`synchronous=FULL`) and starts the actor.
+    pub fn start(db_path: &Path, identity: Identity, events: Option<EventBus>) -> Result<LedgerHandle, StoreError> {
+        let conn = store::open(db_path, Durability::Full)?;
+        let slot = std::sync::Mutex::new(Some(conn));
+        let addr = SyncArbiter::start(1, move || LedgerActor {
+            conn: slot.lock().ok().and_then(|mut s| s.take()),
+            identity: identity.clone(),
+            head: None,
+            last_hlc: Hlc { wall_ms: 0, logical: 0 },
+        });
+        Ok(LedgerHandle { addr, events })
+    }
+
+    pub async fn append(
+        &self,
+        entry_type: LedgerEntryType,
+        data: serde_json::Value,
+    ) -> Result<LedgerEntry, StoreError> {
+        let entry = self.addr.send(Append { entry_type, data }).await.map_err(|_| StoreError::Unavailable)??;
+        if let Some(events) = &self.events {
+            events.publish(Event::LedgerEntry { entry: Box::new(entry.clone()) });
+        }
+        Ok(entry)
+    }
+
+    pub async fn query(&self, filter: LedgerFilter) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.addr.send(Query { filter }).await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.addr.send(Verify).await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    pub async fn heads(&self) -> Result<Vec<Head>, StoreError> {
+        self.addr.send(Heads).await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    pub async fn entries_after(
+        &self,
+        origin: NodeId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.addr.send(EntriesAfter { origin, after_seq, limit }).await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    pub async fn insert_remote(&self, entries: Vec<LedgerEntry>) -> Result<InsertOutcome, BatchError> {
+        self.addr.send(InsertRemote { entries }).await.map_err(|_| BatchError::Store(StoreError::Unavailable))?
+    }
+
+    pub async fn equivocators(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.addr.send(Equivocators).await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    /// Closes the ledger's connection; used on shutdown.
+    pub async fn close(&self) {
+        let _ = self.addr.send(Close).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::DB_FILE;
+    use rusqlite::params;
+
+    /// A ledger on a fresh database whose roster holds its own node.
+    pub(super) async fn fresh_ledger() -> (tempfile::TempDir, LedgerHandle, Identity) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = Identity::from_secret(&[3; 32]);
+        let path = dir.path().join(DB_FILE);
+        let conn = store::open(&path, Durability::Normal).expect("open");
+        conn.execute(
+            "INSERT INTO nodes (id, name, address, public_key, capabilities, last_seen_at, joined_at) VALUES (?1, 'n', 'a', ?2, '{}', 0, 0)",
+            params![id.node_id.as_str(), id.public_key().to_vec()],
+        )
+        .expect("roster row");
+        let handle = LedgerHandle::start(&path, id.clone(), None).expect("start");
+        (dir, handle, id)
+    }
+
+    #[actix::test]
+    async fn entries_chain_and_verify() {
+        let (_dir, ledger, id) = fresh_ledger().await;
+        let a =
+            ledger.append(LedgerEntryType::NodeJoined, serde_json::json!({"b": 1, "a": [1, 2]})).await.expect("append");
+        let b = ledger.append(LedgerEntryType::KeyCreated, serde_json::json!({"name": "ci"})).await.expect("append");
+        assert_eq!(a.seq, 1);
+        assert_eq!(a.prev_hash, GENESIS_HASH);
+        assert_eq!(b.prev_hash, a.hash);
+        assert!(b.hlc > a.hlc);
+        check_entry(&b, &a.hash, &id.public_key()).expect("checks");
+        let report = ledger.verify().await.expect("verify");
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.chains[0].entries, 2);
+    }
+}

@@ -10,8 +10,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use buildnet_actors::builds::estimate::BuildEstimation;
+use buildnet_actors::builds::history::BuildSummary;
 use buildnet_actors::builds::project;
-use buildnet_actors::builds::runner::{BuildRequest, BuildStatus, BuildSummary, PackageState};
+use buildnet_actors::builds::runner::{BuildRequest, BuildState, BuildStatus, PackageState};
 use buildnet_actors::cas::{self, FileRef};
 
 use super::output::{time, Table};
@@ -147,7 +148,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
         written += 1;
     }
     if ctx.printed_as_document(&status) {
-        return if status.status == "succeeded" {
+        return if status.status == BuildState::Succeeded {
             Ok(())
         } else {
             Err(CliError::Other(status.error.unwrap_or_default()))
@@ -316,7 +317,7 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), CliError> {
             for b in &list.builds {
                 t.row(vec![
                     b.id.clone(),
-                    b.status.clone(),
+                    b.status.to_string(),
                     time(b.started_at_ms),
                     b.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default(),
                     b.packages.to_string(),

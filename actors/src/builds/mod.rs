@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod estimate;
+pub mod history;
+pub mod placement;
 pub mod project;
 pub mod runner;
 
@@ -22,7 +24,8 @@ use crate::mesh::Workers;
 use crate::node::NodeHandle;
 use crate::store::{StoreError, StoreHandle};
 use crate::wire::{self, NodeId};
-use runner::{BuildActor, BuildContext, BuildRequest, BuildStatus, BuildSummary, Registry};
+use history::BuildSummary;
+use runner::{BuildActor, BuildContext, BuildRequest, BuildStatus, Registry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -194,7 +197,7 @@ impl Builds {
                 return Ok(status);
             }
         }
-        runner::load(&self.store, id).await?.ok_or_else(|| BuildError::NotFound(id.to_string()))
+        history::load(&self.store, id).await?.ok_or_else(|| BuildError::NotFound(id.to_string()))
     }
 
     /// Cancels a running build; a finished one is left as it is.
@@ -206,7 +209,7 @@ impl Builds {
     }
 
     pub async fn history(&self, limit: usize, status: Option<String>) -> Result<Vec<BuildSummary>, BuildError> {
-        Ok(runner::history(&self.store, limit, status).await?)
+        Ok(history::history(&self.store, limit, status).await?)
     }
 
     /// Checks a configuration on its own and against the pool.
@@ -460,7 +463,7 @@ impl Builds {
             .keys()
             .filter(|n| caps.as_ref().is_none_or(|c| c.contains_key(*n)))
             .filter_map(|n| {
-                figures.get(n.as_str()).map(|f| (runner::placement_rank(f.cpu_score, *n == self.node_id), *f))
+                figures.get(n.as_str()).map(|f| (placement::placement_rank(f.cpu_score, *n == self.node_id), *f))
             })
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, f)| f)
@@ -501,10 +504,10 @@ impl Builds {
             let mut cached = false;
             if deps_known && !req.force {
                 if let (Some(versions), Ok(task)) =
-                    (runner::tool_versions(&requirements, &tools), runner::make_task("estimate", name, spec, files))
+                    (placement::tool_versions(&requirements, &tools), runner::make_task("estimate", name, spec, files))
                 {
                     if let Some(outs) =
-                        runner::cached_outputs(&self.store, &self.cas, &task.action_key(&versions)).await
+                        placement::cached_outputs(&self.store, &self.cas, &task.action_key(&versions)).await
                     {
                         outputs.insert(name.clone(), outs);
                         cached = true;
@@ -736,7 +739,7 @@ outputs = ["both.out"]
 
         let id = builds.start(request(&root, &cas, false).await, "test").await.expect("start");
         let s = wait(&builds, &id).await;
-        assert_eq!(s.status, "succeeded", "{s:?}");
+        assert_eq!(s.status, runner::BuildState::Succeeded, "{s:?}");
         let both = s.outputs().into_iter().find(|f| f.path == "both.out").expect("output");
         assert_eq!(cas.read(&both.digest).expect("blob"), b"ALPHAbeta");
 

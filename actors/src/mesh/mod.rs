@@ -11,6 +11,7 @@ pub mod bridge;
 pub mod coordinator;
 mod links;
 pub mod membership;
+pub mod memory;
 pub mod netbench;
 pub mod noise;
 pub mod remote;

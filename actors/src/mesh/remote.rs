@@ -14,6 +14,9 @@ use crate::config::HoursWindow;
 use crate::exec::{ExecutorHandle, RunRequest};
 use crate::wire::{self, MeshMessage, NodeId, RemoteError, Task, TaskResult};
 
+/// Where the result of a task sent to a peer goes.
+type ResultSlot = oneshot::Sender<Result<TaskResult, RemoteError>>;
+
 /// Packages run for other nodes, and packages this node sent elsewhere.
 pub(super) struct RemoteWork {
     pub(super) executor: ExecutorHandle,
@@ -21,7 +24,7 @@ pub(super) struct RemoteWork {
     pub(super) local_only_hours: Vec<HoursWindow>,
     next_task: u64,
     /// Tasks this node asked a peer to run: id → (peer, build, where the result goes).
-    sent: HashMap<u64, (NodeId, String, oneshot::Sender<Result<TaskResult, RemoteError>>)>,
+    sent: HashMap<u64, (NodeId, String, ResultSlot)>,
     /// Tasks from peers waiting for blobs: (link, peer, request).
     waiting: Vec<(u64, NodeId, wire::TaskRequest)>,
 }

@@ -3,7 +3,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use buildnet_actors::builds::runner::{BuildRequest, BuildStatus, BuildSummary};
+use buildnet_actors::builds::history::BuildSummary;
+use buildnet_actors::builds::runner::{BuildRequest, BuildStatus};
 use buildnet_actors::builds::BuildError;
 use buildnet_actors::wire::Action;
 use serde::{Deserialize, Serialize};

@@ -60,7 +60,7 @@ pub async fn remote_page(req: HttpRequest, state: web::Data<AppState>, id: web::
     match peers.into_iter().find(|p| p.node_id.as_str() == id.as_str()) {
         Some(p) => match p.advert {
             Some(mut status) => {
-                status.status = p.status.clone();
+                status.status = p.status;
                 render(&who, &status, false, &state).await
             }
             None => super::super::error_page(

@@ -1,0 +1,158 @@
+//! Build history: builds and their packages written to `builds`, `build_packages` and
+//! `build_package_results`, read back for `GET /api/build/:id` and `buildnet history`.
+
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::runner::{BuildState, BuildStatus, PackageState, PackageStatus};
+use crate::store::{StoreError, StoreHandle};
+use crate::wire::NodeId;
+
+/// Writes a build and its packages to the history tables.
+pub async fn save(store: &StoreHandle, status: &BuildStatus) -> Result<(), StoreError> {
+    let s = status.clone();
+    store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            let metrics = serde_json::json!({
+                "packages": s.packages.len(),
+                "cached": s.packages.iter().filter(|p| p.cache_hit).count(),
+                "executed": s.packages.iter().filter(|p| p.state == PackageState::Succeeded).count(),
+            });
+            tx.execute(
+                "INSERT INTO builds (id, config_id, status, started_at, completed_at, duration_ms, error, metrics, artifacts, triggered_by)
+                 VALUES (?1, NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(id) DO UPDATE SET status = ?2, completed_at = ?4, duration_ms = ?5, error = ?6, metrics = ?7, artifacts = ?8",
+                params![
+                    s.id,
+                    s.status.as_str(),
+                    s.started_at_ms as i64,
+                    s.completed_at_ms.map(|t| t as i64),
+                    s.duration_ms.map(|t| t as i64),
+                    s.error,
+                    metrics.to_string(),
+                    serde_json::to_string(&s.outputs()).unwrap_or_default(),
+                    s.triggered_by
+                ],
+            )?;
+            for p in &s.packages {
+                let row_id = format!("{}/{}", s.id, p.name);
+                tx.execute(
+                    "INSERT INTO build_packages (id, build_id, package_name, status, started_at, completed_at, duration_ms, assigned_node, output, error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?9)
+                     ON CONFLICT(id) DO UPDATE SET status = ?4, started_at = ?5, completed_at = ?6, duration_ms = ?7, output = ?8, error = ?9",
+                    params![
+                        row_id,
+                        s.id,
+                        p.name,
+                        p.state.as_str(),
+                        p.started_at_ms.map(|t| t as i64),
+                        p.started_at_ms.zip(p.duration_ms).map(|(a, d)| (a + d) as i64),
+                        p.duration_ms.map(|t| t as i64),
+                        p.output_tail,
+                        p.error
+                    ],
+                )?;
+                tx.execute("UPDATE build_packages SET assigned_node = (SELECT id FROM nodes WHERE id = ?1) WHERE id = ?2", params![p.node.as_ref().map(|n| n.to_string()), row_id])?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO build_package_results (build_id, package_name, cache_hit, exit_code, action_key, outputs, cpu_ms) VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6)",
+                    params![s.id, p.name, p.cache_hit, p.exit_code, serde_json::to_string(&p.outputs).unwrap_or_default(), p.cpu_ms.map(|c| c as i64)],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+}
+
+/// Reads a finished build back from history.
+pub async fn load(store: &StoreHandle, id: &str) -> Result<Option<BuildStatus>, StoreError> {
+    let id = id.to_string();
+    store
+        .run(move |conn| {
+            let head = conn
+                .query_row("SELECT id, status, started_at, completed_at, duration_ms, error, triggered_by FROM builds WHERE id = ?1", [&id], |r| {
+                    Ok(BuildStatus {
+                        id: r.get(0)?,
+                        status: BuildState::parse(&r.get::<_, String>(1)?),
+                        started_at_ms: r.get::<_, i64>(2)? as u64,
+                        completed_at_ms: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+                        duration_ms: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+                        error: r.get(5)?,
+                        triggered_by: r.get(6)?,
+                        packages: vec![],
+                    })
+                })
+                .optional()?;
+            let Some(mut status) = head else { return Ok(None) };
+            let mut stmt = conn.prepare(
+                "SELECT p.package_name, p.status, p.assigned_node, p.started_at, p.duration_ms, p.output, p.error, r.cache_hit, r.exit_code, r.outputs, r.cpu_ms
+                 FROM build_packages p LEFT JOIN build_package_results r ON r.build_id = p.build_id AND r.package_name = p.package_name
+                 WHERE p.build_id = ?1 ORDER BY p.started_at IS NULL, p.started_at, p.package_name",
+            )?;
+            let rows = stmt.query_map([&id], |r| {
+                let state: String = r.get(1)?;
+                Ok(PackageStatus {
+                    name: r.get(0)?,
+                    state: serde_json::from_value(serde_json::Value::String(state)).unwrap_or(PackageState::Failed),
+                    node: r.get::<_, Option<String>>(2)?.and_then(|n| NodeId::parse(&n).ok()),
+                    started_at_ms: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+                    duration_ms: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+                    output_tail: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                    error: r.get(6)?,
+                    cache_hit: r.get::<_, Option<bool>>(7)?.unwrap_or(false),
+                    exit_code: r.get(8)?,
+                    outputs: r.get::<_, Option<String>>(9)?.and_then(|o| serde_json::from_str(&o).ok()).unwrap_or_default(),
+                    cpu_ms: r.get::<_, Option<i64>>(10)?.map(|c| c.max(0) as u64),
+                })
+            })?;
+            status.packages = rows.collect::<Result<_, _>>()?;
+            Ok(Some(status))
+        })
+        .await
+}
+
+/// One line of the build history.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BuildSummary {
+    pub id: String,
+    pub status: BuildState,
+    pub started_at_ms: u64,
+    pub duration_ms: Option<u64>,
+    pub packages: u64,
+    pub cached: u64,
+    pub executed: u64,
+    pub error: Option<String>,
+    pub triggered_by: String,
+}
+
+/// Recent builds, newest first.
+pub async fn history(
+    store: &StoreHandle,
+    limit: usize,
+    status: Option<String>,
+) -> Result<Vec<BuildSummary>, StoreError> {
+    store
+        .run(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, status, started_at, duration_ms, metrics, error, triggered_by FROM builds WHERE (?1 IS NULL OR status = ?1) ORDER BY started_at DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![status, limit as i64], |r| {
+                let metrics: serde_json::Value = r.get::<_, Option<String>>(4)?.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default();
+                Ok(BuildSummary {
+                    id: r.get(0)?,
+                    status: BuildState::parse(&r.get::<_, String>(1)?),
+                    started_at_ms: r.get::<_, i64>(2)? as u64,
+                    duration_ms: r.get::<_, Option<i64>>(3)?.map(|d| d as u64),
+                    packages: metrics["packages"].as_u64().unwrap_or(0),
+                    cached: metrics["cached"].as_u64().unwrap_or(0),
+                    executed: metrics["executed"].as_u64().unwrap_or(0),
+                    error: r.get(5)?,
+                    triggered_by: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+}

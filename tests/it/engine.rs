@@ -1,0 +1,216 @@
+//! The engine's seams through the real binary: one executor for local and remote packages (the
+//! same ledger entries, the configuration's volume honoured on a peer), cancel reaching a peer's
+//! process group, and node roles as the mesh decides them.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{self, wait_all_online, wait_until, Start, TestNode};
+use serde_json::{json, Value};
+
+/// Pids of processes whose command line contains `marker` (the nodes share this machine).
+fn processes_with(marker: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn write_manifest(dir: &Path, text: &str) {
+    std::fs::write(dir.join("buildnet.toml"), text).expect("manifest");
+}
+
+/// `buildnet build` against `node` in the background.
+fn build_in_background(node: &TestNode, project: &Path, extra: &[&str]) -> Child {
+    Command::new(common::BIN)
+        .args(["build", "--project"])
+        .arg(project)
+        .args(extra)
+        .env("BUILDNET_DATA_DIR", &node.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
+fn running_build_id(node: &TestNode) -> String {
+    wait_until("the build is recorded", Duration::from_secs(20), || {
+        let list = node.cli_json(&["history", "-n", "1"]);
+        let b = list["builds"].get(0)?;
+        (b["status"] == "running").then(|| b["id"].as_str().map(str::to_string)).flatten()
+    })
+}
+
+/// A configuration whose cores are all on `node_id`.
+fn confine_to(admin: &TestNode, name: &str, node_id: &str) {
+    let out = admin.cli(&["config", "create", "--name", name, "--node", &format!("{node_id}:1")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn cancelling_a_build_kills_its_package_on_the_peer() {
+    let _serial = common::serial();
+    let (a, b) = common::two_nodes();
+    wait_all_online(&[&a, &b]);
+    confine_to(&a, "on-b", &b.node_id());
+    let work = tempfile::tempdir().expect("tempdir");
+    let marker = format!("4{}.25", std::process::id() % 1000);
+    write_manifest(
+        work.path(),
+        &format!("[packages.slow]\nshell = \"sleep {marker}; echo done > out.txt\"\noutputs = [\"out.txt\"]\n"),
+    );
+    let mut child = build_in_background(&a, work.path(), &["--config", "on-b"]);
+    let id = running_build_id(&a);
+    wait_until("the package runs on the peer", Duration::from_secs(20), || {
+        (!processes_with(&format!("sleep {marker}")).is_empty()).then_some(())
+    });
+    let leased_on_b = |n: &TestNode| {
+        let (_, s) = n.get("/api/node");
+        s["resource_status"].as_array()?.iter().find(|r| r["key"] == "cpu")?["leased"].as_u64()
+    };
+    assert_eq!(leased_on_b(&b), Some(1), "the peer holds the lease: it runs there");
+
+    let asked = Instant::now();
+    let (status, body) = a.post(&format!("/api/build/{id}/cancel"), &json!({}));
+    assert!(status < 300, "{status} {body}");
+    wait_until("the peer's process is killed", Duration::from_secs(2), || {
+        processes_with(&format!("sleep {marker}")).is_empty().then_some(())
+    });
+    let killed_after = asked.elapsed();
+    let ended = wait_until("the build is cancelled", Duration::from_secs(2), || {
+        let (_, s) = a.get(&format!("/api/build/{id}"));
+        (s["status"] == "cancelled").then_some(s)
+    });
+    println!("remote cancel: process killed after {killed_after:?}, build cancelled after {:?}", asked.elapsed());
+    assert_eq!(ended["packages"][0]["state"], "cancelled", "{ended}");
+    wait_until("the peer released its lease", Duration::from_secs(5), || (leased_on_b(&b) == Some(0)).then_some(()));
+    let _ = wait_until("the CLI ends", Duration::from_secs(10), || child.try_wait().ok().flatten());
+    assert!(!work.path().join("out.txt").exists(), "a cancelled package writes nothing back");
+}
+
+#[test]
+fn a_configurations_storage_volume_is_used_on_a_peer() {
+    let _serial = common::serial();
+    let volumes = tempfile::tempdir().expect("tempdir");
+    let fast = volumes.path().join("fast");
+    let config =
+        format!(r#"{{"resource_limits": {{"storage": [{{"path": "{}", "purpose": "builds"}}]}}}}"#, fast.display());
+    let a = TestNode::start_with(Start::named("alpha"));
+    let b = a.join("beta", "builder", Start { config: Some(&config), ..Default::default() });
+    wait_all_online(&[&a, &b]);
+    let b_id = b.node_id();
+    wait_until("beta's volume is advertised", Duration::from_secs(20), || {
+        let (_, pool) = a.get("/api/pool");
+        pool["volumes"][b_id.as_str()]
+            .as_array()?
+            .iter()
+            .any(|v| v == fast.display().to_string().as_str())
+            .then_some(())
+    });
+    let body = json!({ "name": "fast-on-beta", "resources": {
+        "cpu": { "node_allocations": [ { "node_id": b_id, "cores": 1 } ] },
+        "storage": { "volumes": [ { "node_id": b_id, "path": fast.display().to_string(), "purpose": "build", "size_gb": 1 } ] } } });
+    let (status, created) = a.post("/api/configs", &body);
+    assert_eq!(status, 201, "{created}");
+    let work = tempfile::tempdir().expect("tempdir");
+    write_manifest(work.path(), "[packages.where]\nshell = \"pwd > out/where.txt\"\noutputs = [\"out/where.txt\"]\n");
+    let out = a.cli(&["build", "--project", work.path().to_str().expect("path"), "--config", "fast-on-beta"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let wd = std::fs::read_to_string(work.path().join("out/where.txt")).expect("output");
+    let canonical = fast.canonicalize().expect("volume");
+    assert!(
+        wd.trim().starts_with(&canonical.join("buildnet-sandboxes").display().to_string())
+            || wd.trim().starts_with(&fast.join("buildnet-sandboxes").display().to_string()),
+        "the peer ran it on the selected volume, not in its data dir: {wd}"
+    );
+}
+
+/// The `ResourceAllocated` and `ResourceReleased` entries one node recorded for a build.
+fn allocation_entries(node: &TestNode, build_id: &str) -> Vec<Value> {
+    let (_, ledger) = node.get("/api/ledger?types=ResourceAllocated,ResourceReleased&limit=500");
+    ledger["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["data"]["build_id"] == build_id && e["origin"] == node.node_id().as_str())
+        .cloned()
+        .collect()
+}
+
+fn keys_by_type(entries: &[Value]) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = entries
+        .iter()
+        .map(|e| {
+            let mut keys: Vec<String> = e["data"].as_object().expect("data").keys().cloned().collect();
+            keys.sort();
+            (e["entry_type"].as_str().or(e["type"].as_str()).unwrap_or_default().to_string(), keys)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn local_and_remote_runs_record_the_same_ledger_entries() {
+    let _serial = common::serial();
+    let (a, b) = common::two_nodes();
+    wait_all_online(&[&a, &b]);
+    confine_to(&a, "on-a", &a.node_id());
+    confine_to(&a, "on-b", &b.node_id());
+    let work = tempfile::tempdir().expect("tempdir");
+    write_manifest(work.path(), "[packages.one]\nshell = \"echo one > one.txt\"\noutputs = [\"one.txt\"]\n");
+    let path = work.path().to_str().expect("path");
+    let mut recorded = Vec::new();
+    for (config, runner) in [("on-a", &a), ("on-b", &b)] {
+        let out = a.cli(&["build", "--project", path, "--config", config, "--force"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let id = a.cli_json(&["history", "-n", "1"])["builds"][0]["id"].as_str().expect("id").to_string();
+        let entries = wait_until("the runner's entries", Duration::from_secs(10), || {
+            let e = allocation_entries(runner, &id);
+            (e.len() == 2).then_some(e)
+        });
+        let allocated = entries.iter().find(|e| e["data"]["cores"] == 1).expect("allocation");
+        assert_eq!(allocated["data"]["for_node"], a.node_id().as_str(), "{allocated}");
+        assert_eq!(allocated["data"]["package"], "one");
+        recorded.push(keys_by_type(&entries));
+    }
+    assert_eq!(recorded[0], recorded[1], "a local and a remote run leave the same entries");
+}
+
+#[test]
+fn only_the_coordinator_reports_itself_as_coordinator() {
+    let _serial = common::serial();
+    let (a, b, c) = common::three_nodes();
+    wait_all_online(&[&a, &b, &c]);
+    let coordinator = wait_until("one coordinator for all", Duration::from_secs(10), || {
+        let views: Vec<String> = [&a, &b, &c]
+            .iter()
+            .map(|n| n.get("/api/mesh").1["coordinator"].as_str().unwrap_or("").to_string())
+            .collect();
+        (views.iter().all(|v| *v == views[0]) && !views[0].is_empty()).then(|| views[0].clone())
+    });
+    for n in [&a, &b, &c] {
+        let expected = if n.node_id() == coordinator { "coordinator" } else { "worker" };
+        let (_, status) = n.get("/api/node");
+        assert_eq!(status["role"], expected, "{}", n.node_id());
+        let cli = n.cli(&["node", "status"]);
+        let text = String::from_utf8_lossy(&cli.stdout);
+        assert!(text.contains(expected), "node status says {expected}: {text}");
+        if expected == "worker" {
+            assert!(!text.contains("coordinator"), "a worker does not claim to coordinate: {text}");
+        }
+        let (_, page) = common::http(
+            "GET",
+            &format!("{}/node", n.url),
+            &[("Authorization", &format!("Bearer {}", n.key("admin")))],
+            None,
+        );
+        assert!(page.contains(&format!("role {expected}")), "the node page agrees");
+    }
+}

@@ -104,6 +104,13 @@ pub fn is_usable(peer: &PeerView) -> bool {
     peer.status != NodeState::Offline && peer.role != Role::Observer
 }
 
+impl PoolNode {
+    /// The same rule for a node of the pool view (this node included).
+    pub fn usable(&self) -> bool {
+        self.status != NodeState::Offline && self.role != NodeRole::Observer
+    }
+}
+
 impl Handler<PeersChanged> for PoolActor {
     type Result = ();
 
@@ -209,7 +216,7 @@ pub fn pool_node(status: &NodeStatus, latency_ms: f64) -> PoolNode {
 /// Totals over the nodes that are online and not observers (observers offer nothing).
 pub fn aggregate(nodes: &[PoolNode], storage_volumes: usize) -> Aggregate {
     let mut agg = Aggregate { last_updated_ms: crate::wire::now_ms(), storage_volumes, ..Default::default() };
-    for n in nodes.iter().filter(|n| n.status != NodeState::Offline && n.role != NodeRole::Observer) {
+    for n in nodes.iter().filter(|n| n.usable()) {
         agg.total_cpu_cores += n.cores;
         agg.available_cpu_cores += n.cores_available;
         agg.total_memory_bytes += n.memory_bytes;

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::project::Requirement;
 use crate::pool::PoolView;
-use crate::wire::{NodeId, NodeRole, NodeState};
+use crate::wire::NodeId;
 
 /// `node_id` that means "the node that runs the build".
 pub const LOCAL: &str = "local";
@@ -238,11 +238,7 @@ impl BuildConfiguration {
         let mut out = Vec::new();
         let r = &self.resources;
         let resolve = |id: &str| if id == LOCAL { me.to_string() } else { id.to_string() };
-        let node = |id: &str| {
-            pool.nodes.iter().find(|n| {
-                n.id.as_str() == resolve(id) && n.status != NodeState::Offline && n.role != NodeRole::Observer
-            })
-        };
+        let node = |id: &str| pool.nodes.iter().find(|n| n.id.as_str() == resolve(id) && n.usable());
         let name_of = |id: &str| node(id).map(|n| n.name.clone()).unwrap_or_else(|| resolve(id));
         let a = &pool.aggregate;
         if u64::from(r.cpu.cores) > a.total_cpu_cores {

@@ -261,6 +261,234 @@ pub fn estimate(
     }
 }
 
+/// Estimates as a service of the node's builds: from its history tables and the pool view.
+mod service {
+    use std::collections::BTreeMap;
+
+    use super::super::{estimate, placement, project, runner, runner::BuildRequest, BuildError, Builds};
+    use crate::cas;
+    use crate::wire::NodeId;
+
+    impl Builds {
+        /// Estimates a build without running anything (plan §9).
+        pub async fn estimate(&self, mut req: BuildRequest) -> Result<estimate::BuildEstimation, BuildError> {
+            req.project.order = req.project.recheck("buildnet.toml")?;
+            let cfg = self.resolve(req.config.as_deref(), req.template.as_deref()).await?;
+            let status = self.node.status().await.map_err(|_| BuildError::Unavailable)?;
+            let peers = self.pool.peers().await;
+            // Every node's figures, to scale recorded runs by; the node each ran on may be offline now.
+            let mut figures: BTreeMap<String, estimate::Target> = BTreeMap::new();
+            figures.insert(self.node_id.to_string(), target_of(&status.benchmarks));
+            let mut cores_by_node: BTreeMap<NodeId, u64> = BTreeMap::new();
+            cores_by_node.insert(self.node_id.clone(), status.resources.cpu.offered as u64);
+            let mut links = Vec::new();
+            for p in &peers {
+                if let Some(a) = &p.advert {
+                    figures.insert(p.node_id.to_string(), target_of(&a.benchmarks));
+                    if crate::pool::is_usable(p) && a.accept_remote_builds && !req.local_only {
+                        cores_by_node.insert(p.node_id.clone(), a.resources.cpu.offered as u64);
+                        let measured = status.benchmarks.network_to(p.node_id.as_str());
+                        links.push((
+                            measured.map_or(p.latency_ms.unwrap_or(1.0), |n| n.latency_ms),
+                            measured.map_or(ASSUMED_MBPS, |n| n.upload_mbps.min(n.download_mbps)),
+                        ));
+                    }
+                }
+            }
+            // The cores the build may use: the configuration's nodes and caps, else the pool.
+            let caps = cfg.as_ref().and_then(|c| c.node_caps(&self.node_id));
+            let mut cores: u64 = cores_by_node
+                .iter()
+                .filter(|(n, _)| caps.as_ref().is_none_or(|c| c.contains_key(*n)))
+                .map(|(n, c)| (*c).min(caps.as_ref().and_then(|m| m.get(n).copied()).unwrap_or(u64::MAX)))
+                .sum();
+            if let Some(total) = cfg.as_ref().map(|c| u64::from(c.resources.cpu.cores)).filter(|t| *t > 0) {
+                cores = cores.min(total);
+            }
+            // Packages go to the node placement ranks first, so that node's figures are the target.
+            let target = cores_by_node
+                .keys()
+                .filter(|n| caps.as_ref().is_none_or(|c| c.contains_key(*n)))
+                .filter_map(|n| {
+                    figures.get(n.as_str()).map(|f| (placement::placement_rank(f.cpu_score, *n == self.node_id), *f))
+                })
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, f)| f)
+                .unwrap_or_default();
+            let tools = status.resources.tool_versions();
+
+            let mut facts: BTreeMap<String, estimate::PackageFacts> = BTreeMap::new();
+            let mut outputs: BTreeMap<String, Vec<cas::FileRef>> = BTreeMap::new();
+            let mut input_total = 0u64;
+            for name in &req.project.order {
+                let Some(spec) = req.project.manifest.packages.get(name) else { continue };
+                let mut files = BTreeMap::new();
+                let mut input_bytes = 0;
+                for path in req.project.inputs.get(name).map(Vec::as_slice).unwrap_or_default() {
+                    if let Some(f) = req.files.get(path) {
+                        input_bytes += f.size;
+                        files.insert(path.clone(), f.clone());
+                    }
+                }
+                input_total += input_bytes;
+                // Cached when every dependency is cached (their outputs are then known) and so is it.
+                let mut deps_known = true;
+                let mut stack = spec.deps.clone();
+                let mut seen = std::collections::BTreeSet::new();
+                while let Some(d) = stack.pop() {
+                    if !seen.insert(d.clone()) {
+                        continue;
+                    }
+                    match outputs.get(&d) {
+                        Some(outs) => outs.iter().for_each(|f| {
+                            files.insert(f.path.clone(), f.clone());
+                        }),
+                        None => deps_known = false,
+                    }
+                    stack.extend(req.project.manifest.packages.get(&d).map(|p| p.deps.clone()).unwrap_or_default());
+                }
+                let requirements: Vec<project::Requirement> =
+                    spec.tools.iter().chain(&spec.runtimes).cloned().collect();
+                let mut cached = false;
+                if deps_known && !req.force {
+                    if let (Some(versions), Ok(task)) = (
+                        placement::tool_versions(&requirements, &tools),
+                        runner::make_task("estimate", name, spec, files),
+                    ) {
+                        if let Some(outs) =
+                            placement::cached_outputs(&self.store, &self.cas, &task.action_key(&versions)).await
+                        {
+                            outputs.insert(name.clone(), outs);
+                            cached = true;
+                        }
+                    }
+                }
+                let history = self.history_of(name, &figures).await?;
+                facts.insert(
+                    name.clone(),
+                    estimate::PackageFacts {
+                        name: name.clone(),
+                        deps: spec.deps.clone(),
+                        cores: u64::from(spec.cores.unwrap_or(1)),
+                        history,
+                        cached,
+                        input_bytes,
+                    },
+                );
+            }
+            // Work beyond this node's cores goes to peers: their share of the inputs crosses the
+            // mesh at the measured bandwidth (an assumed 800 Mbit/s where no network benchmark has
+            // run), plus two round trips per package.
+            let local = status.resources.cpu.offered as u64;
+            let remote_share = if cores > local { (cores - local) as f64 / cores as f64 } else { 0.0 };
+            let running = facts.values().filter(|f| !f.cached).count() as f64;
+            let n = links.len().max(1) as f64;
+            let rtt = links.iter().map(|l| l.0).sum::<f64>() / n;
+            let mbps = if links.is_empty() { ASSUMED_MBPS } else { links.iter().map(|l| l.1).sum::<f64>() / n };
+            let transfer_ms = input_total as f64 * 8.0 / (mbps.max(1.0) * 1e3);
+            let network = (remote_share * (transfer_ms + running * 2.0 * rtt)).round() as u64;
+            let overhead = self.build_overhead(&req.project.order).await?;
+            Ok(estimate::estimate(&req.project.order, &facts, cores.max(1), target, network, overhead))
+        }
+
+        /// Median time of the last five successful builds of these packages outside the packages
+        /// themselves: build duration less the span from the first package's start to the last's end.
+        async fn build_overhead(&self, packages: &[String]) -> Result<u64, BuildError> {
+            let names = serde_json::to_string(packages).unwrap_or_default();
+            let mut spans: Vec<i64> = self
+                .store
+                .run(move |c| {
+                    let mut stmt = c.prepare(
+                        "SELECT b.duration_ms - (MAX(p.completed_at) - MIN(p.started_at)) FROM builds b
+                         JOIN build_packages p ON p.build_id = b.id
+                         WHERE b.status = 'succeeded' AND b.duration_ms IS NOT NULL AND p.started_at IS NOT NULL
+                           AND p.package_name IN (SELECT value FROM json_each(?1))
+                         GROUP BY b.id ORDER BY b.started_at DESC LIMIT 5",
+                    )?;
+                    let rows = stmt.query_map([names], |r| r.get::<_, Option<i64>>(0))?;
+                    Ok(rows.filter_map(|r| r.ok().flatten()).collect())
+                })
+                .await?;
+            spans.sort();
+            Ok(spans.get(spans.len() / 2).copied().unwrap_or(0).max(0) as u64)
+        }
+
+        /// Estimates a from-scratch build (cache ignored: a configuration matters most then) of the
+        /// project built here most recently, under configuration `config`: what the configuration
+        /// pages show. `None` when nothing has been built here yet.
+        pub async fn estimate_latest(
+            &self,
+            config: &str,
+        ) -> Result<Option<(String, Vec<String>, estimate::BuildEstimation)>, BuildError> {
+            let latest: Option<(String, String)> = self
+                .store
+                .run(|c| {
+                    let mut stmt = c.prepare(
+                        "SELECT r.build_id, r.request FROM build_requests r JOIN builds b ON b.id = r.build_id
+                         ORDER BY b.started_at DESC LIMIT 1",
+                    )?;
+                    let mut rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    Ok(rows.next().transpose()?)
+                })
+                .await?;
+            let Some((build_id, text)) = latest else { return Ok(None) };
+            let Ok(mut req) = serde_json::from_str::<BuildRequest>(&text) else { return Ok(None) };
+            req.config = Some(config.to_string());
+            req.template = None;
+            req.local_only = false;
+            req.force = true;
+            let packages = req.project.order.clone();
+            Ok(Some((build_id, packages, self.estimate(req).await?)))
+        }
+
+        /// A package's real (not cached) successful runs, newest first, with the figures of the node
+        /// each ran on.
+        async fn history_of(
+            &self,
+            package: &str,
+            figures: &BTreeMap<String, estimate::Target>,
+        ) -> Result<Vec<estimate::RecordedRun>, BuildError> {
+            let name = package.to_string();
+            let rows: Vec<(i64, Option<String>, Option<i64>)> = self
+                .store
+                .run(move |c| {
+                    let mut stmt = c.prepare(
+                        "SELECT p.duration_ms, p.assigned_node, r.cpu_ms FROM build_packages p
+                         JOIN build_package_results r ON r.build_id = p.build_id AND r.package_name = p.package_name
+                         WHERE p.package_name = ?1 AND p.status = 'succeeded' AND r.cache_hit = 0 AND p.duration_ms IS NOT NULL
+                         ORDER BY p.started_at DESC LIMIT 10",
+                    )?;
+                    let rows = stmt.query_map([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                    Ok(rows.collect::<Result<_, _>>()?)
+                })
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(ms, node, cpu)| {
+                    let f = node.and_then(|n| figures.get(&n).copied()).unwrap_or_default();
+                    estimate::RecordedRun {
+                        duration_ms: ms.max(0) as u64,
+                        cpu_score: f.cpu_score,
+                        storage_mbps: f.storage_mbps,
+                        cpu_ms: cpu.unwrap_or(0).max(0) as u64,
+                    }
+                })
+                .collect())
+        }
+    }
+
+    /// Link speed assumed where no network benchmark has measured one (Mbit/s).
+    const ASSUMED_MBPS: f64 = 800.0;
+
+    /// The figures the estimator scales by: single-core score and the fastest volume's reads.
+    fn target_of(b: &crate::bench::BenchmarkScores) -> estimate::Target {
+        estimate::Target {
+            cpu_score: b.cpu_single().unwrap_or(0.0),
+            storage_mbps: b.storage.iter().map(|s| s.seq_read_mbps).fold(0.0, f64::max),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

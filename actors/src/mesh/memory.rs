@@ -1,0 +1,273 @@
+//! In-memory links: several nodes' meshes in one process, joined without sockets.
+//!
+//! The engine never touches a socket (ARCHITECTURE.md, "The mesh and why it is safe"): a link
+//! is a [`BridgeActor`] fed raw frames ([`Incoming`], [`SocketClosed`]) whose own frames come
+//! out of a channel ([`Outgoing`]). `web/mesh.rs` carries those frames over WebSockets; a
+//! [`MemoryNet`] hands them straight to the other node's bridge, in order, as a socket would.
+//! Everything above the frames — Noise, the roster check, duplicate links, heartbeats, redial
+//! with backoff, lost-node handling — is the real engine.
+//!
+//! A `MemoryNet` maps addresses (any string, e.g. `mem://a`) to the node listening there: give
+//! each node [`MemoryNet::register`] and [`MemoryNet::dialer`]. [`MemoryNet::sever`] drops every
+//! link of a node as a network fault would (the meshes redial); [`MemoryNet::kill`] also takes
+//! the node off the net, as a lost machine: nobody reaches it and it reaches nobody.
+//!
+//! It is not behind `cfg(test)`: it is small, uses nothing the engine does not already use, and
+//! tests outside this crate (a simulation harness) can start many nodes with it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use actix::prelude::*;
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+
+use super::bridge::{BridgeActor, Incoming, Outgoing, SocketClosed};
+use super::{Dialer, MeshHandle};
+
+/// The nodes of one in-process network and the links open between them. Clones share it.
+#[derive(Clone, Default)]
+pub struct MemoryNet {
+    inner: Arc<Mutex<Net>>,
+}
+
+#[derive(Default)]
+struct Net {
+    nodes: HashMap<String, MeshHandle>,
+    links: HashMap<u64, MemoryLink>,
+    next_link: u64,
+}
+
+/// One open link: the addresses of its two ends and their bridges.
+struct MemoryLink {
+    ends: [String; 2],
+    bridges: [Addr<BridgeActor>; 2],
+}
+
+impl MemoryNet {
+    pub fn new() -> MemoryNet {
+        MemoryNet::default()
+    }
+
+    fn net(&self) -> MutexGuard<'_, Net> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `mesh` listens at `address`: dials of that address reach it.
+    pub fn register(&self, address: &str, mesh: MeshHandle) {
+        self.net().nodes.insert(address.to_string(), mesh);
+    }
+
+    /// The dialer for a registered node's mesh ([`MeshHandle::set_dialer`]). A dial from a node
+    /// that is not on the net, or to an address nobody listens at, fails at once.
+    pub fn dialer(&self) -> Dialer {
+        let net = self.clone();
+        Arc::new(move |url: String, from: MeshHandle| {
+            actix::spawn(net.clone().dial(url, from));
+        })
+    }
+
+    /// Closes every link of the node at `address` (both ends see their socket close); returns
+    /// how many. The node stays on the net, so the meshes link again.
+    pub fn sever(&self, address: &str) -> usize {
+        let cut: Vec<MemoryLink> = {
+            let mut net = self.net();
+            let ids: Vec<u64> =
+                net.links.iter().filter(|(_, l)| l.ends.iter().any(|e| e == address)).map(|(id, _)| *id).collect();
+            ids.iter().filter_map(|id| net.links.remove(id)).collect()
+        };
+        for bridge in cut.iter().flat_map(|l| &l.bridges) {
+            bridge.do_send(SocketClosed);
+        }
+        cut.len()
+    }
+
+    /// Takes the node at `address` off the net and closes its links: a lost machine.
+    pub fn kill(&self, address: &str) -> usize {
+        self.net().nodes.remove(address);
+        self.sever(address)
+    }
+
+    async fn dial(self, url: String, from: MeshHandle) {
+        let (from_address, target) = {
+            let net = self.net();
+            let me = net.nodes.iter().find(|(_, m)| m.addr == from.addr).map(|(a, _)| a.clone());
+            (me, net.nodes.get(&url).cloned())
+        };
+        let (Some(from_address), Some(target)) = (from_address, target) else {
+            return from.dial_failed(url);
+        };
+        let (out_a, rx_a) = mpsc::unbounded_channel();
+        let (out_b, rx_b) = mpsc::unbounded_channel();
+        let Some(a) = from.attach(out_a, true).await else {
+            return from.dial_failed(url);
+        };
+        let Some(b) = target.attach(out_b, false).await else {
+            // The target is in no mesh (yet): as if its socket refused us.
+            a.do_send(SocketClosed);
+            return from.dial_failed(url);
+        };
+        let id = {
+            let mut net = self.net();
+            // Either end may have been killed while its bridge started.
+            if !net.nodes.contains_key(&from_address) || !net.nodes.contains_key(&url) {
+                drop(net);
+                a.do_send(SocketClosed);
+                b.do_send(SocketClosed);
+                return from.dial_failed(url);
+            }
+            let id = net.next_link;
+            net.next_link += 1;
+            net.links.insert(id, MemoryLink { ends: [from_address, url], bridges: [a.clone(), b.clone()] });
+            id
+        };
+        actix::spawn(self.clone().pump(id, rx_a, a.clone(), b.clone()));
+        actix::spawn(self.pump(id, rx_b, b, a));
+    }
+
+    /// Carries one direction's frames; when the sending bridge closes (or drops its channel),
+    /// both ends see the socket close.
+    async fn pump(self, id: u64, mut rx: UnboundedReceiver<Outgoing>, from: Addr<BridgeActor>, to: Addr<BridgeActor>) {
+        while let Some(Outgoing::Frame(frame)) = rx.recv().await {
+            to.do_send(Incoming { frame });
+        }
+        from.do_send(SocketClosed);
+        to.do_send(SocketClosed);
+        self.net().links.remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::exec::{ExecutorHandle, ExecutorOptions};
+    use crate::ledger::LedgerFilter;
+    use crate::mesh::{Job, Workers};
+    use crate::start::{start, test_options, Node};
+    use crate::wire::{Invocation, LedgerEntryType, NodeId, NodeState, RemoteError, Role, Task};
+
+    async fn node(net: &MemoryNet, dir: &Path, name: &str, create_mesh: bool) -> Node {
+        let mut opts = test_options(&dir.join(name));
+        opts.name = Some(name.into());
+        opts.address = format!("mem://{name}");
+        opts.create_mesh = create_mesh;
+        // No start-up or scheduled benchmark: it would load the machine under the heartbeats.
+        opts.config.benchmark.on_start = false;
+        opts.config.benchmark.interval_hours = 0.0;
+        let node = start(opts).await.expect("node starts").node;
+        net.register(&node.address, node.mesh.clone());
+        node.mesh.set_dialer(net.dialer());
+        node
+    }
+
+    /// `joiner` joins `admin`'s mesh, the steps `buildnet join` takes over HTTP.
+    async fn join(admin: &Node, joiner: &Node) {
+        let (token, _) = admin.mesh.create_token(Role::Builder, 60_000, "test").await.expect("token");
+        let request = joiner.mesh.join_request(&token).await.expect("join request");
+        let response = admin.mesh.admit(request).await.expect("admitted");
+        joiner.mesh.accept_join(&token, response).await.expect("joined");
+    }
+
+    /// What `node` sees of its peers.
+    async fn seen(node: &Node) -> HashMap<NodeId, NodeState> {
+        node.pool.peers().await.into_iter().map(|p| (p.node_id, p.status)).collect()
+    }
+
+    /// Polls until `ok` holds for what every node sees; returns how long that took.
+    async fn wait_until(
+        what: &str,
+        nodes: &[&Node],
+        timeout: Duration,
+        ok: impl Fn(&Node, &HashMap<NodeId, NodeState>) -> bool,
+    ) -> Duration {
+        let started = Instant::now();
+        loop {
+            let mut views = Vec::new();
+            for n in nodes {
+                views.push((n.address.clone(), seen(n).await));
+            }
+            if nodes.iter().zip(&views).all(|(n, (_, v))| ok(n, v)) {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < timeout, "{what}: not within {timeout:?}; seen: {views:?}");
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn hello(build_id: &str) -> Job {
+        let task = Task {
+            build_id: build_id.into(),
+            package: "hello".into(),
+            invocation: Invocation::Shell("echo hi > out.txt".into()),
+            env: Default::default(),
+            files: vec![],
+            outputs: vec!["out.txt".into()],
+        };
+        Job { task, cores: 1, memory_bytes: None, volume: None }
+    }
+
+    #[actix::test]
+    async fn three_nodes_join_run_a_remote_package_and_lose_one_over_memory_links() {
+        let t0 = Instant::now();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let net = MemoryNet::new();
+        let a = node(&net, dir.path(), "a", true).await;
+        let b = node(&net, dir.path(), "b", false).await;
+        let c = node(&net, dir.path(), "c", false).await;
+        let started = t0.elapsed();
+        join(&a, &b).await;
+        join(&a, &c).await;
+        let ids = [&a, &b, &c].map(|n| n.identity.node_id.clone());
+        let all_online = |n: &Node, v: &HashMap<NodeId, NodeState>| {
+            ids.iter().filter(|id| **id != n.identity.node_id).all(|id| v.get(id) == Some(&NodeState::Online))
+        };
+        let linked = wait_until("all online", &[&a, &b, &c], Duration::from_secs(10), all_online).await;
+
+        // A package of `a` runs on `b`; its output comes back into `a`'s CAS. The executor here
+        // only serves a run on `a` itself, which this test does not ask for.
+        let executor = ExecutorHandle::start(ExecutorOptions {
+            node: a.node.clone(),
+            ledger: a.ledger.clone(),
+            cas: a.builds.cas.clone(),
+            sandboxes: dir.path().join("a-sandboxes"),
+            volumes: vec![],
+        });
+        let workers = Workers::new(ids[0].clone(), executor, a.mesh.clone());
+        let result = workers.run_on(&ids[1], hello("mem-1")).await.expect("ran on b");
+        assert!(result.success(), "{result:?}");
+        assert_eq!(result.outputs.len(), 1);
+        assert!(a.builds.cas.has(&result.outputs[0].digest), "the output is in a's CAS");
+        let filter = LedgerFilter {
+            types: vec![LedgerEntryType::ResourceAllocated],
+            origin: Some(ids[1].clone()),
+            limit: 100,
+            ..Default::default()
+        };
+        let allocations = b.ledger.query(filter).await.expect("b's ledger");
+        assert!(
+            allocations.iter().any(|e| e.data["build_id"] == "mem-1" && e.data["for_node"] == ids[0].to_string()),
+            "b leased its core for a: {allocations:?}"
+        );
+
+        // `c` is lost: its links drop and it is unreachable; the others notice at once.
+        assert_eq!(net.kill(&c.address), 2, "c had one link to each peer");
+        c.shutdown("killed by the test").await;
+        let noticed = wait_until("c offline, a and b still linked", &[&a, &b], Duration::from_secs(5), |n, v| {
+            let other = if n.identity.node_id == ids[0] { &ids[1] } else { &ids[0] };
+            v.get(&ids[2]) == Some(&NodeState::Offline) && v.get(other) == Some(&NodeState::Online)
+        })
+        .await;
+        match workers.run_on(&ids[2], hello("mem-2")).await {
+            Err(RemoteError::LostNode(id)) => assert_eq!(id, ids[2]),
+            other => panic!("a package for a lost node: {other:?}"),
+        }
+        eprintln!(
+            "memory mesh: 3 nodes started in {started:?}, all online {linked:?} after joining, c offline {noticed:?} \
+             after the kill, total {:?}",
+            t0.elapsed()
+        );
+    }
+}

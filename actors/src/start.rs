@@ -166,6 +166,7 @@ impl Node {
         {
             log::warn!("recording the stop: {e}");
         }
+        self.mesh.stop().await;
         let _ = self.node.addr.send(Stop).await;
         self.ledger.close().await;
         self.store.close().await;

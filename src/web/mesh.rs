@@ -23,7 +23,7 @@ pub async fn accept(
 ) -> actix_web::Result<HttpResponse> {
     let (response, mut session, stream) = actix_ws::handle(&req, body)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let Some(bridge) = state.node.mesh.attach(tx, false).await else {
+    let Some(bridge) = state.node.mesh.attach(tx, None).await else {
         let _ = session.close(None).await;
         return Ok(response);
     };
@@ -86,7 +86,7 @@ pub fn dialer() -> Dialer {
                 }
             };
             let (tx, mut rx) = mpsc::unbounded_channel();
-            let Some(bridge) = mesh.attach(tx, true).await else {
+            let Some(bridge) = mesh.attach(tx, Some(address.clone())).await else {
                 return mesh.dial_failed(address);
             };
             let (mut sink, mut stream) = framed.split();

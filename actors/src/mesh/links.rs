@@ -36,7 +36,8 @@ impl MeshActor {
 #[rtype(result = "Option<Addr<BridgeActor>>")]
 pub struct Attach {
     pub outgoing: UnboundedSender<Outgoing>,
-    pub initiator: bool,
+    /// The URL this node dialled, or `None` for a socket a peer opened.
+    pub dialed: Option<String>,
 }
 
 impl Handler<Attach> for MeshActor {
@@ -45,7 +46,8 @@ impl Handler<Attach> for MeshActor {
     fn handle(&mut self, msg: Attach, ctx: &mut Context<Self>) -> Self::Result {
         let mesh = self.mesh.as_ref()?;
         let prologue = noise::prologue(&mesh.mesh_id);
-        let handshake = if msg.initiator {
+        let initiator = msg.dialed.is_some();
+        let handshake = if initiator {
             noise::Handshake::initiator(&self.noise_private, &prologue)
         } else {
             noise::Handshake::responder(&self.noise_private, &prologue)
@@ -53,8 +55,8 @@ impl Handler<Attach> for MeshActor {
         let handshake = handshake.map_err(|e| log::error!("noise: {e}")).ok()?;
         let id = self.next_link;
         self.next_link += 1;
-        let addr = BridgeActor::new(id, ctx.address(), self.me.clone(), handshake, msg.initiator, msg.outgoing).start();
-        self.links.insert(id, Link { addr: addr.clone(), initiator: msg.initiator, peer: None });
+        let addr = BridgeActor::new(id, ctx.address(), self.me.clone(), handshake, initiator, msg.outgoing).start();
+        self.links.insert(id, Link { addr: addr.clone(), initiator, dialed: msg.dialed, peer: None });
         Some(addr)
     }
 }
@@ -140,6 +142,12 @@ impl Handler<LinkClosed> for MeshActor {
 
     fn handle(&mut self, msg: LinkClosed, _: &mut Context<Self>) {
         let Some(link) = self.links.remove(&msg.link_id) else { return };
+        self.drop_link_transfers(msg.link_id);
+        if let (None, Some(url)) = (&link.peer, &link.dialed) {
+            // A dial that connected but never became a link (handshake failed or timed out):
+            // the peer may be dialled again, as after a failed dial.
+            self.clear_dialing(url);
+        }
         if let Some(peer_id) = link.peer {
             if let Some(p) = self.peers.get_mut(&peer_id) {
                 if p.link == Some(msg.link_id) {
@@ -165,9 +173,7 @@ impl Handler<DialFailed> for MeshActor {
     type Result = ();
 
     fn handle(&mut self, msg: DialFailed, _: &mut Context<Self>) {
-        for p in self.peers.values_mut().filter(|p| p.address == msg.url) {
-            p.dialing = false;
-        }
+        self.clear_dialing(&msg.url);
     }
 }
 
@@ -187,6 +193,12 @@ impl Handler<SetDialer> for MeshActor {
 }
 
 impl MeshActor {
+    fn clear_dialing(&mut self, url: &str) {
+        for p in self.peers.values_mut().filter(|p| p.address == url) {
+            p.dialing = false;
+        }
+    }
+
     pub(super) fn on_pong(&mut self, from: &crate::wire::NodeId, echo_ms: u64) {
         if let Some(peer) = self.peers.get_mut(from) {
             peer.rtt_ms = Some(wire::now_ms().saturating_sub(echo_ms) as f64);

@@ -98,10 +98,10 @@ impl MemoryNet {
         };
         let (out_a, rx_a) = mpsc::unbounded_channel();
         let (out_b, rx_b) = mpsc::unbounded_channel();
-        let Some(a) = from.attach(out_a, true).await else {
+        let Some(a) = from.attach(out_a, Some(url.clone())).await else {
             return from.dial_failed(url);
         };
-        let Some(b) = target.attach(out_b, false).await else {
+        let Some(b) = target.attach(out_b, None).await else {
             // The target is in no mesh (yet): as if its socket refused us.
             a.do_send(SocketClosed);
             return from.dial_failed(url);

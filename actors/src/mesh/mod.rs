@@ -152,6 +152,8 @@ impl Peer {
 struct Link {
     addr: Addr<BridgeActor>,
     initiator: bool,
+    /// The URL this node dialled to open the link (`None` when the peer dialled).
+    dialed: Option<String>,
     peer: Option<NodeId>,
 }
 
@@ -305,6 +307,7 @@ impl MeshActor {
         self.exchange_heads(ctx);
         self.advertise(ctx, false);
         self.schedule_benchmarks();
+        self.expire_transfers();
         self.publish_peers();
     }
 
@@ -331,9 +334,10 @@ impl MeshActor {
             MeshMessage::LedgerHeads { heads } => self.answer_heads(ctx, link_id, heads),
             MeshMessage::LedgerEntries { entries } => self.on_entries(from, entries),
             MeshMessage::BlobWant { digests } => self.on_blob_want(link_id, digests),
-            MeshMessage::BlobChunk(chunk) => self.on_chunk(ctx, chunk),
+            MeshMessage::BlobChunk(chunk) => self.on_chunk(ctx, link_id, chunk),
+            MeshMessage::BlobAck { digest, offset } => self.on_blob_ack(link_id, digest, offset),
             MeshMessage::TaskRequest(req) => self.on_task_request(ctx, link_id, from, *req),
-            MeshMessage::TaskDone { task_id, result } => self.on_task_done(from, task_id, result),
+            MeshMessage::TaskDone { task_id, result } => self.on_task_done(link_id, from, task_id, result),
             MeshMessage::TaskCancel { build_id } => self.on_task_cancel(ctx, link_id, from, build_id),
             MeshMessage::BenchmarkGrant { epoch } => self.on_benchmark_grant(from, epoch),
             probe @ (MeshMessage::NetEcho { .. }
@@ -402,6 +406,19 @@ impl Handler<SetPool> for MeshActor {
     }
 }
 
+/// Stops the mesh: every link closes (the node is shutting down).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StopMesh;
+
+impl Handler<StopMesh> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopMesh, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
 /// This node's place in the mesh.
 #[derive(Message)]
 #[rtype(result = "MeshView")]
@@ -440,9 +457,14 @@ impl MeshHandle {
         MeshHandle { addr: actor.start() }
     }
 
-    /// Starts a bridge for a connected socket; `None` when this node is in no mesh.
-    pub async fn attach(&self, outgoing: UnboundedSender<Outgoing>, initiator: bool) -> Option<Addr<BridgeActor>> {
-        self.addr.send(Attach { outgoing, initiator }).await.ok().flatten()
+    /// Starts a bridge for a connected socket: `dialed` is the URL this node dialled, `None` for
+    /// a socket a peer opened. `None` when this node is in no mesh.
+    pub async fn attach(
+        &self,
+        outgoing: UnboundedSender<Outgoing>,
+        dialed: Option<String>,
+    ) -> Option<Addr<BridgeActor>> {
+        self.addr.send(Attach { outgoing, dialed }).await.ok().flatten()
     }
 
     pub fn dial_failed(&self, url: String) {
@@ -456,6 +478,11 @@ impl MeshHandle {
     /// This node's place in the mesh (peers and their adverts are the pool's: `PoolHandle`).
     pub async fn view(&self) -> Option<MeshView> {
         self.addr.send(GetView).await.ok()
+    }
+
+    /// Closes every link and stops the mesh actor.
+    pub async fn stop(&self) {
+        let _ = self.addr.send(StopMesh).await;
     }
 
     /// Sends every change of the peer table to `pool`.

@@ -126,6 +126,12 @@ CREATE INDEX IF NOT EXISTS idx_allocations_expires ON allocations(expires_at);
 -- Schema version 2: the mesh.
 
 -- The mesh this node belongs to (one row): its id and root public key.
+-- The highest coordinator epoch this node has seen: epochs never go back, across restarts too.
+CREATE TABLE IF NOT EXISTS coordinator_epoch (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch INTEGER NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS mesh (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     mesh_id TEXT NOT NULL,

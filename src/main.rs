@@ -14,6 +14,10 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if let cli::Command::SandboxExec(args) = cli.command {
+        // Before any logger, runtime or thread: the launcher forks and restricts itself.
+        std::process::exit(cli::sandbox::run(args));
+    }
     let daemon = matches!(cli.command, cli::Command::Up(_));
     if !daemon {
         // A CLI piped into `head` should stop quietly, as Unix tools do. The daemon keeps Rust's

@@ -33,8 +33,14 @@ pub struct Cas {
 }
 
 impl Cas {
+    /// Opens the store (once per node, at start): blobs half-received when the node last
+    /// stopped are deleted.
     pub fn open(root: PathBuf) -> Result<Cas, CasError> {
-        std::fs::create_dir_all(root.join("tmp")).map_err(io(&root))?;
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(io(&root))?;
+        for entry in std::fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
         Ok(Cas { root })
     }
 
@@ -98,15 +104,36 @@ impl Cas {
         std::fs::rename(&tmp, target).map_err(io(target))
     }
 
+    /// A writer for a blob that must hash to `expected`: bytes go to a temporary file in the
+    /// store, hashed as they arrive; [`BlobWriter::finish`] moves the file into place only if
+    /// the digest matches. Nothing of the blob is held in memory.
+    pub fn writer(&self, expected: &str) -> Result<BlobWriter, CasError> {
+        let target = self.path(expected)?;
+        let tmp = self.root.join("tmp").join(format!("{expected}.{:016x}", rand::random::<u64>()));
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp))?;
+        Ok(BlobWriter {
+            expected: expected.to_string(),
+            target,
+            tmp,
+            file,
+            hasher: blake3::Hasher::new(),
+            written: 0,
+        })
+    }
+
+    /// Opens a stored blob for reading, with its size.
+    pub fn open_blob(&self, digest: &str) -> Result<(std::fs::File, u64), CasError> {
+        let path = self.path(digest)?;
+        let file = std::fs::File::open(&path).map_err(|e| missing_or_io(digest, &path, e))?;
+        let size = file.metadata().map_err(io(&path))?.len();
+        Ok((file, size))
+    }
+
+    /// Reads a whole blob into memory: for small blobs and tests only — artifacts are streamed
+    /// with [`Cas::open_blob`] and [`Cas::writer`].
     pub fn read(&self, digest: &str) -> Result<Vec<u8>, CasError> {
         let path = self.path(digest)?;
-        std::fs::read(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                CasError::Missing(digest.to_string())
-            } else {
-                CasError::Io { path, source: e }
-            }
-        })
+        std::fs::read(&path).map_err(|e| missing_or_io(digest, &path, e))
     }
 
     /// Writes a blob to `dest` (creating directories), executable if asked.
@@ -120,6 +147,80 @@ impl Cas {
         }
         std::fs::copy(&source, dest).map_err(io(dest))?;
         set_executable(dest, file.executable).map_err(io(dest))
+    }
+}
+
+fn missing_or_io(digest: &str, path: &Path, e: std::io::Error) -> CasError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        CasError::Missing(digest.to_string())
+    } else {
+        CasError::Io { path: path.to_path_buf(), source: e }
+    }
+}
+
+/// A blob on its way into the store (see [`Cas::writer`]): a temporary file and the BLAKE3 of
+/// what was written so far. Dropped unfinished, or finished with the wrong digest, it deletes
+/// its temporary file and stores nothing.
+pub struct BlobWriter {
+    expected: String,
+    target: PathBuf,
+    tmp: PathBuf,
+    file: std::fs::File,
+    hasher: blake3::Hasher,
+    written: u64,
+}
+
+impl BlobWriter {
+    /// Appends bytes.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), CasError> {
+        self.file.write_all(data).map_err(io(&self.tmp))?;
+        self.hasher.update(data);
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The digest this blob must have.
+    pub fn digest(&self) -> &str {
+        &self.expected
+    }
+
+    /// Checks the digest; on a match syncs the file and renames it into place (a blob already
+    /// stored is kept as it is), else deletes it. Returns the size.
+    pub fn finish(self) -> Result<u64, CasError> {
+        let actual = self.hasher.finalize().to_hex().to_string();
+        if actual != self.expected {
+            return Err(CasError::Mismatch { expected: self.expected.clone(), actual });
+        }
+        self.file.sync_all().map_err(io(&self.tmp))?;
+        if !self.target.is_file() {
+            let dir = self.target.parent().unwrap_or(&self.target);
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            std::fs::rename(&self.tmp, &self.target).map_err(io(&self.target))?;
+        }
+        Ok(self.written)
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        BlobWriter::write(self, buf).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // Finished and renamed: the temporary path no longer exists and this does nothing.
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
@@ -174,5 +275,48 @@ mod tests {
         let out = dir.path().join("x/y/tool.sh");
         cas.materialize(&FileRef { path: "x".into(), digest: d, executable: true, size }, &out).expect("materialize");
         assert!(is_executable(&out));
+    }
+
+    fn tmp_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("cas/tmp")).expect("tmp dir").count()
+    }
+
+    #[test]
+    fn blobs_stream_in_and_only_a_matching_digest_is_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cas = Cas::open(dir.path().join("cas")).expect("open");
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = blake3::hash(&body).to_hex().to_string();
+
+        let mut w = cas.writer(&digest).expect("writer");
+        for part in body.chunks(7_000) {
+            w.write(part).expect("write");
+        }
+        assert_eq!(w.written(), body.len() as u64);
+        assert!(!cas.has(&digest), "nothing is stored before the digest is checked");
+        assert_eq!(w.finish().expect("finish"), body.len() as u64);
+        assert_eq!(cas.read(&digest).expect("stored"), body);
+        assert_eq!(tmp_files(dir.path()), 0);
+
+        // One byte off: refused, not stored, the temporary file gone.
+        let other = blake3::hash(b"something else").to_hex().to_string();
+        let mut w = cas.writer(&other).expect("writer");
+        w.write(&body).expect("write");
+        assert!(matches!(w.finish(), Err(CasError::Mismatch { .. })));
+        assert!(!cas.has(&other));
+        assert_eq!(tmp_files(dir.path()), 0);
+
+        // Abandoned half-way (a lost link): nothing is left behind.
+        let mut w = cas.writer(&other).expect("writer");
+        w.write(&body[..10]).expect("write");
+        assert_eq!(tmp_files(dir.path()), 1);
+        drop(w);
+        assert_eq!(tmp_files(dir.path()), 0);
+        assert!(matches!(cas.writer("../x"), Err(CasError::BadDigest(_))));
+
+        // Leftovers of a crash are cleared when the store opens.
+        std::fs::write(dir.path().join("cas/tmp/stale"), b"x").expect("write");
+        let _ = Cas::open(dir.path().join("cas")).expect("open");
+        assert_eq!(tmp_files(dir.path()), 0);
     }
 }

@@ -29,6 +29,20 @@ pub struct NodeConfig {
     pub scheduling: SchedulingConfig,
     pub scan: ScanConfig,
     pub benchmark: BenchmarkConfig,
+    pub sandbox: SandboxConfig,
+}
+
+/// How packages must be contained on this node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Contain packages with at most this level (default: the strongest the kernel offers) —
+    /// for a node whose packages need more than their sandbox allows, at the cost of safety.
+    pub level: Option<crate::wire::SandboxLevel>,
+    /// The weakest containment under which this node runs peers' packages: `none`, `landlock`
+    /// or `landlock+namespaces`. A node whose kernel offers less refuses them (its own builds
+    /// still run).
+    pub require: crate::wire::SandboxLevel,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

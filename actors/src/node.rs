@@ -66,6 +66,8 @@ pub enum NodeError {
     Unavailable,
     #[error("mesh: {0}")]
     Mesh(#[from] RosterError),
+    #[error("this node's own ledger was altered: {0}; restore the data dir from a backup — the node will not serve or extend altered entries")]
+    LedgerAltered(String),
 }
 
 /// How to start a node.
@@ -80,6 +82,9 @@ pub struct NodeOptions {
     pub address: String,
     /// Make this node a mesh of its own when it belongs to none (false while joining one).
     pub create_mesh: bool,
+    /// The `buildnet` binary, re-executed as `sandbox-exec` to contain packages (`None`: no
+    /// containment — the engine's own tests, which have no such binary).
+    pub launcher: Option<PathBuf>,
 }
 
 /// Result of a rescan.
@@ -104,6 +109,7 @@ pub struct NodeActor {
     pub(crate) ledger: LedgerHandle,
     pub(crate) events: EventBus,
     pub(crate) benchmarks: crate::bench::BenchmarkScores,
+    pub(crate) sandbox: wire::SandboxLevel,
 }
 
 impl Actor for NodeActor {
@@ -252,6 +258,7 @@ impl Handler<GetNodeStatus> for NodeActor {
             resources: self.resources.clone(),
             resource_status: Vec::new(),
             benchmarks: self.benchmarks.clone(),
+            sandbox: self.sandbox,
         };
         Box::pin(async move {
             for child in children {

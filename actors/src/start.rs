@@ -10,7 +10,7 @@ use actix::prelude::*;
 use crate::builds::Builds;
 use crate::cas::Cas;
 use crate::events::EventBus;
-use crate::exec::{ExecutorHandle, ExecutorOptions};
+use crate::exec::{ExecutorHandle, ExecutorOptions, Launch};
 use crate::identity::{self, Identity};
 use crate::keys::Keys;
 use crate::ledger::LedgerHandle;
@@ -21,7 +21,7 @@ use crate::node::{
 };
 use crate::pool::{PoolActor, PoolHandle};
 use crate::store::{self, Durability, StoreHandle};
-use crate::wire::{self, LedgerEntryType, NodeId, NodeRole, Role};
+use crate::wire::{self, LedgerEntryType, NodeId, NodeRole, Role, SandboxLevel};
 
 /// What one benchmark run measures.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +41,8 @@ pub struct BenchmarkSelection {
 pub struct Node {
     pub bench: crate::bench::BenchHandle,
     pub builds: Builds,
+    /// Runs a package on any node of the mesh (this one included).
+    pub workers: Workers,
     pub identity: Identity,
     pub node: NodeHandle,
     pub pool: PoolHandle,
@@ -173,6 +175,50 @@ impl Node {
     }
 }
 
+/// How this node will start packages: through the launcher at the level the kernel allows
+/// (found by running `sandbox-exec --probe`), as `nobody` when the node runs as root.
+fn containment(launcher: Option<&std::path::Path>, config: &crate::config::SandboxConfig) -> Launch {
+    let Some(launcher) = launcher else { return Launch::default() };
+    let probed = std::process::Command::new(launcher).args(["sandbox-exec", "--probe"]).output();
+    let level = probed
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<SandboxLevel>().ok())
+        .unwrap_or_default()
+        .min(config.level.unwrap_or(SandboxLevel::Full));
+    let root = nix::unistd::Uid::effective().is_root();
+    let user = (root && level.has_namespaces()).then_some(crate::exec::contain::NOBODY);
+    match level {
+        SandboxLevel::None => {
+            log::warn!("this kernel offers no sandbox: packages run with this node's own rights (sandbox: none)")
+        }
+        level => {
+            log::info!("packages are contained with {level}{}", if user.is_some() { ", as user nobody" } else { "" })
+        }
+    }
+    if level < config.require {
+        log::warn!(
+            "sandbox.require is {} but packages here get {level}: peers' packages will be refused",
+            config.require
+        );
+    }
+    Launch { launcher: Some(launcher.to_path_buf()), level, user, read_only: vec![] }
+}
+
+/// Refuses to start on an altered own chain: serving it would pass the alteration on to peers,
+/// and extending it would sign on top of it.
+async fn verify_own_chain(ledger: &LedgerHandle, me: &NodeId) -> Result<(), NodeError> {
+    let report = ledger.verify().await?;
+    let mine = me.to_string();
+    if report.chains.iter().all(|c| c.origin != mine || c.ok) {
+        return Ok(());
+    }
+    Err(NodeError::LedgerAltered(match report.first_bad.filter(|b| b.origin == mine) {
+        Some(bad) => format!("entry #{} {}", bad.seq, bad.reason),
+        None => format!("chain {mine} does not verify"),
+    }))
+}
+
 /// What `start` did that the user must be told.
 pub struct Started {
     pub node: Node,
@@ -197,6 +243,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
     let store = StoreHandle::start(store::open(&db_path, Durability::Normal)?);
     let events = EventBus::default();
     let ledger = LedgerHandle::start(&db_path, identity.clone(), Some(events.clone()))?;
+    verify_own_chain(&ledger, &identity.node_id).await?;
     let bench = crate::bench::BenchHandle::start(store.clone(), ledger.clone());
     let mut benchmarks = bench.latest().await;
     benchmarks.next_due_ms = if opts.config.benchmark.on_start {
@@ -216,6 +263,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         .unwrap_or_else(|| identity.node_id.to_string());
     persist(&store, &identity, &name, &opts.address, &resources).await?;
 
+    let launch = containment(opts.launcher.as_deref(), &opts.config.sandbox);
     let node_actor = NodeActor {
         identity: identity.clone(),
         name: name.clone(),
@@ -229,6 +277,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         ledger: ledger.clone(),
         events: events.clone(),
         benchmarks,
+        sandbox: launch.level,
     }
     .start();
     let node = NodeHandle { addr: node_actor };
@@ -241,6 +290,10 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         cas: cas.clone(),
         sandboxes,
         volumes: resources.storage.iter().map(|v| PathBuf::from(&v.path)).collect(),
+        launch,
+        tools: crate::exec::tool_locations(&resources),
+        required: opts.config.sandbox.require,
+        me: identity.node_id.clone(),
     });
     let mesh = MeshHandle::start(
         MeshActor::load(MeshOptions {
@@ -268,7 +321,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
     let builds = Builds::new(
         identity.node_id.clone(),
         node.clone(),
-        workers,
+        workers.clone(),
         pool.clone(),
         ledger.clone(),
         store.clone(),
@@ -307,6 +360,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
     let node = Node {
         bench,
         builds,
+        workers,
         identity,
         node,
         pool,
@@ -332,6 +386,7 @@ pub(crate) fn test_options(data_dir: &std::path::Path) -> NodeOptions {
         name: Some("t".into()),
         address: "http://127.0.0.1:1".into(),
         create_mesh: true,
+        launcher: None,
     }
 }
 

@@ -16,7 +16,7 @@ use buildnet_actors::builds::runner::{BuildRequest, BuildState, BuildStatus, Pac
 use buildnet_actors::cas::{self, FileRef};
 
 use super::output::{time, Table};
-use super::{CliError, Ctx};
+use super::{writeback, CliError, Ctx};
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -104,8 +104,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
         ctx.client.post("/api/blobs/missing", Some(serde_json::json!({ "digests": digests }))).await?;
     for digest in &missing.missing {
         if let Some(f) = files.values().find(|f| &f.digest == digest) {
-            let bytes = std::fs::read(root.join(&f.path)).map_err(|e| CliError::Other(format!("{}: {e}", f.path)))?;
-            ctx.client.put_bytes(&format!("/api/blobs/{digest}"), bytes).await?;
+            ctx.client.put_file(&format!("/api/blobs/{digest}"), &root.join(&f.path)).await?;
         }
     }
     let body = serde_json::to_value(&request).map_err(|e| CliError::Other(e.to_string()))?;
@@ -134,17 +133,17 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
     bars.finish();
 
     let mut written = 0;
+    // Every output's place is checked before any is written (see `writeback`).
+    let mut places = Vec::new();
     for f in status.outputs() {
-        let dest = root.join(&f.path);
-        if cas::hash_file(&dest).map(|(d, _)| d == f.digest).unwrap_or(false) {
+        let dest = writeback::place(&root, &request.project, &f.path)?;
+        places.push((f, dest));
+    }
+    for (f, dest) in places {
+        if writeback::holds(&dest, &f.digest) {
             continue;
         }
-        let bytes = ctx.client.get_bytes(&format!("/api/blobs/{}", f.digest)).await?;
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| CliError::Other(format!("{}: {e}", dir.display())))?;
-        }
-        std::fs::write(&dest, bytes).map_err(|e| CliError::Other(format!("{}: {e}", dest.display())))?;
-        cas::set_executable(&dest, f.executable).map_err(|e| CliError::Other(format!("{}: {e}", dest.display())))?;
+        fetch_output(ctx, &f, &dest).await?;
         written += 1;
     }
     if ctx.printed_as_document(&status) {
@@ -173,6 +172,21 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
             Err(CliError::Other(format!("build {id} {other}: {}", status.error.unwrap_or_default())))
         }
     }
+}
+
+/// Writes output `f` at `dest` (whose directory exists): streamed into a new temporary file
+/// beside it, checked against its digest on the fly, made executable if it was, then renamed
+/// over `dest` — a rename replaces whatever is at `dest`, a symlink included, without following
+/// it. Memory stays flat whatever the output's size.
+async fn fetch_output(ctx: &Ctx, f: &FileRef, dest: &Path) -> Result<(), CliError> {
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("output");
+    let tmp = dest.with_file_name(format!(".{name}.buildnet-{:016x}", rand::random::<u64>()));
+    ctx.client.download_blob(&f.digest, &tmp).await?;
+    let placed = cas::set_executable(&tmp, f.executable).and_then(|()| std::fs::rename(&tmp, dest));
+    placed.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        CliError::Other(format!("{}: {e}", dest.display()))
+    })
 }
 
 /// `--estimate`: asks the node how long the build would take, runs nothing.

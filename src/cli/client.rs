@@ -1,8 +1,12 @@
 //! The CLI's HTTP client: one request helper that turns "nothing answers", API errors and
 //! transport failures into [`CliError`]s with one clear line each.
 
+use std::io::{Read, Write};
+use std::path::Path;
 use std::time::Duration;
 
+use awc::body::SizedStream;
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -37,26 +41,53 @@ impl Client {
         self.send("DELETE", path, None).await
     }
 
-    /// Uploads raw bytes.
-    pub async fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> Result<(), CliError> {
+    /// Uploads a file as a blob, streamed from disk with its size declared up front (the node
+    /// refuses an oversized or forbidden upload before reading the body).
+    pub async fn put_file(&self, path: &str, file: &Path) -> Result<(), CliError> {
         let url = format!("{}{path}", self.base);
+        let local = |e: std::io::Error| CliError::Other(format!("{}: {e}", file.display()));
+        let source = std::fs::File::open(file).map_err(local)?;
+        let size = source.metadata().map_err(local)?.len();
+        let chunks = futures_util::stream::try_unfold(source, |mut source| async move {
+            let mut data = vec![0u8; CHUNK];
+            let n = source.read(&mut data)?;
+            data.truncate(n);
+            Ok::<_, std::io::Error>((n > 0).then(|| (actix_web::web::Bytes::from(data), source)))
+        });
         let mut req = self.http.put(&url).insert_header(("Content-Type", "application/octet-stream"));
         if let Some(token) = &self.token {
             req = req.insert_header(("Authorization", format!("Bearer {token}")));
         }
-        let res = req.send_body(bytes).await.map_err(|e| match e {
+        let mut res = req.send_body(SizedStream::new(size, Box::pin(chunks))).await.map_err(|e| match e {
             awc::error::SendRequestError::Connect(_) => CliError::NoNode { url: self.base.clone() },
-            other => CliError::Other(format!("uploading to {url}: {other}")),
+            other => CliError::Other(format!("uploading {} to {url}: {other}", file.display())),
         })?;
         if !res.status().is_success() {
-            return Err(CliError::Other(format!("{url} refused the upload ({})", res.status())));
+            let body = res.body().limit(64 << 10).await.unwrap_or_default();
+            return Err(api_error(&self.base, res.status(), &body));
         }
         Ok(())
     }
 
-    /// Downloads raw bytes.
-    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, CliError> {
-        let url = format!("{}{path}", self.base);
+    /// Downloads blob `digest` into a new file `to`, streamed, its BLAKE3 checked on the fly.
+    /// `to` must not exist (nothing is followed or overwritten: the caller renames it into place);
+    /// on any failure, a wrong digest included, it is deleted. Returns the size.
+    pub async fn download_blob(&self, digest: &str, to: &Path) -> Result<u64, CliError> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(to)
+            .map_err(|e| CliError::Other(format!("{}: {e}", to.display())))?;
+        let got = self.stream_blob(digest, &mut file).await;
+        drop(file);
+        if got.is_err() {
+            let _ = std::fs::remove_file(to);
+        }
+        got
+    }
+
+    async fn stream_blob(&self, digest: &str, file: &mut std::fs::File) -> Result<u64, CliError> {
+        let url = format!("{}/api/blobs/{digest}", self.base);
         let mut req = self.http.get(&url);
         if let Some(token) = &self.token {
             req = req.insert_header(("Authorization", format!("Bearer {token}")));
@@ -66,9 +97,22 @@ impl Client {
             other => CliError::Other(format!("downloading {url}: {other}")),
         })?;
         if !res.status().is_success() {
-            return Err(CliError::Other(format!("{url} answered {}", res.status())));
+            let body = res.body().limit(64 << 10).await.unwrap_or_default();
+            return Err(api_error(&self.base, res.status(), &body));
         }
-        Ok(res.body().limit(1 << 30).await.map_err(|e| CliError::Other(format!("downloading {url}: {e}")))?.to_vec())
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        while let Some(chunk) = res.next().await {
+            let chunk = chunk.map_err(|e| CliError::Other(format!("downloading {url}: {e}")))?;
+            hasher.update(&chunk);
+            file.write_all(&chunk).map_err(|e| CliError::Other(format!("writing blob {digest}: {e}")))?;
+            size += chunk.len() as u64;
+        }
+        let actual = hasher.finalize().to_hex().to_string();
+        if actual != digest {
+            return Err(CliError::Other(format!("{url}: the bytes received hash to {actual}, not {digest}")));
+        }
+        Ok(size)
     }
 
     /// Any method with an optional JSON body.
@@ -104,16 +148,24 @@ impl Client {
             .await
             .map_err(|e| CliError::Other(format!("reading the answer from {url}: {e}")))?;
         if !status.is_success() {
-            let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
-            let err = parsed.as_ref().and_then(|v| v.get("error"));
-            let code = err.and_then(|e| e.get("code")).and_then(Value::as_str).unwrap_or("http_error").to_string();
-            let message = err
-                .and_then(|e| e.get("message"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("{} answered {status}", self.base));
-            return Err(CliError::Api { status: status.as_u16(), code, message });
+            return Err(api_error(&self.base, status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| CliError::Other(format!("unexpected answer from {url}: {e}")))
     }
+}
+
+/// Bytes of a file read at a time for an upload.
+const CHUNK: usize = 256 << 10;
+
+/// An API error answer as a [`CliError`].
+fn api_error(base: &str, status: awc::http::StatusCode, body: &[u8]) -> CliError {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let err = parsed.as_ref().and_then(|v| v.get("error"));
+    let code = err.and_then(|e| e.get("code")).and_then(Value::as_str).unwrap_or("http_error").to_string();
+    let message = err
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{base} answered {status}"));
+    CliError::Api { status: status.as_u16(), code, message }
 }

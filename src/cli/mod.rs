@@ -10,9 +10,11 @@ pub mod ledger;
 pub mod node;
 pub mod output;
 pub mod pool;
+pub mod sandbox;
 pub mod test;
 pub mod token;
 pub mod up;
+mod writeback;
 
 use std::path::{Path, PathBuf};
 
@@ -97,6 +99,9 @@ pub enum Command {
         #[command(subcommand)]
         action: token::TokenCommand,
     },
+    /// The containment launcher the daemon starts packages through (internal)
+    #[command(name = "sandbox-exec", hide = true)]
+    SandboxExec(sandbox::SandboxArgs),
 }
 
 /// A failed command: one line for the user, and an exit code.
@@ -217,7 +222,7 @@ pub fn run(cli: Cli, token_on_command_line: bool) -> Result<(), CliError> {
                     Command::Pool { action } => pool::run(&ctx, action).await,
                     Command::Ledger(args) => ledger::run(&ctx, args).await,
                     Command::Key { action } => key::run(&ctx, action).await,
-                    Command::Up(_) => Ok(()),
+                    Command::Up(_) | Command::SandboxExec(_) => Ok(()),
                 }
             })
         }

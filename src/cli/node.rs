@@ -104,6 +104,7 @@ fn print_status(s: &NodeStatus) {
         ("Address", s.address.clone()),
         ("Status", format!("{}, role {}", s.status, s.role)),
         ("Version", s.version.clone()),
+        ("Sandbox", s.sandbox.to_string()),
         ("Up since", time(s.started_at_ms)),
         (
             "CPU",

@@ -83,6 +83,7 @@ pub fn run(global: &GlobalArgs, args: UpArgs, join_token: Option<String>) -> Res
             name: args.name,
             address: url.clone(),
             create_mesh: joining.is_none(),
+            launcher: std::env::current_exe().ok(),
         })
         .await
         .map_err(|e| CliError::Other(e.to_string()))?;

@@ -272,6 +272,7 @@ mod service {
     impl Builds {
         /// Estimates a build without running anything (plan §9).
         pub async fn estimate(&self, mut req: BuildRequest) -> Result<estimate::BuildEstimation, BuildError> {
+            super::super::check_request_paths(&req)?;
             req.project.order = req.project.recheck("buildnet.toml")?;
             let cfg = self.resolve(req.config.as_deref(), req.template.as_deref()).await?;
             let status = self.node.status().await.map_err(|_| BuildError::Unavailable)?;

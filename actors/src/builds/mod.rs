@@ -42,6 +42,9 @@ pub enum BuildError {
     MissingBlobs { count: usize, first: String },
     #[error("files: '{0}' has no entry")]
     MissingFile(String),
+    /// A path of the request that could leave the project or the sandbox.
+    #[error(transparent)]
+    Path(#[from] wire::BadPath),
     #[error("no build '{0}'")]
     NotFound(String),
     #[error("no configuration or template named '{0}'")]
@@ -54,6 +57,21 @@ pub enum BuildError {
 
 fn list(problems: &[config::Problem]) -> String {
     problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect::<Vec<_>>().join("; ")
+}
+
+/// Checks the paths of a request's `files` where it enters the node: each key and each
+/// `FileRef.path` with [`wire::check_path`], and that the two agree (a task lays a file out at
+/// its `path`; the key is what the input lists name). The manifest's outputs and globs and the
+/// input lists are checked by [`project::Project::recheck`].
+pub fn check_request_paths(req: &BuildRequest) -> Result<(), wire::BadPath> {
+    for (key, f) in &req.files {
+        wire::check_field(|| format!("files[{key:?}]"), key)?;
+        wire::check_field(|| format!("files[{key:?}].path"), &f.path)?;
+        if f.path != *key {
+            return Err(wire::BadPath::new(format!("files[{key:?}].path"), &f.path, "differs from its key in files"));
+        }
+    }
+    Ok(())
 }
 
 /// A line of the configuration list.
@@ -109,6 +127,7 @@ impl Builds {
 
     /// Checks a request and starts the build; returns its id.
     pub async fn start(&self, mut req: BuildRequest, triggered_by: &str) -> Result<String, BuildError> {
+        check_request_paths(&req)?;
         req.project.order = req.project.recheck("buildnet.toml")?;
         for files in req.project.inputs.values() {
             for f in files {

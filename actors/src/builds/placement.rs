@@ -3,7 +3,7 @@
 //! fastest node with room — run through [`crate::mesh::Workers`], which does not care whether that node is
 //! this one. Lost or refusing nodes are excluded and the package placed again (3 retries).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -183,7 +183,7 @@ pub(super) async fn place_and_run(
     local_only: bool,
     cancel: &Arc<AtomicBool>,
 ) -> Result<(TaskResult, bool, NodeId), PlaceError> {
-    let mut excluded: BTreeSet<NodeId> = BTreeSet::new();
+    let mut excluded: BTreeMap<NodeId, RemoteError> = BTreeMap::new();
     let mut retries = 0;
     loop {
         if cancel.load(Ordering::SeqCst) {
@@ -196,7 +196,7 @@ pub(super) async fn place_and_run(
         let list: Vec<Candidate> = candidates(c, requirements, local_only)
             .await
             .into_iter()
-            .filter(|x| !excluded.contains(&x.node) && c.limits.allows(&x.node))
+            .filter(|x| !excluded.contains_key(&x.node) && c.limits.allows(&x.node))
             .collect();
         if list.is_empty() {
             let names: Vec<String> = requirements
@@ -207,8 +207,8 @@ pub(super) async fn place_and_run(
                 format!("needs {}, which no node of this build has", names.join(", "))
             } else {
                 format!(
-                    "no node left to run it ({} failed)",
-                    excluded.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                    "no node left to run it ({})",
+                    excluded.iter().map(|(n, e)| format!("{n}: {e}")).collect::<Vec<_>>().join(", ")
                 )
             }));
         }
@@ -261,7 +261,7 @@ pub(super) async fn place_and_run(
                 Err(RemoteError::Cancelled) => return Err(PlaceError::Cancelled),
                 Err(e) => {
                     log::warn!("package {} on {}: {e}; trying elsewhere", task.package, cand.node);
-                    excluded.insert(cand.node.clone());
+                    excluded.insert(cand.node.clone(), e.clone());
                     retries += 1;
                     if retries > 3 {
                         return Err(PlaceError::GaveUp(e));

@@ -3,7 +3,9 @@
 //! nothing, bad globs, outputs outside the project) before anything runs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use crate::wire::check_path;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -135,12 +137,6 @@ fn err(file: &str, field: String, message: impl Into<String>) -> ProjectError {
     ProjectError { file: file.to_string(), field, message: message.into() }
 }
 
-/// A project-relative path that stays inside the project.
-fn relative_ok(path: &str) -> bool {
-    let p = Path::new(path);
-    !path.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-}
-
 impl Manifest {
     pub fn parse(file: &str, text: &str) -> Result<Manifest, ProjectError> {
         let de =
@@ -217,9 +213,9 @@ impl Manifest {
                     return Err(err(file, field("deps"), "a package cannot depend on itself"));
                 }
             }
-            for o in &p.outputs {
-                if !relative_ok(o) {
-                    return Err(err(file, field("outputs"), format!("'{o}' must be a path inside the project")));
+            for (i, o) in p.outputs.iter().enumerate() {
+                if let Err(e) = check_path(o) {
+                    return Err(err(file, field(&format!("outputs[{i}]")), format!("'{}' {e}", o.escape_debug())));
                 }
             }
             if p.cores == Some(0) {
@@ -230,9 +226,10 @@ impl Manifest {
                     return Err(err(file, field("memory_gb"), format!("must be a positive number, got {gb}")));
                 }
             }
-            for pattern in &p.inputs {
-                if pattern.starts_with('/') || pattern.contains("..") || pattern.trim().is_empty() {
-                    return Err(err(file, field("inputs"), format!("'{pattern}' must be a glob inside the project")));
+            for (i, pattern) in p.inputs.iter().enumerate() {
+                // A glob is checked as a path: its wildcards are ordinary characters there.
+                if let Err(e) = check_path(pattern) {
+                    return Err(err(file, field(&format!("inputs[{i}]")), format!("'{}' {e}", pattern.escape_debug())));
                 }
                 glob::Pattern::new(pattern)
                     .map_err(|e| err(file, field("inputs"), format!("bad glob '{pattern}': {e}")))?;
@@ -306,7 +303,10 @@ impl Project {
             };
             let patterns: Vec<glob::Pattern> = p.inputs.iter().filter_map(|g| glob::Pattern::new(g).ok()).collect();
             for f in files {
-                if !relative_ok(f) || !patterns.iter().any(|pat| pat.matches(f)) {
+                if let Err(e) = check_path(f) {
+                    return Err(err(file, format!("inputs.{name}"), format!("'{}' {e}", f.escape_debug())));
+                }
+                if !patterns.iter().any(|pat| pat.matches(f)) {
                     return Err(err(
                         file,
                         format!("packages.{name}.inputs"),
@@ -384,7 +384,23 @@ memory_gb = 0.5
             ("[packages.a]\ncommand=[\"cc\"]\ninputs=[\"[a.c\"]\n", "packages.a.inputs: bad glob"),
             ("[packages.a]\ninputs=[\"a.c\"]\n", "packages.a.command: missing"),
             ("[packages.a]\ncommand=[\"cc\"]\nshell=\"cc\"\n", "packages.a.shell"),
-            ("[packages.a]\ncommand=[\"cc\"]\noutputs=[\"../escape\"]\n", "packages.a.outputs"),
+            (
+                "[packages.a]\ncommand=[\"cc\"]\noutputs=[\"../escape\"]\n",
+                "packages.a.outputs[0]: '../escape' has a '..'",
+            ),
+            (
+                "[packages.a]\ncommand=[\"cc\"]\noutputs=[\"ok\", \"/tmp/x\"]\n",
+                "packages.a.outputs[1]: '/tmp/x' is absolute",
+            ),
+            (
+                "[packages.a]\ncommand=[\"cc\"]\noutputs=[\"a//b\"]\n",
+                "packages.a.outputs[0]: 'a//b' has an empty component",
+            ),
+            (
+                "[packages.a]\ncommand=[\"cc\"]\ninputs=[\"src/../../*.c\"]\n",
+                "packages.a.inputs[0]: 'src/../../*.c' has a '..'",
+            ),
+            ("[packages.a]\ncommand=[\"cc\"]\ninputs=[\"/etc/*\"]\n", "packages.a.inputs[0]: '/etc/*' is absolute"),
             ("[packages.a]\ncommand=[\"cc\"]\ncores=\"two\"\n", "packages.a.cores"),
             ("[packages.a]\ncommand=[\"cc\"]\ncolour=\"red\"\n", "packages.a"),
             ("[packages.a\n", "(document)"),
@@ -393,6 +409,23 @@ memory_gb = 0.5
             let (_dir, result) = project(&files, manifest);
             let e = result.expect_err(manifest).to_string();
             assert!(e.contains(want), "{manifest:?}: got '{e}', want '{want}'");
+        }
+    }
+
+    #[test]
+    fn a_sent_input_list_names_only_paths_inside_the_project() {
+        let manifest = Manifest::parse("m", "[packages.a]\ncommand=[\"cc\"]\ninputs=[\"*\"]\n").expect("parses");
+        let sent = |files: &[&str]| Project {
+            manifest: manifest.clone(),
+            order: vec![],
+            inputs: BTreeMap::from([("a".to_string(), files.iter().map(|f| f.to_string()).collect())]),
+        };
+        assert_eq!(sent(&["a.c"]).recheck("m"), Ok(vec!["a".to_string()]));
+        // `*` matches '/' and '..' as text: the path check is what refuses these.
+        for bad in ["../../../../x", "/tmp/x", "a/./b"] {
+            assert!(glob::Pattern::new("*").expect("glob").matches(bad));
+            let e = sent(&[bad]).recheck("m").expect_err(bad).to_string();
+            assert!(e.starts_with(&format!("m: inputs.a: '{bad}' ")), "{e}");
         }
     }
 

@@ -145,6 +145,14 @@ pub struct BuildStatus {
 }
 
 impl BuildStatus {
+    /// The status without what packages printed, for a caller who may not read build output.
+    pub fn without_output(mut self) -> BuildStatus {
+        for p in &mut self.packages {
+            p.output_tail.clear();
+        }
+        self
+    }
+
     pub fn done(&self) -> bool {
         self.status != BuildState::Running
     }
@@ -425,6 +433,7 @@ pub fn make_task(
         env: spec.env.clone(),
         files: files.into_values().collect(),
         outputs: spec.outputs.clone(),
+        tools: spec.tools.iter().chain(&spec.runtimes).map(|r| r.name().to_string()).collect(),
     })
 }
 

@@ -4,9 +4,11 @@
 //! volume, records `ResourceAllocated`/`ResourceReleased` in the ledger, runs the process group
 //! off the async threads ([`sandbox`]), kills it on cancel and always releases the leases.
 
+pub mod contain;
+mod layout;
 pub mod sandbox;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,7 +20,8 @@ use crate::cas::Cas;
 use crate::ledger::LedgerHandle;
 use crate::node::{NodeError, NodeHandle};
 pub use crate::wire::{Invocation, RemoteError, Task, TaskResult};
-use crate::wire::{LeaseRequest, LedgerEntryType, NodeId};
+use crate::wire::{LeaseRequest, LedgerEntryType, NodeId, SandboxLevel};
+pub use sandbox::Launch;
 
 /// A lease lives this long unless the package finishes first (it always releases).
 pub const LEASE_TTL_MS: u64 = 3_600_000;
@@ -50,6 +53,41 @@ pub struct ExecutorOptions {
     pub sandboxes: PathBuf,
     /// This node's storage volumes: a requested volume is used only when it is one of them.
     pub volumes: Vec<PathBuf>,
+    /// How packages start here (launcher, containment level, user); `read_only` is filled per
+    /// package from `tools`.
+    pub launch: Launch,
+    /// Where each tool and runtime of this node lives: what a package that declares it may read.
+    pub tools: BTreeMap<String, PathBuf>,
+    /// Peers' packages are refused unless `launch.level` is at least this (`sandbox.require`).
+    pub required: SandboxLevel,
+    /// This node, to tell its own packages from peers'.
+    pub me: NodeId,
+}
+
+impl ExecutorOptions {
+    /// The launch of one package: the node's containment plus the tools it declared.
+    fn launch_for(&self, task: &Task) -> Launch {
+        let read_only = task.tools.iter().filter_map(|t| self.tools.get(t).cloned()).collect();
+        Launch { read_only, ..self.launch.clone() }
+    }
+}
+
+/// What a package that declares a tool may read: the tool's file, or for a runtime found in a
+/// `bin` directory, its whole installation (its libraries live beside it).
+pub fn tool_locations(resources: &crate::wire::NodeResources) -> BTreeMap<String, PathBuf> {
+    let usable = |t: &&crate::wire::ToolInfo| t.error.is_none();
+    let mut out = BTreeMap::new();
+    for t in resources.tools.iter().filter(usable) {
+        let path = PathBuf::from(&t.path);
+        out.insert(t.name.clone(), path.canonicalize().unwrap_or(path));
+    }
+    for r in resources.runtimes.iter().filter(usable) {
+        let path = PathBuf::from(&r.path);
+        let exe = path.canonicalize().unwrap_or(path);
+        let prefix = exe.parent().filter(|d| d.ends_with("bin")).and_then(Path::parent).map(Path::to_path_buf);
+        out.insert(r.name.clone(), prefix.unwrap_or(exe));
+    }
+    out
 }
 
 struct InFlight {
@@ -133,8 +171,8 @@ async fn execute(
         log::warn!("recording an allocation: {e}");
     }
     let root = sandbox_root(&opts, req.volume.as_deref());
-    let (cas, task) = (opts.cas.clone(), req.task.clone());
-    let ran = actix_rt::task::spawn_blocking(move || sandbox::run(&cas, &root, &task, &cancel)).await;
+    let (cas, task, launch) = (opts.cas.clone(), req.task.clone(), opts.launch_for(&req.task));
+    let ran = actix_rt::task::spawn_blocking(move || sandbox::run(&cas, &root, &task, &launch, &cancel)).await;
     let _ = opts.node.release("cpu", &cpu.id).await;
     if let Some(m) = memory {
         let _ = opts.node.release("memory", &m.id).await;
@@ -159,6 +197,18 @@ impl Handler<Run> for ExecutorActor {
     type Result = ResponseActFuture<Self, Result<TaskResult, RemoteError>>;
 
     fn handle(&mut self, Run(req): Run, _: &mut Context<Self>) -> Self::Result {
+        // Paths are data: whoever asked, a task naming a place outside its sandbox (through its
+        // build id, package, files or outputs) is refused before a lease is taken.
+        if let Err(bad) = req.task.check_paths() {
+            return Box::pin(fut::ready(Err(RemoteError::Refused(bad.to_string()))));
+        }
+        if req.requester != self.opts.me && self.opts.launch.level < self.opts.required {
+            let why = format!(
+                "this node contains packages with {} but its configuration requires {} (sandbox.require)",
+                self.opts.launch.level, self.opts.required
+            );
+            return Box::pin(fut::ready(Err(RemoteError::Refused(why))));
+        }
         self.cancelled.retain(|_, at| at.elapsed() < CANCEL_MEMORY);
         if self.cancelled.contains_key(&(req.requester.clone(), req.task.build_id.clone())) {
             return Box::pin(fut::ready(Err(RemoteError::Cancelled)));

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cas::{self, Cas};
-use crate::wire::{FileRef, Invocation, Task, TaskResult, TAIL_BYTES};
+use super::contain;
+use crate::cas::Cas;
+use crate::wire::{Invocation, SandboxLevel, Task, TaskResult, TAIL_BYTES};
 
 fn failed(error: String, started: Instant) -> TaskResult {
     TaskResult {
@@ -47,15 +48,84 @@ fn try_reap(pid: u32) -> std::io::Result<Option<(std::process::ExitStatus, u64)>
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cancelled;
 
+/// How packages start on this node: directly, or through the containment launcher.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The binary re-executed as `sandbox-exec` (`None`: commands run directly, level none).
+    pub launcher: Option<PathBuf>,
+    pub level: SandboxLevel,
+    /// Packages run as this user (the node runs as root).
+    pub user: Option<u32>,
+    /// The declared tools' and runtimes' locations: readable, and their directories on PATH.
+    pub read_only: Vec<PathBuf>,
+}
+
+/// Directories on every package's PATH, after the declared tools' own.
+const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+
+impl Launch {
+    /// The process for a package in `dir`: its environment is what it declared plus PATH, HOME
+    /// and TMPDIR inside the sandbox, nothing of the node's.
+    pub fn command(&self, dir: &Path, task: &Task) -> Command {
+        let argv: Vec<String> = match &task.invocation {
+            Invocation::Argv(argv) => argv.clone(),
+            Invocation::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
+        };
+        let tmp = dir.join(".tmp");
+        let _ = std::fs::create_dir_all(&tmp);
+        let mut path: Vec<String> = Vec::new();
+        for p in &self.read_only {
+            let bin = if p.is_dir() { p.join("bin") } else { p.parent().map(Path::to_path_buf).unwrap_or_default() };
+            let bin = bin.display().to_string();
+            if !path.contains(&bin) {
+                path.push(bin);
+            }
+        }
+        path.push(SYSTEM_PATH.into());
+        let mut cmd = match (&self.launcher, self.level) {
+            (Some(launcher), level) if level > SandboxLevel::None => {
+                let spec = contain::Spec {
+                    dir: dir.to_path_buf(),
+                    read_only: self.read_only.clone(),
+                    level,
+                    user: self.user,
+                    argv,
+                };
+                let mut c = Command::new(launcher);
+                c.arg("sandbox-exec").args(spec.to_args());
+                c
+            }
+            _ => {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+        };
+        cmd.current_dir(dir)
+            .env_clear()
+            .env("PATH", path.join(":"))
+            .env("HOME", dir)
+            .env("TMPDIR", &tmp)
+            .envs(&task.env);
+        cmd
+    }
+}
+
 /// Runs a task under `sandboxes`; `cancel` kills it. The sandbox is removed afterwards.
-pub fn run(cas: &Cas, sandboxes: &Path, task: &Task, cancel: &Arc<AtomicBool>) -> Result<TaskResult, Cancelled> {
+pub fn run(
+    cas: &Cas,
+    sandboxes: &Path,
+    task: &Task,
+    launch: &Launch,
+    cancel: &Arc<AtomicBool>,
+) -> Result<TaskResult, Cancelled> {
     let started = Instant::now();
     let dir: PathBuf = sandboxes.join(&task.build_id).join(&task.package);
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         return Ok(failed(format!("sandbox {}: {e}", dir.display()), started));
     }
-    let result = run_in(cas, &dir, task, cancel, started);
+    let result = run_in(cas, &dir, task, launch, cancel, started);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -64,40 +134,16 @@ fn run_in(
     cas: &Cas,
     dir: &Path,
     task: &Task,
+    launch: &Launch,
     cancel: &Arc<AtomicBool>,
     started: Instant,
 ) -> Result<TaskResult, Cancelled> {
-    for f in &task.files {
-        if let Err(e) = cas.materialize(f, &dir.join(&f.path)) {
-            return Ok(failed(format!("input {}: {e}", f.path), started));
-        }
+    // Inputs at their paths, never through a symbolic link (see `layout`).
+    if let Err(e) = super::layout::inputs(cas, dir, task) {
+        return Ok(failed(e, started));
     }
-    // Declared outputs may go into directories the command expects to exist.
-    for o in &task.outputs {
-        if let Some(parent) = dir.join(o).parent() {
-            if let Err(e) = std::fs::create_dir_all(parent) {
-                return Ok(failed(format!("output directory for {o}: {e}"), started));
-            }
-        }
-    }
-    let mut cmd = match &task.invocation {
-        Invocation::Argv(argv) => {
-            let mut c = Command::new(&argv[0]);
-            c.args(&argv[1..]);
-            c
-        }
-        Invocation::Shell(line) => {
-            let mut c = Command::new("/bin/sh");
-            c.arg("-c").arg(line);
-            c
-        }
-    };
-    cmd.current_dir(dir)
-        .envs(&task.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    let mut cmd = launch.command(dir, task);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Ok(failed(format!("could not start the command: {e}"), started)),
@@ -150,20 +196,10 @@ fn run_in(
     let mut result =
         TaskResult { exit_code: status.code(), outputs: vec![], output_tail, duration_ms: 0, cpu_ms, error: None };
     if status.success() {
-        for o in &task.outputs {
-            let path = dir.join(o);
-            match cas.put_file(&path) {
-                Ok((digest, size)) => result.outputs.push(FileRef {
-                    path: o.clone(),
-                    digest,
-                    executable: cas::is_executable(&path),
-                    size,
-                }),
-                Err(_) => {
-                    result.error = Some(format!("output '{o}' was not produced"));
-                    break;
-                }
-            }
+        // Regular files only, opened without following a link (see `layout`).
+        match super::layout::outputs(cas, dir, task) {
+            Ok(outputs) => result.outputs = outputs,
+            Err(e) => result.error = Some(e),
         }
     } else {
         result.error = Some(match status.code() {
@@ -185,6 +221,7 @@ fn kill_group(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::FileRef;
 
     fn setup() -> (tempfile::TempDir, Cas) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -208,6 +245,7 @@ mod tests {
             env: Default::default(),
             files,
             outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            tools: vec![],
         }
     }
 
@@ -220,7 +258,8 @@ mod tests {
             vec![input],
             &["out/up.txt"],
         );
-        let r = run(&cas, &dir.path().join("sandboxes"), &t, &Arc::new(AtomicBool::new(false))).expect("ran");
+        let r = run(&cas, &dir.path().join("sandboxes"), &t, &Launch::default(), &Arc::new(AtomicBool::new(false)))
+            .expect("ran");
         assert!(r.success(), "{r:?}");
         assert_eq!(r.output_tail.trim(), "done");
         assert_eq!(cas.read(&r.outputs[0].digest).expect("read"), b"HELLO");
@@ -231,7 +270,8 @@ mod tests {
     fn argv_is_not_interpreted_by_a_shell() {
         let (dir, cas) = setup();
         let t = task(Invocation::Argv(vec!["/bin/echo".into(), "$HOME; rm -rf /".into()]), vec![], &[]);
-        let r = run(&cas, &dir.path().join("s"), &t, &Arc::new(AtomicBool::new(false))).expect("ran");
+        let r =
+            run(&cas, &dir.path().join("s"), &t, &Launch::default(), &Arc::new(AtomicBool::new(false))).expect("ran");
         assert_eq!(r.output_tail.trim(), "$HOME; rm -rf /");
     }
 
@@ -243,19 +283,26 @@ mod tests {
             &cas,
             &dir.path().join("s"),
             &task(Invocation::Shell("echo broken >&2; exit 3".into()), vec![], &[]),
+            &Launch::default(),
             &cancel,
         )
         .expect("ran");
         assert_eq!((r.exit_code, r.error.as_deref()), (Some(3), Some("exited with status 3")));
         assert!(r.output_tail.contains("broken"));
-        let r =
-            run(&cas, &dir.path().join("s"), &task(Invocation::Shell("true".into()), vec![], &["nothing.o"]), &cancel)
-                .expect("ran");
+        let r = run(
+            &cas,
+            &dir.path().join("s"),
+            &task(Invocation::Shell("true".into()), vec![], &["nothing.o"]),
+            &Launch::default(),
+            &cancel,
+        )
+        .expect("ran");
         assert_eq!(r.error.as_deref(), Some("output 'nothing.o' was not produced"));
         let r = run(
             &cas,
             &dir.path().join("s"),
             &task(Invocation::Argv(vec!["/no/such/tool".into()]), vec![], &[]),
+            &Launch::default(),
             &cancel,
         )
         .expect("ran");
@@ -270,6 +317,7 @@ mod tests {
             &cas,
             &dir.path().join("s"),
             &task(Invocation::Shell("sleep 30 & sleep 30".into()), vec![], &[]),
+            &Launch::default(),
             &cancel,
         );
         assert_eq!(r, Err(Cancelled));

@@ -68,8 +68,32 @@ impl MeshActor {
         if next.coordinator != self.view.coordinator {
             log::info!("coordinator is now {} (epoch {})", next.coordinator, next.epoch);
         }
-        self.highest_epoch = self.highest_epoch.max(next.epoch);
         self.view = next;
+        self.saw_epoch(self.view.epoch);
+    }
+
+    /// Remembers the highest epoch seen, on disk too: a restarted node never goes back to an
+    /// older epoch (owners fence requests by it).
+    pub(super) fn saw_epoch(&mut self, epoch: u64) {
+        if epoch <= self.highest_epoch {
+            return;
+        }
+        self.highest_epoch = epoch;
+        let store = self.store.clone();
+        actix::spawn(async move {
+            let saved = store
+                .run(move |c| {
+                    c.execute(
+                        "INSERT INTO coordinator_epoch (id, epoch) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET epoch = max(epoch, ?1)",
+                        [epoch as i64],
+                    )?;
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = saved {
+                log::warn!("saving the coordinator epoch: {e}");
+            }
+        });
     }
 
     /// The coordinator's half of plan §8.3: at most one node benchmarks at a time, the one most
@@ -162,7 +186,7 @@ impl MeshActor {
     /// A heartbeat carries the sender's view: answer, and converge on the higher epoch.
     pub(super) fn on_ping(&mut self, link_id: u64, sent_ms: u64, view: CoordinatorView) {
         self.send(link_id, MeshMessage::Pong { echo_ms: sent_ms });
-        self.highest_epoch = self.highest_epoch.max(view.epoch);
+        self.saw_epoch(view.epoch);
         self.view = adopt_epoch(&self.view, &view);
     }
 

@@ -143,9 +143,9 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::exec::{ExecutorHandle, ExecutorOptions};
+
     use crate::ledger::LedgerFilter;
-    use crate::mesh::{Job, Workers};
+    use crate::mesh::Job;
     use crate::start::{start, test_options, Node};
     use crate::wire::{Invocation, LedgerEntryType, NodeId, NodeState, RemoteError, Role, Task};
 
@@ -205,6 +205,7 @@ mod tests {
             env: Default::default(),
             files: vec![],
             outputs: vec!["out.txt".into()],
+            tools: vec![],
         };
         Job { task, cores: 1, memory_bytes: None, volume: None }
     }
@@ -226,16 +227,8 @@ mod tests {
         };
         let linked = wait_until("all online", &[&a, &b, &c], Duration::from_secs(10), all_online).await;
 
-        // A package of `a` runs on `b`; its output comes back into `a`'s CAS. The executor here
-        // only serves a run on `a` itself, which this test does not ask for.
-        let executor = ExecutorHandle::start(ExecutorOptions {
-            node: a.node.clone(),
-            ledger: a.ledger.clone(),
-            cas: a.builds.cas.clone(),
-            sandboxes: dir.path().join("a-sandboxes"),
-            volumes: vec![],
-        });
-        let workers = Workers::new(ids[0].clone(), executor, a.mesh.clone());
+        // A package of `a` runs on `b`; its output comes back into `a`'s CAS.
+        let workers = a.workers.clone();
         let result = workers.run_on(&ids[1], hello("mem-1")).await.expect("ran on b");
         assert!(result.success(), "{result:?}");
         assert_eq!(result.outputs.len(), 1);
@@ -269,5 +262,49 @@ mod tests {
              after the kill, total {:?}",
             t0.elapsed()
         );
+    }
+
+    #[actix::test]
+    async fn a_peer_refuses_a_task_whose_paths_leave_its_sandbox() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let net = MemoryNet::new();
+        let a = node(&net, dir.path(), "a", true).await;
+        let b = node(&net, dir.path(), "b", false).await;
+        join(&a, &b).await;
+        let ids = [&a, &b].map(|n| n.identity.node_id.clone());
+        wait_until("both online", &[&a, &b], Duration::from_secs(10), |n, v| {
+            ids.iter().filter(|id| **id != n.identity.node_id).all(|id| v.get(id) == Some(&NodeState::Online))
+        })
+        .await;
+        let workers = a.workers.clone();
+        // A requester that skipped its own check (an older or hostile node): the blob is there
+        // to fetch, the path climbs out of b's sandbox (<data>/sandboxes/<build>/<package>).
+        std::fs::write(dir.path().join("payload"), "written outside").expect("payload");
+        let (digest, size) = a.builds.cas.put_file(&dir.path().join("payload")).expect("put");
+        for (path, field) in
+            [("../../../../escaped.txt", "task.files[0].path"), ("/tmp/escaped.txt", "task.files[0].path")]
+        {
+            let mut job = hello("mem-paths");
+            job.task.files.push(crate::wire::FileRef {
+                path: path.into(),
+                digest: digest.clone(),
+                executable: false,
+                size,
+            });
+            match workers.run_on(&ids[1], job).await {
+                Err(RemoteError::Refused(why)) => {
+                    assert!(why.starts_with(&format!("{field}: '{path}' ")), "{why}")
+                }
+                other => panic!("a task writing to '{path}' on a peer: {other:?}"),
+            }
+        }
+        assert!(!b.builds.cas.has(&digest), "b refused before fetching a blob");
+        assert!(!dir.path().join("escaped.txt").exists() && !Path::new("/tmp/escaped.txt").exists());
+        let mut job = hello("mem-paths");
+        job.task.outputs = vec!["../../../a/admin.key".into()];
+        match workers.run_on(&ids[1], job).await {
+            Err(RemoteError::Refused(why)) => assert!(why.starts_with("task.outputs[0]: "), "{why}"),
+            other => panic!("an output outside the sandbox: {other:?}"),
+        }
     }
 }

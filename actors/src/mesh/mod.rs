@@ -237,6 +237,12 @@ impl MeshActor {
             }
         }
         let me = opts.identity.node_id.clone();
+        let epoch = opts
+            .store
+            .optional_text("SELECT CAST(epoch AS TEXT) FROM coordinator_epoch WHERE id = ?1", "1".to_string())
+            .await?
+            .and_then(|e| e.parse::<u64>().ok())
+            .unwrap_or(1);
         let mut actor = MeshActor {
             me: me.clone(),
             identity: opts.identity,
@@ -255,8 +261,8 @@ impl MeshActor {
             bootstrap: opts.bootstrap,
             bootstrap_next: Instant::now(),
             dialer: None,
-            view: CoordinatorView { coordinator: me, epoch: 1 },
-            highest_epoch: 1,
+            view: CoordinatorView { coordinator: me, epoch },
+            highest_epoch: epoch,
             last_advert: String::new(),
             store: opts.store,
             ledger: opts.ledger,

@@ -17,6 +17,14 @@ use crate::wire::{self, MeshMessage, NodeId, RemoteError, Task, TaskResult};
 /// Where the result of a task sent to a peer goes.
 type ResultSlot = oneshot::Sender<Result<TaskResult, RemoteError>>;
 
+/// A peer's result whose outputs are still being pulled into this node's CAS.
+struct Collecting {
+    link_id: u64,
+    peer: NodeId,
+    result: TaskResult,
+    reply: ResultSlot,
+}
+
 /// Packages run for other nodes, and packages this node sent elsewhere.
 pub(super) struct RemoteWork {
     pub(super) executor: ExecutorHandle,
@@ -27,11 +35,21 @@ pub(super) struct RemoteWork {
     sent: HashMap<u64, (NodeId, String, ResultSlot)>,
     /// Tasks from peers waiting for blobs: (link, peer, request).
     waiting: Vec<(u64, NodeId, wire::TaskRequest)>,
+    /// Results of tasks run on peers, waiting for their outputs to arrive.
+    collecting: Vec<Collecting>,
 }
 
 impl RemoteWork {
     pub(super) fn new(executor: ExecutorHandle, accept: bool, local_only_hours: Vec<HoursWindow>) -> RemoteWork {
-        RemoteWork { executor, accept, local_only_hours, next_task: 1, sent: HashMap::new(), waiting: Vec::new() }
+        RemoteWork {
+            executor,
+            accept,
+            local_only_hours,
+            next_task: 1,
+            sent: HashMap::new(),
+            waiting: Vec::new(),
+            collecting: Vec::new(),
+        }
     }
 }
 
@@ -62,12 +80,23 @@ impl Workers {
     /// Runs `job` on `node` and waits for its result; outputs are in this node's CAS by then.
     pub async fn run_on(&self, node: &NodeId, job: Job) -> Result<TaskResult, RemoteError> {
         let epoch = self.mesh.view().await.map_or(0, |v| v.epoch);
-        if *node == self.me {
+        let declared = job.task.outputs.clone();
+        let result = if *node == self.me {
             let Job { task, cores, memory_bytes, volume } = job;
             let req = RunRequest { task, cores, memory_bytes, epoch, volume, requester: self.me.clone() };
-            return self.executor.run(req).await;
-        }
-        self.mesh.addr.send(RunRemote { peer: node.clone(), job }).await.unwrap_or(Err(RemoteError::Stopped))
+            self.executor.run(req).await
+        } else {
+            self.mesh.addr.send(RunRemote { peer: node.clone(), job }).await.unwrap_or(Err(RemoteError::Stopped))
+        };
+        // The outputs' paths come back from the node that ran the package: only the paths the
+        // package declared (checked when the build started) go on to later packages and the CLI.
+        result.and_then(|r| match r.outputs.iter().find(|f| !declared.contains(&f.path)) {
+            Some(f) => Err(RemoteError::Failed(format!(
+                "node {node} returned an output the package did not declare: '{}'",
+                f.path.escape_debug()
+            ))),
+            None => Ok(r),
+        })
     }
 
     /// Kills a build's packages wherever they run: here, and on every peer it sent work to.
@@ -92,6 +121,13 @@ impl MeshActor {
         from: NodeId,
         req: wire::TaskRequest,
     ) {
+        // Paths are data: a task naming a place outside its sandbox is refused before any blob
+        // is fetched or any directory made.
+        if let Err(bad) = req.task.check_paths() {
+            log::warn!("refused a task from {from}: {bad}");
+            let result = Err(RemoteError::Refused(bad.to_string()));
+            return self.send(link_id, MeshMessage::TaskDone { task_id: req.task_id, result });
+        }
         let refusal = if !self.work.accept {
             Some("this node does not accept remote builds (scheduling.accept_remote_builds)")
         } else if self.work.local_only_hours.iter().any(|w| w.contains(minute_of_day())) {
@@ -110,7 +146,7 @@ impl MeshActor {
         if missing.is_empty() {
             self.start_ready_tasks(ctx);
         } else {
-            self.send(link_id, MeshMessage::BlobWant { digests: missing });
+            self.fetch_blobs(link_id, missing);
         }
     }
 
@@ -127,11 +163,7 @@ impl MeshActor {
             let run = RunRequest { task, cores, memory_bytes, epoch, volume, requester: from };
             let executor = self.work.executor.clone();
             ctx.spawn(async move { executor.run(run).await }.into_actor(self).map(move |result, act, ctx| {
-                if let Ok(r) = &result {
-                    for f in &r.outputs {
-                        act.send_blob(link_id, &f.digest);
-                    }
-                }
+                // The requester pulls the outputs it lacks.
                 act.send(link_id, MeshMessage::TaskDone { task_id, result });
                 // The freed core is news now: a requester waiting for it should not wait for
                 // the next tick's advert.
@@ -140,17 +172,70 @@ impl MeshActor {
         }
     }
 
-    /// The result of a task this node sent; its outputs came as chunks just before.
-    pub(super) fn on_task_done(&mut self, from: NodeId, task_id: u64, result: Result<TaskResult, RemoteError>) {
-        let Some((peer, _, reply)) = self.work.sent.remove(&task_id) else { return };
-        if peer != from {
+    /// The result of a task this node sent: answered once every output is in this node's CAS
+    /// (those it lacks are pulled from the peer first).
+    pub(super) fn on_task_done(
+        &mut self,
+        link_id: u64,
+        from: NodeId,
+        task_id: u64,
+        result: Result<TaskResult, RemoteError>,
+    ) {
+        if self.work.sent.get(&task_id).is_none_or(|(peer, _, _)| *peer != from) {
             return;
         }
-        let result = result.and_then(|r| match r.outputs.iter().find(|f| !self.transfer.cas.has(&f.digest)) {
-            Some(missing) => Err(RemoteError::Failed(format!("output {} did not arrive", missing.path))),
-            None => Ok(r),
-        });
-        let _ = reply.send(result);
+        let Some((peer, _, reply)) = self.work.sent.remove(&task_id) else { return };
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let missing: Vec<String> =
+            result.outputs.iter().map(|f| f.digest.clone()).filter(|d| !self.transfer.cas.has(d)).collect();
+        if missing.is_empty() {
+            let _ = reply.send(Ok(result));
+            return;
+        }
+        self.work.collecting.push(Collecting { link_id, peer, result, reply });
+        self.fetch_blobs(link_id, missing);
+    }
+
+    /// A blob is stored: tasks waiting for their inputs may start, results whose outputs are
+    /// all here are answered.
+    pub(super) fn blob_arrived(&mut self, ctx: &mut Context<Self>, _digest: &str) {
+        self.start_ready_tasks(ctx);
+        let cas = self.transfer.cas.clone();
+        let (done, collecting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.work.collecting)
+            .into_iter()
+            .partition(|c| c.result.outputs.iter().all(|f| cas.has(&f.digest)));
+        self.work.collecting = collecting;
+        for c in done {
+            let _ = c.reply.send(Ok(c.result));
+        }
+    }
+
+    /// A blob pulled over `link_id` could not be received: what waited for it there fails.
+    pub(super) fn blob_failed(&mut self, link_id: u64, digest: &str, why: &str) {
+        let needs = |files: &[wire::FileRef]| files.iter().any(|f| f.digest == digest);
+        let (failed, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.work.waiting)
+            .into_iter()
+            .partition(|(link, _, r)| *link == link_id && needs(&r.task.files));
+        self.work.waiting = waiting;
+        for (_, _, req) in failed {
+            let path = req.task.files.iter().find(|f| f.digest == digest).map(|f| f.path.clone()).unwrap_or_default();
+            let result = Err(RemoteError::Failed(format!("input {path} could not be received: {why}")));
+            self.send(link_id, MeshMessage::TaskDone { task_id: req.task_id, result });
+        }
+        let (failed, collecting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.work.collecting)
+            .into_iter()
+            .partition(|c| c.link_id == link_id && needs(&c.result.outputs));
+        self.work.collecting = collecting;
+        for c in failed {
+            let path = c.result.outputs.iter().find(|f| f.digest == digest).map(|f| f.path.clone()).unwrap_or_default();
+            let _ = c.reply.send(Err(RemoteError::Failed(format!("output {path} could not be fetched: {why}"))));
+        }
     }
 
     /// A requester cancels its build: tasks still waiting for blobs end at once, running ones are
@@ -183,6 +268,12 @@ impl MeshActor {
             }
         }
         self.work.waiting.retain(|(_, from, _)| from != peer);
+        let (lost, collecting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.work.collecting).into_iter().partition(|c| c.peer == *peer);
+        self.work.collecting = collecting;
+        for c in lost {
+            let _ = c.reply.send(Err(RemoteError::LostNode(peer.clone())));
+        }
         self.work.executor.cancel_requester(peer);
     }
 }

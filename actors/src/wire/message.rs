@@ -51,13 +51,20 @@ pub enum MeshMessage {
     Rekey,
     /// Run a package here (the sender holds every blob it names).
     TaskRequest(Box<TaskRequest>),
-    /// Blobs the sender needs from the receiver.
+    /// Blobs the sender needs from the receiver (it asks for a few at a time).
     BlobWant {
         digests: Vec<String>,
     },
-    /// Part of a blob; parts arrive in order on a link.
+    /// Part of a blob; parts arrive in order on a link, at most a window ahead of the last
+    /// [`MeshMessage::BlobAck`].
     BlobChunk(BlobChunk),
-    /// How a requested task ended; its outputs were sent as chunks just before.
+    /// The receiver of a blob has written its first `offset` bytes: the sender may send more.
+    /// An `offset` equal to the blob's size ends the transfer (received whole, or abandoned).
+    BlobAck {
+        digest: String,
+        offset: u64,
+    },
+    /// How a requested task ended; the requester pulls outputs it lacks with `BlobWant`.
     TaskDone {
         task_id: u64,
         result: Result<TaskResult, RemoteError>,

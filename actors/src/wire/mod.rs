@@ -13,18 +13,21 @@ use utoipa::ToSchema;
 
 mod bench;
 mod message;
+mod paths;
 mod roster;
 mod status;
 mod task;
 
 pub use bench::*;
 pub use message::*;
+pub use paths::*;
 pub use roster::*;
 pub use status::*;
 pub use task::*;
 
 /// Version of the wire protocol; bumped on any incompatible change of these types.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: blobs are pulled with `BlobWant` and sent in a window acknowledged by `BlobAck`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A node's identity on the wire: 16 lowercase hex digits (the first 8 bytes of its Ed25519
 /// public key). Parsed, never trusted raw.
@@ -130,7 +133,9 @@ impl Role {
     pub fn allows(self, action: Action) -> bool {
         match self {
             Role::Admin => true,
-            Role::Builder => matches!(action, Action::View | Action::TriggerBuild | Action::CancelBuild),
+            Role::Builder => {
+                matches!(action, Action::View | Action::ReadBuildOutput | Action::TriggerBuild | Action::CancelBuild)
+            }
             Role::Observer => action == Action::View,
         }
         // (ModifyConfig is admin-only: plan §11.3 lets builders build, not change configs.)
@@ -159,6 +164,9 @@ impl fmt::Display for Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     View,
+    /// What packages printed (output tails) and what they produced (artifacts): builders and
+    /// admins, not observers — a package's output is the project's, not the pool's.
+    ReadBuildOutput,
     TriggerBuild,
     CancelBuild,
     ModifyResources,

@@ -97,6 +97,9 @@ pub struct NodeStatus {
     /// The latest benchmark figures and the node's place in the benchmark schedule.
     #[serde(default)]
     pub benchmarks: BenchmarkScores,
+    /// How this node contains the packages it runs (`none` when its kernel offers nothing).
+    #[serde(default)]
+    pub sandbox: SandboxLevel,
 }
 
 /// A node's place in the mesh as pages, the CLI and `/api/node` show it (plan §1.2).
@@ -161,5 +164,60 @@ impl std::fmt::Display for NodeState {
 impl std::fmt::Display for NodeRole {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// How well this node contains the packages it runs (see `exec::contain`), weakest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub enum SandboxLevel {
+    /// Packages run in a working directory with the node's own rights.
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// Landlock limits what packages may read and write.
+    #[serde(rename = "landlock")]
+    Landlock,
+    /// Landlock, plus PID and mount namespaces (and an unprivileged user when the node is root).
+    #[serde(rename = "landlock+namespaces")]
+    Full,
+}
+
+impl SandboxLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxLevel::None => "none",
+            SandboxLevel::Landlock => "landlock",
+            SandboxLevel::Full => "landlock+namespaces",
+        }
+    }
+
+    pub fn has_landlock(self) -> bool {
+        self >= SandboxLevel::Landlock
+    }
+
+    pub fn has_namespaces(self) -> bool {
+        self == SandboxLevel::Full
+    }
+}
+
+impl std::fmt::Display for SandboxLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SandboxLevel {
+    type Err = super::InvalidId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(SandboxLevel::None),
+            "landlock" => Ok(SandboxLevel::Landlock),
+            "landlock+namespaces" => Ok(SandboxLevel::Full),
+            other => Err(super::InvalidId {
+                what: "sandbox level",
+                value: other.to_string(),
+                expected: "none, landlock or landlock+namespaces",
+            }),
+        }
     }
 }

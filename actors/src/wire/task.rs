@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::NodeId;
+use super::{check_field, check_name, BadPath, NodeId};
 
 /// Output kept for history and error messages.
 pub const TAIL_BYTES: usize = 16 * 1024;
@@ -38,9 +38,33 @@ pub struct Task {
     /// Inputs and dependencies' outputs.
     pub files: Vec<FileRef>,
     pub outputs: Vec<String>,
+    /// The tools and runtimes the package declared: the only ones beyond the system's own
+    /// locations its sandbox lets it use.
+    #[serde(default)]
+    pub tools: Vec<String>,
 }
 
 impl Task {
+    /// Checks every path and name of a task before any of it touches a disk: the build id and
+    /// the package become directory names of the sandbox, each file is laid out at its path and
+    /// each output read from its path. Used wherever a task enters a node (a peer's request, the
+    /// executor), so a task from anywhere cannot name a place outside its sandbox.
+    pub fn check_paths(&self) -> Result<(), BadPath> {
+        check_name(&self.build_id).map_err(|e| BadPath::new("task.build_id", &self.build_id, e))?;
+        check_name(&self.package).map_err(|e| BadPath::new("task.package", &self.package, e))?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, f) in self.files.iter().enumerate() {
+            check_field(|| format!("task.files[{i}].path"), &f.path)?;
+            if !seen.insert(f.path.as_str()) {
+                return Err(BadPath::new(format!("task.files[{i}].path"), &f.path, "appears twice"));
+            }
+        }
+        for (i, o) in self.outputs.iter().enumerate() {
+            check_field(|| format!("task.outputs[{i}]"), o)?;
+        }
+        Ok(())
+    }
+
     /// The action key: what determines the result. Unchanged key ⇒ cache hit.
     pub fn action_key(&self, tool_versions: &[(String, String)]) -> String {
         let mut files = self.files.clone();
@@ -117,4 +141,42 @@ pub enum RemoteError {
     /// The executor itself failed (not the package: that is a [`TaskResult`] with an error).
     #[error("{0}")]
     Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> Task {
+        let file = |path: &str| FileRef { path: path.into(), digest: "0".repeat(64), executable: false, size: 1 };
+        Task {
+            build_id: "b_0123456789ab".into(),
+            package: "app".into(),
+            invocation: Invocation::Shell("true".into()),
+            env: Default::default(),
+            files: vec![file("src/a.c"), file("src/b.c")],
+            outputs: vec!["out/app".into()],
+            tools: vec![],
+        }
+    }
+
+    #[test]
+    fn a_task_naming_a_place_outside_its_sandbox_is_refused() {
+        assert_eq!(task().check_paths(), Ok(()));
+        type Spoil = fn(&mut Task);
+        let cases: Vec<(Spoil, &str)> = vec![
+            (|t| t.files[1].path = "../../../../x".into(), "task.files[1].path: '../../../../x' has a '..'"),
+            (|t| t.files[0].path = "/tmp/x".into(), "task.files[0].path: '/tmp/x' is absolute"),
+            (|t| t.files[1].path = "src/a.c".into(), "task.files[1].path: 'src/a.c' appears twice"),
+            (|t| t.outputs.push("../admin.key".into()), "task.outputs[1]: '../admin.key' has a '..'"),
+            (|t| t.build_id = "../..".into(), "task.build_id: '../..' has a '..'"),
+            (|t| t.package = "a/b".into(), "task.package: 'a/b' must be a single name"),
+        ];
+        for (spoil, want) in cases {
+            let mut t = task();
+            spoil(&mut t);
+            let e = t.check_paths().expect_err(want).to_string();
+            assert!(e.starts_with(want), "got '{e}', want '{want}…'");
+        }
+    }
 }

@@ -1,12 +1,14 @@
 //! Builds over HTTP: content-addressed blobs (only missing ones are sent), starting a build,
 //! its status, cancelling it, and the history (plan §13.1).
 
-use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
 use buildnet_actors::builds::history::BuildSummary;
 use buildnet_actors::builds::runner::{BuildRequest, BuildStatus};
 use buildnet_actors::builds::BuildError;
+use buildnet_actors::cas::CasError;
 use buildnet_actors::wire::Action;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -17,6 +19,8 @@ use crate::web::AppState;
 
 /// Largest blob one request may upload.
 pub const MAX_BLOB_BYTES: usize = 1 << 30;
+/// Bytes of a blob a request handler holds at once, on the way to or from its file.
+const BLOB_BUFFER: usize = 256 << 10;
 /// Largest build request (manifest and file list).
 pub const MAX_BUILD_REQUEST_BYTES: usize = 32 << 20;
 
@@ -29,6 +33,7 @@ pub fn build_error(e: BuildError) -> ApiError {
         e @ (BuildError::MissingBlobs { .. } | BuildError::MissingFile(_)) => {
             ApiError::bad_request("missing_blobs", e.to_string())
         }
+        e @ BuildError::Path(_) => ApiError::bad_request("invalid_path", e.to_string()),
         e @ (BuildError::NotFound(_) | BuildError::NoConfig(_)) => ApiError::not_found(e.to_string()),
         BuildError::Store(s) => ApiError::internal(&s),
         e @ BuildError::Unavailable => ApiError::internal(&e),
@@ -62,28 +67,84 @@ pub async fn missing(state: web::Data<AppState>, caller: Caller, body: JsonBody)
     Ok(HttpResponse::Ok().json(Missing { missing: state.node.builds.cas.missing(&body.digests) }))
 }
 
-/// Uploads one blob; the body must hash to the digest in the path.
+/// Uploads one blob; the body must hash to the digest in the path. The caller's role and the
+/// declared size are checked before a byte of the body is read; the body is streamed into a
+/// temporary file in the CAS, hashed on the fly, and stored only if its digest matches.
 #[utoipa::path(put, path = "/api/blobs/{digest}", tag = "builds",
     params(("digest" = String, Path, description = "BLAKE3 of the body, hex")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, description = "stored"), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 201, description = "stored"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn put_blob(
     state: web::Data<AppState>,
     caller: Caller,
     digest: web::Path<String>,
-    body: web::Bytes,
+    request: HttpRequest,
+    mut body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::TriggerBuild, "upload build inputs")?;
-    let cas = state.node.builds.cas.clone();
-    let digest = digest.into_inner();
-    web::block(move || cas.put_verified(&digest, &body))
+    let too_large = |n: u64| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a blob may have at most {MAX_BLOB_BYTES} bytes; this one has {n}"),
+        )
+    };
+    let declared = match request.headers().get(header::CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("invalid_body", "Content-Length is not a number"))?,
+        ),
+        None => None,
+    };
+    if let Some(n) = declared.filter(|n| *n > MAX_BLOB_BYTES as u64) {
+        return Err(too_large(n));
+    }
+    let mut writer = state
+        .node
+        .builds
+        .cas
+        .writer(&digest)
+        .map_err(|e| match e {
+            e @ CasError::BadDigest(_) => ApiError::bad_request("invalid_blob", e.to_string()),
+            e => ApiError::internal(&e),
+        })?;
+    // Up to BLOB_BUFFER bytes gather here, then go to the file off this thread.
+    let mut buffer = web::BytesMut::with_capacity(BLOB_BUFFER);
+    loop {
+        let next = body.next().await;
+        if let Some(chunk) = &next {
+            let chunk = chunk.as_ref().map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+            let received = writer.written() + (buffer.len() + chunk.len()) as u64;
+            if received > MAX_BLOB_BYTES as u64 {
+                return Err(too_large(received));
+            }
+            buffer.extend_from_slice(chunk);
+        }
+        if buffer.len() >= BLOB_BUFFER || (next.is_none() && !buffer.is_empty()) {
+            let full = buffer.split().freeze();
+            writer = web::block(move || writer.write(&full).map(|()| writer))
+                .await
+                .map_err(|e| ApiError::internal(&e))?
+                .map_err(|e| ApiError::internal(&e))?;
+        }
+        if next.is_none() {
+            break;
+        }
+    }
+    web::block(move || writer.finish())
         .await
         .map_err(|e| ApiError::internal(&e))?
-        .map_err(|e| ApiError::bad_request("invalid_blob", e.to_string()))?;
+        .map_err(|e| match e {
+            e @ CasError::Mismatch { .. } => ApiError::bad_request("invalid_blob", e.to_string()),
+            e => ApiError::internal(&e),
+        })?;
     Ok(HttpResponse::Created().finish())
 }
 
-/// Downloads one blob (build outputs).
+/// Downloads one blob (build outputs), streamed from its file.
 #[utoipa::path(get, path = "/api/blobs/{digest}", tag = "builds",
     params(("digest" = String, Path, description = "BLAKE3 of the blob, hex")),
     responses((status = 200, description = "the bytes"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
@@ -94,11 +155,22 @@ pub async fn get_blob(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read build outputs")?;
     let cas = state.node.builds.cas.clone();
-    let bytes = web::block(move || cas.read(&digest))
+    let (file, size) = web::block(move || cas.open_blob(&digest))
         .await
         .map_err(|e| ApiError::internal(&e))?
         .map_err(|e| ApiError::not_found(e.to_string()))?;
-    Ok(HttpResponse::Ok().content_type("application/octet-stream").body(bytes))
+    let chunks = futures_util::stream::try_unfold(file, |mut file| async move {
+        let (file, data) = web::block(move || {
+            let mut data = vec![0u8; BLOB_BUFFER];
+            let n = std::io::Read::read(&mut file, &mut data)?;
+            data.truncate(n);
+            Ok::<_, std::io::Error>((file, data))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok::<_, std::io::Error>((!data.is_empty()).then(|| (web::Bytes::from(data), file)))
+    });
+    Ok(HttpResponse::Ok().content_type("application/octet-stream").no_chunking(size).streaming(chunks))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -136,7 +208,9 @@ pub async fn status(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read builds")?;
-    Ok(HttpResponse::Ok().json(state.node.builds.status(&id).await.map_err(build_error)?))
+    let status = state.node.builds.status(&id).await.map_err(build_error)?;
+    let status = if caller.role.allows(Action::ReadBuildOutput) { status } else { status.without_output() };
+    Ok(HttpResponse::Ok().json(status))
 }
 
 /// Cancels a build: running commands are killed, leases released.

@@ -46,12 +46,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/pool/visualization", web::get().to(mesh::visualization))
         .route("/ledger/sync", web::post().to(mesh::sync))
         .route("/blobs/missing", web::post().to(build::missing))
-        .service(
-            web::resource("/blobs/{digest}")
-                .app_data(web::PayloadConfig::new(build::MAX_BLOB_BYTES))
-                .route(web::put().to(build::put_blob))
-                .route(web::get().to(build::get_blob)),
-        )
+        // The body is streamed to disk; `put_blob` checks the role and the size first.
+        .route("/blobs/{digest}", web::put().to(build::put_blob))
+        .route("/blobs/{digest}", web::get().to(build::get_blob))
         .service(
             web::resource("/build")
                 .app_data(web::PayloadConfig::new(build::MAX_BUILD_REQUEST_BYTES))

@@ -52,7 +52,8 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>, id: web::Path<St
         Err(redirect) => return *redirect,
     };
     let b = match state.node.builds.status(&id).await {
-        Ok(b) => b,
+        Ok(b) if who.role.allows(Action::ReadBuildOutput) => b,
+        Ok(b) => b.without_output(),
         Err(_) => return super::not_found(Some(&who), &format!("/builds/{id}")),
     };
     let csrf = who.csrf.clone().unwrap_or_default();

@@ -87,7 +87,7 @@ async fn render(
     let body = html! {
         h1 { (s.name) " " span.small { code { (s.node_id) } } }
         p { "Serving " code { (s.address) } " · version " (s.version) " · " span class=(format!("status {}", s.status)) { (s.status) }
-            " · role " (s.role) " · up since " (time(s.started_at_ms)) }
+            " · role " (s.role) " · sandbox " (s.sandbox) " · up since " (time(s.started_at_ms)) }
         @if !local { p.notice { "Resources as " (s.name) " last advertised them over the mesh." } }
         @if local && who.role.allows(Action::ModifyResources) {
             form.inline method="post" action="/node/scan" {

@@ -2,21 +2,14 @@
 //! detection and coordinator failover, restarts, and a proxy that tampers with, replays and
 //! partitions a link — and whose capture must show nothing readable.
 
-mod common;
-
 use std::time::Duration;
 
-use common::proxy::{Mode, Proxy};
-use common::{wait_until, Start, TestNode};
-use serde_json::{json, Value};
+use crate::common::proxy::{Mode, Proxy};
+use crate::common::{self, serial, three_nodes, wait_all_online, wait_until, Start, TestNode};
+use serde_json::json;
 
-/// Mesh tests start three nodes each; run them one at a time so two cores keep up with the
-/// heartbeats (the timing under test), rather than starving twelve debug nodes at once.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+// Every mesh test takes `serial()`: the heartbeats and failover deadlines under test need the
+// two cores, rather than starving behind another test's mesh or a benchmark.
 
 /// Waits until every node names the same coordinator; returns it.
 fn agreed(nodes: &[&TestNode], timeout: Duration) -> String {
@@ -24,25 +17,6 @@ fn agreed(nodes: &[&TestNode], timeout: Duration) -> String {
         let views: Vec<String> = nodes.iter().map(|n| coordinator(n)).collect();
         (!views[0].is_empty() && views.iter().all(|v| *v == views[0])).then(|| views[0].clone())
     })
-}
-
-fn token(admin: &TestNode, role: &str) -> String {
-    let (status, body) = admin.post("/api/tokens", &json!({ "role": role, "ttl_secs": 3600 }));
-    assert_eq!(status, 201, "{body}");
-    body["token"].as_str().expect("token").to_string()
-}
-
-fn nodes(n: &TestNode) -> Vec<Value> {
-    let (_, v) = n.get("/api/pool/nodes");
-    v["nodes"].as_array().cloned().unwrap_or_default()
-}
-
-fn status_of(n: &TestNode, id: &str) -> Option<String> {
-    nodes(n).iter().find(|x| x["id"] == id).and_then(|x| x["status"].as_str().map(str::to_string))
-}
-
-fn node_id(n: &TestNode) -> String {
-    n.get("/api/node").1["node_id"].as_str().expect("id").to_string()
 }
 
 fn coordinator(n: &TestNode) -> String {
@@ -62,20 +36,10 @@ fn heads(n: &TestNode) -> Vec<(String, u64)> {
     h
 }
 
-fn all_online(n: &TestNode, count: usize) -> Option<()> {
-    let list = nodes(n);
-    (list.len() == count && list.iter().all(|x| x["status"] != "offline")).then_some(())
-}
-
 #[test]
 fn three_nodes_form_one_pool_with_one_ledger() {
     let _serial = serial();
-    let a = TestNode::start_with(Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
-    let b = a.join("beta", "builder", Start::default());
-    let c = a.join("gamma", "builder", Start::default());
-    for n in [&a, &b, &c] {
-        wait_until("all three online everywhere", Duration::from_secs(15), || all_online(n, 3));
-    }
+    let (a, b, c) = three_nodes();
     // Totals are the sum over the three machines.
     let per_node: u64 =
         [&a, &b, &c].iter().map(|n| n.get("/api/node").1["resources"]["cpu"]["offered"].as_u64().expect("cores")).sum();
@@ -97,7 +61,7 @@ fn three_nodes_form_one_pool_with_one_ledger() {
     assert_eq!(viz["connections"].as_array().expect("connections").len(), 2);
 
     // A bad, a reused and an expired token are refused and recorded.
-    let used = token(&a, "builder");
+    let used = a.token("builder");
     join_with(&a, &used, "delta").expect("a fresh token admits");
     let again = join_with(&a, &used, "epsilon").expect_err("reused token");
     assert!(again.contains("already used"), "{again}");
@@ -152,13 +116,8 @@ fn join_with(admin: &TestNode, token: &str, name: &str) -> Result<(), String> {
 #[test]
 fn a_killed_worker_goes_offline_and_rejoins_on_restart_without_a_token() {
     let _serial = serial();
-    let a = TestNode::start_with(Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
-    let b = a.join("beta", "builder", Start::default());
-    let c = a.join("gamma", "builder", Start::default());
-    for n in [&a, &b, &c] {
-        wait_until("all online", Duration::from_secs(15), || all_online(n, 3));
-    }
-    let ids = [node_id(&a), node_id(&b), node_id(&c)];
+    let (a, b, c) = three_nodes();
+    let ids = [a.node_id(), b.node_id(), c.node_id()];
     let coord = agreed(&[&a, &b, &c], Duration::from_secs(10));
     let mut all = vec![(ids[0].clone(), a), (ids[1].clone(), b), (ids[2].clone(), c)];
     let pos = all.iter().position(|(id, _)| *id != coord).expect("a worker");
@@ -170,7 +129,7 @@ fn a_killed_worker_goes_offline_and_rejoins_on_restart_without_a_token() {
     let started = std::time::Instant::now();
     for n in &others {
         wait_until("worker offline", Duration::from_secs(5), || {
-            (status_of(n, worker_id).as_deref() == Some("offline")).then_some(())
+            (n.status_of(worker_id).as_deref() == Some("offline")).then_some(())
         });
     }
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -180,23 +139,21 @@ fn a_killed_worker_goes_offline_and_rejoins_on_restart_without_a_token() {
     let back = TestNode::start_with(Start { dir: Some(worker_dir), ..Default::default() });
     for n in &others {
         wait_until("worker back online", Duration::from_secs(15), || {
-            (status_of(n, worker_id).as_deref() == Some("online")).then_some(())
+            (n.status_of(worker_id).as_deref() == Some("online")).then_some(())
         });
     }
-    wait_until("rejoined sees all", Duration::from_secs(15), || all_online(&back, 3));
+    wait_until("rejoined sees all", Duration::from_secs(15), || {
+        let list = back.pool_nodes();
+        (list.len() == 3 && list.iter().all(|x| x["status"] != "offline")).then_some(())
+    });
     drop(back);
 }
 
 #[test]
 fn killing_the_coordinator_elects_a_new_one_within_five_seconds() {
     let _serial = serial();
-    let a = TestNode::start_with(Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
-    let b = a.join("beta", "builder", Start::default());
-    let c = a.join("gamma", "builder", Start::default());
-    for n in [&a, &b, &c] {
-        wait_until("all online", Duration::from_secs(15), || all_online(n, 3));
-    }
-    let ids = [node_id(&a), node_id(&b), node_id(&c)];
+    let (a, b, c) = three_nodes();
+    let ids = [a.node_id(), b.node_id(), c.node_id()];
     let coord = agreed(&[&a, &b, &c], Duration::from_secs(10));
     let epoch_before = a.get("/api/pool").1["epoch"].as_u64().expect("epoch");
     let mut all = vec![(ids[0].clone(), a), (ids[1].clone(), b), (ids[2].clone(), c)];
@@ -222,7 +179,7 @@ fn killing_the_coordinator_elects_a_new_one_within_five_seconds() {
     let back = TestNode::start_with(Start { dir: Some(dead_dir), ..Default::default() });
     for (_, n) in &all {
         wait_until("old coordinator online again", Duration::from_secs(15), || {
-            (status_of(n, &coord).as_deref() == Some("online")).then_some(())
+            (n.status_of(&coord).as_deref() == Some("online")).then_some(())
         });
     }
     let settled = wait_until("one coordinator after the return", Duration::from_secs(10), || {
@@ -241,17 +198,15 @@ fn a_tampered_or_replayed_frame_closes_the_link_and_a_partition_heals() {
     let a = TestNode::start_with(Start { config: Some(&cfg_a), ..Default::default() });
     pa.set_target(&a.url);
     let cfg_b = format!(r#"{{"node_name": "zebra-beta-secret", "network": {{"advertise_address": "{}"}}}}"#, pb.url());
-    let t = token(&a, "builder");
+    let t = a.token("builder");
     let b = TestNode::start_with(Start {
         config: Some(&cfg_b),
         args: vec!["--join".into(), a.url.clone(), "--token".into(), t],
         ..Default::default()
     });
     pb.set_target(&b.url);
-    for n in [&a, &b] {
-        wait_until("linked through the proxies", Duration::from_secs(20), || all_online(n, 2));
-    }
-    let b_id = node_id(&b);
+    wait_all_online(&[&a, &b]);
+    let b_id = b.node_id();
 
     // A flipped byte: the link closes, the nodes keep serving, and it comes back.
     pa.set_mode(Mode::FlipOnce);
@@ -265,7 +220,7 @@ fn a_tampered_or_replayed_frame_closes_the_link_and_a_partition_heals() {
     pa.set_mode(Mode::Pass);
     pb.set_mode(Mode::Pass);
     wait_until("relinked after tampering", Duration::from_secs(20), || {
-        (status_of(&a, &b_id).as_deref() == Some("online")).then_some(())
+        (a.status_of(&b_id).as_deref() == Some("online")).then_some(())
     });
 
     // A replayed frame is refused the same way.
@@ -285,7 +240,7 @@ fn a_tampered_or_replayed_frame_closes_the_link_and_a_partition_heals() {
         (now > before).then_some(())
     });
     wait_until("relinked after replay", Duration::from_secs(20), || {
-        (status_of(&a, &b_id).as_deref() == Some("online")).then_some(())
+        (a.status_of(&b_id).as_deref() == Some("online")).then_some(())
     });
     assert_eq!(a.get("/api/health").0, 200);
     assert_eq!(b.get("/api/health").0, 200);
@@ -294,9 +249,9 @@ fn a_tampered_or_replayed_frame_closes_the_link_and_a_partition_heals() {
     pa.set_mode(Mode::Drop);
     pb.set_mode(Mode::Drop);
     wait_until("partitioned", Duration::from_secs(8), || {
-        (status_of(&a, &b_id).as_deref() == Some("offline")).then_some(())
+        (a.status_of(&b_id).as_deref() == Some("offline")).then_some(())
     });
-    let a_id = node_id(&a);
+    let a_id = a.node_id();
     wait_until("each side has its own coordinator", Duration::from_secs(5), || {
         (coordinator(&a) == a_id && coordinator(&b) == b_id).then_some(())
     });
@@ -329,7 +284,7 @@ fn a_tampered_or_replayed_frame_closes_the_link_and_a_partition_heals() {
 #[test]
 fn an_oversized_frame_is_refused_before_allocation_and_the_node_keeps_serving() {
     use std::io::{Read, Write};
-    let _serial = serial();
+    // One node and no timing: this one runs alongside the others.
     let a = TestNode::start();
     let host = a.url.trim_start_matches("http://").to_string();
     let mut tcp = std::net::TcpStream::connect(&host).expect("connect");
@@ -361,15 +316,13 @@ fn an_oversized_frame_is_refused_before_allocation_and_the_node_keeps_serving() 
 #[test]
 fn observers_offer_nothing_rescans_propagate_and_a_node_can_leave() {
     let _serial = serial();
-    let a = TestNode::start_with(Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
+    let a = TestNode::start_with(Start::named("alpha"));
     let tools = tempfile::tempdir().expect("tempdir");
     let b = a.join("beta", "builder", Start { path_prefix: Some(tools.path()), ..Default::default() });
     let o = a.join("watcher", "observer", Start::default());
-    for n in [&a, &b, &o] {
-        wait_until("all online", Duration::from_secs(15), || all_online(n, 3));
-    }
-    let o_id = node_id(&o);
-    let role = nodes(&a).iter().find(|n| n["id"] == o_id.as_str()).map(|n| n["role"].clone());
+    wait_all_online(&[&a, &b, &o]);
+    let o_id = o.node_id();
+    let role = a.pool_nodes().iter().find(|n| n["id"] == o_id.as_str()).map(|n| n["role"].clone());
     assert_eq!(role, Some(json!("observer")));
     let cores = |n: &TestNode| n.get("/api/node").1["resources"]["cpu"]["offered"].as_u64().expect("cores");
     let expected = cores(&a) + cores(&b);
@@ -379,20 +332,18 @@ fn observers_offer_nothing_rescans_propagate_and_a_node_can_leave() {
     assert_ne!(coordinator(&a), o_id, "an observer never coordinates");
 
     // A tool appears on beta; after its rescan every node lists it within seconds.
-    let fake = tools.path().join("ninja");
-    std::fs::write(&fake, "#!/bin/sh\necho 1.12.1\n").expect("write");
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    common::fake_tool(tools.path(), "ninja", "#!/bin/sh\necho 1.12.1\n");
     assert_eq!(b.post("/api/node/scan", &json!({})).0, 200);
     wait_until("ninja in alpha's pool", Duration::from_secs(5), || {
         a.get("/api/pool").1["aggregate"]["tools"]["ninja"].as_array().filter(|v| !v.is_empty()).map(|_| ())
     });
 
     // Beta leaves cleanly: NodeLeft in the ledger, and the others stop counting it.
-    let b_id = node_id(&b);
+    let b_id = b.node_id();
     let out = b.cli(&["node", "leave"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_until("beta gone from alpha's pool", Duration::from_secs(10), || {
-        (!nodes(&a).iter().any(|n| n["id"] == b_id.as_str())).then_some(())
+        (!a.pool_nodes().iter().any(|n| n["id"] == b_id.as_str())).then_some(())
     });
     let (_, left) = b.get("/api/ledger?types=NodeLeft");
     assert_eq!(left["entries"].as_array().expect("entries").len(), 1);

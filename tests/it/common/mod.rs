@@ -1,7 +1,6 @@
 //! Test harness: real `buildnet up` processes on 127.0.0.1 port 0 with temporary data dirs, a
-//! tiny blocking HTTP client, and polling with deadlines instead of sleeps.
-
-#![allow(dead_code)]
+//! tiny blocking HTTP client, polling with deadlines instead of sleeps, and the set-ups several
+//! areas share: meshes of two or three nodes, example projects, fake tools on the PATH.
 
 pub mod proxy;
 
@@ -9,11 +8,30 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_buildnet");
+
+/// Which tests may run beside which: the test threads share two cores, and the heartbeats,
+/// failover deadlines and network test timeouts under test need them.
+static CORES: RwLock<()> = RwLock::new(());
+
+/// Held by the tests that start several nodes or whose timing is under test (meshes, failover,
+/// distributed builds, the network and start-up benchmarks, the live pages): they run one at a
+/// time, and only beside tests that hold neither guard. A test that failed while holding it does
+/// not poison it for the others.
+pub fn serial() -> RwLockWriteGuard<'static, ()> {
+    CORES.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Held by the single-node tests that load the cores (builds, benchmarks, the browser): they run
+/// beside each other, never beside a [`serial`] one.
+pub fn shared() -> RwLockReadGuard<'static, ()> {
+    CORES.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Polls `check` until it returns Some or the deadline passes.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
@@ -49,6 +67,13 @@ pub struct Start<'a> {
     /// Keep the start-up benchmark (off by default so parallel tests don't load each other's
     /// cores; tests of the schedule turn it on).
     pub benchmark_on_start: bool,
+}
+
+impl Start<'_> {
+    /// Starts a node with `--name name`.
+    pub fn named(name: &str) -> Self {
+        Start { args: vec!["--name".into(), name.into()], ..Default::default() }
+    }
 }
 
 impl TestNode {
@@ -111,11 +136,16 @@ impl TestNode {
         TestNode { child, dir, _tmp: tmp, url, admin_key, stdout, stderr }
     }
 
-    /// Starts a node named `name` that joins this node's mesh with a fresh token of `role`.
-    pub fn join(&self, name: &str, role: &str, extra: Start<'_>) -> TestNode {
+    /// A fresh join token of `role` for this node's mesh.
+    pub fn token(&self, role: &str) -> String {
         let (status, body) = self.post("/api/tokens", &serde_json::json!({ "role": role, "ttl_secs": 3600 }));
         assert_eq!(status, 201, "{body}");
-        let token = body["token"].as_str().expect("token").to_string();
+        body["token"].as_str().expect("token").to_string()
+    }
+
+    /// Starts a node named `name` that joins this node's mesh with a fresh token of `role`.
+    pub fn join(&self, name: &str, role: &str, extra: Start<'_>) -> TestNode {
+        let token = self.token(role);
         let mut args = vec!["--name".into(), name.into(), "--join".into(), self.url.clone(), "--token".into(), token];
         args.extend(extra.args.clone());
         TestNode::start_with(Start { args, ..extra })
@@ -198,6 +228,74 @@ impl TestNode {
     pub fn stderr_text(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
+
+    pub fn node_id(&self) -> String {
+        self.get("/api/node").1["node_id"].as_str().expect("node id").to_string()
+    }
+
+    /// The nodes of this node's pool view (`/api/pool/nodes`).
+    pub fn pool_nodes(&self) -> Vec<Value> {
+        self.get("/api/pool/nodes").1["nodes"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The status this node's pool view gives node `id`, if it lists it.
+    pub fn status_of(&self, id: &str) -> Option<String> {
+        self.pool_nodes().iter().find(|n| n["id"] == id).and_then(|n| n["status"].as_str().map(str::to_string))
+    }
+}
+
+/// Waits until every node's pool view lists exactly these nodes and none of them offline.
+pub fn wait_all_online(nodes: &[&TestNode]) {
+    for n in nodes {
+        wait_until("every node online in every pool view", Duration::from_secs(30), || {
+            let list = n.pool_nodes();
+            (list.len() == nodes.len() && list.iter().all(|x| x["status"] != "offline")).then_some(())
+        });
+    }
+}
+
+/// `alpha`, and `beta` joined to it as a builder, once each sees the other online.
+pub fn two_nodes() -> (TestNode, TestNode) {
+    let a = TestNode::start_with(Start::named("alpha"));
+    let b = a.join("beta", "builder", Start::default());
+    wait_all_online(&[&a, &b]);
+    (a, b)
+}
+
+/// `alpha`, with `beta` and `gamma` joined to it as builders, once all three see each other online.
+pub fn three_nodes() -> (TestNode, TestNode, TestNode) {
+    let a = TestNode::start_with(Start::named("alpha"));
+    let b = a.join("beta", "builder", Start::default());
+    let c = a.join("gamma", "builder", Start::default());
+    wait_all_online(&[&a, &b, &c]);
+    (a, b, c)
+}
+
+/// Copies `examples/<name>` into `to`; returns the copy's root.
+pub fn copy_example(name: &str, to: &Path) -> PathBuf {
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+            let target = to.join(entry.file_name());
+            if entry.path().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).expect("copy");
+            }
+        }
+    }
+    let root = to.join(name);
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name), &root);
+    root
+}
+
+/// Writes an executable shell script `dir/name` — a tool for a node to discover on its PATH.
+pub fn fake_tool(dir: &Path, name: &str, script: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, script).expect("write tool");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod tool");
+    path
 }
 
 impl Drop for TestNode {

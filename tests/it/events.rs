@@ -1,10 +1,8 @@
 //! `/ws`: authenticated, same-origin only, and it streams the events a client subscribed to.
 
-mod common;
-
 use std::time::Duration;
 
-use common::TestNode;
+use crate::common::TestNode;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 

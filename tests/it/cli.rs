@@ -1,11 +1,9 @@
 //! The CLI against a real node: formats, global flags anywhere, key management, the ledger,
 //! and the one-line errors when no node answers.
 
-mod common;
-
 use std::process::Command;
 
-use common::{TestNode, BIN};
+use crate::common::{TestNode, BIN};
 use serde_json::Value;
 
 #[test]

@@ -1,31 +1,16 @@
 //! Benchmarks between real nodes: the network test over the mesh link, results advertised to the
 //! pool, and the start-up benchmarks that the coordinator grants one node at a time.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{wait_until, Start, TestNode};
+use crate::common::{self, two_nodes, wait_until, Start, TestNode};
 use serde_json::{json, Value};
-
-fn node_id(n: &TestNode) -> String {
-    n.get("/api/node").1["node_id"].as_str().expect("id").to_string()
-}
-
-fn all_online(n: &TestNode, count: usize) -> Option<()> {
-    let (_, v) = n.get("/api/pool/nodes");
-    let list = v["nodes"].as_array()?.clone();
-    (list.len() == count && list.iter().all(|x| x["status"] == "online")).then_some(())
-}
 
 #[test]
 fn the_network_test_measures_the_mesh_link_and_the_pool_sees_it() {
-    let a = TestNode::start_with(Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
-    let b = a.join("beta", "builder", Start::default());
-    for n in [&a, &b] {
-        wait_until("two nodes online", Duration::from_secs(20), || all_online(n, 2));
-    }
-    let a_id = node_id(&a);
+    let _serial = common::serial();
+    let (a, b) = two_nodes();
+    let a_id = a.node_id();
 
     let out = b.cli(&["test", "network", "alpha", "--size-mb", "4", "--samples", "10"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -67,7 +52,7 @@ fn the_network_test_measures_the_mesh_link_and_the_pool_sees_it() {
     // Recorded here, in the shared ledger, and advertised: alpha sees beta's link figures.
     let (_, history) = b.get("/api/node/benchmarks?type=network");
     assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
-    let b_id = node_id(&b);
+    let b_id = b.node_id();
     wait_until("beta's network figures in alpha's pool view", Duration::from_secs(10), || {
         let (_, v) = a.get("/api/pool/nodes");
         let beta = v["nodes"].as_array()?.iter().find(|n| n["id"] == b_id.as_str())?.clone();
@@ -96,12 +81,12 @@ fn runs(entries: &[Value]) -> Vec<(String, u64, u64)> {
 
 #[test]
 fn start_up_benchmarks_take_turns_across_the_mesh() {
-    let on =
-        |name: &str| Start { args: vec!["--name".into(), name.into()], benchmark_on_start: true, ..Default::default() };
-    let a = TestNode::start_with(on("alpha"));
-    let b = a.join("beta", "builder", Start { benchmark_on_start: true, ..Default::default() });
-    let c = a.join("gamma", "builder", Start { benchmark_on_start: true, ..Default::default() });
-    let ids = [node_id(&a), node_id(&b), node_id(&c)];
+    let _serial = common::serial();
+    let on = || Start { benchmark_on_start: true, ..Default::default() };
+    let a = TestNode::start_with(Start { benchmark_on_start: true, ..Start::named("alpha") });
+    let b = a.join("beta", "builder", on());
+    let c = a.join("gamma", "builder", on());
+    let ids = [a.node_id(), b.node_id(), c.node_id()];
 
     // The node serves at once, while its benchmark waits for its turn or runs.
     assert_eq!(a.get("/api/health").0, 200);

@@ -1,31 +1,18 @@
 //! Builds through the real binary: the C example compiles and passes its own check, unchanged
 //! work is served from the cache, failures end non-zero with the package's output, a build can
-//! be cancelled, and everything lands in history and the ledger.
-
-mod common;
+//! be cancelled, and everything lands in history and the ledger. Builds load the cores, so each
+//! test holds `common::shared()`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{http, wait_until, TestNode};
+use crate::common::{self, http, wait_until, TestNode};
 use serde_json::{json, Value};
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy");
-        }
-    }
-}
-
+/// A copy of `examples/<name>` in a temporary dir.
 fn example(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().join(name);
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name), &root);
+    let root = common::copy_example(name, dir.path());
     (dir, root)
 }
 
@@ -37,6 +24,7 @@ fn build(node: &TestNode, root: &Path, extra: &[&str]) -> std::process::Output {
 
 #[test]
 fn the_c_example_builds_runs_its_check_and_caches() {
+    let _shared = common::shared();
     let node = TestNode::start();
     let (_dir, root) = example("c-hello");
     let out = build(&node, &root, &[]);
@@ -97,6 +85,7 @@ fn the_c_example_builds_runs_its_check_and_caches() {
 
 #[test]
 fn an_invalid_project_is_refused_naming_package_and_field() {
+    let _shared = common::shared();
     let node = TestNode::start();
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("buildnet.toml"), "[packages.app]\ncommand = [\"cc\"]\ndeps = [\"lib\"]\n")
@@ -110,6 +99,7 @@ fn an_invalid_project_is_refused_naming_package_and_field() {
 
 #[test]
 fn a_running_build_can_be_cancelled_and_observers_cannot_build() {
+    let _shared = common::shared();
     let node = TestNode::start();
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("buildnet.toml"), "[packages.slow]\nshell = \"sleep 60\"\n").expect("write");
@@ -154,6 +144,7 @@ fn a_running_build_can_be_cancelled_and_observers_cannot_build() {
 
 #[test]
 fn builds_have_pages_and_can_be_run_again() {
+    let _shared = common::shared();
     let node = TestNode::start();
     let (_dir, root) = example("c-hello");
     assert!(build(&node, &root, &[]).status.success());
@@ -187,6 +178,7 @@ fn builds_have_pages_and_can_be_run_again() {
 
 #[test]
 fn the_curl_scripts_in_examples_work() {
+    let _shared = common::shared();
     let node = TestNode::start();
     let (_dir, root) = example("c-hello");
     assert!(build(&node, &root, &[]).status.success());
@@ -213,6 +205,7 @@ fn the_curl_scripts_in_examples_work() {
 
 #[test]
 fn configurations_and_templates_shape_builds() {
+    let _shared = common::shared();
     let node = TestNode::start();
     let cores = node.get("/api/node").1["resources"]["cpu"]["offered"].as_u64().expect("cores");
     let ok =
@@ -280,6 +273,7 @@ fn configurations_and_templates_shape_builds() {
 
 #[test]
 fn sandboxes_go_to_the_storage_volume_the_configuration_selects() {
+    let _shared = common::shared();
     let volumes = tempfile::tempdir().expect("tempdir");
     let fast = volumes.path().join("fast");
     let config =
@@ -319,6 +313,7 @@ fn sandboxes_go_to_the_storage_volume_the_configuration_selects() {
 
 #[test]
 fn estimates_run_nothing_and_learn_from_history() {
+    let _shared = common::shared();
     let node = TestNode::start();
     let (_dir, root) = example("c-hello");
     let path = root.to_str().expect("path");
@@ -391,6 +386,7 @@ fn n_cores(node: &TestNode) -> u64 {
 
 #[test]
 fn a_packages_cpu_time_is_recorded_and_becomes_its_measured_parallelism() {
+    let _shared = common::shared();
     let node = TestNode::start();
     let dir = tempfile::tempdir().expect("tempdir");
     // A shell loop keeps one core busy for a while and waits for nothing.

@@ -1,13 +1,11 @@
 //! One real node: start-up, discovery against the machine's own tools, auth, errors, ledger,
 //! clean shutdown and restart.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{http, wait_until, Start, TestNode, BIN};
+use crate::common::{self, fake_tool, http, wait_until, Start, TestNode, BIN};
 use serde_json::{json, Value};
 
 #[test]
@@ -217,9 +215,7 @@ fn scan_and_pool_agree_with_the_node() {
 #[test]
 fn a_hanging_tool_does_not_hang_the_scan() {
     let tools = tempfile::tempdir().expect("tempdir");
-    let fake = tools.path().join("ninja");
-    std::fs::write(&fake, "#!/bin/sh\nsleep 60\n").expect("write");
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    fake_tool(tools.path(), "ninja", "#!/bin/sh\nsleep 60\n");
     let started = std::time::Instant::now();
     let node = TestNode::start_with(Start {
         config: Some(r#"{"scan": {"probe_timeout_ms": 500}}"#),
@@ -306,9 +302,7 @@ fn a_rescan_that_finds_a_new_tool_is_persisted_and_in_the_ledger() {
     let (_, scan) = node.post("/api/node/scan", &json!({}));
     assert_eq!(scan["changed"], false, "nothing changed yet");
 
-    let fake = tools.path().join("cmake");
-    std::fs::write(&fake, "#!/bin/sh\necho 'cmake version 3.99.1'\n").expect("write");
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let fake = fake_tool(tools.path(), "cmake", "#!/bin/sh\necho 'cmake version 3.99.1'\n");
     let (status, scan) = node.post("/api/node/scan", &json!({}));
     assert_eq!(status, 200);
     assert_eq!(scan["changed"], true);
@@ -353,6 +347,8 @@ fn a_rescan_that_finds_a_new_tool_is_persisted_and_in_the_ledger() {
 
 #[test]
 fn benchmarks_measure_record_and_need_an_admin() {
+    // The CPU test loads every core: not while a mesh test counts heartbeats.
+    let _shared = common::shared();
     let node = TestNode::start();
     let cpu = node.cli_json(&["test", "cpu"]);
     let c = &cpu["cpu"];

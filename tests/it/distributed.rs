@@ -1,57 +1,31 @@
 //! Builds across three real nodes: packages spread over the mesh, a package needing a tool only
 //! one node has runs there, and killing a worker mid-build still ends in success.
 
-mod common;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{wait_until, Start, TestNode};
+use crate::common::{self, copy_example, fake_tool, wait_all_online, wait_until, Start, TestNode};
 use serde_json::Value;
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn mesh_of_three(tools: &Path) -> (TestNode, TestNode, TestNode) {
     // alpha offers one core, so work spills over to the others.
     let a = TestNode::start_with(Start {
         config: Some(r#"{"resource_limits": {"cpu": {"max_cores": 1}}}"#),
-        args: vec!["--name".into(), "alpha".into()],
-        ..Default::default()
+        ..Start::named("alpha")
     });
     let b = a.join("beta", "builder", Start::default());
     let c = a.join("gamma", "builder", Start { path_prefix: Some(tools), ..Default::default() });
+    wait_all_online(&[&a, &b, &c]);
     for n in [&a, &b, &c] {
-        wait_until("three nodes online with adverts", Duration::from_secs(20), || {
-            let (_, v) = n.get("/api/pool/nodes");
-            let nodes = v["nodes"].as_array()?.clone();
-            (nodes.len() == 3 && nodes.iter().all(|x| x["status"] == "online" && x["cores"].as_u64().unwrap_or(0) > 0))
-                .then_some(())
+        wait_until("every node's cores advertised", Duration::from_secs(20), || {
+            n.pool_nodes().iter().all(|x| x["cores"].as_u64().unwrap_or(0) > 0).then_some(())
         });
     }
     (a, b, c)
 }
 
 fn fake_ffmpeg(dir: &Path) {
-    let path = dir.join("ffmpeg");
-    std::fs::write(&path, "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in -version) echo 'ffmpeg version 6.1.1'; exit 0;; -encoders) exit 0;; esac; done\nfor last in \"$@\"; do :; done\necho tone > \"$last\"\n").expect("write");
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-}
-
-fn copy_example(name: &str, to: &Path) -> PathBuf {
-    let root = to.join(name);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).expect("mkdir");
-        for e in std::fs::read_dir(from).expect("dir").flatten() {
-            if e.path().is_dir() {
-                copy(&e.path(), &to.join(e.file_name()));
-            } else {
-                std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
-            }
-        }
-    }
-    copy(&src, &root);
-    root
+    fake_tool(dir, "ffmpeg", "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in -version) echo 'ffmpeg version 6.1.1'; exit 0;; -encoders) exit 0;; esac; done\nfor last in \"$@\"; do :; done\necho tone > \"$last\"\n");
 }
 
 fn last_build(n: &TestNode) -> Value {
@@ -62,7 +36,7 @@ fn last_build(n: &TestNode) -> Value {
 
 #[test]
 fn packages_spread_over_the_mesh_and_tools_decide_where_they_run() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = common::serial();
     let tools = tempfile::tempdir().expect("tempdir");
     fake_ffmpeg(tools.path());
     let (a, _b, c) = mesh_of_three(tools.path());
@@ -87,7 +61,7 @@ fn packages_spread_over_the_mesh_and_tools_decide_where_they_run() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("0 ran, 4 from cache"));
 
     // A configuration that allocates cores only on gamma: every package runs there.
-    let gamma = c.get("/api/node").1["node_id"].as_str().expect("id").to_string();
+    let gamma = c.node_id();
     let created = a.cli(&["config", "create", "--name", "on-gamma", "--node", &format!("{gamma}:2")]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let out = a.cli(&["build", "--project", root.to_str().expect("path"), "--config", "on-gamma", "--force"]);
@@ -102,19 +76,19 @@ fn packages_spread_over_the_mesh_and_tools_decide_where_they_run() {
     let out = a.cli(&["build", "--project", tone.to_str().expect("path")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let build = last_build(&a);
-    let c_id = c.get("/api/node").1["node_id"].clone();
+    let c_id = c.node_id();
     let tone_pkg =
         build["packages"].as_array().expect("packages").iter().find(|p| p["name"] == "tone").expect("tone").clone();
-    assert_eq!(tone_pkg["node"], c_id, "the only node with ffmpeg ran it");
+    assert_eq!(tone_pkg["node"], c_id.as_str(), "the only node with ffmpeg ran it");
     assert_eq!(std::fs::read_to_string(tone.join("out/tone.wav")).expect("output").trim(), "tone");
 }
 
 #[test]
 fn a_worker_killed_mid_build_has_its_package_retried_elsewhere() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = common::serial();
     let tools = tempfile::tempdir().expect("tempdir");
     let (a, b, c) = mesh_of_three(tools.path());
-    let b_id = b.get("/api/health").1["node_id"].clone();
+    let b_id = b.node_id();
     let work = tempfile::tempdir().expect("tempdir");
     let mut manifest = String::new();
     for i in 0..4 {
@@ -149,7 +123,7 @@ fn a_worker_killed_mid_build_has_its_package_retried_elsewhere() {
     }
     let build = last_build(&a);
     assert!(
-        build["packages"].as_array().expect("packages").iter().all(|p| p["node"] != b_id),
+        build["packages"].as_array().expect("packages").iter().all(|p| p["node"] != b_id.as_str()),
         "nothing is credited to the dead node: {build}"
     );
     drop(c);

@@ -2,12 +2,10 @@
 //! in headless Chromium through WebDriver. Without Chromium the browser test says it was
 //! skipped; with `CI` set a missing browser is a failure.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{http, http_full, wait_until, TestNode};
+use crate::common::{self, http, http_full, two_nodes, wait_until, TestNode};
 use serde_json::{json, Value};
 
 fn cookie(headers: &[(String, String)], name: &str) -> Option<String> {
@@ -224,6 +222,7 @@ fn log_in(driver: &Driver, node: &TestNode) {
 #[test]
 fn browser_logs_in_and_the_dashboard_shows_the_nodes_cores() {
     let Some((chromium, chromedriver)) = browser() else { return };
+    let _shared = common::shared();
     let node = TestNode::start();
     let driver = Driver::start(&chromium, &chromedriver);
     log_in(&driver, &node);
@@ -241,25 +240,9 @@ fn browser_logs_in_and_the_dashboard_shows_the_nodes_cores() {
 #[test]
 fn browser_nodes_page_shows_the_mesh_and_updates_live_when_a_peer_dies() {
     let Some((chromium, chromedriver)) = browser() else { return };
-    let a = TestNode::start_with(common::Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
-    let (status, token) = a.post("/api/tokens", &json!({ "role": "builder" }));
-    assert_eq!(status, 201);
-    let b = TestNode::start_with(common::Start {
-        args: vec![
-            "--name".into(),
-            "beta".into(),
-            "--join".into(),
-            a.url.clone(),
-            "--token".into(),
-            token["token"].as_str().expect("token").into(),
-        ],
-        ..Default::default()
-    });
-    let b_id = b.get("/api/node").1["node_id"].as_str().expect("id").to_string();
-    wait_until("beta online on alpha", Duration::from_secs(15), || {
-        let (_, v) = a.get("/api/pool/nodes");
-        v["nodes"].as_array()?.iter().any(|n| n["id"] == b_id.as_str() && n["status"] == "online").then_some(())
-    });
+    let _serial = common::serial();
+    let (a, b) = two_nodes();
+    let b_id = b.node_id();
     let driver = Driver::start(&chromium, &chromedriver);
     log_in(&driver, &a);
     driver.call("POST", "/url", Some(json!({"url": format!("{}/nodes", a.url)})));
@@ -366,13 +349,9 @@ fn configurations_can_be_made_edited_and_deleted_from_the_pages() {
 #[test]
 fn browser_benchmark_pages_show_figures_history_and_the_network_matrix() {
     let Some((chromium, chromedriver)) = browser() else { return };
-    let a = TestNode::start_with(common::Start { args: vec!["--name".into(), "alpha".into()], ..Default::default() });
-    let b = a.join("beta", "builder", common::Start::default());
-    let b_id = b.get("/api/node").1["node_id"].as_str().expect("id").to_string();
-    wait_until("beta online on alpha", Duration::from_secs(15), || {
-        let (_, v) = a.get("/api/pool/nodes");
-        v["nodes"].as_array()?.iter().any(|n| n["id"] == b_id.as_str() && n["status"] == "online").then_some(())
-    });
+    let _serial = common::serial();
+    let (a, b) = two_nodes();
+    let b_id = b.node_id();
     // Beta measures itself and its link to alpha twice, with small sizes: two points of history.
     let small = json!({ "types": ["cpu", "storage", "network"],
         "options": { "cpu_secs": 0.2, "file_mb": 4, "random_secs": 0.2 },

@@ -1,0 +1,155 @@
+//! A task's files in and out of its sandbox, never through a symbolic link.
+//!
+//! Inputs are laid out at their checked paths with [`wire::join_no_follow`]: directories on the
+//! way are created, a link on the way is refused, and nothing may already be where a file goes.
+//! Outputs are read back only if they are regular files reached without a link: a package that
+//! leaves a symbolic link as an output (to the node's `admin.key`, say) fails with `output 'x'
+//! is a symbolic link; outputs must be regular files` — links are refused, not stored as links,
+//! since a build's outputs are files written back into a project. The file is opened with
+//! `O_NOFOLLOW` and checked again on the open descriptor, so a link swapped in after the check
+//! is not followed either.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use crate::cas::Cas;
+use crate::wire::{join_no_follow, FileRef, JoinError, Task};
+
+/// Lays out the task's inputs in `dir` (a new, empty sandbox) and makes the directories its
+/// declared outputs go into.
+pub fn inputs(cas: &Cas, dir: &Path, task: &Task) -> Result<(), String> {
+    for f in &task.files {
+        let dest = join_no_follow(dir, &f.path, true).map_err(|e| format!("input {e}"))?;
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            return Err(format!("input '{}': something is already at that path in the sandbox", f.path));
+        }
+        cas.materialize(f, &dest).map_err(|e| format!("input {}: {e}", f.path))?;
+    }
+    // Declared outputs may go into directories the command expects to exist.
+    for o in &task.outputs {
+        join_no_follow(dir, o, true).map_err(|e| format!("output directory for {e}"))?;
+    }
+    Ok(())
+}
+
+/// Stores the declared outputs the command left in `dir`, in order; the first one that is
+/// missing, not a regular file, or reached through a symbolic link fails the task.
+pub fn outputs(cas: &Cas, dir: &Path, task: &Task) -> Result<Vec<FileRef>, String> {
+    task.outputs.iter().map(|o| output(cas, dir, o)).collect()
+}
+
+fn symlink_refused(o: &str) -> String {
+    format!("output '{o}' is a symbolic link; outputs must be regular files")
+}
+
+fn output(cas: &Cas, dir: &Path, o: &str) -> Result<FileRef, String> {
+    let not_produced = || format!("output '{o}' was not produced");
+    let path = match join_no_follow(dir, o, false) {
+        Ok(p) => p,
+        Err(JoinError::Symlink { at, .. }) => {
+            return Err(format!(
+                "output '{o}' is reached through '{at}', a symbolic link; outputs must be regular files"
+            ))
+        }
+        Err(JoinError::NotADirectory { .. }) => return Err(not_produced()),
+        Err(e) => return Err(format!("output {e}")),
+    };
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_symlink() => return Err(symlink_refused(o)),
+        Ok(m) if !m.is_file() => return Err(format!("output '{o}' is not a regular file")),
+        Ok(_) => {}
+        Err(_) => return Err(not_produced()),
+    }
+    // O_NOFOLLOW: a link put there since the check fails the open (ELOOP) instead of being
+    // followed; O_NONBLOCK: a FIFO put there does not hang the node.
+    let file: File =
+        OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                symlink_refused(o)
+            } else {
+                format!("output '{o}': {e}")
+            }
+        })?;
+    let meta = file.metadata().map_err(|e| format!("output '{o}': {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("output '{o}' is not a regular file"));
+    }
+    // The store reads the file through the descriptor opened above: whatever the name points to
+    // by now, what is stored is the file that was checked.
+    let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let (digest, size) = cas.put_file(Path::new(&by_fd)).map_err(|e| format!("output '{o}': {e}"))?;
+    Ok(FileRef { path: o.to_string(), digest, executable: meta.permissions().mode() & 0o111 != 0, size })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Invocation;
+
+    fn task(files: Vec<FileRef>, outputs: &[&str]) -> Task {
+        Task {
+            build_id: "b1".into(),
+            package: "p".into(),
+            invocation: Invocation::Argv(vec!["true".into()]),
+            env: Default::default(),
+            files,
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            tools: vec![],
+        }
+    }
+
+    #[test]
+    fn inputs_are_laid_out_and_output_directories_made() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cas = Cas::open(tmp.path().join("cas")).expect("cas");
+        std::fs::write(tmp.path().join("src"), "hello").expect("write");
+        let (digest, size) = cas.put_file(&tmp.path().join("src")).expect("put");
+        let dir = tmp.path().join("sandbox");
+        std::fs::create_dir(&dir).expect("sandbox");
+        let f = FileRef { path: "a/b/in.txt".into(), digest, executable: false, size };
+        inputs(&cas, &dir, &task(vec![f.clone()], &["out/x.o"])).expect("laid out");
+        assert_eq!(std::fs::read_to_string(dir.join("a/b/in.txt")).expect("input"), "hello");
+        assert!(dir.join("out").is_dir());
+        // A second file at the same place, or a file through a link, is refused.
+        let e = inputs(&cas, &dir, &task(vec![f.clone()], &[])).expect_err("twice");
+        assert!(e.contains("already"), "{e}");
+        std::os::unix::fs::symlink(tmp.path(), dir.join("up")).expect("symlink");
+        let through = FileRef { path: "up/escaped.txt".into(), ..f };
+        let e = inputs(&cas, &dir, &task(vec![through], &[])).expect_err("link");
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(!tmp.path().join("escaped.txt").exists());
+    }
+
+    #[test]
+    fn outputs_must_be_regular_files_reached_without_links() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cas = Cas::open(tmp.path().join("cas")).expect("cas");
+        let secret = tmp.path().join("secret.key");
+        std::fs::write(&secret, "the key").expect("secret");
+        let dir = tmp.path().join("sandbox");
+        std::fs::create_dir_all(dir.join("d")).expect("sandbox");
+        std::fs::write(dir.join("ok.txt"), "fine").expect("ok");
+        std::os::unix::fs::symlink(&secret, dir.join("key.txt")).expect("symlink");
+        std::os::unix::fs::symlink(tmp.path(), dir.join("up")).expect("symlink");
+
+        let stored = outputs(&cas, &dir, &task(vec![], &["ok.txt"])).expect("stored");
+        assert_eq!(cas.read(&stored[0].digest).expect("blob"), b"fine");
+        let cases = [
+            ("key.txt", "output 'key.txt' is a symbolic link; outputs must be regular files".to_string()),
+            (
+                "up/secret.key",
+                "output 'up/secret.key' is reached through 'up', a symbolic link; outputs must be regular files".into(),
+            ),
+            ("d", "output 'd' is not a regular file".into()),
+            ("missing", "output 'missing' was not produced".into()),
+            ("ok.txt/x", "output 'ok.txt/x' was not produced".into()),
+        ];
+        for (o, want) in cases {
+            assert_eq!(outputs(&cas, &dir, &task(vec![], &["ok.txt", o])), Err(want), "{o}");
+        }
+        let (key_digest, _) = crate::cas::hash_file(&secret).expect("hash");
+        assert!(!cas.has(&key_digest), "the linked file never entered the store");
+    }
+}

@@ -1,0 +1,172 @@
+//! A builder stays a builder: packages run contained (Landlock, PID and mount namespaces, an
+//! unprivileged user when the node is root) on the node that receives the build and on a peer,
+//! see nothing of the node's data dir or processes, get a minimal environment, and what they
+//! print is not shown to observers. Each attack is tried with a builder key through the binary.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::common::{self, wait_all_online, wait_until, Start, TestNode};
+use serde_json::Value;
+
+/// `buildnet build` with `key` (not the admin key) against `node`.
+fn build_as(node: &TestNode, key: &str, project: &Path, extra: &[&str]) -> Output {
+    Command::new(common::BIN)
+        .args(["build", "--project"])
+        .arg(project)
+        .args(extra)
+        .args(["--address", &node.url, "--token", key])
+        .env_remove("BUILDNET_DATA_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run buildnet")
+}
+
+/// A package that tries to leave its sandbox and reports what it could do into `out/report.txt`.
+fn hostile_project(dir: &Path, data_dir: &Path) {
+    let key = data_dir.join("admin.key");
+    let escape = dir.join("escaped-from-sandbox");
+    let script = format!(
+        "mkdir -p out; {{ \
+         echo uid=$(id -u); \
+         echo processes=$(ls /proc | grep -c '^[0-9]'); \
+         cat {key} && echo READ-ABSOLUTE; \
+         cat ../../../admin.key && echo READ-RELATIVE; \
+         ls {data} && echo LISTED-DATA-DIR; \
+         touch /tmp/buildnet-escape-$$ && echo WROTE-TMP; \
+         echo x > {escape} && echo WROTE-PROJECT; \
+         echo x > ../../../planted && echo WROTE-DATA-DIR; \
+         setsid sleep 317.5 & \
+         env | sort | sed 's/^/env:/'; \
+         }} > out/report.txt 2>&1; true",
+        key = key.display(),
+        data = data_dir.display(),
+        escape = escape.display(),
+    );
+    let manifest = format!(
+        "[packages.hostile]\nshell = \"{}\"\noutputs = [\"out/report.txt\"]\nenv = {{ DECLARED = \"yes\" }}\n",
+        script.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    std::fs::write(dir.join("buildnet.toml"), manifest).expect("manifest");
+}
+
+fn no_process_with(marker: &str) -> bool {
+    std::fs::read_dir("/proc").into_iter().flatten().flatten().all(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| !String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
+            .unwrap_or(true)
+    })
+}
+
+/// Checks what the hostile package reported, and that nothing it tried left a trace.
+fn assert_contained(report: &str, runner: &TestNode, project: &Path, root: bool) {
+    let admin_key = std::fs::read_to_string(runner.dir.join("admin.key")).expect("admin key");
+    assert!(!report.contains(admin_key.trim()), "the package read the admin key:\n{report}");
+    for marker in ["READ-ABSOLUTE", "READ-RELATIVE", "LISTED-DATA-DIR", "WROTE-TMP", "WROTE-PROJECT", "WROTE-DATA-DIR"]
+    {
+        assert!(!report.contains(marker), "{marker}:\n{report}");
+    }
+    assert!(!project.join("escaped-from-sandbox").exists(), "nothing written into the project by the package");
+    assert!(!runner.dir.join("planted").exists(), "nothing written into the data dir");
+    let processes: usize =
+        report.lines().find_map(|l| l.strip_prefix("processes=")).and_then(|n| n.trim().parse().ok()).expect("count");
+    assert!(processes <= 8, "the package sees only its own processes, saw {processes}:\n{report}");
+    if root {
+        assert!(report.contains("uid=65534"), "a root node runs packages as nobody:\n{report}");
+    }
+    let env: Vec<&str> = report.lines().filter_map(|l| l.strip_prefix("env:")).collect();
+    assert!(env.contains(&"DECLARED=yes"), "declared variables are set: {env:?}");
+    assert!(env.iter().any(|l| l.starts_with("HOME=")) && env.iter().any(|l| l.starts_with("TMPDIR=")));
+    for l in &env {
+        let name = l.split('=').next().unwrap_or_default();
+        assert!(
+            ["DECLARED", "PATH", "HOME", "TMPDIR", "PWD", "SHLVL", "_", "OLDPWD"].contains(&name),
+            "only declared and minimal variables reach a package, not {l}"
+        );
+    }
+    wait_until("the package's escaped child died with it", Duration::from_secs(5), || {
+        no_process_with("sleep 317.5").then_some(())
+    });
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn a_package_cannot_read_keys_write_outside_or_see_the_node_here_or_on_a_peer() {
+    let _serial = common::serial();
+    let a = TestNode::start_with(Start::named("alpha"));
+    let b = a.join("beta", "builder", Start::default());
+    wait_all_online(&[&a, &b]);
+    for n in [&a, &b] {
+        assert_eq!(n.get("/api/node").1["sandbox"], "landlock+namespaces", "this kernel offers both");
+    }
+    let builder = a.key("builder");
+    let b_id = b.node_id();
+    let out = a.cli(&["config", "create", "--name", "on-beta", "--node", &format!("{b_id}:1")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    for (runner, extra) in [(&a, vec!["--local-only"]), (&b, vec!["--config", "on-beta"])] {
+        let work = tempfile::tempdir().expect("tempdir");
+        hostile_project(work.path(), &runner.dir);
+        let mut args = extra.clone();
+        args.push("--force");
+        let out = build_as(&a, &builder, work.path(), &args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report = std::fs::read_to_string(work.path().join("out/report.txt")).expect("report");
+        assert_contained(&report, runner, work.path(), is_root());
+    }
+}
+
+#[test]
+fn observers_do_not_see_what_packages_print() {
+    let node = TestNode::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    std::fs::write(work.path().join("buildnet.toml"), "[packages.talk]\nshell = \"echo the-package-said-this\"\n")
+        .expect("manifest");
+    let out = node.cli(&["build", "--project", work.path().to_str().expect("path")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = node.cli_json(&["history", "-n", "1"])["builds"][0]["id"].as_str().expect("id").to_string();
+    let as_role = |role: &str| -> Value {
+        let key = node.key(role);
+        let (status, body) = common::http(
+            "GET",
+            &format!("{}/api/build/{id}", node.url),
+            &[("Authorization", &format!("Bearer {key}"))],
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("json")
+    };
+    assert!(as_role("builder")["packages"][0]["output_tail"].as_str().expect("tail").contains("the-package-said-this"));
+    let observed = as_role("observer");
+    assert_eq!(observed["packages"][0]["output_tail"], "", "{observed}");
+    assert_eq!(observed["packages"][0]["state"], "succeeded", "observers still see how builds went");
+}
+
+#[test]
+fn a_node_that_must_contain_refuses_peers_packages_when_it_cannot() {
+    let _serial = common::serial();
+    let a = TestNode::start_with(Start::named("alpha"));
+    let weak = r#"{"sandbox": {"level": "none", "require": "landlock"}}"#;
+    let b = a.join("beta", "builder", Start { config: Some(weak), ..Default::default() });
+    wait_all_online(&[&a, &b]);
+    assert_eq!(b.get("/api/node").1["sandbox"], "none");
+    assert!(b.stderr_text().contains("peers' packages will be refused"), "said at start: {}", b.stderr_text());
+    let b_id = b.node_id();
+    let out = a.cli(&["config", "create", "--name", "on-beta", "--node", &format!("{b_id}:1")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let work = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        work.path().join("buildnet.toml"),
+        "[packages.one]\nshell = \"echo one > one.txt\"\noutputs = [\"one.txt\"]\n",
+    )
+    .expect("manifest");
+    let out = a.cli(&["build", "--project", work.path().to_str().expect("path"), "--config", "on-beta"]);
+    assert!(!out.status.success(), "the only allowed node refuses");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sandbox.require"), "the refusal says why: {err}");
+}

@@ -125,13 +125,18 @@ fn a_package_cannot_read_keys_write_outside_or_see_the_node_here_or_on_a_peer() 
 fn observers_do_not_see_what_packages_print() {
     let node = TestNode::start();
     let work = tempfile::tempdir().expect("tempdir");
-    std::fs::write(work.path().join("buildnet.toml"), "[packages.talk]\nshell = \"echo the-package-said-this\"\n")
-        .expect("manifest");
+    std::fs::write(
+        work.path().join("buildnet.toml"),
+        "[packages.talk]\nshell = \"echo the-package-said-this; echo made > o.txt\"\noutputs = [\"o.txt\"]\n",
+    )
+    .expect("manifest");
     let out = node.cli(&["build", "--project", work.path().to_str().expect("path")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let id = node.cli_json(&["history", "-n", "1"])["builds"][0]["id"].as_str().expect("id").to_string();
+    let keys = [("builder", node.key("builder")), ("observer", node.key("observer"))];
+    let key_of = |role: &str| keys.iter().find(|(r, _)| *r == role).map(|(_, k)| k.clone()).expect("key");
     let as_role = |role: &str| -> Value {
-        let key = node.key(role);
+        let key = key_of(role);
         let (status, body) = common::http(
             "GET",
             &format!("{}/api/build/{id}", node.url),
@@ -141,10 +146,24 @@ fn observers_do_not_see_what_packages_print() {
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).expect("json")
     };
-    assert!(as_role("builder")["packages"][0]["output_tail"].as_str().expect("tail").contains("the-package-said-this"));
+    let built = as_role("builder");
+    assert!(built["packages"][0]["output_tail"].as_str().expect("tail").contains("the-package-said-this"));
     let observed = as_role("observer");
     assert_eq!(observed["packages"][0]["output_tail"], "", "{observed}");
     assert_eq!(observed["packages"][0]["state"], "succeeded", "observers still see how builds went");
+    let digest = built["packages"][0]["outputs"][0]["digest"].as_str().expect("digest").to_string();
+    let fetch = |role: &str| {
+        let key = key_of(role);
+        common::http(
+            "GET",
+            &format!("{}/api/blobs/{digest}", node.url),
+            &[("Authorization", &format!("Bearer {key}"))],
+            None,
+        )
+        .0
+    };
+    assert_eq!(fetch("builder"), 200);
+    assert_eq!(fetch("observer"), 403, "artifacts are output too");
 }
 
 #[test]

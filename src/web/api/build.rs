@@ -153,7 +153,7 @@ pub async fn get_blob(
     caller: Caller,
     digest: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(Action::View, "read build outputs")?;
+    caller.require(Action::ReadBuildOutput, "read build outputs")?;
     let cas = state.node.builds.cas.clone();
     let (file, size) = web::block(move || cas.open_blob(&digest))
         .await

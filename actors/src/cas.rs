@@ -111,14 +111,7 @@ impl Cas {
         let target = self.path(expected)?;
         let tmp = self.root.join("tmp").join(format!("{expected}.{:016x}", rand::random::<u64>()));
         let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp))?;
-        Ok(BlobWriter {
-            expected: expected.to_string(),
-            target,
-            tmp,
-            file,
-            hasher: blake3::Hasher::new(),
-            written: 0,
-        })
+        Ok(BlobWriter { expected: expected.to_string(), target, tmp, file, hasher: blake3::Hasher::new(), written: 0 })
     }
 
     /// Opens a stored blob for reading, with its size.

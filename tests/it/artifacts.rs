@@ -17,6 +17,10 @@ use crate::common::{self, wait_until, Start, TestNode};
 /// Every process stays under this resident size, whatever the artifact's.
 const RSS_LIMIT_KB: u64 = 100 * 1024;
 
+/// No benchmarks: the memory benchmark takes 256 MiB on purpose, which is not what these
+/// tests measure.
+const NO_BENCHMARKS: &str = r#"{"benchmark": {"on_start": false, "interval_hours": 0}}"#;
+
 /// A field of `/proc/<pid>/status` in kB (VmRSS, VmHWM), if the process is alive.
 fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -67,7 +71,9 @@ fn pid_cell(pid: u32) -> Arc<std::sync::atomic::AtomicU32> {
 fn a_large_output_built_on_a_peer_returns_with_node_and_cli_memory_flat() {
     let _serial = common::serial();
     let mb: u64 = std::env::var("BUILDNET_ARTIFACT_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let (a, b) = common::two_nodes();
+    let a = TestNode::start_with(Start { config: Some(NO_BENCHMARKS), ..Start::named("alpha") });
+    let b = a.join("beta", "builder", Start { config: Some(NO_BENCHMARKS), ..Default::default() });
+    common::wait_all_online(&[&a, &b]);
     let beta = b.node_id();
     let created = a.cli(&["config", "create", "--name", "on-beta", "--node", &format!("{beta}:1")]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
@@ -202,7 +208,7 @@ fn tmp_files(node: &TestNode) -> usize {
 #[test]
 fn uploads_are_checked_before_their_body_is_read_and_stored_only_if_they_match() {
     let _shared = common::shared();
-    let node = TestNode::start_with(Start::named("blobs"));
+    let node = TestNode::start_with(Start { config: Some(NO_BENCHMARKS), ..Start::named("blobs") });
     let observer = node.key("observer");
     let builder = node.key("builder");
     let size: u64 = 300 << 20;
@@ -228,6 +234,7 @@ fn uploads_are_checked_before_their_body_is_read_and_stored_only_if_they_match()
     done.store(true, Ordering::SeqCst);
     watcher.join().expect("watcher");
     let grew = peak.load(Ordering::SeqCst).saturating_sub(before);
+    eprintln!("three observers' 300 MiB uploads: {statuses:?}, the node grew by {grew} KiB (from {before} KiB)");
     assert_eq!(statuses, vec![Some(403); 3], "an observer may not upload");
     assert!(grew < 20 * 1024, "three refused 300 MB uploads grew the node by {} MiB", grew / 1024);
     assert_eq!(tmp_files(&node), 0);
@@ -240,6 +247,7 @@ fn uploads_are_checked_before_their_body_is_read_and_stored_only_if_they_match()
     let before = rss_kb(&node);
     assert_eq!(put_zeros(&node, &builder, &digest, size), Some(201));
     let after = status_kb(node.child.id(), "VmHWM:").expect("hwm");
+    eprintln!("a builder's 300 MiB upload: peak RSS {} MiB", after / 1024);
     assert!(after < RSS_LIMIT_KB, "a 300 MB upload took the node to {} MiB (from {} MiB)", after / 1024, before / 1024);
     let (status, missing) = node.post("/api/blobs/missing", &serde_json::json!({ "digests": [digest] }));
     assert_eq!((status, missing["missing"].as_array().map(Vec::len)), (200, Some(0)), "{missing}");

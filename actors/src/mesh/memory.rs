@@ -265,6 +265,58 @@ mod tests {
     }
 
     #[actix::test]
+    async fn blobs_stream_between_peers_and_a_corrupt_one_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let net = MemoryNet::new();
+        let a = node(&net, dir.path(), "a", true).await;
+        let b = node(&net, dir.path(), "b", false).await;
+        join(&a, &b).await;
+        let ids = [&a, &b].map(|n| n.identity.node_id.clone());
+        wait_until("both online", &[&a, &b], Duration::from_secs(10), |n, v| {
+            ids.iter().filter(|id| **id != n.identity.node_id).all(|id| v.get(id) == Some(&NodeState::Online))
+        })
+        .await;
+        let input_ref = |path: &Path| {
+            let (digest, size) = a.builds.cas.put_file(path).expect("put");
+            crate::wire::FileRef { path: "in.bin".into(), digest, executable: false, size }
+        };
+        let job = |file: &crate::wire::FileRef| {
+            let mut job = hello("mem-blobs");
+            job.task.invocation = Invocation::Shell("cat in.bin in.bin > out.bin".into());
+            job.task.files = vec![file.clone()];
+            job.task.outputs = vec!["out.bin".into()];
+            job
+        };
+
+        // An input of many windows of chunks goes to b; an output twice its size comes back.
+        let input: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("in.bin"), &input).expect("write");
+        let file = input_ref(&dir.path().join("in.bin"));
+        let result = a.workers.run_on(&ids[1], job(&file)).await.expect("ran on b");
+        assert!(result.success(), "{result:?}");
+        assert!(b.builds.cas.has(&file.digest), "b pulled the input");
+        let out = &result.outputs[0];
+        assert_eq!(out.size, 6_000_000);
+        assert_eq!(a.builds.cas.read(&out.digest).expect("the output is in a's CAS"), input.repeat(2));
+
+        // A blob whose bytes do not match its digest (a's stored copy went bad): b refuses it,
+        // the task fails, and nothing is stored or left behind on b.
+        std::fs::write(dir.path().join("other.bin"), b"another input".repeat(100_000)).expect("write");
+        let file = input_ref(&dir.path().join("other.bin"));
+        let stored = a.builds.cas.path(&file.digest).expect("path");
+        std::fs::write(&stored, b"ANOTHER INPUT".repeat(100_000)).expect("corrupt");
+        match a.workers.run_on(&ids[1], job(&file)).await {
+            Err(RemoteError::Failed(why)) => {
+                assert!(why.contains("input in.bin could not be received") && why.contains("does not match"), "{why}")
+            }
+            other => panic!("a task whose input arrived corrupt: {other:?}"),
+        }
+        assert!(!b.builds.cas.has(&file.digest), "the corrupt blob is not stored");
+        let leftovers = std::fs::read_dir(dir.path().join("b/cas/tmp")).expect("b's cas/tmp").count();
+        assert_eq!(leftovers, 0, "its temporary file is gone");
+    }
+
+    #[actix::test]
     async fn a_peer_refuses_a_task_whose_paths_leave_its_sandbox() {
         let dir = tempfile::tempdir().expect("tempdir");
         let net = MemoryNet::new();

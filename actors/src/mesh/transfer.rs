@@ -12,7 +12,7 @@
 
 use actix::prelude::*;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,46 @@ const MAX_QUEUED_PER_LINK: usize = 10_000;
 pub const MAX_BLOB: u64 = 1 << 34;
 /// A transfer with no progress for this long is dropped.
 pub const STALL: Duration = Duration::from_secs(30);
+
+/// A first-in, first-out queue without duplicates, with membership in constant time.
+struct Queue<T> {
+    order: VecDeque<T>,
+    members: HashSet<T>,
+}
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Queue { order: VecDeque::new(), members: HashSet::new() }
+    }
+}
+
+impl<T: Clone + Eq + std::hash::Hash> Queue<T> {
+    fn contains(&self, item: &T) -> bool {
+        self.members.contains(item)
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Appends `item` unless it is queued already.
+    fn push(&mut self, item: T) {
+        if self.members.insert(item.clone()) {
+            self.order.push_back(item);
+        }
+    }
+
+    fn pop(&mut self) -> Option<T> {
+        let item = self.order.pop_front()?;
+        self.members.remove(&item);
+        Some(item)
+    }
+
+    fn retain(&mut self, keep: impl Fn(&T) -> bool) {
+        self.order.retain(|i| keep(i));
+        self.members.retain(|i| keep(i));
+    }
+}
 
 /// A blob being sent: its open file and how far the receiver has got.
 struct Sending {
@@ -58,7 +98,7 @@ struct Receiving {
 pub(super) struct Transfer {
     pub(super) cas: Cas,
     /// Blobs to pull, not yet asked for: (link, digest), oldest first.
-    wanted: VecDeque<(u64, String)>,
+    wanted: Queue<(u64, String)>,
     /// Blobs asked for and not yet stored.
     receiving: HashMap<(u64, String), Receiving>,
     /// When a chunk last arrived on each link (a blob queued behind others is not stalled).
@@ -66,14 +106,14 @@ pub(super) struct Transfer {
     /// Blobs being streamed to peers.
     sending: HashMap<(u64, String), Sending>,
     /// Blobs peers asked for, waiting for a free slot on their link.
-    send_queue: HashMap<u64, VecDeque<String>>,
+    send_queue: HashMap<u64, Queue<String>>,
 }
 
 impl Transfer {
     pub(super) fn new(cas: Cas) -> Transfer {
         Transfer {
             cas,
-            wanted: VecDeque::new(),
+            wanted: Queue::default(),
             receiving: HashMap::new(),
             link_rx: HashMap::new(),
             sending: HashMap::new(),
@@ -92,7 +132,7 @@ impl MeshActor {
             if t.cas.has(&key.1) || t.receiving.contains_key(&key) || t.wanted.contains(&key) {
                 continue;
             }
-            t.wanted.push_back(key);
+            t.wanted.push(key);
         }
         self.ask_for_more();
     }
@@ -102,7 +142,7 @@ impl MeshActor {
         let mut asks: HashMap<u64, Vec<String>> = HashMap::new();
         let t = &mut self.transfer;
         while t.receiving.len() < MAX_INCOMING {
-            let Some(key) = t.wanted.pop_front() else { break };
+            let Some(key) = t.wanted.pop() else { break };
             if t.cas.has(&key.1) || t.receiving.contains_key(&key) || !self.links.contains_key(&key.0) {
                 continue;
             }
@@ -125,7 +165,7 @@ impl MeshActor {
                 break;
             }
             if !t.sending.contains_key(&(link_id, d.clone())) && !queue.contains(&d) {
-                queue.push_back(d);
+                queue.push(d);
             }
         }
         self.start_sends(link_id);
@@ -138,7 +178,7 @@ impl MeshActor {
             if t.sending.keys().filter(|(l, _)| *l == link_id).count() >= MAX_SENDS_PER_LINK {
                 return;
             }
-            let Some(digest) = t.send_queue.get_mut(&link_id).and_then(VecDeque::pop_front) else {
+            let Some(digest) = t.send_queue.get_mut(&link_id).and_then(Queue::pop) else {
                 t.send_queue.remove(&link_id);
                 return;
             };

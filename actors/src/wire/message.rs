@@ -59,7 +59,8 @@ pub enum MeshMessage {
     /// [`MeshMessage::BlobAck`].
     BlobChunk(BlobChunk),
     /// The receiver of a blob has written its first `offset` bytes: the sender may send more.
-    /// An `offset` equal to the blob's size ends the transfer (received whole, or abandoned).
+    /// An `offset` at or past the blob's size ends the transfer (received whole, or abandoned:
+    /// then `u64::MAX`).
     BlobAck {
         digest: String,
         offset: u64,

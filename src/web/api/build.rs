@@ -102,15 +102,10 @@ pub async fn put_blob(
     if let Some(n) = declared.filter(|n| *n > MAX_BLOB_BYTES as u64) {
         return Err(too_large(n));
     }
-    let mut writer = state
-        .node
-        .builds
-        .cas
-        .writer(&digest)
-        .map_err(|e| match e {
-            e @ CasError::BadDigest(_) => ApiError::bad_request("invalid_blob", e.to_string()),
-            e => ApiError::internal(&e),
-        })?;
+    let mut writer = state.node.builds.cas.writer(&digest).map_err(|e| match e {
+        e @ CasError::BadDigest(_) => ApiError::bad_request("invalid_blob", e.to_string()),
+        e => ApiError::internal(&e),
+    })?;
     // Up to BLOB_BUFFER bytes gather here, then go to the file off this thread.
     let mut buffer = web::BytesMut::with_capacity(BLOB_BUFFER);
     loop {
@@ -134,13 +129,10 @@ pub async fn put_blob(
             break;
         }
     }
-    web::block(move || writer.finish())
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .map_err(|e| match e {
-            e @ CasError::Mismatch { .. } => ApiError::bad_request("invalid_blob", e.to_string()),
-            e => ApiError::internal(&e),
-        })?;
+    web::block(move || writer.finish()).await.map_err(|e| ApiError::internal(&e))?.map_err(|e| match e {
+        e @ CasError::Mismatch { .. } => ApiError::bad_request("invalid_blob", e.to_string()),
+        e => ApiError::internal(&e),
+    })?;
     Ok(HttpResponse::Created().finish())
 }
 

@@ -264,18 +264,24 @@ mod tests {
         );
     }
 
-    #[actix::test]
-    async fn blobs_stream_between_peers_and_a_corrupt_one_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// Two nodes on one memory network, joined and online to each other.
+    async fn two_linked(dir: &Path) -> (MemoryNet, Node, Node, [NodeId; 2]) {
         let net = MemoryNet::new();
-        let a = node(&net, dir.path(), "a", true).await;
-        let b = node(&net, dir.path(), "b", false).await;
+        let a = node(&net, dir, "a", true).await;
+        let b = node(&net, dir, "b", false).await;
         join(&a, &b).await;
         let ids = [&a, &b].map(|n| n.identity.node_id.clone());
         wait_until("both online", &[&a, &b], Duration::from_secs(10), |n, v| {
             ids.iter().filter(|id| **id != n.identity.node_id).all(|id| v.get(id) == Some(&NodeState::Online))
         })
         .await;
+        (net, a, b, ids)
+    }
+
+    #[actix::test]
+    async fn blobs_stream_between_peers_and_a_corrupt_one_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_net, a, b, ids) = two_linked(dir.path()).await;
         let input_ref = |path: &Path| {
             let (digest, size) = a.builds.cas.put_file(path).expect("put");
             crate::wire::FileRef { path: "in.bin".into(), digest, executable: false, size }
@@ -319,15 +325,7 @@ mod tests {
     #[actix::test]
     async fn a_peer_refuses_a_task_whose_paths_leave_its_sandbox() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let net = MemoryNet::new();
-        let a = node(&net, dir.path(), "a", true).await;
-        let b = node(&net, dir.path(), "b", false).await;
-        join(&a, &b).await;
-        let ids = [&a, &b].map(|n| n.identity.node_id.clone());
-        wait_until("both online", &[&a, &b], Duration::from_secs(10), |n, v| {
-            ids.iter().filter(|id| **id != n.identity.node_id).all(|id| v.get(id) == Some(&NodeState::Online))
-        })
-        .await;
+        let (_net, a, b, ids) = two_linked(dir.path()).await;
         let workers = a.workers.clone();
         // A requester that skipped its own check (an older or hostile node): the blob is there
         // to fetch, the path climbs out of b's sandbox (<data>/sandboxes/<build>/<package>).

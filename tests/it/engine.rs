@@ -98,9 +98,7 @@ fn cancelling_a_build_kills_its_package_on_the_peer() {
 fn a_configurations_storage_volume_is_used_on_a_peer() {
     let _serial = common::serial();
     let volumes = tempfile::tempdir().expect("tempdir");
-    let fast = volumes.path().join("fast");
-    let config =
-        format!(r#"{{"resource_limits": {{"storage": [{{"path": "{}", "purpose": "builds"}}]}}}}"#, fast.display());
+    let (fast, config) = common::builds_volume(volumes.path());
     let a = TestNode::start_with(Start::named("alpha"));
     let b = a.join("beta", "builder", Start { config: Some(&config), ..Default::default() });
     wait_all_online(&[&a, &b]);
@@ -123,12 +121,7 @@ fn a_configurations_storage_volume_is_used_on_a_peer() {
     let out = a.cli(&["build", "--project", work.path().to_str().expect("path"), "--config", "fast-on-beta"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let wd = std::fs::read_to_string(work.path().join("out/where.txt")).expect("output");
-    let canonical = fast.canonicalize().expect("volume");
-    assert!(
-        wd.trim().starts_with(&canonical.join("buildnet-sandboxes").display().to_string())
-            || wd.trim().starts_with(&fast.join("buildnet-sandboxes").display().to_string()),
-        "the peer ran it on the selected volume, not in its data dir: {wd}"
-    );
+    assert!(common::ran_in_volume(&wd, &fast), "the peer ran it on the selected volume, not in its data dir: {wd}");
 }
 
 /// The `ResourceAllocated` and `ResourceReleased` entries one node recorded for a build.

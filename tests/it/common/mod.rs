@@ -384,3 +384,17 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// A storage volume for builds under `parent`: its path and the node config that offers it.
+pub fn builds_volume(parent: &Path) -> (PathBuf, String) {
+    let fast = parent.join("fast");
+    let config =
+        format!(r#"{{"resource_limits": {{"storage": [{{"path": "{}", "purpose": "builds"}}]}}}}"#, fast.display());
+    (fast, config)
+}
+
+/// Whether a package's working directory (`pwd` output) was a sandbox on `volume`.
+pub fn ran_in_volume(wd: &str, volume: &Path) -> bool {
+    let on = |v: &Path| wd.trim().starts_with(&v.join("buildnet-sandboxes").display().to_string());
+    on(volume) || volume.canonicalize().is_ok_and(|c| on(&c))
+}

@@ -126,16 +126,58 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Option<Caller> {
     Some(Caller { key_id: info.id, key_name: info.name, role: info.role, csrf: Some(csrf) })
 }
 
+/// Header a page script sends with the session's CSRF token on an API write.
+pub const CSRF_HEADER: &str = "X-CSRF-Token";
+
 impl FromRequest for Caller {
     type Error = ApiError;
     type Future = Ready<Result<Caller, ApiError>>;
 
+    /// The API's caller. A bearer key is enough; the pages' session cookie is taken for reads, and
+    /// for writes only with the session's token in [`CSRF_HEADER`] from this node's own origin
+    /// (a cookie rides along on a cross-site request; the token and the origin do not).
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let Some(state) = req.app_data::<web::Data<AppState>>() else {
             return ready(Err(ApiError::internal(&std::io::Error::other("app state missing"))));
         };
-        ready(authenticate(req, state).ok_or_else(ApiError::unauthorized))
+        let Some(caller) = authenticate(req, state) else { return ready(Err(ApiError::unauthorized())) };
+        let safe = matches!(*req.method(), actix_web::http::Method::GET | actix_web::http::Method::HEAD);
+        if let (Some(csrf), false) = (&caller.csrf, safe) {
+            let token = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if !(same_token(csrf, token) && same_origin(req)) {
+                return ready(Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "csrf_required",
+                    format!("a session cookie changes nothing without the page's {CSRF_HEADER} header from this node's own origin; scripts use 'Authorization: Bearer <key>'"),
+                )));
+            }
+        }
+        ready(Ok(caller))
     }
+}
+
+/// Whether a browser request comes from this node's own pages: `Origin`, else `Referer`, must
+/// name this host. A request with neither (a script; browsers send `Origin` on every POST)
+/// passes on this check alone; the CSRF token still guards it.
+pub fn same_origin(req: &HttpRequest) -> bool {
+    use actix_web::http::header;
+    let Some(host) = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
+    let named = |value: &str| {
+        let rest = value.strip_prefix("http://").or_else(|| value.strip_prefix("https://"));
+        rest.is_some_and(|r| r.split('/').next() == Some(host))
+    };
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        return origin.to_str().is_ok_and(named);
+    }
+    if let Some(referer) = req.headers().get(header::REFERER) {
+        return referer.to_str().is_ok_and(named);
+    }
+    true
+}
+
+/// A page form post: the session's CSRF token, from this node's own origin.
+pub fn form_allowed(req: &HttpRequest, who: &Caller, csrf: &str) -> bool {
+    same_origin(req) && who.csrf.as_deref().is_some_and(|t| same_token(t, csrf))
 }
 
 /// Constant-time comparison of two tokens.

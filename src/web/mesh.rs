@@ -1,17 +1,18 @@
 //! The mesh's sockets: `/mesh` accepts links, the dialer opens them (awc WebSocket client), and
-//! the join handshake over HTTP. The bridges themselves (Noise, codec, liveness) live in the
-//! engine; this file only moves frames between sockets and bridges.
+//! `/mesh/join` carries the encrypted join. The bridges and the join itself (Noise, codec,
+//! liveness, tokens) live in the engine; this file only moves frames between sockets and them.
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use buildnet_actors::mesh::bridge::{Incoming, Outgoing, SocketClosed};
+use buildnet_actors::mesh::join::{self, FrameIo};
 use buildnet_actors::mesh::noise::MAX_FRAME;
-use buildnet_actors::mesh::roster::{MeshInfo, RosterError};
-use buildnet_actors::mesh::{Dialer, JoinRequest, JoinResponse, MeshHandle};
+use buildnet_actors::mesh::roster::{JoinToken, MeshInfo, RosterError};
+use buildnet_actors::mesh::{Dialer, MeshHandle, Refusal};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
-use super::json::JsonBody;
 use super::AppState;
 
 /// `GET /mesh`: a peer opens a link. No API key: the Noise handshake proves the peer is in the
@@ -116,42 +117,130 @@ pub fn dialer() -> Dialer {
     })
 }
 
-/// `POST /api/mesh/join`: a node presents a join token (the token is its credential).
-#[utoipa::path(post, path = "/api/mesh/join", tag = "pool", request_body = JoinRequest,
-    responses((status = 200, body = JoinResponse), (status = 403, body = super::error::ErrorBody)))]
-pub async fn admit(state: web::Data<AppState>, body: JsonBody) -> Result<HttpResponse, ApiError> {
-    match state.node.mesh.admit(body.parse()?).await {
-        Ok(response) => Ok(HttpResponse::Ok().json(response)),
-        Err(RosterError::Store(e)) => Err(ApiError::internal(&e)),
+/// How long one step of a join may take before the socket is dropped.
+const JOIN_STEP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `GET /mesh/join`: the encrypted join (`buildnet_actors::mesh::join`). No API key: the token
+/// is the credential, and it is proved inside Noise, never sent. Rate-limited per source.
+pub async fn accept_join(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> actix_web::Result<HttpResponse> {
+    if let Err(limited) = state.join_limit.check(&req) {
+        state.node.mesh.note_refusal(limited.ip.to_string(), Refusal::RateLimited);
+        return Ok(limited.response());
+    }
+    let source = req.peer_addr().map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
+    let responder = match state.node.mesh.open_join().await {
+        Ok(r) => r,
         Err(e @ RosterError::NotMeshAdmin) => {
-            Err(ApiError::new(actix_web::http::StatusCode::CONFLICT, "not_mesh_admin", e.to_string()))
+            return Err(ApiError::new(StatusCode::CONFLICT, "not_mesh_admin", e.to_string()).into())
         }
-        Err(e) => Err(ApiError::new(actix_web::http::StatusCode::FORBIDDEN, "join_refused", e.to_string())),
+        Err(e) => return Err(ApiError::internal(&e).into()),
+    };
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let mesh = state.node.mesh.clone();
+    actix_web::rt::spawn(async move {
+        let mut socket = ServerSocket { session, stream: stream.max_frame_size(MAX_FRAME) };
+        let result = join::serve_join(&mesh, responder, &mut socket, &source).await;
+        let reason = result.err().map(|r| actix_ws::CloseReason {
+            code: actix_ws::CloseCode::Policy,
+            // A close frame's reason must fit a control frame (125 bytes).
+            description: Some(r.chars().take(100).collect()),
+        });
+        let _ = socket.session.close(reason).await;
+    });
+    Ok(response)
+}
+
+/// The holder's end of a join socket.
+struct ServerSocket {
+    session: actix_ws::Session,
+    stream: actix_ws::MessageStream,
+}
+
+impl FrameIo for ServerSocket {
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), String> {
+        self.session.binary(frame).await.map_err(|_| "the joiner closed the connection".to_string())
+    }
+
+    async fn recv(&mut self) -> Result<Vec<u8>, String> {
+        let next = async {
+            loop {
+                match self.stream.recv().await {
+                    Some(Ok(actix_ws::Message::Binary(frame))) => return Ok(frame.to_vec()),
+                    Some(Ok(actix_ws::Message::Ping(p))) => {
+                        let _ = self.session.pong(&p).await;
+                    }
+                    Some(Ok(actix_ws::Message::Pong(_))) => {}
+                    _ => return Err("the joiner closed the connection".to_string()),
+                }
+            }
+        };
+        actix_web::rt::time::timeout(JOIN_STEP, next).await.map_err(|_| "the joiner timed out".to_string())?
     }
 }
 
-/// Joins the mesh of the node at `url` with `token`: asks it to admit us, then checks that the
-/// mesh key it answers with is the one the token pins.
-pub async fn join_remote(mesh: &MeshHandle, url: &str, token: &str) -> Result<MeshInfo, String> {
-    buildnet_actors::mesh::roster::JoinToken::parse(token).map_err(|e| e.to_string())?;
-    let request = mesh.join_request(token).await.ok_or("the mesh actor is not running")?;
-    let client = awc::Client::builder().timeout(std::time::Duration::from_secs(15)).finish();
-    let target = format!("{}/api/mesh/join", url.trim_end_matches('/'));
-    let mut res = client
-        .post(&target)
-        .send_json(&request)
-        .await
-        .map_err(|e| format!("no BuildNet node answers at {url}: {e}"))?;
-    let body = res.body().limit(16 << 20).await.map_err(|e| format!("reading the answer from {url}: {e}"))?;
-    if !res.status().is_success() {
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let message = v["error"]["message"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("{url} answered {}", res.status()));
-        return Err(format!("join refused by {url}: {message}"));
+/// The joiner's end of a join socket.
+struct ClientSocket<S> {
+    framed: S,
+}
+
+impl<S> FrameIo for ClientSocket<S>
+where
+    S: futures_util::Sink<awc::ws::Message>
+        + futures_util::Stream<Item = Result<awc::ws::Frame, awc::error::WsProtocolError>>
+        + Unpin,
+{
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), String> {
+        self.framed
+            .send(awc::ws::Message::Binary(frame.into()))
+            .await
+            .map_err(|_| "the node closed the connection".to_string())
     }
-    let response: JoinResponse =
-        serde_json::from_slice(&body).map_err(|e| format!("unexpected answer from {url}: {e}"))?;
-    mesh.accept_join(token, response).await.map_err(|e| e.to_string())
+
+    async fn recv(&mut self) -> Result<Vec<u8>, String> {
+        let next = async {
+            loop {
+                match self.framed.next().await {
+                    Some(Ok(awc::ws::Frame::Binary(frame))) => return Ok(frame.to_vec()),
+                    Some(Ok(awc::ws::Frame::Ping(_) | awc::ws::Frame::Pong(_))) => {}
+                    Some(Ok(awc::ws::Frame::Close(Some(reason)))) => {
+                        return Err(reason.description.unwrap_or_else(|| "the node closed the connection".into()))
+                    }
+                    _ => return Err("the node closed the connection".to_string()),
+                }
+            }
+        };
+        actix_web::rt::time::timeout(JOIN_STEP, next)
+            .await
+            .map_err(|_| "the node did not answer in time".to_string())?
+    }
+}
+
+/// Joins the mesh of the node at `url` with `token`, over the encrypted join at `/mesh/join`.
+pub async fn join_remote(mesh: &MeshHandle, url: &str, token: &str) -> Result<MeshInfo, String> {
+    JoinToken::parse(token).map_err(|e| e.to_string())?;
+    let target = format!("{}/join", mesh_url(url));
+    let client = awc::Client::builder().timeout(JOIN_STEP).finish();
+    let framed = match client.ws(&target).max_frame_size(MAX_FRAME).connect().await {
+        Ok((_, framed)) => framed,
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            return Err(match status {
+                StatusCode::TOO_MANY_REQUESTS => {
+                    format!("{url} refuses more join attempts from this address for now; retry in a minute")
+                }
+                StatusCode::CONFLICT => {
+                    format!("{url} does not hold the mesh key; join through the node that created the mesh")
+                }
+                other => format!("{url} answered {other} instead of a join; is it a BuildNet node of this version?"),
+            })
+        }
+        Err(e) => return Err(format!("no BuildNet node answers at {url}: {e}")),
+    };
+    let mut socket = ClientSocket { framed };
+    let joined = join::run_join(mesh, &mut socket, token).await.map_err(|e| e.to_string());
+    let _ = socket.framed.send(awc::ws::Message::Close(None)).await;
+    joined
 }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod json;
+pub mod limit;
 pub mod mesh;
 pub mod pages;
 pub mod ws;
@@ -21,13 +22,22 @@ use error::ApiError;
 pub struct AppState {
     pub node: Node,
     pub sessions: auth::Sessions,
+    /// Joins per source address: 10 at once, then one every 6 s.
+    pub join_limit: limit::RateLimit,
+    /// Logins per source address: 20 at once, then one every 3 s.
+    pub login_limit: limit::RateLimit,
 }
 
 /// Builds the server on a bound listener; the caller awaits it. actix-web stops it on SIGINT
 /// and SIGTERM, finishing requests in flight for up to five seconds.
 pub fn server(node: Node, listener: std::net::TcpListener) -> std::io::Result<Server> {
     node.mesh.set_dialer(mesh::dialer());
-    let state = web::Data::new(AppState { node, sessions: auth::Sessions::default() });
+    let state = web::Data::new(AppState {
+        node,
+        sessions: auth::Sessions::default(),
+        join_limit: limit::RateLimit::new("join", 10, std::time::Duration::from_secs(6)),
+        login_limit: limit::RateLimit::new("login", 20, std::time::Duration::from_secs(3)),
+    });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -44,6 +54,7 @@ pub fn server(node: Node, listener: std::net::TcpListener) -> std::io::Result<Se
             .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/api/health"))
             .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, method_not_allowed))
             .route("/mesh", web::get().to(mesh::accept))
+            .route("/mesh/join", web::get().to(mesh::accept_join))
             .route("/ws", web::get().to(ws::events))
             .service(web::scope("/api").configure(api::routes).default_service(web::to(api_not_found)))
             .configure(pages::routes)

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
@@ -23,13 +23,6 @@ enum ClientMessage {
     Unsubscribe { channels: Vec<String> },
 }
 
-/// A browser's `Origin` must be this node itself; clients that send none (scripts) are fine.
-fn origin_allowed(req: &HttpRequest) -> bool {
-    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) else { return true };
-    let host = req.connection_info().host().to_string();
-    origin == format!("http://{host}") || origin == format!("https://{host}")
-}
-
 pub async fn events(
     req: HttpRequest,
     body: web::Payload,
@@ -37,7 +30,7 @@ pub async fn events(
     caller: Caller,
 ) -> actix_web::Result<HttpResponse> {
     caller.require(buildnet_actors::wire::Action::View, "watch events")?;
-    if !origin_allowed(&req) {
+    if !super::auth::same_origin(&req) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "bad_origin",

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::{self, http, http_full, two_nodes, wait_until, TestNode};
 use serde_json::{json, Value};
 
-fn cookie(headers: &[(String, String)], name: &str) -> Option<String> {
+pub(crate) fn cookie(headers: &[(String, String)], name: &str) -> Option<String> {
     headers
         .iter()
         .filter(|(k, _)| k == "set-cookie")
@@ -18,7 +18,7 @@ fn cookie(headers: &[(String, String)], name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-fn hidden_csrf(html: &str) -> String {
+pub(crate) fn hidden_csrf(html: &str) -> String {
     let at = html.find("name=\"csrf\" value=\"").expect("csrf field") + "name=\"csrf\" value=\"".len();
     html[at..].split('"').next().expect("value").to_string()
 }
@@ -260,7 +260,7 @@ fn browser_nodes_page_shows_the_mesh_and_updates_live_when_a_peer_dies() {
 }
 
 /// Logs in over HTTP; returns the Cookie header value of the session.
-fn session(node: &TestNode) -> String {
+pub(crate) fn session(node: &TestNode) -> String {
     let (_, headers, page) = http_full("GET", &format!("{}/login", node.url), &[], None);
     let csrf_cookie = cookie(&headers, "bn_login_csrf").expect("csrf cookie");
     let csrf = hidden_csrf(&page);

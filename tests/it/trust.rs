@@ -1,10 +1,19 @@
-//! What a node trusts of its own state across restarts: its ledger chain is checked before it
-//! serves or extends it, and its coordinator epoch never goes back.
+//! What a node trusts, and what an outsider can do to it. Its own state across restarts: its
+//! ledger chain is checked before it serves or extends it, and its coordinator epoch never goes
+//! back. Its unauthenticated surfaces: joins run inside Noise and are pinned to the mesh key (a
+//! recording proxy sees no names, roster or token; an impostor is refused), floods and oversized
+//! joins are rate-limited and summarised without splitting the mesh, and the pages' session
+//! cookie changes nothing without its CSRF token from the node's own origin.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::common::{self, wait_all_online, wait_until, Start, TestNode};
+use crate::common::outsider::{self, block_on, Impostor};
+use crate::common::proxy::Proxy;
+use crate::common::{self, http, http_full, wait_all_online, wait_until, Start, TestNode};
+use crate::mesh::{agreed, heads};
+use crate::pages::{cookie, hidden_csrf, session};
+use buildnet_actors::mesh::roster::MeshInfo;
 
 #[test]
 fn a_node_whose_own_ledger_was_altered_refuses_to_start() {
@@ -64,4 +73,203 @@ fn the_coordinator_epoch_never_goes_back_after_a_restart() {
     let again = TestNode::start_with(Start { dir: Some(dir), ..Default::default() });
     assert!(epoch_of(&again) >= raised, "epoch {} after restart, {raised} before", epoch_of(&again));
     drop(keep);
+}
+
+fn mesh_info(node: &TestNode) -> MeshInfo {
+    let (_, pool) = node.get("/api/pool");
+    let (_, mesh) = node.get("/api/mesh");
+    let public_key = mesh["mesh_key"].as_str().map(str::to_string).unwrap_or_default();
+    MeshInfo { mesh_id: pool["mesh_id"].as_str().expect("mesh id").to_string(), public_key }
+}
+
+#[test]
+fn a_join_through_a_recording_proxy_shows_no_names_roster_or_token() {
+    let _serial = common::serial();
+    let a = TestNode::start_with(Start::named("alpha-holder"));
+    let proxy = Proxy::start();
+    proxy.set_target(&a.url);
+    let token = a.token("builder");
+    let b = TestNode::start_with(Start {
+        args: ["--name", "bravo-joiner", "--join", &proxy.url(), "--token", &token].map(String::from).to_vec(),
+        ..Default::default()
+    });
+    wait_all_online(&[&a, &b]);
+    let capture = proxy.captured();
+    assert!(capture.len() > 500, "the join crossed the proxy ({} bytes)", capture.len());
+    let secret = token.rsplit('_').next().expect("secret").to_string();
+    let (a_port, b_port) = (a.url.rsplit(':').next().expect("port"), b.url.rsplit(':').next().expect("port"));
+    for needle in [
+        "alpha-holder".to_string(),
+        "bravo-joiner".to_string(),
+        token.clone(),
+        secret,
+        a.node_id(),
+        b.node_id(),
+        format!("127.0.0.1:{a_port}"),
+        format!("127.0.0.1:{b_port}"),
+    ] {
+        assert!(
+            !capture.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "'{needle}' crossed the proxy in clear"
+        );
+    }
+}
+
+#[test]
+fn a_joiner_refuses_an_impostor_that_cannot_prove_the_mesh_key() {
+    let a = TestNode::start_with(Start::named("real-holder"));
+    let mesh = mesh_info(&a);
+    assert_eq!(mesh.public_key.len(), 64, "/api/mesh shows the mesh key");
+    let token = a.token("builder");
+
+    // It stole the token: it can read the join, but cannot sign with the mesh key.
+    let thief = Impostor::start(mesh.clone(), Some(&token));
+    let err = common::join_with(&thief.url, &token, "victim").expect_err("the impostor must be refused");
+    assert!(err.contains("did not prove it holds the key of mesh"), "{err}");
+    assert!(thief.seen.lock().expect("lock").iter().any(|s| s == "read the request of victim"), "{:?}", thief.seen);
+
+    // Without the token it reads nothing of the join.
+    let stranger = Impostor::start(mesh, None);
+    let err = common::join_with(&stranger.url, &token, "victim").expect_err("refused");
+    assert!(err.starts_with("buildnet: join failed"), "{err}");
+    let seen = stranger.seen.lock().expect("lock").clone();
+    assert!(seen.iter().any(|s| s.starts_with("could not read the join")), "{seen:?}");
+    assert!(!seen.iter().any(|s| s.starts_with("read the request")), "{seen:?}");
+
+    // The real holder still takes the token: nobody spent it.
+    common::join_with(&a.url, &token, "rightful").expect("the token still admits at the real node");
+}
+
+#[test]
+fn a_join_flood_and_an_oversized_join_leave_the_mesh_replicating_with_one_coordinator() {
+    let _serial = common::serial();
+    let (a, b) = common::two_nodes();
+    let mesh_id = mesh_info(&a).mesh_id;
+    let token = a.token("builder");
+
+    // A 200 kB name with a valid token: refused before anything is stored or signed.
+    let huge = "n".repeat(200_000);
+    let err = block_on(outsider::join_as(&a.url, &token, &huge)).expect_err("refused");
+    assert!(err.contains("must fit one frame"), "{err}");
+    let err = block_on(outsider::join_as(&a.url, &token, &"m".repeat(1000))).expect_err("refused");
+    assert!(err.contains("name: must be 1 to 64"), "{err}");
+
+    // 300 hellos naming tokens that do not exist, as fast as one client sends them.
+    let started = Instant::now();
+    let outcomes: Vec<Result<String, u16>> =
+        block_on(async { futures_util::future::join_all((0..300).map(|_| outsider::hello(&a.url, &mesh_id))).await });
+    let flood_ms = started.elapsed().as_millis();
+    let limited = outcomes.iter().filter(|o| **o == Err(429)).count();
+    let refused = outcomes.iter().filter(|o| o.as_ref().is_ok_and(|r| r.contains("not known"))).count();
+    assert!(limited >= 280 && limited + refused == 300, "{limited} rate-limited, {refused} refused: {outcomes:?}");
+    let (status, headers, body) = http_full("GET", &format!("{}/mesh/join", a.url), &[], None);
+    assert_eq!(status, 429, "{body}");
+    let retry: u64 =
+        headers.iter().find(|(k, _)| k == "retry-after").and_then(|(_, v)| v.parse().ok()).expect("Retry-After");
+    assert!((1..=10).contains(&retry), "{retry}");
+    assert!(body.contains("rate_limited"), "{body}");
+
+    // Both nodes keep one coordinator and one ledger.
+    agreed(&[&a, &b], Duration::from_secs(5));
+    let summary = wait_until("refused joins summarised", Duration::from_secs(30), || {
+        let (_, v) = a.get("/api/ledger?types=JoinRefused&limit=100");
+        let entries = v["entries"].as_array().cloned().unwrap_or_default();
+        let attempts: u64 = entries.iter().filter_map(|e| e["data"]["attempts"].as_u64()).sum();
+        (attempts >= 302).then_some(entries)
+    });
+    assert!(summary.len() <= 3, "one entry per source per interval, not one per attempt: {} entries", summary.len());
+    wait_until("b holds a's chain with the summary", Duration::from_secs(15), || {
+        (heads(&a) == heads(&b)).then_some(())
+    });
+    agreed(&[&a, &b], Duration::from_secs(5));
+    eprintln!(
+        "join flood: 300 hellos in {flood_ms} ms, {limited} answered 429, {refused} refused; {} ledger entries",
+        summary.len()
+    );
+
+    // The token the oversized joins used was never spent; the rightful node joins once the
+    // limit lets its address in again.
+    std::thread::sleep(Duration::from_secs(retry));
+    common::join_with(&a.url, &token, "rightful").expect("joins");
+}
+
+/// Logs in through the form; returns the session cookie header and the page's CSRF token.
+fn login(node: &TestNode) -> (String, String) {
+    let auth = session(node);
+    let csrf = hidden_csrf(&http("GET", &format!("{}/keys", node.url), &[("Cookie", &auth)], None).1);
+    (auth, csrf)
+}
+
+#[test]
+fn a_session_cookie_changes_nothing_without_its_token_from_its_own_origin() {
+    let node = TestNode::start();
+    let url = |p: &str| format!("{}{p}", node.url);
+    let (auth, csrf) = login(&node);
+    let host = node.url.trim_start_matches("http://").to_string();
+    let own = format!("http://{host}");
+
+    // The JSON API: a cookie alone, a foreign origin, or a wrong token is refused.
+    let scan = |headers: &[(&str, &str)]| http("POST", &url("/api/node/scan"), headers, Some(b""));
+    let (status, body) = scan(&[("Cookie", &auth), ("Origin", "http://127.0.0.1:9999")]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("csrf_required"), "{body}");
+    assert_eq!(scan(&[("Cookie", &auth), ("X-CSRF-Token", &csrf), ("Origin", "http://127.0.0.1:9999")]).0, 403);
+    assert_eq!(scan(&[("Cookie", &auth), ("X-CSRF-Token", "forged"), ("Origin", &own)]).0, 403);
+    assert_eq!(scan(&[("Cookie", &auth), ("X-CSRF-Token", &csrf), ("Origin", &own)]).0, 200);
+    assert_eq!(http("GET", &url("/api/node"), &[("Cookie", &auth)], None).0, 200, "reads need no token");
+
+    // A page form with the right token but from another origin (or Referer) changes nothing.
+    let ctype = ("Content-Type", "application/x-www-form-urlencoded");
+    let form = format!("csrf={csrf}&name=crosssite&role=admin");
+    for foreign in [("Origin", "http://evil.example"), ("Referer", "http://evil.example/page")] {
+        let (status, _) = http("POST", &url("/keys"), &[ctype, ("Cookie", &auth), foreign], Some(form.as_bytes()));
+        assert_ne!(status, 303);
+        assert!(!node.get("/api/keys").1.to_string().contains("crosssite"), "{foreign:?} was taken");
+    }
+    let (status, _) = http("POST", &url("/keys"), &[ctype, ("Cookie", &auth), ("Origin", &own)], Some(form.as_bytes()));
+    assert_eq!(status, 200);
+    assert!(node.get("/api/keys").1.to_string().contains("crosssite"), "the same origin is taken");
+
+    // A logout with a forged token keeps the session; a real one ends it on the server, so the
+    // old cookie is worthless even to someone who kept a copy.
+    let (status, _) = http("POST", &url("/logout"), &[ctype, ("Cookie", &auth)], Some(b"csrf=forged"));
+    assert_ne!(status, 303);
+    assert_eq!(http("GET", &url("/api/node"), &[("Cookie", &auth)], None).0, 200, "still logged in");
+    let (status, _) = http(
+        "POST",
+        &url("/logout"),
+        &[ctype, ("Cookie", &auth), ("Origin", &own)],
+        Some(format!("csrf={csrf}").as_bytes()),
+    );
+    assert_eq!(status, 303);
+    assert_eq!(http("GET", &url("/api/node"), &[("Cookie", &auth)], None).0, 401, "the session is gone");
+}
+
+#[test]
+fn logins_are_rate_limited_per_source() {
+    let node = TestNode::start();
+    let (_, headers, page) = http_full("GET", &format!("{}/login", node.url), &[], None);
+    let (csrf_cookie, csrf) = (cookie(&headers, "bn_login_csrf").expect("csrf cookie"), hidden_csrf(&page));
+    let attempt = || {
+        http_full(
+            "POST",
+            &format!("{}/login", node.url),
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", &format!("bn_login_csrf={csrf_cookie}")),
+            ],
+            Some(format!("key=bn_guess&csrf={csrf}").as_bytes()),
+        )
+    };
+    let statuses: Vec<u16> = (0..30).map(|_| attempt().0).collect();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(limited >= 9, "{statuses:?}");
+    let (status, headers, body) = attempt();
+    assert_eq!(status, 429);
+    assert!(headers.iter().any(|(k, _)| k == "retry-after"), "{headers:?}");
+    assert!(body.contains("Too many login attempts"));
+    // A key-sized field cap: a 1 MB "key" is answered without being looked up.
+    let (status, _) = http("GET", &format!("{}/api/health", node.url), &[], None);
+    assert_eq!(status, 200, "the node keeps serving");
 }

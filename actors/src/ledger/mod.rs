@@ -86,7 +86,8 @@ pub struct Append {
 impl Handler<Append> for LedgerActor {
     type Result = Result<LedgerEntry, StoreError>;
 
-    fn handle(&mut self, msg: Append, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, mut msg: Append, _: &mut Self::Context) -> Self::Result {
+        msg.data = bounded(msg.data);
         let (seq, prev_hash) = self.own_head()?;
         let seq = seq + 1;
         let hlc = self.tick();
@@ -107,6 +108,56 @@ impl Handler<Append> for LedgerActor {
         self.head = Some((seq, entry.hash.clone()));
         Ok(entry)
     }
+}
+
+/// Largest `data` of an entry, MessagePack-encoded as sync sends it. With the rest of an entry
+/// (ids, hashes, signature: under 1 KiB) it always fits one mesh frame, so no entry can stall
+/// replication.
+pub const MAX_DATA_BYTES: usize = 40 * 1024;
+/// Strings longer than this are shortened when an entry's data must shrink.
+const KEPT_TEXT: usize = 512;
+
+fn encoded_len(data: &serde_json::Value) -> usize {
+    rmp_serde::to_vec_named(data).map_or(usize::MAX, |v| v.len())
+}
+
+/// What stands in for a value dropped from an oversized entry: its size and BLAKE3 digest (of its
+/// JSON), so the record still says what it was and can be matched against the original.
+fn digest_of(value: &serde_json::Value) -> serde_json::Value {
+    let json = value.to_string();
+    let mut summary = serde_json::json!({ "omitted_bytes": json.len(), "blake3": blake3::hash(json.as_bytes()).to_hex().to_string() });
+    if let Some(items) = value.as_array() {
+        summary["count"] = items.len().into();
+    }
+    summary
+}
+
+/// An entry's data made to fit [`MAX_DATA_BYTES`]: unchanged when it fits; else its largest
+/// fields are replaced one by one (long strings shortened, arrays and objects by their digest)
+/// until it does; a value that still does not fit becomes its digest.
+pub fn bounded(data: serde_json::Value) -> serde_json::Value {
+    if encoded_len(&data) <= MAX_DATA_BYTES {
+        return data;
+    }
+    let serde_json::Value::Object(mut fields) = data else { return digest_of(&data) };
+    let mut by_size: Vec<(usize, String)> = fields.iter().map(|(k, v)| (encoded_len(v), k.clone())).collect();
+    by_size.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, key) in by_size {
+        let Some(value) = fields.get_mut(&key) else { continue };
+        *value = match value {
+            serde_json::Value::String(text) if text.len() > KEPT_TEXT => {
+                let kept: String = text.chars().take(KEPT_TEXT).collect();
+                serde_json::json!({ "text": format!("{kept}…"), "digest": digest_of(value) })
+            }
+            serde_json::Value::Array(_) | serde_json::Value::Object(_) => digest_of(value),
+            _ => continue,
+        };
+        fields.insert("truncated".into(), true.into());
+        if encoded_len(&serde_json::Value::Object(fields.clone())) <= MAX_DATA_BYTES {
+            return serde_json::Value::Object(fields);
+        }
+    }
+    digest_of(&serde_json::Value::Object(fields))
 }
 
 /// Closes the ledger's connection; used on shutdown.
@@ -225,5 +276,23 @@ mod tests {
         let report = ledger.verify().await.expect("verify");
         assert!(report.ok, "{report:?}");
         assert_eq!(report.chains[0].entries, 2);
+    }
+
+    #[test]
+    fn oversized_data_is_made_to_fit_and_says_what_it_dropped() {
+        let packages: Vec<String> = (0..10_000).map(|i| format!("package-{i:05}")).collect();
+        let data = serde_json::json!({ "build_id": "b1", "packages": packages, "note": "x".repeat(100_000) });
+        let fitted = bounded(data.clone());
+        assert!(encoded_len(&fitted) <= MAX_DATA_BYTES);
+        assert_eq!(fitted["build_id"], "b1", "small fields stay");
+        assert_eq!(fitted["truncated"], true);
+        assert!(fitted["note"]["text"].as_str().expect("kept text").starts_with("xxx"));
+        let json = data["packages"].to_string();
+        assert_eq!(fitted["packages"]["count"], 10_000);
+        assert_eq!(fitted["packages"]["blake3"], blake3::hash(json.as_bytes()).to_hex().to_string());
+        let small = serde_json::json!({ "a": 1 });
+        assert_eq!(bounded(small.clone()), small, "data that fits is untouched");
+        let huge_text = serde_json::Value::String("y".repeat(1_000_000));
+        assert!(encoded_len(&bounded(huge_text)) <= MAX_DATA_BYTES);
     }
 }

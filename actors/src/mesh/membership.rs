@@ -2,55 +2,18 @@
 //! joiner (mesh key holder only), adopting a mesh after a join, and leaving.
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use super::bridge;
-use super::roster::{self, MeshInfo, MeshKey, RosterEntry, RosterError, TokenInfo};
+use super::join::{self, Admission, Initiator, JoinReply, Responder};
+use super::roster::{self, JoinToken, MeshInfo, MeshKey, RosterEntry, RosterError, TokenInfo};
 use super::sync::split_batch;
 use super::{MeshActor, Peer, SYNC_BATCH};
 use crate::events::Event;
-use crate::identity;
 use crate::store::StoreHandle;
 use crate::wire::{self, LedgerEntryType, MeshMessage, NodeId, NodeState, Role};
-
-/// A node asking to join, signed with its own key.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct JoinRequest {
-    pub token: String,
-    pub node_id: NodeId,
-    pub name: String,
-    pub address: String,
-    pub ed_public: String,
-    pub noise_public: String,
-    pub signature: String,
-}
-
-impl JoinRequest {
-    fn signing_bytes(&self) -> Vec<u8> {
-        serde_json::json!(["buildnet-join/1", self.token, self.node_id, self.name, self.address, self.noise_public])
-            .to_string()
-            .into_bytes()
-    }
-
-    fn verify(&self) -> bool {
-        let key: Option<[u8; 32]> = wire::unhex(&self.ed_public).and_then(|b| b.try_into().ok());
-        let sig: Option<[u8; 64]> = wire::unhex(&self.signature).and_then(|b| b.try_into().ok());
-        match (key, sig) {
-            (Some(k), Some(s)) => {
-                NodeId::from_public_key(&k) == self.node_id && identity::verify(&k, &self.signing_bytes(), &s)
-            }
-            _ => false,
-        }
-    }
-}
-
-/// The admin node's answer to a join.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct JoinResponse {
-    pub mesh: MeshInfo,
-    pub roster: Vec<RosterEntry>,
-}
 
 impl MeshActor {
     /// The mesh admin re-signs its own entry when its address changed.
@@ -202,51 +165,195 @@ impl Handler<CreateToken> for MeshActor {
     }
 }
 
-/// Admits a node that presents a valid token (mesh admin only).
+/// Why a join was refused, as the summary in the ledger counts it: fixed words, never text the
+/// outsider sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    UnknownToken,
+    UsedToken,
+    ExpiredToken,
+    WrongSecret,
+    BadRequest,
+    RateLimited,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::UnknownToken => "unknown token",
+            Refusal::UsedToken => "used token",
+            Refusal::ExpiredToken => "expired token",
+            Refusal::WrongSecret => "wrong token secret",
+            Refusal::BadRequest => "malformed join",
+            Refusal::RateLimited => "rate limited",
+        }
+    }
+
+    pub(super) fn of(e: &RosterError) -> Refusal {
+        match e {
+            RosterError::UnknownToken | RosterError::MalformedToken | RosterError::WrongMesh { .. } => {
+                Refusal::UnknownToken
+            }
+            RosterError::UsedToken => Refusal::UsedToken,
+            RosterError::ExpiredToken => Refusal::ExpiredToken,
+            _ => Refusal::BadRequest,
+        }
+    }
+}
+
+/// Refused joins go to the ledger as one summary per source per interval, never one entry per
+/// attempt: a flood from outside costs a counter, not the chain.
+pub const REFUSAL_SUMMARY_EVERY: Duration = Duration::from_secs(10);
+/// Sources tracked per interval; the rest are counted under one "other sources" row.
+const MAX_SOURCES: usize = 256;
+
+#[derive(Default)]
+pub(super) struct RefusedJoins {
+    by_source: BTreeMap<String, RefusalTally>,
+    since: Option<Instant>,
+}
+
+struct RefusalTally {
+    attempts: u64,
+    reasons: BTreeMap<Refusal, u64>,
+    first_ms: u64,
+    last_ms: u64,
+}
+
+impl RefusedJoins {
+    fn note(&mut self, source: String, reason: Refusal) {
+        let source = if self.by_source.len() >= MAX_SOURCES && !self.by_source.contains_key(&source) {
+            "other sources".to_string()
+        } else {
+            source
+        };
+        let now = wire::now_ms();
+        let tally = self.by_source.entry(source).or_insert(RefusalTally {
+            attempts: 0,
+            reasons: BTreeMap::new(),
+            first_ms: now,
+            last_ms: now,
+        });
+        tally.attempts += 1;
+        *tally.reasons.entry(reason).or_default() += 1;
+        tally.last_ms = now;
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// The summaries due: one ledger entry's data per source, once an interval has passed.
+    fn take_due(&mut self) -> Vec<serde_json::Value> {
+        if self.since.is_none_or(|t| t.elapsed() < REFUSAL_SUMMARY_EVERY) {
+            return Vec::new();
+        }
+        self.since = None;
+        std::mem::take(&mut self.by_source)
+            .into_iter()
+            .map(|(source, t)| {
+                let reasons: serde_json::Map<String, serde_json::Value> =
+                    t.reasons.into_iter().map(|(r, n)| (r.as_str().to_string(), n.into())).collect();
+                serde_json::json!({ "source": source, "attempts": t.attempts, "reasons": reasons, "first_ms": t.first_ms, "last_ms": t.last_ms })
+            })
+            .collect()
+    }
+}
+
+impl MeshActor {
+    /// Writes the refused-join summaries that are due (called on every tick).
+    pub(super) fn summarise_refusals(&mut self) {
+        let due = self.refused.take_due();
+        if due.is_empty() {
+            return;
+        }
+        let ledger = self.ledger.clone();
+        actix::spawn(async move {
+            for data in due {
+                if let Err(e) = ledger.append(LedgerEntryType::JoinRefused, data).await {
+                    log::warn!("recording refused joins: {e}");
+                }
+            }
+        });
+    }
+}
+
+/// Counts a refused join from `source` (an IP address).
 #[derive(Message)]
-#[rtype(result = "Result<JoinResponse, RosterError>")]
+#[rtype(result = "()")]
+pub struct NoteRefusal {
+    pub source: String,
+    pub reason: Refusal,
+}
+
+impl Handler<NoteRefusal> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: NoteRefusal, _: &mut Context<Self>) {
+        self.refused.note(msg.source, msg.reason);
+    }
+}
+
+/// Starts the holder's side of a join (mesh key holder only).
+#[derive(Message)]
+#[rtype(result = "Result<Responder, RosterError>")]
+pub struct OpenJoin;
+
+impl Handler<OpenJoin> for MeshActor {
+    type Result = Result<Responder, RosterError>;
+
+    fn handle(&mut self, _: OpenJoin, _: &mut Context<Self>) -> Self::Result {
+        let mesh = self.mesh.as_ref().filter(|_| self.mesh_key.is_some()).ok_or(RosterError::NotMeshAdmin)?;
+        Responder::new(&self.noise_private, &mesh.mesh_id).map_err(|e| RosterError::Io(e.to_string()))
+    }
+}
+
+/// The stored hash of a token a join names, if it can still be spent.
+#[derive(Message)]
+#[rtype(result = "Result<String, RosterError>")]
+pub struct TokenHash {
+    pub id: String,
+}
+
+impl Handler<TokenHash> for MeshActor {
+    type Result = ResponseFuture<Result<String, RosterError>>;
+
+    fn handle(&mut self, msg: TokenHash, _: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move { store.run(move |c| Ok(roster::usable_token(c, &msg.id))).await? })
+    }
+}
+
+/// Admits a node whose join proved the token (mesh key holder only): spends the token, signs
+/// its roster entry, records `NodeJoined`, and answers with the proof and the roster.
+#[derive(Message)]
+#[rtype(result = "Result<JoinReply, RosterError>")]
 pub struct Admit {
-    pub request: JoinRequest,
+    pub token_id: String,
+    pub request: join::JoinRequest,
+    /// The joiner's Noise static key, proven by the handshake.
+    pub noise_public: [u8; 32],
+    pub handshake_hash: Vec<u8>,
 }
 
 impl Handler<Admit> for MeshActor {
-    type Result = ResponseActFuture<Self, Result<JoinResponse, RosterError>>;
+    type Result = ResponseActFuture<Self, Result<JoinReply, RosterError>>;
 
     fn handle(&mut self, msg: Admit, _: &mut Context<Self>) -> Self::Result {
         let req = msg.request;
-        let (store, ledger) = (self.store.clone(), self.ledger.clone());
+        let store = self.store.clone();
         let mesh = self.mesh.clone().filter(|_| self.mesh_key.is_some());
         let unsigned = self.entry_for(
             req.node_id.clone(),
             req.name.clone(),
             Role::Builder,
             req.ed_public.clone(),
-            req.noise_public.clone(),
+            wire::hex(&msg.noise_public),
             req.address.clone(),
         );
-        let me = self.me.clone();
+        let (me, token_id, joiner) = (self.me.clone(), msg.token_id, req.node_id.clone());
         Box::pin(
             async move {
                 let mesh = mesh.ok_or(RosterError::NotMeshAdmin)?;
-                let result: Result<Role, RosterError> = if !req.verify() {
-                    Err(RosterError::BadSignature(req.node_id.to_string()))
-                } else {
-                    let (token, id, m) = (req.token.clone(), req.node_id.clone(), mesh.clone());
-                    store.run(move |c| roster::redeem_token(c, &m, &token, &id).map_err(store_error)).await.map_err(|e| match e {
-                        crate::store::StoreError::Corrupt(text) => RosterError::Io(text),
-                        other => RosterError::Store(other),
-                    })
-                };
-                match result {
-                    Ok(role) => Ok((mesh, role)),
-                    Err(e) => {
-                        let data = serde_json::json!({ "node_id": req.node_id, "name": req.name, "address": req.address, "reason": e.to_string() });
-                        if let Err(le) = ledger.append(LedgerEntryType::JoinRefused, data).await {
-                            log::warn!("recording a refused join: {le}");
-                        }
-                        Err(e)
-                    }
-                }
+                let role = store.run(move |c| Ok(roster::redeem_token(c, &token_id, &joiner))).await??;
+                Ok::<_, RosterError>((mesh, role))
             }
             .into_actor(self)
             .then(move |checked, act, _| {
@@ -255,63 +362,59 @@ impl Handler<Admit> for MeshActor {
                     let mut entry = unsigned;
                     entry.role = role;
                     key.sign(&mut entry);
-                    Ok((mesh, entry))
+                    let proof = wire::hex(&key.sign_bytes(&join::proof_bytes(&msg.handshake_hash)));
+                    Ok((mesh, entry, proof))
                 });
                 let (store, ledger) = (act.store.clone(), act.ledger.clone());
                 fut::wrap_future(async move {
-                    let (mesh, entry) = signed?;
+                    let (mesh, entry, proof) = signed?;
                     let (m, e) = (mesh.clone(), entry.clone());
                     store.run(move |c| roster::save_entry(c, &m, &e).map(|_| ()).map_err(store_error)).await?;
                     let data = serde_json::json!({ "node_id": entry.node_id, "node_name": entry.name, "role": entry.role, "address": entry.address, "admitted_by": me });
                     ledger.append(LedgerEntryType::NodeJoined, data).await?;
                     let roster = MeshActor::all_entries(&store).await;
-                    Ok((JoinResponse { mesh, roster }, entry))
+                    Ok((JoinReply::Admitted { mesh, proof, roster }, entry))
                 })
             })
-            .map(|result: Result<(JoinResponse, RosterEntry), RosterError>, act, _| {
-                let (response, entry) = result?;
+            .map(|result: Result<(JoinReply, RosterEntry), RosterError>, act, _| {
+                let (reply, entry) = result?;
                 let id = entry.node_id.clone();
                 let address = entry.address.clone();
                 act.peers.insert(id, Peer::new(entry.clone(), address));
                 act.broadcast(MeshMessage::Roster { entries: vec![entry] });
-                Ok(response)
+                Ok(reply)
             }),
         )
     }
 }
 
-/// Builds this node's signed request to join with a token.
+/// Starts this node's side of a join with a token.
 #[derive(Message)]
-#[rtype(result = "JoinRequest")]
-pub struct MakeJoinRequest {
-    pub token: String,
+#[rtype(result = "Result<(Initiator, Vec<u8>), RosterError>")]
+pub struct StartJoin {
+    pub token: JoinToken,
 }
 
-impl Handler<MakeJoinRequest> for MeshActor {
-    type Result = MessageResult<MakeJoinRequest>;
+impl Handler<StartJoin> for MeshActor {
+    type Result = Result<(Initiator, Vec<u8>), RosterError>;
 
-    fn handle(&mut self, msg: MakeJoinRequest, _: &mut Context<Self>) -> Self::Result {
-        let mut req = JoinRequest {
-            token: msg.token,
-            node_id: self.me.clone(),
-            name: self.name.clone(),
-            address: self.address.clone(),
-            ed_public: wire::hex(&self.identity.public_key()),
-            noise_public: wire::hex(&self.noise_public),
-            signature: String::new(),
-        };
-        req.signature = wire::hex(&self.identity.sign(&req.signing_bytes()));
-        MessageResult(req)
+    fn handle(&mut self, msg: StartJoin, _: &mut Context<Self>) -> Self::Result {
+        Initiator::start(
+            msg.token,
+            self.identity.clone(),
+            self.name.clone(),
+            self.address.clone(),
+            (&self.noise_private, self.noise_public),
+        )
+        .map_err(|e| RosterError::Io(e.to_string()))
     }
 }
 
-/// Takes the admin's answer to our join: checks it is the mesh the token pinned, then adopts
-/// the mesh and its roster.
+/// Adopts the mesh and roster a verified join admitted us into.
 #[derive(Message)]
 #[rtype(result = "Result<MeshInfo, RosterError>")]
 pub struct AcceptJoin {
-    pub token: String,
-    pub response: JoinResponse,
+    pub admission: Admission,
 }
 
 impl Handler<AcceptJoin> for MeshActor {
@@ -321,13 +424,8 @@ impl Handler<AcceptJoin> for MeshActor {
         let (store, data_dir, me) = (self.store.clone(), self.data_dir.clone(), self.me.clone());
         Box::pin(
             async move {
-                let token = roster::JoinToken::parse(&msg.token)?;
-                let mesh = msg.response.mesh;
-                let key = mesh.key_bytes().ok_or(RosterError::BadSignature("mesh key".into()))?;
-                if MeshInfo::from_public_key(&key) != mesh || mesh.mesh_id != token.mesh_id {
-                    return Err(RosterError::WrongMesh { pinned: token.mesh_id, actual: mesh.mesh_id });
-                }
-                let (m, entries) = (mesh.clone(), msg.response.roster);
+                let Admission { mesh, roster: entries } = msg.admission;
+                let m = mesh.clone();
                 store
                     .run(move |c| {
                         roster::save_mesh(c, &m).map_err(store_error)?;
@@ -476,24 +574,24 @@ impl MeshActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Identity;
 
     #[test]
-    fn join_requests_must_be_signed_by_the_joining_key() {
-        let identity = Identity::from_secret(&[6; 32]);
-        let mut req = JoinRequest {
-            token: "bnj_x".into(),
-            node_id: identity.node_id.clone(),
-            name: "n".into(),
-            address: "http://127.0.0.1:1".into(),
-            ed_public: wire::hex(&identity.public_key()),
-            noise_public: wire::hex(&[1; 32]),
-            signature: String::new(),
-        };
-        req.signature = wire::hex(&identity.sign(&req.signing_bytes()));
-        assert!(req.verify());
-        let mut stolen = req.clone();
-        stolen.noise_public = wire::hex(&[2; 32]);
-        assert!(!stolen.verify(), "changing the link key breaks the signature");
+    fn refusals_are_summarised_per_source_and_bounded() {
+        let mut r = RefusedJoins::default();
+        for _ in 0..300 {
+            r.note("10.0.0.1".into(), Refusal::UnknownToken);
+        }
+        r.note("10.0.0.1".into(), Refusal::RateLimited);
+        for i in 0..1000 {
+            r.note(format!("10.1.{}.{}", i / 256, i % 256), Refusal::WrongSecret);
+        }
+        assert!(r.take_due().is_empty(), "nothing is written before the interval ends");
+        r.since = Some(Instant::now() - REFUSAL_SUMMARY_EVERY);
+        let due = r.take_due();
+        assert_eq!(due.len(), MAX_SOURCES + 1, "one entry per source, the rest under 'other sources'");
+        let first = due.iter().find(|d| d["source"] == "10.0.0.1").expect("flooder");
+        assert_eq!(first["attempts"], 301);
+        assert_eq!(first["reasons"]["unknown token"], 300);
+        assert!(r.take_due().is_empty());
     }
 }

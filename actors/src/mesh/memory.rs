@@ -22,6 +22,8 @@ use actix::prelude::*;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
 use super::bridge::{BridgeActor, Incoming, Outgoing, SocketClosed};
+use super::join::{self, FrameIo};
+use super::roster::MeshInfo;
 use super::{Dialer, MeshHandle};
 
 /// The nodes of one in-process network and the links open between them. Clones share it.
@@ -136,6 +138,37 @@ impl MemoryNet {
     }
 }
 
+/// One end of an in-memory frame pipe.
+struct PipeEnd {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    rx: UnboundedReceiver<Vec<u8>>,
+}
+
+impl FrameIo for PipeEnd {
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), String> {
+        self.tx.send(frame).map_err(|_| "closed".to_string())
+    }
+
+    async fn recv(&mut self) -> Result<Vec<u8>, String> {
+        self.rx.recv().await.ok_or_else(|| "closed".to_string())
+    }
+}
+
+/// `joiner` joins `holder`'s mesh with `token`: the encrypted join of [`join`] over an
+/// in-memory pipe instead of a WebSocket.
+pub async fn join_in_memory(holder: &MeshHandle, joiner: &MeshHandle, token: &str) -> Result<MeshInfo, String> {
+    let (a_tx, a_rx) = mpsc::unbounded_channel();
+    let (b_tx, b_rx) = mpsc::unbounded_channel();
+    let mut holder_end = PipeEnd { tx: a_tx, rx: b_rx };
+    let mut joiner_end = PipeEnd { tx: b_tx, rx: a_rx };
+    let responder = holder.open_join().await.map_err(|e| e.to_string())?;
+    let holder = holder.clone();
+    let serving = actix::spawn(async move { join::serve_join(&holder, responder, &mut holder_end, "memory").await });
+    let joined = join::run_join(joiner, &mut joiner_end, token).await.map_err(|e| e.to_string());
+    let _ = serving.await;
+    joined
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -166,9 +199,7 @@ mod tests {
     /// `joiner` joins `admin`'s mesh, the steps `buildnet join` takes over HTTP.
     async fn join(admin: &Node, joiner: &Node) {
         let (token, _) = admin.mesh.create_token(Role::Builder, 60_000, "test").await.expect("token");
-        let request = joiner.mesh.join_request(&token).await.expect("join request");
-        let response = admin.mesh.admit(request).await.expect("admitted");
-        joiner.mesh.accept_join(&token, response).await.expect("joined");
+        super::join_in_memory(&admin.mesh, &joiner.mesh, &token).await.expect("joined");
     }
 
     /// What `node` sees of its peers.
@@ -276,6 +307,43 @@ mod tests {
         })
         .await;
         (net, a, b, ids)
+    }
+
+    #[actix::test]
+    async fn the_largest_ledger_entry_and_an_oversized_one_reach_the_peer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_net, a, b, ids) = two_linked(dir.path()).await;
+        let size = |v: &serde_json::Value| rmp_serde::to_vec_named(v).expect("encode").len();
+        let mut largest = serde_json::json!({ "text": "" });
+        let overhead = size(&largest);
+        largest["text"] = "z".repeat(crate::ledger::MAX_DATA_BYTES - overhead - 2).into();
+        while size(&largest) < crate::ledger::MAX_DATA_BYTES {
+            let text = format!("{}z", largest["text"].as_str().expect("text"));
+            largest["text"] = text.into();
+        }
+        assert_eq!(size(&largest), crate::ledger::MAX_DATA_BYTES);
+        let kept = a.ledger.append(LedgerEntryType::ConfigCreated, largest.clone()).await.expect("append");
+        assert_eq!(kept.data, largest, "the largest allowed data is stored as is");
+        let oversized = serde_json::json!({ "name": "n".repeat(200_000) });
+        let cut = a.ledger.append(LedgerEntryType::ConfigCreated, oversized).await.expect("append");
+        assert_eq!(cut.data["truncated"], true);
+        let filter = LedgerFilter {
+            types: vec![LedgerEntryType::ConfigCreated],
+            origin: Some(ids[0].clone()),
+            limit: 10,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        loop {
+            let seen = b.ledger.query(filter.clone()).await.expect("b's ledger");
+            if seen.iter().any(|e| e.hash == kept.hash) && seen.iter().any(|e| e.hash == cut.hash) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "b did not get both entries: {seen:?}");
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        let b_view = seen(&b).await;
+        assert_eq!(b_view.get(&ids[0]), Some(&NodeState::Online), "the link stayed up");
     }
 
     #[actix::test]

@@ -9,6 +9,7 @@
 mod adverts;
 pub mod bridge;
 pub mod coordinator;
+pub mod join;
 mod links;
 pub mod membership;
 pub mod memory;
@@ -42,8 +43,11 @@ pub use coordinator::{adopt_epoch, choose_coordinator, next_view, Candidate};
 use coordinator::{BenchSchedule, SetBenchmarkSink};
 use links::{Attach, DialFailed, SetDialer};
 pub use links::{LinkAuthenticated, LinkClosed};
-use membership::{store_error, AcceptJoin, Admit, CreateToken, Leave, MakeJoinRequest, ReloadRoster};
-pub use membership::{JoinRequest, JoinResponse};
+use membership::{
+    store_error, AcceptJoin, Admit, CreateToken, Leave, NoteRefusal, OpenJoin, RefusedJoins, ReloadRoster, StartJoin,
+    TokenHash,
+};
+pub use membership::{Refusal, REFUSAL_SUMMARY_EVERY};
 use netbench::NetworkTest;
 use remote::RemoteWork;
 pub use remote::{Job, Workers};
@@ -82,6 +86,8 @@ pub struct PeerView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MeshView {
     pub mesh_id: Option<String>,
+    /// Hex Ed25519 public key of the mesh root; join tokens pin its first 8 bytes (the mesh id).
+    pub mesh_key: Option<String>,
     pub node_id: NodeId,
     pub role: Role,
     /// Whether this node holds the mesh key (admits new nodes).
@@ -211,6 +217,8 @@ pub struct MeshActor {
     probes: netbench::Probes,
     /// Where the peer table goes whenever it changes (the pool).
     pool: Option<Recipient<PeersChanged>>,
+    /// Refused joins counted until their summary goes to the ledger.
+    refused: RefusedJoins,
 }
 
 impl MeshActor {
@@ -273,6 +281,7 @@ impl MeshActor {
             bench: BenchSchedule::new(),
             probes: netbench::Probes::default(),
             pool: None,
+            refused: RefusedJoins::default(),
         };
         actor.refresh_own_entry().await?;
         actor.reload_roster().await?;
@@ -314,6 +323,7 @@ impl MeshActor {
         self.advertise(ctx, false);
         self.schedule_benchmarks();
         self.expire_transfers();
+        self.summarise_refusals();
         self.publish_peers();
     }
 
@@ -442,6 +452,7 @@ impl MeshActor {
     fn mesh_view(&self) -> MeshView {
         MeshView {
             mesh_id: self.mesh.as_ref().map(|m| m.mesh_id.clone()),
+            mesh_key: self.mesh.as_ref().map(|m| m.public_key.clone()),
             node_id: self.me.clone(),
             role: self.role,
             mesh_admin: self.mesh_key.is_some(),
@@ -450,6 +461,10 @@ impl MeshActor {
             links: self.links.values().filter(|l| l.peer.is_some()).count(),
         }
     }
+}
+
+fn stopped() -> RosterError {
+    RosterError::Io("mesh actor stopped".into())
 }
 
 /// Typed front of the mesh actor.
@@ -508,20 +523,45 @@ impl MeshHandle {
             .map_err(|_| RosterError::Io("mesh actor stopped".into()))?
     }
 
-    pub async fn admit(&self, request: JoinRequest) -> Result<JoinResponse, RosterError> {
-        self.addr.send(Admit { request }).await.map_err(|_| RosterError::Io("mesh actor stopped".into()))?
+    /// Starts the holder's side of a join; `NotMeshAdmin` unless this node holds the mesh key.
+    pub async fn open_join(&self) -> Result<join::Responder, RosterError> {
+        self.addr.send(OpenJoin).await.map_err(|_| stopped())?
     }
 
-    pub async fn join_request(&self, token: &str) -> Option<JoinRequest> {
-        self.addr.send(MakeJoinRequest { token: token.to_string() }).await.ok()
+    /// The stored hash of the token a join names, if it can still be spent.
+    pub async fn token_hash(&self, id: &str) -> Result<String, RosterError> {
+        self.addr.send(TokenHash { id: id.to_string() }).await.map_err(|_| stopped())?
     }
 
-    pub async fn accept_join(&self, token: &str, response: JoinResponse) -> Result<MeshInfo, RosterError> {
-        let info = self
-            .addr
-            .send(AcceptJoin { token: token.to_string(), response })
-            .await
-            .map_err(|_| RosterError::Io("mesh actor stopped".into()))??;
+    /// Admits the node of a join that proved its token; the reply carries the mesh key's proof.
+    pub async fn admit(
+        &self,
+        token_id: String,
+        request: join::JoinRequest,
+        session: &join::Session,
+    ) -> Result<join::JoinReply, RosterError> {
+        let admit = Admit {
+            token_id,
+            request,
+            noise_public: session.remote_static,
+            handshake_hash: session.handshake_hash.clone(),
+        };
+        self.addr.send(admit).await.map_err(|_| stopped())?
+    }
+
+    /// Counts a refused join from `source`; the ledger gets one summary per source per interval.
+    pub fn note_refusal(&self, source: String, reason: Refusal) {
+        self.addr.do_send(NoteRefusal { source, reason });
+    }
+
+    /// Starts this node's side of a join with a token: the first message to send.
+    pub async fn start_join(&self, token: roster::JoinToken) -> Result<(join::Initiator, Vec<u8>), RosterError> {
+        self.addr.send(StartJoin { token }).await.map_err(|_| stopped())?
+    }
+
+    /// Adopts the mesh a verified join admitted this node into.
+    pub async fn accept_join(&self, admission: join::Admission) -> Result<MeshInfo, RosterError> {
+        let info = self.addr.send(AcceptJoin { admission }).await.map_err(|_| stopped())??;
         let _ = self.addr.send(ReloadRoster).await;
         Ok(info)
     }

@@ -107,6 +107,11 @@ impl MeshKey {
     pub fn sign(&self, entry: &mut RosterEntry) {
         entry.signature = wire::hex(&self.signing.sign(&entry.signing_bytes()).to_bytes());
     }
+
+    /// Signs bytes with the mesh key (a join's proof of holding it).
+    pub fn sign_bytes(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
+    }
 }
 
 /// Loads or creates the node's Noise static key pair: (private, public).
@@ -189,8 +194,14 @@ impl JoinToken {
         format!("{TOKEN_PREFIX}{}_{}", self.mesh_id, self.secret)
     }
 
-    fn hash(&self) -> String {
+    /// What the holder stores instead of the token (and derives the join's pre-shared key from).
+    pub fn hash(&self) -> String {
         blake3::hash(self.text().as_bytes()).to_hex().to_string()
+    }
+
+    /// The token's public id (`token list` shows it; the join names it in clear).
+    pub fn id(&self) -> String {
+        format!("tok_{}", &self.hash()[..12])
     }
 }
 
@@ -218,7 +229,7 @@ pub fn create_token(
     let token = JoinToken { mesh_id: mesh.mesh_id.clone(), secret: wire::hex(&secret) };
     let now = wire::now_ms();
     let info = TokenInfo {
-        id: format!("tok_{}", &token.hash()[..12]),
+        id: token.id(),
         role,
         created_at_ms: now,
         expires_at_ms: now.saturating_add(ttl_ms),
@@ -232,32 +243,36 @@ pub fn create_token(
     Ok((token.text(), info))
 }
 
-/// Spends a token: checks it pins this mesh, exists, is unexpired and unused, then marks it used.
-pub fn redeem_token(conn: &Connection, mesh: &MeshInfo, text: &str, used_by: &NodeId) -> Result<Role, RosterError> {
-    let token = JoinToken::parse(text)?;
-    if token.mesh_id != mesh.mesh_id {
-        return Err(RosterError::WrongMesh { pinned: token.mesh_id, actual: mesh.mesh_id.clone() });
-    }
-    let row: Option<(String, String, i64, Option<i64>)> = conn
-        .query_row("SELECT id, role, expires_at, used_at FROM join_tokens WHERE token_hash = ?1", [token.hash()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+/// A token a join names by id, if it can still be spent: its stored hash (the join's pre-shared
+/// key derives from it).
+pub fn usable_token(conn: &Connection, id: &str) -> Result<String, RosterError> {
+    let row: Option<(String, i64, Option<i64>)> = conn
+        .query_row("SELECT token_hash, expires_at, used_at FROM join_tokens WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .optional()?;
-    let (id, role, expires, used) = row.ok_or(RosterError::UnknownToken)?;
+    let (hash, expires, used) = row.ok_or(RosterError::UnknownToken)?;
     if used.is_some() {
         return Err(RosterError::UsedToken);
     }
-    let now = wire::now_ms() as i64;
-    if expires <= now {
+    if expires <= wire::now_ms() as i64 {
         return Err(RosterError::ExpiredToken);
     }
+    Ok(hash)
+}
+
+/// Spends a token the join proved it holds: checks it is still unexpired and unused, then marks
+/// it used. Returns the role it grants.
+pub fn redeem_token(conn: &Connection, id: &str, used_by: &NodeId) -> Result<Role, RosterError> {
+    usable_token(conn, id)?;
     let changed = conn.execute(
         "UPDATE join_tokens SET used_at = ?1, used_by = ?2 WHERE id = ?3 AND used_at IS NULL",
-        params![now, used_by.as_str(), id],
+        params![wire::now_ms() as i64, used_by.as_str(), id],
     )?;
     if changed != 1 {
         return Err(RosterError::UsedToken);
     }
+    let role: String = conn.query_row("SELECT role FROM join_tokens WHERE id = ?1", [id], |r| r.get(0))?;
     role.parse().map_err(|e: wire::InvalidId| RosterError::Io(e.to_string()))
 }
 
@@ -377,23 +392,23 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_single_use_expiring_and_pinned() {
+    fn tokens_are_single_use_and_expiring() {
         let dir = tempfile::tempdir().expect("tempdir");
         let conn = store::open(&dir.path().join("db"), Durability::Normal).expect("db");
         let key = MeshKey::create(dir.path()).expect("mesh key");
         let mesh = key.info();
         let who = NodeId::parse("0000000000000001").expect("id");
-        let (text, _) = create_token(&conn, &mesh, Role::Builder, 60_000, "test").expect("token");
+        let (text, info) = create_token(&conn, &mesh, Role::Builder, 60_000, "test").expect("token");
         assert!(text.starts_with("bnj_"));
-        assert_eq!(redeem_token(&conn, &mesh, &text, &who).expect("redeems"), Role::Builder);
-        assert!(matches!(redeem_token(&conn, &mesh, &text, &who), Err(RosterError::UsedToken)));
-        let (expired, _) = create_token(&conn, &mesh, Role::Observer, 0, "test").expect("token");
-        assert!(matches!(redeem_token(&conn, &mesh, &expired, &who), Err(RosterError::ExpiredToken)));
-        assert!(matches!(redeem_token(&conn, &mesh, "bnj_nope", &who), Err(RosterError::MalformedToken)));
-        let forged = JoinToken { mesh_id: mesh.mesh_id.clone(), secret: "0".repeat(32) }.text();
-        assert!(matches!(redeem_token(&conn, &mesh, &forged, &who), Err(RosterError::UnknownToken)));
-        let other = JoinToken { mesh_id: "ffffffffffffffff".into(), secret: "0".repeat(32) }.text();
-        assert!(matches!(redeem_token(&conn, &mesh, &other, &who), Err(RosterError::WrongMesh { .. })));
+        let token = JoinToken::parse(&text).expect("parses");
+        assert_eq!(token.id(), info.id);
+        assert_eq!(usable_token(&conn, &info.id).expect("usable"), token.hash());
+        assert_eq!(redeem_token(&conn, &info.id, &who).expect("redeems"), Role::Builder);
+        assert!(matches!(redeem_token(&conn, &info.id, &who), Err(RosterError::UsedToken)));
+        let (_, expired) = create_token(&conn, &mesh, Role::Observer, 0, "test").expect("token");
+        assert!(matches!(redeem_token(&conn, &expired.id, &who), Err(RosterError::ExpiredToken)));
+        assert!(matches!(JoinToken::parse("bnj_nope"), Err(RosterError::MalformedToken)));
+        assert!(matches!(usable_token(&conn, "tok_000000000000"), Err(RosterError::UnknownToken)));
     }
 
     #[test]

@@ -40,7 +40,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/keys/{id}", web::delete().to(keys::revoke))
         .route("/tokens", web::post().to(mesh::create_token))
         .route("/mesh", web::get().to(mesh::view))
-        .route("/mesh/join", web::post().to(crate::web::mesh::admit))
         .route("/pool/join", web::post().to(mesh::join))
         .route("/pool/leave", web::post().to(mesh::leave))
         .route("/pool/visualization", web::get().to(mesh::visualization))
@@ -125,7 +124,7 @@ impl Modify for BearerAuth {
         keys::list, keys::create, keys::revoke,
         build::missing, build::put_blob, build::get_blob, build::start, build::status, build::cancel, build::rerun, build::list, build::estimate,
         configs::list, configs::create, configs::get, configs::update, configs::delete, configs::templates, configs::save_template, configs::use_template,
-        mesh::view, mesh::create_token, mesh::join, mesh::leave, mesh::sync, mesh::visualization, crate::web::mesh::admit,
+        mesh::view, mesh::create_token, mesh::join, mesh::leave, mesh::sync, mesh::visualization,
     ),
     modifiers(&BearerAuth),
     tags((name = "node"), (name = "pool"), (name = "ledger"), (name = "keys"), (name = "builds"))

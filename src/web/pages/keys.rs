@@ -85,7 +85,7 @@ pub async fn create(req: HttpRequest, state: web::Data<AppState>, form: web::For
         Ok(w) => w,
         Err(res) => return *res,
     };
-    if !who.csrf.as_deref().is_some_and(|t| auth::same_token(t, &form.csrf)) {
+    if !auth::form_allowed(&req, &who, &form.csrf) {
         return render(&who, &state, None, Some("The form expired; try again."));
     }
     let role: Role = match form.role.parse() {
@@ -113,7 +113,7 @@ pub async fn revoke(
         Ok(w) => w,
         Err(res) => return *res,
     };
-    if !who.csrf.as_deref().is_some_and(|t| auth::same_token(t, &form.csrf)) {
+    if !auth::form_allowed(&req, &who, &form.csrf) {
         return render(&who, &state, None, Some("The form expired; try again."));
     }
     match state.node.keys.revoke(&id, &who.actor()).await {

@@ -51,6 +51,9 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
     res
 }
 
+/// Longest text the login form's key field may hold (API keys are far shorter).
+const MAX_KEY_FIELD: usize = 256;
+
 #[derive(Deserialize)]
 pub struct LoginForm {
     key: String,
@@ -64,9 +67,21 @@ pub async fn submit(req: HttpRequest, state: web::Data<AppState>, form_data: web
         let _ = res.add_cookie(&csrf_cookie(&fresh));
         res
     };
+    if let Err(limited) = state.login_limit.check(&req) {
+        let mut res =
+            refuse(&format!("Too many login attempts from this address; try again in {} s.", limited.retry_after_secs));
+        *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        if let Ok(value) = header::HeaderValue::from_str(&limited.retry_after_secs.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return res;
+    }
     let cookie_ok = req.cookie(LOGIN_CSRF_COOKIE).is_some_and(|c| auth::same_token(c.value(), &form_data.csrf));
-    if !cookie_ok {
+    if !cookie_ok || !auth::same_origin(&req) {
         return refuse("The form expired. Please try again.");
+    }
+    if form_data.key.len() > MAX_KEY_FIELD {
+        return refuse("That is not an API key (too long).");
     }
     let Some(info) = state.node.keys.authenticate(form_data.key.trim()) else {
         return refuse("That key is not valid here (wrong, revoked or expired).");
@@ -83,11 +98,14 @@ pub struct LogoutForm {
     csrf: String,
 }
 
+/// Ends the session on the server, then clears the cookie. A post without the session's token
+/// (or from another origin) changes nothing: it could not have come from the user's page.
 pub async fn logout(req: HttpRequest, state: web::Data<AppState>, form_data: web::Form<LogoutForm>) -> HttpResponse {
     if let (Some(caller), Some(cookie)) = (auth::authenticate(&req, &state), req.cookie(SESSION_COOKIE)) {
-        if caller.csrf.as_deref().is_some_and(|t| auth::same_token(t, &form_data.csrf)) {
-            state.sessions.close(cookie.value());
+        if !auth::form_allowed(&req, &caller, &form_data.csrf) {
+            return crate::web::error_page(Some(&caller), "The form expired; reload the page and log out again.");
         }
+        state.sessions.close(cookie.value());
     }
     let mut gone = Cookie::build(SESSION_COOKIE, "").path("/").finish();
     gone.make_removal();

@@ -64,7 +64,7 @@ pub fn form_caller(
     what: &str,
 ) -> Result<Caller, Box<HttpResponse>> {
     let who = caller(req, state)?;
-    if !who.csrf.as_deref().is_some_and(|t| auth::same_token(t, csrf)) {
+    if !auth::form_allowed(req, &who, csrf) {
         return Err(Box::new(super::error_page(Some(&who), "The form expired; reload the page and try again.")));
     }
     who.require(action, what).map_err(|e| Box::new(super::error_page(Some(&who), &e.message)))?;

@@ -2,6 +2,7 @@
 //! tiny blocking HTTP client, polling with deadlines instead of sleeps, and the set-ups several
 //! areas share: meshes of two or three nodes, example projects, fake tools on the PATH.
 
+pub mod outsider;
 pub mod proxy;
 
 use std::io::{Read, Write};
@@ -397,4 +398,31 @@ pub fn builds_volume(parent: &Path) -> (PathBuf, String) {
 pub fn ran_in_volume(wd: &str, volume: &Path) -> bool {
     let on = |v: &Path| wd.trim().starts_with(&v.join("buildnet-sandboxes").display().to_string());
     on(volume) || volume.canonicalize().is_ok_and(|c| on(&c))
+}
+
+/// Starts a fresh node that joins with a given token, and stops it once it has joined; Err
+/// carries the one-line message it exited with.
+pub fn join_with(url: &str, token: &str, name: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--name", name, "--data-dir"])
+        .arg(dir.path().join("d"))
+        .args(["--join", url, "--token", token])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let dir_path = dir.path().join("d");
+    let mut child = out;
+    let result = wait_until("join to finish", Duration::from_secs(30), || {
+        if let Ok(Some(_)) = child.try_wait() {
+            let mut err = String::new();
+            let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+            return Some(Err(err.lines().find(|l| l.starts_with("buildnet:")).unwrap_or(&err).to_string()));
+        }
+        dir_path.join("address").exists().then_some(Ok(()))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }

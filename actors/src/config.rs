@@ -102,6 +102,69 @@ pub struct NetworkConfig {
     pub listen_port: Option<u16>,
     pub advertise_address: Option<String>,
     pub peers: Vec<String>,
+    /// HTTPS for the HTTP face: `false` (the default), `true` (a self-signed certificate made at
+    /// first start and kept in the data dir) or `{"cert": "/path/cert.pem", "key": "/path/key.pem"}`.
+    pub tls: TlsSetting,
+}
+
+/// `network.tls`: whether and with which certificate a node serves HTTPS.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum TlsSetting {
+    /// Plain HTTP.
+    #[default]
+    Off,
+    /// A self-signed certificate, generated at first start and kept in the data dir.
+    SelfSigned,
+    /// A PEM certificate chain and its PEM private key (absolute paths).
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+impl TlsSetting {
+    pub fn enabled(&self) -> bool {
+        !matches!(self, TlsSetting::Off)
+    }
+}
+
+/// The object form of `network.tls`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Serialize for TlsSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TlsSetting::Off => s.serialize_bool(false),
+            TlsSetting::SelfSigned => s.serialize_bool(true),
+            TlsSetting::Files { cert, key } => TlsFiles { cert: cert.clone(), key: key.clone() }.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TlsSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = TlsSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or {\"cert\": \"/path/cert.pem\", \"key\": \"/path/key.pem\"}")
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<TlsSetting, E> {
+                Ok(if on { TlsSetting::SelfSigned } else { TlsSetting::Off })
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<TlsSetting, E> {
+                Ok(TlsSetting::Off)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<TlsSetting, A::Error> {
+                // Through the map access itself, so a wrong field is named with its path.
+                let files = TlsFiles::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(TlsSetting::Files { cert: files.cert, key: files.key })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -292,6 +355,16 @@ impl NodeConfig {
                 return fail("network.advertise_address".into(), "must not be empty".into());
             }
         }
+        if let TlsSetting::Files { cert, key } = &self.network.tls {
+            for (field, path) in [("cert", cert), ("key", key)] {
+                if !path.is_absolute() {
+                    return fail(
+                        format!("network.tls.{field}"),
+                        format!("must be an absolute path, got '{}'", path.display()),
+                    );
+                }
+            }
+        }
         for (i, peer) in self.network.peers.iter().enumerate() {
             if !(peer.starts_with("http://") || peer.starts_with("https://")) {
                 return fail(
@@ -447,6 +520,31 @@ mod tests {
         );
         assert!(err(r#"{"node_id":"abc"}"#).contains("node_id"));
         assert!(err(r#"{"network":{"listen_port":70000}}"#).contains("network.listen_port"));
+    }
+
+    #[test]
+    fn tls_is_off_true_or_a_cert_and_key() {
+        let tls = |text: &str| NodeConfig::parse("f", text).expect("valid").network.tls;
+        assert_eq!(tls("{}"), TlsSetting::Off);
+        assert_eq!(tls(r#"{"network":{"tls":false}}"#), TlsSetting::Off);
+        assert_eq!(tls(r#"{"network":{"tls":true}}"#), TlsSetting::SelfSigned);
+        assert_eq!(
+            tls(r#"{"network":{"tls":{"cert":"/etc/c.pem","key":"/etc/k.pem"}}}"#),
+            TlsSetting::Files { cert: "/etc/c.pem".into(), key: "/etc/k.pem".into() }
+        );
+        let e = err(r#"{"network":{"tls":{"cert":"/c.pem","kye":"/k.pem"}}}"#);
+        assert!(e.contains("network.tls.kye") && e.contains("unknown field"), "{e}");
+        let e = err(r#"{"network":{"tls":{"cert":"/c.pem"}}}"#);
+        assert!(e.contains("network.tls") && e.contains("missing field `key`"), "{e}");
+        let e = err(r#"{"network":{"tls":"yes"}}"#);
+        assert!(e.starts_with("node-config.json: network.tls: expected true, false or {"), "{e}");
+        let e = err(r#"{"network":{"tls":{"cert":"c.pem","key":"/k.pem"}}}"#);
+        assert!(e.starts_with("node-config.json: network.tls.cert: must be an absolute path"), "{e}");
+        // It writes back as it was read.
+        for text in ["true", "false", r#"{"cert":"/c.pem","key":"/k.pem"}"#] {
+            let setting: TlsSetting = serde_json::from_str(text).expect("parses");
+            assert_eq!(serde_json::to_string(&setting).expect("serializes"), text);
+        }
     }
 
     #[test]

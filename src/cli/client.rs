@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use awc::body::SizedStream;
@@ -11,18 +12,47 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::CliError;
+use crate::web::tls::{self, Fingerprint, Seen};
 
-/// A connection to one node's API.
+/// A connection to one node's API, over HTTP or HTTPS.
 pub struct Client {
     http: awc::Client,
     base: String,
     token: Option<String>,
+    /// The fingerprint an https:// node's certificate must have (None: a known authority's).
+    pin: Option<Fingerprint>,
+    /// What the TLS verifier saw, to explain a refused certificate.
+    seen: Arc<Seen>,
 }
 
 impl Client {
-    pub fn new(base: String, token: Option<String>) -> Self {
-        let http = awc::Client::builder().timeout(Duration::from_secs(300)).finish();
-        Client { http, base: base.trim_end_matches('/').to_string(), token }
+    pub fn new(base: String, token: Option<String>, pin: Option<Fingerprint>) -> Self {
+        let (http, seen) = tls::api_client(Duration::from_secs(300), pin);
+        Client { http, base: base.trim_end_matches('/').to_string(), token, pin, seen }
+    }
+
+    /// A request that could not be sent: a refused TLS certificate is said as such, with what to
+    /// do; no connection at all means no node answers.
+    fn send_error(&self, e: awc::error::SendRequestError, doing: impl FnOnce() -> String) -> CliError {
+        if let Some(presented) = self.seen.refused() {
+            let base = &self.base;
+            return CliError::Tls(match self.pin {
+                Some(pin) => format!(
+                    "the TLS certificate of {base} has fingerprint {presented}, not the pinned {pin} — if the \
+                     node's certificate was replaced on purpose, pass its new fingerprint (printed by its \
+                     `buildnet up`, kept in its data dir's tls-fingerprint) with --tls-fingerprint"
+                ),
+                None => format!(
+                    "{base} presents a TLS certificate that no known authority vouches for (fingerprint \
+                     {presented}) — pass the fingerprint its `buildnet up` printed with --tls-fingerprint"
+                ),
+            });
+        }
+        match e {
+            awc::error::SendRequestError::Connect(_) => CliError::NoNode { url: self.base.clone() },
+            awc::error::SendRequestError::Timeout => CliError::Other(format!("{} did not answer in time", self.base)),
+            other => CliError::Other(format!("{}: {other}", doing())),
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -58,10 +88,10 @@ impl Client {
         if let Some(token) = &self.token {
             req = req.insert_header(("Authorization", format!("Bearer {token}")));
         }
-        let mut res = req.send_body(SizedStream::new(size, Box::pin(chunks))).await.map_err(|e| match e {
-            awc::error::SendRequestError::Connect(_) => CliError::NoNode { url: self.base.clone() },
-            other => CliError::Other(format!("uploading {} to {url}: {other}", file.display())),
-        })?;
+        let mut res = req
+            .send_body(SizedStream::new(size, Box::pin(chunks)))
+            .await
+            .map_err(|e| self.send_error(e, || format!("uploading {} to {url}", file.display())))?;
         if !res.status().is_success() {
             let body = res.body().limit(64 << 10).await.unwrap_or_default();
             return Err(api_error(&self.base, res.status(), &body));
@@ -92,10 +122,7 @@ impl Client {
         if let Some(token) = &self.token {
             req = req.insert_header(("Authorization", format!("Bearer {token}")));
         }
-        let mut res = req.send().await.map_err(|e| match e {
-            awc::error::SendRequestError::Connect(_) => CliError::NoNode { url: self.base.clone() },
-            other => CliError::Other(format!("downloading {url}: {other}")),
-        })?;
+        let mut res = req.send().await.map_err(|e| self.send_error(e, || format!("downloading {url}")))?;
         if !res.status().is_success() {
             let body = res.body().limit(64 << 10).await.unwrap_or_default();
             return Err(api_error(&self.base, res.status(), &body));
@@ -136,11 +163,7 @@ impl Client {
             Some(b) => req.send_json(&b).await,
             None => req.send().await,
         };
-        let mut res = sent.map_err(|e| match e {
-            awc::error::SendRequestError::Connect(_) => CliError::NoNode { url: self.base.clone() },
-            awc::error::SendRequestError::Timeout => CliError::Other(format!("{url} did not answer in time")),
-            other => CliError::Other(format!("request to {url} failed: {other}")),
-        })?;
+        let mut res = sent.map_err(|e| self.send_error(e, || format!("request to {url} failed")))?;
         let status = res.status();
         let bytes = res
             .body()

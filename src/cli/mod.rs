@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::web::tls;
 use buildnet_actors::node::{ADDRESS_FILE, ADMIN_KEY_FILE};
 use client::Client;
 use output::Format;
@@ -49,6 +50,11 @@ pub struct GlobalArgs {
     /// Data dir [default: ~/.buildnet]
     #[arg(long, global = true, env = "BUILDNET_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// SHA-256 fingerprint of the node's TLS certificate, for an https:// address: only that
+    /// certificate is accepted [default: the data dir's `tls-fingerprint` for the local node;
+    /// else the certificate must be signed by a known authority]
+    #[arg(long, global = true, env = "BUILDNET_TLS_FINGERPRINT", value_name = "SHA256")]
+    pub tls_fingerprint: Option<String>,
     /// Output format
     #[arg(long, global = true, value_enum, default_value = "table")]
     pub format: Format,
@@ -117,6 +123,9 @@ pub enum CliError {
     Api { status: u16, code: String, message: String },
     #[error("{0}")]
     Usage(String),
+    /// The node's TLS certificate was refused (not the pinned one, or from no known authority).
+    #[error("{0}")]
+    Tls(String),
     #[error("{0}")]
     Other(String),
 }
@@ -125,7 +134,11 @@ impl CliError {
     /// 2 for "could not reach or use a node at all", 1 for a command that ran and failed.
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::NoNode { .. } | CliError::NoAddress(_) | CliError::NoToken(_) | CliError::Usage(_) => 2,
+            CliError::NoNode { .. }
+            | CliError::NoAddress(_)
+            | CliError::NoToken(_)
+            | CliError::Usage(_)
+            | CliError::Tls(_) => 2,
             CliError::Api { status: 401, .. } => 2,
             _ => 1,
         }
@@ -153,22 +166,36 @@ impl Ctx {
     /// carries a join token (`node join`), the API key comes from `BUILDNET_TOKEN` or the data dir.
     pub fn connect(global: &GlobalArgs, token_is_join_token: bool) -> Result<Ctx, CliError> {
         let dir = data_dir(global)?;
-        let address = match &global.address {
-            Some(a) => a.clone(),
-            None => std::fs::read_to_string(dir.join(ADDRESS_FILE))
-                .map(|s| s.trim().to_string())
-                .map_err(|_| CliError::NoAddress(dir.join(ADDRESS_FILE)))?,
+        let local_address = std::fs::read_to_string(dir.join(ADDRESS_FILE))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        let address = match (&global.address, &local_address) {
+            (Some(a), _) => a.clone(),
+            (None, Some(a)) => a.clone(),
+            (None, None) => return Err(CliError::NoAddress(dir.join(ADDRESS_FILE))),
         };
         if !(address.starts_with("http://") || address.starts_with("https://")) {
             return Err(CliError::Usage(format!("--address must be a URL like http://host:port, got '{address}'")));
         }
+        // The certificate to pin: the one named on the command line, else — for the node of this
+        // data dir — the one it serves; else none, and the webpki roots decide.
+        let pin = match &global.tls_fingerprint {
+            Some(text) => {
+                Some(tls::Fingerprint::parse(text).map_err(|e| CliError::Usage(format!("--tls-fingerprint: {e}")))?)
+            }
+            None if local_address.as_deref() == Some(address.trim_end_matches('/')) => {
+                tls::read_fingerprint(&dir).map_err(CliError::Other)?
+            }
+            None => None,
+        };
         let api_token = if token_is_join_token { std::env::var("BUILDNET_TOKEN").ok() } else { global.token.clone() };
         let token = match api_token {
             Some(t) => Some(t),
             None => std::fs::read_to_string(dir.join(ADMIN_KEY_FILE)).ok().map(|s| s.trim().to_string()),
         };
         let token = token.filter(|t| !t.is_empty()).ok_or_else(|| CliError::NoToken(dir.join(ADMIN_KEY_FILE)))?;
-        Ok(Ctx { client: Client::new(address, Some(token)), format: global.format })
+        Ok(Ctx { client: Client::new(address, Some(token), pin), format: global.format })
     }
 
     /// Prints a document when a machine format was asked for; true if it did.

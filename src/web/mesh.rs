@@ -77,7 +77,7 @@ fn mesh_url(address: &str) -> String {
 pub fn dialer() -> Dialer {
     std::sync::Arc::new(|address: String, mesh: MeshHandle| {
         actix_web::rt::spawn(async move {
-            let client = awc::Client::builder().timeout(std::time::Duration::from_secs(5)).finish();
+            let client = super::tls::mesh_client(std::time::Duration::from_secs(5));
             let connected = client.ws(mesh_url(&address)).max_frame_size(MAX_FRAME).connect().await;
             let framed = match connected {
                 Ok((_, framed)) => framed,
@@ -223,7 +223,7 @@ where
 pub async fn join_remote(mesh: &MeshHandle, url: &str, token: &str) -> Result<MeshInfo, String> {
     JoinToken::parse(token).map_err(|e| e.to_string())?;
     let target = format!("{}/join", mesh_url(url));
-    let client = awc::Client::builder().timeout(JOIN_STEP).finish();
+    let client = super::tls::mesh_client(JOIN_STEP);
     let framed = match client.ws(&target).max_frame_size(MAX_FRAME).connect().await {
         Ok((_, framed)) => framed,
         Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {

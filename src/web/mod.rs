@@ -8,6 +8,7 @@ pub mod json;
 pub mod limit;
 pub mod mesh;
 pub mod pages;
+pub mod tls;
 pub mod ws;
 
 use actix_web::dev::{Server, ServiceResponse};
@@ -28,9 +29,14 @@ pub struct AppState {
     pub login_limit: limit::RateLimit,
 }
 
-/// Builds the server on a bound listener; the caller awaits it. actix-web stops it on SIGINT
-/// and SIGTERM, finishing requests in flight for up to five seconds.
-pub fn server(node: Node, listener: std::net::TcpListener) -> std::io::Result<Server> {
+/// Builds the server on a bound listener, serving HTTPS when given a TLS configuration; the
+/// caller awaits it. actix-web stops it on SIGINT and SIGTERM, finishing requests in flight for
+/// up to five seconds.
+pub fn server(
+    node: Node,
+    listener: std::net::TcpListener,
+    tls: Option<rustls::ServerConfig>,
+) -> std::io::Result<Server> {
     node.mesh.set_dialer(mesh::dialer());
     let state = web::Data::new(AppState {
         node,
@@ -61,8 +67,11 @@ pub fn server(node: Node, listener: std::net::TcpListener) -> std::io::Result<Se
             .default_service(web::to(page_not_found))
     })
     .workers(2)
-    .shutdown_timeout(5)
-    .listen(listener)?
+    .shutdown_timeout(5);
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?,
+        None => server.listen(listener)?,
+    }
     .run();
     Ok(server)
 }

@@ -28,4 +28,5 @@ mod mesh;
 mod node;
 mod pages;
 mod paths;
+mod tls;
 mod trust;

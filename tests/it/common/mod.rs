@@ -4,6 +4,7 @@
 
 pub mod outsider;
 pub mod proxy;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -134,6 +135,9 @@ impl TestNode {
             std::fs::read_to_string(dir.join("address")).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
         });
         let admin_key = std::fs::read_to_string(dir.join("admin.key")).expect("admin.key").trim().to_string();
+        if url.starts_with("https://") && dir.join("tls-cert.pem").exists() {
+            tls::trust(&dir.join("tls-cert.pem"));
+        }
         TestNode { child, dir, _tmp: tmp, url, admin_key, stdout, stderr }
     }
 
@@ -319,10 +323,14 @@ pub fn http_full(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> (u16, Vec<(String, String)>, String) {
-    let rest = url.strip_prefix("http://").expect("http URL");
+    let (secure, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://").expect("http URL")),
+    };
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let mut stream = TcpStream::connect(host).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
+    let tcp = TcpStream::connect(host).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
+    let mut stream: Box<dyn tls::Stream> = if secure { tls::wrap(host, tcp) } else { Box::new(tcp) };
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));

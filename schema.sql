@@ -199,3 +199,11 @@ CREATE TABLE IF NOT EXISTS build_requests (
     build_id TEXT PRIMARY KEY,             -- no foreign key: written before the build row
     request TEXT NOT NULL                  -- JSON BuildRequest
 );
+
+-- Schema version 7: projects registered on this node, built by name from their directory.
+CREATE TABLE IF NOT EXISTS projects (
+    name TEXT PRIMARY KEY,                 -- letters, digits, . - _ (it goes into URLs)
+    path TEXT NOT NULL,                    -- absolute, canonical directory holding buildnet.toml
+    created_at INTEGER NOT NULL,
+    created_by TEXT NOT NULL
+);

@@ -220,6 +220,11 @@ impl Drop for BlobWriter {
 /// BLAKE3 and size of a file, streamed.
 pub fn hash_file(path: &Path) -> Result<(String, u64), CasError> {
     let mut file = std::fs::File::open(path).map_err(io(path))?;
+    hash_reader(&mut file, path)
+}
+
+/// BLAKE3 and size of what `file` yields, streamed; `path` names it in errors.
+pub fn hash_reader(file: &mut impl Read, path: &Path) -> Result<(String, u64), CasError> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;

@@ -327,6 +327,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         store.clone(),
         events.clone(),
         cas,
+        opts.data_dir.clone(),
     );
 
     let entry_type = if first_start { LedgerEntryType::NodeJoined } else { LedgerEntryType::NodeStarted };

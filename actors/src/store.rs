@@ -12,7 +12,7 @@ use rusqlite::Connection;
 /// The schema, embedded so the binary runs from any directory.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// Recorded in `PRAGMA user_version` once the schema is applied.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 /// Changes to tables an older database already has: `(from, to, sql)` applies to a database at
 /// a version in `from..to` (the table exists since `from`); `schema.sql` (all `IF NOT EXISTS`)
 /// then adds what is new, and creates tables that did not exist yet with every column.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use buildnet_actors::builds::estimate::BuildEstimation;
 use buildnet_actors::builds::history::BuildSummary;
-use buildnet_actors::builds::project;
+use buildnet_actors::builds::inputs;
 use buildnet_actors::builds::runner::{BuildRequest, BuildState, BuildStatus, PackageState};
 use buildnet_actors::cas::{self, FileRef};
 
@@ -64,27 +64,14 @@ struct BuildList {
     builds: Vec<BuildSummary>,
 }
 
-/// Hashes every input file of the project.
-fn hash_inputs(root: &Path, project: &project::Project) -> Result<BTreeMap<String, FileRef>, CliError> {
-    let mut files = BTreeMap::new();
-    for path in project.inputs.values().flatten() {
-        if files.contains_key(path) {
-            continue;
-        }
-        let full = root.join(path);
-        let (digest, size) = cas::hash_file(&full).map_err(|e| CliError::Other(e.to_string()))?;
-        files.insert(path.clone(), FileRef { path: path.clone(), digest, executable: cas::is_executable(&full), size });
-    }
-    Ok(files)
-}
-
 pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
     let root = args
         .project
         .canonicalize()
         .map_err(|e| CliError::Usage(format!("--project {}: {e}", args.project.display())))?;
-    let project = project::load(&root).map_err(|e| CliError::Other(e.to_string()))?;
-    let files = hash_inputs(&root, &project)?;
+    // The node collects a registered project's inputs with this same function.
+    let inputs::Snapshot { project, files, .. } =
+        inputs::snapshot(&root, None, None).map_err(|e| CliError::Other(e.to_string()))?;
 
     let request = BuildRequest {
         project,
@@ -93,6 +80,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
         local_only: args.local_only,
         config: args.config.clone(),
         template: args.template.clone(),
+        inline_config: None,
     };
     if args.estimate {
         return estimate(ctx, request).await;

@@ -28,5 +28,6 @@ mod mesh;
 mod node;
 mod pages;
 mod paths;
+mod projects;
 mod tls;
 mod trust;

@@ -238,6 +238,21 @@ fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
 }
 
 impl Builds {
+    /// The configuration a request asks for: its inline one (checked like a saved one), else
+    /// [`Builds::resolve`].
+    pub async fn resolve_request(
+        &self,
+        req: &super::runner::BuildRequest,
+    ) -> Result<Option<config::BuildConfiguration>, BuildError> {
+        match &req.inline_config {
+            Some(c) => {
+                self.check(c).await?;
+                Ok(Some(c.clone()))
+            }
+            None => self.resolve(req.config.as_deref(), req.template.as_deref()).await,
+        }
+    }
+
     /// Resolves the configuration a build asks for (by name or id, or from a template).
     pub async fn resolve(
         &self,

@@ -274,7 +274,7 @@ mod service {
         pub async fn estimate(&self, mut req: BuildRequest) -> Result<estimate::BuildEstimation, BuildError> {
             super::super::check_request_paths(&req)?;
             req.project.order = req.project.recheck("buildnet.toml")?;
-            let cfg = self.resolve(req.config.as_deref(), req.template.as_deref()).await?;
+            let cfg = self.resolve_request(&req).await?;
             let status = self.node.status().await.map_err(|_| BuildError::Unavailable)?;
             let peers = self.pool.peers().await;
             // Every node's figures, to scale recorded runs by; the node each ran on may be offline now.
@@ -436,6 +436,7 @@ mod service {
             let Ok(mut req) = serde_json::from_str::<BuildRequest>(&text) else { return Ok(None) };
             req.config = Some(config.to_string());
             req.template = None;
+            req.inline_config = None;
             req.local_only = false;
             req.force = true;
             let packages = req.project.order.clone();

@@ -8,11 +8,14 @@ mod catalog;
 pub mod config;
 pub mod estimate;
 pub mod history;
+pub mod inputs;
 pub mod placement;
 pub mod project;
+pub mod projects;
 pub mod runner;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
@@ -53,6 +56,13 @@ pub enum BuildError {
     Store(#[from] StoreError),
     #[error("the node is not running")]
     Unavailable,
+    /// A field of a request that cannot be used, named.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("no project '{0}' is registered on this node")]
+    NoProject(String),
+    #[error("name: a project named '{0}' is registered already")]
+    ProjectExists(String),
 }
 
 fn list(problems: &[config::Problem]) -> String {
@@ -98,6 +108,9 @@ pub struct Builds {
     pub cas: Cas,
     registry: Registry,
     pool: crate::pool::PoolHandle,
+    /// The node's data dir: no project may hold it or lie in it.
+    data_dir: PathBuf,
+    snapshots: projects::Snapshots,
 }
 
 impl Builds {
@@ -111,6 +124,7 @@ impl Builds {
         store: StoreHandle,
         events: EventBus,
         cas: Cas,
+        data_dir: PathBuf,
     ) -> Builds {
         Builds {
             node_id,
@@ -122,6 +136,8 @@ impl Builds {
             events,
             cas,
             registry: Arc::new(Mutex::new(HashMap::new())),
+            data_dir,
+            snapshots: Default::default(),
         }
     }
 
@@ -141,7 +157,7 @@ impl Builds {
         if let Some(first) = missing.first() {
             return Err(BuildError::MissingBlobs { count: missing.len(), first: first.clone() });
         }
-        let cfg = self.resolve(req.config.as_deref(), req.template.as_deref()).await?;
+        let cfg = self.resolve_request(&req).await?;
         let limits = match &cfg {
             Some(c) => runner::Limits::new(
                 c.node_caps(&self.node_id),
@@ -203,6 +219,7 @@ impl Builds {
         if config.is_some() {
             req.config = config;
             req.template = None;
+            req.inline_config = None;
         }
         self.start(req, triggered_by).await
     }
@@ -253,7 +270,7 @@ mod tests {
             let (digest, size) = cas.put_file(&root.join(path)).expect("put");
             files.insert(path.clone(), cas::FileRef { path: path.clone(), digest, executable: false, size });
         }
-        BuildRequest { project, files, force, local_only: true, config: None, template: None }
+        BuildRequest { project, files, force, local_only: true, config: None, template: None, inline_config: None }
     }
 
     async fn wait(builds: &Builds, id: &str) -> BuildStatus {

@@ -155,25 +155,16 @@ impl Manifest {
             let field = |f: &str| format!("packages.{name}.{f}");
             let mut matched = BTreeSet::new();
             for pattern in &p.inputs {
-                let full = root.join(pattern);
-                let mut found = 0;
-                let paths = glob::glob(&full.to_string_lossy())
-                    .map_err(|e| err(file, field("inputs"), format!("bad glob '{pattern}': {e}")))?;
-                for path in paths.flatten() {
-                    if path.is_file() {
-                        if let Ok(rel) = path.strip_prefix(root) {
-                            matched.insert(rel.to_string_lossy().replace('\\', "/"));
-                            found += 1;
-                        }
-                    }
-                }
-                if found == 0 {
+                // Expanded without following a link (`inputs::expand`), as the CLI and the node share it.
+                let found = super::inputs::expand(root, pattern).map_err(|m| err(file, field("inputs"), m))?;
+                if found.is_empty() {
                     return Err(err(
                         file,
                         field("inputs"),
                         format!("'{pattern}' matches no file in {}", root.display()),
                     ));
                 }
+                matched.extend(found);
             }
             inputs.insert(name.clone(), matched.into_iter().collect());
         }

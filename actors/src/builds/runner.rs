@@ -41,6 +41,10 @@ pub struct BuildRequest {
     /// A template to take the configuration from instead.
     #[serde(default)]
     pub template: Option<String>,
+    /// A configuration given inline instead of a saved one (checked like one); it wins over
+    /// `config` and `template`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_config: Option<super::config::BuildConfiguration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

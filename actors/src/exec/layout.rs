@@ -44,6 +44,27 @@ fn symlink_refused(o: &str) -> String {
     format!("output '{o}' is a symbolic link; outputs must be regular files")
 }
 
+/// Opens a regular file for reading, checked on the open descriptor: `O_NOFOLLOW`, so a link
+/// at its name (put there since any check) fails the open (ELOOP, answered by `link()`)
+/// instead of being followed; `O_NONBLOCK`, so a FIFO put there does not hang the node. `what`
+/// names the file in the other errors.
+pub fn open_regular(
+    path: &Path,
+    what: &str,
+    link: impl FnOnce() -> String,
+) -> Result<(File, std::fs::Metadata), String> {
+    let file: File = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| if e.raw_os_error() == Some(libc::ELOOP) { link() } else { format!("{what}: {e}") })?;
+    let meta = file.metadata().map_err(|e| format!("{what}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{what} is not a regular file"));
+    }
+    Ok((file, meta))
+}
+
 fn output(cas: &Cas, dir: &Path, o: &str) -> Result<FileRef, String> {
     let not_produced = || format!("output '{o}' was not produced");
     let path = match join_no_follow(dir, o, false) {
@@ -62,20 +83,7 @@ fn output(cas: &Cas, dir: &Path, o: &str) -> Result<FileRef, String> {
         Ok(_) => {}
         Err(_) => return Err(not_produced()),
     }
-    // O_NOFOLLOW: a link put there since the check fails the open (ELOOP) instead of being
-    // followed; O_NONBLOCK: a FIFO put there does not hang the node.
-    let file: File =
-        OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                symlink_refused(o)
-            } else {
-                format!("output '{o}': {e}")
-            }
-        })?;
-    let meta = file.metadata().map_err(|e| format!("output '{o}': {e}"))?;
-    if !meta.is_file() {
-        return Err(format!("output '{o}' is not a regular file"));
-    }
+    let (file, meta) = open_regular(&path, &format!("output '{o}'"), || symlink_refused(o))?;
     // The store reads the file through the descriptor opened above: whatever the name points to
     // by now, what is stored is the file that was checked.
     let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());

@@ -5,7 +5,7 @@
 //! off the async threads ([`sandbox`]), kills it on cancel and always releases the leases.
 
 pub mod contain;
-mod layout;
+pub mod layout;
 pub mod sandbox;
 
 use std::collections::{BTreeMap, HashMap};

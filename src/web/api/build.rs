@@ -4,6 +4,7 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use buildnet_actors::builds::history::BuildSummary;
+use buildnet_actors::builds::projects::ProjectBuild;
 use buildnet_actors::builds::runner::{BuildRequest, BuildStatus};
 use buildnet_actors::builds::BuildError;
 use buildnet_actors::cas::CasError;
@@ -34,7 +35,11 @@ pub fn build_error(e: BuildError) -> ApiError {
             ApiError::bad_request("missing_blobs", e.to_string())
         }
         e @ BuildError::Path(_) => ApiError::bad_request("invalid_path", e.to_string()),
-        e @ (BuildError::NotFound(_) | BuildError::NoConfig(_)) => ApiError::not_found(e.to_string()),
+        e @ (BuildError::NotFound(_) | BuildError::NoConfig(_) | BuildError::NoProject(_)) => {
+            ApiError::not_found(e.to_string())
+        }
+        e @ BuildError::Invalid { .. } => ApiError::bad_request("invalid_body", e.to_string()),
+        e @ BuildError::ProjectExists(_) => ApiError::new(StatusCode::CONFLICT, "duplicate", e.to_string()),
         BuildError::Store(s) => ApiError::internal(&s),
         e @ BuildError::Unavailable => ApiError::internal(&e),
     }
@@ -168,26 +173,57 @@ pub async fn get_blob(
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Started {
     pub build_id: String,
+    /// What the estimator expected when the build started; `null` when it could not say.
+    #[serde(default)]
+    pub estimated_duration_ms: Option<u64>,
 }
 
-/// Starts a build of a project whose input blobs are already uploaded.
-#[utoipa::path(post, path = "/api/build", tag = "builds", request_body = BuildRequest,
-    responses((status = 202, body = Started), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+/// The two bodies `POST /api/build` and `/api/build/estimate` take: a registered project by
+/// name (`"project": "NAME"`; the node reads its inputs itself), or a whole project with its
+/// uploaded inputs (`"project": {…}`, what the CLI sends).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum BuildBody {
+    ByName(ProjectBuild),
+    Uploaded(Box<BuildRequest>),
+}
+
+/// Reads either body into a request; a registered project's inputs are collected here.
+async fn request_of(state: &AppState, body: &JsonBody) -> Result<BuildRequest, ApiError> {
+    let doc: serde_json::Value = body.parse()?;
+    if doc.get("project").is_some_and(serde_json::Value::is_string) {
+        let by_name: ProjectBuild = body.parse()?;
+        state.node.builds.project_request(by_name).await.map_err(build_error)
+    } else {
+        body.parse()
+    }
+}
+
+/// Starts a build: of a registered project by name (with a saved or inline configuration or a
+/// template, optionally only some packages), or of a project whose input blobs are uploaded.
+#[utoipa::path(post, path = "/api/build", tag = "builds", request_body = BuildBody,
+    responses((status = 202, body = Started), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn start(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
     caller.require(Action::TriggerBuild, "start builds")?;
-    let request: BuildRequest = body.parse()?;
-    let build_id = state.node.builds.start(request, &caller.actor()).await.map_err(build_error)?;
-    Ok(HttpResponse::Accepted().json(Started { build_id }))
+    let request = request_of(&state, &body).await?;
+    let builds = &state.node.builds;
+    let estimated_duration_ms = builds.estimate(request.clone()).await.ok().map(|e| e.total_duration_ms);
+    let build_id = builds.start(request, &caller.actor()).await.map_err(build_error)?;
+    Ok(HttpResponse::Accepted().json(Started { build_id, estimated_duration_ms }))
 }
 
 /// Estimates a build without running it: per-package times learned from history (cached
 /// packages near zero), the DAG scheduled over the cores the configuration allows, network
-/// overhead, and a confidence with its range (plan §9). Blobs need not be uploaded.
-#[utoipa::path(post, path = "/api/build/estimate", tag = "builds", request_body = BuildRequest,
-    responses((status = 200, body = buildnet_actors::builds::estimate::BuildEstimation), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+/// overhead, and a confidence with its range (plan §9). Blobs need not be uploaded; a
+/// registered project is named as for `POST /api/build`.
+#[utoipa::path(post, path = "/api/build/estimate", tag = "builds", request_body = BuildBody,
+    responses((status = 200, body = buildnet_actors::builds::estimate::BuildEstimation), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn estimate(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "estimate builds")?;
-    let request: BuildRequest = body.parse()?;
+    let request = request_of(&state, &body).await?;
     Ok(HttpResponse::Ok().json(state.node.builds.estimate(request).await.map_err(build_error)?))
 }
 
@@ -240,7 +276,7 @@ pub async fn rerun(
     caller.require(Action::TriggerBuild, "start builds")?;
     let req: RerunRequest = body.parse()?;
     let build_id = state.node.builds.rerun(&id, req.force, req.config, &caller.actor()).await.map_err(build_error)?;
-    Ok(HttpResponse::Accepted().json(Started { build_id }))
+    Ok(HttpResponse::Accepted().json(Started { build_id, estimated_duration_ms: None }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

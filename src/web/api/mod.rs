@@ -9,6 +9,7 @@ pub mod ledger;
 pub mod mesh;
 pub mod node;
 pub mod pool;
+pub mod projects;
 
 use actix_web::{web, HttpResponse};
 use buildnet_actors::wire::NodeId;
@@ -69,7 +70,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/configs/{id}", web::delete().to(configs::delete))
         .route("/templates", web::get().to(configs::templates))
         .route("/templates", web::post().to(configs::save_template))
-        .route("/templates/{id}/use", web::post().to(configs::use_template));
+        .route("/templates/{id}/use", web::post().to(configs::use_template))
+        .route("/projects", web::get().to(projects::list))
+        .route("/projects", web::post().to(projects::add))
+        .route("/projects/{name}", web::get().to(projects::get))
+        .route("/projects/{name}", web::delete().to(projects::remove));
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -124,6 +129,7 @@ impl Modify for BearerAuth {
         keys::list, keys::create, keys::revoke,
         build::missing, build::put_blob, build::get_blob, build::start, build::status, build::cancel, build::rerun, build::list, build::estimate,
         configs::list, configs::create, configs::get, configs::update, configs::delete, configs::templates, configs::save_template, configs::use_template,
+        projects::list, projects::add, projects::get, projects::remove,
         mesh::view, mesh::create_token, mesh::join, mesh::leave, mesh::sync, mesh::visualization,
     ),
     modifiers(&BearerAuth),

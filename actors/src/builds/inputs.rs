@@ -1,0 +1,253 @@
+//! A project's input files, collected one way for the CLI and for the node: the manifest's globs
+//! expanded inside the project without following a symbolic link, each file opened with
+//! `O_NOFOLLOW` and hashed as a stream (and, on a node, stored in its CAS on the way).
+//!
+//! `buildnet build --project DIR` hashes here and uploads what the node lacks; a node building a
+//! registered project (`builds/projects.rs`) collects here straight into its CAS, reusing the
+//! digests of files whose size, times and inode are unchanged since its last snapshot.
+
+use std::collections::BTreeMap;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::project::{self, Project, ProjectError};
+use crate::cas::{self, Cas, CasError, FileRef};
+use crate::exec::layout::open_regular;
+use crate::wire::{check_path, join_no_follow, JoinError};
+
+/// How globs match: as `glob::glob` walks (a `*` stays within one component, `**` crosses them,
+/// hidden files match), but over a walk that never follows a link.
+const MATCH: glob::MatchOptions =
+    glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+
+fn link_refused(path: &str) -> String {
+    format!("'{path}' is a symbolic link; links are not followed (inputs must be regular files in the project)")
+}
+
+/// The regular files under `root` that `pattern` matches, project-relative and sorted. A
+/// matching symbolic link, or a directory on the way that is one, is an error; directories that
+/// are links are never entered; FIFOs, sockets and devices are passed over. The pattern was
+/// checked with [`check_path`] (`Manifest::check_structure`).
+pub fn expand(root: &Path, pattern: &str) -> Result<Vec<String>, String> {
+    let pat = glob::Pattern::new(pattern).map_err(|e| format!("bad glob '{pattern}': {e}"))?;
+    let components: Vec<&str> = pattern.split('/').collect();
+    let literal = components.iter().take_while(|c| !c.contains(['*', '?', '['])).count();
+    let joined = |rel: &str| {
+        join_no_follow(root, rel, false).map_err(|e| match e {
+            JoinError::Symlink { at, .. } => link_refused(&at),
+            e => e.to_string(),
+        })
+    };
+    if literal == components.len() {
+        return match std::fs::symlink_metadata(joined(pattern)?) {
+            Ok(m) if m.file_type().is_symlink() => Err(link_refused(pattern)),
+            Ok(m) if m.is_file() => Ok(vec![pattern.to_string()]),
+            _ => Ok(vec![]),
+        };
+    }
+    // Walk from the literal directory the pattern starts in, no deeper than it can match.
+    let prefix = components[..literal].join("/");
+    let start = if prefix.is_empty() { root.to_path_buf() } else { joined(&prefix)? };
+    match std::fs::symlink_metadata(&start) {
+        Ok(m) if m.file_type().is_symlink() => return Err(link_refused(&prefix)),
+        Ok(m) if m.is_dir() => {}
+        _ => return Ok(vec![]),
+    }
+    let max_depth = if pattern.contains("**") { usize::MAX } else { components.len() - literal };
+    let mut found = Vec::new();
+    let mut stack = vec![(start, prefix, 0usize)];
+    while let Some((dir, rel_dir, depth)) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("'{rel_dir}': {e}"))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("'{rel_dir}': {e}"))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let rel = if rel_dir.is_empty() { name.to_string() } else { format!("{rel_dir}/{name}") };
+            let kind = entry.file_type().map_err(|e| format!("'{rel}': {e}"))?;
+            if kind.is_dir() {
+                if depth + 1 < max_depth {
+                    stack.push((entry.path(), rel, depth + 1));
+                }
+            } else if pat.matches_with(&rel, MATCH) {
+                if kind.is_symlink() {
+                    return Err(link_refused(&rel));
+                }
+                if kind.is_file() {
+                    check_path(&rel).map_err(|e| format!("'{}' {e}", rel.escape_debug()))?;
+                    found.push(rel);
+                }
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// What a file looked like when it was hashed: unchanged stamps mean an unchanged digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    inode: u64,
+    device: u64,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Stamp {
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+            inode: m.ino(),
+            device: m.dev(),
+        }
+    }
+}
+
+/// A project as read at one moment: the checked manifest and every input file by path.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub project: Project,
+    pub files: BTreeMap<String, FileRef>,
+    stamps: BTreeMap<String, Stamp>,
+}
+
+/// Reads and checks `<root>/buildnet.toml` (not through a symbolic link) and expands its inputs.
+pub fn load(root: &Path) -> Result<Project, ProjectError> {
+    let manifest = root.join(project::MANIFEST);
+    if std::fs::symlink_metadata(&manifest).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(ProjectError {
+            file: manifest.display().to_string(),
+            field: "(file)".into(),
+            message: "is a symbolic link; links are not followed".into(),
+        });
+    }
+    project::load(root)
+}
+
+/// Reads `<root>/buildnet.toml`, expands its inputs and hashes every input file; with a `cas`,
+/// each file is stored there as it is read (only if missing). Files unchanged since `previous`
+/// (same size, times and inode, and still in the CAS) keep their digest without being read.
+/// Errors name the manifest and the package's `inputs`.
+pub fn snapshot(root: &Path, cas: Option<&Cas>, previous: Option<&Snapshot>) -> Result<Snapshot, ProjectError> {
+    let project = load(root)?;
+    let file = root.join(project::MANIFEST).display().to_string();
+    let mut files = BTreeMap::new();
+    let mut stamps = BTreeMap::new();
+    for (package, paths) in &project.inputs {
+        for path in paths {
+            if files.contains_key(path) {
+                continue;
+            }
+            let fail = |message: String| ProjectError {
+                file: file.clone(),
+                field: format!("packages.{package}.inputs"),
+                message,
+            };
+            let full = join_no_follow(root, path, false).map_err(|e| fail(e.to_string()))?;
+            let known = previous.and_then(|p| Some((p.stamps.get(path)?, p.files.get(path)?)));
+            if let (Some((stamp, f)), Ok(m)) = (known, std::fs::symlink_metadata(&full)) {
+                if m.is_file() && Stamp::of(&m) == *stamp && cas.is_none_or(|c| c.has(&f.digest)) {
+                    files.insert(path.clone(), f.clone());
+                    stamps.insert(path.clone(), *stamp);
+                    continue;
+                }
+            }
+            let (f, stamp) = read(&full, path, cas).map_err(fail)?;
+            files.insert(path.clone(), f);
+            stamps.insert(path.clone(), stamp);
+        }
+    }
+    Ok(Snapshot { project, files, stamps })
+}
+
+/// Hashes one file, never through a link at its own name (`exec::layout::open_regular`, as
+/// outputs are read), and stores it in `cas` if given and missing: read again from the same
+/// descriptor and checked against the digest on the way, so a file that changed meanwhile is
+/// refused rather than stored under the wrong name.
+fn read(full: &Path, path: &str, cas: Option<&Cas>) -> Result<(FileRef, Stamp), String> {
+    let (mut file, meta) = open_regular(full, &format!("'{path}'"), || link_refused(path))?;
+    let (digest, size) = cas::hash_reader(&mut file, full).map_err(|e| e.to_string())?;
+    if let Some(cas) = cas.filter(|c| !c.has(&digest)) {
+        let stored = (|| {
+            file.seek(SeekFrom::Start(0)).map_err(|source| CasError::Io { path: full.to_path_buf(), source })?;
+            let mut writer = cas.writer(&digest)?;
+            std::io::copy(&mut file, &mut writer)
+                .map_err(|source| CasError::Io { path: full.to_path_buf(), source })?;
+            writer.finish()
+        })();
+        stored.map_err(|e| match e {
+            CasError::Mismatch { .. } => format!("'{path}' changed while it was read; try again"),
+            e => format!("'{path}': {e}"),
+        })?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let executable = meta.permissions().mode() & 0o111 != 0;
+    Ok((FileRef { path: path.to_string(), digest, executable, size }, Stamp::of(&meta)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, path: &str, text: &str) {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    }
+
+    #[test]
+    fn globs_match_like_glob_without_following_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("p");
+        for f in ["a.c", "src/b.c", "src/b.h", "src/deep/c.c", ".hidden.c"] {
+            write(&root, f, "x");
+        }
+        write(dir.path(), "outside/secret.c", "s");
+        assert_eq!(expand(&root, "*.c").expect("ok"), vec![".hidden.c", "a.c"]);
+        assert_eq!(expand(&root, "src/*.c").expect("ok"), vec!["src/b.c"], "a '*' stays in its directory");
+        assert_eq!(expand(&root, "src/**/*.c").expect("ok"), vec!["src/b.c", "src/deep/c.c"]);
+        assert_eq!(expand(&root, "src/b.h").expect("ok"), vec!["src/b.h"]);
+        assert!(expand(&root, "nothing/*.c").expect("ok").is_empty());
+
+        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("src/out")).expect("symlink");
+        assert_eq!(
+            expand(&root, "src/**/*.c").expect("ok"),
+            vec!["src/b.c", "src/deep/c.c"],
+            "a linked directory is not entered"
+        );
+        let e = expand(&root, "src/out/*.c").expect_err("through a link");
+        assert!(e.contains("'src/out' is a symbolic link"), "{e}");
+        std::os::unix::fs::symlink(dir.path().join("outside/secret.c"), root.join("src/leak.c")).expect("symlink");
+        let e = expand(&root, "src/*.c").expect_err("a matching link");
+        assert!(e.contains("'src/leak.c' is a symbolic link"), "{e}");
+        assert!(expand(&root, "src/leak.c").expect_err("named").contains("symbolic link"));
+    }
+
+    #[test]
+    fn a_snapshot_stores_inputs_and_rehashes_only_what_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("p");
+        write(&root, "a.txt", "alpha");
+        write(&root, "b.txt", "beta");
+        write(&root, project::MANIFEST, "[packages.x]\ncommand=[\"cat\"]\ninputs=[\"*.txt\"]\n");
+        let cas = Cas::open(dir.path().join("cas")).expect("cas");
+        let first = snapshot(&root, Some(&cas), None).expect("snapshot");
+        assert_eq!(first.files.len(), 2);
+        assert!(first.files.values().all(|f| cas.has(&f.digest)), "every input is in the store");
+        let hashed_only = snapshot(&root, None, None).expect("hash only");
+        assert_eq!(hashed_only.files, first.files, "the CLI and the node see the same digests");
+
+        // Remove a blob behind the snapshot's back: an unchanged stamp alone does not reuse it.
+        let a = first.files["a.txt"].digest.clone();
+        std::fs::remove_file(cas.path(&a).expect("path")).expect("remove");
+        write(&root, "b.txt", "BETA!");
+        let second = snapshot(&root, Some(&cas), Some(&first)).expect("snapshot");
+        assert_eq!(second.files["a.txt"].digest, a);
+        assert!(cas.has(&a), "a missing blob is stored again");
+        assert_ne!(second.files["b.txt"].digest, first.files["b.txt"].digest, "a changed file is hashed again");
+    }
+}

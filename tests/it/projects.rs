@@ -1,0 +1,216 @@
+//! Projects registered on a node and built by name: `/api/projects` CRUD and its errors (a
+//! missing directory or manifest, a duplicate, `..` and symbolic-link tricks in the inputs),
+//! `POST /api/build` by name with a saved configuration, an inline one and a template on a
+//! three-node mesh (a second build all cached), estimates by name, the CLI and the page.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::common::{self, copy_example, http, three_nodes, wait_until, TestNode};
+use serde_json::{json, Value};
+
+fn register(node: &TestNode, path: &Path, name: Option<&str>) -> (u16, Value) {
+    let mut body = json!({ "path": path.to_str().expect("utf-8 path") });
+    if let Some(n) = name {
+        body["name"] = json!(n);
+    }
+    node.post("/api/projects", &body)
+}
+
+fn error_of(v: &Value) -> (String, String) {
+    let e = &v["error"];
+    (e["code"].as_str().unwrap_or_default().to_string(), e["message"].as_str().unwrap_or_default().to_string())
+}
+
+fn write(root: &Path, path: &str, text: &str) {
+    let p = root.join(path);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(p, text).expect("write");
+}
+
+/// Waits for a build to end; returns its status document.
+fn finished(node: &TestNode, id: &str) -> Value {
+    wait_until("the build to end", Duration::from_secs(120), || {
+        let (_, s) = node.get(&format!("/api/build/{id}"));
+        (s["status"] != "running" && !s["status"].is_null()).then_some(s)
+    })
+}
+
+/// Starts a build with `body` and waits for it; asserts the 202 answer's shape.
+fn build(node: &TestNode, body: &Value) -> Value {
+    let (status, started) = node.post("/api/build", body);
+    assert_eq!(status, 202, "{started}");
+    assert!(started.get("estimated_duration_ms").is_some(), "the answer carries the estimate: {started}");
+    finished(node, started["build_id"].as_str().expect("build id"))
+}
+
+#[test]
+fn projects_are_registered_listed_and_removed_with_errors_that_name_the_field() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = copy_example("c-hello", work.path());
+
+    let (status, p) = register(&node, &root, None);
+    assert_eq!(status, 201, "{p}");
+    assert_eq!(p["name"], "c-hello", "the name defaults to the directory's");
+    assert_eq!(p["packages"], 4);
+    assert_eq!(p["tools"], json!(["gcc"]));
+    assert!(p["created_at_ms"].as_u64().is_some());
+    assert_eq!(register(&node, &root, Some("second")).0, 201, "a directory may be registered under two names");
+
+    let (status, e) = register(&node, &root, None);
+    assert_eq!((status, error_of(&e).0.as_str()), (409, "duplicate"), "{e}");
+
+    let missing = work.path().join("nowhere");
+    let no_manifest = work.path().join("empty");
+    std::fs::create_dir_all(&no_manifest).expect("mkdir");
+    let broken = work.path().join("broken");
+    write(&broken, "buildnet.toml", "[packages.app]\ncommand = [\"cc\"]\ndeps = [\"lib\"]\n");
+    let escaping = work.path().join("escaping");
+    write(&escaping, "buildnet.toml", "[packages.x]\ncommand = [\"cat\"]\ninputs = [\"../c-hello/src/*.c\"]\n");
+    let cases: [(&Path, Option<&str>, &str, &str); 6] = [
+        (&missing, None, "invalid_body", "path: "),
+        (Path::new("relative/dir"), None, "invalid_body", "is not absolute"),
+        (&no_manifest, None, "invalid_body", "has no buildnet.toml"),
+        (&broken, None, "invalid_project", "packages.app.deps: unknown package 'lib'"),
+        (&escaping, None, "invalid_project", "packages.x.inputs[0]: '../c-hello/src/*.c' has a '..' component"),
+        (&root, Some("not a name"), "invalid_body", "name: 'not a name' is not a project name"),
+    ];
+    for (path, name, code, text) in cases {
+        let (status, e) = register(&node, path, name);
+        let (got_code, message) = error_of(&e);
+        assert_eq!((status, got_code.as_str()), (400, code), "{path:?}: {e}");
+        assert!(message.contains(text), "{path:?}: '{message}' should contain '{text}'");
+    }
+    let (status, e) = node.post("/api/projects", &json!({ "name": "x" }));
+    assert_eq!(status, 400, "{e}");
+    assert!(error_of(&e).1.starts_with("path: missing"), "{e}");
+    let data_dir = node.dir.clone();
+    let (status, e) = register(&node, &data_dir, Some("keys"));
+    assert_eq!(status, 400, "the node's own data dir is refused: {e}");
+
+    // Symbolic links: an input that is one, or a directory on the way that is one, is refused
+    // when the project is registered, and when it appears later, at the build: never followed.
+    let secret = work.path().join("secret.h");
+    std::fs::write(&secret, "the node's secret").expect("secret");
+    let linked = copy_example("c-hello", &work.path().join("linked"));
+    std::os::unix::fs::symlink(&secret, linked.join("src/leak.h")).expect("symlink");
+    let (status, e) = register(&node, &linked, Some("linked"));
+    assert_eq!(status, 400, "{e}");
+    assert!(error_of(&e).1.contains("'src/leak.h' is a symbolic link"), "{e}");
+    let through = work.path().join("through");
+    write(&through, "buildnet.toml", "[packages.x]\ncommand = [\"cat\"]\ninputs = [\"lib/*.h\"]\n");
+    std::os::unix::fs::symlink(work.path(), through.join("lib")).expect("symlink");
+    let (status, e) = register(&node, &through, None);
+    assert_eq!(status, 400, "{e}");
+    assert!(error_of(&e).1.contains("'lib' is a symbolic link"), "{e}");
+
+    std::os::unix::fs::symlink(&secret, root.join("src/later.h")).expect("symlink");
+    for path in ["/api/build/estimate", "/api/build"] {
+        let (status, e) = node.post(path, &json!({ "project": "c-hello" }));
+        assert_eq!(status, 400, "{path}: {e}");
+        let (code, message) = error_of(&e);
+        assert_eq!(code, "invalid_project");
+        assert!(message.contains("packages.add.inputs: 'src/later.h' is a symbolic link"), "{message}");
+    }
+    std::fs::remove_file(root.join("src/later.h")).expect("unlink");
+
+    let (_, list) = node.get("/api/projects");
+    let names: Vec<&str> =
+        list["projects"].as_array().expect("projects").iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, vec!["c-hello", "second"]);
+    let (status, one) = node.get("/api/projects/c-hello");
+    assert_eq!(status, 200);
+    assert_eq!(one["package_names"], json!(["add", "greeting", "main", "app"]));
+    assert_eq!(one["path"], root.canonicalize().expect("canonical").to_str().expect("utf-8"));
+
+    // Reading is for every key; registering and removing are for admins.
+    let observer = node.key("observer");
+    let builder = node.key("builder");
+    let as_key = |key: &str, method: &str, path: &str, body: Option<&Value>| {
+        let auth = format!("Bearer {key}");
+        let text = body.map(Value::to_string);
+        let (status, _) = http(
+            method,
+            &format!("{}{path}", node.url),
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            text.as_deref().map(str::as_bytes),
+        );
+        status
+    };
+    assert_eq!(as_key(&observer, "GET", "/api/projects", None), 200);
+    let add = json!({ "path": root.to_str().expect("utf-8"), "name": "mine" });
+    assert_eq!(as_key(&builder, "POST", "/api/projects", Some(&add)), 403);
+    assert_eq!(as_key(&builder, "DELETE", "/api/projects/c-hello", None), 403);
+
+    let (status, body) = node.send("DELETE", "/api/projects/second", &json!({}));
+    assert_eq!((status, body), (200, json!({ "success": true })));
+    assert_eq!(node.get("/api/projects/second").0, 404);
+    assert_eq!(node.send("DELETE", "/api/projects/second", &json!({})).0, 404);
+    let (status, e) = node.post("/api/build", &json!({ "project": "second" }));
+    assert_eq!((status, error_of(&e).0.as_str()), (404, "not_found"), "{e}");
+
+    let (_, doc) = node.get("/api/openapi.json");
+    for path in ["/api/projects", "/api/projects/{name}"] {
+        assert!(doc["paths"][path].is_object(), "{path} is in the OpenAPI document");
+    }
+}
+
+#[test]
+fn a_registered_project_builds_by_name_on_a_mesh_with_saved_inline_and_template_configurations() {
+    let _serial = common::serial();
+    let (a, b, _c) = three_nodes();
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = copy_example("c-hello", work.path());
+    assert_eq!(register(&a, &root, Some("hello")).0, 201);
+
+    // A saved configuration over the whole pool.
+    let (status, created) =
+        a.post("/api/configs", &json!({ "name": "everything", "resources": { "cpu": { "cores": 0 } } }));
+    assert_eq!(status, 201, "{created}");
+    let s = build(&a, &json!({ "project": "hello", "config": "everything" }));
+    assert_eq!(s["status"], "succeeded", "{s}");
+    assert_eq!(s["packages"].as_array().expect("packages").len(), 4);
+    assert!(!root.join("app").exists(), "a build by name leaves the project directory as it was");
+
+    let again = build(&a, &json!({ "project": "hello", "config": "everything" }));
+    assert_eq!(again["status"], "succeeded", "{again}");
+    assert!(again["packages"].as_array().expect("packages").iter().all(|p| p["cache_hit"] == true), "{again}");
+
+    // An inline configuration: every core on beta, so every package runs there.
+    let beta = b.node_id();
+    let on_beta = json!({ "resources": { "cpu": { "node_allocations": [{ "node_id": beta, "cores": 1 }] } } });
+    let s = build(&a, &json!({ "project": "hello", "config": on_beta, "force": true }));
+    assert_eq!(s["status"], "succeeded", "{s}");
+    assert!(s["packages"].as_array().expect("packages").iter().all(|p| p["node"] == beta.as_str()), "{s}");
+
+    // A template, and only some packages (with what they depend on).
+    let s =
+        build(&a, &json!({ "project": "hello", "template": "local-only", "force": true, "packages": ["greeting"] }));
+    assert_eq!(s["status"], "succeeded", "{s}");
+    let names: Vec<&str> =
+        s["packages"].as_array().expect("packages").iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, vec!["greeting"]);
+
+    // Estimates by name, with an inline configuration; its problems name the field.
+    let started = Instant::now();
+    let (status, e) = a.post("/api/build/estimate", &json!({ "project": "hello", "config": on_beta }));
+    eprintln!("estimate by name with an inline configuration: {} ms", started.elapsed().as_millis());
+    assert_eq!(status, 200, "{e}");
+    assert_eq!(e["package_estimates"].as_array().expect("estimates").len(), 4);
+    assert!(e["total_duration_ms"].as_u64().is_some());
+    let greedy = json!({ "resources": { "cpu": { "node_allocations": [{ "node_id": beta, "cores": 999 }] } } });
+    let (status, e) = a.post("/api/build/estimate", &json!({ "project": "hello", "config": greedy }));
+    assert_eq!(status, 409, "{e}");
+    assert!(error_of(&e).1.contains("resources.cpu.node_allocations[0].cores: asks 999 cores"), "{e}");
+    let wrong = json!({ "resources": { "cpu": { "node_allocations": [{ "node_id": beta, "cores": "two" }] } } });
+    let (status, e) = a.post("/api/build", &json!({ "project": "hello", "config": wrong }));
+    assert_eq!((status, error_of(&e).0.as_str()), (400, "invalid_config"), "{e}");
+    assert!(error_of(&e).1.starts_with("resources.cpu.node_allocations[0].cores: invalid type"), "{e}");
+    let (status, e) = a.post("/api/build", &json!({ "project": "hello", "packages": ["nope"] }));
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(error_of(&e).1, "packages[0]: no package 'nope' in the project");
+    let (status, e) = a.post("/api/build", &json!({ "project": "hello", "colour": "red" }));
+    assert_eq!(status, 400, "unknown fields are refused: {e}");
+}

@@ -273,3 +273,20 @@ fn logins_are_rate_limited_per_source() {
     let (status, _) = http("GET", &format!("{}/api/health", node.url), &[], None);
     assert_eq!(status, 200, "the node keeps serving");
 }
+
+#[test]
+fn over_https_the_session_cookie_is_marked_secure() {
+    let node = TestNode::start_with(Start { args: vec!["--tls".into()], ..Default::default() });
+    assert!(node.url.starts_with("https://"), "{}", node.url);
+    let (_, headers, page) = http_full("GET", &format!("{}/login", node.url), &[], None);
+    let (csrf_cookie, csrf) = (cookie(&headers, "bn_login_csrf").expect("csrf cookie"), hidden_csrf(&page));
+    let (status, headers, _) = http_full(
+        "POST",
+        &format!("{}/login", node.url),
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &format!("bn_login_csrf={csrf_cookie}"))],
+        Some(format!("key={}&csrf={csrf}", node.admin_key).as_bytes()),
+    );
+    assert_eq!(status, 303);
+    let set = headers.iter().find(|(k, v)| k == "set-cookie" && v.starts_with("bn_session=")).expect("session cookie");
+    assert!(set.1.contains("Secure") && set.1.contains("HttpOnly"), "{}", set.1);
+}

@@ -87,7 +87,14 @@ pub async fn submit(req: HttpRequest, state: web::Data<AppState>, form_data: web
         return refuse("That key is not valid here (wrong, revoked or expired).");
     };
     let (session, _) = state.sessions.open(&info.id);
-    let cookie = Cookie::build(SESSION_COOKIE, session).path("/").http_only(true).same_site(SameSite::Strict).finish();
+    // Over HTTPS the browser must never send the session back over plain HTTP.
+    let secure = req.app_config().secure();
+    let cookie = Cookie::build(SESSION_COOKIE, session)
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(secure)
+        .finish();
     let mut clear = csrf_cookie("");
     clear.make_removal();
     HttpResponse::SeeOther().insert_header((header::LOCATION, "/")).cookie(cookie).cookie(clear).finish()

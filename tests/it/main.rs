@@ -19,6 +19,7 @@ mod common;
 mod artifacts;
 mod bench;
 mod build;
+mod builder;
 mod cli;
 mod contain;
 mod distributed;

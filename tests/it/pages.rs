@@ -115,14 +115,14 @@ fn which(names: &[&str]) -> Option<String> {
     })
 }
 
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     base: String,
     session: String,
 }
 
 impl Driver {
-    fn start(chromium: &str, chromedriver: &str) -> Driver {
+    pub(crate) fn start(chromium: &str, chromedriver: &str) -> Driver {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let child = Command::new(chromedriver)
             .arg(format!("--port={port}"))
@@ -138,9 +138,9 @@ impl Driver {
             v["value"]["ready"].as_bool().filter(|r| *r)
         });
         let profile = tempfile::tempdir().expect("profile").keep();
-        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:loggingPrefs": {"browser": "ALL"}, "goog:chromeOptions": {
             "binary": chromium,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+            "args": ["--headless=new", "--window-size=1400,1000", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
                      format!("--user-data-dir={}", profile.display())]}}}});
         let mut driver = Driver { child, base, session: String::new() };
@@ -149,7 +149,7 @@ impl Driver {
         driver
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let path = if path.starts_with("/session/") || path == "/session" {
             path.to_string()
         } else {
@@ -166,7 +166,7 @@ impl Driver {
         v["value"].clone()
     }
 
-    fn find(&self, css: &str) -> String {
+    pub(crate) fn find(&self, css: &str) -> String {
         let v = wait_until(&format!("element {css}"), Duration::from_secs(10), || {
             let v = self.call("POST", "/element", Some(json!({"using": "css selector", "value": css})));
             v.as_object()?.values().next()?.as_str().map(str::to_string)
@@ -174,9 +174,26 @@ impl Driver {
         v
     }
 
-    fn text(&self, css: &str) -> String {
+    pub(crate) fn text(&self, css: &str) -> String {
         let id = self.find(css);
         self.call("GET", &format!("/element/{id}/text"), None).as_str().unwrap_or_default().to_string()
+    }
+}
+
+impl Driver {
+    /// The page's console messages at level SEVERE (errors, CSP violations, failed loads) since
+    /// the last call.
+    pub(crate) fn console_errors(&self) -> Vec<String> {
+        let logs = self.call("POST", "/se/log", Some(json!({"type": "browser"})));
+        logs.as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|e| e["level"] == "SEVERE")
+                    .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -191,7 +208,7 @@ impl Drop for Driver {
 }
 
 /// Chromium and chromedriver, or None after saying the browser tests are skipped.
-fn browser() -> Option<(String, String)> {
+pub(crate) fn browser() -> Option<(String, String)> {
     match (which(&["chromium", "chromium-browser", "google-chrome"]), which(&["chromedriver"])) {
         (Some(c), Some(d)) => Some((c, d)),
         _ => {
@@ -207,7 +224,7 @@ fn browser() -> Option<(String, String)> {
     }
 }
 
-fn log_in(driver: &Driver, node: &TestNode) {
+pub(crate) fn log_in(driver: &Driver, node: &TestNode) {
     driver.call("POST", "/url", Some(json!({"url": format!("{}/", node.url)})));
     let key_field = driver.find("#key");
     driver.call("POST", &format!("/element/{key_field}/value"), Some(json!({"text": node.admin_key})));

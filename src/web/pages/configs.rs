@@ -8,12 +8,27 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use buildnet_actors::builds::config::BuildConfiguration;
 use buildnet_actors::wire::Action;
-use maud::html;
+use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::{caller, html_response, layout};
 use crate::web::auth::Caller;
 use crate::web::AppState;
+
+/// The plain configuration form: the builder page's fallback without JavaScript too.
+pub fn create_form(csrf: &str) -> Markup {
+    html! {
+        form.stack method="post" action="/configs" {
+            input type="hidden" name="csrf" value=(csrf);
+            label { "Name " input type="text" name="name" required maxlength="64"; }
+            label { "Cores in all (0 = all the pool offers) " input type="number" name="cores" min="0" value="0"; }
+            label { "Memory GB (0 = what is available) " input type="number" name="memory_gb" min="0" step="0.5" value="0"; }
+            label { "Nodes (node-id[:cores] or local, comma-separated; empty = any) " input type="text" name="nodes"; }
+            label { "Tools (comma-separated, e.g. gcc>=12) " input type="text" name="tools"; }
+            button type="submit" { "Create" }
+        }
+    }
+}
 
 async fn render(who: &Caller, state: &AppState, error: Option<&str>) -> HttpResponse {
     let configs = state.node.builds.configs().await.unwrap_or_default();
@@ -31,7 +46,8 @@ async fn render(who: &Caller, state: &AppState, error: Option<&str>) -> HttpResp
                 tbody {
                     @for c in &configs {
                         tr {
-                            td { a href=(format!("/configs/{}", c.id)) { (c.name) } br; code.small { (c.id) } }
+                            td { a href=(format!("/configs/{}", c.id)) { (c.name) } br; code.small { (c.id) } br;
+                                 a.small href=(format!("/builder?config={}", c.id)) data-edit-in-builder=(c.name) { "open in builder" } }
                             td { @if c.cores == 0 { "all" } @else { (c.cores) } }
                             td { @if c.memory_gb == 0.0 { "available" } @else { (c.memory_gb) " GB" } }
                             td { @if c.nodes.is_empty() { "any" } @else { (c.nodes.join(", ")) } }
@@ -52,15 +68,8 @@ async fn render(who: &Caller, state: &AppState, error: Option<&str>) -> HttpResp
         }
         @if admin {
             h2 { "Create a configuration" }
-            form.stack method="post" action="/configs" {
-                input type="hidden" name="csrf" value=(csrf);
-                label { "Name " input type="text" name="name" required maxlength="64"; }
-                label { "Cores in all (0 = all the pool offers) " input type="number" name="cores" min="0" value="0"; }
-                label { "Memory GB (0 = what is available) " input type="number" name="memory_gb" min="0" step="0.5" value="0"; }
-                label { "Nodes (node-id[:cores] or local, comma-separated; empty = any) " input type="text" name="nodes"; }
-                label { "Tools (comma-separated, e.g. gcc>=12) " input type="text" name="tools"; }
-                button type="submit" { "Create" }
-            }
+            p { a.button href="/builder" data-open-builder="" { "Open the visual builder" } " or fill in the form:" }
+            (create_form(&csrf))
         }
         h2 { "Templates" }
         table #templates {
@@ -222,6 +231,7 @@ async fn show(who: &Caller, state: &AppState, id: &str, error: Option<&str>) -> 
     let body = html! {
         h1 { "Configuration " (cfg.name) }
         @if let Some(e) = error { p.error role="alert" { (e) } }
+        p { a.button href=(format!("/builder?config={id}")) data-edit-in-builder=(cfg.name) { "Edit in the builder" } }
         @if who.role.allows(Action::ModifyConfig) {
             form.stack method="post" action=(format!("/configs/{id}")) {
                 input type="hidden" name="csrf" value=(who.csrf.clone().unwrap_or_default());

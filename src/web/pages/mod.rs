@@ -3,6 +3,7 @@
 //! redirect to `/login`.
 
 pub mod benchmarks;
+pub mod builder;
 pub mod builds;
 pub mod configs;
 pub mod dashboard;
@@ -28,6 +29,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/nodes/{id}", web::get().to(node::remote_page))
         .route("/benchmarks", web::get().to(benchmarks::page))
         .route("/benchmarks/run", web::post().to(benchmarks::run))
+        .route("/builder", web::get().to(builder::page))
         .route("/configs", web::get().to(configs::list))
         .route("/configs", web::post().to(configs::create))
         .route("/configs/{id}", web::get().to(configs::edit_page))
@@ -94,6 +96,7 @@ pub fn layout(title: &str, caller: Option<&Caller>, active: &str, body: Markup) 
         ("/node", "This node"),
         ("/builds", "Builds"),
         ("/configs", "Configurations"),
+        ("/builder", "Builder"),
         ("/benchmarks", "Benchmarks"),
         ("/ledger", "Ledger"),
         ("/keys", "Keys"),
@@ -106,6 +109,7 @@ pub fn layout(title: &str, caller: Option<&Caller>, active: &str, body: Markup) 
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · BuildNet" }
                 link rel="stylesheet" href="/static/style.css";
+                link rel="icon" href="/static/icon.svg" type="image/svg+xml";
                 script src="/static/app.js" defer {}
             }
             body data-live=[LIVE_PAGES.contains(&active).then_some("")] {
@@ -156,6 +160,8 @@ pub fn time(ms: u64) -> Markup {
 
 const STYLE_CSS: &str = include_str!("../../../static/style.css");
 const APP_JS: &str = include_str!("../../../static/app.js");
+const BUILDER_JS: &str = include_str!("../../../static/builder.js");
+const ICON_SVG: &str = include_str!("../../../static/icon.svg");
 
 /// Static files, embedded at compile time. Public: they hold no data, and the login page
 /// needs them before anyone is logged in.
@@ -163,6 +169,8 @@ async fn static_file(file: web::Path<String>) -> HttpResponse {
     let (body, kind) = match file.as_str() {
         "style.css" => (STYLE_CSS, "text/css; charset=utf-8"),
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        "builder.js" => (BUILDER_JS, "text/javascript; charset=utf-8"),
+        "icon.svg" => (ICON_SVG, "image/svg+xml"),
         _ => return HttpResponse::NotFound().content_type("text/plain").body("no such file"),
     };
     HttpResponse::Ok().content_type(kind).insert_header((header::CACHE_CONTROL, "public, max-age=300")).body(body)

@@ -197,6 +197,8 @@
   function setEstimate(ms, text) {
     const el = $("[data-estimate-ms]");
     el.dataset.estimateMs = ms === null ? "" : String(ms);
+    // How long after the last change the estimate showed (what "live" means, measured).
+    el.dataset.latencyMs = String(Math.round(performance.now() - changedAt));
     $("[data-estimate-text]").textContent = text;
   }
   async function estimate() {
@@ -211,7 +213,9 @@
     setEstimate(e.total_duration_ms, `Estimate: ${fmt(e.total_duration_ms)} (${fmt(e.low_ms)}–${fmt(e.high_ms)}, ${confidence} confidence) on ${e.cores} cores`);
   }
 
+  let changedAt = 0;
   function changed(structure) {
+    changedAt = performance.now();
     if (structure) renderChips();
     renderSummary();
     clearTimeout(estimateTimer);

@@ -144,11 +144,17 @@ fn browser_drags_nodes_into_a_configuration_sees_the_estimate_move_saves_and_run
         (cores(&driver) == Some(both - b.get("/api/node").1["resources"]["cpu"]["offered"].as_u64().unwrap_or(1) + 1))
             .then_some(())
     });
+    let removed = std::time::Instant::now();
     driver.click("[data-chip=\"cpu:gamma\"] [data-remove]");
     wait_until("one core in all", Duration::from_secs(5), || (cores(&driver) == Some(1)).then_some(()));
     let second =
         wait_until("the estimate to move", Duration::from_secs(10), || driver.estimate().filter(|e| *e != first));
-    eprintln!("builder estimate: {first} ms on {both} cores of beta and gamma, {second} ms on one core of beta");
+    eprintln!(
+        "builder estimate: {first} ms on {both} cores of beta and gamma, {second} ms on one core of beta; \
+         shown {} ms after the change (page clock; {} ms with WebDriver's round trips)",
+        driver.attr("[data-estimate-ms]", "data-latency-ms").unwrap_or_default(),
+        removed.elapsed().as_millis()
+    );
 
     // Saved, it is exactly what `config show` prints.
     driver.keys("[data-config-name]", "dragged");
@@ -188,6 +194,11 @@ fn browser_drags_nodes_into_a_configuration_sees_the_estimate_move_saves_and_run
     driver.keys("[data-action=\"save-config\"]", "\u{E007}");
     wait_until("saved by keyboard", Duration::from_secs(10), || driver.attr("[data-message]", "data-saved-id"));
     assert_eq!(resources(&a, "typed"), saved, "the keyboard made the same configuration");
+    driver.keys("[data-action=\"save-template\"]", "\u{E007}");
+    wait_until("a template from the page", Duration::from_secs(10), || {
+        let (_, t) = a.get("/api/templates");
+        t["templates"].as_array()?.iter().any(|t| t["name"] == "typed template").then_some(())
+    });
     let errors = driver.console_errors();
     assert!(errors.is_empty(), "console errors: {errors:?}");
     drop(c);
@@ -210,6 +221,16 @@ fn browser_opens_a_saved_configuration_flags_an_offline_node_and_keeps_input_on_
         wait_until(chip, Duration::from_secs(10), || driver.exists(&format!("[data-chip=\"{chip}\"]")).then_some(()));
     }
     assert_eq!(driver.prop("[data-config-name]", "value").as_deref(), Some("pair"));
+
+    // A template fills the canvas: Local Only is this node's cores.
+    driver.click("[data-template-select] option[value=\"local-only\"]");
+    wait_until("the template's chip", Duration::from_secs(5), || {
+        (driver.exists("[data-chip=\"cpu:alpha\"]") && !driver.exists("[data-chip=\"cpu:beta\"]")).then_some(())
+    });
+    driver.call("POST", "/refresh", Some(json!({})));
+    for chip in ["cpu:beta", "cpu:gamma"] {
+        wait_until(chip, Duration::from_secs(10), || driver.exists(&format!("[data-chip=\"{chip}\"]")).then_some(()));
+    }
 
     // gamma dies while the page is open: its card greys out and its chip is flagged.
     let (_, _keep) = c.stop();

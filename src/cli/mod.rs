@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod node;
 pub mod output;
 pub mod pool;
+pub mod project;
 pub mod sandbox;
 pub mod test;
 pub mod token;
@@ -90,6 +91,11 @@ pub enum Command {
     Template {
         #[command(subcommand)]
         action: config::TemplateCommand,
+    },
+    /// Projects registered on the node, built by name from the pages and the API
+    Project {
+        #[command(subcommand)]
+        action: project::ProjectCommand,
     },
     /// Build a project (its buildnet.toml) on the pool
     Build(build::BuildArgs),
@@ -242,6 +248,7 @@ pub fn run(cli: Cli, token_on_command_line: bool) -> Result<(), CliError> {
                     Command::Node { action } => node::run(&ctx, action, join_token).await,
                     Command::Token { action } => token::run(&ctx, action).await,
                     Command::Build(args) => build::run(&ctx, args).await,
+                    Command::Project { action } => project::run(&ctx, action).await,
                     Command::Config { action } => config::run(&ctx, action).await,
                     Command::Test { what } => test::run(&ctx, what).await,
                     Command::Template { action } => config::run_template(&ctx, action).await,

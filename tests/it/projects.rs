@@ -3,7 +3,7 @@
 //! `POST /api/build` by name with a saved configuration, an inline one and a template on a
 //! three-node mesh (a second build all cached), estimates by name, the CLI and the page.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common::{self, copy_example, http, three_nodes, wait_until, TestNode};
@@ -44,12 +44,18 @@ fn build(node: &TestNode, body: &Value) -> Value {
     finished(node, started["build_id"].as_str().expect("build id"))
 }
 
-#[test]
-fn projects_are_registered_listed_and_removed_with_errors_that_name_the_field() {
-    let _shared = common::shared();
+/// A node and a copy of `examples/c-hello` (in the returned temporary dir).
+fn node_with_c_hello() -> (TestNode, tempfile::TempDir, PathBuf) {
     let node = TestNode::start();
     let work = tempfile::tempdir().expect("tempdir");
     let root = copy_example("c-hello", work.path());
+    (node, work, root)
+}
+
+#[test]
+fn projects_are_registered_listed_and_removed_with_errors_that_name_the_field() {
+    let _shared = common::shared();
+    let (node, work, root) = node_with_c_hello();
 
     let (status, p) = register(&node, &root, None);
     assert_eq!(status, 201, "{p}");
@@ -213,4 +219,113 @@ fn a_registered_project_builds_by_name_on_a_mesh_with_saved_inline_and_template_
     assert_eq!(error_of(&e).1, "packages[0]: no package 'nope' in the project");
     let (status, e) = a.post("/api/build", &json!({ "project": "hello", "colour": "red" }));
     assert_eq!(status, 400, "unknown fields are refused: {e}");
+}
+
+fn args_of(line: &str) -> Vec<&str> {
+    line.split_whitespace().skip(1).collect()
+}
+
+/// Runs the CLI against `node` from the directory `cwd`.
+fn cli_in(node: &TestNode, cwd: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env("BUILDNET_DATA_DIR", &node.dir)
+        .env_remove("BUILDNET_ADDRESS")
+        .env_remove("BUILDNET_TOKEN")
+        .output()
+        .expect("run buildnet")
+}
+
+#[test]
+fn the_cli_adds_lists_and_removes_projects_as_the_readme_shows() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    copy_example("c-hello", &work.path().join("examples"));
+
+    // The README's commands, as written there, from a checkout's root.
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README");
+    let section = readme.split("### Projects built by name").nth(1).expect("the section").split("\n###").next();
+    let lines: Vec<&str> = section
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("buildnet project "))
+        .map(|l| l.split(" #").next().unwrap_or_default().trim())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let mut printed = Vec::new();
+    for line in &lines {
+        let out = cli_in(&node, work.path(), &args_of(line));
+        assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+        printed.push(String::from_utf8_lossy(&out.stdout).to_string());
+    }
+    assert!(printed[0].contains("Project 'hello' registered: 4 package(s)"), "{}", printed[0]);
+    let table = &printed[1];
+    assert!(table.starts_with("NAME") && table.contains("hello") && table.contains("gcc"), "{table}");
+    assert!(printed[2].contains("add, greeting, main, app"), "{}", printed[2]);
+    assert!(printed[3].contains("Project 'hello' removed"), "{}", printed[3]);
+    assert!(cli_in(&node, work.path(), &args_of(lines[0])).status.success(), "added again");
+
+    let list = node.cli_json(&["project", "list"]);
+    assert_eq!(list["projects"][0]["name"], "hello");
+    assert_eq!(list["projects"][0]["packages"], 4);
+    let yaml = node.cli(&["project", "list", "--format", "yaml"]);
+    assert!(String::from_utf8_lossy(&yaml.stdout).contains("name: hello"));
+
+    let again = cli_in(&node, work.path(), &["project", "add", "examples/c-hello", "--name", "hello"]);
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("a project named 'hello' is registered already") && err.lines().count() == 1, "{err}");
+    let missing = node.cli(&["project", "add", "/nowhere/at/all"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("path: '/nowhere/at/all'"));
+
+    let out = node.cli(&["project", "remove", "hello"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(node.cli_json(&["project", "list"])["projects"], json!([]));
+    assert_eq!(node.cli(&["project", "remove", "hello"]).status.code(), Some(1));
+    assert_eq!(node.cli(&["project", "remove", "../x"]).status.code(), Some(2), "a bad name is a usage error");
+}
+
+#[test]
+fn the_projects_page_registers_and_removes_with_the_forms_token() {
+    let _shared = common::shared();
+    let (node, work, root) = node_with_c_hello();
+    let auth = crate::pages::session(&node);
+    let ctype = ("Content-Type", "application/x-www-form-urlencoded");
+    let url = |p: &str| format!("{}{p}", node.url);
+    let encode = |s: &str| s.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+
+    let (status, page) = http("GET", &url("/projects"), &[("Cookie", &auth)], None);
+    assert_eq!(status, 200);
+    assert!(page.contains("No projects registered yet.") && page.contains("href=\"/projects\""), "{page}");
+    let csrf = crate::pages::hidden_csrf(&page);
+
+    // An error keeps what was typed.
+    let nowhere = work.path().join("nowhere");
+    let typed = format!("csrf={csrf}&path={}&name=kept-name", encode(nowhere.to_str().expect("utf-8")));
+    let (status, page) = http("POST", &url("/projects"), &[ctype, ("Cookie", &auth)], Some(typed.as_bytes()));
+    assert_eq!(status, 400);
+    assert!(page.contains("role=\"alert\"") && page.contains("path: "), "{page}");
+    assert!(page.contains(&format!("value=\"{}\"", nowhere.display())) && page.contains("value=\"kept-name\""));
+
+    let add = format!("csrf={csrf}&path={}&name=", encode(root.to_str().expect("utf-8")));
+    let forged = add.replace(&csrf, "forged");
+    let (status, _) = http("POST", &url("/projects"), &[ctype, ("Cookie", &auth)], Some(forged.as_bytes()));
+    assert_eq!(status, 400, "a form without the session's token is refused");
+    assert_eq!(node.get("/api/projects").1["projects"], json!([]));
+
+    let (status, _) = http("POST", &url("/projects"), &[ctype, ("Cookie", &auth)], Some(add.as_bytes()));
+    assert_eq!(status, 303);
+    let (_, page) = http("GET", &url("/projects"), &[("Cookie", &auth)], None);
+    assert!(page.contains("data-project=\"c-hello\""), "{page}");
+    assert!(page.contains("<td class=\"packages\">4</td>"), "{page}");
+    assert!(!page.contains("<script>") && !page.contains("style="), "no inline script or style");
+
+    let remove = format!("csrf={csrf}");
+    let (status, _) =
+        http("POST", &url("/projects/c-hello/delete"), &[ctype, ("Cookie", &auth)], Some(remove.as_bytes()));
+    assert_eq!(status, 303);
+    assert_eq!(node.get("/api/projects").1["projects"], json!([]));
 }

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod login;
 pub mod node;
 pub mod nodes;
+pub mod projects;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -36,6 +37,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/configs/{id}", web::post().to(configs::edit))
         .route("/configs/{id}/delete", web::post().to(configs::delete))
         .route("/templates/{id}/use", web::post().to(configs::use_template))
+        .route("/projects", web::get().to(projects::page))
+        .route("/projects", web::post().to(projects::add))
+        .route("/projects/{name}/delete", web::post().to(projects::remove))
         .route("/builds", web::get().to(builds::list))
         .route("/builds/{id}", web::get().to(builds::page))
         .route("/builds/{id}/rerun", web::post().to(builds::rerun))
@@ -95,6 +99,7 @@ pub fn layout(title: &str, caller: Option<&Caller>, active: &str, body: Markup) 
         ("/nodes", "Nodes"),
         ("/node", "This node"),
         ("/builds", "Builds"),
+        ("/projects", "Projects"),
         ("/configs", "Configurations"),
         ("/builder", "Builder"),
         ("/benchmarks", "Benchmarks"),

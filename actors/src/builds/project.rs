@@ -232,44 +232,49 @@ impl Manifest {
     }
 }
 
-/// Dependencies first; on a cycle, the cycle's packages in order.
+/// Dependencies first; on a cycle, the cycle's packages in order. Depth-first with an explicit
+/// stack: a project's dependency chain is as long as its sender makes it (a 20 000-package chain
+/// fits the API's body limit), and recursion that deep overflowed the thread's stack.
 fn topological_order(packages: &BTreeMap<String, Package>) -> Result<Vec<String>, Vec<String>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         Visiting,
         Done,
     }
-    fn visit(
-        name: &str,
-        packages: &BTreeMap<String, Package>,
-        marks: &mut BTreeMap<String, Mark>,
-        stack: &mut Vec<String>,
-        order: &mut Vec<String>,
-    ) -> Result<(), Vec<String>> {
-        match marks.get(name) {
-            Some(Mark::Done) => return Ok(()),
-            Some(Mark::Visiting) => {
-                let start = stack.iter().position(|n| n == name).unwrap_or(0);
-                let mut cycle = stack[start..].to_vec();
-                cycle.push(name.to_string());
-                return Err(cycle);
-            }
-            None => {}
-        }
-        marks.insert(name.to_string(), Mark::Visiting);
-        stack.push(name.to_string());
-        for dep in packages.get(name).map(|p| p.deps.as_slice()).unwrap_or_default() {
-            visit(dep, packages, marks, stack, order)?;
-        }
-        stack.pop();
-        marks.insert(name.to_string(), Mark::Done);
-        order.push(name.to_string());
-        Ok(())
-    }
-    let mut marks = BTreeMap::new();
+    let deps_of = |name: &str| packages.get(name).map(|p| p.deps.as_slice()).unwrap_or_default();
+    let mut marks: BTreeMap<&str, Mark> = BTreeMap::new();
     let mut order = Vec::new();
-    for name in packages.keys() {
-        visit(name, packages, &mut marks, &mut Vec::new(), &mut order)?;
+    for root in packages.keys() {
+        if marks.contains_key(root.as_str()) {
+            continue;
+        }
+        marks.insert(root, Mark::Visiting);
+        // The path being visited: each package with the index of its next dependency.
+        let mut stack: Vec<(&str, usize)> = vec![(root, 0)];
+        while let Some(&(name, next)) = stack.last() {
+            let Some(dep) = deps_of(name).get(next) else {
+                marks.insert(name, Mark::Done);
+                order.push(name.to_string());
+                stack.pop();
+                continue;
+            };
+            if let Some(top) = stack.last_mut() {
+                top.1 += 1;
+            }
+            match marks.get(dep.as_str()) {
+                Some(Mark::Done) => {}
+                Some(Mark::Visiting) => {
+                    let start = stack.iter().position(|(n, _)| *n == dep.as_str()).unwrap_or(0);
+                    let mut cycle: Vec<String> = stack[start..].iter().map(|(n, _)| n.to_string()).collect();
+                    cycle.push(dep.clone());
+                    return Err(cycle);
+                }
+                None => {
+                    marks.insert(dep, Mark::Visiting);
+                    stack.push((dep, 0));
+                }
+            }
+        }
     }
     Ok(order)
 }

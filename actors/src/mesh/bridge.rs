@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::noise::{Handshake, Transport, MAX_FRAME};
+use super::noise::{Handshake, NoiseError, Transport, MAX_FRAME};
 use super::{LinkAuthenticated, LinkClosed, LinkMessage, MeshActor};
 use crate::wire::{self, Envelope, MeshMessage, NodeId, PROTOCOL_VERSION};
 
@@ -203,26 +203,50 @@ impl Handler<Incoming> for BridgeActor {
 impl BridgeActor {
     fn open_frame(&mut self, ctx: &mut Context<Self>, frame: &[u8]) {
         if let Phase::Open { transport, peer } = &mut self.phase {
-            {
-                let plain = match transport.decrypt(frame) {
-                    Ok(p) => p,
-                    Err(e) => return self.fail(ctx, &format!("frame does not decrypt ({e}): tampered or replayed")),
-                };
-                let env = match wire::decode(&plain) {
-                    Ok(env) => env,
-                    Err(e) => return self.fail(ctx, &format!("frame does not decode: {e}")),
-                };
-                if env.v != PROTOCOL_VERSION || env.from != *peer {
-                    return self.fail(ctx, "envelope from the wrong node or protocol version");
+            match open_frame(transport, peer, frame) {
+                Ok(Opened::Message(body)) => {
+                    self.mesh.do_send(LinkMessage { link_id: self.id, from: peer.clone(), body })
                 }
-                if matches!(env.body, MeshMessage::Rekey) {
-                    transport.rekey_incoming();
-                    return;
-                }
-                self.mesh.do_send(LinkMessage { link_id: self.id, from: peer.clone(), body: env.body });
+                Ok(Opened::Rekeyed) => {}
+                Err(e) => self.fail(ctx, &e.to_string()),
             }
         }
     }
+}
+
+/// What one frame of an open link held.
+#[derive(Debug)]
+pub enum Opened {
+    /// A message for the mesh.
+    Message(MeshMessage),
+    /// The peer switched keys; this side now reads with the new key.
+    Rekeyed,
+}
+
+/// Why a frame of an open link was refused (the link closes).
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame does not decrypt ({0}): tampered or replayed")]
+    Decrypt(#[from] NoiseError),
+    #[error("frame does not decode: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("envelope from the wrong node or protocol version")]
+    WrongSender,
+}
+
+/// Opens one frame of an open link from `peer`: decrypt, decode the envelope, check who sent it,
+/// and follow a rekey. Pure, so it can be tested and fuzzed without actors.
+pub fn open_frame(transport: &mut Transport, peer: &NodeId, frame: &[u8]) -> Result<Opened, FrameError> {
+    let plain = transport.decrypt(frame)?;
+    let env = wire::decode(&plain)?;
+    if env.v != PROTOCOL_VERSION || env.from != *peer {
+        return Err(FrameError::WrongSender);
+    }
+    if matches!(env.body, MeshMessage::Rekey) {
+        transport.rekey_incoming();
+        return Ok(Opened::Rekeyed);
+    }
+    Ok(Opened::Message(env.body))
 }
 
 /// The socket closed.

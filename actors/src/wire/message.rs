@@ -146,7 +146,15 @@ pub fn encode(env: &Envelope<MeshMessage>) -> Result<Vec<u8>, rmp_serde::encode:
     rmp_serde::to_vec_named(env)
 }
 
-/// Decodes a message from a link.
+/// Deepest nesting a frame may have. A message needs about ten levels, plus a ledger entry's
+/// JSON data (at most 128 levels: the API's JSON parser allows no more). rmp-serde's default of
+/// 1024 overflowed a 2 MiB thread stack in debug builds (found by fuzzing, `fuzz/`).
+pub const MAX_DEPTH: usize = 256;
+
+/// Decodes a message from a link. Lengths are checked against the bytes that are there before
+/// anything is allocated for them (`rmp-serde` reading a slice, serde's capped size hints).
 pub fn decode(bytes: &[u8]) -> Result<Envelope<MeshMessage>, rmp_serde::decode::Error> {
-    rmp_serde::from_slice(bytes)
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    Envelope::deserialize(&mut de)
 }

@@ -41,7 +41,11 @@ impl Caller {
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!("a key with role '{}' may not {what}; use an admin key", self.role),
+                format!(
+                    "a key with role '{}' may not {what}; use a key with role '{}'",
+                    self.role,
+                    Role::least_for(action)
+                ),
             ))
         }
     }

@@ -104,7 +104,27 @@ pub fn error_page(caller: Option<&auth::Caller>, message: &str) -> HttpResponse 
             "Error",
             caller,
             "",
-            maud::html! { h1 { "Something went wrong" } p.error { (message) } p { a href="/" { "Back to the dashboard" } } },
+            maud::html! { h1 { "That did not work" } p.error role="alert" { (message) } p { a href="/" { "Back to the dashboard" } } },
+        ),
+    )
+}
+
+/// The page for a role that may not do what it asked: which role would, and who is logged in.
+pub fn forbidden_page(caller: &auth::Caller, message: &str) -> HttpResponse {
+    pages::html_response(
+        StatusCode::FORBIDDEN,
+        pages::layout(
+            "Not allowed",
+            Some(caller),
+            "",
+            maud::html! {
+                h1 { "Not allowed with this key" }
+                p.error role="alert" data-forbidden="" { (message) }
+                p { "You are logged in as " strong { (caller.key_name) } " (" (caller.role) "). "
+                    "Log out and log in with a key of the role named above, or ask an admin for one ("
+                    code { "buildnet key create --name NAME --role ROLE" } ")." }
+                p { a href="/" { "Back to the dashboard" } }
+            },
         ),
     )
 }

@@ -23,11 +23,6 @@ impl Driver {
         self.call("GET", &format!("/element/{id}/property/{name}"), None).as_str().map(str::to_string)
     }
 
-    fn exists(&self, css: &str) -> bool {
-        let v = self.call("POST", "/elements", Some(json!({"using": "css selector", "value": css})));
-        v.as_array().is_some_and(|a| !a.is_empty())
-    }
-
     fn click(&self, css: &str) {
         let id = self.find(css);
         self.call("POST", &format!("/element/{id}/click"), Some(json!({})));

@@ -181,6 +181,11 @@ impl Driver {
 }
 
 impl Driver {
+    pub(crate) fn exists(&self, css: &str) -> bool {
+        let v = self.call("POST", "/elements", Some(json!({"using": "css selector", "value": css})));
+        v.as_array().is_some_and(|a| !a.is_empty())
+    }
+
     /// The page's console messages at level SEVERE (errors, CSP violations, failed loads) since
     /// the last call.
     pub(crate) fn console_errors(&self) -> Vec<String> {
@@ -399,4 +404,133 @@ fn browser_benchmark_pages_show_figures_history_and_the_network_matrix() {
     assert!(driver.text("dl.benchmarks").contains("sieves/s"), "beta's latest figures on its page");
     let _ = driver.find("figure.chart svg polyline");
     assert!(driver.text("main").contains("CPU score"), "history charts drawn from the shared ledger");
+}
+
+/// Registers a project in a fresh directory with one package that sleeps; returns its name.
+fn slow_project(node: &TestNode, dir: &std::path::Path) -> String {
+    std::fs::write(dir.join("buildnet.toml"), "[packages.nap]\ncommand = [\"sleep\", \"25\"]\n").expect("manifest");
+    let (status, body) = node.post("/api/projects", &json!({"path": dir, "name": "napping"}));
+    assert_eq!(status, 201, "{body}");
+    "napping".into()
+}
+
+#[test]
+fn browser_walks_every_page_with_builds_finished_and_running_without_console_errors() {
+    let Some((chromium, chromedriver)) = browser() else { return };
+    let _serial = common::serial();
+    let (a, _b, _c) = common::three_nodes();
+    let work = tempfile::tempdir().expect("tempdir");
+    let hello = common::copy_example("c-hello", &work.path().join("hello"));
+    let (status, body) = a.post("/api/projects", &json!({"path": hello, "name": "hello"}));
+    assert_eq!(status, 201, "{body}");
+    let (status, started) = a.post("/api/build", &json!({"project": "hello"}));
+    assert_eq!(status, 202, "{started}");
+    let finished = started["build_id"].as_str().expect("build id").to_string();
+    wait_until("the first build", Duration::from_secs(120), || {
+        (a.get(&format!("/api/build/{finished}")).1["status"] == "succeeded").then_some(())
+    });
+    let nap_dir = work.path().join("nap");
+    std::fs::create_dir_all(&nap_dir).expect("dir");
+    let nap = slow_project(&a, &nap_dir);
+    let (status, started) = a.post("/api/build", &json!({"project": nap}));
+    assert_eq!(status, 202, "{started}");
+    let running = started["build_id"].as_str().expect("build id").to_string();
+
+    let driver = Driver::start(&chromium, &chromedriver);
+    log_in(&driver, &a);
+    let links = driver.call(
+        "POST",
+        "/execute/sync",
+        Some(json!({"script": "return [...document.querySelectorAll('header nav a')].map(a => a.getAttribute('href'))", "args": []})),
+    );
+    let mut pages: Vec<String> =
+        links.as_array().expect("nav links").iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    assert!(pages.len() >= 9, "{pages:?}");
+    pages.extend([format!("/builds/{finished}"), format!("/builds/{running}"), format!("/nodes/{}", a.node_id())]);
+    let _ = driver.console_errors();
+    for page in &pages {
+        driver.call("POST", "/url", Some(json!({"url": format!("{}{page}", a.url)})));
+        let text = driver.text("main");
+        assert!(!text.contains("Not found") && !text.contains("That did not work"), "{page}: {text}");
+        let errors = driver.console_errors();
+        assert!(errors.is_empty(), "{page}: console errors {errors:?}");
+        // Every legend swatch shows its series' colour (a blocked inline style leaves it transparent).
+        let colours = driver.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": "return [...document.querySelectorAll('ul.legend .swatch')].map(s => getComputedStyle(s).backgroundColor)", "args": []})),
+        );
+        for c in colours.as_array().into_iter().flatten() {
+            let c = c.as_str().unwrap_or_default();
+            assert!(
+                !c.is_empty() && c != "rgba(0, 0, 0, 0)" && c != "transparent",
+                "{page}: a legend swatch without colour ({c})"
+            );
+        }
+        if page == "/ledger" {
+            assert!(!text.contains("{\""), "the ledger shows fields, not JSON: {text}");
+        }
+    }
+    let colours = driver.call("POST", "/url", Some(json!({"url": format!("{}/", a.url)})));
+    drop(colours);
+    assert!(driver.exists("ul.legend .swatch"), "the dashboard charts build durations");
+    let _ = a.post(&format!("/api/build/{running}/cancel"), &json!({}));
+}
+
+#[test]
+fn pages_ask_before_revoking_keep_typed_input_and_name_the_role_needed() {
+    let node = TestNode::start();
+    let auth = session(&node);
+    let url = |p: &str| format!("{}{p}", node.url);
+    let ctype = ("Content-Type", "application/x-www-form-urlencoded");
+
+    // Revoking asks first; the list links to the question, the question posts.
+    let (status, body) = node.post("/api/keys", &json!({"name": "ci-runner", "role": "builder"}));
+    assert_eq!(status, 201, "{body}");
+    let (id, builder_key) =
+        (body["info"]["id"].as_str().expect("id").to_string(), body["key"].as_str().expect("key").to_string());
+    let (_, page) = http("GET", &url("/keys"), &[("Cookie", &auth)], None);
+    assert!(page.contains(&format!("href=\"/keys/{id}/revoke\"")), "a link, not an immediate revoke");
+    let (status, page) = http("GET", &url(&format!("/keys/{id}/revoke")), &[("Cookie", &auth)], None);
+    assert_eq!(status, 200);
+    assert!(page.contains("Revoke key ci-runner?") && page.contains("data-confirm-revoke=\"ci-runner\""), "{page}");
+    assert!(node.get("/api/keys").1.to_string().contains("ci-runner"), "asking revoked nothing");
+
+    // A configuration form with a bad value comes back with what was typed.
+    let csrf = hidden_csrf(&http("GET", &url("/configs"), &[("Cookie", &auth)], None).1);
+    let (status, page) = http(
+        "POST",
+        &url("/configs"),
+        &[ctype, ("Cookie", &auth)],
+        Some(format!("csrf={csrf}&name=typed-by-hand&cores=lots&memory_gb=2&nodes=local%3A1&tools=gcc").as_bytes()),
+    );
+    assert_eq!(status, 400);
+    assert!(page.contains("cores: expected a whole number"), "{page}");
+    for kept in ["value=\"typed-by-hand\"", "value=\"lots\"", "value=\"local:1\"", "value=\"gcc\""] {
+        assert!(page.contains(kept), "{kept} was lost");
+    }
+
+    // A builder key is told which role a page action needs, not "something went wrong".
+    let builder = http_full("GET", &url("/login"), &[], None);
+    let (csrf_cookie, login_csrf) = (cookie(&builder.1, "bn_login_csrf").expect("cookie"), hidden_csrf(&builder.2));
+    let (_, headers, _) = http_full(
+        "POST",
+        &url("/login"),
+        &[ctype, ("Cookie", &format!("bn_login_csrf={csrf_cookie}"))],
+        Some(format!("key={builder_key}&csrf={login_csrf}").as_bytes()),
+    );
+    let as_builder = format!("bn_session={}", cookie(&headers, "bn_session").expect("session"));
+    let csrf = hidden_csrf(&http("GET", &url("/configs"), &[("Cookie", &as_builder)], None).1);
+    let (status, page) = http(
+        "POST",
+        &url("/configs"),
+        &[ctype, ("Cookie", &as_builder)],
+        Some(format!("csrf={csrf}&name=x&cores=1").as_bytes()),
+    );
+    assert_eq!(status, 403);
+    assert!(page.contains("use a key with role 'admin'") && page.contains("data-forbidden"), "{page}");
+    let (status, body) =
+        http("POST", &url("/api/node/benchmark"), &[("Authorization", &format!("Bearer {builder_key}"))], None);
+    assert_eq!(status, 403);
+    assert!(body.contains("use a key with role 'admin'"), "{body}");
 }

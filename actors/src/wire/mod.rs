@@ -140,6 +140,11 @@ impl Role {
         }
         // (ModifyConfig is admin-only: plan §11.3 lets builders build, not change configs.)
     }
+
+    /// The least role that may perform `action` (what an error should ask for).
+    pub fn least_for(action: Action) -> Role {
+        [Role::Observer, Role::Builder].into_iter().find(|r| r.allows(action)).unwrap_or(Role::Admin)
+    }
 }
 
 impl FromStr for Role {

@@ -21,39 +21,59 @@ pub struct Series {
     pub points: Vec<(u64, f64)>,
 }
 
-const PALETTE: [&str; 6] = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2"];
+/// Series colours are classes (`s0`…`s5` in style.css): the page's CSP allows no inline styles.
+const SERIES_CLASSES: usize = 6;
 
-/// A line chart as SVG: time across, value up from zero, each point with its value as a tooltip.
+/// A round axis maximum at or above `v`: 1, 2, 2.5 or 5 times a power of ten.
+pub fn nice_max(v: f64) -> f64 {
+    if !(v.is_finite() && v > 0.0) {
+        return 1.0;
+    }
+    let magnitude = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * magnitude).find(|m| *m >= v).unwrap_or(10.0 * magnitude)
+}
+
+/// An axis label without trailing zeros: 1200, 2.5, 0.25.
+fn tick_label(v: f64) -> String {
+    let text = format!("{v:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// A line chart as SVG: time across, value up from zero on a round scale with grid lines, each
+/// point with its value as a tooltip, and a legend whose swatches carry the series' colours.
 pub fn line_chart(title: &str, unit: &str, series: &[Series]) -> Markup {
-    const W: f64 = 640.0;
-    const H: f64 = 200.0;
-    const LEFT: f64 = 56.0;
-    const BOTTOM: f64 = 24.0;
+    const W: f64 = 480.0;
+    const H: f64 = 220.0;
+    const LEFT: f64 = 64.0;
+    const BOTTOM: f64 = 28.0;
+    const TOP: f64 = 10.0;
     let all: Vec<(u64, f64)> = series.iter().flat_map(|s| s.points.iter().copied()).collect();
     if all.is_empty() {
         return html! {};
     }
     let (t0, t1) = all.iter().fold((u64::MAX, 0), |(a, b), (t, _)| (a.min(*t), b.max(*t)));
-    let max = all.iter().map(|p| p.1).fold(0.0, f64::max).max(f64::MIN_POSITIVE) * 1.1;
+    let max = nice_max(all.iter().map(|p| p.1).fold(0.0, f64::max));
     let x =
-        |t: u64| LEFT + if t1 > t0 { (t - t0) as f64 / (t1 - t0) as f64 * (W - LEFT - 8.0) } else { (W - LEFT) / 2.0 };
-    let y = |v: f64| (H - BOTTOM) - v / max * (H - BOTTOM - 8.0);
+        |t: u64| LEFT + if t1 > t0 { (t - t0) as f64 / (t1 - t0) as f64 * (W - LEFT - 12.0) } else { (W - LEFT) / 2.0 };
+    let y = |v: f64| (H - BOTTOM) - v / max * (H - BOTTOM - TOP);
+    let ticks: Vec<f64> = (0..=4).map(|i| max * f64::from(i) / 4.0).collect();
     html! {
         figure.chart {
-            figcaption { (title) }
+            figcaption { (title) " (" (unit) ")" }
             svg viewBox=(format!("0 0 {W} {H}")) width="100%" role="img" aria-label=(format!("{title} over time")) {
-                line x1=(LEFT) y1=(H - BOTTOM) x2=(W) y2=(H - BOTTOM) class="axis" {}
-                line x1=(LEFT) y1="0" x2=(LEFT) y2=(H - BOTTOM) class="axis" {}
-                text x=(LEFT - 4.0) y=(y(max / 1.1) + 4.0) text-anchor="end" class="tick" { (format!("{:.4}", max / 1.1).trim_end_matches('0').trim_end_matches('.')) }
-                text x=(LEFT - 4.0) y=(H - BOTTOM) text-anchor="end" class="tick" { "0" }
-                text x=(LEFT) y=(H - 6.0) class="tick" { (crate::human::utc(t0)) }
-                text x=(W) y=(H - 6.0) text-anchor="end" class="tick" { (crate::human::utc(t1)) }
+                @for v in &ticks {
+                    line x1=(LEFT) y1=(format!("{:.1}", y(*v))) x2=(W) y2=(format!("{:.1}", y(*v))) class="grid" {}
+                    text x=(LEFT - 6.0) y=(format!("{:.1}", y(*v) + 4.0)) text-anchor="end" class="tick" { (tick_label(*v)) }
+                }
+                line x1=(LEFT) y1=(TOP) x2=(LEFT) y2=(H - BOTTOM) class="axis" {}
+                text x=(LEFT) y=(H - 8.0) class="tick" { (crate::human::utc(t0)) }
+                @if t1 > t0 { text x=(W) y=(H - 8.0) text-anchor="end" class="tick" { (crate::human::utc(t1)) } }
                 @for (i, s) in series.iter().enumerate() {
-                    @let color = PALETTE[i % PALETTE.len()];
+                    @let class = format!("s{}", i % SERIES_CLASSES);
                     @let path = s.points.iter().map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v))).collect::<Vec<_>>().join(" ");
-                    polyline points=(path) fill="none" stroke=(color) stroke-width="2" {}
+                    polyline points=(path) class=(format!("series {class}")) {}
                     @for (t, v) in &s.points {
-                        circle cx=(format!("{:.1}", x(*t))) cy=(format!("{:.1}", y(*v))) r="3" fill=(color) {
+                        circle cx=(format!("{:.1}", x(*t))) cy=(format!("{:.1}", y(*v))) r="3.5" class=(format!("point {class}")) {
                             title { (s.label) ": " (format!("{v:.2}")) " " (unit) " at " (crate::human::utc(*t)) " UTC" }
                         }
                     }
@@ -61,7 +81,7 @@ pub fn line_chart(title: &str, unit: &str, series: &[Series]) -> Markup {
             }
             ul.legend {
                 @for (i, s) in series.iter().enumerate() {
-                    li { span.swatch style=(format!("background:{}", PALETTE[i % PALETTE.len()])) {} (s.label) " (" (unit) ")" }
+                    li data-series=(s.label) { span class=(format!("swatch s{}", i % SERIES_CLASSES)) {} (s.label) }
                 }
             }
         }
@@ -262,5 +282,17 @@ mod tests {
             svg.split("cy=\"").skip(1).filter_map(|s| s.split('"').next().and_then(|v| v.parse().ok())).collect();
         assert_eq!(ys.len(), 2);
         assert!(ys[1] < ys[0]);
+        assert!(!svg.contains("style="), "colours are classes: the CSP allows no inline style");
+        assert!(svg.contains("class=\"swatch s0\""), "the legend carries the series colour");
+        assert!(svg.contains(">250<"), "the axis ends on a round number: {svg}");
+    }
+
+    #[test]
+    fn axis_maxima_are_round() {
+        for (v, want) in [(1207.5738, 2000.0), (0.0, 1.0), (3.2, 5.0), (250.0, 250.0), (0.07, 0.1), (11.0, 20.0)] {
+            assert_eq!(nice_max(v), want, "{v}");
+        }
+        assert_eq!(tick_label(0.25), "0.25");
+        assert_eq!(tick_label(1500.0), "1500");
     }
 }

@@ -152,7 +152,7 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>, query: web::Quer
         h1 { "Configuration builder" }
         div.fallback data-fallback="" {
             p { "The builder needs JavaScript. Without it, describe a configuration with the form:" }
-            (super::configs::create_form(&csrf))
+            (super::configs::create_form(&csrf, None))
         }
         section.builder hidden data-builder="" data-csrf=(csrf) data-local-id=(me)
             data-latency=(serde_json::to_string(&latency).unwrap_or_default())

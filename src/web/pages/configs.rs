@@ -15,22 +15,27 @@ use super::{caller, html_response, layout};
 use crate::web::auth::Caller;
 use crate::web::AppState;
 
-/// The plain configuration form: the builder page's fallback without JavaScript too.
-pub fn create_form(csrf: &str) -> Markup {
+/// The plain configuration form, filled with what was typed when it comes back with an error;
+/// the builder page's fallback without JavaScript too.
+pub fn create_form(csrf: &str, typed: Option<&CreateForm>) -> Markup {
+    let value = |f: fn(&CreateForm) -> Option<&str>| typed.and_then(f).unwrap_or("").to_string();
+    let cores = typed.and_then(|t| t.cores.as_deref()).unwrap_or("0").to_string();
+    let memory = typed.and_then(|t| t.memory_gb.as_deref()).unwrap_or("0").to_string();
     html! {
-        form.stack method="post" action="/configs" {
+        form.stack #create-config method="post" action="/configs" {
             input type="hidden" name="csrf" value=(csrf);
-            label { "Name " input type="text" name="name" required maxlength="64"; }
-            label { "Cores in all (0 = all the pool offers) " input type="number" name="cores" min="0" value="0"; }
-            label { "Memory GB (0 = what is available) " input type="number" name="memory_gb" min="0" step="0.5" value="0"; }
-            label { "Nodes (node-id[:cores] or local, comma-separated; empty = any) " input type="text" name="nodes"; }
-            label { "Tools (comma-separated, e.g. gcc>=12) " input type="text" name="tools"; }
+            label { "Name " input type="text" name="name" required maxlength="64" value=(value(|t| Some(t.name.as_str()))); }
+            label { "Cores in all (0 = all the pool offers) " input type="number" name="cores" min="0" value=(cores); }
+            label { "Memory GB (0 = what is available) " input type="number" name="memory_gb" min="0" step="0.5" value=(memory); }
+            label { "Nodes (name or id, with :cores; local for this node; comma-separated; empty = any) "
+                    input type="text" name="nodes" value=(value(|t| t.nodes.as_deref())); }
+            label { "Tools (comma-separated, e.g. gcc>=12) " input type="text" name="tools" value=(value(|t| t.tools.as_deref())); }
             button type="submit" { "Create" }
         }
     }
 }
 
-async fn render(who: &Caller, state: &AppState, error: Option<&str>) -> HttpResponse {
+async fn render(who: &Caller, state: &AppState, error: Option<&str>, typed: Option<&CreateForm>) -> HttpResponse {
     let configs = state.node.builds.configs().await.unwrap_or_default();
     let templates = state.node.builds.templates().await.unwrap_or_default();
     let csrf = who.csrf.clone().unwrap_or_default();
@@ -69,7 +74,7 @@ async fn render(who: &Caller, state: &AppState, error: Option<&str>) -> HttpResp
         @if admin {
             h2 { "Create a configuration" }
             p { a.button href="/builder" data-open-builder="" { "Open the visual builder" } " or fill in the form:" }
-            (create_form(&csrf))
+            (create_form(&csrf, typed))
         }
         h2 { "Templates" }
         table #templates {
@@ -101,7 +106,7 @@ async fn render(who: &Caller, state: &AppState, error: Option<&str>) -> HttpResp
 
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     match caller(&req, &state) {
-        Ok(who) => render(&who, &state, None).await,
+        Ok(who) => render(&who, &state, None, None).await,
         Err(redirect) => *redirect,
     }
 }
@@ -166,11 +171,11 @@ pub async fn create(req: HttpRequest, state: web::Data<AppState>, form: web::For
     };
     let cfg = match from_form(&form) {
         Ok(c) => c,
-        Err(e) => return render(&who, &state, Some(&e)).await,
+        Err(e) => return render(&who, &state, Some(&e), Some(&form)).await,
     };
     match state.node.builds.create_config(cfg, &who.actor(), false).await {
         Ok(_) => HttpResponse::SeeOther().insert_header((header::LOCATION, "/configs")).finish(),
-        Err(e) => render(&who, &state, Some(&e.to_string())).await,
+        Err(e) => render(&who, &state, Some(&e.to_string()), Some(&form)).await,
     }
 }
 
@@ -294,7 +299,7 @@ pub async fn delete(
     };
     match state.node.builds.delete_config(&id, &who.actor()).await {
         Ok(_) => HttpResponse::SeeOther().insert_header((header::LOCATION, "/configs")).finish(),
-        Err(e) => render(&who, &state, Some(&e.to_string())).await,
+        Err(e) => render(&who, &state, Some(&e.to_string()), None).await,
     }
 }
 
@@ -314,6 +319,6 @@ pub async fn use_template(
         form.into_iter().filter(|(k, v)| k != "csrf" && k != "name" && !v.is_empty()).collect();
     match state.node.builds.use_template(&id, &name, &values, &who.actor()).await {
         Ok(_) => HttpResponse::SeeOther().insert_header((header::LOCATION, "/configs")).finish(),
-        Err(e) => render(&who, &state, Some(&e.to_string())).await,
+        Err(e) => render(&who, &state, Some(&e.to_string()), None).await,
     }
 }

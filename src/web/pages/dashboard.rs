@@ -1,4 +1,5 @@
-//! The dashboard: pool totals as bars (plan §6.1's summary) and the nodes.
+//! The dashboard: pool totals as bars (plan §6.1's summary), the nodes, recent builds with their
+//! durations over time, and the latest ledger activity.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -15,6 +16,19 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
     let pool = match state.node.pool.view().await {
         Ok(p) => p,
         Err(e) => return super::super::error_page(Some(&who), &e.to_string()),
+    };
+    let recent = state.node.builds.history(30, None).await.unwrap_or_default();
+    let activity = state
+        .node
+        .ledger
+        .query(buildnet_actors::ledger::LedgerFilter { limit: 8, ..Default::default() })
+        .await
+        .unwrap_or_default();
+    let names: std::collections::BTreeMap<String, String> =
+        pool.nodes.iter().map(|n| (n.id.to_string(), n.name.clone())).collect();
+    let durations = super::benchmarks::Series {
+        label: "build duration".into(),
+        points: recent.iter().rev().filter_map(|b| b.duration_ms.map(|d| (b.started_at_ms, d as f64))).collect(),
     };
     let a = &pool.aggregate;
     let leased_cores = a.total_cpu_cores.saturating_sub(a.available_cpu_cores);
@@ -61,6 +75,38 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
                     li { (name) span.small { " ×" (nodes.len()) } }
                 }
             }
+        }
+        h2 { "Recent builds" }
+        @if recent.is_empty() { (super::empty("No builds yet: start one from the Builder or with buildnet build.")) } @else {
+            table #recent-builds {
+                thead { tr { th { "Build" } th { "Status" } th { "Started" } th { "Duration" } th { "Ran / cached" } } }
+                tbody {
+                    @for b in recent.iter().take(5) {
+                        tr {
+                            td { a href=(format!("/builds/{}", b.id)) { code { (b.id) } } }
+                            td { span class=(format!("build-status {}", b.status)) { (b.status) } }
+                            td { (time(b.started_at_ms)) }
+                            td { (b.duration_ms.map(|d| format!("{d} ms")).unwrap_or_else(|| "running".into())) }
+                            td { (b.executed) " / " (b.cached) }
+                        }
+                    }
+                }
+            }
+            div.charts { (super::benchmarks::line_chart("Build durations, last 30 builds", "ms", &[durations])) }
+        }
+        h2 { "Recent activity" }
+        @if activity.is_empty() { (super::empty("Nothing in the ledger yet.")) } @else {
+            ol.timeline #recent-activity {
+                @for e in &activity {
+                    li.entry data-type=(e.entry_type.as_str()) {
+                        div.entry-head {
+                            strong { (e.entry_type.as_str()) }
+                            span.small { (names.get(e.origin.as_str()).cloned().unwrap_or_else(|| e.origin.to_string())) " · " (time(e.hlc.wall_ms)) }
+                        }
+                    }
+                }
+            }
+            p { a href="/ledger" { "The whole ledger" } }
         }
         p.small { "Updated " (time(a.last_updated_ms)) }
     };

@@ -32,10 +32,7 @@ fn render(who: &Caller, state: &AppState, created: Option<(&str, &str)>, error: 
                         td { @if let Some(t) = k.last_used_at_ms { (time(t)) } @else { "never" } }
                         td { @if k.revoked_at_ms.is_some() { "revoked" } @else if k.active(now) { "active" } @else { "expired" } }
                         td { @if k.active(now) {
-                            form.inline method="post" action=(format!("/keys/{}/revoke", k.id)) {
-                                input type="hidden" name="csrf" value=(csrf);
-                                button.danger type="submit" { "Revoke" }
-                            }
+                            a.button.danger href=(format!("/keys/{}/revoke", k.id)) data-revoke=(k.name) { "Revoke…" }
                         } }
                     }
                 }
@@ -62,7 +59,7 @@ fn render(who: &Caller, state: &AppState, created: Option<(&str, &str)>, error: 
 fn admin(req: &HttpRequest, state: &AppState) -> Result<Caller, Box<HttpResponse>> {
     let who = caller(req, state)?;
     who.require(Action::ManageKeys, "manage keys")
-        .map_err(|e| Box::new(super::super::error_page(Some(&who), &e.message)))?;
+        .map_err(|e| Box::new(super::super::forbidden_page(&who, &e.message)))?;
     Ok(who)
 }
 
@@ -96,6 +93,27 @@ pub async fn create(req: HttpRequest, state: web::Data<AppState>, form: web::For
         Ok((secret, info)) => render(&who, &state, Some((&info.name, &secret)), None),
         Err(e) => render(&who, &state, None, Some(&e.to_string())),
     }
+}
+
+/// Asks before revoking: scripts and nodes using the key stop working at once.
+pub async fn confirm_revoke(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
+    let who = match admin(&req, &state) {
+        Ok(w) => w,
+        Err(res) => return *res,
+    };
+    let Some(key) = state.node.keys.list().into_iter().find(|k| k.id == *id) else {
+        return super::not_found(Some(&who), &format!("/keys/{id}/revoke"));
+    };
+    let body = html! {
+        h1 { "Revoke key " (key.name) "?" }
+        p { "Anything using key " code { (key.id) } " (role " (key.role) ") stops working at once, and pages logged in with it are logged out. This cannot be undone." }
+        form.inline method="post" action=(format!("/keys/{}/revoke", key.id)) {
+            input type="hidden" name="csrf" value=(who.csrf.clone().unwrap_or_default());
+            button.danger type="submit" data-confirm-revoke=(key.name) { "Revoke " (key.name) }
+            a href="/keys" { "Cancel" }
+        }
+    };
+    html_response(StatusCode::OK, layout("Revoke key", Some(&who), "/keys", body))
 }
 
 #[derive(Deserialize)]

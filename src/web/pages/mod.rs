@@ -47,6 +47,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/ledger", web::get().to(ledger::page))
         .route("/keys", web::get().to(keys::page))
         .route("/keys", web::post().to(keys::create))
+        .route("/keys/{id}/revoke", web::get().to(keys::confirm_revoke))
         .route("/keys/{id}/revoke", web::post().to(keys::revoke))
         .route("/login", web::get().to(login::page))
         .route("/login", web::post().to(login::submit))
@@ -73,7 +74,7 @@ pub fn form_caller(
     if !auth::form_allowed(req, &who, csrf) {
         return Err(Box::new(super::error_page(Some(&who), "The form expired; reload the page and try again.")));
     }
-    who.require(action, what).map_err(|e| Box::new(super::error_page(Some(&who), &e.message)))?;
+    who.require(action, what).map_err(|e| Box::new(super::forbidden_page(&who, &e.message)))?;
     Ok(who)
 }
 

@@ -314,6 +314,32 @@ impl Handler<ListResources> for PoolActor {
     }
 }
 
+/// Why a node name or id names no single node of the pool.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NodeLookupError {
+    #[error("no node named or with id '{0}' in the pool")]
+    Unknown(String),
+    /// More than one node carries the name; the ids say which to use instead.
+    #[error("'{name}' names {} nodes ({}); use the node id", ids.len(), ids.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", "))]
+    Ambiguous { name: String, ids: Vec<NodeId> },
+}
+
+/// The one node-name resolver: `key` is a node id (16 hex digits) of a pool node, or the name of
+/// exactly one node. An id wins over a name; a name two nodes share is refused, listing their ids.
+/// Callers decide what `local` means before asking.
+pub fn resolve_node(nodes: &[PoolNode], key: &str) -> Result<NodeId, NodeLookupError> {
+    let key = key.trim();
+    if let Some(n) = nodes.iter().find(|n| n.id.as_str() == key) {
+        return Ok(n.id.clone());
+    }
+    let named: Vec<NodeId> = nodes.iter().filter(|n| n.name == key).map(|n| n.id.clone()).collect();
+    match named.len() {
+        0 => Err(NodeLookupError::Unknown(key.to_string())),
+        1 => Ok(named[0].clone()),
+        _ => Err(NodeLookupError::Ambiguous { name: key.to_string(), ids: named }),
+    }
+}
+
 /// Typed front of the pool actor.
 #[derive(Clone)]
 pub struct PoolHandle {
@@ -342,6 +368,12 @@ impl PoolHandle {
 
     pub async fn view(&self) -> Result<PoolView, NodeError> {
         self.addr.send(GetPool).await.map_err(|_| NodeError::Unavailable)?
+    }
+
+    /// [`resolve_node`] against the current pool (this node and every known peer).
+    pub async fn resolve(&self, key: &str) -> Result<NodeId, NodeLookupError> {
+        let nodes = self.view().await.map(|v| v.nodes).unwrap_or_default();
+        resolve_node(&nodes, key)
     }
 
     pub async fn resources(
@@ -376,6 +408,23 @@ mod tests {
             runtimes: vec![],
             benchmarks: Default::default(),
         }
+    }
+
+    #[test]
+    fn nodes_resolve_by_id_or_unique_name() {
+        let mut nodes = vec![
+            node("000000000000000a", NodeState::Online, 4, &[]),
+            node("000000000000000b", NodeState::Online, 2, &[]),
+            node("000000000000000c", NodeState::Online, 2, &[]),
+        ];
+        nodes[0].name = "alpha".into();
+        nodes[1].name = "beta".into();
+        nodes[2].name = "beta".into();
+        assert_eq!(resolve_node(&nodes, "alpha").map(|i| i.to_string()), Ok("000000000000000a".into()));
+        assert_eq!(resolve_node(&nodes, "000000000000000c").map(|i| i.to_string()), Ok("000000000000000c".into()));
+        let err = resolve_node(&nodes, "beta").expect_err("ambiguous");
+        assert_eq!(err.to_string(), "'beta' names 2 nodes (000000000000000b, 000000000000000c); use the node id");
+        assert_eq!(resolve_node(&nodes, "gamma"), Err(NodeLookupError::Unknown("gamma".into())));
     }
 
     #[test]

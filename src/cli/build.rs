@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use buildnet_actors::builds::estimate::BuildEstimation;
 use buildnet_actors::builds::history::BuildSummary;
 use buildnet_actors::builds::inputs;
-use buildnet_actors::builds::runner::{BuildRequest, BuildState, BuildStatus, PackageState};
+use buildnet_actors::builds::runner::{BuildRequest, BuildState, BuildStatus, PackageState, PackageStatus};
 use buildnet_actors::cas::{self, FileRef};
 
 use super::output::{time, Table};
@@ -44,8 +44,8 @@ pub struct BuildArgs {
 pub struct HistoryArgs {
     /// Show one build in detail
     pub build_id: Option<String>,
-    /// Number of builds
-    #[arg(short = 'n', long = "limit", default_value_t = 20)]
+    /// Number of builds (`-l` as in plan §7.2, where `-l` is the short form of `limit`)
+    #[arg(short = 'n', long = "limit", visible_short_alias = 'l', default_value_t = 20)]
     pub limit: usize,
 }
 
@@ -151,15 +151,34 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
         }
         other => {
             if let Some(p) = status.packages.iter().find(|p| p.state == PackageState::Failed) {
-                eprintln!("--- {} (last lines of its output) ---", p.name);
-                let lines: Vec<&str> = p.output_tail.lines().collect();
-                for line in &lines[lines.len().saturating_sub(20)..] {
-                    eprintln!("{line}");
-                }
+                eprint!("{}", failure_report(p));
             }
             Err(CliError::Other(format!("build {id} {other}: {}", status.error.unwrap_or_default())))
         }
     }
+}
+
+/// What a failed package left: the last 20 lines of its output under a header naming it and
+/// its node, or one line saying it printed nothing (and why it failed, when known).
+fn failure_report(p: &PackageStatus) -> String {
+    let on = node_label(p).map(|n| format!(" on {n}")).unwrap_or_default();
+    let exit = p.exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default();
+    let lines: Vec<&str> = p.output_tail.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        let why = p.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        return format!("--- {}{on} failed{exit} and printed nothing{why} ---\n", p.name);
+    }
+    let mut out = format!("--- {}{on}{exit} (last lines of its output) ---\n", p.name);
+    for line in &lines[lines.len().saturating_sub(20)..] {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The node a package runs or ran on: its name, else its id.
+fn node_label(p: &PackageStatus) -> Option<String> {
+    p.node_name.clone().filter(|n| !n.is_empty()).or_else(|| p.node.as_ref().map(|n| n.to_string()))
 }
 
 /// Writes output `f` at `dest` (whose directory exists): streamed into a new temporary file
@@ -207,17 +226,31 @@ async fn estimate(ctx: &Ctx, request: BuildRequest) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The overall bar and one line per running package (only on a terminal).
+/// "add on beta", or "add (choosing a node)" before the node is known.
+fn running_line(p: &PackageStatus) -> String {
+    match node_label(p) {
+        Some(node) => format!("{} on {node}", p.name),
+        None => format!("{} (choosing a node)", p.name),
+    }
+}
+
+/// The overall bar and one line per running package (only on a terminal). Off a terminal, each
+/// package's node is printed once as a plain line on stderr (`add on beta`), so logs say it too.
 struct Bars {
     multi: MultiProgress,
     overall: ProgressBar,
     running: std::cell::RefCell<BTreeMap<String, ProgressBar>>,
+    plain: bool,
+    /// Packages whose node has been printed as a plain line.
+    logged: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
+
 
 impl Bars {
     fn new(total: u64, id: &str, uploaded: usize, inputs: usize) -> Bars {
         let multi = MultiProgress::new();
-        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+        if plain {
             multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
         let overall = multi.add(ProgressBar::new(total));
@@ -228,7 +261,14 @@ impl Bars {
         );
         overall.set_prefix(id.to_string());
         overall.set_message(format!("({uploaded} of {inputs} inputs uploaded)"));
-        Bars { multi, overall, running: Default::default() }
+        Bars { multi, overall, running: Default::default(), plain, logged: Default::default() }
+    }
+
+    /// Off a terminal: the package's line, once, when its node is known.
+    fn log(&self, line: &str, package: &str, node: Option<String>) {
+        if self.plain && node.is_some() && self.logged.borrow_mut().insert(package.to_string()) {
+            eprintln!("{line}");
+        }
     }
 
     fn update(&self, status: &BuildStatus) {
@@ -243,15 +283,18 @@ impl Bars {
             match (p.state, running.contains_key(&p.name)) {
                 (PackageState::Running, false) => {
                     let bar = self.multi.add(ProgressBar::new_spinner());
-                    bar.set_message(format!(
-                        "{} on {}",
-                        p.name,
-                        p.node.as_ref().map(|n| n.to_string()).unwrap_or_default()
-                    ));
+                    bar.set_message(running_line(p));
                     bar.enable_steady_tick(Duration::from_millis(120));
                     running.insert(p.name.clone(), bar);
+                    self.log(&running_line(p), &p.name, node_label(p));
                 }
-                (PackageState::Running, true) | (_, false) => {}
+                (PackageState::Running, true) => {
+                    if let Some(bar) = running.get(&p.name) {
+                        bar.set_message(running_line(p));
+                    }
+                    self.log(&running_line(p), &p.name, node_label(p));
+                }
+                (_, false) => {}
                 (state, true) => {
                     if let Some(bar) = running.remove(&p.name) {
                         bar.finish_and_clear();
@@ -298,7 +341,7 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), CliError> {
                 t.row(vec![
                     p.name.clone(),
                     p.state.as_str().into(),
-                    p.node.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+                    node_label(p).unwrap_or_default(),
                     if p.cache_hit { "hit".into() } else { "".into() },
                     p.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default(),
                     p.exit_code.map(|c| c.to_string()).unwrap_or_default(),
@@ -315,7 +358,7 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), CliError> {
             if ctx.printed_as_document(&list) {
                 return Ok(());
             }
-            let mut t = Table::new(&["build", "status", "started", "duration", "packages", "ran", "cached"]);
+            let mut t = Table::new(&["build", "status", "started", "duration", "packages", "ran", "cached", "nodes"]);
             for b in &list.builds {
                 t.row(vec![
                     b.id.clone(),
@@ -325,6 +368,7 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), CliError> {
                     b.packages.to_string(),
                     b.executed.to_string(),
                     b.cached.to_string(),
+                    b.nodes.join(", "),
                 ]);
             }
             t.print();

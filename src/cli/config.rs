@@ -2,7 +2,7 @@
 //! `buildnet template list|use|save` (plan §7.1).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Subcommand;
@@ -14,6 +14,8 @@ use buildnet_actors::builds::ConfigSummary;
 
 use super::output::{print_facts, time, Table};
 use super::{CliError, Ctx};
+
+mod ask;
 
 #[derive(Subcommand)]
 pub enum ConfigCommand {
@@ -33,7 +35,7 @@ pub enum ConfigCommand {
         /// Memory in GB (0 = what is available)
         #[arg(long)]
         memory_gb: Option<f64>,
-        /// Confine to a node: NODE_ID[:CORES] or local[:CORES]; repeatable
+        /// Confine to a node: NAME[:CORES], NODE_ID[:CORES] or local[:CORES]; repeatable
         #[arg(long = "node")]
         nodes: Vec<String>,
         /// A tool the build needs: NAME or NAME>=VERSION; repeatable
@@ -54,7 +56,15 @@ pub enum ConfigCommand {
     /// Write a configuration to a JSON file
     Export { name: String, file: PathBuf },
     /// Create a configuration from a JSON file (plan Appendix B format)
-    Import { file: PathBuf },
+    Import {
+        file: PathBuf,
+        /// Save it under this name (and a new id) instead of the file's
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace the configuration of the same name, if there is one
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -102,14 +112,6 @@ fn requirement(text: &str) -> Value {
         Some(i) => json!({ "name": text[..i].trim(), "version": text[i..].trim() }),
         None => json!({ "name": text.trim() }),
     }
-}
-
-fn ask(prompt: &str) -> Result<String, CliError> {
-    eprint!("{prompt}: ");
-    let _ = std::io::stderr().flush();
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| CliError::Other(e.to_string()))?;
-    Ok(line.trim().to_string())
 }
 
 /// Sets a dotted path in a JSON document, creating objects on the way.
@@ -177,43 +179,15 @@ pub async fn run(ctx: &Ctx, cmd: ConfigCommand) -> Result<(), CliError> {
                 ]);
             }
         }
-        ConfigCommand::Create { name, description, cores, memory_gb, mut nodes, mut tools, runtimes } => {
-            let interactive = name.is_none() && std::io::stdin().is_terminal();
-            let name = match name {
-                Some(n) => n,
-                None if interactive => ask("Name")?,
-                None => return Err(CliError::Usage("config create needs --name (or a terminal to ask on)".into())),
+        ConfigCommand::Create { name, description, cores, memory_gb, nodes, tools, runtimes } => {
+            let Some(name) = name else {
+                if std::io::stdin().is_terminal() {
+                    return ask::create(ctx, description).await;
+                }
+                return Err(CliError::Usage("config create needs --name (or a terminal to ask on)".into()));
             };
-            let cores = match cores {
-                Some(c) => c,
-                None if interactive => ask("Cores in all (0 = all the pool offers)")?
-                    .parse()
-                    .map_err(|_| CliError::Usage("cores: expected a number".into()))?,
-                None => 0,
-            };
-            let memory_gb = match memory_gb {
-                Some(m) => m,
-                None if interactive => ask("Memory in GB (0 = what is available)")?
-                    .parse()
-                    .map_err(|_| CliError::Usage("memory: expected a number".into()))?,
-                None => 0.0,
-            };
-            if interactive {
-                nodes.extend(
-                    ask("Nodes (node-id[:cores] or local, comma-separated; empty = any)")?
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string),
-                );
-                tools.extend(
-                    ask("Tools (comma-separated, e.g. gcc>=12; empty = none)")?
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string),
-                );
-            }
+            let (cores, memory_gb) = (cores.unwrap_or(0), memory_gb.unwrap_or(0.0));
+            // Node names are sent as they are: the node resolves them to ids (one resolver).
             let allocations: Vec<Value> = nodes
                 .iter()
                 .map(|n| {
@@ -264,14 +238,44 @@ pub async fn run(ctx: &Ctx, cmd: ConfigCommand) -> Result<(), CliError> {
             std::fs::write(&file, text + "\n").map_err(|e| CliError::Other(format!("{}: {e}", file.display())))?;
             println!("Wrote '{name}' to {}.", file.display());
         }
-        ConfigCommand::Import { file } => {
+        ConfigCommand::Import { file, name, replace } => {
             let text =
                 std::fs::read_to_string(&file).map_err(|e| CliError::Other(format!("{}: {e}", file.display())))?;
-            let body: Value = serde_json::from_str(&text)
+            let mut body: Value = serde_json::from_str(&text)
                 .map_err(|e| CliError::Other(format!("{}: not JSON: {e}", file.display())))?;
-            let created: Created = ctx.client.post("/api/configs", Some(body)).await?;
+            let obj = body
+                .as_object_mut()
+                .ok_or_else(|| CliError::Other(format!("{}: not a configuration (a JSON object)", file.display())))?;
+            if let Some(n) = &name {
+                // A copy: a new name and, so it does not collide with the original, a new id.
+                obj.insert("name".into(), Value::String(n.clone()));
+                obj.remove("id");
+            }
+            let target = obj.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            if replace {
+                let list: Configs = ctx.client.get("/api/configs").await?;
+                if let Some(old) = list.configs.iter().find(|c| c.name == target) {
+                    obj.remove("id");
+                    let path = format!("/api/configs/{}", old.id);
+                    let updated: Value = ctx.client.send_json("PUT", &path, Some(body)).await?;
+                    if !ctx.printed_as_document(&updated) {
+                        println!("Replaced configuration '{target}' ({}) with {}.", old.id, file.display());
+                    }
+                    return Ok(());
+                }
+            }
+            let created: Created = match ctx.client.post("/api/configs", Some(body)).await {
+                Err(CliError::Api { status: 409, message, code }) => {
+                    return Err(CliError::Api {
+                        status: 409,
+                        code,
+                        message: format!("{message} — import it with --name NEW, or --replace to overwrite it"),
+                    })
+                }
+                other => other?,
+            };
             if !ctx.printed_as_document(&created) {
-                println!("Imported {} as configuration {}.", file.display(), created.id);
+                println!("Imported {} as configuration '{target}' ({}).", file.display(), created.id);
             }
         }
     }

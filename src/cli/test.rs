@@ -96,8 +96,70 @@ pub fn print_results(r: &BenchmarkResults) {
     }
 }
 
+/// What a benchmark phase measures, as the spinner says it while it runs.
+fn describe(cmd: &TestCommand) -> String {
+    match cmd {
+        TestCommand::Cpu { seconds } => {
+            format!("CPU: a sieve on one core for {seconds} s, then on every core for {seconds} s")
+        }
+        TestCommand::Memory => "memory: copy bandwidth, then dependent-read latency".into(),
+        TestCommand::Storage { path, size_mb } => format!(
+            "storage at {path}: {size_mb} MB written and read sequentially, random 4 KiB writes and reads, read latency (page cache bypassed)"
+        ),
+        TestCommand::Network { node, size_mb, samples } => {
+            format!("the link to {node}: {samples} round trips, then {size_mb} MB up and {size_mb} MB down")
+        }
+        TestCommand::All => "everything".into(),
+    }
+}
+
+/// The phases of `test all`, one request each (results merge into the node's figures), so the
+/// spinner can say what runs and each phase's figures print as soon as it ends.
+const PHASES: [(&str, &str); 4] = [
+    ("cpu", "CPU: a sieve on one core, then on every core"),
+    ("memory", "memory: copy bandwidth, then dependent-read latency"),
+    ("storage", "storage: every volume of the node, page cache bypassed"),
+    ("network", "network: the mesh link to every online peer"),
+];
+
+async fn run_all(ctx: &Ctx) -> Result<(), CliError> {
+    let mut all: Option<BenchmarkResults> = None;
+    for (i, (kind, what)) in PHASES.iter().enumerate() {
+        let bar = spinner(&format!("[{}/{}] measuring {what}…", i + 1, PHASES.len()));
+        let r: Result<BenchmarkResults, CliError> =
+            ctx.client.post("/api/node/benchmark", Some(json!({ "types": [kind] }))).await;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let r = r?;
+        if ctx.format == super::output::Format::Table {
+            print_results(&r);
+        }
+        match &mut all {
+            None => all = Some(r),
+            Some(a) => {
+                a.duration_ms += r.duration_ms;
+                a.cpu = a.cpu.take().or(r.cpu);
+                a.memory = a.memory.take().or(r.memory);
+                a.storage.extend(r.storage);
+                a.network.extend(r.network);
+            }
+        }
+    }
+    ctx.printed_as_document(&all);
+    Ok(())
+}
+
 pub async fn run(ctx: &Ctx, cmd: TestCommand) -> Result<(), CliError> {
-    let bar = spinner("measuring…");
+    if matches!(cmd, TestCommand::All) {
+        return run_all(ctx).await;
+    }
+    let bar = spinner(&format!("measuring {}…", describe(&cmd)));
+    if let Some(b) = &bar {
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+            b.set_style(style);
+        }
+    }
     let outcome = async {
         match cmd {
             TestCommand::Storage { path, size_mb } => {

@@ -76,8 +76,18 @@ pub fn server(
     Ok(server)
 }
 
+/// Unknown API paths are 404; a known path asked with a method it does not take is 405 (routes
+/// are registered one method each, so such a request falls through to here).
 async fn api_not_found(req: HttpRequest) -> HttpResponse {
-    let err = ApiError::not_found(format!("no API route {} {}; see /api/openapi.json", req.method(), req.path()));
+    let err = if req.resource_map().has_resource(req.path()) {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on {}; see /api/openapi.json", req.method(), req.path()),
+        )
+    } else {
+        ApiError::not_found(format!("no API route {} {}; see /api/openapi.json", req.method(), req.path()))
+    };
     actix_web::ResponseError::error_response(&err)
 }
 

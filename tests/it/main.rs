@@ -16,11 +16,13 @@
 
 mod common;
 
+mod api_plan;
 mod artifacts;
 mod bench;
 mod build;
 mod builder;
 mod cli;
+mod cli_names;
 mod contain;
 mod distributed;
 mod engine;

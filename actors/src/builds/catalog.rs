@@ -11,13 +11,16 @@ use crate::store::StoreError;
 use crate::wire;
 
 impl Builds {
-    /// Checks a configuration on its own and against the pool.
-    async fn check(&self, cfg: &config::BuildConfiguration) -> Result<(), BuildError> {
-        let problems = cfg.validate();
+    /// Checks a configuration on its own and against the pool, after node names in it are
+    /// replaced by ids ([`config::BuildConfiguration::resolve_node_names`]).
+    async fn check(&self, cfg: &mut config::BuildConfiguration) -> Result<(), BuildError> {
+        let pool = self.pool.view().await.map_err(|_| BuildError::Unavailable)?;
+        let mut problems = cfg.resolve_node_names(&pool.nodes);
+        let named: Vec<String> = problems.iter().map(|p| p.field.clone()).collect();
+        problems.extend(cfg.validate().into_iter().filter(|p| !named.contains(&p.field)));
         if !problems.is_empty() {
             return Err(BuildError::InvalidConfig(problems));
         }
-        let pool = self.pool.view().await.map_err(|_| BuildError::Unavailable)?;
         let short = cfg.check_against(&pool, &self.node_id);
         if !short.is_empty() {
             return Err(BuildError::Insufficient(short));
@@ -32,7 +35,7 @@ impl Builds {
         by: &str,
         template: bool,
     ) -> Result<String, BuildError> {
-        self.check(&cfg).await?;
+        self.check(&mut cfg).await?;
         let id = cfg.id.clone().filter(|i| !i.trim().is_empty()).unwrap_or_else(|| {
             let mut raw = [0u8; 6];
             rand::rngs::OsRng.fill_bytes(&mut raw);
@@ -126,7 +129,7 @@ impl Builds {
             BuildError::InvalidConfig(vec![config::Problem { field: "(body)".into(), message: e.to_string() }])
         })?;
         cfg.id = current.id.clone();
-        self.check(&cfg).await?;
+        self.check(&mut cfg).await?;
         let (row, now) = (cfg.clone(), wire::now_ms() as i64);
         self.store
             .run(move |c| {
@@ -246,8 +249,9 @@ impl Builds {
     ) -> Result<Option<config::BuildConfiguration>, BuildError> {
         match &req.inline_config {
             Some(c) => {
-                self.check(c).await?;
-                Ok(Some(c.clone()))
+                let mut c = c.clone();
+                self.check(&mut c).await?;
+                Ok(Some(c))
             }
             None => self.resolve(req.config.as_deref(), req.template.as_deref()).await,
         }
@@ -259,7 +263,7 @@ impl Builds {
         config: Option<&str>,
         template: Option<&str>,
     ) -> Result<Option<config::BuildConfiguration>, BuildError> {
-        let cfg = match (config, template) {
+        let mut cfg = match (config, template) {
             (Some(c), _) => Some(self.config(c).await?),
             (None, Some(t)) => {
                 let t = self.template(t).await?;
@@ -267,7 +271,7 @@ impl Builds {
             }
             (None, None) => None,
         };
-        if let Some(c) = &cfg {
+        if let Some(c) = &mut cfg {
             self.check(c).await?;
         }
         Ok(cfg)

@@ -182,11 +182,13 @@ impl BuildConfiguration {
                     ));
                 }
             }
+            // Per-node caps and a smaller total are both kept (at most 2 in all, up to 2 on
+            // each); a total the caps cannot reach is refused.
             let sum: u32 = allocs.iter().map(|a| a.cores).sum();
-            if r.cpu.cores > 0 && allocs.iter().all(|a| a.cores > 0) && sum != r.cpu.cores {
+            if r.cpu.cores > 0 && allocs.iter().all(|a| a.cores > 0) && sum < r.cpu.cores {
                 out.push(problem(
                     "resources.cpu.node_allocations",
-                    format!("allocate {sum} cores in all, but resources.cpu.cores is {}", r.cpu.cores),
+                    format!("allocate {sum} cores in all, fewer than resources.cpu.cores ({})", r.cpu.cores),
                 ));
             }
         }
@@ -229,6 +231,34 @@ impl BuildConfiguration {
             if !v.size_gb.is_finite() || v.size_gb < 0.0 {
                 out.push(problem(format!("resources.storage.volumes[{i}].size_gb"), "must be a positive number"));
             }
+        }
+        out
+    }
+
+    /// Replaces node names with ids wherever the configuration names a node (CPU and memory
+    /// allocations, storage volumes), with [`crate::pool::resolve_node`]: stored configurations
+    /// hold ids. `local` and ids of nodes the pool does not know are left for the checks to judge;
+    /// an unknown or ambiguous name is a problem naming the field.
+    pub fn resolve_node_names(&mut self, nodes: &[crate::pool::PoolNode]) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut fix = |field: String, id: &mut String| {
+            if id == LOCAL || NodeId::parse(id).is_ok() && !nodes.iter().any(|n| n.id.as_str() == id) {
+                return;
+            }
+            match crate::pool::resolve_node(nodes, id) {
+                Ok(resolved) => *id = resolved.to_string(),
+                Err(e) => out.push(problem(field, e.to_string())),
+            }
+        };
+        let r = &mut self.resources;
+        for (i, a) in r.cpu.node_allocations.iter_mut().flatten().enumerate() {
+            fix(format!("resources.cpu.node_allocations[{i}].node_id"), &mut a.node_id);
+        }
+        for (i, a) in r.memory.node_allocations.iter_mut().flatten().enumerate() {
+            fix(format!("resources.memory.node_allocations[{i}].node_id"), &mut a.node_id);
+        }
+        for (i, v) in r.storage.volumes.iter_mut().enumerate() {
+            fix(format!("resources.storage.volumes[{i}].node_id"), &mut v.node_id);
         }
         out
     }

@@ -421,6 +421,40 @@ mod service {
             &self,
             config: &str,
         ) -> Result<Option<(String, Vec<String>, estimate::BuildEstimation)>, BuildError> {
+            let Some((build_id, mut req)) = self.latest_build_request().await? else { return Ok(None) };
+            req.config = Some(config.to_string());
+            req.template = None;
+            req.inline_config = None;
+            req.local_only = false;
+            req.force = true;
+            let packages = req.project.order.clone();
+            Ok(Some((build_id, packages, self.estimate(req).await?)))
+        }
+
+        /// A from-scratch build of the project built here most recently, under the configuration
+        /// `config` (checked like a saved one when estimated): what `POST /api/build/estimate`
+        /// estimates for plan §13.1's body, a bare configuration. Refused, naming `project`, when
+        /// nothing has been built here yet.
+        pub async fn latest_request(
+            &self,
+            config: crate::builds::config::BuildConfiguration,
+        ) -> Result<BuildRequest, BuildError> {
+            let Some((_, mut req)) = self.latest_build_request().await? else {
+                return Err(BuildError::Invalid {
+                    field: "project".into(),
+                    message: "nothing has been built on this node yet: name a project to estimate".into(),
+                });
+            };
+            req.config = None;
+            req.template = None;
+            req.inline_config = Some(config);
+            req.local_only = false;
+            req.force = true;
+            Ok(req)
+        }
+
+        /// The request of the build started here most recently, with its id.
+        async fn latest_build_request(&self) -> Result<Option<(String, BuildRequest)>, BuildError> {
             let latest: Option<(String, String)> = self
                 .store
                 .run(|c| {
@@ -433,14 +467,7 @@ mod service {
                 })
                 .await?;
             let Some((build_id, text)) = latest else { return Ok(None) };
-            let Ok(mut req) = serde_json::from_str::<BuildRequest>(&text) else { return Ok(None) };
-            req.config = Some(config.to_string());
-            req.template = None;
-            req.inline_config = None;
-            req.local_only = false;
-            req.force = true;
-            let packages = req.project.order.clone();
-            Ok(Some((build_id, packages, self.estimate(req).await?)))
+            Ok(serde_json::from_str::<BuildRequest>(&text).ok().map(|req| (build_id, req)))
         }
 
         /// A package's real (not cached) successful runs, newest first, with the figures of the node

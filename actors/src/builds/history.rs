@@ -87,8 +87,9 @@ pub async fn load(store: &StoreHandle, id: &str) -> Result<Option<BuildStatus>, 
                 .optional()?;
             let Some(mut status) = head else { return Ok(None) };
             let mut stmt = conn.prepare(
-                "SELECT p.package_name, p.status, p.assigned_node, p.started_at, p.duration_ms, p.output, p.error, r.cache_hit, r.exit_code, r.outputs, r.cpu_ms
+                "SELECT p.package_name, p.status, p.assigned_node, p.started_at, p.duration_ms, p.output, p.error, r.cache_hit, r.exit_code, r.outputs, r.cpu_ms, n.name
                  FROM build_packages p LEFT JOIN build_package_results r ON r.build_id = p.build_id AND r.package_name = p.package_name
+                 LEFT JOIN nodes n ON n.id = p.assigned_node
                  WHERE p.build_id = ?1 ORDER BY p.started_at IS NULL, p.started_at, p.package_name",
             )?;
             let rows = stmt.query_map([&id], |r| {
@@ -97,6 +98,7 @@ pub async fn load(store: &StoreHandle, id: &str) -> Result<Option<BuildStatus>, 
                     name: r.get(0)?,
                     state: serde_json::from_value(serde_json::Value::String(state)).unwrap_or(PackageState::Failed),
                     node: r.get::<_, Option<String>>(2)?.and_then(|n| NodeId::parse(&n).ok()),
+                    node_name: r.get(11)?,
                     started_at_ms: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
                     duration_ms: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
                     output_tail: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
@@ -125,6 +127,9 @@ pub struct BuildSummary {
     pub executed: u64,
     pub error: Option<String>,
     pub triggered_by: String,
+    /// Names of the nodes its packages ran on (ids where a node's name is unknown).
+    #[serde(default)]
+    pub nodes: Vec<String>,
 }
 
 /// Recent builds, newest first.
@@ -136,7 +141,9 @@ pub async fn history(
     store
         .run(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT id, status, started_at, duration_ms, metrics, error, triggered_by FROM builds WHERE (?1 IS NULL OR status = ?1) ORDER BY started_at DESC LIMIT ?2",
+                "SELECT id, status, started_at, duration_ms, metrics, error, triggered_by,
+                   (SELECT GROUP_CONCAT(DISTINCT COALESCE(n.name, p.assigned_node)) FROM build_packages p LEFT JOIN nodes n ON n.id = p.assigned_node WHERE p.build_id = builds.id)
+                 FROM builds WHERE (?1 IS NULL OR status = ?1) ORDER BY started_at DESC LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![status, limit as i64], |r| {
                 let metrics: serde_json::Value = r.get::<_, Option<String>>(4)?.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default();
@@ -150,6 +157,7 @@ pub async fn history(
                     executed: metrics["executed"].as_u64().unwrap_or(0),
                     error: r.get(5)?,
                     triggered_by: r.get(6)?,
+                    nodes: r.get::<_, Option<String>>(7)?.map(|n| n.split(',').map(str::to_string).collect()).unwrap_or_default(),
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)

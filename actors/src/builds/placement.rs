@@ -84,6 +84,8 @@ pub async fn cached_outputs(store: &StoreHandle, cas: &Cas, key: &str) -> Option
 /// A node that could run a package, with the versions of the tools it would use.
 struct Candidate {
     node: NodeId,
+    /// The node's name, for progress lines and pages.
+    name: String,
     local: bool,
     versions: Vec<(String, String)>,
     free_cores: u64,
@@ -125,14 +127,15 @@ fn versions_for(
 async fn candidates(c: &BuildContext, requirements: &[Requirement], local_only: bool) -> Vec<Candidate> {
     let mut list = Vec::new();
     if let Some(versions) = versions_for(requirements, &c.tools) {
-        let (capacity, cpu_score) = c
+        let (capacity, cpu_score, name) = c
             .node
             .status()
             .await
-            .map(|s| (s.resources.cpu.offered as u64, s.benchmarks.cpu_single().unwrap_or(0.0)))
-            .unwrap_or((0, 0.0));
+            .map(|s| (s.resources.cpu.offered as u64, s.benchmarks.cpu_single().unwrap_or(0.0), s.name))
+            .unwrap_or((0, 0.0, String::new()));
         list.push(Candidate {
             node: c.node_id.clone(),
+            name,
             local: true,
             versions,
             free_cores: u64::MAX,
@@ -150,7 +153,8 @@ async fn candidates(c: &BuildContext, requirements: &[Requirement], local_only: 
             let cpu = advert.resource_status.iter().filter(|r| r.kind == wire::ResourceKind::Cpu);
             let (free_cores, capacity) = cpu.fold((0, 0), |(f, c), r| (f + r.available, c + r.capacity));
             let cpu_score = advert.benchmarks.cpu_single().unwrap_or(0.0);
-            list.push(Candidate { node: p.node_id, local: false, versions, free_cores, capacity, cpu_score });
+            let name = advert.name.clone();
+            list.push(Candidate { node: p.node_id, name, local: false, versions, free_cores, capacity, cpu_score });
         }
     }
     list
@@ -169,9 +173,19 @@ pub enum PlaceError {
     GaveUp(RemoteError),
 }
 
+/// Where a package ran (or was found in the cache): the result, whether it was a cache hit, and
+/// the node by id and name.
+pub(super) struct Ran {
+    pub result: TaskResult,
+    pub hit: bool,
+    pub node: NodeId,
+    pub node_name: String,
+}
+
 /// Serves a package from the cache, or runs it on the best-ranked node with a free core (see
 /// [`placement_rank`]); a lost or refusing node means trying again elsewhere (3 times at most),
 /// a busy one waiting for room. Local and remote runs go through the same [`crate::mesh::Workers`] call.
+/// `placed` is told each node (id, name) the package is sent to, before it runs there.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn place_and_run(
     c: &BuildContext,
@@ -182,7 +196,8 @@ pub(super) async fn place_and_run(
     force: bool,
     local_only: bool,
     cancel: &Arc<AtomicBool>,
-) -> Result<(TaskResult, bool, NodeId), PlaceError> {
+    placed: impl Fn(&NodeId, &str),
+) -> Result<Ran, PlaceError> {
     let mut excluded: BTreeMap<NodeId, RemoteError> = BTreeMap::new();
     let mut retries = 0;
     loop {
@@ -223,7 +238,7 @@ pub(super) async fn place_and_run(
                         cpu_ms: 0,
                         error: None,
                     };
-                    return Ok((hit, true, cand.node.clone()));
+                    return Ok(Ran { result: hit, hit: true, node: cand.node.clone(), node_name: cand.name.clone() });
                 }
             }
         }
@@ -240,7 +255,8 @@ pub(super) async fn place_and_run(
             }
             // A package's time is what the build waits for once a node is chosen: leases, inputs
             // and outputs over the mesh, the sandbox and the process. The estimator learns this.
-            let placed = std::time::Instant::now();
+            placed(&cand.node, &cand.name);
+            let since = std::time::Instant::now();
             let job = Job {
                 task: task.clone(),
                 cores,
@@ -251,11 +267,11 @@ pub(super) async fn place_and_run(
             c.limits.release(&cand.node, cores);
             match ran {
                 Ok(mut result) => {
-                    result.duration_ms = placed.elapsed().as_millis() as u64;
+                    result.duration_ms = since.elapsed().as_millis() as u64;
                     if result.success() {
                         remember(c, &task.action_key(&cand.versions), &result).await;
                     }
-                    return Ok((result, false, cand.node.clone()));
+                    return Ok(Ran { result, hit: false, node: cand.node.clone(), node_name: cand.name.clone() });
                 }
                 Err(RemoteError::Busy(_)) => {}
                 Err(RemoteError::Cancelled) => return Err(PlaceError::Cancelled),

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::history::save;
 pub use super::placement::Limits;
-use super::placement::{place_and_run, PlaceError};
+use super::placement::{place_and_run, PlaceError, Ran};
 use super::project::{Project, Requirement};
 use crate::cas::{Cas, FileRef};
 use crate::events::{Event, EventBus};
@@ -86,6 +86,9 @@ pub struct PackageStatus {
     pub name: String,
     pub state: PackageState,
     pub node: Option<NodeId>,
+    /// The name of `node` (set as soon as the package is sent there; absent in old history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
     pub cache_hit: bool,
     pub started_at_ms: Option<u64>,
     pub duration_ms: Option<u64>,
@@ -206,6 +209,7 @@ impl BuildActor {
                 name: name.clone(),
                 state: PackageState::Pending,
                 node: None,
+                node_name: None,
                 cache_hit: false,
                 started_at_ms: None,
                 duration_ms: None,
@@ -338,13 +342,20 @@ impl BuildActor {
         let memory = spec.as_ref().and_then(|s| s.memory_gb).map(|gb| (gb * (1u64 << 30) as f64) as u64);
         let (c, force, local_only, cancel) =
             (self.ctx.clone(), self.req.force, self.req.local_only, self.cancel.clone());
-        let fut =
-            async move { place_and_run(&c, task, &requirements, cores, memory, force, local_only, &cancel).await };
+        // The node is named on the package (and a progress event sent) as soon as it is chosen.
+        let (addr, package) = (ctx.address(), name.clone());
+        let placed = move |node: &NodeId, node_name: &str| {
+            addr.do_send(Placed { package: package.clone(), node: node.clone(), node_name: node_name.to_string() })
+        };
+        let fut = async move {
+            place_and_run(&c, task, &requirements, cores, memory, force, local_only, &cancel, placed).await
+        };
         ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
             if let Some(p) = act.pkg_mut(&name) {
                 match outcome {
-                    Ok((r, hit, node)) => {
+                    Ok(Ran { result: r, hit, node, node_name }) => {
                         p.node = Some(node);
+                        p.node_name = Some(node_name);
                         p.cache_hit = hit;
                         p.exit_code = r.exit_code;
                         p.duration_ms = Some(r.duration_ms);
@@ -476,6 +487,29 @@ impl Handler<GetStatus> for BuildActor {
 
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.status.clone())
+    }
+}
+
+/// A running package was sent to a node: name it on the status and tell `/ws`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Placed {
+    package: String,
+    node: NodeId,
+    node_name: String,
+}
+
+impl Handler<Placed> for BuildActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Placed, _: &mut Context<Self>) {
+        let Some(p) = self.pkg_mut(&msg.package) else { return };
+        if p.state != PackageState::Running {
+            return;
+        }
+        p.node = Some(msg.node);
+        p.node_name = Some(msg.node_name);
+        self.publish(&msg.package);
     }
 }
 

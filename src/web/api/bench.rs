@@ -109,7 +109,8 @@ pub async fn storage(state: web::Data<AppState>, caller: Caller, body: JsonBody)
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkTest {
-    /// The peer's node id or name.
+    /// The peer's node id or name; plan §13.1 calls it `target`, accepted too.
+    #[serde(alias = "target")]
     pub node: String,
     /// Round trips to time (default 50).
     pub samples: Option<u32>,
@@ -133,9 +134,15 @@ pub async fn network(state: web::Data<AppState>, caller: Caller, body: JsonBody)
         size_mb: req.size_mb.unwrap_or(d.size_mb),
     };
     options.check().map_err(|e| ApiError::bad_request("invalid_body", e))?;
+    let id = state
+        .node
+        .pool
+        .resolve(&req.node)
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("node: {e}")))?;
     let peers = state.node.pool.peers().await;
-    let Some(peer) = peers.iter().find(|p| p.node_id.to_string() == req.node || p.name == req.node) else {
-        return Err(ApiError::bad_request("invalid_body", format!("node: '{}' is not a peer of this node", req.node)));
+    let Some(peer) = peers.iter().find(|p| p.node_id == id) else {
+        return Err(ApiError::bad_request("invalid_body", format!("node: '{}' is this node, not a peer", req.node)));
     };
     if peer.status == buildnet_actors::wire::NodeState::Offline {
         return Err(failed(format!("node: '{}' is offline", req.node)));
@@ -170,8 +177,16 @@ pub async fn history(
     state: web::Data<AppState>,
     caller: Caller,
     query: web::Query<HistoryQuery>,
+    request: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read benchmarks")?;
+    super::known_params(&request, &["type", "limit"])?;
+    if let Some(t) = query.kind.as_deref().filter(|t| !TYPES.contains(t)) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("type: '{t}' is not cpu, memory, storage or network"),
+        ));
+    }
     let rows = state.node.bench.history(query.kind.clone(), query.limit.unwrap_or(50).clamp(1, 500)).await?;
     let records: Vec<BenchmarkRecord> = rows
         .into_iter()

@@ -189,9 +189,15 @@ pub enum BuildBody {
     Uploaded(Box<BuildRequest>),
 }
 
-/// Reads either body into a request; a registered project's inputs are collected here.
+/// Reads either body into a request; a registered project's inputs are collected here. A body
+/// that is a configuration itself (plan §13.1: `resources` at the top, no `project`) estimates
+/// the project last built on this node under that configuration.
 async fn request_of(state: &AppState, body: &JsonBody) -> Result<BuildRequest, ApiError> {
     let doc: serde_json::Value = body.parse()?;
+    if doc.get("project").is_none() && doc.get("resources").is_some() {
+        let config = body.parse()?;
+        return state.node.builds.latest_request(config).await.map_err(build_error);
+    }
     if doc.get("project").is_some_and(serde_json::Value::is_string) {
         let by_name: ProjectBuild = body.parse()?;
         state.node.builds.project_request(by_name).await.map_err(build_error)
@@ -241,16 +247,27 @@ pub async fn status(
     Ok(HttpResponse::Ok().json(status))
 }
 
+/// The answer to a cancel: the build's status, and plan §13.1's `success`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Cancelled {
+    /// True: the build was cancelled (or had already ended; `status` says how).
+    pub success: bool,
+    #[serde(flatten)]
+    pub build: BuildStatus,
+}
+
 /// Cancels a build: running commands are killed, leases released.
 #[utoipa::path(post, path = "/api/build/{id}/cancel", tag = "builds", params(("id" = String, Path, description = "Build id")),
-    responses((status = 200, body = BuildStatus), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = Cancelled), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn cancel(
     state: web::Data<AppState>,
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::CancelBuild, "cancel builds")?;
-    Ok(HttpResponse::Ok().json(state.node.builds.cancel(&id).await.map_err(build_error)?))
+    let build = state.node.builds.cancel(&id).await.map_err(build_error)?;
+    let build = if caller.role.allows(Action::ReadBuildOutput) { build } else { build.without_output() };
+    Ok(HttpResponse::Ok().json(Cancelled { success: true, build }))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -299,8 +316,10 @@ pub async fn list(
     state: web::Data<AppState>,
     caller: Caller,
     query: web::Query<HistoryQuery>,
+    request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read builds")?;
+    super::known_params(&request, &["limit", "status"])?;
     let limit = query.limit.unwrap_or(20);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", format!("limit: expected 1 to 500, got {limit}")));

@@ -13,15 +13,21 @@ use crate::web::AppState;
 /// Entries returned when no limit is given.
 pub const DEFAULT_LIMIT: usize = 50;
 
-#[derive(Debug, Default, Deserialize, IntoParams)]
+/// The filters; plan §10.2's names (`entry_types`, `origin_node`, `from_time`, `to_time`) are
+/// accepted as well.
+#[derive(Debug, Default, Clone, Deserialize, IntoParams)]
 pub struct LedgerQuery {
-    /// Comma-separated entry types, e.g. `KeyCreated,KeyRevoked`.
+    /// Comma-separated entry types, e.g. `KeyCreated,KeyRevoked` (also `entry_types`).
+    #[serde(alias = "entry_types")]
     pub types: Option<String>,
-    /// Only entries from this node.
+    /// Only entries from this node: its id or name (also `origin_node`).
+    #[serde(alias = "origin_node")]
     pub origin: Option<String>,
-    /// From this time: RFC 3339 or milliseconds since the epoch.
+    /// From this time: RFC 3339 or milliseconds since the epoch (also `from_time`).
+    #[serde(alias = "from_time")]
     pub from: Option<String>,
-    /// Up to this time: RFC 3339 or milliseconds since the epoch.
+    /// Up to this time: RFC 3339 or milliseconds since the epoch (also `to_time`).
+    #[serde(alias = "to_time")]
     pub to: Option<String>,
     /// At most this many entries (1–1000, default 50).
     pub limit: Option<String>,
@@ -78,9 +84,33 @@ impl LedgerQuery {
     }
 }
 
+/// Parameters `GET /api/ledger` takes (with plan §10.2's names).
+const PARAMS: [&str; 10] =
+    ["types", "entry_types", "origin", "origin_node", "from", "from_time", "to", "to_time", "limit", "offset"];
+
+/// A ledger entry with plan §10.1's field names beside ours: `origin_node` (= `origin`),
+/// `sequence` (= `seq`) and `timestamp` (RFC 3339 of `hlc.wall_ms`).
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct PlanLedgerEntry {
+    #[serde(flatten)]
+    pub entry: LedgerEntry,
+    pub origin_node: String,
+    pub sequence: u64,
+    pub timestamp: String,
+}
+
+impl From<LedgerEntry> for PlanLedgerEntry {
+    fn from(entry: LedgerEntry) -> Self {
+        let timestamp = chrono::DateTime::from_timestamp_millis(entry.hlc.wall_ms as i64)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default();
+        PlanLedgerEntry { origin_node: entry.origin.to_string(), sequence: entry.seq, timestamp, entry }
+    }
+}
+
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct LedgerResponse {
-    pub entries: Vec<LedgerEntry>,
+    pub entries: Vec<PlanLedgerEntry>,
 }
 
 /// Ledger entries, newest first.
@@ -91,10 +121,24 @@ pub async fn get_ledger(
     state: web::Data<AppState>,
     caller: Caller,
     query: web::Query<LedgerQuery>,
+    request: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read the ledger")?;
+    super::known_params(&request, &PARAMS)?;
+    let mut query = query.into_inner();
+    // A node's name is as good as its id (a name two nodes share is refused, listing the ids).
+    if let Some(origin) = query.origin.as_deref().map(str::trim).filter(|o| !o.is_empty() && NodeId::parse(o).is_err())
+    {
+        let id = state
+            .node
+            .pool
+            .resolve(origin)
+            .await
+            .map_err(|e| ApiError::bad_request("invalid_query", format!("origin: {e}")))?;
+        query.origin = Some(id.to_string());
+    }
     let entries = state.node.ledger.query(query.filter()?).await?;
-    Ok(HttpResponse::Ok().json(LedgerResponse { entries }))
+    Ok(HttpResponse::Ok().json(LedgerResponse { entries: entries.into_iter().map(PlanLedgerEntry::from).collect() }))
 }
 
 /// Checks every chain: links, hashes, signatures. `ok` is false and `first_bad` names the

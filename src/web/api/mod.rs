@@ -21,6 +21,21 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
 
+/// Refuses query parameters a handler does not know (a misspelt filter must not be ignored):
+/// 400 naming the parameter and the ones it takes.
+pub fn known_params(req: &actix_web::HttpRequest, known: &[&str]) -> Result<(), ApiError> {
+    for pair in req.query_string().split('&').filter(|p| !p.is_empty()) {
+        let name = pair.split('=').next().unwrap_or_default();
+        if !known.contains(&name) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("{name}: unknown parameter; {} takes {}", req.path(), known.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Registers every API route under `/api`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))

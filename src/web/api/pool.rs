@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use buildnet_actors::pool::{PoolNode, PoolView, PooledResource};
-use buildnet_actors::wire::{Action, NodeId, ResourceKind};
+use buildnet_actors::wire::{Action, ResourceKind};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -40,7 +40,7 @@ pub struct ResourceQuery {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub kind: Option<String>,
-    /// A node id.
+    /// A node id or a node's name (a name two nodes share is refused, listing their ids).
     pub node: Option<String>,
 }
 
@@ -57,8 +57,10 @@ pub async fn get_resources(
     state: web::Data<AppState>,
     caller: Caller,
     query: web::Query<ResourceQuery>,
+    request: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read the pool")?;
+    super::known_params(&request, &["type", "node"])?;
     let kind = match query.kind.as_deref().filter(|s| !s.is_empty()) {
         Some(k) => {
             Some(k.parse::<ResourceKind>().map_err(|e| ApiError::bad_request("invalid_query", format!("type: {e}")))?)
@@ -66,7 +68,14 @@ pub async fn get_resources(
         None => None,
     };
     let node = match query.node.as_deref().filter(|s| !s.is_empty()) {
-        Some(n) => Some(NodeId::parse(n).map_err(|e| ApiError::bad_request("invalid_query", format!("node: {e}")))?),
+        Some(n) => Some(
+            state
+                .node
+                .pool
+                .resolve(n)
+                .await
+                .map_err(|e| ApiError::bad_request("invalid_query", format!("node: {e}")))?,
+        ),
         None => None,
     };
     let resources = state.node.pool.resources(kind, node).await?;

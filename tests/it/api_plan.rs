@@ -1,0 +1,74 @@
+//! The API against plan §13.1: its request and response shapes accepted beside ours, unknown
+//! query parameters refused naming them, 405 for a known path with a wrong method.
+
+use serde_json::json;
+
+use crate::common::{self, Start, TestNode};
+
+#[test]
+fn plan_shapes_are_accepted_and_mistakes_are_named() {
+    let _shared = common::shared();
+    let node = TestNode::start_with(Start::named("solo"));
+
+    // 405 for a known path with a method it does not take; 404 for an unknown one.
+    let (status, body) = node.send("DELETE", "/api/node", &json!({}));
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    let (status, body) = node.send("POST", "/api/ledger", &json!({}));
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(node.get("/api/no-such-thing").0, 404);
+
+    // Unknown query parameters and values: 400 naming the parameter.
+    for (path, param) in [
+        ("/api/ledger?typo=KeyCreated", "typo"),
+        ("/api/ledger?types=Nope", "types"),
+        ("/api/builds?state=failed", "state"),
+        ("/api/builds?status=exploded", "status"),
+        ("/api/pool/resources?kind=cpu", "kind"),
+        ("/api/pool/resources?type=gpu", "type"),
+        ("/api/node/benchmarks?type=gpu", "type"),
+    ] {
+        let (status, body) = node.get(path);
+        assert_eq!(status, 400, "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(&format!("{param}:")), "{path}: {body}");
+    }
+
+    // Ledger entries carry the plan's field names too, and its filter names work.
+    let (status, body) = node.get("/api/ledger?entry_types=KeyCreated,NodeJoined&from_time=0");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = node.get("/api/ledger?origin_node=solo&limit=1");
+    assert_eq!(status, 200, "{body}");
+    let entry = &body["entries"][0];
+    assert_eq!(entry["origin_node"], entry["origin"], "{entry}");
+    assert_eq!(entry["sequence"], entry["seq"], "{entry}");
+    assert!(entry["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{entry}");
+
+    // POST /api/build/estimate with a bare configuration (plan §13.1): before any build it asks
+    // for a project, naming the field; after one, it estimates that project under it.
+    let plan_cfg = json!({ "name": "x", "resources": { "cpu": { "cores": 1, "node_allocations": [{ "node_id": "solo", "cores": 1 }] } } });
+    let (status, body) = node.post("/api/build/estimate", &plan_cfg);
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().starts_with("project:"), "{body}");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("p");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    std::fs::write(root.join("buildnet.toml"), "[packages.nap]\ncommand = [\"sleep\", \"30\"]\n").expect("manifest");
+    let out = node.cli(&["build", "--project", root.to_str().expect("path"), "--estimate"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Start it by name so it runs while we cancel it.
+    let (status, body) = node.post("/api/projects", &json!({ "path": root, "name": "nap" }));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = node.post("/api/build", &json!({ "project": "nap" }));
+    assert_eq!(status, 202, "{body}");
+    let id = body["build_id"].as_str().expect("id").to_string();
+    let (status, body) = node.post("/api/build/estimate", &plan_cfg);
+    assert_eq!(status, 200, "{body}");
+    assert!(body["total_duration_ms"].is_u64(), "{body}");
+
+    // Cancel answers plan §13.1's {success} as well as the status.
+    let (status, body) = node.post(&format!("/api/build/{id}/cancel"), &json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["success"], true, "{body}");
+    assert_eq!(body["id"], id.as_str(), "{body}");
+}

@@ -534,3 +534,37 @@ fn pages_ask_before_revoking_keep_typed_input_and_name_the_role_needed() {
     assert_eq!(status, 403);
     assert!(body.contains("use a key with role 'admin'"), "{body}");
 }
+
+#[test]
+fn a_running_packages_output_streams_to_the_build_page_from_a_peer() {
+    let _serial = common::serial();
+    let (a, b) = two_nodes();
+    let work = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        work.path().join("buildnet.toml"),
+        "[packages.ticker]\nshell = \"for i in 1 2 3 4 5 6 7 8; do echo tick$i; sleep 1; done\"\n",
+    )
+    .expect("manifest");
+    let (status, body) = a.post("/api/projects", &json!({"path": work.path(), "name": "ticker"}));
+    assert_eq!(status, 201, "{body}");
+    // Placed on beta, so the output crosses the mesh while the package runs.
+    let config = json!({"name": "on-beta", "resources": {"cpu": {"cores": 1, "node_allocations": [{"node_id": b.node_id(), "cores": 1}]}}});
+    let (status, started) = a.post("/api/build", &json!({"project": "ticker", "config": config}));
+    assert_eq!(status, 202, "{started}");
+    let id = started["build_id"].as_str().expect("id").to_string();
+    let auth = session(&a);
+    let seen = wait_until("tick2 on the page while the build runs", Duration::from_secs(20), || {
+        let (_, page) = http("GET", &format!("{}/builds/{id}", a.url), &[("Cookie", &auth)], None);
+        page.contains("tick2").then_some(page)
+    });
+    assert!(!seen.contains("tick8"), "the page showed output before the package ended");
+    let (_, s) = a.get(&format!("/api/build/{id}"));
+    assert_eq!(s["status"], "running", "{s}");
+    assert_eq!(s["packages"][0]["node"], b.node_id(), "it ran on beta");
+    let done = wait_until("the build to end", Duration::from_secs(30), || {
+        let (_, s) = a.get(&format!("/api/build/{id}"));
+        (s["status"] != "running").then_some(s)
+    });
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["packages"][0]["output_tail"].as_str().unwrap_or_default().contains("tick8"));
+}

@@ -347,8 +347,15 @@ impl BuildActor {
         let placed = move |node: &NodeId, node_name: &str| {
             addr.do_send(Placed { package: package.clone(), node: node.clone(), node_name: node_name.to_string() })
         };
+        // What it prints, wherever it runs, lands on the package while it runs.
+        let (addr, package, build_id, watched) = (ctx.address(), name.clone(), self.status.id.clone(), name.clone());
+        let output: crate::exec::OutputSink =
+            Arc::new(move |chunk| addr.do_send(PackageOutput { package: package.clone(), chunk }));
+        c.workers.watch(&build_id, &name, output);
         let fut = async move {
-            place_and_run(&c, task, &requirements, cores, memory, force, local_only, &cancel, placed).await
+            let ran = place_and_run(&c, task, &requirements, cores, memory, force, local_only, &cancel, placed).await;
+            c.workers.unwatch(&build_id, &watched);
+            ran
         };
         ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
             if let Some(p) = act.pkg_mut(&name) {
@@ -510,6 +517,42 @@ impl Handler<Placed> for BuildActor {
         p.node = Some(msg.node);
         p.node_name = Some(msg.node_name);
         self.publish(&msg.package);
+    }
+}
+
+/// Output a running package printed: kept on the package (its last [`wire::TAIL_BYTES`]) and
+/// sent to the build's watchers, so the build page and the CLI show it as it comes.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PackageOutput {
+    package: String,
+    chunk: String,
+}
+
+impl Handler<PackageOutput> for BuildActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PackageOutput, _: &mut Context<Self>) {
+        let Some(p) = self.pkg_mut(&msg.package) else { return };
+        if p.state != PackageState::Running {
+            return;
+        }
+        p.output_tail.push_str(&msg.chunk);
+        if p.output_tail.len() > wire::TAIL_BYTES {
+            let mut cut = p.output_tail.len() - wire::TAIL_BYTES;
+            while !p.output_tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            p.output_tail.drain(..cut);
+        }
+        let progress = self.progress();
+        self.ctx.events.publish(Event::BuildProgress {
+            build_id: self.status.id.clone(),
+            package: msg.package,
+            status: PackageState::Running.as_str().into(),
+            progress,
+            output: Some(msg.chunk),
+        });
     }
 }
 

@@ -30,8 +30,12 @@ const CANCEL_MEMORY: Duration = Duration::from_secs(600);
 /// Sandboxes on a configuration's storage volume go into this folder of the volume.
 pub const VOLUME_SANDBOX_DIR: &str = "buildnet-sandboxes";
 
+/// Where a running package's output goes as it is printed (pieces of at most
+/// [`crate::wire::OUTPUT_CHUNK`] bytes, at most every 200 ms per stream).
+pub type OutputSink = std::sync::Arc<dyn Fn(String) + Send + Sync>;
+
 /// One package to run here, with what it needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunRequest {
     pub task: Task,
     pub cores: u64,
@@ -42,6 +46,8 @@ pub struct RunRequest {
     pub volume: Option<String>,
     /// The node that asked (this node for local builds).
     pub requester: NodeId,
+    /// Where its output goes while it runs (the requester's build), if anywhere.
+    pub output: Option<OutputSink>,
 }
 
 /// What the executor needs from its node.
@@ -171,8 +177,9 @@ async fn execute(
         log::warn!("recording an allocation: {e}");
     }
     let root = sandbox_root(&opts, req.volume.as_deref());
-    let (cas, task, launch) = (opts.cas.clone(), req.task.clone(), opts.launch_for(&req.task));
-    let ran = actix_rt::task::spawn_blocking(move || sandbox::run(&cas, &root, &task, &launch, &cancel)).await;
+    let (cas, task, launch, output) =
+        (opts.cas.clone(), req.task.clone(), opts.launch_for(&req.task), req.output.clone());
+    let ran = actix_rt::task::spawn_blocking(move || sandbox::run(&cas, &root, &task, &launch, &cancel, output)).await;
     let _ = opts.node.release("cpu", &cpu.id).await;
     if let Some(m) = memory {
         let _ = opts.node.release("memory", &m.id).await;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::contain;
 use crate::cas::Cas;
-use crate::wire::{Invocation, SandboxLevel, Task, TaskResult, TAIL_BYTES};
+use crate::wire::{Invocation, SandboxLevel, Task, TaskResult, OUTPUT_CHUNK, TAIL_BYTES};
 
 fn failed(error: String, started: Instant) -> TaskResult {
     TaskResult {
@@ -111,13 +111,50 @@ impl Launch {
     }
 }
 
-/// Runs a task under `sandboxes`; `cancel` kills it. The sandbox is removed afterwards.
+/// One output stream of a running package on its way to an [`super::OutputSink`]: the first
+/// bytes go at once, then at most every 200 ms or [`OUTPUT_CHUNK`] bytes, so a chatty package
+/// costs a few messages a second, not one per line. Beyond that rate, what piles up is cut to its
+/// last chunk (the whole output is still in the result's tail).
+struct LiveOutput {
+    sink: super::OutputSink,
+    pending: Vec<u8>,
+    last: Option<Instant>,
+}
+
+impl LiveOutput {
+    fn new(sink: super::OutputSink) -> LiveOutput {
+        LiveOutput { sink, pending: Vec::new(), last: None }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        let excess = self.pending.len().saturating_sub(OUTPUT_CHUNK);
+        self.pending.drain(..excess);
+        if self.last.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        self.last = Some(Instant::now());
+        (self.sink)(text);
+    }
+}
+
+/// Runs a task under `sandboxes`; `cancel` kills it; its output also goes to `output` as it is
+/// printed. The sandbox is removed afterwards.
 pub fn run(
     cas: &Cas,
     sandboxes: &Path,
     task: &Task,
     launch: &Launch,
     cancel: &Arc<AtomicBool>,
+    output: Option<super::OutputSink>,
 ) -> Result<TaskResult, Cancelled> {
     let started = Instant::now();
     let dir: PathBuf = sandboxes.join(&task.build_id).join(&task.package);
@@ -125,7 +162,7 @@ pub fn run(
     if let Err(e) = std::fs::create_dir_all(&dir) {
         return Ok(failed(format!("sandbox {}: {e}", dir.display()), started));
     }
-    let result = run_in(cas, &dir, task, launch, cancel, started);
+    let result = run_in(cas, &dir, task, launch, cancel, started, output);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -137,6 +174,7 @@ fn run_in(
     launch: &Launch,
     cancel: &Arc<AtomicBool>,
     started: Instant,
+    output: Option<super::OutputSink>,
 ) -> Result<TaskResult, Cancelled> {
     // Inputs at their paths, never through a symbolic link (see `layout`).
     if let Err(e) = super::layout::inputs(cas, dir, task) {
@@ -156,7 +194,7 @@ fn run_in(
     .into_iter()
     .flatten()
     .map(|mut stream| {
-        let tail = tail.clone();
+        let (tail, mut live) = (tail.clone(), output.clone().map(LiveOutput::new));
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             while let Ok(n) = stream.read(&mut buf) {
@@ -168,6 +206,12 @@ fn run_in(
                     let excess = t.len().saturating_sub(TAIL_BYTES);
                     t.drain(..excess);
                 }
+                if let Some(live) = &mut live {
+                    live.push(&buf[..n]);
+                }
+            }
+            if let Some(live) = &mut live {
+                live.flush();
             }
         })
     })
@@ -258,8 +302,9 @@ mod tests {
             vec![input],
             &["out/up.txt"],
         );
-        let r = run(&cas, &dir.path().join("sandboxes"), &t, &Launch::default(), &Arc::new(AtomicBool::new(false)))
-            .expect("ran");
+        let r =
+            run(&cas, &dir.path().join("sandboxes"), &t, &Launch::default(), &Arc::new(AtomicBool::new(false)), None)
+                .expect("ran");
         assert!(r.success(), "{r:?}");
         assert_eq!(r.output_tail.trim(), "done");
         assert_eq!(cas.read(&r.outputs[0].digest).expect("read"), b"HELLO");
@@ -270,8 +315,8 @@ mod tests {
     fn argv_is_not_interpreted_by_a_shell() {
         let (dir, cas) = setup();
         let t = task(Invocation::Argv(vec!["/bin/echo".into(), "$HOME; rm -rf /".into()]), vec![], &[]);
-        let r =
-            run(&cas, &dir.path().join("s"), &t, &Launch::default(), &Arc::new(AtomicBool::new(false))).expect("ran");
+        let r = run(&cas, &dir.path().join("s"), &t, &Launch::default(), &Arc::new(AtomicBool::new(false)), None)
+            .expect("ran");
         assert_eq!(r.output_tail.trim(), "$HOME; rm -rf /");
     }
 
@@ -285,6 +330,7 @@ mod tests {
             &task(Invocation::Shell("echo broken >&2; exit 3".into()), vec![], &[]),
             &Launch::default(),
             &cancel,
+            None,
         )
         .expect("ran");
         assert_eq!((r.exit_code, r.error.as_deref()), (Some(3), Some("exited with status 3")));
@@ -295,6 +341,7 @@ mod tests {
             &task(Invocation::Shell("true".into()), vec![], &["nothing.o"]),
             &Launch::default(),
             &cancel,
+            None,
         )
         .expect("ran");
         assert_eq!(r.error.as_deref(), Some("output 'nothing.o' was not produced"));
@@ -304,6 +351,7 @@ mod tests {
             &task(Invocation::Argv(vec!["/no/such/tool".into()]), vec![], &[]),
             &Launch::default(),
             &cancel,
+            None,
         )
         .expect("ran");
         assert!(r.error.expect("error").starts_with("could not start"));
@@ -319,9 +367,29 @@ mod tests {
             &task(Invocation::Shell("sleep 30 & sleep 30".into()), vec![], &[]),
             &Launch::default(),
             &cancel,
+            None,
         );
         assert_eq!(r, Err(Cancelled));
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn output_streams_while_the_package_runs() {
+        let (dir, cas) = setup();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<(Duration, String)>::new()));
+        let started = Instant::now();
+        let sink: super::super::OutputSink = {
+            let seen = seen.clone();
+            Arc::new(move |chunk| seen.lock().expect("lock").push((started.elapsed(), chunk)))
+        };
+        let t = task(Invocation::Shell("echo first; sleep 1; echo second".into()), vec![], &[]);
+        let r = run(&cas, &dir.path().join("s"), &t, &Launch::default(), &Arc::new(AtomicBool::new(false)), Some(sink))
+            .expect("ran");
+        assert!(r.success());
+        let seen = seen.lock().expect("lock").clone();
+        let first = seen.iter().find(|(_, c)| c.contains("first")).expect("first line streamed");
+        assert!(first.0 < Duration::from_millis(900), "it came before the package ended: {seen:?}");
+        assert!(seen.iter().any(|(_, c)| c.contains("second")), "{seen:?}");
     }
 
     #[test]

@@ -355,6 +355,7 @@ impl MeshActor {
             MeshMessage::TaskRequest(req) => self.on_task_request(ctx, link_id, from, *req),
             MeshMessage::TaskDone { task_id, result } => self.on_task_done(link_id, from, task_id, result),
             MeshMessage::TaskCancel { build_id } => self.on_task_cancel(ctx, link_id, from, build_id),
+            MeshMessage::TaskOutput { task_id, chunk } => self.on_task_output(from, task_id, chunk),
             MeshMessage::BenchmarkGrant { epoch } => self.on_benchmark_grant(from, epoch),
             probe @ (MeshMessage::NetEcho { .. }
             | MeshMessage::NetEchoReply { .. }

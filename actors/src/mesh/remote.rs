@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::{MeshActor, MeshHandle};
 use crate::config::HoursWindow;
-use crate::exec::{ExecutorHandle, RunRequest};
+use crate::exec::{ExecutorHandle, OutputSink, RunRequest};
 use crate::wire::{self, MeshMessage, NodeId, RemoteError, Task, TaskResult};
 
 /// Where the result of a task sent to a peer goes.
@@ -33,6 +33,8 @@ pub(super) struct RemoteWork {
     next_task: u64,
     /// Tasks this node asked a peer to run: id → (peer, build, where the result goes).
     sent: HashMap<u64, (NodeId, String, ResultSlot)>,
+    /// Where the output of a task sent to a peer goes while it runs.
+    sent_output: HashMap<u64, OutputSink>,
     /// Tasks from peers waiting for blobs: (link, peer, request).
     waiting: Vec<(u64, NodeId, wire::TaskRequest)>,
     /// Results of tasks run on peers, waiting for their outputs to arrive.
@@ -47,6 +49,7 @@ impl RemoteWork {
             local_only_hours,
             next_task: 1,
             sent: HashMap::new(),
+            sent_output: HashMap::new(),
             waiting: Vec::new(),
             collecting: Vec::new(),
         }
@@ -54,7 +57,7 @@ impl RemoteWork {
 }
 
 /// One package for some node: what to run and the leases it needs there.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Job {
     pub task: Task,
     pub cores: u64,
@@ -63,6 +66,9 @@ pub struct Job {
     pub volume: Option<String>,
 }
 
+/// Who watches the output of which running package: (build id, package) → sink.
+type Watchers = std::sync::Arc<std::sync::Mutex<HashMap<(String, String), OutputSink>>>;
+
 /// Runs packages on any node of the mesh: this node's executor for itself, a task request over
 /// the link for a peer. The caller does not branch on where.
 #[derive(Clone)]
@@ -70,23 +76,44 @@ pub struct Workers {
     me: NodeId,
     executor: ExecutorHandle,
     mesh: MeshHandle,
+    watchers: Watchers,
 }
 
 impl Workers {
     pub fn new(me: NodeId, executor: ExecutorHandle, mesh: MeshHandle) -> Workers {
-        Workers { me, executor, mesh }
+        Workers { me, executor, mesh, watchers: Watchers::default() }
+    }
+
+    /// Sends what `package` of `build_id` prints to `sink` while it runs, wherever it runs,
+    /// until [`Workers::unwatch`].
+    pub fn watch(&self, build_id: &str, package: &str, sink: OutputSink) {
+        if let Ok(mut w) = self.watchers.lock() {
+            w.insert((build_id.to_string(), package.to_string()), sink);
+        }
+    }
+
+    pub fn unwatch(&self, build_id: &str, package: &str) {
+        if let Ok(mut w) = self.watchers.lock() {
+            w.remove(&(build_id.to_string(), package.to_string()));
+        }
+    }
+
+    fn watcher(&self, task: &Task) -> Option<OutputSink> {
+        self.watchers.lock().ok()?.get(&(task.build_id.clone(), task.package.clone())).cloned()
     }
 
     /// Runs `job` on `node` and waits for its result; outputs are in this node's CAS by then.
     pub async fn run_on(&self, node: &NodeId, job: Job) -> Result<TaskResult, RemoteError> {
         let epoch = self.mesh.view().await.map_or(0, |v| v.epoch);
         let declared = job.task.outputs.clone();
+        let output = self.watcher(&job.task);
         let result = if *node == self.me {
             let Job { task, cores, memory_bytes, volume } = job;
-            let req = RunRequest { task, cores, memory_bytes, epoch, volume, requester: self.me.clone() };
+            let req = RunRequest { task, cores, memory_bytes, epoch, volume, requester: self.me.clone(), output };
             self.executor.run(req).await
         } else {
-            self.mesh.addr.send(RunRemote { peer: node.clone(), job }).await.unwrap_or(Err(RemoteError::Stopped))
+            let run = RunRemote { peer: node.clone(), job, output };
+            self.mesh.addr.send(run).await.unwrap_or(Err(RemoteError::Stopped))
         };
         // The outputs' paths come back from the node that ran the package: only the paths the
         // package declared (checked when the build started) go on to later packages and the CLI.
@@ -160,7 +187,11 @@ impl MeshActor {
         for (link_id, from, req) in ready {
             let task_id = req.task_id;
             let wire::TaskRequest { task, cores, memory_bytes, epoch, volume, .. } = req;
-            let run = RunRequest { task, cores, memory_bytes, epoch, volume, requester: from };
+            // What it prints goes back to the requester as it runs.
+            let addr = ctx.address();
+            let output: OutputSink =
+                std::sync::Arc::new(move |chunk| addr.do_send(SendOutput { link_id, task_id, chunk }));
+            let run = RunRequest { task, cores, memory_bytes, epoch, volume, requester: from, output: Some(output) };
             let executor = self.work.executor.clone();
             ctx.spawn(async move { executor.run(run).await }.into_actor(self).map(move |result, act, ctx| {
                 // The requester pulls the outputs it lacks.
@@ -184,6 +215,7 @@ impl MeshActor {
         if self.work.sent.get(&task_id).is_none_or(|(peer, _, _)| *peer != from) {
             return;
         }
+        self.work.sent_output.remove(&task_id);
         let Some((peer, _, reply)) = self.work.sent.remove(&task_id) else { return };
         let result = match result {
             Ok(r) => r,
@@ -263,6 +295,7 @@ impl MeshActor {
     pub(super) fn on_peer_lost(&mut self, peer: &NodeId) {
         let lost: Vec<u64> = self.work.sent.iter().filter(|(_, (p, _, _))| p == peer).map(|(id, _)| *id).collect();
         for id in lost {
+            self.work.sent_output.remove(&id);
             if let Some((_, _, reply)) = self.work.sent.remove(&id) {
                 let _ = reply.send(Err(RemoteError::LostNode(peer.clone())));
             }
@@ -284,12 +317,13 @@ impl MeshActor {
 struct RunRemote {
     peer: NodeId,
     job: Job,
+    output: Option<OutputSink>,
 }
 
 impl Handler<RunRemote> for MeshActor {
     type Result = ResponseFuture<Result<TaskResult, RemoteError>>;
 
-    fn handle(&mut self, RunRemote { peer, job }: RunRemote, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, RunRemote { peer, job, output }: RunRemote, _: &mut Context<Self>) -> Self::Result {
         let Some(link_id) = self.peers.get(&peer).and_then(|p| p.link.filter(|_| p.online())) else {
             return Box::pin(async move { Err(RemoteError::LostNode(peer)) });
         };
@@ -297,6 +331,9 @@ impl Handler<RunRemote> for MeshActor {
         self.work.next_task += 1;
         let (tx, rx) = oneshot::channel();
         self.work.sent.insert(task_id, (peer.clone(), job.task.build_id.clone(), tx));
+        if let Some(sink) = output {
+            self.work.sent_output.insert(task_id, sink);
+        }
         let req = wire::TaskRequest {
             task_id,
             task: job.task,
@@ -307,6 +344,43 @@ impl Handler<RunRemote> for MeshActor {
         };
         self.send(link_id, MeshMessage::TaskRequest(Box::new(req)));
         Box::pin(async move { rx.await.unwrap_or(Err(RemoteError::LostNode(peer))) })
+    }
+}
+
+/// Output of a task this node runs for a peer, on its way back over the link it came on.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SendOutput {
+    link_id: u64,
+    task_id: u64,
+    chunk: String,
+}
+
+impl Handler<SendOutput> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendOutput, _: &mut Context<Self>) {
+        self.send(msg.link_id, MeshMessage::TaskOutput { task_id: msg.task_id, chunk: msg.chunk });
+    }
+}
+
+impl MeshActor {
+    /// Output of a task this node sent to `from`: to whoever watches it (a peer's chunk is cut to
+    /// [`wire::OUTPUT_CHUNK`] bytes whatever it claims).
+    pub(super) fn on_task_output(&mut self, from: NodeId, task_id: u64, mut chunk: String) {
+        if self.work.sent.get(&task_id).is_none_or(|(peer, _, _)| *peer != from) {
+            return;
+        }
+        if chunk.len() > wire::OUTPUT_CHUNK {
+            let mut cut = chunk.len() - wire::OUTPUT_CHUNK;
+            while !chunk.is_char_boundary(cut) {
+                cut += 1;
+            }
+            chunk.drain(..cut);
+        }
+        if let Some(sink) = self.work.sent_output.get(&task_id) {
+            sink(chunk);
+        }
     }
 }
 

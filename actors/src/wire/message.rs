@@ -74,6 +74,12 @@ pub enum MeshMessage {
     TaskCancel {
         build_id: String,
     },
+    /// Output a requested task printed so far (at most [`crate::wire::OUTPUT_CHUNK`] bytes), sent
+    /// while it runs so the requester's build page and CLI can show it live.
+    TaskOutput {
+        task_id: u64,
+        chunk: String,
+    },
     /// Network benchmark (see `mesh::netbench`): answer with `NetEchoReply` at once.
     NetEcho {
         probe: u64,

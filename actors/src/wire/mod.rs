@@ -27,7 +27,9 @@ pub use task::*;
 
 /// Version of the wire protocol; bumped on any incompatible change of these types.
 /// 2: blobs are pulled with `BlobWant` and sent in a window acknowledged by `BlobAck`.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
+/// Largest piece of a running package's output sent at once (a `TaskOutput` message, an event).
+pub const OUTPUT_CHUNK: usize = 4096;
 
 /// A node's identity on the wire: 16 lowercase hex digits (the first 8 bytes of its Ed25519
 /// public key). Parsed, never trusted raw.

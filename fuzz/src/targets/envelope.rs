@@ -93,6 +93,7 @@ fn sample_bodies() -> Vec<serde_json::Value> {
         json!({"TaskDone": {"task_id": 8, "result": {"Err": {"kind": "busy", "detail": "no free core"}}}}),
         json!({"TaskDone": {"task_id": 9, "result": {"Err": {"kind": "cancelled"}}}}),
         json!({"TaskCancel": {"build_id": "b_0123456789ab"}}),
+        json!({"TaskOutput": {"task_id": 7, "chunk": "compiling add.c\n"}}),
         json!({"NetEcho": {"probe": 1, "seq": 2}}),
         json!({"NetEchoReply": {"probe": 1, "seq": 2}}),
         json!({"NetDataEnd": {"probe": 1}}),

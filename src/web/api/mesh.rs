@@ -185,7 +185,7 @@ pub async fn visualization(state: web::Data<AppState>, caller: Caller) -> Result
 pub async fn topology(state: &AppState) -> Result<PoolVisualization, ApiError> {
     let view = state.node.pool.view().await?;
     let me = state.node.identity.node_id.to_string();
-    let connections = view
+    let mut connections: Vec<ConnectionVisualization> = view
         .nodes
         .iter()
         .filter(|n| n.id.as_str() != me)
@@ -197,6 +197,26 @@ pub async fn topology(state: &AppState) -> Result<PoolVisualization, ApiError> {
             status: quality(n.latency_ms, n.status != NodeState::Offline).into(),
         })
         .collect();
+    // Links between peers, as their network benchmarks measured them (each pair once).
+    for (i, from) in view.nodes.iter().enumerate() {
+        for to in view.nodes.iter().skip(i + 1) {
+            if from.id.as_str() == me || to.id.as_str() == me {
+                continue;
+            }
+            let measured =
+                from.benchmarks.network_to(to.id.as_str()).or_else(|| to.benchmarks.network_to(from.id.as_str()));
+            if let Some(r) = measured {
+                let up = from.status != NodeState::Offline && to.status != NodeState::Offline;
+                connections.push(ConnectionVisualization {
+                    from_node: from.id.to_string(),
+                    to_node: to.id.to_string(),
+                    latency_ms: r.latency_ms,
+                    bandwidth_mbps: Some(r.download_mbps),
+                    status: quality(r.latency_ms, up).into(),
+                });
+            }
+        }
+    }
     Ok(PoolVisualization {
         coordinator: view.coordinator.to_string(),
         epoch: view.epoch,

@@ -2,43 +2,64 @@
 //! here — this node in the middle, each peer around it, links labelled with the round-trip
 //! time this node measures, the coordinator marked.
 
+use std::collections::BTreeMap;
+
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use maud::{html, Markup};
 
 use super::{bytes, caller, html_response, layout, time};
-use crate::web::api::mesh::{quality, topology, PoolVisualization};
+use crate::web::api::mesh::{topology, PoolVisualization};
 use crate::web::AppState;
 use buildnet_actors::wire::NodeState;
 
 /// Draws the topology.
 pub fn topology_svg(viz: &PoolVisualization, me: &str) -> Markup {
     const W: f64 = 640.0;
-    const H: f64 = 360.0;
-    let (cx, cy, r) = (W / 2.0, H / 2.0, 130.0);
-    let peers: Vec<_> = viz.nodes.iter().filter(|n| n.id.as_str() != me).collect();
-    let count = peers.len().max(1) as f64;
-    let place = |i: usize| {
-        let angle = std::f64::consts::PI + i as f64 * std::f64::consts::TAU / count;
-        (cx + r * 1.6 * angle.cos(), cy + r * angle.sin())
-    };
-    let local = viz.nodes.iter().find(|n| n.id.as_str() == me);
+    const H: f64 = 380.0;
+    let (cx, cy, r) = (W / 2.0, H / 2.0 - 10.0, 135.0);
+    // Every node on a circle, this one first (on the left): every member links to every other.
+    let mut nodes: Vec<_> = viz.nodes.iter().collect();
+    nodes.sort_by_key(|n| n.id.as_str() != me);
+    let count = nodes.len().max(1) as f64;
+    let at: BTreeMap<&str, (f64, f64)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let angle = std::f64::consts::PI + i as f64 * std::f64::consts::TAU / count;
+            (n.id.as_str(), (cx + r * 1.6 * angle.cos(), cy + r * angle.sin()))
+        })
+        .collect();
+    let measured: BTreeMap<(&str, &str), &crate::web::api::mesh::ConnectionVisualization> =
+        viz.connections.iter().map(|c| ((c.from_node.as_str(), c.to_node.as_str()), c)).collect();
+    let online = |id: &str| viz.nodes.iter().any(|n| n.id.as_str() == id && n.status != NodeState::Offline);
     html! {
         svg.topology viewBox=(format!("0 0 {W} {H}")) width="100%" role="img" aria-label="Mesh topology" {
-            @for (i, p) in peers.iter().enumerate() {
-                @let (x, y) = place(i);
-                @let q = quality(p.latency_ms, p.status != NodeState::Offline);
-                line x1=(cx) y1=(cy) x2=(x) y2=(y) class=(format!("link {q}")) {}
-                text x=((cx + x) / 2.0) y=((cy + y) / 2.0 - 4.0) class="link-label" text-anchor="middle" {
-                    @if p.status == NodeState::Offline { "down" } @else { (format!("{:.0} ms", p.latency_ms)) }
+            @for (i, a) in nodes.iter().enumerate() {
+                @for b in nodes.iter().skip(i + 1) {
+                    @let ((x1, y1), (x2, y2)) = (at[a.id.as_str()], at[b.id.as_str()]);
+                    @let link = measured.get(&(a.id.as_str(), b.id.as_str())).or_else(|| measured.get(&(b.id.as_str(), a.id.as_str())));
+                    @match link {
+                        Some(c) => {
+                            line x1=(x1) y1=(y1) x2=(x2) y2=(y2) class=(format!("link {}", c.status)) data-link=(format!("{}-{}", a.name, b.name)) {}
+                            text x=((x1 + x2) / 2.0) y=((y1 + y2) / 2.0 - 4.0) class="link-label" text-anchor="middle" {
+                                @if c.status == "down" { "down" } @else { (format!("{:.1} ms", c.latency_ms)) }
+                            }
+                        }
+                        None => {
+                            @let up = online(a.id.as_str()) && online(b.id.as_str());
+                            line x1=(x1) y1=(y1) x2=(x2) y2=(y2) class=(if up { "link unmeasured" } else { "link down" }) data-link=(format!("{}-{}", a.name, b.name)) {}
+                        }
+                    }
                 }
             }
-            @for (i, p) in peers.iter().enumerate() {
-                @let (x, y) = place(i);
-                (node_mark(x, y, &p.name, p.status.as_str(), p.id.as_str() == viz.coordinator))
+            @for n in &nodes {
+                @let (x, y) = at[n.id.as_str()];
+                @let label = if n.id.as_str() == me { format!("{} (this node)", n.name) } else { n.name.clone() };
+                (node_mark(x, y, &label, n.status.as_str(), n.id.as_str() == viz.coordinator))
             }
-            @if let Some(l) = local { (node_mark(cx, cy, &format!("{} (this node)", l.name), l.status.as_str(), l.id.as_str() == viz.coordinator)) }
         }
+        p.caption { "Every member links to every other. Links from this node show its heartbeat round trip; links between peers show their network benchmark once one ran (a thin line until then)." }
     }
 }
 
@@ -65,7 +86,9 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
     let mesh_id = state.node.mesh.view().await.and_then(|v| v.mesh_id).unwrap_or_default();
     let body = html! {
         h1 { "Nodes" }
-        p.small { "Mesh " code { (mesh_id) } " · coordinator " code { (viz.coordinator) } " (epoch " (viz.epoch) ")" }
+        p.small { "Mesh " code { (mesh_id) } " · coordinator "
+            (viz.nodes.iter().find(|n| n.id.as_str() == viz.coordinator).map_or(viz.coordinator.clone(), |n| n.name.clone()))
+            " (epoch " (viz.epoch) ")" }
         (topology_svg(&viz, &me))
         table #nodes {
             thead { tr { th { "Name" } th { "Status" } th { "Role" } th { "Latency" } th { "Cores" } th { "Memory" } th { "Last seen" } } }

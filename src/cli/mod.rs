@@ -101,7 +101,7 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Build history; with an id, one build's packages
     History(build::HistoryArgs),
-    /// Measure this node: cpu, memory, storage <path>, all
+    /// Measure this node and its links: cpu, memory, storage <path>, network <node>, all
     Test {
         #[command(subcommand)]
         what: test::TestCommand,

@@ -32,5 +32,6 @@ mod node;
 mod pages;
 mod paths;
 mod projects;
+mod readme;
 mod tls;
 mod trust;

@@ -558,6 +558,7 @@ fn a_running_packages_output_streams_to_the_build_page_from_a_peer() {
         page.contains("tick2").then_some(page)
     });
     assert!(!seen.contains("tick8"), "the page showed output before the package ended");
+    assert!(seen.contains(&format!("title=\"{}\">beta</a>", b.node_id())), "the node by its name");
     let (_, s) = a.get(&format!("/api/build/{id}"));
     assert_eq!(s["status"], "running", "{s}");
     assert_eq!(s["packages"][0]["node"], b.node_id(), "it ran on beta");
@@ -567,4 +568,6 @@ fn a_running_packages_output_streams_to_the_build_page_from_a_peer() {
     });
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(done["packages"][0]["output_tail"].as_str().unwrap_or_default().contains("tick8"));
+    let (_, list) = http("GET", &format!("{}/builds", a.url), &[("Cookie", &auth)], None);
+    assert!(list.contains("<td>beta</td>"), "the history names the nodes");
 }

@@ -27,7 +27,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
         p.small { "Start one with " code { "buildnet build --project <dir>" } "; any build below can be run again from its page." }
         @if builds.is_empty() { (super::empty("No builds yet.")) } @else {
             table #builds {
-                thead { tr { th { "Build" } th { "Status" } th { "Started" } th { "Duration" } th { "Packages" } th { "Ran" } th { "Cached" } th { "By" } } }
+                thead { tr { th { "Build" } th { "Status" } th { "Started" } th { "Duration" } th { "Packages" } th { "Ran" } th { "Cached" } th { "Nodes" } th { "By" } } }
                 tbody {
                     @for b in &builds {
                         tr {
@@ -36,6 +36,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
                             td { (time(b.started_at_ms)) }
                             td { (b.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default()) }
                             td { (b.packages) } td { (b.executed) } td { (b.cached) }
+                            td { (b.nodes.join(", ")) }
                             td.small { (b.triggered_by) }
                         }
                     }
@@ -90,7 +91,7 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>, id: web::Path<St
                     tr data-package=(p.name) {
                         td { (p.name) }
                         td { span class=(format!("pkg {}", p.state.as_str())) { (p.state.as_str()) } }
-                        td { @if let Some(n) = &p.node { a href=(format!("/nodes/{n}")) { code { (n) } } } }
+                        td { @if let Some(n) = &p.node { a href=(format!("/nodes/{n}")) title=(n) { (p.node_name.clone().unwrap_or_else(|| n.to_string())) } } }
                         td { @if p.cache_hit { "hit" } }
                         td { (p.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default()) }
                         td { (p.exit_code.map(|c| c.to_string()).unwrap_or_default()) }

@@ -174,6 +174,7 @@ fn a_long_dependency_chain_does_not_overflow_the_stack() {
         for i in 0..n {
             let deps = if i + 1 < n { vec![format!("p{}", i + 1)] } else { vec![] };
             let p = Package {
+                for_each: None,
                 command: None,
                 shell: Some("true".into()),
                 deps,

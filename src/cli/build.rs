@@ -147,12 +147,14 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
     match status.status.as_str() {
         "succeeded" => {
             println!("Build {id} succeeded in {secs:.1} s: {} packages, {ran} ran, {cached} from cache; {written} output file(s) written.", status.packages.len());
+            pattern_lines(&status.packages).iter().for_each(|l| println!("  {l}"));
             Ok(())
         }
         other => {
             if let Some(p) = status.packages.iter().find(|p| p.state == PackageState::Failed) {
                 eprint!("{}", failure_report(p));
             }
+            pattern_lines(&status.packages).iter().for_each(|l| eprintln!("  {l}"));
             Err(CliError::Other(format!("build {id} {other}: {}", status.error.unwrap_or_default())))
         }
     }
@@ -244,7 +246,6 @@ struct Bars {
     /// Packages whose node has been printed as a plain line.
     logged: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
-
 
 impl Bars {
     fn new(total: u64, id: &str, uploaded: usize, inputs: usize) -> Bars {
@@ -349,6 +350,7 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), CliError> {
                 ]);
             }
             t.print();
+            pattern_lines(&status.packages).iter().for_each(|l| println!("{l}"));
         }
         None => {
             if args.limit == 0 || args.limit > 500 {
@@ -375,4 +377,41 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// One line per pattern package: its expansions counted by outcome, failures named (at most 10).
+fn pattern_lines(packages: &[PackageStatus]) -> Vec<String> {
+    use buildnet_actors::builds::project::expansion_of;
+    let mut groups: BTreeMap<&str, Vec<&PackageStatus>> = BTreeMap::new();
+    for p in packages {
+        if let Some((table, _)) = expansion_of(&p.name) {
+            groups.entry(table).or_default().push(p);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(table, ps)| {
+            let count = |s: PackageState| ps.iter().filter(|p| p.state == s).count();
+            let mut line = format!(
+                "{table}: {} expansions, {} ran, {} from cache",
+                ps.len(),
+                count(PackageState::Succeeded),
+                count(PackageState::Cached)
+            );
+            let failed: Vec<&str> =
+                ps.iter().filter(|p| p.state == PackageState::Failed).map(|p| p.name.as_str()).collect();
+            if !failed.is_empty() {
+                let more = failed.len().saturating_sub(10);
+                line.push_str(&format!(", {} failed: {}", failed.len(), failed[..failed.len() - more].join(", ")));
+                if more > 0 {
+                    line.push_str(&format!(" and {more} more"));
+                }
+            }
+            let waiting = ps.len() - count(PackageState::Succeeded) - count(PackageState::Cached) - failed.len();
+            if waiting > 0 {
+                line.push_str(&format!(", {waiting} not run"));
+            }
+            line
+        })
+        .collect()
 }

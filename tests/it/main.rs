@@ -31,6 +31,7 @@ mod mesh;
 mod node;
 mod pages;
 mod paths;
+mod patterns;
 mod projects;
 mod readme;
 mod tls;

@@ -198,6 +198,14 @@ pub fn package_estimate(f: &PackageFacts, target: Target) -> PackageEstimate {
     }
 }
 
+/// What an expansion of a pattern package that never ran is estimated from: the run of median
+/// duration among its siblings' recent runs (`None` when none has run).
+pub fn sibling_run(runs: &[RecordedRun]) -> Option<RecordedRun> {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by_key(|r| r.duration_ms);
+    sorted.get(sorted.len() / 2).copied()
+}
+
 /// Schedules the DAG on `cores` (each package takes its own core count, at most `cores`):
 /// dependencies first, longest-ready-first. Returns the wall time.
 pub fn makespan(
@@ -321,6 +329,7 @@ mod service {
             let mut facts: BTreeMap<String, estimate::PackageFacts> = BTreeMap::new();
             let mut outputs: BTreeMap<String, Vec<cas::FileRef>> = BTreeMap::new();
             let mut input_total = 0u64;
+            let mut siblings: BTreeMap<String, Option<estimate::RecordedRun>> = BTreeMap::new();
             for name in &req.project.order {
                 let Some(spec) = req.project.manifest.packages.get(name) else { continue };
                 let mut files = BTreeMap::new();
@@ -364,7 +373,15 @@ mod service {
                         }
                     }
                 }
-                let history = self.history_of(name, &figures).await?;
+                let mut history = self.history_of(name, &figures).await?;
+                // An expansion never built is estimated from its siblings' runs.
+                if let (true, Some((table, _))) = (history.is_empty(), project::expansion_of(name)) {
+                    if !siblings.contains_key(table) {
+                        let runs = self.sibling_history(table, &figures).await?;
+                        siblings.insert(table.to_string(), estimate::sibling_run(&runs));
+                    }
+                    history.extend(siblings.get(table).copied().flatten());
+                }
                 facts.insert(
                     name.clone(),
                     estimate::PackageFacts {
@@ -477,17 +494,37 @@ mod service {
             package: &str,
             figures: &BTreeMap<String, estimate::Target>,
         ) -> Result<Vec<estimate::RecordedRun>, BuildError> {
-            let name = package.to_string();
+            self.recorded_runs(package, false, figures).await
+        }
+
+        /// Recent real successful runs of the expansions of pattern package `table`.
+        async fn sibling_history(
+            &self,
+            table: &str,
+            figures: &BTreeMap<String, estimate::Target>,
+        ) -> Result<Vec<estimate::RecordedRun>, BuildError> {
+            self.recorded_runs(&format!("{table}["), true, figures).await
+        }
+
+        /// Runs of the package `name`, or with `prefix`, of every package whose name starts so.
+        async fn recorded_runs(
+            &self,
+            name: &str,
+            prefix: bool,
+            figures: &BTreeMap<String, estimate::Target>,
+        ) -> Result<Vec<estimate::RecordedRun>, BuildError> {
+            let name = name.to_string();
             let rows: Vec<(i64, Option<String>, Option<i64>)> = self
                 .store
                 .run(move |c| {
                     let mut stmt = c.prepare(
                         "SELECT p.duration_ms, p.assigned_node, r.cpu_ms FROM build_packages p
                          JOIN build_package_results r ON r.build_id = p.build_id AND r.package_name = p.package_name
-                         WHERE p.package_name = ?1 AND p.status = 'succeeded' AND r.cache_hit = 0 AND p.duration_ms IS NOT NULL
-                         ORDER BY p.started_at DESC LIMIT 10",
+                         WHERE (CASE WHEN ?2 THEN substr(p.package_name, 1, length(?1)) = ?1 ELSE p.package_name = ?1 END)
+                           AND p.status = 'succeeded' AND r.cache_hit = 0 AND p.duration_ms IS NOT NULL
+                         ORDER BY p.started_at DESC LIMIT (CASE WHEN ?2 THEN 200 ELSE 10 END)",
                     )?;
-                    let rows = stmt.query_map([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                    let rows = stmt.query_map(rusqlite::params![name, prefix], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                     Ok(rows.collect::<Result<_, _>>()?)
                 })
                 .await?;
@@ -582,6 +619,18 @@ mod tests {
         let e = package_estimate(&io_heavy, Target { cpu_score: 100.0, storage_mbps: 400.0 });
         assert_eq!(e.duration_ms, 750);
         assert!((e.factors.storage_factor - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_expansion_without_history_takes_its_siblings_median() {
+        let runs: Vec<RecordedRun> =
+            [40, 5000, 60, 50, 55].iter().map(|&ms| RecordedRun { duration_ms: ms, ..Default::default() }).collect();
+        let median = sibling_run(&runs).expect("a run");
+        assert_eq!(median.duration_ms, 55);
+        assert_eq!(sibling_run(&[]), None);
+        let fresh = PackageFacts { history: vec![median], ..facts("thumbs[new.jpg]", &[], &[], false) };
+        let e = package_estimate(&fresh, Target::default());
+        assert_eq!((e.duration_ms, e.samples), (55, 1));
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! `buildnet.toml`: the work of a project as packages with commands, dependencies, inputs and
 //! outputs. Parsed with field paths and checked (cycles, unknown dependencies, inputs that match
 //! nothing, bad globs, outputs outside the project) before anything runs.
+//!
+//! A pattern package (`for_each = "<glob>"`) stands for one package per matching file. It is
+//! expanded here, when the manifest is checked against the project directory and before anything
+//! is placed: each expansion (`thumbs[images/a.jpg]`) is an ordinary package from then on, so
+//! placement, the action cache, retries, history and estimates treat it as one, by a stable name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -33,6 +38,11 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Package {
+    /// A glob over the project: the table is a pattern, expanded into one package per matching
+    /// file, with `{in}`, `{stem}`, `{name}`, `{dir}` and `{ext}` replaced in its command, shell,
+    /// env, inputs and outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<String>,
     /// The program and its arguments, run without a shell.
     pub command: Option<Vec<String>>,
     /// A shell line run by `sh -c`, for packages that want one.
@@ -147,11 +157,14 @@ impl Manifest {
         })
     }
 
-    /// Checks the manifest against the project directory and orders the packages.
+    /// Checks the manifest against the project directory, expands its pattern packages and
+    /// orders the packages.
     pub fn check(self, file: &str, root: &Path) -> Result<Project, ProjectError> {
-        let order = self.check_structure(file)?;
+        self.check_structure(file)?;
+        let manifest = self.expand(file, root)?;
+        let order = manifest.structure(file, true)?;
         let mut inputs = BTreeMap::new();
-        for (name, p) in &self.packages {
+        for (name, p) in &manifest.packages {
             let field = |f: &str| format!("packages.{name}.{f}");
             let mut matched = BTreeSet::new();
             for pattern in &p.inputs {
@@ -168,18 +181,38 @@ impl Manifest {
             }
             inputs.insert(name.clone(), matched.into_iter().collect());
         }
-        Ok(Project { manifest: self, order, inputs })
+        Ok(Project { manifest, order, inputs })
     }
 
-    /// Every check that needs no files; returns the packages in dependency order.
+    /// Every check that needs no files; returns the packages in dependency order (pattern
+    /// packages unexpanded).
     pub fn check_structure(&self, file: &str) -> Result<Vec<String>, ProjectError> {
+        self.structure(file, false)
+    }
+
+    /// [`Manifest::check_structure`]; with `expanded`, of an expanded manifest: names may be
+    /// expansions (`table[path]`) and no table may still be a pattern.
+    fn structure(&self, file: &str, expanded: bool) -> Result<Vec<String>, ProjectError> {
         if self.packages.is_empty() {
             return Err(err(file, "packages".into(), "no packages: add a [packages.<name>] table"));
         }
+        let plain = |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         for (name, p) in &self.packages {
             let field = |f: &str| format!("packages.{name}.{f}");
-            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            let expansion = expanded && expansion_of(name).is_some_and(|(t, f)| plain(t) && check_path(f).is_ok());
+            if !plain(name) && !expansion {
                 return Err(err(file, format!("packages.{name}"), "package names use letters, digits, - and _"));
+            }
+            if let Some(glob) = &p.for_each {
+                if expanded {
+                    return Err(err(file, field("for_each"), "a sent project's pattern packages must be expanded"));
+                }
+                if let Err(e) = check_path(glob) {
+                    return Err(err(file, field("for_each"), format!("'{}' {e}", glob.escape_debug())));
+                }
+                glob::Pattern::new(glob)
+                    .map_err(|e| err(file, field("for_each"), format!("bad glob '{glob}': {e}")))?;
+                check_placeholders(p).map_err(|(f, m)| err(file, field(&f), m))?;
             }
             match (&p.command, &p.shell) {
                 (Some(_), Some(_)) => return Err(err(file, field("shell"), "give either command or shell, not both")),
@@ -229,6 +262,170 @@ impl Manifest {
         topological_order(&self.packages).map_err(|cycle| {
             err(file, format!("packages.{}.deps", cycle[0]), format!("dependency cycle: {}", cycle.join(" → ")))
         })
+    }
+}
+
+/// The placeholders a pattern package may use.
+pub const PLACEHOLDERS: [&str; 5] = ["in", "stem", "name", "dir", "ext"];
+
+/// `("thumbs", "images/a.jpg")` for the expansion `thumbs[images/a.jpg]`.
+pub fn expansion_of(name: &str) -> Option<(&str, &str)> {
+    let (table, file) = name.strip_suffix(']')?.split_once('[')?;
+    (!table.is_empty() && !file.is_empty()).then_some((table, file))
+}
+
+/// The `{word}` placeholders of `text` (a lowercase word in braces, not a shell's `${word}`), as
+/// byte ranges including the braces.
+fn placeholders(text: &str) -> Vec<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'{' && (i == 0 || bytes[i - 1] != b'$') {
+            let word = bytes[i + 1..].iter().take_while(|b| b.is_ascii_lowercase() || **b == b'_').count();
+            if word > 0 && bytes.get(i + 1 + word) == Some(&b'}') {
+                found.push((i, i + word + 2));
+                i += word + 2;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    found
+}
+
+/// The values of the placeholders for one file: `images/a/b.jpg` gives `{in}` the path, `{name}`
+/// `b.jpg`, `{stem}` `b`, `{ext}` `jpg` (empty without one) and `{dir}` `images/a` (`.` at the
+/// project root).
+fn placeholder_values(path: &str) -> [(&'static str, String); 5] {
+    let p = Path::new(path);
+    let text = |o: Option<&std::ffi::OsStr>| o.and_then(|s| s.to_str()).unwrap_or_default().to_string();
+    let dir = text(p.parent().map(Path::as_os_str));
+    [
+        ("in", path.to_string()),
+        ("stem", text(p.file_stem())),
+        ("name", text(p.file_name())),
+        ("dir", if dir.is_empty() { ".".into() } else { dir }),
+        ("ext", text(p.extension())),
+    ]
+}
+
+/// `text` with its placeholders replaced by `values` (each passed through `escape`).
+fn substitute(text: &str, values: &[(&'static str, String)], escape: fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (start, end) in placeholders(text) {
+        out.push_str(&text[last..start]);
+        match values.iter().find(|(k, _)| *k == &text[start + 1..end - 1]) {
+            Some((_, v)) => out.push_str(&escape(v)),
+            None => out.push_str(&text[start..end]),
+        }
+        last = end;
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// A substituted path without its `.` components (`{dir}/x.o` at the root is `x.o`).
+fn tidy(path: String) -> String {
+    if !path.split('/').any(|c| c == ".") {
+        return path;
+    }
+    path.split('/').filter(|c| *c != ".").collect::<Vec<_>>().join("/")
+}
+
+/// A pattern package's fields name only known placeholders; else the field and the message.
+fn check_placeholders(p: &Package) -> Result<(), (String, String)> {
+    let mut fields: Vec<(String, &str)> = Vec::new();
+    for (i, a) in p.command.iter().flatten().enumerate() {
+        fields.push((format!("command[{i}]"), a));
+    }
+    if let Some(sh) = &p.shell {
+        fields.push(("shell".into(), sh));
+    }
+    for (i, o) in p.outputs.iter().enumerate() {
+        fields.push((format!("outputs[{i}]"), o));
+    }
+    for (i, o) in p.inputs.iter().enumerate() {
+        fields.push((format!("inputs[{i}]"), o));
+    }
+    for (k, v) in &p.env {
+        fields.push((format!("env.{k}"), v));
+    }
+    for (field, text) in fields {
+        for (start, end) in placeholders(text) {
+            let word = &text[start + 1..end - 1];
+            if !PLACEHOLDERS.contains(&word) {
+                let known = PLACEHOLDERS.map(|k| format!("{{{k}}}")).join(", ");
+                return Err((field, format!("unknown placeholder '{{{word}}}' (a pattern package may use {known})")));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Replaces each pattern package with one package per file its `for_each` glob matches
+    /// (walked as inputs are, never through a link), and a dependency on the pattern with one on
+    /// every expansion. A glob that matches nothing, or two expansions producing one output, is
+    /// an error naming the table (and the files).
+    fn expand(mut self, file: &str, root: &Path) -> Result<Manifest, ProjectError> {
+        let patterns: Vec<String> =
+            self.packages.iter().filter(|(_, p)| p.for_each.is_some()).map(|(n, _)| n.clone()).collect();
+        let mut expansions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for table in patterns {
+            let Some(pattern) = self.packages.remove(&table) else { continue };
+            let glob = pattern.for_each.clone().unwrap_or_default();
+            let field = |f: &str| format!("packages.{table}.{f}");
+            let files = super::inputs::expand(root, &glob).map_err(|m| err(file, field("for_each"), m))?;
+            if files.is_empty() {
+                return Err(err(file, field("for_each"), format!("'{glob}' matches no file in {}", root.display())));
+            }
+            let mut produced: BTreeMap<String, String> = BTreeMap::new();
+            let mut names = Vec::with_capacity(files.len());
+            for path in files {
+                let values = placeholder_values(&path);
+                let text = |s: &String| substitute(s, &values, str::to_string);
+                let mut e = pattern.clone();
+                e.for_each = None;
+                e.command = pattern.command.as_ref().map(|argv| argv.iter().map(text).collect());
+                e.shell = pattern.shell.as_ref().map(text);
+                e.env = pattern.env.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+                e.outputs = pattern.outputs.iter().map(|o| tidy(text(o))).collect();
+                e.inputs = std::iter::once(glob::Pattern::escape(&path))
+                    .chain(pattern.inputs.iter().map(|g| tidy(substitute(g, &values, glob::Pattern::escape))))
+                    .collect();
+                e.inputs.dedup();
+                for (i, o) in e.outputs.iter().enumerate() {
+                    if let Err(why) = check_path(o) {
+                        return Err(err(file, field(&format!("outputs[{i}]")), format!("'{o}' (for '{path}') {why}")));
+                    }
+                    if let Some(first) = produced.insert(o.clone(), path.clone()) {
+                        return Err(err(
+                            file,
+                            field("outputs"),
+                            format!("'{o}' would be written by both '{first}' and '{path}': make the outputs differ, e.g. by {{dir}}"),
+                        ));
+                    }
+                }
+                let name = format!("{table}[{path}]");
+                self.packages.insert(name.clone(), e);
+                names.push(name);
+            }
+            expansions.insert(table, names);
+        }
+        if !expansions.is_empty() {
+            for p in self.packages.values_mut() {
+                if p.deps.iter().any(|d| expansions.contains_key(d)) {
+                    p.deps = p
+                        .deps
+                        .iter()
+                        .flat_map(|d| expansions.get(d).cloned().unwrap_or_else(|| vec![d.clone()]))
+                        .collect();
+                }
+            }
+        }
+        Ok(self)
     }
 }
 
@@ -289,10 +486,10 @@ pub fn load(root: &Path) -> Result<Project, ProjectError> {
 }
 
 impl Project {
-    /// Re-checks a project a client sent: the manifest's structure, and input lists that only
-    /// name files matching the package's globs.
+    /// Re-checks a project a client sent (pattern packages expanded by it): the manifest's
+    /// structure, and input lists that only name files matching the package's globs.
     pub fn recheck(&self, file: &str) -> Result<Vec<String>, ProjectError> {
-        let order = self.manifest.check_structure(file)?;
+        let order = self.manifest.structure(file, true)?;
         for (name, files) in &self.inputs {
             let Some(p) = self.manifest.packages.get(name) else {
                 return Err(err(file, format!("inputs.{name}"), "no such package"));
@@ -423,6 +620,77 @@ memory_gb = 0.5
             let e = sent(&[bad]).recheck("m").expect_err(bad).to_string();
             assert!(e.starts_with(&format!("m: inputs.a: '{bad}' ")), "{e}");
         }
+    }
+
+    #[test]
+    fn a_pattern_package_expands_per_file_with_placeholders() {
+        let files = [
+            ("images/a/b.jpg", "b"),
+            ("images/c.jpg", "c"),
+            ("images/c.txt", "t"),
+            ("images/a/b.h", "h"),
+            ("images/c.h", "h"),
+        ];
+        let manifest = r#"
+[packages.thumbs]
+for_each = "images/**/*.jpg"
+command = ["magick", "{in}", "{name}", "{ext}", "out/{dir}/{stem}.webp"]
+inputs = ["{dir}/*.h"]
+outputs = ["out/{dir}/{stem}.webp"]
+
+[packages.gallery]
+deps = ["thumbs"]
+command = ["python3", "make_gallery.py"]
+"#;
+        let (_dir, result) = project(&files, manifest);
+        let p = result.expect("valid");
+        let e = &p.manifest.packages["thumbs[images/a/b.jpg]"];
+        assert_eq!(
+            e.command.clone().expect("command"),
+            vec!["magick", "images/a/b.jpg", "b.jpg", "jpg", "out/images/a/b.webp"]
+        );
+        assert_eq!(e.outputs, vec!["out/images/a/b.webp"]);
+        assert_eq!(p.inputs["thumbs[images/a/b.jpg]"], vec!["images/a/b.h", "images/a/b.jpg"]);
+        assert_eq!(p.order.last().map(String::as_str), Some("gallery"));
+        assert_eq!(p.manifest.packages["gallery"].deps, vec!["thumbs[images/a/b.jpg]", "thumbs[images/c.jpg]"]);
+        assert_eq!(p.recheck("m"), Ok(p.order.clone()), "an expanded project passes the node's check");
+        // A shell's own braces are not placeholders.
+        assert_eq!(placeholders("echo ${home} {print $1} {in}"), vec![(24, 28)]);
+        assert_eq!(expansion_of("thumbs[images/a.jpg]"), Some(("thumbs", "images/a.jpg")));
+        assert_eq!(tidy("./x.o".into()), "x.o");
+    }
+
+    #[test]
+    fn pattern_errors_are_one_line_naming_the_table() {
+        let files = [("img/a.jpg", "a"), ("img/sub/a.jpg", "b")];
+        let cases = [
+            (
+                "[packages.t]\nfor_each=\"img/*.png\"\ncommand=[\"cc\", \"{in}\"]\n",
+                "packages.t.for_each: 'img/*.png' matches no file",
+            ),
+            (
+                "[packages.t]\nfor_each=\"img/*.jpg\"\ncommand=[\"cc\", \"{stme}\"]\n",
+                "packages.t.command[1]: unknown placeholder '{stme}'",
+            ),
+            (
+                "[packages.t]\nfor_each=\"img/**/*.jpg\"\ncommand=[\"cc\"]\noutputs=[\"out/{stem}.o\"]\n",
+                "packages.t.outputs: 'out/a.o' would be written by both 'img/a.jpg' and 'img/sub/a.jpg'",
+            ),
+            ("[packages.t]\nfor_each=\"../*.jpg\"\ncommand=[\"cc\"]\n", "packages.t.for_each: '../*.jpg' has a '..'"),
+            (
+                "[packages.t]\nfor_each=\"img/*.jpg\"\ncommand=[\"cc\"]\ninputs=[\"{dir}/{stem}.h\"]\n",
+                "packages.t[img/a.jpg].inputs: 'img/a.h' matches no file",
+            ),
+        ];
+        for (manifest, want) in cases {
+            let (_dir, result) = project(&files, manifest);
+            let e = result.expect_err(manifest).to_string();
+            assert!(e.contains(want), "{manifest:?}: got '{e}', want '{want}'");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        // A hand-written expansion name is not a package name.
+        let (_dir, result) = project(&files, "[packages.\"t[img/a.jpg]\"]\ncommand=[\"cc\"]\n");
+        assert!(result.expect_err("bracketed").to_string().contains("package names use"));
     }
 
     #[test]

@@ -108,6 +108,17 @@ fn select(project: &Project, names: &[String]) -> Result<Project, BuildError> {
     let mut keep = BTreeSet::new();
     let mut stack = Vec::new();
     for (i, name) in names.iter().enumerate() {
+        // A pattern package's name selects every expansion.
+        let expansions: Vec<&String> = project
+            .manifest
+            .packages
+            .keys()
+            .filter(|n| project::expansion_of(n).is_some_and(|(table, _)| table == name))
+            .collect();
+        if !expansions.is_empty() {
+            stack.extend(expansions.into_iter().cloned());
+            continue;
+        }
         if !project.manifest.packages.contains_key(name) {
             return Err(invalid(
                 format!("packages[{i}]"),

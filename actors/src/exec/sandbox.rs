@@ -157,7 +157,7 @@ pub fn run(
     output: Option<super::OutputSink>,
 ) -> Result<TaskResult, Cancelled> {
     let started = Instant::now();
-    let dir: PathBuf = sandboxes.join(&task.build_id).join(&task.package);
+    let dir: PathBuf = sandboxes.join(&task.build_id).join(task.sandbox_name());
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         return Ok(failed(format!("sandbox {}: {e}", dir.display()), started));

@@ -49,9 +49,27 @@ impl Task {
     /// the package become directory names of the sandbox, each file is laid out at its path and
     /// each output read from its path. Used wherever a task enters a node (a peer's request, the
     /// executor), so a task from anywhere cannot name a place outside its sandbox.
+    /// `(table, path)` when the package is an expansion of a pattern package, named
+    /// `table[path]` with a single-name table and a project path.
+    fn expansion(&self) -> Option<(&str, &str)> {
+        let (table, path) = self.package.strip_suffix(']')?.split_once('[')?;
+        (check_name(table).is_ok() && super::check_path(path).is_ok()).then_some((table, path))
+    }
+
+    /// The package's sandbox directory name: the package itself, or for an expansion (whose
+    /// name holds a path) its table and a digest of the whole name.
+    pub fn sandbox_name(&self) -> String {
+        match self.expansion() {
+            Some((table, _)) => format!("{table}-{}", &blake3::hash(self.package.as_bytes()).to_hex()[..16]),
+            None => self.package.clone(),
+        }
+    }
+
     pub fn check_paths(&self) -> Result<(), BadPath> {
         check_name(&self.build_id).map_err(|e| BadPath::new("task.build_id", &self.build_id, e))?;
-        check_name(&self.package).map_err(|e| BadPath::new("task.package", &self.package, e))?;
+        if self.expansion().is_none() {
+            check_name(&self.package).map_err(|e| BadPath::new("task.package", &self.package, e))?;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, f) in self.files.iter().enumerate() {
             check_field(|| format!("task.files[{i}].path"), &f.path)?;
@@ -171,6 +189,7 @@ mod tests {
             (|t| t.outputs.push("../admin.key".into()), "task.outputs[1]: '../admin.key' has a '..'"),
             (|t| t.build_id = "../..".into(), "task.build_id: '../..' has a '..'"),
             (|t| t.package = "a/b".into(), "task.package: 'a/b' must be a single name"),
+            (|t| t.package = "t[../x]".into(), "task.package: 't[../x]' must be a single name"),
         ];
         for (spoil, want) in cases {
             let mut t = task();
@@ -178,5 +197,10 @@ mod tests {
             let e = t.check_paths().expect_err(want).to_string();
             assert!(e.starts_with(want), "got '{e}', want '{want}…'");
         }
+        // A pattern package's expansion names a project path; its sandbox is one directory.
+        let expansion = Task { package: "thumbs[images/a/b.jpg]".into(), ..task() };
+        assert_eq!(expansion.check_paths(), Ok(()));
+        let dir = expansion.sandbox_name();
+        assert!(dir.starts_with("thumbs-") && check_name(&dir).is_ok(), "{dir}");
     }
 }

@@ -208,8 +208,10 @@ fn scan_and_pool_agree_with_the_node() {
     let list = res["resources"].as_array().expect("resources");
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["node_id"], n["node_id"]);
-    let (_, none) = node.get("/api/pool/resources?node=00000000000000ff");
-    assert!(none["resources"].as_array().expect("list").is_empty());
+    // A node the pool does not know is refused, naming the parameter (not an empty list).
+    let (status, none) = node.get("/api/pool/resources?node=00000000000000ff");
+    assert_eq!(status, 400, "{none}");
+    assert!(none["error"]["message"].as_str().unwrap_or_default().starts_with("node:"), "{none}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod client;
+pub mod init;
 pub mod config;
 pub mod key;
 pub mod ledger;
@@ -97,6 +98,8 @@ pub enum Command {
         #[command(subcommand)]
         action: project::ProjectCommand,
     },
+    /// Write a starting buildnet.toml from a compilation database or a directory of media files
+    Init(init::InitArgs),
     /// Build a project (its buildnet.toml) on the pool
     Build(build::BuildArgs),
     /// Build history; with an id, one build's packages
@@ -239,6 +242,7 @@ pub fn run(cli: Cli, token_on_command_line: bool) -> Result<(), CliError> {
             let join_token = if args.join.is_some() { typed_token } else { None };
             up::run(&cli.global, args, join_token)
         }
+        Command::Init(args) => init::run(args),
         other => {
             let joining = matches!(&other, Command::Node { action: node::NodeCommand::Join { .. } });
             let ctx = Ctx::connect(&cli.global, joining && token_on_command_line)?;
@@ -256,7 +260,7 @@ pub fn run(cli: Cli, token_on_command_line: bool) -> Result<(), CliError> {
                     Command::Pool { action } => pool::run(&ctx, action).await,
                     Command::Ledger(args) => ledger::run(&ctx, args).await,
                     Command::Key { action } => key::run(&ctx, action).await,
-                    Command::Up(_) | Command::SandboxExec(_) => Ok(()),
+                    Command::Up(_) | Command::Init(_) | Command::SandboxExec(_) => Ok(()),
                 }
             })
         }

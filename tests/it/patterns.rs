@@ -175,3 +175,84 @@ fn pattern_mistakes_are_one_line_naming_the_table() {
         assert!(stderr.contains(want), "got {stderr}, want {want}");
     }
 }
+
+/// Runs `buildnet init` with `args`; returns (success, stdout, stderr).
+fn init(node: &TestNode, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["init"];
+    all.extend(args);
+    let out = node.cli(&all);
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn init_turns_a_compilation_database_into_a_build_whose_program_runs() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("c-compdb");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/c-compdb/generate.sh");
+    let gen = std::process::Command::new(script).arg(&root).output().expect("generate");
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    let dir = root.to_str().expect("path");
+
+    let (ok, manifest, notes) = init(&node, &[dir, "--dry-run"]);
+    assert!(ok, "{notes}");
+    assert!(!root.join("buildnet.toml").exists(), "--dry-run writes nothing");
+    assert_eq!(manifest.matches("[packages.").count(), 30, "29 translation units and a link: {manifest}");
+    assert!(manifest.contains("inputs = [\"src/mod7.c\", \"include/*.h\"]"), "{manifest}");
+    assert!(notes.contains("29 translation units") && notes.contains("a link package"), "{notes}");
+
+    let (ok, said, err) = init(&node, &[dir]);
+    assert!(ok && said.starts_with("wrote "), "{said}{err}");
+    let (ok, _, err) = init(&node, &[dir]);
+    assert!(!ok && err.trim().lines().count() == 1 && err.contains("--force"), "never overwritten: {err}");
+    assert!(init(&node, &[dir, "--force"]).0);
+
+    let t = Instant::now();
+    let text = built(&node, &root);
+    eprintln!("c-compdb (29 compiles and a link) built in {:.1} s", t.elapsed().as_secs_f64());
+    assert!(text.contains("30 packages, 30 ran"), "{text}");
+    let run = std::process::Command::new(root.join("c-compdb")).output().expect("the program runs");
+    assert!(run.status.success());
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "total 406\n");
+}
+
+#[test]
+fn the_media_example_builds_per_picture_and_init_guesses_a_pattern() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = common::copy_example("media-thumbs", work.path());
+    let text = built(&node, &root);
+    assert!(text.contains("thumbs: 5 expansions, 5 ran"), "{text}");
+    let gallery = std::fs::read_to_string(root.join("gallery.txt")).expect("gallery");
+    assert_eq!(gallery.lines().count(), 5, "{gallery}");
+    assert!(std::fs::read_to_string(root.join("thumbs/images/more/pic2.pgm")).expect("thumb").starts_with("P2\n8 8\n"));
+
+    let gen = std::process::Command::new("python3").arg(root.join("generate.py")).arg(&root).arg("6").output();
+    assert!(gen.expect("python3").status.success());
+    let text = built(&node, &root);
+    assert!(text.contains("thumbs: 6 expansions, 1 ran, 5 from cache"), "one new picture: {text}");
+
+    // init on the pictures alone: a pattern package with a tool on PATH, or a one-line refusal.
+    let bare = work.path().join("bare");
+    std::fs::create_dir_all(bare.join("images")).expect("mkdir");
+    std::fs::copy(root.join("images/pic0.pgm"), bare.join("images/pic0.pgm")).expect("copy");
+    let (ok, manifest, notes) = init(&node, &[bare.to_str().expect("path"), "--dry-run"]);
+    if ok {
+        assert!(manifest.contains("for_each = \"images/**/*.pgm\""), "{manifest}");
+    } else {
+        assert!(notes.trim().lines().count() == 1 && notes.contains("no tool"), "{notes}");
+    }
+
+    // The ImageMagick variant, where the machine has the real thing.
+    let magick = std::process::Command::new("magick").arg("-version").output();
+    if magick.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("ImageMagick")) {
+        std::fs::copy(root.join("imagemagick.toml"), root.join("buildnet.toml")).expect("variant");
+        let text = built(&node, &root);
+        assert!(text.contains("thumbs: 6 expansions, 6 ran"), "{text}");
+    } else {
+        eprintln!("no ImageMagick `magick` here: its variant is not built");
+    }
+}

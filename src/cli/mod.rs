@@ -4,8 +4,8 @@
 
 pub mod build;
 pub mod client;
-pub mod init;
 pub mod config;
+pub mod init;
 pub mod key;
 pub mod ledger;
 pub mod node;

@@ -147,8 +147,20 @@ fn err(file: &str, field: String, message: impl Into<String>) -> ProjectError {
     ProjectError { file: file.to_string(), field, message: message.into() }
 }
 
+/// Largest `buildnet.toml` read. The TOML parser can use up to ~200 bytes of memory per byte of
+/// a malformed file (found by fuzzing), so the cap bounds that to ~50 MB; a manifest this large
+/// is thousands of hand-written packages, which pattern packages describe in a few lines.
+pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
+
 impl Manifest {
     pub fn parse(file: &str, text: &str) -> Result<Manifest, ProjectError> {
+        if text.len() > MAX_MANIFEST_BYTES {
+            return Err(err(
+                file,
+                "(document)".into(),
+                format!("{} bytes; a manifest may have at most {MAX_MANIFEST_BYTES}", text.len()),
+            ));
+        }
         let de =
             toml::Deserializer::parse(text).map_err(|e| err(file, "(document)".into(), e.message().to_string()))?;
         serde_path_to_error::deserialize(de).map_err(|e| {
@@ -559,6 +571,14 @@ memory_gb = 0.5
         assert_eq!(p.inputs["util"], vec!["src/util.c", "src/util.h"]);
         assert!(p.manifest.packages["main"].tools[0].accepts(Some("12.2.0")));
         assert!(!p.manifest.packages["main"].tools[0].accepts(Some("8.5")));
+    }
+
+    #[test]
+    fn an_oversized_manifest_is_refused_before_parsing() {
+        let huge = format!("# {}\n{C_PROJECT}", "x".repeat(MAX_MANIFEST_BYTES));
+        let e = Manifest::parse("buildnet.toml", &huge).expect_err("too large");
+        assert!(e.to_string().contains("at most 262144"), "{e}");
+        assert!(Manifest::parse("buildnet.toml", C_PROJECT).is_ok());
     }
 
     #[test]

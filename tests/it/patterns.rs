@@ -66,6 +66,13 @@ fn a_300_file_pattern_builds_across_three_nodes_and_rebuilds_per_file() {
     let nodes: BTreeSet<&str> = packages.iter().filter_map(|p| p["node"].as_str()).collect();
     assert!(nodes.len() > 1, "expansions are placed one by one, over more than one node: {nodes:?}");
     assert!(packages.iter().any(|p| p["name"] == "upper[in/d3/f003.txt]"), "stable expansion names");
+    let auth = crate::pages::session(&a);
+    let id = status["id"].as_str().expect("build id");
+    let (_, page) = common::http("GET", &format!("{}/builds/{id}", a.url), &[("Cookie", &auth)], None);
+    assert!(
+        page.contains("data-pattern=\"upper\"") && page.contains("<td>upper</td><td>300</td><td>300</td><td>0</td>"),
+        "the build page groups the expansions"
+    );
 
     let t = Instant::now();
     let text = built(&a, &root);

@@ -61,6 +61,7 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>, id: web::Path<St
     let total = b.packages.len().max(1);
     let finished =
         b.packages.iter().filter(|p| !matches!(p.state, PackageState::Pending | PackageState::Running)).count();
+    let groups = pattern_groups(&b.packages);
     let body = html! {
         h1 { "Build " code { (b.id) } }
         p { span class=(format!("build-status {}", b.status)) #build-status { (b.status) }
@@ -83,6 +84,23 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>, id: web::Path<St
                     button type="submit" { "Run again" }
                 }
             }
+        }
+        @if !groups.is_empty() {
+            h2 { "Pattern packages" }
+            table #patterns {
+                thead { tr { th { "Pattern" } th { "Expansions" } th { "Ran" } th { "Cached" } th { "Running" } th { "Pending" } th { "Failed" } } }
+                tbody {
+                    @for (table, g) in &groups {
+                        tr data-pattern=(table) {
+                            td { (table) } td { (g.total) } td { (g.ran) } td { (g.cached) } td { (g.running) } td { (g.pending) }
+                            td { (g.failed.len())
+                                 @if !g.failed.is_empty() { br; span.small.error { (g.failed.iter().take(10).cloned().collect::<Vec<_>>().join(", "))
+                                     @if g.failed.len() > 10 { " and " (g.failed.len() - 10) " more" } } } }
+                        }
+                    }
+                }
+            }
+            h2 { "Packages" }
         }
         table #packages {
             thead { tr { th { "Package" } th { "State" } th { "Node" } th { "Cache" } th { "Duration" } th { "Exit" } } }
@@ -107,6 +125,39 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>, id: web::Path<St
         }
     };
     html_response(StatusCode::OK, layout(&format!("Build {}", b.id), Some(&who), "/builds", body))
+}
+
+/// The expansions of one pattern package (`table[file]`), counted by state.
+#[derive(Default)]
+struct PatternGroup {
+    total: usize,
+    ran: usize,
+    cached: usize,
+    running: usize,
+    pending: usize,
+    /// Expansions that failed, by file.
+    failed: Vec<String>,
+}
+
+/// Pattern packages grouped by table, in name order; plain packages are not in it.
+fn pattern_groups(
+    packages: &[buildnet_actors::builds::runner::PackageStatus],
+) -> std::collections::BTreeMap<String, PatternGroup> {
+    let mut groups: std::collections::BTreeMap<String, PatternGroup> = std::collections::BTreeMap::new();
+    for p in packages {
+        let Some((table, file)) = p.name.strip_suffix(']').and_then(|n| n.split_once('[')) else { continue };
+        let g = groups.entry(table.to_string()).or_default();
+        g.total += 1;
+        match p.state {
+            PackageState::Succeeded => g.ran += 1,
+            PackageState::Cached => g.cached += 1,
+            PackageState::Running => g.running += 1,
+            PackageState::Pending => g.pending += 1,
+            PackageState::Failed => g.failed.push(file.to_string()),
+            PackageState::Skipped | PackageState::Cancelled => {}
+        }
+    }
+    groups
 }
 
 /// The last `n` lines of some output.

@@ -37,6 +37,11 @@ struct Net {
     nodes: HashMap<String, MeshHandle>,
     links: HashMap<u64, MemoryLink>,
     next_link: u64,
+    /// Nodes whose frames vanish both ways while their links stay open: a machine that hangs
+    /// or drops off the network without closing its sockets (only heartbeats can tell).
+    silent: std::collections::HashSet<String>,
+    /// Frame bytes delivered, for the background traffic of a simulation.
+    bytes: u64,
 }
 
 /// One open link: the addresses of its two ends and their bridges.
@@ -81,6 +86,16 @@ impl MemoryNet {
             bridge.do_send(SocketClosed);
         }
         cut.len()
+    }
+
+    /// Makes the node at `address` silent: its links stay open but carry nothing either way.
+    pub fn silence(&self, address: &str) {
+        self.net().silent.insert(address.to_string());
+    }
+
+    /// Frame bytes delivered so far over every link.
+    pub fn bytes(&self) -> u64 {
+        self.net().bytes
     }
 
     /// Takes the node at `address` off the net and closes its links: a lost machine.
@@ -130,7 +145,17 @@ impl MemoryNet {
     /// both ends see the socket close.
     async fn pump(self, id: u64, mut rx: UnboundedReceiver<Outgoing>, from: Addr<BridgeActor>, to: Addr<BridgeActor>) {
         while let Some(Outgoing::Frame(frame)) = rx.recv().await {
-            to.do_send(Incoming { frame });
+            let deliver = {
+                let mut net = self.net();
+                let silent = net.links.get(&id).is_some_and(|l| l.ends.iter().any(|e| net.silent.contains(e)));
+                if !silent {
+                    net.bytes += frame.len() as u64;
+                }
+                !silent
+            };
+            if deliver {
+                to.do_send(Incoming { frame });
+            }
         }
         from.do_send(SocketClosed);
         to.do_send(SocketClosed);

@@ -126,7 +126,7 @@ impl Handler<LinkAuthenticated> for MeshActor {
             act.send(link_id, MeshMessage::Roster { entries });
         }));
         self.advertise(ctx, true);
-        self.exchange_heads(ctx);
+        self.exchange_heads(ctx, true);
     }
 }
 

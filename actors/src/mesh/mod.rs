@@ -219,6 +219,8 @@ pub struct MeshActor {
     pool: Option<Recipient<PeersChanged>>,
     /// Refused joins counted until their summary goes to the ledger.
     refused: RefusedJoins,
+    /// Our ledger heads as last read, and their digest (what peers compare theirs with).
+    heads: (String, Vec<wire::Head>),
 }
 
 impl MeshActor {
@@ -282,6 +284,7 @@ impl MeshActor {
             probes: netbench::Probes::default(),
             pool: None,
             refused: RefusedJoins::default(),
+            heads: (String::new(), Vec::new()),
         };
         actor.refresh_own_entry().await?;
         actor.reload_roster().await?;
@@ -319,7 +322,7 @@ impl MeshActor {
         let ping = MeshMessage::Ping { sent_ms: wire::now_ms(), view: self.view.clone() };
         self.broadcast(ping);
         self.dial_missing(now, ctx);
-        self.exchange_heads(ctx);
+        self.exchange_heads(ctx, false);
         self.advertise(ctx, false);
         self.schedule_benchmarks();
         self.expire_transfers();
@@ -348,6 +351,7 @@ impl MeshActor {
             MeshMessage::Leave { node_id } => self.on_leave(link_id, from, node_id),
             MeshMessage::Rekey => {}
             MeshMessage::LedgerHeads { heads } => self.answer_heads(ctx, link_id, heads),
+            MeshMessage::LedgerDigest { digest } => self.on_ledger_digest(link_id, digest),
             MeshMessage::LedgerEntries { entries } => self.on_entries(from, entries),
             MeshMessage::BlobWant { digests } => self.on_blob_want(link_id, digests),
             MeshMessage::BlobChunk(chunk) => self.on_chunk(ctx, link_id, chunk),

@@ -1,6 +1,7 @@
-//! Ledger sync: every tick a node sends its heads; a peer answers with what the sender lacks in
-//! bounded batches that each fit one frame; received batches are checked and stored by the
-//! ledger actor.
+//! Ledger sync: every tick a node sends a digest of its heads; a peer whose heads differ sends
+//! its heads, and the other answers with what it lacks in bounded batches that each fit one
+//! frame; received batches are checked and stored by the ledger actor. `SyncNow` sends the heads
+//! themselves at once.
 
 use actix::prelude::*;
 
@@ -9,13 +10,30 @@ use crate::events::Event;
 use crate::wire::{self, Head, MeshMessage, NodeId};
 
 impl MeshActor {
-    /// Sends our ledger heads to every peer; each answers with what we lack.
-    pub(super) fn exchange_heads(&mut self, ctx: &mut Context<Self>) {
+    /// Reads our ledger heads and sends every peer their digest (`full`: the heads themselves,
+    /// so each answers with what we lack at once).
+    pub(super) fn exchange_heads(&mut self, ctx: &mut Context<Self>, full: bool) {
         let ledger = self.ledger.clone();
-        ctx.spawn(async move { ledger.heads().await }.into_actor(self).map(|heads, act, _| match heads {
-            Ok(heads) => act.broadcast(MeshMessage::LedgerHeads { heads }),
+        ctx.spawn(async move { ledger.heads().await }.into_actor(self).map(move |heads, act, _| match heads {
+            Ok(heads) => {
+                let digest = heads_digest(&heads);
+                act.heads = (digest.clone(), heads.clone());
+                if full {
+                    act.broadcast(MeshMessage::LedgerHeads { heads });
+                } else {
+                    act.broadcast(MeshMessage::LedgerDigest { digest });
+                }
+            }
             Err(e) => log::warn!("ledger heads: {e}"),
         }));
+    }
+
+    /// A peer's digest: when its heads differ from ours, it gets ours and answers with what we
+    /// lack (and, getting our digest too, sends its heads for us to answer).
+    pub(super) fn on_ledger_digest(&mut self, link_id: u64, digest: String) {
+        if digest != self.heads.0 && !self.heads.1.is_empty() {
+            self.send(link_id, MeshMessage::LedgerHeads { heads: self.heads.1.clone() });
+        }
     }
 
     /// Answers a peer's heads with the entries it lacks, in bounded batches.
@@ -46,6 +64,19 @@ impl MeshActor {
             }),
         );
     }
+}
+
+/// The digest of a set of heads: BLAKE3 over each origin's id, seq and hash, in origin order.
+pub(super) fn heads_digest(heads: &[Head]) -> String {
+    let mut sorted: Vec<&Head> = heads.iter().collect();
+    sorted.sort_by(|a, b| a.origin.cmp(&b.origin));
+    let mut hasher = blake3::Hasher::new();
+    for h in sorted {
+        hasher.update(h.origin.as_str().as_bytes());
+        hasher.update(&h.seq.to_le_bytes());
+        hasher.update(h.hash.as_bytes());
+    }
+    hasher.finalize().to_hex().to_string()
 }
 
 /// Splits entries into batches that each fit one frame.
@@ -84,7 +115,7 @@ impl Handler<SyncNow> for MeshActor {
     type Result = usize;
 
     fn handle(&mut self, _: SyncNow, ctx: &mut Context<Self>) -> usize {
-        self.exchange_heads(ctx);
+        self.exchange_heads(ctx, true);
         self.peers.values().filter(|p| p.link.is_some()).count()
     }
 }
@@ -118,6 +149,15 @@ mod tests {
 
     fn id(n: u8) -> NodeId {
         NodeId::parse(&format!("{n:016x}")).expect("id")
+    }
+
+    #[test]
+    fn heads_digests_ignore_order_and_see_every_change() {
+        let head = |o: u8, seq: u64| Head { origin: id(o), seq, hash: format!("{seq:064x}") };
+        let a = heads_digest(&[head(1, 5), head(2, 7)]);
+        assert_eq!(a, heads_digest(&[head(2, 7), head(1, 5)]), "order does not matter");
+        assert_ne!(a, heads_digest(&[head(1, 5), head(2, 8)]), "a new entry changes it");
+        assert_ne!(a, heads_digest(&[head(1, 5)]), "a missing origin changes it");
     }
 
     #[test]

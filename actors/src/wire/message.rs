@@ -74,6 +74,12 @@ pub enum MeshMessage {
     TaskCancel {
         build_id: String,
     },
+    /// A digest of the sender's ledger heads, sent every tick instead of the heads: a peer whose
+    /// own heads differ answers with its `LedgerHeads`, so an idle mesh sends 32 bytes per link
+    /// per second instead of one head per node.
+    LedgerDigest {
+        digest: String,
+    },
     /// Output a requested task printed so far (at most [`crate::wire::OUTPUT_CHUNK`] bytes), sent
     /// while it runs so the requester's build page and CLI can show it live.
     TaskOutput {

@@ -94,6 +94,7 @@ fn sample_bodies() -> Vec<serde_json::Value> {
         json!({"TaskDone": {"task_id": 9, "result": {"Err": {"kind": "cancelled"}}}}),
         json!({"TaskCancel": {"build_id": "b_0123456789ab"}}),
         json!({"TaskOutput": {"task_id": 7, "chunk": "compiling add.c\n"}}),
+        json!({"LedgerDigest": {"digest": "ab".repeat(32)}}),
         json!({"NetEcho": {"probe": 1, "seq": 2}}),
         json!({"NetEchoReply": {"probe": 1, "seq": 2}}),
         json!({"NetDataEnd": {"probe": 1}}),

@@ -281,8 +281,9 @@ fn browser_nodes_page_shows_the_mesh_and_updates_live_when_a_peer_dies() {
     assert!(driver.text("main").contains("last advertised"), "a remote node has its own page");
 }
 
-/// Logs in over HTTP; returns the Cookie header value of the session.
-pub(crate) fn session(node: &TestNode) -> String {
+/// Posts the login form with `key` as a browser would (its CSRF cookie and field); the raw
+/// answer: status and headers.
+pub(crate) fn submit_login(node: &TestNode, key: &str) -> (u16, Vec<(String, String)>) {
     let (_, headers, page) = http_full("GET", &format!("{}/login", node.url), &[], None);
     let csrf_cookie = cookie(&headers, "bn_login_csrf").expect("csrf cookie");
     let csrf = hidden_csrf(&page);
@@ -290,10 +291,21 @@ pub(crate) fn session(node: &TestNode) -> String {
         "POST",
         &format!("{}/login", node.url),
         &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &format!("bn_login_csrf={csrf_cookie}"))],
-        Some(format!("key={}&csrf={csrf}", node.admin_key).as_bytes()),
+        Some(format!("key={key}&csrf={csrf}").as_bytes()),
     );
+    (status, headers)
+}
+
+/// Logs in with `key`; returns the Cookie header value of the session.
+pub(crate) fn session_with(node: &TestNode, key: &str) -> String {
+    let (status, headers) = submit_login(node, key);
     assert_eq!(status, 303);
     format!("bn_session={}", cookie(&headers, "bn_session").expect("session"))
+}
+
+/// Logs in with the node's admin key; returns the Cookie header value of the session.
+pub(crate) fn session(node: &TestNode) -> String {
+    session_with(node, &node.admin_key)
 }
 
 fn form_encode(text: &str) -> String {
@@ -511,15 +523,7 @@ fn pages_ask_before_revoking_keep_typed_input_and_name_the_role_needed() {
     }
 
     // A builder key is told which role a page action needs, not "something went wrong".
-    let builder = http_full("GET", &url("/login"), &[], None);
-    let (csrf_cookie, login_csrf) = (cookie(&builder.1, "bn_login_csrf").expect("cookie"), hidden_csrf(&builder.2));
-    let (_, headers, _) = http_full(
-        "POST",
-        &url("/login"),
-        &[ctype, ("Cookie", &format!("bn_login_csrf={csrf_cookie}"))],
-        Some(format!("key={builder_key}&csrf={login_csrf}").as_bytes()),
-    );
-    let as_builder = format!("bn_session={}", cookie(&headers, "bn_session").expect("session"));
+    let as_builder = session_with(&node, &builder_key);
     let csrf = hidden_csrf(&http("GET", &url("/configs"), &[("Cookie", &as_builder)], None).1);
     let (status, page) = http(
         "POST",

@@ -12,7 +12,7 @@ use crate::common::outsider::{self, block_on, Impostor};
 use crate::common::proxy::Proxy;
 use crate::common::{self, http, http_full, wait_all_online, wait_until, Start, TestNode};
 use crate::mesh::{agreed, heads};
-use crate::pages::{cookie, hidden_csrf, session};
+use crate::pages::{cookie, hidden_csrf, session, submit_login};
 use buildnet_actors::mesh::roster::MeshInfo;
 
 #[test]
@@ -278,14 +278,7 @@ fn logins_are_rate_limited_per_source() {
 fn over_https_the_session_cookie_is_marked_secure() {
     let node = TestNode::start_with(Start { args: vec!["--tls".into()], ..Default::default() });
     assert!(node.url.starts_with("https://"), "{}", node.url);
-    let (_, headers, page) = http_full("GET", &format!("{}/login", node.url), &[], None);
-    let (csrf_cookie, csrf) = (cookie(&headers, "bn_login_csrf").expect("csrf cookie"), hidden_csrf(&page));
-    let (status, headers, _) = http_full(
-        "POST",
-        &format!("{}/login", node.url),
-        &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &format!("bn_login_csrf={csrf_cookie}"))],
-        Some(format!("key={}&csrf={csrf}", node.admin_key).as_bytes()),
-    );
+    let (status, headers) = submit_login(&node, &node.admin_key);
     assert_eq!(status, 303);
     let set = headers.iter().find(|(k, v)| k == "set-cookie" && v.starts_with("bn_session=")).expect("session cookie");
     assert!(set.1.contains("Secure") && set.1.contains("HttpOnly"), "{}", set.1);

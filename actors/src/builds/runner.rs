@@ -538,13 +538,7 @@ impl Handler<PackageOutput> for BuildActor {
             return;
         }
         p.output_tail.push_str(&msg.chunk);
-        if p.output_tail.len() > wire::TAIL_BYTES {
-            let mut cut = p.output_tail.len() - wire::TAIL_BYTES;
-            while !p.output_tail.is_char_boundary(cut) {
-                cut += 1;
-            }
-            p.output_tail.drain(..cut);
-        }
+        wire::keep_tail(&mut p.output_tail, wire::TAIL_BYTES);
         let progress = self.progress();
         self.ctx.events.publish(Event::BuildProgress {
             build_id: self.status.id.clone(),

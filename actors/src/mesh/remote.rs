@@ -371,13 +371,7 @@ impl MeshActor {
         if self.work.sent.get(&task_id).is_none_or(|(peer, _, _)| *peer != from) {
             return;
         }
-        if chunk.len() > wire::OUTPUT_CHUNK {
-            let mut cut = chunk.len() - wire::OUTPUT_CHUNK;
-            while !chunk.is_char_boundary(cut) {
-                cut += 1;
-            }
-            chunk.drain(..cut);
-        }
+        wire::keep_tail(&mut chunk, wire::OUTPUT_CHUNK);
         if let Some(sink) = self.work.sent_output.get(&task_id) {
             sink(chunk);
         }

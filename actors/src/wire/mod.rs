@@ -28,6 +28,17 @@ pub use task::*;
 /// Version of the wire protocol; bumped on any incompatible change of these types.
 /// 2: blobs are pulled with `BlobWant` and sent in a window acknowledged by `BlobAck`.
 pub const PROTOCOL_VERSION: u16 = 3;
+/// Keeps the last `max` bytes of `text` (or a little less, to cut on a character boundary).
+pub fn keep_tail(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = text.len() - max;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        text.drain(..cut);
+    }
+}
+
 /// Largest piece of a running package's output sent at once (a `TaskOutput` message, an event).
 pub const OUTPUT_CHUNK: usize = 4096;
 

@@ -36,12 +36,14 @@ def _start(data, name, config, join=None, token=None):
 
 
 @contextlib.contextmanager
-def mesh(names, config, prefix, ready=lambda node: True, timeout=120):
+def mesh(names, config, prefix, ready=lambda node: True, timeout=120, build=True):
     """Builds the release binary, starts `names[0]` and joins the others with builder tokens,
     each with `config` as its node-config.json, and waits until every node is online and
     `ready(node)` holds for each (a node as `pool nodes --format json` lists it). Yields
-    (work dir, {name: data dir}); stops the nodes and removes the work dir afterwards."""
-    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    (work dir, {name: data dir}); stops the nodes and removes the work dir afterwards.
+    `build=False` uses BIN as it is (a caller comparing an older binary sets BIN)."""
+    if build:
+        subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix=prefix)
     dirs = {name: os.path.join(work, name) for name in names}
     procs = []

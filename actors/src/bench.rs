@@ -78,38 +78,221 @@ fn sieve() -> usize {
     count
 }
 
-fn sieves_for(duration: Duration) -> u64 {
-    let start = Instant::now();
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
+/// Whole sieves for about `duration` on this thread: (sieves, wall time they took, CPU time this
+/// thread got meanwhile).
+fn sieves_for(duration: Duration) -> (u64, Duration, Duration) {
+    let (start, cpu_start) = (Instant::now(), thread_cpu());
     let mut n = 0u64;
     while start.elapsed() < duration {
         std::hint::black_box(sieve());
         n += 1;
     }
-    n
+    (n, start.elapsed(), thread_cpu().saturating_sub(cpu_start))
 }
 
+/// Where the machine's CPU time went: all of it busy (from `/proc/stat`, steal included: a
+/// hypervisor's other guests take cores too) and this process's own share. The difference over
+/// a phase is other work: packages (child processes), other programs, other guests.
+#[derive(Debug, Clone, Copy)]
+struct CpuClock {
+    at: Instant,
+    machine_busy: Duration,
+    own: Duration,
+}
+
+impl CpuClock {
+    /// None where `/proc/stat` cannot be read (not Linux): then nothing is judged disturbed.
+    fn now() -> Option<CpuClock> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).map_while(|v| v.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal; guest time is already in user.
+        let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|i| ticks.get(*i)).sum();
+        // SAFETY: sysconf reads a constant.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let mut own = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes one timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut own) };
+        Some(CpuClock {
+            at: Instant::now(),
+            machine_busy: Duration::from_micros(busy * 1_000_000 / hz),
+            own: Duration::new(own.tv_sec.max(0) as u64, own.tv_nsec.clamp(0, 999_999_999) as u32),
+        })
+    }
+
+    /// Cores' worth of CPU other work used since `earlier`.
+    fn others_since(&self, earlier: &CpuClock) -> f64 {
+        let wall = self.at.duration_since(earlier.at).as_secs_f64();
+        let busy = self.machine_busy.saturating_sub(earlier.machine_busy).as_secs_f64();
+        let own = self.own.saturating_sub(earlier.own).as_secs_f64();
+        if wall > 0.0 {
+            ((busy - own) / wall).max(0.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Cores the kernel runs work on now.
+fn online_cores() -> usize {
+    // SAFETY: sysconf reads a constant.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    }
+}
+
+/// How much other work a phase on `threads` threads tolerates, in cores beyond those it leaves
+/// idle: `/proc/stat` counts in 10 ms ticks, so a 0.2 s phase on two cores reads ±0.1 core.
+const OTHERS_TOLERANCE: f64 = 0.25;
+/// Below this share of the wall time on a core, the phase's threads were preempted.
+const MIN_OWN_SHARE: f64 = 0.92;
+
+/// Whether other work took CPU the measurement needed: its threads did not have their cores
+/// (`own_share`), or other work used more cores than the measurement left idle.
+fn disturbance(cores: usize, threads: usize, own_share: f64, others: f64) -> Option<String> {
+    let idle = cores.saturating_sub(threads) as f64;
+    if own_share < MIN_OWN_SHARE {
+        Some(format!("its threads ran {:.0} % of the time (other work took their cores)", own_share * 100.0))
+    } else if others > idle + OTHERS_TOLERANCE {
+        Some(format!("other work used {others:.2} cores while it left {idle} idle"))
+    } else {
+        None
+    }
+}
+
+/// One timed phase of sieves on `threads` threads.
+struct Phase {
+    /// Sieves per second, all threads together.
+    score: f64,
+    disturbed: Option<String>,
+}
+
+fn phase(threads: usize, duration: Duration) -> Phase {
+    let before = CpuClock::now();
+    let runs: Vec<(u64, Duration, Duration)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(|| sieves_for(duration))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let others = match (before, CpuClock::now()) {
+        (Some(b), Some(a)) => a.others_since(&b),
+        _ => 0.0,
+    };
+    // Each thread's rate over its own time: they do not end at the same instant.
+    let score = runs.iter().map(|(n, wall, _)| *n as f64 / wall.as_secs_f64().max(1e-9)).sum();
+    let wall: f64 = runs.iter().map(|(_, w, _)| w.as_secs_f64()).sum();
+    let cpu: f64 = runs.iter().map(|(_, _, c)| c.as_secs_f64()).sum();
+    let own_share = if wall > 0.0 { cpu / wall } else { 1.0 };
+    Phase { score, disturbed: disturbance(online_cores(), threads, own_share, others) }
+}
+
+/// Rounds of (one thread, every thread) phases whose median is the score.
+const CPU_ROUNDS: usize = 5;
+/// A phase shorter than this reads `/proc/stat` too coarsely to judge disturbance.
+const MIN_PHASE: Duration = Duration::from_millis(200);
+/// At least this many undisturbed phases of each kind make a figure.
+const MIN_CLEAN: usize = 3;
+
+/// The median, or 0 for no values.
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Phases of one kind: the scores of undisturbed ones, and the rest with why.
+#[derive(Default)]
+struct Phases {
+    clean: Vec<f64>,
+    disturbed: Vec<(f64, String)>,
+}
+
+impl Phases {
+    fn add(&mut self, p: Phase) {
+        match p.disturbed {
+            None => self.clean.push(p.score),
+            Some(why) => self.disturbed.push((p.score, why)),
+        }
+    }
+
+    /// The median of the undisturbed phases when there are enough; else of all, with the
+    /// latest reason.
+    fn score(&self) -> (f64, Option<String>) {
+        if self.clean.len() >= MIN_CLEAN {
+            return (median(self.clean.clone()), None);
+        }
+        let all = self.clean.iter().copied().chain(self.disturbed.iter().map(|d| d.0)).collect();
+        (median(all), self.disturbed.last().map(|d| d.1.clone()))
+    }
+}
+
+/// The CPU benchmark: after a warm-up (clock up, memory touched), rounds of a one-thread phase
+/// then an all-thread phase, each `secs / 5` long (at least 0.2 s); the scores are the medians
+/// of the phases no other work disturbed. Disturbed phases are run again, within three times
+/// the planned time; a result without three clean phases of each kind says it was disturbed.
 pub fn cpu(threads: usize, secs: f64) -> CpuBenchmarkResult {
     let started = Instant::now();
-    let d = Duration::from_secs_f64(secs);
-    let single = sieves_for(d) as f64 / secs;
-    let total: u64 = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(|| sieves_for(d))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
-    });
-    let multi = total as f64 / secs;
-    let efficiency = if single > 0.0 { (multi / (single * threads.max(1) as f64)).min(1.0) } else { 0.0 };
+    let threads = threads.max(1);
+    let length = Duration::from_secs_f64(secs / CPU_ROUNDS as f64).max(MIN_PHASE);
+    phase(threads, length.min(MIN_PHASE));
+    let budget = length * (2 * CPU_ROUNDS as u32) * 3;
+    let (mut single, mut multi) = (Phases::default(), Phases::default());
+    for round in 0.. {
+        let enough = single.clean.len() >= CPU_ROUNDS && multi.clean.len() >= CPU_ROUNDS;
+        if enough || (round >= CPU_ROUNDS && started.elapsed() > budget) {
+            break;
+        }
+        if single.clean.len() < CPU_ROUNDS {
+            single.add(phase(1, length));
+        }
+        if multi.clean.len() < CPU_ROUNDS {
+            multi.add(phase(threads, length));
+        }
+    }
+    let (single_score, single_why) = single.score();
+    let (multi_score, multi_why) = multi.score();
+    let disturbed = match (single_why, multi_why) {
+        (None, None) => None,
+        (s, m) => Some(format!(
+            "{} of {} one-thread and {} of {} all-core phases disturbed; latest: {}",
+            single.disturbed.len(),
+            single.clean.len() + single.disturbed.len(),
+            multi.disturbed.len(),
+            multi.clean.len() + multi.disturbed.len(),
+            m.or(s).unwrap_or_default()
+        )),
+    };
+    let efficiency = if single_score > 0.0 { (multi_score / (single_score * threads as f64)).min(1.0) } else { 0.0 };
     CpuBenchmarkResult {
-        single_core_score: single,
-        multi_core_score: multi,
+        single_core_score: single_score,
+        multi_core_score: multi_score,
         parallel_efficiency: efficiency,
         effective_cores: (efficiency * threads as f64).round() as usize,
         threads,
         duration_ms: started.elapsed().as_millis() as u64,
+        disturbed,
     }
 }
 
 pub fn memory(buffer_mb: usize) -> MemoryBenchmarkResult {
     let started = Instant::now();
+    let before = CpuClock::now();
     let len = buffer_mb << 20;
     let src = vec![1u8; len];
     let mut dst = vec![0u8; len];
@@ -149,6 +332,11 @@ pub fn memory(buffer_mb: usize) -> MemoryBenchmarkResult {
         bandwidth_gbps: bandwidth,
         latency_ns: latency,
         duration_ms: started.elapsed().as_millis() as u64,
+        // Bandwidth and latency are shared with every core: other work on any of them counts.
+        disturbed: match (before, CpuClock::now()) {
+            (Some(b), Some(a)) => disturbance(online_cores(), 1, 1.0, a.others_since(&b)),
+            _ => None,
+        },
     }
 }
 
@@ -200,6 +388,16 @@ fn open(path: &Path, direct: bool, write: bool) -> std::io::Result<std::fs::File
     o.open(path)
 }
 
+/// Reserves `len` bytes for `file`; where the filesystem cannot (EOPNOTSUPP), writes allocate.
+fn preallocate(file: &std::fs::File, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on a valid descriptor with mode 0 (allocate, extend the size).
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if r != 0 {
+        log::debug!("storage benchmark: fallocate: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// Classifies storage by the plan's thresholds.
 pub fn classify(seq_read_mbps: f64, random_read_iops: u32) -> &'static str {
     match (seq_read_mbps, random_read_iops) {
@@ -236,13 +434,18 @@ fn storage_in(dir: &Path, file: &Path, opts: &BenchOptions) -> std::io::Result<S
     for (i, b) in buf.slice().iter_mut().enumerate() {
         *b = (i * 31 % 251) as u8;
     }
-    // Sequential write.
+    // Sequential write into a preallocated file, the way fio lays out its file before a write
+    // job. Into a fresh, empty file ext4 allocates extents as the writes extend it, which read
+    // 1.6–1.8× fio's figure for the same size and block; preallocated extents start unwritten
+    // and each write converts its range, the cost fio (and a file rewritten in place) pays.
     let mut f = open(file, direct, true)?;
+    preallocate(&f, (blocks * BLOCK) as u64);
     let t = Instant::now();
     for _ in 0..blocks {
         f.write_all(buf.slice())?;
     }
-    f.sync_all()?;
+    // Timed until durable: O_DIRECT bypasses the page cache, fdatasync flushes the device.
+    f.sync_data()?;
     let seq_write = (blocks * BLOCK) as f64 / t.elapsed().as_secs_f64() / 1e6;
     drop_cache(&f);
     drop(f);
@@ -298,6 +501,7 @@ fn storage_in(dir: &Path, file: &Path, opts: &BenchOptions) -> std::io::Result<S
         method: method.into(),
         file_mb: opts.file_mb,
         duration_ms: started.elapsed().as_millis() as u64,
+        disturbed: None,
     })
 }
 
@@ -338,6 +542,7 @@ impl Handler<Run> for BenchmarkActor {
             memory,
             storage: storage_results,
             network: vec![],
+            waited_ms: 0,
         })
     }
 }
@@ -348,27 +553,34 @@ pub struct BenchHandle {
     addr: Addr<BenchmarkActor>,
     store: crate::store::StoreHandle,
     ledger: crate::ledger::LedgerHandle,
+    /// One benchmark at a time on this node, whoever asks (schedule, API, CLI): two at once
+    /// would each measure the other.
+    turn: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl BenchHandle {
     pub fn start(store: crate::store::StoreHandle, ledger: crate::ledger::LedgerHandle) -> BenchHandle {
-        BenchHandle { addr: SyncArbiter::start(1, || BenchmarkActor), store, ledger }
+        let turn = Default::default();
+        BenchHandle { addr: SyncArbiter::start(1, || BenchmarkActor), store, ledger, turn }
     }
 
-    /// Runs what `run` asks for on the benchmark thread (one run at a time), then records it.
-    pub async fn run(&self, run: Run) -> Result<BenchmarkResults, String> {
-        let results = self.measure(run).await?;
-        self.record(&results).await;
-        Ok(results)
+    /// Waits until no other benchmark runs on this node; the turn lasts while the guard lives.
+    pub async fn turn(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.turn.clone().lock_owned().await
     }
 
-    /// Runs without recording, for callers that add network figures before recording it all.
+    /// Measures on the benchmark thread without recording: the caller holds a [`Self::turn`] and
+    /// adds network figures before recording it all.
     pub async fn measure(&self, run: Run) -> Result<BenchmarkResults, String> {
         self.addr.send(run).await.map_err(|_| "the benchmark actor stopped".to_string())?
     }
 
-    /// Stores results in `benchmarks` and appends `BenchmarkCompleted` to the ledger.
+    /// Stores results in `benchmarks` and appends `BenchmarkCompleted` to the ledger, disturbed
+    /// parts marked as such (and logged): they stay in the history, out of the node's figures.
     pub async fn record(&self, results: &BenchmarkResults) {
+        for (kind, why) in results.disturbed() {
+            log::warn!("{kind} benchmark disturbed by other work, recorded but not advertised: {why}");
+        }
         let (node, at) = (results.node_id.clone(), results.timestamp_ms as i64);
         let mut rows: Vec<(&'static str, String)> = Vec::new();
         if let Some(c) = &results.cpu {
@@ -403,9 +615,10 @@ impl BenchHandle {
             "node_id": results.node_id,
             "started_at_ms": results.timestamp_ms.saturating_sub(results.duration_ms),
             "finished_at_ms": results.timestamp_ms,
-            "cpu": results.cpu.as_ref().map(|c| serde_json::json!({ "single": c.single_core_score, "multi": c.multi_core_score, "efficiency": c.parallel_efficiency })),
-            "memory": results.memory.as_ref().map(|m| serde_json::json!({ "gbps": m.bandwidth_gbps, "latency_ns": m.latency_ns })),
-            "storage": results.storage.iter().map(|s| serde_json::json!({ "path": s.path, "class": s.storage_class, "read_mbps": s.seq_read_mbps, "write_mbps": s.seq_write_mbps })).collect::<Vec<_>>(),
+            "cpu": results.cpu.as_ref().map(|c| serde_json::json!({ "single": c.single_core_score, "multi": c.multi_core_score, "efficiency": c.parallel_efficiency, "disturbed": c.disturbed })),
+            "memory": results.memory.as_ref().map(|m| serde_json::json!({ "gbps": m.bandwidth_gbps, "latency_ns": m.latency_ns, "disturbed": m.disturbed })),
+            "storage": results.storage.iter().map(|s| serde_json::json!({ "path": s.path, "class": s.storage_class, "read_mbps": s.seq_read_mbps, "write_mbps": s.seq_write_mbps, "disturbed": s.disturbed })).collect::<Vec<_>>(),
+            "waited_ms": results.waited_ms,
             "network": results.network.iter().map(|n| serde_json::json!({ "node": n.target_node, "latency_ms": n.latency_ms, "jitter_ms": n.jitter_ms, "upload_mbps": n.upload_mbps, "download_mbps": n.download_mbps })).collect::<Vec<_>>(),
         });
         let _ = self.ledger.append(crate::wire::LedgerEntryType::BenchmarkCompleted, summary).await;
@@ -424,6 +637,7 @@ impl BenchHandle {
                 memory: None,
                 storage: vec![],
                 network: vec![],
+                waited_ms: 0,
             };
             match kind.as_str() {
                 "cpu" => r.cpu = serde_json::from_value(value).ok(),
@@ -471,6 +685,100 @@ mod tests {
         assert!(r.single_core_score > 0.0 && r.multi_core_score > 0.0);
         assert!(r.parallel_efficiency > 0.0 && r.parallel_efficiency <= 1.0);
         assert!(r.effective_cores <= 2);
+    }
+
+    /// Processes spinning on every core until dropped: other work, as packages are. (The
+    /// integration tests have their own: a test crate cannot reach this module's.)
+    struct Spinners(Vec<std::process::Child>);
+
+    impl Drop for Spinners {
+        fn drop(&mut self) {
+            self.0.iter_mut().for_each(|c| drop((c.kill(), c.wait())));
+        }
+    }
+
+    fn spin_every_core() -> Spinners {
+        let spin = |_| std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().expect("sh");
+        Spinners((0..online_cores()).map(spin).collect())
+    }
+
+    #[test]
+    fn the_cpu_clock_counts_other_processes_not_this_one() {
+        let cores = online_cores();
+        let _spin = spin_every_core();
+        let before = CpuClock::now().expect("/proc/stat");
+        std::thread::sleep(Duration::from_millis(500));
+        let others = CpuClock::now().expect("/proc/stat").others_since(&before);
+        // The spinners alone keep every core busy; the sleeping test uses none.
+        assert!(others > cores as f64 * 0.8, "others used {others} of {cores} cores");
+    }
+
+    #[test]
+    fn a_cpu_run_beside_other_work_says_it_was_disturbed() {
+        let _spin = spin_every_core();
+        let r = cpu(online_cores(), 0.2);
+        let why = r.disturbed.expect("disturbed");
+        assert!(why.contains("all-core phases disturbed"), "{why}");
+    }
+
+    #[test]
+    fn disturbance_compares_other_work_with_the_cores_a_phase_leaves_idle() {
+        // One thread on two cores leaves one idle: another program there is fine.
+        assert_eq!(disturbance(2, 1, 1.0, 1.0), None);
+        assert!(disturbance(2, 1, 1.0, 1.5).is_some_and(|w| w.contains("1.50 cores")));
+        // Every core busy: a quarter core of other work is within /proc/stat's resolution.
+        assert_eq!(disturbance(2, 2, 0.99, 0.2), None);
+        assert!(disturbance(2, 2, 0.99, 0.4).is_some());
+        // Threads that did not get their cores were disturbed whatever /proc/stat says.
+        assert!(disturbance(2, 2, 0.8, 0.0).is_some_and(|w| w.contains("80 %")));
+    }
+
+    #[test]
+    fn scores_are_medians_of_clean_phases_unless_too_few() {
+        let p = |score, why: Option<&str>| Phase { score, disturbed: why.map(String::from) };
+        let mut phases = Phases::default();
+        for (score, why) in [(100.0, None), (50.0, Some("busy")), (104.0, None), (98.0, None), (300.0, None)] {
+            phases.add(p(score, why));
+        }
+        assert_eq!(phases.score(), (102.0, None), "median of 98, 100, 104, 300; 50 left out");
+        let mut few = Phases::default();
+        for (score, why) in [(100.0, None), (50.0, Some("a")), (60.0, Some("b"))] {
+            few.add(p(score, why));
+        }
+        assert_eq!(few.score(), (60.0, Some("b".to_string())));
+    }
+
+    fn results(cpu: f64, disturbed: Option<&str>) -> BenchmarkResults {
+        BenchmarkResults {
+            node_id: "n".into(),
+            timestamp_ms: 1000 + cpu as u64,
+            duration_ms: 1,
+            cpu: Some(CpuBenchmarkResult {
+                single_core_score: cpu,
+                multi_core_score: cpu * 2.0,
+                parallel_efficiency: 1.0,
+                effective_cores: 2,
+                threads: 2,
+                duration_ms: 1,
+                disturbed: disturbed.map(String::from),
+            }),
+            memory: None,
+            storage: vec![],
+            network: vec![],
+            waited_ms: 0,
+        }
+    }
+
+    #[test]
+    fn disturbed_figures_are_not_folded_into_what_the_node_advertises() {
+        let mut scores = BenchmarkScores::default();
+        scores.merge(&results(700.0, None));
+        scores.merge(&results(900.0, Some("other work used 1.5 cores")));
+        assert_eq!(scores.cpu_single(), Some(700.0), "the clean figure stays");
+        assert_eq!(scores.measured_at_ms, 1900, "the schedule still sees the run end");
+        let mut marked = results(800.0, None);
+        marked.mark_disturbed("packages were running");
+        assert_eq!(marked.disturbed(), vec![("cpu", "packages were running")]);
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub enum LeaseError {
     Empty { resource: String, unit: &'static str },
     #[error("{resource}: no lease {id}")]
     Unknown { resource: String, id: String },
+    /// The node is measuring itself; a package now would skew the figures and run slowly.
+    #[error("{resource}: this node is running a benchmark and takes no new packages until it ends")]
+    Benchmarking { resource: String },
 }
 
 /// The leases on one resource.

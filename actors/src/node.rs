@@ -271,6 +271,13 @@ impl Handler<GetNodeStatus> for NodeActor {
             if saturated {
                 status.status = wire::NodeState::Busy;
             }
+            // A benchmarking node takes no new packages (see `LeaseResource`): it offers no core.
+            if status.benchmarks.running {
+                status.status = wire::NodeState::Busy;
+                for r in status.resource_status.iter_mut().filter(|r| matches!(r.kind, wire::ResourceKind::Cpu)) {
+                    r.available = 0;
+                }
+            }
             Ok(status)
         })
     }
@@ -291,12 +298,23 @@ impl Handler<BenchmarkUpdate> for NodeActor {
         self.benchmarks.running = msg.running;
         if let Some(r) = msg.results {
             self.benchmarks.merge(&r);
-            if r.cpu.is_some() {
-                self.benchmarks.next_due_ms = next_benchmark_due(&self.config, wire::now_ms(), r.timestamp_ms);
+            if let Some(cpu) = &r.cpu {
+                // A disturbed run is tried again sooner than the interval, not at once: a busy
+                // machine would disturb it again.
+                let last = if cpu.disturbed.is_some() {
+                    let interval = (self.config.benchmark.interval_hours * 3_600_000.0) as u64;
+                    r.timestamp_ms.saturating_sub(interval.saturating_sub(DISTURBED_RETRY_MS))
+                } else {
+                    r.timestamp_ms
+                };
+                self.benchmarks.next_due_ms = next_benchmark_due(&self.config, wire::now_ms(), last);
             }
         }
     }
 }
+
+/// How soon a scheduled benchmark that other work disturbed is tried again (at most the interval).
+pub const DISTURBED_RETRY_MS: u64 = 10 * 60_000;
 
 /// When a node next wants a scheduled benchmark, given the time of its last one (0: never).
 pub fn next_benchmark_due(config: &NodeConfig, now_ms: u64, last_ms: u64) -> Option<u64> {
@@ -386,7 +404,11 @@ impl Handler<LeaseResource> for NodeActor {
 
     fn handle(&mut self, msg: LeaseResource, _: &mut Context<Self>) -> Self::Result {
         let child = self.children.get(&msg.resource_key).cloned();
+        let benchmarking = self.benchmarks.running && msg.resource_key == "cpu";
         Box::pin(async move {
+            if benchmarking {
+                return Err(NodeError::Lease(LeaseError::Benchmarking { resource: msg.resource_key }));
+            }
             let child = child.ok_or(NodeError::UnknownResource(msg.resource_key))?;
             Ok(child
                 .send(resource::RequestLease { request: msg.request })

@@ -36,6 +36,9 @@ pub struct BenchmarkSelection {
     pub network_options: crate::mesh::netbench::NetworkOptions,
 }
 
+/// How long a benchmark waits for the packages already running on its node to end.
+pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Everything a running node consists of; the web layer holds one.
 #[derive(Clone)]
 pub struct Node {
@@ -65,16 +68,28 @@ impl Node {
         Ok(status)
     }
 
-    /// Runs a benchmark: local figures on the benchmark thread, then each peer's link. While it
-    /// runs the node advertises `running`, so the coordinator grants no other node a turn; the
-    /// results are recorded (`benchmarks`, ledger) and advertised. A peer that cannot be
-    /// measured is left out of a run with several parts and fails a run of that peer alone.
+    /// Runs a benchmark: local figures on the benchmark thread, then each peer's link. One at a
+    /// time per node: a run asked for while another goes on waits for it (`waited_ms` says how
+    /// long). While it runs the node advertises `running` and takes no new packages, so the
+    /// coordinator grants no other node a turn and placement looks elsewhere; packages already
+    /// running get [`DRAIN`] to end, else the run is marked disturbed. Results are recorded
+    /// (`benchmarks`, ledger) and advertised, disturbed parts only recorded. A peer that cannot
+    /// be measured is left out of a run with several parts and fails a run of that peer alone.
     pub async fn benchmark(&self, want: BenchmarkSelection) -> Result<crate::bench::BenchmarkResults, String> {
+        let asked = std::time::Instant::now();
+        let _turn = self.bench.turn().await;
+        let waited_ms = asked.elapsed().as_millis() as u64;
         self.node.benchmark_update(true, None).await;
         let started_ms = wire::now_ms();
+        let local = want.cpu || want.memory || !want.storage.is_empty();
+        let busy = if local { self.drain_packages().await } else { None };
         let outcome = self.measure(want).await.map(|mut r| {
             r.timestamp_ms = wire::now_ms();
             r.duration_ms = r.timestamp_ms.saturating_sub(started_ms);
+            r.waited_ms = waited_ms;
+            if let Some(why) = &busy {
+                r.mark_disturbed(why);
+            }
             r
         });
         if let Ok(r) = &outcome {
@@ -82,6 +97,25 @@ impl Node {
         }
         self.node.benchmark_update(false, outcome.as_ref().ok().cloned()).await;
         outcome
+    }
+
+    /// Waits up to [`DRAIN`] for the packages running here to end (new ones are refused while
+    /// the node benchmarks); says how many still run when they do not.
+    async fn drain_packages(&self) -> Option<String> {
+        let deadline = std::time::Instant::now() + DRAIN;
+        loop {
+            let leased: u64 = match self.node.status().await {
+                Ok(s) => s.resource_status.iter().filter(|r| r.kind == wire::ResourceKind::Cpu).map(|r| r.leased).sum(),
+                Err(_) => 0,
+            };
+            if leased == 0 {
+                return None;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Some(format!("packages held {leased} cores of this node when it started"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     async fn measure(&self, want: BenchmarkSelection) -> Result<crate::bench::BenchmarkResults, String> {
@@ -96,6 +130,7 @@ impl Node {
                 memory: None,
                 storage: vec![],
                 network: vec![],
+                waited_ms: 0,
             }
         } else {
             self.bench

@@ -63,8 +63,13 @@ fn print_network(n: &NetworkBenchmarkResult) {
     ]);
 }
 
+/// The line a disturbed figure gets: it was recorded, not advertised.
+fn disturbed_fact(why: &Option<String>) -> Option<(&'static str, String)> {
+    why.as_ref().map(|w| ("Disturbed", format!("{w} — recorded, not advertised to placement")))
+}
+
 fn print_storage(s: &StorageBenchmarkResult) {
-    print_facts(&[
+    let mut facts = vec![
         ("Storage", format!("{} — class {} ({}, {} MB file)", s.path, s.storage_class, s.method, s.file_mb)),
         ("Sequential", format!("read {:.0} MB/s, write {:.0} MB/s", s.seq_read_mbps, s.seq_write_mbps)),
         (
@@ -74,19 +79,28 @@ fn print_storage(s: &StorageBenchmarkResult) {
                 s.random_read_iops, s.random_write_iops, s.read_latency_us
             ),
         ),
-    ]);
+    ];
+    facts.extend(disturbed_fact(&s.disturbed));
+    print_facts(&facts);
 }
 
 pub fn print_results(r: &BenchmarkResults) {
+    if r.waited_ms > 0 {
+        print_facts(&[("Waited", format!("{:.1} s for the benchmark already running here", r.waited_ms as f64 / 1e3))]);
+    }
     if let Some(c) = &r.cpu {
-        print_facts(&[
+        let mut facts = vec![
             ("CPU single", format!("{:.1} sieves/s", c.single_core_score)),
             ("CPU all", format!("{:.1} sieves/s on {} threads", c.multi_core_score, c.threads)),
             ("Efficiency", format!("{:.2} ({} effective cores)", c.parallel_efficiency, c.effective_cores)),
-        ]);
+        ];
+        facts.extend(disturbed_fact(&c.disturbed));
+        print_facts(&facts);
     }
     if let Some(m) = &r.memory {
-        print_facts(&[("Memory", format!("{:.1} GB/s, {:.0} ns latency", m.bandwidth_gbps, m.latency_ns))]);
+        let mut facts = vec![("Memory", format!("{:.1} GB/s, {:.0} ns latency", m.bandwidth_gbps, m.latency_ns))];
+        facts.extend(disturbed_fact(&m.disturbed));
+        print_facts(&facts);
     }
     for s in &r.storage {
         print_storage(s);
@@ -96,12 +110,21 @@ pub fn print_results(r: &BenchmarkResults) {
     }
 }
 
+/// Says so (on stderr) when another benchmark runs on the node: this one waits for it, the node
+/// measures one at a time.
+async fn say_if_another_runs(ctx: &Ctx) {
+    let status: Result<serde_json::Value, CliError> = ctx.client.get("/api/node").await;
+    if status.is_ok_and(|s| s["benchmarks"]["running"] == true) {
+        eprintln!("a benchmark is already running on this node (scheduled, or asked for elsewhere); this one starts when it ends");
+    }
+}
+
 /// What a benchmark phase measures, as the spinner says it while it runs.
 fn describe(cmd: &TestCommand) -> String {
     match cmd {
-        TestCommand::Cpu { seconds } => {
-            format!("CPU: a sieve on one core for {seconds} s, then on every core for {seconds} s")
-        }
+        TestCommand::Cpu { seconds } => format!(
+            "CPU: a sieve in five rounds of one core, then every core ({seconds} s of each), medians of the rounds"
+        ),
         TestCommand::Memory => "memory: copy bandwidth, then dependent-read latency".into(),
         TestCommand::Storage { path, size_mb } => format!(
             "storage at {path}: {size_mb} MB written and read sequentially, random 4 KiB writes and reads, read latency (page cache bypassed)"
@@ -116,13 +139,14 @@ fn describe(cmd: &TestCommand) -> String {
 /// The phases of `test all`, one request each (results merge into the node's figures), so the
 /// spinner can say what runs and each phase's figures print as soon as it ends.
 const PHASES: [(&str, &str); 4] = [
-    ("cpu", "CPU: a sieve on one core, then on every core"),
+    ("cpu", "CPU: a sieve in rounds of one core, then every core"),
     ("memory", "memory: copy bandwidth, then dependent-read latency"),
     ("storage", "storage: every volume of the node, page cache bypassed"),
     ("network", "network: the mesh link to every online peer"),
 ];
 
 async fn run_all(ctx: &Ctx) -> Result<(), CliError> {
+    say_if_another_runs(ctx).await;
     let mut all: Option<BenchmarkResults> = None;
     for (i, (kind, what)) in PHASES.iter().enumerate() {
         let bar = spinner(&format!("[{}/{}] measuring {what}…", i + 1, PHASES.len()));
@@ -139,6 +163,7 @@ async fn run_all(ctx: &Ctx) -> Result<(), CliError> {
             None => all = Some(r),
             Some(a) => {
                 a.duration_ms += r.duration_ms;
+                a.waited_ms += r.waited_ms;
                 a.cpu = a.cpu.take().or(r.cpu);
                 a.memory = a.memory.take().or(r.memory);
                 a.storage.extend(r.storage);
@@ -154,6 +179,7 @@ pub async fn run(ctx: &Ctx, cmd: TestCommand) -> Result<(), CliError> {
     if matches!(cmd, TestCommand::All) {
         return run_all(ctx).await;
     }
+    say_if_another_runs(ctx).await;
     let bar = spinner(&format!("measuring {}…", describe(&cmd)));
     if let Some(b) = &bar {
         if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {

@@ -1,6 +1,8 @@
 //! Benchmarks between real nodes: the network test over the mesh link, results advertised to the
-//! pool, and the start-up benchmarks that the coordinator grants one node at a time.
+//! pool, the start-up benchmarks that the coordinator grants one node at a time, one benchmark at
+//! a time on a node, no new packages while it runs, and disturbed figures kept from placement.
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::{self, two_nodes, wait_until, Start, TestNode};
@@ -106,15 +108,131 @@ fn start_up_benchmarks_take_turns_across_the_mesh() {
         assert!(e["data"]["cpu"]["single"].as_f64().unwrap_or(0.0) > 0.0, "{e}");
         assert!(!e["data"]["storage"].as_array().map(Vec::is_empty).unwrap_or(true), "{e}");
     }
-    wait_until("every node's scores in the pool view", Duration::from_secs(10), || {
+    // A run other work disturbed (three nodes and whatever else shares this machine) is
+    // recorded but not advertised, and comes back sooner than the interval.
+    let clean = |id: &str| entries.iter().any(|e| e["origin"] == id && e["data"]["cpu"]["disturbed"].is_null());
+    wait_until("every node's clean scores, and only those, in the pool view", Duration::from_secs(10), || {
         let (_, v) = c.get("/api/pool/nodes");
         let nodes = v["nodes"].as_array()?.clone();
         (nodes.len() == 3
             && nodes.iter().all(|n| {
-                n["benchmarks"]["cpu"]["single_core_score"].as_f64().unwrap_or(0.0) > 0.0
+                let advertised = n["benchmarks"]["cpu"]["single_core_score"].as_f64().unwrap_or(0.0) > 0.0;
+                advertised == clean(n["id"].as_str().unwrap_or_default())
                     && n["benchmarks"]["next_due_ms"].as_u64().unwrap_or(0)
                         > n["benchmarks"]["measured_at_ms"].as_u64().unwrap_or(u64::MAX)
             }))
         .then_some(())
     });
+}
+
+/// `buildnet test cpu` against `node`, running in the background.
+fn cpu_test_in_background(node: &TestNode, seconds: &str) -> std::process::Child {
+    Command::new(common::BIN)
+        .args(["test", "cpu", "--seconds", seconds, "--format", "json"])
+        .env("BUILDNET_DATA_DIR", &node.dir)
+        .env_remove("BUILDNET_ADDRESS")
+        .env_remove("BUILDNET_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn buildnet test cpu")
+}
+
+fn wait_benchmarking(node: &TestNode, timeout: Duration) {
+    wait_until("the node to benchmark", timeout, || {
+        let (_, v) = node.get("/api/node");
+        (v["benchmarks"]["running"] == true).then_some(())
+    });
+}
+
+#[test]
+fn an_explicit_run_during_the_start_up_benchmark_waits_for_it_and_says_so() {
+    let _serial = common::serial();
+    let node = TestNode::start_with(Start { benchmark_on_start: true, ..Start::named("solo") });
+    // The start-up run starts once the node has settled as its own coordinator.
+    wait_benchmarking(&node, Duration::from_secs(60));
+    let out = node.cli(&["test", "cpu", "--seconds", "0.2", "--format", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(r["waited_ms"].as_u64().unwrap_or(0) > 0, "{r}");
+
+    let (_, v) = node.get("/api/ledger?types=BenchmarkCompleted");
+    let entries = v["entries"].as_array().expect("entries").clone();
+    assert_eq!(entries.len(), 2, "the start-up run and ours: {v}");
+    let mut spans = runs(&entries);
+    spans.sort_by_key(|s| s.1);
+    assert!(spans[0].2 <= spans[1].1, "benchmarks overlapped: {spans:?}");
+    assert!(entries.iter().any(|e| e["data"]["waited_ms"].as_u64().unwrap_or(0) > 0), "{v}");
+}
+
+#[test]
+fn a_node_under_benchmark_offers_no_core_and_starts_no_package() {
+    let _serial = common::serial();
+    let node = TestNode::start();
+    let project = tempfile::tempdir().expect("tempdir");
+    std::fs::write(project.path().join("buildnet.toml"), "[packages.hello]\ncommand = [\"true\"]\n").expect("manifest");
+
+    let mut bench = cpu_test_in_background(&node, "2");
+    wait_benchmarking(&node, Duration::from_secs(30));
+    let (_, status) = node.get("/api/node");
+    assert_eq!(status["status"], "busy", "{status}");
+    let cpu = status["resource_status"].as_array().expect("resources").iter().find(|r| r["key"] == "cpu").cloned();
+    assert_eq!(cpu.as_ref().map(|c| c["available"].clone()), Some(json!(0)), "no free core advertised: {cpu:?}");
+
+    // A build asked for now waits until the benchmark is over.
+    let built = node.cli(&["build", "--project", project.path().to_str().expect("path")]);
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    assert!(bench.wait().expect("benchmark").success());
+    let (_, v) = node.get("/api/ledger?types=BenchmarkCompleted,ResourceAllocated");
+    let seq = |kind: &str| {
+        v["entries"]
+            .as_array()
+            .and_then(|es| es.iter().find(|e| e["entry_type"] == kind))
+            .and_then(|e| e["seq"].as_u64())
+    };
+    let (done, allocated) = (seq("BenchmarkCompleted").expect("benchmark"), seq("ResourceAllocated").expect("package"));
+    assert!(allocated > done, "the package got its core (seq {allocated}) before the benchmark ended (seq {done})");
+    let (_, status) = node.get("/api/node");
+    assert_eq!(status["benchmarks"]["running"], false);
+}
+
+/// Processes spinning on every core until dropped: work the node did not start.
+struct Spinners(Vec<std::process::Child>);
+
+impl Drop for Spinners {
+    fn drop(&mut self) {
+        self.0.iter_mut().for_each(|c| drop((c.kill(), c.wait())));
+    }
+}
+
+#[test]
+fn a_run_other_work_disturbed_is_recorded_and_said_but_not_advertised() {
+    let _serial = common::serial();
+    let node = TestNode::start();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let spin = || Command::new("sh").args(["-c", "while :; do :; done"]).spawn().expect("sh");
+    let spinners = Spinners((0..cores).map(|_| spin()).collect());
+    let out = node.cli(&["test", "cpu", "--seconds", "0.2"]);
+    let r = node.cli_json(&["test", "cpu", "--seconds", "0.2"]);
+    drop(spinners);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("Disturbed") && text.contains("not advertised"), "{text}");
+    let why = r["cpu"]["disturbed"].as_str().expect("the result says it was disturbed");
+    assert!(why.contains("phases disturbed"), "{why}");
+
+    let (_, status) = node.get("/api/node");
+    assert!(status["benchmarks"]["cpu"].is_null(), "not the node's figure: {}", status["benchmarks"]);
+    let (_, history) = node.get("/api/node/benchmarks?type=cpu");
+    let recorded = history.as_array().expect("history").clone();
+    assert_eq!(recorded.len(), 2, "{history}");
+    assert!(recorded.iter().all(|h| h["results"]["disturbed"].is_string()), "{history}");
+    let (_, v) = node.get("/api/ledger?types=BenchmarkCompleted");
+    let entries = v["entries"].as_array().expect("entries").clone();
+    assert!(entries.iter().all(|e| e["data"]["cpu"]["disturbed"].is_string()), "{v}");
 }

@@ -17,6 +17,10 @@ pub struct CpuBenchmarkResult {
     pub effective_cores: usize,
     pub threads: usize,
     pub duration_ms: u64,
+    /// Why this run is not the node's figure — other work ran during it — or none when it is.
+    /// A disturbed result is recorded and shown but never advertised to placement.
+    #[serde(default)]
+    pub disturbed: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -24,6 +28,10 @@ pub struct MemoryBenchmarkResult {
     pub bandwidth_gbps: f64,
     pub latency_ns: f64,
     pub duration_ms: u64,
+    /// Why this run is not the node's figure — other work ran during it — or none when it is.
+    /// A disturbed result is recorded and shown but never advertised to placement.
+    #[serde(default)]
+    pub disturbed: Option<String>,
 }
 
 /// Plan §8.1's storage result.
@@ -41,6 +49,10 @@ pub struct StorageBenchmarkResult {
     pub method: String,
     pub file_mb: u64,
     pub duration_ms: u64,
+    /// Why this run is not the node's figure — other work ran during it — or none when it is.
+    /// A disturbed result is recorded and shown but never advertised to placement.
+    #[serde(default)]
+    pub disturbed: Option<String>,
 }
 
 /// Plan §8.1's network result: measured over the real, encrypted mesh link to one peer.
@@ -76,6 +88,28 @@ pub struct BenchmarkResults {
     pub storage: Vec<StorageBenchmarkResult>,
     #[serde(default)]
     pub network: Vec<NetworkBenchmarkResult>,
+    /// How long the run waited for another benchmark on this node to end first (ms).
+    #[serde(default)]
+    pub waited_ms: u64,
+}
+
+impl BenchmarkResults {
+    /// The local parts other work disturbed: (kind, why).
+    pub fn disturbed(&self) -> Vec<(&'static str, &str)> {
+        let cpu = self.cpu.iter().filter_map(|c| c.disturbed.as_deref()).map(|w| ("cpu", w));
+        let memory = self.memory.iter().filter_map(|m| m.disturbed.as_deref()).map(|w| ("memory", w));
+        let storage = self.storage.iter().filter_map(|s| s.disturbed.as_deref()).map(|w| ("storage", w));
+        cpu.chain(memory).chain(storage).collect()
+    }
+
+    /// Marks every local part disturbed for `why`, keeping the reason a part found itself.
+    pub fn mark_disturbed(&mut self, why: &str) {
+        let parts = self.cpu.iter_mut().map(|c| &mut c.disturbed);
+        let parts = parts.chain(self.memory.iter_mut().map(|m| &mut m.disturbed));
+        for d in parts.chain(self.storage.iter_mut().map(|s| &mut s.disturbed)) {
+            d.get_or_insert_with(|| why.to_string());
+        }
+    }
 }
 
 /// A node's latest figures, advertised to the pool: placement ranks nodes by them, the estimator
@@ -97,15 +131,17 @@ pub struct BenchmarkScores {
 }
 
 impl BenchmarkScores {
-    /// Folds newer results in, keeping one per storage path and one per peer.
+    /// Folds newer results in, keeping one per storage path and one per peer. Disturbed parts
+    /// are left out: other work skewed them, so placement must not rank the node by them.
+    /// `measured_at_ms` still moves on, so the schedule sees the run ended.
     pub fn merge(&mut self, r: &BenchmarkResults) {
-        if let Some(c) = &r.cpu {
+        if let Some(c) = r.cpu.as_ref().filter(|c| c.disturbed.is_none()) {
             self.cpu = Some(c.clone());
         }
-        if let Some(m) = &r.memory {
+        if let Some(m) = r.memory.as_ref().filter(|m| m.disturbed.is_none()) {
             self.memory = Some(m.clone());
         }
-        for s in &r.storage {
+        for s in r.storage.iter().filter(|s| s.disturbed.is_none()) {
             self.storage.retain(|x| x.path != s.path);
             self.storage.push(s.clone());
         }

@@ -209,9 +209,16 @@ impl Keys {
         found
     }
 
-    /// Records use of a key; at most one write a minute per key.
+    /// Records use of a key; at most one write a minute per key. Looked at under the shared
+    /// lock first: every authenticated request touches its key, and taking the exclusive lock
+    /// each time made concurrent requests queue behind one another.
     pub fn touch(&self, id: &str) {
         let now = wire::now_ms();
+        let recent = |k: &KeyRecord| k.info.last_used_at_ms.is_some_and(|t| now.saturating_sub(t) <= 60_000);
+        let fresh = self.ring.read().ok().and_then(|ring| ring.iter().find(|k| k.info.id == id).map(recent));
+        if fresh != Some(false) {
+            return;
+        }
         let stale = self
             .ring
             .write()

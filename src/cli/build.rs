@@ -101,16 +101,20 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
 
     let bars = Bars::new(request.project.order.len() as u64, &id, missing.missing.len(), digests.len());
     let mut cancelled = false;
-    // Poll quickly at first (a cached build is done in milliseconds), then every 100 ms.
+    // The node answers at once when the build ends, else after 100 ms (progress for the bars),
+    // so the end is seen when it happens rather than at the next poll. A node that answered
+    // sooner without the build ending does not wait (an older one): then poll with a pause.
     let mut pause = Duration::from_millis(5);
     let status = loop {
-        let status: BuildStatus = ctx.client.get(&format!("/api/build/{id}")).await?;
+        let asked = std::time::Instant::now();
+        let status: BuildStatus = ctx.client.get(&format!("/api/build/{id}?wait_ms=100")).await?;
         bars.update(&status);
         if status.done() {
             break status;
         }
+        let rest = if asked.elapsed() >= Duration::from_millis(50) { Duration::ZERO } else { pause };
         tokio::select! {
-            _ = actix_rt::time::sleep(pause) => pause = (pause * 2).min(Duration::from_millis(100)),
+            _ = actix_rt::time::sleep(rest) => pause = (pause * 2).min(Duration::from_millis(100)),
             _ = tokio::signal::ctrl_c(), if !cancelled => {
                 cancelled = true;
                 bars.note("cancelling…");

@@ -27,6 +27,8 @@ pub struct AppState {
     pub join_limit: limit::RateLimit,
     /// Logins per source address: 20 at once, then one every 3 s.
     pub login_limit: limit::RateLimit,
+    /// The serialized `/api/pool` answer, shared for a few milliseconds.
+    pub pool_json: api::pool::PoolJson,
 }
 
 /// Builds the server on a bound listener, serving HTTPS when given a TLS configuration; the
@@ -43,6 +45,7 @@ pub fn server(
         sessions: auth::Sessions::default(),
         join_limit: limit::RateLimit::new("join", 10, std::time::Duration::from_secs(6)),
         login_limit: limit::RateLimit::new("login", 20, std::time::Duration::from_secs(3)),
+        pool_json: api::pool::PoolJson::default(),
     });
     let server = HttpServer::new(move || {
         App::new()

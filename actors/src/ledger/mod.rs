@@ -2,10 +2,12 @@
 //! BLAKE3 over a canonical encoding and signed with the node's Ed25519 key.
 //!
 //! `LedgerActor` owns the `ledger` table on its own `SyncArbiter` thread and connection, opened
-//! with `synchronous=FULL`: once `append` returns, the entry survives a crash. This file owns the
-//! actor, appending to this node's own chain, and `LedgerHandle`; the other concerns live in
-//! `chain` (encoding, hashing, checking), `table` (the row layout), `query` (the timeline's
-//! filters) and `sync` (peers' batches, heads, equivocation proofs).
+//! with `synchronous=FULL`: once `append` returns, the entry survives a crash. Appends are
+//! committed in groups: every append waiting when the actor gets to them goes into one
+//! transaction with one sync, and each is answered only after that commit (see [`Appends`]).
+//! This file owns the actor, appending to this node's own chain, and `LedgerHandle`; the other
+//! concerns live in `chain` (encoding, hashing, checking), `table` (the row layout), `query`
+//! (the timeline's filters) and `sync` (peers' batches, heads, equivocation proofs).
 
 mod chain;
 mod query;
@@ -13,9 +15,11 @@ mod sync;
 mod table;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use rusqlite::{Connection, OptionalExtension};
+use tokio::sync::oneshot;
 
 use crate::events::{Event, EventBus};
 use crate::identity::Identity;
@@ -36,6 +40,8 @@ pub struct LedgerActor {
     /// Our chain's head: (seq, hash).
     head: Option<(u64, String)>,
     last_hlc: Hlc,
+    /// Appends waiting for the next group commit (shared with every [`LedgerHandle`]).
+    appends: Appends,
 }
 
 impl Actor for LedgerActor {
@@ -62,51 +68,124 @@ impl LedgerActor {
         self.head = Some(head.clone());
         Ok(head)
     }
+}
 
-    /// Next reading of the hybrid logical clock.
-    fn tick(&mut self) -> Hlc {
-        let wall = wire::now_ms();
-        self.last_hlc = if wall > self.last_hlc.wall_ms {
-            Hlc { wall_ms: wall, logical: 0 }
-        } else {
-            Hlc { wall_ms: self.last_hlc.wall_ms, logical: self.last_hlc.logical + 1 }
-        };
-        self.last_hlc
+/// Next reading of the hybrid logical clock after `last`.
+fn next_hlc(last: &mut Hlc) -> Hlc {
+    let wall = wire::now_ms();
+    *last = if wall > last.wall_ms {
+        Hlc { wall_ms: wall, logical: 0 }
+    } else {
+        Hlc { wall_ms: last.wall_ms, logical: last.logical + 1 }
+    };
+    *last
+}
+
+/// An entry waiting to be appended, and where its answer goes once its group is committed.
+struct PendingAppend {
+    entry_type: LedgerEntryType,
+    data: serde_json::Value,
+    reply: oneshot::Sender<Result<LedgerEntry, StoreError>>,
+}
+
+/// Appends waiting for the ledger thread, in the order they were asked for (their chain order).
+/// The first append into an empty queue sends [`CommitAppends`]; appends that arrive while a
+/// group is being committed queue up and go together into the next one, so under load one sync
+/// serves many entries, and alone an entry waits for no timer.
+#[derive(Clone, Default)]
+pub struct Appends {
+    queue: Arc<Mutex<Vec<PendingAppend>>>,
+}
+
+impl Appends {
+    /// Queues an entry; true when the queue was empty (the caller must wake the ledger thread).
+    fn push(&self, pending: PendingAppend) -> Result<bool, PendingAppend> {
+        match self.queue.lock() {
+            Ok(mut q) => {
+                q.push(pending);
+                Ok(q.len() == 1)
+            }
+            Err(_) => Err(pending),
+        }
+    }
+
+    fn take(&self) -> Vec<PendingAppend> {
+        self.queue.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default()
     }
 }
 
-/// Appends an entry to this node's chain.
+/// Commits every queued append in one transaction (one sync) and answers each.
 #[derive(Message)]
-#[rtype(result = "Result<LedgerEntry, StoreError>")]
-pub struct Append {
-    pub entry_type: LedgerEntryType,
-    pub data: serde_json::Value,
+#[rtype(result = "()")]
+struct CommitAppends;
+
+impl Handler<CommitAppends> for LedgerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CommitAppends, _: &mut Self::Context) {
+        self.commit_queued();
+    }
 }
 
-impl Handler<Append> for LedgerActor {
-    type Result = Result<LedgerEntry, StoreError>;
+impl LedgerActor {
+    /// Commits every queued append as one group and answers each.
+    fn commit_queued(&mut self) {
+        let (group, replies): (Vec<_>, Vec<_>) =
+            self.appends.take().into_iter().map(|p| ((p.entry_type, p.data), p.reply)).unzip();
+        if group.is_empty() {
+            return;
+        }
+        match self.commit_group(group) {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                log::warn!("committing {} ledger entries: {e}", replies.len());
+                for reply in replies {
+                    let again = match &e {
+                        StoreError::Unavailable => StoreError::Unavailable,
+                        other => StoreError::Corrupt(format!("the ledger did not commit: {other}")),
+                    };
+                    let _ = reply.send(Err(again));
+                }
+            }
+        }
+    }
 
-    fn handle(&mut self, mut msg: Append, _: &mut Self::Context) -> Self::Result {
-        msg.data = bounded(msg.data);
-        let (seq, prev_hash) = self.own_head()?;
-        let seq = seq + 1;
-        let hlc = self.tick();
+    /// Chains and inserts a group of entries in one transaction, in order: each is hashed and
+    /// signed onto the last one stored. An entry whose insert fails is answered with its error
+    /// and the next takes its place in the chain. Only a successful commit makes them count (and
+    /// moves the cached head); a failed commit leaves the chain as it was.
+    fn commit_group(
+        &mut self,
+        group: Vec<(LedgerEntryType, serde_json::Value)>,
+    ) -> Result<Vec<Result<LedgerEntry, StoreError>>, StoreError> {
+        let mut head = self.own_head()?;
         let origin = self.identity.node_id.clone();
-        let hash = blake3::hash(&canonical_bytes(&origin, seq, &prev_hash, hlc, msg.entry_type, &msg.data));
-        let signature = wire::hex(&self.identity.sign(hash.as_bytes()));
-        let entry = LedgerEntry {
-            origin,
-            seq,
-            prev_hash,
-            hlc,
-            entry_type: msg.entry_type,
-            data: msg.data,
-            hash: hash.to_hex().to_string(),
-            signature,
-        };
-        insert(self.conn()?, &entry)?;
-        self.head = Some((seq, entry.hash.clone()));
-        Ok(entry)
+        let (identity, last_hlc) = (&self.identity, &mut self.last_hlc);
+        let tx = self.conn.as_mut().ok_or(StoreError::Unavailable)?.transaction()?;
+        let mut results = Vec::with_capacity(group.len());
+        for (entry_type, data) in group {
+            let (seq, prev_hash) = (head.0 + 1, head.1.clone());
+            let hlc = next_hlc(last_hlc);
+            let data = bounded(data);
+            let hash = blake3::hash(&canonical_bytes(&origin, seq, &prev_hash, hlc, entry_type, &data));
+            let signature = wire::hex(&identity.sign(hash.as_bytes()));
+            let hash = hash.to_hex().to_string();
+            let entry = LedgerEntry { origin: origin.clone(), seq, prev_hash, hlc, entry_type, data, hash, signature };
+            match insert(&tx, &entry) {
+                Ok(()) => {
+                    head = (seq, entry.hash.clone());
+                    results.push(Ok(entry));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        tx.commit()?;
+        self.head = Some(head);
+        Ok(results)
     }
 }
 
@@ -169,6 +248,8 @@ impl Handler<Close> for LedgerActor {
     type Result = ();
 
     fn handle(&mut self, _: Close, _: &mut Self::Context) {
+        // Appends asked for before the close are committed (and answered) first.
+        self.commit_queued();
         store::close(self.conn.take());
     }
 }
@@ -177,6 +258,7 @@ impl Handler<Close> for LedgerActor {
 #[derive(Clone)]
 pub struct LedgerHandle {
     addr: Addr<LedgerActor>,
+    appends: Appends,
     events: Option<EventBus>,
 }
 
@@ -185,25 +267,62 @@ impl LedgerHandle {
     pub fn start(db_path: &Path, identity: Identity, events: Option<EventBus>) -> Result<LedgerHandle, StoreError> {
         let conn = store::open(db_path, Durability::Full)?;
         let slot = std::sync::Mutex::new(Some(conn));
+        let appends = Appends::default();
+        let queue = appends.clone();
         let addr = SyncArbiter::start(1, move || LedgerActor {
             conn: slot.lock().ok().and_then(|mut s| s.take()),
             identity: identity.clone(),
             head: None,
             last_hlc: Hlc { wall_ms: 0, logical: 0 },
+            appends: queue.clone(),
         });
-        Ok(LedgerHandle { addr, events })
+        Ok(LedgerHandle { addr, appends, events })
     }
 
+    /// Appends an entry to this node's chain; answers once the entry is committed (synced), in
+    /// a group with whatever else was appended meanwhile.
     pub async fn append(
         &self,
         entry_type: LedgerEntryType,
         data: serde_json::Value,
     ) -> Result<LedgerEntry, StoreError> {
-        let entry = self.addr.send(Append { entry_type, data }).await.map_err(|_| StoreError::Unavailable)??;
-        if let Some(events) = &self.events {
-            events.publish(Event::LedgerEntry { entry: Box::new(entry.clone()) });
+        self.submit(entry_type, data).await
+    }
+
+    /// Queues an entry at once — its place in the chain is fixed by this call, before any later
+    /// one — and returns what answers when it is committed. A caller that need not wait for the
+    /// sync (the executor, while the package runs) awaits it later or lets it be.
+    pub fn submit(
+        &self,
+        entry_type: LedgerEntryType,
+        data: serde_json::Value,
+    ) -> impl std::future::Future<Output = Result<LedgerEntry, StoreError>> + 'static {
+        let queued = self.queue(entry_type, data);
+        let events = self.events.clone();
+        async move {
+            let entry = queued?.await.map_err(|_| StoreError::Unavailable)??;
+            if let Some(events) = &events {
+                events.publish(Event::LedgerEntry { entry: Box::new(entry.clone()) });
+            }
+            Ok(entry)
         }
-        Ok(entry)
+    }
+
+    fn queue(
+        &self,
+        entry_type: LedgerEntryType,
+        data: serde_json::Value,
+    ) -> Result<oneshot::Receiver<Result<LedgerEntry, StoreError>>, StoreError> {
+        if !self.addr.connected() {
+            return Err(StoreError::Unavailable);
+        }
+        let (reply, answer) = oneshot::channel();
+        match self.appends.push(PendingAppend { entry_type, data, reply }) {
+            Ok(true) => self.addr.do_send(CommitAppends),
+            Ok(false) => {}
+            Err(_) => return Err(StoreError::Unavailable),
+        }
+        Ok(answer)
     }
 
     pub async fn query(&self, filter: LedgerFilter) -> Result<Vec<LedgerEntry>, StoreError> {
@@ -276,6 +395,40 @@ mod tests {
         let report = ledger.verify().await.expect("verify");
         assert!(report.ok, "{report:?}");
         assert_eq!(report.chains[0].entries, 2);
+    }
+
+    #[actix::test]
+    async fn concurrent_appends_are_chained_in_the_order_asked_and_kept_once_answered() {
+        let (dir, ledger, id) = fresh_ledger().await;
+        // Queued together (as the executor's entries are while packages run): one group commit
+        // or several, each entry is answered with its place in the chain only once committed.
+        let pending: Vec<_> = (0..200)
+            .map(|i| ledger.submit(LedgerEntryType::ResourceAllocated, serde_json::json!({ "i": i })))
+            .collect();
+        let answered = futures_util::future::join_all(pending).await;
+        let entries: Vec<LedgerEntry> = answered.into_iter().map(|r| r.expect("append")).collect();
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(e.seq, i as u64 + 1, "chain order is the order asked");
+            assert_eq!(e.data["i"], i);
+        }
+        let appended = ledger.append(LedgerEntryType::KeyCreated, serde_json::json!({})).await.expect("append");
+        assert_eq!(appended.prev_hash, entries[199].hash);
+        // What was answered is on disk: another connection, opened after, reads every entry.
+        let conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
+        let report = verify_all(&conn, (id.node_id.to_string(), id.public_key())).expect("verify");
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.chains[0].entries, 201);
+        assert_eq!(report.chains[0].head_hash, appended.hash);
+    }
+
+    #[actix::test]
+    async fn a_closed_ledger_commits_what_was_queued_and_refuses_the_rest() {
+        let (_dir, ledger, _) = fresh_ledger().await;
+        let queued = ledger.submit(LedgerEntryType::KeyCreated, serde_json::json!({ "before": "close" }));
+        ledger.close().await;
+        assert_eq!(queued.await.expect("committed before the close").seq, 1);
+        let late = ledger.append(LedgerEntryType::KeyCreated, serde_json::json!({})).await;
+        assert!(matches!(late, Err(StoreError::Unavailable)), "{late:?}");
     }
 
     #[test]

@@ -8,9 +8,11 @@ use buildnet_actors::builds::projects::ProjectBuild;
 use buildnet_actors::builds::runner::{BuildRequest, BuildStatus};
 use buildnet_actors::builds::BuildError;
 use buildnet_actors::cas::CasError;
+use buildnet_actors::events::Event;
 use buildnet_actors::wire::Action;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::web::auth::Caller;
@@ -233,16 +235,50 @@ pub async fn estimate(state: web::Data<AppState>, caller: Caller, body: JsonBody
     Ok(HttpResponse::Ok().json(state.node.builds.estimate(request).await.map_err(build_error)?))
 }
 
+/// Longest `wait_ms` a status request may hold the connection.
+const MAX_STATUS_WAIT_MS: u64 = 30_000;
+
+#[derive(Deserialize, IntoParams)]
+pub struct StatusQuery {
+    /// Answer as soon as the build ends, or after this many milliseconds if it is still running
+    /// (at most 30 000): a client following a build learns of its end at once instead of at its
+    /// next poll.
+    pub wait_ms: Option<u64>,
+}
+
 /// A build's status with every package.
-#[utoipa::path(get, path = "/api/build/{id}", tag = "builds", params(("id" = String, Path, description = "Build id")),
+#[utoipa::path(get, path = "/api/build/{id}", tag = "builds", params(("id" = String, Path, description = "Build id"), StatusQuery),
     responses((status = 200, body = BuildStatus), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn status(
     state: web::Data<AppState>,
     caller: Caller,
     id: web::Path<String>,
+    query: web::Query<StatusQuery>,
+    request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read builds")?;
-    let status = state.node.builds.status(&id).await.map_err(build_error)?;
+    super::known_params(&request, &["wait_ms"])?;
+    // Subscribed before the first look, so an end between the look and the wait is not missed.
+    let mut events = state.node.events.subscribe();
+    let mut status = state.node.builds.status(&id).await.map_err(build_error)?;
+    let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0).min(MAX_STATUS_WAIT_MS));
+    if !status.done() && !wait.is_zero() {
+        let ended = async {
+            loop {
+                match events.recv().await {
+                    // The build's last event (empty package) comes once its history and ledger
+                    // entry are written.
+                    Ok(Event::BuildProgress { build_id, package, .. }) if build_id == *id && package.is_empty() => {
+                        break
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        };
+        let _ = actix_rt::time::timeout(wait, ended).await;
+        status = state.node.builds.status(&id).await.map_err(build_error)?;
+    }
     let status = if caller.role.allows(Action::ReadBuildOutput) { status } else { status.without_output() };
     Ok(HttpResponse::Ok().json(status))
 }

@@ -1,5 +1,10 @@
 //! `/api/pool`: the pooled view of every node's resources.
 
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::ContentType;
+use actix_web::web::Bytes;
 use actix_web::{web, HttpResponse};
 use buildnet_actors::pool::{PoolNode, PoolView, PooledResource};
 use buildnet_actors::wire::{Action, ResourceKind};
@@ -16,7 +21,51 @@ use crate::web::AppState;
     security(("bearer" = [])))]
 pub async fn get_pool(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read the pool")?;
-    Ok(HttpResponse::Ok().json(state.node.pool.view().await?))
+    let body = state.pool_json.get(|| state.node.pool.view()).await?;
+    Ok(HttpResponse::Ok().content_type(ContentType::json()).body(body))
+}
+
+/// How long a serialized pool view is served before it is built again. Peers' figures change
+/// once an advert (a second) at most; this node's free cores change with every lease, so the
+/// answer is at most this much behind them.
+pub const POOL_FRESH: Duration = Duration::from_millis(50);
+
+/// The `/api/pool` answer, serialized once and shared by every request within [`POOL_FRESH`]:
+/// a dashboard or monitor polling the pool costs one pool-actor round trip and one
+/// serialization per 50 ms rather than one per request. One request rebuilds it; the others
+/// wait for that one instead of each building their own.
+#[derive(Default)]
+pub struct PoolJson {
+    latest: RwLock<Option<(Instant, Bytes)>>,
+    rebuilding: tokio::sync::Mutex<()>,
+}
+
+impl PoolJson {
+    fn fresh(&self) -> Option<Bytes> {
+        let latest = self.latest.read().ok()?;
+        latest.as_ref().filter(|(at, _)| at.elapsed() < POOL_FRESH).map(|(_, body)| body.clone())
+    }
+
+    /// The serialized view, rebuilt with `view` when the one held is older than [`POOL_FRESH`].
+    pub async fn get<F, Fut, E>(&self, view: F) -> Result<Bytes, ApiError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<PoolView, E>>,
+        ApiError: From<E>,
+    {
+        if let Some(body) = self.fresh() {
+            return Ok(body);
+        }
+        let _turn = self.rebuilding.lock().await;
+        if let Some(body) = self.fresh() {
+            return Ok(body);
+        }
+        let body = Bytes::from(serde_json::to_vec(&view().await?).map_err(|e| ApiError::internal(&e))?);
+        if let Ok(mut latest) = self.latest.write() {
+            *latest = Some((Instant::now(), body.clone()));
+        }
+        Ok(body)
+    }
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

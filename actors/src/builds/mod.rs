@@ -7,6 +7,7 @@
 mod catalog;
 pub mod config;
 pub mod estimate;
+pub mod frontier;
 pub mod history;
 pub mod inputs;
 pub mod placement;

@@ -2,20 +2,26 @@
 //! configuration's caps), the action cache asked with each node's tool versions, then the
 //! fastest node with room — run through [`crate::mesh::Workers`], which does not care whether that node is
 //! this one. Lost or refusing nodes are excluded and the package placed again (3 retries).
+//!
+//! At scale (thousands of packages, a hundred nodes) a build reads the pool once per
+//! [`POOL_SNAPSHOT_TTL`] into a [`PoolIndex`] ranked once and indexed by tool, and its waiting
+//! packages stand in one line per kind (tools, cores) whose first member alone looks for room.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rusqlite::params;
+use tokio::sync::Semaphore;
 
 use super::project::Requirement;
 use super::runner::BuildContext;
 use crate::cas::{Cas, FileRef};
 use crate::exec::{Task, TaskResult};
-use crate::mesh::Job;
+use crate::mesh::{Job, PeerView};
 use crate::store::StoreHandle;
-use crate::wire::{self, NodeId, RemoteError};
+use crate::wire::{self, NodeId, NodeStatus, RemoteError};
 
 /// What a configuration allows a build, and what the build holds right now.
 #[derive(Debug, Default)]
@@ -26,38 +32,59 @@ pub struct Limits {
     pub total: Option<u64>,
     /// Storage volume per node where sandboxes go (the configuration's selection).
     pub volumes: BTreeMap<NodeId, String>,
-    held: Mutex<BTreeMap<NodeId, u64>>,
+    held: Mutex<Held>,
     /// Wakes packages waiting for a core when one of this build's packages ends, so the next
     /// starts at once rather than at its next poll.
     freed: tokio::sync::Notify,
+    /// One line per kind of package (tools, cores): only the first in each looks for room.
+    lines: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The latest snapshot of the pool, and when it was taken.
+    pool: tokio::sync::Mutex<Option<(Instant, Arc<PoolIndex>)>>,
+}
+
+/// Cores this build holds per node, and in all (kept, not summed, for every reservation).
+#[derive(Debug, Default)]
+struct Held {
+    per_node: HashMap<NodeId, u64>,
+    all: u64,
 }
 
 impl Limits {
     pub fn new(caps: Option<BTreeMap<NodeId, u64>>, total: Option<u64>, volumes: BTreeMap<NodeId, String>) -> Limits {
-        Limits { caps, total, volumes, held: Mutex::new(BTreeMap::new()), freed: tokio::sync::Notify::new() }
+        Limits { caps, total, volumes, ..Limits::default() }
     }
 
-    fn allows(&self, node: &NodeId) -> bool {
+    pub fn allows(&self, node: &NodeId) -> bool {
         self.caps.as_ref().is_none_or(|c| c.contains_key(node))
     }
 
-    /// Takes `cores` against the caps; false when the configuration has no room now.
-    fn reserve(&self, node: &NodeId, cores: u64) -> bool {
+    /// The line packages needing `requirements` and `cores` wait in for room.
+    fn line(&self, requirements: &[Requirement], cores: u64) -> Arc<Semaphore> {
+        let key = format!("{cores} {requirements:?}");
+        let Ok(mut lines) = self.lines.lock() else { return Arc::new(Semaphore::new(1)) };
+        lines.entry(key).or_insert_with(|| Arc::new(Semaphore::new(1))).clone()
+    }
+
+    /// Takes `cores` on a node of `capacity` cores against the caps; false when the
+    /// configuration, or the node as far as this build holds it, has no room now.
+    pub fn reserve(&self, node: &NodeId, cores: u64, capacity: u64) -> bool {
         let Ok(mut held) = self.held.lock() else { return false };
-        let on_node = held.get(node).copied().unwrap_or(0);
-        let all: u64 = held.values().sum();
-        let node_cap = self.caps.as_ref().and_then(|c| c.get(node).copied()).unwrap_or(u64::MAX);
-        if on_node + cores > node_cap || all + cores > self.total.unwrap_or(u64::MAX) {
+        let on_node = held.per_node.get(node).copied().unwrap_or(0);
+        let node_cap = self.caps.as_ref().and_then(|c| c.get(node).copied()).unwrap_or(u64::MAX).min(capacity);
+        if on_node + cores > node_cap || held.all + cores > self.total.unwrap_or(u64::MAX) {
             return false;
         }
-        held.insert(node.clone(), on_node + cores);
+        held.per_node.insert(node.clone(), on_node + cores);
+        held.all += cores;
         true
     }
 
-    fn release(&self, node: &NodeId, cores: u64) {
+    pub fn release(&self, node: &NodeId, cores: u64) {
         if let Ok(mut held) = self.held.lock() {
-            if let Some(n) = held.get_mut(node) {
-                *n = n.saturating_sub(cores);
+            if let Some(n) = held.per_node.get_mut(node) {
+                let freed = cores.min(*n);
+                *n -= freed;
+                held.all -= freed;
             }
         }
         self.freed.notify_waiters();
@@ -79,19 +106,6 @@ pub async fn cached_outputs(store: &StoreHandle, cas: &Cas, key: &str) -> Option
     let outputs: Vec<FileRef> = serde_json::from_str(&outputs).ok()?;
     // A cache entry is only good while its blobs are still here.
     outputs.iter().all(|f| cas.has(&f.digest)).then_some(outputs)
-}
-
-/// A node that could run a package, with the versions of the tools it would use.
-struct Candidate {
-    node: NodeId,
-    /// The node's name, for progress lines and pages.
-    name: String,
-    local: bool,
-    versions: Vec<(String, String)>,
-    free_cores: u64,
-    capacity: u64,
-    /// Single-core benchmark score; 0 when the node has not been measured.
-    cpu_score: f64,
 }
 
 /// How much faster a peer must be before work leaves this node: sending inputs and outputs
@@ -123,41 +137,167 @@ fn versions_for(
         .collect()
 }
 
-/// This node and every live peer that may run the package (tools, role, `accept_remote_builds`).
-async fn candidates(c: &BuildContext, requirements: &[Requirement], local_only: bool) -> Vec<Candidate> {
-    let mut list = Vec::new();
-    if let Some(versions) = versions_for(requirements, &c.tools) {
-        let (capacity, cpu_score, name) = c
-            .node
-            .status()
-            .await
-            .map(|s| (s.resources.cpu.offered as u64, s.benchmarks.cpu_single().unwrap_or(0.0), s.name))
-            .unwrap_or((0, 0.0, String::new()));
-        list.push(Candidate {
-            node: c.node_id.clone(),
-            name,
+/// One node as placement sees it: what it has, how fast it is and how much room it said it had.
+#[derive(Debug, Clone)]
+pub struct NodeOffer {
+    pub node: NodeId,
+    /// The node's name, for progress lines and pages.
+    pub name: String,
+    pub local: bool,
+    /// Tool and runtime name → version.
+    pub tools: BTreeMap<String, Option<String>>,
+    /// Cores free as the node last advertised (this node: unbounded, its executor answers Busy).
+    pub free_cores: u64,
+    /// Cores the node offers in all.
+    pub capacity: u64,
+    /// Single-core benchmark score; 0 when the node has not been measured.
+    pub cpu_score: f64,
+}
+
+impl NodeOffer {
+    /// This node with the tools the build started with; `status` gives cores, score and name.
+    pub fn local(node: NodeId, tools: BTreeMap<String, Option<String>>, status: Option<&NodeStatus>) -> NodeOffer {
+        NodeOffer {
+            node,
+            name: status.map(|s| s.name.clone()).unwrap_or_default(),
             local: true,
-            versions,
+            tools,
             free_cores: u64::MAX,
-            capacity,
-            cpu_score,
-        });
-    }
-    if local_only {
-        return list;
-    }
-    for p in c.pool.usable_peers().await {
-        let Some(advert) = p.advert.filter(|a| a.accept_remote_builds) else { continue };
-        let tools = advert.resources.tool_versions();
-        if let Some(versions) = versions_for(requirements, &tools) {
-            let cpu = advert.resource_status.iter().filter(|r| r.kind == wire::ResourceKind::Cpu);
-            let (free_cores, capacity) = cpu.fold((0, 0), |(f, c), r| (f + r.available, c + r.capacity));
-            let cpu_score = advert.benchmarks.cpu_single().unwrap_or(0.0);
-            let name = advert.name.clone();
-            list.push(Candidate { node: p.node_id, name, local: false, versions, free_cores, capacity, cpu_score });
+            capacity: status.map_or(0, |s| s.resources.cpu.offered as u64),
+            cpu_score: status.and_then(|s| s.benchmarks.cpu_single()).unwrap_or(0.0),
         }
     }
-    list
+
+    /// A live peer from its advert; None when it has not advertised or takes no remote builds.
+    pub fn peer(peer: &PeerView) -> Option<NodeOffer> {
+        let advert = peer.advert.as_ref().filter(|a| a.accept_remote_builds)?;
+        let cpu = advert.resource_status.iter().filter(|r| r.kind == wire::ResourceKind::Cpu);
+        let (free_cores, capacity) = cpu.fold((0, 0), |(f, c), r| (f + r.available, c + r.capacity));
+        Some(NodeOffer {
+            node: peer.node_id.clone(),
+            name: advert.name.clone(),
+            local: false,
+            tools: advert.resources.tool_versions(),
+            free_cores,
+            capacity,
+            cpu_score: advert.benchmarks.cpu_single().unwrap_or(0.0),
+        })
+    }
+}
+
+/// The nodes a build may place on, ranked once (faster first, this node with its advantage,
+/// then the most room) and indexed by tool, so a package's candidates come from the shortest
+/// list of nodes having one of its tools rather than from reading every node's tools.
+#[derive(Debug, Default)]
+pub struct PoolIndex {
+    nodes: Vec<NodeOffer>,
+    by_tool: HashMap<String, Vec<usize>>,
+    /// Candidates by requirements: every package of a kind asks the same question of a snapshot.
+    answers: Mutex<HashMap<String, Arc<[Candidate]>>>,
+}
+
+/// A node that could run a package (by its place in the [`PoolIndex`]), with the versions of
+/// the tools it would use there.
+#[derive(Debug)]
+pub struct Candidate {
+    at: usize,
+    pub versions: Vec<(String, String)>,
+}
+
+impl PoolIndex {
+    pub fn new(mut nodes: Vec<NodeOffer>) -> PoolIndex {
+        nodes.sort_by(|a, b| {
+            placement_rank(b.cpu_score, b.local)
+                .total_cmp(&placement_rank(a.cpu_score, a.local))
+                .then(b.free_cores.cmp(&a.free_cores))
+        });
+        let mut by_tool: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            for tool in n.tools.keys() {
+                by_tool.entry(tool.clone()).or_default().push(i);
+            }
+        }
+        PoolIndex { nodes, by_tool, answers: Mutex::default() }
+    }
+
+    /// The node a candidate stands for.
+    pub fn offer(&self, candidate: &Candidate) -> &NodeOffer {
+        &self.nodes[candidate.at]
+    }
+
+    /// Every node that has each required tool at an accepted version, best-ranked first; worked
+    /// out once per snapshot for each set of requirements.
+    pub fn candidates(&self, requirements: &[Requirement], local_only: bool) -> Arc<[Candidate]> {
+        let key = format!("{local_only} {requirements:?}");
+        if let Some(known) = self.answers.lock().ok().and_then(|a| a.get(&key).cloned()) {
+            return known;
+        }
+        let found: Arc<[Candidate]> = self.find(requirements, local_only).into();
+        if let Ok(mut answers) = self.answers.lock() {
+            answers.insert(key, found.clone());
+        }
+        found
+    }
+
+    fn find(&self, requirements: &[Requirement], local_only: bool) -> Vec<Candidate> {
+        let all: Vec<usize>;
+        let shortest =
+            match requirements.iter().map(|r| self.by_tool.get(r.name())).min_by_key(|l| l.map_or(0, Vec::len)) {
+                // A tool no node has: nobody can run it.
+                Some(None) => return Vec::new(),
+                Some(Some(list)) => list,
+                None => {
+                    all = (0..self.nodes.len()).collect();
+                    &all
+                }
+            };
+        shortest
+            .iter()
+            .filter(|i| self.nodes[**i].local || !local_only)
+            .filter_map(|&at| {
+                versions_for(requirements, &self.nodes[at].tools).map(|versions| Candidate { at, versions })
+            })
+            .collect()
+    }
+}
+
+/// The best-ranked candidate with room for `cores` now, its cores reserved against the build's
+/// limits; `skip` leaves out nodes this package may not use (lost, refused, found busy).
+pub fn reserve_best<'a>(
+    pool: &PoolIndex,
+    candidates: impl IntoIterator<Item = &'a Candidate>,
+    cores: u64,
+    limits: &Limits,
+    skip: impl Fn(&NodeId) -> bool,
+) -> Option<&'a Candidate> {
+    candidates.into_iter().find(|c| {
+        let offer = pool.offer(c);
+        (offer.local || offer.free_cores >= cores)
+            && !skip(&offer.node)
+            && limits.reserve(&offer.node, cores, offer.capacity)
+    })
+}
+
+/// How long a snapshot of the pool serves placements before it is read again: adverts (free
+/// cores, tools, scores) change once a [`crate::mesh::TICK`] at most, and a node lost meanwhile
+/// is found by the run failing and is excluded.
+pub const POOL_SNAPSHOT_TTL: Duration = crate::mesh::TICK;
+
+/// This node and every live peer, ranked and indexed; read again once [`POOL_SNAPSHOT_TTL`] has
+/// passed, so a build of thousands of packages does not copy every peer's advert per package.
+async fn pool_index(c: &BuildContext) -> Arc<PoolIndex> {
+    let mut slot = c.limits.pool.lock().await;
+    if let Some((at, index)) = slot.as_ref() {
+        if at.elapsed() < POOL_SNAPSHOT_TTL {
+            return index.clone();
+        }
+    }
+    let status = c.node.status().await.ok();
+    let mut nodes = vec![NodeOffer::local(c.node_id.clone(), c.tools.clone(), status.as_ref())];
+    nodes.extend(c.pool.usable_peers().await.iter().filter_map(NodeOffer::peer));
+    let index = Arc::new(PoolIndex::new(nodes));
+    *slot = Some((Instant::now(), index.clone()));
+    index
 }
 
 /// Why a package could not be placed (its own failures are a [`TaskResult`]).
@@ -186,6 +326,10 @@ pub(super) struct Ran {
 /// [`placement_rank`]); a lost or refusing node means trying again elsewhere (3 times at most),
 /// a busy one waiting for room. Local and remote runs go through the same [`crate::mesh::Workers`] call.
 /// `placed` is told each node (id, name) the package is sent to, before it runs there.
+///
+/// Packages with the same needs (tools, cores) wait for room in line, first come first served:
+/// only the first of each line looks for room and wakes when a core is freed or at the next
+/// poll, so ten thousand waiting packages cost what one does.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn place_and_run(
     c: &BuildContext,
@@ -199,101 +343,127 @@ pub(super) async fn place_and_run(
     placed: impl Fn(&NodeId, &str),
 ) -> Result<Ran, PlaceError> {
     let mut excluded: BTreeMap<NodeId, RemoteError> = BTreeMap::new();
+    // Nodes that answered Busy since this package last waited for room.
+    let mut busy: BTreeSet<NodeId> = BTreeSet::new();
     let mut retries = 0;
+    let mut cache_asked = force;
+    let line = c.limits.line(requirements, cores);
     loop {
-        if cancel.load(Ordering::SeqCst) {
-            return Err(PlaceError::Cancelled);
-        }
-        // Registered before looking for room, so a core freed meanwhile still wakes us.
-        let freed = c.limits.freed.notified();
-        tokio::pin!(freed);
-        freed.as_mut().enable();
-        let list: Vec<Candidate> = candidates(c, requirements, local_only)
-            .await
-            .into_iter()
-            .filter(|x| !excluded.contains_key(&x.node) && c.limits.allows(&x.node))
-            .collect();
-        if list.is_empty() {
-            let names: Vec<String> = requirements
+        let turn = line.clone().acquire_owned().await.map_err(|_| PlaceError::Cancelled)?;
+        let (node, name, versions) = loop {
+            if cancel.load(Ordering::SeqCst) {
+                return Err(PlaceError::Cancelled);
+            }
+            // Registered before looking for room, so a core freed meanwhile still wakes us.
+            let freed = c.limits.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let pool = pool_index(c).await;
+            let candidates = pool.candidates(requirements, local_only);
+            let list: Vec<&Candidate> = candidates
                 .iter()
-                .map(|r| format!("{}{}", r.name(), r.version().map(|v| format!(" {v}")).unwrap_or_default()))
+                .filter(|x| {
+                    let node = &pool.offer(x).node;
+                    !excluded.contains_key(node) && c.limits.allows(node)
+                })
                 .collect();
-            return Err(PlaceError::Unplaceable(if excluded.is_empty() {
-                format!("needs {}, which no node of this build has", names.join(", "))
-            } else {
-                format!(
-                    "no node left to run it ({})",
-                    excluded.iter().map(|(n, e)| format!("{n}: {e}")).collect::<Vec<_>>().join(", ")
-                )
-            }));
-        }
-        if !force {
-            for cand in &list {
-                if let Some(outputs) = cached(c, &task.action_key(&cand.versions)).await {
-                    let hit = TaskResult {
-                        exit_code: Some(0),
-                        outputs,
-                        output_tail: String::new(),
-                        duration_ms: 0,
-                        cpu_ms: 0,
-                        error: None,
-                    };
-                    return Ok(Ran { result: hit, hit: true, node: cand.node.clone(), node_name: cand.name.clone() });
+            if list.is_empty() {
+                return Err(unplaceable(requirements, &excluded));
+            }
+            if !cache_asked {
+                cache_asked = true;
+                if let Some(hit) = cache_hit(c, &task, &pool, &list).await {
+                    return Ok(hit);
+                }
+            }
+            if let Some(x) = reserve_best(&pool, list.iter().copied(), cores, &c.limits, |n| busy.contains(n)) {
+                let offer = pool.offer(x);
+                break (offer.node.clone(), offer.name.clone(), x.versions.clone());
+            }
+            if list.iter().all(|x| pool.offer(x).capacity < cores) {
+                return Err(PlaceError::Unplaceable(format!(
+                    "asks for {cores} cores, more than any node of this build offers"
+                )));
+            }
+            // Room elsewhere (a peer's core, another build's lease) shows up at the next poll.
+            let _ = tokio::time::timeout(Duration::from_millis(20), freed).await;
+            busy.clear();
+        };
+        // The next package in line looks for room while this one runs.
+        drop(turn);
+        // A package's time is what the build waits for once a node is chosen: leases, inputs
+        // and outputs over the mesh, the sandbox and the process. The estimator learns this.
+        placed(&node, &name);
+        let since = Instant::now();
+        let job = Job { task: task.clone(), cores, memory_bytes: memory, volume: c.limits.volumes.get(&node).cloned() };
+        let ran = c.workers.run_on(&node, job).await;
+        c.limits.release(&node, cores);
+        match ran {
+            Ok(mut result) => {
+                result.duration_ms = since.elapsed().as_millis() as u64;
+                if result.success() {
+                    remember(c, &task.action_key(&versions), &result).await;
+                }
+                return Ok(Ran { result, hit: false, node, node_name: name });
+            }
+            Err(RemoteError::Busy(_)) => {
+                busy.insert(node);
+            }
+            Err(RemoteError::Cancelled) => return Err(PlaceError::Cancelled),
+            Err(e) => {
+                log::warn!("package {} on {node}: {e}; trying elsewhere", task.package);
+                excluded.insert(node, e.clone());
+                retries += 1;
+                if retries > 3 {
+                    return Err(PlaceError::GaveUp(e));
                 }
             }
         }
-        // Faster first (this node with its advantage), then the one with the most room.
-        let mut order: Vec<&Candidate> = list.iter().filter(|x| x.local || x.free_cores >= cores).collect();
-        order.sort_by(|a, b| {
-            placement_rank(b.cpu_score, b.local)
-                .total_cmp(&placement_rank(a.cpu_score, a.local))
-                .then(b.free_cores.cmp(&a.free_cores))
-        });
-        for cand in order {
-            if !c.limits.reserve(&cand.node, cores) {
-                continue;
-            }
-            // A package's time is what the build waits for once a node is chosen: leases, inputs
-            // and outputs over the mesh, the sandbox and the process. The estimator learns this.
-            placed(&cand.node, &cand.name);
-            let since = std::time::Instant::now();
-            let job = Job {
-                task: task.clone(),
-                cores,
-                memory_bytes: memory,
-                volume: c.limits.volumes.get(&cand.node).cloned(),
-            };
-            let ran = c.workers.run_on(&cand.node, job).await;
-            c.limits.release(&cand.node, cores);
-            match ran {
-                Ok(mut result) => {
-                    result.duration_ms = since.elapsed().as_millis() as u64;
-                    if result.success() {
-                        remember(c, &task.action_key(&cand.versions), &result).await;
-                    }
-                    return Ok(Ran { result, hit: false, node: cand.node.clone(), node_name: cand.name.clone() });
-                }
-                Err(RemoteError::Busy(_)) => {}
-                Err(RemoteError::Cancelled) => return Err(PlaceError::Cancelled),
-                Err(e) => {
-                    log::warn!("package {} on {}: {e}; trying elsewhere", task.package, cand.node);
-                    excluded.insert(cand.node.clone(), e.clone());
-                    retries += 1;
-                    if retries > 3 {
-                        return Err(PlaceError::GaveUp(e));
-                    }
-                    break;
-                }
-            }
-        }
-        if list.iter().all(|x| x.capacity < cores) {
-            return Err(PlaceError::Unplaceable(format!(
-                "asks for {cores} cores, more than any node of this build offers"
-            )));
-        }
-        // Room elsewhere (a peer's core, another build's lease) shows up at the next poll.
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(20), freed).await;
     }
+}
+
+/// Why no node can take a package: a tool nobody has, or every node that had it lost.
+fn unplaceable(requirements: &[Requirement], excluded: &BTreeMap<NodeId, RemoteError>) -> PlaceError {
+    let names: Vec<String> = requirements
+        .iter()
+        .map(|r| format!("{}{}", r.name(), r.version().map(|v| format!(" {v}")).unwrap_or_default()))
+        .collect();
+    PlaceError::Unplaceable(if excluded.is_empty() {
+        format!("needs {}, which no node of this build has", names.join(", "))
+    } else {
+        format!(
+            "no node left to run it ({})",
+            excluded.iter().map(|(n, e)| format!("{n}: {e}")).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+/// A cached result under the key of any candidate's tool versions; each distinct set of versions
+/// (usually a handful across a pool) is asked once, however many nodes share it.
+async fn cache_hit(c: &BuildContext, task: &Task, pool: &PoolIndex, list: &[&Candidate]) -> Option<Ran> {
+    let mut asked: BTreeSet<&[(String, String)]> = BTreeSet::new();
+    for cand in list {
+        if !asked.insert(&cand.versions) {
+            continue;
+        }
+        if let Some(outputs) = cached(c, &task.action_key(&cand.versions)).await {
+            let hit = TaskResult {
+                exit_code: Some(0),
+                outputs,
+                output_tail: String::new(),
+                duration_ms: 0,
+                cpu_ms: 0,
+                error: None,
+            };
+            return Some(Ran {
+                result: hit,
+                hit: true,
+                node: pool.offer(cand).node.clone(),
+                node_name: pool.offer(cand).name.clone(),
+            });
+        }
+    }
+    None
 }
 
 async fn cached(c: &BuildContext, key: &str) -> Option<Vec<FileRef>> {

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::frontier::Frontier;
 use super::history::save;
 pub use super::placement::Limits;
 use super::placement::{place_and_run, PlaceError, Ran};
@@ -60,10 +61,6 @@ pub enum PackageState {
 }
 
 impl PackageState {
-    fn finished(self) -> bool {
-        !matches!(self, PackageState::Pending | PackageState::Running)
-    }
-
     fn ok(self) -> bool {
         matches!(self, PackageState::Cached | PackageState::Succeeded)
     }
@@ -192,6 +189,8 @@ pub struct BuildActor {
     ctx: BuildContext,
     req: BuildRequest,
     status: BuildStatus,
+    /// Which packages may start now; a package ending touches only its dependents.
+    frontier: Frontier,
     cancel: Arc<AtomicBool>,
     registry: Registry,
 }
@@ -230,15 +229,30 @@ impl BuildActor {
             triggered_by,
             packages,
         };
-        BuildActor { ctx, req, status, cancel: Arc::new(AtomicBool::new(false)), registry }
+        let packages = &req.project.manifest.packages;
+        let frontier =
+            Frontier::new(&req.project.order, |n| packages.get(n).map(|p| p.deps.as_slice()).unwrap_or_default());
+        BuildActor { ctx, req, status, frontier, cancel: Arc::new(AtomicBool::new(false)), registry }
     }
 
     fn pkg(&self, name: &str) -> Option<&PackageStatus> {
-        self.status.packages.iter().find(|p| p.name == name)
+        self.frontier.position(name).and_then(|i| self.status.packages.get(i))
     }
 
     fn pkg_mut(&mut self, name: &str) -> Option<&mut PackageStatus> {
-        self.status.packages.iter_mut().find(|p| p.name == name)
+        self.frontier.position(name).and_then(|i| self.status.packages.get_mut(i))
+    }
+
+    /// A package ended: its dependents may start, or, if it did not succeed, are skipped.
+    fn settle(&mut self, name: &str, ok: bool) {
+        let Some(i) = self.frontier.position(name) else { return };
+        for skipped in self.frontier.finish(i, ok) {
+            let Some(p) = self.status.packages.get_mut(skipped) else { continue };
+            p.state = PackageState::Skipped;
+            p.error = Some("a dependency failed".into());
+            let name = p.name.clone();
+            self.publish(&name);
+        }
     }
 
     /// A package and everything it depends on, transitively.
@@ -256,8 +270,7 @@ impl BuildActor {
     }
 
     fn progress(&self) -> f64 {
-        let total = self.status.packages.len().max(1);
-        self.status.packages.iter().filter(|p| p.state.finished()).count() as f64 / total as f64
+        self.frontier.progress()
     }
 
     fn publish(&self, package: &str) {
@@ -290,28 +303,14 @@ impl BuildActor {
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
         if self.cancel.load(Ordering::SeqCst) {
-            for p in self.status.packages.iter_mut().filter(|p| p.state == PackageState::Pending) {
-                p.state = PackageState::Cancelled;
+            for i in self.frontier.settle_pending() {
+                if let Some(p) = self.status.packages.get_mut(i) {
+                    p.state = PackageState::Cancelled;
+                }
             }
         }
-        let order = self.req.project.order.clone();
-        for name in order {
-            if self.pkg(&name).map(|p| p.state) != Some(PackageState::Pending) {
-                continue;
-            }
-            let deps = self.req.project.manifest.packages.get(&name).map(|p| p.deps.clone()).unwrap_or_default();
-            let states: Vec<PackageState> = deps.iter().filter_map(|d| self.pkg(d).map(|p| p.state)).collect();
-            if states.iter().any(|s| s.finished() && !s.ok()) {
-                if let Some(p) = self.pkg_mut(&name) {
-                    p.state = PackageState::Skipped;
-                    p.error = Some("a dependency failed".into());
-                }
-                self.publish(&name);
-                continue;
-            }
-            if !states.iter().all(|s| s.ok()) {
-                continue;
-            }
+        for i in self.frontier.take_ready() {
+            let Some(name) = self.status.packages.get(i).map(|p| p.name.clone()) else { continue };
             match self.task(&name) {
                 Err(e) => {
                     if let Some(p) = self.pkg_mut(&name) {
@@ -319,6 +318,7 @@ impl BuildActor {
                         p.error = Some(e);
                     }
                     self.publish(&name);
+                    self.settle(&name, false);
                 }
                 Ok(task) => {
                     if let Some(p) = self.pkg_mut(&name) {
@@ -329,7 +329,7 @@ impl BuildActor {
                 }
             }
         }
-        if self.status.packages.iter().all(|p| p.state.finished()) {
+        if self.frontier.done() {
             self.finish(ctx);
         }
     }
@@ -387,6 +387,8 @@ impl BuildActor {
                 }
             }
             act.publish(&name);
+            let ok = act.pkg(&name).is_some_and(|p| p.state.ok());
+            act.settle(&name, ok);
             act.schedule(ctx);
         }));
     }

@@ -8,7 +8,7 @@ same run, interleaved with ours so both see the same machine:
            and read, 4 KiB random read and write) when `fio` is on PATH
 
 Usage: python3 bench/stability.py [--runs 5] [--seconds S] [--size-mb 256] [--no-storage]
-                                  [--bin PATH] [--json]
+                                  [--no-cpu] [--bin PATH] [--json]
 Builds target/release/buildnet first (or uses --bin, e.g. an older binary for a before/after).
 Standard library only; the node listens on 127.0.0.1 and is stopped at the end.
 """
@@ -65,6 +65,7 @@ def main():
     ap.add_argument("--seconds", type=float, help="buildnet test cpu --seconds (default: the CLI's)")
     ap.add_argument("--size-mb", type=int, default=256, help="storage test file size")
     ap.add_argument("--no-storage", action="store_true")
+    ap.add_argument("--no-cpu", action="store_true")
     ap.add_argument("--bin", help="use this buildnet binary instead of building target/release")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -78,20 +79,21 @@ def main():
               build=not args.bin) as (work, dirs):
         node = dirs["solo"]
         cpu, base = [], {1: [], 2: []}
-        for _ in range(args.runs):
+        for _ in range(0 if args.no_cpu else args.runs):
             cpu.append(cli_json(node, *cpu_args)["cpu"])
             if has_sysbench:
                 threads = cpu[-1]["threads"]
                 secs = max(1, round(cpu[-1]["duration_ms"] / 2000))
                 base[1].append(sysbench(1, secs))
                 base[2].append(sysbench(threads, secs))
-        threads = cpu[0]["threads"]
-        marks = [bool(c.get("disturbed")) for c in cpu]
-        rows.append(row("cpu single (sieves/s)", [c["single_core_score"] for c in cpu], "sieves/s", marks))
-        rows.append(row(f"cpu all {threads} threads", [c["multi_core_score"] for c in cpu], "sieves/s", marks))
-        rows.append(row("cpu efficiency", [c["parallel_efficiency"] for c in cpu], "", marks))
         disturbed = [c.get("disturbed") for c in cpu if c.get("disturbed")]
-        if has_sysbench:
+        if cpu:
+            threads = cpu[0]["threads"]
+            marks = [bool(c.get("disturbed")) for c in cpu]
+            rows.append(row("cpu single (sieves/s)", [c["single_core_score"] for c in cpu], "sieves/s", marks))
+            rows.append(row(f"cpu all {threads} threads", [c["multi_core_score"] for c in cpu], "sieves/s", marks))
+            rows.append(row("cpu efficiency", [c["parallel_efficiency"] for c in cpu], "", marks))
+        if cpu and has_sysbench:
             rows.append(row("sysbench 1 thread", base[1], "events/s"))
             rows.append(row(f"sysbench {threads} threads", base[2], "events/s"))
 

@@ -13,7 +13,7 @@ use super::{CliError, Ctx};
 pub enum TestCommand {
     /// CPU: single-core and all-core sieve scores, parallel efficiency
     Cpu {
-        /// Seconds each phase (one thread, every core) runs
+        /// Seconds of one-core and of all-core sieving each, in five rounds (at least 0.2 s a round)
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
     },

@@ -8,9 +8,10 @@ use utoipa::ToSchema;
 /// Plan §8.1's CPU result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CpuBenchmarkResult {
-    /// Sieves per second on one thread.
+    /// Sieves per second on one thread, per second it ran on a core (on an idle machine, per
+    /// wall second).
     pub single_core_score: f64,
-    /// Sieves per second on every core at once.
+    /// Sieves per second on every core at once: each thread's rate, summed.
     pub multi_core_score: f64,
     /// multi / (single × cores), 0–1.
     pub parallel_efficiency: f64,

@@ -16,6 +16,20 @@ fn example(name: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, root)
 }
 
+/// `buildnet build` of `root` against `node`, started in the background.
+fn spawn_build(node: &TestNode, root: &Path, extra: &[&str], stderr: std::process::Stdio) -> std::process::Child {
+    std::process::Command::new(common::BIN)
+        .arg("build")
+        .args(extra)
+        .arg("--project")
+        .arg(root)
+        .env("BUILDNET_DATA_DIR", &node.dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn the build")
+}
+
 fn build(node: &TestNode, root: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["build", "--project", root.to_str().expect("utf-8 path")];
     args.extend(extra);
@@ -103,14 +117,7 @@ fn a_running_build_can_be_cancelled_and_observers_cannot_build() {
     let node = TestNode::start();
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("buildnet.toml"), "[packages.slow]\nshell = \"sleep 60\"\n").expect("write");
-    let mut child = std::process::Command::new(common::BIN)
-        .args(["build", "--project"])
-        .arg(dir.path())
-        .env("BUILDNET_DATA_DIR", &node.dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_build(&node, dir.path(), &[], std::process::Stdio::piped());
     let id = wait_until("the build to run", Duration::from_secs(20), || {
         let (_, list) = node.get("/api/builds");
         let b = list["builds"].as_array()?.first()?.clone();
@@ -400,4 +407,56 @@ fn a_packages_cpu_time_is_recorded_and_becomes_its_measured_parallelism() {
     let e = node.cli_json(&["build", "--project", dir.path().to_str().expect("path"), "--estimate", "--force"]);
     let speedup = e["package_estimates"][0]["factors"]["parallel_speedup"].as_f64().expect("speedup");
     assert!(speedup > 0.3 && speedup < 1.3, "measured parallelism of a one-core loop: {speedup}");
+}
+
+/// Every ledger entry the node has acknowledged — answered through the API, which reads only
+/// committed entries — by (seq, hash), for its own chain.
+fn acknowledged(node: &TestNode, origin: &str) -> std::collections::BTreeMap<u64, String> {
+    let (_, ledger) = node.get(&format!("/api/ledger?origin={origin}&limit=1000"));
+    ledger["entries"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|e| Some((e["sequence"].as_u64().or(e["seq"].as_u64())?, e["hash"].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn acknowledged_ledger_entries_survive_a_kill_during_a_build() {
+    // The executor's entries are committed in groups while packages run; whatever the node had
+    // acknowledged when it is killed mid-build must be there, unchanged, after a restart.
+    let _shared = common::shared();
+    // No benchmark (a node never measured is due at once): the build should be what runs.
+    let quiet = r#"{"benchmark": {"on_start": false, "interval_hours": 0}}"#;
+    let node = TestNode::start_with(common::Start { config: Some(quiet), ..Default::default() });
+    let origin = node.node_id();
+    let work = tempfile::tempdir().expect("tempdir");
+    // Distinct commands: identical ones would share one action key and come from the cache.
+    let manifest: String = (0..60).map(|i| format!("[packages.p{i}]\nshell = \"sleep 0.05; echo {i}\"\n")).collect();
+    std::fs::write(work.path().join("buildnet.toml"), manifest).expect("manifest");
+    let mut build = spawn_build(&node, work.path(), &["--local-only"], std::process::Stdio::null());
+    // Mid-build: some packages' allocation and release entries are acknowledged, others not yet.
+    let seen = wait_until("released packages in the ledger", Duration::from_secs(60), || {
+        let seen = acknowledged(&node, &origin);
+        let (_, ledger) = node.get("/api/ledger?types=ResourceReleased&limit=1000");
+        let released = ledger["entries"].as_array().map_or(0, Vec::len);
+        (released >= 5).then_some(seen)
+    });
+    let seen_last = acknowledged(&node, &origin);
+    node.signal(libc::SIGKILL);
+    let _ = build.wait();
+    let dir = node.dir.clone();
+    let (_, guard) = node.stop();
+    let again = TestNode::start_with(common::Start { dir: Some(dir), ..Default::default() });
+    let verify = again.cli(&["ledger", "verify"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    let after = acknowledged(&again, &origin);
+    for (seq, hash) in seen.iter().chain(seen_last.iter()) {
+        assert_eq!(after.get(seq), Some(hash), "acknowledged entry #{seq} is kept as it was");
+    }
+    assert!(seen_last.len() >= 10, "the kill came mid-build, after entries were acknowledged: {seen_last:?}");
+    drop(guard);
 }

@@ -71,6 +71,31 @@ pub fn verify(public_key: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bo
     key.verify(message, &ed25519_dalek::Signature::from_bytes(signature)).is_ok()
 }
 
+/// Checks many Ed25519 signatures at once: (public key, message, signature) each; true only when
+/// every one verifies. Batch verification costs about half of checking one by one; it is
+/// cofactored, so a key's holder could craft a signature this accepts and [`verify`] refuses —
+/// only about their own entries, which `ledger verify` then names. Callers find the culprit of a
+/// failed batch with [`verify`].
+pub fn verify_batch(items: &[(&[u8; 32], &[u8], [u8; 64])]) -> bool {
+    let mut keys: std::collections::HashMap<&[u8; 32], VerifyingKey> = std::collections::HashMap::new();
+    let mut verifying = Vec::with_capacity(items.len());
+    for (key, _, _) in items {
+        let parsed = match keys.get(key) {
+            Some(k) => *k,
+            None => {
+                let Ok(k) = VerifyingKey::from_bytes(key) else { return false };
+                keys.insert(key, k);
+                k
+            }
+        };
+        verifying.push(parsed);
+    }
+    let messages: Vec<&[u8]> = items.iter().map(|(_, m, _)| *m).collect();
+    let signatures: Vec<ed25519_dalek::Signature> =
+        items.iter().map(|(_, _, s)| ed25519_dalek::Signature::from_bytes(s)).collect();
+    ed25519_dalek::verify_batch(&messages, &signatures, &verifying).is_ok()
+}
+
 /// Writes a file only its owner may read (0600), replacing any old one.
 pub fn write_secret(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");

@@ -52,6 +52,19 @@ pub struct BadEntry {
 
 /// Checks one entry against its predecessor's hash and the origin's public key.
 pub fn check_entry(entry: &LedgerEntry, expected_prev: &str, public_key: &[u8; 32]) -> Result<(), String> {
+    let hash = check_content(entry, expected_prev)?;
+    if !identity::verify(public_key, hash.as_bytes(), &signature_of(entry)?) {
+        return Err(BAD_SIGNATURE.into());
+    }
+    Ok(())
+}
+
+/// Why an entry whose signature does not verify is refused.
+pub(super) const BAD_SIGNATURE: &str = "signature does not verify with the origin's key";
+
+/// Checks an entry's link to its predecessor and its content against its hash; returns the hash,
+/// which is what its signature covers (checked by the caller, one by one or in a batch).
+pub(super) fn check_content(entry: &LedgerEntry, expected_prev: &str) -> Result<blake3::Hash, String> {
     if entry.prev_hash != expected_prev {
         return Err(format!(
             "prev_hash {} does not match the previous entry's hash {}",
@@ -70,13 +83,12 @@ pub fn check_entry(entry: &LedgerEntry, expected_prev: &str, public_key: &[u8; 3
     if hash.to_hex().as_str() != entry.hash {
         return Err("content does not match its hash (the entry was altered)".into());
     }
-    let signature: [u8; 64] = wire::unhex(&entry.signature)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| "signature is not 64 hex bytes".to_string())?;
-    if !identity::verify(public_key, hash.as_bytes(), &signature) {
-        return Err("signature does not verify with the origin's key".into());
-    }
-    Ok(())
+    Ok(hash)
+}
+
+/// An entry's signature as bytes.
+pub(super) fn signature_of(entry: &LedgerEntry) -> Result<[u8; 64], String> {
+    wire::unhex(&entry.signature).and_then(|b| b.try_into().ok()).ok_or_else(|| "signature is not 64 hex bytes".into())
 }
 
 fn short(hash: &str) -> &str {

@@ -1,10 +1,12 @@
 //! Replication between peers: this node's heads, entries after a head, storing a peer's batch
 //! after checking it whole, and keeping proof when an origin signs two entries for one position.
 
+use std::collections::HashMap;
+
 use actix::prelude::*;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::chain::{canonical_bytes, check_entry, GENESIS_HASH};
+use super::chain::{canonical_bytes, check_content, signature_of, BAD_SIGNATURE, GENESIS_HASH};
 use super::table::{insert, read_row, ROW_COLUMNS};
 use super::LedgerActor;
 use crate::identity;
@@ -24,21 +26,22 @@ impl Handler<Heads> for LedgerActor {
     }
 }
 
+/// Each origin's newest entry by seeks on the primary key (origin, seq): the next origin after
+/// the last, then its top entry. A peer pulling a long ledger asks for heads with every batch;
+/// grouping the whole table instead read every row each time.
 fn heads(conn: &Connection) -> Result<Vec<Head>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT l.origin, l.seq, l.hash FROM ledger l
-         JOIN (SELECT origin, max(seq) AS top FROM ledger GROUP BY origin) h ON l.origin = h.origin AND l.seq = h.top
-         ORDER BY l.origin",
-    )?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+    let mut next_origin = conn.prepare_cached("SELECT origin FROM ledger WHERE origin > ?1 ORDER BY origin LIMIT 1")?;
+    let mut top = conn.prepare_cached("SELECT seq, hash FROM ledger WHERE origin = ?1 ORDER BY seq DESC LIMIT 1")?;
     let mut out = Vec::new();
-    for row in rows {
-        let (origin, seq, hash) = row?;
+    let mut after = String::new();
+    while let Some(origin) = next_origin.query_row([&after], |r| r.get::<_, String>(0)).optional()? {
+        let (seq, hash) = top.query_row([&origin], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         out.push(Head {
             origin: NodeId::parse(&origin).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             seq: seq as u64,
             hash,
         });
+        after = origin;
     }
     Ok(out)
 }
@@ -111,23 +114,47 @@ impl Handler<InsertRemote> for LedgerActor {
         let own = self.identity.node_id.clone();
         let conn = self.conn()?;
         let tx = conn.transaction()?;
-        let mut outcome = InsertOutcome::default();
-        let mut entries = msg.entries;
-        entries.sort_by(|a, b| (a.origin.as_str(), a.seq).cmp(&(b.origin.as_str(), b.seq)));
-        for e in entries {
-            let refuse = |reason: String| BatchError::Refused { origin: e.origin.to_string(), seq: e.seq, reason };
-            let held: Option<String> = tx
-                .query_row(
-                    "SELECT hash FROM ledger WHERE origin = ?1 AND seq = ?2",
-                    params![e.origin.as_str(), e.seq as i64],
-                    |r| r.get(0),
-                )
-                .optional()?;
+        let outcome = insert_batch(&tx, &own, msg.entries)?;
+        tx.commit()?;
+        Ok(outcome)
+    }
+}
+
+/// Checks and stores a peer's batch inside `tx` (the caller commits). Each origin's key and head
+/// are read once per batch and the head then followed in memory, so a batch of one chain costs
+/// one lookup per origin plus the checks and inserts; an entry past the head cannot be held
+/// already, so only entries at or below it are looked up as possible duplicates. The signatures
+/// of the entries stored are verified together at the end (see [`identity::verify_batch`]); when
+/// that fails, one by one, to name the first bad entry and refuse the batch.
+fn insert_batch(tx: &Connection, own: &NodeId, mut entries: Vec<LedgerEntry>) -> Result<InsertOutcome, BatchError> {
+    let mut outcome = InsertOutcome::default();
+    entries.sort_by(|a, b| (a.origin.as_str(), a.seq).cmp(&(b.origin.as_str(), b.seq)));
+    // origin → (its key, the head this batch has reached).
+    let mut chains: HashMap<NodeId, ([u8; 32], u64, String)> = HashMap::new();
+    // Entries stored so far (by position in `outcome.stored`) with their hash and signature.
+    let mut signed: Vec<([u8; 32], blake3::Hash, [u8; 64])> = Vec::new();
+    for e in entries {
+        let refuse = |reason: String| BatchError::Refused { origin: e.origin.to_string(), seq: e.seq, reason };
+        if !chains.contains_key(&e.origin) {
             let key: Option<Vec<u8>> = tx
-                .query_row("SELECT public_key FROM nodes WHERE id = ?1", [e.origin.as_str()], |r| r.get(0))
+                .prepare_cached("SELECT public_key FROM nodes WHERE id = ?1")?
+                .query_row([e.origin.as_str()], |r| r.get(0))
                 .optional()?;
             let key: [u8; 32] =
                 key.and_then(|k| k.try_into().ok()).ok_or_else(|| refuse("origin is not in the roster".into()))?;
+            let head: Option<(i64, String)> = tx
+                .prepare_cached("SELECT seq, hash FROM ledger WHERE origin = ?1 ORDER BY seq DESC LIMIT 1")?
+                .query_row([e.origin.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let (seq, hash) = head.map(|(s, h)| (s as u64, h)).unwrap_or((0, GENESIS_HASH.to_string()));
+            chains.insert(e.origin.clone(), (key, seq, hash));
+        }
+        let Some((key, head_seq, head_hash)) = chains.get_mut(&e.origin) else { continue };
+        if e.seq <= *head_seq {
+            let held: Option<String> = tx
+                .prepare_cached("SELECT hash FROM ledger WHERE origin = ?1 AND seq = ?2")?
+                .query_row(params![e.origin.as_str(), e.seq as i64], |r| r.get(0))
+                .optional()?;
             if let Some(hash) = held {
                 if hash == e.hash {
                     outcome.duplicates += 1;
@@ -137,7 +164,7 @@ impl Handler<InsertRemote> for LedgerActor {
                 let signed = wire::unhex(&e.signature).and_then(|b| <[u8; 64]>::try_from(b).ok()).is_some_and(|sig| {
                     let h =
                         blake3::hash(&canonical_bytes(&e.origin, e.seq, &e.prev_hash, e.hlc, e.entry_type, &e.data));
-                    h.to_hex().as_str() == e.hash && identity::verify(&key, h.as_bytes(), &sig)
+                    h.to_hex().as_str() == e.hash && identity::verify(key, h.as_bytes(), &sig)
                 });
                 if !signed {
                     return Err(refuse("conflicts with a held entry and does not verify".into()));
@@ -149,27 +176,28 @@ impl Handler<InsertRemote> for LedgerActor {
                 outcome.equivocations.push((e.origin.clone(), e.seq));
                 continue;
             }
-            if e.origin == own {
-                return Err(refuse("claims to be this node's entry, which this node never wrote".into()));
-            }
-            let prev: Option<(i64, String)> = tx
-                .query_row(
-                    "SELECT seq, hash FROM ledger WHERE origin = ?1 ORDER BY seq DESC LIMIT 1",
-                    [e.origin.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let (head_seq, head_hash) = prev.map(|(s, h)| (s as u64, h)).unwrap_or((0, GENESIS_HASH.to_string()));
-            if e.seq != head_seq + 1 {
-                return Err(refuse(format!("expected seq {} next", head_seq + 1)));
-            }
-            check_entry(&e, &head_hash, &key).map_err(refuse)?;
-            insert(&tx, &e)?;
-            outcome.stored.push(e);
         }
-        tx.commit()?;
-        Ok(outcome)
+        if e.origin == *own {
+            return Err(refuse("claims to be this node's entry, which this node never wrote".into()));
+        }
+        if e.seq != *head_seq + 1 {
+            return Err(refuse(format!("expected seq {} next", *head_seq + 1)));
+        }
+        let hash = check_content(&e, head_hash).map_err(refuse)?;
+        signed.push((*key, hash, signature_of(&e).map_err(refuse)?));
+        insert(tx, &e)?;
+        (*head_seq, *head_hash) = (e.seq, e.hash.clone());
+        outcome.stored.push(e);
     }
+    let items: Vec<(&[u8; 32], &[u8], [u8; 64])> =
+        signed.iter().map(|(key, hash, sig)| (key, hash.as_bytes().as_slice(), *sig)).collect();
+    if !identity::verify_batch(&items) {
+        let bad = items.iter().position(|(key, message, sig)| !identity::verify(key, message, sig));
+        if let Some(e) = bad.and_then(|i| outcome.stored.get(i)) {
+            return Err(BatchError::Refused { origin: e.origin.to_string(), seq: e.seq, reason: BAD_SIGNATURE.into() });
+        }
+    }
+    Ok(outcome)
 }
 
 /// Origins with proof of equivocation, and how many conflicting positions each has.
@@ -277,6 +305,38 @@ mod tests {
         assert_eq!(report.equivocations.len(), 1);
         assert_eq!(report.equivocations[0].origin, rid.node_id.to_string());
         assert!(local.verify().await.expect("verify").ok, "the stored chain still verifies");
+    }
+
+    #[actix::test]
+    async fn batches_continue_a_chain_and_one_bad_signature_refuses_its_whole_batch() {
+        let (local_dir, local, _) = fresh_ledger().await;
+        let (_rdir, remote_ledger, rid) = remote(9).await;
+        let other = Identity::from_secret(&[10; 32]);
+        admit(local_dir.path(), &rid);
+        let appends =
+            (0..450).map(|i| remote_ledger.append(LedgerEntryType::KeyCreated, serde_json::json!({ "i": i })));
+        futures_util::future::join_all(appends).await.into_iter().collect::<Result<Vec<_>, _>>().expect("appends");
+        let entries = remote_ledger.entries_after(rid.node_id.clone(), 0, 1000).await.expect("entries");
+        assert_eq!(entries.len(), 450);
+
+        // Entry #250 keeps its content and hash but carries another key's signature.
+        let mut forged = entries[..300].to_vec();
+        forged[249].signature = wire::hex(&other.sign(&wire::unhex(&forged[249].hash).expect("hex hash")));
+        let refused = local.insert_remote(forged).await.expect_err("a forged signature");
+        assert!(refused.to_string().contains("#250") && refused.to_string().contains("signature"), "{refused}");
+        assert!(local.heads().await.expect("heads").iter().all(|h| h.origin != rid.node_id), "nothing stored");
+
+        // Batches in order, each continuing where the last stopped; one overlapping the held part.
+        let first = local.insert_remote(entries[..200].to_vec()).await.expect("first batch");
+        assert_eq!(first.stored.len(), 200);
+        let next = local.insert_remote(entries[150..400].to_vec()).await.expect("overlapping batch");
+        assert_eq!((next.stored.len(), next.duplicates), (200, 50));
+        let gap = local.insert_remote(entries[401..].to_vec()).await.expect_err("a gap");
+        assert!(gap.to_string().contains("expected seq 401"), "{gap}");
+        local.insert_remote(entries[400..].to_vec()).await.expect("the rest");
+        let heads = local.heads().await.expect("heads");
+        assert!(heads.iter().any(|h| h.origin == rid.node_id && h.seq == 450 && h.hash == entries[449].hash));
+        assert!(local.verify().await.expect("verify").ok);
     }
 
     /// Lets the wall clock move so a forked entry differs from the honest one.

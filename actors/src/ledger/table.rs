@@ -6,12 +6,14 @@ use rusqlite::{params, Connection};
 use crate::store::StoreError;
 use crate::wire::{self, Hlc, LedgerEntry, NodeId};
 
-/// Writes one entry; its checks are the caller's.
+/// Writes one entry; its checks are the caller's. The statement is prepared once per
+/// connection (a batch of thousands of entries does not parse it again for each).
 pub(super) fn insert(conn: &Connection, e: &LedgerEntry) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO ledger (origin, seq, prev_hash, hlc_wall, hlc_logical, entry_type, entry_data, hash, signature, received_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
+    )?
+    .execute(params![
             e.origin.as_str(),
             e.seq as i64,
             e.prev_hash,
@@ -22,8 +24,7 @@ pub(super) fn insert(conn: &Connection, e: &LedgerEntry) -> Result<(), StoreErro
             e.hash,
             e.signature,
             wire::now_ms() as i64
-        ],
-    )?;
+    ])?;
     Ok(())
 }
 

@@ -221,6 +221,8 @@ pub struct MeshActor {
     refused: RefusedJoins,
     /// Our ledger heads as last read, and their digest (what peers compare theirs with).
     heads: (String, Vec<wire::Head>),
+    /// Ledger entries being pulled from peers (see [`sync::Pulls`]).
+    pulls: sync::Pulls,
 }
 
 impl MeshActor {
@@ -285,6 +287,7 @@ impl MeshActor {
             pool: None,
             refused: RefusedJoins::default(),
             heads: (String::new(), Vec::new()),
+            pulls: sync::Pulls::default(),
         };
         actor.refresh_own_entry().await?;
         actor.reload_roster().await?;
@@ -352,7 +355,7 @@ impl MeshActor {
             MeshMessage::Rekey => {}
             MeshMessage::LedgerHeads { heads } => self.answer_heads(ctx, link_id, heads),
             MeshMessage::LedgerDigest { digest } => self.on_ledger_digest(link_id, digest),
-            MeshMessage::LedgerEntries { entries } => self.on_entries(from, entries),
+            MeshMessage::LedgerEntries { entries } => self.on_entries(ctx, from, entries),
             MeshMessage::BlobWant { digests } => self.on_blob_want(link_id, digests),
             MeshMessage::BlobChunk(chunk) => self.on_chunk(ctx, link_id, chunk),
             MeshMessage::BlobAck { digest, offset } => self.on_blob_ack(link_id, digest, offset),

@@ -1,7 +1,11 @@
 //! Ledger sync: every tick a node sends a digest of its heads; a peer whose heads differ sends
 //! its heads, and the other answers with what it lacks in bounded batches that each fit one
-//! frame; received batches are checked and stored by the ledger actor. `SyncNow` sends the heads
-//! themselves at once.
+//! frame; received batches are checked and stored by the ledger actor, and a batch that ends an
+//! answer asks for what follows at once ([`Pulls`]), so a long ledger flows at the speed of
+//! checking it. `SyncNow` sends the heads themselves at once.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
@@ -120,12 +124,87 @@ impl Handler<SyncNow> for MeshActor {
     }
 }
 
+/// Received batches a peer may have queued at the ledger, unchecked, before this node asks it
+/// for more: enough to keep the sender reading while the ledger checks, and a bound on memory.
+const PULL_WINDOW: usize = 4;
+/// A pull nothing arrived for in this long is forgotten; the tick's heads exchange starts anew.
+const PULL_IDLE: Duration = Duration::from_secs(2);
+
+/// What this node is pulling from each peer. A batch that completes the answer to the last ask
+/// (or arrives unasked, from the tick's exchange) asks for what follows at once, before it is
+/// checked, while fewer than [`PULL_WINDOW`] batches wait at the ledger; so a fresh node takes a
+/// long ledger at the speed of checking it rather than one batch per tick, in bounded memory.
+#[derive(Default)]
+pub(super) struct Pulls {
+    peers: HashMap<NodeId, Pull>,
+}
+
+#[derive(Default)]
+struct Pull {
+    /// Origin → the seq last asked after.
+    asked: HashMap<NodeId, u64>,
+    /// Batches handed to the ledger and not stored (or refused) yet.
+    in_flight: usize,
+    /// An ask held back until the ledger catches up.
+    deferred: Option<Vec<Head>>,
+    last_batch: Option<Instant>,
+}
+
+impl Pull {
+    /// The heads to ask `entries`' sender with, when the batch ends an answer: our heads with
+    /// each origin of the batch moved to the batch's last entry.
+    fn next_ask(&mut self, ours: &[Head], entries: &[wire::LedgerEntry]) -> Option<Vec<Head>> {
+        if self.last_batch.is_none_or(|t| t.elapsed() > PULL_IDLE) {
+            self.asked.clear();
+        }
+        self.last_batch = Some(Instant::now());
+        let mut tails: HashMap<&NodeId, &wire::LedgerEntry> = HashMap::new();
+        for e in entries {
+            let tail = tails.entry(&e.origin).or_insert(e);
+            if e.seq > tail.seq {
+                *tail = e;
+            }
+        }
+        // An answer carries up to SYNC_BATCH entries after what was asked; one that reached that
+        // far may have more behind it. An origin never asked about came with the tick.
+        let ends: Vec<&wire::LedgerEntry> = tails
+            .into_values()
+            .filter(|e| self.asked.get(&e.origin).is_none_or(|after| e.seq >= after + SYNC_BATCH as u64))
+            .collect();
+        if ends.is_empty() {
+            return None;
+        }
+        let mut heads: Vec<Head> = ours.to_vec();
+        for e in ends {
+            self.asked.insert(e.origin.clone(), e.seq);
+            let head = Head { origin: e.origin.clone(), seq: e.seq, hash: e.hash.clone() };
+            match heads.iter_mut().find(|h| h.origin == e.origin) {
+                Some(h) if h.seq < e.seq => *h = head,
+                Some(_) => {}
+                None => heads.push(head),
+            }
+        }
+        Some(heads)
+    }
+}
+
 impl MeshActor {
-    /// A peer's batch: the ledger checks every entry (chain, hash, signature) before storing.
-    pub(super) fn on_entries(&mut self, from: NodeId, entries: Vec<wire::LedgerEntry>) {
+    /// A peer's batch: asks for what follows (see [`Pulls`]), then the ledger checks every
+    /// entry (chain, hash, signature) before storing.
+    pub(super) fn on_entries(&mut self, ctx: &mut Context<Self>, from: NodeId, entries: Vec<wire::LedgerEntry>) {
+        let pull = self.pulls.peers.entry(from.clone()).or_default();
+        if let Some(ask) = pull.next_ask(&self.heads.1, &entries) {
+            pull.deferred = Some(ask);
+        }
+        pull.in_flight += 1;
+        self.ask_more(&from);
         let (ledger, events) = (self.ledger.clone(), self.events.clone());
-        actix::spawn(async move {
-            match ledger.insert_remote(entries).await {
+        let stored = async move { ledger.insert_remote(entries).await };
+        ctx.spawn(stored.into_actor(self).map(move |outcome, act, _| {
+            if let Some(pull) = act.pulls.peers.get_mut(&from) {
+                pull.in_flight = pull.in_flight.saturating_sub(1);
+            }
+            match outcome {
                 Ok(outcome) => {
                     for (origin, seq) in &outcome.equivocations {
                         log::error!(
@@ -135,10 +214,27 @@ impl MeshActor {
                     for entry in outcome.stored {
                         events.publish(Event::LedgerEntry { entry: Box::new(entry) });
                     }
+                    act.ask_more(&from);
                 }
-                Err(e) => log::warn!("refused a ledger batch from {from}: {e}"),
+                Err(e) => {
+                    log::warn!("refused a ledger batch from {from}: {e}");
+                    // What was asked on its strength is moot; the tick's exchange starts over.
+                    act.pulls.peers.remove(&from);
+                }
             }
-        });
+        }));
+    }
+
+    /// Sends a held-back ask to `peer` once its batches at the ledger are fewer than the window.
+    fn ask_more(&mut self, peer: &NodeId) {
+        let Some(pull) = self.pulls.peers.get_mut(peer) else { return };
+        if pull.in_flight >= PULL_WINDOW {
+            return;
+        }
+        let Some(heads) = pull.deferred.take() else { return };
+        if let Some(link) = self.peers.get(peer).and_then(|p| p.link) {
+            self.send(link, MeshMessage::LedgerHeads { heads });
+        }
     }
 }
 
@@ -149,6 +245,82 @@ mod tests {
 
     fn id(n: u8) -> NodeId {
         NodeId::parse(&format!("{n:016x}")).expect("id")
+    }
+
+    fn entry(origin: u8, seq: u64) -> wire::LedgerEntry {
+        wire::LedgerEntry {
+            origin: id(origin),
+            seq,
+            prev_hash: "0".repeat(64),
+            hlc: wire::Hlc { wall_ms: 1, logical: 0 },
+            entry_type: LedgerEntryType::KeyCreated,
+            data: serde_json::json!({}),
+            hash: format!("{seq:064x}"),
+            signature: "0".repeat(128),
+        }
+    }
+
+    #[test]
+    fn a_pull_asks_for_what_follows_only_when_an_answer_ends() {
+        let ours = vec![Head { origin: id(9), seq: 3, hash: "9".repeat(64) }];
+        let mut pull = Pull::default();
+        // A batch nobody asked for (the tick's exchange): ask after its last entry, keeping our
+        // other heads so the peer does not resend those.
+        let ask = pull.next_ask(&ours, &(1..=120).map(|s| entry(1, s)).collect::<Vec<_>>()).expect("asks");
+        assert_eq!(ask.len(), 2);
+        assert!(ask.contains(&ours[0]));
+        assert!(ask.iter().any(|h| h.origin == id(1) && h.seq == 120 && h.hash == format!("{:064x}", 120)));
+        // The answer comes in two frames: only the one reaching SYNC_BATCH past the ask asks again.
+        let half = (121..=220).map(|s| entry(1, s)).collect::<Vec<_>>();
+        assert!(pull.next_ask(&ours, &half).is_none(), "the answer's first frame");
+        let rest = (221..=320).map(|s| entry(1, s)).collect::<Vec<_>>();
+        let ask = pull.next_ask(&ours, &rest).expect("the answer ended");
+        assert!(ask.iter().any(|h| h.origin == id(1) && h.seq == 320));
+        // A short answer is the end of the chain: nothing more to ask.
+        assert!(pull.next_ask(&ours, &(321..=330).map(|s| entry(1, s)).collect::<Vec<_>>()).is_none());
+        // A duplicate of what was already asked past asks nothing.
+        assert!(pull.next_ask(&ours, &(1..=200).map(|s| entry(1, s)).collect::<Vec<_>>()).is_none());
+    }
+
+    #[actix::test]
+    async fn a_fresh_peer_takes_a_long_ledger_and_its_heads_match() {
+        use crate::mesh::memory::{join_in_memory, MemoryNet};
+        use crate::start::{start, test_options};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let net = MemoryNet::new();
+        let mut nodes = Vec::new();
+        for (name, create_mesh) in [("source", true), ("fresh", false)] {
+            let mut opts = test_options(&dir.path().join(name));
+            (opts.name, opts.address, opts.create_mesh) = (Some(name.into()), format!("mem://{name}"), create_mesh);
+            opts.config.benchmark.on_start = false;
+            opts.config.benchmark.interval_hours = 0.0;
+            let node = start(opts).await.expect("node starts").node;
+            net.register(&node.address, node.mesh.clone());
+            node.mesh.set_dialer(net.dialer());
+            nodes.push(node);
+        }
+        let (source, fresh) = (&nodes[0], &nodes[1]);
+        let appends =
+            (0..2000).map(|i| source.ledger.append(LedgerEntryType::KeyCreated, serde_json::json!({ "i": i })));
+        futures_util::future::join_all(appends).await.into_iter().collect::<Result<Vec<_>, _>>().expect("appends");
+        let (token, _) = source.mesh.create_token(crate::wire::Role::Builder, 60_000, "test").await.expect("token");
+        join_in_memory(&source.mesh, &fresh.mesh, &token).await.expect("joined");
+        let started = std::time::Instant::now();
+        loop {
+            let want = source.ledger.heads().await.expect("heads");
+            if want == fresh.ledger.heads().await.expect("heads") {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "heads still differ: {want:?}");
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        let report = fresh.ledger.verify().await.expect("verify");
+        assert!(report.ok, "{:?}", report.first_bad);
+        let source_chain = report.chains.iter().find(|c| c.origin == source.identity.node_id.to_string());
+        assert!(source_chain.is_some_and(|c| c.entries > 2000), "{:?}", report.chains);
+        for n in &nodes {
+            n.shutdown("test over").await;
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod mesh;
 pub mod node;
 pub mod pool;
 pub mod resource;
+pub mod simulation;
 pub mod start;
 pub mod store;
 pub mod wire;

@@ -290,7 +290,9 @@ impl Handler<ListResources> for PoolActor {
             let status = local.status().await?;
             let mut sources: Vec<(NodeStatus, f64)> = vec![(status, 0.0)];
             sources.extend(
-                peers.into_iter().filter(is_usable).filter_map(|p| p.advert.map(|a| (*a, p.latency_ms.unwrap_or(0.0)))),
+                peers.into_iter().filter(is_usable).filter_map(|p| {
+                    p.advert.map(|a| (std::sync::Arc::unwrap_or_clone(a), p.latency_ms.unwrap_or(0.0)))
+                }),
             );
             Ok(sources
                 .iter()

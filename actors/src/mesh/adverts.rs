@@ -7,17 +7,19 @@ use crate::events::Event;
 use crate::wire::{MeshMessage, NodeId, NodeRole, NodeStatus};
 
 impl MeshActor {
-    /// Sends our resources to every peer when they changed (or to all when `force`).
-    pub(super) fn advertise(&mut self, ctx: &mut Context<Self>, force: bool) {
+    /// Sends our resources to every peer when they changed, and to a new link always.
+    pub(super) fn advertise(&mut self, ctx: &mut Context<Self>, new_link: Option<u64>) {
         let node = self.node.clone();
         ctx.spawn(async move { node.status().await }.into_actor(self).map(move |status, act, _| {
             let Ok(mut status) = status else { return };
             status.role = NodeRole::of(&act.me, act.role, &act.view.coordinator);
             act.bench.own = Some(Box::new(status.clone()));
             let fingerprint = advert_fingerprint(&status);
-            if force || fingerprint != act.last_advert {
+            if fingerprint != act.last_advert {
                 act.last_advert = fingerprint;
                 act.broadcast(MeshMessage::Advert(Box::new(status)));
+            } else if let Some(link) = new_link {
+                act.send(link, MeshMessage::Advert(Box::new(status)));
             }
         }));
     }
@@ -48,7 +50,7 @@ impl MeshActor {
             return;
         }
         let resources = Box::new(status.resources.clone());
-        peer.advert = Some(status);
+        peer.advert = Some(std::sync::Arc::from(status));
         self.events.publish(Event::ResourceUpdate { node_id: from, resources });
         self.publish_peers();
     }

@@ -15,8 +15,10 @@ use super::noise::{Handshake, NoiseError, Transport, MAX_FRAME};
 use super::{LinkAuthenticated, LinkClosed, LinkMessage, MeshActor};
 use crate::wire::{self, Envelope, MeshMessage, NodeId, PROTOCOL_VERSION};
 
-/// A link with no frame for this long is dead (heartbeats come every second).
-pub const LINK_TIMEOUT: Duration = Duration::from_secs(3);
+/// A link with no frame for this long is dead: every link carries at least a keepalive ping
+/// every 10 s. (Whether the node behind a link is alive is gossip's call, `mesh/gossip.rs`, within
+/// seconds; this only catches a socket that went half-open.)
+pub const IDLE_LINK_TIMEOUT: Duration = Duration::from_secs(35);
 /// A handshake must finish within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys are replaced after this many messages in one direction …
@@ -157,8 +159,8 @@ impl Actor for BridgeActor {
                 act.fail(ctx, "handshake timed out");
             }
         });
-        ctx.run_interval(Duration::from_millis(500), |act, ctx| {
-            if matches!(act.phase, Phase::Open { .. }) && act.last_rx.elapsed() > LINK_TIMEOUT {
+        ctx.run_interval(Duration::from_secs(5), |act, ctx| {
+            if matches!(act.phase, Phase::Open { .. }) && act.last_rx.elapsed() > IDLE_LINK_TIMEOUT {
                 act.fail(ctx, "peer silent");
             }
         });

@@ -13,7 +13,7 @@ pub struct Candidate {
     pub id: NodeId,
     pub weight: f64,
     pub role: Role,
-    /// This node itself, or a peer heard from within [`OFFLINE_AFTER`].
+    /// This node itself, or a peer that is linked and not declared down by gossip.
     pub live: bool,
 }
 

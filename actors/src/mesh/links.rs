@@ -7,6 +7,7 @@ use actix::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::bridge::{self, BridgeActor, Outgoing};
+use super::sync::HeadsTo;
 use super::{noise, Dialer, Link, MeshActor, MeshHandle, MAX_BACKOFF, MIN_BACKOFF};
 use crate::wire::{self, Hello, MeshMessage};
 
@@ -119,14 +120,12 @@ impl Handler<LinkAuthenticated> for MeshActor {
             name: self.name.clone(),
             address: self.address.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
+            roster_digest: self.roster_digest(),
         };
         self.send(msg.link_id, MeshMessage::Hello(hello));
-        let (store, link_id) = (self.store.clone(), msg.link_id);
-        ctx.spawn(async move { MeshActor::all_entries(&store).await }.into_actor(self).map(move |entries, act, _| {
-            act.send(link_id, MeshMessage::Roster { entries });
-        }));
-        self.advertise(ctx, true);
-        self.exchange_heads(ctx, true);
+        self.swim_link_up(ctx, &peer_id);
+        self.advertise(ctx, Some(msg.link_id));
+        self.exchange_heads(ctx, HeadsTo::Link(msg.link_id));
     }
 }
 

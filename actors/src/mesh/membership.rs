@@ -66,6 +66,7 @@ impl MeshActor {
         for (entry, address) in roster {
             if entry.node_id == self.me {
                 self.role = entry.role;
+                self.own_entry = Some(entry);
                 continue;
             }
             match self.peers.get_mut(&entry.node_id) {
@@ -78,8 +79,20 @@ impl MeshActor {
         Ok(())
     }
 
-    pub(super) fn on_roster(&mut self, ctx: &mut Context<Self>, entries: Vec<RosterEntry>) {
+    pub(super) fn on_roster(&mut self, ctx: &mut Context<Self>, mut entries: Vec<RosterEntry>) {
         let Some(mesh) = self.mesh.clone() else { return };
+        // Entries held already are not checked again (a signature check each, on every link).
+        entries.retain(|e| {
+            let held = if e.node_id == self.me {
+                self.own_entry.as_ref()
+            } else {
+                self.peers.get(&e.node_id).map(|p| &p.entry)
+            };
+            held != Some(e)
+        });
+        if entries.is_empty() {
+            return;
+        }
         let store = self.store.clone();
         ctx.spawn(
             async move {
@@ -102,6 +115,7 @@ impl MeshActor {
                 for e in fresh.unwrap_or_default() {
                     if e.node_id == act.me {
                         act.role = e.role;
+                        act.own_entry = Some(e);
                         continue;
                     }
                     let revoked = e.revoked;
@@ -537,7 +551,32 @@ impl Handler<ReloadRoster> for MeshActor {
 
 impl MeshActor {
     /// A peer's first message on a link: remember where it can be reached now.
-    pub(super) fn on_hello(&mut self, from: NodeId, hello: wire::Hello) {
+    /// A digest of every roster entry this node holds (its own included): equal digests mean
+    /// equal rosters, so a new link exchanges entries only when they differ.
+    pub(super) fn roster_digest(&self) -> String {
+        let mut signed: Vec<(&NodeId, &str)> =
+            self.peers.iter().map(|(id, p)| (id, p.entry.signature.as_str())).collect();
+        if let Some(own) = &self.own_entry {
+            signed.push((&own.node_id, own.signature.as_str()));
+        }
+        signed.sort();
+        let mut hasher = blake3::Hasher::new();
+        for (id, signature) in signed {
+            hasher.update(id.as_str().as_bytes());
+            hasher.update(signature.as_bytes());
+        }
+        hasher.finalize().to_hex().to_string()
+    }
+
+    pub(super) fn on_hello(&mut self, ctx: &mut Context<Self>, link_id: u64, from: NodeId, hello: wire::Hello) {
+        if hello.roster_digest != self.roster_digest() {
+            let store = self.store.clone();
+            ctx.spawn(async move { MeshActor::all_entries(&store).await }.into_actor(self).map(
+                move |entries, act, _| {
+                    act.send(link_id, MeshMessage::Roster { entries });
+                },
+            ));
+        }
         let Some(peer) = self.peers.get_mut(&from) else { return };
         if hello.address == peer.address || hello.address.is_empty() {
             return;

@@ -10,13 +10,17 @@
 //! A `MemoryNet` maps addresses (any string, e.g. `mem://a`) to the node listening there: give
 //! each node [`MemoryNet::register`] and [`MemoryNet::dialer`]. [`MemoryNet::sever`] drops every
 //! link of a node as a network fault would (the meshes redial); [`MemoryNet::kill`] also takes
-//! the node off the net, as a lost machine: nobody reaches it and it reaches nobody.
+//! the node off the net, as a lost machine: nobody reaches it and it reaches nobody;
+//! [`MemoryNet::silence`] keeps a node's links open but carries nothing (a hung machine);
+//! [`MemoryNet::partition`] splits the net into sides that cannot reach each other until
+//! [`MemoryNet::heal`]; [`MemoryNet::set_conditions`] gives every link latency, jitter and loss.
 //!
 //! It is not behind `cfg(test)`: it is small, uses nothing the engine does not already use, and
 //! tests outside this crate (a simulation harness) can start many nodes with it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
@@ -42,6 +46,48 @@ struct Net {
     silent: std::collections::HashSet<String>,
     /// Frame bytes delivered, for the background traffic of a simulation.
     bytes: u64,
+    /// Each address's side while the net is split; frames and dials between sides vanish.
+    sides: HashMap<String, usize>,
+    conditions: LinkConditions,
+}
+
+/// How every link behaves. A link is a stream (as the WebSocket it stands for), so a lost
+/// frame is not dropped — TCP would send it again — it arrives `retransmit` late, and frames
+/// stay in order: a late frame holds back those behind it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinkConditions {
+    /// One-way delay of every frame.
+    pub latency: Duration,
+    /// A uniformly random extra delay, up to this.
+    pub jitter: Duration,
+    /// The chance a frame is lost once (0..1).
+    pub loss: f64,
+    /// How late a lost frame arrives (a retransmission timeout).
+    pub retransmit: Duration,
+}
+
+impl LinkConditions {
+    fn delay(&self) -> Duration {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        let mut delay = self.latency;
+        if !self.jitter.is_zero() {
+            delay += self.jitter.mul_f64(rng.gen::<f64>());
+        }
+        if self.loss > 0.0 && rng.gen::<f64>() < self.loss {
+            delay += self.retransmit;
+        }
+        delay
+    }
+}
+
+impl Net {
+    /// Whether frames between `a` and `b` vanish (either is silent, or they are on two sides).
+    fn cut(&self, a: &str, b: &str) -> bool {
+        self.silent.contains(a)
+            || self.silent.contains(b)
+            || matches!((self.sides.get(a), self.sides.get(b)), (Some(x), Some(y)) if x != y)
+    }
 }
 
 /// One open link: the addresses of its two ends and their bridges.
@@ -93,6 +139,28 @@ impl MemoryNet {
         self.net().silent.insert(address.to_string());
     }
 
+    /// Lets a silent node's frames flow again (a paused machine that resumes).
+    pub fn resume(&self, address: &str) {
+        self.net().silent.remove(address);
+    }
+
+    /// Splits the net: nodes on different sides reach each other no more (their open links go
+    /// quiet, new dials fail) until [`MemoryNet::heal`]. Addresses on no side reach everyone.
+    pub fn partition(&self, sides: &[Vec<String>]) {
+        let mut net = self.net();
+        net.sides = sides.iter().enumerate().flat_map(|(i, side)| side.iter().map(move |a| (a.clone(), i))).collect();
+    }
+
+    /// Ends a partition.
+    pub fn heal(&self) {
+        self.net().sides.clear();
+    }
+
+    /// Latency, jitter and loss for every frame from now on.
+    pub fn set_conditions(&self, conditions: LinkConditions) {
+        self.net().conditions = conditions;
+    }
+
     /// Frame bytes delivered so far over every link.
     pub fn bytes(&self) -> u64 {
         self.net().bytes
@@ -108,7 +176,8 @@ impl MemoryNet {
         let (from_address, target) = {
             let net = self.net();
             let me = net.nodes.iter().find(|(_, m)| m.addr == from.addr).map(|(a, _)| a.clone());
-            (me, net.nodes.get(&url).cloned())
+            let reachable = me.as_ref().is_some_and(|a| !net.cut(a, &url));
+            (me, net.nodes.get(&url).filter(|_| reachable).cloned())
         };
         let (Some(from_address), Some(target)) = (from_address, target) else {
             return from.dial_failed(url);
@@ -141,22 +210,37 @@ impl MemoryNet {
         actix::spawn(self.pump(id, rx_b, b, a));
     }
 
-    /// Carries one direction's frames; when the sending bridge closes (or drops its channel),
-    /// both ends see the socket close.
+    /// Carries one direction's frames, each after the link's delay and in order; when the
+    /// sending bridge closes (or drops its channel), both ends see the socket close.
     async fn pump(self, id: u64, mut rx: UnboundedReceiver<Outgoing>, from: Addr<BridgeActor>, to: Addr<BridgeActor>) {
+        let (delayed_tx, mut delayed) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+        let receiver = to.clone();
+        let deliver = actix::spawn(async move {
+            while let Some((at, frame)) = delayed.recv().await {
+                actix_rt::time::sleep_until(at.into()).await;
+                receiver.do_send(Incoming { frame });
+            }
+        });
+        let mut last = Instant::now();
         while let Some(Outgoing::Frame(frame)) = rx.recv().await {
-            let deliver = {
+            let delay = {
                 let mut net = self.net();
-                let silent = net.links.get(&id).is_some_and(|l| l.ends.iter().any(|e| net.silent.contains(e)));
-                if !silent {
+                let cut = net.links.get(&id).is_none_or(|l| net.cut(&l.ends[0], &l.ends[1]));
+                if !cut {
                     net.bytes += frame.len() as u64;
                 }
-                !silent
+                (!cut).then(|| net.conditions.delay())
             };
-            if deliver {
+            let Some(delay) = delay else { continue };
+            if delay.is_zero() && last <= Instant::now() {
                 to.do_send(Incoming { frame });
+            } else {
+                last = last.max(Instant::now() + delay);
+                let _ = delayed_tx.send((last, frame));
             }
         }
+        drop(delayed_tx);
+        let _ = deliver.await;
         from.do_send(SocketClosed);
         to.do_send(SocketClosed);
         self.net().links.remove(&id);

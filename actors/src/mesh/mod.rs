@@ -1,4 +1,4 @@
-//! The mesh: which nodes belong (the signed roster), which are alive (links and heartbeats),
+//! The mesh: which nodes belong (the signed roster), which are alive (SWIM gossip over the links),
 //! who coordinates (a deterministic choice with a growing epoch), and keeping every node's
 //! ledger and resource view in step.
 //!
@@ -9,6 +9,7 @@
 mod adverts;
 pub mod bridge;
 pub mod coordinator;
+pub mod gossip;
 pub mod join;
 mod links;
 pub mod membership;
@@ -31,7 +32,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use utoipa::ToSchema;
 
 use crate::cas::Cas;
-use crate::events::{Event, EventBus};
+use crate::events::EventBus;
 use crate::exec::ExecutorHandle;
 use crate::identity::Identity;
 use crate::ledger::LedgerHandle;
@@ -55,10 +56,18 @@ use roster::{MeshInfo, MeshKey, RosterEntry, RosterError, TokenInfo};
 use sync::SyncNow;
 use transfer::Transfer;
 
-/// Heartbeats, ledger heads and adverts go out this often.
+/// Ledger digests, adverts and the coordinator view go out this often.
 pub const TICK: Duration = Duration::from_secs(1);
-/// A peer not heard from for this long is offline.
-pub const OFFLINE_AFTER: Duration = bridge::LINK_TIMEOUT;
+/// Grace after start before this node hands out benchmark turns (peers have linked by then).
+pub const OFFLINE_AFTER: Duration = Duration::from_secs(3);
+/// Random peers that get this node's ledger digest and coordinator view each tick (all of
+/// them when its own chain grew): gossip, so an idle node's traffic does not grow with N.
+const GOSSIP_FANOUT: usize = 3;
+/// Each link carries at least a ping this often, so a half-open socket is noticed
+/// ([`bridge::IDLE_LINK_TIMEOUT`]); liveness itself is gossip's.
+const KEEPALIVE_TICKS: u64 = 10;
+/// The peer table goes to the pool on every change, and this often anyway (last seen, latency).
+const REPUBLISH_TICKS: u64 = 5;
 /// Redial backoff starts here and doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
@@ -79,7 +88,10 @@ pub struct PeerView {
     pub status: NodeState,
     pub last_seen_ms: u64,
     pub latency_ms: Option<f64>,
-    pub advert: Option<Box<NodeStatus>>,
+    /// Shared, not copied: the peer table goes to the pool on every change, and an advert
+    /// (tools, volumes, benchmarks) is the bulk of it.
+    #[schema(value_type = Option<NodeStatus>)]
+    pub advert: Option<Arc<NodeStatus>>,
 }
 
 /// This node's place in the mesh.
@@ -105,11 +117,13 @@ struct Peer {
     last_seen: Option<Instant>,
     last_seen_ms: u64,
     rtt_ms: Option<f64>,
-    advert: Option<Box<NodeStatus>>,
+    advert: Option<Arc<NodeStatus>>,
     next_dial: Instant,
     backoff: Duration,
     dialing: bool,
     was_online: bool,
+    /// Liveness as gossip knows it.
+    swim: gossip::SwimState,
 }
 
 impl Peer {
@@ -126,11 +140,14 @@ impl Peer {
             backoff: MIN_BACKOFF,
             dialing: false,
             was_online: false,
+            swim: gossip::SwimState::default(),
         }
     }
 
+    /// Linked, and not declared down by gossip (a closed socket is noticed at once; a hung or
+    /// unreachable node by SWIM within seconds).
     fn online(&self) -> bool {
-        self.link.is_some() && self.last_seen.is_some_and(|t| t.elapsed() < OFFLINE_AFTER)
+        self.link.is_some() && !self.swim.down
     }
 
     fn status(&self) -> NodeState {
@@ -223,6 +240,12 @@ pub struct MeshActor {
     heads: (String, Vec<wire::Head>),
     /// Ledger entries being pulled from peers (see [`sync::Pulls`]).
     pulls: sync::Pulls,
+    /// SWIM membership and failure detection.
+    swim: gossip::Swim,
+    /// Ticks since start (keepalives and republishing are spread over ticks).
+    ticks: u64,
+    /// This node's own roster entry (part of the roster digest).
+    own_entry: Option<RosterEntry>,
 }
 
 impl MeshActor {
@@ -273,7 +296,7 @@ impl MeshActor {
             bootstrap: opts.bootstrap,
             bootstrap_next: Instant::now(),
             dialer: None,
-            view: CoordinatorView { coordinator: me, epoch },
+            view: CoordinatorView { coordinator: me.clone(), epoch },
             highest_epoch: epoch,
             last_advert: String::new(),
             store: opts.store,
@@ -288,6 +311,9 @@ impl MeshActor {
             refused: RefusedJoins::default(),
             heads: (String::new(), Vec::new()),
             pulls: sync::Pulls::default(),
+            swim: gossip::Swim::new(me),
+            ticks: 0,
+            own_entry: None,
         };
         actor.refresh_own_entry().await?;
         actor.reload_roster().await?;
@@ -310,27 +336,46 @@ impl MeshActor {
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        for (id, p) in self.peers.iter_mut() {
-            let online = p.online();
-            if p.was_online != online {
-                p.was_online = online;
-                self.events.publish(Event::NodeStatus {
-                    node_id: id.clone(),
-                    status: p.status(),
-                    reason: (!online).then(|| "no heartbeat".to_string()),
-                });
-            }
-        }
+        self.ticks += 1;
+        self.note_transitions();
         self.recompute_coordinator();
-        let ping = MeshMessage::Ping { sent_ms: wire::now_ms(), view: self.view.clone() };
-        self.broadcast(ping);
+        self.ping_some();
+        self.reconcile_down_links(ctx);
         self.dial_missing(now, ctx);
-        self.exchange_heads(ctx, false);
-        self.advertise(ctx, false);
+        self.exchange_heads(ctx, sync::HeadsTo::Gossip);
+        self.advertise(ctx, None);
         self.schedule_benchmarks();
         self.expire_transfers();
         self.summarise_refusals();
-        self.publish_peers();
+        if self.ticks.is_multiple_of(REPUBLISH_TICKS) {
+            self.publish_peers();
+        }
+    }
+
+    /// Linked peers, a few at random: who gets this tick's digest and view.
+    fn gossip_targets(&self) -> Vec<u64> {
+        use rand::seq::SliceRandom;
+        let mut linked: Vec<u64> = self.peers.values().filter_map(|p| p.link.filter(|_| p.online())).collect();
+        linked.shuffle(&mut rand::thread_rng());
+        linked.truncate(GOSSIP_FANOUT);
+        linked
+    }
+
+    /// Pings carry the coordinator view (so epochs converge) and measure latency: a few random
+    /// peers each tick, and every link at least every [`KEEPALIVE_TICKS`].
+    fn ping_some(&self) {
+        let ping = MeshMessage::Ping { sent_ms: wire::now_ms(), view: self.view.clone() };
+        let mut chosen = self.gossip_targets();
+        for (i, p) in self.peers.values().enumerate() {
+            if let Some(link) = p.link {
+                if (self.ticks + i as u64).is_multiple_of(KEEPALIVE_TICKS) && !chosen.contains(&link) {
+                    chosen.push(link);
+                }
+            }
+        }
+        for link in chosen {
+            self.send(link, ping.clone());
+        }
     }
 
     /// Hands the peer table to the pool, which owns the pooled view everyone else reads.
@@ -346,7 +391,7 @@ impl MeshActor {
         peer.last_seen = Some(Instant::now());
         peer.last_seen_ms = wire::now_ms();
         match body {
-            MeshMessage::Hello(hello) => self.on_hello(from, hello),
+            MeshMessage::Hello(hello) => self.on_hello(ctx, link_id, from, hello),
             MeshMessage::Ping { sent_ms, view } => self.on_ping(link_id, sent_ms, view),
             MeshMessage::Pong { echo_ms } => self.on_pong(&from, echo_ms),
             MeshMessage::Advert(status) => self.on_advert(from, status),
@@ -355,6 +400,9 @@ impl MeshActor {
             MeshMessage::Rekey => {}
             MeshMessage::LedgerHeads { heads } => self.answer_heads(ctx, link_id, heads),
             MeshMessage::LedgerDigest { digest } => self.on_ledger_digest(link_id, digest),
+            MeshMessage::Swim { data } => self.on_swim(ctx, from, data),
+            MeshMessage::SwimVia { to, data } => self.on_swim_via(from, to, data),
+            MeshMessage::SwimRelayed { data } => self.on_swim_relayed(ctx, from, data),
             MeshMessage::LedgerEntries { entries } => self.on_entries(ctx, from, entries),
             MeshMessage::BlobWant { digests } => self.on_blob_want(link_id, digests),
             MeshMessage::BlobChunk(chunk) => self.on_chunk(ctx, link_id, chunk),

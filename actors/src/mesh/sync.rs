@@ -14,22 +14,35 @@ use crate::events::Event;
 use crate::wire::{self, Head, MeshMessage, NodeId};
 
 impl MeshActor {
-    /// Reads our ledger heads and sends every peer their digest (`full`: the heads themselves,
-    /// so each answers with what we lack at once).
-    pub(super) fn exchange_heads(&mut self, ctx: &mut Context<Self>, full: bool) {
+    /// Reads our ledger heads and sends them on (see [`HeadsTo`]).
+    pub(super) fn exchange_heads(&mut self, ctx: &mut Context<Self>, to: HeadsTo) {
         let ledger = self.ledger.clone();
         ctx.spawn(async move { ledger.heads().await }.into_actor(self).map(move |heads, act, _| match heads {
             Ok(heads) => {
                 let digest = heads_digest(&heads);
+                let own = |hs: &[Head], me: &NodeId| hs.iter().find(|h| h.origin == *me).map(|h| h.seq);
+                let grew = own(&heads, &act.me) != own(&act.heads.1, &act.me);
                 act.heads = (digest.clone(), heads.clone());
-                if full {
-                    act.broadcast(MeshMessage::LedgerHeads { heads });
-                } else {
-                    act.broadcast(MeshMessage::LedgerDigest { digest });
+                match to {
+                    HeadsTo::Link(link) => act.send(link, MeshMessage::LedgerHeads { heads }),
+                    HeadsTo::Everyone => act.broadcast(MeshMessage::LedgerHeads { heads }),
+                    HeadsTo::Gossip => act.gossip_digest(digest, grew),
                 }
             }
             Err(e) => log::warn!("ledger heads: {e}"),
         }));
+    }
+
+    /// The tick's digest: to every peer when this node's own chain grew (its entries spread in
+    /// one hop), else to a few random peers (everything else spreads by those exchanges).
+    fn gossip_digest(&self, digest: String, grew: bool) {
+        if grew {
+            self.broadcast(MeshMessage::LedgerDigest { digest });
+        } else {
+            for link in self.gossip_targets() {
+                self.send(link, MeshMessage::LedgerDigest { digest: digest.clone() });
+            }
+        }
     }
 
     /// A peer's digest: when its heads differ from ours, it gets ours and answers with what we
@@ -68,6 +81,16 @@ impl MeshActor {
             }),
         );
     }
+}
+
+/// Who gets this node's ledger heads.
+pub(super) enum HeadsTo {
+    /// A new link: the heads themselves, so each side answers with what the other lacks.
+    Link(u64),
+    /// Every peer, the heads themselves (`ledger sync`).
+    Everyone,
+    /// The tick: a digest, see [`MeshActor::gossip_digest`].
+    Gossip,
 }
 
 /// The digest of a set of heads: BLAKE3 over each origin's id, seq and hash, in origin order.
@@ -119,7 +142,7 @@ impl Handler<SyncNow> for MeshActor {
     type Result = usize;
 
     fn handle(&mut self, _: SyncNow, ctx: &mut Context<Self>) -> usize {
-        self.exchange_heads(ctx, true);
+        self.exchange_heads(ctx, HeadsTo::Everyone);
         self.peers.values().filter(|p| p.link.is_some()).count()
     }
 }

@@ -80,6 +80,24 @@ pub enum MeshMessage {
     LedgerDigest {
         digest: String,
     },
+    /// A SWIM message (membership and failure detection, `mesh/gossip.rs`): opaque to the
+    /// envelope, encoded by the gossip layer.
+    Swim {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// A SWIM message for a node the sender has no link to: the receiver passes it on as
+    /// [`MeshMessage::SwimRelayed`] over its own link to `to` (one hop, never further).
+    SwimVia {
+        to: NodeId,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// A SWIM message passed on by the link's peer from the member it names as sender.
+    SwimRelayed {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     /// Output a requested task printed so far (at most [`crate::wire::OUTPUT_CHUNK`] bytes), sent
     /// while it runs so the requester's build page and CLI can show it live.
     TaskOutput {
@@ -136,6 +154,10 @@ pub struct Hello {
     pub name: String,
     pub address: String,
     pub version: String,
+    /// A digest of the sender's roster: the receiver sends its roster only when its own
+    /// differs, instead of every roster entry on every new link.
+    #[serde(default)]
+    pub roster_digest: String,
 }
 
 /// Who a node thinks coordinates, and the epoch of that choice.

@@ -59,7 +59,8 @@ pub async fn remote_page(req: HttpRequest, state: web::Data<AppState>, id: web::
     let peers = state.node.pool.peers().await;
     match peers.into_iter().find(|p| p.node_id.as_str() == id.as_str()) {
         Some(p) => match p.advert {
-            Some(mut status) => {
+            Some(status) => {
+                let mut status = std::sync::Arc::unwrap_or_clone(status);
                 status.status = p.status;
                 render(&who, &status, false, &state).await
             }

@@ -1,0 +1,417 @@
+//! Liveness by gossip: SWIM membership and failure detection (the `foca` crate, sans-IO) carried
+//! over the mesh's own Noise links as [`MeshMessage::Swim`].
+//!
+//! Why: with a heartbeat on every link, an idle node sends N messages a second and a silent peer
+//! is noticed only by the nodes linked to it; at 200 nodes that is tens of KB/s per node and the
+//! cost grows with N. SWIM probes one member per period (asking a few others to probe it
+//! indirectly when it does not answer), suspects it, lets it refute, and declares it down
+//! after a fixed suspicion time — every member that heard the suspicion runs the same timer, so
+//! "down" is reached everywhere at about the same moment, and the bytes per node do not grow
+//! with N. ARCHITECTURE.md ("Scale") has the measured curve.
+//!
+//! Identities are `(node id, generation)`. A node starts with the wall clock in ms as its
+//! generation, so a restarted node is newer than anything said about its previous run; a node
+//! the others declared down (a pause, a partition) takes the next generation and is up again.
+//! A SWIM message is accepted only from the link of the node it names as its sender, or passed
+//! on by one peer from a member it has a link to (a node not yet linked to every other — at
+//! start, in a large mesh — still probes everyone; unanswered probes through a missing link
+//! would otherwise declare live nodes down). Only roster members have links: gossip adds no one
+//! to the mesh. Members are trusted as they are for everything else (a member could lie about
+//! another's liveness; it cannot make anyone accept a node outside the roster).
+
+use std::num::{NonZeroU8, NonZeroUsize};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::{Buf, BufMut};
+use foca::{AccumulatingRuntime, Codec, Config, Foca, Header, Member, NoCustomBroadcast, OwnedNotification};
+use rand_foca::rngs::SmallRng;
+use rand_foca::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::MeshActor;
+use crate::events::Event;
+use crate::wire::{self, MeshMessage, NodeId};
+
+/// A probe every this long; an answer is expected within [`PROBE_RTT`], else a few members
+/// probe indirectly for the rest of the period.
+pub const PROBE_PERIOD: Duration = Duration::from_millis(500);
+pub const PROBE_RTT: Duration = Duration::from_millis(250);
+/// A suspected member that has not refuted within this is down.
+pub const SUSPECT_TO_DOWN: Duration = Duration::from_millis(1000);
+/// Updates are also pushed to a few random members this often.
+pub const GOSSIP_EVERY: Duration = Duration::from_millis(200);
+/// Largest SWIM message: well inside one frame.
+const MAX_PACKET: usize = 16 * 1024;
+/// Deepest nesting a SWIM header or member may have (they need three levels).
+const MAX_DEPTH: usize = 8;
+
+/// Who a SWIM message is about: a node in one run of its life.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SwimId {
+    pub node: NodeId,
+    pub generation: u64,
+}
+
+impl foca::Identity for SwimId {
+    type Addr = NodeId;
+
+    fn renew(&self) -> Option<Self> {
+        Some(SwimId { node: self.node.clone(), generation: self.generation + 1 })
+    }
+
+    fn addr(&self) -> NodeId {
+        self.node.clone()
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.generation > adversary.generation
+    }
+}
+
+/// Headers and members as MessagePack, each behind a two-byte length so a decoder never reads
+/// past one value or allocates more than the bytes that are there.
+pub struct MsgpackCodec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("SWIM value too large to encode")]
+    TooLarge,
+    #[error("SWIM message truncated")]
+    Truncated,
+    #[error("SWIM encode: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("SWIM decode: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+}
+
+impl MsgpackCodec {
+    fn put<T: Serialize>(value: &T, mut buf: impl BufMut) -> Result<(), CodecError> {
+        let bytes = rmp_serde::to_vec(value)?;
+        let len = u16::try_from(bytes.len()).map_err(|_| CodecError::TooLarge)?;
+        if buf.remaining_mut() < bytes.len() + 2 {
+            return Err(CodecError::TooLarge);
+        }
+        buf.put_u16(len);
+        buf.put_slice(&bytes);
+        Ok(())
+    }
+
+    fn take<T: for<'de> Deserialize<'de>>(mut buf: impl Buf) -> Result<T, CodecError> {
+        if buf.remaining() < 2 {
+            return Err(CodecError::Truncated);
+        }
+        let len = usize::from(buf.get_u16());
+        if buf.chunk().len() < len {
+            return Err(CodecError::Truncated);
+        }
+        let mut de = rmp_serde::Deserializer::from_read_ref(&buf.chunk()[..len]);
+        de.set_max_depth(MAX_DEPTH);
+        let value = T::deserialize(&mut de)?;
+        buf.advance(len);
+        Ok(value)
+    }
+}
+
+impl Codec<SwimId> for MsgpackCodec {
+    type Error = CodecError;
+
+    fn encode_header(&mut self, header: &Header<SwimId>, buf: impl BufMut) -> Result<(), CodecError> {
+        Self::put(header, buf)
+    }
+
+    fn decode_header(&mut self, buf: impl Buf) -> Result<Header<SwimId>, CodecError> {
+        Self::take(buf)
+    }
+
+    fn encode_member(&mut self, member: &Member<SwimId>, buf: impl BufMut) -> Result<(), CodecError> {
+        Self::put(member, buf)
+    }
+
+    fn decode_member(&mut self, buf: impl Buf) -> Result<Member<SwimId>, CodecError> {
+        Self::take(buf)
+    }
+}
+
+/// The sender a SWIM message names, read before foca sees it.
+pub fn sender_of(data: &[u8]) -> Option<NodeId> {
+    MsgpackCodec.decode_header(data).ok().map(|h| h.src.node)
+}
+
+/// The SWIM configuration for a mesh of `members` nodes: fixed times (they bound how long a
+/// dead node goes unnoticed), and enough retransmissions of each update to reach everyone.
+pub fn config(members: usize) -> Config {
+    let mut config =
+        Config::new_lan(std::num::NonZeroU32::new(members.max(1) as u32).unwrap_or(std::num::NonZeroU32::MIN));
+    config.probe_period = PROBE_PERIOD;
+    config.probe_rtt = PROBE_RTT;
+    config.suspect_to_down_after = SUSPECT_TO_DOWN;
+    config.max_packet_size = NonZeroUsize::new(MAX_PACKET).unwrap_or(NonZeroUsize::MIN);
+    config.notify_down_members = true;
+    // Membership comes from the signed roster and links, not from announcing to strangers.
+    config.periodic_announce = None;
+    config.periodic_announce_to_down_members = None;
+    config.periodic_gossip = Some(foca::PeriodicParams {
+        frequency: GOSSIP_EVERY,
+        num_members: NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN),
+    });
+    // Down members are forgotten after a while so a returning node is simply new again.
+    config.remove_down_after = Some(Duration::from_secs(30));
+    config.max_transmissions = config.max_transmissions.max(NonZeroU8::new(6).unwrap_or(NonZeroU8::MIN));
+    config
+}
+
+/// This node's SWIM state: the protocol and what it asked to have done.
+pub(super) struct Swim {
+    foca: Foca<SwimId, MsgpackCodec, SmallRng, NoCustomBroadcast>,
+    runtime: AccumulatingRuntime<SwimId>,
+    members: usize,
+}
+
+impl Swim {
+    pub(super) fn new(me: NodeId) -> Swim {
+        let generation = wire::now_ms();
+        let seed = u64::from_le_bytes(
+            *blake3::hash(format!("{me}/{generation}").as_bytes()).as_bytes().first_chunk().unwrap_or(&[0; 8]),
+        );
+        let identity = SwimId { node: me, generation };
+        Swim {
+            foca: Foca::new(identity, config(1), SmallRng::seed_from_u64(seed), MsgpackCodec),
+            runtime: AccumulatingRuntime::new(),
+            members: 1,
+        }
+    }
+
+    /// Retunes the retransmission count as the roster grows (times stay fixed).
+    fn resize(&mut self, members: usize) {
+        if members != self.members {
+            self.members = members;
+            if let Err(e) = self.foca.set_config(config(members)) {
+                log::warn!("SWIM config for {members} members: {e}");
+            }
+        }
+    }
+}
+
+/// A peer's liveness as gossip knows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct SwimState {
+    /// The newest generation heard alive.
+    pub generation: u64,
+    /// Declared down (for `generation` or newer) and not heard alive since.
+    pub down: bool,
+}
+
+impl MeshActor {
+    /// A new link: introduce ourselves to the peer's SWIM (its reply names its generation).
+    pub(super) fn swim_link_up(&mut self, ctx: &mut Context<Self>, peer: &NodeId) {
+        self.swim.resize(self.peers.len() + 1);
+        let guess = SwimId { node: peer.clone(), generation: 0 };
+        if let Err(e) = self.swim.foca.announce(guess, &mut self.swim.runtime) {
+            log::debug!("SWIM announce to {peer}: {e}");
+        }
+        self.drain_swim(ctx);
+    }
+
+    /// A SWIM message from `from`'s link; one that names another sender is dropped.
+    pub(super) fn on_swim(&mut self, ctx: &mut Context<Self>, from: NodeId, data: Vec<u8>) {
+        if sender_of(&data).as_ref() != Some(&from) {
+            log::warn!("SWIM message on {from}'s link names another sender; dropped");
+            return;
+        }
+        if let Err(e) = self.swim.foca.handle_data(&data, &mut self.swim.runtime) {
+            log::debug!("SWIM message from {from}: {e}");
+        }
+        self.drain_swim(ctx);
+    }
+
+    /// A peer asks this node to pass its SWIM message on to `to`.
+    pub(super) fn on_swim_via(&mut self, from: NodeId, to: NodeId, data: Vec<u8>) {
+        if sender_of(&data).as_ref() != Some(&from) {
+            return;
+        }
+        if let Some(link) = self.peers.get(&to).and_then(|p| p.link) {
+            self.send(link, MeshMessage::SwimRelayed { data });
+        }
+    }
+
+    /// A SWIM message a peer passed on from a roster member.
+    pub(super) fn on_swim_relayed(&mut self, ctx: &mut Context<Self>, via: NodeId, data: Vec<u8>) {
+        let Some(sender) = sender_of(&data) else { return };
+        if self.peers.get(&sender).is_none_or(|p| p.entry.revoked) {
+            log::warn!("{via} passed on a SWIM message from a node outside the roster; dropped");
+            return;
+        }
+        if let Err(e) = self.swim.foca.handle_data(&data, &mut self.swim.runtime) {
+            log::debug!("SWIM message from {sender} via {via}: {e}");
+        }
+        self.drain_swim(ctx);
+    }
+
+    /// Does what the protocol asked: sends, timers, and membership changes.
+    fn drain_swim(&mut self, ctx: &mut Context<Self>) {
+        while let Some((to, data)) = self.swim.runtime.to_send() {
+            let data = data.to_vec();
+            if let Some(link) = self.peers.get(&to.node).and_then(|p| p.link) {
+                self.send(link, MeshMessage::Swim { data });
+            } else if let Some(relay) = self.gossip_targets().first() {
+                // No link (yet): one linked peer passes it on; `dial_missing` links it soon.
+                self.send(*relay, MeshMessage::SwimVia { to: to.node, data });
+            }
+        }
+        while let Some((after, timer)) = self.swim.runtime.to_schedule() {
+            ctx.run_later(after, move |act, ctx| {
+                if let Err(e) = act.swim.foca.handle_timer(timer, &mut act.swim.runtime) {
+                    log::debug!("SWIM timer: {e}");
+                }
+                act.drain_swim(ctx);
+            });
+        }
+        let mut changed = false;
+        while let Some(note) = self.swim.runtime.to_notify() {
+            changed |= self.on_swim_notification(ctx, note);
+        }
+        if changed {
+            self.recompute_coordinator();
+            self.note_transitions();
+            self.publish_peers();
+        }
+    }
+
+    /// Applies one membership change; whether the peer table changed.
+    fn on_swim_notification(&mut self, ctx: &mut Context<Self>, note: OwnedNotification<SwimId>) -> bool {
+        match note {
+            OwnedNotification::MemberUp(id) | OwnedNotification::Rename(_, id) => {
+                let Some(p) = self.peers.get_mut(&id.node) else { return false };
+                if id.generation < p.swim.generation {
+                    return false;
+                }
+                let was_down = p.swim.down;
+                p.swim = SwimState { generation: id.generation, down: false };
+                was_down
+            }
+            OwnedNotification::MemberDown(id) => {
+                let Some(p) = self.peers.get_mut(&id.node) else { return false };
+                if id.generation < p.swim.generation || p.swim.down {
+                    return false;
+                }
+                p.swim = SwimState { generation: id.generation, down: true };
+                log::info!("{} is down (gossip)", id.node);
+                // The link stays: if the node was only slow it refutes through it at once, and
+                // a hung node's link ends at the idle timeout.
+                true
+            }
+            OwnedNotification::Rejoin(id) => {
+                // The others declared this node down (it paused, or was cut off) and foca took
+                // the next generation: say so over every link, since the members that think us
+                // down may be all the members foca would gossip to.
+                log::info!("declared down by the mesh; rejoined as generation {}", id.generation);
+                self.announce_to(
+                    ctx,
+                    self.peers.iter().filter(|(_, p)| p.link.is_some()).map(|(id, _)| id.clone()).collect(),
+                );
+                false
+            }
+            OwnedNotification::Defunct => {
+                // Only when a new generation could not be taken (renew never fails for us).
+                log::warn!("declared down by the mesh and could not rejoin");
+                false
+            }
+            OwnedNotification::Active | OwnedNotification::Idle => false,
+        }
+    }
+
+    /// Announces this node to `peers` (their SWIM answers with its members, or tells us we are
+    /// down, which makes us rejoin); queued sends go out after the current drain.
+    fn announce_to(&mut self, ctx: &mut Context<Self>, peers: Vec<NodeId>) {
+        for peer in peers {
+            if let Err(e) = self.swim.foca.announce(SwimId { node: peer, generation: 0 }, &mut self.swim.runtime) {
+                log::debug!("SWIM announce: {e}");
+            }
+        }
+        ctx.notify(DrainSwim);
+    }
+
+    /// Linked peers that gossip holds down are announced to every other tick: when one is
+    /// alive after all (a healed partition, a resumed pause), one side learns it was declared
+    /// down, rejoins as its next generation, and both see each other again.
+    pub(super) fn reconcile_down_links(&mut self, ctx: &mut Context<Self>) {
+        if !self.ticks.is_multiple_of(2) {
+            return;
+        }
+        let down: Vec<NodeId> =
+            self.peers.iter().filter(|(_, p)| p.link.is_some() && p.swim.down).map(|(id, _)| id.clone()).collect();
+        if !down.is_empty() {
+            self.announce_to(ctx, down);
+        }
+    }
+
+    /// Publishes the online/offline transitions since the last look.
+    pub(super) fn note_transitions(&mut self) {
+        for (id, p) in self.peers.iter_mut() {
+            let online = p.online();
+            if p.was_online != online {
+                p.was_online = online;
+                self.events.publish(Event::NodeStatus {
+                    node_id: id.clone(),
+                    status: p.status(),
+                    reason: (!online).then(|| "not answering (gossip)".to_string()),
+                });
+            }
+        }
+    }
+}
+
+/// Runs what a notification handler queued (it may not re-enter `drain_swim`).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DrainSwim;
+
+impl Handler<DrainSwim> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, _: DrainSwim, ctx: &mut Context<Self>) {
+        self.drain_swim(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> NodeId {
+        NodeId::parse(&format!("{n:016x}")).expect("id")
+    }
+
+    #[test]
+    fn the_codec_round_trips_and_refuses_what_is_not_there() {
+        let header = Header {
+            src: SwimId { node: id(1), generation: 7 },
+            src_incarnation: 3,
+            dst: SwimId { node: id(2), generation: 0 },
+            message: foca::Message::Ping(5),
+        };
+        let mut buf = Vec::new();
+        MsgpackCodec.encode_header(&header, &mut buf).expect("encode");
+        let member = Member::alive(SwimId { node: id(3), generation: 1 });
+        MsgpackCodec.encode_member(&member, &mut buf).expect("encode");
+        let mut slice = &buf[..];
+        assert_eq!(MsgpackCodec.decode_header(&mut slice).expect("header"), header);
+        assert_eq!(MsgpackCodec.decode_member(&mut slice).expect("member"), member);
+        assert!(slice.is_empty());
+        assert_eq!(sender_of(&buf), Some(id(1)));
+        // A length longer than the message, and garbage, are errors, not panics or allocations.
+        assert!(MsgpackCodec.decode_header(&[0xff, 0xff, 1, 2][..]).is_err());
+        assert!(MsgpackCodec.decode_header(&[0x00, 0x03, 0xc1, 0xc1, 0xc1][..]).is_err());
+        assert!(sender_of(&[]).is_none());
+    }
+
+    #[test]
+    fn a_newer_generation_wins() {
+        let old = SwimId { node: id(1), generation: 5 };
+        let new = foca::Identity::renew(&old).expect("renews");
+        assert_eq!(new.generation, 6);
+        assert!(foca::Identity::win_addr_conflict(&new, &old));
+        assert!(!foca::Identity::win_addr_conflict(&old, &new));
+    }
+}

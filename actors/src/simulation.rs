@@ -1,0 +1,313 @@
+//! A simulated mesh in one process: N real engines (the same actors a node runs, each with its
+//! own SQLite store, ledger and identity) joined over in-memory links
+//! ([`MemoryNet`](crate::mesh::memory::MemoryNet), with latency, jitter and loss), then the
+//! faults whose cost grows with N, scripted and measured:
+//!
+//! - `bytes_per_node_per_s`, `cpu_ms_per_node_per_s`: what an idle mesh costs each node;
+//! - `offline_detect_ms`: a worker goes silent (links open, nothing flows: a hung or unplugged
+//!   machine) until every other node sees it offline;
+//! - `coordinator_failover_ms`: the coordinator goes silent until every live node agrees on one
+//!   new coordinator;
+//! - `partition_heal_ms`, `lost_entries`: the live nodes split (e.g. 40 | 60 %), each side writes
+//!   ledger entries while split, the split heals; the time until every live node holds identical
+//!   ledger heads (and until every live node sees every other online again), and how many
+//!   acknowledged entries are missing anywhere after that (must be 0).
+//!
+//! The benchmark `actors/benches/mesh_sim.rs` (and `bench/scale.py`) runs it at 10..200 nodes;
+//! a test runs it at 10. Everything is measured; nothing here decides what is fast enough.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::NodeConfig;
+use crate::mesh::memory::{join_in_memory, LinkConditions, MemoryNet};
+use crate::node::NodeOptions;
+use crate::start::{start, Node};
+use crate::wire::{Head, LedgerEntryType, NodeId, NodeState, Role};
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub nodes: usize,
+    pub conditions: LinkConditions,
+    /// The share of live nodes on the first side of the split.
+    pub split: f64,
+    /// Ledger entries each side writes while split.
+    pub entries_per_side: usize,
+    /// Longest wait for any one step.
+    pub timeout: Duration,
+}
+
+impl Scenario {
+    pub fn new(nodes: usize) -> Scenario {
+        Scenario {
+            nodes,
+            conditions: LinkConditions::default(),
+            split: 0.4,
+            entries_per_side: 20,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One run's figures (the JSON of `mesh_sim --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub nodes: usize,
+    pub latency_ms: f64,
+    pub jitter_ms: f64,
+    pub loss: f64,
+    pub start_ms: u128,
+    pub all_online_ms: u128,
+    pub bytes_per_node_per_s: f64,
+    pub cpu_ms_per_node_per_s: f64,
+    pub offline_detect_ms: u128,
+    pub coordinator_failover_ms: u128,
+    /// Until each side of the split sees the other offline.
+    pub partition_detect_ms: u128,
+    pub partition_heal_ms: u128,
+    /// From the heal until every live node sees every other online again.
+    pub partition_rejoin_ms: u128,
+    pub lost_entries: usize,
+    /// Entries written (and acknowledged) while split.
+    pub acknowledged_entries: usize,
+}
+
+async fn start_node(net: &MemoryNet, dir: &Path, i: usize) -> Result<Node, String> {
+    let mut config = NodeConfig::default();
+    config.benchmark.on_start = false;
+    config.benchmark.interval_hours = 0.0;
+    let name = format!("n{i:03}");
+    let opts = NodeOptions {
+        data_dir: dir.join(&name),
+        config,
+        config_file: "simulation".into(),
+        name: Some(name.clone()),
+        address: format!("mem://{name}"),
+        create_mesh: i == 0,
+        launcher: None,
+    };
+    let node = start(opts).await.map_err(|e| format!("node {name} did not start: {e}"))?.node;
+    net.register(&node.address, node.mesh.clone());
+    node.mesh.set_dialer(net.dialer());
+    Ok(node)
+}
+
+/// Polls until `ok` holds on every node in `nodes`; how long it took.
+async fn until<'a, F, Fut>(what: &str, nodes: &[&'a Node], timeout: Duration, ok: F) -> Result<Duration, String>
+where
+    F: Fn(&'a Node) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    let mut reported = Instant::now();
+    loop {
+        let mut all = true;
+        for n in nodes {
+            if !ok(n).await {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return Ok(started.elapsed());
+        }
+        if reported.elapsed() > Duration::from_secs(10) {
+            reported = Instant::now();
+            let mut done = 0;
+            for n in nodes {
+                done += usize::from(ok(n).await);
+            }
+            eprintln!("{what}: {done} of {} nodes after {:.0?}", nodes.len(), started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return Err(format!("{what}: not within {timeout:?}"));
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether `node` sees every node of `online` online and every node of `offline` offline.
+async fn sees(node: &Node, online: &BTreeSet<NodeId>, offline: &BTreeSet<NodeId>) -> bool {
+    let peers = node.pool.peers().await;
+    let state = |id: &NodeId| peers.iter().find(|p| p.node_id == *id).map(|p| p.status);
+    online.iter().filter(|id| **id != node.identity.node_id).all(|id| state(id) == Some(NodeState::Online))
+        && offline.iter().all(|id| state(id) == Some(NodeState::Offline))
+}
+
+/// CPU time this process has used (user + system).
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn sorted_heads(mut heads: Vec<Head>) -> Vec<Head> {
+    heads.sort_by(|a, b| a.origin.cmp(&b.origin));
+    heads
+}
+
+/// Waits until every node holds the same ledger heads; how long it took.
+async fn identical_heads(nodes: &[&Node], timeout: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    loop {
+        let mut first: Option<Vec<Head>> = None;
+        let mut same = true;
+        for node in nodes {
+            let heads = sorted_heads(node.ledger.heads().await.map_err(|e| e.to_string())?);
+            match &first {
+                None => first = Some(heads),
+                Some(f) if *f == heads => {}
+                Some(_) => {
+                    same = false;
+                    break;
+                }
+            }
+        }
+        if same {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return Err(format!("identical ledger heads after the heal: not within {timeout:?}"));
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the scenario with data dirs under `dir`; an error names the step that did not finish.
+pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
+    let n = scenario.nodes;
+    if n < 5 {
+        return Err("a simulation needs at least 5 nodes (two fail, three split)".into());
+    }
+    let timeout = scenario.timeout;
+    let net = MemoryNet::new();
+    net.set_conditions(scenario.conditions);
+    let t0 = Instant::now();
+    let mut nodes = Vec::with_capacity(n);
+    for i in 0..n {
+        nodes.push(start_node(&net, dir, i).await?);
+    }
+    for (i, joiner) in nodes.iter().enumerate().skip(1) {
+        if i % 25 == 0 {
+            eprintln!("joined {i} of {n} after {:.0?}", t0.elapsed());
+        }
+        let (token, _) =
+            nodes[0].mesh.create_token(Role::Builder, 600_000, "simulation").await.map_err(|e| e.to_string())?;
+        join_in_memory(&nodes[0].mesh, &joiner.mesh, &token).await?;
+    }
+    let start_ms = t0.elapsed().as_millis();
+    let ids: BTreeSet<NodeId> = nodes.iter().map(|n| n.identity.node_id.clone()).collect();
+    let everyone: Vec<&Node> = nodes.iter().collect();
+    let none = BTreeSet::new();
+    let all_online =
+        until("all online", &everyone, timeout.max(Duration::from_secs(300)), |node| sees(node, &ids, &none)).await?;
+
+    // Idle background traffic and CPU.
+    actix_rt::time::sleep(Duration::from_secs(3)).await;
+    let (bytes0, cpu0, idle0) = (net.bytes(), cpu_time(), Instant::now());
+    actix_rt::time::sleep(Duration::from_secs(5)).await;
+    let idle = idle0.elapsed().as_secs_f64();
+    let bytes_per_node_per_s = (net.bytes() - bytes0) as f64 / idle / n as f64;
+    let cpu_ms_per_node_per_s = (cpu_time() - cpu0).as_secs_f64() * 1000.0 / idle / n as f64;
+
+    // A worker goes silent.
+    let coordinator = nodes[0].mesh.view().await.ok_or("no mesh view")?.coordinator;
+    let victim = nodes.iter().rposition(|x| x.identity.node_id != coordinator).ok_or("no worker")?;
+    net.silence(&nodes[victim].address);
+    let gone: BTreeSet<NodeId> = [nodes[victim].identity.node_id.clone()].into();
+    let live: BTreeSet<NodeId> = ids.difference(&gone).cloned().collect();
+    let others: Vec<&Node> = nodes.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, x)| x).collect();
+    let offline_detect =
+        until("a silent worker offline everywhere", &others, timeout, |node| sees(node, &live, &gone)).await?;
+
+    // The coordinator goes silent.
+    let c = nodes.iter().position(|x| x.identity.node_id == coordinator).ok_or("no coordinator")?;
+    net.silence(&nodes[c].address);
+    let remaining: Vec<&Node> =
+        nodes.iter().enumerate().filter(|(i, _)| *i != victim && *i != c).map(|(_, x)| x).collect();
+    let agreed = std::cell::RefCell::new(None::<NodeId>);
+    let failover = until("a new coordinator everywhere", &remaining, timeout, |node| {
+        let agreed = &agreed;
+        let old = &coordinator;
+        async move {
+            let Some(view) = node.mesh.view().await else { return false };
+            if view.coordinator == *old {
+                return false;
+            }
+            let mut agreed = agreed.borrow_mut();
+            match agreed.as_ref() {
+                None => {
+                    *agreed = Some(view.coordinator);
+                    true
+                }
+                Some(c) => *c == view.coordinator,
+            }
+        }
+    })
+    .await?;
+
+    // The live nodes split; each side writes entries; the split heals.
+    let cut = ((remaining.len() as f64 * scenario.split).round() as usize).clamp(1, remaining.len() - 1);
+    let (side_a, side_b) = remaining.split_at(cut);
+    let addresses = |side: &[&Node]| side.iter().map(|x| x.address.clone()).collect::<Vec<_>>();
+    let id_set = |side: &[&Node]| side.iter().map(|x| x.identity.node_id.clone()).collect::<BTreeSet<_>>();
+    let (ids_a, ids_b) = (id_set(side_a), id_set(side_b));
+    net.partition(&[addresses(side_a), addresses(side_b)]);
+    let split_at = Instant::now();
+    until("side A sees side B offline", side_a, timeout, |node| sees(node, &ids_a, &ids_b)).await?;
+    until("side B sees side A offline", side_b, timeout, |node| sees(node, &ids_b, &ids_a)).await?;
+    let partition_detect = split_at.elapsed();
+    let mut acknowledged = Vec::new();
+    for side in [side_a, side_b] {
+        for k in 0..scenario.entries_per_side {
+            let writer = side[k % side.len()];
+            let data = serde_json::json!({ "simulation": "written while split", "k": k });
+            let entry = writer.ledger.append(LedgerEntryType::ConfigModified, data).await.map_err(|e| e.to_string())?;
+            acknowledged.push(entry);
+        }
+    }
+    net.heal();
+    let partition_heal = identical_heads(&remaining, timeout).await?;
+    let live_ids: BTreeSet<NodeId> = remaining.iter().map(|x| x.identity.node_id.clone()).collect();
+    let gone_ids: BTreeSet<NodeId> = ids.difference(&live_ids).cloned().collect();
+    let rejoin =
+        until("both sides online again after the heal", &remaining, timeout, |node| sees(node, &live_ids, &gone_ids))
+            .await?;
+    let mut lost = 0;
+    for node in &remaining {
+        for entry in &acknowledged {
+            let held = node.ledger.entries_after(entry.origin.clone(), entry.seq - 1, 1).await.unwrap_or_default();
+            if held.first().is_none_or(|e| e.hash != entry.hash) {
+                lost += 1;
+            }
+        }
+    }
+    for node in &nodes {
+        node.shutdown("simulation over").await;
+    }
+    Ok(Report {
+        nodes: n,
+        latency_ms: scenario.conditions.latency.as_secs_f64() * 1000.0,
+        jitter_ms: scenario.conditions.jitter.as_secs_f64() * 1000.0,
+        loss: scenario.conditions.loss,
+        start_ms,
+        all_online_ms: all_online.as_millis(),
+        bytes_per_node_per_s,
+        cpu_ms_per_node_per_s,
+        offline_detect_ms: offline_detect.as_millis(),
+        coordinator_failover_ms: failover.as_millis(),
+        partition_detect_ms: partition_detect.as_millis(),
+        partition_heal_ms: partition_heal.as_millis(),
+        partition_rejoin_ms: (partition_heal + rejoin).as_millis(),
+        lost_entries: lost,
+        acknowledged_entries: acknowledged.len(),
+    })
+}

@@ -254,7 +254,7 @@ impl MeshActor {
             let data = data.to_vec();
             if let Some(link) = self.peers.get(&to.node).and_then(|p| p.link) {
                 self.send(link, MeshMessage::Swim { data });
-            } else if let Some(relay) = self.gossip_targets().first() {
+            } else if let Some(relay) = self.gossip_targets(true).first() {
                 // No link (yet): one linked peer passes it on; `dial_missing` links it soon.
                 self.send(*relay, MeshMessage::SwimVia { to: to.node, data });
             }

@@ -352,10 +352,13 @@ impl MeshActor {
         }
     }
 
-    /// Linked peers, a few at random: who gets this tick's digest and view.
-    fn gossip_targets(&self) -> Vec<u64> {
+    /// Linked peers, a few at random: who gets this tick's view (`online_only`: the ones gossip
+    /// holds alive) or ledger digest (any open link: after a heal, a link that carries frames
+    /// again is reason enough to compare ledgers, before gossip has taken the peer back).
+    fn gossip_targets(&self, online_only: bool) -> Vec<u64> {
         use rand::seq::SliceRandom;
-        let mut linked: Vec<u64> = self.peers.values().filter_map(|p| p.link.filter(|_| p.online())).collect();
+        let mut linked: Vec<u64> =
+            self.peers.values().filter_map(|p| p.link.filter(|_| !online_only || p.online())).collect();
         linked.shuffle(&mut rand::thread_rng());
         linked.truncate(GOSSIP_FANOUT);
         linked
@@ -365,7 +368,7 @@ impl MeshActor {
     /// peers each tick, and every link at least every [`KEEPALIVE_TICKS`].
     fn ping_some(&self) {
         let ping = MeshMessage::Ping { sent_ms: wire::now_ms(), view: self.view.clone() };
-        let mut chosen = self.gossip_targets();
+        let mut chosen = self.gossip_targets(true);
         for (i, p) in self.peers.values().enumerate() {
             if let Some(link) = p.link {
                 if (self.ticks + i as u64).is_multiple_of(KEEPALIVE_TICKS) && !chosen.contains(&link) {

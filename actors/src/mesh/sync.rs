@@ -39,7 +39,7 @@ impl MeshActor {
         if grew {
             self.broadcast(MeshMessage::LedgerDigest { digest });
         } else {
-            for link in self.gossip_targets() {
+            for link in self.gossip_targets(false) {
                 self.send(link, MeshMessage::LedgerDigest { digest: digest.clone() });
             }
         }

@@ -12,7 +12,8 @@ may use). Prints medians of repeated, interleaved runs:
 The daemons' and packages' CPU time per package (from /proc) says where it goes when the
 machine, not the wall clock, is the limit.
 
-Usage: python3 bench/builds.py [--runs N]   (builds target/release/buildnet first)
+Usage: python3 bench/builds.py [--runs N] [--bin PATH]   (builds target/release/buildnet first;
+--bin times another binary as it is, e.g. a copy from before a change, for a baseline)
 Standard library only; everything listens on 127.0.0.1 and is stopped at the end.
 Targets (issue 14): overhead/pkg <= 1 ms for (a); (c) within 1.05x of make; cached <= 1 % of cold.
 """
@@ -34,10 +35,12 @@ def timed(fn):
 
 
 def daemons_cpu_ms():
-    """CPU time of every node daemon and of the packages they reaped, in ms."""
-    out = subprocess.run(["pgrep", "-f", localmesh.BIN + " up"], capture_output=True, text=True).stdout
+    """CPU time of every node daemon and its fork server, and of the packages they reaped, in ms."""
+    pids = []
+    for what in (" up", " sandbox-exec --serve"):
+        pids += subprocess.run(["pgrep", "-f", localmesh.BIN + what], capture_output=True, text=True).stdout.split()
     total = 0.0
-    for pid in out.split():
+    for pid in pids:
         try:
             fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
         except OSError:
@@ -87,9 +90,13 @@ def c_compdb(work):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
-    runs = ap.parse_args().runs
+    ap.add_argument("--bin", help="time this binary as it is instead of building target/release/buildnet")
+    args = ap.parse_args()
+    runs = args.runs
+    if args.bin:
+        localmesh.BIN = os.path.abspath(args.bin)
     ready = lambda n: n["cores"] > 0
-    with mesh(["alpha", "beta", "gamma"], QUIET, "bn-bench-", ready) as (work, dirs):
+    with mesh(["alpha", "beta", "gamma"], QUIET, "bn-bench-", ready, build=not args.bin) as (work, dirs):
         a = dirs["alpha"]
         nodes = cli_json(a, "pool", "nodes")["nodes"]
         all_cores = sum(n["cores"] for n in nodes)

@@ -237,7 +237,8 @@ fn containment(launcher: Option<&std::path::Path>, config: &crate::config::Sandb
             config.require
         );
     }
-    Launch { launcher: Some(launcher.to_path_buf()), level, user, read_only: vec![] }
+    let server = crate::exec::forkserver::ForkServer::new(launcher.to_path_buf());
+    Launch { launcher: Some(std::sync::Arc::new(server)), level, user, read_only: vec![] }
 }
 
 /// Refuses to start on an altered own chain: serving it would pass the alteration on to peers,

@@ -1,10 +1,13 @@
-//! `buildnet sandbox-exec`: the containment launcher the daemon starts each package through
-//! (hidden from help; see `buildnet_actors::exec::contain`). It runs before anything else in the
-//! process — no logger, no runtime, no threads — restricts itself and execs the package.
+//! `buildnet sandbox-exec`: the containment launcher (hidden from help; see
+//! `buildnet_actors::exec::contain`). `--serve` is the node's fork server, which the daemon starts
+//! once and which forks a launcher per package (`buildnet_actors::exec::forkserver`); with a
+//! command it contains this one process and execs it; `--probe` says what this kernel allows. It
+//! runs before anything else in the process — no logger, no runtime, no threads.
 
 use std::path::PathBuf;
 
-use buildnet_actors::exec::contain::{self, Spec};
+use buildnet_actors::exec::contain::{self, Spec, CANNOT_CONTAIN};
+use buildnet_actors::exec::forkserver;
 use buildnet_actors::wire::SandboxLevel;
 use clap::Args;
 
@@ -13,8 +16,11 @@ pub struct SandboxArgs {
     /// Print the containment level this kernel allows and exit
     #[arg(long)]
     pub probe: bool,
+    /// Serve the daemon on the socket that is stdin: fork a contained package per request
+    #[arg(long, conflicts_with = "probe")]
+    pub serve: bool,
     /// The sandbox: working directory, the only writable place
-    #[arg(long, required_unless_present = "probe")]
+    #[arg(long, required_unless_present_any = ["probe", "serve"])]
     pub dir: Option<PathBuf>,
     /// none, landlock or landlock+namespaces
     #[arg(long, default_value = "none")]
@@ -30,22 +36,24 @@ pub struct SandboxArgs {
     pub argv: Vec<String>,
 }
 
-/// Contains this process and execs the package; returns the exit code only on failure.
+/// Serves, probes, or contains this process and execs the package (returning the exit code only
+/// on failure).
 pub fn run(args: SandboxArgs) -> i32 {
     if args.probe {
         println!("{}", contain::probe());
         return 0;
     }
+    if args.serve {
+        return forkserver::serve();
+    }
     let level: SandboxLevel = match args.level.parse() {
         Ok(l) => l,
         Err(e) => {
             eprintln!("buildnet sandbox-exec: {e}");
-            return 126;
+            return CANNOT_CONTAIN;
         }
     };
     let spec =
         Spec { dir: args.dir.unwrap_or_default(), read_only: args.read_only, level, user: args.user, argv: args.argv };
-    let failure = contain::launch(&spec);
-    eprintln!("buildnet sandbox-exec: {failure}");
-    126
+    contain::run(&spec)
 }

@@ -1,6 +1,7 @@
 //! The engine's seams through the real binary: one executor for local and remote packages (the
 //! same ledger entries, the configuration's volume honoured on a peer), cancel reaching a peer's
-//! process group, and node roles as the mesh decides them.
+//! process group, the fork server packages start through (its death, what packages inherit, the
+//! launcher's own failures), and node roles as the mesh decides them.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -206,4 +207,113 @@ fn only_the_coordinator_reports_itself_as_coordinator() {
         );
         assert!(page.contains(&format!("role {expected}")), "the node page agrees");
     }
+}
+
+/// The node's fork server: its child running `sandbox-exec --serve`.
+fn launcher_of(node: &TestNode) -> Option<u32> {
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    processes_with("sandbox-exec --serve").into_iter().find(|pid| parent_of(*pid) == Some(node.child.id()))
+}
+
+#[test]
+fn a_killed_launcher_fails_its_packages_and_the_next_build_starts_a_fresh_one() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    assert_eq!(node.get("/api/node").1["sandbox"], "landlock+namespaces", "packages go through the launcher");
+    let work = tempfile::tempdir().expect("tempdir");
+    let marker = format!("5{}.75", std::process::id() % 1000);
+    write_manifest(work.path(), &format!("[packages.slow]\nshell = \"sleep {marker}; echo done > out.txt\"\n"));
+    let mut child = build_in_background(&node, work.path(), &["--local-only"]);
+    let id = running_build_id(&node);
+    wait_until("the package runs", Duration::from_secs(20), || {
+        (!processes_with(&format!("sleep {marker}")).is_empty()).then_some(())
+    });
+    let launcher = launcher_of(&node).expect("the node starts packages through its fork server");
+    // SAFETY: kill(2) on a pid this test found; no memory is involved.
+    assert_eq!(unsafe { libc::kill(launcher as i32, libc::SIGKILL) }, 0);
+
+    let ended = wait_until("the build fails", Duration::from_secs(10), || {
+        let (_, s) = node.get(&format!("/api/build/{id}"));
+        (s["status"] == "failed").then_some(s)
+    });
+    let error = ended["packages"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("launcher") && error.contains(&format!("pid {launcher}")), "names the launcher: {ended}");
+    wait_until("the package went with its launcher", Duration::from_secs(5), || {
+        processes_with(&format!("sleep {marker}")).is_empty().then_some(())
+    });
+    let cli = wait_until("the CLI ends", Duration::from_secs(10), || child.try_wait().ok().flatten());
+    assert!(!cli.success());
+
+    write_manifest(work.path(), "[packages.again]\nshell = \"echo again > again.txt\"\noutputs = [\"again.txt\"]\n");
+    let out = node.cli(&["build", "--project", work.path().to_str().expect("path")]);
+    assert!(out.status.success(), "the node still builds: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(work.path().join("again.txt")).expect("output"), "again\n");
+    let fresh = launcher_of(&node).expect("a fresh launcher");
+    assert_ne!(fresh, launcher);
+}
+
+#[test]
+fn a_package_inherits_no_descriptor_of_the_node_or_its_launcher() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    // Several packages at once (distinct, so none is a cache hit of another), so other
+    // packages' pipes are open in the daemon meanwhile.
+    let manifest: String = (0..4)
+        .map(|i| format!("[packages.fds{i}]\ncommand = [\"ls\", \"-l\", \"/proc/self/fd\"]\nenv = {{ N = \"{i}\" }}\n"))
+        .collect();
+    write_manifest(work.path(), &manifest);
+    let out = node.cli(&["build", "--project", work.path().to_str().expect("path")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = node.cli_json(&["history", "-n", "1"])["builds"][0]["id"].as_str().expect("id").to_string();
+    let (_, build) = node.get(&format!("/api/build/{id}"));
+    let packages = build["packages"].as_array().expect("packages");
+    assert_eq!(packages.len(), 4, "{build}");
+    for package in packages {
+        let listing = package["output_tail"].as_str().unwrap_or_default();
+        let open: Vec<(u32, &str)> = listing
+            .lines()
+            .filter_map(|l| l.split_once(" -> "))
+            .filter_map(|(left, target)| Some((left.rsplit(' ').next()?.parse().ok()?, target)))
+            .collect();
+        assert_eq!(open.iter().map(|(fd, _)| *fd).take(3).collect::<Vec<_>>(), [0, 1, 2], "{listing}");
+        for (fd, target) in &open {
+            let expected = match fd {
+                0 => *target == "/dev/null",
+                1 | 2 => target.starts_with("pipe:"),
+                // `ls` reading the directory.
+                _ => target.ends_with("/fd"),
+            };
+            assert!(expected, "fd {fd} -> {target} reached the package:\n{listing}");
+        }
+    }
+}
+
+#[test]
+fn a_package_its_launcher_cannot_start_fails_with_the_launchers_reason() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    write_manifest(work.path(), "[packages.missing]\ncommand = [\"no-such-tool-4711\"]\n");
+    let out = node.cli(&["build", "--project", work.path().to_str().expect("path")]);
+    assert!(!out.status.success());
+    let id = node.cli_json(&["history", "-n", "1"])["builds"][0]["id"].as_str().expect("id").to_string();
+    let (_, build) = node.get(&format!("/api/build/{id}"));
+    let package = &build["packages"][0];
+    assert_eq!(package["exit_code"], 126, "{build}");
+    // What the one-shot launcher says for the same package, word for word.
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let one_shot = Command::new(common::BIN)
+        .args(["sandbox-exec", "--level", "landlock+namespaces", "--dir"])
+        .arg(sandbox.path())
+        .args(["--", "no-such-tool-4711"])
+        .output()
+        .expect("run the one-shot launcher");
+    assert_eq!(one_shot.status.code(), Some(126));
+    let said = String::from_utf8_lossy(&one_shot.stderr);
+    assert!(said.starts_with("buildnet sandbox-exec: could not start no-such-tool-4711"), "{said}");
+    assert_eq!(package["output_tail"].as_str().unwrap_or_default().trim(), said.trim(), "{build}");
 }

@@ -1,6 +1,8 @@
-//! Containment: what a package may see and touch. The daemon never restricts itself; it starts
-//! every package through a small launcher — the binary re-executed as `buildnet sandbox-exec`,
-//! single-threaded — which restricts itself step by step and then execs the command:
+//! Containment: what a package may see and touch. The daemon never restricts itself; every
+//! package starts in a single-threaded launcher process — a child of the node's fork server
+//! (`buildnet sandbox-exec --serve`, see [`super::forkserver`]), or the one-shot `buildnet
+//! sandbox-exec -- …` — which runs [`run`]: it restricts itself step by step and then execs the
+//! command:
 //!
 //! 1. **Namespaces** (when the kernel allows): a new PID namespace, so the package sees no other
 //!    process and everything it starts dies with it, and a private mount namespace with its own
@@ -27,6 +29,7 @@ use landlock::{
 };
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, setgroups, setresgid, setresuid, ForkResult, Gid, Uid};
 
@@ -42,8 +45,11 @@ const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random",
 /// The Landlock ABI whose rights are asked for; older kernels get what they know.
 const LANDLOCK_ABI: ABI = ABI::V6;
 
+/// The exit code of a launcher that could not contain its package (with the reason on stderr).
+pub const CANNOT_CONTAIN: i32 = 126;
+
 /// What the launcher is asked to do.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Spec {
     /// The sandbox: the working directory, the only place the package may write.
     pub dir: PathBuf,
@@ -53,24 +59,6 @@ pub struct Spec {
     /// Run as this uid/gid (the node runs as root).
     pub user: Option<u32>,
     pub argv: Vec<String>,
-}
-
-impl Spec {
-    /// The launcher's arguments after `sandbox-exec`.
-    pub fn to_args(&self) -> Vec<String> {
-        let mut args = vec!["--dir".into(), self.dir.display().to_string(), "--level".into(), self.level.to_string()];
-        for p in &self.read_only {
-            args.push("--read".into());
-            args.push(p.display().to_string());
-        }
-        if let Some(u) = self.user {
-            args.push("--user".into());
-            args.push(u.to_string());
-        }
-        args.push("--".into());
-        args.extend(self.argv.iter().cloned());
-        args
-    }
 }
 
 /// Why the launcher could not contain a package (it exits 126 with this on stderr).
@@ -92,13 +80,16 @@ fn ns<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> ContainError {
     move |e| ContainError::Namespaces(format!("{what}: {e}"))
 }
 
-/// Restricts this process as `spec` says and execs the command; returns only on failure. With
-/// namespaces, the launcher forks: the parent waits and exits with the package's status.
-pub fn launch(spec: &Spec) -> ContainError {
-    match contain_and_exec(spec) {
+/// Restricts this process as `spec` says and execs the command. Returns only on failure, having
+/// said why on stderr (the package's), with the exit code to end with. With namespaces, the
+/// launcher forks: the parent waits and exits with the package's status.
+pub fn run(spec: &Spec) -> i32 {
+    let failure = match contain_and_exec(spec) {
         Ok(never) => match never {},
         Err(e) => e,
-    }
+    };
+    eprintln!("buildnet sandbox-exec: {failure}");
+    CANNOT_CONTAIN
 }
 
 enum Never {}
@@ -282,6 +273,11 @@ fn exec(argv: &[String]) -> Result<Never, ContainError> {
         .collect::<Result<_, _>>()
         .map_err(|_| ContainError::Exec("an argument contains a NUL byte".into()))?;
     let Some(program) = args.first() else { return Err(ContainError::Exec("no command".into())) };
+    // The package starts with the signal handling a shell would give it, not the launcher's: Rust
+    // ignores SIGPIPE and the fork server blocks SIGCHLD, and both would outlive the exec.
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // SAFETY: restoring the default disposition installs no handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     let e = nix::unistd::execvp(program, &args).err().map(|e| e.to_string()).unwrap_or_default();
     Err(ContainError::Exec(format!("could not start {}: {e}", argv[0])))
 }
@@ -308,20 +304,6 @@ pub fn probe() -> SandboxLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_spec_round_trips_through_arguments() {
-        let spec = Spec {
-            dir: "/d/s".into(),
-            read_only: vec!["/opt/t".into()],
-            level: SandboxLevel::Full,
-            user: Some(NOBODY),
-            argv: vec!["sh".into(), "-c".into(), "echo --dir".into()],
-        };
-        let args = spec.to_args();
-        assert_eq!(&args[..4], ["--dir", "/d/s", "--level", "landlock+namespaces"]);
-        assert_eq!(args.iter().position(|a| a == "--").map(|i| &args[i + 1..]), Some(&spec.argv[..]));
-    }
 
     #[test]
     fn blocking_ancestors_are_found_from_the_top() {

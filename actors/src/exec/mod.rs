@@ -3,9 +3,11 @@
 //! actors (refusing stale coordinator epochs through them), places the sandbox on the requested
 //! volume, records `ResourceAllocated`/`ResourceReleased` in the ledger (queued in chain order,
 //! their syncs overlapping the run rather than delaying it), runs the process group off the async
-//! threads ([`sandbox`]), kills it on cancel and always releases the leases.
+//! threads ([`sandbox`]; contained packages are forked by the node's [`forkserver`] and contained
+//! by [`contain`]), kills it on cancel and always releases the leases.
 
 pub mod contain;
+pub mod forkserver;
 pub mod layout;
 pub mod sandbox;
 

@@ -1,16 +1,19 @@
 //! Runs one package in a sandbox directory: inputs and dependencies' outputs laid out at their
 //! project-relative paths, the command run as argv (or `sh -c` when the package asked for a
-//! shell) in its own process group, output captured, declared outputs stored by digest.
+//! shell) in its own process group — started by the node's fork server when it is contained —
+//! output captured, declared outputs stored by digest.
 
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::contain;
+use super::forkserver::{ForkServer, Served};
 use crate::cas::Cas;
 use crate::wire::{Invocation, SandboxLevel, Task, TaskResult, OUTPUT_CHUNK, TAIL_BYTES};
 
@@ -27,7 +30,7 @@ fn failed(error: String, started: Instant) -> TaskResult {
 
 /// Reaps the child if it has exited, with its CPU time in ms. `wait4` rather than
 /// `Child::try_wait` because only it reports the resources the process used.
-fn try_reap(pid: u32) -> std::io::Result<Option<(std::process::ExitStatus, u64)>> {
+pub(super) fn try_reap(pid: u32) -> std::io::Result<Option<(ExitStatus, u64)>> {
     use std::os::unix::process::ExitStatusExt;
     let mut status = 0;
     // SAFETY: zeroed rusage is a valid value of a plain C struct; the kernel overwrites it.
@@ -86,8 +89,8 @@ pub struct Cancelled;
 /// How packages start on this node: directly, or through the containment launcher.
 #[derive(Debug, Clone, Default)]
 pub struct Launch {
-    /// The binary re-executed as `sandbox-exec` (`None`: commands run directly, level none).
-    pub launcher: Option<PathBuf>,
+    /// The node's fork server (`None`: commands run directly, level none).
+    pub launcher: Option<Arc<ForkServer>>,
     pub level: SandboxLevel,
     /// Packages run as this user (the node runs as root).
     pub user: Option<u32>,
@@ -99,9 +102,10 @@ pub struct Launch {
 const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
 
 impl Launch {
-    /// The process for a package in `dir`: its environment is what it declared plus PATH, HOME
-    /// and TMPDIR inside the sandbox, nothing of the node's.
-    pub fn command(&self, dir: &Path, task: &Task) -> Command {
+    /// Starts the package in `dir` as the leader of its own process group, stdin /dev/null,
+    /// output to `stdout` and `stderr`. Its environment is what it declared plus PATH, HOME and
+    /// TMPDIR inside the sandbox, nothing of the node's.
+    fn start(&self, dir: &Path, task: &Task, stdout: OwnedFd, stderr: OwnedFd) -> Result<Running, String> {
         let argv: Vec<String> = match &task.invocation {
             Invocation::Argv(argv) => argv.clone(),
             Invocation::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
@@ -117,8 +121,14 @@ impl Launch {
             }
         }
         path.push(SYSTEM_PATH.into());
-        let mut cmd = match (&self.launcher, self.level) {
-            (Some(launcher), level) if level > SandboxLevel::None => {
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), path.join(":")),
+            ("HOME".into(), dir.display().to_string()),
+            ("TMPDIR".into(), tmp.display().to_string()),
+        ];
+        env.extend(task.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        match (&self.launcher, self.level) {
+            (Some(server), level) if level > SandboxLevel::None => {
                 let spec = contain::Spec {
                     dir: dir.to_path_buf(),
                     read_only: self.read_only.clone(),
@@ -126,23 +136,67 @@ impl Launch {
                     user: self.user,
                     argv,
                 };
-                let mut c = Command::new(launcher);
-                c.arg("sandbox-exec").args(spec.to_args());
-                c
+                server.start(&spec, &env, &stdout, &stderr).map(Running::Served)
             }
             _ => {
-                let mut c = Command::new(&argv[0]);
-                c.args(&argv[1..]);
-                c
+                let child = Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .current_dir(dir)
+                    .env_clear()
+                    .envs(env)
+                    .stdin(Stdio::null())
+                    .stdout(stdout)
+                    .stderr(stderr)
+                    .process_group(0)
+                    .spawn()
+                    .map_err(|e| format!("could not start the command: {e}"))?;
+                let exit = ExitWatch::new(child.id());
+                Ok(Running::Direct { child, exit })
             }
-        };
-        cmd.current_dir(dir)
-            .env_clear()
-            .env("PATH", path.join(":"))
-            .env("HOME", dir)
-            .env("TMPDIR", &tmp)
-            .envs(&task.env);
-        cmd
+        }
+    }
+}
+
+/// A started package: the daemon's own child (level none), or the fork server's.
+enum Running {
+    Direct { child: std::process::Child, exit: ExitWatch },
+    Served(Served),
+}
+
+impl Running {
+    /// The package's pid, which is also its process group.
+    fn pid(&self) -> u32 {
+        match self {
+            Running::Direct { child, .. } => child.id(),
+            Running::Served(served) => served.pid,
+        }
+    }
+
+    /// Its status and CPU time (ms) once it has exited — whatever it left running in its group
+    /// killed — waiting at most `at_most`; an error when that cannot be known.
+    fn wait(&self, at_most: Duration) -> Result<Option<(ExitStatus, u64)>, String> {
+        match self {
+            Running::Direct { child, exit } => match try_reap(child.id()) {
+                Ok(Some(reaped)) => {
+                    kill_group(child.id());
+                    Ok(Some(reaped))
+                }
+                Ok(None) => {
+                    exit.wait(at_most);
+                    Ok(None)
+                }
+                Err(e) => Err(format!("waiting for the command: {e}")),
+            },
+            // The server kills the group before it reaps the leader, while the group's id
+            // cannot have been reused.
+            Running::Served(served) => served.wait(at_most),
+        }
+    }
+
+    /// Kills its process group and waits until it is gone (or cannot be waited for).
+    fn kill(&self) {
+        kill_group(self.pid());
+        while let Ok(None) = self.wait(Duration::from_secs(1)) {}
     }
 }
 
@@ -215,60 +269,59 @@ fn run_in(
     if let Err(e) = super::layout::inputs(cas, dir, task) {
         return Ok(failed(e, started));
     }
-    let mut cmd = launch.command(dir, task);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Ok(failed(format!("could not start the command: {e}"), started)),
+    let ((out_read, out_write), (err_read, err_write)) = match pipe().and_then(|out| Ok((out, pipe()?))) {
+        Ok(pipes) => pipes,
+        Err(e) => return Ok(failed(format!("could not create the output pipes: {e}"), started)),
+    };
+    let running = match launch.start(dir, task, out_write, err_write) {
+        Ok(r) => r,
+        Err(e) => return Ok(failed(e, started)),
     };
     let tail = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-    let readers: Vec<_> = [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|mut stream| {
-        let (tail, mut live) = (tail.clone(), output.clone().map(LiveOutput::new));
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                if let Ok(mut t) = tail.lock() {
-                    t.extend_from_slice(&buf[..n]);
-                    let excess = t.len().saturating_sub(TAIL_BYTES);
-                    t.drain(..excess);
+    let readers: Vec<_> = [out_read, err_read]
+        .into_iter()
+        .map(std::fs::File::from)
+        .map(|mut stream| {
+            let (tail, mut live) = (tail.clone(), output.clone().map(LiveOutput::new));
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut t) = tail.lock() {
+                        t.extend_from_slice(&buf[..n]);
+                        let excess = t.len().saturating_sub(TAIL_BYTES);
+                        t.drain(..excess);
+                    }
+                    if let Some(live) = &mut live {
+                        live.push(&buf[..n]);
+                    }
                 }
                 if let Some(live) = &mut live {
-                    live.push(&buf[..n]);
+                    live.flush();
                 }
-            }
-            if let Some(live) = &mut live {
-                live.flush();
-            }
+            })
         })
-    })
-    .collect();
-    let exit = ExitWatch::new(child.id());
+        .collect();
     let (status, cpu_ms) = loop {
         if cancel.load(Ordering::SeqCst) {
-            kill_group(child.id());
-            let _ = child.wait();
+            running.kill();
             for r in readers {
                 let _ = r.join();
             }
             return Err(Cancelled);
         }
-        match try_reap(child.id()) {
-            Ok(Some(reaped)) => break reaped,
-            Ok(None) => exit.wait(CANCEL_CHECK),
-            Err(e) => return Ok(failed(format!("waiting for the command: {e}"), started)),
+        match running.wait(CANCEL_CHECK) {
+            Ok(Some(ended)) => break ended,
+            Ok(None) => {}
+            Err(e) => {
+                // The launcher is gone: its packages go too, and nobody will reap them here.
+                kill_group(running.pid());
+                return Ok(failed(e, started));
+            }
         }
     };
-    // Whatever the command left running goes with its group.
-    kill_group(child.id());
     for r in readers {
         let _ = r.join();
     }
@@ -289,6 +342,11 @@ fn run_in(
     }
     result.duration_ms = started.elapsed().as_millis() as u64;
     Ok(result)
+}
+
+/// A pipe whose ends are closed on exec (the package gets its end through dup2).
+fn pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
 }
 
 fn kill_group(pid: u32) {

@@ -1,0 +1,528 @@
+//! The fork server: one long-lived launcher per node that starts every contained package.
+//!
+//! Exec'ing the 27 MB position-independent binary per package (`buildnet sandbox-exec -- …`)
+//! cost ~4 ms of CPU before containment began — the dynamic loader's relocations, page faults,
+//! mapping and unmapping. Instead the daemon runs `buildnet sandbox-exec --serve` once, a
+//! single-threaded process that may fork freely (the daemon, with its threads, never forks),
+//! connected by a socketpair handed over as its stdin: no path on disk, nothing else can reach it.
+//!
+//! Per package the daemon sends a [`Request`] — the [`Spec`] and the environment — with the
+//! package's stdout and stderr (SCM_RIGHTS) in one `SOCK_SEQPACKET` message. The server forks;
+//! the child makes itself a process group, takes those descriptors as 1 and 2, closes every
+//! other one (the package inherits nothing of the server's or the daemon's) and runs
+//! [`contain::run`], the same containment the one-shot launcher runs. The server answers
+//! `Started` with the pid (the daemon can still `kill(-pgid)` on cancel), and when the child
+//! exits it kills what is left of the group, reaps the child and answers `Exited` with the wait
+//! status and its CPU time. Replies carry the request's id, so any number of packages are in
+//! flight at once; the server polls the socket and a signalfd for SIGCHLD.
+//!
+//! Failure: when the server dies, the daemon's reader thread sees the socket close; every package
+//! in flight fails with an error naming the launcher (and its group is killed by the daemon), and
+//! the next package starts a fresh server. When the daemon dies, the server sees the socket close,
+//! kills the groups it started and exits.
+
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    recv, recvmsg, send, sendmsg, shutdown, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    Shutdown, SockFlag, SockType,
+};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::{dup2_stderr, dup2_stdout, fork, setpgid, ForkResult, Pid};
+use serde::{Deserialize, Serialize};
+
+use super::contain::{self, Spec, CANNOT_CONTAIN};
+use super::sandbox::try_reap;
+
+/// The largest request: a package's command and environment. A `SOCK_SEQPACKET` message must fit
+/// the socket's send buffer (208 KiB by default); Linux refuses a single argument over 128 KiB
+/// anyway.
+const MAX_REQUEST: usize = 160 * 1024;
+
+/// One package to start, daemon to server; its stdout and stderr travel with it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    id: u64,
+    spec: Spec,
+    /// The package's whole environment, in order (a later name wins).
+    env: Vec<(String, String)>,
+}
+
+/// Server to daemon, about the request `id`.
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Started {
+        id: u64,
+        pid: u32,
+    },
+    NotStarted {
+        id: u64,
+        error: String,
+    },
+    /// `status` is the raw wait status; `cpu_ms` the user and system time of the child and of
+    /// everything it reaped.
+    Exited {
+        id: u64,
+        status: i32,
+        cpu_ms: u64,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server: `buildnet sandbox-exec --serve`.
+
+/// Runs the fork server on the socket that is this process's stdin until the daemon closes it.
+/// Must be called before anything starts a thread.
+pub fn serve() -> i32 {
+    let mut server = match Server::open() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("buildnet sandbox-exec --serve: {e}");
+            return 1;
+        }
+    };
+    let code = match server.run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("buildnet sandbox-exec --serve: {e}");
+            1
+        }
+    };
+    // The daemon is gone (or cannot be answered): nobody waits for these packages.
+    for pid in server.children.keys() {
+        let _ = killpg(*pid, Signal::SIGKILL);
+    }
+    code
+}
+
+struct Server {
+    socket: OwnedFd,
+    exits: SignalFd,
+    /// Started packages not yet reaped, by pid (which is also their process group).
+    children: HashMap<Pid, u64>,
+    buf: Vec<u8>,
+}
+
+/// Closes every descriptor from `first` up.
+fn close_from(first: RawFd) {
+    // SAFETY: close_range takes plain integers; descriptors owned by Rust objects in this process
+    // are not used again by the callers (the server before it opens its own, a child before exec).
+    unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint) };
+}
+
+impl Server {
+    fn open() -> Result<Server, String> {
+        // Nothing but the socket is meant to come from the daemon.
+        close_from(3);
+        let stdin = std::io::stdin();
+        let socket = fcntl(stdin.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(3)).map_err(|e| format!("the socket: {e}"))?;
+        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+        // Packages read from /dev/null: it takes the socket's place as fd 0, which they inherit.
+        let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+        nix::unistd::dup2_stdin(&null).map_err(|e| format!("/dev/null: {e}"))?;
+        let mut chld = SigSet::empty();
+        chld.add(Signal::SIGCHLD);
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).map_err(|e| format!("sigprocmask: {e}"))?;
+        let exits = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| format!("signalfd: {e}"))?;
+        Ok(Server { socket, exits, children: HashMap::new(), buf: vec![0; MAX_REQUEST + 1] })
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        loop {
+            let mut fds = [
+                PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.exits.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(format!("poll: {e}")),
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            let (request, exited) = (ready(&fds[0]), ready(&fds[1]));
+            if exited {
+                while let Ok(Some(_)) = self.exits.read_signal() {}
+                self.reap()?;
+            }
+            if request && !self.receive()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Takes one request and starts it; false when the daemon has closed the socket.
+    fn receive(&mut self) -> Result<bool, String> {
+        let mut iov = [IoSliceMut::new(&mut self.buf)];
+        let mut space = nix::cmsg_space!([RawFd; 2]);
+        let msg = match recvmsg::<()>(self.socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(m) => m,
+            Err(Errno::EINTR) => return Ok(true),
+            Err(e) => return Err(format!("receiving: {e}")),
+        };
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for cmsg in msg.cmsgs().map_err(|e| format!("receiving descriptors: {e}"))? {
+            if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                // SAFETY: descriptors just received are new in this process and owned by nobody else.
+                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        let (bytes, truncated) = (msg.bytes, msg.flags.contains(MsgFlags::MSG_TRUNC));
+        if bytes == 0 && fds.is_empty() {
+            return Ok(false);
+        }
+        let request: Request = match serde_json::from_slice(&self.buf[..bytes]) {
+            Ok(r) if !truncated => r,
+            // The daemon checks the size and writes the format: this is a bug, not a package's fault.
+            Ok(_) | Err(_) => return Err(format!("an unreadable request ({bytes} bytes)")),
+        };
+        let id = request.id;
+        let reply = match <[OwnedFd; 2]>::try_from(fds) {
+            Ok([stdout, stderr]) => self.start(request, stdout, stderr),
+            Err(fds) => Reply::NotStarted { id, error: format!("the launcher got {} descriptors, not 2", fds.len()) },
+        };
+        self.reply(&reply)?;
+        Ok(true)
+    }
+
+    fn start(&mut self, request: Request, stdout: OwnedFd, stderr: OwnedFd) -> Reply {
+        let id = request.id;
+        // SAFETY: this process is single-threaded (it starts no threads), so the child may do
+        // anything after fork.
+        match unsafe { fork() } {
+            Err(e) => Reply::NotStarted { id, error: format!("the launcher could not fork: {e}") },
+            Ok(ForkResult::Child) => become_package(request, stdout, stderr),
+            Ok(ForkResult::Parent { child }) => {
+                // Also here, so the group exists before the daemon can signal it.
+                let _ = setpgid(child, child);
+                self.children.insert(child, id);
+                Reply::Started { id, pid: child.as_raw() as u32 }
+            }
+        }
+    }
+
+    /// Ends every child that has exited: kills what it left in its group (its id cannot be
+    /// reused while the child is unreaped), reaps it and reports its status and CPU time.
+    fn reap(&mut self) -> Result<(), String> {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        loop {
+            let pid = match waitid(Id::All, flags) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(format!("waitid: {e}")),
+                Ok(status) => match status.pid() {
+                    Some(pid) => pid,
+                    None => return Ok(()),
+                },
+            };
+            let _ = killpg(pid, Signal::SIGKILL);
+            let reaped = try_reap(pid.as_raw() as u32).map_err(|e| format!("wait4: {e}"))?;
+            let (Some((status, cpu_ms)), Some(id)) = (reaped, self.children.remove(&pid)) else { continue };
+            self.reply(&Reply::Exited { id, status: status.into_raw(), cpu_ms })?;
+        }
+    }
+
+    fn reply(&self, reply: &Reply) -> Result<(), String> {
+        let bytes = serde_json::to_vec(reply).map_err(|e| e.to_string())?;
+        loop {
+            match send(self.socket.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(format!("answering the daemon: {e}")),
+            }
+        }
+    }
+}
+
+/// The child of the fork: the package's process group, stdout and stderr, environment, then the
+/// containment and the exec. Never returns.
+fn become_package(request: Request, stdout: OwnedFd, stderr: OwnedFd) -> ! {
+    let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    if dup2_stdout(&stdout).is_err() || dup2_stderr(&stderr).is_err() {
+        // SAFETY: _exit ends this forked child without running the server's exit handlers.
+        unsafe { libc::_exit(CANNOT_CONTAIN) }
+    }
+    // The socket, the signalfd and these originals: nothing of the server's or the daemon's
+    // reaches the package (nor a namespace launcher waiting for it, which would keep the socket
+    // open after the server died).
+    let _ = (stdout.into_raw_fd(), stderr.into_raw_fd());
+    close_from(3);
+    for (name, _) in std::env::vars_os() {
+        std::env::remove_var(name);
+    }
+    for (name, value) in &request.env {
+        std::env::set_var(name, value);
+    }
+    let code = contain::run(&request.spec);
+    // SAFETY: as above.
+    unsafe { libc::_exit(code) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon's side.
+
+/// The daemon's handle on its fork server, started on first use and again after it died.
+#[derive(Debug)]
+pub struct ForkServer {
+    binary: PathBuf,
+    live: Mutex<Option<Arc<Connection>>>,
+}
+
+/// What the daemon learns about one request.
+#[derive(Debug)]
+enum Event {
+    Started(u32),
+    NotStarted(String),
+    Exited {
+        status: i32,
+        cpu_ms: u64,
+    },
+    /// The server died; why.
+    Lost(String),
+}
+
+#[derive(Debug)]
+struct Connection {
+    socket: OwnedFd,
+    pid: u32,
+    next_id: AtomicU64,
+    waiting: Mutex<Waiting>,
+}
+
+#[derive(Debug, Default)]
+struct Waiting {
+    /// Why the server is gone, once it is.
+    lost: Option<String>,
+    by_id: HashMap<u64, mpsc::Sender<Event>>,
+}
+
+/// A package the fork server started.
+#[derive(Debug)]
+pub struct Served {
+    pub pid: u32,
+    id: u64,
+    events: mpsc::Receiver<Event>,
+    connection: Arc<Connection>,
+}
+
+impl ForkServer {
+    /// The server will be `binary sandbox-exec --serve`.
+    pub fn new(binary: PathBuf) -> ForkServer {
+        ForkServer { binary, live: Mutex::new(None) }
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// Starts a package contained as `spec` says, with exactly `env` as its environment and
+    /// `stdout`/`stderr` as its output. A server found dead before it took the request is
+    /// replaced once; a package it may have started is not started again.
+    pub fn start(
+        &self,
+        spec: &Spec,
+        env: &[(String, String)],
+        stdout: &OwnedFd,
+        stderr: &OwnedFd,
+    ) -> Result<Served, String> {
+        let mut retried = false;
+        loop {
+            let connection = self.connection()?;
+            match connection.start(spec, env, [stdout, stderr]) {
+                Ok(served) => return Ok(served),
+                Err(Sent::No(why)) if !retried => {
+                    connection.lose(why);
+                    retried = true;
+                }
+                Err(Sent::No(why)) | Err(Sent::Maybe(why)) => return Err(why),
+            }
+        }
+    }
+
+    /// The running server's pid, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        let live = self.live.lock().ok()?;
+        live.as_ref().filter(|c| !c.is_lost()).map(|c| c.pid)
+    }
+
+    fn connection(&self) -> Result<Arc<Connection>, String> {
+        let mut live = self.live.lock().map_err(|_| "the launcher's lock is poisoned".to_string())?;
+        if let Some(c) = live.as_ref().filter(|c| !c.is_lost()) {
+            return Ok(c.clone());
+        }
+        let c = Connection::spawn(&self.binary)?;
+        *live = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// Why a request failed: before the server could have seen it, or perhaps after.
+enum Sent {
+    No(String),
+    Maybe(String),
+}
+
+impl Connection {
+    fn spawn(binary: &Path) -> Result<Arc<Connection>, String> {
+        let cannot = |e: &dyn std::fmt::Display| format!("could not start the launcher {}: {e}", binary.display());
+        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+            .map_err(|e| cannot(&e))?;
+        let mut child = Command::new(binary)
+            .args(["sandbox-exec", "--serve"])
+            .env_clear()
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| cannot(&e))?;
+        let connection = Arc::new(Connection {
+            socket: ours,
+            pid: child.id(),
+            next_id: AtomicU64::new(1),
+            waiting: Mutex::new(Waiting::default()),
+        });
+        let reader = connection.clone();
+        let spawned = std::thread::Builder::new().name("launcher".into()).spawn(move || {
+            let why = reader.read_replies();
+            // The socket is closed or unusable: this server is done with, dead or not.
+            let _ = child.kill();
+            let ended = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            reader.lose(format!(
+                "the launcher (`buildnet sandbox-exec --serve`, pid {}) died: {why}, {ended}",
+                reader.pid
+            ));
+        });
+        if let Err(e) = spawned {
+            return Err(cannot(&e));
+        }
+        log::debug!("started the launcher, pid {}", connection.pid);
+        Ok(connection)
+    }
+
+    fn is_lost(&self) -> bool {
+        self.waiting.lock().map(|w| w.lost.is_some()).unwrap_or(true)
+    }
+
+    /// Marks the server gone and tells every package waiting on it. Shutting the socket down
+    /// ends a server that is still alive (it kills what it started) and so the reader thread.
+    fn lose(&self, why: String) {
+        let _ = shutdown(self.socket.as_raw_fd(), Shutdown::Both);
+        let Ok(mut waiting) = self.waiting.lock() else { return };
+        if waiting.lost.is_none() {
+            log::warn!("{why}");
+            waiting.lost = Some(why);
+        }
+        let why = waiting.lost.clone().unwrap_or_default();
+        for (_, tx) in waiting.by_id.drain() {
+            let _ = tx.send(Event::Lost(why.clone()));
+        }
+    }
+
+    /// Hands replies to the packages they are about until the socket closes; returns why it did.
+    fn read_replies(&self) -> String {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = match recv(self.socket.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Ok(0) => return "its socket closed".into(),
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return format!("reading its socket: {e}"),
+            };
+            let reply = match serde_json::from_slice::<Reply>(&buf[..n]) {
+                Ok(r) => r,
+                Err(e) => return format!("an unreadable reply: {e}"),
+            };
+            let Ok(mut waiting) = self.waiting.lock() else { return "a poisoned lock".into() };
+            let (id, event) = match reply {
+                Reply::Started { id, pid } => (id, Event::Started(pid)),
+                Reply::NotStarted { id, error } => (id, Event::NotStarted(error)),
+                Reply::Exited { id, status, cpu_ms } => (id, Event::Exited { status, cpu_ms }),
+            };
+            let last = !matches!(event, Event::Started(_));
+            let tx = if last { waiting.by_id.remove(&id) } else { waiting.by_id.get(&id).cloned() };
+            if let Some(tx) = tx {
+                let _ = tx.send(event);
+            }
+        }
+    }
+
+    fn start(self: &Arc<Self>, spec: &Spec, env: &[(String, String)], stdio: [&OwnedFd; 2]) -> Result<Served, Sent> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = serde_json::to_vec(&Request { id, spec: spec.clone(), env: env.to_vec() })
+            .map_err(|e| Sent::No(format!("encoding the package for the launcher: {e}")))?;
+        if bytes.len() > MAX_REQUEST {
+            let why =
+                format!("the command and environment take {} bytes; the launcher takes {MAX_REQUEST}", bytes.len());
+            return Err(Sent::Maybe(why));
+        }
+        let (tx, events) = mpsc::channel();
+        {
+            let mut waiting = self.waiting.lock().map_err(|_| Sent::No("a poisoned lock".into()))?;
+            if let Some(why) = &waiting.lost {
+                return Err(Sent::No(why.clone()));
+            }
+            waiting.by_id.insert(id, tx);
+        }
+        let mut served = Served { pid: 0, id, events, connection: self.clone() };
+        let fds = stdio.map(|fd| fd.as_raw_fd());
+        let message = [IoSlice::new(&bytes)];
+        let sent = loop {
+            match sendmsg::<()>(
+                self.socket.as_raw_fd(),
+                &message,
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Err(Errno::EINTR) => continue,
+                other => break other,
+            }
+        };
+        if let Err(e) = sent {
+            return Err(Sent::No(format!("the launcher (pid {}) did not take the package: {e}", self.pid)));
+        }
+        match served.events.recv() {
+            Ok(Event::Started(pid)) => {
+                served.pid = pid;
+                Ok(served)
+            }
+            Ok(Event::NotStarted(why)) | Ok(Event::Lost(why)) => Err(Sent::Maybe(why)),
+            Ok(Event::Exited { .. }) => Err(Sent::Maybe("the launcher reported an exit before the start".into())),
+            Err(_) => Err(Sent::Maybe("the launcher's reader is gone".into())),
+        }
+    }
+}
+
+impl Served {
+    /// The package's wait status and CPU time (ms) once it has exited, waiting at most `at_most`;
+    /// an error when the launcher died first.
+    pub fn wait(&self, at_most: Duration) -> Result<Option<(ExitStatus, u64)>, String> {
+        match self.events.recv_timeout(at_most) {
+            Ok(Event::Exited { status, cpu_ms }) => Ok(Some((ExitStatus::from_raw(status), cpu_ms))),
+            Ok(Event::Lost(why)) => Err(why),
+            Ok(Event::Started(_)) | Ok(Event::NotStarted(_)) | Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err("the launcher's reader is gone".into()),
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(mut waiting) = self.connection.waiting.lock() {
+            waiting.by_id.remove(&self.id);
+        }
+    }
+}

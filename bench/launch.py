@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Launch benchmark: what starting one contained package costs, without a daemon. Compares, at
+each containment level, the one-shot launcher (an exec of `buildnet sandbox-exec -- true` per
+package, as the daemon did before the fork server) with the fork server (`buildnet sandbox-exec
+--serve`, driven here over its socketpair exactly as the daemon drives it: one SOCK_SEQPACKET
+message with the spec, the environment and the package's stdout and stderr), and `true` run
+directly as the floor. Prints, per path, the median wall time from request to reaped exit and
+the CPU time (user + system) of everything started for it, over interleaved rounds.
+
+Usage: python3 bench/launch.py [--bin PATH] [--runs N]   (builds target/release/buildnet first
+unless --bin is given). Runs as root: packages run as nobody (65534), as on a root node.
+Standard library only.
+"""
+import argparse, array, json, os, resource, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEVELS = ["none", "landlock", "landlock+namespaces"]
+
+
+def children_cpu_ms():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (r.ru_utime + r.ru_stime) * 1000
+
+
+class Server:
+    """A fork server on a socketpair, as the daemon starts it."""
+
+    def __init__(self, binary):
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen([binary, "sandbox-exec", "--serve"], stdin=theirs, env={})
+        theirs.close()
+        self.next_id = 1
+
+    def run(self, spec, env):
+        """Starts one package and waits for its exit; returns (status, cpu_ms as reported)."""
+        rid, self.next_id = self.next_id, self.next_id + 1
+        out_r, out_w = os.pipe()
+        request = json.dumps({"id": rid, "spec": spec, "env": env}).encode()
+        # The package's stdout and stderr: one pipe for both, as a terminal would be.
+        fds = array.array("i", [out_w, out_w]).tobytes()
+        self.sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        os.close(out_w)
+        started = json.loads(self.sock.recv(4096))
+        assert "Started" in started, started
+        exited = json.loads(self.sock.recv(4096))
+        assert "Exited" in exited, exited
+        os.read(out_r, 65536)
+        os.close(out_r)
+        return exited["Exited"]["status"], exited["Exited"]["cpu_ms"]
+
+    def cpu_ms(self):
+        """The server's own CPU time and its reaped packages', from /proc."""
+        fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) * 1000 / os.sysconf("SC_CLK_TCK")
+
+    def close(self):
+        self.sock.close()
+        self.proc.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", help="the buildnet binary (default: build target/release/buildnet)")
+    ap.add_argument("--runs", type=int, default=200, help="launches per path and level")
+    args = ap.parse_args()
+    binary = os.path.abspath(args.bin) if args.bin else os.path.join(ROOT, "target", "release", "buildnet")
+    if not args.bin:
+        subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    root = os.geteuid() == 0
+    sandbox = tempfile.mkdtemp(prefix="bn-launch-")
+    os.chmod(sandbox, 0o755)
+    env = {"PATH": "/usr/bin:/bin", "HOME": sandbox, "TMPDIR": sandbox}
+    server = Server(binary)
+    print(f"{'path':<34} {'wall median':>12} {'cpu/launch':>11}")
+    try:
+        for level in LEVELS:
+            user = 65534 if root and level == "landlock+namespaces" else None
+            spec = {"dir": sandbox, "read_only": [], "level": level, "user": user, "argv": ["true"]}
+            oneshot = [binary, "sandbox-exec", "--dir", sandbox, "--level", level]
+            if user is not None:
+                oneshot += ["--user", str(user)]
+            oneshot += ["--", "true"]
+            walls = {"one-shot": [], "fork server": [], "true": []}
+            cpu = {k: 0.0 for k in walls}
+            for _ in range(args.runs):
+                for path in walls:
+                    before = server.cpu_ms() if path == "fork server" else children_cpu_ms()
+                    t = time.perf_counter()
+                    if path == "fork server":
+                        status, _ = server.run(spec, list(env.items()))
+                    else:
+                        argv = oneshot if path == "one-shot" else ["true"]
+                        status = subprocess.run(argv, env=env, cwd=sandbox).returncode
+                    walls[path].append(time.perf_counter() - t)
+                    assert status == 0, (path, level, status)
+                    after = server.cpu_ms() if path == "fork server" else children_cpu_ms()
+                    cpu[path] += after - before
+            for path, w in walls.items():
+                if path == "true" and level != LEVELS[0]:
+                    continue
+                label = "true (no launcher)" if path == "true" else f"{path}, {level}"
+                print(f"{label:<34} {statistics.median(w)*1000:>10.2f}ms {cpu[path]/args.runs:>9.2f}ms")
+    finally:
+        server.close()
+        os.rmdir(sandbox)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

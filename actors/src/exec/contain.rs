@@ -101,7 +101,9 @@ fn contain_and_exec(spec: &Spec) -> Result<Never, ContainError> {
         // SAFETY: the launcher is single-threaded (a fresh exec that started no threads), so the
         // child may do anything after fork.
         match unsafe { fork() }.map_err(ns("fork"))? {
-            ForkResult::Parent { child } => std::process::exit(wait_for(child)),
+            // `_exit`: nothing to flush, and Rust's and libc's exit handlers cost ~0.1 ms a package.
+            // SAFETY: ends this process; it holds nothing that needs cleaning up.
+            ForkResult::Parent { child } => unsafe { libc::_exit(wait_for(child)) },
             ForkResult::Child => {}
         }
         // PID 1 of the new namespace from here on.

@@ -90,8 +90,8 @@ def main():
         if cpu:
             threads = cpu[0]["threads"]
             marks = [bool(c.get("disturbed")) for c in cpu]
-            rows.append(row("cpu single (sieves/s)", [c["single_core_score"] for c in cpu], "sieves/s", marks))
-            rows.append(row(f"cpu all {threads} threads", [c["multi_core_score"] for c in cpu], "sieves/s", marks))
+            rows.append(row("cpu single (units/s)", [c["single_core_score"] for c in cpu], "units/s", marks))
+            rows.append(row(f"cpu all {threads} threads", [c["multi_core_score"] for c in cpu], "units/s", marks))
             rows.append(row("cpu efficiency", [c["parallel_efficiency"] for c in cpu], "", marks))
         if cpu and has_sysbench:
             rows.append(row("sysbench 1 thread", base[1], "events/s"))

@@ -11,9 +11,9 @@ use super::{CliError, Ctx};
 
 #[derive(Subcommand)]
 pub enum TestCommand {
-    /// CPU: single-core and all-core sieve scores, parallel efficiency
+    /// CPU: single-core and all-core scores (work units/s), parallel efficiency
     Cpu {
-        /// Seconds of one-core and of all-core sieving each, in five rounds (at least 0.2 s a round)
+        /// Seconds of one-core and of all-core work each, in five rounds (at least 0.2 s a round)
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
     },
@@ -90,8 +90,8 @@ pub fn print_results(r: &BenchmarkResults) {
     }
     if let Some(c) = &r.cpu {
         let mut facts = vec![
-            ("CPU single", format!("{:.1} sieves/s", c.single_core_score)),
-            ("CPU all", format!("{:.1} sieves/s on {} threads", c.multi_core_score, c.threads)),
+            ("CPU single", format!("{:.1} units/s", c.single_core_score)),
+            ("CPU all", format!("{:.1} units/s on {} threads", c.multi_core_score, c.threads)),
             ("Efficiency", format!("{:.2} ({} effective cores)", c.parallel_efficiency, c.effective_cores)),
         ];
         facts.extend(disturbed_fact(&c.disturbed));
@@ -123,7 +123,7 @@ async fn say_if_another_runs(ctx: &Ctx) {
 fn describe(cmd: &TestCommand) -> String {
     match cmd {
         TestCommand::Cpu { seconds } => format!(
-            "CPU: a sieve in five rounds of one core, then every core ({seconds} s of each), medians of the rounds"
+            "CPU: integer work in five rounds of one core, then every core ({seconds} s of each), medians of the rounds"
         ),
         TestCommand::Memory => "memory: copy bandwidth, then dependent-read latency".into(),
         TestCommand::Storage { path, size_mb } => format!(
@@ -139,7 +139,7 @@ fn describe(cmd: &TestCommand) -> String {
 /// The phases of `test all`, one request each (results merge into the node's figures), so the
 /// spinner can say what runs and each phase's figures print as soon as it ends.
 const PHASES: [(&str, &str); 4] = [
-    ("cpu", "CPU: a sieve in rounds of one core, then every core"),
+    ("cpu", "CPU: integer work in rounds of one core, then every core"),
     ("memory", "memory: copy bandwidth, then dependent-read latency"),
     ("storage", "storage: every volume of the node, page cache bypassed"),
     ("network", "network: the mesh link to every online peer"),

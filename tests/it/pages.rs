@@ -413,7 +413,7 @@ fn browser_benchmark_pages_show_figures_history_and_the_network_matrix() {
     assert!(driver.text("#benchmark-nodes").contains(&format!("{score:.0}")), "beta's CPU score is listed");
 
     driver.call("POST", "/url", Some(json!({"url": format!("{}/nodes/{b_id}", a.url)})));
-    assert!(driver.text("dl.benchmarks").contains("sieves/s"), "beta's latest figures on its page");
+    assert!(driver.text("dl.benchmarks").contains("units/s"), "beta's latest figures on its page");
     let _ = driver.find("figure.chart svg polyline");
     assert!(driver.text("main").contains("CPU score"), "history charts drawn from the shared ledger");
 }

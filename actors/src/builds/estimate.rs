@@ -126,8 +126,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// of a package: gcc -O2 on generated C ran at about 45 KB/s on the development machine. A
 /// rough prior, reported with low confidence; the first real run replaces it.
 const PRIOR_BYTES_PER_SEC: f64 = 50_000.0;
-/// Single-core sieve score (release build) of the machine the prior was measured on.
-const REFERENCE_SCORE: f64 = 3_800.0;
+/// Single-core CPU score (work units/s, release build) of the machine the prior was measured on.
+const REFERENCE_SCORE: f64 = 3_700.0;
 /// Starting a process in a sandbox and collecting its outputs: ~20 ms for a tiny compile.
 const PRIOR_START_MS: u64 = 20;
 

@@ -8,10 +8,11 @@ use utoipa::ToSchema;
 /// Plan §8.1's CPU result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CpuBenchmarkResult {
-    /// Sieves per second on one thread, per second it ran on a core (on an idle machine, per
+    /// Work units (the odd primes below 10 000 counted by trial division) per second on one
+    /// thread, per second it ran on a core (on an idle machine, per
     /// wall second).
     pub single_core_score: f64,
-    /// Sieves per second on every core at once: each thread's rate, summed.
+    /// Work units per second on every core at once: each thread's rate, summed.
     pub multi_core_score: f64,
     /// multi / (single × cores), 0–1.
     pub parallel_efficiency: f64,
@@ -153,7 +154,7 @@ impl BenchmarkScores {
         self.measured_at_ms = self.measured_at_ms.max(r.timestamp_ms);
     }
 
-    /// Sieves per second on one core, the figure nodes are compared by.
+    /// Work units per second on one core, the figure nodes are compared by.
     pub fn cpu_single(&self) -> Option<f64> {
         self.cpu.as_ref().map(|c| c.single_core_score).filter(|s| *s > 0.0)
     }

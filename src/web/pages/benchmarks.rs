@@ -124,7 +124,7 @@ pub async fn history_charts(state: &AppState, node: &NodeId, names: &BTreeMap<St
         }
     }
     let charts = [
-        ("CPU score", "sieves/s"),
+        ("CPU score", "units/s"),
         ("Memory", "GB/s"),
         ("Storage, sequential", "MB/s"),
         ("Network round trip", "ms"),
@@ -148,7 +148,7 @@ pub fn latest(b: &BenchmarkScores, names: &BTreeMap<String, String>) -> Markup {
         @if b.measured_at_ms == 0 && !b.running { p.small { "Not measured yet." } } @else {
             dl.facts.benchmarks {
                 @if let Some(c) = &b.cpu {
-                    dt { "CPU" } dd.cpu-score { (format!("{:.0}", c.single_core_score)) " sieves/s on one core, " (format!("{:.0}", c.multi_core_score))
+                    dt { "CPU" } dd.cpu-score { (format!("{:.0}", c.single_core_score)) " units/s on one core, " (format!("{:.0}", c.multi_core_score))
                         " on " (c.threads) " (efficiency " (format!("{:.2}", c.parallel_efficiency)) ", " (c.effective_cores) " effective cores)" }
                 }
                 @if let Some(m) = &b.memory {
@@ -271,12 +271,12 @@ mod tests {
         assert!(line_chart("x", "u", &[]).into_string().is_empty());
         let svg = line_chart(
             "CPU",
-            "sieves/s",
+            "units/s",
             &[Series { label: "single".into(), points: vec![(1_000, 100.0), (2_000, 200.0)] }],
         )
         .into_string();
         assert!(svg.contains("<polyline"));
-        assert!(svg.contains("single: 200.00 sieves/s"));
+        assert!(svg.contains("single: 200.00 units/s"));
         // The larger point sits higher (smaller y) than the smaller one.
         let ys: Vec<f64> =
             svg.split("cy=\"").skip(1).filter_map(|s| s.split('"').next().and_then(|v| v.parse().ok())).collect();

@@ -99,7 +99,7 @@ fn card(node: &PoolNode, resources: &[&PooledResource]) -> Markup {
             header {
                 strong.card-name { (node.name) }
                 span class=(format!("status {}", node.status)) { " " (node.status) }
-                @if let Some(s) = score { span.small.score title="CPU benchmark, all cores" { " · " (format!("{s:.0}")) " sieves/s" } }
+                @if let Some(s) = score { span.small.score title="CPU benchmark, all cores" { " · " (format!("{s:.0}")) " units/s" } }
             }
             @for r in resources { (node_part(node, r)) }
         }

@@ -20,6 +20,7 @@
 //! A level that was asked for and cannot be applied is an error: the package does not run.
 
 use std::ffi::CString;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -82,9 +83,12 @@ fn ns<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> ContainError {
 
 /// Restricts this process as `spec` says and execs the command. Returns only on failure, having
 /// said why on stderr (the package's), with the exit code to end with. With namespaces, the
-/// launcher forks: the parent waits and exits with the package's status.
-pub fn run(spec: &Spec) -> i32 {
-    let failure = match contain_and_exec(spec) {
+/// launcher forks: the parent waits and exits with the package's status, and first writes that
+/// status and the CPU time to `report` (an [`Ended`]) when given one — its exit then tears the
+/// mount namespace down, which waits for an RCU grace period (`synchronize_rcu_expedited`,
+/// milliseconds on a loaded machine) that the package's result need not wait for.
+pub fn run(spec: &Spec, report: Option<OwnedFd>) -> i32 {
+    let failure = match contain_and_exec(spec, report) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -94,17 +98,65 @@ pub fn run(spec: &Spec) -> i32 {
 
 enum Never {}
 
-fn contain_and_exec(spec: &Spec) -> Result<Never, ContainError> {
+/// How a namespace launcher's package ended, as it reports it before exiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// The launcher's exit code-to-be (the package's, or 128 + its signal).
+    pub code: i32,
+    /// The CPU time of the launcher and everything it reaped, in ms.
+    pub cpu_ms: u64,
+}
+
+impl Ended {
+    pub const SIZE: usize = 12;
+
+    pub fn to_bytes(self) -> [u8; Ended::SIZE] {
+        let mut b = [0u8; Ended::SIZE];
+        b[..4].copy_from_slice(&self.code.to_ne_bytes());
+        b[4..].copy_from_slice(&self.cpu_ms.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Ended::SIZE]) -> Ended {
+        let (code, cpu) = b.split_at(4);
+        let code = i32::from_ne_bytes(code.try_into().unwrap_or_default());
+        Ended { code, cpu_ms: u64::from_ne_bytes(cpu.try_into().unwrap_or_default()) }
+    }
+}
+
+/// The CPU time of this process and of the children it reaped, in ms.
+fn own_and_reaped_cpu_ms() -> u64 {
+    [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN]
+        .into_iter()
+        .map(|who| {
+            // SAFETY: zeroed rusage is a valid value of a plain C struct; the kernel overwrites it.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: getrusage fills the struct it is given.
+            unsafe { libc::getrusage(who, &mut usage) };
+            super::sandbox::cpu_ms(&usage)
+        })
+        .sum()
+}
+
+fn contain_and_exec(spec: &Spec, report: Option<OwnedFd>) -> Result<Never, ContainError> {
     let root = Uid::effective().is_root();
     if spec.level.has_namespaces() {
         enter_namespaces(root)?;
         // SAFETY: the launcher is single-threaded (a fresh exec that started no threads), so the
         // child may do anything after fork.
         match unsafe { fork() }.map_err(ns("fork"))? {
-            // `_exit`: nothing to flush, and Rust's and libc's exit handlers cost ~0.1 ms a package.
-            // SAFETY: ends this process; it holds nothing that needs cleaning up.
-            ForkResult::Parent { child } => unsafe { libc::_exit(wait_for(child)) },
-            ForkResult::Child => {}
+            ForkResult::Parent { child } => {
+                let code = wait_for(child);
+                if let Some(report) = report {
+                    let ended = Ended { code, cpu_ms: own_and_reaped_cpu_ms() };
+                    let _ = nix::unistd::write(&report, &ended.to_bytes());
+                }
+                // `_exit`: nothing to flush, and Rust's and libc's exit handlers cost ~0.1 ms.
+                // SAFETY: ends this process; it holds nothing that needs cleaning up.
+                unsafe { libc::_exit(code) }
+            }
+            // The package does not get it (it is also close-on-exec).
+            ForkResult::Child => drop(report),
         }
         // PID 1 of the new namespace from here on.
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)

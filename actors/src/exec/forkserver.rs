@@ -32,7 +32,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -41,7 +41,7 @@ use nix::sys::socket::{
     Shutdown, SockFlag, SockType,
 };
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
-use nix::unistd::{dup2_stderr, dup2_stdout, fork, setpgid, ForkResult, Pid};
+use nix::unistd::{dup2_stderr, dup2_stdout, fork, pipe2, setpgid, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
 use super::contain::{self, Spec, CANNOT_CONTAIN};
@@ -108,11 +108,19 @@ pub fn serve() -> i32 {
     code
 }
 
+/// A child of the server: the request it serves, and whether its end was reported already.
+struct Started {
+    id: u64,
+    reported: bool,
+}
+
 struct Server {
     socket: OwnedFd,
     exits: SignalFd,
     /// Started packages not yet reaped, by pid (which is also their process group).
-    children: HashMap<Pid, u64>,
+    children: HashMap<Pid, Started>,
+    /// The read ends of the namespace launchers' early reports ([`contain::Ended`]), by pid.
+    reports: Vec<(Pid, OwnedFd)>,
     buf: Vec<u8>,
 }
 
@@ -139,30 +147,51 @@ impl Server {
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).map_err(|e| format!("sigprocmask: {e}"))?;
         let exits = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| format!("signalfd: {e}"))?;
-        Ok(Server { socket, exits, children: HashMap::new(), buf: vec![0; MAX_REQUEST + 1] })
+        Ok(Server { socket, exits, children: HashMap::new(), reports: Vec::new(), buf: vec![0; MAX_REQUEST + 1] })
     }
 
     fn run(&mut self) -> Result<(), String> {
         loop {
-            let mut fds = [
+            let mut fds = vec![
                 PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.exits.as_fd(), PollFlags::POLLIN),
             ];
+            fds.extend(self.reports.iter().map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)));
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(format!("poll: {e}")),
             }
-            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            let (request, exited) = (ready(&fds[0]), ready(&fds[1]));
-            if exited {
+            let ready: Vec<bool> = fds.iter().map(|fd| fd.revents().is_some_and(|r| !r.is_empty())).collect();
+            drop(fds);
+            let reported: Vec<usize> = (0..self.reports.len()).filter(|i| ready[2 + i]).collect();
+            for i in reported.into_iter().rev() {
+                let (pid, fd) = self.reports.swap_remove(i);
+                self.take_report(pid, fd)?;
+            }
+            if ready[1] {
                 while let Ok(Some(_)) = self.exits.read_signal() {}
                 self.reap()?;
             }
-            if request && !self.receive()? {
+            if ready[0] && !self.receive()? {
                 return Ok(());
             }
         }
+    }
+
+    /// A namespace launcher's early report: the package's end, answered before the launcher's
+    /// own exit (and its mount namespace's teardown) is over. Nothing there (the launcher exec'd
+    /// the package itself, or died) leaves the answer to the reaping.
+    fn take_report(&mut self, pid: Pid, fd: OwnedFd) -> Result<(), String> {
+        let mut bytes = [0u8; contain::Ended::SIZE];
+        if !matches!(nix::unistd::read(&fd, &mut bytes), Ok(n) if n == bytes.len()) {
+            return Ok(());
+        }
+        let ended = contain::Ended::from_bytes(&bytes);
+        let Some(child) = self.children.get_mut(&pid).filter(|c| !c.reported) else { return Ok(()) };
+        child.reported = true;
+        let reply = Reply::Exited { id: child.id, status: (ended.code & 0xff) << 8, cpu_ms: ended.cpu_ms };
+        self.reply(&reply)
     }
 
     /// Takes one request and starts it; false when the daemon has closed the socket.
@@ -201,15 +230,20 @@ impl Server {
 
     fn start(&mut self, request: Request, stdout: OwnedFd, stderr: OwnedFd) -> Reply {
         let id = request.id;
+        let (report_read, report_write) = match pipe2(OFlag::O_CLOEXEC) {
+            Ok(ends) => ends,
+            Err(e) => return Reply::NotStarted { id, error: format!("the launcher could not make a pipe: {e}") },
+        };
         // SAFETY: this process is single-threaded (it starts no threads), so the child may do
         // anything after fork.
         match unsafe { fork() } {
             Err(e) => Reply::NotStarted { id, error: format!("the launcher could not fork: {e}") },
-            Ok(ForkResult::Child) => become_package(request, stdout, stderr),
+            Ok(ForkResult::Child) => become_package(request, stdout, stderr, report_write),
             Ok(ForkResult::Parent { child }) => {
                 // Also here, so the group exists before the daemon can signal it.
                 let _ = setpgid(child, child);
-                self.children.insert(child, id);
+                self.children.insert(child, Started { id, reported: false });
+                self.reports.push((child, report_read));
                 Reply::Started { id, pid: child.as_raw() as u32 }
             }
         }
@@ -231,8 +265,10 @@ impl Server {
             };
             let _ = killpg(pid, Signal::SIGKILL);
             let reaped = try_reap(pid.as_raw() as u32).map_err(|e| format!("wait4: {e}"))?;
-            let (Some((status, cpu_ms)), Some(id)) = (reaped, self.children.remove(&pid)) else { continue };
-            self.reply(&Reply::Exited { id, status: status.into_raw(), cpu_ms })?;
+            let (Some((status, cpu_ms)), Some(child)) = (reaped, self.children.remove(&pid)) else { continue };
+            if !child.reported {
+                self.reply(&Reply::Exited { id: child.id, status: status.into_raw(), cpu_ms })?;
+            }
         }
     }
 
@@ -248,26 +284,38 @@ impl Server {
     }
 }
 
+/// The report pipe's write end in the launcher child (close-on-exec: the package never has it).
+const REPORT_FD: RawFd = 3;
+
 /// The child of the fork: the package's process group, stdout and stderr, environment, then the
 /// containment and the exec. Never returns.
-fn become_package(request: Request, stdout: OwnedFd, stderr: OwnedFd) -> ! {
+fn become_package(request: Request, stdout: OwnedFd, stderr: OwnedFd, report: OwnedFd) -> ! {
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    // SAFETY: dup2 onto a descriptor number this child is about to close anyway; the copy there
+    // is then owned by this child alone (the original is let go of below, not closed).
+    let moved = (unsafe { libc::dup2(report.as_raw_fd(), REPORT_FD) } == REPORT_FD)
+        .then(|| unsafe { OwnedFd::from_raw_fd(REPORT_FD) })
+        .filter(|fd| fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).is_ok());
+    let Some(moved) = moved else {
+        // SAFETY: _exit ends this forked child without running the server's exit handlers.
+        unsafe { libc::_exit(CANNOT_CONTAIN) }
+    };
     if dup2_stdout(&stdout).is_err() || dup2_stderr(&stderr).is_err() {
         // SAFETY: _exit ends this forked child without running the server's exit handlers.
         unsafe { libc::_exit(CANNOT_CONTAIN) }
     }
-    // The socket, the signalfd and these originals: nothing of the server's or the daemon's
-    // reaches the package (nor a namespace launcher waiting for it, which would keep the socket
-    // open after the server died).
-    let _ = (stdout.into_raw_fd(), stderr.into_raw_fd());
-    close_from(3);
+    // The socket, the signalfd, other packages' report pipes and these originals: nothing of the
+    // server's or the daemon's reaches the package (nor a namespace launcher waiting for it,
+    // which would keep the socket open after the server died).
+    let _ = (stdout.into_raw_fd(), stderr.into_raw_fd(), report.into_raw_fd());
+    close_from(REPORT_FD + 1);
     for (name, _) in std::env::vars_os() {
         std::env::remove_var(name);
     }
     for (name, value) in &request.env {
         std::env::set_var(name, value);
     }
-    let code = contain::run(&request.spec);
+    let code = contain::run(&request.spec, Some(moved));
     // SAFETY: as above.
     unsafe { libc::_exit(code) }
 }

@@ -40,11 +40,14 @@ pub(super) fn try_reap(pid: u32) -> std::io::Result<Option<(ExitStatus, u64)>> {
     match reaped {
         0 => Ok(None),
         -1 => Err(std::io::Error::last_os_error()),
-        _ => {
-            let ms = |t: libc::timeval| t.tv_sec.max(0) as u64 * 1000 + t.tv_usec.max(0) as u64 / 1000;
-            Ok(Some((std::process::ExitStatus::from_raw(status), ms(usage.ru_utime) + ms(usage.ru_stime))))
-        }
+        _ => Ok(Some((std::process::ExitStatus::from_raw(status), cpu_ms(&usage)))),
     }
+}
+
+/// User and system time of `usage`, in ms.
+pub(super) fn cpu_ms(usage: &libc::rusage) -> u64 {
+    let ms = |t: libc::timeval| t.tv_sec.max(0) as u64 * 1000 + t.tv_usec.max(0) as u64 / 1000;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
 }
 
 /// How often a running package's cancel flag is looked at; its exit is seen at once.

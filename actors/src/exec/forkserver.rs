@@ -13,8 +13,10 @@
 //! [`contain::run`], the same containment the one-shot launcher runs. The server answers
 //! `Started` with the pid (the daemon can still `kill(-pgid)` on cancel), and when the child
 //! exits it kills what is left of the group, reaps the child and answers `Exited` with the wait
-//! status and its CPU time. Replies carry the request's id, so any number of packages are in
-//! flight at once; the server polls the socket and a signalfd for SIGCHLD.
+//! status and its CPU time — or earlier, when a namespace launcher reports its package's end on
+//! its report pipe before its own exit tears the mount namespace down (see [`contain::run`]).
+//! Replies carry the request's id, so any number of packages are in flight at once; the server
+//! polls the socket, the report pipes and a signalfd for SIGCHLD.
 //!
 //! Failure: when the server dies, the daemon's reader thread sees the socket close; every package
 //! in flight fails with an error naming the launcher (and its group is killed by the daemon), and

@@ -4,11 +4,14 @@ each containment level, the one-shot launcher (an exec of `buildnet sandbox-exec
 package, as the daemon did before the fork server) with the fork server (`buildnet sandbox-exec
 --serve`, driven here over its socketpair exactly as the daemon drives it: one SOCK_SEQPACKET
 message with the spec, the environment and the package's stdout and stderr), and `true` run
-directly as the floor. Prints, per path, the median wall time from request to reaped exit and
-the CPU time (user + system) of everything started for it, over interleaved rounds.
+directly as the floor. Prints, per path, the median wall time from the request to the package's
+end as reported (the one-shot launcher reaped; the fork server's `Exited` answer) and the mean
+CPU time (user + system) of everything started for it, from rusage and /proc in clock ticks,
+over interleaved rounds.
 
 Usage: python3 bench/launch.py [--bin PATH] [--runs N]   (builds target/release/buildnet first
-unless --bin is given). Runs as root: packages run as nobody (65534), as on a root node.
+unless --bin is given). As root, packages at landlock+namespaces run as nobody (65534), as on a
+root node.
 Standard library only.
 """
 import argparse, array, json, os, resource, socket, statistics, subprocess, sys, tempfile, time

@@ -3,7 +3,7 @@
 //! 40 | 60 % split written on both sides and healed.
 //!
 //! `cargo bench -p buildnet-actors --bench mesh_sim -- --nodes 10,50,200 [--latency-ms 5]
-//! [--jitter-ms 5] [--loss 0.01] [--json]` — a table, or one JSON object per run.
+//! [--jitter-ms 5] [--loss 0.01] [--threads T] [--json]` — a table, or one JSON object per run.
 //! `bench/scale.py` runs it with the targets beside each figure.
 
 use std::time::Duration;
@@ -60,6 +60,9 @@ fn main() {
         };
         let mut scenario = Scenario::new(n);
         scenario.conditions = conditions;
+        if let Some(threads) = arg(&args, "--threads") {
+            scenario.threads = threads;
+        }
         let report = match actix_rt::System::new().block_on(run(dir.path(), &scenario)) {
             Ok(r) => r,
             Err(e) => {

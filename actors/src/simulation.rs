@@ -20,6 +20,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use actix::{Arbiter, ArbiterHandle};
 use serde::Serialize;
 
 use crate::config::NodeConfig;
@@ -39,6 +40,9 @@ pub struct Scenario {
     pub entries_per_side: usize,
     /// Longest wait for any one step.
     pub timeout: Duration,
+    /// Threads the engines are spread over (each an actix `Arbiter`), round robin: a real node
+    /// has a machine to itself, and one thread for 200 engines measures the thread, not the mesh.
+    pub threads: usize,
 }
 
 impl Scenario {
@@ -49,6 +53,7 @@ impl Scenario {
             split: 0.4,
             entries_per_side: 20,
             timeout: Duration::from_secs(120),
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -57,6 +62,8 @@ impl Scenario {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub nodes: usize,
+    /// Threads the engines ran on.
+    pub threads: usize,
     pub latency_ms: f64,
     pub jitter_ms: f64,
     pub loss: f64,
@@ -96,6 +103,21 @@ async fn start_node(net: &MemoryNet, dir: &Path, i: usize) -> Result<Node, Strin
     Ok(node)
 }
 
+/// Starts node `i` on `arbiter`: its actors run on that thread from then on.
+async fn start_node_on(arbiter: &ArbiterHandle, net: &MemoryNet, dir: &Path, i: usize) -> Result<Node, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (net, dir) = (net.clone(), dir.to_path_buf());
+    let spawned = arbiter.spawn_fn(move || {
+        actix::spawn(async move {
+            let _ = tx.send(start_node(&net, &dir, i).await);
+        });
+    });
+    if !spawned {
+        return Err("an engine thread stopped".into());
+    }
+    rx.await.map_err(|_| format!("node {i} did not start: its thread stopped"))?
+}
+
 /// Polls until `ok` holds on every node in `nodes`; how long it took.
 async fn until<'a, F, Fut>(what: &str, nodes: &[&'a Node], timeout: Duration, ok: F) -> Result<Duration, String>
 where
@@ -126,7 +148,8 @@ where
         if started.elapsed() > timeout {
             return Err(format!("{what}: not within {timeout:?}"));
         }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
+        // A round over 200 nodes is itself work on the engines' threads: poll big meshes less.
+        actix_rt::time::sleep(Duration::from_millis(if nodes.len() > 50 { 100 } else { 20 })).await;
     }
 }
 
@@ -154,25 +177,33 @@ fn sorted_heads(mut heads: Vec<Head>) -> Vec<Head> {
     heads
 }
 
-/// Waits until every node holds the same ledger heads; how long it took.
-async fn identical_heads(nodes: &[&Node], timeout: Duration) -> Result<Duration, String> {
+/// Waits until every node holds the same ledger heads; how long it took. Every 5 s it says how
+/// far it got: how many nodes hold the commonest heads, and how many links are open.
+async fn identical_heads(net: &MemoryNet, nodes: &[&Node], timeout: Duration) -> Result<Duration, String> {
     let started = Instant::now();
+    let mut reported = Instant::now();
     loop {
-        let mut first: Option<Vec<Head>> = None;
-        let mut same = true;
+        let mut groups: Vec<(Vec<Head>, usize)> = Vec::new();
         for node in nodes {
             let heads = sorted_heads(node.ledger.heads().await.map_err(|e| e.to_string())?);
-            match &first {
-                None => first = Some(heads),
-                Some(f) if *f == heads => {}
-                Some(_) => {
-                    same = false;
-                    break;
-                }
+            match groups.iter_mut().find(|(h, _)| *h == heads) {
+                Some((_, count)) => *count += 1,
+                None => groups.push((heads, 1)),
             }
         }
-        if same {
+        if groups.len() == 1 {
             return Ok(started.elapsed());
+        }
+        if reported.elapsed() > Duration::from_secs(5) {
+            reported = Instant::now();
+            let commonest = groups.iter().map(|(_, c)| *c).max().unwrap_or(0);
+            eprintln!(
+                "heads after the heal: {commonest} of {} nodes agree ({} different), {} links open, after {:.0?}",
+                nodes.len(),
+                groups.len(),
+                net.open_links(),
+                started.elapsed()
+            );
         }
         if started.elapsed() > timeout {
             return Err(format!("identical ledger heads after the heal: not within {timeout:?}"));
@@ -191,9 +222,10 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
     let net = MemoryNet::new();
     net.set_conditions(scenario.conditions);
     let t0 = Instant::now();
+    let arbiters: Vec<Arbiter> = (0..scenario.threads.max(1)).map(|_| Arbiter::new()).collect();
     let mut nodes = Vec::with_capacity(n);
     for i in 0..n {
-        nodes.push(start_node(&net, dir, i).await?);
+        nodes.push(start_node_on(&arbiters[i % arbiters.len()].handle(), &net, dir, i).await?);
     }
     for (i, joiner) in nodes.iter().enumerate().skip(1) {
         if i % 25 == 0 {
@@ -275,7 +307,7 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
         }
     }
     net.heal();
-    let partition_heal = identical_heads(&remaining, timeout).await?;
+    let partition_heal = identical_heads(&net, &remaining, timeout).await?;
     let live_ids: BTreeSet<NodeId> = remaining.iter().map(|x| x.identity.node_id.clone()).collect();
     let gone_ids: BTreeSet<NodeId> = ids.difference(&live_ids).cloned().collect();
     let rejoin =
@@ -293,8 +325,13 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
     for node in &nodes {
         node.shutdown("simulation over").await;
     }
+    for arbiter in arbiters {
+        arbiter.stop();
+        let _ = arbiter.join();
+    }
     Ok(Report {
         nodes: n,
+        threads: scenario.threads.max(1),
         latency_ms: scenario.conditions.latency.as_secs_f64() * 1000.0,
         jitter_ms: scenario.conditions.jitter.as_secs_f64() * 1000.0,
         loss: scenario.conditions.loss,

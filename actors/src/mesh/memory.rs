@@ -14,6 +14,8 @@
 //! [`MemoryNet::silence`] keeps a node's links open but carries nothing (a hung machine);
 //! [`MemoryNet::partition`] splits the net into sides that cannot reach each other until
 //! [`MemoryNet::heal`]; [`MemoryNet::set_conditions`] gives every link latency, jitter and loss.
+//! A cut path stalls a link as it stalls a TCP stream: frames wait and arrive, in order, at the
+//! first retransmission after the path is back (see `pump`).
 //!
 //! It is not behind `cfg(test)`: it is small, uses nothing the engine does not already use, and
 //! tests outside this crate (a simulation harness) can start many nodes with it.
@@ -41,12 +43,12 @@ struct Net {
     nodes: HashMap<String, MeshHandle>,
     links: HashMap<u64, MemoryLink>,
     next_link: u64,
-    /// Nodes whose frames vanish both ways while their links stay open: a machine that hangs
-    /// or drops off the network without closing its sockets (only heartbeats can tell).
+    /// Nodes whose frames stall both ways while their links stay open: a machine that hangs
+    /// or drops off the network without closing its sockets (only liveness checks can tell).
     silent: std::collections::HashSet<String>,
     /// Frame bytes delivered, for the background traffic of a simulation.
     bytes: u64,
-    /// Each address's side while the net is split; frames and dials between sides vanish.
+    /// Each address's side while the net is split; frames between sides stall, dials fail.
     sides: HashMap<String, usize>,
     conditions: LinkConditions,
 }
@@ -82,7 +84,7 @@ impl LinkConditions {
 }
 
 impl Net {
-    /// Whether frames between `a` and `b` vanish (either is silent, or they are on two sides).
+    /// Whether the path between `a` and `b` is cut (either is silent, or they are on two sides).
     fn cut(&self, a: &str, b: &str) -> bool {
         self.silent.contains(a)
             || self.silent.contains(b)
@@ -161,6 +163,11 @@ impl MemoryNet {
         self.net().conditions = conditions;
     }
 
+    /// Links open now (a simulation's progress report).
+    pub fn open_links(&self) -> usize {
+        self.net().links.len()
+    }
+
     /// Frame bytes delivered so far over every link.
     pub fn bytes(&self) -> u64 {
         self.net().bytes
@@ -212,6 +219,12 @@ impl MemoryNet {
 
     /// Carries one direction's frames, each after the link's delay and in order; when the
     /// sending bridge closes (or drops its channel), both ends see the socket close.
+    ///
+    /// While the path is cut (a partition, a silent node) the link behaves as the TCP stream
+    /// under a WebSocket does: nothing arrives and nothing is lost. The frames wait, and are
+    /// tried again after TCP's retransmission timeout, which starts at `retransmit` and doubles
+    /// up to [`RTO_MAX`]; the first try after the path is back delivers everything in order.
+    /// Only the ends give up on a stalled link (their idle timeout closes it).
     async fn pump(self, id: u64, mut rx: UnboundedReceiver<Outgoing>, from: Addr<BridgeActor>, to: Addr<BridgeActor>) {
         let (delayed_tx, mut delayed) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
         let receiver = to.clone();
@@ -222,21 +235,44 @@ impl MemoryNet {
             }
         });
         let mut last = Instant::now();
-        while let Some(Outgoing::Frame(frame)) = rx.recv().await {
-            let delay = {
-                let mut net = self.net();
-                let cut = net.links.get(&id).is_none_or(|l| net.cut(&l.ends[0], &l.ends[1]));
-                if !cut {
-                    net.bytes += frame.len() as u64;
-                }
-                (!cut).then(|| net.conditions.delay())
+        let mut stall: Option<Stall> = None;
+        loop {
+            // A new frame, or (None) the stalled link's retransmission timer.
+            let next = match stall.as_ref().map(|s| s.retry_at) {
+                None => Some(rx.recv().await),
+                Some(at) => tokio::time::timeout_at(at.into(), rx.recv()).await.ok(),
             };
-            let Some(delay) = delay else { continue };
-            if delay.is_zero() && last <= Instant::now() {
-                to.do_send(Incoming { frame });
-            } else {
-                last = last.max(Instant::now() + delay);
-                let _ = delayed_tx.send((last, frame));
+            let frame = match next {
+                Some(Some(Outgoing::Frame(frame))) => Some(frame),
+                Some(_) => break,
+                None => None,
+            };
+            let (cut, conditions) = {
+                let net = self.net();
+                (net.links.get(&id).is_none_or(|l| net.cut(&l.ends[0], &l.ends[1])), net.conditions)
+            };
+            let mut ready = Vec::new();
+            match (frame, &mut stall) {
+                // Behind a stall, a frame waits its turn as TCP's later segments do.
+                (Some(frame), Some(s)) => s.held.push(frame),
+                (Some(frame), None) if cut => stall = Some(Stall::new(frame, conditions.retransmit)),
+                (Some(frame), None) => ready.push(frame),
+                (None, Some(s)) if cut => s.back_off(),
+                (None, Some(_)) => ready = stall.take().map(|s| s.held).unwrap_or_default(),
+                (None, None) => {}
+            }
+            for frame in ready {
+                let delay = {
+                    let mut net = self.net();
+                    net.bytes += frame.len() as u64;
+                    net.conditions.delay()
+                };
+                if delay.is_zero() && last <= Instant::now() {
+                    to.do_send(Incoming { frame });
+                } else {
+                    last = last.max(Instant::now() + delay);
+                    let _ = delayed_tx.send((last, frame));
+                }
             }
         }
         drop(delayed_tx);
@@ -244,6 +280,29 @@ impl MemoryNet {
         from.do_send(SocketClosed);
         to.do_send(SocketClosed);
         self.net().links.remove(&id);
+    }
+}
+
+/// Linux's ceiling on TCP's retransmission timeout (`TCP_RTO_MAX`).
+const RTO_MAX: Duration = Duration::from_secs(120);
+
+/// Frames waiting on a link whose path is cut, and when TCP would try them again.
+struct Stall {
+    held: Vec<Vec<u8>>,
+    rto: Duration,
+    retry_at: Instant,
+}
+
+impl Stall {
+    fn new(first: Vec<u8>, rto: Duration) -> Stall {
+        // A zero timeout (conditions without loss) still retries: at TCP's floor, 200 ms.
+        let rto = if rto.is_zero() { Duration::from_millis(200) } else { rto };
+        Stall { held: vec![first], rto, retry_at: Instant::now() + rto }
+    }
+
+    fn back_off(&mut self) {
+        self.rto = (self.rto * 2).min(RTO_MAX);
+        self.retry_at = Instant::now() + self.rto;
     }
 }
 

@@ -238,6 +238,10 @@ pub struct MeshActor {
     refused: RefusedJoins,
     /// Our ledger heads as last read, and their digest (what peers compare theirs with).
     heads: (String, Vec<wire::Head>),
+    /// When a differing ledger digest last made us ask for entries (see `sync`).
+    last_digest_ask: Option<Instant>,
+    /// The last of our own ledger entries pushed to peers (see `sync`); None before the first tick.
+    pushed_own_seq: Option<u64>,
     /// Ledger entries being pulled from peers (see [`sync::Pulls`]).
     pulls: sync::Pulls,
     /// SWIM membership and failure detection.
@@ -310,6 +314,8 @@ impl MeshActor {
             pool: None,
             refused: RefusedJoins::default(),
             heads: (String::new(), Vec::new()),
+            last_digest_ask: None,
+            pushed_own_seq: None,
             pulls: sync::Pulls::default(),
             swim: gossip::Swim::new(me),
             ticks: 0,

@@ -1,8 +1,10 @@
-//! Ledger sync: every tick a node sends a digest of its heads; a peer whose heads differ sends
-//! its heads, and the other answers with what it lacks in bounded batches that each fit one
-//! frame; received batches are checked and stored by the ledger actor, and a batch that ends an
-//! answer asks for what follows at once ([`Pulls`]), so a long ledger flows at the speed of
-//! checking it. `SyncNow` sends the heads themselves at once.
+//! Ledger sync. What a node writes it pushes to every linked peer at its next tick. Everything
+//! else spreads by anti-entropy: every tick a node sends a digest of its heads to a few random
+//! peers; a peer whose heads differ sends its heads (one such ask at a time), and the other
+//! answers with what it lacks in bounded batches that each fit one frame; received batches are
+//! checked and stored by the ledger actor, our heads move with them, and a batch that ends a
+//! full answer asks for what follows at once ([`Pulls`]), so a long ledger flows at the speed
+//! of checking it. A new link starts with both sides' heads; `SyncNow` sends them to everyone.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -17,40 +19,102 @@ impl MeshActor {
     /// Reads our ledger heads and sends them on (see [`HeadsTo`]).
     pub(super) fn exchange_heads(&mut self, ctx: &mut Context<Self>, to: HeadsTo) {
         let ledger = self.ledger.clone();
-        ctx.spawn(async move { ledger.heads().await }.into_actor(self).map(move |heads, act, _| match heads {
+        ctx.spawn(async move { ledger.heads().await }.into_actor(self).map(move |heads, act, ctx| match heads {
             Ok(heads) => {
                 let digest = heads_digest(&heads);
-                let own = |hs: &[Head], me: &NodeId| hs.iter().find(|h| h.origin == *me).map(|h| h.seq);
-                let grew = own(&heads, &act.me) != own(&act.heads.1, &act.me);
+                let own_seq = heads.iter().find(|h| h.origin == act.me).map_or(0, |h| h.seq);
                 act.heads = (digest.clone(), heads.clone());
                 match to {
-                    HeadsTo::Link(link) => act.send(link, MeshMessage::LedgerHeads { heads }),
-                    HeadsTo::Everyone => act.broadcast(MeshMessage::LedgerHeads { heads }),
-                    HeadsTo::Gossip => act.gossip_digest(digest, grew),
+                    HeadsTo::Link(link) => act.ask_on_link(link, heads),
+                    HeadsTo::Everyone => {
+                        let links: Vec<u64> = act.peers.values().filter_map(|p| p.link).collect();
+                        for link in links {
+                            act.ask_on_link(link, heads.clone());
+                        }
+                    }
+                    HeadsTo::Gossip => {
+                        act.gossip_digest(digest);
+                        act.push_own_entries(ctx, own_seq);
+                    }
                 }
             }
             Err(e) => log::warn!("ledger heads: {e}"),
         }));
     }
 
-    /// The tick's digest: to every peer when this node's own chain grew (its entries spread in
-    /// one hop), else to a few random peers (everything else spreads by those exchanges).
-    fn gossip_digest(&self, digest: String, grew: bool) {
-        if grew {
-            self.broadcast(MeshMessage::LedgerDigest { digest });
-        } else {
-            for link in self.gossip_targets(false) {
-                self.send(link, MeshMessage::LedgerDigest { digest: digest.clone() });
-            }
+    /// The tick's digest, to a few random peers: entries this node did not write spread by
+    /// those exchanges.
+    fn gossip_digest(&self, digest: String) {
+        for link in self.gossip_targets(false) {
+            self.send(link, MeshMessage::LedgerDigest { digest: digest.clone() });
         }
     }
 
-    /// A peer's digest: when its heads differ from ours, it gets ours and answers with what we
-    /// lack (and, getting our digest too, sends its heads for us to answer).
-    pub(super) fn on_ledger_digest(&mut self, link_id: u64, digest: String) {
-        if digest != self.heads.0 && !self.heads.1.is_empty() {
-            self.send(link_id, MeshMessage::LedgerHeads { heads: self.heads.1.clone() });
+    /// The entries this node wrote since the last tick go to every linked peer as they are
+    /// (up to [`SYNC_BATCH`]; a peer that gets a full batch asks for the rest): one hop instead
+    /// of a digest, an ask and an answer per peer, so a fresh entry is everywhere within a tick.
+    fn push_own_entries(&mut self, ctx: &mut Context<Self>, own_seq: u64) {
+        // The first tick only notes where our chain is: peers take older entries by asking.
+        let Some(pushed) = self.pushed_own_seq.replace(own_seq) else { return };
+        if own_seq <= pushed {
+            self.pushed_own_seq = Some(pushed);
+            return;
         }
+        let (ledger, me) = (self.ledger.clone(), self.me.clone());
+        ctx.spawn(async move { ledger.entries_after(me, pushed, SYNC_BATCH).await }.into_actor(self).map(
+            |entries, act, _| match entries {
+                Ok(entries) => {
+                    for batch in split_batch(entries) {
+                        act.broadcast(MeshMessage::LedgerEntries { entries: batch });
+                    }
+                }
+                Err(e) => log::warn!("pushing our new ledger entries: {e}"),
+            },
+        ));
+    }
+
+    /// Sends our `heads` over `link` to ask its peer for what we lack, and remembers the ask so
+    /// that the answer's end can be told from its middle ([`Pull::next_ask`]).
+    fn ask_on_link(&mut self, link: u64, heads: Vec<Head>) {
+        if let Some(peer) = self.links.get(&link).and_then(|l| l.peer.clone()) {
+            self.pulls.peers.entry(peer).or_default().record_ask(&heads);
+        }
+        self.send(link, MeshMessage::LedgerHeads { heads });
+    }
+
+    /// A peer's digest: when its heads differ from ours, it gets ours and answers with what we
+    /// lack (and, getting our digest too, sends its heads for us to answer). One such ask per
+    /// [`DIGEST_ASK_GAP`]: after a write or a heal every peer's digest differs from ours at
+    /// once, and asking each of them would fetch the same entries from all of them; the
+    /// answer moves our heads ([`MeshActor::note_stored`]), and a digest that still differs
+    /// after the gap asks again with those.
+    pub(super) fn on_ledger_digest(&mut self, link_id: u64, digest: String) {
+        if digest == self.heads.0 || self.heads.1.is_empty() {
+            return;
+        }
+        if self.last_digest_ask.is_some_and(|at| at.elapsed() < DIGEST_ASK_GAP) {
+            return;
+        }
+        self.last_digest_ask = Some(Instant::now());
+        self.ask_on_link(link_id, self.heads.1.clone());
+    }
+
+    /// Entries the ledger stored from a peer move our heads at once, so the next digest is
+    /// compared with (and the next ask carries) what we hold, not what we held at the tick.
+    fn note_stored(&mut self, stored: &[wire::LedgerEntry]) {
+        if stored.is_empty() {
+            return;
+        }
+        let heads = &mut self.heads.1;
+        for e in stored {
+            let head = Head { origin: e.origin.clone(), seq: e.seq, hash: e.hash.clone() };
+            match heads.iter_mut().find(|h| h.origin == e.origin) {
+                Some(h) if h.seq < e.seq => *h = head,
+                Some(_) => {}
+                None => heads.push(head),
+            }
+        }
+        self.heads.0 = heads_digest(&self.heads.1);
     }
 
     /// Answers a peer's heads with the entries it lacks, in bounded batches.
@@ -59,16 +123,17 @@ impl MeshActor {
         ctx.spawn(
             async move {
                 let mine = ledger.heads().await?;
-                let mut batches = Vec::new();
+                // Every origin's entries in one answer, split only where a frame is full: after a
+                // heal a peer lacks one or two entries of each of many origins.
+                let mut lacking = Vec::new();
                 for head in mine {
                     let their_seq = theirs.iter().find(|h| h.origin == head.origin).map_or(0, |h| h.seq);
                     if head.seq <= their_seq {
                         continue;
                     }
-                    let entries = ledger.entries_after(head.origin.clone(), their_seq, SYNC_BATCH).await?;
-                    batches.extend(split_batch(entries));
+                    lacking.extend(ledger.entries_after(head.origin.clone(), their_seq, SYNC_BATCH).await?);
                 }
-                Ok::<_, crate::store::StoreError>(batches)
+                Ok::<_, crate::store::StoreError>(split_batch(lacking))
             }
             .into_actor(self)
             .map(move |batches, act, _| match batches {
@@ -152,6 +217,8 @@ impl Handler<SyncNow> for MeshActor {
 const PULL_WINDOW: usize = 4;
 /// A pull nothing arrived for in this long is forgotten; the tick's heads exchange starts anew.
 const PULL_IDLE: Duration = Duration::from_secs(2);
+/// At most one ask for a differing digest this often (see [`MeshActor::on_ledger_digest`]).
+const DIGEST_ASK_GAP: Duration = Duration::from_millis(250);
 
 /// What this node is pulling from each peer. A batch that completes the answer to the last ask
 /// (or arrives unasked, from the tick's exchange) asks for what follows at once, before it is
@@ -166,6 +233,8 @@ pub(super) struct Pulls {
 struct Pull {
     /// Origin → the seq last asked after.
     asked: HashMap<NodeId, u64>,
+    /// The last ask carried all our heads: an origin not in `asked` was asked after 0.
+    whole_heads: bool,
     /// Batches handed to the ledger and not stored (or refused) yet.
     in_flight: usize,
     /// An ask held back until the ledger catches up.
@@ -174,11 +243,20 @@ struct Pull {
 }
 
 impl Pull {
+    /// We sent `heads` to this peer: its answer is up to SYNC_BATCH entries past each of them,
+    /// and of every origin they do not name.
+    fn record_ask(&mut self, heads: &[Head]) {
+        self.asked = heads.iter().map(|h| (h.origin.clone(), h.seq)).collect();
+        self.whole_heads = true;
+        self.last_batch = Some(Instant::now());
+    }
+
     /// The heads to ask `entries`' sender with, when the batch ends an answer: our heads with
     /// each origin of the batch moved to the batch's last entry.
     fn next_ask(&mut self, ours: &[Head], entries: &[wire::LedgerEntry]) -> Option<Vec<Head>> {
         if self.last_batch.is_none_or(|t| t.elapsed() > PULL_IDLE) {
             self.asked.clear();
+            self.whole_heads = false;
         }
         self.last_batch = Some(Instant::now());
         let mut tails: HashMap<&NodeId, &wire::LedgerEntry> = HashMap::new();
@@ -189,10 +267,20 @@ impl Pull {
             }
         }
         // An answer carries up to SYNC_BATCH entries after what was asked; one that reached that
-        // far may have more behind it. An origin never asked about came with the tick.
+        // far may have more behind it. An origin our last ask did not name was asked after 0;
+        // a batch that came unasked (a peer pushing what it wrote) is measured from our head.
+        let whole_heads = self.whole_heads;
+        let our_seq = |origin: &NodeId| ours.iter().find(|h| h.origin == *origin).map_or(0, |h| h.seq);
         let ends: Vec<&wire::LedgerEntry> = tails
             .into_values()
-            .filter(|e| self.asked.get(&e.origin).is_none_or(|after| e.seq >= after + SYNC_BATCH as u64))
+            .filter(|e| {
+                let after = match self.asked.get(&e.origin) {
+                    Some(after) => *after,
+                    None if whole_heads => 0,
+                    None => our_seq(&e.origin),
+                };
+                e.seq >= after + SYNC_BATCH as u64
+            })
             .collect();
         if ends.is_empty() {
             return None;
@@ -234,6 +322,7 @@ impl MeshActor {
                             "node {origin} equivocated at seq {seq}: two different signed entries; kept as proof"
                         );
                     }
+                    act.note_stored(&outcome.stored);
                     for entry in outcome.stored {
                         events.publish(Event::LedgerEntry { entry: Box::new(entry) });
                     }
@@ -255,6 +344,7 @@ impl MeshActor {
             return;
         }
         let Some(heads) = pull.deferred.take() else { return };
+        pull.record_ask(&heads);
         if let Some(link) = self.peers.get(peer).and_then(|p| p.link) {
             self.send(link, MeshMessage::LedgerHeads { heads });
         }
@@ -287,22 +377,40 @@ mod tests {
     fn a_pull_asks_for_what_follows_only_when_an_answer_ends() {
         let ours = vec![Head { origin: id(9), seq: 3, hash: "9".repeat(64) }];
         let mut pull = Pull::default();
-        // A batch nobody asked for (the tick's exchange): ask after its last entry, keeping our
-        // other heads so the peer does not resend those.
-        let ask = pull.next_ask(&ours, &(1..=120).map(|s| entry(1, s)).collect::<Vec<_>>()).expect("asks");
+        let batch = SYNC_BATCH as u64;
+        // A few entries nobody asked for (a peer pushing what it wrote): nothing more to ask.
+        assert!(pull.next_ask(&ours, &(1..=3).map(|s| entry(1, s)).collect::<Vec<_>>()).is_none());
+        // A full batch nobody asked for: ask after its last entry, keeping our other heads so
+        // the peer does not resend those.
+        let ask = pull.next_ask(&ours, &(1..=batch).map(|s| entry(1, s)).collect::<Vec<_>>()).expect("asks");
         assert_eq!(ask.len(), 2);
         assert!(ask.contains(&ours[0]));
-        assert!(ask.iter().any(|h| h.origin == id(1) && h.seq == 120 && h.hash == format!("{:064x}", 120)));
+        assert!(ask.iter().any(|h| h.origin == id(1) && h.seq == batch && h.hash == format!("{batch:064x}")));
         // The answer comes in two frames: only the one reaching SYNC_BATCH past the ask asks again.
-        let half = (121..=220).map(|s| entry(1, s)).collect::<Vec<_>>();
+        let half = (batch + 1..=batch + 100).map(|s| entry(1, s)).collect::<Vec<_>>();
         assert!(pull.next_ask(&ours, &half).is_none(), "the answer's first frame");
-        let rest = (221..=320).map(|s| entry(1, s)).collect::<Vec<_>>();
+        let rest = (batch + 101..=2 * batch).map(|s| entry(1, s)).collect::<Vec<_>>();
         let ask = pull.next_ask(&ours, &rest).expect("the answer ended");
-        assert!(ask.iter().any(|h| h.origin == id(1) && h.seq == 320));
+        assert!(ask.iter().any(|h| h.origin == id(1) && h.seq == 2 * batch));
         // A short answer is the end of the chain: nothing more to ask.
-        assert!(pull.next_ask(&ours, &(321..=330).map(|s| entry(1, s)).collect::<Vec<_>>()).is_none());
+        let short = (2 * batch + 1..=2 * batch + 10).map(|s| entry(1, s)).collect::<Vec<_>>();
+        assert!(pull.next_ask(&ours, &short).is_none());
         // A duplicate of what was already asked past asks nothing.
-        assert!(pull.next_ask(&ours, &(1..=200).map(|s| entry(1, s)).collect::<Vec<_>>()).is_none());
+        assert!(pull.next_ask(&ours, &(1..=batch).map(|s| entry(1, s)).collect::<Vec<_>>()).is_none());
+    }
+
+    #[test]
+    fn an_answer_to_our_heads_asks_again_only_where_it_filled_a_batch() {
+        let ours = vec![Head { origin: id(9), seq: 3, hash: "9".repeat(64) }];
+        let mut pull = Pull::default();
+        pull.record_ask(&ours);
+        // After a heal: one new entry of an origin we hold, one of an origin we never saw. That
+        // is the whole answer; asking again would fetch them a second time.
+        assert!(pull.next_ask(&ours, &[entry(9, 4), entry(1, 1)]).is_none());
+        // A full batch of an origin we never saw may have more behind it.
+        let full: Vec<_> = (1..=SYNC_BATCH as u64).map(|s| entry(2, s)).collect();
+        let ask = pull.next_ask(&ours, &full).expect("asks for what follows");
+        assert!(ask.iter().any(|h| h.origin == id(2) && h.seq == SYNC_BATCH as u64));
     }
 
     #[actix::test]

@@ -599,7 +599,7 @@ mod tests {
         assert!(learned.confidence > 0.8);
         let fresh = package_estimate(&PackageFacts { input_bytes: 200_000, ..facts("x", &[], &[], false) }, none);
         assert_eq!(fresh.duration_ms, 4_020);
-        let fast = Target { cpu_score: 7_600.0, storage_mbps: 0.0 };
+        let fast = Target { cpu_score: REFERENCE_SCORE * 2.0, storage_mbps: 0.0 };
         let on_fast = package_estimate(&PackageFacts { input_bytes: 200_000, ..facts("x", &[], &[], false) }, fast);
         assert_eq!(on_fast.duration_ms, 2_020, "a node twice the reference score halves the prior");
         assert!(fresh.confidence < 0.3);

@@ -317,3 +317,29 @@ fn a_package_its_launcher_cannot_start_fails_with_the_launchers_reason() {
     assert!(said.starts_with("buildnet sandbox-exec: could not start no-such-tool-4711"), "{said}");
     assert_eq!(package["output_tail"].as_str().unwrap_or_default().trim(), said.trim(), "{build}");
 }
+
+#[test]
+fn at_level_landlock_the_launcher_reports_status_output_and_kills_what_the_package_left() {
+    let _shared = common::shared();
+    let node =
+        TestNode::start_with(Start { config: Some(r#"{"sandbox": {"level": "landlock"}}"#), ..Default::default() });
+    assert_eq!(node.get("/api/node").1["sandbox"], "landlock");
+    let work = tempfile::tempdir().expect("tempdir");
+    let marker = format!("6{}.25", std::process::id() % 1000);
+    write_manifest(
+        work.path(),
+        &format!("[packages.left]\nshell = \"sleep {marker} & echo said-this; echo and-this >&2; exit 3\"\n"),
+    );
+    let out = node.cli(&["build", "--project", work.path().to_str().expect("path")]);
+    assert!(!out.status.success());
+    let id = node.cli_json(&["history", "-n", "1"])["builds"][0]["id"].as_str().expect("id").to_string();
+    let (_, build) = node.get(&format!("/api/build/{id}"));
+    let package = &build["packages"][0];
+    assert_eq!(package["exit_code"], 3, "{build}");
+    let tail = package["output_tail"].as_str().unwrap_or_default();
+    assert!(tail.contains("said-this") && tail.contains("and-this"), "{build}");
+    assert!(launcher_of(&node).is_some(), "contained packages start through the fork server");
+    wait_until("what the package left in its group is killed", Duration::from_secs(5), || {
+        processes_with(&format!("sleep {marker}")).is_empty().then_some(())
+    });
+}

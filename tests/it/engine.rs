@@ -209,6 +209,12 @@ fn only_the_coordinator_reports_itself_as_coordinator() {
     }
 }
 
+/// The detail of the node's latest build, with what its packages printed.
+fn latest_build(node: &TestNode) -> Value {
+    let id = node.cli_json(&["history", "-n", "1"])["builds"][0]["id"].as_str().expect("id").to_string();
+    node.get(&format!("/api/build/{id}")).1
+}
+
 /// The node's fork server: its child running `sandbox-exec --serve`.
 fn launcher_of(node: &TestNode) -> Option<u32> {
     let parent_of = |pid: u32| -> Option<u32> {
@@ -268,8 +274,7 @@ fn a_package_inherits_no_descriptor_of_the_node_or_its_launcher() {
     write_manifest(work.path(), &manifest);
     let out = node.cli(&["build", "--project", work.path().to_str().expect("path")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let id = node.cli_json(&["history", "-n", "1"])["builds"][0]["id"].as_str().expect("id").to_string();
-    let (_, build) = node.get(&format!("/api/build/{id}"));
+    let build = latest_build(&node);
     let packages = build["packages"].as_array().expect("packages");
     assert_eq!(packages.len(), 4, "{build}");
     for package in packages {
@@ -300,8 +305,7 @@ fn a_package_its_launcher_cannot_start_fails_with_the_launchers_reason() {
     write_manifest(work.path(), "[packages.missing]\ncommand = [\"no-such-tool-4711\"]\n");
     let out = node.cli(&["build", "--project", work.path().to_str().expect("path")]);
     assert!(!out.status.success());
-    let id = node.cli_json(&["history", "-n", "1"])["builds"][0]["id"].as_str().expect("id").to_string();
-    let (_, build) = node.get(&format!("/api/build/{id}"));
+    let build = latest_build(&node);
     let package = &build["packages"][0];
     assert_eq!(package["exit_code"], 126, "{build}");
     // What the one-shot launcher says for the same package, word for word.
@@ -332,8 +336,7 @@ fn at_level_landlock_the_launcher_reports_status_output_and_kills_what_the_packa
     );
     let out = node.cli(&["build", "--project", work.path().to_str().expect("path")]);
     assert!(!out.status.success());
-    let id = node.cli_json(&["history", "-n", "1"])["builds"][0]["id"].as_str().expect("id").to_string();
-    let (_, build) = node.get(&format!("/api/build/{id}"));
+    let build = latest_build(&node);
     let package = &build["packages"][0];
     assert_eq!(package["exit_code"], 3, "{build}");
     let tail = package["output_tail"].as_str().unwrap_or_default();

@@ -375,10 +375,6 @@ impl ForkServer {
         ForkServer { binary, live: Mutex::new(None) }
     }
 
-    pub fn binary(&self) -> &Path {
-        &self.binary
-    }
-
     /// Starts a package contained as `spec` says, with exactly `env` as its environment and
     /// `stdout`/`stderr` as its output. A server found dead before it took the request is
     /// replaced once; a package it may have started is not started again.
@@ -401,12 +397,6 @@ impl ForkServer {
                 Err(Sent::No(why)) | Err(Sent::Maybe(why)) => return Err(why),
             }
         }
-    }
-
-    /// The running server's pid, if one runs.
-    pub fn pid(&self) -> Option<u32> {
-        let live = self.live.lock().ok()?;
-        live.as_ref().filter(|c| !c.is_lost()).map(|c| c.pid)
     }
 
     fn connection(&self) -> Result<Arc<Connection>, String> {

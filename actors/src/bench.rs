@@ -205,7 +205,7 @@ fn phase(threads: usize, duration: Duration) -> Phase {
     Phase { score, disturbed: disturbance(online_cores(), threads, own_share, others) }
 }
 
-/// Rounds of (one thread, every thread) phases whose median is the score.
+/// Rounds of (one thread, every thread) phases; the fastest clean one is the score.
 const CPU_ROUNDS: usize = 5;
 /// A phase shorter than this reads `/proc/stat` too coarsely to judge disturbance.
 const MIN_PHASE: Duration = Duration::from_millis(200);
@@ -241,11 +241,15 @@ impl Phases {
         }
     }
 
-    /// The median of the undisturbed phases when there are enough; else of all, with the
-    /// latest reason.
+    /// The fastest undisturbed phase when there are enough: other work (a neighbour on the
+    /// host's sibling thread, which no counter in the guest shows) only ever slows fixed
+    /// arithmetic down, never speeds it up, so the fastest phase is the machine's rate and the
+    /// statistic that holds still (on this VM the median of five all-core phases once halved
+    /// for a second of such contention). Too few undisturbed phases: the median of all, with
+    /// the latest reason.
     fn score(&self) -> (f64, Option<String>) {
         if self.clean.len() >= MIN_CLEAN {
-            return (median(self.clean.clone()), None);
+            return (self.clean.iter().copied().fold(0.0, f64::max), None);
         }
         let all = self.clean.iter().copied().chain(self.disturbed.iter().map(|d| d.0)).collect();
         (median(all), self.disturbed.last().map(|d| d.1.clone()))
@@ -253,7 +257,7 @@ impl Phases {
 }
 
 /// The CPU benchmark: after a warm-up (clock up, memory touched), rounds of a one-thread phase
-/// then an all-thread phase, each `secs / 5` long (at least 0.2 s); the scores are the medians
+/// then an all-thread phase, each `secs / 5` long (at least 0.2 s); the scores are the fastest
 /// of the phases no other work disturbed. Disturbed phases are run again, within three times
 /// the planned time; a result without three clean phases of each kind says it was disturbed.
 pub fn cpu(threads: usize, secs: f64) -> CpuBenchmarkResult {
@@ -745,13 +749,13 @@ mod tests {
     }
 
     #[test]
-    fn scores_are_medians_of_clean_phases_unless_too_few() {
+    fn scores_are_the_fastest_clean_phase_unless_too_few() {
         let p = |score, why: Option<&str>| Phase { score, disturbed: why.map(String::from) };
         let mut phases = Phases::default();
-        for (score, why) in [(100.0, None), (50.0, Some("busy")), (104.0, None), (98.0, None), (300.0, None)] {
+        for (score, why) in [(100.0, None), (500.0, Some("busy")), (104.0, None), (52.0, None), (98.0, None)] {
             phases.add(p(score, why));
         }
-        assert_eq!(phases.score(), (102.0, None), "median of 98, 100, 104, 300; 50 left out");
+        assert_eq!(phases.score(), (104.0, None), "the fastest of 100, 104, 52, 98; the disturbed one left out");
         let mut few = Phases::default();
         for (score, why) in [(100.0, None), (50.0, Some("a")), (60.0, Some("b"))] {
             few.add(p(score, why));

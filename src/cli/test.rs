@@ -123,7 +123,7 @@ async fn say_if_another_runs(ctx: &Ctx) {
 fn describe(cmd: &TestCommand) -> String {
     match cmd {
         TestCommand::Cpu { seconds } => format!(
-            "CPU: integer work in five rounds of one core, then every core ({seconds} s of each), medians of the rounds"
+            "CPU: integer work in five rounds of one core, then every core ({seconds} s of each), the fastest undisturbed round"
         ),
         TestCommand::Memory => "memory: copy bandwidth, then dependent-read latency".into(),
         TestCommand::Storage { path, size_mb } => format!(

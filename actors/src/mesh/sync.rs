@@ -105,14 +105,8 @@ impl MeshActor {
         if stored.is_empty() {
             return;
         }
-        let heads = &mut self.heads.1;
         for e in stored {
-            let head = Head { origin: e.origin.clone(), seq: e.seq, hash: e.hash.clone() };
-            match heads.iter_mut().find(|h| h.origin == e.origin) {
-                Some(h) if h.seq < e.seq => *h = head,
-                Some(_) => {}
-                None => heads.push(head),
-            }
+            advance(&mut self.heads.1, e);
         }
         self.heads.0 = heads_digest(&self.heads.1);
     }
@@ -292,22 +286,51 @@ impl Pull {
         let mut heads: Vec<Head> = ours.to_vec();
         for e in ends {
             self.asked.insert(e.origin.clone(), e.seq);
-            let head = Head { origin: e.origin.clone(), seq: e.seq, hash: e.hash.clone() };
-            match heads.iter_mut().find(|h| h.origin == e.origin) {
-                Some(h) if h.seq < e.seq => *h = head,
-                Some(_) => {}
-                None => heads.push(head),
-            }
+            advance(&mut heads, e);
         }
         Some(heads)
+    }
+
+    /// Leaves out the origins of a batch that would leave a gap after our head `ours`: a push
+    /// of entries a lagging node has not reached yet. The ledger would refuse the whole batch
+    /// (and the refusal would drop the pull under way from that peer); the chain's earlier
+    /// entries come by asking, and these with them. An answer to an ask starts where we asked.
+    fn keep_joinable(&self, ours: &[Head], entries: &mut Vec<wire::LedgerEntry>) {
+        let mut first: HashMap<NodeId, u64> = HashMap::new();
+        for e in entries.iter() {
+            let seq = first.entry(e.origin.clone()).or_insert(e.seq);
+            *seq = (*seq).min(e.seq);
+        }
+        let joins = |origin: &NodeId, seq: u64| {
+            let head = ours.iter().find(|h| h.origin == *origin).map_or(0, |h| h.seq);
+            seq <= head + 1 || self.asked.get(origin).is_some_and(|after| seq == after + 1)
+        };
+        let gaps: Vec<NodeId> = first.into_iter().filter(|(o, seq)| !joins(o, *seq)).map(|(o, _)| o).collect();
+        if !gaps.is_empty() {
+            entries.retain(|e| !gaps.contains(&e.origin));
+        }
+    }
+}
+
+/// Moves `heads` to entry `e` when it is past (or the first of) its origin's head.
+fn advance(heads: &mut Vec<Head>, e: &wire::LedgerEntry) {
+    let head = Head { origin: e.origin.clone(), seq: e.seq, hash: e.hash.clone() };
+    match heads.iter_mut().find(|h| h.origin == e.origin) {
+        Some(h) if h.seq < e.seq => *h = head,
+        Some(_) => {}
+        None => heads.push(head),
     }
 }
 
 impl MeshActor {
     /// A peer's batch: asks for what follows (see [`Pulls`]), then the ledger checks every
     /// entry (chain, hash, signature) before storing.
-    pub(super) fn on_entries(&mut self, ctx: &mut Context<Self>, from: NodeId, entries: Vec<wire::LedgerEntry>) {
+    pub(super) fn on_entries(&mut self, ctx: &mut Context<Self>, from: NodeId, mut entries: Vec<wire::LedgerEntry>) {
         let pull = self.pulls.peers.entry(from.clone()).or_default();
+        pull.keep_joinable(&self.heads.1, &mut entries);
+        if entries.is_empty() {
+            return;
+        }
         if let Some(ask) = pull.next_ask(&self.heads.1, &entries) {
             pull.deferred = Some(ask);
         }
@@ -415,6 +438,25 @@ mod tests {
         let full: Vec<_> = (1..=SYNC_BATCH as u64).map(|s| entry(2, s)).collect();
         let ask = pull.next_ask(&ours, &full).expect("asks for what follows");
         assert!(ask.iter().any(|h| h.origin == id(2) && h.seq == SYNC_BATCH as u64));
+    }
+
+    #[test]
+    fn a_push_past_our_head_is_left_to_the_pull_and_an_asked_answer_is_kept() {
+        let ours = vec![Head { origin: id(1), seq: 10, hash: "1".repeat(64) }];
+        let mut pull = Pull::default();
+        // A push of origin 1's seq 50 while we hold 10: a gap the ledger would refuse. Origin
+        // 2's first entry and origin 1's next one join.
+        let mut pushed = vec![entry(1, 50), entry(2, 1), entry(1, 51)];
+        pull.keep_joinable(&ours, &mut pushed);
+        assert!(pushed.iter().all(|e| e.origin == id(2)), "{pushed:?}");
+        let mut next = vec![entry(1, 11)];
+        pull.keep_joinable(&ours, &mut next);
+        assert_eq!(next.len(), 1);
+        // A pipelined answer starts where we asked, past what the ledger has stored yet.
+        pull.record_ask(&[Head { origin: id(1), seq: 210, hash: "1".repeat(64) }]);
+        let mut answer = vec![entry(1, 211), entry(1, 212)];
+        pull.keep_joinable(&ours, &mut answer);
+        assert_eq!(answer.len(), 2, "an answer to an ask is kept");
     }
 
     #[actix::test]

@@ -122,6 +122,11 @@ CREATE INDEX IF NOT EXISTS idx_ledger_time ON ledger(hlc_wall DESC, hlc_logical 
 CREATE INDEX IF NOT EXISTS idx_ledger_type ON ledger(entry_type);
 CREATE INDEX IF NOT EXISTS idx_allocations_build ON allocations(build_id);
 CREATE INDEX IF NOT EXISTS idx_allocations_expires ON allocations(expires_at);
+-- A build's packages (its page, its history row) and a package's recent runs (the estimate
+-- asks for each package of a build before it starts): without these both read every package
+-- of every build ever run (v8).
+CREATE INDEX IF NOT EXISTS idx_build_packages_build ON build_packages(build_id);
+CREATE INDEX IF NOT EXISTS idx_build_packages_name ON build_packages(package_name, started_at DESC);
 
 -- Schema version 2: the mesh.
 

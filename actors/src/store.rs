@@ -12,7 +12,7 @@ use rusqlite::Connection;
 /// The schema, embedded so the binary runs from any directory.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// Recorded in `PRAGMA user_version` once the schema is applied.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 /// Changes to tables an older database already has: `(from, to, sql)` applies to a database at
 /// a version in `from..to` (the table exists since `from`); `schema.sql` (all `IF NOT EXISTS`)
 /// then adds what is new, and creates tables that did not exist yet with every column.
@@ -151,11 +151,12 @@ impl StoreHandle {
         self.addr.send(Exec { job: Box::new(job) }).await.map_err(|_| StoreError::Unavailable)?
     }
 
-    /// One optional text value from a query with one parameter.
+    /// One optional text value from a query with one parameter (prepared once per connection:
+    /// placement asks the action cache this for every package).
     pub async fn optional_text(&self, sql: &'static str, param: String) -> Result<Option<String>, StoreError> {
         self.run(move |c| {
             use rusqlite::OptionalExtension;
-            Ok(c.query_row(sql, [param], |r| r.get(0)).optional()?)
+            Ok(c.prepare_cached(sql)?.query_row([param], |r| r.get(0)).optional()?)
         })
         .await
     }

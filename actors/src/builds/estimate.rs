@@ -416,7 +416,7 @@ mod service {
             let mut spans: Vec<i64> = self
                 .store
                 .run(move |c| {
-                    let mut stmt = c.prepare(
+                    let mut stmt = c.prepare_cached(
                         "SELECT b.duration_ms - (MAX(p.completed_at) - MIN(p.started_at)) FROM builds b
                          JOIN build_packages p ON p.build_id = b.id
                          WHERE b.status = 'succeeded' AND b.duration_ms IS NOT NULL AND p.started_at IS NOT NULL
@@ -517,7 +517,8 @@ mod service {
             let rows: Vec<(i64, Option<String>, Option<i64>)> = self
                 .store
                 .run(move |c| {
-                    let mut stmt = c.prepare(
+                    // Asked for every package of a build before it starts: prepared once.
+                    let mut stmt = c.prepare_cached(
                         "SELECT p.duration_ms, p.assigned_node, r.cpu_ms FROM build_packages p
                          JOIN build_package_results r ON r.build_id = p.build_id AND r.package_name = p.package_name
                          WHERE (CASE WHEN ?2 THEN substr(p.package_name, 1, length(?1)) = ?1 ELSE p.package_name = ?1 END)

@@ -480,10 +480,10 @@ async fn remember(c: &BuildContext, key: &str, result: &TaskResult) {
     let saved = c
         .store
         .run(move |conn| {
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT OR REPLACE INTO action_cache (action_key, package_name, outputs, node_id, duration_ms, created_at) VALUES (?1, '', ?2, ?3, ?4, ?5)",
-                params![key, outputs, node, ms, wire::now_ms() as i64],
-            )?;
+            )?
+            .execute(params![key, outputs, node, ms, wire::now_ms() as i64])?;
             Ok(())
         })
         .await;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::cas::Cas;
-use crate::ledger::LedgerHandle;
+use crate::ledger::{Commit, LedgerHandle};
 use crate::node::{NodeError, NodeHandle};
 pub use crate::wire::{Invocation, RemoteError, Task, TaskResult};
 use crate::wire::{LeaseRequest, LedgerEntryType, NodeId, SandboxLevel};
@@ -177,8 +177,9 @@ async fn execute(
         "memory_bytes": req.memory_bytes,
     });
     // Queued now, so it precedes the release in the chain; its sync (4 ms on this machine's
-    // disk) overlaps the package instead of delaying it.
-    let recorded = opts.ledger.submit(LedgerEntryType::ResourceAllocated, allocated);
+    // disk) overlaps the package instead of delaying it, and is shared with the other packages'
+    // entries queued within `ledger::SOON`.
+    let recorded = opts.ledger.submit(LedgerEntryType::ResourceAllocated, allocated, Commit::Soon);
     let root = sandbox_root(&opts, req.volume.as_deref());
     let (cas, task, launch, output) =
         (opts.cas.clone(), req.task.clone(), opts.launch_for(&req.task), req.output.clone());
@@ -188,7 +189,7 @@ async fn execute(
         let _ = opts.node.release("memory", &m.id).await;
     }
     let released = serde_json::json!({ "allocation_id": cpu.id, "build_id": req.task.build_id });
-    let release_recorded = opts.ledger.submit(LedgerEntryType::ResourceReleased, released);
+    let release_recorded = opts.ledger.submit(LedgerEntryType::ResourceReleased, released, Commit::Soon);
     // The result does not wait for either sync: groups commit in chain order, so both entries
     // are durable before anything appended after them is acknowledged — a local build's own
     // `BuildCompleted`, which the build waits for before it reports the end, included.

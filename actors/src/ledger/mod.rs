@@ -88,29 +88,78 @@ struct PendingAppend {
     reply: oneshot::Sender<Result<LedgerEntry, StoreError>>,
 }
 
-/// Appends waiting for the ledger thread, in the order they were asked for (their chain order).
-/// The first append into an empty queue sends [`CommitAppends`]; appends that arrive while a
-/// group is being committed queue up and go together into the next one, so under load one sync
-/// serves many entries, and alone an entry waits for no timer.
+/// How long an entry nobody waits for ([`Commit::Soon`]) may wait for company before its group
+/// is committed. The executor records two entries per package and no package waits for their
+/// sync; committed as they came, a 200-package build of `true` on this machine's disk made a
+/// group of one or two entries per sync (each sync ~4 ms, plus its WAL pages and the wake-up of
+/// the ledger thread). Holding them this long lets one sync serve a build's worth.
+pub const SOON: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// When a queued entry's group is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Someone waits for the answer: commit at once, with everything queued before it.
+    Now,
+    /// Nobody waits yet: commit within [`SOON`], or earlier with the next `Now` entry queued
+    /// after it. Its place in the chain is fixed when it is queued either way, so an entry
+    /// acknowledged later is never on disk without it.
+    Soon,
+}
+
+/// Appends waiting for the ledger thread, in the order they were asked for (their chain order),
+/// and whether the ledger thread has been woken for them.
+#[derive(Default)]
+struct Queue {
+    entries: Vec<PendingAppend>,
+    wake: Wake,
+}
+
+/// What the ledger thread has been asked to do about the queue since it last took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Wake {
+    /// Nothing: the next entry must wake it.
+    #[default]
+    None,
+    /// A [`CommitAppends`] is on its way after [`SOON`].
+    Timer,
+    /// A [`CommitAppends`] is on its way now.
+    Now,
+}
+
+/// Appends waiting for the ledger thread. The first `Now` entry since the thread last took the
+/// queue sends [`CommitAppends`]; the first `Soon` entry starts a timer that sends it after
+/// [`SOON`]. Entries that arrive while a group is being committed go together into the next one,
+/// so under load one sync serves many entries, and alone an entry that is waited for waits for
+/// no timer.
 #[derive(Clone, Default)]
 pub struct Appends {
-    queue: Arc<Mutex<Vec<PendingAppend>>>,
+    queue: Arc<Mutex<Queue>>,
 }
 
 impl Appends {
-    /// Queues an entry; true when the queue was empty (the caller must wake the ledger thread).
-    fn push(&self, pending: PendingAppend) -> Result<bool, PendingAppend> {
-        match self.queue.lock() {
-            Ok(mut q) => {
-                q.push(pending);
-                Ok(q.len() == 1)
-            }
-            Err(_) => Err(pending),
+    /// Queues an entry; answers what the caller must do to wake the ledger thread, if anything.
+    fn push(&self, pending: PendingAppend, commit: Commit) -> Result<Wake, PendingAppend> {
+        let Ok(mut q) = self.queue.lock() else { return Err(pending) };
+        q.entries.push(pending);
+        let wake = match (commit, q.wake) {
+            (_, Wake::Now) | (Commit::Soon, Wake::Timer) => Wake::None,
+            (Commit::Now, _) => Wake::Now,
+            (Commit::Soon, Wake::None) => Wake::Timer,
+        };
+        if wake != Wake::None {
+            q.wake = wake;
         }
+        Ok(wake)
     }
 
     fn take(&self) -> Vec<PendingAppend> {
-        self.queue.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default()
+        self.queue
+            .lock()
+            .map(|mut q| {
+                q.wake = Wake::None;
+                std::mem::take(&mut q.entries)
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -286,18 +335,20 @@ impl LedgerHandle {
         entry_type: LedgerEntryType,
         data: serde_json::Value,
     ) -> Result<LedgerEntry, StoreError> {
-        self.submit(entry_type, data).await
+        self.submit(entry_type, data, Commit::Now).await
     }
 
     /// Queues an entry at once — its place in the chain is fixed by this call, before any later
-    /// one — and returns what answers when it is committed. A caller that need not wait for the
-    /// sync (the executor, while the package runs) awaits it later or lets it be.
+    /// one — and returns what answers when it is committed (`commit` says how soon). A caller
+    /// that need not wait for the sync (the executor, while the package runs) queues it with
+    /// [`Commit::Soon`] and awaits it later or lets it be.
     pub fn submit(
         &self,
         entry_type: LedgerEntryType,
         data: serde_json::Value,
+        commit: Commit,
     ) -> impl std::future::Future<Output = Result<LedgerEntry, StoreError>> + 'static {
-        let queued = self.queue(entry_type, data);
+        let queued = self.queue(entry_type, data, commit);
         let events = self.events.clone();
         async move {
             let entry = queued?.await.map_err(|_| StoreError::Unavailable)??;
@@ -312,14 +363,26 @@ impl LedgerHandle {
         &self,
         entry_type: LedgerEntryType,
         data: serde_json::Value,
+        commit: Commit,
     ) -> Result<oneshot::Receiver<Result<LedgerEntry, StoreError>>, StoreError> {
         if !self.addr.connected() {
             return Err(StoreError::Unavailable);
         }
         let (reply, answer) = oneshot::channel();
-        match self.appends.push(PendingAppend { entry_type, data, reply }) {
-            Ok(true) => self.addr.do_send(CommitAppends),
-            Ok(false) => {}
+        match self.appends.push(PendingAppend { entry_type, data, reply }, commit) {
+            Ok(Wake::Now) => self.addr.do_send(CommitAppends),
+            Ok(Wake::Timer) => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let addr = self.addr.clone();
+                    runtime.spawn(async move {
+                        tokio::time::sleep(SOON).await;
+                        addr.do_send(CommitAppends);
+                    });
+                }
+                // No timer without a runtime: commit it now rather than leave it queued.
+                Err(_) => self.addr.do_send(CommitAppends),
+            },
+            Ok(Wake::None) => {}
             Err(_) => return Err(StoreError::Unavailable),
         }
         Ok(answer)
@@ -403,7 +466,10 @@ mod tests {
         // Queued together (as the executor's entries are while packages run): one group commit
         // or several, each entry is answered with its place in the chain only once committed.
         let pending: Vec<_> = (0..200)
-            .map(|i| ledger.submit(LedgerEntryType::ResourceAllocated, serde_json::json!({ "i": i })))
+            .map(|i| {
+                let commit = if i % 50 == 49 { Commit::Now } else { Commit::Soon };
+                ledger.submit(LedgerEntryType::ResourceAllocated, serde_json::json!({ "i": i }), commit)
+            })
             .collect();
         let answered = futures_util::future::join_all(pending).await;
         let entries: Vec<LedgerEntry> = answered.into_iter().map(|r| r.expect("append")).collect();
@@ -422,9 +488,33 @@ mod tests {
     }
 
     #[actix::test]
+    async fn an_entry_nobody_waits_for_is_committed_with_the_next_one_waited_for_or_soon() {
+        let (dir, ledger, id) = fresh_ledger().await;
+        let on_disk = || {
+            let conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
+            let report = verify_all(&conn, (id.node_id.to_string(), id.public_key())).expect("verify");
+            assert!(report.ok, "{report:?}");
+            report.chains.first().map_or(0, |c| c.entries)
+        };
+        // Queued first, it is on disk once the entry waited for after it is answered, and
+        // before it in the chain, long before its own delay is over.
+        let lazy = ledger.submit(LedgerEntryType::ResourceAllocated, serde_json::json!({ "n": 1 }), Commit::Soon);
+        let waited =
+            ledger.append(LedgerEntryType::BuildCompleted, serde_json::json!({ "n": 2 })).await.expect("append");
+        assert_eq!(on_disk(), 2, "both entries were committed when the second was answered");
+        assert_eq!(waited.seq, 2);
+        assert_eq!(lazy.await.expect("committed").seq, 1);
+        // Alone, it is committed after the delay, without anything else asking.
+        let lazy = ledger.submit(LedgerEntryType::ResourceReleased, serde_json::json!({ "n": 3 }), Commit::Soon);
+        let entry = tokio::time::timeout(SOON * 50, lazy).await.expect("committed within the delay").expect("entry");
+        assert_eq!((entry.seq, entry.prev_hash), (3, waited.hash));
+        assert_eq!(on_disk(), 3);
+    }
+
+    #[actix::test]
     async fn a_closed_ledger_commits_what_was_queued_and_refuses_the_rest() {
         let (_dir, ledger, _) = fresh_ledger().await;
-        let queued = ledger.submit(LedgerEntryType::KeyCreated, serde_json::json!({ "before": "close" }));
+        let queued = ledger.submit(LedgerEntryType::KeyCreated, serde_json::json!({ "before": "close" }), Commit::Soon);
         ledger.close().await;
         assert_eq!(queued.await.expect("committed before the close").seq, 1);
         let late = ledger.append(LedgerEntryType::KeyCreated, serde_json::json!({})).await;

@@ -424,19 +424,25 @@ fn acknowledged(node: &TestNode, origin: &str) -> std::collections::BTreeMap<u64
         .unwrap_or_default()
 }
 
+/// A node that runs no benchmark (a node never measured is due at once: the build should be
+/// what runs) and a project of `n` packages that each sleep 50 ms and print their number —
+/// distinct commands, which would otherwise share one action key and come from the cache.
+fn quiet_node_and_sleepers(n: usize) -> (TestNode, tempfile::TempDir) {
+    let quiet = r#"{"benchmark": {"on_start": false, "interval_hours": 0}}"#;
+    let node = TestNode::start_with(common::Start { config: Some(quiet), ..Default::default() });
+    let work = tempfile::tempdir().expect("tempdir");
+    let manifest: String = (0..n).map(|i| format!("[packages.p{i}]\nshell = \"sleep 0.05; echo {i}\"\n")).collect();
+    std::fs::write(work.path().join("buildnet.toml"), manifest).expect("manifest");
+    (node, work)
+}
+
 #[test]
 fn acknowledged_ledger_entries_survive_a_kill_during_a_build() {
     // The executor's entries are committed in groups while packages run; whatever the node had
     // acknowledged when it is killed mid-build must be there, unchanged, after a restart.
     let _shared = common::shared();
-    // No benchmark (a node never measured is due at once): the build should be what runs.
-    let quiet = r#"{"benchmark": {"on_start": false, "interval_hours": 0}}"#;
-    let node = TestNode::start_with(common::Start { config: Some(quiet), ..Default::default() });
+    let (node, work) = quiet_node_and_sleepers(60);
     let origin = node.node_id();
-    let work = tempfile::tempdir().expect("tempdir");
-    // Distinct commands: identical ones would share one action key and come from the cache.
-    let manifest: String = (0..60).map(|i| format!("[packages.p{i}]\nshell = \"sleep 0.05; echo {i}\"\n")).collect();
-    std::fs::write(work.path().join("buildnet.toml"), manifest).expect("manifest");
     let mut build = spawn_build(&node, work.path(), &["--local-only"], std::process::Stdio::null());
     // Mid-build: some packages' allocation and release entries are acknowledged, others not yet.
     let seen = wait_until("released packages in the ledger", Duration::from_secs(60), || {
@@ -458,5 +464,44 @@ fn acknowledged_ledger_entries_survive_a_kill_during_a_build() {
         assert_eq!(after.get(seq), Some(hash), "acknowledged entry #{seq} is kept as it was");
     }
     assert!(seen_last.len() >= 10, "the kill came mid-build, after entries were acknowledged: {seen_last:?}");
+    drop(guard);
+}
+
+#[test]
+fn a_builds_entries_survive_a_kill_the_moment_it_reports_success() {
+    // The build's start and each package's allocation and release are queued without waiting
+    // for their sync (they may wait ledger::SOON for company); the build reports success only
+    // once its BuildCompleted is committed, which takes every entry queued before it along. A
+    // kill the moment it reports the end must find them all.
+    let _shared = common::shared();
+    let (node, work) = quiet_node_and_sleepers(20);
+    let origin = node.node_id();
+    let mut cli = spawn_build(&node, work.path(), &["--local-only"], std::process::Stdio::null());
+    let id = wait_until("the build in the history", Duration::from_secs(30), || {
+        node.cli_json(&["history"])["builds"][0]["id"].as_str().map(str::to_string)
+    });
+    // Killed the moment the node answers that the build ended: well within the delay its
+    // unawaited entries may wait for company.
+    let ended = wait_until("the build to end", Duration::from_secs(60), || {
+        let (_, status) = node.get(&format!("/api/build/{id}?wait_ms=1000"));
+        (status["status"] != "running").then_some(status)
+    });
+    node.signal(libc::SIGKILL);
+    let _ = cli.wait();
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    let dir = node.dir.clone();
+    let (_, guard) = node.stop();
+    let again = TestNode::start_with(common::Start { dir: Some(dir), ..Default::default() });
+    let verify = again.cli(&["ledger", "verify"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    let (_, ledger) = again.get(&format!("/api/ledger?origin={origin}&limit=1000"));
+    let entries = ledger["entries"].as_array().expect("entries");
+    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["entry_type"].as_str()).collect();
+    let count = |kind: &str| kinds.iter().filter(|k| **k == kind).count();
+    assert_eq!(
+        ["BuildStarted", "ResourceAllocated", "ResourceReleased", "BuildCompleted"].map(count),
+        [1, 20, 20, 1],
+        "entries kept, newest first: {kinds:?}"
+    );
     drop(guard);
 }

@@ -513,20 +513,34 @@ mod service {
             prefix: bool,
             figures: &BTreeMap<String, estimate::Target>,
         ) -> Result<Vec<estimate::RecordedRun>, BuildError> {
+            // Asked for every package of a build before it starts, so each form is prepared once
+            // and reads the index on (package_name, started_at): a prefix is the range of names
+            // from it up to the next string after every name it starts (its last character
+            // moved up by one), not an expression that would make SQLite read every row.
+            const PREFIXED: &str = "SELECT p.duration_ms, p.assigned_node, r.cpu_ms FROM build_packages p
+                 JOIN build_package_results r ON r.build_id = p.build_id AND r.package_name = p.package_name
+                 WHERE p.package_name >= ?1 AND p.package_name < ?2
+                   AND p.status = 'succeeded' AND r.cache_hit = 0 AND p.duration_ms IS NOT NULL
+                 ORDER BY p.started_at DESC LIMIT 200";
+            const NAMED: &str = "SELECT p.duration_ms, p.assigned_node, r.cpu_ms FROM build_packages p
+                 JOIN build_package_results r ON r.build_id = p.build_id AND r.package_name = p.package_name
+                 WHERE p.package_name = ?1
+                   AND p.status = 'succeeded' AND r.cache_hit = 0 AND p.duration_ms IS NOT NULL
+                 ORDER BY p.started_at DESC LIMIT 10";
             let name = name.to_string();
+            // An empty prefix starts every name: up to the last character there is.
+            let until = prefix.then(|| after_prefix(&name).unwrap_or_else(|| char::MAX.to_string()));
             let rows: Vec<(i64, Option<String>, Option<i64>)> = self
                 .store
                 .run(move |c| {
-                    // Asked for every package of a build before it starts: prepared once.
-                    let mut stmt = c.prepare_cached(
-                        "SELECT p.duration_ms, p.assigned_node, r.cpu_ms FROM build_packages p
-                         JOIN build_package_results r ON r.build_id = p.build_id AND r.package_name = p.package_name
-                         WHERE (CASE WHEN ?2 THEN substr(p.package_name, 1, length(?1)) = ?1 ELSE p.package_name = ?1 END)
-                           AND p.status = 'succeeded' AND r.cache_hit = 0 AND p.duration_ms IS NOT NULL
-                         ORDER BY p.started_at DESC LIMIT (CASE WHEN ?2 THEN 200 ELSE 10 END)",
-                    )?;
-                    let rows = stmt.query_map(rusqlite::params![name, prefix], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                    Ok(rows.collect::<Result<_, _>>()?)
+                    let row = |r: &rusqlite::Row| -> rusqlite::Result<(i64, Option<String>, Option<i64>)> {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    };
+                    let rows: rusqlite::Result<Vec<_>> = match until {
+                        Some(until) => c.prepare_cached(PREFIXED)?.query_map([name, until], row)?.collect(),
+                        None => c.prepare_cached(NAMED)?.query_map([name], row)?.collect(),
+                    };
+                    Ok(rows?)
                 })
                 .await?;
             Ok(rows
@@ -542,6 +556,14 @@ mod service {
                 })
                 .collect())
         }
+    }
+
+    /// The smallest string greater than every string that starts with `prefix` (its last
+    /// character moved up by one), as SQLite compares text; `None` for an empty prefix.
+    pub(super) fn after_prefix(prefix: &str) -> Option<String> {
+        let last = prefix.chars().last()?;
+        let next = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32)?;
+        Some(format!("{}{next}", &prefix[..prefix.len() - last.len_utf8()]))
     }
 
     /// Link speed assumed where no network benchmark has measured one (Mbit/s).
@@ -632,6 +654,17 @@ mod tests {
         let fresh = PackageFacts { history: vec![median], ..facts("thumbs[new.jpg]", &[], &[], false) };
         let e = package_estimate(&fresh, Target::default());
         assert_eq!((e.duration_ms, e.samples), (55, 1));
+    }
+
+    #[test]
+    fn a_prefix_range_holds_exactly_the_names_that_start_with_it() {
+        let until = service::after_prefix("thumbs[").expect("a bound");
+        assert_eq!(until, "thumbs\\");
+        let within = |name: &str| name >= "thumbs[" && name < until.as_str();
+        assert!(within("thumbs[a.jpg]") && within("thumbs[") && within("thumbs[\u{10FFFF}]"));
+        assert!(!within("thumbs") && !within("thumbsZ") && !within("thumbs\\x") && !within("thumbt["));
+        assert_eq!(service::after_prefix("é").as_deref(), Some("ê"));
+        assert_eq!(service::after_prefix(""), None);
     }
 
     #[test]

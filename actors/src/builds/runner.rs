@@ -19,7 +19,7 @@ use super::project::{Project, Requirement};
 use crate::cas::{Cas, FileRef};
 use crate::events::{Event, EventBus};
 use crate::exec::{Invocation, Task};
-use crate::ledger::LedgerHandle;
+use crate::ledger::{Commit, LedgerHandle};
 use crate::mesh::Workers;
 use crate::node::NodeHandle;
 use crate::pool::PoolHandle;
@@ -465,14 +465,24 @@ impl Actor for BuildActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let (status, c, packages) = (self.status.clone(), self.ctx.clone(), self.req.project.order.clone());
-        let local_only = self.req.local_only;
+        let (status, c) = (self.status.clone(), self.ctx.clone());
+        // Queued before any package can queue its entries, so it comes first in the chain; its
+        // sync is not waited for (the build's last entry, which is, commits it with the rest).
+        let recorded = c.ledger.submit(
+            LedgerEntryType::BuildStarted,
+            serde_json::json!({ "build_id": status.id, "config_id": null, "packages": self.req.project.order, "local_only": self.req.local_only, "triggered_by": status.triggered_by }),
+            Commit::Soon,
+        );
+        actix::spawn(async move {
+            if let Err(e) = recorded.await {
+                log::warn!("recording the start of a build: {e}");
+            }
+        });
         ctx.wait(
             async move {
                 if let Err(e) = save(&c.store, &status).await {
                     log::error!("saving build {}: {e}", status.id);
                 }
-                let _ = c.ledger.append(LedgerEntryType::BuildStarted, serde_json::json!({ "build_id": status.id, "config_id": null, "packages": packages, "local_only": local_only, "triggered_by": status.triggered_by })).await;
             }
             .into_actor(self),
         );

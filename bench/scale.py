@@ -107,7 +107,7 @@ def main():
     for field, target, op, unit in MESH_TARGETS:
         cells = "".join(f"{r.get(field, float('nan')):>12.0f}" for r in rows)
         print(f"{field:<26}{cells}{op + ' ' + str(target):>12}  {verdict(rows[-1].get(field), target, op)}")
-    for field in ("all_online_ms", "cpu_ms_per_node_per_s", "partition_detect_ms"):
+    for field in ("all_online_ms", "links_per_node", "cpu_ms_per_node_per_s", "partition_detect_ms"):
         cells = "".join(f"{r.get(field, float('nan')):>12.1f}" for r in rows)
         print(f"{field:<26}{cells}")
     if others or not (a.skip_placement and a.skip_sync):

@@ -37,10 +37,11 @@ fn main() {
     };
     if !json {
         println!(
-            "{:>5} {:>9} {:>10} {:>12} {:>11} {:>14} {:>12} {:>13} {:>9} {:>5}",
+            "{:>5} {:>9} {:>10} {:>6} {:>12} {:>11} {:>14} {:>12} {:>13} {:>9} {:>5}",
             "nodes",
             "start s",
             "online ms",
+            "links",
             "bytes/node/s",
             "cpu ms/n/s",
             "offline det ms",
@@ -74,10 +75,11 @@ fn main() {
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
         } else {
             println!(
-                "{:>5} {:>9.1} {:>10} {:>12.0} {:>11.2} {:>14} {:>12} {:>13} {:>9} {:>5}",
+                "{:>5} {:>9.1} {:>10} {:>6.1} {:>12.0} {:>11.2} {:>14} {:>12} {:>13} {:>9} {:>5}",
                 report.nodes,
                 report.start_ms as f64 / 1000.0,
                 report.all_online_ms,
+                report.links_per_node,
                 report.bytes_per_node_per_s,
                 report.cpu_ms_per_node_per_s,
                 report.offline_detect_ms,

@@ -71,6 +71,8 @@ pub struct Report {
     pub all_online_ms: u128,
     pub bytes_per_node_per_s: f64,
     pub cpu_ms_per_node_per_s: f64,
+    /// Links each node holds once all are online (the topology's degree; N - 1 in a full mesh).
+    pub links_per_node: f64,
     pub offline_detect_ms: u128,
     pub coordinator_failover_ms: u128,
     /// Until each side of the split sees the other offline.
@@ -244,6 +246,7 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
 
     // Idle background traffic and CPU.
     actix_rt::time::sleep(Duration::from_secs(3)).await;
+    let links_per_node = 2.0 * net.open_links() as f64 / n as f64;
     let (bytes0, cpu0, idle0) = (net.bytes(), cpu_time(), Instant::now());
     actix_rt::time::sleep(Duration::from_secs(5)).await;
     let idle = idle0.elapsed().as_secs_f64();
@@ -339,6 +342,7 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
         all_online_ms: all_online.as_millis(),
         bytes_per_node_per_s,
         cpu_ms_per_node_per_s,
+        links_per_node,
         offline_detect_ms: offline_detect.as_millis(),
         coordinator_failover_ms: failover.as_millis(),
         partition_detect_ms: partition_detect.as_millis(),

@@ -29,4 +29,7 @@ async fn ten_engines_survive_silence_failover_and_a_split_without_losing_an_entr
     assert_eq!(report.acknowledged_entries, 30, "each side wrote its entries while split");
     assert_eq!(report.lost_entries, 0, "every acknowledged entry reached every live node");
     assert!(report.bytes_per_node_per_s > 0.0, "an idle mesh still gossips");
+    // Ten members are past a full mesh: each links to its row and column of the grid (at most
+    // 2 x 4 here), and reaches the rest through one of them.
+    assert!(report.links_per_node < 6.0, "links per node: {}", report.links_per_node);
 }

@@ -1,10 +1,27 @@
-//! Adverts: this node's resources sent to every peer when they change.
+//! Adverts: every member's resources, held by every member (the pool and placement read them).
+//!
+//! A node sends its own advert over its links when it changes, and to a new link always. In a
+//! grid (see [`super::topology`]) a member hears directly only from its row and column, so an
+//! advert goes on one step: a node that got one straight from its origin passes it along its
+//! row when the origin is in its column, and along its column when the origin is in its row.
+//! Every member then gets it twice, by the two ways round the grid, so one dead relay loses
+//! nothing. `seq` grows with each change, so a copy that arrives late never replaces a newer
+//! one and nothing is passed on twice. A member that holds no advert for a live peer (it just
+//! joined, or both ways were down) asks a linked peer for it ([`MeshMessage::AdvertWant`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
 use super::MeshActor;
 use crate::events::Event;
-use crate::wire::{MeshMessage, NodeId, NodeRole, NodeStatus};
+use crate::wire::{self, MeshMessage, NodeId, NodeRole, NodeStatus};
+
+/// A member missing adverts asks for them at most this often.
+const ASK_EVERY: Duration = Duration::from_secs(2);
+/// Adverts named in one ask (and so answered in one go).
+const MAX_WANTED: usize = 512;
 
 impl MeshActor {
     /// Sends our resources to every peer when they changed, and to a new link always.
@@ -17,11 +34,45 @@ impl MeshActor {
             let fingerprint = advert_fingerprint(&status);
             if fingerprint != act.last_advert {
                 act.last_advert = fingerprint;
-                act.broadcast(MeshMessage::Advert(Box::new(status)));
+                // Wall-clock ms, so a restarted node's adverts are newer than its last run's.
+                act.advert_seq = (act.advert_seq + 1).max(wire::now_ms());
+                act.broadcast(MeshMessage::Advert { seq: act.advert_seq, status: Box::new(status) });
             } else if let Some(link) = new_link {
-                act.send(link, MeshMessage::Advert(Box::new(status)));
+                act.send(link, MeshMessage::Advert { seq: act.advert_seq, status: Box::new(status) });
             }
         }));
+    }
+
+    /// Asks a linked peer for the adverts of live members this node has none of.
+    pub(super) fn ask_missing_adverts(&mut self) {
+        if self.last_advert_ask.is_some_and(|t| t.elapsed() < ASK_EVERY) {
+            return;
+        }
+        let nodes: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.advert.is_none() && p.online() && !p.entry.revoked)
+            .map(|(id, _)| id.clone())
+            .take(MAX_WANTED)
+            .collect();
+        let Some(link) = self.gossip_targets(true).first().copied() else { return };
+        if nodes.is_empty() {
+            return;
+        }
+        self.last_advert_ask = Some(Instant::now());
+        self.send(link, MeshMessage::AdvertWant { nodes });
+    }
+
+    /// A peer lacks adverts: it gets each one this node holds.
+    pub(super) fn on_advert_want(&self, link_id: u64, nodes: Vec<NodeId>) {
+        for id in nodes.iter().take(MAX_WANTED) {
+            if let Some(p) = self.peers.get(id) {
+                if let Some(status) = &p.advert {
+                    let status = Box::new(NodeStatus::clone(status));
+                    self.send(link_id, MeshMessage::Advert { seq: p.advert_seq, status });
+                }
+            }
+        }
     }
 }
 
@@ -43,15 +94,39 @@ fn advert_fingerprint(s: &NodeStatus) -> String {
 }
 
 impl MeshActor {
-    /// A peer's resources: kept for the coordinator's view and handed to the pool.
-    pub(super) fn on_advert(&mut self, from: NodeId, status: Box<NodeStatus>) {
-        let Some(peer) = self.peers.get_mut(&from) else { return };
-        if status.node_id != from {
+    /// A member's resources, from the member itself or passed on: kept for the coordinator's
+    /// view and handed to the pool when newer than what this node holds, and passed on one step
+    /// along the grid when it came straight from its origin.
+    pub(super) fn on_advert(&mut self, from: NodeId, seq: u64, status: Box<NodeStatus>) {
+        let origin = status.node_id.clone();
+        if origin == self.me {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&origin) else { return };
+        // The origin's own word always counts (a member passing on a forged `seq` cannot
+        // shut it out); a copy passed on counts when newer.
+        if peer.entry.revoked || (from != origin && peer.advert.is_some() && seq <= peer.advert_seq) {
             return;
         }
         let resources = Box::new(status.resources.clone());
-        peer.advert = Some(std::sync::Arc::from(status));
-        self.events.publish(Event::ResourceUpdate { node_id: from, resources });
+        let status: Arc<NodeStatus> = Arc::from(status);
+        peer.advert = Some(status.clone());
+        peer.advert_seq = seq;
+        self.events.publish(Event::ResourceUpdate { node_id: origin.clone(), resources });
         self.publish_peers();
+        if from != origin || self.topology.full_mesh() {
+            return;
+        }
+        let Some(along_column) = self.topology.same_column(&self.me, &origin) else { return };
+        // Origin in our column: pass it along our row, and the other way round.
+        let next: Vec<u64> = self
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != origin && self.topology.in_line(&self.me, id, along_column))
+            .filter_map(|(_, p)| p.link)
+            .collect();
+        for link in next {
+            self.send(link, MeshMessage::Advert { seq, status: Box::new(NodeStatus::clone(&status)) });
+        }
     }
 }

@@ -254,15 +254,33 @@ impl MeshActor {
         self.drain_swim(ctx);
     }
 
+    /// The link of a peer that can pass a message on to `to`: one of the two the topology
+    /// puts between us, else a linked peer the topology links to `to`, else any linked peer
+    /// (right after a join, when neither may be linked yet, it may hold a link of its own).
+    fn relay_to(&self, to: &NodeId) -> Option<u64> {
+        let linked = |id: &NodeId| self.peers.get(id).filter(|p| p.online()).and_then(|p| p.link);
+        self.topology
+            .relays(&self.me, to)
+            .into_iter()
+            .find_map(&linked)
+            .or_else(|| {
+                self.peers
+                    .iter()
+                    .filter(|(id, _)| self.topology.linked(id, to))
+                    .find_map(|(id, _)| linked(id))
+            })
+            .or_else(|| self.gossip_targets(true).first().copied())
+    }
+
     /// Does what the protocol asked: sends, timers, and membership changes.
     fn drain_swim(&mut self, ctx: &mut Context<Self>) {
         while let Some((to, data)) = self.swim.runtime.to_send() {
             let data = data.to_vec();
             if let Some(link) = self.peers.get(&to.node).and_then(|p| p.link) {
                 self.send(link, MeshMessage::Swim { data });
-            } else if let Some(relay) = self.gossip_targets(true).first() {
-                // No link (yet): one linked peer passes it on; `dial_missing` links it soon.
-                self.send(*relay, MeshMessage::SwimVia { to: to.node, data });
+            } else if let Some(relay) = self.relay_to(&to.node) {
+                // No link: a peer linked to both passes it on (see `topology`).
+                self.send(relay, MeshMessage::SwimVia { to: to.node, data });
             }
         }
         while let Some((after, timer)) = self.swim.runtime.to_schedule() {
@@ -378,6 +396,20 @@ impl MeshActor {
         }
         if !announce.is_empty() {
             self.announce_to(ctx, announce);
+        }
+    }
+
+    /// Takes liveness from SWIM's member list for peers this node has heard nothing of: a
+    /// notification about a member that came before its roster entry (or before a join reset
+    /// the peer table) is not repeated, and a peer without a link is online by gossip alone.
+    pub(super) fn adopt_swim_members(&mut self) {
+        for member in self.swim.foca.iter_members() {
+            let id = member.id();
+            if let Some(p) = self.peers.get_mut(&id.node) {
+                if p.swim.generation == 0 && !p.swim.down {
+                    p.swim.generation = id.generation;
+                }
+            }
         }
     }
 

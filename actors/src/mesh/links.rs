@@ -1,22 +1,104 @@
-//! Links: starting a bridge on a fresh socket, admitting the peer its handshake proved (and
-//! keeping exactly one link per peer when both dial at once), closing, and redialling.
+//! Links: which peers to link to (the [`super::topology`], plus links opened for work),
+//! starting a bridge on a fresh socket, admitting the peer its handshake proved (and keeping
+//! exactly one link per peer when both dial at once), closing idle ones, and redialling.
 
-use std::time::Instant;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
 use super::bridge::{self, BridgeActor, Outgoing};
 use super::sync::HeadsTo;
+use super::topology::Topology;
 use super::{noise, Dialer, Link, MeshActor, MeshHandle, MAX_BACKOFF, MIN_BACKOFF};
-use crate::wire::{self, Hello, MeshMessage};
+use crate::wire::{self, Hello, MeshMessage, NodeId};
+
+/// A link opened for work (a task, a network test) outside the topology is closed by the node
+/// that opened it once it has carried no work for this long.
+const ON_DEMAND_IDLE: Duration = Duration::from_secs(60);
+/// A link outside the topology that never carried work (the one a joining node dials its
+/// bootstrap address with, or one the grid dropped as the mesh grew) is closed this long after
+/// it opened, once a link the topology wants is up.
+const BOOTSTRAP_KEEP: Duration = Duration::from_secs(2);
+/// How long work waits for a link opened for it.
+const LINK_WAIT: Duration = Duration::from_secs(10);
+
+/// Resolves once a link opened for work is up; an error when it did not come up in time.
+pub(super) type LinkOpened = Pin<Box<dyn Future<Output = Result<(), ()>>>>;
 
 impl MeshActor {
+    /// Recomputes which peers the topology links this node to (the roster may have changed).
+    pub(super) fn apply_topology(&mut self) {
+        let Some(own) = &self.own_entry else {
+            // Not on the roster (yet): link to whoever we can.
+            self.peers.values_mut().for_each(|p| p.wanted = true);
+            return;
+        };
+        self.topology = Topology::new(std::iter::once(own).chain(self.peers.values().map(|p| &p.entry)));
+        for (id, p) in self.peers.iter_mut() {
+            p.wanted = self.topology.linked(&self.me, id);
+        }
+    }
+
+    /// The link to do work with `peer` over: `Ok` when there is one; when the peer is live but
+    /// not linked, a link is dialled now and `Err(Some(opened))` says when it is up; `Err(None)`
+    /// when the peer is not online. Either way the link is kept [`ON_DEMAND_IDLE`] from now.
+    pub(super) fn link_for_work(&mut self, peer: &NodeId, ctx: &mut Context<Self>) -> Result<u64, Option<LinkOpened>> {
+        let now = Instant::now();
+        let Some(p) = self.peers.get_mut(peer).filter(|p| p.online()) else { return Err(None) };
+        p.on_demand_until = Some(now + ON_DEMAND_IDLE);
+        if let Some(link) = p.link {
+            return Ok(link);
+        }
+        p.next_dial = p.next_dial.min(now);
+        let (tx, rx) = oneshot::channel();
+        self.link_waiters.push((peer.clone(), tx));
+        self.dial_missing(now, ctx);
+        Err(Some(Box::pin(async move {
+            match tokio::time::timeout(LINK_WAIT, rx).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(()),
+            }
+        })))
+    }
+
+    /// Closes the links this node opened outside the topology once they have carried no work
+    /// for [`ON_DEMAND_IDLE`] (the peer's own links to us are the peer's to close).
+    pub(super) fn close_idle_links(&mut self, now: Instant) {
+        self.link_waiters.retain(|(_, tx)| !tx.is_closed());
+        let grid_up = self.peers.values().any(|p| p.wanted && p.link.is_some());
+        let idle: Vec<u64> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.wanted && p.on_demand_until.is_none_or(|t| t <= now))
+            .filter_map(|(id, p)| p.link.map(|l| (id, l)))
+            .filter(|(id, l)| {
+                let keep = match self.peers.get(*id).is_some_and(|p| p.on_demand_until.is_some()) {
+                    true => ON_DEMAND_IDLE,
+                    false if grid_up => BOOTSTRAP_KEEP,
+                    false => return false,
+                };
+                self.links.get(l).is_some_and(|link| link.initiator && now.duration_since(link.opened) >= keep)
+                    && !self.work_with(id)
+                    && !self.transfers_on(*l)
+            })
+            .map(|(_, l)| l)
+            .collect();
+        for link in idle.iter().filter_map(|l| self.links.get(l)) {
+            link.addr.do_send(bridge::Close);
+        }
+    }
+
     pub(super) fn dial_missing(&mut self, now: Instant, ctx: &mut Context<Self>) {
         let Some(dialer) = self.dialer.clone() else { return };
         let handle = MeshHandle { addr: ctx.address() };
         for p in self.peers.values_mut() {
-            if p.link.is_none() && !p.dialing && !p.entry.revoked && p.next_dial <= now && !p.address.is_empty() {
+            let needed = p.wanted || p.on_demand_until.is_some_and(|t| t > now);
+            if needed && p.link.is_none() && !p.dialing && !p.entry.revoked && p.next_dial <= now && !p.address.is_empty()
+            {
                 p.dialing = true;
                 p.next_dial = now + p.backoff;
                 p.backoff = (p.backoff * 2).min(MAX_BACKOFF);
@@ -57,7 +139,8 @@ impl Handler<Attach> for MeshActor {
         let id = self.next_link;
         self.next_link += 1;
         let addr = BridgeActor::new(id, ctx.address(), self.me.clone(), handshake, initiator, msg.outgoing).start();
-        self.links.insert(id, Link { addr: addr.clone(), initiator, dialed: msg.dialed, peer: None });
+        let opened = Instant::now();
+        self.links.insert(id, Link { addr: addr.clone(), initiator, dialed: msg.dialed, peer: None, opened });
         Some(addr)
     }
 }
@@ -126,6 +209,12 @@ impl Handler<LinkAuthenticated> for MeshActor {
         self.swim_link_up(ctx, &peer_id);
         self.advertise(ctx, Some(msg.link_id));
         self.exchange_heads(ctx, HeadsTo::Link(msg.link_id));
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.link_waiters).into_iter().partition(|(p, _)| *p == peer_id);
+        self.link_waiters = waiting;
+        for (_, tx) in ready {
+            let _ = tx.send(());
+        }
     }
 }
 

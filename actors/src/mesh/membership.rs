@@ -63,6 +63,12 @@ impl MeshActor {
 
     pub(super) async fn reload_roster(&mut self) -> Result<(), RosterError> {
         let roster = self.store.run(|c| roster::load_roster(c).map_err(store_error)).await?;
+        self.take_roster(roster);
+        Ok(())
+    }
+
+    /// Takes the stored roster as this node's view of the members (and of itself).
+    fn take_roster(&mut self, roster: Vec<(RosterEntry, String)>) {
         for (entry, address) in roster {
             if entry.node_id == self.me {
                 self.role = entry.role;
@@ -76,7 +82,7 @@ impl MeshActor {
                 }
             }
         }
-        Ok(())
+        self.apply_topology();
     }
 
     pub(super) fn on_roster(&mut self, ctx: &mut Context<Self>, mut entries: Vec<RosterEntry>) {
@@ -112,7 +118,14 @@ impl MeshActor {
             }
             .into_actor(self)
             .map(|fresh, act, _| {
-                for e in fresh.unwrap_or_default() {
+                let fresh = fresh.unwrap_or_default();
+                if fresh.is_empty() {
+                    return;
+                }
+                // Passed on to every link: in a grid not every member hears the admitting node,
+                // and entries a peer holds already stop there.
+                act.broadcast(MeshMessage::Roster { entries: fresh.clone() });
+                for e in fresh {
                     if e.node_id == act.me {
                         act.role = e.role;
                         act.own_entry = Some(e);
@@ -133,6 +146,7 @@ impl MeshActor {
                         }
                     }
                 }
+                act.apply_topology();
             }),
         );
     }
@@ -536,14 +550,9 @@ impl Handler<ReloadRoster> for MeshActor {
     fn handle(&mut self, _: ReloadRoster, _: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
         Box::pin(async move { store.run(|c| roster::load_roster(c).map_err(store_error)).await }.into_actor(self).map(
-            |roster, act, _| {
-                for (entry, address) in roster.unwrap_or_default() {
-                    if entry.node_id == act.me {
-                        act.role = entry.role;
-                        continue;
-                    }
-                    act.peers.entry(entry.node_id.clone()).or_insert_with(|| Peer::new(entry, address));
-                }
+            |roster, act, _| match roster {
+                Ok(roster) => act.take_roster(roster),
+                Err(e) => log::warn!("reloading the roster: {e}"),
             },
         ))
     }

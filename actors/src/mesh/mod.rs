@@ -19,6 +19,7 @@ pub mod noise;
 pub mod remote;
 pub mod roster;
 mod sync;
+pub mod topology;
 mod transfer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -118,6 +119,12 @@ struct Peer {
     last_seen_ms: u64,
     rtt_ms: Option<f64>,
     advert: Option<Arc<NodeStatus>>,
+    /// The `seq` the held advert came with.
+    advert_seq: u64,
+    /// Whether the topology links this node to the peer (see [`topology`]).
+    wanted: bool,
+    /// Until when a link opened for work (a task, a network test) is kept without use.
+    on_demand_until: Option<Instant>,
     next_dial: Instant,
     backoff: Duration,
     dialing: bool,
@@ -136,6 +143,9 @@ impl Peer {
             last_seen_ms: 0,
             rtt_ms: None,
             advert: None,
+            advert_seq: 0,
+            wanted: true,
+            on_demand_until: None,
             next_dial: Instant::now(),
             backoff: MIN_BACKOFF,
             dialing: false,
@@ -144,10 +154,11 @@ impl Peer {
         }
     }
 
-    /// Linked, and not declared down by gossip (a closed socket is noticed at once; a hung or
-    /// unreachable node by SWIM within seconds).
+    /// Not declared down by gossip, and linked when the topology links us (a closed socket is
+    /// noticed at once; a hung or unreachable node by SWIM within seconds). A peer the topology
+    /// does not link us to is online once gossip has heard it alive.
     fn online(&self) -> bool {
-        self.link.is_some() && !self.swim.down
+        !self.swim.down && (self.link.is_some() || (!self.wanted && self.swim.generation > 0))
     }
 
     fn status(&self) -> NodeState {
@@ -178,6 +189,8 @@ struct Link {
     /// The URL this node dialled to open the link (`None` when the peer dialled).
     dialed: Option<String>,
     peer: Option<NodeId>,
+    /// When the socket was attached (a link opened for work is not closed as idle sooner).
+    opened: Instant,
 }
 
 /// Everything the mesh actor needs at start.
@@ -250,6 +263,14 @@ pub struct MeshActor {
     ticks: u64,
     /// This node's own roster entry (part of the roster digest).
     own_entry: Option<RosterEntry>,
+    /// Which peers this node links to, from the roster.
+    topology: topology::Topology,
+    /// The `seq` of our latest advert.
+    advert_seq: u64,
+    /// When we last asked a peer for adverts we lack.
+    last_advert_ask: Option<Instant>,
+    /// Work waiting for a link to a peer to come up: (peer, told when it is up).
+    link_waiters: Vec<(NodeId, tokio::sync::oneshot::Sender<()>)>,
 }
 
 impl MeshActor {
@@ -320,9 +341,14 @@ impl MeshActor {
             swim: gossip::Swim::new(me),
             ticks: 0,
             own_entry: None,
+            topology: topology::Topology::default(),
+            advert_seq: 0,
+            last_advert_ask: None,
+            link_waiters: Vec::new(),
         };
         actor.refresh_own_entry().await?;
         actor.reload_roster().await?;
+        actor.apply_topology();
         Ok(actor)
     }
 
@@ -343,13 +369,17 @@ impl MeshActor {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         self.ticks += 1;
+        self.adopt_swim_members();
         self.note_transitions();
         self.recompute_coordinator();
         self.ping_some();
         self.reconcile_down_links(ctx);
+        self.apply_topology();
+        self.close_idle_links(now);
         self.dial_missing(now, ctx);
         self.exchange_heads(ctx, sync::HeadsTo::Gossip);
         self.advertise(ctx, None);
+        self.ask_missing_adverts();
         self.schedule_benchmarks();
         self.expire_transfers();
         self.summarise_refusals();
@@ -403,7 +433,8 @@ impl MeshActor {
             MeshMessage::Hello(hello) => self.on_hello(ctx, link_id, from, hello),
             MeshMessage::Ping { sent_ms, view } => self.on_ping(link_id, sent_ms, view),
             MeshMessage::Pong { echo_ms } => self.on_pong(&from, echo_ms),
-            MeshMessage::Advert(status) => self.on_advert(from, status),
+            MeshMessage::Advert { seq, status } => self.on_advert(from, seq, status),
+            MeshMessage::AdvertWant { nodes } => self.on_advert_want(link_id, nodes),
             MeshMessage::Roster { entries } => self.on_roster(ctx, entries),
             MeshMessage::Leave { node_id } => self.on_leave(link_id, from, node_id),
             MeshMessage::Rekey => {}

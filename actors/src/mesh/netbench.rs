@@ -196,12 +196,24 @@ pub struct NetworkTest {
 impl Handler<NetworkTest> for MeshActor {
     type Result = ResponseActFuture<Self, Result<crate::bench::NetworkBenchmarkResult, String>>;
 
-    fn handle(&mut self, msg: NetworkTest, _: &mut Context<Self>) -> Self::Result {
-        let target = self.peers.get(&msg.peer).and_then(|p| {
-            let link = p.link.filter(|_| p.online()).and_then(|l| self.links.get(&l))?;
-            Some((link.addr.clone(), p.advert.as_ref().map_or(p.entry.name.clone(), |a| a.name.clone())))
-        });
-        let Some((link, name)) = target else {
+    fn handle(&mut self, msg: NetworkTest, ctx: &mut Context<Self>) -> Self::Result {
+        let link = match self.link_for_work(&msg.peer, ctx) {
+            Ok(link) => self.links.get(&link).map(|l| l.addr.clone()),
+            Err(Some(opened)) => {
+                // Live, but the topology links us elsewhere: measure once a link is up.
+                let (me, peer) = (ctx.address(), msg.peer.clone());
+                return Box::pin(
+                    async move {
+                        opened.await.map_err(|_| format!("no link to node {peer} could be opened"))?;
+                        me.send(msg).await.unwrap_or_else(|_| Err("the mesh actor stopped".into()))
+                    }
+                    .into_actor(self),
+                );
+            }
+            Err(None) => None,
+        };
+        let name = self.peers.get(&msg.peer).map(|p| p.advert.as_ref().map_or(p.entry.name.clone(), |a| a.name.clone()));
+        let (Some(link), Some(name)) = (link, name) else {
             let why = format!("node {} is not online", msg.peer);
             return Box::pin(async move { Err(why) }.into_actor(self));
         };

@@ -323,10 +323,21 @@ struct RunRemote {
 impl Handler<RunRemote> for MeshActor {
     type Result = ResponseFuture<Result<TaskResult, RemoteError>>;
 
-    fn handle(&mut self, RunRemote { peer, job, output }: RunRemote, _: &mut Context<Self>) -> Self::Result {
-        let Some(link_id) = self.peers.get(&peer).and_then(|p| p.link.filter(|_| p.online())) else {
-            return Box::pin(async move { Err(RemoteError::LostNode(peer)) });
+    fn handle(&mut self, msg: RunRemote, ctx: &mut Context<Self>) -> Self::Result {
+        let peer = msg.peer.clone();
+        let link_id = match self.link_for_work(&peer, ctx) {
+            Ok(link_id) => link_id,
+            Err(Some(opened)) => {
+                // Live, but the topology links us elsewhere: ask again once the link is up.
+                let me = ctx.address();
+                return Box::pin(async move {
+                    opened.await.map_err(|_| RemoteError::LostNode(peer.clone()))?;
+                    me.send(msg).await.unwrap_or(Err(RemoteError::LostNode(peer)))
+                });
+            }
+            Err(None) => return Box::pin(async move { Err(RemoteError::LostNode(peer)) }),
         };
+        let RunRemote { peer, job, output } = msg;
         let task_id = self.work.next_task;
         self.work.next_task += 1;
         let (tx, rx) = oneshot::channel();
@@ -344,6 +355,15 @@ impl Handler<RunRemote> for MeshActor {
         };
         self.send(link_id, MeshMessage::TaskRequest(Box::new(req)));
         Box::pin(async move { rx.await.unwrap_or(Err(RemoteError::LostNode(peer))) })
+    }
+}
+
+impl MeshActor {
+    /// Whether anything is in flight with `peer` (its link is not idle).
+    pub(super) fn work_with(&self, peer: &NodeId) -> bool {
+        self.work.sent.values().any(|(p, _, _)| p == peer)
+            || self.work.waiting.iter().any(|(_, p, _)| p == peer)
+            || self.work.collecting.iter().any(|c| c.peer == *peer)
     }
 }
 

@@ -355,6 +355,15 @@ impl MeshActor {
 
     /// A link closed: everything moving over it stops (temporary files are deleted) and
     /// whatever waited for its blobs fails.
+    /// Whether blobs are moving (or queued to move) over `link_id`.
+    pub(super) fn transfers_on(&self, link_id: u64) -> bool {
+        let t = &self.transfer;
+        t.sending.keys().any(|(l, _)| *l == link_id)
+            || t.receiving.keys().any(|(l, _)| *l == link_id)
+            || t.send_queue.contains_key(&link_id)
+            || t.wanted.members.iter().any(|(l, _)| *l == link_id)
+    }
+
     pub(super) fn drop_link_transfers(&mut self, link_id: u64) {
         let t = &mut self.transfer;
         t.sending.retain(|(l, _), _| *l != link_id);

@@ -29,8 +29,16 @@ pub enum MeshMessage {
     Pong {
         echo_ms: u64,
     },
-    /// The sender's resources and their availability.
-    Advert(Box<NodeStatus>),
+    /// A member's resources and their availability: the sender's own, or one it passes on
+    /// (see `mesh/adverts.rs`). `seq` grows with every change its origin makes.
+    Advert {
+        seq: u64,
+        status: Box<NodeStatus>,
+    },
+    /// The sender lacks these members' adverts; the receiver answers with those it holds.
+    AdvertWant {
+        nodes: Vec<NodeId>,
+    },
     /// Signed roster entries the receiver may not have.
     Roster {
         entries: Vec<RosterEntry>,

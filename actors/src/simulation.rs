@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::config::NodeConfig;
 use crate::mesh::memory::{join_in_memory, LinkConditions, MemoryNet};
+use crate::mesh::netbench::NetworkOptions;
 use crate::node::NodeOptions;
 use crate::start::{start, Node};
 use crate::wire::{Head, LedgerEntryType, NodeId, NodeState, Role};
@@ -73,6 +74,11 @@ pub struct Report {
     pub cpu_ms_per_node_per_s: f64,
     /// Links each node holds once all are online (the topology's degree; N - 1 in a full mesh).
     pub links_per_node: f64,
+    /// A network test (5 round trips, 1 MB each way) between two members the topology does not
+    /// link, the link opened on demand included.
+    pub on_demand_test_ms: u128,
+    /// Links the first of them opened for it (1 past a full mesh, else 0).
+    pub on_demand_links: usize,
     pub offline_detect_ms: u128,
     pub coordinator_failover_ms: u128,
     /// Until each side of the split sees the other offline.
@@ -253,6 +259,23 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
     let bytes_per_node_per_s = (net.bytes() - bytes0) as f64 / idle / n as f64;
     let cpu_ms_per_node_per_s = (cpu_time() - cpu0).as_secs_f64() * 1000.0 / idle / n as f64;
 
+    // Work between two members the grid does not link: in admission order the second and third
+    // node sit at cells (0,1) and (1,0). A network test opens a link on demand.
+    let links_of = |node: &Node| {
+        let mesh = node.mesh.clone();
+        async move { mesh.view().await.map_or(0, |v| v.links) }
+    };
+    let links_before = links_of(&nodes[1]).await;
+    let started = Instant::now();
+    let options = NetworkOptions { samples: 5, interval_ms: 1, size_mb: 1 };
+    nodes[1]
+        .mesh
+        .network_test(nodes[2].identity.node_id.clone(), options)
+        .await
+        .map_err(|e| format!("a network test between members without a link: {e}"))?;
+    let on_demand_test = started.elapsed();
+    let on_demand_links = links_of(&nodes[1]).await.saturating_sub(links_before);
+
     // A worker goes silent.
     let coordinator = nodes[0].mesh.view().await.ok_or("no mesh view")?.coordinator;
     let victim = nodes.iter().rposition(|x| x.identity.node_id != coordinator).ok_or("no worker")?;
@@ -343,6 +366,8 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
         bytes_per_node_per_s,
         cpu_ms_per_node_per_s,
         links_per_node,
+        on_demand_test_ms: on_demand_test.as_millis(),
+        on_demand_links,
         offline_detect_ms: offline_detect.as_millis(),
         coordinator_failover_ms: failover.as_millis(),
         partition_detect_ms: partition_detect.as_millis(),

@@ -32,4 +32,6 @@ async fn ten_engines_survive_silence_failover_and_a_split_without_losing_an_entr
     // Ten members are past a full mesh: each links to its row and column of the grid (at most
     // 2 x 4 here), and reaches the rest through one of them.
     assert!(report.links_per_node < 6.0, "links per node: {}", report.links_per_node);
+    // Work between two members without a link opens one (the network test itself succeeded).
+    assert_eq!(report.on_demand_links, 1, "a link opened on demand for the network test");
 }

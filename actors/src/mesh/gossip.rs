@@ -5,9 +5,9 @@
 //! is noticed only by the nodes linked to it; at 200 nodes that is tens of KB/s per node and the
 //! cost grows with N. SWIM probes one member per period (asking a few others to probe it
 //! indirectly when it does not answer), suspects it, lets it refute, and declares it down
-//! after a fixed suspicion time — every member that heard the suspicion runs the same timer, so
-//! "down" is reached everywhere at about the same moment, and the bytes per node do not grow
-//! with N. ARCHITECTURE.md ("Scale") has the measured curve.
+//! after a fixed suspicion time; the verdict rides on the messages that go out anyway to random
+//! members, retransmitted often enough that every member hears it within a second or two, and
+//! the bytes per node do not grow with N. ARCHITECTURE.md ("Scale") has the measured curve.
 //!
 //! Identities are `(node id, generation)`. A node starts with the wall clock in ms as its
 //! generation, so a restarted node is newer than anything said about its previous run; a node
@@ -39,6 +39,10 @@ pub const PROBE_PERIOD: Duration = Duration::from_millis(500);
 pub const PROBE_RTT: Duration = Duration::from_millis(250);
 /// A suspected member that has not refuted within this is down.
 pub const SUSPECT_TO_DOWN: Duration = Duration::from_millis(1000);
+/// A member still suspected this long after we heard the suspicion is down to us as well (see
+/// [`MeshActor::follow_swim_members`]): the suspecter's own timer plus a probe period for its
+/// verdict to arrive.
+pub const PRESUMED_DOWN_AFTER: Duration = Duration::from_millis(1500);
 /// Updates are also pushed to a few random members this often.
 pub const GOSSIP_EVERY: Duration = Duration::from_millis(200);
 /// Largest SWIM message: well inside one frame.
@@ -160,7 +164,14 @@ pub fn config(members: usize) -> Config {
     });
     // Down members are forgotten after a while so a returning node is simply new again.
     config.remove_down_after = Some(Duration::from_secs(30));
-    config.max_transmissions = config.max_transmissions.max(NonZeroU8::new(6).unwrap_or(NonZeroU8::MIN));
+    // Each update rides on about `max_transmissions` messages to random members, so a member
+    // misses it with odds of about e^-max_transmissions: foca's 4·log10(N) (9 at 200 nodes) left
+    // one member of 50 in about eight runs still holding a dead node suspect, not down, for
+    // 20-30 s (until it probed the node itself). Twice that, and at least 12, makes a straggler
+    // rare (e^-18 ≈ 1.5e-8 per member and update at 200 nodes); the cost is bytes only while an
+    // update is fresh, on messages that go out anyway.
+    let foca_default = config.max_transmissions.get();
+    config.max_transmissions = NonZeroU8::new(foca_default.saturating_mul(2).max(12)).unwrap_or(NonZeroU8::MIN);
     config
 }
 
@@ -206,6 +217,10 @@ pub(super) struct SwimState {
     /// While down and linked: the first of our announcements over the link that nothing
     /// has come back on since (see [`MeshActor::reconcile_down_links`]).
     pub unanswered_since: Option<Instant>,
+    /// When we first saw SWIM hold the peer suspect (cleared when it is alive again).
+    pub suspected_since: Option<Instant>,
+    /// Suspected for longer than [`PRESUMED_DOWN_AFTER`] with no verdict or refutation heard.
+    pub presumed_down: bool,
 }
 
 impl MeshActor {
@@ -254,22 +269,22 @@ impl MeshActor {
         self.drain_swim(ctx);
     }
 
-    /// The link of a peer that can pass a message on to `to`: one of the two the topology
-    /// puts between us, else a linked peer the topology links to `to`, else any linked peer
+    /// The links of peers that can pass a message on to `to`: the (one or two) the topology
+    /// puts between us, else one linked peer the topology links to `to`, else any linked peer
     /// (right after a join, when neither may be linked yet, it may hold a link of its own).
-    fn relay_to(&self, to: &NodeId) -> Option<u64> {
+    fn relays_to(&self, to: &NodeId) -> Vec<u64> {
         let linked = |id: &NodeId| self.peers.get(id).filter(|p| p.online()).and_then(|p| p.link);
-        self.topology
-            .relays(&self.me, to)
-            .into_iter()
-            .find_map(&linked)
-            .or_else(|| {
-                self.peers
-                    .iter()
-                    .filter(|(id, _)| self.topology.linked(id, to))
-                    .find_map(|(id, _)| linked(id))
-            })
+        let relays: Vec<u64> = self.topology.relays(&self.me, to).into_iter().filter_map(linked).collect();
+        if !relays.is_empty() {
+            return relays;
+        }
+        self.peers
+            .iter()
+            .filter(|(id, _)| self.topology.linked(id, to))
+            .find_map(|(id, _)| linked(id))
             .or_else(|| self.gossip_targets(true).first().copied())
+            .into_iter()
+            .collect()
     }
 
     /// Does what the protocol asked: sends, timers, and membership changes.
@@ -278,9 +293,13 @@ impl MeshActor {
             let data = data.to_vec();
             if let Some(link) = self.peers.get(&to.node).and_then(|p| p.link) {
                 self.send(link, MeshMessage::Swim { data });
-            } else if let Some(relay) = self.relay_to(&to.node) {
-                // No link: a peer linked to both passes it on (see `topology`).
-                self.send(relay, MeshMessage::SwimVia { to: to.node, data });
+            } else {
+                // No link: the peers linked to both pass it on (see `topology`); both of them,
+                // so that one relay gone silent (it is cut off with the target, or dead) does
+                // not make the target look dead too.
+                for relay in self.relays_to(&to.node) {
+                    self.send(relay, MeshMessage::SwimVia { to: to.node.clone(), data: data.clone() });
+                }
             }
         }
         while let Some((after, timer)) = self.swim.runtime.to_schedule() {
@@ -311,7 +330,7 @@ impl MeshActor {
                     return false;
                 }
                 let was_down = p.swim.down;
-                p.swim = SwimState { generation: id.generation, down: false, unanswered_since: None };
+                p.swim = SwimState { generation: id.generation, ..SwimState::default() };
                 was_down
             }
             OwnedNotification::MemberDown(id) => {
@@ -319,7 +338,7 @@ impl MeshActor {
                 if id.generation < p.swim.generation || p.swim.down {
                     return false;
                 }
-                p.swim = SwimState { generation: id.generation, down: true, unanswered_since: None };
+                p.swim = SwimState { generation: id.generation, down: true, ..SwimState::default() };
                 log::info!("{} is down (gossip)", id.node);
                 // The link stays: if the node was only slow it refutes through it at once; one
                 // that carries nothing is closed and redialled (`reconcile_down_links`).
@@ -399,17 +418,47 @@ impl MeshActor {
         }
     }
 
-    /// Takes liveness from SWIM's member list for peers this node has heard nothing of: a
-    /// notification about a member that came before its roster entry (or before a join reset
-    /// the peer table) is not repeated, and a peer without a link is online by gossip alone.
-    pub(super) fn adopt_swim_members(&mut self) {
-        for member in self.swim.foca.iter_members() {
+    /// Follows SWIM's member list, every [`PROBE_RTT`]:
+    /// - a peer this node has heard nothing of takes its liveness from the list: a notification
+    ///   about a member that came before its roster entry (or before a join reset the peer
+    ///   table) is not repeated, and a peer without a link is online by gossip alone;
+    /// - a member suspected for longer than [`PRESUMED_DOWN_AFTER`] without refuting is taken
+    ///   for down here too. foca runs the suspicion timer only on the member that suspected,
+    ///   and the rest wait for its verdict; a member that missed the verdict (or heard the
+    ///   suspicion through one and the verdict about an older generation through another) would
+    ///   show a dead node online until it probed the node itself — up to N probe periods.
+    pub(super) fn follow_swim_members(&mut self) {
+        let now = Instant::now();
+        let mut changed = false;
+        for member in self.swim.foca.iter_membership_state() {
             let id = member.id();
-            if let Some(p) = self.peers.get_mut(&id.node) {
-                if p.swim.generation == 0 && !p.swim.down {
-                    p.swim.generation = id.generation;
-                }
+            let Some(p) = self.peers.get_mut(&id.node) else { continue };
+            if id.generation < p.swim.generation {
+                continue;
             }
+            if p.swim.generation == 0 && !p.swim.down && member.state() != foca::State::Down {
+                p.swim.generation = id.generation;
+                changed = true;
+            }
+            match member.state() {
+                foca::State::Suspect => {
+                    let since = *p.swim.suspected_since.get_or_insert(now);
+                    if !p.swim.presumed_down && now.duration_since(since) > PRESUMED_DOWN_AFTER {
+                        p.swim.presumed_down = true;
+                        changed = true;
+                    }
+                }
+                foca::State::Alive => {
+                    p.swim.suspected_since = None;
+                    changed |= std::mem::take(&mut p.swim.presumed_down);
+                }
+                foca::State::Down => {}
+            }
+        }
+        if changed {
+            self.recompute_coordinator();
+            self.note_transitions();
+            self.publish_peers();
         }
     }
 

@@ -158,7 +158,9 @@ impl Peer {
     /// noticed at once; a hung or unreachable node by SWIM within seconds). A peer the topology
     /// does not link us to is online once gossip has heard it alive.
     fn online(&self) -> bool {
-        !self.swim.down && (self.link.is_some() || (!self.wanted && self.swim.generation > 0))
+        !self.swim.down
+            && !self.swim.presumed_down
+            && (self.link.is_some() || (!self.wanted && self.swim.generation > 0))
     }
 
     fn status(&self) -> NodeState {
@@ -369,7 +371,6 @@ impl MeshActor {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         self.ticks += 1;
-        self.adopt_swim_members();
         self.note_transitions();
         self.recompute_coordinator();
         self.ping_some();
@@ -467,6 +468,7 @@ impl Actor for MeshActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
+        ctx.run_interval(gossip::PROBE_RTT, |act, _| act.follow_swim_members());
     }
 
     fn stopping(&mut self, _: &mut Context<Self>) -> Running {

@@ -69,6 +69,8 @@ const GOSSIP_FANOUT: usize = 3;
 const KEEPALIVE_TICKS: u64 = 10;
 /// The peer table goes to the pool on every change, and this often anyway (last seen, latency).
 const REPUBLISH_TICKS: u64 = 5;
+/// The peer table goes to the pool at most this often (see [`MeshActor::publish_peers`]).
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// Redial backoff starts here and doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
@@ -273,6 +275,8 @@ pub struct MeshActor {
     last_advert_ask: Option<Instant>,
     /// Work waiting for a link to a peer to come up: (peer, told when it is up).
     link_waiters: Vec<(NodeId, tokio::sync::oneshot::Sender<()>)>,
+    /// The peer table changed since it last went to the pool.
+    peers_changed: std::cell::Cell<bool>,
 }
 
 impl MeshActor {
@@ -347,6 +351,7 @@ impl MeshActor {
             advert_seq: 0,
             last_advert_ask: None,
             link_waiters: Vec::new(),
+            peers_changed: std::cell::Cell::new(true),
         };
         actor.refresh_own_entry().await?;
         actor.reload_roster().await?;
@@ -418,9 +423,19 @@ impl MeshActor {
         }
     }
 
-    /// Hands the peer table to the pool, which owns the pooled view everyone else reads.
+    /// Marks the peer table changed; it goes to the pool within [`PUBLISH_EVERY`]. In a big
+    /// mesh the table changes many times a second (adverts, gossip), and copying all of it to
+    /// the pool each time was a seventh of the CPU of a 200-node simulation.
     fn publish_peers(&self) {
+        self.peers_changed.set(true);
+    }
+
+    /// Hands the peer table to the pool, which owns the pooled view everyone else reads.
+    fn flush_peers(&self) {
         let Some(pool) = &self.pool else { return };
+        if !self.peers_changed.replace(false) {
+            return;
+        }
         let peers = self.peers.iter().filter(|(_, p)| !p.entry.revoked).map(|(id, p)| p.view(id)).collect();
         pool.do_send(PeersChanged { view: self.mesh_view(), peers });
     }
@@ -469,6 +484,7 @@ impl Actor for MeshActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
         ctx.run_interval(gossip::PROBE_RTT, |act, _| act.follow_swim_members());
+        ctx.run_interval(PUBLISH_EVERY, |act, _| act.flush_peers());
     }
 
     fn stopping(&mut self, _: &mut Context<Self>) -> Running {
@@ -517,6 +533,7 @@ impl Handler<SetPool> for MeshActor {
     fn handle(&mut self, SetPool(pool): SetPool, _: &mut Context<Self>) {
         self.pool = Some(pool);
         self.publish_peers();
+        self.flush_peers();
     }
 }
 

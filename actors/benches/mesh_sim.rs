@@ -4,7 +4,8 @@
 //!
 //! `cargo bench -p buildnet-actors --bench mesh_sim -- --nodes 10,50,200 [--latency-ms 5]
 //! [--jitter-ms 5] [--loss 0.01] [--threads T] [--json]` — a table, or one JSON object per run.
-//! `bench/scale.py` runs it with the targets beside each figure.
+//! `bench/scale.py` runs it with the targets beside each figure, and with `TMPDIR=/dev/shm` so
+//! that the nodes' SQLite files are not all synced to one disk (see there).
 
 use std::time::Duration;
 

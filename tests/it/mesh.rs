@@ -188,6 +188,9 @@ fn a_tampered_or_replayed_frame_closes_the_link_and_a_partition_heals() {
     let b_id = b.node_id();
 
     // A flipped byte: the link closes, the nodes keep serving, and it comes back.
+    let links_closed =
+        |n: &TestNode| n.stderr_text().lines().filter(|l| l.contains("] link ") && l.ends_with(" closed")).count();
+    let closed_before = links_closed(&a);
     pa.set_mode(Mode::FlipOnce);
     pb.set_mode(Mode::FlipOnce);
     wait_until("a frame was tampered with", Duration::from_secs(10), || {
@@ -198,6 +201,11 @@ fn a_tampered_or_replayed_frame_closes_the_link_and_a_partition_heals() {
     });
     pa.set_mode(Mode::Pass);
     pb.set_mode(Mode::Pass);
+    // The node logs the bad frame before it drops the link: wait for the drop, so that "online"
+    // below is the new link, not the old one not yet taken down.
+    wait_until("the tampered link closed", Duration::from_secs(10), || {
+        (links_closed(&a) > closed_before).then_some(())
+    });
     wait_until("relinked after tampering", Duration::from_secs(20), || {
         (a.status_of(&b_id).as_deref() == Some("online")).then_some(())
     });
@@ -205,6 +213,7 @@ fn a_tampered_or_replayed_frame_closes_the_link_and_a_partition_heals() {
     // A replayed frame is refused the same way.
     let before =
         a.stderr_text().matches("does not decrypt").count() + b.stderr_text().matches("does not decrypt").count();
+    let closed_before = links_closed(&a);
     // The link kept between two nodes is the one the smaller id dialled, so replay on both.
     pa.set_mode(Mode::ReplayOnce);
     pb.set_mode(Mode::ReplayOnce);
@@ -217,6 +226,9 @@ fn a_tampered_or_replayed_frame_closes_the_link_and_a_partition_heals() {
         let now =
             a.stderr_text().matches("does not decrypt").count() + b.stderr_text().matches("does not decrypt").count();
         (now > before).then_some(())
+    });
+    wait_until("the replayed link closed", Duration::from_secs(10), || {
+        (links_closed(&a) > closed_before).then_some(())
     });
     wait_until("relinked after replay", Duration::from_secs(20), || {
         (a.status_of(&b_id).as_deref() == Some("online")).then_some(())

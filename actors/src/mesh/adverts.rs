@@ -113,7 +113,7 @@ impl MeshActor {
         peer.advert = Some(status.clone());
         peer.advert_seq = seq;
         self.events.publish(Event::ResourceUpdate { node_id: origin.clone(), resources });
-        self.publish_peers();
+        self.publish_peers_soon();
         if from != origin || self.topology.full_mesh() {
             return;
         }

@@ -38,8 +38,14 @@ impl MeshActor {
             return;
         };
         self.topology = Topology::new(std::iter::once(own).chain(self.peers.values().map(|p| &p.entry)));
+        let before = self.peers.values().filter(|p| p.wanted).count();
         for (id, p) in self.peers.iter_mut() {
             p.wanted = self.topology.linked(&self.me, id);
+        }
+        let after = self.peers.values().filter(|p| p.wanted).count();
+        if after != before {
+            let shape = if self.topology.full_mesh() { "a full mesh" } else { "a grid" };
+            log::info!("topology: {shape}, linking to {after} of {} peers", self.peers.len());
         }
     }
 

@@ -103,7 +103,12 @@ impl MeshActor {
         let handle = MeshHandle { addr: ctx.address() };
         for p in self.peers.values_mut() {
             let needed = p.wanted || p.on_demand_until.is_some_and(|t| t > now);
-            if needed && p.link.is_none() && !p.dialing && !p.entry.revoked && p.next_dial <= now && !p.address.is_empty()
+            if needed
+                && p.link.is_none()
+                && !p.dialing
+                && !p.entry.revoked
+                && p.next_dial <= now
+                && !p.address.is_empty()
             {
                 p.dialing = true;
                 p.next_dial = now + p.backoff;

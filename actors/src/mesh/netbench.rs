@@ -212,7 +212,8 @@ impl Handler<NetworkTest> for MeshActor {
             }
             Err(None) => None,
         };
-        let name = self.peers.get(&msg.peer).map(|p| p.advert.as_ref().map_or(p.entry.name.clone(), |a| a.name.clone()));
+        let name =
+            self.peers.get(&msg.peer).map(|p| p.advert.as_ref().map_or(p.entry.name.clone(), |a| a.name.clone()));
         let (Some(link), Some(name)) = (link, name) else {
             let why = format!("node {} is not online", msg.peer);
             return Box::pin(async move { Err(why) }.into_actor(self));

@@ -79,11 +79,7 @@ impl Topology {
     /// members at the two cells where their rows and columns cross (one or two of them).
     pub fn relays(&self, from: &NodeId, to: &NodeId) -> Vec<&NodeId> {
         let (Some(a), Some(b)) = (self.cells.get(from), self.cells.get(to)) else { return Vec::new() };
-        [(a.0, b.1), (b.0, a.1)]
-            .iter()
-            .filter_map(|c| self.at.get(c))
-            .filter(|r| *r != from && *r != to)
-            .collect()
+        [(a.0, b.1), (b.0, a.1)].iter().filter_map(|c| self.at.get(c)).filter(|r| *r != from && *r != to).collect()
     }
 
     /// Whether `from` reached `me` along `me`'s column (else along its row, or neither).

@@ -22,7 +22,12 @@ impl Handler<Heads> for LedgerActor {
     type Result = Result<Vec<Head>, StoreError>;
 
     fn handle(&mut self, _: Heads, _: &mut Self::Context) -> Self::Result {
-        heads(self.conn()?)
+        if let Some(cached) = &self.heads {
+            return Ok(cached.clone());
+        }
+        let read = heads(self.conn()?)?;
+        self.heads = Some(read.clone());
+        Ok(read)
     }
 }
 
@@ -116,6 +121,7 @@ impl Handler<InsertRemote> for LedgerActor {
         let tx = conn.transaction()?;
         let outcome = insert_batch(&tx, &own, msg.entries)?;
         tx.commit()?;
+        self.heads = None;
         Ok(outcome)
     }
 }
@@ -261,6 +267,8 @@ mod tests {
         let unknown = local.insert_remote(entries.clone()).await;
         assert!(matches!(unknown, Err(BatchError::Refused { .. })), "an origin outside the roster is refused");
         admit(local_dir.path(), &rid);
+        // Heads are read (and kept) before the batch: the kept heads must not hide it below.
+        assert!(local.heads().await.expect("heads").iter().all(|h| h.origin != rid.node_id));
 
         let mut tampered = entries.clone();
         tampered[2].data = serde_json::json!({ "i": 99 });
@@ -283,6 +291,10 @@ mod tests {
         assert!(report.ok, "{report:?}");
         let heads = local.heads().await.expect("heads");
         assert!(heads.iter().any(|h| h.origin == rid.node_id && h.seq == 4));
+        // And an append of our own moves our head in them.
+        let own = local.append(LedgerEntryType::ConfigModified, serde_json::json!({})).await.expect("append");
+        let heads = local.heads().await.expect("heads");
+        assert!(heads.iter().any(|h| h.origin == own.origin && h.seq == own.seq));
         let after = local.entries_after(rid.node_id.clone(), 2, 10).await.expect("entries");
         assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
     }

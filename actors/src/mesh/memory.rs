@@ -443,7 +443,16 @@ mod tests {
             limit: 100,
             ..Default::default()
         };
-        let allocations = b.ledger.query(filter).await.expect("b's ledger");
+        // The executor's entries are committed within `ledger::SOON` of the package, not before
+        // its result: wait for them.
+        let mut allocations = Vec::new();
+        for _ in 0..100 {
+            allocations = b.ledger.query(filter.clone()).await.expect("b's ledger");
+            if allocations.iter().any(|e| e.data["build_id"] == "mem-1") {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(
             allocations.iter().any(|e| e.data["build_id"] == "mem-1" && e.data["for_node"] == ids[0].to_string()),
             "b leased its core for a: {allocations:?}"

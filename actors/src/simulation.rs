@@ -169,6 +169,32 @@ async fn sees(node: &Node, online: &BTreeSet<NodeId>, offline: &BTreeSet<NodeId>
         && offline.iter().all(|id| state(id) == Some(NodeState::Offline))
 }
 
+/// What the first few nodes that do not see every node of `online` online see instead: a
+/// timed-out step says who is lagging and about whom.
+async fn lagging(nodes: &[&Node], online: &BTreeSet<NodeId>) -> String {
+    let mut out = Vec::new();
+    for node in nodes {
+        let peers = node.pool.peers().await;
+        let wrong: Vec<String> = peers
+            .iter()
+            .filter(|p| online.contains(&p.node_id) && p.status != NodeState::Online)
+            .map(|p| format!("{} {}", p.node_id, p.status))
+            .collect();
+        if !wrong.is_empty() {
+            out.push(format!(
+                "{} sees {} of them not online (e.g. {})",
+                node.identity.node_id,
+                wrong.len(),
+                wrong[..wrong.len().min(3)].join(", ")
+            ));
+        }
+        if out.len() == 3 {
+            break;
+        }
+    }
+    out.join("; ")
+}
+
 /// CPU time this process has used (user + system).
 fn cpu_time() -> Duration {
     // SAFETY: getrusage only writes the struct it is given.
@@ -248,7 +274,12 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
     let everyone: Vec<&Node> = nodes.iter().collect();
     let none = BTreeSet::new();
     let all_online =
-        until("all online", &everyone, timeout.max(Duration::from_secs(300)), |node| sees(node, &ids, &none)).await?;
+        match until("all online", &everyone, timeout.max(Duration::from_secs(300)), |node| sees(node, &ids, &none))
+            .await
+        {
+            Ok(took) => took,
+            Err(e) => return Err(format!("{e}; {}", lagging(&everyone, &ids).await)),
+        };
 
     // Idle background traffic and CPU.
     actix_rt::time::sleep(Duration::from_secs(3)).await;

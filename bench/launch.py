@@ -7,7 +7,8 @@ message with the spec, the environment and the package's stdout and stderr), and
 directly as the floor. Prints, per path, the median wall time from the request to the package's
 end as reported (the one-shot launcher reaped; the fork server's `Exited` answer) and the mean
 CPU time (user + system) of everything started for it, from rusage and /proc in clock ticks,
-over interleaved rounds.
+over interleaved rounds (for the fork server, with what closing the package's mount namespace,
+handed back with its exit, costs this process).
 
 Usage: python3 bench/launch.py [--bin PATH] [--runs N]   (builds target/release/buildnet first
 unless --bin is given). As root, packages at landlock+namespaces run as nobody (65534), as on a
@@ -35,7 +36,9 @@ class Server:
         self.next_id = 1
 
     def run(self, spec, env):
-        """Starts one package and waits for its exit; returns (status, cpu_ms as reported)."""
+        """Starts one package and waits for its exit; returns (status, cpu_ms as reported, the
+        descriptors that came with the exit: the package's mount namespace, which the caller
+        closes, as the daemon's `launcher-ns` thread does, outside the timed path)."""
         rid, self.next_id = self.next_id, self.next_id + 1
         out_r, out_w = os.pipe()
         request = json.dumps({"id": rid, "spec": spec, "env": env}).encode()
@@ -45,11 +48,16 @@ class Server:
         os.close(out_w)
         started = json.loads(self.sock.recv(4096))
         assert "Started" in started, started
-        exited = json.loads(self.sock.recv(4096))
+        message, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
+        exited = json.loads(message)
         assert "Exited" in exited, exited
+        attached = array.array("i")
+        for level, kind, data in ancillary:
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                attached.frombytes(data[: len(data) - len(data) % 4])
         os.read(out_r, 65536)
         os.close(out_r)
-        return exited["Exited"]["status"], exited["Exited"]["cpu_ms"]
+        return exited["Exited"]["status"], exited["Exited"]["cpu_ms"], list(attached)
 
     def cpu_ms(self):
         """The server's own CPU time and its reaped packages', from /proc."""
@@ -89,8 +97,9 @@ def main():
                 for path in walls:
                     before = server.cpu_ms() if path == "fork server" else children_cpu_ms()
                     t = time.perf_counter()
+                    attached = []
                     if path == "fork server":
-                        status, _ = server.run(spec, list(env.items()))
+                        status, _, attached = server.run(spec, list(env.items()))
                     else:
                         argv = oneshot if path == "one-shot" else ["true"]
                         status = subprocess.run(argv, env=env, cwd=sandbox).returncode
@@ -98,6 +107,11 @@ def main():
                     assert status == 0, (path, level, status)
                     after = server.cpu_ms() if path == "fork server" else children_cpu_ms()
                     cpu[path] += after - before
+                    # Letting go of the namespace tears it down: the daemon pays that, so it counts.
+                    mine = time.process_time()
+                    for fd in attached:
+                        os.close(fd)
+                    cpu[path] += (time.process_time() - mine) * 1000
             for path, w in walls.items():
                 if path == "true" and level != LEVELS[0]:
                     continue

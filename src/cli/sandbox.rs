@@ -55,5 +55,5 @@ pub fn run(args: SandboxArgs) -> i32 {
     };
     let spec =
         Spec { dir: args.dir.unwrap_or_default(), read_only: args.read_only, level, user: args.user, argv: args.argv };
-    contain::run(&spec, None)
+    contain::run(&spec)
 }

@@ -215,13 +215,44 @@ fn latest_build(node: &TestNode) -> Value {
     node.get(&format!("/api/build/{id}")).1
 }
 
+/// The parent of a process, from outside any namespace it is in.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The node's fork server: its child running `sandbox-exec --serve`.
 fn launcher_of(node: &TestNode) -> Option<u32> {
-    let parent_of = |pid: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-    };
     processes_with("sandbox-exec --serve").into_iter().find(|pid| parent_of(*pid) == Some(node.child.id()))
+}
+
+#[test]
+fn a_contained_package_is_pid_1_of_its_namespace_and_its_launchers_own_child() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    assert_eq!(node.get("/api/node").1["sandbox"], "landlock+namespaces");
+    let work = tempfile::tempdir().expect("tempdir");
+    // A sleep of under two seconds that no other test's package matches.
+    let marker = format!("1.{:03}7", std::process::id() % 1000);
+    write_manifest(
+        work.path(),
+        &format!("[packages.pid]\nshell = \"echo pid=$$\"\n[packages.slow]\ncommand = [\"sleep\", \"{marker}\"]\n"),
+    );
+    let mut child = build_in_background(&node, work.path(), &["--local-only"]);
+    let sleeping = wait_until("the package runs", Duration::from_secs(20), || {
+        processes_with(&format!("sleep {marker}")).first().copied()
+    });
+    let launcher = launcher_of(&node).expect("the node starts packages through its fork server");
+    // The server makes the package in its namespaces with one clone: no launcher waits between.
+    assert_eq!(parent_of(sleeping), Some(launcher), "the package is the fork server's own child");
+    let ended = wait_until("the build ends", Duration::from_secs(30), || child.try_wait().ok().flatten());
+    assert!(ended.success());
+    let build = latest_build(&node);
+    let packages = build["packages"].as_array().expect("packages");
+    let pid = packages.iter().find(|p| p["name"] == "pid").expect("the pid package");
+    assert_eq!(pid["output_tail"].as_str().unwrap_or_default().trim(), "pid=1", "{build}");
+    let slow = packages.iter().find(|p| p["name"] == "slow").expect("the slow package");
+    assert_eq!(slow["exit_code"], 0, "{build}");
 }
 
 #[test]

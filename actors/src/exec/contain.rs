@@ -1,8 +1,8 @@
 //! Containment: what a package may see and touch. The daemon never restricts itself; every
 //! package starts in a single-threaded launcher process — a child of the node's fork server
 //! (`buildnet sandbox-exec --serve`, see [`super::forkserver`]), or the one-shot `buildnet
-//! sandbox-exec -- …` — which runs [`run`]: it restricts itself step by step and then execs the
-//! command:
+//! sandbox-exec -- …` — which runs [`run`] (or, made by the fork server's `clone` already in
+//! its namespaces, [`run_as_pid1`]): it restricts itself step by step and then execs the command:
 //!
 //! 1. **Namespaces** (when the kernel allows): a new PID namespace, so the package sees no other
 //!    process and everything it starts dies with it, and a private mount namespace with its own
@@ -20,7 +20,6 @@
 //! A level that was asked for and cannot be applied is an error: the package does not run.
 
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -81,84 +80,61 @@ fn ns<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> ContainError {
     move |e| ContainError::Namespaces(format!("{what}: {e}"))
 }
 
-/// Restricts this process as `spec` says and execs the command. Returns only on failure, having
-/// said why on stderr (the package's), with the exit code to end with. With namespaces, the
-/// launcher forks: the parent waits and exits with the package's status, and first writes that
-/// status and the CPU time to `report` (an [`Ended`]) when given one — its exit then tears the
-/// mount namespace down, which waits for an RCU grace period (`synchronize_rcu_expedited`,
-/// milliseconds on a loaded machine) that the package's result need not wait for.
-pub fn run(spec: &Spec, report: Option<OwnedFd>) -> i32 {
-    let failure = match contain_and_exec(spec, report) {
+/// Restricts this process as `spec` says and execs the command (the one-shot launcher, and the
+/// fork server's child at a level without namespaces). Returns only on failure, having said why
+/// on stderr (the package's), with the exit code to end with. With namespaces, the launcher
+/// unshares them and forks, so that the package is PID 1 of its own PID namespace; the parent
+/// waits and exits with the package's status.
+pub fn run(spec: &Spec) -> i32 {
+    let failure = match contain_and_exec(spec) {
         Ok(never) => match never {},
         Err(e) => e,
     };
+    said(failure)
+}
+
+/// The fork server's child, made by `clone` directly in the namespaces `namespaces` describes
+/// (PID 1 of its PID namespace; no waiting parent in between): finishes the containment and
+/// execs the command. Returns only on failure, as [`run`].
+pub fn run_as_pid1(spec: &Spec, namespaces: &Namespaces) -> i32 {
+    let failure = match namespaces.map_user().and_then(|()| confine(spec, true)) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    said(failure)
+}
+
+fn said(failure: ContainError) -> i32 {
     eprintln!("buildnet sandbox-exec: {failure}");
     CANNOT_CONTAIN
 }
 
 enum Never {}
 
-/// How a namespace launcher's package ended, as it reports it before exiting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ended {
-    /// The launcher's exit code-to-be (the package's, or 128 + its signal).
-    pub code: i32,
-    /// The CPU time of the launcher and everything it reaped, in ms.
-    pub cpu_ms: u64,
-}
-
-impl Ended {
-    pub const SIZE: usize = 12;
-
-    pub fn to_bytes(self) -> [u8; Ended::SIZE] {
-        let mut b = [0u8; Ended::SIZE];
-        b[..4].copy_from_slice(&self.code.to_ne_bytes());
-        b[4..].copy_from_slice(&self.cpu_ms.to_ne_bytes());
-        b
+fn contain_and_exec(spec: &Spec) -> Result<Never, ContainError> {
+    if !spec.level.has_namespaces() {
+        return confine(spec, false);
     }
-
-    pub fn from_bytes(b: &[u8; Ended::SIZE]) -> Ended {
-        let (code, cpu) = b.split_at(4);
-        let code = i32::from_ne_bytes(code.try_into().unwrap_or_default());
-        Ended { code, cpu_ms: u64::from_ne_bytes(cpu.try_into().unwrap_or_default()) }
+    let namespaces = Namespaces::here();
+    unshare(namespaces.flags()).map_err(ns("unshare"))?;
+    namespaces.map_user()?;
+    // SAFETY: the one-shot launcher is single-threaded (a fresh exec that started no threads), so
+    // the child may do anything after fork.
+    if let ForkResult::Parent { child } = unsafe { fork() }.map_err(ns("fork"))? {
+        let code = wait_for(child);
+        // `_exit`: nothing to flush, and Rust's and libc's exit handlers cost ~0.1 ms.
+        // SAFETY: ends this process; it holds nothing that needs cleaning up.
+        unsafe { libc::_exit(code) }
     }
+    confine(spec, true)
 }
 
-/// The CPU time of this process and of the children it reaped, in ms.
-fn own_and_reaped_cpu_ms() -> u64 {
-    [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN]
-        .into_iter()
-        .map(|who| {
-            // SAFETY: zeroed rusage is a valid value of a plain C struct; the kernel overwrites it.
-            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: getrusage fills the struct it is given.
-            unsafe { libc::getrusage(who, &mut usage) };
-            super::sandbox::cpu_ms(&usage)
-        })
-        .sum()
-}
-
-fn contain_and_exec(spec: &Spec, report: Option<OwnedFd>) -> Result<Never, ContainError> {
+/// The rest of the containment, in this process: with `in_namespaces`, it is PID 1 of a new PID
+/// namespace in a new mount namespace and mounts its own `/proc` (and, for `nobody`, what it may
+/// reach); then the user, the working directory, Landlock and the exec.
+fn confine(spec: &Spec, in_namespaces: bool) -> Result<Never, ContainError> {
     let root = Uid::effective().is_root();
-    if spec.level.has_namespaces() {
-        enter_namespaces(root)?;
-        // SAFETY: the launcher is single-threaded (a fresh exec that started no threads), so the
-        // child may do anything after fork.
-        match unsafe { fork() }.map_err(ns("fork"))? {
-            ForkResult::Parent { child } => {
-                let code = wait_for(child);
-                if let Some(report) = report {
-                    let ended = Ended { code, cpu_ms: own_and_reaped_cpu_ms() };
-                    let _ = nix::unistd::write(&report, &ended.to_bytes());
-                }
-                // `_exit`: nothing to flush, and Rust's and libc's exit handlers cost ~0.1 ms.
-                // SAFETY: ends this process; it holds nothing that needs cleaning up.
-                unsafe { libc::_exit(code) }
-            }
-            // The package does not get it (it is also close-on-exec).
-            ForkResult::Child => drop(report),
-        }
-        // PID 1 of the new namespace from here on.
+    if in_namespaces {
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
             .map_err(ns("private mounts"))?;
         if root && spec.user.is_some() {
@@ -177,19 +153,43 @@ fn contain_and_exec(spec: &Spec, report: Option<OwnedFd>) -> Result<Never, Conta
     exec(&spec.argv)
 }
 
-fn enter_namespaces(root: bool) -> Result<(), ContainError> {
-    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
-    if root {
-        return unshare(flags).map_err(ns("unshare"));
+/// The namespaces a package gets, as seen from the process that makes them: PID and mount, and a
+/// user namespace when that process is not root (it needs one to be allowed to mount `/proc`).
+#[derive(Debug, Clone, Copy)]
+pub struct Namespaces {
+    root: bool,
+    /// Who the maker is outside, mapped to root inside a new user namespace.
+    uid: Uid,
+    gid: Gid,
+}
+
+impl Namespaces {
+    /// The namespaces this process would make.
+    pub fn here() -> Namespaces {
+        Namespaces { root: Uid::effective().is_root(), uid: Uid::current(), gid: Gid::current() }
     }
-    let (uid, gid) = (Uid::current(), Gid::current());
-    flags |= CloneFlags::CLONE_NEWUSER;
-    unshare(flags).map_err(ns("unshare"))?;
-    // Inside, this user is root of its own namespace (needed to mount /proc) and nobody else.
-    std::fs::write("/proc/self/setgroups", "deny").map_err(ns("setgroups"))?;
-    std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")).map_err(ns("uid_map"))?;
-    std::fs::write("/proc/self/gid_map", format!("0 {gid} 1")).map_err(ns("gid_map"))?;
-    Ok(())
+
+    /// The `unshare`/`clone` flags that make them.
+    pub fn flags(&self) -> CloneFlags {
+        let flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+        if self.root {
+            flags
+        } else {
+            flags | CloneFlags::CLONE_NEWUSER
+        }
+    }
+
+    /// Inside a new user namespace, maps the maker to its root (needed to mount `/proc`) and
+    /// nobody else; nothing to do without one.
+    fn map_user(&self) -> Result<(), ContainError> {
+        if self.root {
+            return Ok(());
+        }
+        std::fs::write("/proc/self/setgroups", "deny").map_err(ns("setgroups"))?;
+        std::fs::write("/proc/self/uid_map", format!("0 {} 1", self.uid)).map_err(ns("uid_map"))?;
+        std::fs::write("/proc/self/gid_map", format!("0 {} 1", self.gid)).map_err(ns("gid_map"))?;
+        Ok(())
+    }
 }
 
 /// The exit code that tells the package's fate, as a shell would.
@@ -339,8 +339,8 @@ fn exec(argv: &[String]) -> Result<Never, ContainError> {
 /// What this kernel lets a package be contained with, found by trying it in this (throwaway)
 /// process: `buildnet sandbox-exec --probe` prints it.
 pub fn probe() -> SandboxLevel {
-    let root = Uid::effective().is_root();
-    let namespaces = enter_namespaces(root).is_ok();
+    let here = Namespaces::here();
+    let namespaces = unshare(here.flags()).is_ok() && here.map_user().is_ok();
     let landlock = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(LANDLOCK_ABI))

@@ -7,16 +7,23 @@
 //! connected by a socketpair handed over as its stdin: no path on disk, nothing else can reach it.
 //!
 //! Per package the daemon sends a [`Request`] — the [`Spec`] and the environment — with the
-//! package's stdout and stderr (SCM_RIGHTS) in one `SOCK_SEQPACKET` message. The server forks;
-//! the child makes itself a process group, takes those descriptors as 1 and 2, closes every
-//! other one (the package inherits nothing of the server's or the daemon's) and runs
-//! [`contain::run`], the same containment the one-shot launcher runs. The server answers
-//! `Started` with the pid (the daemon can still `kill(-pgid)` on cancel), and when the child
-//! exits it kills what is left of the group, reaps the child and answers `Exited` with the wait
-//! status and its CPU time — or earlier, when a namespace launcher reports its package's end on
-//! its report pipe before its own exit tears the mount namespace down (see [`contain::run`]).
+//! package's stdout and stderr (SCM_RIGHTS) in one `SOCK_SEQPACKET` message. The server makes
+//! the child with one `clone`, already in its new PID and mount namespaces when the level has
+//! them (the package is PID 1 there, the server's own child: one fork per package, not a fork, an
+//! `unshare` and another fork). The child makes itself a process group, takes those descriptors as
+//! 1 and 2, closes every other one (the package inherits nothing of the server's or the daemon's)
+//! and finishes the containment ([`contain::run_as_pid1`], or [`contain::run`] without
+//! namespaces: the code the one-shot launcher runs). The server answers `Started` with the pid
+//! (the daemon can still `kill(-pgid)` on cancel), and when the child exits it kills what is left
+//! of the group, reaps the child and answers `Exited` with the wait status and its CPU time.
 //! Replies carry the request's id, so any number of packages are in flight at once; the server
-//! polls the socket, the report pipes and a signalfd for SIGCHLD.
+//! polls the socket and a signalfd for SIGCHLD.
+//!
+//! The last reference to a mount namespace tears it down, and that waits for an RCU grace period
+//! (`namespace_unlock` → `synchronize_rcu_expedited`: milliseconds on a loaded 2-vCPU machine).
+//! So that neither the package's result nor the server waits for it, the server holds each
+//! child's mount namespace (`/proc/<pid>/ns/mnt`) while it runs and hands it to the daemon with
+//! `Exited`, where a thread of its own lets go of it.
 //!
 //! Failure: when the server dies, the daemon's reader thread sees the socket close; every package
 //! in flight fails with an error naming the launcher (and its group is killed by the daemon), and
@@ -34,19 +41,19 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::{fcntl, FcntlArg};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{
-    recv, recvmsg, send, sendmsg, shutdown, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    Shutdown, SockFlag, SockType,
+    recvmsg, sendmsg, shutdown, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, Shutdown,
+    SockFlag, SockType,
 };
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
-use nix::unistd::{dup2_stderr, dup2_stdout, fork, pipe2, setpgid, ForkResult, Pid};
+use nix::unistd::{dup2_stderr, dup2_stdout, setpgid, Pid};
 use serde::{Deserialize, Serialize};
 
-use super::contain::{self, Spec, CANNOT_CONTAIN};
+use super::contain::{self, Namespaces, Spec, CANNOT_CONTAIN};
 use super::sandbox::try_reap;
 
 /// The largest request: a package's command and environment. A `SOCK_SEQPACKET` message must fit
@@ -110,19 +117,20 @@ pub fn serve() -> i32 {
     code
 }
 
-/// A child of the server: the request it serves, and whether its end was reported already.
+/// A child of the server: the request it serves, and its mount namespace (see the module's
+/// documentation) when it has one of its own.
 struct Started {
     id: u64,
-    reported: bool,
+    mount_namespace: Option<OwnedFd>,
 }
 
 struct Server {
     socket: OwnedFd,
     exits: SignalFd,
+    /// The namespaces a package gets at a level that has them.
+    namespaces: Namespaces,
     /// Started packages not yet reaped, by pid (which is also their process group).
     children: HashMap<Pid, Started>,
-    /// The read ends of the namespace launchers' early reports ([`contain::Ended`]), by pid.
-    reports: Vec<(Pid, OwnedFd)>,
     buf: Vec<u8>,
 }
 
@@ -149,28 +157,22 @@ impl Server {
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).map_err(|e| format!("sigprocmask: {e}"))?;
         let exits = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| format!("signalfd: {e}"))?;
-        Ok(Server { socket, exits, children: HashMap::new(), reports: Vec::new(), buf: vec![0; MAX_REQUEST + 1] })
+        let namespaces = Namespaces::here();
+        Ok(Server { socket, exits, namespaces, children: HashMap::new(), buf: vec![0; MAX_REQUEST + 1] })
     }
 
     fn run(&mut self) -> Result<(), String> {
         loop {
-            let mut fds = vec![
+            let mut fds = [
                 PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.exits.as_fd(), PollFlags::POLLIN),
             ];
-            fds.extend(self.reports.iter().map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)));
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(format!("poll: {e}")),
             }
-            let ready: Vec<bool> = fds.iter().map(|fd| fd.revents().is_some_and(|r| !r.is_empty())).collect();
-            drop(fds);
-            let reported: Vec<usize> = (0..self.reports.len()).filter(|i| ready[2 + i]).collect();
-            for i in reported.into_iter().rev() {
-                let (pid, fd) = self.reports.swap_remove(i);
-                self.take_report(pid, fd)?;
-            }
+            let ready = fds.map(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
             if ready[1] {
                 while let Ok(Some(_)) = self.exits.read_signal() {}
                 self.reap()?;
@@ -179,21 +181,6 @@ impl Server {
                 return Ok(());
             }
         }
-    }
-
-    /// A namespace launcher's early report: the package's end, answered before the launcher's
-    /// own exit (and its mount namespace's teardown) is over. Nothing there (the launcher exec'd
-    /// the package itself, or died) leaves the answer to the reaping.
-    fn take_report(&mut self, pid: Pid, fd: OwnedFd) -> Result<(), String> {
-        let mut bytes = [0u8; contain::Ended::SIZE];
-        if !matches!(nix::unistd::read(&fd, &mut bytes), Ok(n) if n == bytes.len()) {
-            return Ok(());
-        }
-        let ended = contain::Ended::from_bytes(&bytes);
-        let Some(child) = self.children.get_mut(&pid).filter(|c| !c.reported) else { return Ok(()) };
-        child.reported = true;
-        let reply = Reply::Exited { id: child.id, status: (ended.code & 0xff) << 8, cpu_ms: ended.cpu_ms };
-        self.reply(&reply)
     }
 
     /// Takes one request and starts it; false when the daemon has closed the socket.
@@ -232,21 +219,26 @@ impl Server {
 
     fn start(&mut self, request: Request, stdout: OwnedFd, stderr: OwnedFd) -> Reply {
         let id = request.id;
-        let (report_read, report_write) = match pipe2(OFlag::O_CLOEXEC) {
-            Ok(ends) => ends,
-            Err(e) => return Reply::NotStarted { id, error: format!("the launcher could not make a pipe: {e}") },
-        };
-        // SAFETY: this process is single-threaded (it starts no threads), so the child may do
-        // anything after fork.
-        match unsafe { fork() } {
-            Err(e) => Reply::NotStarted { id, error: format!("the launcher could not fork: {e}") },
-            Ok(ForkResult::Child) => become_package(request, stdout, stderr, report_write),
-            Ok(ForkResult::Parent { child }) => {
+        let namespaces = request.spec.level.has_namespaces().then_some(self.namespaces);
+        let flags = namespaces.map(|n| n.flags().bits()).unwrap_or(0) | libc::SIGCHLD;
+        // A fork that makes the child in its namespaces (no stack given: it runs on a copy of
+        // this one, as after fork). SAFETY: this process is single-threaded (it starts no
+        // threads), so the child may do anything; the raw system call runs no `atfork` handlers,
+        // and this process registers none.
+        let pid = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+        match pid {
+            -1 => Reply::NotStarted { id, error: format!("the launcher could not fork: {}", Errno::last()) },
+            0 => become_package(request, stdout, stderr, namespaces),
+            pid => {
+                let child = Pid::from_raw(pid as libc::pid_t);
                 // Also here, so the group exists before the daemon can signal it.
                 let _ = setpgid(child, child);
-                self.children.insert(child, Started { id, reported: false });
-                self.reports.push((child, report_read));
-                Reply::Started { id, pid: child.as_raw() as u32 }
+                // Gone already (it failed, or the package was quicker than this): its exit paid
+                // for the teardown, and nothing is lost but time.
+                let mount_namespace =
+                    namespaces.and_then(|_| std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok()).map(OwnedFd::from);
+                self.children.insert(child, Started { id, mount_namespace });
+                Reply::Started { id, pid: pid as u32 }
             }
         }
     }
@@ -268,16 +260,23 @@ impl Server {
             let _ = killpg(pid, Signal::SIGKILL);
             let reaped = try_reap(pid.as_raw() as u32).map_err(|e| format!("wait4: {e}"))?;
             let (Some((status, cpu_ms)), Some(child)) = (reaped, self.children.remove(&pid)) else { continue };
-            if !child.reported {
-                self.reply(&Reply::Exited { id: child.id, status: status.into_raw(), cpu_ms })?;
-            }
+            let reply = Reply::Exited { id: child.id, status: status.into_raw(), cpu_ms };
+            self.reply_with(&reply, child.mount_namespace.as_ref())?;
         }
     }
 
     fn reply(&self, reply: &Reply) -> Result<(), String> {
+        self.reply_with(reply, None)
+    }
+
+    /// Answers the daemon, handing it `fd` with the answer when there is one.
+    fn reply_with(&self, reply: &Reply, fd: Option<&OwnedFd>) -> Result<(), String> {
         let bytes = serde_json::to_vec(reply).map_err(|e| e.to_string())?;
+        let fds: Vec<RawFd> = fd.iter().map(|fd| fd.as_raw_fd()).collect();
+        let attached: &[ControlMessage] = if fds.is_empty() { &[] } else { &[ControlMessage::ScmRights(&fds)] };
         loop {
-            match send(self.socket.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL) {
+            let message = [IoSlice::new(&bytes)];
+            match sendmsg::<()>(self.socket.as_raw_fd(), &message, attached, MsgFlags::MSG_NOSIGNAL, None) {
                 Ok(_) => return Ok(()),
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(format!("answering the daemon: {e}")),
@@ -286,38 +285,28 @@ impl Server {
     }
 }
 
-/// The report pipe's write end in the launcher child (close-on-exec: the package never has it).
-const REPORT_FD: RawFd = 3;
-
-/// The child of the fork: the package's process group, stdout and stderr, environment, then the
-/// containment and the exec. Never returns.
-fn become_package(request: Request, stdout: OwnedFd, stderr: OwnedFd, report: OwnedFd) -> ! {
+/// The child of the clone: the package's process group, stdout and stderr, environment, then the
+/// rest of the containment and the exec. Never returns.
+fn become_package(request: Request, stdout: OwnedFd, stderr: OwnedFd, namespaces: Option<Namespaces>) -> ! {
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    // SAFETY: dup2 onto a descriptor number this child is about to close anyway; the copy there
-    // is then owned by this child alone (the original is let go of below, not closed).
-    let moved = (unsafe { libc::dup2(report.as_raw_fd(), REPORT_FD) } == REPORT_FD)
-        .then(|| unsafe { OwnedFd::from_raw_fd(REPORT_FD) })
-        .filter(|fd| fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).is_ok());
-    let Some(moved) = moved else {
-        // SAFETY: _exit ends this forked child without running the server's exit handlers.
-        unsafe { libc::_exit(CANNOT_CONTAIN) }
-    };
     if dup2_stdout(&stdout).is_err() || dup2_stderr(&stderr).is_err() {
         // SAFETY: _exit ends this forked child without running the server's exit handlers.
         unsafe { libc::_exit(CANNOT_CONTAIN) }
     }
-    // The socket, the signalfd, other packages' report pipes and these originals: nothing of the
-    // server's or the daemon's reaches the package (nor a namespace launcher waiting for it,
-    // which would keep the socket open after the server died).
-    let _ = (stdout.into_raw_fd(), stderr.into_raw_fd(), report.into_raw_fd());
-    close_from(REPORT_FD + 1);
+    // The socket, the signalfd, other packages' mount namespaces and these originals: nothing of
+    // the server's or the daemon's reaches the package.
+    let _ = (stdout.into_raw_fd(), stderr.into_raw_fd());
+    close_from(3);
     for (name, _) in std::env::vars_os() {
         std::env::remove_var(name);
     }
     for (name, value) in &request.env {
         std::env::set_var(name, value);
     }
-    let code = contain::run(&request.spec, Some(moved));
+    let code = match namespaces {
+        Some(namespaces) => contain::run_as_pid1(&request.spec, &namespaces),
+        None => contain::run(&request.spec),
+    };
     // SAFETY: as above.
     unsafe { libc::_exit(code) }
 }
@@ -434,9 +423,17 @@ impl Connection {
             next_id: AtomicU64::new(1),
             waiting: Mutex::new(Waiting::default()),
         });
+        // Lets go of the packages' mount namespaces, off the reader's path (see the module's
+        // documentation): the teardown each last reference starts waits for an RCU grace period.
+        let (release, released) = mpsc::channel::<OwnedFd>();
+        let releaser =
+            std::thread::Builder::new().name("launcher-ns".into()).spawn(move || released.iter().for_each(drop));
+        if let Err(e) = releaser {
+            return Err(cannot(&e));
+        }
         let reader = connection.clone();
         let spawned = std::thread::Builder::new().name("launcher".into()).spawn(move || {
-            let why = reader.read_replies();
+            let why = reader.read_replies(&release);
             // The socket is closed or unusable: this server is done with, dead or not.
             let _ = child.kill();
             let ended = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
@@ -471,16 +468,31 @@ impl Connection {
         }
     }
 
-    /// Hands replies to the packages they are about until the socket closes; returns why it did.
-    fn read_replies(&self) -> String {
+    /// Hands replies to the packages they are about until the socket closes, and the descriptors
+    /// that come with them to `release`; returns why it stopped.
+    fn read_replies(&self, release: &mpsc::Sender<OwnedFd>) -> String {
         let mut buf = vec![0u8; 4096];
         loop {
-            let n = match recv(self.socket.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-                Ok(0) => return "its socket closed".into(),
-                Ok(n) => n,
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let mut space = nix::cmsg_space!([RawFd; 1]);
+            let flags = MsgFlags::MSG_CMSG_CLOEXEC;
+            let msg = match recvmsg::<()>(self.socket.as_raw_fd(), &mut iov, Some(&mut space), flags) {
+                Ok(m) => m,
                 Err(Errno::EINTR) => continue,
                 Err(e) => return format!("reading its socket: {e}"),
             };
+            let n = msg.bytes;
+            let mut attached: Vec<OwnedFd> = Vec::new();
+            for cmsg in msg.cmsgs().into_iter().flatten() {
+                if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                    // SAFETY: descriptors just received are new in this process and owned by nobody
+                    // else.
+                    attached.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
+            }
+            if n == 0 {
+                return "its socket closed".into();
+            }
             let reply = match serde_json::from_slice::<Reply>(&buf[..n]) {
                 Ok(r) => r,
                 Err(e) => return format!("an unreadable reply: {e}"),
@@ -496,6 +508,8 @@ impl Connection {
             if let Some(tx) = tx {
                 let _ = tx.send(event);
             }
+            drop(waiting);
+            attached.into_iter().for_each(|fd| drop(release.send(fd)));
         }
     }
 

@@ -21,6 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use actix::{Arbiter, ArbiterHandle};
+use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::config::NodeConfig;
@@ -126,38 +127,43 @@ async fn start_node_on(arbiter: &ArbiterHandle, net: &MemoryNet, dir: &Path, i: 
     rx.await.map_err(|_| format!("node {i} did not start: its thread stopped"))?
 }
 
-/// Polls until `ok` holds on every node in `nodes`; how long it took.
+/// Polls until `ok` holds on every node in `nodes`; how long it took. Every round asks all
+/// the nodes at once: asked one after another, a round over 200 loaded engines took minutes
+/// (each answer waits its turn on an engine thread), which both timed the polling rather than
+/// the mesh and let a step time out while it had long been done.
 async fn until<'a, F, Fut>(what: &str, nodes: &[&'a Node], timeout: Duration, ok: F) -> Result<Duration, String>
 where
     F: Fn(&'a Node) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    until_round(what, nodes.len(), timeout, || async {
+        join_all(nodes.iter().map(|n| ok(n))).await.into_iter().filter(|done| *done).count()
+    })
+    .await
+}
+
+/// Runs `round` (which says how many of `of` nodes are done) until all are; how long it took.
+async fn until_round<F, Fut>(what: &str, of: usize, timeout: Duration, round: F) -> Result<Duration, String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
     let started = Instant::now();
     let mut reported = Instant::now();
     loop {
-        let mut all = true;
-        for n in nodes {
-            if !ok(n).await {
-                all = false;
-                break;
-            }
-        }
-        if all {
+        let done = round().await;
+        if done == of {
             return Ok(started.elapsed());
         }
         if reported.elapsed() > Duration::from_secs(10) {
             reported = Instant::now();
-            let mut done = 0;
-            for n in nodes {
-                done += usize::from(ok(n).await);
-            }
-            eprintln!("{what}: {done} of {} nodes after {:.0?}", nodes.len(), started.elapsed());
+            eprintln!("{what}: {done} of {of} nodes after {:.0?}", started.elapsed());
         }
         if started.elapsed() > timeout {
-            return Err(format!("{what}: not within {timeout:?}"));
+            return Err(format!("{what}: not within {timeout:?} ({done} of {of} nodes)"));
         }
         // A round over 200 nodes is itself work on the engines' threads: poll big meshes less.
-        actix_rt::time::sleep(Duration::from_millis(if nodes.len() > 50 { 100 } else { 20 })).await;
+        actix_rt::time::sleep(Duration::from_millis(if of > 50 { 100 } else { 20 })).await;
     }
 }
 
@@ -218,8 +224,8 @@ async fn identical_heads(net: &MemoryNet, nodes: &[&Node], timeout: Duration) ->
     let mut reported = Instant::now();
     loop {
         let mut groups: Vec<(Vec<Head>, usize)> = Vec::new();
-        for node in nodes {
-            let heads = sorted_heads(node.ledger.heads().await.map_err(|e| e.to_string())?);
+        for heads in join_all(nodes.iter().map(|node| node.ledger.heads())).await {
+            let heads = sorted_heads(heads.map_err(|e| e.to_string())?);
             match groups.iter_mut().find(|(h, _)| *h == heads) {
                 Some((_, count)) => *count += 1,
                 None => groups.push((heads, 1)),
@@ -322,24 +328,11 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
     net.silence(&nodes[c].address);
     let remaining: Vec<&Node> =
         nodes.iter().enumerate().filter(|(i, _)| *i != victim && *i != c).map(|(_, x)| x).collect();
-    let agreed = std::cell::RefCell::new(None::<NodeId>);
-    let failover = until("a new coordinator everywhere", &remaining, timeout, |node| {
-        let agreed = &agreed;
-        let old = &coordinator;
-        async move {
-            let Some(view) = node.mesh.view().await else { return false };
-            if view.coordinator == *old {
-                return false;
-            }
-            let mut agreed = agreed.borrow_mut();
-            match agreed.as_ref() {
-                None => {
-                    *agreed = Some(view.coordinator);
-                    true
-                }
-                Some(c) => *c == view.coordinator,
-            }
-        }
+    // Done when every live node names the same coordinator, not the old one.
+    let failover = until_round("a new coordinator everywhere", remaining.len(), timeout, || async {
+        let views = join_all(remaining.iter().map(|node| node.mesh.view())).await;
+        let named: Vec<NodeId> = views.into_iter().flatten().map(|v| v.coordinator).collect();
+        named.iter().filter(|c| **c != coordinator).map(|c| named.iter().filter(|x| *x == c).count()).max().unwrap_or(0)
     })
     .await?;
 

@@ -53,25 +53,61 @@ const MAX_PACKET: usize = 1400;
 /// A link to a peer gossip holds down that has carried nothing back this long after an
 /// announcement is closed and the peer dialled again (see [`MeshActor::reconcile_down_links`]).
 const STALLED_LINK: Duration = Duration::from_secs(3);
+/// Relayed messages remembered to drop the second copy of (two relays pass on each).
+const RELAYED_SEEN: usize = 128;
 /// Deepest nesting a SWIM header or member may have (they need three levels).
 const MAX_DEPTH: usize = 8;
 
 /// Who a SWIM message is about: a node in one run of its life.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "SwimIdWire", into = "SwimIdWire")]
 pub struct SwimId {
     pub node: NodeId,
     pub generation: u64,
+    /// The node id's 64 bits, foca's `Addr`: foca compares and copies the address of every
+    /// member for every update it applies, and with the id as a `String` that was a quarter of
+    /// all CPU while 200 simulated nodes joined (a heap copy per member per update).
+    addr: u64,
+}
+
+/// What goes on the wire: the node id and the generation (the address is derived).
+#[derive(Serialize, Deserialize)]
+struct SwimIdWire {
+    node: NodeId,
+    generation: u64,
+}
+
+impl SwimId {
+    pub fn new(node: NodeId, generation: u64) -> SwimId {
+        // A node id is 16 lowercase hex digits (checked when it is parsed), so this never falls
+        // back; if it did, ids would only share an address, not be confused (foca keeps the
+        // newer generation).
+        let addr = u64::from_str_radix(node.as_str(), 16).unwrap_or(0);
+        SwimId { node, generation, addr }
+    }
+}
+
+impl From<SwimIdWire> for SwimId {
+    fn from(wire: SwimIdWire) -> SwimId {
+        SwimId::new(wire.node, wire.generation)
+    }
+}
+
+impl From<SwimId> for SwimIdWire {
+    fn from(id: SwimId) -> SwimIdWire {
+        SwimIdWire { node: id.node, generation: id.generation }
+    }
 }
 
 impl foca::Identity for SwimId {
-    type Addr = NodeId;
+    type Addr = u64;
 
     fn renew(&self) -> Option<Self> {
-        Some(SwimId { node: self.node.clone(), generation: self.generation + 1 })
+        Some(SwimId { node: self.node.clone(), generation: self.generation + 1, addr: self.addr })
     }
 
-    fn addr(&self) -> NodeId {
-        self.node.clone()
+    fn addr(&self) -> u64 {
+        self.addr
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
@@ -143,6 +179,17 @@ impl Codec<SwimId> for MsgpackCodec {
     }
 }
 
+/// `data` (a SWIM message whose header is `header`) sent to `dst` instead.
+fn readdress(data: &[u8], mut header: Header<SwimId>, dst: SwimId) -> Option<Vec<u8>> {
+    let header_len = 2 + usize::from(u16::from_be_bytes([*data.first()?, *data.get(1)?]));
+    let rest = data.get(header_len..)?;
+    header.dst = dst;
+    let mut out = Vec::with_capacity(data.len() + 16);
+    MsgpackCodec.encode_header(&header, &mut out).ok()?;
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
 /// The sender a SWIM message names, read before foca sees it.
 pub fn sender_of(data: &[u8]) -> Option<NodeId> {
     MsgpackCodec.decode_header(data).ok().map(|h| h.src.node)
@@ -183,6 +230,8 @@ pub(super) struct Swim {
     foca: Foca<SwimId, MsgpackCodec, SmallRng, NoCustomBroadcast>,
     runtime: AccumulatingRuntime<SwimId>,
     members: usize,
+    /// Fingerprints of the last relayed messages taken (see [`MeshActor::on_swim_relayed`]).
+    relayed_seen: std::collections::VecDeque<u64>,
 }
 
 impl Swim {
@@ -191,12 +240,27 @@ impl Swim {
         let seed = u64::from_le_bytes(
             *blake3::hash(format!("{me}/{generation}").as_bytes()).as_bytes().first_chunk().unwrap_or(&[0; 8]),
         );
-        let identity = SwimId { node: me, generation };
+        let identity = SwimId::new(me, generation);
         Swim {
             foca: Foca::new(identity, config(1), SmallRng::seed_from_u64(seed), MsgpackCodec),
             runtime: AccumulatingRuntime::new(),
             members: 1,
+            relayed_seen: std::collections::VecDeque::with_capacity(RELAYED_SEEN),
         }
+    }
+
+    /// Whether a relayed message with these bytes was taken already (of the last
+    /// [`RELAYED_SEEN`]); remembers it if not.
+    fn relayed_before(&mut self, data: &[u8]) -> bool {
+        let fingerprint = u64::from_le_bytes(*blake3::hash(data).as_bytes().first_chunk().unwrap_or(&[0; 8]));
+        if self.relayed_seen.contains(&fingerprint) {
+            return true;
+        }
+        if self.relayed_seen.len() == RELAYED_SEEN {
+            self.relayed_seen.pop_front();
+        }
+        self.relayed_seen.push_back(fingerprint);
+        false
     }
 
     /// Retunes the retransmission count as the roster grows (times stay fixed).
@@ -230,7 +294,7 @@ impl MeshActor {
     /// A new link: introduce ourselves to the peer's SWIM (its reply names its generation).
     pub(super) fn swim_link_up(&mut self, ctx: &mut Context<Self>, peer: &NodeId) {
         self.swim.resize(self.peers.len() + 1);
-        let guess = SwimId { node: peer.clone(), generation: 0 };
+        let guess = SwimId::new(peer.clone(), 0);
         if let Err(e) = self.swim.foca.announce(guess, &mut self.swim.runtime) {
             log::debug!("SWIM announce to {peer}: {e}");
         }
@@ -259,17 +323,39 @@ impl MeshActor {
         }
     }
 
-    /// A SWIM message a peer passed on from a roster member.
+    /// A SWIM message a peer passed on from a roster member. It comes through both relays
+    /// (see [`MeshActor::drain_swim`]); the second copy is dropped, or every probe would be
+    /// answered twice, each answer through two relays again.
     pub(super) fn on_swim_relayed(&mut self, ctx: &mut Context<Self>, via: NodeId, data: Vec<u8>) {
         let Some(sender) = sender_of(&data) else { return };
         if self.peers.get(&sender).is_none_or(|p| p.entry.revoked) {
             log::warn!("{via} passed on a SWIM message from a node outside the roster; dropped");
             return;
         }
+        if self.swim.relayed_before(&data) {
+            return;
+        }
         if let Err(e) = self.swim.foca.handle_data(&data, &mut self.swim.runtime) {
             log::debug!("SWIM message from {sender} via {via}: {e}");
         }
         self.drain_swim(ctx);
+    }
+
+    /// Foca's periodic gossip goes to random members, in a grid mostly ones without a link:
+    /// each such message took four hops (through both relays) and during the joins of a
+    /// 200-node simulation relayed gossip was two thirds of all mesh traffic. Gossip needs no
+    /// particular receiver, only random ones, so it goes instead to a random linked member
+    /// (re-addressed to it); updates still spread epidemically, over the grid's links. Probes
+    /// and their answers are not re-addressed: they are about the member they go to.
+    fn gossip_over_a_link(&self, data: &[u8]) -> Option<(u64, Vec<u8>)> {
+        let header = MsgpackCodec.decode_header(data).ok()?;
+        if header.message != foca::Message::Gossip {
+            return None;
+        }
+        let link = self.gossip_targets(true).first().copied()?;
+        let peer = self.links.get(&link)?.peer.clone()?;
+        let generation = self.peers.get(&peer)?.swim.generation;
+        Some((link, readdress(data, header, SwimId::new(peer, generation))?))
     }
 
     /// The links of peers that can pass a message on to `to`: the (one or two) the topology
@@ -295,6 +381,8 @@ impl MeshActor {
         while let Some((to, data)) = self.swim.runtime.to_send() {
             let data = data.to_vec();
             if let Some(link) = self.peers.get(&to.node).and_then(|p| p.link) {
+                self.send(link, MeshMessage::Swim { data });
+            } else if let Some((link, data)) = self.gossip_over_a_link(&data) {
                 self.send(link, MeshMessage::Swim { data });
             } else {
                 // No link: the peers linked to both pass it on (see `topology`); both of them,
@@ -371,14 +459,17 @@ impl MeshActor {
     /// down, which makes us rejoin); queued sends go out after the current drain.
     fn announce_to(&mut self, ctx: &mut Context<Self>, peers: Vec<NodeId>) {
         for peer in peers {
-            if let Err(e) = self.swim.foca.announce(SwimId { node: peer, generation: 0 }, &mut self.swim.runtime) {
+            if let Err(e) = self.swim.foca.announce(SwimId::new(peer, 0), &mut self.swim.runtime) {
                 log::debug!("SWIM announce: {e}");
             }
         }
         ctx.notify(DrainSwim);
     }
 
-    /// Linked peers that gossip holds down get an announcement every other tick: when one is
+    /// Linked peers that gossip holds down (or that we presume down, see
+    /// [`MeshActor::follow_swim_members`]: a member that missed foca's verdict would otherwise
+    /// keep a stalled link to it for as long as the stream's retransmissions back off) get an
+    /// announcement every other tick: when one is
     /// alive after all (a healed partition, a resumed pause), one side learns it was declared
     /// down, rejoins as its next generation, and both see each other again. When nothing has
     /// come back over the link for [`STALLED_LINK`] after an announcement, the link is closed
@@ -392,7 +483,7 @@ impl MeshActor {
         }
         let now = Instant::now();
         let (mut announce, mut stalled) = (Vec::new(), Vec::new());
-        for (id, p) in self.peers.iter_mut().filter(|(_, p)| p.swim.down) {
+        for (id, p) in self.peers.iter_mut().filter(|(_, p)| p.swim.down || p.swim.presumed_down) {
             let Some(link) = p.link else {
                 p.swim.unanswered_since = None;
                 continue;
@@ -505,14 +596,14 @@ mod tests {
     #[test]
     fn the_codec_round_trips_and_refuses_what_is_not_there() {
         let header = Header {
-            src: SwimId { node: id(1), generation: 7 },
+            src: SwimId::new(id(1), 7),
             src_incarnation: 3,
-            dst: SwimId { node: id(2), generation: 0 },
+            dst: SwimId::new(id(2), 0),
             message: foca::Message::Ping(5),
         };
         let mut buf = Vec::new();
         MsgpackCodec.encode_header(&header, &mut buf).expect("encode");
-        let member = Member::alive(SwimId { node: id(3), generation: 1 });
+        let member = Member::alive(SwimId::new(id(3), 1));
         MsgpackCodec.encode_member(&member, &mut buf).expect("encode");
         let mut slice = &buf[..];
         assert_eq!(MsgpackCodec.decode_header(&mut slice).expect("header"), header);
@@ -526,8 +617,58 @@ mod tests {
     }
 
     #[test]
+    fn the_address_is_the_node_id_and_the_wire_form_is_unchanged() {
+        let a = SwimId::new(id(0xab), 9);
+        assert_eq!(foca::Identity::addr(&a), 0xab);
+        assert_eq!(foca::Identity::addr(&foca::Identity::renew(&a).expect("renews")), 0xab);
+        // On the wire: the node id and the generation only, as before the address was cached.
+        let bytes = rmp_serde::to_vec(&a).expect("encode");
+        let wire: (String, u64) = rmp_serde::from_slice(&bytes).expect("two fields");
+        assert_eq!(wire, (id(0xab).to_string(), 9));
+        let back: SwimId = rmp_serde::from_slice(&bytes).expect("decode");
+        assert_eq!(back, a);
+        assert_eq!(foca::Identity::addr(&back), 0xab);
+    }
+
+    #[test]
+    fn gossip_readdressed_keeps_its_sender_and_updates() {
+        let header = Header {
+            src: SwimId::new(id(1), 7),
+            src_incarnation: 3,
+            dst: SwimId::new(id(2), 4),
+            message: foca::Message::Gossip,
+        };
+        let mut buf = Vec::new();
+        MsgpackCodec.encode_header(&header, &mut buf).expect("encode");
+        let member = Member::alive(SwimId::new(id(3), 1));
+        MsgpackCodec.encode_member(&member, &mut buf).expect("encode");
+        let out = readdress(&buf, header.clone(), SwimId::new(id(5), 8)).expect("readdressed");
+        let mut slice = &out[..];
+        let moved = MsgpackCodec.decode_header(&mut slice).expect("header");
+        assert_eq!(moved.dst, SwimId::new(id(5), 8));
+        assert_eq!((moved.src, moved.src_incarnation, moved.message), (header.src.clone(), 3, foca::Message::Gossip));
+        assert_eq!(MsgpackCodec.decode_member(&mut slice).expect("member"), member);
+        assert!(slice.is_empty());
+        // A message cut inside its header is not readdressed.
+        assert!(readdress(&buf[..3], header, SwimId::new(id(5), 8)).is_none());
+    }
+
+    #[test]
+    fn the_second_copy_of_a_relayed_message_is_dropped() {
+        let mut swim = Swim::new(id(1));
+        assert!(!swim.relayed_before(b"probe 1"));
+        assert!(swim.relayed_before(b"probe 1"), "the copy from the other relay");
+        assert!(!swim.relayed_before(b"probe 2"));
+        // Only the last RELAYED_SEEN are remembered.
+        for n in 0..RELAYED_SEEN {
+            swim.relayed_before(format!("other {n}").as_bytes());
+        }
+        assert!(!swim.relayed_before(b"probe 1"));
+    }
+
+    #[test]
     fn a_newer_generation_wins() {
-        let old = SwimId { node: id(1), generation: 5 };
+        let old = SwimId::new(id(1), 5);
         let new = foca::Identity::renew(&old).expect("renews");
         assert_eq!(new.generation, 6);
         assert!(foca::Identity::win_addr_conflict(&new, &old));

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::bridge::{self, BridgeActor, Outgoing};
 use super::sync::HeadsTo;
-use super::topology::Topology;
+use super::topology::{self, Topology};
 use super::{noise, Dialer, Link, MeshActor, MeshHandle, MAX_BACKOFF, MIN_BACKOFF};
 use crate::wire::{self, Hello, MeshMessage, NodeId};
 
@@ -37,7 +37,15 @@ impl MeshActor {
             self.peers.values_mut().for_each(|p| p.wanted = true);
             return;
         };
-        self.topology = Topology::new(std::iter::once(own).chain(self.peers.values().map(|p| &p.entry)));
+        let members = || std::iter::once(own).chain(self.peers.values().map(|p| &p.entry));
+        // Every tick asks; the grid is computed again only when the roster changed (it is an
+        // allocation per member, on every node, every second).
+        let fingerprint = topology::roster_fingerprint(members());
+        if fingerprint == self.topology_of && self.topology.members() > 0 {
+            return;
+        }
+        self.topology = Topology::new(members());
+        self.topology_of = fingerprint;
         let before = self.peers.values().filter(|p| p.wanted).count();
         for (id, p) in self.peers.iter_mut() {
             p.wanted = self.topology.linked(&self.me, id);

@@ -269,6 +269,8 @@ pub struct MeshActor {
     own_entry: Option<RosterEntry>,
     /// Which peers this node links to, from the roster.
     topology: topology::Topology,
+    /// What the topology was computed from (see [`topology::roster_fingerprint`]).
+    topology_of: u64,
     /// The `seq` of our latest advert.
     advert_seq: u64,
     /// When we last asked a peer for adverts we lack.
@@ -348,6 +350,7 @@ impl MeshActor {
             ticks: 0,
             own_entry: None,
             topology: topology::Topology::default(),
+            topology_of: 0,
             advert_seq: 0,
             last_advert_ask: None,
             link_waiters: Vec::new(),

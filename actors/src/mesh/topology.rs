@@ -44,6 +44,14 @@ fn cell(i: usize) -> Cell {
     }
 }
 
+/// What of a roster the grid depends on (who, in what order of admission, revoked or not),
+/// summed without allocating: the same fingerprint means the same grid.
+pub fn roster_fingerprint<'a>(members: impl IntoIterator<Item = &'a RosterEntry>) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hasher = BuildHasherDefault::<DefaultHasher>::default();
+    members.into_iter().fold(0u64, |sum, e| sum.wrapping_add(hasher.hash_one((&e.node_id, e.issued_at_ms, e.revoked))))
+}
+
 impl Topology {
     /// The grid of every member that is not revoked, `me` included.
     pub fn new<'a>(members: impl IntoIterator<Item = &'a RosterEntry>) -> Topology {
@@ -56,6 +64,11 @@ impl Topology {
             topology.at.insert(c, entry.node_id.clone());
         }
         topology
+    }
+
+    /// Members on the grid.
+    pub fn members(&self) -> usize {
+        self.cells.len()
     }
 
     /// Whether every member links to every other.
@@ -133,6 +146,23 @@ mod tests {
         let many: std::collections::HashSet<Cell> = (0..10_000).map(cell).collect();
         assert_eq!(many.len(), 10_000);
         assert!(many.iter().all(|c| c.0 < 100 && c.1 < 100));
+    }
+
+    #[test]
+    fn the_roster_fingerprint_changes_with_what_the_grid_depends_on_only() {
+        let entries: Vec<_> = (0..20).map(member).collect();
+        let print = roster_fingerprint(&entries);
+        assert_eq!(roster_fingerprint(entries.iter().rev()), print, "order does not matter");
+        let mut renamed = entries.clone();
+        renamed[3].name = "another name".into();
+        assert_eq!(roster_fingerprint(&renamed), print, "a name does not move anyone");
+        let mut revoked = entries.clone();
+        revoked[3].revoked = true;
+        assert_ne!(roster_fingerprint(&revoked), print);
+        let mut readmitted = entries.clone();
+        readmitted[3].issued_at_ms += 1;
+        assert_ne!(roster_fingerprint(&readmitted), print);
+        assert_ne!(roster_fingerprint(&entries[..19]), print);
     }
 
     #[test]

@@ -339,18 +339,27 @@ const FREE_SANDBOXES: &str = ".free";
 /// Each package's TMPDIR, inside its sandbox.
 const TMP: &str = ".tmp";
 
+/// The emptied sandboxes in each pool directory, as this process put them there: taking one is
+/// then a rename, not a listing of the pool (what a previous run left there is cleared at start).
+static FREE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes an emptied sandbox of `pool` off the free list.
+fn take_free(pool: &Path) -> Option<PathBuf> {
+    let mut free = FREE.lock().ok()?;
+    let at = free.iter().rposition(|p| p.parent() == Some(pool))?;
+    Some(free.swap_remove(at))
+}
+
 /// Makes the sandbox `dir`: an emptied one from `pool`, moved into place, or a new one.
 fn make_sandbox(pool: Option<&Path>, dir: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    if let Some(Ok(free)) = pool.map(std::fs::read_dir) {
-        // Another package may move the same one first: then the next.
-        for entry in free.flatten().take(8) {
-            if std::fs::rename(entry.path(), dir).is_ok() {
-                return Ok(());
-            }
+    // One that is gone (its root was cleared) is forgotten: then the next.
+    while let Some(free) = pool.and_then(take_free) {
+        if std::fs::rename(&free, dir).is_ok() {
+            return Ok(());
         }
     }
     std::fs::create_dir(dir)
@@ -365,9 +374,14 @@ fn release_sandbox(pool: Option<&Path>, dir: &Path) {
         if reset.and_then(|()| remove_entries(dir, Some(TMP))).is_err() {
             return false;
         }
-        let _ = std::fs::create_dir(pool);
-        let name = format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        std::fs::rename(dir, pool.join(name)).is_ok()
+        let free = pool.join(format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let moved = std::fs::rename(dir, &free)
+            .or_else(|_| std::fs::create_dir(pool).and_then(|()| std::fs::rename(dir, &free)))
+            .is_ok();
+        if let (true, Ok(mut list)) = (moved, FREE.lock()) {
+            list.push(free);
+        }
+        moved
     });
     if !pooled {
         let _ = std::fs::remove_dir_all(dir);
@@ -630,6 +644,34 @@ mod tests {
         release_sandbox(None, &next);
         assert!(!next.exists());
         assert_eq!(std::fs::read_dir(&pool).expect("pool").count(), 0, "without a pool it is removed");
+    }
+
+    #[test]
+    fn a_pool_gives_only_its_own_sandboxes_and_forgets_those_that_are_gone() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let (pool_a, pool_b) = (root.path().join("a").join(FREE_SANDBOXES), root.path().join("b").join(FREE_SANDBOXES));
+        let first = root.path().join("a/b1/p");
+        make_sandbox(Some(&pool_a), &first).expect("made");
+        release_sandbox(Some(&pool_a), &first);
+        let other = root.path().join("b/b1/p");
+        make_sandbox(Some(&pool_b), &other).expect("made");
+        assert_eq!(std::fs::read_dir(&pool_a).expect("pool").count(), 1, "another root's pool left it alone");
+        release_sandbox(Some(&pool_b), &other);
+
+        // The roots are cleared (as at a node's start): what the free list remembers is gone.
+        std::fs::remove_dir_all(&pool_a).expect("clear");
+        let again = root.path().join("a/b2/q");
+        make_sandbox(Some(&pool_a), &again).expect("a fresh sandbox when the pooled one is gone");
+        assert!(again.is_dir());
+        release_sandbox(Some(&pool_a), &again);
+        let inode =
+            std::fs::metadata(std::fs::read_dir(&pool_a).expect("pool").flatten().next().expect("pooled").path())
+                .expect("meta")
+                .ino();
+        let last = root.path().join("a/b3/r");
+        make_sandbox(Some(&pool_a), &last).expect("made");
+        assert_eq!(std::fs::metadata(&last).expect("meta").ino(), inode, "the pool is used again");
     }
 
     #[test]

@@ -189,3 +189,66 @@ fn a_node_that_must_contain_refuses_peers_packages_when_it_cannot() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sandbox.require"), "the refusal says why: {err}");
 }
+
+/// A node that does not run as root contains its packages in a user namespace of their own: the
+/// fork server clones the package into new user, PID and mount namespaces, and the package maps
+/// its maker to root there itself. Run here through the real fork server, started as `nobody`.
+#[test]
+fn an_unprivileged_fork_server_contains_its_package_in_a_user_namespace() {
+    use buildnet_actors::exec::contain::{SandboxLevel, Spec, NOBODY};
+    use buildnet_actors::exec::forkserver::ForkServer;
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root to start the fork server as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    // The daemon starts `<binary> sandbox-exec --serve` with the socket as stdin and an empty
+    // environment: this one execs the real binary as nobody.
+    let launcher = dir.path().join("as-nobody");
+    std::fs::write(
+        &launcher,
+        format!(
+            "#!/bin/sh\nexec /usr/bin/setpriv --reuid {NOBODY} --regid {NOBODY} --clear-groups {} \"$@\"\n",
+            common::BIN
+        ),
+    )
+    .expect("write");
+    std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let sandbox = dir.path().join("sandbox");
+    std::fs::create_dir(&sandbox).expect("mkdir");
+    std::fs::set_permissions(&sandbox, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let outside = dir.path().join("outside");
+
+    let server = ForkServer::new(launcher);
+    let spec = Spec {
+        dir: sandbox.clone(),
+        read_only: vec![],
+        level: SandboxLevel::Full,
+        user: None,
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!(
+                "echo pid=$$ uid=$(id -u) processes=$(ls /proc | grep -c '^[0-9]'); touch {} || echo kept-in",
+                outside.display()
+            ),
+        ],
+    };
+    let (mut read, write) = std::io::pipe().expect("pipe");
+    let write = std::os::fd::OwnedFd::from(write);
+    let env = [("PATH".to_string(), "/usr/bin:/bin".to_string())];
+    let served = server.start(&spec, &env, &write, &write).expect("started");
+    drop(write);
+    let (status, _) = wait_until("the package ends", Duration::from_secs(20), || {
+        served.wait(Duration::from_millis(100)).expect("the launcher lives")
+    });
+    let mut said = String::new();
+    read.read_to_string(&mut said).expect("output");
+    assert!(status.success(), "{status:?}: {said}");
+    assert!(said.contains("pid=1 uid=0 processes="), "PID 1 and root of its own namespaces: {said}");
+    assert!(said.contains("kept-in") && !outside.exists(), "Landlock still holds: {said}");
+}

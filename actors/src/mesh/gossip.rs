@@ -596,18 +596,21 @@ mod tests {
         NodeId::parse(&format!("{n:016x}")).expect("id")
     }
 
-    #[test]
-    fn the_codec_round_trips_and_refuses_what_is_not_there() {
-        let header = Header {
-            src: SwimId::new(id(1), 7),
-            src_incarnation: 3,
-            dst: SwimId::new(id(2), 0),
-            message: foca::Message::Ping(5),
-        };
+    /// A message from node 1 (generation 7, incarnation 3) to node 2 carrying one member
+    /// update (node 3 alive): its header, its update and its bytes.
+    fn encoded(message: foca::Message<SwimId>, dst_generation: u64) -> (Header<SwimId>, Member<SwimId>, Vec<u8>) {
+        let header =
+            Header { src: SwimId::new(id(1), 7), src_incarnation: 3, dst: SwimId::new(id(2), dst_generation), message };
         let mut buf = Vec::new();
         MsgpackCodec.encode_header(&header, &mut buf).expect("encode");
         let member = Member::alive(SwimId::new(id(3), 1));
         MsgpackCodec.encode_member(&member, &mut buf).expect("encode");
+        (header, member, buf)
+    }
+
+    #[test]
+    fn the_codec_round_trips_and_refuses_what_is_not_there() {
+        let (header, member, buf) = encoded(foca::Message::Ping(5), 0);
         let mut slice = &buf[..];
         assert_eq!(MsgpackCodec.decode_header(&mut slice).expect("header"), header);
         assert_eq!(MsgpackCodec.decode_member(&mut slice).expect("member"), member);
@@ -635,16 +638,7 @@ mod tests {
 
     #[test]
     fn gossip_readdressed_keeps_its_sender_and_updates() {
-        let header = Header {
-            src: SwimId::new(id(1), 7),
-            src_incarnation: 3,
-            dst: SwimId::new(id(2), 4),
-            message: foca::Message::Gossip,
-        };
-        let mut buf = Vec::new();
-        MsgpackCodec.encode_header(&header, &mut buf).expect("encode");
-        let member = Member::alive(SwimId::new(id(3), 1));
-        MsgpackCodec.encode_member(&member, &mut buf).expect("encode");
+        let (header, member, buf) = encoded(foca::Message::Gossip, 4);
         let out = readdress(&buf, header.clone(), SwimId::new(id(5), 8)).expect("readdressed");
         let mut slice = &out[..];
         let moved = MsgpackCodec.decode_header(&mut slice).expect("header");

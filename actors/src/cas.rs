@@ -100,7 +100,7 @@ impl Cas {
         ));
         let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         fill(&mut file).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
+        seal(&file).map_err(io(&tmp))?;
         std::fs::rename(&tmp, target).map_err(io(target))
     }
 
@@ -129,18 +129,75 @@ impl Cas {
         std::fs::read(&path).map_err(|e| missing_or_io(digest, &path, e))
     }
 
-    /// Writes a blob to `dest` (creating directories), executable if asked.
-    pub fn materialize(&self, file: &FileRef, dest: &Path) -> Result<(), CasError> {
+    /// Puts a blob at `dest` (creating directories). With `link_for`, the user a contained
+    /// package runs as, the blob is a hard link to the stored object when that is safe (see
+    /// [`linkable`]): no new file, so no inode to allocate — on this machine's ext4 each new one
+    /// cost more than the rest of staging — and read-only for the package. Otherwise, or when the
+    /// link fails (another filesystem, too many links), it is a copy of its own, executable if
+    /// asked.
+    pub fn materialize(&self, file: &FileRef, dest: &Path, link_for: Option<u32>) -> Result<Staged, CasError> {
         let source = self.path(&file.digest)?;
-        if !source.is_file() {
-            return Err(CasError::Missing(file.digest.clone()));
-        }
+        let object = match std::fs::metadata(&source) {
+            Ok(m) if m.is_file() => m,
+            _ => return Err(CasError::Missing(file.digest.clone())),
+        };
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
+        if link_for.is_some_and(|user| linkable(&object, user, file.executable)) {
+            match std::fs::hard_link(&source, dest) {
+                Ok(()) => return Ok(Staged::Linked),
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => warn_copying_across_filesystems(dest),
+                Err(_) => {}
+            }
+        }
         std::fs::copy(&source, dest).map_err(io(dest))?;
-        set_executable(dest, file.executable).map_err(io(dest))
+        set_executable(dest, file.executable).map_err(io(dest))?;
+        Ok(Staged::Copied)
     }
+}
+
+/// How [`Cas::materialize`] put a blob in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staged {
+    /// A hard link to the stored object.
+    Linked,
+    /// A copy of its own.
+    Copied,
+}
+
+/// The mode of stored objects: nobody writes an object once it is stored, and a package handed
+/// one as a hard link must not be able to either.
+const OBJECT_MODE: u32 = 0o444;
+
+/// Whether a stored object (`object`, its metadata) may be handed as a hard link to a package
+/// running as `user`. A link shares the object's inode — content, mode and owner — so the
+/// package's user must neither own it (an owner may chmod, then write) nor have write bits on it
+/// through its group or as other, and its executable bit must already be the one the input asks
+/// for: a link has no mode of its own, and changing it would change the object.
+pub fn linkable(object: &std::fs::Metadata, user: u32, executable: bool) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    object.uid() != user && object.mode() & 0o022 == 0 && (object.mode() & 0o111 != 0) == executable
+}
+
+/// Says once per process that inputs are copied because the sandboxes are on another filesystem
+/// than the store (a configuration's storage volume, say): a hard link cannot cross it.
+fn warn_copying_across_filesystems(dest: &Path) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        log::warn!(
+            "inputs are copied into sandboxes such as {}: they are on another filesystem than the store, which a hard link cannot cross",
+            dest.display()
+        )
+    });
+}
+
+/// Makes a complete blob's file read-only ([`OBJECT_MODE`]) and durable, before it is renamed into
+/// the store.
+fn seal(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(OBJECT_MODE))?;
+    file.sync_all()
 }
 
 fn missing_or_io(digest: &str, path: &Path, e: std::io::Error) -> CasError {
@@ -189,7 +246,7 @@ impl BlobWriter {
         if actual != self.expected {
             return Err(CasError::Mismatch { expected: self.expected.clone(), actual });
         }
-        self.file.sync_all().map_err(io(&self.tmp))?;
+        seal(&self.file).map_err(io(&self.tmp))?;
         if !self.target.is_file() {
             let dir = self.target.parent().unwrap_or(&self.target);
             std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -271,8 +328,79 @@ mod tests {
         let (d, size) = cas.put_file(&src).expect("put file");
         assert_eq!(size, 10);
         let out = dir.path().join("x/y/tool.sh");
-        cas.materialize(&FileRef { path: "x".into(), digest: d, executable: true, size }, &out).expect("materialize");
+        let tool = FileRef { path: "x".into(), digest: d, executable: true, size };
+        assert_eq!(cas.materialize(&tool, &out, None).expect("materialize"), Staged::Copied);
         assert!(is_executable(&out));
+    }
+
+    fn mode_and_links(path: &Path) -> (u32, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path).expect("metadata");
+        (m.mode() & 0o7777, m.nlink())
+    }
+
+    #[test]
+    fn objects_are_read_only_and_linked_only_where_the_package_cannot_change_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cas = Cas::open(dir.path().join("cas")).expect("open");
+        let text = blake3::hash(b"int x;").to_hex().to_string();
+        cas.put_verified(&text, b"int x;").expect("put");
+        let mut w = cas.writer(blake3::hash(b"streamed").to_hex().as_ref()).expect("writer");
+        w.write(b"streamed").expect("write");
+        let streamed = w.digest().to_string();
+        w.finish().expect("finish");
+        for d in [&text, &streamed] {
+            assert_eq!(mode_and_links(&cas.path(d).expect("path")).0, OBJECT_MODE, "stored read-only");
+        }
+
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let package_user = me.wrapping_add(1);
+        let input = |executable| FileRef { path: "x.h".into(), digest: text.clone(), executable, size: 6 };
+        let at = |name: &str| dir.path().join("sandbox").join(name);
+
+        // Another user's package: a link, sharing the object's read-only inode.
+        assert_eq!(cas.materialize(&input(false), &at("linked.h"), Some(package_user)).expect("link"), Staged::Linked);
+        assert_eq!(mode_and_links(&at("linked.h")), (OBJECT_MODE, 2));
+        assert_eq!(std::fs::read(at("linked.h")).expect("read"), b"int x;");
+
+        // A copy when the input must be executable (a link cannot have its own mode), when the
+        // package runs as the object's owner, or when no user was given.
+        let copied =
+            [(input(true), Some(package_user), 0o755), (input(false), Some(me), 0o644), (input(false), None, 0o644)];
+        for (i, (file, user, mode)) in copied.into_iter().enumerate() {
+            let dest = at(&format!("copy{i}"));
+            assert_eq!(cas.materialize(&file, &dest, user).expect("copy"), Staged::Copied, "case {i}");
+            assert_eq!(mode_and_links(&dest), (mode, 1), "case {i}");
+        }
+        assert_eq!(mode_and_links(&cas.path(&text).expect("path")), (OBJECT_MODE, 2), "the object kept its mode");
+
+        // An object others may write (a store written before objects were sealed, changed by
+        // hand) is never linked.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(cas.path(&text).expect("path"), std::fs::Permissions::from_mode(0o666))
+            .expect("chmod");
+        assert_eq!(cas.materialize(&input(false), &at("open.h"), Some(package_user)).expect("copy"), Staged::Copied);
+    }
+
+    #[test]
+    fn across_filesystems_inputs_are_copied() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Ok(other) = tempfile::tempdir_in("/dev/shm") else { return };
+        let device = |p: &Path| std::fs::metadata(p).expect("metadata").dev();
+        if device(dir.path()) == device(other.path()) {
+            return; // one filesystem here: nothing to cross
+        }
+        let cas = Cas::open(dir.path().join("cas")).expect("open");
+        let digest = blake3::hash(b"far").to_hex().to_string();
+        cas.put_verified(&digest, b"far").expect("put");
+        let dest = other.path().join("far.txt");
+        let file = FileRef { path: "far.txt".into(), digest, executable: false, size: 3 };
+        // SAFETY: geteuid has no preconditions.
+        let user = unsafe { libc::geteuid() }.wrapping_add(1);
+        assert_eq!(cas.materialize(&file, &dest, Some(user)).expect("copied"), Staged::Copied);
+        assert_eq!(std::fs::read(&dest).expect("read"), b"far");
     }
 
     fn tmp_files(dir: &Path) -> usize {

@@ -252,3 +252,68 @@ fn an_unprivileged_fork_server_contains_its_package_in_a_user_namespace() {
     assert!(said.contains("pid=1 uid=0 processes="), "PID 1 and root of its own namespaces: {said}");
     assert!(said.contains("kept-in") && !outside.exists(), "Landlock still holds: {said}");
 }
+
+/// Inputs reach a contained package as hard links to the node's store when the package runs as
+/// another user (`nobody`, the node being root): the link shares the stored object's inode, so a
+/// package that writes, truncates, chmods, chowns or touches an input — a source file or a
+/// dependency's output — must fail, and the package after it must still see the original bytes.
+/// Replacing an input (unlink, then a new file) only changes the package's own sandbox.
+#[test]
+fn a_package_cannot_change_the_stored_inputs_it_is_handed() {
+    use std::os::unix::fs::MetadataExt;
+    let node = TestNode::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    std::fs::write(work.path().join("data.txt"), "original\n").expect("input");
+    let attack = |file: &str| {
+        format!(
+            "stat -c '{file} links=%h owner=%u mode=%a' {file}; \
+             echo evil > {file} && echo {file} WROTE; echo evil >> {file} && echo {file} APPENDED; \
+             truncate -s 0 {file} && echo {file} TRUNCATED; chmod 666 {file} && echo {file} CHMODDED; \
+             chown $(id -u) {file} && echo {file} CHOWNED; touch -d 2001-01-01 {file} && echo {file} TOUCHED; "
+        )
+    };
+    let manifest = format!(
+        "[packages.gen]\nshell = \"echo generated > gen.txt\"\noutputs = [\"gen.txt\"]\n\n\
+         [packages.attack]\ninputs = [\"data.txt\"]\ndeps = [\"gen\"]\noutputs = [\"out/report.txt\"]\n\
+         shell = '''mkdir -p out; {{ {}{} }} > out/report.txt 2>&1; rm -f data.txt && echo mine > data.txt; true'''\n\n\
+         [packages.after]\ninputs = [\"data.txt\"]\ndeps = [\"gen\", \"attack\"]\noutputs = [\"seen.txt\"]\n\
+         shell = \"cat data.txt gen.txt > seen.txt\"\n",
+        attack("data.txt"),
+        attack("gen.txt")
+    );
+    std::fs::write(work.path().join("buildnet.toml"), manifest).expect("manifest");
+    let out = node.cli(&["build", "--project", work.path().to_str().expect("path")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let report = std::fs::read_to_string(work.path().join("out/report.txt")).expect("report");
+    if is_root() {
+        for file in ["data.txt", "gen.txt"] {
+            let links: u64 = report
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{file} links=")))
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no stat of {file}:\n{report}"));
+            assert!(links >= 2, "{file} reached the package as a link to the store:\n{report}");
+            assert!(report.contains(&format!("{file} links={links} owner=0 mode=444")), "{report}");
+        }
+        for what in ["WROTE", "APPENDED", "TRUNCATED", "CHMODDED", "CHOWNED", "TOUCHED"] {
+            assert!(!report.contains(what), "the package {what} an input:\n{report}");
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("seen.txt")).expect("seen"),
+        "original\ngenerated\n",
+        "the later package saw the original inputs (the attack's report:\n{report})"
+    );
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for text in ["original\n", "generated\n"] {
+        let digest = blake3::hash(text.as_bytes()).to_hex().to_string();
+        let object = node.dir.join("cas").join(&digest[..2]).join(&digest);
+        assert_eq!(std::fs::read_to_string(&object).expect("stored object"), text);
+        let meta = std::fs::metadata(&object).expect("metadata");
+        assert_eq!((meta.mode() & 0o7777, meta.uid(), meta.nlink()), (0o444, me, 1), "{text:?} stored as it was");
+    }
+    assert_eq!(std::fs::read_to_string(work.path().join("data.txt")).expect("project"), "original\n");
+}

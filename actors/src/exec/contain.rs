@@ -280,10 +280,16 @@ fn become_user(dir: &Path, user: u32) -> Result<(), ContainError> {
     Ok(())
 }
 
-/// Gives every entry under `dir` to `user`, without following links.
+/// Gives every entry under `dir` to `user`, without following links — except files with more
+/// than one link: inputs the daemon linked in from its store (`Cas::materialize`), whose inode is
+/// the store's object; given to `user`, it could chmod and rewrite them.
 fn chown_tree(dir: &Path, user: u32) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.is_file() && meta.nlink() > 1 {
+        return Ok(());
+    }
     std::os::unix::fs::lchown(dir, Some(user), Some(user))?;
-    if std::fs::symlink_metadata(dir)?.is_dir() {
+    if meta.is_dir() {
         for entry in std::fs::read_dir(dir)? {
             chown_tree(&entry?.path(), user)?;
         }

@@ -18,14 +18,15 @@ use crate::cas::Cas;
 use crate::wire::{join_no_follow, FileRef, JoinError, Task};
 
 /// Lays out the task's inputs in `dir` (a new, empty sandbox) and makes the directories its
-/// declared outputs go into.
-pub fn inputs(cas: &Cas, dir: &Path, task: &Task) -> Result<(), String> {
+/// declared outputs go into. `link_for`: the user the package runs as, when its inputs may be
+/// hard links to the store ([`Cas::materialize`]).
+pub fn inputs(cas: &Cas, dir: &Path, task: &Task, link_for: Option<u32>) -> Result<(), String> {
     for f in &task.files {
         let dest = join_no_follow(dir, &f.path, true).map_err(|e| format!("input {e}"))?;
         if std::fs::symlink_metadata(&dest).is_ok() {
             return Err(format!("input '{}': something is already at that path in the sandbox", f.path));
         }
-        cas.materialize(f, &dest).map_err(|e| format!("input {}: {e}", f.path))?;
+        cas.materialize(f, &dest, link_for).map_err(|e| format!("input {}: {e}", f.path))?;
     }
     // Declared outputs may go into directories the command expects to exist.
     for o in &task.outputs {
@@ -117,15 +118,15 @@ mod tests {
         let dir = tmp.path().join("sandbox");
         std::fs::create_dir(&dir).expect("sandbox");
         let f = FileRef { path: "a/b/in.txt".into(), digest, executable: false, size };
-        inputs(&cas, &dir, &task(vec![f.clone()], &["out/x.o"])).expect("laid out");
+        inputs(&cas, &dir, &task(vec![f.clone()], &["out/x.o"]), None).expect("laid out");
         assert_eq!(std::fs::read_to_string(dir.join("a/b/in.txt")).expect("input"), "hello");
         assert!(dir.join("out").is_dir());
         // A second file at the same place, or a file through a link, is refused.
-        let e = inputs(&cas, &dir, &task(vec![f.clone()], &[])).expect_err("twice");
+        let e = inputs(&cas, &dir, &task(vec![f.clone()], &[]), None).expect_err("twice");
         assert!(e.contains("already"), "{e}");
         std::os::unix::fs::symlink(tmp.path(), dir.join("up")).expect("symlink");
         let through = FileRef { path: "up/escaped.txt".into(), ..f };
-        let e = inputs(&cas, &dir, &task(vec![through], &[])).expect_err("link");
+        let e = inputs(&cas, &dir, &task(vec![through], &[]), None).expect_err("link");
         assert!(e.contains("symbolic link"), "{e}");
         assert!(!tmp.path().join("escaped.txt").exists());
     }

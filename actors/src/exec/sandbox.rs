@@ -101,6 +101,20 @@ pub struct Launch {
     pub read_only: Vec<PathBuf>,
 }
 
+impl Launch {
+    /// The user whose packages may get their inputs as hard links to the store: one the
+    /// launcher switches to (the node runs as root), which is not this process's — it cannot
+    /// write or chmod the root-owned, read-only objects, and the launcher's `chown` of the
+    /// sandbox leaves linked files alone (`contain::chown_tree`). A package running with the
+    /// node's own rights gets copies.
+    pub fn links_for(&self) -> Option<u32> {
+        let contained = self.launcher.is_some() && self.level > SandboxLevel::None;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        self.user.filter(|&user| contained && user != me)
+    }
+}
+
 /// Directories on every package's PATH, after the declared tools' own.
 const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
 
@@ -416,7 +430,7 @@ fn run_in(
     output: Option<super::OutputSink>,
 ) -> Result<TaskResult, Cancelled> {
     // Inputs at their paths, never through a symbolic link (see `layout`).
-    if let Err(e) = super::layout::inputs(cas, dir, task) {
+    if let Err(e) = super::layout::inputs(cas, dir, task, launch.links_for()) {
         return Ok(failed(e, started));
     }
     let ((out_read, out_write), (err_read, err_write)) = match pipe().and_then(|out| Ok((out, pipe()?))) {

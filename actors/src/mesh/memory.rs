@@ -588,6 +588,8 @@ mod tests {
         std::fs::write(dir.path().join("other.bin"), b"another input".repeat(100_000)).expect("write");
         let file = input_ref(&dir.path().join("other.bin"));
         let stored = a.builds.cas.path(&file.digest).expect("path");
+        // Replaced rather than written: stored objects are read-only.
+        std::fs::remove_file(&stored).expect("remove");
         std::fs::write(&stored, b"ANOTHER INPUT".repeat(100_000)).expect("corrupt");
         match a.workers.run_on(&ids[1], job(&file)).await {
             Err(RemoteError::Failed(why)) => {

@@ -7,15 +7,19 @@
 //! connected by a socketpair handed over as its stdin: no path on disk, nothing else can reach it.
 //!
 //! Per package the daemon sends a [`Request`] — the [`Spec`] and the environment — with the
-//! package's stdout and stderr (SCM_RIGHTS) in one `SOCK_SEQPACKET` message. The server makes
-//! the child with one `clone`, already in its new PID and mount namespaces when the level has
-//! them (the package is PID 1 there, the server's own child: one fork per package, not a fork, an
-//! `unshare` and another fork). The child makes itself a process group, takes those descriptors as
-//! 1 and 2, closes every other one (the package inherits nothing of the server's or the daemon's)
-//! and finishes the containment ([`contain::run_as_pid1`], or [`contain::run`] without
-//! namespaces: the code the one-shot launcher runs). The server answers `Started` with the pid
-//! (the daemon can still `kill(-pgid)` on cancel), and when the child exits it kills what is left
-//! of the group, reaps the child and answers `Exited` with the wait status and its CPU time.
+//! package's stdout and stderr (SCM_RIGHTS) in one `SOCK_SEQPACKET` message. The server prepares
+//! the containment ([`Prepared::new`]: everything that allocates or looks things up) and makes the
+//! child with one `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own, already in its new PID and
+//! mount namespaces when the level has them (the package is PID 1 there, the server's own child).
+//! The child shares the server's memory — no page tables copied, nothing faulted in again, which
+//! a fork of the server's image cost every package — and the server waits until it has exec'd or
+//! failed. The child makes itself a process group, takes those descriptors as 1 and 2 and runs
+//! the rest ([`Prepared::enter`], the code the one-shot launcher runs too: system calls on
+//! prepared memory, closing every other descriptor before the exec, so the package inherits
+//! nothing of the server's or the daemon's). A child that failed leaves the reason in the shared
+//! memory, and the server writes it to the package's stderr. The server answers `Started` with the
+//! pid (the daemon can still `kill(-pgid)` on cancel), and when the child exits it kills what is
+//! left of the group, reaps the child and answers `Exited` with the wait status and its CPU time.
 //! Replies carry the request's id, so any number of packages are in flight at once; the server
 //! polls the socket and a signalfd for SIGCHLD.
 //!
@@ -31,8 +35,8 @@
 //! kills the groups it started and exits.
 
 use std::collections::HashMap;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::io::{IoSlice, IoSliceMut, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -50,10 +54,10 @@ use nix::sys::socket::{
     SockFlag, SockType,
 };
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
-use nix::unistd::{dup2_stderr, dup2_stdout, setpgid, Pid};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::contain::{self, Namespaces, Spec, CANNOT_CONTAIN};
+use super::contain::{close_from, ChildStack, Prepared, Spec};
 use super::sandbox::try_reap;
 
 /// The largest request: a package's command and environment. A `SOCK_SEQPACKET` message must fit
@@ -127,18 +131,11 @@ struct Started {
 struct Server {
     socket: OwnedFd,
     exits: SignalFd,
-    /// The namespaces a package gets at a level that has them.
-    namespaces: Namespaces,
+    /// The stack of the child that becomes the next package (see [`Prepared::spawn`]).
+    stack: ChildStack,
     /// Started packages not yet reaped, by pid (which is also their process group).
     children: HashMap<Pid, Started>,
     buf: Vec<u8>,
-}
-
-/// Closes every descriptor from `first` up.
-fn close_from(first: RawFd) {
-    // SAFETY: close_range takes plain integers; descriptors owned by Rust objects in this process
-    // are not used again by the callers (the server before it opens its own, a child before exec).
-    unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint) };
 }
 
 impl Server {
@@ -157,8 +154,8 @@ impl Server {
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).map_err(|e| format!("sigprocmask: {e}"))?;
         let exits = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| format!("signalfd: {e}"))?;
-        let namespaces = Namespaces::here();
-        Ok(Server { socket, exits, namespaces, children: HashMap::new(), buf: vec![0; MAX_REQUEST + 1] })
+        let stack = ChildStack::new().map_err(|e| format!("a stack for the packages' launches: {e}"))?;
+        Ok(Server { socket, exits, stack, children: HashMap::new(), buf: vec![0; MAX_REQUEST + 1] })
     }
 
     fn run(&mut self) -> Result<(), String> {
@@ -219,28 +216,32 @@ impl Server {
 
     fn start(&mut self, request: Request, stdout: OwnedFd, stderr: OwnedFd) -> Reply {
         let id = request.id;
-        let namespaces = request.spec.level.has_namespaces().then_some(self.namespaces);
-        let flags = namespaces.map(|n| n.flags().bits()).unwrap_or(0) | libc::SIGCHLD;
-        // A fork that makes the child in its namespaces (no stack given: it runs on a copy of
-        // this one, as after fork). SAFETY: this process is single-threaded (it starts no
-        // threads), so the child may do anything; the raw system call runs no `atfork` handlers,
-        // and this process registers none.
-        let pid = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
-        match pid {
-            -1 => Reply::NotStarted { id, error: format!("the launcher could not fork: {}", Errno::last()) },
-            0 => become_package(request, stdout, stderr, namespaces),
-            pid => {
-                let child = Pid::from_raw(pid as libc::pid_t);
-                // Also here, so the group exists before the daemon can signal it.
-                let _ = setpgid(child, child);
-                // Gone already (it failed, or the package was quicker than this): its exit paid
-                // for the teardown, and nothing is lost but time.
-                let mount_namespace =
-                    namespaces.and_then(|_| std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok()).map(OwnedFd::from);
-                self.children.insert(child, Started { id, mount_namespace });
-                Reply::Started { id, pid: pid as u32 }
-            }
+        // Everything that allocates or looks things up, here; the child only makes system calls.
+        let prepared = match Prepared::new(&request.spec, request.env.iter().map(|(k, v)| (k, v))) {
+            Ok(p) => p,
+            Err(e) => return Reply::NotStarted { id, error: format!("buildnet sandbox-exec: {e}") },
+        };
+        let stdio = [stdout.as_raw_fd(), stderr.as_raw_fd()];
+        let (child, failed) = match prepared.spawn(&mut self.stack, Some(stdio)) {
+            Ok(spawned) => spawned,
+            Err(e) => return Reply::NotStarted { id, error: format!("the launcher could not fork: {e}") },
+        };
+        // The child has exec'd the package or exited (CLONE_VFORK): it made its process group
+        // before either, so the group exists before the daemon can signal it. A child that
+        // failed said why in the memory it shares with this process; it goes where the
+        // package's own words would have.
+        if let Some(failure) = failed {
+            let mut stderr = std::fs::File::from(stderr);
+            let _ = writeln!(stderr, "buildnet sandbox-exec: {}", prepared.explain(failure));
         }
+        // Gone already (it failed, or the package was quicker than this): its exit paid for the
+        // teardown, and nothing is lost but time.
+        let mount_namespace = prepared
+            .namespaces()
+            .and_then(|_| std::fs::File::open(format!("/proc/{child}/ns/mnt")).ok())
+            .map(OwnedFd::from);
+        self.children.insert(child, Started { id, mount_namespace });
+        Reply::Started { id, pid: child.as_raw() as u32 }
     }
 
     /// Ends every child that has exited: kills what it left in its group (its id cannot be
@@ -283,32 +284,6 @@ impl Server {
             }
         }
     }
-}
-
-/// The child of the clone: the package's process group, stdout and stderr, environment, then the
-/// rest of the containment and the exec. Never returns.
-fn become_package(request: Request, stdout: OwnedFd, stderr: OwnedFd, namespaces: Option<Namespaces>) -> ! {
-    let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    if dup2_stdout(&stdout).is_err() || dup2_stderr(&stderr).is_err() {
-        // SAFETY: _exit ends this forked child without running the server's exit handlers.
-        unsafe { libc::_exit(CANNOT_CONTAIN) }
-    }
-    // The socket, the signalfd, other packages' mount namespaces and these originals: nothing of
-    // the server's or the daemon's reaches the package.
-    let _ = (stdout.into_raw_fd(), stderr.into_raw_fd());
-    close_from(3);
-    for (name, _) in std::env::vars_os() {
-        std::env::remove_var(name);
-    }
-    for (name, value) in &request.env {
-        std::env::set_var(name, value);
-    }
-    let code = match namespaces {
-        Some(namespaces) => contain::run_as_pid1(&request.spec, &namespaces),
-        None => contain::run(&request.spec),
-    };
-    // SAFETY: as above.
-    unsafe { libc::_exit(code) }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -191,8 +191,8 @@ fn pool(nodes: usize) -> Pool {
             let a = advert(i);
             PeerView {
                 node_id: a.node_id.clone(),
-                name: a.name.clone(),
-                address: a.address.clone(),
+                name: a.name.as_str().into(),
+                address: a.address.as_str().into(),
                 role: Role::Builder,
                 status: NodeState::Online,
                 last_seen_ms: 0,

@@ -4,6 +4,7 @@
 //! [`PoolHandle::usable_peers`]. It aggregates totals and lists pooled resources.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -90,12 +91,13 @@ pub struct PoolActor {
     local: NodeHandle,
     /// This node's place in the mesh and the peer table, as the mesh last sent them.
     view: Option<MeshView>,
-    peers: Vec<PeerView>,
+    /// Shared with whoever asks: the table is replaced whole, never edited.
+    peers: Arc<[PeerView]>,
 }
 
 impl PoolActor {
     pub fn new(local: NodeHandle) -> Self {
-        PoolActor { local, view: None, peers: Vec::new() }
+        PoolActor { local, view: None, peers: Arc::from([]) }
     }
 }
 
@@ -135,6 +137,19 @@ impl Handler<GetPeers> for PoolActor {
     }
 }
 
+/// The peer table itself (see [`PoolHandle::peer_table`]).
+#[derive(Message)]
+#[rtype(result = "Arc<[PeerView]>")]
+struct GetPeerTable;
+
+impl Handler<GetPeerTable> for PoolActor {
+    type Result = MessageResult<GetPeerTable>;
+
+    fn handle(&mut self, _: GetPeerTable, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.peers.clone())
+    }
+}
+
 /// Every node of the pool, this one first.
 fn nodes_of(status: &NodeStatus, view: &MeshView, peers: &[PeerView]) -> Vec<PoolNode> {
     let mut me = pool_node(status, 0.0);
@@ -145,8 +160,8 @@ fn nodes_of(status: &NodeStatus, view: &MeshView, peers: &[PeerView]) -> Vec<Poo
             Some(a) => pool_node(a, p.latency_ms.unwrap_or(0.0)),
             None => PoolNode {
                 id: p.node_id.clone(),
-                name: p.name.clone(),
-                address: p.address.clone(),
+                name: p.name.to_string(),
+                address: p.address.to_string(),
                 status: p.status,
                 role: NodeRole::Worker,
                 latency_ms: p.latency_ms.unwrap_or(0.0),
@@ -163,7 +178,7 @@ fn nodes_of(status: &NodeStatus, view: &MeshView, peers: &[PeerView]) -> Vec<Poo
             },
         };
         n.status = p.status;
-        n.address = p.address.clone();
+        n.address = p.address.to_string();
         n.last_seen_ms = p.last_seen_ms;
         n.role = NodeRole::of(&p.node_id, p.role, &view.coordinator);
         nodes.push(n);
@@ -256,7 +271,7 @@ impl Handler<GetPool> for PoolActor {
             let nodes = nodes_of(&status, &view, &peers);
             let mut paths = BTreeMap::new();
             paths.insert(status.node_id.to_string(), status.resources.storage.iter().map(|v| v.path.clone()).collect());
-            for p in &peers {
+            for p in peers.iter() {
                 if let Some(a) = &p.advert {
                     paths.insert(p.node_id.to_string(), a.resources.storage.iter().map(|v| v.path.clone()).collect());
                 }
@@ -290,9 +305,10 @@ impl Handler<ListResources> for PoolActor {
             let status = local.status().await?;
             let mut sources: Vec<(NodeStatus, f64)> = vec![(status, 0.0)];
             sources.extend(
-                peers.into_iter().filter(is_usable).filter_map(|p| {
-                    p.advert.map(|a| (std::sync::Arc::unwrap_or_clone(a), p.latency_ms.unwrap_or(0.0)))
-                }),
+                peers
+                    .iter()
+                    .filter(|p| is_usable(p))
+                    .filter_map(|p| p.advert.as_ref().map(|a| (NodeStatus::clone(a), p.latency_ms.unwrap_or(0.0)))),
             );
             Ok(sources
                 .iter()
@@ -361,6 +377,12 @@ impl PoolHandle {
     /// Every peer the mesh knows, with liveness and advert.
     pub async fn peers(&self) -> Vec<PeerView> {
         self.addr.send(GetPeers { usable_only: false }).await.unwrap_or_default()
+    }
+
+    /// The peer table as the mesh last sent it, shared rather than copied (for callers that
+    /// look at every peer often, like the mesh simulation's checks).
+    pub async fn peer_table(&self) -> Arc<[PeerView]> {
+        self.addr.send(GetPeerTable).await.unwrap_or_else(|_| Arc::from([]))
     }
 
     /// The peers that can take work now (live, not observers): the one filter every caller uses.

@@ -112,6 +112,7 @@ impl MeshActor {
         let status: Arc<NodeStatus> = Arc::from(status);
         peer.advert = Some(status.clone());
         peer.advert_seq = seq;
+        peer.refresh_name();
         self.events.publish(Event::ResourceUpdate { node_id: origin.clone(), resources });
         self.publish_peers_soon();
         if from != origin || self.topology.full_mesh() {

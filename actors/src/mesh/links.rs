@@ -121,7 +121,7 @@ impl MeshActor {
                 p.dialing = true;
                 p.next_dial = now + p.backoff;
                 p.backoff = (p.backoff * 2).min(MAX_BACKOFF);
-                dialer(p.address.clone(), handle.clone());
+                dialer(p.address.to_string(), handle.clone());
             }
         }
         if self.links.values().all(|l| l.peer.is_none()) && !self.bootstrap.is_empty() && self.bootstrap_next <= now {
@@ -301,7 +301,7 @@ impl Handler<SetDialer> for MeshActor {
 
 impl MeshActor {
     fn clear_dialing(&mut self, url: &str) {
-        for p in self.peers.values_mut().filter(|p| p.address == url) {
+        for p in self.peers.values_mut().filter(|p| *p.address == *url) {
             p.dialing = false;
         }
     }

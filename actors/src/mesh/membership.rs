@@ -76,7 +76,7 @@ impl MeshActor {
                 continue;
             }
             match self.peers.get_mut(&entry.node_id) {
-                Some(p) => p.entry = entry,
+                Some(p) => p.set_entry(entry),
                 None => {
                     self.peers.insert(entry.node_id.clone(), Peer::new(entry, address));
                 }
@@ -134,7 +134,7 @@ impl MeshActor {
                     let revoked = e.revoked;
                     let id = e.node_id.clone();
                     match act.peers.get_mut(&id) {
-                        Some(p) => p.entry = e,
+                        Some(p) => p.set_entry(e),
                         None => {
                             let address = e.address.clone();
                             act.peers.insert(id.clone(), Peer::new(e, address));
@@ -587,10 +587,10 @@ impl MeshActor {
             ));
         }
         let Some(peer) = self.peers.get_mut(&from) else { return };
-        if hello.address == peer.address || hello.address.is_empty() {
+        if *hello.address == *peer.address || hello.address.is_empty() {
             return;
         }
-        peer.address = hello.address.clone();
+        peer.address = std::sync::Arc::from(hello.address.as_str());
         let (store, addr) = (self.store.clone(), hello.address);
         actix::spawn(async move {
             if let Err(e) = store.run(move |c| roster::save_address(c, &from, &addr).map_err(store_error)).await {

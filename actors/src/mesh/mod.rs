@@ -85,8 +85,12 @@ pub type Dialer = Arc<dyn Fn(String, MeshHandle) + Send + Sync>;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PeerView {
     pub node_id: NodeId,
-    pub name: String,
-    pub address: String,
+    /// Shared text, like the advert: the table is copied to the pool whenever liveness changes,
+    /// and heap copies of every name and address were a sixth of a 200-node simulation's CPU.
+    #[schema(value_type = String)]
+    pub name: Arc<str>,
+    #[schema(value_type = String)]
+    pub address: Arc<str>,
     pub role: Role,
     pub status: NodeState,
     pub last_seen_ms: u64,
@@ -115,7 +119,10 @@ pub struct MeshView {
 
 struct Peer {
     entry: RosterEntry,
-    address: String,
+    /// What the peer is called: its advert's name, else its roster entry's (see
+    /// [`Peer::refresh_name`]); shared with every copy of the peer table.
+    name: Arc<str>,
+    address: Arc<str>,
     link: Option<u64>,
     last_seen: Option<Instant>,
     last_seen_ms: u64,
@@ -138,8 +145,9 @@ struct Peer {
 impl Peer {
     fn new(entry: RosterEntry, address: String) -> Peer {
         Peer {
+            name: Arc::from(entry.name.as_str()),
             entry,
-            address,
+            address: Arc::from(address),
             link: None,
             last_seen: None,
             last_seen_ms: 0,
@@ -173,10 +181,25 @@ impl Peer {
         }
     }
 
+    /// Takes a new roster entry for the peer (its name may have changed).
+    fn set_entry(&mut self, entry: RosterEntry) {
+        self.entry = entry;
+        self.refresh_name();
+    }
+
+    /// Names the peer as its advert does, else as its roster entry does; allocates only when
+    /// that changed.
+    fn refresh_name(&mut self) {
+        let name = self.advert.as_ref().map_or(self.entry.name.as_str(), |a| a.name.as_str());
+        if *self.name != *name {
+            self.name = Arc::from(name);
+        }
+    }
+
     fn view(&self, id: &NodeId) -> PeerView {
         PeerView {
             node_id: id.clone(),
-            name: self.advert.as_ref().map_or(self.entry.name.clone(), |a| a.name.clone()),
+            name: self.name.clone(),
             address: self.address.clone(),
             role: self.entry.role,
             status: self.status(),
@@ -539,7 +562,7 @@ impl Handler<LinkMessage> for MeshActor {
 #[rtype(result = "()")]
 pub struct PeersChanged {
     pub view: MeshView,
-    pub peers: Vec<PeerView>,
+    pub peers: Arc<[PeerView]>,
 }
 
 /// Where the peer table goes (the pool registers itself at start).

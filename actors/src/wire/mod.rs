@@ -44,38 +44,71 @@ pub const OUTPUT_CHUNK: usize = 4096;
 
 /// A node's identity on the wire: 16 lowercase hex digits (the first 8 bytes of its Ed25519
 /// public key). Parsed, never trusted raw.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
-#[serde(try_from = "String", into = "String")]
+///
+/// Held as the 16 ASCII digits inline rather than a `String`: ids are copied into every peer
+/// table, SWIM identity and message, and in a 150-node simulation those heap copies and frees
+/// were a tenth of all CPU. Ordering and equality are those of the text.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, ToSchema)]
 #[schema(value_type = String, example = "3f9a0c1d5e7b2a48")]
-pub struct NodeId(String);
+pub struct NodeId([u8; 16]);
 
 impl NodeId {
     pub fn parse(text: &str) -> Result<Self, InvalidId> {
-        let ok = text.len() == 16 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if ok {
-            Ok(NodeId(text.to_string()))
-        } else {
-            Err(InvalidId {
+        let digits: Option<[u8; 16]> = text.as_bytes().try_into().ok();
+        match digits.filter(|d| d.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))) {
+            Some(digits) => Ok(NodeId(digits)),
+            None => Err(InvalidId {
                 what: "node id",
                 value: text.chars().take(40).collect(),
                 expected: "16 lowercase hex digits",
-            })
+            }),
         }
     }
 
     /// Derives the id from an Ed25519 public key.
     pub fn from_public_key(key: &[u8; 32]) -> Self {
-        NodeId(hex(&key[..8]))
+        let mut digits = [0u8; 16];
+        digits.copy_from_slice(hex(&key[..8]).as_bytes());
+        NodeId(digits)
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ever built from checked hex digits, so this is never the empty fallback.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Digits;
+        impl serde::de::Visitor<'_> for Digits {
+            type Value = NodeId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a node id (16 lowercase hex digits)")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<NodeId, E> {
+                NodeId::parse(text).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Digits)
     }
 }
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -88,7 +121,7 @@ impl TryFrom<String> for NodeId {
 
 impl From<NodeId> for String {
     fn from(id: NodeId) -> String {
-        id.0
+        id.as_str().to_string()
     }
 }
 

@@ -16,7 +16,7 @@
 //! The benchmark `actors/benches/mesh_sim.rs` (and `bench/scale.py`) runs it at 10..200 nodes;
 //! a test runs it at 10. Everything is measured; nothing here decides what is fast enough.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use crate::mesh::memory::{join_in_memory, LinkConditions, MemoryNet};
 use crate::mesh::netbench::NetworkOptions;
 use crate::node::NodeOptions;
 use crate::start::{start, Node};
-use crate::wire::{Head, LedgerEntryType, NodeId, NodeState, Role};
+use crate::wire::{LedgerEntryType, NodeId, NodeState, Role};
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -234,31 +234,24 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-fn sorted_heads(mut heads: Vec<Head>) -> Vec<Head> {
-    heads.sort_by(|a, b| a.origin.cmp(&b.origin));
-    heads
-}
-
 /// Waits until every node holds the same ledger heads; how long it took. Every 5 s it says how
 /// far it got: how many nodes hold the commonest heads, and how many links are open.
 async fn identical_heads(net: &MemoryNet, nodes: &[&Node], timeout: Duration) -> Result<Duration, String> {
     let started = Instant::now();
     let mut reported = Instant::now();
     loop {
-        let mut groups: Vec<(Vec<Head>, usize)> = Vec::new();
+        // Grouped by digest: comparing 200 nodes' heads with each other, 200 heads each, every
+        // 50 ms was most of the CPU while they still differed.
+        let mut groups: HashMap<String, usize> = HashMap::new();
         for heads in join_all(nodes.iter().map(|node| node.ledger.heads())).await {
-            let heads = sorted_heads(heads.map_err(|e| e.to_string())?);
-            match groups.iter_mut().find(|(h, _)| *h == heads) {
-                Some((_, count)) => *count += 1,
-                None => groups.push((heads, 1)),
-            }
+            *groups.entry(crate::mesh::heads_digest(&heads.map_err(|e| e.to_string())?)).or_default() += 1;
         }
         if groups.len() == 1 {
             return Ok(started.elapsed());
         }
         if reported.elapsed() > Duration::from_secs(5) {
             reported = Instant::now();
-            let commonest = groups.iter().map(|(_, c)| *c).max().unwrap_or(0);
+            let commonest = groups.values().copied().max().unwrap_or(0);
             eprintln!(
                 "heads after the heal: {commonest} of {} nodes agree ({} different), {} links open, after {:.0?}",
                 nodes.len(),
@@ -270,7 +263,7 @@ async fn identical_heads(net: &MemoryNet, nodes: &[&Node], timeout: Duration) ->
         if started.elapsed() > timeout {
             return Err(format!("identical ledger heads after the heal: not within {timeout:?}"));
         }
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        actix_rt::time::sleep(Duration::from_millis(if nodes.len() > 50 { 100 } else { 50 })).await;
     }
 }
 
@@ -317,6 +310,9 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
     let idle = idle0.elapsed().as_secs_f64();
     let bytes_per_node_per_s = (net.bytes() - bytes0) as f64 / idle / n as f64;
     let cpu_ms_per_node_per_s = (cpu_time() - cpu0).as_secs_f64() * 1000.0 / idle / n as f64;
+    eprintln!(
+        "{n} nodes: idle {bytes_per_node_per_s:.0} bytes and {cpu_ms_per_node_per_s:.2} ms of CPU per node per second"
+    );
 
     // Work between two members the grid does not link: in admission order the second and third
     // node sit at cells (0,1) and (1,0). A network test opens a link on demand.
@@ -344,6 +340,7 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
     let others: Vec<&Node> = nodes.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, x)| x).collect();
     let offline_detect =
         until("a silent worker offline everywhere", &others, timeout, |node| sees(node, &live, &gone)).await?;
+    eprintln!("{n} nodes: a silent worker offline everywhere after {offline_detect:.1?}");
 
     // The coordinator goes silent.
     let c = nodes.iter().position(|x| x.identity.node_id == coordinator).ok_or("no coordinator")?;
@@ -357,6 +354,7 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
         named.iter().filter(|c| **c != coordinator).map(|c| named.iter().filter(|x| *x == c).count()).max().unwrap_or(0)
     })
     .await?;
+    eprintln!("{n} nodes: a new coordinator everywhere after {failover:.1?}");
 
     // The live nodes split; each side writes entries; the split heals.
     let cut = ((remaining.len() as f64 * scenario.split).round() as usize).clamp(1, remaining.len() - 1);
@@ -380,11 +378,19 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
     }
     net.heal();
     let partition_heal = identical_heads(&net, &remaining, timeout).await?;
+    eprintln!(
+        "{n} nodes: split seen after {partition_detect:.1?}; heads identical {partition_heal:.1?} after the heal"
+    );
     let live_ids: BTreeSet<NodeId> = remaining.iter().map(|x| x.identity.node_id.clone()).collect();
     let gone_ids: BTreeSet<NodeId> = ids.difference(&live_ids).cloned().collect();
-    let rejoin =
-        until("both sides online again after the heal", &remaining, timeout, |node| sees(node, &live_ids, &gone_ids))
-            .await?;
+    let rejoin = match until("both sides online again after the heal", &remaining, timeout, |node| {
+        sees(node, &live_ids, &gone_ids)
+    })
+    .await
+    {
+        Ok(took) => took,
+        Err(e) => return Err(format!("{e}; {}", lagging(&remaining, &live_ids).await)),
+    };
     let mut lost = 0;
     for node in &remaining {
         for entry in &acknowledged {

@@ -30,7 +30,7 @@ pub use chain::{
     canonical_bytes, check_entry, verify_all, BadEntry, ChainReport, Equivocation, Verify, VerifyReport, GENESIS_HASH,
 };
 pub use query::{LedgerFilter, Query, MAX_PAGE};
-pub use sync::{BatchError, EntriesAfter, Equivocators, Heads, InsertOutcome, InsertRemote};
+pub use sync::{advance_head, BatchError, EntriesAfter, Equivocators, Heads, InsertOutcome, InsertRemote};
 use table::insert;
 
 /// Owns the ledger table.
@@ -42,9 +42,9 @@ pub struct LedgerActor {
     last_hlc: Hlc,
     /// Appends waiting for the next group commit (shared with every [`LedgerHandle`]).
     appends: Appends,
-    /// Every chain's head as last read, dropped by each commit (only this actor writes the
-    /// ledger). The mesh reads the heads every second; at 200 simulated nodes reading them from
-    /// SQLite, one query per origin, was a sixth of all CPU.
+    /// Every chain's head, read once and then moved on by each commit (only this actor writes
+    /// the ledger; see [`sync::advance_head`]). The mesh reads the heads every second; at 200
+    /// simulated nodes reading them from SQLite, one query per origin, was a sixth of all CPU.
     heads: Option<Vec<Head>>,
 }
 
@@ -238,7 +238,11 @@ impl LedgerActor {
         }
         tx.commit()?;
         self.head = Some(head);
-        self.heads = None;
+        if let Some(heads) = &mut self.heads {
+            for entry in results.iter().flatten() {
+                sync::advance_head(heads, entry);
+            }
+        }
         Ok(results)
     }
 }

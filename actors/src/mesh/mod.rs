@@ -19,6 +19,7 @@ pub mod noise;
 pub mod remote;
 pub mod roster;
 mod sync;
+pub(crate) use sync::heads_digest;
 pub mod topology;
 mod transfer;
 

@@ -108,7 +108,7 @@ impl MeshActor {
             return;
         }
         for e in stored {
-            advance(&mut self.heads.1, e);
+            crate::ledger::advance_head(&mut self.heads.1, e);
         }
         self.heads.0 = heads_digest(&self.heads.1);
     }
@@ -159,7 +159,7 @@ pub(super) enum HeadsTo {
 }
 
 /// The digest of a set of heads: BLAKE3 over each origin's id, seq and hash, in origin order.
-pub(super) fn heads_digest(heads: &[Head]) -> String {
+pub(crate) fn heads_digest(heads: &[Head]) -> String {
     let mut sorted: Vec<&Head> = heads.iter().collect();
     sorted.sort_by(|a, b| a.origin.cmp(&b.origin));
     let mut hasher = blake3::Hasher::new();
@@ -291,7 +291,7 @@ impl Pull {
         let mut heads: Vec<Head> = ours.to_vec();
         for e in ends {
             self.asked.insert(e.origin.clone(), e.seq);
-            advance(&mut heads, e);
+            crate::ledger::advance_head(&mut heads, e);
         }
         Some(heads)
     }
@@ -314,16 +314,6 @@ impl Pull {
         if !gaps.is_empty() {
             entries.retain(|e| !gaps.contains(&e.origin));
         }
-    }
-}
-
-/// Moves `heads` to entry `e` when it is past (or the first of) its origin's head.
-fn advance(heads: &mut Vec<Head>, e: &wire::LedgerEntry) {
-    let head = Head { origin: e.origin.clone(), seq: e.seq, hash: e.hash.clone() };
-    match heads.iter_mut().find(|h| h.origin == e.origin) {
-        Some(h) if h.seq < e.seq => *h = head,
-        Some(_) => {}
-        None => heads.push(head),
     }
 }
 

@@ -280,20 +280,33 @@ pub fn hash_file(path: &Path) -> Result<(String, u64), CasError> {
     hash_reader(&mut file, path)
 }
 
+/// Bytes read at a time when hashing a stream: large enough for BLAKE3's SIMD to work on many
+/// chunks at once.
+const HASH_READ: usize = 256 * 1024;
+
+thread_local! {
+    /// One read buffer per thread, reused. A new one per file was zeroed every time (once glibc
+    /// has freed one such block it serves the next from its heap, and `calloc` then clears it):
+    /// 256 KiB per file, for each of a project's inputs and outputs, which a cached build's CLI
+    /// hashes all of.
+    static HASH_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; HASH_READ]);
+}
+
 /// BLAKE3 and size of what `file` yields, streamed; `path` names it in errors.
 pub fn hash_reader(file: &mut impl Read, path: &Path) -> Result<(String, u64), CasError> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            break;
+    HASH_BUFFER.with_borrow_mut(|buf| {
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        loop {
+            let n = file.read(buf).map_err(io(path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
         }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((hasher.finalize().to_hex().to_string(), size))
+        Ok((hasher.finalize().to_hex().to_string(), size))
+    })
 }
 
 pub fn is_executable(path: &Path) -> bool {

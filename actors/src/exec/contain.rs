@@ -270,13 +270,34 @@ fn close_on_exec_from(first: RawFd) {
 enum MountStep {
     Dir(CString),
     File(CString),
-    /// `source` is `/proc/self/fd/<handle>`: the target as it was opened before anything was
-    /// mounted over the way to it.
+    /// The target, bound from `/proc/self/fd/<handle>`: what the child opened at that path in
+    /// its own mount namespace (a bind's source must be in it) before anything was mounted over
+    /// the way to it.
     Bind {
-        source: CString,
         target: CString,
-        _handle: OwnedFd,
+        handle: Cell<RawFd>,
     },
+}
+
+/// `/proc/self/fd/<fd>` in `buf`, without allocating.
+fn fd_path(fd: RawFd, buf: &mut [u8; 32]) -> &CStr {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (fd.unsigned_abs(), 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 || len == digits.len() {
+            break;
+        }
+    }
+    for (i, d) in digits[..len].iter().rev().enumerate() {
+        buf[PREFIX.len() + i] = *d;
+    }
+    buf[PREFIX.len() + len] = 0;
+    CStr::from_bytes_until_nul(&buf[..]).unwrap_or(c"")
 }
 
 /// The Landlock ruleset, made and filled in the launcher, and the rights `/proc` gets in it.
@@ -394,6 +415,12 @@ impl Prepared {
             if self.namespaces.is_some() {
                 let private = (libc::MS_REC | libc::MS_PRIVATE) as libc::c_ulong;
                 check(Step::PrivateMounts, libc::mount(none, c"/".as_ptr(), none, private, std::ptr::null()))?;
+                for step in &self.mounts {
+                    if let MountStep::Bind { target, handle } = step {
+                        let flags = libc::O_PATH | libc::O_CLOEXEC;
+                        handle.set(check(Step::Bind, libc::open(target.as_ptr(), flags))? as RawFd);
+                    }
+                }
                 for cover in &self.covers {
                     let flags = (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong;
                     let mode = c"mode=0755".as_ptr().cast();
@@ -412,8 +439,10 @@ impl Prepared {
                             let fd = check(Step::Mountpoint, libc::open(path.as_ptr(), flags, 0o666))?;
                             libc::close(fd as RawFd);
                         }
-                        MountStep::Bind { source, target, .. } => {
+                        MountStep::Bind { target, handle } => {
                             let flags = (libc::MS_BIND | libc::MS_REC) as libc::c_ulong;
+                            let mut buf = [0u8; 32];
+                            let source = fd_path(handle.get(), &mut buf);
                             let bind = libc::mount(source.as_ptr(), target.as_ptr(), none, flags, std::ptr::null());
                             check(Step::Bind, bind)?;
                         }
@@ -795,12 +824,11 @@ fn expose_to_nobody(spec: &Spec) -> Result<(Vec<CString>, Vec<MountStep>), Conta
         .chain(spec.read_only.iter().cloned())
         .filter_map(|p| p.canonicalize().ok())
         .collect();
-    let mut plan: Vec<(PathBuf, PathBuf, std::fs::File)> = Vec::new();
+    let mut plan: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
     for t in targets {
         if let Some(blocking) = first_blocking_ancestor(&t) {
-            // Opened before anything is mounted over the way to it.
-            let handle = std::fs::File::open(&t).map_err(|e| ContainError::Namespaces(format!("open: {e}")))?;
-            plan.push((blocking, t, handle));
+            let is_dir = std::fs::metadata(&t).map_err(|e| ContainError::Namespaces(format!("open: {e}")))?.is_dir();
+            plan.push((blocking, t, is_dir));
         }
     }
     let mut covered: Vec<PathBuf> = Vec::new();
@@ -811,8 +839,7 @@ fn expose_to_nobody(spec: &Spec) -> Result<(Vec<CString>, Vec<MountStep>), Conta
     }
     let mut made: Vec<PathBuf> = Vec::new();
     let mut mounts = Vec::new();
-    for (_, target, handle) in plan {
-        let is_dir = handle.metadata().map(|m| m.is_dir()).unwrap_or(false);
+    for (_, target, is_dir) in plan {
         let cover = covered.iter().find(|c| target.starts_with(c));
         // The folders from below the cover down to the mount point (or the folder it is in).
         let deepest = if is_dir { Some(target.as_path()) } else { target.parent() };
@@ -831,8 +858,7 @@ fn expose_to_nobody(spec: &Spec) -> Result<(Vec<CString>, Vec<MountStep>), Conta
         if !is_dir {
             mounts.push(MountStep::File(c_path(&target).map_err(nul)?));
         }
-        let source = CString::new(format!("/proc/self/fd/{}", handle.as_raw_fd())).map_err(nul)?;
-        mounts.push(MountStep::Bind { source, target: c_path(&target).map_err(nul)?, _handle: handle.into() });
+        mounts.push(MountStep::Bind { target: c_path(&target).map_err(nul)?, handle: Cell::new(-1) });
     }
     let covers = covered.iter().map(|c| c_path(c)).collect::<Result<_, _>>().map_err(nul)?;
     Ok((covers, mounts))
@@ -918,11 +944,61 @@ mod tests {
         assert_eq!(Prepared::new(&no_command, [("A", "1")]).expect_err("no command").to_string(), "no command");
     }
 
+    /// Runs `prepared` as the fork server does: its status, why it failed, what it printed.
+    fn spawned(prepared: &Prepared, stack: &mut ChildStack) -> (WaitStatus, Option<Failure>, String) {
+        use std::io::Read;
+        let (mut read, write) = std::io::pipe().expect("pipe");
+        let write = OwnedFd::from(write);
+        let (pid, failed) = prepared.spawn(stack, Some([write.as_raw_fd(), write.as_raw_fd()])).expect("spawned");
+        drop(write);
+        let mut said = String::new();
+        read.read_to_string(&mut said).expect("output");
+        (waitpid(pid, None).expect("waited"), failed, said)
+    }
+
+    /// On a root node: PID 1 of its namespaces, `nobody`, and its sandbox reached through a folder
+    /// `nobody` may not pass (covered by a tmpfs with the sandbox bound into it: the binds' sources
+    /// are opened by the child, in its own mount namespace), and nothing else of that folder.
+    #[test]
+    fn as_nobody_a_package_reaches_its_sandbox_and_nothing_else_of_a_closed_folder() {
+        use std::os::unix::fs::PermissionsExt;
+        if !Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let sandbox = dir.path().join("sandboxes/p");
+        std::fs::create_dir_all(&sandbox).expect("sandbox");
+        std::fs::create_dir(dir.path().join("sandboxes/other")).expect("another sandbox");
+        std::fs::write(dir.path().join("admin.key"), "secret").expect("key");
+        let closed = dir.path().display();
+        let spec = Spec {
+            dir: sandbox.clone(),
+            read_only: vec![],
+            level: SandboxLevel::Full,
+            user: Some(NOBODY),
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "echo uid=$(id -u) pid=$$; cat {closed}/admin.key; ls {closed}/sandboxes/other && echo SAW-OTHER; \
+                     echo made > out && echo wrote"
+                ),
+            ],
+        };
+        let prepared = Prepared::new(&spec, [("PATH", "/usr/bin:/bin")]).expect("prepared");
+        let (status, failed, said) = spawned(&prepared, &mut ChildStack::new().expect("stack"));
+        assert_eq!((status, failed), (WaitStatus::Exited(status.pid().expect("pid"), 0), None), "{said}");
+        assert!(said.starts_with("uid=65534 pid=1\n") && said.ends_with("wrote\n"), "{said}");
+        assert!(!said.contains("secret") && !said.contains("SAW-OTHER"), "{said}");
+        assert_eq!(std::fs::metadata(sandbox.join("out")).expect("written").uid(), NOBODY);
+    }
+
     /// What the fork server does, in this (multi-threaded) test process: the child shares this
     /// memory, so it must run on what was prepared, allocating nothing.
     #[test]
     fn a_child_sharing_this_memory_is_contained_gets_its_environment_and_says_why_it_failed() {
-        use std::io::Read;
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let sandbox = dir.path().join("sandbox");
@@ -946,18 +1022,7 @@ mod tests {
         let env = [("PATH", "/usr/bin:/bin"), ("A", "first"), ("B", "b"), ("A", "second")];
         let prepared = Prepared::new(&spec, env).expect("prepared");
         let mut stack = ChildStack::new().expect("stack");
-        let run = |prepared: &Prepared, stack: &mut ChildStack| {
-            let (mut read, write) = std::io::pipe().expect("pipe");
-            let write = OwnedFd::from(write);
-            let (pid, failed) = prepared.spawn(stack, Some([write.as_raw_fd(), write.as_raw_fd()])).expect("spawned");
-            drop(write);
-            let mut said = String::new();
-            read.read_to_string(&mut said).expect("output");
-            let status = waitpid(pid, None).expect("waited");
-            (status, failed, said)
-        };
-
-        let (status, failed, said) = run(&prepared, &mut stack);
+        let (status, failed, said) = spawned(&prepared, &mut stack);
         assert_eq!((status, failed), (WaitStatus::Exited(status.pid().expect("pid"), 0), None), "{said}");
         assert_eq!(
             said, "A=second\nB=b\nPATH=/usr/bin:/bin\nfrom-a-script\nwrote-inside\nkept-out\n",
@@ -967,7 +1032,7 @@ mod tests {
 
         let missing = Spec { argv: vec!["no-such-tool-4711".into()], ..spec };
         let prepared = Prepared::new(&missing, [("PATH", "/usr/bin:/bin")]).expect("prepared");
-        let (status, failed, said) = run(&prepared, &mut stack);
+        let (status, failed, said) = spawned(&prepared, &mut stack);
         assert_eq!(status, WaitStatus::Exited(status.pid().expect("pid"), CANNOT_CONTAIN));
         assert_eq!(said, "", "the child does not write: the fork server does, from what it left");
         let failed = failed.expect("the child left why it failed");

@@ -207,16 +207,10 @@ pub fn config(members: usize) -> Config {
     config.notify_down_members = true;
     // Membership comes from the signed roster and links, not from announcing to strangers.
     config.periodic_announce = None;
-    // After a split heals, each side holds the other down and gossips only to members it holds
-    // alive: what crosses is announces on links that come back and the `TurnUndead` answers
-    // they get. At 200 simulated nodes some members still had not seen the other side back two
-    // minutes after a 40 | 60 heal. Announcing to two members held down each second (foca's
-    // extension for this; members down longer than `remove_down_after` are forgotten) makes
-    // each side seek the other out.
-    config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
-        frequency: Duration::from_secs(1),
-        num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
-    });
+    // Not announcing to members held down either (foca's extension for healing splits): in a
+    // 200-node simulation it added renewals to the churn while the joins settled, and that run
+    // never saw every node online within 5 minutes (one without it did in 2).
+    config.periodic_announce_to_down_members = None;
     // Four linked members each time (foca's LAN default is three): gossip goes over the grid's
     // links, not to any member, and with three a silent node took 2.4–4.5 s (median 2.8) to be
     // offline everywhere at 50 simulated nodes; with four 2.1–2.6 s, at the same bytes.

@@ -2,6 +2,7 @@
 //! after checking it whole, and keeping proof when an origin signs two entries for one position.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -15,17 +16,17 @@ use crate::wire::{self, Head, LedgerEntry, NodeId};
 
 /// The newest entry of every chain held here.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<Head>, StoreError>")]
+#[rtype(result = "Result<Arc<Vec<Head>>, StoreError>")]
 pub struct Heads;
 
 impl Handler<Heads> for LedgerActor {
-    type Result = Result<Vec<Head>, StoreError>;
+    type Result = Result<Arc<Vec<Head>>, StoreError>;
 
     fn handle(&mut self, _: Heads, _: &mut Self::Context) -> Self::Result {
         if let Some(cached) = &self.heads {
             return Ok(cached.clone());
         }
-        let read = heads(self.conn()?)?;
+        let read = Arc::new(heads(self.conn()?)?);
         self.heads = Some(read.clone());
         Ok(read)
     }
@@ -138,6 +139,7 @@ impl Handler<InsertRemote> for LedgerActor {
         let outcome = insert_batch(&tx, &own, msg.entries)?;
         tx.commit()?;
         if let Some(heads) = &mut self.heads {
+            let heads = Arc::make_mut(heads);
             for e in &outcome.stored {
                 advance_head(heads, e);
             }
@@ -324,7 +326,7 @@ mod tests {
     /// table gives.
     async fn assert_heads_are_the_tables(dir: &std::path::Path, ledger: &LedgerHandle) {
         let read = heads(&Connection::open(dir.join(DB_FILE)).expect("open")).expect("read heads");
-        assert_eq!(ledger.heads().await.expect("heads"), read, "the same heads in the same order");
+        assert_eq!(*ledger.heads().await.expect("heads"), read, "the same heads in the same order");
     }
 
     #[actix::test]

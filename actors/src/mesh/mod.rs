@@ -278,7 +278,7 @@ pub struct MeshActor {
     /// Refused joins counted until their summary goes to the ledger.
     refused: RefusedJoins,
     /// Our ledger heads as last read, and their digest (what peers compare theirs with).
-    heads: (String, Vec<wire::Head>),
+    heads: (String, Arc<Vec<wire::Head>>),
     /// When a differing ledger digest last made us ask for entries (see `sync`).
     last_digest_ask: Option<Instant>,
     /// The last of our own ledger entries pushed to peers (see `sync`); None before the first tick.
@@ -368,7 +368,7 @@ impl MeshActor {
             probes: netbench::Probes::default(),
             pool: None,
             refused: RefusedJoins::default(),
-            heads: (String::new(), Vec::new()),
+            heads: (String::new(), Arc::default()),
             last_digest_ask: None,
             pushed_own_seq: None,
             pulls: sync::Pulls::default(),

@@ -31,7 +31,7 @@ impl MeshActor {
                     HeadsTo::Everyone => {
                         let links: Vec<u64> = act.peers.values().filter_map(|p| p.link).collect();
                         for link in links {
-                            act.ask_on_link(link, heads.clone());
+                            act.ask_on_link(link, heads.to_vec());
                         }
                     }
                     HeadsTo::Gossip => {
@@ -98,7 +98,7 @@ impl MeshActor {
             return;
         }
         self.last_digest_ask = Some(Instant::now());
-        self.ask_on_link(link_id, self.heads.1.clone());
+        self.ask_on_link(link_id, self.heads.1.to_vec());
     }
 
     /// Entries the ledger stored from a peer move our heads at once, so the next digest is
@@ -107,8 +107,9 @@ impl MeshActor {
         if stored.is_empty() {
             return;
         }
+        let heads = std::sync::Arc::make_mut(&mut self.heads.1);
         for e in stored {
-            crate::ledger::advance_head(&mut self.heads.1, e);
+            crate::ledger::advance_head(heads, e);
         }
         self.heads.0 = heads_digest(&self.heads.1);
     }
@@ -122,7 +123,7 @@ impl MeshActor {
                 // Every origin's entries in one answer, split only where a frame is full: after a
                 // heal a peer lacks one or two entries of each of many origins.
                 let mut lacking = Vec::new();
-                for head in mine {
+                for head in mine.iter() {
                     let their_seq = theirs.iter().find(|h| h.origin == head.origin).map_or(0, |h| h.seq);
                     if head.seq <= their_seq {
                         continue;

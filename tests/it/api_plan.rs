@@ -62,7 +62,16 @@ fn plan_shapes_are_accepted_and_mistakes_are_named() {
     let (status, body) = node.post("/api/build", &json!({ "project": "nap" }));
     assert_eq!(status, 202, "{body}");
     let id = body["build_id"].as_str().expect("id").to_string();
-    let (status, body) = node.post("/api/build/estimate", &plan_cfg);
+    // The build's history row is written as it starts, after the 202: a loaded machine (the
+    // whole suite at once) can ask before that, so wait for it as a script would.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let (status, body) = loop {
+        let (status, body) = node.post("/api/build/estimate", &plan_cfg);
+        if status == 200 || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert_eq!(status, 200, "{body}");
     assert!(body["total_duration_ms"].is_u64(), "{body}");
 

@@ -544,6 +544,18 @@ mod tests {
         assert!(bad.is_err());
         let good: NodeId = serde_json::from_str("\"00000000000000ff\"").expect("valid id");
         assert_eq!(good.as_str(), "00000000000000ff");
+        // The inline form refuses every other shape with a message naming what a node id is.
+        for hostile in ["17", "null", "[\"00000000000000ff\"]", "\"00000000000000fff\"", "\"00000000000000f\u{e9}\""] {
+            let refused = serde_json::from_str::<NodeId>(hostile).expect_err(hostile).to_string();
+            assert!(refused.contains("node id"), "{hostile}: {refused}");
+        }
+        // An escaped but valid id is read as its text, and the wire form is the text.
+        let escaped: NodeId = serde_json::from_str("\"00000000000000\\u0066f\"").expect("escaped id");
+        assert_eq!(escaped, good);
+        let packed = rmp_serde::to_vec(&good).expect("encode");
+        assert_eq!(rmp_serde::from_slice::<String>(&packed).expect("a string"), "00000000000000ff");
+        assert_eq!(rmp_serde::from_slice::<NodeId>(&packed).expect("decode"), good);
+        assert_eq!(format!("{good:?}"), "\"00000000000000ff\"");
     }
 
     #[test]

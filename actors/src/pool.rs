@@ -122,21 +122,6 @@ impl Handler<PeersChanged> for PoolActor {
     }
 }
 
-/// Every peer (usable ones only when asked), with their adverts.
-#[derive(Message)]
-#[rtype(result = "Vec<PeerView>")]
-pub struct GetPeers {
-    pub usable_only: bool,
-}
-
-impl Handler<GetPeers> for PoolActor {
-    type Result = MessageResult<GetPeers>;
-
-    fn handle(&mut self, msg: GetPeers, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.peers.iter().filter(|p| !msg.usable_only || is_usable(p)).cloned().collect())
-    }
-}
-
 /// The peer table itself (see [`PoolHandle::peer_table`]).
 #[derive(Message)]
 #[rtype(result = "Arc<[PeerView]>")]
@@ -376,18 +361,18 @@ impl PoolHandle {
 
     /// Every peer the mesh knows, with liveness and advert.
     pub async fn peers(&self) -> Vec<PeerView> {
-        self.addr.send(GetPeers { usable_only: false }).await.unwrap_or_default()
+        self.peer_table().await.to_vec()
     }
 
-    /// The peer table as the mesh last sent it, shared rather than copied (for callers that
-    /// look at every peer often, like the mesh simulation's checks).
+    /// The peer table as the mesh last sent it, shared rather than copied: the one way to read
+    /// it (the copies above are made from it, on the caller's side).
     pub async fn peer_table(&self) -> Arc<[PeerView]> {
         self.addr.send(GetPeerTable).await.unwrap_or_else(|_| Arc::from([]))
     }
 
     /// The peers that can take work now (live, not observers): the one filter every caller uses.
     pub async fn usable_peers(&self) -> Vec<PeerView> {
-        self.addr.send(GetPeers { usable_only: true }).await.unwrap_or_default()
+        self.peer_table().await.iter().filter(|p| is_usable(p)).cloned().collect()
     }
 
     pub async fn view(&self) -> Result<PoolView, NodeError> {

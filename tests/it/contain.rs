@@ -317,3 +317,50 @@ fn a_package_cannot_change_the_stored_inputs_it_is_handed() {
     }
     assert_eq!(std::fs::read_to_string(work.path().join("data.txt")).expect("project"), "original\n");
 }
+
+/// A sandbox is emptied into a pool and the directories its files went into are kept for the
+/// next package that lays out files in the same ones (ext4 pays for every new directory). The
+/// package owned them and may have left anything in them: files, links, a link or a file where
+/// a directory was, modes. The package after it must find exactly what a new sandbox holds —
+/// its own inputs, plain directories of mode 755 — and the kept `obj/` must be the same
+/// directory (or this tests nothing).
+#[test]
+fn a_package_finds_a_clean_sandbox_whatever_the_one_before_left_in_it() {
+    let node = TestNode::start();
+    let level = node.get("/api/node").1["sandbox"].as_str().unwrap_or_default().to_string();
+    let work = tempfile::tempdir().expect("tempdir");
+    for (path, text) in [("src/a.c", "a"), ("src/b.c", "b"), ("inc/a.h", "a"), ("inc/b.h", "b")] {
+        let path = work.path().join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("source");
+    }
+    let manifest = "[packages.first]\ninputs = [\"src/a.c\", \"inc/a.h\"]\noutputs = [\"obj/a.o\"]\n\
+         shell = '''stat -c %i obj > obj/a.o; touch obj/left.o .tmp/left; ln -s /etc obj/etc; \
+         mkdir -p obj/sub/deep && touch obj/sub/deep/f; chmod 2777 obj; chmod 700 src; \
+         rm -r inc && ln -s /etc inc; mkdir mine; touch planted'''\n\n\
+         [packages.second]\ninputs = [\"src/b.c\", \"inc/b.h\"]\ndeps = [\"first\"]\noutputs = [\"obj/b.o\"]\n\
+         shell = '''{ stat -c '%n %a %i' obj; stat -c '%n %a' src inc; find . | sort; } > obj/b.o'''\n";
+    std::fs::write(work.path().join("buildnet.toml"), manifest).expect("manifest");
+    let out = node.cli(&["build", "--project", work.path().to_str().expect("path")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let first_obj = std::fs::read_to_string(work.path().join("obj/a.o")).expect("first's output");
+    let report = std::fs::read_to_string(work.path().join("obj/b.o")).expect("second's report");
+    let lines: Vec<&str> = report.lines().collect();
+    let (obj, rest) = lines.split_first().expect("a report");
+    let listing: Vec<&str> = rest.iter().skip(2).copied().collect();
+    assert_eq!(
+        listing,
+        [".", "./.tmp", "./inc", "./inc/b.h", "./obj", "./obj/a.o", "./obj/b.o", "./src", "./src/b.c"],
+        "only its own inputs, its dependency's output and its own report:\n{report}"
+    );
+    assert!(obj.starts_with("obj 755 "), "{report}");
+    assert_eq!(rest[..2], ["src 755", "inc 755"], "{report}");
+    if level == "landlock+namespaces" {
+        assert_eq!(
+            obj.rsplit(' ').next(),
+            Some(first_obj.trim()),
+            "the second package got the first's obj/ (the pool kept it):\n{report}"
+        );
+    }
+}

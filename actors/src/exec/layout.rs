@@ -35,6 +35,22 @@ pub fn inputs(cas: &Cas, dir: &Path, task: &Task, link_for: Option<u32>) -> Resu
     Ok(())
 }
 
+/// The directories [`inputs`] makes for `task`: every one on the way to an input or a declared
+/// output, relative to the sandbox, each after its parent. A sandbox kept for reuse holds only
+/// directories of this set, emptied, so the package sees what a new sandbox would give it.
+pub fn dirs(task: &Task) -> std::collections::BTreeSet<String> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for path in task.files.iter().map(|f| f.path.as_str()).chain(task.outputs.iter().map(String::as_str)) {
+        let mut end = 0;
+        while let Some(slash) = path[end..].find('/') {
+            end += slash;
+            dirs.insert(path[..end].to_string());
+            end += 1;
+        }
+    }
+    dirs
+}
+
 /// Stores the declared outputs the command left in `dir`, in order; the first one that is
 /// missing, not a regular file, or reached through a symbolic link fails the task.
 pub fn outputs(cas: &Cas, dir: &Path, task: &Task) -> Result<Vec<FileRef>, String> {

@@ -3,6 +3,7 @@
 //! shell) in its own process group — started by the node's fork server when it is contained —
 //! output captured, declared outputs stored by digest.
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -323,7 +324,7 @@ impl OutputStreams {
 }
 
 /// Runs a task under `sandboxes`; `cancel` kills it; its output also goes to `output` as it is
-/// printed. The sandbox is removed afterwards.
+/// printed. The sandbox is removed afterwards, or emptied into the pool.
 pub fn run(
     cas: &Cas,
     sandboxes: &Path,
@@ -333,67 +334,121 @@ pub fn run(
     output: Option<super::OutputSink>,
 ) -> Result<TaskResult, Cancelled> {
     let started = Instant::now();
-    let dir: PathBuf = sandboxes.join(&task.build_id).join(task.sandbox_name());
+    let build_dir = sandboxes.join(&task.build_id);
+    let dir: PathBuf = build_dir.join(task.sandbox_name());
     // Only where nothing the package started can outlive it — its PID namespace died with it —
     // may its directory serve another package: a survivor could still write there.
     let pool = (launch.launcher.is_some() && launch.level.has_namespaces()).then(|| sandboxes.join(FREE_SANDBOXES));
-    if let Err(e) = make_sandbox(pool.as_deref(), &dir) {
+    let wanted = super::layout::dirs(task);
+    if let Err(e) = BuildDirs::enter(&build_dir).and_then(|()| make_sandbox(pool.as_deref(), &dir, &wanted)) {
+        BuildDirs::leave(&build_dir);
         return Ok(failed(format!("sandbox {}: {e}", dir.display()), started));
     }
     let result = run_in(cas, &dir, task, launch, cancel, started, output);
-    release_sandbox(pool.as_deref(), &dir);
+    release_sandbox(pool.as_deref(), &dir, &wanted);
+    BuildDirs::leave(&build_dir);
     result
 }
 
 /// Emptied sandboxes waiting for the next package, in each sandbox root. A directory made anew
 /// costs an inode, and on ext4 without a journal (this machine's disk) allocating one scans past
 /// every inode freed in the last seconds (`recently_deleted`): a sandbox and its `.tmp` made and
-/// removed per package were 39 % of the daemon's CPU in a 200-package build.
+/// removed per package were 39 % of the daemon's CPU in a 200-package build, and the directories
+/// its inputs go into (`src/`, `include/`, `obj/`) ~190 ms of CPU per c-compdb build.
 const FREE_SANDBOXES: &str = ".free";
 /// Each package's TMPDIR, inside its sandbox.
 const TMP: &str = ".tmp";
 
+/// An emptied sandbox in a pool, with the empty directories kept in it (relative to it, each
+/// after its parent) for a package that lays out its files in the same ones.
+struct Free {
+    path: PathBuf,
+    dirs: Vec<String>,
+}
+
 /// The emptied sandboxes in each pool directory, as this process put them there: taking one is
 /// then a rename, not a listing of the pool (what a previous run left there is cleared at start).
-static FREE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+static FREE: std::sync::Mutex<Vec<Free>> = std::sync::Mutex::new(Vec::new());
 
-/// Takes an emptied sandbox of `pool` off the free list.
-fn take_free(pool: &Path) -> Option<PathBuf> {
+/// Takes the emptied sandbox of `pool` that keeps the most of the `wanted` directories (the one
+/// freed last among equals) off the free list.
+fn take_free(pool: &Path, wanted: &BTreeSet<String>) -> Option<Free> {
     let mut free = FREE.lock().ok()?;
-    let at = free.iter().rposition(|p| p.parent() == Some(pool))?;
+    let (at, _) = free
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.path.parent() == Some(pool))
+        .max_by_key(|&(i, f)| (f.dirs.iter().filter(|d| wanted.contains(*d)).count(), i))?;
     Some(free.swap_remove(at))
 }
 
-/// Makes the sandbox `dir`: an emptied one from `pool`, moved into place, or a new one.
-fn make_sandbox(pool: Option<&Path>, dir: &Path) -> std::io::Result<()> {
-    let _ = std::fs::remove_dir_all(dir);
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent)?;
+/// The builds' directories (`<root>/<build>`, each holding that build's sandboxes) with how
+/// many of their sandboxes are in use. One in use is never removed; one no longer in use is
+/// removed when the next build's is made, so a node keeps at most one empty build directory per
+/// root instead of one per build it ever ran (they piled up until the node restarted), and a
+/// build whose packages reach this node one at a time does not make its directory per package.
+struct BuildDirs;
+
+static BUILD_DIRS: std::sync::Mutex<Vec<(PathBuf, usize)>> = std::sync::Mutex::new(Vec::new());
+
+impl BuildDirs {
+    /// Counts a sandbox in `build_dir`, making the directory for the first one.
+    fn enter(build_dir: &Path) -> std::io::Result<()> {
+        let mut dirs = BUILD_DIRS.lock().map_err(|_| std::io::Error::other("the build directories' lock"))?;
+        if let Some((_, users)) = dirs.iter_mut().find(|(d, _)| d == build_dir) {
+            *users += 1;
+            return Ok(());
+        }
+        dirs.retain(|(d, users)| {
+            *users > 0 || std::fs::remove_dir(d).is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
+        });
+        std::fs::create_dir_all(build_dir)?;
+        dirs.push((build_dir.to_path_buf(), 1));
+        Ok(())
     }
+
+    /// Counts a sandbox out of `build_dir` (the directory stays until another build's is made).
+    fn leave(build_dir: &Path) {
+        if let Ok(mut dirs) = BUILD_DIRS.lock() {
+            if let Some((_, users)) = dirs.iter_mut().find(|(d, _)| d == build_dir) {
+                *users = users.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// Makes the sandbox `dir` for a package whose files go into the `wanted` directories: an
+/// emptied one from `pool`, moved into place, or a new one. A pooled sandbox's kept directories
+/// that this package does not want are removed, so it holds exactly what a new one would.
+fn make_sandbox(pool: Option<&Path>, dir: &Path, wanted: &BTreeSet<String>) -> std::io::Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
     // One that is gone (its root was cleared) is forgotten: then the next.
-    while let Some(free) = pool.and_then(take_free) {
-        if std::fs::rename(&free, dir).is_ok() {
+    while let Some(free) = pool.and_then(|pool| take_free(pool, wanted)) {
+        if std::fs::rename(&free.path, dir).is_ok() {
+            // Children before their parents.
+            for unwanted in free.dirs.iter().rev().filter(|d| !wanted.contains(*d)) {
+                std::fs::remove_dir_all(dir.join(unwanted))?;
+            }
             return Ok(());
         }
     }
     std::fs::create_dir(dir)
 }
 
-/// Empties the sandbox `dir` into `pool`, or removes it (no pool, or it cannot be emptied).
-fn release_sandbox(pool: Option<&Path>, dir: &Path) {
+/// Empties the sandbox `dir` into `pool`, keeping the `wanted` directories its package's files
+/// went into, or removes it (no pool, or it cannot be made fit for another package).
+fn release_sandbox(pool: Option<&Path>, dir: &Path, wanted: &BTreeSet<String>) {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    use std::os::unix::fs::PermissionsExt;
     let pooled = pool.is_some_and(|pool| {
-        let reset = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
-        if reset.and_then(|()| remove_entries(dir, Some(TMP))).is_err() {
+        let Ok(dirs) = empty_for_reuse(dir, wanted) else {
             return false;
-        }
+        };
         let free = pool.join(format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         let moved = std::fs::rename(dir, &free)
             .or_else(|_| std::fs::create_dir(pool).and_then(|()| std::fs::rename(dir, &free)))
             .is_ok();
         if let (true, Ok(mut list)) = (moved, FREE.lock()) {
-            list.push(free);
+            list.push(Free { path: free, dirs });
         }
         moved
     });
@@ -402,22 +457,137 @@ fn release_sandbox(pool: Option<&Path>, dir: &Path) {
     }
 }
 
-/// Removes everything in `dir`; a directory named `keep` is emptied (and its mode reset) instead.
-fn remove_entries(dir: &Path, keep: Option<&str>) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+/// Empties the sandbox `dir` a package has finished with, for the next package: its `.tmp` and
+/// the `wanted` directories are kept (emptied, mode 0755) when [`reset_dir`] finds them fit;
+/// everything else goes. Returns the kept directories besides `.tmp`, each after its parent.
+/// The package owned all of it and may have left anything there — files, links where
+/// directories were, modes, extended attributes, inode flags — so nothing is followed and a
+/// directory that is not plainly a directory is removed, not reused. An error: the sandbox
+/// itself is not fit (or could not be emptied) and must be removed.
+fn empty_for_reuse(dir: &Path, wanted: &BTreeSet<String>) -> std::io::Result<Vec<String>> {
+    // Its parent, the build's directory, is the node's own: what a directory made here carries.
+    let like = dir.parent().map(DirTraits::of).transpose()?;
+    if !reset_dir(dir, like.as_ref())? {
+        return Err(std::io::Error::other("the sandbox was changed in ways it cannot be reset from"));
+    }
+    let mut kept = Vec::new();
+    empty_dir(dir, "", wanted, like.as_ref(), &mut kept)?;
+    kept.retain(|d| d != TMP);
+    Ok(kept)
+}
+
+/// Removes everything in `dir` (at `prefix` in its sandbox) but the directories of `wanted` (and
+/// the sandbox's `.tmp`) that [`reset_dir`] passes, which are emptied in turn and added to `kept`.
+fn empty_dir(
+    dir: &Path,
+    prefix: &str,
+    wanted: &BTreeSet<String>,
+    like: Option<&DirTraits>,
+    kept: &mut Vec<String>,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
+        // The type of the entry itself (a link is a link), from the listing.
         if !entry.file_type()?.is_dir() {
             std::fs::remove_file(&path)?;
-        } else if keep.is_some_and(|k| entry.file_name() == k) {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-            remove_entries(&path, None)?;
-        } else {
-            std::fs::remove_dir_all(&path)?;
+            continue;
+        }
+        let rel = entry.file_name().to_str().map(|name| {
+            if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}/{name}")
+            }
+        });
+        match rel {
+            Some(rel) if (wanted.contains(&rel) || rel == TMP) && reset_dir(&path, like)? => {
+                empty_dir(&path, &rel, wanted, like, kept)?;
+                kept.push(rel);
+            }
+            _ => std::fs::remove_dir_all(&path)?,
         }
     }
     Ok(())
+}
+
+/// What a package may have set on a directory it owned that would reach the next package
+/// through it, and a mode reset does not undo: extended attributes (a default ACL decides the
+/// modes of files made in it; `user.*` ones carry data) and inode flags an owner can set
+/// (`chattr`: synchronous writes, case-insensitive names, ...).
+#[derive(Debug, PartialEq, Eq)]
+struct DirTraits {
+    /// Attributes other than `security.*` (which the kernel's security modules set, not a package).
+    xattrs: bool,
+    /// The flags an owner can set (`FS_IOC_GETFLAGS`), `None` where the filesystem has none.
+    flags: Option<libc::c_int>,
+}
+
+/// Inode flags an owner may set (see `chattr(1)`): the user-modifiable set with casefold,
+/// project inheritance, DAX, no-CoW, no-compression and data journalling. Flags the filesystem
+/// sets by itself (extents, an indexed directory, inline data) are not compared.
+const OWNER_FLAGS: libc::c_int = 0x0003_80ff | 0x4000_0000 | 0x2000_0000 | 0x0200_0000 | 0x0080_0000 | 0x0400 | 0x4000;
+
+impl DirTraits {
+    fn of(dir: &Path) -> std::io::Result<DirTraits> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dir)?;
+        Self::of_open(&file)
+    }
+
+    fn of_open(dir: &std::fs::File) -> std::io::Result<DirTraits> {
+        use std::os::fd::AsRawFd;
+        let fd = dir.as_raw_fd();
+        let mut names = [0u8; 1024];
+        // SAFETY: the buffer and its length are valid for the call; the kernel writes at most that.
+        let len = unsafe { libc::flistxattr(fd, names.as_mut_ptr().cast(), names.len()) };
+        let xattrs = match len {
+            -1 => match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::ENOTSUP) => false,
+                // More names than fit: certainly more than the security modules' own.
+                Some(libc::ERANGE) => true,
+                _ => return Err(std::io::Error::last_os_error()),
+            },
+            len => names[..len as usize].split(|&b| b == 0).any(|n| !n.is_empty() && !n.starts_with(b"security.")),
+        };
+        let mut flags: libc::c_int = 0;
+        // SAFETY: FS_IOC_GETFLAGS writes one int to the pointer (declared as a long, read and
+        // written as an int by every filesystem).
+        let got = unsafe { libc::ioctl(fd, FS_IOC_GETFLAGS as _, &mut flags) };
+        let flags = (got == 0).then_some(flags & OWNER_FLAGS);
+        Ok(DirTraits { xattrs, flags })
+    }
+}
+
+/// `_IOR('f', 1, long)`.
+const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+
+/// Makes a directory a package had fit for the next one: mode 0755, and true if it is a
+/// directory (not followed if a link) carrying no extended attribute and no inode flag beyond
+/// what a directory made beside it (`like`) has; false: it must be removed instead.
+fn reset_dir(dir: &Path, like: Option<&DirTraits>) -> std::io::Result<bool> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // Nothing follows a link: the directory is opened without following one (and its mode
+    // then set through the descriptor), so a link swapped in is refused, not chmodded.
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dir)
+    {
+        Ok(file) => file,
+        // Its mode may forbid reading it to a node that is not root: the mode is the package's
+        // to change, so it is reset first, on the entry that was listed as a directory.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            if !std::fs::symlink_metadata(dir)?.is_dir() {
+                return Ok(false);
+            }
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dir)?
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    file.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+    let traits = DirTraits::of_open(&file)?;
+    Ok(!traits.xattrs && like.is_none_or(|like| traits.flags == like.flags))
 }
 
 fn run_in(
@@ -629,35 +799,134 @@ mod tests {
         assert!(seen.iter().any(|(_, c)| c.contains("second")), "{seen:?}");
     }
 
+    fn wanted(dirs: &[&str]) -> BTreeSet<String> {
+        dirs.iter().map(|d| d.to_string()).collect()
+    }
+
+    /// Makes `dir` as `run` does (its build's directory counted, then the sandbox).
+    fn made(pool: &Path, dir: &Path, dirs: &BTreeSet<String>) {
+        BuildDirs::enter(dir.parent().expect("build dir")).expect("build dir");
+        make_sandbox(Some(pool), dir, dirs).expect("made");
+    }
+
+    fn released(pool: Option<&Path>, dir: &Path, dirs: &BTreeSet<String>) {
+        release_sandbox(pool, dir, dirs);
+        BuildDirs::leave(dir.parent().expect("build dir"));
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("list").flatten() {
+                let rel = e.path().strip_prefix(dir).expect("inside").display().to_string();
+                if e.file_type().expect("type").is_dir() {
+                    stack.push(e.path());
+                    found.push(format!("{rel}/"));
+                } else {
+                    found.push(rel);
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
     #[test]
     fn sandboxes_are_emptied_into_the_pool_and_reused() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let root = tempfile::tempdir().expect("tempdir");
         let pool = root.path().join(FREE_SANDBOXES);
         let dir = root.path().join("b1/p");
-        make_sandbox(Some(&pool), &dir).expect("made");
+        let dirs = wanted(&["out", "out/deep"]);
+        made(&pool, &dir, &dirs);
         std::fs::create_dir_all(dir.join(".tmp/t")).expect("tmp");
         std::fs::create_dir_all(dir.join("out/deep")).expect("out");
+        std::fs::create_dir_all(dir.join("mine/own")).expect("a directory the package made");
         std::fs::write(dir.join("out/deep/o.txt"), "o").expect("file");
         std::fs::write(dir.join(".tmp/x"), "x").expect("file");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        std::fs::set_permissions(dir.join("out"), std::fs::Permissions::from_mode(0o2777)).expect("chmod");
         let inode = std::fs::metadata(&dir).expect("meta").ino();
-        release_sandbox(Some(&pool), &dir);
+        released(Some(&pool), &dir, &dirs);
         assert!(!dir.exists());
         let free: Vec<PathBuf> = std::fs::read_dir(&pool).expect("pool").flatten().map(|e| e.path()).collect();
         assert_eq!(free.len(), 1);
-        let left: Vec<_> = std::fs::read_dir(&free[0]).expect("pooled").flatten().map(|e| e.file_name()).collect();
-        assert_eq!(left, [".tmp"], "only an emptied .tmp is kept");
-        assert_eq!(std::fs::read_dir(free[0].join(".tmp")).expect("tmp").count(), 0);
-        assert_eq!(std::fs::metadata(&free[0]).expect("meta").mode() & 0o777, 0o755);
+        assert_eq!(listing(&free[0]), [".tmp/", "out/", "out/deep/"], "emptied; what the package made is gone");
+        for d in ["", ".tmp", "out", "out/deep"] {
+            assert_eq!(std::fs::metadata(free[0].join(d)).expect("meta").mode() & 0o7777, 0o755, "{d}");
+        }
 
+        // A package that lays out files only in `out/` gets the sandbox without `out/deep/`.
         let next = root.path().join("b2/q");
-        make_sandbox(Some(&pool), &next).expect("made");
+        made(&pool, &next, &wanted(&["out"]));
         assert_eq!(std::fs::metadata(&next).expect("meta").ino(), inode, "the pooled sandbox is reused");
+        assert_eq!(listing(&next), [".tmp/", "out/"]);
         assert_eq!(std::fs::read_dir(&pool).expect("pool").count(), 0);
-        release_sandbox(None, &next);
+        assert!(!root.path().join("b1").exists(), "the last build's directory went when the next one's came");
+        released(None, &next, &wanted(&["out"]));
         assert!(!next.exists());
         assert_eq!(std::fs::read_dir(&pool).expect("pool").count(), 0, "without a pool it is removed");
+    }
+
+    #[test]
+    fn a_kept_directory_is_what_a_new_one_would_be_or_it_goes() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let root = tempfile::tempdir().expect("tempdir");
+        let pool = root.path().join(FREE_SANDBOXES);
+        let dir = root.path().join("b1/p");
+        let dirs = wanted(&["src", "inc", "obj", "attr", "flag", "lib", "lib/sub"]);
+        made(&pool, &dir, &dirs);
+        for d in &dirs {
+            std::fs::create_dir_all(dir.join(d)).expect("dir");
+        }
+        let obj = std::fs::metadata(dir.join("obj")).expect("obj").ino();
+        std::fs::write(dir.join("obj/left.o"), "left").expect("a file left behind");
+        std::os::unix::fs::symlink("/etc", dir.join("obj/etc")).expect("a link left behind");
+        // A directory replaced by a link to somewhere else, one replaced by a file.
+        std::fs::remove_dir(dir.join("inc")).expect("rmdir");
+        std::os::unix::fs::symlink("/etc", dir.join("inc")).expect("link where a directory was");
+        std::fs::remove_dir_all(dir.join("lib")).expect("rmdir");
+        std::fs::write(dir.join("lib"), "a file where a directory was").expect("file");
+        // One the package cannot read any more, one with an attribute of its own.
+        std::fs::set_permissions(dir.join("src"), std::fs::Permissions::from_mode(0o000)).expect("chmod");
+        let name = std::ffi::CString::new("user.mark").expect("name");
+        let path = std::ffi::CString::new(dir.join("attr").as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: valid NUL-terminated strings and a one-byte value.
+        let set = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+        // An inode flag its owner may set (`chattr +d`, no dump).
+        let flagged = {
+            use std::os::fd::AsRawFd;
+            let flag = std::fs::File::open(dir.join("flag")).expect("open");
+            let mut flags: libc::c_int = 0;
+            const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+            // SAFETY: the flags ioctls read and write one int at the pointer.
+            unsafe {
+                libc::ioctl(flag.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) == 0 && {
+                    flags |= 0x40;
+                    libc::ioctl(flag.as_raw_fd(), FS_IOC_SETFLAGS as _, &flags) == 0
+                }
+            }
+        };
+        released(Some(&pool), &dir, &dirs);
+
+        let next = root.path().join("b2/q");
+        made(&pool, &next, &dirs);
+        let mut want = vec!["obj/", "src/"];
+        if set != 0 {
+            // The filesystem has no user attributes: the directory is kept like the others.
+            want.push("attr/");
+        }
+        if !flagged {
+            want.push("flag/");
+        }
+        want.sort();
+        assert_eq!(listing(&next), want, "only plain directories are kept, and emptied");
+        assert_eq!(std::fs::metadata(next.join("obj")).expect("obj").ino(), obj, "obj/ was kept");
+        assert_eq!(std::fs::metadata(next.join("src")).expect("src").mode() & 0o777, 0o755);
+        assert!(std::fs::read_link("/etc").is_err(), "nothing followed the link: /etc is still there");
+        assert!(std::path::Path::new("/etc/passwd").exists());
+        released(None, &next, &dirs);
     }
 
     #[test]
@@ -665,27 +934,50 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let root = tempfile::tempdir().expect("tempdir");
         let (pool_a, pool_b) = (root.path().join("a").join(FREE_SANDBOXES), root.path().join("b").join(FREE_SANDBOXES));
+        let none = BTreeSet::new();
         let first = root.path().join("a/b1/p");
-        make_sandbox(Some(&pool_a), &first).expect("made");
-        release_sandbox(Some(&pool_a), &first);
+        made(&pool_a, &first, &none);
+        released(Some(&pool_a), &first, &none);
         let other = root.path().join("b/b1/p");
-        make_sandbox(Some(&pool_b), &other).expect("made");
+        made(&pool_b, &other, &none);
         assert_eq!(std::fs::read_dir(&pool_a).expect("pool").count(), 1, "another root's pool left it alone");
-        release_sandbox(Some(&pool_b), &other);
+        released(Some(&pool_b), &other, &none);
 
         // The roots are cleared (as at a node's start): what the free list remembers is gone.
         std::fs::remove_dir_all(&pool_a).expect("clear");
         let again = root.path().join("a/b2/q");
-        make_sandbox(Some(&pool_a), &again).expect("a fresh sandbox when the pooled one is gone");
-        assert!(again.is_dir());
-        release_sandbox(Some(&pool_a), &again);
+        made(&pool_a, &again, &none);
+        assert!(again.is_dir(), "a fresh sandbox when the pooled one is gone");
+        released(Some(&pool_a), &again, &none);
         let inode =
             std::fs::metadata(std::fs::read_dir(&pool_a).expect("pool").flatten().next().expect("pooled").path())
                 .expect("meta")
                 .ino();
         let last = root.path().join("a/b3/r");
-        make_sandbox(Some(&pool_a), &last).expect("made");
+        made(&pool_a, &last, &none);
         assert_eq!(std::fs::metadata(&last).expect("meta").ino(), inode, "the pool is used again");
+    }
+
+    #[test]
+    fn the_pooled_sandbox_that_keeps_the_most_wanted_directories_is_taken() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let pool = root.path().join(FREE_SANDBOXES);
+        let compile = wanted(&["include", "obj", "src"]);
+        let link = wanted(&["obj"]);
+        for (name, dirs) in [("b1/cc", &compile), ("b1/link", &link)] {
+            let dir = root.path().join(name);
+            made(&pool, &dir, dirs);
+            for d in dirs.iter() {
+                std::fs::create_dir_all(dir.join(d)).expect("dir");
+            }
+        }
+        // Freed in this order, the link's sandbox is the last freed; a compile still gets the other.
+        released(Some(&pool), &root.path().join("b1/cc"), &compile);
+        released(Some(&pool), &root.path().join("b1/link"), &link);
+        let next = root.path().join("b2/cc");
+        made(&pool, &next, &compile);
+        assert_eq!(listing(&next), ["include/", "obj/", "src/"]);
+        released(None, &next, &compile);
     }
 
     #[test]

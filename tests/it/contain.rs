@@ -197,7 +197,6 @@ fn a_node_that_must_contain_refuses_peers_packages_when_it_cannot() {
 fn an_unprivileged_fork_server_contains_its_package_in_a_user_namespace() {
     use buildnet_actors::exec::contain::{SandboxLevel, Spec, NOBODY};
     use buildnet_actors::exec::forkserver::ForkServer;
-    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/setpriv").exists() {
@@ -238,16 +237,7 @@ fn an_unprivileged_fork_server_contains_its_package_in_a_user_namespace() {
             ),
         ],
     };
-    let (mut read, write) = std::io::pipe().expect("pipe");
-    let write = std::os::fd::OwnedFd::from(write);
-    let env = [("PATH".to_string(), "/usr/bin:/bin".to_string())];
-    let served = server.start(&spec, &env, &write, &write).expect("started");
-    drop(write);
-    let (status, _) = wait_until("the package ends", Duration::from_secs(20), || {
-        served.wait(Duration::from_millis(100)).expect("the launcher lives")
-    });
-    let mut said = String::new();
-    read.read_to_string(&mut said).expect("output");
+    let (status, said) = served(&server, &spec);
     assert!(status.success(), "{status:?}: {said}");
     assert!(said.contains("pid=1 uid=0 processes="), "PID 1 and root of its own namespaces: {said}");
     assert!(said.contains("kept-in") && !outside.exists(), "Landlock still holds: {said}");
@@ -363,4 +353,74 @@ fn a_package_finds_a_clean_sandbox_whatever_the_one_before_left_in_it() {
             "the second package got the first's obj/ (the pool kept it):\n{report}"
         );
     }
+}
+
+/// The fork server makes each package's namespaces ahead, while the one before runs (a spare
+/// child, issue 14). A mount made on the node after that (a storage volume) must still be where
+/// the next package sees it: run here through the real fork server, a package whose sandbox is
+/// on a tmpfs mounted after the spare was made writes into that tmpfs, not into the folder under
+/// it; and with the tmpfs gone again, the next package in the folder under it.
+#[test]
+fn a_package_sees_what_was_mounted_after_its_namespaces_were_made_ahead() {
+    use buildnet_actors::exec::contain::{SandboxLevel, Spec};
+    use buildnet_actors::exec::forkserver::ForkServer;
+    if !is_root() {
+        eprintln!("skipped: needs root to mount");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ForkServer::new(common::BIN.into());
+    let run = |sandbox: &Path, line: &str| -> (bool, String) {
+        let spec = Spec {
+            dir: sandbox.to_path_buf(),
+            read_only: vec![],
+            level: SandboxLevel::Full,
+            user: None,
+            argv: vec!["/bin/sh".into(), "-c".into(), line.into()],
+        };
+        let (status, said) = served(&server, &spec);
+        (status.success(), said)
+    };
+    let volume = dir.path().join("volume");
+    std::fs::create_dir(&volume).expect("mkdir");
+    // The first package, after which the server has a spare waiting.
+    assert_eq!(run(dir.path(), "echo first"), (true, "first\n".into()));
+    std::thread::sleep(Duration::from_millis(200));
+
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&volume).status().expect("mount");
+    assert!(mounted.success());
+    let sandbox = volume.join("sandbox");
+    std::fs::create_dir(&sandbox).expect("a sandbox on the new volume");
+    let on_volume = run(&sandbox, "echo on-the-volume > out.txt && echo wrote");
+    let in_tmpfs = std::fs::read_to_string(sandbox.join("out.txt"));
+    let unmounted = Command::new("umount").arg(&volume).status().expect("umount");
+    assert_eq!(on_volume, (true, "wrote\n".into()), "the package found its sandbox on the new mount");
+    assert_eq!(in_tmpfs.expect("written into the tmpfs"), "on-the-volume\n");
+    assert!(unmounted.success());
+    assert!(!sandbox.exists(), "nothing went into the folder under the tmpfs");
+
+    // Unmounted again: the folder under it is what the next package gets.
+    std::fs::create_dir(&sandbox).expect("a sandbox in the folder");
+    assert_eq!(run(&sandbox, "echo under > out.txt && echo wrote"), (true, "wrote\n".into()));
+    assert_eq!(std::fs::read_to_string(sandbox.join("out.txt")).expect("written"), "under\n");
+}
+
+/// Runs `spec` through `server` with `PATH` as its environment, as the executor does: its exit
+/// status and what it printed on stdout and stderr.
+fn served(
+    server: &buildnet_actors::exec::forkserver::ForkServer,
+    spec: &buildnet_actors::exec::contain::Spec,
+) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let (mut read, write) = std::io::pipe().expect("pipe");
+    let write = std::os::fd::OwnedFd::from(write);
+    let env = [("PATH".to_string(), "/usr/bin:/bin".to_string())];
+    let started = server.start(spec, &env, &write, &write).expect("started");
+    drop(write);
+    let (status, _) = wait_until("the package ends", Duration::from_secs(20), || {
+        started.wait(Duration::from_millis(100)).expect("the launcher lives")
+    });
+    let mut said = String::new();
+    read.read_to_string(&mut said).expect("output");
+    (status, said)
 }

@@ -398,23 +398,27 @@ impl Prepared {
     /// Allocates nothing and takes no lock, and writes no memory but its stack and the exec's
     /// script slot: it runs in a child that shares the fork server's memory.
     pub fn enter(&self) -> Failure {
-        match self.contain_and_exec() {
+        self.enter_from(false)
+    }
+
+    /// [`Prepared::enter`], its first steps ([`enter_namespaces`]) already taken when
+    /// `namespaces_entered` (a [`Spare`] took them ahead).
+    fn enter_from(&self, namespaces_entered: bool) -> Failure {
+        match self.contain_and_exec(namespaces_entered) {
             Ok(never) => match never {},
             Err(failure) => failure,
         }
     }
 
-    fn contain_and_exec(&self) -> Result<Never, Failure> {
+    fn contain_and_exec(&self, namespaces_entered: bool) -> Result<Never, Failure> {
         let none = std::ptr::null::<c_char>();
-        if let Some(map) = &self.user_map {
-            map.write()?;
+        if self.namespaces.is_some() && !namespaces_entered {
+            enter_namespaces(self.user_map.as_ref())?;
         }
         // SAFETY (the block): system calls on NUL-terminated strings that outlive them, null
         // pointers where the call allows them, and plain integers.
         unsafe {
             if self.namespaces.is_some() {
-                let private = (libc::MS_REC | libc::MS_PRIVATE) as libc::c_ulong;
-                check(Step::PrivateMounts, libc::mount(none, c"/".as_ptr(), none, private, std::ptr::null()))?;
                 for step in &self.mounts {
                     if let MountStep::Bind { target, handle } = step {
                         let flags = libc::O_PATH | libc::O_CLOEXEC;
@@ -448,9 +452,6 @@ impl Prepared {
                         }
                     }
                 }
-                let flags = (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as libc::c_ulong;
-                let proc = c"proc".as_ptr();
-                check(Step::Proc, libc::mount(proc, c"/proc".as_ptr(), proc, flags, std::ptr::null()))?;
             }
             if let Some(user) = self.user {
                 // Raw calls: glibc's wrappers would signal the other threads of a process that
@@ -478,7 +479,7 @@ impl Prepared {
     pub fn spawn(&self, stack: &mut ChildStack, stdio: Option<[RawFd; 2]>) -> nix::Result<(Pid, Option<Failure>)> {
         let failed: Cell<Option<Failure>> = Cell::new(None);
         let child = Box::new(|| {
-            failed.set(Some(enter_as_package(self, stdio)));
+            failed.set(Some(enter_as_package(self, stdio, false)));
             CANNOT_CONTAIN as isize
         });
         let flags = CloneFlags::CLONE_VM
@@ -520,7 +521,7 @@ impl Prepared {
 }
 
 /// The fork server's child: its own process group and output, then [`Prepared::enter`].
-fn enter_as_package(prepared: &Prepared, stdio: Option<[RawFd; 2]>) -> Failure {
+fn enter_as_package(prepared: &Prepared, stdio: Option<[RawFd; 2]>, namespaces_entered: bool) -> Failure {
     if let Some([stdout, stderr]) = stdio {
         // SAFETY: setpgid and dup2 take plain integers.
         unsafe {
@@ -530,7 +531,217 @@ fn enter_as_package(prepared: &Prepared, stdio: Option<[RawFd; 2]>) -> Failure {
             }
         }
     }
-    prepared.enter()
+    prepared.enter_from(namespaces_entered)
+}
+
+/// The first steps in a package's new namespaces, the same for every package of a process:
+/// map the user (in a new user namespace), make every mount private (nothing mounted here
+/// reaches the server's namespace, nor the other way) and mount this PID namespace's `/proc`.
+fn enter_namespaces(user_map: Option<&UserMap>) -> Result<(), Failure> {
+    if let Some(map) = user_map {
+        map.write()?;
+    }
+    let none = std::ptr::null::<c_char>();
+    let private = (libc::MS_REC | libc::MS_PRIVATE) as libc::c_ulong;
+    let proc_flags = (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as libc::c_ulong;
+    let proc = c"proc".as_ptr();
+    // SAFETY: mount on NUL-terminated strings and null pointers where the call allows them.
+    unsafe {
+        check(Step::PrivateMounts, libc::mount(none, c"/".as_ptr(), none, private, std::ptr::null()))?;
+        check(Step::Proc, libc::mount(proc, c"/proc".as_ptr(), proc, proc_flags, std::ptr::null()))?;
+    }
+    Ok(())
+}
+
+/// A child made ahead of its package (issue 14): cloned into the package namespaces of this
+/// process, where it has taken [`enter_namespaces`]' steps, then sleeps until [`Spare::start`]
+/// hands it a prepared package. The fork server makes the next one as soon as a package has
+/// exec'd, so the clone into new namespaces, the private mounts and `/proc` overlap the
+/// previous package's run instead of coming before the next.
+///
+/// Like [`Prepared::spawn`]'s child it shares this process's memory (`CLONE_VM`) and its
+/// descriptor table (`CLONE_FILES`, so that it can take the package's output, which arrives
+/// after it was made; it takes a copy of the table of its own when started). While it runs
+/// ahead and sleeps it writes nothing but its stack and the [`HandOff`] (its `errno` is this
+/// process's too: it fails nowhere but in steps whose failure it keeps for later); once started,
+/// this process waits until it has exec'd or exited, as with `CLONE_VFORK`: the kernel clears
+/// [`HandOff::alive`] and wakes it then (`CLONE_CHILD_CLEARTID`). It dies with this process
+/// (`PR_SET_PDEATHSIG`, cleared before its package's exec).
+#[derive(Debug)]
+pub struct Spare {
+    pid: Pid,
+    /// At a fixed address, shared with the child; never moved or freed while it may run.
+    handoff: Box<HandOff>,
+    /// Its stack, handed back by [`Spare::start`] for the next one.
+    stack: Option<ChildStack>,
+}
+
+/// What a [`Spare`] and the process that made it share.
+#[derive(Debug)]
+struct HandOff {
+    /// [`HandOff::WAITING`] until the package is handed over, then [`HandOff::GO`] (a futex).
+    state: std::sync::atomic::AtomicU32,
+    /// Non-zero until the child has exec'd or exited: the kernel zeroes it then and wakes its
+    /// futex (`CLONE_CHILD_CLEARTID`).
+    alive: std::sync::atomic::AtomicU32,
+    user_map: Option<UserMap>,
+    prepared: Cell<*const Prepared>,
+    stdio: Cell<[RawFd; 2]>,
+    /// Why the child failed (it then exits [`CANNOT_CONTAIN`]).
+    failed: Cell<Option<Failure>>,
+}
+
+impl HandOff {
+    const WAITING: u32 = 0;
+    const GO: u32 = 1;
+}
+
+impl Spare {
+    /// Clones a spare in `namespaces` on `stack`; on failure the stack is handed back.
+    pub fn new(namespaces: Namespaces, stack: ChildStack) -> Result<Spare, (ChildStack, Errno)> {
+        use std::sync::atomic::AtomicU32;
+        let handoff = Box::new(HandOff {
+            state: AtomicU32::new(HandOff::WAITING),
+            alive: AtomicU32::new(1),
+            user_map: namespaces.user_map(),
+            prepared: Cell::new(std::ptr::null()),
+            stdio: Cell::new([-1, -1]),
+            failed: Cell::new(None),
+        });
+        let mut stack = stack;
+        let top = {
+            let usable = stack.usable();
+            // The stack grows down from the end of its mapping (page-aligned).
+            usable.as_mut_ptr().wrapping_add(usable.len()).cast::<libc::c_void>()
+        };
+        let flags =
+            libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_CHILD_CLEARTID | namespaces.flags().bits() | libc::SIGCHLD;
+        let arg = (&*handoff as *const HandOff).cast_mut().cast::<libc::c_void>();
+        // SAFETY: the child runs `spare_main` on its own stack with the hand-off, which outlives
+        // it (see `Drop`); it allocates nothing, takes no lock and writes only its stack and the
+        // hand-off's cells, which this process reads only once the kernel has cleared `alive`.
+        let pid = unsafe {
+            libc::clone(
+                spare_main,
+                top,
+                flags,
+                arg,
+                std::ptr::null_mut::<libc::pid_t>(),
+                std::ptr::null_mut::<libc::c_void>(),
+                handoff.alive.as_ptr(),
+            )
+        };
+        if pid < 0 {
+            return Err((stack, Errno::last()));
+        }
+        Ok(Spare { pid: Pid::from_raw(pid), handoff, stack: Some(stack) })
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Whether it has neither exec'd nor exited (killed from outside, say).
+    pub fn alive(&self) -> bool {
+        self.handoff.alive.load(std::sync::atomic::Ordering::Acquire) != 0
+    }
+
+    /// Hands it `prepared` with `stdio` as its stdout and stderr ([`Prepared::spawn`]'s
+    /// `stdio`), and waits until it has exec'd the package or failed. Returns its pid, why it
+    /// failed if it did, and the stack for the next spare.
+    pub fn start(mut self, prepared: &Prepared, stdio: [RawFd; 2]) -> (Pid, Option<Failure>, ChildStack) {
+        use std::sync::atomic::Ordering;
+        let handoff = &self.handoff;
+        handoff.prepared.set(prepared);
+        handoff.stdio.set(stdio);
+        handoff.state.store(HandOff::GO, Ordering::Release);
+        futex_wake(&handoff.state);
+        loop {
+            let alive = handoff.alive.load(Ordering::Acquire);
+            if alive == 0 {
+                break;
+            }
+            futex_wait(&handoff.alive, alive);
+        }
+        let failed = handoff.failed.get();
+        let stack = self.stack.take().unwrap_or_else(|| unreachable!("a spare's stack is taken once, here"));
+        (self.pid, failed, stack)
+    }
+}
+
+impl Spare {
+    /// Ends one never started: kills it if it still lives, waits until it is gone from this
+    /// memory and hands back its stack; the caller reaps it.
+    pub fn end(mut self) -> ChildStack {
+        self.kill();
+        self.stack.take().unwrap_or_else(|| unreachable!("a spare's stack is taken once"))
+    }
+
+    fn kill(&self) {
+        use std::sync::atomic::Ordering;
+        if self.handoff.alive.load(Ordering::Acquire) != 0 {
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        loop {
+            let alive = self.handoff.alive.load(Ordering::Acquire);
+            if alive == 0 {
+                break;
+            }
+            futex_wait(&self.handoff.alive, alive);
+        }
+    }
+}
+
+impl Drop for Spare {
+    /// One never started is killed first: its stack and hand-off go with it.
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sleeps while `word` holds `expected` (or until a signal or a spurious wake-up). Shared, not
+/// process-private: the kernel's wake-up for `CLONE_CHILD_CLEARTID` is a shared one.
+fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32) {
+    // SAFETY: FUTEX_WAIT on a valid, aligned u32 that outlives the call, no timeout.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, std::ptr::null::<libc::timespec>())
+    };
+}
+
+/// Wakes whoever sleeps on `word`.
+fn futex_wake(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a valid, aligned u32.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
+}
+
+/// A [`Spare`]'s life: dies with its maker, takes the namespaces' first steps, sleeps until a
+/// package is handed over, takes its own copy of the descriptor table (with the package's
+/// output in it) and becomes the package.
+extern "C" fn spare_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the hand-off `Spare::new` passed, alive as long as this child may run.
+    let handoff = unsafe { &*arg.cast_const().cast::<HandOff>() };
+    // SAFETY: prctl takes plain integers.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let entered = enter_namespaces(handoff.user_map.as_ref());
+    use std::sync::atomic::Ordering;
+    while handoff.state.load(Ordering::Acquire) != HandOff::GO {
+        futex_wait(&handoff.state, HandOff::WAITING);
+    }
+    let failure = match entered {
+        Err(failure) => failure,
+        // SAFETY: set before GO, alive until this child has exec'd or exited.
+        Ok(()) => unsafe {
+            let prepared = &*handoff.prepared.get();
+            if libc::unshare(libc::CLONE_FILES) < 0 {
+                Failure::of(Step::Output)
+            } else {
+                libc::prctl(libc::PR_SET_PDEATHSIG, 0);
+                enter_as_package(prepared, Some(handoff.stdio.get()), true)
+            }
+        },
+    };
+    handoff.failed.set(Some(failure));
+    CANNOT_CONTAIN
 }
 
 /// The stack of a child that shares the fork server's memory, below it a page that faults: one,
@@ -954,6 +1165,64 @@ mod tests {
         let mut said = String::new();
         read.read_to_string(&mut said).expect("output");
         (waitpid(pid, None).expect("waited"), failed, said)
+    }
+
+    /// A spare made ahead (a root node's or, with a user namespace, an unprivileged one's): the
+    /// package it is handed is PID 1 of its namespaces with its own `/proc`; one never handed a
+    /// package is killed and its stack serves the next; a failure is left for the server to
+    /// word, as with a child made at once.
+    #[test]
+    fn a_spare_made_ahead_becomes_the_package_it_is_handed() {
+        use std::io::Read;
+        if !Uid::effective().is_root() {
+            eprintln!("skipped: needs root (or user namespaces, which this test does not probe)");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = Spec {
+            dir: dir.path().to_path_buf(),
+            read_only: vec![],
+            level: SandboxLevel::Full,
+            user: None,
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo pid=$$ $(cat /proc/1/comm) $(ls /proc | grep -c '^[0-9]')".into(),
+            ],
+        };
+        let run = |spare: Spare, prepared: &Prepared| {
+            let (mut read, write) = std::io::pipe().expect("pipe");
+            let write = OwnedFd::from(write);
+            let (pid, failed, stack) = spare.start(prepared, [write.as_raw_fd(), write.as_raw_fd()]);
+            drop(write);
+            let mut said = String::new();
+            read.read_to_string(&mut said).expect("output");
+            (waitpid(pid, None).expect("waited"), failed, said, stack)
+        };
+        let prepared = Prepared::new(&spec, [("PATH", "/usr/bin:/bin")]).expect("prepared");
+        let spare = Spare::new(Namespaces::here(), ChildStack::new().expect("stack")).expect("spare");
+        // It is in its namespaces before it has a package.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(spare.alive());
+        let (status, failed, said, stack) = run(spare, &prepared);
+        assert_eq!((status, failed), (WaitStatus::Exited(status.pid().expect("pid"), 0), None), "{said}");
+        assert_eq!(said, "pid=1 sh 4\n", "PID 1 of its namespace, seeing only itself, a subshell, ls and grep");
+
+        let unused = Spare::new(Namespaces::here(), stack).expect("spare");
+        let pid = unused.pid();
+        let stack = unused.end();
+        assert!(matches!(waitpid(pid, None), Ok(WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _))));
+
+        let missing = Spec { argv: vec!["no-such-tool-4711".into()], ..spec };
+        let prepared = Prepared::new(&missing, [("PATH", "/usr/bin:/bin")]).expect("prepared");
+        let spare = Spare::new(Namespaces::here(), stack).expect("spare");
+        let (status, failed, said, _) = run(spare, &prepared);
+        assert_eq!(status, WaitStatus::Exited(status.pid().expect("pid"), CANNOT_CONTAIN));
+        assert_eq!(said, "", "the child does not write: the fork server does, from what it left");
+        assert_eq!(
+            prepared.explain(failed.expect("why")).to_string(),
+            "could not start no-such-tool-4711: ENOENT: No such file or directory"
+        );
     }
 
     /// On a root node: PID 1 of its namespaces, `nobody`, and its sandbox reached through a folder

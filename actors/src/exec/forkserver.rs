@@ -23,6 +23,14 @@
 //! Replies carry the request's id, so any number of packages are in flight at once; the server
 //! polls the socket and a signalfd for SIGCHLD.
 //!
+//! With namespaces, the child is made ahead (a [`Spare`]): as soon as a package has exec'd, the
+//! server clones the next child into new namespaces, where it makes its mounts private and
+//! mounts its `/proc` while that package runs, then sleeps until the next request hands it its
+//! prepared package. So the clone and those mounts are off the next package's path (issue 14).
+//! The spare's mount namespace is a copy of the server's made at its clone: when the server's
+//! mount table has changed since (`/proc/self/mountinfo` polls `POLLPRI`), the spare is replaced
+//! before it is used, so a package sees what was mounted before it was asked for.
+//!
 //! The last reference to a mount namespace tears it down, and that waits for an RCU grace period
 //! (`namespace_unlock` → `synchronize_rcu_expedited`: milliseconds on a loaded 2-vCPU machine).
 //! So that neither the package's result nor the server waits for it, the server holds each
@@ -57,7 +65,7 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::contain::{close_from, ChildStack, Prepared, Spec};
+use super::contain::{close_from, ChildStack, Failure, Namespaces, Prepared, Spare, Spec};
 use super::sandbox::try_reap;
 
 /// The largest request: a package's command and environment. A `SOCK_SEQPACKET` message must fit
@@ -72,6 +80,14 @@ struct Request {
     spec: Spec,
     /// The package's whole environment, in order (a later name wins).
     env: Vec<(String, String)>,
+}
+
+/// A [`Request`] as the daemon writes it, borrowing what it sends.
+#[derive(Serialize)]
+struct RequestOut<'a> {
+    id: u64,
+    spec: &'a Spec,
+    env: &'a [(String, String)],
 }
 
 /// Server to daemon, about the request `id`.
@@ -131,8 +147,19 @@ struct Started {
 struct Server {
     socket: OwnedFd,
     exits: SignalFd,
-    /// The stack of the child that becomes the next package (see [`Prepared::spawn`]).
+    /// The stack of the child that becomes the next package without namespaces (see
+    /// [`Prepared::spawn`]).
     stack: ChildStack,
+    /// The child made ahead that becomes the next package with namespaces, once one came.
+    spare: Option<Spare>,
+    /// The stack for the next spare when there is none.
+    spare_stack: Option<ChildStack>,
+    /// Whether packages with namespaces came (spares are made only then).
+    wants_spares: bool,
+    /// This process's mount table, watched for changes: a spare's mount namespace is a copy
+    /// made when it was cloned, so one made before a mount (a storage volume, say) is replaced
+    /// by one that has it. Without it, every spare is made at its package's start.
+    mounts: Option<std::fs::File>,
     /// Started packages not yet reaped, by pid (which is also their process group).
     children: HashMap<Pid, Started>,
     buf: Vec<u8>,
@@ -154,8 +181,18 @@ impl Server {
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).map_err(|e| format!("sigprocmask: {e}"))?;
         let exits = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| format!("signalfd: {e}"))?;
-        let stack = ChildStack::new().map_err(|e| format!("a stack for the packages' launches: {e}"))?;
-        Ok(Server { socket, exits, stack, children: HashMap::new(), buf: vec![0; MAX_REQUEST + 1] })
+        let stack = || ChildStack::new().map_err(|e| format!("a stack for the packages' launches: {e}"));
+        Ok(Server {
+            socket,
+            exits,
+            stack: stack()?,
+            spare: None,
+            spare_stack: Some(stack()?),
+            wants_spares: false,
+            mounts: std::fs::File::open("/proc/self/mountinfo").ok(),
+            children: HashMap::new(),
+            buf: vec![0; MAX_REQUEST + 1],
+        })
     }
 
     fn run(&mut self) -> Result<(), String> {
@@ -211,7 +248,59 @@ impl Server {
             Err(fds) => Reply::NotStarted { id, error: format!("the launcher got {} descriptors, not 2", fds.len()) },
         };
         self.reply(&reply)?;
+        // The next package's namespaces are made while this one runs.
+        if matches!(reply, Reply::Started { .. }) && self.wants_spares && self.spare.is_none() {
+            self.make_spare();
+        }
         Ok(true)
+    }
+
+    /// Clones the next spare, if it can (else the next package makes its namespaces itself).
+    fn make_spare(&mut self) {
+        let Some(stack) = self.spare_stack.take() else { return };
+        match Spare::new(Namespaces::here(), stack) {
+            Ok(spare) => self.spare = Some(spare),
+            Err((stack, _)) => self.spare_stack = Some(stack),
+        }
+    }
+
+    /// Starts `prepared` in the spare made ahead (made now when there is none, or it died).
+    fn start_spare(&mut self, prepared: &Prepared, stdio: [RawFd; 2]) -> Result<(Pid, Option<Failure>), String> {
+        self.wants_spares = true;
+        let mounted = self.mounts_changed();
+        if let Some(dead) = self.spare.take_if(|s| mounted || !s.alive()) {
+            let pid = dead.pid();
+            self.spare_stack = Some(dead.end());
+            let _ = try_reap(pid.as_raw() as u32);
+        }
+        let spare = match self.spare.take() {
+            Some(spare) => spare,
+            None => {
+                let stack = match self.spare_stack.take() {
+                    Some(stack) => stack,
+                    None => ChildStack::new().map_err(|e| e.to_string())?,
+                };
+                Spare::new(Namespaces::here(), stack).map_err(|(stack, e)| {
+                    self.spare_stack = Some(stack);
+                    e.to_string()
+                })?
+            }
+        };
+        let (pid, failed, stack) = spare.start(prepared, stdio);
+        self.spare_stack = Some(stack);
+        Ok((pid, failed))
+    }
+
+    /// Whether this process's mount table changed since last asked (always, when it cannot
+    /// be watched): `/proc/self/mountinfo` polls `POLLPRI` once per change.
+    fn mounts_changed(&self) -> bool {
+        let Some(mounts) = &self.mounts else { return true };
+        let mut fds = [PollFd::new(mounts.as_fd(), PollFlags::POLLPRI)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(0) => false,
+            Ok(_) => fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLPRI | PollFlags::POLLERR)),
+            Err(_) => true,
+        }
     }
 
     fn start(&mut self, request: Request, stdout: OwnedFd, stderr: OwnedFd) -> Reply {
@@ -222,7 +311,11 @@ impl Server {
             Err(e) => return Reply::NotStarted { id, error: format!("buildnet sandbox-exec: {e}") },
         };
         let stdio = [stdout.as_raw_fd(), stderr.as_raw_fd()];
-        let (child, failed) = match prepared.spawn(&mut self.stack, Some(stdio)) {
+        let spawned = match prepared.namespaces() {
+            Some(_) => self.start_spare(&prepared, stdio),
+            None => prepared.spawn(&mut self.stack, Some(stdio)).map_err(|e| e.to_string()),
+        };
+        let (child, failed) = match spawned {
             Ok(spawned) => spawned,
             Err(e) => return Reply::NotStarted { id, error: format!("the launcher could not fork: {e}") },
         };
@@ -490,7 +583,7 @@ impl Connection {
 
     fn start(self: &Arc<Self>, spec: &Spec, env: &[(String, String)], stdio: [&OwnedFd; 2]) -> Result<Served, Sent> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let bytes = serde_json::to_vec(&Request { id, spec: spec.clone(), env: env.to_vec() })
+        let bytes = serde_json::to_vec(&RequestOut { id, spec, env })
             .map_err(|e| Sent::No(format!("encoding the package for the launcher: {e}")))?;
         if bytes.len() > MAX_REQUEST {
             let why =

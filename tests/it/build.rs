@@ -505,3 +505,29 @@ fn a_builds_entries_survive_a_kill_the_moment_it_reports_success() {
     );
     drop(guard);
 }
+
+/// A build that ran nothing (every package from the cache) is recorded like any other — a
+/// history row, `BuildStarted` and a `BuildCompleted` saying nothing was executed — but its end
+/// does not wait for the ledger's sync: the entries are committed with the next group.
+#[test]
+fn a_build_that_ran_nothing_is_still_recorded() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let (_dir, root) = example("c-hello");
+    assert!(build(&node, &root, &[]).status.success());
+    let cached = build(&node, &root, &[]);
+    let text = String::from_utf8_lossy(&cached.stdout);
+    assert!(text.contains("0 ran, 4 from cache"), "{text}");
+    let history = node.cli_json(&["history"]);
+    assert_eq!(history["builds"].as_array().map(Vec::len), Some(2), "{history}");
+    assert_eq!(history["builds"][0]["status"], "succeeded", "{history}");
+    let id = history["builds"][0]["id"].as_str().expect("id").to_string();
+    let completed = wait_until("the cached build's entries in the ledger", Duration::from_secs(5), || {
+        let (_, ledger) = node.get("/api/ledger?types=BuildStarted,BuildCompleted&limit=50");
+        let entries = ledger["entries"].as_array().cloned().unwrap_or_default();
+        let of_it: Vec<Value> = entries.into_iter().filter(|e| e["data"]["build_id"] == id.as_str()).collect();
+        (of_it.len() == 2).then_some(of_it)
+    });
+    let end = completed.iter().find(|e| e["entry_type"] == "BuildCompleted").expect("BuildCompleted");
+    assert_eq!((end["data"]["executed"].as_u64(), end["data"]["cached"].as_u64()), (Some(0), Some(4)), "{end}");
+}

@@ -428,7 +428,22 @@ impl BuildActor {
                 } else {
                     (LedgerEntryType::BuildFailed, serde_json::json!({ "build_id": status.id, "error": status.error, "status": status.status }))
                 };
-                let _ = c.ledger.append(kind, data).await;
+                // A build that ran nothing (every package from the cache) is recorded like any
+                // other, but its end does not wait for the sync: it allocated nothing and made no
+                // artifact, so a crash that loses its entries (within `ledger::SOON`) loses the
+                // record of a no-op, and the next entry anyone waits for commits them first. A
+                // build that ran something reports its end only once its entry — and with it
+                // every entry its packages caused — is on disk.
+                if executed == 0 && status.status == BuildState::Succeeded {
+                    let queued = c.ledger.submit(kind, data, Commit::Soon);
+                    actix::spawn(async move {
+                        if let Err(e) = queued.await {
+                            log::warn!("recording the end of a build that ran nothing: {e}");
+                        }
+                    });
+                } else {
+                    let _ = c.ledger.append(kind, data).await;
+                }
                 c.events.publish(Event::BuildProgress { build_id: status.id.clone(), package: String::new(), status: status.status.to_string(), progress: 1.0, output: status.error.clone() });
             }
             .into_actor(self)

@@ -24,7 +24,8 @@
 //! offers for it — in the launcher itself; [`Prepared::enter`] is what is left: system calls on
 //! prepared memory, no allocation and no lock, ending in the exec. So the fork server can run it
 //! in a child that shares its memory ([`Prepared::spawn`]: `CLONE_VM | CLONE_VFORK` on a stack of
-//! its own), which copies no page tables and faults nothing in again (issue 14).
+//! its own), which copies no page tables and faults nothing in again (issue 14) — or in a
+//! [`Spare`], such a child made ahead in the package's namespaces.
 
 use std::cell::Cell;
 use std::ffi::{c_char, CStr, CString, OsStr};

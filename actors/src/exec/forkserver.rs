@@ -9,8 +9,9 @@
 //! Per package the daemon sends a [`Request`] — the [`Spec`] and the environment — with the
 //! package's stdout and stderr (SCM_RIGHTS) in one `SOCK_SEQPACKET` message. The server prepares
 //! the containment ([`Prepared::new`]: everything that allocates or looks things up) and makes the
-//! child with one `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own, already in its new PID and
-//! mount namespaces when the level has them (the package is PID 1 there, the server's own child).
+//! child with one `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own — or, when the level has
+//! new PID and mount namespaces, hands it to a child already made in them (a [`Spare`], below;
+//! the package is PID 1 there, the server's own child).
 //! The child shares the server's memory — no page tables copied, nothing faulted in again, which
 //! a fork of the server's image cost every package — and the server waits until it has exec'd or
 //! failed. The child makes itself a process group, takes those descriptors as 1 and 2 and runs

@@ -8,7 +8,10 @@ directly as the floor. Prints, per path, the median wall time from the request t
 end as reported (the one-shot launcher reaped; the fork server's `Exited` answer) and the mean
 CPU time (user + system) of everything started for it, from rusage and /proc in clock ticks,
 over interleaved rounds (for the fork server, with what closing the package's mount namespace,
-handed back with its exit, costs this process).
+handed back with its exit, costs this process). For the fork server also the median time from
+the request to its `Started` answer (the package has exec'd): what making the package's child
+costs its start — with namespaces, a child made ahead (issue 14) takes the clone and its mounts
+off it, when the machine had a core free while the package before ran.
 
 Usage: python3 bench/launch.py [--bin PATH] [--runs N]   (builds target/release/buildnet first
 unless --bin is given). As root, packages at landlock+namespaces run as nobody (65534), as on a
@@ -38,15 +41,18 @@ class Server:
     def run(self, spec, env):
         """Starts one package and waits for its exit; returns (status, cpu_ms as reported, the
         descriptors that came with the exit: the package's mount namespace, which the caller
-        closes, as the daemon's `launcher-ns` thread does, outside the timed path)."""
+        closes, as the daemon's `launcher-ns` thread does, outside the timed path, and the
+        seconds from the request to the `Started` answer)."""
         rid, self.next_id = self.next_id, self.next_id + 1
         out_r, out_w = os.pipe()
         request = json.dumps({"id": rid, "spec": spec, "env": env}).encode()
         # The package's stdout and stderr: one pipe for both, as a terminal would be.
         fds = array.array("i", [out_w, out_w]).tobytes()
+        sent = time.perf_counter()
         self.sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-        os.close(out_w)
         started = json.loads(self.sock.recv(4096))
+        to_start = time.perf_counter() - sent
+        os.close(out_w)
         assert "Started" in started, started
         message, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
         exited = json.loads(message)
@@ -57,7 +63,7 @@ class Server:
                 attached.frombytes(data[: len(data) - len(data) % 4])
         os.read(out_r, 65536)
         os.close(out_r)
-        return exited["Exited"]["status"], exited["Exited"]["cpu_ms"], list(attached)
+        return exited["Exited"]["status"], exited["Exited"]["cpu_ms"], list(attached), to_start
 
     def cpu_ms(self):
         """The server's own CPU time and its reaped packages', from /proc."""
@@ -82,7 +88,7 @@ def main():
     os.chmod(sandbox, 0o755)
     env = {"PATH": "/usr/bin:/bin", "HOME": sandbox, "TMPDIR": sandbox}
     server = Server(binary)
-    print(f"{'path':<34} {'wall median':>12} {'cpu/launch':>11}")
+    print(f"{'path':<34} {'wall median':>12} {'cpu/launch':>11} {'to Started':>11}")
     try:
         for level in LEVELS:
             user = 65534 if root and level == "landlock+namespaces" else None
@@ -92,6 +98,7 @@ def main():
                 oneshot += ["--user", str(user)]
             oneshot += ["--", "true"]
             walls = {"one-shot": [], "fork server": [], "true": []}
+            to_start = []
             cpu = {k: 0.0 for k in walls}
             # The server's CPU is taken over the whole level, not per launch: a launcher that
             # answered before it exited (the binaries before the one-clone launch did) is reaped
@@ -103,7 +110,8 @@ def main():
                     t = time.perf_counter()
                     attached = []
                     if path == "fork server":
-                        status, _, attached = server.run(spec, list(env.items()))
+                        status, _, attached, started = server.run(spec, list(env.items()))
+                        to_start.append(started)
                     else:
                         argv = oneshot if path == "one-shot" else ["true"]
                         status = subprocess.run(argv, env=env, cwd=sandbox).returncode
@@ -122,7 +130,8 @@ def main():
                 if path == "true" and level != LEVELS[0]:
                     continue
                 label = "true (no launcher)" if path == "true" else f"{path}, {level}"
-                print(f"{label:<34} {statistics.median(w)*1000:>10.2f}ms {cpu[path]/args.runs:>9.2f}ms")
+                start = f"{statistics.median(to_start)*1000:>9.2f}ms" if path == "fork server" else ""
+                print(f"{label:<34} {statistics.median(w)*1000:>10.2f}ms {cpu[path]/args.runs:>9.2f}ms {start:>11}")
     finally:
         server.close()
         os.rmdir(sandbox)

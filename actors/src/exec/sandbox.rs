@@ -425,9 +425,9 @@ fn make_sandbox(pool: Option<&Path>, dir: &Path, wanted: &BTreeSet<String>) -> s
     // One that is gone (its root was cleared) is forgotten: then the next.
     while let Some(free) = pool.and_then(|pool| take_free(pool, wanted)) {
         if std::fs::rename(&free.path, dir).is_ok() {
-            // Children before their parents.
+            // Children before their parents (the list has each after its parent).
             for unwanted in free.dirs.iter().rev().filter(|d| !wanted.contains(*d)) {
-                std::fs::remove_dir_all(dir.join(unwanted))?;
+                std::fs::remove_dir(dir.join(unwanted))?;
             }
             return Ok(());
         }
@@ -502,8 +502,8 @@ fn empty_dir(
         });
         match rel {
             Some(rel) if (wanted.contains(&rel) || rel == TMP) && reset_dir(&path, like)? => {
+                kept.push(rel.clone());
                 empty_dir(&path, &rel, wanted, like, kept)?;
-                kept.push(rel);
             }
             _ => std::fs::remove_dir_all(&path)?,
         }
@@ -956,6 +956,22 @@ mod tests {
         let last = root.path().join("a/b3/r");
         made(&pool_a, &last, &none);
         assert_eq!(std::fs::metadata(&last).expect("meta").ino(), inode, "the pool is used again");
+    }
+
+    #[test]
+    fn kept_directories_nobody_wants_go_children_first() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let pool = root.path().join(FREE_SANDBOXES);
+        let dir = root.path().join("b1/p");
+        let dirs = wanted(&["a", "a/b", "a/b/c", "d"]);
+        made(&pool, &dir, &dirs);
+        std::fs::create_dir_all(dir.join("a/b/c")).expect("dirs");
+        std::fs::create_dir_all(dir.join("d")).expect("dirs");
+        released(Some(&pool), &dir, &dirs);
+        let next = root.path().join("b2/q");
+        made(&pool, &next, &wanted(&["d"]));
+        assert_eq!(listing(&next), ["d/"]);
+        released(None, &next, &BTreeSet::new());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::mesh::memory::{join_in_memory, LinkConditions, MemoryNet};
 use crate::mesh::netbench::NetworkOptions;
 use crate::node::NodeOptions;
 use crate::start::{start, Node};
-use crate::wire::{LedgerEntryType, NodeId, NodeState, Role};
+use crate::wire::{LedgerEntry, LedgerEntryType, NodeId, NodeState, Role};
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -234,28 +234,81 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// Waits until every node holds the same ledger heads; how long it took. Every 5 s it says how
-/// far it got: how many nodes hold the commonest heads, and how many links are open.
-async fn identical_heads(net: &MemoryNet, nodes: &[&Node], timeout: Duration) -> Result<Duration, String> {
+/// Waits until every node holds the same ledger heads; how long it took. Every 2 s it says how
+/// far it got: how many nodes hold the commonest heads, how far the entries `written` while
+/// split have spread, how many links are open and how busy the process is; at the end, how long
+/// the entries took to reach a tenth, half and all of the nodes (a slow start points at the
+/// links across the cut, a long tail at the spreading).
+async fn identical_heads(
+    net: &MemoryNet,
+    nodes: &[&Node],
+    written: &[LedgerEntry],
+    timeout: Duration,
+) -> Result<Duration, String> {
     let started = Instant::now();
     let mut reported = Instant::now();
+    let mut cpu_at_report = cpu_time();
+    // For each entry written while split: when it was first on a tenth, on half, and on every node.
+    let shares = [0.1, 0.5, 1.0];
+    let mut reached: Vec<[Option<Duration>; 3]> = vec![[None; 3]; written.len()];
+    let mut by_origin: HashMap<&NodeId, Vec<usize>> = HashMap::new();
+    for (i, entry) in written.iter().enumerate() {
+        by_origin.entry(&entry.origin).or_default().push(i);
+    }
     loop {
         // Grouped by digest: comparing 200 nodes' heads with each other, 200 heads each, every
         // 50 ms was most of the CPU while they still differed.
         let mut groups: HashMap<String, usize> = HashMap::new();
-        for heads in join_all(nodes.iter().map(|node| node.ledger.heads())).await {
-            *groups.entry(crate::mesh::heads_digest(&heads.map_err(|e| e.to_string())?)).or_default() += 1;
+        let all_heads = join_all(nodes.iter().map(|node| node.ledger.heads())).await;
+        for heads in &all_heads {
+            *groups.entry(crate::mesh::heads_digest(heads.as_ref().map_err(|e| e.to_string())?)).or_default() += 1;
+        }
+        // How many nodes hold each entry: one pass over every node's heads.
+        let mut holders = vec![0usize; written.len()];
+        for heads in all_heads.iter().flatten() {
+            for head in heads.iter() {
+                for i in by_origin.get(&head.origin).into_iter().flatten() {
+                    holders[*i] += usize::from(head.seq >= written[*i].seq);
+                }
+            }
+        }
+        for (times, held) in reached.iter_mut().zip(&holders) {
+            let held = *held as f64 / nodes.len() as f64;
+            for (share, time) in shares.iter().zip(times.iter_mut()) {
+                if time.is_none() && held >= *share {
+                    *time = Some(started.elapsed());
+                }
+            }
         }
         if groups.len() == 1 {
-            return Ok(started.elapsed());
+            let took = started.elapsed();
+            for (i, share) in shares.iter().enumerate() {
+                let mut times: Vec<Duration> = reached.iter().map(|t| t[i].unwrap_or(took)).collect();
+                times.sort();
+                if let (Some(first), Some(last)) = (times.first(), times.last()) {
+                    eprintln!(
+                        "entries written while split on {:.0}% of the nodes: first {first:.1?}, median {:.1?}, last {last:.1?} after the heal",
+                        share * 100.0,
+                        times[times.len() / 2]
+                    );
+                }
+            }
+            return Ok(took);
         }
-        if reported.elapsed() > Duration::from_secs(5) {
-            reported = Instant::now();
+        if reported.elapsed() > Duration::from_secs(2) {
+            let cores = (cpu_time() - cpu_at_report).as_secs_f64() / reported.elapsed().as_secs_f64();
+            (reported, cpu_at_report) = (Instant::now(), cpu_time());
             let commonest = groups.values().copied().max().unwrap_or(0);
+            // How far the entries written while split have spread: a node holds an entry when
+            // its head of that origin's chain has reached the entry's sequence number.
+            let fewest = holders.iter().copied().min().unwrap_or(0);
+            let everywhere = holders.iter().filter(|held| **held == nodes.len()).count();
             eprintln!(
-                "heads after the heal: {commonest} of {} nodes agree ({} different), {} links open, after {:.0?}",
+                "heads after the heal: {commonest} of {} nodes agree ({} different); {everywhere} of {} entries everywhere, \
+                 the rarest on {fewest}; {} links open; {cores:.2} cores busy; after {:.0?}",
                 nodes.len(),
                 groups.len(),
+                written.len(),
                 net.open_links(),
                 started.elapsed()
             );
@@ -377,7 +430,7 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
         }
     }
     net.heal();
-    let partition_heal = identical_heads(&net, &remaining, timeout).await?;
+    let partition_heal = identical_heads(&net, &remaining, &acknowledged, timeout).await?;
     eprintln!(
         "{n} nodes: split seen after {partition_detect:.1?}; heads identical {partition_heal:.1?} after the heal"
     );

@@ -24,8 +24,9 @@ const ASK_EVERY: Duration = Duration::from_secs(2);
 const MAX_WANTED: usize = 512;
 
 impl MeshActor {
-    /// Sends our resources to every peer when they changed, and to a new link always.
-    pub(super) fn advertise(&mut self, ctx: &mut Context<Self>, new_link: Option<u64>) {
+    /// Sends our resources to every peer when they changed (a new link gets them when its
+    /// peer's hello says it holds another advert of ours, see [`MeshActor::send_own_advert`]).
+    pub(super) fn advertise(&mut self, ctx: &mut Context<Self>) {
         let node = self.node.clone();
         ctx.spawn(async move { node.status().await }.into_actor(self).map(move |status, act, _| {
             let Ok(mut status) = status else { return };
@@ -37,10 +38,15 @@ impl MeshActor {
                 // Wall-clock ms, so a restarted node's adverts are newer than its last run's.
                 act.advert_seq = (act.advert_seq + 1).max(wire::now_ms());
                 act.broadcast(MeshMessage::Advert { seq: act.advert_seq, status: Box::new(status) });
-            } else if let Some(link) = new_link {
-                act.send(link, MeshMessage::Advert { seq: act.advert_seq, status: Box::new(status) });
             }
         }));
+    }
+
+    /// Our advert as last read, over one link (none yet: the first tick broadcasts it).
+    pub(super) fn send_own_advert(&self, link: u64) {
+        if let Some(status) = &self.bench.own {
+            self.send(link, MeshMessage::Advert { seq: self.advert_seq, status: status.clone() });
+        }
     }
 
     /// Asks a linked peer for the adverts of live members this node has none of.
@@ -108,10 +114,18 @@ impl MeshActor {
         if peer.entry.revoked || (from != origin && peer.advert.is_some() && seq <= peer.advert_seq) {
             return;
         }
+        // The origin sends its advert on every new link, and after a heal every member gets
+        // new links to the other side at once: the advert this node already holds from the
+        // origin itself is not news, and passing each copy on along the grid (a clone and an
+        // encryption per link) was most of the mesh's work while a 150-node split healed.
+        if from == origin && peer.advert_from_origin && seq == peer.advert_seq && peer.advert.is_some() {
+            return;
+        }
         let resources = Box::new(status.resources.clone());
         let status: Arc<NodeStatus> = Arc::from(status);
         peer.advert = Some(status.clone());
         peer.advert_seq = seq;
+        peer.advert_from_origin = from == origin;
         peer.refresh_name();
         self.events.publish(Event::ResourceUpdate { node_id: origin.clone(), resources });
         self.publish_peers_soon();

@@ -210,6 +210,7 @@ impl Handler<LinkAuthenticated> for MeshActor {
             link.peer = Some(peer_id.clone());
         }
         let Some(p) = self.peers.get_mut(&peer_id) else { return };
+        let your_advert_seq = if p.advert.is_some() { p.advert_seq } else { 0 };
         p.link = Some(msg.link_id);
         p.dialing = false;
         p.backoff = MIN_BACKOFF;
@@ -223,10 +224,10 @@ impl Handler<LinkAuthenticated> for MeshActor {
             address: self.address.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             roster_digest: self.roster_digest(),
+            your_advert_seq,
         };
         self.send(msg.link_id, MeshMessage::Hello(hello));
         self.swim_link_up(ctx, &peer_id);
-        self.advertise(ctx, Some(msg.link_id));
         self.exchange_heads(ctx, HeadsTo::Link(msg.link_id));
         let (ready, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.link_waiters).into_iter().partition(|(p, _)| *p == peer_id);

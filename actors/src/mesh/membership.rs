@@ -578,6 +578,9 @@ impl MeshActor {
     }
 
     pub(super) fn on_hello(&mut self, ctx: &mut Context<Self>, link_id: u64, from: NodeId, hello: wire::Hello) {
+        if hello.your_advert_seq != self.advert_seq {
+            self.send_own_advert(link_id);
+        }
         if hello.roster_digest != self.roster_digest() {
             let store = self.store.clone();
             ctx.spawn(async move { MeshActor::all_entries(&store).await }.into_actor(self).map(

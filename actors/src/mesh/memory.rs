@@ -519,6 +519,41 @@ mod tests {
         assert_eq!(net.open_links(), 1);
     }
 
+    /// How many cpu cores `viewer`'s advert of `of` says are leased.
+    async fn cpu_leased_as_seen(viewer: &Node, of: &NodeId) -> Option<u64> {
+        let peers = viewer.pool.peers().await;
+        let advert = peers.into_iter().find(|p| p.node_id == *of)?.advert?;
+        advert.resource_status.iter().find(|r| r.key == "cpu").map(|r| r.leased)
+    }
+
+    #[actix::test]
+    async fn an_advert_that_changed_while_unlinked_arrives_over_the_next_link() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (net, a, b, [a_id, _]) = two_linked(dir.path()).await;
+        let started = Instant::now();
+        while cpu_leased_as_seen(&b, &a_id).await != Some(0) {
+            assert!(started.elapsed() < Duration::from_secs(10), "b never held a's advert");
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        // a drops off the net; its advert changes (a lease) while nothing links it to b, so the
+        // change it broadcasts reaches nobody.
+        net.kill(&a.address);
+        let request = crate::wire::LeaseRequest { amount: 1, holder: "test".into(), ttl_ms: 600_000, epoch: 0 };
+        a.node.lease("cpu", request).await.expect("lease");
+        actix_rt::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(cpu_leased_as_seen(&b, &a_id).await, Some(0), "nothing crossed while unlinked");
+        // Back on the net: the next link's hello says which advert of a's b holds, and a sends
+        // the one that changed (a new link no longer carries the advert when it is unchanged).
+        let opened = net.links_opened();
+        net.register(&a.address, a.mesh.clone());
+        let started = Instant::now();
+        while cpu_leased_as_seen(&b, &a_id).await != Some(1) {
+            assert!(started.elapsed() < Duration::from_secs(15), "a's changed advert never arrived");
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(net.links_opened() > opened, "it came over a new link");
+    }
+
     #[actix::test]
     async fn the_largest_ledger_entry_and_an_oversized_one_reach_the_peer() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -131,6 +131,8 @@ struct Peer {
     advert: Option<Arc<NodeStatus>>,
     /// The `seq` the held advert came with.
     advert_seq: u64,
+    /// Whether the held advert came from the member itself (not passed on by another).
+    advert_from_origin: bool,
     /// Whether the topology links this node to the peer (see [`topology`]).
     wanted: bool,
     /// Until when a link opened for work (a task, a network test) is kept without use.
@@ -155,6 +157,7 @@ impl Peer {
             rtt_ms: None,
             advert: None,
             advert_seq: 0,
+            advert_from_origin: false,
             wanted: true,
             on_demand_until: None,
             next_dial: Instant::now(),
@@ -414,7 +417,7 @@ impl MeshActor {
         self.close_idle_links(now);
         self.dial_missing(now, ctx);
         self.exchange_heads(ctx, sync::HeadsTo::Gossip);
-        self.advertise(ctx, None);
+        self.advertise(ctx);
         self.ask_missing_adverts();
         self.schedule_benchmarks();
         self.expire_transfers();

@@ -198,7 +198,7 @@ impl MeshActor {
                 act.send(link_id, MeshMessage::TaskDone { task_id, result });
                 // The freed core is news now: a requester waiting for it should not wait for
                 // the next tick's advert.
-                act.advertise(ctx, None);
+                act.advertise(ctx);
             }));
         }
     }

@@ -172,6 +172,11 @@ pub(crate) fn heads_digest(heads: &[Head]) -> String {
     hasher.finalize().to_hex().to_string()
 }
 
+/// Whether `e` is the head of its chain in `heads` (sorted by origin), hash and all.
+fn is_head(heads: &[Head], e: &wire::LedgerEntry) -> bool {
+    heads.binary_search_by(|h| h.origin.cmp(&e.origin)).is_ok_and(|i| heads[i].seq == e.seq && heads[i].hash == e.hash)
+}
+
 /// Splits entries into batches that each fit one frame.
 pub(super) fn split_batch(entries: Vec<wire::LedgerEntry>) -> Vec<Vec<wire::LedgerEntry>> {
     let budget = noise::MAX_PLAINTEXT - 4096;
@@ -330,7 +335,19 @@ impl MeshActor {
         if let Some(ask) = pull.next_ask(&self.heads.1, &entries) {
             pull.deferred = Some(ask);
         }
-        pull.in_flight += 1;
+        // What a fresh entry brings is passed on by several peers, so most copies arrive after
+        // the first: an entry that is our head of its chain, hash and all, is held already and
+        // not worth a ledger transaction (after a 150-node heal two in three batches were only
+        // such copies, each a transaction on the ledger's thread). Any other entry at or below
+        // our head still goes to the ledger, which tells a duplicate from an equivocation.
+        entries.retain(|e| !is_head(&self.heads.1, e));
+        if entries.is_empty() {
+            self.ask_more(&from);
+            return;
+        }
+        if let Some(pull) = self.pulls.peers.get_mut(&from) {
+            pull.in_flight += 1;
+        }
         self.ask_more(&from);
         let (ledger, events) = (self.ledger.clone(), self.events.clone());
         let stored = async move { ledger.insert_remote(entries).await };
@@ -424,6 +441,24 @@ mod tests {
             hash: format!("{seq:064x}"),
             signature: "0".repeat(128),
         }
+    }
+
+    #[test]
+    fn only_the_held_head_itself_is_a_known_copy() {
+        let held = entry(1, 5);
+        let mut heads = Vec::new();
+        for origin in [3, 1, 2] {
+            crate::ledger::advance_head(&mut heads, &entry(origin, 5));
+        }
+        assert!(is_head(&heads, &held));
+        // The same seq with another hash is an equivocation for the ledger to keep as proof;
+        // entries past the head, before it, or of an origin we hold nothing of are not copies.
+        let mut forged = held.clone();
+        forged.hash = "f".repeat(64);
+        assert!(!is_head(&heads, &forged));
+        assert!(!is_head(&heads, &entry(1, 6)));
+        assert!(!is_head(&heads, &entry(1, 4)));
+        assert!(!is_head(&heads, &entry(9, 5)));
     }
 
     #[test]

@@ -166,6 +166,11 @@ pub struct Hello {
     /// differs, instead of every roster entry on every new link.
     #[serde(default)]
     pub roster_digest: String,
+    /// The `seq` of the receiver's own advert that the sender holds (0: none). The receiver
+    /// sends its advert over the new link only when it has a different one, instead of on
+    /// every new link (after a heal every member gets new links to the whole other side).
+    #[serde(default)]
+    pub your_advert_seq: u64,
 }
 
 /// Who a node thinks coordinates, and the epoch of that choice.

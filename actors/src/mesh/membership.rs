@@ -523,7 +523,7 @@ impl Handler<Leave> for MeshActor {
             .map(|result: Result<(MeshKey, MeshInfo, Vec<wire::LedgerEntry>), RosterError>, act, _| {
                 let (key, info, recent) = result?;
                 for entries in split_batch(recent) {
-                    act.broadcast(MeshMessage::LedgerEntries { entries });
+                    act.broadcast(MeshMessage::LedgerEntries { entries, hop: 1 });
                 }
                 act.broadcast(MeshMessage::Leave { node_id: act.me.clone() });
                 for link in act.links.values() {

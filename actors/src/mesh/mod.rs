@@ -506,7 +506,7 @@ impl MeshActor {
             MeshMessage::Swim { data } => self.on_swim(ctx, from, data),
             MeshMessage::SwimVia { to, data } => self.on_swim_via(from, to, data),
             MeshMessage::SwimRelayed { data } => self.on_swim_relayed(ctx, from, data),
-            MeshMessage::LedgerEntries { entries } => self.on_entries(ctx, from, entries),
+            MeshMessage::LedgerEntries { entries, hop } => self.on_entries(ctx, from, entries, hop),
             MeshMessage::BlobWant { digests } => self.on_blob_want(link_id, digests),
             MeshMessage::BlobChunk(chunk) => self.on_chunk(ctx, link_id, chunk),
             MeshMessage::BlobAck { digest, offset } => self.on_blob_ack(link_id, digest, offset),

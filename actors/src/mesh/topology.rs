@@ -105,6 +105,18 @@ impl Topology {
         }
     }
 
+    /// Whether `me`, holding an entry new to it that came from `from` (`None`: fetched, or
+    /// written here), passes it on to `other`: along the line `from` is not on (both lines
+    /// when `from` is on neither). From an origin's row and column this reaches every member in
+    /// two hops: any member shares a line with one of the two cells where its lines cross the
+    /// origin's, and at least one of those is filled (see [`Topology::relays`]).
+    pub fn passes_on_to(&self, me: &NodeId, from: Option<&NodeId>, other: &NodeId) -> bool {
+        match from.and_then(|from| self.same_column(me, from)) {
+            Some(column) => self.in_line(me, other, column),
+            None => self.linked(me, other),
+        }
+    }
+
     /// Whether `other` is in `me`'s row (`row`) or column (`!row`).
     pub fn in_line(&self, me: &NodeId, other: &NodeId, row: bool) -> bool {
         match (self.cells.get(me), self.cells.get(other)) {
@@ -196,6 +208,29 @@ mod tests {
                     for r in relays {
                         assert!(t.linked(&a.node_id, r) && t.linked(r, &b.node_id));
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_entry_passed_on_along_the_other_line_reaches_everyone_in_two_hops() {
+        for n in [FULL_MESH_UP_TO + 1, 10, 50, 123, 200, 500] {
+            let entries: Vec<_> = (0..n).map(member).collect();
+            let t = Topology::new(&entries);
+            let ids: Vec<&NodeId> = entries.iter().map(|e| &e.node_id).collect();
+            for origin in [0, n / 3, n - 1].map(|i| ids[i]) {
+                // Hop 1: the origin's row and column; hop 2: what each of them passes on.
+                let first: Vec<&NodeId> = ids.iter().copied().filter(|x| t.passes_on_to(origin, None, x)).collect();
+                let mut copies: HashMap<&NodeId, usize> = first.iter().map(|x| (*x, 1)).collect();
+                for relay in &first {
+                    for x in ids.iter().copied().filter(|x| x != relay && t.passes_on_to(relay, Some(origin), x)) {
+                        *copies.entry(x).or_default() += 1;
+                    }
+                }
+                for x in ids.iter().filter(|x| **x != origin) {
+                    let got = copies.get(x).copied().unwrap_or(0);
+                    assert!((1..=3).contains(&got), "{n} members: {x} got {got} copies");
                 }
             }
         }

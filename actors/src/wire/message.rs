@@ -50,6 +50,11 @@ pub enum MeshMessage {
     /// A bounded batch of ledger entries, in chain order per origin.
     LedgerEntries {
         entries: Vec<LedgerEntry>,
+        /// How far along the grid they have been passed (see the mesh's `pass_on`): 0 for an
+        /// answer to an ask (and from older senders), 1 from their origin or the member that
+        /// fetched them, 2 passed on once more, and no further.
+        #[serde(default)]
+        hop: u8,
     },
     /// The sender leaves the mesh.
     Leave {

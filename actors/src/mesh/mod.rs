@@ -286,8 +286,6 @@ pub struct MeshActor {
     last_digest_ask: Option<Instant>,
     /// The last of our own ledger entries pushed to peers (see `sync`); None before the first tick.
     pushed_own_seq: Option<u64>,
-    /// When our entries last went out (see [`sync::OwnAppended`]).
-    pushed_own_at: Option<Instant>,
     /// Ledger entries being pulled from peers (see [`sync::Pulls`]).
     pulls: sync::Pulls,
     /// SWIM membership and failure detection.
@@ -376,7 +374,6 @@ impl MeshActor {
             heads: (String::new(), Arc::default()),
             last_digest_ask: None,
             pushed_own_seq: None,
-            pushed_own_at: None,
             pulls: sync::Pulls::default(),
             swim: gossip::Swim::new(me),
             ticks: 0,
@@ -532,7 +529,6 @@ impl Actor for MeshActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.follow_own_appends(ctx);
         ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
         ctx.run_interval(gossip::PROBE_RTT, |act, _| act.follow_swim_members());
         ctx.run_interval(PUBLISH_EVERY, |act, _| act.flush_peers());

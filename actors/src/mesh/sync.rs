@@ -62,7 +62,6 @@ impl MeshActor {
             self.pushed_own_seq = Some(pushed);
             return;
         }
-        self.pushed_own_at = Some(Instant::now());
         let (ledger, me) = (self.ledger.clone(), self.me.clone());
         ctx.spawn(async move { ledger.entries_after(me, pushed, SYNC_BATCH).await }.into_actor(self).map(
             |entries, act, _| match entries {
@@ -74,23 +73,6 @@ impl MeshActor {
                 Err(e) => log::warn!("pushing our new ledger entries: {e}"),
             },
         ));
-    }
-
-    /// Follows this node's own appends on the event bus (see [`OwnAppended`]).
-    pub(super) fn follow_own_appends(&self, ctx: &mut Context<Self>) {
-        let (mut appended, me, mesh) = (self.events.subscribe(), self.me.clone(), ctx.address());
-        actix::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            while mesh.connected() {
-                match appended.recv().await {
-                    Ok(Event::LedgerEntry { entry }) if entry.origin == me => {
-                        mesh.do_send(OwnAppended { seq: entry.seq })
-                    }
-                    Ok(_) | Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => break,
-                }
-            }
-        });
     }
 
     /// Sends our `heads` over `link` to ask its peer for what we lack, and remembers the ask so
@@ -220,26 +202,6 @@ pub(super) fn split_batch(entries: Vec<wire::LedgerEntry>) -> Vec<Vec<wire::Ledg
         batches.push(current);
     }
     batches
-}
-
-/// This node appended an entry. When nothing of ours went out within a tick, it goes now
-/// rather than at the next tick (up to a second later: after a heal that was half a second of
-/// every entry's way to the other side); a burst (a build writes two entries per package) still
-/// goes once a tick, in batches.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct OwnAppended {
-    seq: u64,
-}
-
-impl Handler<OwnAppended> for MeshActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: OwnAppended, ctx: &mut Context<Self>) {
-        if self.pushed_own_at.is_none_or(|at| at.elapsed() >= super::TICK) {
-            self.push_own_entries(ctx, msg.seq);
-        }
-    }
 }
 
 /// Forces a ledger exchange with every peer now; returns how many were asked.

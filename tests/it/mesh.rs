@@ -178,9 +178,12 @@ fn a_tampered_or_replayed_frame_closes_the_link_and_a_partition_heals() {
     pa.set_target(&a.url);
     let cfg_b = format!(r#"{{"node_name": "zebra-beta-secret", "network": {{"advertise_address": "{}"}}}}"#, pb.url());
     let t = a.token("builder");
+    // b joins through a's proxy too: a node with no link left redials its join address
+    // besides the peer's advertised one, and a link dialled straight to a would carry the
+    // traffic past both proxies (the last link to authenticate is the one kept).
     let b = TestNode::start_with(Start {
         config: Some(&cfg_b),
-        args: vec!["--join".into(), a.url.clone(), "--token".into(), t],
+        args: vec!["--join".into(), pa.url(), "--token".into(), t],
         ..Default::default()
     });
     pb.set_target(&b.url);

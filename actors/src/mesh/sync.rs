@@ -1,5 +1,5 @@
 //! Ledger sync. What a node writes it pushes to every linked peer at its next tick, and fresh
-//! entries new to a node it passes on at once to a few random linked peers
+//! entries new to a node go on at once along the grid, two hops from their origin in all
 //! ([`MeshActor::pass_on`]). The rest spreads by anti-entropy: every tick a node sends a digest
 //! of its heads to a few random peers, and to both ends of a new link; a node whose heads
 //! differ sends its heads (one such ask at a time), and the other answers with what it lacks in

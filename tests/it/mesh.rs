@@ -118,7 +118,7 @@ fn a_killed_worker_goes_offline_and_rejoins_on_restart_without_a_token() {
     let back = TestNode::start_with(Start { dir: Some(worker_dir), ..Default::default() });
     for n in &others {
         wait_until("worker back online", Duration::from_secs(15), || {
-            (n.status_of(worker_id).as_deref() == Some("online")).then_some(())
+            n.sees_up(worker_id).then_some(())
         });
     }
     wait_until("rejoined sees all", Duration::from_secs(15), || {
@@ -158,7 +158,7 @@ fn killing_the_coordinator_elects_a_new_one_within_five_seconds() {
     let back = TestNode::start_with(Start { dir: Some(dead_dir), ..Default::default() });
     for (_, n) in &all {
         wait_until("old coordinator online again", Duration::from_secs(15), || {
-            (n.status_of(&coord).as_deref() == Some("online")).then_some(())
+            n.sees_up(&coord).then_some(())
         });
     }
     let settled = wait_until("one coordinator after the return", Duration::from_secs(10), || {
@@ -216,7 +216,7 @@ fn a_tampered_or_replayed_frame_closes_the_link_and_a_partition_heals() {
         (links_closed(&a) > closed_before).then_some(())
     });
     wait_until("relinked after tampering", Duration::from_secs(20), || {
-        (links_up(&a) > up_before && a.status_of(&b_id).as_deref() == Some("online")).then_some(())
+        (links_up(&a) > up_before && a.sees_up(&b_id)).then_some(())
     });
 
     // A replayed frame is refused the same way.
@@ -241,7 +241,7 @@ fn a_tampered_or_replayed_frame_closes_the_link_and_a_partition_heals() {
         (links_closed(&a) > closed_before).then_some(())
     });
     wait_until("relinked after replay", Duration::from_secs(20), || {
-        (links_up(&a) > up_before && a.status_of(&b_id).as_deref() == Some("online")).then_some(())
+        (links_up(&a) > up_before && a.sees_up(&b_id)).then_some(())
     });
     assert_eq!(a.get("/api/health").0, 200);
     assert_eq!(b.get("/api/health").0, 200);

@@ -247,6 +247,13 @@ impl TestNode {
     pub fn status_of(&self, id: &str) -> Option<String> {
         self.pool_nodes().iter().find(|n| n["id"] == id).and_then(|n| n["status"].as_str().map(str::to_string))
     }
+
+    /// Whether this node sees `id` up: online, or busy. Nodes take turns at their start-up
+    /// benchmark (the coordinator hands the turns out, so a restart or a link flap can start
+    /// one), and a node under benchmark is advertised busy for as long as it runs.
+    pub fn sees_up(&self, id: &str) -> bool {
+        matches!(self.status_of(id).as_deref(), Some("online" | "busy"))
+    }
 }
 
 /// Waits until every node's pool view lists exactly these nodes and none of them offline.

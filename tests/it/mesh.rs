@@ -117,9 +117,7 @@ fn a_killed_worker_goes_offline_and_rejoins_on_restart_without_a_token() {
     // Restarted with its data dir, it rejoins by itself, without a token.
     let back = TestNode::start_with(Start { dir: Some(worker_dir), ..Default::default() });
     for n in &others {
-        wait_until("worker back online", Duration::from_secs(15), || {
-            n.sees_up(worker_id).then_some(())
-        });
+        wait_until("worker back online", Duration::from_secs(15), || n.sees_up(worker_id).then_some(()));
     }
     wait_until("rejoined sees all", Duration::from_secs(15), || {
         let list = back.pool_nodes();
@@ -157,9 +155,7 @@ fn killing_the_coordinator_elects_a_new_one_within_five_seconds() {
     let _dead = dead;
     let back = TestNode::start_with(Start { dir: Some(dead_dir), ..Default::default() });
     for (_, n) in &all {
-        wait_until("old coordinator online again", Duration::from_secs(15), || {
-            n.sees_up(&coord).then_some(())
-        });
+        wait_until("old coordinator online again", Duration::from_secs(15), || n.sees_up(&coord).then_some(()));
     }
     let settled = wait_until("one coordinator after the return", Duration::from_secs(10), || {
         let views: Vec<String> = all.iter().map(|(_, n)| coordinator(n)).chain([coordinator(&back)]).collect();

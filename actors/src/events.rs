@@ -48,6 +48,15 @@ impl EventBus {
         let _ = self.tx.send(event);
     }
 
+    /// Publishes the event `make` builds, only if anyone listens: the node publishes several
+    /// per package (each ledger entry, each package's progress), each a copy of what it carries,
+    /// and usually nobody has `/ws` open.
+    pub fn publish_with(&self, make: impl FnOnce() -> Event) {
+        if self.tx.receiver_count() > 0 {
+            self.publish(make());
+        }
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
     }

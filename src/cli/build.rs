@@ -270,9 +270,10 @@ impl Bars {
     }
 
     /// Off a terminal: the package's line, once, when its node is known.
-    fn log(&self, line: &str, package: &str, node: Option<String>) {
-        if self.plain && node.is_some() && self.logged.borrow_mut().insert(package.to_string()) {
-            eprintln!("{line}");
+    fn log(&self, p: &PackageStatus) {
+        if self.plain && !self.logged.borrow().contains(&p.name) && node_label(p).is_some() {
+            self.logged.borrow_mut().insert(p.name.clone());
+            eprintln!("{}", running_line(p));
         }
     }
 
@@ -285,19 +286,27 @@ impl Bars {
         self.overall.set_position(done as u64);
         let mut running = self.running.borrow_mut();
         for p in &status.packages {
+            if p.state == PackageState::Running {
+                self.log(p);
+            }
+            // Off a terminal nothing is drawn: a spinner per package would only cost a bar and
+            // its redraws for each of a build's packages.
+            if self.plain {
+                continue;
+            }
             match (p.state, running.contains_key(&p.name)) {
                 (PackageState::Running, false) => {
                     let bar = self.multi.add(ProgressBar::new_spinner());
                     bar.set_message(running_line(p));
-                    bar.enable_steady_tick(Duration::from_millis(120));
                     running.insert(p.name.clone(), bar);
-                    self.log(&running_line(p), &p.name, node_label(p));
                 }
+                // Turned at each answer (at least every 100 ms while the build runs) rather than
+                // by a steady tick, which is a thread of its own per spinner.
                 (PackageState::Running, true) => {
                     if let Some(bar) = running.get(&p.name) {
                         bar.set_message(running_line(p));
+                        bar.tick();
                     }
-                    self.log(&running_line(p), &p.name, node_label(p));
                 }
                 (_, false) => {}
                 (state, true) => {

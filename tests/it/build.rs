@@ -506,6 +506,42 @@ fn a_builds_entries_survive_a_kill_the_moment_it_reports_success() {
     drop(guard);
 }
 
+/// A status request that may wait (`?wait_ms=`, as the CLI follows a build) answers when the
+/// build ends, not when its wait is over: it waits on the build's own end rather than on every
+/// event of the node. The answer, read back from the history once the build has stopped, has
+/// every package's result; while the build ran, its history row counted its packages (the rows
+/// per package are written once, at the end).
+#[test]
+fn a_status_request_that_may_wait_answers_when_the_build_ends() {
+    let _shared = common::shared();
+    let quiet = r#"{"benchmark": {"on_start": false, "interval_hours": 0}}"#;
+    let node = TestNode::start_with(common::Start { config: Some(quiet), ..Default::default() });
+    let work = tempfile::tempdir().expect("tempdir");
+    let manifest =
+        "[packages.first]\nshell = \"sleep 2\"\n[packages.second]\nshell = \"echo done\"\ndeps = [\"first\"]\n";
+    std::fs::write(work.path().join("buildnet.toml"), manifest).expect("manifest");
+    let mut cli = spawn_build(&node, work.path(), &["--local-only"], std::process::Stdio::null());
+    let running = wait_until("the build in the history", Duration::from_secs(30), || {
+        let history = node.cli_json(&["history"]);
+        history["builds"][0]["id"].is_string().then_some(history["builds"][0].clone())
+    });
+    let id = running["id"].as_str().expect("id");
+    assert_eq!((running["status"].as_str(), running["packages"].as_u64()), (Some("running"), Some(2)), "{running}");
+    let asked = std::time::Instant::now();
+    let (code, ended) = node.get(&format!("/api/build/{id}?wait_ms=30000"));
+    let waited = asked.elapsed();
+    assert_eq!(code, 200, "{ended}");
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    assert!(waited < Duration::from_secs(20), "answered {waited:?} after the ask, not at the build's end: {ended}");
+    let packages = ended["packages"].as_array().expect("packages");
+    let results: Vec<(&str, &str, Option<i64>)> = packages
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap_or(""), p["state"].as_str().unwrap_or(""), p["exit_code"].as_i64()))
+        .collect();
+    assert_eq!(results, [("first", "succeeded", Some(0)), ("second", "succeeded", Some(0))], "{ended}");
+    assert!(cli.wait().expect("the CLI").success());
+}
+
 /// A build that ran nothing (every package from the cache) is recorded like any other — a
 /// history row, `BuildStarted` and a `BuildCompleted` saying nothing was executed — but its end
 /// does not wait for the ledger's sync: the entries are committed with the next group.

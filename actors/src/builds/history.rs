@@ -9,35 +9,49 @@ use super::runner::{BuildState, BuildStatus, PackageState, PackageStatus};
 use crate::store::{StoreError, StoreHandle};
 use crate::wire::NodeId;
 
-/// Writes a build and its packages to the history tables.
-pub async fn save(store: &StoreHandle, status: &BuildStatus) -> Result<(), StoreError> {
-    let s = status.clone();
+/// What [`save`] writes of a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Its own row only: a build that starts has nothing yet to say per package (its live
+    /// status is the actor's), and writing every package's pending row, to write it again when
+    /// the build ends, was two statements per package on the store's thread.
+    Build,
+    /// Its row and one per package (with each result).
+    WithPackages,
+}
+
+/// Writes a build, and with [`Rows::WithPackages`] its packages, to the history tables.
+pub async fn save(store: &StoreHandle, status: &BuildStatus, rows: Rows) -> Result<(), StoreError> {
+    let metrics = serde_json::json!({
+        "packages": status.packages.len(),
+        "cached": status.packages.iter().filter(|p| p.cache_hit).count(),
+        "executed": status.packages.iter().filter(|p| p.state == PackageState::Succeeded).count(),
+    });
+    let artifacts = serde_json::to_string(&status.outputs()).unwrap_or_default();
+    let packages = if rows == Rows::WithPackages { status.packages.clone() } else { Vec::new() };
+    let (id, state, triggered_by, error) =
+        (status.id.clone(), status.status, status.triggered_by.clone(), status.error.clone());
+    let (started, completed, duration) = (status.started_at_ms, status.completed_at_ms, status.duration_ms);
     store
         .run(move |conn| {
             let tx = conn.transaction()?;
-            let metrics = serde_json::json!({
-                "packages": s.packages.len(),
-                "cached": s.packages.iter().filter(|p| p.cache_hit).count(),
-                "executed": s.packages.iter().filter(|p| p.state == PackageState::Succeeded).count(),
-            });
             tx.prepare_cached(
                 "INSERT INTO builds (id, config_id, status, started_at, completed_at, duration_ms, error, metrics, artifacts, triggered_by)
                  VALUES (?1, NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(id) DO UPDATE SET status = ?2, completed_at = ?4, duration_ms = ?5, error = ?6, metrics = ?7, artifacts = ?8",
             )?
             .execute(params![
-                s.id,
-                s.status.as_str(),
-                s.started_at_ms as i64,
-                s.completed_at_ms.map(|t| t as i64),
-                s.duration_ms.map(|t| t as i64),
-                s.error,
+                id,
+                state.as_str(),
+                started as i64,
+                completed.map(|t| t as i64),
+                duration.map(|t| t as i64),
+                error,
                 metrics.to_string(),
-                serde_json::to_string(&s.outputs()).unwrap_or_default(),
-                s.triggered_by
+                artifacts,
+                triggered_by
             ])?;
-            // Two statements per package, prepared once per connection: a build is saved when it
-            // starts and when it ends, and preparing them anew for every package was ~10 % of
+            // Two statements per package, prepared once per connection: preparing them anew for every package was ~10 % of
             // the daemon's CPU in 200-package builds (issue 14). The node is kept only when the
             // roster knows it (the foreign key).
             let mut package_row = tx.prepare_cached(
@@ -49,10 +63,10 @@ pub async fn save(store: &StoreHandle, status: &BuildStatus) -> Result<(), Store
             let mut result_row = tx.prepare_cached(
                 "INSERT OR REPLACE INTO build_package_results (build_id, package_name, cache_hit, exit_code, action_key, outputs, cpu_ms) VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6)",
             )?;
-            for p in &s.packages {
+            for p in &packages {
                 package_row.execute(params![
-                    format!("{}/{}", s.id, p.name),
-                    s.id,
+                    format!("{}/{}", id, p.name),
+                    id,
                     p.name,
                     p.state.as_str(),
                     p.started_at_ms.map(|t| t as i64),
@@ -63,7 +77,7 @@ pub async fn save(store: &StoreHandle, status: &BuildStatus) -> Result<(), Store
                     p.node.as_ref().map(|n| n.to_string())
                 ])?;
                 result_row.execute(params![
-                    s.id,
+                    id,
                     p.name,
                     p.cache_hit,
                     p.exit_code,

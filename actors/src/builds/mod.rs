@@ -238,6 +238,18 @@ impl Builds {
         history::load(&self.store, id).await?.ok_or_else(|| BuildError::NotFound(id.to_string()))
     }
 
+    /// The build's status as soon as it has ended (its history and ledger entry written), or as
+    /// it is after `wait` if it is still running then.
+    pub async fn status_when_done(&self, id: &str, wait: std::time::Duration) -> Result<BuildStatus, BuildError> {
+        if let Some(addr) = self.live(id).filter(|_| !wait.is_zero()) {
+            if let Ok(ended) = addr.send(runner::WhenDone).await {
+                // Closed (not sent to) when the build stops: either way it has ended.
+                let _ = tokio::time::timeout(wait, ended).await;
+            }
+        }
+        self.status(id).await
+    }
+
     /// Cancels a running build; a finished one is left as it is.
     pub async fn cancel(&self, id: &str) -> Result<BuildStatus, BuildError> {
         if let Some(addr) = self.live(id) {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::frontier::Frontier;
-use super::history::save;
+use super::history::{save, Rows};
 pub use super::placement::Limits;
 use super::placement::{place_and_run, PlaceError, Ran};
 use super::project::{Project, Requirement};
@@ -193,6 +193,9 @@ pub struct BuildActor {
     frontier: Frontier,
     cancel: Arc<AtomicBool>,
     registry: Registry,
+    /// Callers waiting for the build's end ([`WhenDone`]): dropped once it has stopped, i.e. once
+    /// its history and ledger entry are written, which is what wakes them.
+    waiting: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Live builds by id, shared with the web layer.
@@ -232,7 +235,15 @@ impl BuildActor {
         let packages = &req.project.manifest.packages;
         let frontier =
             Frontier::new(&req.project.order, |n| packages.get(n).map(|p| p.deps.as_slice()).unwrap_or_default());
-        BuildActor { ctx, req, status, frontier, cancel: Arc::new(AtomicBool::new(false)), registry }
+        BuildActor {
+            ctx,
+            req,
+            status,
+            frontier,
+            cancel: Arc::new(AtomicBool::new(false)),
+            registry,
+            waiting: Vec::new(),
+        }
     }
 
     fn pkg(&self, name: &str) -> Option<&PackageStatus> {
@@ -275,7 +286,7 @@ impl BuildActor {
 
     fn publish(&self, package: &str) {
         if let Some(p) = self.pkg(package) {
-            self.ctx.events.publish(Event::BuildProgress {
+            self.ctx.events.publish_with(|| Event::BuildProgress {
                 build_id: self.status.id.clone(),
                 package: package.to_string(),
                 status: p.state.as_str().into(),
@@ -418,7 +429,7 @@ impl BuildActor {
         let (status, c) = (self.status.clone(), self.ctx.clone());
         ctx.wait(
             async move {
-                if let Err(e) = save(&c.store, &status).await {
+                if let Err(e) = save(&c.store, &status, Rows::WithPackages).await {
                     log::error!("saving build {}: {e}", status.id);
                 }
                 let executed = status.packages.iter().filter(|p| p.state == PackageState::Succeeded).count();
@@ -495,7 +506,7 @@ impl Actor for BuildActor {
         });
         ctx.wait(
             async move {
-                if let Err(e) = save(&c.store, &status).await {
+                if let Err(e) = save(&c.store, &status, Rows::Build).await {
                     log::error!("saving build {}: {e}", status.id);
                 }
             }
@@ -508,6 +519,27 @@ impl Actor for BuildActor {
         if let Ok(mut r) = self.registry.lock() {
             r.remove(&self.status.id);
         }
+        // Out of the registry first: a woken caller reads the build back from history.
+        self.waiting.clear();
+    }
+}
+
+/// Answers when the build has ended (its history and ledger entry written): the receiver closes
+/// then. A client following the build waits on this rather than on every event of the node,
+/// which would wake it several times per package.
+#[derive(Message)]
+#[rtype(result = "tokio::sync::oneshot::Receiver<()>")]
+pub struct WhenDone;
+
+impl Handler<WhenDone> for BuildActor {
+    type Result = MessageResult<WhenDone>;
+
+    fn handle(&mut self, _: WhenDone, _: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Callers that gave up (a poll that timed out) leave nothing behind.
+        self.waiting.retain(|w| !w.is_closed());
+        self.waiting.push(tx);
+        MessageResult(rx)
     }
 }
 

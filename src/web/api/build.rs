@@ -8,11 +8,9 @@ use buildnet_actors::builds::projects::ProjectBuild;
 use buildnet_actors::builds::runner::{BuildRequest, BuildStatus};
 use buildnet_actors::builds::BuildError;
 use buildnet_actors::cas::CasError;
-use buildnet_actors::events::Event;
 use buildnet_actors::wire::Action;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::web::auth::Caller;
@@ -258,27 +256,8 @@ pub async fn status(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read builds")?;
     super::known_params(&request, &["wait_ms"])?;
-    // Subscribed before the first look, so an end between the look and the wait is not missed.
-    let mut events = state.node.events.subscribe();
-    let mut status = state.node.builds.status(&id).await.map_err(build_error)?;
     let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0).min(MAX_STATUS_WAIT_MS));
-    if !status.done() && !wait.is_zero() {
-        let ended = async {
-            loop {
-                match events.recv().await {
-                    // The build's last event (empty package) comes once its history and ledger
-                    // entry are written.
-                    Ok(Event::BuildProgress { build_id, package, .. }) if build_id == *id && package.is_empty() => {
-                        break
-                    }
-                    Ok(_) | Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => break,
-                }
-            }
-        };
-        let _ = actix_rt::time::timeout(wait, ended).await;
-        status = state.node.builds.status(&id).await.map_err(build_error)?;
-    }
+    let status = state.node.builds.status_when_done(&id, wait).await.map_err(build_error)?;
     let status = if caller.role.allows(Action::ReadBuildOutput) { status } else { status.without_output() };
     Ok(HttpResponse::Ok().json(status))
 }

@@ -146,7 +146,7 @@ impl Cas {
         }
         if link_for.is_some_and(|user| linkable(&object, user, file.executable)) {
             match std::fs::hard_link(&source, dest) {
-                Ok(()) => return Ok(Staged::Linked),
+                Ok(()) => return Ok(Staged::Linked(Object::of(&object))),
                 Err(e) if e.raw_os_error() == Some(libc::EXDEV) => warn_copying_across_filesystems(dest),
                 Err(_) => {}
             }
@@ -160,10 +160,33 @@ impl Cas {
 /// How [`Cas::materialize`] put a blob in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Staged {
-    /// A hard link to the stored object.
-    Linked,
+    /// A hard link to this stored object.
+    Linked(Object),
     /// A copy of its own.
     Copied,
+}
+
+/// A stored object's inode as a hard link to it shows it: a regular file on the store's device
+/// with the object's inode number and owner is that object. The owner matters because a link is
+/// only made for a package that runs as another user ([`linkable`]), which cannot make a file of
+/// its own owned by the node's user — not even one that reuses the number of a freed inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Object {
+    device: u64,
+    inode: u64,
+    owner: u32,
+}
+
+impl Object {
+    fn of(m: &std::fs::Metadata) -> Object {
+        use std::os::unix::fs::MetadataExt;
+        Object { device: m.dev(), inode: m.ino(), owner: m.uid() }
+    }
+
+    /// Whether `m` (read without following a link) is this object.
+    pub fn is(&self, m: &std::fs::Metadata) -> bool {
+        m.is_file() && Object::of(m) == *self
+    }
 }
 
 /// The mode of stored objects: nobody writes an object once it is stored, and a package handed
@@ -373,7 +396,10 @@ mod tests {
         let at = |name: &str| dir.path().join("sandbox").join(name);
 
         // Another user's package: a link, sharing the object's read-only inode.
-        assert_eq!(cas.materialize(&input(false), &at("linked.h"), Some(package_user)).expect("link"), Staged::Linked);
+        assert!(matches!(
+            cas.materialize(&input(false), &at("linked.h"), Some(package_user)).expect("link"),
+            Staged::Linked(object) if object.is(&std::fs::symlink_metadata(at("linked.h")).expect("meta"))
+        ));
         assert_eq!(mode_and_links(&at("linked.h")), (OBJECT_MODE, 2));
         assert_eq!(std::fs::read(at("linked.h")).expect("read"), b"int x;");
 

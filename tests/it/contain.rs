@@ -303,9 +303,41 @@ fn a_package_cannot_change_the_stored_inputs_it_is_handed() {
         let object = node.dir.join("cas").join(&digest[..2]).join(&digest);
         assert_eq!(std::fs::read_to_string(&object).expect("stored object"), text);
         let meta = std::fs::metadata(&object).expect("metadata");
-        assert_eq!((meta.mode() & 0o7777, meta.uid(), meta.nlink()), (0o444, me, 1), "{text:?} stored as it was");
+        // Its only other links are those a pooled sandbox keeps for the next package (issue 14).
+        let kept = links_under(&node.dir.join("sandboxes"), meta.ino());
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.uid(), meta.nlink()),
+            (0o444, me, 1 + kept),
+            "{text:?} stored as it was"
+        );
     }
     assert_eq!(std::fs::read_to_string(work.path().join("data.txt")).expect("project"), "original\n");
+}
+
+/// How many entries under `dir` are hard links to inode `ino`.
+fn links_under(dir: &Path, ino: u64) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => links_under(&e.path(), ino),
+            _ => u64::from(e.metadata().is_ok_and(|m| m.ino() == ino)),
+        })
+        .sum()
+}
+
+/// A node, its containment level, and a project directory holding `files` (path, text).
+fn node_and_project(files: &[(&str, &str)]) -> (TestNode, String, tempfile::TempDir) {
+    let node = TestNode::start();
+    let level = node.get("/api/node").1["sandbox"].as_str().unwrap_or_default().to_string();
+    let work = tempfile::tempdir().expect("tempdir");
+    for (path, text) in files {
+        let path = work.path().join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("source");
+    }
+    (node, level, work)
 }
 
 /// A sandbox is emptied into a pool and the directories its files went into are kept for the
@@ -316,14 +348,8 @@ fn a_package_cannot_change_the_stored_inputs_it_is_handed() {
 /// directory (or this tests nothing).
 #[test]
 fn a_package_finds_a_clean_sandbox_whatever_the_one_before_left_in_it() {
-    let node = TestNode::start();
-    let level = node.get("/api/node").1["sandbox"].as_str().unwrap_or_default().to_string();
-    let work = tempfile::tempdir().expect("tempdir");
-    for (path, text) in [("src/a.c", "a"), ("src/b.c", "b"), ("inc/a.h", "a"), ("inc/b.h", "b")] {
-        let path = work.path().join(path);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(path, text).expect("source");
-    }
+    let (node, level, work) =
+        node_and_project(&[("src/a.c", "a"), ("src/b.c", "b"), ("inc/a.h", "a"), ("inc/b.h", "b")]);
     let manifest = "[packages.first]\ninputs = [\"src/a.c\", \"inc/a.h\"]\noutputs = [\"obj/a.o\"]\n\
          shell = '''stat -c %i obj > obj/a.o; touch obj/left.o .tmp/left; ln -s /etc obj/etc; \
          mkdir -p obj/sub/deep && touch obj/sub/deep/f; chmod 2777 obj; chmod 700 src; \
@@ -352,6 +378,40 @@ fn a_package_finds_a_clean_sandbox_whatever_the_one_before_left_in_it() {
             Some(first_obj.trim()),
             "the second package got the first's obj/ (the pool kept it):\n{report}"
         );
+    }
+}
+
+/// A pooled sandbox keeps the inputs that are hard links to the node's stored objects for a
+/// package that wants the same object at the same path (issue 14: a C project's compiles all
+/// want the same headers). The package before could not change an object's content, but it
+/// could replace the link at an input's path with a file of its own: the next package must
+/// still find exactly its inputs — the stored content — and the kept link must be the very one
+/// the first package had (or this tests nothing).
+#[test]
+fn a_kept_input_is_the_stored_one_whatever_the_package_before_put_at_its_path() {
+    let (node, level, work) =
+        node_and_project(&[("src/x.c", "x\n"), ("src/y.c", "y\n"), ("inc/a.h", "a\n"), ("inc/b.h", "b\n")]);
+    let manifest = "[packages.first]\ninputs = [\"src/x.c\", \"inc/a.h\", \"inc/b.h\"]\noutputs = [\"obj/x.o\"]\n\
+         shell = '''stat -c '%i %h' inc/b.h > obj/x.o; rm inc/a.h && echo planted > inc/a.h'''\n\n\
+         [packages.second]\ninputs = [\"src/y.c\", \"inc/a.h\", \"inc/b.h\"]\ndeps = [\"first\"]\n\
+         outputs = [\"obj/y.o\"]\n\
+         shell = '''{ cat inc/a.h inc/b.h; stat -c '%i' inc/b.h; find . -type f | sort; } > obj/y.o'''\n";
+    std::fs::write(work.path().join("buildnet.toml"), manifest).expect("manifest");
+    let out = node.cli(&["build", "--project", work.path().to_str().expect("path")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let first = std::fs::read_to_string(work.path().join("obj/x.o")).expect("first's output");
+    let report = std::fs::read_to_string(work.path().join("obj/y.o")).expect("second's report");
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines[..2], ["a", "b"], "the stored inputs, not what the first package planted:\n{report}");
+    assert_eq!(
+        lines[3..],
+        ["./inc/a.h", "./inc/b.h", "./obj/x.o", "./obj/y.o", "./src/y.c"],
+        "only its own inputs, its dependency's output and its report:\n{report}"
+    );
+    let (inode, links) = first.trim().split_once(' ').expect("inode and link count");
+    if level == "landlock+namespaces" && links != "1" {
+        assert_eq!(lines[2], inode, "the second package got the first's link to inc/b.h (the pool kept it):\n{report}");
     }
 }
 

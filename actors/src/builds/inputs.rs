@@ -84,7 +84,8 @@ pub fn expand(root: &Path, pattern: &str) -> Result<Vec<String>, String> {
     Ok(found)
 }
 
-/// What a file looked like when it was hashed: unchanged stamps mean an unchanged digest.
+/// What a file looked like when it was hashed: unchanged stamps mean an unchanged digest — once
+/// the file had settled (see [`SETTLED_NS`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     size: u64,
@@ -105,7 +106,20 @@ impl Stamp {
             device: m.dev(),
         }
     }
+
+    /// Whether the file's last change (either time: a modification time may be set to anything,
+    /// the change time only by the kernel) was at least [`SETTLED_NS`] before `ns`.
+    fn settled_before(&self, ns: i128) -> bool {
+        self.mtime_ns.max(self.ctime_ns) + SETTLED_NS <= ns
+    }
 }
+
+/// How long before a snapshot began a file must have last changed for its stamp to vouch for it
+/// at the next snapshot. File times come from a coarse clock (a few ms): a file hashed and then
+/// changed again within the same tick keeps its size and times (git's "racily clean" entries),
+/// so a stamp taken that close to a change is not kept and the file is hashed again next time.
+/// Two seconds also cover a file server whose clock is a little off this node's.
+const SETTLED_NS: i128 = 2_000_000_000;
 
 /// A project as read at one moment: the checked manifest and every input file by path.
 #[derive(Debug, Clone)]
@@ -130,9 +144,21 @@ pub fn load(root: &Path) -> Result<Project, ProjectError> {
 
 /// Reads `<root>/buildnet.toml`, expands its inputs and hashes every input file; with a `cas`,
 /// each file is stored there as it is read (only if missing). Files unchanged since `previous`
-/// (same size, times and inode, and still in the CAS) keep their digest without being read.
-/// Errors name the manifest and the package's `inputs`.
+/// (same size, times and inode, still in the CAS, and settled when that snapshot was taken: see
+/// [`SETTLED_NS`]) keep their digest without being read. Errors name the manifest and the
+/// package's `inputs`.
 pub fn snapshot(root: &Path, cas: Option<&Cas>, previous: Option<&Snapshot>) -> Result<Snapshot, ProjectError> {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    snapshot_at(root, cas, previous, since_epoch.as_nanos() as i128)
+}
+
+/// [`snapshot`] begun at `now_ns` (nanoseconds since the epoch).
+fn snapshot_at(
+    root: &Path,
+    cas: Option<&Cas>,
+    previous: Option<&Snapshot>,
+    now_ns: i128,
+) -> Result<Snapshot, ProjectError> {
     let project = load(root)?;
     let file = root.join(project::MANIFEST).display().to_string();
     let mut files = BTreeMap::new();
@@ -158,7 +184,9 @@ pub fn snapshot(root: &Path, cas: Option<&Cas>, previous: Option<&Snapshot>) -> 
             }
             let (f, stamp) = read(&full, path, cas).map_err(fail)?;
             files.insert(path.clone(), f);
-            stamps.insert(path.clone(), stamp);
+            if stamp.settled_before(now_ns) {
+                stamps.insert(path.clone(), stamp);
+            }
         }
     }
     Ok(Snapshot { project, files, stamps })
@@ -249,5 +277,38 @@ mod tests {
         assert_eq!(second.files["a.txt"].digest, a);
         assert!(cas.has(&a), "a missing blob is stored again");
         assert_ne!(second.files["b.txt"].digest, first.files["b.txt"].digest, "a changed file is hashed again");
+    }
+
+    /// A file changed again within the clock tick it was hashed in keeps its size and times: a
+    /// stamp taken that soon after a change does not vouch for the file next time.
+    #[test]
+    fn a_stamp_vouches_only_for_a_file_that_had_settled_when_it_was_hashed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("p");
+        write(&root, "a.txt", "alpha");
+        write(&root, project::MANIFEST, "[packages.x]\ncommand=[\"cat\"]\ninputs=[\"a.txt\"]\n");
+        let cas = Cas::open(dir.path().join("cas")).expect("cas");
+        let meta = std::fs::metadata(root.join("a.txt")).expect("meta");
+        let changed_ns = Stamp::of(&meta).mtime_ns.max(Stamp::of(&meta).ctime_ns);
+        // The same content under another digest in the previous snapshot shows whether it was read.
+        let stale = |snap: &Snapshot| {
+            let mut s = snap.clone();
+            s.files.get_mut("a.txt").expect("a").digest = blake3::hash(b"stale").to_hex().to_string();
+            cas.put_verified(&s.files["a.txt"].digest, b"stale").expect("put");
+            s
+        };
+        // Hashed in the tick it was written: the next snapshot reads it again.
+        let racy = snapshot_at(&root, Some(&cas), None, changed_ns).expect("snapshot");
+        let again = snapshot_at(&root, Some(&cas), Some(&stale(&racy)), changed_ns + SETTLED_NS).expect("snapshot");
+        assert_eq!(again.files["a.txt"].digest, racy.files["a.txt"].digest, "read again, not taken from the stamp");
+        // Hashed long after it was written: the stamp stands for it.
+        let settled = snapshot_at(&root, Some(&cas), None, changed_ns + SETTLED_NS).expect("snapshot");
+        let reused =
+            snapshot_at(&root, Some(&cas), Some(&stale(&settled)), changed_ns + 2 * SETTLED_NS).expect("snapshot");
+        assert_eq!(
+            reused.files["a.txt"].digest,
+            blake3::hash(b"stale").to_hex().to_string(),
+            "not read: the stamp vouched"
+        );
     }
 }

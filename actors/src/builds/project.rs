@@ -176,12 +176,20 @@ impl Manifest {
         let manifest = self.expand(file, root)?;
         let order = manifest.structure(file, true)?;
         let mut inputs = BTreeMap::new();
+        // Each pattern is walked once, however many packages list it: a generated manifest gives
+        // every compile the same `include/*.h`, and walking it per package was ~15 % of the CLI's
+        // CPU in a cached build of a 30-package C project, more than hashing every input (issue 14).
+        let mut walked: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for (name, p) in &manifest.packages {
             let field = |f: &str| format!("packages.{name}.{f}");
             let mut matched = BTreeSet::new();
             for pattern in &p.inputs {
-                // Expanded without following a link (`inputs::expand`), as the CLI and the node share it.
-                let found = super::inputs::expand(root, pattern).map_err(|m| err(file, field("inputs"), m))?;
+                if !walked.contains_key(pattern.as_str()) {
+                    // Expanded without following a link (`inputs::expand`), as the CLI and the node share it.
+                    let found = super::inputs::expand(root, pattern).map_err(|m| err(file, field("inputs"), m))?;
+                    walked.insert(pattern, found);
+                }
+                let found = &walked[pattern.as_str()];
                 if found.is_empty() {
                     return Err(err(
                         file,
@@ -189,7 +197,7 @@ impl Manifest {
                         format!("'{pattern}' matches no file in {}", root.display()),
                     ));
                 }
-                matched.extend(found);
+                matched.extend(found.iter().cloned());
             }
             inputs.insert(name.clone(), matched.into_iter().collect());
         }

@@ -14,19 +14,45 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use crate::cas::Cas;
+use crate::cas::{Cas, Object, Staged};
 use crate::wire::{join_no_follow, FileRef, JoinError, Task};
 
-/// Lays out the task's inputs in `dir` (a new, empty sandbox) and makes the directories its
-/// declared outputs go into. `link_for`: the user the package runs as, when its inputs may be
-/// hard links to the store ([`Cas::materialize`]).
-pub fn inputs(cas: &Cas, dir: &Path, task: &Task, link_for: Option<u32>) -> Result<(), String> {
+/// An input that is a hard link to its stored object in a sandbox: a pooled sandbox may keep it
+/// for the next package that wants the same object at the same path (`sandbox`'s pool).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linked {
+    pub path: String,
+    pub digest: String,
+    pub object: Object,
+}
+
+/// Lays out the task's inputs in `dir` (an empty sandbox but for the inputs in `linked`, which a
+/// pooled sandbox kept in place: links to the objects the task wants at those paths) and makes
+/// the directories its declared outputs go into. `link_for`: the user the package runs as, when
+/// its inputs may be hard links to the store ([`Cas::materialize`]); each input linked is added
+/// to `linked`, so the sandbox's next user may keep it.
+pub fn inputs(
+    cas: &Cas,
+    dir: &Path,
+    task: &Task,
+    link_for: Option<u32>,
+    linked: &mut Vec<Linked>,
+) -> Result<(), String> {
+    let in_place: std::collections::BTreeSet<(String, String)> =
+        linked.iter().map(|l| (l.path.clone(), l.digest.clone())).collect();
     for f in &task.files {
+        if !f.executable && in_place.contains(&(f.path.clone(), f.digest.clone())) {
+            continue;
+        }
         let dest = join_no_follow(dir, &f.path, true).map_err(|e| format!("input {e}"))?;
         if std::fs::symlink_metadata(&dest).is_ok() {
             return Err(format!("input '{}': something is already at that path in the sandbox", f.path));
         }
-        cas.materialize(f, &dest, link_for).map_err(|e| format!("input {}: {e}", f.path))?;
+        if let Staged::Linked(object) =
+            cas.materialize(f, &dest, link_for).map_err(|e| format!("input {}: {e}", f.path))?
+        {
+            linked.push(Linked { path: f.path.clone(), digest: f.digest.clone(), object });
+        }
     }
     // Declared outputs may go into directories the command expects to exist.
     for o in &task.outputs {
@@ -134,15 +160,15 @@ mod tests {
         let dir = tmp.path().join("sandbox");
         std::fs::create_dir(&dir).expect("sandbox");
         let f = FileRef { path: "a/b/in.txt".into(), digest, executable: false, size };
-        inputs(&cas, &dir, &task(vec![f.clone()], &["out/x.o"]), None).expect("laid out");
+        inputs(&cas, &dir, &task(vec![f.clone()], &["out/x.o"]), None, &mut Vec::new()).expect("laid out");
         assert_eq!(std::fs::read_to_string(dir.join("a/b/in.txt")).expect("input"), "hello");
         assert!(dir.join("out").is_dir());
         // A second file at the same place, or a file through a link, is refused.
-        let e = inputs(&cas, &dir, &task(vec![f.clone()], &[]), None).expect_err("twice");
+        let e = inputs(&cas, &dir, &task(vec![f.clone()], &[]), None, &mut Vec::new()).expect_err("twice");
         assert!(e.contains("already"), "{e}");
         std::os::unix::fs::symlink(tmp.path(), dir.join("up")).expect("symlink");
         let through = FileRef { path: "up/escaped.txt".into(), ..f };
-        let e = inputs(&cas, &dir, &task(vec![through], &[]), None).expect_err("link");
+        let e = inputs(&cas, &dir, &task(vec![through], &[]), None, &mut Vec::new()).expect_err("link");
         assert!(e.contains("symbolic link"), "{e}");
         assert!(!tmp.path().join("escaped.txt").exists());
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::contain;
 use super::forkserver::{ForkServer, Served};
+use super::layout::Linked;
 use crate::cas::Cas;
 use crate::wire::{Invocation, SandboxLevel, Task, TaskResult, OUTPUT_CHUNK, TAIL_BYTES};
 
@@ -339,15 +340,37 @@ pub fn run(
     // Only where nothing the package started can outlive it — its PID namespace died with it —
     // may its directory serve another package: a survivor could still write there.
     let pool = (launch.launcher.is_some() && launch.level.has_namespaces()).then(|| sandboxes.join(FREE_SANDBOXES));
-    let wanted = super::layout::dirs(task);
-    if let Err(e) = BuildDirs::enter(&build_dir).and_then(|()| make_sandbox(pool.as_deref(), &dir, &wanted)) {
-        BuildDirs::leave(&build_dir);
-        return Ok(failed(format!("sandbox {}: {e}", dir.display()), started));
-    }
-    let result = run_in(cas, &dir, task, launch, cancel, started, output);
-    release_sandbox(pool.as_deref(), &dir, &wanted);
+    let wanted = Wanted::of(task, launch.links_for().is_some());
+    let mut linked = match BuildDirs::enter(&build_dir).and_then(|()| make_sandbox(pool.as_deref(), &dir, &wanted)) {
+        Ok(kept) => kept,
+        Err(e) => {
+            BuildDirs::leave(&build_dir);
+            return Ok(failed(format!("sandbox {}: {e}", dir.display()), started));
+        }
+    };
+    let result = run_in(cas, &dir, task, launch, cancel, started, output, &mut linked);
+    release_sandbox(pool.as_deref(), &dir, &wanted.dirs, &linked);
     BuildDirs::leave(&build_dir);
     result
+}
+
+/// What a package wants its sandbox to hold before its inputs are laid out: the directories its
+/// files go into, and — when its inputs are hard links to the store — the (path, digest) of each
+/// input a link may serve (not executable: a link has the object's mode).
+struct Wanted {
+    dirs: BTreeSet<String>,
+    links: BTreeSet<(String, String)>,
+}
+
+impl Wanted {
+    fn of(task: &Task, linked_inputs: bool) -> Wanted {
+        let links = task.files.iter().filter(|f| linked_inputs && !f.executable);
+        Wanted { dirs: super::layout::dirs(task), links: links.map(|f| (f.path.clone(), f.digest.clone())).collect() }
+    }
+
+    fn has_link(&self, link: &Linked) -> bool {
+        self.links.contains(&(link.path.clone(), link.digest.clone()))
+    }
 }
 
 /// Emptied sandboxes waiting for the next package, in each sandbox root. A directory made anew
@@ -360,25 +383,28 @@ const FREE_SANDBOXES: &str = ".free";
 const TMP: &str = ".tmp";
 
 /// An emptied sandbox in a pool, with the empty directories kept in it (relative to it, each
-/// after its parent) for a package that lays out its files in the same ones.
+/// after its parent) for a package that lays out its files in the same ones, and the inputs kept
+/// in them: hard links to stored objects, for a package that wants the same object at the same
+/// path (a C project's compiles all want the same headers). Keeping a link saves its `link` and
+/// `unlink` and the path walks that check its place.
 struct Free {
     path: PathBuf,
     dirs: Vec<String>,
+    links: Vec<Linked>,
 }
 
 /// The emptied sandboxes in each pool directory, as this process put them there: taking one is
 /// then a rename, not a listing of the pool (what a previous run left there is cleared at start).
 static FREE: std::sync::Mutex<Vec<Free>> = std::sync::Mutex::new(Vec::new());
 
-/// Takes the emptied sandbox of `pool` that keeps the most of the `wanted` directories (the one
-/// freed last among equals) off the free list.
-fn take_free(pool: &Path, wanted: &BTreeSet<String>) -> Option<Free> {
+/// Takes the emptied sandbox of `pool` that keeps the most of the `wanted` directories and inputs
+/// (the one freed last among equals) off the free list.
+fn take_free(pool: &Path, wanted: &Wanted) -> Option<Free> {
     let mut free = FREE.lock().ok()?;
-    let (at, _) = free
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.path.parent() == Some(pool))
-        .max_by_key(|&(i, f)| (f.dirs.iter().filter(|d| wanted.contains(*d)).count(), i))?;
+    let (at, _) = free.iter().enumerate().filter(|(_, f)| f.path.parent() == Some(pool)).max_by_key(|&(i, f)| {
+        let dirs = f.dirs.iter().filter(|d| wanted.dirs.contains(*d)).count();
+        (dirs + f.links.iter().filter(|l| wanted.has_link(l)).count(), i)
+    })?;
     Some(free.swap_remove(at))
 }
 
@@ -417,30 +443,37 @@ impl BuildDirs {
     }
 }
 
-/// Makes the sandbox `dir` for a package whose files go into the `wanted` directories: an
-/// emptied one from `pool`, moved into place, or a new one. A pooled sandbox's kept directories
-/// that this package does not want are removed, so it holds exactly what a new one would.
-fn make_sandbox(pool: Option<&Path>, dir: &Path, wanted: &BTreeSet<String>) -> std::io::Result<()> {
+/// Makes the sandbox `dir` for a package that wants what `wanted` says: an emptied one from
+/// `pool`, moved into place, or a new one. A pooled sandbox's kept inputs and directories that
+/// this package does not want are removed, so it holds exactly what a new one would plus inputs
+/// already in place; returns those (for [`super::layout::inputs`], which lays out the others).
+fn make_sandbox(pool: Option<&Path>, dir: &Path, wanted: &Wanted) -> std::io::Result<Vec<Linked>> {
     let _ = std::fs::remove_dir_all(dir);
     // One that is gone (its root was cleared) is forgotten: then the next.
     while let Some(free) = pool.and_then(|pool| take_free(pool, wanted)) {
         if std::fs::rename(&free.path, dir).is_ok() {
+            let (kept, unwanted): (Vec<Linked>, Vec<Linked>) = free.links.into_iter().partition(|l| wanted.has_link(l));
+            for link in unwanted {
+                std::fs::remove_file(dir.join(&link.path))?;
+            }
             // Children before their parents (the list has each after its parent).
-            for unwanted in free.dirs.iter().rev().filter(|d| !wanted.contains(*d)) {
+            for unwanted in free.dirs.iter().rev().filter(|d| !wanted.dirs.contains(*d)) {
                 std::fs::remove_dir(dir.join(unwanted))?;
             }
-            return Ok(());
+            return Ok(kept);
         }
     }
-    std::fs::create_dir(dir)
+    std::fs::create_dir(dir)?;
+    Ok(Vec::new())
 }
 
 /// Empties the sandbox `dir` into `pool`, keeping the `wanted` directories its package's files
-/// went into, or removes it (no pool, or it cannot be made fit for another package).
-fn release_sandbox(pool: Option<&Path>, dir: &Path, wanted: &BTreeSet<String>) {
+/// went into and the inputs in them that are still the `linked` objects, or removes it (no pool,
+/// or it cannot be made fit for another package).
+fn release_sandbox(pool: Option<&Path>, dir: &Path, wanted: &BTreeSet<String>, linked: &[Linked]) {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let pooled = pool.is_some_and(|pool| {
-        let Ok(dirs) = empty_for_reuse(dir, wanted) else {
+        let Ok((dirs, links)) = empty_for_reuse(dir, wanted, linked) else {
             return false;
         };
         let free = pool.join(format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
@@ -448,7 +481,7 @@ fn release_sandbox(pool: Option<&Path>, dir: &Path, wanted: &BTreeSet<String>) {
             .or_else(|_| std::fs::create_dir(pool).and_then(|()| std::fs::rename(dir, &free)))
             .is_ok();
         if let (true, Ok(mut list)) = (moved, FREE.lock()) {
-            list.push(Free { path: free, dirs });
+            list.push(Free { path: free, dirs, links });
         }
         moved
     });
@@ -458,41 +491,53 @@ fn release_sandbox(pool: Option<&Path>, dir: &Path, wanted: &BTreeSet<String>) {
 }
 
 /// Empties the sandbox `dir` a package has finished with, for the next package: its `.tmp` and
-/// the `wanted` directories are kept (emptied, mode 0755) when [`reset_dir`] finds them fit;
-/// everything else goes. Returns the kept directories besides `.tmp`, each after its parent.
-/// The package owned all of it and may have left anything there — files, links where
-/// directories were, modes, extended attributes, inode flags — so nothing is followed and a
-/// directory that is not plainly a directory is removed, not reused. An error: the sandbox
-/// itself is not fit (or could not be emptied) and must be removed.
-fn empty_for_reuse(dir: &Path, wanted: &BTreeSet<String>) -> std::io::Result<Vec<String>> {
+/// the `wanted` directories are kept (emptied, mode 0755) when [`reset_dir`] finds them fit, and
+/// in them the inputs that are still the hard links to stored objects laid out as `linked`;
+/// everything else goes. Returns the kept directories besides `.tmp`, each after its parent, and
+/// the kept inputs. The package owned all of it and may have left anything there — files, links
+/// where directories were, modes, extended attributes, inode flags, another file or another
+/// object at an input's path — so nothing is followed, a directory that is not plainly a
+/// directory is removed, not reused, and an input is kept only if the entry at its path is the
+/// very object (device, inode and owner: [`crate::cas::Object::is`]), whose content and mode the
+/// package could not change. An error: the sandbox itself is not fit (or could not be emptied)
+/// and must be removed.
+fn empty_for_reuse(
+    dir: &Path,
+    wanted: &BTreeSet<String>,
+    linked: &[Linked],
+) -> std::io::Result<(Vec<String>, Vec<Linked>)> {
     // Its parent, the build's directory, is the node's own: what a directory made here carries.
     let like = dir.parent().map(DirTraits::of).transpose()?;
     if !reset_dir(dir, like.as_ref())? {
         return Err(std::io::Error::other("the sandbox was changed in ways it cannot be reset from"));
     }
-    let mut kept = Vec::new();
+    let mut kept =
+        Kept { dirs: Vec::new(), links: Vec::new(), linked: linked.iter().map(|l| (l.path.as_str(), l)).collect() };
     empty_dir(dir, "", wanted, like.as_ref(), &mut kept)?;
-    kept.retain(|d| d != TMP);
-    Ok(kept)
+    kept.dirs.retain(|d| d != TMP);
+    Ok((kept.dirs, kept.links))
+}
+
+/// What [`empty_dir`] keeps, and the inputs it may keep by path.
+struct Kept<'a> {
+    dirs: Vec<String>,
+    links: Vec<Linked>,
+    linked: std::collections::BTreeMap<&'a str, &'a Linked>,
 }
 
 /// Removes everything in `dir` (at `prefix` in its sandbox) but the directories of `wanted` (and
-/// the sandbox's `.tmp`) that [`reset_dir`] passes, which are emptied in turn and added to `kept`.
+/// the sandbox's `.tmp`) that [`reset_dir`] passes, which are emptied in turn and added to
+/// `kept`, and the inputs still linked to their objects.
 fn empty_dir(
     dir: &Path,
     prefix: &str,
     wanted: &BTreeSet<String>,
     like: Option<&DirTraits>,
-    kept: &mut Vec<String>,
+    kept: &mut Kept,
 ) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
-        // The type of the entry itself (a link is a link), from the listing.
-        if !entry.file_type()?.is_dir() {
-            std::fs::remove_file(&path)?;
-            continue;
-        }
         let rel = entry.file_name().to_str().map(|name| {
             if prefix.is_empty() {
                 name.to_string()
@@ -500,9 +545,19 @@ fn empty_dir(
                 format!("{prefix}/{name}")
             }
         });
+        // The type of the entry itself (a link is a link), from the listing.
+        if !entry.file_type()?.is_dir() {
+            // `DirEntry::metadata` does not follow a link.
+            let input = rel.as_deref().and_then(|rel| kept.linked.get(rel).copied());
+            match input {
+                Some(input) if input.object.is(&entry.metadata()?) => kept.links.push(input.clone()),
+                _ => std::fs::remove_file(&path)?,
+            }
+            continue;
+        }
         match rel {
             Some(rel) if (wanted.contains(&rel) || rel == TMP) && reset_dir(&path, like)? => {
-                kept.push(rel.clone());
+                kept.dirs.push(rel.clone());
                 empty_dir(&path, &rel, wanted, like, kept)?;
             }
             _ => std::fs::remove_dir_all(&path)?,
@@ -590,6 +645,9 @@ fn reset_dir(dir: &Path, like: Option<&DirTraits>) -> std::io::Result<bool> {
     Ok(!traits.xattrs && like.is_none_or(|like| traits.flags == like.flags))
 }
 
+/// Lays out the task's inputs in `dir` (those in `linked` are in place) and runs it; every input
+/// linked to the store is added to `linked`.
+#[allow(clippy::too_many_arguments)]
 fn run_in(
     cas: &Cas,
     dir: &Path,
@@ -598,9 +656,10 @@ fn run_in(
     cancel: &Arc<AtomicBool>,
     started: Instant,
     output: Option<super::OutputSink>,
+    linked: &mut Vec<Linked>,
 ) -> Result<TaskResult, Cancelled> {
     // Inputs at their paths, never through a symbolic link (see `layout`).
-    if let Err(e) = super::layout::inputs(cas, dir, task, launch.links_for()) {
+    if let Err(e) = super::layout::inputs(cas, dir, task, launch.links_for(), linked) {
         return Ok(failed(e, started));
     }
     let ((out_read, out_write), (err_read, err_write)) = match pipe().and_then(|out| Ok((out, pipe()?))) {
@@ -806,11 +865,12 @@ mod tests {
     /// Makes `dir` as `run` does (its build's directory counted, then the sandbox).
     fn made(pool: &Path, dir: &Path, dirs: &BTreeSet<String>) {
         BuildDirs::enter(dir.parent().expect("build dir")).expect("build dir");
-        make_sandbox(Some(pool), dir, dirs).expect("made");
+        let kept = make_sandbox(Some(pool), dir, &Wanted { dirs: dirs.clone(), links: BTreeSet::new() }).expect("made");
+        assert!(kept.is_empty());
     }
 
     fn released(pool: Option<&Path>, dir: &Path, dirs: &BTreeSet<String>) {
-        release_sandbox(pool, dir, dirs);
+        release_sandbox(pool, dir, dirs, &[]);
         BuildDirs::leave(dir.parent().expect("build dir"));
     }
 
@@ -994,6 +1054,62 @@ mod tests {
         made(&pool, &next, &compile);
         assert_eq!(listing(&next), ["include/", "obj/", "src/"]);
         released(None, &next, &compile);
+    }
+
+    /// A pooled sandbox keeps an input only while the entry at its path is the very object the
+    /// next package wants there; whatever its package did to the others, they are laid out anew.
+    #[test]
+    fn kept_inputs_are_the_stored_objects_the_next_package_wants_or_they_go() {
+        use std::os::unix::fs::MetadataExt;
+        let (tmp, cas) = setup();
+        let pool = tmp.path().join("sandboxes").join(FREE_SANDBOXES);
+        let nobody = Some(65534);
+        let [a, b, c, x] = [("inc/a.h", "a"), ("inc/b.h", "b"), ("inc/c.h", "c"), ("src/x.c", "x")]
+            .map(|(path, text)| file(&cas, tmp.path(), path, text));
+        let object = |f: &FileRef| std::fs::metadata(cas.path(&f.digest).expect("path")).expect("object").ino();
+        let compile = task(Invocation::Argv(vec![]), vec![a.clone(), b.clone(), c.clone(), x.clone()], &["obj/x.o"]);
+        let wanted = Wanted::of(&compile, true);
+
+        let dir = tmp.path().join("sandboxes/b1/p");
+        BuildDirs::enter(dir.parent().expect("build dir")).expect("build dir");
+        let mut linked = make_sandbox(Some(&pool), &dir, &wanted).expect("made");
+        super::super::layout::inputs(&cas, &dir, &compile, nobody, &mut linked).expect("laid out");
+        assert_eq!(linked.len(), 4, "every input is a link: {linked:?}");
+        // The package moves one input over another and puts a file of its own at a third's path.
+        std::fs::rename(dir.join("inc/a.h"), dir.join("inc/b.h")).expect("rename");
+        std::fs::remove_file(dir.join("src/x.c")).expect("unlink");
+        std::fs::write(dir.join("src/x.c"), "mine").expect("own file");
+        released_linked(&pool, &dir, &wanted, &linked);
+
+        // The next compile wants the same headers and another x.c: only inc/c.h is still its object.
+        let x2 = file(&cas, tmp.path(), "src/x.c", "x, edited");
+        let next_task = task(Invocation::Argv(vec![]), vec![a.clone(), b.clone(), c.clone(), x2.clone()], &["obj/x.o"]);
+        let next = tmp.path().join("sandboxes/b2/q");
+        BuildDirs::enter(next.parent().expect("build dir")).expect("build dir");
+        let mut linked = make_sandbox(Some(&pool), &next, &Wanted::of(&next_task, true)).expect("made");
+        assert_eq!(linked.iter().map(|l| l.path.as_str()).collect::<Vec<_>>(), ["inc/c.h"]);
+        assert_eq!(listing(&next), ["inc/", "inc/c.h", "obj/", "src/"], "the rest is gone");
+        super::super::layout::inputs(&cas, &next, &next_task, nobody, &mut linked).expect("laid out");
+        for f in [&a, &b, &c, &x2] {
+            let at = next.join(&f.path);
+            assert_eq!(std::fs::symlink_metadata(&at).expect("input").ino(), object(f), "{} is its object", f.path);
+        }
+        assert_eq!(std::fs::read_to_string(next.join("src/x.c")).expect("x.c"), "x, edited");
+        assert_eq!(linked.len(), 4);
+
+        // A package wanting none of them (or not as links) finds none of them.
+        released_linked(&pool, &next, &Wanted::of(&next_task, true), &linked);
+        let other = tmp.path().join("sandboxes/b3/r");
+        BuildDirs::enter(other.parent().expect("build dir")).expect("build dir");
+        let kept = make_sandbox(Some(&pool), &other, &Wanted::of(&next_task, false)).expect("made");
+        assert!(kept.is_empty());
+        assert_eq!(listing(&other), ["inc/", "obj/", "src/"]);
+        released(None, &other, &BTreeSet::new());
+    }
+
+    fn released_linked(pool: &Path, dir: &Path, wanted: &Wanted, linked: &[Linked]) {
+        release_sandbox(Some(pool), dir, &wanted.dirs, linked);
+        BuildDirs::leave(dir.parent().expect("build dir"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -75,10 +76,15 @@ fn names_work_wherever_ids_do_and_shared_names_are_refused() {
     let msg = body["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.starts_with("node:") && msg.contains(&alpha1) && msg.contains(&alpha2), "{body}");
     // `pool resources --node` is not a flag, but the ledger filter takes names too.
-    let (status, body) = a.get("/api/ledger?origin_node=beta&limit=5");
-    assert_eq!(status, 200, "{body}");
+    // beta's own entries reach a by the ledger's sync (committed in beta's next group, pushed at
+    // its next tick): wait for the first rather than assume it crossed already.
+    let body = common::wait_until("beta's entries on a", Duration::from_secs(10), || {
+        let (status, body) = a.get("/api/ledger?origin_node=beta&limit=5");
+        assert_eq!(status, 200, "{body}");
+        body["entries"].as_array().is_some_and(|e| !e.is_empty()).then_some(body)
+    });
     let entries = body["entries"].as_array().cloned().unwrap_or_default();
-    assert!(!entries.is_empty() && entries.iter().all(|e| e["origin_node"] == beta.as_str()), "{body}");
+    assert!(entries.iter().all(|e| e["origin_node"] == beta.as_str()), "{body}");
 
     // test network by name (CLI) and by plan §13.1's `target` (API); ambiguous refused.
     let out = a.cli(&["test", "network", "beta", "--size-mb", "1", "--samples", "3"]);

@@ -169,10 +169,24 @@ fn a_build_confined_to_a_peer_with_a_path_outside_is_refused_before_the_peer_see
     });
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["packages"][0]["node"], b_id.as_str(), "{done}");
+    // b's own entries for a package it ran are committed in its ledger's next group (up to
+    // `ledger::SOON` after they were written), not before the build's end reaches a.
+    let allocations = wait_until("b's allocation entry", Duration::from_secs(5), || {
+        let (_, ledger) = b.get("/api/ledger?types=ResourceAllocated&limit=100");
+        let mine: Vec<Value> = ledger["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["origin"] == b_id.as_str())
+            .cloned()
+            .collect();
+        (!mine.is_empty()).then_some(mine)
+    });
+    std::thread::sleep(Duration::from_millis(300));
     let (_, ledger) = b.get("/api/ledger?types=ResourceAllocated&limit=100");
-    let allocations: Vec<&Value> =
+    let all: Vec<&Value> =
         ledger["entries"].as_array().expect("entries").iter().filter(|e| e["origin"] == b_id.as_str()).collect();
-    assert_eq!(allocations.len(), 1, "b ran the good build only: {allocations:?}");
+    assert_eq!((allocations.len(), all.len()), (1, 1), "b ran the good build only: {all:?}");
     nothing_escaped(a.dir.parent().expect("a's temporary dir"));
     nothing_escaped(b.dir.parent().expect("b's temporary dir"));
 }

@@ -121,13 +121,15 @@ impl MeshActor {
         if from == origin && peer.advert_from_origin && seq == peer.advert_seq && peer.advert.is_some() {
             return;
         }
-        let resources = Box::new(status.resources.clone());
         let status: Arc<NodeStatus> = Arc::from(status);
         peer.advert = Some(status.clone());
         peer.advert_seq = seq;
         peer.advert_from_origin = from == origin;
         peer.refresh_name();
-        self.events.publish(Event::ResourceUpdate { node_id: origin.clone(), resources });
+        self.events.publish_with(|| Event::ResourceUpdate {
+            node_id: origin.clone(),
+            resources: Box::new(status.resources.clone()),
+        });
         self.publish_peers_soon();
         if from != origin || self.topology.full_mesh() {
             return;

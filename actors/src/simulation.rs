@@ -213,9 +213,11 @@ async fn lagging(nodes: &[&Node], online: &BTreeSet<NodeId>) -> String {
     if let Some(node) = lagging_peer.and_then(|id| nodes.iter().find(|n| n.identity.node_id.as_str() == id)) {
         let peers = node.pool.peer_table().await;
         let seen = peers.iter().filter(|p| p.status == NodeState::Online).count();
-        let links = node.mesh.view().await.map_or(0, |v| v.links);
+        let view = node.mesh.view().await;
+        let (links, wanted, dialing) = view.map_or((0, 0, 0), |v| (v.links, v.links_wanted, v.dialing));
         out.push(format!(
-            "{} itself sees {seen} of {} online and has {links} links",
+            "{} itself sees {seen} of {} online and has {links} links of the {wanted} its topology wants \
+             ({dialing} dials on their way)",
             node.identity.node_id,
             peers.len()
         ));

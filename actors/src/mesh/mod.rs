@@ -116,6 +116,13 @@ pub struct MeshView {
     pub epoch: u64,
     /// Links open to peers; with duplicates resolved, at most one per peer.
     pub links: usize,
+    /// Peers the topology wants a link to (every peer in a full mesh; the row and column in a
+    /// grid): `links` well below it for long means dials are failing.
+    #[serde(default)]
+    pub links_wanted: usize,
+    /// Dials on their way now.
+    #[serde(default)]
+    pub dialing: usize,
 }
 
 struct Peer {
@@ -620,6 +627,8 @@ impl MeshActor {
             coordinator: self.view.coordinator.clone(),
             epoch: self.view.epoch,
             links: self.links.values().filter(|l| l.peer.is_some()).count(),
+            links_wanted: self.peers.values().filter(|p| p.wanted && !p.entry.revoked).count(),
+            dialing: self.peers.values().filter(|p| p.dialing).count(),
         }
     }
 }

@@ -182,6 +182,8 @@ fn a_build_confined_to_a_peer_with_a_path_outside_is_refused_before_the_peer_see
             .collect();
         (!mine.is_empty()).then_some(mine)
     });
+    // Then three times that window more: an allocation for a refused request, had one been
+    // written, would be committed and counted below by now.
     std::thread::sleep(Duration::from_millis(300));
     let (_, ledger) = b.get("/api/ledger?types=ResourceAllocated&limit=100");
     let all: Vec<&Value> =

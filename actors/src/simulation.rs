@@ -349,13 +349,18 @@ pub async fn run(dir: &Path, scenario: &Scenario) -> Result<Report, String> {
     let ids: BTreeSet<NodeId> = nodes.iter().map(|n| n.identity.node_id.clone()).collect();
     let everyone: Vec<&Node> = nodes.iter().collect();
     let none = BTreeSet::new();
-    let all_online =
-        match until("all online", &everyone, timeout.max(Duration::from_secs(300)), |node| sees(node, &ids, &none))
-            .await
-        {
-            Ok(took) => took,
-            Err(e) => return Err(format!("{e}; {}", lagging(&everyone, &ids).await)),
-        };
+    // Waited for in rounds of 20 s, each one that ends short saying who lags: a straggler at
+    // 200 nodes is otherwise only a count.
+    let (online_since, online_limit) = (Instant::now(), timeout.max(Duration::from_secs(300)));
+    let all_online = loop {
+        match until("all online", &everyone, Duration::from_secs(20), |node| sees(node, &ids, &none)).await {
+            Ok(_) => break online_since.elapsed(),
+            Err(e) if online_since.elapsed() > online_limit => {
+                return Err(format!("{e}; {}", lagging(&everyone, &ids).await))
+            }
+            Err(_) => eprintln!("all online, still waiting: {}", lagging(&everyone, &ids).await),
+        }
+    };
 
     // Idle background traffic and CPU.
     actix_rt::time::sleep(Duration::from_secs(3)).await;

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::noise::{Handshake, NoiseError, Transport, MAX_FRAME};
+use serde::Serialize;
+
+use super::noise::{Handshake, NoiseError, Transport, MAX_FRAME, MAX_PLAINTEXT};
 use super::{LinkAuthenticated, LinkClosed, LinkMessage, MeshActor};
 use crate::wire::{self, Envelope, MeshMessage, NodeId, PROTOCOL_VERSION};
 
@@ -25,6 +27,37 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REKEY_AFTER_MESSAGES: u64 = 10_000;
 /// … or after this long.
 pub const REKEY_AFTER: Duration = Duration::from_secs(600);
+
+/// Room kept in a frame for the envelope and the message around a batch of items.
+const ENVELOPE_ROOM: usize = 4096;
+
+/// Splits items into batches whose encoding fits one frame together with its envelope, so that a
+/// message carrying a batch can always be sent. A message is one Noise frame, and a roster of
+/// ~150 members or a backlog of ledger entries is larger than that. An item too large for any
+/// frame is left out with a warning naming it (`describe`): sending it would fail on every try.
+pub(super) fn frame_batches<T: Serialize>(items: Vec<T>, describe: impl Fn(&T) -> String) -> Vec<Vec<T>> {
+    let budget = MAX_PLAINTEXT - ENVELOPE_ROOM;
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for item in items {
+        let len = rmp_serde::to_vec_named(&item).map(|v| v.len()).unwrap_or(usize::MAX);
+        if len > budget {
+            log::warn!("{} ({len} bytes) cannot fit a frame; not sent", describe(&item));
+            continue;
+        }
+        if !current.is_empty() && size + len > budget {
+            batches.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += len;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
 
 /// What the bridge asks the socket writer to do.
 #[derive(Debug)]
@@ -132,6 +165,13 @@ impl BridgeActor {
             Ok(p) => p,
             Err(e) => return log::error!("mesh link {}: cannot encode: {e}", self.id),
         };
+        if plain.len() > MAX_PLAINTEXT {
+            // This node's own mistake, not the peer's: closing the link would only redial and
+            // fail the same way (a roster sent whole once did, and cut nodes off; see
+            // `frame_batches`). The message is dropped and the link stays.
+            let (id, len) = (self.id, plain.len());
+            return log::error!("mesh link {id}: a message of {len} bytes does not fit a frame; dropped");
+        }
         match transport.encrypt(&plain) {
             Ok(frame) => {
                 let _ = self.outgoing.send(Outgoing::Frame(frame));

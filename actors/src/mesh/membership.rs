@@ -6,7 +6,7 @@ use actix::prelude::*;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::bridge;
+use super::bridge::{self, frame_batches};
 use super::join::{self, Admission, Initiator, JoinReply, Responder};
 use super::roster::{self, JoinToken, MeshInfo, MeshKey, RosterEntry, RosterError, TokenInfo};
 use super::sync::split_batch;
@@ -124,7 +124,7 @@ impl MeshActor {
                 }
                 // Passed on to every link: in a grid not every member hears the admitting node,
                 // and entries a peer holds already stop there.
-                act.broadcast(MeshMessage::Roster { entries: fresh.clone() });
+                roster_messages(fresh.clone()).into_iter().for_each(|m| act.broadcast(m));
                 for e in fresh {
                     if e.node_id == act.me {
                         act.role = e.role;
@@ -158,6 +158,14 @@ impl MeshActor {
             .map(|r| r.into_iter().map(|(e, _)| e).collect())
             .unwrap_or_default()
     }
+}
+
+/// Roster entries as messages that each fit a frame (a whole roster of ~150 members does not).
+fn roster_messages(entries: Vec<RosterEntry>) -> Vec<MeshMessage> {
+    frame_batches(entries, |e| format!("roster entry of {}", e.node_id))
+        .into_iter()
+        .map(|entries| MeshMessage::Roster { entries })
+        .collect()
 }
 
 pub(super) fn store_error(e: RosterError) -> crate::store::StoreError {
@@ -585,7 +593,7 @@ impl MeshActor {
             let store = self.store.clone();
             ctx.spawn(async move { MeshActor::all_entries(&store).await }.into_actor(self).map(
                 move |entries, act, _| {
-                    act.send(link_id, MeshMessage::Roster { entries });
+                    roster_messages(entries).into_iter().for_each(|m| act.send(link_id, m));
                 },
             ));
         }
@@ -625,6 +633,38 @@ impl MeshActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mesh::noise;
+
+    #[test]
+    fn a_large_roster_crosses_in_messages_that_each_fit_a_frame() {
+        let entry = |i: u64| RosterEntry {
+            node_id: NodeId::parse(&format!("{i:016x}")).expect("id"),
+            name: format!("sim-{i:03}"),
+            role: Role::Builder,
+            ed_public: "ab".repeat(32),
+            noise_public: "cd".repeat(32),
+            address: format!("sim://node-{i}"),
+            issued_at_ms: 1_700_000_000_000 + i,
+            revoked: false,
+            signature: "ef".repeat(64),
+        };
+        let envelope =
+            |body| wire::Envelope { v: 1, id: 1, from: NodeId::parse("0000000000000001").expect("id"), to: None, body };
+        let roster: Vec<RosterEntry> = (1..=400).map(entry).collect();
+        // What on_hello used to send: the whole roster as one message, larger than any frame, so
+        // the link closed and the node it was meant to repair was cut off (issue 14).
+        let whole = wire::encode(&envelope(MeshMessage::Roster { entries: roster.clone() })).expect("encodes");
+        assert!(whole.len() > noise::MAX_PLAINTEXT, "{} bytes", whole.len());
+        let messages = roster_messages(roster.clone());
+        assert!(messages.len() > 1);
+        let mut crossed = Vec::new();
+        for m in messages {
+            assert!(wire::encode(&envelope(m.clone())).expect("encodes").len() <= noise::MAX_PLAINTEXT);
+            let MeshMessage::Roster { entries } = m else { panic!("a roster message") };
+            crossed.extend(entries);
+        }
+        assert_eq!(crossed, roster, "every entry crosses, once, in order");
+    }
 
     #[test]
     fn refusals_are_summarised_per_source_and_bounded() {

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::{noise, MeshActor, SYNC_BATCH};
+use super::bridge::frame_batches;
+use super::{MeshActor, SYNC_BATCH};
 use crate::events::Event;
 use crate::wire::{self, Head, MeshMessage, NodeId};
 
@@ -179,29 +180,8 @@ fn is_head(heads: &[Head], e: &wire::LedgerEntry) -> bool {
 
 /// Splits entries into batches that each fit one frame.
 pub(super) fn split_batch(entries: Vec<wire::LedgerEntry>) -> Vec<Vec<wire::LedgerEntry>> {
-    let budget = noise::MAX_PLAINTEXT - 4096;
-    let mut batches = Vec::new();
-    let mut current = Vec::new();
-    let mut size = 0;
-    for e in entries {
-        let len = rmp_serde::to_vec_named(&e).map(|v| v.len()).unwrap_or(usize::MAX);
-        if len > budget {
-            // Only an entry written before entries were bounded can be this large: sending it
-            // would close the link on every try, so it stays behind and the rest still flow.
-            log::warn!("ledger entry {}#{} ({len} bytes) cannot fit a frame; not sent", e.origin, e.seq);
-            continue;
-        }
-        if !current.is_empty() && size + len > budget {
-            batches.push(std::mem::take(&mut current));
-            size = 0;
-        }
-        size += len;
-        current.push(e);
-    }
-    if !current.is_empty() {
-        batches.push(current);
-    }
-    batches
+    // Only an entry written before entries were bounded can be too large for a frame.
+    frame_batches(entries, |e| format!("ledger entry {}#{}", e.origin, e.seq))
 }
 
 /// Forces a ledger exchange with every peer now; returns how many were asked.
@@ -446,6 +426,7 @@ impl MeshActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mesh::noise;
     use crate::wire::LedgerEntryType;
 
     fn id(n: u8) -> NodeId {

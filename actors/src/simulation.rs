@@ -188,6 +188,7 @@ async fn sees(node: &Node, online: &BTreeSet<NodeId>, offline: &BTreeSet<NodeId>
 /// timed-out step says who is lagging and about whom.
 async fn lagging(nodes: &[&Node], online: &BTreeSet<NodeId>) -> String {
     let mut out = Vec::new();
+    let mut viewer = None;
     for node in nodes {
         let peers = node.pool.peers().await;
         let wrong: Vec<String> = peers
@@ -195,6 +196,19 @@ async fn lagging(nodes: &[&Node], online: &BTreeSet<NodeId>) -> String {
             .filter(|p| online.contains(&p.node_id) && p.status != NodeState::Online)
             .map(|p| format!("{} {}", p.node_id, p.status))
             .collect();
+        if !wrong.is_empty() && out.is_empty() {
+            // The first such node's own account of the first peer it gets wrong.
+            if let Some(peer) = peers.iter().find(|p| online.contains(&p.node_id) && p.status != NodeState::Online) {
+                viewer = Some(node.identity.node_id.clone());
+                let view = node.mesh.view().await;
+                let (links, wanted, dialing) = view.map_or((0, 0, 0), |v| (v.links, v.links_wanted, v.dialing));
+                out.push(format!(
+                    "{} has {links} links of the {wanted} it wants ({dialing} dials on their way), {}",
+                    node.identity.node_id,
+                    node.mesh.explain_peer(peer.node_id.clone()).await
+                ));
+            }
+        }
         if !wrong.is_empty() {
             out.push(format!(
                 "{} sees {} of them not online (e.g. {})",
@@ -203,21 +217,25 @@ async fn lagging(nodes: &[&Node], online: &BTreeSet<NodeId>) -> String {
                 wrong[..wrong.len().min(3)].join(", ")
             ));
         }
-        if out.len() == 3 {
+        if out.len() == 4 {
             break;
         }
     }
     // And how the first node named there sees the mesh itself: one cut off (few links, few
     // peers online) differs from one that is fine but slow to be believed.
-    let lagging_peer = out.first().and_then(|line| line.split("e.g. ").nth(1)).and_then(|s| s.get(..16));
+    let lagging_peer = out.iter().find_map(|line| line.split("e.g. ").nth(1)).and_then(|s| s.get(..16));
     if let Some(node) = lagging_peer.and_then(|id| nodes.iter().find(|n| n.identity.node_id.as_str() == id)) {
         let peers = node.pool.peer_table().await;
         let seen = peers.iter().filter(|p| p.status == NodeState::Online).count();
         let view = node.mesh.view().await;
         let (links, wanted, dialing) = view.map_or((0, 0, 0), |v| (v.links, v.links_wanted, v.dialing));
+        let about_viewer = match viewer {
+            Some(v) => node.mesh.explain_peer(v).await,
+            None => String::new(),
+        };
         out.push(format!(
             "{} itself sees {seen} of {} online and has {links} links of the {wanted} its topology wants \
-             ({dialing} dials on their way)",
+             ({dialing} dials on their way), {about_viewer}",
             node.identity.node_id,
             peers.len()
         ));

@@ -29,7 +29,7 @@ use rand_foca::rngs::SmallRng;
 use rand_foca::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::{bridge, MeshActor};
+use super::{bridge, MeshActor, Peer};
 use crate::events::Event;
 use crate::wire::{self, MeshMessage, NodeId};
 
@@ -53,6 +53,14 @@ const MAX_PACKET: usize = 1400;
 /// A link to a peer gossip holds down that has carried nothing back this long after an
 /// announcement is closed and the peer dialled again (see [`MeshActor::reconcile_down_links`]).
 const STALLED_LINK: Duration = Duration::from_secs(3);
+/// A peer held down that this node has no link to is announced to through relays this long
+/// after the verdict, then at doubling intervals up to [`UNLINKED_ANNOUNCE_MAX`] (see
+/// [`MeshActor::reconcile_down_links`]).
+const UNLINKED_ANNOUNCE_FIRST: Duration = Duration::from_secs(2);
+const UNLINKED_ANNOUNCE_MAX: Duration = Duration::from_secs(30);
+/// At most this many of them per round (every other tick): right after a node joins a large mesh
+/// most members are still unknown to its gossip, and most become known within a round anyway.
+const UNLINKED_ANNOUNCE_PER_ROUND: usize = 16;
 /// Relayed messages remembered to drop the second copy of (two relays pass on each).
 const RELAYED_SEEN: usize = 128;
 /// Deepest nesting a SWIM header or member may have (they need three levels).
@@ -306,6 +314,10 @@ pub(super) struct SwimState {
     pub suspected_since: Option<Instant>,
     /// Suspected for longer than [`PRESUMED_DOWN_AFTER`] with no verdict or refutation heard.
     pub presumed_down: bool,
+    /// While down and not linked: when to announce to it through relays next, and the wait
+    /// after that one.
+    pub next_announce: Option<Instant>,
+    pub announce_backoff: Duration,
 }
 
 impl MeshActor {
@@ -521,16 +533,42 @@ impl MeshActor {
     /// and the peer dialled afresh: over a cut path a TCP stream stalls rather than breaks, and
     /// once the path is back its retransmissions wait out a timeout that doubled for as long as
     /// the cut lasted (up to 13 s after a 13 s cut, 51 s after a 60 s one), while a new
-    /// connection carries frames at the first dial that gets through.
+    /// connection carries frames at the first dial that gets through. Peers without a link that
+    /// gossip holds down or has never heard of get an announcement through relays,
+    /// [`UNLINKED_ANNOUNCE_FIRST`] after we noticed and then at doubling intervals.
     pub(super) fn reconcile_down_links(&mut self, ctx: &mut Context<Self>) {
         if !self.ticks.is_multiple_of(2) {
             return;
         }
         let now = Instant::now();
-        let (mut announce, mut stalled) = (Vec::new(), Vec::new());
-        for (id, p) in self.peers.iter_mut().filter(|(_, p)| p.swim.down || p.swim.presumed_down) {
+        let (mut announce, mut stalled, mut unlinked) = (Vec::new(), Vec::new(), 0);
+        // Held down, or (without a link) never heard of by gossip at all.
+        let in_doubt = |p: &Peer| {
+            p.swim.down || p.swim.presumed_down || (p.link.is_none() && p.swim.generation == 0 && !p.entry.revoked)
+        };
+        for (id, p) in self.peers.iter_mut().filter(|(_, p)| in_doubt(p)) {
             let Some(link) = p.link else {
                 p.swim.unanswered_since = None;
+                // Without a link only gossip could correct a wrong verdict or tell of a member
+                // we never heard from, and gossip carries news once: a node that missed a
+                // member's join or rejoin held it offline until the member happened to probe
+                // it (20-60 s at 200 nodes; each member probes every other once in N probe
+                // periods). The peer's answer to an announcement (or, still at the generation
+                // we hold down, foca's "you are down" in reply, on which it rejoins) settles
+                // it; a dead peer costs its relays a message at ever longer intervals.
+                match p.swim.next_announce {
+                    None => {
+                        p.swim.next_announce = Some(now + UNLINKED_ANNOUNCE_FIRST);
+                        p.swim.announce_backoff = UNLINKED_ANNOUNCE_FIRST;
+                    }
+                    Some(due) if due <= now && unlinked < UNLINKED_ANNOUNCE_PER_ROUND => {
+                        unlinked += 1;
+                        p.swim.announce_backoff = (p.swim.announce_backoff * 2).min(UNLINKED_ANNOUNCE_MAX);
+                        p.swim.next_announce = Some(now + p.swim.announce_backoff);
+                        announce.push(id.clone());
+                    }
+                    Some(_) => {}
+                }
                 continue;
             };
             // Any frame from the peer since the first unanswered announcement answers it.

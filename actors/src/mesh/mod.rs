@@ -616,6 +616,34 @@ impl Handler<GetView> for MeshActor {
     }
 }
 
+#[derive(Message)]
+#[rtype(result = "String")]
+struct ExplainPeer(NodeId);
+
+impl Handler<ExplainPeer> for MeshActor {
+    type Result = String;
+
+    fn handle(&mut self, msg: ExplainPeer, _: &mut Context<Self>) -> String {
+        let Some(p) = self.peers.get(&msg.0) else {
+            return format!("{} is not in this node's roster of {} peers", msg.0, self.peers.len());
+        };
+        let now = Instant::now();
+        format!(
+            "of {} peers; {}: wanted {}, link {:?}, dialing {}, next dial in {:?}, backoff {:?}, swim {:?}, \
+             topology of {} members",
+            self.peers.len(),
+            msg.0,
+            p.wanted,
+            p.link,
+            p.dialing,
+            p.next_dial.saturating_duration_since(now),
+            p.backoff,
+            p.swim,
+            self.topology.members()
+        )
+    }
+}
+
 impl MeshActor {
     fn mesh_view(&self) -> MeshView {
         MeshView {
@@ -669,6 +697,12 @@ impl MeshHandle {
     /// This node's place in the mesh (peers and their adverts are the pool's: `PoolHandle`).
     pub async fn view(&self) -> Option<MeshView> {
         self.addr.send(GetView).await.ok()
+    }
+
+    /// How this node holds `peer`, in one line, for a report on a node that lags (the
+    /// simulation's): whether the topology wants a link, the link, dials, and gossip's verdict.
+    pub async fn explain_peer(&self, peer: NodeId) -> String {
+        self.addr.send(ExplainPeer(peer)).await.unwrap_or_else(|_| "mesh stopped".into())
     }
 
     /// Closes every link and stops the mesh actor.

@@ -57,7 +57,14 @@ struct Missing {
 #[derive(Serialize, Deserialize)]
 struct Started {
     build_id: String,
+    /// The build's end, when it came within the start request's wait.
+    #[serde(default)]
+    status: Option<BuildStatus>,
 }
+
+/// How long the start request waits for the build's end: a rebuild that finds everything cached
+/// ends within it, so the whole build is one request; anything longer is followed as before.
+const START_WAIT_MS: u64 = 100;
 
 #[derive(Serialize, Deserialize)]
 struct BuildList {
@@ -85,27 +92,31 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
     if args.estimate {
         return estimate(ctx, request).await;
     }
-    let files = &request.files;
-    let digests: Vec<String> =
-        files.values().map(|f| f.digest.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-    let missing: Missing =
-        ctx.client.post("/api/blobs/missing", Some(serde_json::json!({ "digests": digests }))).await?;
-    for digest in &missing.missing {
-        if let Some(f) = files.values().find(|f| &f.digest == digest) {
-            ctx.client.put_file(&format!("/api/blobs/{digest}"), &root.join(&f.path)).await?;
-        }
-    }
+    // The build is asked for first: when the node holds every input (a rebuild) that is the only
+    // request; when it lacks some (`missing_blobs`) they are sent and the build asked for again.
     let body = serde_json::to_value(&request).map_err(|e| CliError::Other(e.to_string()))?;
-    let started: Started = ctx.client.post("/api/build", Some(body)).await?;
+    let start = format!("/api/build?wait_ms={START_WAIT_MS}");
+    let (started, uploaded): (Started, usize) = match ctx.client.post(&start, Some(body.clone())).await {
+        Err(CliError::Api { code, .. }) if code == "missing_blobs" => {
+            let uploaded = upload_missing(ctx, &root, &request.files).await?;
+            (ctx.client.post(&start, Some(body)).await?, uploaded)
+        }
+        other => (other?, 0),
+    };
     let id = started.build_id;
 
-    let bars = Bars::new(request.project.order.len() as u64, &id, missing.missing.len(), digests.len());
+    let bars = Bars::new(request.project.order.len() as u64, &id, uploaded, distinct_digests(&request.files).len());
     let mut cancelled = false;
     // The node answers at once when the build ends, else after 100 ms (progress for the bars),
     // so the end is seen when it happens rather than at the next poll. A node that answered
     // sooner without the build ending does not wait (an older one): then poll with a pause.
     let mut pause = Duration::from_millis(5);
+    let mut ended = started.status;
     let status = loop {
+        if let Some(status) = ended.take() {
+            bars.update(&status);
+            break status;
+        }
         let asked = std::time::Instant::now();
         let status: BuildStatus = ctx.client.get(&format!("/api/build/{id}?wait_ms=100")).await?;
         bars.update(&status);
@@ -162,6 +173,24 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
             Err(CliError::Other(format!("build {id} {other}: {}", status.error.unwrap_or_default())))
         }
     }
+}
+
+/// The distinct blobs a project's inputs are.
+fn distinct_digests(files: &BTreeMap<String, FileRef>) -> Vec<String> {
+    files.values().map(|f| f.digest.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect()
+}
+
+/// Sends the node the inputs it lacks; how many blobs that was.
+async fn upload_missing(ctx: &Ctx, root: &Path, files: &BTreeMap<String, FileRef>) -> Result<usize, CliError> {
+    let digests = distinct_digests(files);
+    let missing: Missing =
+        ctx.client.post("/api/blobs/missing", Some(serde_json::json!({ "digests": digests }))).await?;
+    for digest in &missing.missing {
+        if let Some(f) = files.values().find(|f| &f.digest == digest) {
+            ctx.client.put_file(&format!("/api/blobs/{digest}"), &root.join(&f.path)).await?;
+        }
+    }
+    Ok(missing.missing.len())
 }
 
 /// What a failed package left: the last 20 lines of its output under a header naming it and

@@ -8,6 +8,7 @@ pub mod json;
 pub mod limit;
 pub mod mesh;
 pub mod pages;
+pub mod query;
 pub mod tls;
 pub mod ws;
 

@@ -542,6 +542,47 @@ fn a_status_request_that_may_wait_answers_when_the_build_ends() {
     assert!(cli.wait().expect("the CLI").success());
 }
 
+/// `POST /api/build?wait_ms=` answers with the build's end when it comes within the wait, so a
+/// rebuild that finds everything cached is one request (what the CLI sends); a build that runs
+/// past the wait answers with its id alone, as without it.
+#[test]
+fn a_start_request_that_may_wait_answers_with_the_builds_end() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("quick");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    std::fs::write(
+        root.join("buildnet.toml"),
+        "[packages.hello]\nshell = \"echo hi > hi.txt\"\noutputs = [\"hi.txt\"]\n",
+    )
+    .expect("manifest");
+    let (status, body) = node.post("/api/projects", &json!({ "path": root, "name": "quick" }));
+    assert_eq!(status, 201, "{body}");
+    for cache_hit in [false, true] {
+        let (status, body) = node.post("/api/build?wait_ms=30000", &json!({ "project": "quick" }));
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["status"]["status"], "succeeded", "{body}");
+        assert_eq!(body["status"]["id"], body["build_id"], "{body}");
+        assert_eq!(body["status"]["packages"][0]["cache_hit"], cache_hit, "{body}");
+        assert!(body["estimated_duration_ms"].is_null(), "a client that waits gets no estimate: {body}");
+    }
+    for (query, field) in [("wait_ms=soon", "wait_ms"), ("wait=5", "wait")] {
+        let (status, body) = node.post(&format!("/api/build?{query}"), &json!({ "project": "quick" }));
+        assert_eq!(status, 400, "{query}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(field), "{query}: the error names {field}: {body}");
+    }
+
+    std::fs::write(root.join("buildnet.toml"), "[packages.nap]\ncommand = [\"sleep\", \"30\"]\n").expect("manifest");
+    let (status, body) = node.post("/api/build?wait_ms=200", &json!({ "project": "quick" }));
+    assert_eq!(status, 202, "{body}");
+    assert!(body.get("status").is_none(), "a build still running answers with its id alone: {body}");
+    let id = body["build_id"].as_str().expect("id");
+    let (status, body) = node.post(&format!("/api/build/{id}/cancel"), &json!({}));
+    assert_eq!(status, 200, "{body}");
+}
+
 /// A build that ran nothing (every package from the cache) is recorded like any other — a
 /// history row, `BuildStarted` and a `BuildCompleted` saying nothing was executed — but its end
 /// does not wait for the ledger's sync: the entries are committed with the next group.

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::web::auth::Caller;
 use crate::web::error::{ApiError, ErrorBody};
 use crate::web::json::JsonBody;
+use crate::web::query::Query;
 use crate::web::AppState;
 
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -176,7 +177,7 @@ pub struct BenchmarkRecord {
 pub async fn history(
     state: web::Data<AppState>,
     caller: Caller,
-    query: web::Query<HistoryQuery>,
+    query: Query<HistoryQuery>,
     request: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read benchmarks")?;

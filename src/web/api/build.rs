@@ -16,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::web::auth::Caller;
 use crate::web::error::{ApiError, ErrorBody};
 use crate::web::json::JsonBody;
+use crate::web::query::Query;
 use crate::web::AppState;
 
 /// Largest blob one request may upload.
@@ -176,6 +177,10 @@ pub struct Started {
     /// What the estimator expected when the build started; `null` when it could not say.
     #[serde(default)]
     pub estimated_duration_ms: Option<u64>,
+    /// The build's status (as `GET /api/build/{id}` gives it) when the request asked to wait
+    /// (`wait_ms`) and the build ended within the wait; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<BuildStatus>,
 }
 
 /// The two bodies `POST /api/build` and `/api/build/estimate` take: a registered project by
@@ -206,18 +211,56 @@ async fn request_of(state: &AppState, body: &JsonBody) -> Result<BuildRequest, A
     }
 }
 
+#[derive(Deserialize, IntoParams)]
+pub struct StartQuery {
+    /// Answer as soon as the build ends, or after this many milliseconds (at most 30 000) with it
+    /// still running. A build that ended comes back whole in `status`, so a rebuild that found
+    /// everything cached takes one request; the estimate is left out (`null`): a client that
+    /// waits for the end has no use for it, and it is a history query per package.
+    pub wait_ms: Option<u64>,
+}
+
 /// Starts a build: of a registered project by name (with a saved or inline configuration or a
-/// template, optionally only some packages), or of a project whose input blobs are uploaded.
-#[utoipa::path(post, path = "/api/build", tag = "builds", request_body = BuildBody,
+/// template, optionally only some packages), or of a project whose input blobs are uploaded
+/// (any that are not: `400 missing_blobs`; `POST /api/blobs/missing` says which).
+#[utoipa::path(post, path = "/api/build", tag = "builds", request_body = BuildBody, params(StartQuery),
     responses((status = 202, body = Started), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn start(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
+pub async fn start(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: JsonBody,
+    query: Query<StartQuery>,
+    http: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     caller.require(Action::TriggerBuild, "start builds")?;
+    super::known_params(&http, &["wait_ms"])?;
+    let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0).min(MAX_STATUS_WAIT_MS));
     let request = request_of(&state, &body).await?;
     let builds = &state.node.builds;
-    let estimated_duration_ms = builds.estimate(request.clone()).await.ok().map(|e| e.total_duration_ms);
+    let estimated_duration_ms = match wait.is_zero() {
+        true => builds.estimate(request.clone()).await.ok().map(|e| e.total_duration_ms),
+        false => None,
+    };
     let build_id = builds.start(request, &caller.actor()).await.map_err(build_error)?;
-    Ok(HttpResponse::Accepted().json(Started { build_id, estimated_duration_ms }))
+    let status = match wait.is_zero() {
+        true => None,
+        false => {
+            let status = builds.status_when_done(&build_id, wait).await.map_err(build_error)?;
+            status.done().then(|| shown_to(&caller, status))
+        }
+    };
+    Ok(HttpResponse::Accepted().json(Started { build_id, estimated_duration_ms, status }))
+}
+
+/// A build's status as `caller` may see it: without the packages' output unless its role reads
+/// build output.
+fn shown_to(caller: &Caller, status: BuildStatus) -> BuildStatus {
+    if caller.role.allows(Action::ReadBuildOutput) {
+        status
+    } else {
+        status.without_output()
+    }
 }
 
 /// Estimates a build without running it: per-package times learned from history (cached
@@ -251,15 +294,14 @@ pub async fn status(
     state: web::Data<AppState>,
     caller: Caller,
     id: web::Path<String>,
-    query: web::Query<StatusQuery>,
+    query: Query<StatusQuery>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read builds")?;
     super::known_params(&request, &["wait_ms"])?;
     let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0).min(MAX_STATUS_WAIT_MS));
     let status = state.node.builds.status_when_done(&id, wait).await.map_err(build_error)?;
-    let status = if caller.role.allows(Action::ReadBuildOutput) { status } else { status.without_output() };
-    Ok(HttpResponse::Ok().json(status))
+    Ok(HttpResponse::Ok().json(shown_to(&caller, status)))
 }
 
 /// The answer to a cancel: the build's status, and plan §13.1's `success`.
@@ -281,8 +323,7 @@ pub async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::CancelBuild, "cancel builds")?;
     let build = state.node.builds.cancel(&id).await.map_err(build_error)?;
-    let build = if caller.role.allows(Action::ReadBuildOutput) { build } else { build.without_output() };
-    Ok(HttpResponse::Ok().json(Cancelled { success: true, build }))
+    Ok(HttpResponse::Ok().json(Cancelled { success: true, build: shown_to(&caller, build) }))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -308,7 +349,7 @@ pub async fn rerun(
     caller.require(Action::TriggerBuild, "start builds")?;
     let req: RerunRequest = body.parse()?;
     let build_id = state.node.builds.rerun(&id, req.force, req.config, &caller.actor()).await.map_err(build_error)?;
-    Ok(HttpResponse::Accepted().json(Started { build_id, estimated_duration_ms: None }))
+    Ok(HttpResponse::Accepted().json(Started { build_id, estimated_duration_ms: None, status: None }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -330,7 +371,7 @@ pub struct BuildList {
 pub async fn list(
     state: web::Data<AppState>,
     caller: Caller,
-    query: web::Query<HistoryQuery>,
+    query: Query<HistoryQuery>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read builds")?;

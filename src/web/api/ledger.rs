@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::web::auth::Caller;
 use crate::web::error::{ApiError, ErrorBody};
+use crate::web::query::Query;
 use crate::web::AppState;
 
 /// Entries returned when no limit is given.
@@ -120,7 +121,7 @@ pub struct LedgerResponse {
 pub async fn get_ledger(
     state: web::Data<AppState>,
     caller: Caller,
-    query: web::Query<LedgerQuery>,
+    query: Query<LedgerQuery>,
     request: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read the ledger")?;

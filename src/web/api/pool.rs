@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::web::auth::Caller;
 use crate::web::error::{ApiError, ErrorBody};
+use crate::web::query::Query;
 use crate::web::AppState;
 
 /// The pool: coordinator, nodes and aggregate totals.
@@ -105,7 +106,7 @@ pub struct ResourcesResponse {
 pub async fn get_resources(
     state: web::Data<AppState>,
     caller: Caller,
-    query: web::Query<ResourceQuery>,
+    query: Query<ResourceQuery>,
     request: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::View, "read the pool")?;

@@ -610,23 +610,39 @@ impl MeshActor {
         });
     }
 
-    /// A peer leaves the mesh (only for itself).
-    pub(super) fn on_leave(&mut self, link_id: u64, from: NodeId, node_id: NodeId) {
-        if node_id != from {
-            return;
+    /// A peer leaves the mesh (only for itself), over its link.
+    pub(super) fn on_leave(&mut self, from: NodeId, node_id: NodeId) {
+        if node_id == from {
+            self.mark_left(&from);
         }
-        log::info!("{from} left the mesh");
-        if let Some(p) = self.peers.get_mut(&from) {
-            p.entry.revoked = true;
+    }
+
+    /// Stored ledger entries: a `NodeLeft` its own node signed says it left. In a grid most
+    /// members have no link to the leaver and never get its `Leave`; its entry reaches them all.
+    /// An entry older than the member's roster entry is from before it was admitted again.
+    pub(super) fn note_departures(&mut self, stored: &[wire::LedgerEntry]) {
+        for entry in stored.iter().filter(|e| e.entry_type == LedgerEntryType::NodeLeft) {
+            let admitted_after = self.peers.get(&entry.origin).is_none_or(|p| p.entry.issued_at_ms > entry.hlc.wall_ms);
+            if entry.data["node_id"] == entry.origin.as_str() && !admitted_after {
+                self.mark_left(&entry.origin.clone());
+            }
         }
-        if let Some(link) = self.links.get(&link_id) {
+    }
+
+    /// `node` left: it is no longer a member here (its link, if any, is closed).
+    fn mark_left(&mut self, node: &NodeId) {
+        let Some(p) = self.peers.get_mut(node).filter(|p| !p.entry.revoked) else { return };
+        log::info!("{node} left the mesh");
+        p.entry.revoked = true;
+        if let Some(link) = p.link.and_then(|l| self.links.get(&l)) {
             link.addr.do_send(bridge::Close);
         }
         self.events.publish(Event::NodeStatus {
-            node_id: from,
+            node_id: node.clone(),
             status: NodeState::Offline,
             reason: Some("left".into()),
         });
+        self.publish_peers();
     }
 }
 

@@ -491,6 +491,37 @@ mod tests {
         (net, a, b, ids)
     }
 
+    /// Past eight members a node links only to its row and column of the grid, so most members
+    /// never get a leaver's `Leave` over a link; its signed `NodeLeft` entry reaches them all, and
+    /// every one of them stops counting it (before, they showed it offline for good).
+    #[actix::test]
+    async fn a_node_that_leaves_a_grid_is_gone_everywhere_not_only_at_its_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let net = MemoryNet::new();
+        let mut nodes = vec![node(&net, dir.path(), "n0", true).await];
+        for i in 1..10 {
+            let joiner = node(&net, dir.path(), &format!("n{i}"), false).await;
+            join(&nodes[0], &joiner).await;
+            nodes.push(joiner);
+        }
+        let ids: Vec<NodeId> = nodes.iter().map(|n| n.identity.node_id.clone()).collect();
+        let everyone: Vec<&Node> = nodes.iter().collect();
+        wait_until("all online", &everyone, Duration::from_secs(60), |n, v| {
+            ids.iter().filter(|id| **id != n.identity.node_id).all(|id| v.get(id) == Some(&NodeState::Online))
+        })
+        .await;
+        let leaver = nodes.last().expect("ten nodes");
+        let links = leaver.mesh.view().await.expect("view").links;
+        assert!(links < 9, "a grid: the leaver links to {links} of 9, so some hear of it only through the ledger");
+        leaver.mesh.leave().await.expect("left");
+        let rest: Vec<&Node> = nodes[..9].iter().collect();
+        wait_until("the leaver gone from every pool", &rest, Duration::from_secs(15), |_, v| !v.contains_key(&ids[9]))
+            .await;
+        for n in &nodes {
+            n.shutdown("test over").await;
+        }
+    }
+
     #[actix::test]
     async fn a_short_cut_stalls_a_link_and_what_was_sent_arrives_after_it() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -506,7 +506,7 @@ impl MeshActor {
             MeshMessage::Advert { seq, status } => self.on_advert(from, seq, status),
             MeshMessage::AdvertWant { nodes } => self.on_advert_want(link_id, nodes),
             MeshMessage::Roster { entries } => self.on_roster(ctx, entries),
-            MeshMessage::Leave { node_id } => self.on_leave(link_id, from, node_id),
+            MeshMessage::Leave { node_id } => self.on_leave(from, node_id),
             MeshMessage::Rekey => {}
             MeshMessage::LedgerHeads { heads } => self.answer_heads(ctx, link_id, heads),
             MeshMessage::LedgerDigest { digest } => self.on_ledger_digest(link_id, digest),

@@ -349,6 +349,7 @@ impl MeshActor {
                         );
                     }
                     act.note_stored(&outcome.stored);
+                    act.note_departures(&outcome.stored);
                     act.pass_on(&from, hop, &outcome.stored);
                     for entry in outcome.stored {
                         events.publish(Event::LedgerEntry { entry: Box::new(entry) });

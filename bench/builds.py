@@ -12,7 +12,9 @@ may use). Prints medians of repeated, interleaved runs:
 The daemons' and packages' CPU time per package (from /proc, `cpu/pkg`) against make's and its
 children's (`make cpu/pkg`), and a cached build's CPU (the CLI process and the daemons, `cached
 cpu`), say where it goes when the machine, not the wall clock, is the limit — on a loaded
-machine they hold still where wall times do not.
+machine they hold still where wall times do not. `make nop` is `make` again right after its own
+build, with nothing to do (for the C projects; the `true`s are phony targets that make reruns):
+the floor a cached rebuild is held against.
 
 Usage: python3 bench/builds.py [--runs N] [--bin PATH] [--only LABEL]   (builds target/release/buildnet
 first; --bin times another binary as it is, e.g. a copy from before a change, for a baseline;
@@ -111,17 +113,17 @@ def main():
         nodes = cli_json(a, "pool", "nodes")["nodes"]
         all_cores = sum(n["cores"] for n in nodes)
         own_cores = next(n["cores"] for n in nodes if n["name"] == "alpha")
-        cases = [
-            ("200 x true", trues(work), 200, [], all_cores),
-            ("  local-only", os.path.join(work, "trues"), 200, ["--local-only"], own_cores),
-            ("c-hello", c_hello(work), 4, [], all_cores),
-            ("c-compdb", c_compdb(work), 30, [], all_cores),
+        cases = [  # label, project, packages, CLI flags, make -j, whether make has a no-op
+            ("200 x true", trues(work), 200, [], all_cores, False),
+            ("  local-only", os.path.join(work, "trues"), 200, ["--local-only"], own_cores, False),
+            ("c-hello", c_hello(work), 4, [], all_cores, True),
+            ("c-compdb", c_compdb(work), 30, [], all_cores, True),
         ]
         results = {}
-        for label, project, packages, extra, jobs in cases:
+        for label, project, packages, extra, jobs, has_nop in cases:
             if args.only and args.only not in label:
                 continue
-            cold, cached, make, cpu, cached_cpu, make_cpu = [], [], [], [], [], []
+            cold, cached, make, cpu, cached_cpu, make_cpu, make_nop = [], [], [], [], [], [], []
             for _ in range(runs):
                 before = daemons_cpu_ms()
                 cold.append(timed(lambda: cli(a, "build", "--project", project, "--force", *extra)))
@@ -133,17 +135,23 @@ def main():
                 make.append(timed(lambda: subprocess.run(["make", "-s", "-B", f"-j{jobs}", "-C", project],
                                                          check=True, capture_output=True)))
                 make_cpu.append((children_cpu_ms() - before) / packages)
+                if has_nop:
+                    make_nop.append(timed(lambda: subprocess.run(["make", "-s", f"-j{jobs}", "-C", project],
+                                                                 check=True, capture_output=True)))
+            nop = statistics.median(make_nop) if make_nop else None
             results[label] = (packages, jobs,
-                              *(statistics.median(x) for x in (cold, cached, make, cpu, cached_cpu, make_cpu)))
+                              *(statistics.median(x) for x in (cold, cached, make, cpu, cached_cpu, make_cpu)), nop)
 
         print(f"BuildNet on 3 local nodes ({all_cores} cores in all) vs make -jN at the same concurrency, "
               f"medians of {runs} runs (wall time of the whole CLI command)")
         print(f"{'work':<13} {'buildnet cold':>14} {'cached':>9} {'make':>13} {'cold/make':>10} "
-              f"{'cached/cold':>12} {'overhead/pkg':>13} {'cpu/pkg':>9} {'make cpu/pkg':>13} {'cached cpu':>11}")
-        for label, (n, jobs, cold, cached, make, cpu, cached_cpu, make_cpu) in results.items():
+              f"{'cached/cold':>12} {'overhead/pkg':>13} {'cpu/pkg':>9} {'make cpu/pkg':>13} {'cached cpu':>11} "
+              f"{'make nop':>9}")
+        for label, (n, jobs, cold, cached, make, cpu, cached_cpu, make_cpu, nop) in results.items():
+            nop_text = f"{nop*1000:>7.1f}ms" if nop is not None else f"{'—':>9}"
             print(f"{label:<13} {cold*1000:>12.0f}ms {cached*1000:>7.0f}ms {make*1000:>7.0f}ms -j{jobs:<3} "
                   f"{cold/make:>10.2f} {cached/cold*100:>11.1f}% {(cold-make)/n*1000:>11.2f}ms {cpu:>7.2f}ms "
-                  f"{make_cpu:>11.2f}ms {cached_cpu:>9.1f}ms")
+                  f"{make_cpu:>11.2f}ms {cached_cpu:>9.1f}ms {nop_text}")
 
 
 if __name__ == "__main__":

@@ -542,9 +542,9 @@ impl MeshActor {
         }
         let now = Instant::now();
         let (mut announce, mut stalled, mut unlinked) = (Vec::new(), Vec::new(), 0);
-        // Held down, or (without a link) never heard of by gossip at all.
+        // Members held down, or (without a link) never heard of by gossip at all; not one that left.
         let in_doubt = |p: &Peer| {
-            p.swim.down || p.swim.presumed_down || (p.link.is_none() && p.swim.generation == 0 && !p.entry.revoked)
+            !p.entry.revoked && (p.swim.down || p.swim.presumed_down || (p.link.is_none() && p.swim.generation == 0))
         };
         for (id, p) in self.peers.iter_mut().filter(|(_, p)| in_doubt(p)) {
             let Some(link) = p.link else {

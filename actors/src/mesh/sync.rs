@@ -229,6 +229,9 @@ struct Pull {
     /// An ask held back until the ledger catches up.
     deferred: Option<Vec<Head>>,
     last_batch: Option<Instant>,
+    /// Origin → the last seq of this pull's batches handed to the ledger: an answer larger than
+    /// a frame comes as several batches, and the second may arrive before the first is stored.
+    taken: HashMap<NodeId, u64>,
 }
 
 impl Pull {
@@ -245,6 +248,7 @@ impl Pull {
     fn next_ask(&mut self, ours: &[Head], entries: &[wire::LedgerEntry]) -> Option<Vec<Head>> {
         if self.last_batch.is_none_or(|t| t.elapsed() > PULL_IDLE) {
             self.asked.clear();
+            self.taken.clear();
             self.whole_heads = false;
         }
         self.last_batch = Some(Instant::now());
@@ -285,8 +289,9 @@ impl Pull {
     /// Leaves out the origins of a batch that would leave a gap after our head `ours`: a push
     /// of entries a lagging node has not reached yet. The ledger would refuse the whole batch
     /// (and the refusal would drop the pull under way from that peer); the chain's earlier
-    /// entries come by asking, and these with them. An answer to an ask starts where we asked.
-    fn keep_joinable(&self, ours: &[Head], entries: &mut Vec<wire::LedgerEntry>) {
+    /// entries come by asking, and these with them. An answer to an ask starts where we asked,
+    /// and the rest of an answer where its batch before it ended.
+    fn keep_joinable(&mut self, ours: &[Head], entries: &mut Vec<wire::LedgerEntry>) {
         let mut first: HashMap<NodeId, u64> = HashMap::new();
         for e in entries.iter() {
             let seq = first.entry(e.origin.clone()).or_insert(e.seq);
@@ -294,11 +299,16 @@ impl Pull {
         }
         let joins = |origin: &NodeId, seq: u64| {
             let head = ours.iter().find(|h| h.origin == *origin).map_or(0, |h| h.seq);
-            seq <= head + 1 || self.asked.get(origin).is_some_and(|after| seq == after + 1)
+            let follows = |last: Option<&u64>| last.is_some_and(|last| seq == last + 1);
+            seq <= head + 1 || follows(self.asked.get(origin)) || follows(self.taken.get(origin))
         };
         let gaps: Vec<NodeId> = first.into_iter().filter(|(o, seq)| !joins(o, *seq)).map(|(o, _)| o).collect();
         if !gaps.is_empty() {
             entries.retain(|e| !gaps.contains(&e.origin));
+        }
+        for e in entries.iter() {
+            let last = self.taken.entry(e.origin.clone()).or_insert(e.seq);
+            *last = (*last).max(e.seq);
         }
     }
 }
@@ -522,6 +532,15 @@ mod tests {
         let mut answer = vec![entry(1, 211), entry(1, 212)];
         pull.keep_joinable(&ours, &mut answer);
         assert_eq!(answer.len(), 2, "an answer to an ask is kept");
+        // The rest of that answer, in a second batch (a whole answer can be larger than a frame),
+        // before the ledger stored the first: it continues what this pull took, so it is kept.
+        // (Dropped, every answer's second part waited for the next tick: 124 entries a second.)
+        let mut rest = vec![entry(1, 213), entry(1, 214)];
+        pull.keep_joinable(&ours, &mut rest);
+        assert_eq!(rest.len(), 2, "the rest of an answer is kept");
+        let mut gap = vec![entry(1, 300)];
+        pull.keep_joinable(&ours, &mut gap);
+        assert!(gap.is_empty(), "a push past what was taken is still a gap");
     }
 
     #[actix::test]

@@ -166,11 +166,12 @@ impl BridgeActor {
             Err(e) => return log::error!("mesh link {}: cannot encode: {e}", self.id),
         };
         if plain.len() > MAX_PLAINTEXT {
-            // This node's own mistake, not the peer's: closing the link would only redial and
-            // fail the same way (a roster sent whole once did, and cut nodes off; see
-            // `frame_batches`). The message is dropped and the link stays.
+            // This node's own mistake, and not one to hide: dropping the message would leave
+            // whoever waits on it (a task's requester) waiting for good, while a closed link
+            // fails them at once. Messages built from lists go out in `frame_batches`; a roster
+            // sent whole once came here on every link past ~145 members.
             let (id, len) = (self.id, plain.len());
-            return log::error!("mesh link {id}: a message of {len} bytes does not fit a frame; dropped");
+            log::error!("mesh link {id}: a message of {len} bytes does not fit a frame; closing the link");
         }
         match transport.encrypt(&plain) {
             Ok(frame) => {

@@ -322,6 +322,17 @@ pub fn next_benchmark_due(config: &NodeConfig, now_ms: u64, last_ms: u64) -> Opt
     (hours > 0.0).then(|| if last_ms == 0 { now_ms } else { last_ms + (hours * 3_600_000.0) as u64 })
 }
 
+/// When a node that starts now, last measured at `measured_ms` (0: never), runs its first
+/// benchmark: at once with `benchmark.on_start`; otherwise one interval after its last run, and
+/// a node never measured one interval from now. (It was due at once, so `on_start: false` still
+/// benchmarked every new node at start, and a node under benchmark takes no packages.)
+pub fn first_benchmark_due(config: &NodeConfig, now_ms: u64, measured_ms: u64) -> Option<u64> {
+    if config.benchmark.on_start {
+        return Some(now_ms);
+    }
+    next_benchmark_due(config, now_ms, if measured_ms == 0 { now_ms } else { measured_ms })
+}
+
 /// Rescans the machine; live leases are kept.
 #[derive(Message)]
 #[rtype(result = "Result<ScanOutcome, NodeError>")]
@@ -495,4 +506,29 @@ impl Handler<Stop> for NodeActor {
 /// Creates the data dir if needed.
 pub fn prepare_data_dir(path: &Path) -> Result<(), NodeError> {
     std::fs::create_dir_all(path).map_err(|source| NodeError::DataDir { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_benchmarks_at_start_only_when_asked_to() {
+        let hour = 3_600_000;
+        let mut config = NodeConfig::default();
+        config.benchmark.interval_hours = 24.0;
+        config.benchmark.on_start = true;
+        assert_eq!(first_benchmark_due(&config, 1_000, 0), Some(1_000));
+        assert_eq!(first_benchmark_due(&config, 1_000, 500), Some(1_000));
+        config.benchmark.on_start = false;
+        assert_eq!(first_benchmark_due(&config, 1_000, 0), Some(1_000 + 24 * hour), "never measured: one interval on");
+        assert_eq!(
+            first_benchmark_due(&config, 30 * hour, 10 * hour),
+            Some(34 * hour),
+            "the last run plus an interval"
+        );
+        assert_eq!(first_benchmark_due(&config, 60 * hour, 10 * hour), Some(34 * hour), "overdue: at once");
+        config.benchmark.interval_hours = 0.0;
+        assert_eq!(first_benchmark_due(&config, 1_000, 0), None, "no schedule");
+    }
 }

@@ -16,8 +16,8 @@ use crate::keys::Keys;
 use crate::ledger::LedgerHandle;
 use crate::mesh::{MeshActor, MeshHandle, MeshOptions, Workers};
 use crate::node::{
-    next_benchmark_due, persist, prepare_data_dir, run_scan, NodeActor, NodeError, NodeHandle, NodeOptions, NodeStatus,
-    Stop, ADMIN_KEY_FILE,
+    first_benchmark_due, persist, prepare_data_dir, run_scan, NodeActor, NodeError, NodeHandle, NodeOptions,
+    NodeStatus, Stop, ADMIN_KEY_FILE,
 };
 use crate::pool::{PoolActor, PoolHandle};
 use crate::store::{self, Durability, StoreHandle};
@@ -282,11 +282,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
     verify_own_chain(&ledger, &identity.node_id).await?;
     let bench = crate::bench::BenchHandle::start(store.clone(), ledger.clone());
     let mut benchmarks = bench.latest().await;
-    benchmarks.next_due_ms = if opts.config.benchmark.on_start {
-        Some(wire::now_ms())
-    } else {
-        next_benchmark_due(&opts.config, wire::now_ms(), benchmarks.measured_at_ms)
-    };
+    benchmarks.next_due_ms = first_benchmark_due(&opts.config, wire::now_ms(), benchmarks.measured_at_ms);
 
     let resources = run_scan(opts.config.clone(), opts.data_dir.clone()).await?;
     opts.config.validate_for_machine(&opts.config_file, resources.cpu.count)?;

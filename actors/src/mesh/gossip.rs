@@ -53,9 +53,9 @@ const MAX_PACKET: usize = 1400;
 /// A link to a peer gossip holds down that has carried nothing back this long after an
 /// announcement is closed and the peer dialled again (see [`MeshActor::reconcile_down_links`]).
 const STALLED_LINK: Duration = Duration::from_secs(3);
-/// A peer held down that this node has no link to is announced to through relays this long
-/// after the verdict, then at doubling intervals up to [`UNLINKED_ANNOUNCE_MAX`] (see
-/// [`MeshActor::reconcile_down_links`]).
+/// A peer this node has no link to and that gossip holds down, or has never heard of, is
+/// announced to through relays this long after we noticed, then at doubling intervals up to
+/// [`UNLINKED_ANNOUNCE_MAX`] (see [`MeshActor::reconcile_down_links`]).
 const UNLINKED_ANNOUNCE_FIRST: Duration = Duration::from_secs(2);
 const UNLINKED_ANNOUNCE_MAX: Duration = Duration::from_secs(30);
 /// At most this many of them per round (every other tick): right after a node joins a large mesh
@@ -314,8 +314,8 @@ pub(super) struct SwimState {
     pub suspected_since: Option<Instant>,
     /// Suspected for longer than [`PRESUMED_DOWN_AFTER`] with no verdict or refutation heard.
     pub presumed_down: bool,
-    /// While down and not linked: when to announce to it through relays next, and the wait
-    /// after that one.
+    /// While held down (or never heard of) and not linked: when to announce to it through
+    /// relays next, and the wait after that one.
     pub next_announce: Option<Instant>,
     pub announce_backoff: Duration,
 }

@@ -567,6 +567,10 @@ fn a_start_request_that_may_wait_answers_with_the_builds_end() {
         assert_eq!(body["status"]["packages"][0]["cache_hit"], cache_hit, "{body}");
         assert!(body["estimated_duration_ms"].is_null(), "a client that waits gets no estimate: {body}");
     }
+    let observer = format!("Bearer {}", node.key("observer"));
+    let headers = [("Authorization", observer.as_str()), ("Content-Type", "application/json")];
+    let (status, body) = http("POST", &format!("{}/api/build?wait_ms=soon", node.url), &headers, Some(b"{}"));
+    assert_eq!(status, 403, "who may build is checked before the query: {body}");
     for (query, field) in [("wait_ms=soon", "wait_ms"), ("wait=5", "wait")] {
         let (status, body) = node.post(&format!("/api/build?{query}"), &json!({ "project": "quick" }));
         assert_eq!(status, 400, "{query}: {body}");

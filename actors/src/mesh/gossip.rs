@@ -546,6 +546,10 @@ impl MeshActor {
         let in_doubt = |p: &Peer| {
             !p.entry.revoked && (p.swim.down || p.swim.presumed_down || (p.link.is_none() && p.swim.generation == 0))
         };
+        // A member in doubt again later starts its announcements afresh.
+        for p in self.peers.values_mut().filter(|p| !in_doubt(p) && p.swim.next_announce.is_some()) {
+            p.swim.next_announce = None;
+        }
         for (id, p) in self.peers.iter_mut().filter(|(_, p)| in_doubt(p)) {
             let Some(link) = p.link else {
                 p.swim.unanswered_since = None;

@@ -623,7 +623,8 @@ impl MeshActor {
     pub(super) fn note_departures(&mut self, stored: &[wire::LedgerEntry]) {
         for entry in stored.iter().filter(|e| e.entry_type == LedgerEntryType::NodeLeft) {
             let admitted_after = self.peers.get(&entry.origin).is_none_or(|p| p.entry.issued_at_ms > entry.hlc.wall_ms);
-            if entry.data["node_id"] == entry.origin.as_str() && !admitted_after {
+            let this_mesh = self.mesh.as_ref().is_some_and(|m| entry.data["mesh_id"] == m.mesh_id.as_str());
+            if entry.data["node_id"] == entry.origin.as_str() && this_mesh && !admitted_after {
                 self.mark_left(&entry.origin.clone());
             }
         }

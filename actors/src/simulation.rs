@@ -191,32 +191,26 @@ async fn lagging(nodes: &[&Node], online: &BTreeSet<NodeId>) -> String {
     let mut viewer = None;
     for node in nodes {
         let peers = node.pool.peers().await;
-        let wrong: Vec<String> = peers
-            .iter()
-            .filter(|p| online.contains(&p.node_id) && p.status != NodeState::Online)
-            .map(|p| format!("{} {}", p.node_id, p.status))
-            .collect();
-        if !wrong.is_empty() && out.is_empty() {
+        let wrong: Vec<_> =
+            peers.iter().filter(|p| online.contains(&p.node_id) && p.status != NodeState::Online).collect();
+        let Some(first) = wrong.first() else { continue };
+        if out.is_empty() {
             // The first such node's own account of the first peer it gets wrong.
-            if let Some(peer) = peers.iter().find(|p| online.contains(&p.node_id) && p.status != NodeState::Online) {
-                viewer = Some(node.identity.node_id.clone());
-                let view = node.mesh.view().await;
-                let (links, wanted, dialing) = view.map_or((0, 0, 0), |v| (v.links, v.links_wanted, v.dialing));
-                out.push(format!(
-                    "{} has {links} links of the {wanted} it wants ({dialing} dials on their way), {}",
-                    node.identity.node_id,
-                    node.mesh.explain_peer(peer.node_id.clone()).await
-                ));
-            }
-        }
-        if !wrong.is_empty() {
+            viewer = Some(node.identity.node_id.clone());
             out.push(format!(
-                "{} sees {} of them not online (e.g. {})",
+                "{} {}, {}",
                 node.identity.node_id,
-                wrong.len(),
-                wrong[..wrong.len().min(3)].join(", ")
+                links_line(node).await,
+                node.mesh.explain_peer(first.node_id.clone()).await
             ));
         }
+        let examples: Vec<String> = wrong.iter().take(3).map(|p| format!("{} {}", p.node_id, p.status)).collect();
+        out.push(format!(
+            "{} sees {} of them not online (e.g. {})",
+            node.identity.node_id,
+            wrong.len(),
+            examples.join(", ")
+        ));
         if out.len() == 4 {
             break;
         }
@@ -227,20 +221,25 @@ async fn lagging(nodes: &[&Node], online: &BTreeSet<NodeId>) -> String {
     if let Some(node) = lagging_peer.and_then(|id| nodes.iter().find(|n| n.identity.node_id.as_str() == id)) {
         let peers = node.pool.peer_table().await;
         let seen = peers.iter().filter(|p| p.status == NodeState::Online).count();
-        let view = node.mesh.view().await;
-        let (links, wanted, dialing) = view.map_or((0, 0, 0), |v| (v.links, v.links_wanted, v.dialing));
         let about_viewer = match viewer {
             Some(v) => node.mesh.explain_peer(v).await,
             None => String::new(),
         };
         out.push(format!(
-            "{} itself sees {seen} of {} online and has {links} links of the {wanted} its topology wants \
-             ({dialing} dials on their way), {about_viewer}",
+            "{} itself sees {seen} of {} online and {}, {about_viewer}",
             node.identity.node_id,
-            peers.len()
+            peers.len(),
+            links_line(node).await
         ));
     }
     out.join("; ")
+}
+
+/// A node's links against the links its topology wants, and its dials in flight.
+async fn links_line(node: &Node) -> String {
+    let view = node.mesh.view().await;
+    let (links, wanted, dialing) = view.map_or((0, 0, 0), |v| (v.links, v.links_wanted, v.dialing));
+    format!("has {links} links of the {wanted} its topology wants ({dialing} dials on their way)")
 }
 
 /// CPU time this process has used (user + system).

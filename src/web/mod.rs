@@ -71,6 +71,9 @@ pub fn server(
             .default_service(web::to(page_not_found))
     })
     .workers(2)
+    // Small messages (a mesh link's task results, API answers) go at once rather than waiting
+    // for the ACK of the one before (see `tls::no_delay`, the client side).
+    .tcp_nodelay(true)
     .shutdown_timeout(5);
     let server = match tls {
         Some(config) => server.listen_rustls_0_23(listener, config)?,

@@ -521,8 +521,10 @@ impl Prepared {
     }
 }
 
-/// The fork server's child: its own process group and output, then [`Prepared::enter`].
+/// The fork server's child: its own process group and output, batch scheduling, then
+/// [`Prepared::enter`].
 fn enter_as_package(prepared: &Prepared, stdio: Option<[RawFd; 2]>, namespaces_entered: bool) -> Failure {
+    schedule_as_batch();
     if let Some([stdout, stderr]) = stdio {
         // SAFETY: setpgid and dup2 take plain integers.
         unsafe {
@@ -533,6 +535,23 @@ fn enter_as_package(prepared: &Prepared, stdio: Option<[RawFd; 2]>, namespaces_e
         }
     }
     prepared.enter_from(namespaces_entered)
+}
+
+/// Puts the calling process (and what it starts, which inherits the policy) under
+/// `SCHED_BATCH`: the same share of the CPU as before, but no preempting of others on waking.
+/// A node runs more packages than it has cores (a build's packages, other builds', the same
+/// machine's other nodes); the daemon's few milliseconds between two packages — a result
+/// going back, the next package's request and start — then wait behind compilers, each hop for
+/// a time slice, and that wait is where a build's cores go idle. distcc and icecream `nice`
+/// their jobs for the same reason; batch scheduling gives the daemon its turn without lowering
+/// the packages' share. A failure changes nothing but the scheduling, so it is ignored.
+pub fn schedule_as_batch() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on this process (pid 0) with a valid parameter; it allocates
+    // nothing, so it is safe between fork and exec.
+    unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
+    }
 }
 
 /// The first steps in a package's new namespaces, the same for every package of a process:

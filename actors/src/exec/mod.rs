@@ -183,7 +183,13 @@ async fn execute(
     let root = sandbox_root(&opts, req.volume.as_deref());
     let (cas, task, launch, output) =
         (opts.cas.clone(), req.task.clone(), opts.launch_for(&req.task), req.output.clone());
-    let ran = actix_rt::task::spawn_blocking(move || sandbox::run(&cas, &root, &task, &launch, &cancel, output)).await;
+    let ran = actix_rt::task::spawn_blocking(move || {
+        let (result, used) = sandbox::run_keeping_sandbox(&cas, &root, &task, &launch, &cancel, output);
+        // The result goes back at once; the sandbox is emptied for the next package meanwhile.
+        actix_rt::task::spawn_blocking(move || used.release());
+        result
+    })
+    .await;
     let _ = opts.node.release("cpu", &cpu.id).await;
     if let Some(m) = memory {
         let _ = opts.node.release("memory", &m.id).await;

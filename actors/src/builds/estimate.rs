@@ -365,9 +365,7 @@ mod service {
                         placement::tool_versions(&requirements, &tools),
                         runner::make_task("estimate", name, spec, files),
                     ) {
-                        if let Some(outs) =
-                            placement::cached_outputs(&self.store, &self.cas, &task.action_key(&versions)).await
-                        {
+                        if let Some(outs) = self.cache.outputs(&task.action_key(&versions)).await {
                             outputs.insert(name.clone(), outs);
                             cached = true;
                         }

@@ -10,12 +10,15 @@ use crate::store::{StoreError, StoreHandle};
 use crate::wire::NodeId;
 
 /// What [`save`] writes of a build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rows {
-    /// Its own row only: a build that starts has nothing yet to say per package (its live
-    /// status is the actor's), and writing every package's pending row, to write it again when
-    /// the build ends, was two statements per package on the store's thread.
-    Build,
+    /// Its own row, and the request it was started with (JSON, kept so it can be run again):
+    /// a build that starts has nothing yet to say per package (its live status is the
+    /// actor's), and writing every package's pending row, to write it again when the build
+    /// ends, was two statements per package on the store's thread. The request in the same
+    /// transaction saves a store round trip and a commit per build (issue 14: a rebuild with
+    /// nothing to do is little else).
+    Start { request: Option<String> },
     /// Its row and one per package (with each result).
     WithPackages,
 }
@@ -29,6 +32,10 @@ pub async fn save(store: &StoreHandle, status: &BuildStatus, rows: Rows) -> Resu
     });
     let artifacts = serde_json::to_string(&status.outputs()).unwrap_or_default();
     let packages = if rows == Rows::WithPackages { status.packages.clone() } else { Vec::new() };
+    let request = match rows {
+        Rows::Start { request } => request,
+        Rows::WithPackages => None,
+    };
     let (id, state, triggered_by, error) =
         (status.id.clone(), status.status, status.triggered_by.clone(), status.error.clone());
     let (started, completed, duration) = (status.started_at_ms, status.completed_at_ms, status.duration_ms);
@@ -51,6 +58,10 @@ pub async fn save(store: &StoreHandle, status: &BuildStatus, rows: Rows) -> Resu
                 artifacts,
                 triggered_by
             ])?;
+            if let Some(request) = &request {
+                tx.prepare_cached("INSERT INTO build_requests (build_id, request) VALUES (?1, ?2)")?
+                    .execute(params![id, request])?;
+            }
             // Two statements per package, prepared once per connection: preparing them anew for every package was ~10 % of
             // the daemon's CPU in 200-package builds (issue 14). The node is kept only when the
             // roster knows it (the foreign key).

@@ -4,6 +4,7 @@
 //! [`Builds`] is the node's front door: it checks a request, starts a [`runner::BuildActor`],
 //! and answers status, cancel and history.
 
+pub mod cache;
 mod catalog;
 pub mod config;
 pub mod estimate;
@@ -107,6 +108,7 @@ pub struct Builds {
     store: StoreHandle,
     events: EventBus,
     pub cas: Cas,
+    cache: cache::ActionCache,
     registry: Registry,
     pool: crate::pool::PoolHandle,
     /// The node's data dir: no project may hold it or lie in it.
@@ -127,7 +129,9 @@ impl Builds {
         cas: Cas,
         data_dir: PathBuf,
     ) -> Builds {
+        let cache = cache::ActionCache::new(store.clone(), cas.clone());
         Builds {
+            cache,
             node_id,
             node,
             workers,
@@ -179,23 +183,12 @@ impl Builds {
             store: self.store.clone(),
             events: self.events.clone(),
             cas: self.cas.clone(),
+            cache: self.cache.clone(),
             tools,
             workers: self.workers.clone(),
             pool: self.pool.clone(),
             limits: Arc::new(limits),
         };
-        // Kept so the build can be run again from the pages or the API.
-        let (saved_id, saved) =
-            (id.clone(), serde_json::to_string(&req).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-        self.store
-            .run(move |c| {
-                c.execute(
-                    "INSERT INTO build_requests (build_id, request) VALUES (?1, ?2)",
-                    rusqlite::params![saved_id, saved],
-                )?;
-                Ok(())
-            })
-            .await?;
         let actor = BuildActor::new(ctx, req, id.clone(), triggered_by.to_string(), self.registry.clone());
         let addr = actor.start();
         if let Ok(mut r) = self.registry.lock() {
@@ -212,10 +205,18 @@ impl Builds {
         config: Option<String>,
         triggered_by: &str,
     ) -> Result<String, BuildError> {
-        let text =
-            self.store.optional_text("SELECT request FROM build_requests WHERE build_id = ?1", id.to_string()).await?;
-        let mut req: BuildRequest =
-            text.and_then(|t| serde_json::from_str(&t).ok()).ok_or_else(|| BuildError::NotFound(id.to_string()))?;
+        let live = match self.live(id) {
+            Some(addr) => addr.send(runner::GetRequest).await.ok(),
+            None => None,
+        };
+        let mut req: BuildRequest = match live {
+            Some(req) => req,
+            None => {
+                let sql = "SELECT request FROM build_requests WHERE build_id = ?1";
+                let text = self.store.optional_text(sql, id.to_string()).await?;
+                text.and_then(|t| serde_json::from_str(&t).ok()).ok_or_else(|| BuildError::NotFound(id.to_string()))?
+            }
+        };
         req.force = force;
         if config.is_some() {
             req.config = config;
@@ -326,7 +327,11 @@ outputs = ["both.out"]
         let cas = builds.cas.clone();
 
         let id = builds.start(request(&root, &cas, false).await, "test").await.expect("start");
+        // Asked at once, a rerun takes the live build's request (its history row may not be
+        // written yet).
+        let rerun = builds.rerun(&id, false, None, "test").await.expect("a rerun of a build just started");
         let s = wait(&builds, &id).await;
+        wait(&builds, &rerun).await;
         assert_eq!(s.status, runner::BuildState::Succeeded, "{s:?}");
         let both = s.outputs().into_iter().find(|f| f.path == "both.out").expect("output");
         assert_eq!(cas.read(&both.digest).expect("blob"), b"ALPHAbeta");
@@ -344,7 +349,7 @@ outputs = ["both.out"]
         assert!(forced.packages.iter().all(|p| !p.cache_hit));
 
         let history = builds.history(10, None).await.expect("history");
-        assert_eq!(history.len(), 4);
+        assert_eq!(history.len(), 5);
         let status = started.node.node.status().await.expect("status");
         let cpu = status.resource_status.iter().find(|r| r.key == "cpu").expect("cpu");
         assert_eq!(cpu.leased, 0, "every lease was released");

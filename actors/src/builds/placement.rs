@@ -12,15 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::params;
 use tokio::sync::Semaphore;
 
 use super::project::Requirement;
 use super::runner::BuildContext;
-use crate::cas::{Cas, FileRef};
 use crate::exec::{Task, TaskResult};
 use crate::mesh::{Job, PeerView};
-use crate::store::StoreHandle;
 use crate::wire::{self, NodeId, NodeStatus, RemoteError};
 
 /// What a configuration allows a build, and what the build holds right now.
@@ -97,15 +94,6 @@ pub fn tool_versions(
     tools: &BTreeMap<String, Option<String>>,
 ) -> Option<Vec<(String, String)>> {
     versions_for(requirements, tools)
-}
-
-/// Whether a result is cached under `key`, with its outputs (public for estimates).
-pub async fn cached_outputs(store: &StoreHandle, cas: &Cas, key: &str) -> Option<Vec<FileRef>> {
-    let outputs =
-        store.optional_text("SELECT outputs FROM action_cache WHERE action_key = ?1", key.to_string()).await.ok()??;
-    let outputs: Vec<FileRef> = serde_json::from_str(&outputs).ok()?;
-    // A cache entry is only good while its blobs are still here.
-    outputs.iter().all(|f| cas.has(&f.digest)).then_some(outputs)
 }
 
 /// How much faster a peer must be before work leaves this node: sending inputs and outputs
@@ -402,7 +390,7 @@ pub(super) async fn place_and_run(
             Ok(mut result) => {
                 result.duration_ms = since.elapsed().as_millis() as u64;
                 if result.success() {
-                    remember(c, &task.action_key(&versions), &result).await;
+                    c.cache.remember(&task.action_key(&versions), &result.outputs, &c.node_id, result.duration_ms);
                 }
                 return Ok(Ran { result, hit: false, node, node_name: name });
             }
@@ -446,7 +434,7 @@ async fn cache_hit(c: &BuildContext, task: &Task, pool: &PoolIndex, list: &[&Can
         if !asked.insert(&cand.versions) {
             continue;
         }
-        if let Some(outputs) = cached(c, &task.action_key(&cand.versions)).await {
+        if let Some(outputs) = c.cache.outputs(&task.action_key(&cand.versions)).await {
             let hit = TaskResult {
                 exit_code: Some(0),
                 outputs,
@@ -464,30 +452,4 @@ async fn cache_hit(c: &BuildContext, task: &Task, pool: &PoolIndex, list: &[&Can
         }
     }
     None
-}
-
-async fn cached(c: &BuildContext, key: &str) -> Option<Vec<FileRef>> {
-    cached_outputs(&c.store, &c.cas, key).await
-}
-
-async fn remember(c: &BuildContext, key: &str, result: &TaskResult) {
-    let (key, outputs, node, ms) = (
-        key.to_string(),
-        serde_json::to_string(&result.outputs).unwrap_or_default(),
-        c.node_id.to_string(),
-        result.duration_ms as i64,
-    );
-    let saved = c
-        .store
-        .run(move |conn| {
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO action_cache (action_key, package_name, outputs, node_id, duration_ms, created_at) VALUES (?1, '', ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![key, outputs, node, ms, wire::now_ms() as i64])?;
-            Ok(())
-        })
-        .await;
-    if let Err(e) = saved {
-        log::warn!("caching a result: {e}");
-    }
 }

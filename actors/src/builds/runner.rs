@@ -176,6 +176,7 @@ pub struct BuildContext {
     pub store: StoreHandle,
     pub events: EventBus,
     pub cas: Cas,
+    pub cache: super::cache::ActionCache,
     /// Tool and runtime name → version on this node.
     pub tools: BTreeMap<String, Option<String>>,
     /// Runs a package on any node (this one included).
@@ -492,6 +493,10 @@ impl Actor for BuildActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let (status, c) = (self.status.clone(), self.ctx.clone());
+        // Kept so the build can be run again from the pages or the API.
+        let request = serde_json::to_string(&self.req)
+            .map_err(|e| log::error!("build {}: its request cannot be kept: {e}", status.id))
+            .ok();
         // Queued before any package can queue its entries, so it comes first in the chain; its
         // sync is not waited for (the build's last entry, which is, commits it with the rest).
         let recorded = c.ledger.submit(
@@ -506,7 +511,7 @@ impl Actor for BuildActor {
         });
         ctx.wait(
             async move {
-                if let Err(e) = save(&c.store, &status, Rows::Build).await {
+                if let Err(e) = save(&c.store, &status, Rows::Start { request }).await {
                     log::error!("saving build {}: {e}", status.id);
                 }
             }
@@ -553,6 +558,20 @@ impl Handler<GetStatus> for BuildActor {
 
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.status.clone())
+    }
+}
+
+/// The request a live build was started with (kept in history too, from its start, in the
+/// same transaction as its row — which a rerun asked at once could overtake).
+#[derive(Message)]
+#[rtype(result = "BuildRequest")]
+pub struct GetRequest;
+
+impl Handler<GetRequest> for BuildActor {
+    type Result = MessageResult<GetRequest>;
+
+    fn handle(&mut self, _: GetRequest, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.req.clone())
     }
 }
 

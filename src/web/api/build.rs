@@ -198,16 +198,74 @@ pub enum BuildBody {
 /// that is a configuration itself (plan §13.1: `resources` at the top, no `project`) estimates
 /// the project last built on this node under that configuration.
 async fn request_of(state: &AppState, body: &JsonBody) -> Result<BuildRequest, ApiError> {
-    let doc: serde_json::Value = body.parse()?;
-    if doc.get("project").is_none() && doc.get("resources").is_some() {
+    // A body of no known shape is parsed as a request below, whose error names the field.
+    let shape = body.parse::<BodyShape>().unwrap_or(BodyShape { project: None, resources: None });
+    if shape.project.is_none() && shape.resources.is_some() {
         let config = body.parse()?;
         return state.node.builds.latest_request(config).await.map_err(build_error);
     }
-    if doc.get("project").is_some_and(serde_json::Value::is_string) {
+    if shape.project == Some(Kind::Text) {
         let by_name: ProjectBuild = body.parse()?;
         state.node.builds.project_request(by_name).await.map_err(build_error)
     } else {
         body.parse()
+    }
+}
+
+/// Which of the three bodies `POST /api/build` takes a request is, read without keeping
+/// anything: a rebuild's body holds the whole project, and reading it into a
+/// `serde_json::Value` first cost a tree of allocations per build.
+#[derive(Deserialize)]
+struct BodyShape {
+    #[serde(default)]
+    project: Option<Kind>,
+    #[serde(default)]
+    resources: Option<serde::de::IgnoredAny>,
+}
+
+/// What kind of JSON value a field holds: a string, or anything else (skipped).
+#[derive(Debug, PartialEq)]
+enum Kind {
+    Text,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Kind, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Kind;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Kind, E> {
+                Ok(Kind::Text)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Kind::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Kind::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 

@@ -1099,14 +1099,24 @@ fn expose_to_nobody(spec: &Spec) -> Result<(Vec<CString>, Vec<MountStep>), Conta
 /// than one link: inputs the daemon linked in from its store (`Cas::materialize`), whose inode is
 /// the store's object; given to `user`, it could chmod and rewrite them.
 fn chown_tree(dir: &Path, user: u32) -> std::io::Result<()> {
-    let meta = std::fs::symlink_metadata(dir)?;
+    chown_entry(dir, &std::fs::symlink_metadata(dir)?, user)
+}
+
+/// [`chown_tree`] of an entry whose metadata is known. What `user` owns already is left as it
+/// is (a pooled sandbox's kept directories: the chown changed nothing, and its path walk and
+/// the stat before it by full path were most of the fork server's time per package); entries
+/// are stat'ed through their directory's listing.
+fn chown_entry(path: &Path, meta: &std::fs::Metadata, user: u32) -> std::io::Result<()> {
     if meta.is_file() && meta.nlink() > 1 {
         return Ok(());
     }
-    std::os::unix::fs::lchown(dir, Some(user), Some(user))?;
+    if (meta.uid(), meta.gid()) != (user, user) {
+        std::os::unix::fs::lchown(path, Some(user), Some(user))?;
+    }
     if meta.is_dir() {
-        for entry in std::fs::read_dir(dir)? {
-            chown_tree(&entry?.path(), user)?;
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            chown_entry(&entry.path(), &entry.metadata()?, user)?;
         }
     }
     Ok(())

@@ -43,8 +43,11 @@ pub enum MeshMessage {
     Roster {
         entries: Vec<RosterEntry>,
     },
-    /// The sender's ledger heads; the receiver answers with entries the sender lacks.
+    /// The sender's ledger heads; the receiver answers with entries the sender lacks. One head
+    /// per member whose chain it holds, so they go packed ([`packed_heads`]): with field names
+    /// a head took ~125 bytes and a mesh past ~520 members could not send its heads in a frame.
     LedgerHeads {
+        #[serde(with = "packed_heads")]
         heads: Vec<Head>,
     },
     /// A bounded batch of ledger entries, in chain order per origin.
@@ -193,6 +196,51 @@ pub struct Head {
     pub hash: String,
 }
 
+/// Heads as one byte string of [`packed_heads::HEAD_BYTES`] per head: the origin's 16 bytes, the
+/// sequence number (8, big-endian) and the hash's 32 bytes. A frame holds ~1,160 of them.
+pub(crate) mod packed_heads {
+    use super::Head;
+    use crate::wire::NodeId;
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+    use serde::{Deserializer, Serializer};
+
+    pub const HEAD_BYTES: usize = 16 + 8 + 32;
+
+    pub fn serialize<S: Serializer>(heads: &[Head], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut packed = Vec::with_capacity(heads.len() * HEAD_BYTES);
+        for head in heads {
+            let hash = crate::wire::unhex(&head.hash)
+                .filter(|h| h.len() == 32)
+                .ok_or_else(|| S::Error::custom(format!("head of {}: the hash is not 32 bytes of hex", head.origin)))?;
+            packed.extend_from_slice(&head.origin.0);
+            packed.extend_from_slice(&head.seq.to_be_bytes());
+            packed.extend_from_slice(&hash);
+        }
+        serializer.serialize_bytes(&packed)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Head>, D::Error> {
+        let packed: serde_bytes::ByteBuf = serde::Deserialize::deserialize(deserializer)?;
+        if packed.len() % HEAD_BYTES != 0 {
+            return Err(D::Error::custom(format!("{} bytes of heads: not a multiple of {HEAD_BYTES}", packed.len())));
+        }
+        packed
+            .chunks_exact(HEAD_BYTES)
+            .map(|h| {
+                // A node id is its 16 hex digits; anything else is refused as text would be.
+                let origin = std::str::from_utf8(&h[..16])
+                    .ok()
+                    .and_then(|text| NodeId::parse(text).ok())
+                    .ok_or_else(|| D::Error::custom("a head's origin is not a node id"))?;
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(&h[16..24]);
+                Ok(Head { origin, seq: u64::from_be_bytes(seq), hash: crate::wire::hex(&h[24..]) })
+            })
+            .collect()
+    }
+}
+
 /// Encodes a message for a link (MessagePack with field names).
 pub fn encode(env: &Envelope<MeshMessage>) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     rmp_serde::to_vec_named(env)
@@ -209,4 +257,57 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<MeshMessage>, rmp_serde::decode::
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH);
     Envelope::deserialize(&mut de)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(body: MeshMessage) -> Envelope<MeshMessage> {
+        Envelope {
+            v: crate::wire::PROTOCOL_VERSION,
+            id: 1,
+            from: NodeId::parse("0000000000000001").expect("id"),
+            to: None,
+            body,
+        }
+    }
+
+    #[test]
+    fn the_heads_of_a_thousand_members_fit_one_frame_and_arrive_as_sent() {
+        let heads: Vec<Head> = (0..1000u64)
+            .map(|i| Head {
+                origin: NodeId::parse(&format!("{i:016x}")).expect("id"),
+                seq: i * 1_000_003,
+                hash: format!("{:064x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            })
+            .collect();
+        let bytes = encode(&envelope(MeshMessage::LedgerHeads { heads: heads.clone() })).expect("encodes");
+        // The frame's plaintext limit (`mesh::noise::MAX_PLAINTEXT`): with field names these
+        // heads took ~125 KB, and past ~520 members a node's heads could not be sent at all.
+        assert!(bytes.len() <= 65_519, "{} bytes", bytes.len());
+        let Ok(Envelope { body: MeshMessage::LedgerHeads { heads: back }, .. }) = decode(&bytes) else {
+            panic!("decodes as heads")
+        };
+        assert_eq!(back, heads);
+    }
+
+    #[test]
+    fn packed_heads_that_are_not_heads_are_refused() {
+        let ok = Head { origin: NodeId::parse("00000000000000ab").expect("id"), seq: 7, hash: "cd".repeat(32) };
+        let bytes = encode(&envelope(MeshMessage::LedgerHeads { heads: vec![ok.clone()] })).expect("encodes");
+        // The origin's digits are the packing's first 16 bytes, right after the bytes' header.
+        let at = bytes.windows(16).position(|w| w == b"00000000000000ab").expect("origin in the frame");
+        let mut bad_origin = bytes.clone();
+        bad_origin[at] = b'G';
+        assert!(decode(&bad_origin).is_err(), "an origin that is not a node id");
+        let short =
+            rmp_serde::to_vec(&serde_bytes::ByteBuf::from(vec![b'0'; packed_heads::HEAD_BYTES - 1])).expect("bytes");
+        assert!(
+            packed_heads::deserialize(&mut rmp_serde::Deserializer::new(&short[..])).is_err(),
+            "a packing that is not whole heads"
+        );
+        let unhexed = Head { hash: "not hex".into(), ..ok };
+        assert!(encode(&envelope(MeshMessage::LedgerHeads { heads: vec![unhexed] })).is_err(), "a hash not 32 bytes");
+    }
 }

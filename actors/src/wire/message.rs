@@ -222,7 +222,7 @@ pub(crate) mod packed_heads {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Head>, D::Error> {
         let packed: serde_bytes::ByteBuf = serde::Deserialize::deserialize(deserializer)?;
-        if packed.len() % HEAD_BYTES != 0 {
+        if !packed.len().is_multiple_of(HEAD_BYTES) {
             return Err(D::Error::custom(format!("{} bytes of heads: not a multiple of {HEAD_BYTES}", packed.len())));
         }
         packed

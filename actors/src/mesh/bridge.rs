@@ -29,7 +29,7 @@ pub const REKEY_AFTER_MESSAGES: u64 = 10_000;
 pub const REKEY_AFTER: Duration = Duration::from_secs(600);
 
 /// Room kept in a frame for the envelope and the message around a batch of items.
-const ENVELOPE_ROOM: usize = 4096;
+pub(super) const ENVELOPE_ROOM: usize = 4096;
 
 /// Splits items into batches whose encoding fits one frame together with its envelope, so that a
 /// message carrying a batch can always be sent. A message is one Noise frame, and a roster of

@@ -437,6 +437,15 @@ mod tests {
         assert!(result.success(), "{result:?}");
         assert_eq!(result.outputs.len(), 1);
         assert!(a.builds.cas.has(&result.outputs[0].digest), "the output is in a's CAS");
+        assert_eq!(a.mesh.blobs_asked().await, 0, "a small output comes inside the result, not asked for");
+        // One larger than a result carries is pulled as before.
+        let mut large = hello("mem-large");
+        large.task.invocation = Invocation::Shell("head -c 40000 /dev/zero | tr '\\0' x > out.txt".into());
+        let result = workers.run_on(&ids[1], large).await.expect("ran on b");
+        assert!(result.success(), "{result:?}");
+        assert_eq!(result.outputs[0].size, 40_000);
+        assert_eq!(a.builds.cas.read(&result.outputs[0].digest).expect("in a's CAS"), vec![b'x'; 40_000]);
+        assert_eq!(a.mesh.blobs_asked().await, 1, "the large output was pulled");
         let filter = LedgerFilter {
             types: vec![LedgerEntryType::ResourceAllocated],
             origin: Some(ids[1].clone()),

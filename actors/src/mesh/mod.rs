@@ -518,7 +518,9 @@ impl MeshActor {
             MeshMessage::BlobChunk(chunk) => self.on_chunk(ctx, link_id, chunk),
             MeshMessage::BlobAck { digest, offset } => self.on_blob_ack(link_id, digest, offset),
             MeshMessage::TaskRequest(req) => self.on_task_request(ctx, link_id, from, *req),
-            MeshMessage::TaskDone { task_id, result } => self.on_task_done(link_id, from, task_id, result),
+            MeshMessage::TaskDone { task_id, result, outputs } => {
+                self.on_task_done(link_id, from, task_id, result, outputs)
+            }
             MeshMessage::TaskCancel { build_id } => self.on_task_cancel(ctx, link_id, from, build_id),
             MeshMessage::TaskOutput { task_id, chunk } => self.on_task_output(from, task_id, chunk),
             MeshMessage::BenchmarkGrant { epoch } => self.on_benchmark_grant(from, epoch),
@@ -620,6 +622,18 @@ impl Handler<GetView> for MeshActor {
 #[rtype(result = "String")]
 struct ExplainPeer(NodeId);
 
+#[derive(Message)]
+#[rtype(result = "u64")]
+struct BlobsAsked;
+
+impl Handler<BlobsAsked> for MeshActor {
+    type Result = u64;
+
+    fn handle(&mut self, _: BlobsAsked, _: &mut Context<Self>) -> u64 {
+        self.transfer.asked
+    }
+}
+
 impl Handler<ExplainPeer> for MeshActor {
     type Result = String;
 
@@ -703,6 +717,12 @@ impl MeshHandle {
     /// simulation's): whether the topology wants a link, the link, dials, and gossip's verdict.
     pub async fn explain_peer(&self, peer: NodeId) -> String {
         self.addr.send(ExplainPeer(peer)).await.unwrap_or_else(|_| "mesh stopped".into())
+    }
+
+    /// How many blobs this node has asked its peers for since it started (outputs that came
+    /// inside a task's result are not asked for).
+    pub async fn blobs_asked(&self) -> u64 {
+        self.addr.send(BlobsAsked).await.unwrap_or(0)
     }
 
     /// Closes every link and stops the mesh actor.

@@ -153,7 +153,7 @@ impl MeshActor {
         if let Err(bad) = req.task.check_paths() {
             log::warn!("refused a task from {from}: {bad}");
             let result = Err(RemoteError::Refused(bad.to_string()));
-            return self.send(link_id, MeshMessage::TaskDone { task_id: req.task_id, result });
+            return self.send(link_id, MeshMessage::TaskDone { task_id: req.task_id, result, outputs: vec![] });
         }
         let refusal = if !self.work.accept {
             Some("this node does not accept remote builds (scheduling.accept_remote_builds)")
@@ -164,7 +164,7 @@ impl MeshActor {
         };
         if let Some(why) = refusal {
             let result = Err(RemoteError::Refused(why.into()));
-            return self.send(link_id, MeshMessage::TaskDone { task_id: req.task_id, result });
+            return self.send(link_id, MeshMessage::TaskDone { task_id: req.task_id, result, outputs: vec![] });
         }
         let digests: Vec<String> =
             req.task.files.iter().map(|f| f.digest.clone()).collect::<BTreeSet<_>>().into_iter().collect();
@@ -194,8 +194,9 @@ impl MeshActor {
             let run = RunRequest { task, cores, memory_bytes, epoch, volume, requester: from, output: Some(output) };
             let executor = self.work.executor.clone();
             ctx.spawn(async move { executor.run(run).await }.into_actor(self).map(move |result, act, ctx| {
-                // The requester pulls the outputs it lacks.
-                act.send(link_id, MeshMessage::TaskDone { task_id, result });
+                // Small outputs go along; the requester pulls those it still lacks.
+                let outputs = result.as_ref().map(|r| act.inline_outputs(r)).unwrap_or_default();
+                act.send(link_id, MeshMessage::TaskDone { task_id, result, outputs });
                 // The freed core is news now: a requester waiting for it should not wait for
                 // the next tick's advert.
                 act.advertise(ctx);
@@ -203,14 +204,40 @@ impl MeshActor {
         }
     }
 
+    /// The outputs of `result` that go inside its `TaskDone`: whole blobs, each once, while they
+    /// fit [`wire::INLINE_OUTPUT_BYTES`] and the frame still holds the rest of the message.
+    fn inline_outputs(&self, result: &TaskResult) -> Vec<wire::InlineBlob> {
+        let Ok(rest) = rmp_serde::to_vec_named(result) else { return Vec::new() };
+        let room = super::noise::MAX_PLAINTEXT.saturating_sub(rest.len() + super::bridge::ENVELOPE_ROOM) as u64;
+        let mut budget = wire::INLINE_OUTPUT_BYTES.min(room);
+        let mut sent: BTreeSet<&str> = BTreeSet::new();
+        let mut blobs = Vec::new();
+        for f in &result.outputs {
+            // Its bytes, its digest and MessagePack's headers.
+            let cost = f.size + f.digest.len() as u64 + 32;
+            if cost > budget || !sent.insert(&f.digest) {
+                continue;
+            }
+            if let Ok(data) = self.transfer.cas.read(&f.digest) {
+                if data.len() as u64 == f.size {
+                    budget -= cost;
+                    blobs.push(wire::InlineBlob { digest: f.digest.clone(), data });
+                }
+            }
+        }
+        blobs
+    }
+
     /// The result of a task this node sent: answered once every output is in this node's CAS
-    /// (those it lacks are pulled from the peer first).
+    /// (those that came inside the message are stored if they hash to their digest; those it
+    /// still lacks are pulled from the peer first).
     pub(super) fn on_task_done(
         &mut self,
         link_id: u64,
         from: NodeId,
         task_id: u64,
         result: Result<TaskResult, RemoteError>,
+        inline: Vec<wire::InlineBlob>,
     ) {
         if self.work.sent.get(&task_id).is_none_or(|(peer, _, _)| *peer != from) {
             return;
@@ -224,6 +251,16 @@ impl MeshActor {
                 return;
             }
         };
+        for blob in inline {
+            // Only what the result names, and only as what it hashes to (`put_verified`); one
+            // refused is pulled like any other.
+            let named = result.outputs.iter().any(|f| f.digest == blob.digest && f.size == blob.data.len() as u64);
+            if named && !self.transfer.cas.has(&blob.digest) {
+                if let Err(e) = self.transfer.cas.put_verified(&blob.digest, &blob.data) {
+                    log::warn!("an output {from} sent with its result was not stored: {e}");
+                }
+            }
+        }
         let missing: Vec<String> =
             result.outputs.iter().map(|f| f.digest.clone()).filter(|d| !self.transfer.cas.has(d)).collect();
         if missing.is_empty() {
@@ -258,7 +295,7 @@ impl MeshActor {
         for (_, _, req) in failed {
             let path = req.task.files.iter().find(|f| f.digest == digest).map(|f| f.path.clone()).unwrap_or_default();
             let result = Err(RemoteError::Failed(format!("input {path} could not be received: {why}")));
-            self.send(link_id, MeshMessage::TaskDone { task_id: req.task_id, result });
+            self.send(link_id, MeshMessage::TaskDone { task_id: req.task_id, result, outputs: vec![] });
         }
         let (failed, collecting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.work.collecting)
             .into_iter()
@@ -278,7 +315,10 @@ impl MeshActor {
             .partition(|(_, peer, r)| *peer == from && r.task.build_id == build_id);
         self.work.waiting = waiting;
         for (_, _, req) in cancelled {
-            self.send(link_id, MeshMessage::TaskDone { task_id: req.task_id, result: Err(RemoteError::Cancelled) });
+            self.send(
+                link_id,
+                MeshMessage::TaskDone { task_id: req.task_id, result: Err(RemoteError::Cancelled), outputs: vec![] },
+            );
         }
         let executor = self.work.executor.clone();
         ctx.spawn(

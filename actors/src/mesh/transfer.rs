@@ -107,6 +107,8 @@ pub(super) struct Transfer {
     sending: HashMap<(u64, String), Sending>,
     /// Blobs peers asked for, waiting for a free slot on their link.
     send_queue: HashMap<u64, Queue<String>>,
+    /// Blobs this node has asked peers for since it started.
+    pub(super) asked: u64,
 }
 
 impl Transfer {
@@ -118,6 +120,7 @@ impl Transfer {
             link_rx: HashMap::new(),
             sending: HashMap::new(),
             send_queue: HashMap::new(),
+            asked: 0,
         }
     }
 }
@@ -147,6 +150,7 @@ impl MeshActor {
                 continue;
             }
             asks.entry(key.0).or_default().push(key.1.clone());
+            t.asked += 1;
             t.receiving
                 .insert(key, Receiving { writer: None, total: 0, finishing: false, last_progress: Instant::now() });
         }

@@ -82,9 +82,14 @@ pub enum MeshMessage {
         offset: u64,
     },
     /// How a requested task ended; the requester pulls outputs it lacks with `BlobWant`.
+    /// Small outputs come along (`outputs`, at most [`INLINE_OUTPUT_BYTES`] in all): an object
+    /// file of a few kilobytes then costs no `BlobWant`, chunk and ack — three messages and two
+    /// hops through both nodes' actors on the build's path, per package (issue 14).
     TaskDone {
         task_id: u64,
         result: Result<TaskResult, RemoteError>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        outputs: Vec<InlineBlob>,
     },
     /// Stop every package of this build that the receiver runs for the sender.
     TaskCancel {
@@ -160,6 +165,19 @@ pub struct BlobChunk {
     pub digest: String,
     pub offset: u64,
     pub total: u64,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// Outputs sent inside a `TaskDone` at most, in bytes: with the result (its output tail is at
+/// most `OUTPUT_TAIL`) and the envelope, well inside one frame.
+pub const INLINE_OUTPUT_BYTES: u64 = 32 * 1024;
+
+/// A whole blob sent along with what names it; the receiver stores it only if it hashes to
+/// `digest`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InlineBlob {
+    pub digest: String,
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }

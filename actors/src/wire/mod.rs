@@ -27,7 +27,8 @@ pub use task::*;
 
 /// Version of the wire protocol; bumped on any incompatible change of these types.
 /// 2: blobs are pulled with `BlobWant` and sent in a window acknowledged by `BlobAck`.
-/// 5: `LedgerHeads` packs its heads into one byte string (`message::packed_heads`).
+/// 5: `LedgerHeads` packs its heads into one byte string (`message::packed_heads`); `TaskDone`
+/// carries small outputs whole.
 pub const PROTOCOL_VERSION: u16 = 5;
 /// Keeps the last `max` bytes of `text` (or a little less, to cut on a character boundary).
 pub fn keep_tail(text: &mut String, max: usize) {

@@ -169,10 +169,11 @@ impl MeshActor {
         let digests: Vec<String> =
             req.task.files.iter().map(|f| f.digest.clone()).collect::<BTreeSet<_>>().into_iter().collect();
         let missing = self.transfer.cas.missing(&digests);
-        self.work.waiting.push((link_id, from, req));
         if missing.is_empty() {
-            self.start_ready_tasks(ctx);
+            // Every blob is here (checked just now): it starts without joining the waiting ones.
+            self.start_task(ctx, link_id, from, req);
         } else {
+            self.work.waiting.push((link_id, from, req));
             self.fetch_blobs(link_id, missing);
         }
     }
@@ -185,23 +186,28 @@ impl MeshActor {
             .partition(|(_, _, r)| r.task.files.iter().all(|f| cas.has(&f.digest)));
         self.work.waiting = waiting;
         for (link_id, from, req) in ready {
-            let task_id = req.task_id;
-            let wire::TaskRequest { task, cores, memory_bytes, epoch, volume, .. } = req;
-            // What it prints goes back to the requester as it runs.
-            let addr = ctx.address();
-            let output: OutputSink =
-                std::sync::Arc::new(move |chunk| addr.do_send(SendOutput { link_id, task_id, chunk }));
-            let run = RunRequest { task, cores, memory_bytes, epoch, volume, requester: from, output: Some(output) };
-            let executor = self.work.executor.clone();
-            ctx.spawn(async move { executor.run(run).await }.into_actor(self).map(move |result, act, ctx| {
-                // Small outputs go along; the requester pulls those it still lacks.
-                let outputs = result.as_ref().map(|r| act.inline_outputs(r)).unwrap_or_default();
-                act.send(link_id, MeshMessage::TaskDone { task_id, result, outputs });
-                // The freed core is news now: a requester waiting for it should not wait for
-                // the next tick's advert.
-                act.advertise(ctx);
-            }));
+            self.start_task(ctx, link_id, from, req);
         }
+    }
+
+    /// Runs a peer's task on this node's executor; its result (with small outputs) goes back
+    /// over `link_id`.
+    fn start_task(&mut self, ctx: &mut Context<Self>, link_id: u64, from: NodeId, req: wire::TaskRequest) {
+        let task_id = req.task_id;
+        let wire::TaskRequest { task, cores, memory_bytes, epoch, volume, .. } = req;
+        // What it prints goes back to the requester as it runs.
+        let addr = ctx.address();
+        let output: OutputSink = std::sync::Arc::new(move |chunk| addr.do_send(SendOutput { link_id, task_id, chunk }));
+        let run = RunRequest { task, cores, memory_bytes, epoch, volume, requester: from, output: Some(output) };
+        let executor = self.work.executor.clone();
+        ctx.spawn(async move { executor.run(run).await }.into_actor(self).map(move |result, act, ctx| {
+            // Small outputs go along; the requester pulls those it still lacks.
+            let outputs = result.as_ref().map(|r| act.inline_outputs(r)).unwrap_or_default();
+            act.send(link_id, MeshMessage::TaskDone { task_id, result, outputs });
+            // The freed core is news now: a requester waiting for it should not wait for the
+            // next tick's advert.
+            act.advertise(ctx);
+        }));
     }
 
     /// The outputs of `result` that go inside its `TaskDone`: whole blobs, each once, while they

@@ -17,7 +17,9 @@ pub enum Rows {
     /// actor's), and writing every package's pending row, to write it again when the build
     /// ends, was two statements per package on the store's thread. The request in the same
     /// transaction saves a store round trip and a commit per build (issue 14: a rebuild with
-    /// nothing to do is little else).
+    /// nothing to do is little else). Like the row, it is written as the build starts and a
+    /// failure is logged, not the build's: such a build runs, and cannot be run again by id
+    /// once it has ended.
     Start { request: Option<String> },
     /// Its row and one per package (with each result).
     WithPackages,

@@ -547,11 +547,31 @@ fn enter_as_package(prepared: &Prepared, stdio: Option<[RawFd; 2]>, namespaces_e
 /// the packages' share. A failure changes nothing but the scheduling, so it is ignored.
 pub fn schedule_as_batch() {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler on this process (pid 0) with a valid parameter; it allocates
-    // nothing, so it is safe between fork and exec.
+    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid parameter; it
+    // allocates nothing, so it is safe between fork and exec.
     unsafe {
         libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
     }
+}
+
+/// Runs `start` (which starts a process) with the calling thread under `SCHED_BATCH`, then puts
+/// the thread's own policy back: on Linux the policy is per thread and a child inherits its
+/// parent thread's, so the process has it from its first instruction — set on the child after
+/// it started, a child that started one of its own at once could leave that one without it.
+pub fn batch_scheduled<T>(start: impl FnOnce() -> T) -> T {
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_getscheduler and sched_getparam on the calling thread, into a valid struct.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    let saved = policy >= 0 && unsafe { libc::sched_getparam(0, &mut param) } == 0;
+    schedule_as_batch();
+    let started = start();
+    if saved {
+        // SAFETY: the policy and parameter this thread had, given back to it.
+        unsafe {
+            libc::sched_setscheduler(0, policy, &param);
+        }
+    }
+    started
 }
 
 /// The first steps in a package's new namespaces, the same for every package of a process:

@@ -158,25 +158,21 @@ impl Launch {
                 server.start(&spec, &env, &stdout, &stderr).map(Running::Served)
             }
             _ => {
-                let child = Command::new(&argv[0])
-                    .args(&argv[1..])
-                    .current_dir(dir)
-                    .env_clear()
-                    .envs(env)
-                    .stdin(Stdio::null())
-                    .stdout(stdout)
-                    .stderr(stderr)
-                    .process_group(0)
-                    .spawn()
-                    .map_err(|e| format!("could not start the command: {e}"))?;
-                // Batch scheduling, as the fork server's packages get it (see
-                // `contain::schedule_as_batch`); set from here, as it starts, so nearly always
-                // before the package starts anything of its own, which would inherit it.
-                let param = libc::sched_param { sched_priority: 0 };
-                // SAFETY: sched_setscheduler on our own child's pid with a valid parameter.
-                unsafe {
-                    libc::sched_setscheduler(child.id() as libc::pid_t, libc::SCHED_BATCH, &param);
-                }
+                // Batch scheduling, as the fork server's packages get it: the child inherits
+                // this thread's policy, set around the spawn (see `contain::batch_scheduled`).
+                let child = contain::batch_scheduled(|| {
+                    Command::new(&argv[0])
+                        .args(&argv[1..])
+                        .current_dir(dir)
+                        .env_clear()
+                        .envs(env)
+                        .stdin(Stdio::null())
+                        .stdout(stdout)
+                        .stderr(stderr)
+                        .process_group(0)
+                        .spawn()
+                })
+                .map_err(|e| format!("could not start the command: {e}"))?;
                 let exit = ExitWatch::new(child.id());
                 Ok(Running::Direct { child, exit })
             }
@@ -374,16 +370,28 @@ pub fn run_keeping_sandbox(
         }
     };
     let result = run_in(cas, &dir, task, launch, cancel, started, output, &mut linked);
-    (result, Used { sandbox: Some((pool, dir, build_dir, wanted.dirs, linked)) })
+    if pool.is_some() {
+        returning();
+    }
+    (result, Used { sandbox: Some(UsedSandbox { pool, dir, build_dir, wanted: wanted.dirs, linked }) })
 }
 
 /// A sandbox a package has finished with, until [`Used::release`] empties it into its pool (or
-/// removes it) and counts it out of its build's directory.
+/// removes it) and counts it out of its build's directory. Dropped unreleased — the blocking
+/// task meant to release it never ran (the node stopping) or panicked — it is released then.
 #[must_use = "a used sandbox is released, or it stays on disk"]
 pub struct Used {
-    /// (pool, sandbox, build directory, wanted directories, inputs linked to the store)
-    #[allow(clippy::type_complexity)]
-    sandbox: Option<(Option<PathBuf>, PathBuf, PathBuf, BTreeSet<String>, Vec<Linked>)>,
+    sandbox: Option<UsedSandbox>,
+}
+
+struct UsedSandbox {
+    pool: Option<PathBuf>,
+    dir: PathBuf,
+    build_dir: PathBuf,
+    /// The directories its package's files went into.
+    wanted: BTreeSet<String>,
+    /// Its inputs that are hard links to stored objects.
+    linked: Vec<Linked>,
 }
 
 impl Used {
@@ -391,11 +399,24 @@ impl Used {
         Used { sandbox: None }
     }
 
-    pub fn release(self) {
-        if let Some((pool, dir, build_dir, wanted, linked)) = self.sandbox {
-            release_sandbox(pool.as_deref(), &dir, &wanted, &linked);
-            BuildDirs::leave(&build_dir);
+    pub fn release(mut self) {
+        self.release_now();
+    }
+
+    fn release_now(&mut self) {
+        if let Some(used) = self.sandbox.take() {
+            release_sandbox(used.pool.as_deref(), &used.dir, &used.wanted, &used.linked);
+            BuildDirs::leave(&used.build_dir);
+            if used.pool.is_some() {
+                returned_one();
+            }
         }
+    }
+}
+
+impl Drop for Used {
+    fn drop(&mut self) {
+        self.release_now();
     }
 }
 
@@ -495,7 +516,7 @@ impl BuildDirs {
 fn make_sandbox(pool: Option<&Path>, dir: &Path, wanted: &Wanted) -> std::io::Result<Vec<Linked>> {
     let _ = std::fs::remove_dir_all(dir);
     // One that is gone (its root was cleared) is forgotten: then the next.
-    while let Some(free) = pool.and_then(|pool| take_free(pool, wanted)) {
+    while let Some(free) = pool.and_then(|pool| take_free(pool, wanted).or_else(|| returned(pool, wanted))) {
         if std::fs::rename(&free.path, dir).is_ok() {
             let (kept, unwanted): (Vec<Linked>, Vec<Linked>) = free.links.into_iter().partition(|l| wanted.has_link(l));
             for link in unwanted {
@@ -510,6 +531,42 @@ fn make_sandbox(pool: Option<&Path>, dir: &Path, wanted: &Wanted) -> std::io::Re
     }
     std::fs::create_dir(dir)?;
     Ok(Vec::new())
+}
+
+/// Sandboxes on their way back to a pool: a package's result goes back before its sandbox is
+/// emptied ([`Used`]), so in a chain of packages the next one asks for a sandbox while the last
+/// is still being emptied. It waits for that, briefly, rather than make a directory anew (each
+/// new inode is what the pool saves on this machine's ext4). One count for every pool: a wait
+/// for another volume's sandbox costs at most [`RETURN_WAIT`].
+static RETURNING: (std::sync::Mutex<usize>, std::sync::Condvar) = (std::sync::Mutex::new(0), std::sync::Condvar::new());
+/// How long a package waits for a sandbox on its way back, at most (emptying one takes 1–2 ms).
+const RETURN_WAIT: Duration = Duration::from_millis(50);
+
+/// One more sandbox on its way back to a pool.
+fn returning() {
+    if let Ok(mut n) = RETURNING.0.lock() {
+        *n += 1;
+    }
+}
+
+/// A sandbox is back in its pool (or removed).
+fn returned_one() {
+    if let Ok(mut n) = RETURNING.0.lock() {
+        *n = n.saturating_sub(1);
+    }
+    RETURNING.1.notify_all();
+}
+
+/// When sandboxes are on their way back, waits for one (at most [`RETURN_WAIT`]) and takes from
+/// `pool` as [`take_free`] does.
+fn returned(pool: &Path, wanted: &Wanted) -> Option<Free> {
+    let guard = RETURNING.0.lock().ok()?;
+    let before = *guard;
+    if before == 0 {
+        return None;
+    }
+    drop(RETURNING.1.wait_timeout_while(guard, RETURN_WAIT, |n| *n >= before).ok()?);
+    take_free(pool, wanted)
 }
 
 /// Empties the sandbox `dir` into `pool`, keeping the `wanted` directories its package's files

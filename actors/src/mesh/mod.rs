@@ -519,7 +519,7 @@ impl MeshActor {
             MeshMessage::BlobAck { digest, offset } => self.on_blob_ack(link_id, digest, offset),
             MeshMessage::TaskRequest(req) => self.on_task_request(ctx, link_id, from, *req),
             MeshMessage::TaskDone { task_id, result, outputs } => {
-                self.on_task_done(link_id, from, task_id, result, outputs)
+                self.on_task_done(ctx, link_id, from, task_id, result, outputs)
             }
             MeshMessage::TaskCancel { build_id } => self.on_task_cancel(ctx, link_id, from, build_id),
             MeshMessage::TaskOutput { task_id, chunk } => self.on_task_output(from, task_id, chunk),

@@ -210,35 +210,19 @@ impl MeshActor {
         }));
     }
 
-    /// The outputs of `result` that go inside its `TaskDone`: whole blobs, each once, while they
-    /// fit [`wire::INLINE_OUTPUT_BYTES`] and the frame still holds the rest of the message.
+    /// The outputs of `result` that go inside its `TaskDone` ([`inline_outputs`], read from this
+    /// node's CAS).
     fn inline_outputs(&self, result: &TaskResult) -> Vec<wire::InlineBlob> {
-        let Ok(rest) = rmp_serde::to_vec_named(result) else { return Vec::new() };
-        let room = super::noise::MAX_PLAINTEXT.saturating_sub(rest.len() + super::bridge::ENVELOPE_ROOM) as u64;
-        let mut budget = wire::INLINE_OUTPUT_BYTES.min(room);
-        let mut sent: BTreeSet<&str> = BTreeSet::new();
-        let mut blobs = Vec::new();
-        for f in &result.outputs {
-            // Its bytes, its digest and MessagePack's headers.
-            let cost = f.size + f.digest.len() as u64 + 32;
-            if cost > budget || !sent.insert(&f.digest) {
-                continue;
-            }
-            if let Ok(data) = self.transfer.cas.read(&f.digest) {
-                if data.len() as u64 == f.size {
-                    budget -= cost;
-                    blobs.push(wire::InlineBlob { digest: f.digest.clone(), data });
-                }
-            }
-        }
-        blobs
+        inline_outputs(result, |digest| self.transfer.cas.read(digest).ok())
     }
 
-    /// The result of a task this node sent: answered once every output is in this node's CAS
-    /// (those that came inside the message are stored if they hash to their digest; those it
-    /// still lacks are pulled from the peer first).
+    /// The result of a task this node sent: answered once every output is in this node's CAS.
+    /// Those that came inside the message are stored first, off the actor's thread (each store
+    /// syncs its file), if the result names them and they hash to their digest; those still
+    /// lacking are pulled from the peer.
     pub(super) fn on_task_done(
         &mut self,
+        ctx: &mut Context<Self>,
         link_id: u64,
         from: NodeId,
         task_id: u64,
@@ -257,16 +241,29 @@ impl MeshActor {
                 return;
             }
         };
-        for blob in inline {
-            // Only what the result names, and only as what it hashes to (`put_verified`); one
-            // refused is pulled like any other.
-            let named = result.outputs.iter().any(|f| f.digest == blob.digest && f.size == blob.data.len() as u64);
-            if named && !self.transfer.cas.has(&blob.digest) {
-                if let Err(e) = self.transfer.cas.put_verified(&blob.digest, &blob.data) {
+        let cas = self.transfer.cas.clone();
+        let storable: Vec<wire::InlineBlob> =
+            inline.into_iter().filter(|b| names_output(&result, b) && !cas.has(&b.digest)).collect();
+        if storable.is_empty() {
+            return self.collect_outputs(link_id, peer, result, reply);
+        }
+        let store = actix_rt::task::spawn_blocking(move || {
+            for blob in storable {
+                // One refused (it does not hash to its digest) is pulled like any other.
+                if let Err(e) = cas.put_verified(&blob.digest, &blob.data) {
                     log::warn!("an output {from} sent with its result was not stored: {e}");
                 }
             }
-        }
+        });
+        ctx.spawn(store.into_actor(self).map(move |_, act, ctx| {
+            act.collect_outputs(link_id, peer, result, reply);
+            // Whatever else waits for these blobs (a task's inputs) may go on too.
+            act.blob_arrived(ctx, "");
+        }));
+    }
+
+    /// Answers a peer's result whose outputs are all here, or pulls those that are not first.
+    fn collect_outputs(&mut self, link_id: u64, peer: NodeId, result: TaskResult, reply: ResultSlot) {
         let missing: Vec<String> =
             result.outputs.iter().map(|f| f.digest.clone()).filter(|d| !self.transfer.cas.has(d)).collect();
         if missing.is_empty() {
@@ -462,5 +459,95 @@ impl Handler<CancelRemote> for MeshActor {
                 self.send(link, MeshMessage::TaskCancel { build_id: msg.build_id.clone() });
             }
         }
+    }
+}
+
+/// The outputs of `result` that go inside its `TaskDone`: whole blobs (as `read` finds them),
+/// each once, while they fit [`wire::INLINE_OUTPUT_BYTES`] and the frame still holds the rest of
+/// the message.
+fn inline_outputs(result: &TaskResult, read: impl Fn(&str) -> Option<Vec<u8>>) -> Vec<wire::InlineBlob> {
+    let Ok(rest) = rmp_serde::to_vec_named(result) else { return Vec::new() };
+    let room = super::noise::MAX_PLAINTEXT.saturating_sub(rest.len() + super::bridge::ENVELOPE_ROOM) as u64;
+    let mut budget = wire::INLINE_OUTPUT_BYTES.min(room);
+    let mut sent: BTreeSet<&str> = BTreeSet::new();
+    let mut blobs = Vec::new();
+    for f in &result.outputs {
+        // Its bytes, its digest and MessagePack's headers.
+        let cost = f.size + f.digest.len() as u64 + 32;
+        if cost > budget || !sent.insert(&f.digest) {
+            continue;
+        }
+        if let Some(data) = read(&f.digest).filter(|d| d.len() as u64 == f.size) {
+            budget -= cost;
+            blobs.push(wire::InlineBlob { digest: f.digest.clone(), data });
+        }
+    }
+    blobs
+}
+
+/// Whether a blob sent with a result is one of its outputs, at that output's size (whether it
+/// hashes to the digest is `Cas::put_verified`'s to check).
+fn names_output(result: &TaskResult, blob: &wire::InlineBlob) -> bool {
+    result.outputs.iter().any(|f| f.digest == blob.digest && f.size == blob.data.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::FileRef;
+
+    fn result(outputs: Vec<FileRef>, tail: usize) -> TaskResult {
+        TaskResult {
+            exit_code: Some(0),
+            outputs,
+            output_tail: "x".repeat(tail),
+            duration_ms: 1,
+            cpu_ms: 1,
+            error: None,
+        }
+    }
+
+    fn output(i: usize, size: u64) -> FileRef {
+        FileRef { path: format!("obj/m{i}.o"), digest: format!("{i:064x}"), executable: false, size }
+    }
+
+    #[test]
+    fn outputs_inside_a_result_keep_its_message_within_one_frame() {
+        // The worst a result brings: the longest output tail and many small outputs, each of
+        // which would fit the inline budget on its own.
+        let read = |done: &TaskResult, digest: &str| {
+            done.outputs.iter().find(|f| f.digest == digest).map(|f| vec![7u8; f.size as usize])
+        };
+        // A result that fills a frame by itself takes nothing along.
+        let full = result((0..400).map(|i| output(i, 1000)).collect(), wire::TAIL_BYTES);
+        assert!(inline_outputs(&full, |d| read(&full, d)).is_empty());
+        let done = result((0..150).map(|i| output(i, 1000)).collect(), wire::TAIL_BYTES);
+        let inline = inline_outputs(&done, |d| read(&done, d));
+        assert!(!inline.is_empty(), "some go inside");
+        let inlined: u64 = inline.iter().map(|b| b.data.len() as u64).sum();
+        assert!(inlined <= wire::INLINE_OUTPUT_BYTES);
+        let message = MeshMessage::TaskDone { task_id: u64::MAX, result: Ok(done), outputs: inline };
+        let envelope = wire::Envelope {
+            v: wire::PROTOCOL_VERSION,
+            id: u64::MAX,
+            from: NodeId::parse("0123456789abcdef").expect("id"),
+            to: Some(NodeId::parse("fedcba9876543210").expect("id")),
+            body: message,
+        };
+        let bytes = wire::encode(&envelope).expect("encodes");
+        assert!(bytes.len() <= super::super::noise::MAX_PLAINTEXT, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn a_blob_sent_with_a_result_is_taken_only_as_one_of_its_outputs() {
+        let done = result(vec![output(1, 3)], 0);
+        let blob = |digest: String, data: &[u8]| wire::InlineBlob { digest, data: data.to_vec() };
+        assert!(names_output(&done, &blob(format!("{:064x}", 1), b"abc")));
+        assert!(!names_output(&done, &blob(format!("{:064x}", 2), b"abc")), "a digest the result does not name");
+        assert!(!names_output(&done, &blob(format!("{:064x}", 1), b"abcd")), "another size than the output's");
+        // Each one is read once, and one whose stored size differs is left to the pull.
+        let twice = result(vec![output(1, 3), output(1, 3), output(2, 5)], 0);
+        let inline = inline_outputs(&twice, |_| Some(b"abc".to_vec()));
+        assert_eq!(inline.len(), 1, "{inline:?}");
     }
 }

@@ -70,6 +70,15 @@ fn roster_entry() -> serde_json::Value {
         "revoked": false, "signature": "33".repeat(64)})
 }
 
+/// One packed ledger head (`wire::message::packed_heads`: the origin's 16 digits, the sequence
+/// number big-endian, the hash's 32 bytes), as the JSON array of bytes serde takes for it.
+fn packed_head(origin: &str, seq: u64, hash_byte: u8) -> serde_json::Value {
+    let mut bytes = origin.as_bytes().to_vec();
+    bytes.extend_from_slice(&seq.to_be_bytes());
+    bytes.extend_from_slice(&[hash_byte; 32]);
+    json!(bytes)
+}
+
 /// One message of every kind, as JSON in the shape serde gives `MeshMessage`.
 fn sample_bodies() -> Vec<serde_json::Value> {
     let view = json!({"coordinator": FROM, "epoch": 14});
@@ -82,7 +91,7 @@ fn sample_bodies() -> Vec<serde_json::Value> {
         json!({"Advert": {"seq": 1_700_000_000_000u64, "status": node_status()}}),
         json!({"AdvertWant": {"nodes": [FROM, TO]}}),
         json!({"Roster": {"entries": [roster_entry(), roster_entry()]}}),
-        json!({"LedgerHeads": {"heads": [{"origin": FROM, "seq": 3, "hash": "cd".repeat(32)}]}}),
+        json!({"LedgerHeads": {"heads": packed_head(FROM, 3, 0xcd)}}),
         json!({"LedgerEntries": {"entries": [ledger_entry()]}}),
         json!({"Leave": {"node_id": FROM}}),
         json!("Rekey"),
@@ -90,7 +99,9 @@ fn sample_bodies() -> Vec<serde_json::Value> {
         json!({"BlobWant": {"digests": ["ab".repeat(32), "cd".repeat(32)]}}),
         json!({"BlobChunk": {"digest": "ab".repeat(32), "offset": 0, "total": 8, "data": [1, 2, 3, 4, 5, 6, 7, 8]}}),
         json!({"BlobAck": {"digest": "ab".repeat(32), "offset": u64::MAX}}),
-        json!({"TaskDone": {"task_id": 7, "result": {"Ok": result}}}),
+        json!({"TaskDone": {"task_id": 7, "result": {"Ok": result.clone()}}}),
+        json!({"TaskDone": {"task_id": 10, "result": {"Ok": result},
+            "outputs": [{"digest": "ab".repeat(32), "data": vec![7u8; 900]}]}}),
         json!({"TaskDone": {"task_id": 8, "result": {"Err": {"kind": "busy", "detail": "no free core"}}}}),
         json!({"TaskDone": {"task_id": 9, "result": {"Err": {"kind": "cancelled"}}}}),
         json!({"TaskCancel": {"build_id": "b_0123456789ab"}}),
@@ -151,6 +162,7 @@ pub fn dictionary() -> Vec<Vec<u8>> {
         "TaskRequest",
         "BlobChunk",
         "TaskDone",
+        "outputs",
         "Ok",
         "Err",
         "kind",

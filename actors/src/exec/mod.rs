@@ -4,7 +4,8 @@
 //! volume, records `ResourceAllocated`/`ResourceReleased` in the ledger (queued in chain order,
 //! their syncs overlapping the run rather than delaying it), runs the process group off the async
 //! threads ([`sandbox`]; contained packages are forked by the node's [`forkserver`] and contained
-//! by [`contain`]), kills it on cancel and always releases the leases.
+//! by [`contain`]), kills it on cancel and always releases the leases. It answers before the
+//! package's sandbox is emptied for the next one ([`sandbox::Used`]).
 
 pub mod contain;
 pub mod forkserver;

@@ -244,8 +244,11 @@ impl Builds {
     pub async fn status_when_done(&self, id: &str, wait: std::time::Duration) -> Result<BuildStatus, BuildError> {
         if let Some(addr) = self.live(id).filter(|_| !wait.is_zero()) {
             if let Ok(ended) = addr.send(runner::WhenDone).await {
-                // Closed (not sent to) when the build stops: either way it has ended.
-                let _ = tokio::time::timeout(wait, ended).await;
+                // The final status when it ends; closed without one when the build stops some
+                // other way: then, as after the wait, it is read as any status is.
+                if let Ok(Ok(status)) = tokio::time::timeout(wait, ended).await {
+                    return Ok(status);
+                }
             }
         }
         self.status(id).await

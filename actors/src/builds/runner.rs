@@ -194,9 +194,9 @@ pub struct BuildActor {
     frontier: Frontier,
     cancel: Arc<AtomicBool>,
     registry: Registry,
-    /// Callers waiting for the build's end ([`WhenDone`]): dropped once it has stopped, i.e. once
-    /// its history and ledger entry are written, which is what wakes them.
-    waiting: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Callers waiting for the build's end ([`WhenDone`]): sent its final status once its
+    /// history and ledger entry are written, or dropped if it stops otherwise.
+    waiting: Vec<tokio::sync::oneshot::Sender<BuildStatus>>,
 }
 
 /// Live builds by id, shared with the web layer.
@@ -430,9 +430,9 @@ impl BuildActor {
         let (status, c) = (self.status.clone(), self.ctx.clone());
         ctx.wait(
             async move {
-                if let Err(e) = save(&c.store, &status, Rows::WithPackages).await {
-                    log::error!("saving build {}: {e}", status.id);
-                }
+                // The history rows and the ledger entry go to different threads: written side
+                // by side, the build's end waits for the slower of the two, not their sum.
+                let saved = save(&c.store, &status, Rows::WithPackages);
                 let executed = status.packages.iter().filter(|p| p.state == PackageState::Succeeded).count();
                 let cached = status.packages.iter().filter(|p| p.cache_hit).count();
                 let (kind, data) = if status.status == BuildState::Succeeded {
@@ -446,21 +446,32 @@ impl BuildActor {
                 // record of a no-op, and the next entry anyone waits for commits them first. A
                 // build that ran something reports its end only once its entry — and with it
                 // every entry its packages caused — is on disk.
-                if executed == 0 && status.status == BuildState::Succeeded {
-                    let queued = c.ledger.submit(kind, data, Commit::Soon);
-                    actix::spawn(async move {
-                        if let Err(e) = queued.await {
-                            log::warn!("recording the end of a build that ran nothing: {e}");
-                        }
-                    });
-                } else {
-                    let _ = c.ledger.append(kind, data).await;
+                let recorded = async {
+                    if executed == 0 && status.status == BuildState::Succeeded {
+                        let queued = c.ledger.submit(kind, data, Commit::Soon);
+                        actix::spawn(async move {
+                            if let Err(e) = queued.await {
+                                log::warn!("recording the end of a build that ran nothing: {e}");
+                            }
+                        });
+                    } else {
+                        let _ = c.ledger.append(kind, data).await;
+                    }
+                };
+                if let (Err(e), ()) = futures_util::join!(saved, recorded) {
+                    log::error!("saving build {}: {e}", status.id);
                 }
                 c.events.publish(Event::BuildProgress { build_id: status.id.clone(), package: String::new(), status: status.status.to_string(), progress: 1.0, output: status.error.clone() });
             }
             .into_actor(self)
-            // Stop only once the history and the ledger have the result.
-            .map(|_, _, ctx| ctx.stop()),
+            // Only once the history and the ledger have the result: the callers waiting for it
+            // get it, and the actor stops.
+            .map(|_, act, ctx| {
+                for waiting in act.waiting.drain(..) {
+                    let _ = waiting.send(act.status.clone());
+                }
+                ctx.stop()
+            }),
         );
     }
 }
@@ -524,16 +535,18 @@ impl Actor for BuildActor {
         if let Ok(mut r) = self.registry.lock() {
             r.remove(&self.status.id);
         }
-        // Out of the registry first: a woken caller reads the build back from history.
+        // Out of the registry first: a caller whose wait closes without the status (the build
+        // stopped without finishing) reads the build back from history.
         self.waiting.clear();
     }
 }
 
-/// Answers when the build has ended (its history and ledger entry written): the receiver closes
-/// then. A client following the build waits on this rather than on every event of the node,
-/// which would wake it several times per package.
+/// Answers with the build's final status when it has ended (its history and ledger entry
+/// written); the receiver closes without one if the build stops otherwise. A client following
+/// the build waits on this rather than on every event of the node, which would wake it several
+/// times per package — and gets the status from here, not read back from the history tables.
 #[derive(Message)]
-#[rtype(result = "tokio::sync::oneshot::Receiver<()>")]
+#[rtype(result = "tokio::sync::oneshot::Receiver<BuildStatus>")]
 pub struct WhenDone;
 
 impl Handler<WhenDone> for BuildActor {

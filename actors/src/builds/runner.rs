@@ -520,7 +520,10 @@ impl Actor for BuildActor {
                 log::warn!("recording the start of a build: {e}");
             }
         });
-        ctx.wait(
+        // Not waited for: the packages start while the row is written. Spawned first, it is
+        // queued at the store thread before anything a package or the build's end writes there
+        // (the store takes its jobs in order), so the final rows cannot be overtaken by it.
+        ctx.spawn(
             async move {
                 if let Err(e) = save(&c.store, &status, Rows::Start { request }).await {
                     log::error!("saving build {}: {e}", status.id);

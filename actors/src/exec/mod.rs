@@ -185,7 +185,7 @@ async fn execute(
     let (cas, task, launch, output) =
         (opts.cas.clone(), req.task.clone(), opts.launch_for(&req.task), req.output.clone());
     let ran = actix_rt::task::spawn_blocking(move || {
-        let (result, used) = sandbox::run_keeping_sandbox(&cas, &root, &task, &launch, &cancel, output);
+        let (result, used) = sandbox::run(&cas, &root, &task, &launch, &cancel, output);
         // The result goes back at once; the sandbox is emptied for the next package meanwhile.
         actix_rt::task::spawn_blocking(move || used.release());
         result

@@ -329,25 +329,12 @@ impl OutputStreams {
 }
 
 /// Runs a task under `sandboxes`; `cancel` kills it; its output also goes to `output` as it is
-/// printed. The sandbox is removed afterwards, or emptied into the pool.
-pub fn run(
-    cas: &Cas,
-    sandboxes: &Path,
-    task: &Task,
-    launch: &Launch,
-    cancel: &Arc<AtomicBool>,
-    output: Option<super::OutputSink>,
-) -> Result<TaskResult, Cancelled> {
-    let (result, used) = run_keeping_sandbox(cas, sandboxes, task, launch, cancel, output);
-    used.release();
-    result
-}
-
-/// [`run`], with the sandbox left to the caller to release: the executor answers first and
+/// printed. The sandbox comes back with the result as [`Used`], for the caller to release
+/// (empty into the pool, or remove) — or released when dropped: the executor answers first and
 /// empties the sandbox after, so the ~1–2 ms of emptying it (more for a package with many
 /// inputs) is not on the build's critical path — at a build's tail it was the wait between the
 /// last compile and the link.
-pub fn run_keeping_sandbox(
+pub fn run(
     cas: &Cas,
     sandboxes: &Path,
     task: &Task,
@@ -833,6 +820,19 @@ fn kill_group(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`super::run`] with its sandbox released before the result is looked at, as most tests
+    /// want (the used sandbox is dropped at once).
+    fn run(
+        cas: &Cas,
+        sandboxes: &Path,
+        task: &Task,
+        launch: &Launch,
+        cancel: &Arc<AtomicBool>,
+        output: Option<crate::exec::OutputSink>,
+    ) -> Result<TaskResult, Cancelled> {
+        super::run(cas, sandboxes, task, launch, cancel, output).0
+    }
     use crate::wire::FileRef;
 
     fn setup() -> (tempfile::TempDir, Cas) {
@@ -886,8 +886,7 @@ mod tests {
         // from the shell the node started.
         let t = task(Invocation::Shell("cut -d' ' -f41 /proc/self/stat".into()), vec![], &[]);
         let sandboxes = dir.path().join("sandboxes");
-        let (r, used) =
-            run_keeping_sandbox(&cas, &sandboxes, &t, &Launch::default(), &Arc::new(AtomicBool::new(false)), None);
+        let (r, used) = super::run(&cas, &sandboxes, &t, &Launch::default(), &Arc::new(AtomicBool::new(false)), None);
         let r = r.expect("ran");
         assert!(r.success(), "{r:?}");
         assert_eq!(r.output_tail.trim(), "3", "SCHED_BATCH");

@@ -466,6 +466,10 @@ impl Handler<CancelRemote> for MeshActor {
 /// each once, while they fit [`wire::INLINE_OUTPUT_BYTES`] and the frame still holds the rest of
 /// the message.
 fn inline_outputs(result: &TaskResult, read: impl Fn(&str) -> Option<Vec<u8>>) -> Vec<wire::InlineBlob> {
+    // The result is measured (encoded once more) only when something could go along.
+    if !result.outputs.iter().any(|f| f.size <= wire::INLINE_OUTPUT_BYTES) {
+        return Vec::new();
+    }
     let Ok(rest) = rmp_serde::to_vec_named(result) else { return Vec::new() };
     let room = super::noise::MAX_PLAINTEXT.saturating_sub(rest.len() + super::bridge::ENVELOPE_ROOM) as u64;
     let mut budget = wire::INLINE_OUTPUT_BYTES.min(room);

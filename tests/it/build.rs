@@ -653,3 +653,37 @@ fn a_cached_rebuild_notices_an_edit_that_keeps_the_size_and_modification_time() 
         String::from_utf8_lossy(&rebuilt.stderr)
     );
 }
+
+/// `POST /api/build` reads which of its three bodies it got without building a JSON tree (issue
+/// 14); whatever shape a hostile or mistaken body has — nested past the parser's limit, an array,
+/// a number, nulls, a project neither a name nor a project — it is refused with a JSON error
+/// naming what is wrong, and the node keeps serving.
+#[test]
+fn a_build_body_of_any_odd_shape_is_refused_with_a_named_error() {
+    let node = TestNode::start();
+    let auth = format!("Bearer {}", node.admin_key);
+    let deep = format!("{{\"project\": {}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    let bodies: Vec<(&str, String)> = vec![
+        ("deeply nested", deep),
+        ("an array", "[]".into()),
+        ("a number", "7".into()),
+        ("nulls", r#"{"project": null, "resources": null}"#.into()),
+        ("a project that is a number", r#"{"project": 5}"#.into()),
+        ("a project object missing its fields", r#"{"project": {}}"#.into()),
+        ("not JSON", "{\"project\": ".into()),
+    ];
+    for (what, body) in bodies {
+        let (status, text) = http(
+            "POST",
+            &format!("{}/api/build", node.url),
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+        );
+        assert!((400..500).contains(&status), "{what}: {status} {text}");
+        let error: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"));
+        let (code, message) = (&error["error"]["code"], &error["error"]["message"]);
+        assert!(code.is_string() && message.as_str().is_some_and(|m| !m.is_empty()), "{what}: {error}");
+    }
+    let (status, _) = node.get("/api/health");
+    assert_eq!(status, 200, "the node keeps serving");
+}

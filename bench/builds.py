@@ -14,7 +14,10 @@ children's (`make cpu/pkg`), and a cached build's CPU (the CLI process and the d
 cpu`), say where it goes when the machine, not the wall clock, is the limit — on a loaded
 machine they hold still where wall times do not. `make nop` is `make` again right after its own
 build, with nothing to do (for the C projects; the `true`s are phony targets that make reruns):
-the floor a cached rebuild is held against.
+the floor a cached rebuild is held against. `cached` is `buildnet build` again with nothing
+changed, which the CLI answers itself ("Up to date", as make and ninja do: see README); `asked` is
+the same with `--ask-node`, which sends the request and has the node find every package in its
+cache (and record the build), for a binary that has that flag.
 
 Usage: python3 bench/builds.py [--runs N] [--bin PATH] [--only LABEL]   (builds target/release/buildnet
 first; --bin times another binary as it is, e.g. a copy from before a change, for a baseline;
@@ -123,7 +126,8 @@ def main():
         for label, project, packages, extra, jobs, has_nop in cases:
             if args.only and args.only not in label:
                 continue
-            cold, cached, make, cpu, cached_cpu, make_cpu, make_nop = [], [], [], [], [], [], []
+            cold, cached, make, cpu, cached_cpu, make_cpu, make_nop, asked = [], [], [], [], [], [], [], []
+            can_ask = "--ask-node" in cli(a, "build", "--help")
             for _ in range(runs):
                 before = daemons_cpu_ms()
                 cold.append(timed(lambda: cli(a, "build", "--project", project, "--force", *extra)))
@@ -131,6 +135,8 @@ def main():
                 before = daemons_cpu_ms() + children_cpu_ms()
                 cached.append(timed(lambda: cli(a, "build", "--project", project, *extra)))
                 cached_cpu.append(daemons_cpu_ms() + children_cpu_ms() - before)
+                if can_ask:
+                    asked.append(timed(lambda: cli(a, "build", "--project", project, "--ask-node", *extra)))
                 before = children_cpu_ms()
                 make.append(timed(lambda: subprocess.run(["make", "-s", "-B", f"-j{jobs}", "-C", project],
                                                          check=True, capture_output=True)))
@@ -139,19 +145,22 @@ def main():
                     make_nop.append(timed(lambda: subprocess.run(["make", "-s", f"-j{jobs}", "-C", project],
                                                                  check=True, capture_output=True)))
             nop = statistics.median(make_nop) if make_nop else None
+            asked_median = statistics.median(asked) if asked else None
             results[label] = (packages, jobs,
-                              *(statistics.median(x) for x in (cold, cached, make, cpu, cached_cpu, make_cpu)), nop)
+                              *(statistics.median(x) for x in (cold, cached, make, cpu, cached_cpu, make_cpu)), nop,
+                              asked_median)
 
         print(f"BuildNet on 3 local nodes ({all_cores} cores in all) vs make -jN at the same concurrency, "
               f"medians of {runs} runs (wall time of the whole CLI command)")
         print(f"{'work':<13} {'buildnet cold':>14} {'cached':>9} {'make':>13} {'cold/make':>10} "
               f"{'cached/cold':>12} {'overhead/pkg':>13} {'cpu/pkg':>9} {'make cpu/pkg':>13} {'cached cpu':>11} "
-              f"{'make nop':>9}")
-        for label, (n, jobs, cold, cached, make, cpu, cached_cpu, make_cpu, nop) in results.items():
-            nop_text = f"{nop*1000:>7.1f}ms" if nop is not None else f"{'—':>9}"
-            print(f"{label:<13} {cold*1000:>12.0f}ms {cached*1000:>7.0f}ms {make*1000:>7.0f}ms -j{jobs:<3} "
+              f"{'make nop':>9} {'asked':>9} {'asked/cold':>11}")
+        ms = lambda t: f"{t*1000:>7.1f}ms" if t is not None else f"{'—':>9}"
+        for label, (n, jobs, cold, cached, make, cpu, cached_cpu, make_cpu, nop, asked) in results.items():
+            asked_share = f"{asked/cold*100:>10.1f}%" if asked is not None else f"{'—':>11}"
+            print(f"{label:<13} {cold*1000:>12.0f}ms {cached*1000:>7.1f}ms {make*1000:>7.0f}ms -j{jobs:<3} "
                   f"{cold/make:>10.2f} {cached/cold*100:>11.1f}% {(cold-make)/n*1000:>11.2f}ms {cpu:>7.2f}ms "
-                  f"{make_cpu:>11.2f}ms {cached_cpu:>9.1f}ms {nop_text}")
+                  f"{make_cpu:>11.2f}ms {cached_cpu:>9.1f}ms {ms(nop)} {ms(asked)} {asked_share}")
 
 
 if __name__ == "__main__":

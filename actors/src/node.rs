@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use actix::prelude::*;
 use rusqlite::params;
@@ -110,6 +111,8 @@ pub struct NodeActor {
     pub(crate) events: EventBus,
     pub(crate) benchmarks: crate::bench::BenchmarkScores,
     pub(crate) sandbox: wire::SandboxLevel,
+    /// The data dir's line of the pool's tool versions; this node's part is set on each scan.
+    pub(crate) pool_tools: Arc<crate::builds::uptodate::PoolTools>,
 }
 
 impl Actor for NodeActor {
@@ -152,6 +155,7 @@ impl NodeActor {
             }
         }
         self.children.retain(|key, _| seen.contains(key));
+        self.pool_tools.set_local(&self.identity.node_id, resources.tool_versions());
         self.resources = resources;
     }
 

@@ -10,6 +10,7 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::builds::uptodate::PoolTools;
 use crate::mesh::{MeshView, PeerView, PeersChanged};
 use crate::node::{NodeError, NodeHandle, NodeStatus};
 use crate::resource::{ResourceInfo, ResourceStatus};
@@ -93,11 +94,13 @@ pub struct PoolActor {
     view: Option<MeshView>,
     /// Shared with whoever asks: the table is replaced whole, never edited.
     peers: Arc<[PeerView]>,
+    /// The data dir's line of the pool's tool versions; the peers' part is set on each change.
+    tools: Arc<PoolTools>,
 }
 
 impl PoolActor {
-    pub fn new(local: NodeHandle) -> Self {
-        PoolActor { local, view: None, peers: Arc::from([]) }
+    pub fn new(local: NodeHandle, tools: Arc<PoolTools>) -> Self {
+        PoolActor { local, view: None, peers: Arc::from([]), tools }
     }
 }
 
@@ -118,6 +121,7 @@ impl Handler<PeersChanged> for PoolActor {
 
     fn handle(&mut self, msg: PeersChanged, _: &mut Context<Self>) {
         self.view = Some(msg.view);
+        self.tools.set_peers(&msg.peers);
         self.peers = msg.peers;
     }
 }

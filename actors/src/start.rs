@@ -296,6 +296,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
     persist(&store, &identity, &name, &opts.address, &resources).await?;
 
     let launch = containment(opts.launcher.as_deref(), &opts.config.sandbox);
+    let pool_tools = crate::builds::uptodate::PoolTools::new(&opts.data_dir);
     let node_actor = NodeActor {
         identity: identity.clone(),
         name: name.clone(),
@@ -310,6 +311,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         events: events.clone(),
         benchmarks,
         sandbox: launch.level,
+        pool_tools: pool_tools.clone(),
     }
     .start();
     let node = NodeHandle { addr: node_actor };
@@ -347,7 +349,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         })
         .await?,
     );
-    let pool = PoolHandle::start(PoolActor::new(node.clone()));
+    let pool = PoolHandle::start(PoolActor::new(node.clone(), pool_tools));
     mesh.set_pool(pool.peers_sink());
     let workers = Workers::new(identity.node_id.clone(), executor, mesh.clone());
     let builds = Builds::new(

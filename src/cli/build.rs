@@ -13,9 +13,10 @@ use buildnet_actors::builds::estimate::BuildEstimation;
 use buildnet_actors::builds::history::BuildSummary;
 use buildnet_actors::builds::inputs;
 use buildnet_actors::builds::runner::{BuildRequest, BuildState, BuildStatus, PackageState, PackageStatus};
+use buildnet_actors::builds::uptodate::{self, Record};
 use buildnet_actors::cas::{self, FileRef};
 
-use super::output::{time, Table};
+use super::output::{time, Format, Table};
 use super::{writeback, CliError, Ctx};
 
 #[derive(Args)]
@@ -38,6 +39,10 @@ pub struct BuildArgs {
     /// Only estimate how long it would take; run nothing
     #[arg(long)]
     pub estimate: bool,
+    /// Ask the node even when nothing changed since the last build of this project here (it
+    /// then finds every package in its cache, and the build is recorded in its history)
+    #[arg(long)]
+    pub ask_node: bool,
 }
 
 #[derive(Args)]
@@ -71,16 +76,49 @@ struct BuildList {
     builds: Vec<BuildSummary>,
 }
 
-pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
+/// A build read from its project and ready to ask the node for, or found up to date.
+pub enum Prepared {
+    UpToDate,
+    Ask(Box<Asking>),
+}
+
+/// What the asking half of a build takes from [`prepare`].
+pub struct Asking {
+    args: BuildArgs,
+    root: PathBuf,
+    request: BuildRequest,
+    /// Where the record of this build goes, with what it is made of (see [`keep_record`]).
+    record: Option<Recording>,
+}
+
+struct Recording {
+    path: PathBuf,
+    tools: String,
+    digest: String,
+    stamps: BTreeMap<String, inputs::Stamp>,
+}
+
+/// Reads the project and its inputs and, for a build through the data dir's own node
+/// (`local_dir`) with nothing changed since the last build of it there, answers "up to date"
+/// without asking (`builds::uptodate`). This runs before the CLI connects, so that answer costs
+/// no connection, client or runtime.
+pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Result<Prepared, CliError> {
     let root = args
         .project
         .canonicalize()
         .map_err(|e| CliError::Usage(format!("--project {}: {e}", args.project.display())))?;
+    // Builds through this data dir's node without a saved configuration or template keep a
+    // record that lets the next one see it is up to date.
+    let record_at = local_dir
+        .filter(|_| args.config.is_none() && args.template.is_none() && !args.estimate)
+        .map(|dir| (dir.to_path_buf(), Record::path(dir, &root)));
+    let previous = record_at.as_ref().and_then(|(_, path)| Record::read(path));
     // The node collects a registered project's inputs with this same function.
-    let inputs::Snapshot { project, files, .. } =
-        inputs::snapshot(&root, None, None).map_err(|e| CliError::Other(e.to_string()))?;
-
-    let request = BuildRequest {
+    let snapshot = inputs::snapshot_known(&root, None, previous.as_ref().map(|r| (&r.inputs, &r.stamps)))
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    let stamps = snapshot.stamps().clone();
+    let inputs::Snapshot { project, files, .. } = snapshot;
+    let mut request = BuildRequest {
         project,
         files,
         force: args.force,
@@ -89,6 +127,42 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
         template: args.template.clone(),
         inline_config: None,
     };
+    let Some((dir, path)) = record_at else {
+        return Ok(Prepared::Ask(Box::new(Asking { args, root, request, record: None })));
+    };
+    let Some(tools) = uptodate::read_tools(&dir) else {
+        return Ok(Prepared::Ask(Box::new(Asking { args, root, request, record: None })));
+    };
+    let forced = std::mem::replace(&mut request.force, false);
+    let digest = uptodate::request_digest(&request);
+    request.force = forced;
+    let asked = args.force || args.ask_node || format != Format::Table;
+    if let Some(previous) = previous.filter(|p| !asked && p.request == digest && p.tools == tools) {
+        if let Some(hashed) = previous.outputs_in_place() {
+            // Stamps that settled since the record was written spare the next check its reads.
+            let resettled = previous.resettled(uptodate::now_ns());
+            if resettled.is_some() || stamps.len() > previous.stamps.len() {
+                let mut record = resettled.unwrap_or_else(|| previous.clone());
+                record.inputs = vouched(&request.files, &stamps);
+                record.stamps = stamps;
+                let _ = record.write(&path);
+            }
+            let by_content = if hashed > 0 { format!(", {hashed} checked by content") } else { String::new() };
+            println!(
+                "Up to date: nothing changed since build {} ({} packages, {} output file(s) in place{by_content}).",
+                previous.build_id,
+                previous.packages,
+                previous.outputs.len(),
+            );
+            return Ok(Prepared::UpToDate);
+        }
+    }
+    let record = Some(Recording { path, tools, digest, stamps });
+    Ok(Prepared::Ask(Box::new(Asking { args, root, request, record })))
+}
+
+pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
+    let Asking { args, root, request, record } = asking;
     if args.estimate {
         return estimate(ctx, request).await;
     }
@@ -142,12 +216,21 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
         let dest = writeback::place(&root, &request.project, &f.path)?;
         places.push((f, dest));
     }
-    for (f, dest) in places {
-        if writeback::holds(&dest, &f.digest) {
+    for (f, dest) in &places {
+        if writeback::holds(dest, &f.digest) {
             continue;
         }
-        fetch_output(ctx, &f, &dest).await?;
+        fetch_output(ctx, f, dest).await?;
         written += 1;
+    }
+    if let Some(Recording { path, tools, digest, stamps }) = record {
+        keep_record(&path, status.status == BuildState::Succeeded, || {
+            let mut record = Record::new(digest, tools, id.clone(), status.packages.len());
+            record.inputs = vouched(&request.files, &stamps);
+            record.stamps = stamps;
+            let now = uptodate::now_ns();
+            places.iter().all(|(f, dest)| record.add_output(dest, f, now)).then_some(record)
+        });
     }
     if ctx.printed_as_document(&status) {
         return if status.status == BuildState::Succeeded {
@@ -173,6 +256,26 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> Result<(), CliError> {
             Err(CliError::Other(format!("build {id} {other}: {}", status.error.unwrap_or_default())))
         }
     }
+}
+
+/// Writes the record of a build that succeeded with every output in place, and removes the one
+/// before otherwise. A record that cannot be written only means the next build asks the node.
+fn keep_record(path: &Path, succeeded: bool, record: impl FnOnce() -> Option<Record>) {
+    match succeeded.then(record).flatten() {
+        Some(record) => {
+            if let Err(e) = record.write(path) {
+                log::debug!("{}: {e}", path.display());
+            }
+        }
+        None => {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The inputs a stamp vouches for.
+fn vouched(files: &BTreeMap<String, FileRef>, stamps: &BTreeMap<String, inputs::Stamp>) -> BTreeMap<String, FileRef> {
+    files.iter().filter(|(p, _)| stamps.contains_key(*p)).map(|(p, f)| (p.clone(), f.clone())).collect()
 }
 
 /// The distinct blobs a project's inputs are.

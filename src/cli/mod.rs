@@ -170,10 +170,16 @@ pub struct Ctx {
     pub format: Format,
 }
 
-impl Ctx {
-    /// Finds the node and key: flags and environment first, then the data dir. When `--token`
-    /// carries a join token (`node join`), the API key comes from `BUILDNET_TOKEN` or the data dir.
-    pub fn connect(global: &GlobalArgs, token_is_join_token: bool) -> Result<Ctx, CliError> {
+/// The node a command talks to: its address, and whether it is the data dir's own node.
+struct Addressed {
+    dir: PathBuf,
+    address: String,
+    /// The address in the data dir's `address` file, if any.
+    local_address: Option<String>,
+}
+
+impl Addressed {
+    fn find(global: &GlobalArgs) -> Result<Addressed, CliError> {
         let dir = data_dir(global)?;
         let local_address = std::fs::read_to_string(dir.join(ADDRESS_FILE))
             .ok()
@@ -187,15 +193,29 @@ impl Ctx {
         if !(address.starts_with("http://") || address.starts_with("https://")) {
             return Err(CliError::Usage(format!("--address must be a URL like http://host:port, got '{address}'")));
         }
+        Ok(Addressed { dir, address, local_address })
+    }
+
+    /// Whether the node addressed is the one whose data dir this is.
+    fn is_local(&self) -> bool {
+        self.local_address.as_deref() == Some(self.address.trim_end_matches('/'))
+    }
+}
+
+impl Ctx {
+    /// Finds the node and key: flags and environment first, then the data dir. When `--token`
+    /// carries a join token (`node join`), the API key comes from `BUILDNET_TOKEN` or the data dir.
+    pub fn connect(global: &GlobalArgs, token_is_join_token: bool) -> Result<Ctx, CliError> {
+        let addressed = Addressed::find(global)?;
+        let local = addressed.is_local();
+        let Addressed { dir, address, .. } = addressed;
         // The certificate to pin: the one named on the command line, else — for the node of this
         // data dir — the one it serves; else none, and the webpki roots decide.
         let pin = match &global.tls_fingerprint {
             Some(text) => {
                 Some(tls::Fingerprint::parse(text).map_err(|e| CliError::Usage(format!("--tls-fingerprint: {e}")))?)
             }
-            None if local_address.as_deref() == Some(address.trim_end_matches('/')) => {
-                tls::read_fingerprint(&dir).map_err(CliError::Other)?
-            }
+            None if local => tls::read_fingerprint(&dir).map_err(CliError::Other)?,
             None => None,
         };
         let api_token = if token_is_join_token { std::env::var("BUILDNET_TOKEN").ok() } else { global.token.clone() };
@@ -243,6 +263,18 @@ pub fn run(cli: Cli, token_on_command_line: bool) -> Result<(), CliError> {
             up::run(&cli.global, args, join_token)
         }
         Command::Init(args) => init::run(args),
+        Command::Build(args) => {
+            // A build with nothing changed is answered before any connection (`build::prepare`).
+            let addressed = Addressed::find(&cli.global)?;
+            let local_dir = addressed.is_local().then_some(addressed.dir.as_path());
+            match build::prepare(args, local_dir, cli.global.format)? {
+                build::Prepared::UpToDate => Ok(()),
+                build::Prepared::Ask(asking) => {
+                    let ctx = Ctx::connect(&cli.global, false)?;
+                    actix_rt::System::new().block_on(async move { build::run(&ctx, *asking).await })
+                }
+            }
+        }
         other => {
             let joining = matches!(&other, Command::Node { action: node::NodeCommand::Join { .. } });
             let ctx = Ctx::connect(&cli.global, joining && token_on_command_line)?;
@@ -251,7 +283,6 @@ pub fn run(cli: Cli, token_on_command_line: bool) -> Result<(), CliError> {
                 match other {
                     Command::Node { action } => node::run(&ctx, action, join_token).await,
                     Command::Token { action } => token::run(&ctx, action).await,
-                    Command::Build(args) => build::run(&ctx, args).await,
                     Command::Project { action } => project::run(&ctx, action).await,
                     Command::Config { action } => config::run(&ctx, action).await,
                     Command::Test { what } => test::run(&ctx, what).await,
@@ -260,7 +291,7 @@ pub fn run(cli: Cli, token_on_command_line: bool) -> Result<(), CliError> {
                     Command::Pool { action } => pool::run(&ctx, action).await,
                     Command::Ledger(args) => ledger::run(&ctx, args).await,
                     Command::Key { action } => key::run(&ctx, action).await,
-                    Command::Up(_) | Command::Init(_) | Command::SandboxExec(_) => Ok(()),
+                    Command::Up(_) | Command::Init(_) | Command::Build(_) | Command::SandboxExec(_) => Ok(()),
                 }
             })
         }

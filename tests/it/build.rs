@@ -49,7 +49,10 @@ fn the_c_example_builds_runs_its_check_and_caches() {
     assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "hello from BuildNet: 2 + 3 = 5");
 
     let again = build(&node, &root, &[]);
-    assert!(String::from_utf8_lossy(&again.stdout).contains("0 ran, 4 from cache"), "a no-change rebuild runs nothing");
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(text.starts_with("Up to date: nothing changed since build"), "a no-change rebuild runs nothing: {text}");
+    let asked = build(&node, &root, &["--ask-node"]);
+    assert!(String::from_utf8_lossy(&asked.stdout).contains("0 ran, 4 from cache"), "asked, the node runs nothing");
 
     std::fs::write(
         root.join("src/greeting.c"),
@@ -587,16 +590,17 @@ fn a_start_request_that_may_wait_answers_with_the_builds_end() {
     assert_eq!(status, 200, "{body}");
 }
 
-/// A build that ran nothing (every package from the cache) is recorded like any other — a
-/// history row, `BuildStarted` and a `BuildCompleted` saying nothing was executed — but its end
-/// does not wait for the ledger's sync: the entries are committed with the next group.
+/// A build the node ran nothing for (every package from the cache: asked with `--ask-node`, or
+/// from another project dir or machine) is recorded like any other — a history row,
+/// `BuildStarted` and a `BuildCompleted` saying nothing was executed — but its end does not wait
+/// for the ledger's sync: the entries are committed with the next group.
 #[test]
 fn a_build_that_ran_nothing_is_still_recorded() {
     let _shared = common::shared();
     let node = TestNode::start();
     let (_dir, root) = example("c-hello");
     assert!(build(&node, &root, &[]).status.success());
-    let cached = build(&node, &root, &[]);
+    let cached = build(&node, &root, &["--ask-node"]);
     let text = String::from_utf8_lossy(&cached.stdout);
     assert!(text.contains("0 ran, 4 from cache"), "{text}");
     let history = node.cli_json(&["history"]);
@@ -613,19 +617,24 @@ fn a_build_that_ran_nothing_is_still_recorded() {
     assert_eq!((end["data"]["executed"].as_u64(), end["data"]["cached"].as_u64()), (Some(0), Some(4)), "{end}");
 }
 
-/// A cached rebuild trusts content, not timestamps: an edit that keeps the file's size and puts
-/// its modification time back (`touch -r`, an editor or a checkout restoring times, a tool that
-/// rewrites in place) still reruns what depends on it, since the CLI hashes every input at
-/// every build (hashing was ~3 % of a cached build's CLI CPU, measured, so no timestamp cache
-/// stands in front of it).
+/// A cached rebuild trusts content, not modification times: an edit that keeps the file's size
+/// and puts its modification time back (`touch -r`, an editor or a checkout restoring times, a
+/// tool that rewrites in place) still reruns what depends on it. The CLI's record of the last
+/// build (`builds::uptodate`) reuses a digest only while the file's size, inode and both times
+/// are the ones hashed — the change time cannot be put back — and only for a file that had
+/// settled when it was hashed.
 #[test]
 fn a_cached_rebuild_notices_an_edit_that_keeps_the_size_and_modification_time() {
     let _shared = common::shared();
     let node = TestNode::start();
     let (_dir, root) = example("c-hello");
     assert!(build(&node, &root, &[]).status.success());
-    let cached = build(&node, &root, &[]);
+    // Past the settling time, so the record's stamps vouch for the inputs' digests.
+    std::thread::sleep(Duration::from_millis(2100));
+    let cached = build(&node, &root, &["--ask-node"]);
     assert!(String::from_utf8_lossy(&cached.stdout).contains("0 ran, 4 from cache"));
+    let cached = build(&node, &root, &[]);
+    assert!(String::from_utf8_lossy(&cached.stdout).starts_with("Up to date"));
 
     let source = root.join("src/greeting.c");
     let before = std::fs::metadata(&source).expect("source");
@@ -686,4 +695,102 @@ fn a_build_body_of_any_odd_shape_is_refused_with_a_named_error() {
     }
     let (status, _) = node.get("/api/health");
     assert_eq!(status, 200, "the node keeps serving");
+}
+
+/// A fake `git` on the node's PATH that reports the version written in `version` beside it.
+fn fake_git(dir: &Path, version: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(dir.join("version"), format!("git version {version}\n")).expect("version");
+    let script = dir.join("git");
+    std::fs::write(&script, format!("#!/bin/sh\ncat '{}'\n", dir.join("version").display())).expect("git");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// `buildnet build` with nothing changed since the last build of the project through this data
+/// dir's node is answered by the CLI without a request ("Up to date", as make and ninja answer):
+/// the request it would send is the one recorded, the pool's tool versions are the ones read
+/// before that build, and every output is the file written. Whatever breaks one of those — an
+/// output edited, removed or replaced by a link, an input added, a tool's version changed, a
+/// record that is not one — sends the request, and the node's answer puts things right. A
+/// touched input with the same content is still up to date (content, not times, decides), and
+/// `--ask-node` and `--format json` always ask (and the build is recorded in history).
+#[test]
+fn a_build_with_nothing_changed_is_answered_up_to_date_without_asking_the_node() {
+    let _shared = common::shared();
+    let tools = tempfile::tempdir().expect("tempdir");
+    fake_git(tools.path(), "2.40.0");
+    let node = TestNode::start_with(common::Start { path_prefix: Some(tools.path()), ..Default::default() });
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("copy");
+    std::fs::create_dir_all(root.join("in")).expect("mkdir");
+    std::fs::write(root.join("in/a.txt"), "alpha\n").expect("input");
+    std::fs::write(
+        root.join("buildnet.toml"),
+        "[packages.copy]\nshell = \"mkdir -p out && cat in/*.txt > out/all.txt\"\ninputs = [\"in/*.txt\"]\n\
+         outputs = [\"out/all.txt\"]\ntools = [\"git\"]\n",
+    )
+    .expect("manifest");
+    let out = root.join("out/all.txt");
+    let history = || node.cli_json(&["history"])["builds"].as_array().map(Vec::len).unwrap_or(0);
+    let run = |extra: &[&str]| {
+        let o = build(&node, &root, extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+
+    assert!(run(&[]).contains("1 ran, 0 from cache"));
+    let id = node.cli_json(&["history"])["builds"][0]["id"].as_str().expect("id").to_string();
+    let text = run(&[]);
+    assert!(text.starts_with(&format!("Up to date: nothing changed since build {id} (1 packages, 1 output")), "{text}");
+    assert_eq!(history(), 1, "no request: the node recorded nothing");
+
+    // The same content under a new time: still up to date.
+    let input = std::fs::File::options().write(true).open(root.join("in/a.txt")).expect("open");
+    input.set_modified(std::time::SystemTime::now() + Duration::from_secs(5)).expect("touch");
+    assert!(run(&[]).starts_with("Up to date"), "a touched input with the same content");
+
+    // Scripts and --ask-node ask the node, which finds everything cached and records the build.
+    let json: Value = serde_json::from_slice(&build(&node, &root, &["--format", "json"]).stdout).expect("json");
+    assert_eq!(json["packages"][0]["cache_hit"], true, "{json}");
+    assert!(run(&["--ask-node"]).contains("0 ran, 1 from cache"));
+    assert_eq!(history(), 3);
+
+    // An output edited, replaced by a link to the same content, or removed: the node's answer
+    // writes it back.
+    std::fs::write(&out, "edited\n").expect("edit the output");
+    assert!(run(&[]).contains("0 ran, 1 from cache; 1 output file(s) written"), "an edited output");
+    assert_eq!(std::fs::read_to_string(&out).expect("output"), "alpha\n");
+    std::fs::write(work.path().join("elsewhere"), "alpha\n").expect("write");
+    std::fs::remove_file(&out).expect("remove");
+    std::os::unix::fs::symlink(work.path().join("elsewhere"), &out).expect("link");
+    assert!(run(&[]).contains("1 output file(s) written"), "a link in the output's place");
+    assert!(std::fs::symlink_metadata(&out).expect("output").is_file(), "the link was replaced by the file");
+    std::fs::remove_file(&out).expect("remove");
+    assert!(run(&[]).contains("1 output file(s) written"), "a removed output");
+    assert!(run(&[]).starts_with("Up to date"));
+
+    // A new input the glob matches: the package runs.
+    std::fs::write(root.join("in/b.txt"), "beta\n").expect("input");
+    assert!(run(&[]).contains("1 ran, 0 from cache"), "an added input");
+    assert_eq!(std::fs::read_to_string(&out).expect("output"), "alpha\nbeta\n");
+    assert!(run(&[]).starts_with("Up to date"));
+
+    // A record that is not one is passed over: the node is asked.
+    let records: Vec<PathBuf> = std::fs::read_dir(node.dir.join("up-to-date"))
+        .expect("records")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    std::fs::write(&records[0], "{\"v\": 1, \"request\": [[[[").expect("garbage");
+    assert!(run(&[]).contains("0 ran, 1 from cache"), "a broken record");
+    assert!(run(&[]).starts_with("Up to date"), "and a good one written again");
+
+    // A tool's new version may change a result: after the node sees it, the package runs again.
+    let line = |node: &TestNode| std::fs::read_to_string(node.dir.join("pool-tools")).expect("pool-tools");
+    let before = line(&node);
+    fake_git(tools.path(), "2.41.0");
+    let rescan = node.cli(&["node", "scan"]);
+    assert!(rescan.status.success(), "{}", String::from_utf8_lossy(&rescan.stderr));
+    assert_ne!(line(&node), before, "the pool's tools line follows the rescan");
+    assert!(run(&[]).contains("1 ran, 0 from cache"), "a new git version: the package runs again");
 }

@@ -77,7 +77,7 @@ fn a_300_file_pattern_builds_across_three_nodes_and_rebuilds_per_file() {
     let t = Instant::now();
     let text = built(&a, &root);
     eprintln!("no-change rebuild of 300 expansions: {:.1} s", t.elapsed().as_secs_f64());
-    assert!(text.contains("0 ran, 300 from cache"), "a no-change rebuild runs nothing: {text}");
+    assert!(text.starts_with("Up to date"), "a no-change rebuild runs nothing: {text}");
 
     write(&root, "in/d5/f005.txt", "changed\n");
     let text = built(&a, &root);

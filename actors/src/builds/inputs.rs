@@ -86,8 +86,8 @@ pub fn expand(root: &Path, pattern: &str) -> Result<Vec<String>, String> {
 
 /// What a file looked like when it was hashed: unchanged stamps mean an unchanged digest — once
 /// the file had settled (see [`SETTLED_NS`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
     size: u64,
     mtime_ns: i128,
     ctime_ns: i128,
@@ -96,7 +96,7 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(m: &std::fs::Metadata) -> Stamp {
+    pub fn of(m: &std::fs::Metadata) -> Stamp {
         let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
         Stamp {
             size: m.size(),
@@ -109,7 +109,7 @@ impl Stamp {
 
     /// Whether the file's last change (either time: a modification time may be set to anything,
     /// the change time only by the kernel) was at least [`SETTLED_NS`] before `ns`.
-    fn settled_before(&self, ns: i128) -> bool {
+    pub fn settled_before(&self, ns: i128) -> bool {
         self.mtime_ns.max(self.ctime_ns) + SETTLED_NS <= ns
     }
 }
@@ -127,6 +127,13 @@ pub struct Snapshot {
     pub project: Project,
     pub files: BTreeMap<String, FileRef>,
     stamps: BTreeMap<String, Stamp>,
+}
+
+impl Snapshot {
+    /// The stamps that vouch for their files' digests (taken once the file had settled).
+    pub fn stamps(&self) -> &BTreeMap<String, Stamp> {
+        &self.stamps
+    }
 }
 
 /// Reads and checks `<root>/buildnet.toml` (not through a symbolic link) and expands its inputs.
@@ -148,15 +155,24 @@ pub fn load(root: &Path) -> Result<Project, ProjectError> {
 /// [`SETTLED_NS`]) keep their digest without being read. Errors name the manifest and the
 /// package's `inputs`.
 pub fn snapshot(root: &Path, cas: Option<&Cas>, previous: Option<&Snapshot>) -> Result<Snapshot, ProjectError> {
+    snapshot_known(root, cas, previous.map(|p| (&p.files, &p.stamps)))
+}
+
+/// Digests known from before, and the stamps that vouch for them.
+pub type Known<'a> = (&'a BTreeMap<String, FileRef>, &'a BTreeMap<String, Stamp>);
+
+/// [`snapshot`] with the digests and stamps known from before given as they were kept (the CLI
+/// keeps them between runs: `builds::uptodate`).
+pub fn snapshot_known(root: &Path, cas: Option<&Cas>, known: Option<Known<'_>>) -> Result<Snapshot, ProjectError> {
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    snapshot_at(root, cas, previous, since_epoch.as_nanos() as i128)
+    snapshot_at(root, cas, known, since_epoch.as_nanos() as i128)
 }
 
 /// [`snapshot`] begun at `now_ns` (nanoseconds since the epoch).
 fn snapshot_at(
     root: &Path,
     cas: Option<&Cas>,
-    previous: Option<&Snapshot>,
+    known: Option<Known<'_>>,
     now_ns: i128,
 ) -> Result<Snapshot, ProjectError> {
     let project = load(root)?;
@@ -173,15 +189,18 @@ fn snapshot_at(
                 field: format!("packages.{package}.inputs"),
                 message,
             };
-            let full = join_no_follow(root, path, false).map_err(|e| fail(e.to_string()))?;
-            let known = previous.and_then(|p| Some((p.stamps.get(path)?, p.files.get(path)?)));
-            if let (Some((stamp, f)), Ok(m)) = (known, std::fs::symlink_metadata(&full)) {
+            // A file whose stamp (device, inode, size, times) is the one hashed before is that
+            // same settled inode, however its path is reached; only a file to be read has its
+            // path walked without following a link.
+            let known = known.and_then(|(files, stamps)| Some((stamps.get(path)?, files.get(path)?)));
+            if let (Some((stamp, f)), Ok(m)) = (known, std::fs::symlink_metadata(root.join(path))) {
                 if m.is_file() && Stamp::of(&m) == *stamp && cas.is_none_or(|c| c.has(&f.digest)) {
                     files.insert(path.clone(), f.clone());
                     stamps.insert(path.clone(), *stamp);
                     continue;
                 }
             }
+            let full = join_no_follow(root, path, false).map_err(|e| fail(e.to_string()))?;
             let (f, stamp) = read(&full, path, cas).map_err(fail)?;
             files.insert(path.clone(), f);
             if stamp.settled_before(now_ns) {
@@ -297,14 +316,18 @@ mod tests {
             cas.put_verified(&s.files["a.txt"].digest, b"stale").expect("put");
             s
         };
+        fn known(s: &Snapshot) -> Known<'_> {
+            (&s.files, &s.stamps)
+        }
         // Hashed in the tick it was written: the next snapshot reads it again.
         let racy = snapshot_at(&root, Some(&cas), None, changed_ns).expect("snapshot");
-        let again = snapshot_at(&root, Some(&cas), Some(&stale(&racy)), changed_ns + SETTLED_NS).expect("snapshot");
+        let again =
+            snapshot_at(&root, Some(&cas), Some(known(&stale(&racy))), changed_ns + SETTLED_NS).expect("snapshot");
         assert_eq!(again.files["a.txt"].digest, racy.files["a.txt"].digest, "read again, not taken from the stamp");
         // Hashed long after it was written: the stamp stands for it.
         let settled = snapshot_at(&root, Some(&cas), None, changed_ns + SETTLED_NS).expect("snapshot");
-        let reused =
-            snapshot_at(&root, Some(&cas), Some(&stale(&settled)), changed_ns + 2 * SETTLED_NS).expect("snapshot");
+        let reused = snapshot_at(&root, Some(&cas), Some(known(&stale(&settled))), changed_ns + 2 * SETTLED_NS)
+            .expect("snapshot");
         assert_eq!(
             reused.files["a.txt"].digest,
             blake3::hash(b"stale").to_hex().to_string(),

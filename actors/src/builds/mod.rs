@@ -15,6 +15,7 @@ pub mod placement;
 pub mod project;
 pub mod projects;
 pub mod runner;
+pub mod uptodate;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,0 +1,303 @@
+//! Up to date without asking the node: what lets `buildnet build` answer "nothing changed" by
+//! itself, as make and ninja do, instead of sending a request whose every package the node would
+//! find in its cache.
+//!
+//! Two files in the node's data dir make that safe:
+//! - [`TOOLS_FILE`], kept by the daemon ([`PoolTools`]): one digest of the tool versions of every
+//!   node it knows, its own and each peer's advert, rewritten whenever one changes. An action key
+//!   holds the versions of the tools a package uses, so a changed version may change a result.
+//! - one [`Record`] per project under [`RECORDS_DIR`], kept by the CLI: the digest of the last
+//!   request it completed through that node, the tools line it read before sending it, and the
+//!   stamps of the inputs it hashed and of the outputs it wrote back.
+//!
+//! A build is up to date when its request would be byte for byte the recorded one (the inputs'
+//! stamps let unchanged files keep their digests without being read), the tools line is the
+//! recorded one, and every recorded output is still the file written, by its stamp or, when the
+//! stamp was taken too close to a change to vouch for it, by its digest.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::inputs::Stamp;
+use super::runner::BuildRequest;
+use crate::cas::{self, FileRef};
+use crate::mesh::PeerView;
+use crate::wire::NodeId;
+
+/// The daemon's line of tool versions, in its data dir.
+pub const TOOLS_FILE: &str = "pool-tools";
+/// The CLI's records, one file per project, in the node's data dir.
+pub const RECORDS_DIR: &str = "up-to-date";
+/// A record's format; a record of another version is not read.
+const RECORD_VERSION: u32 = 1;
+
+type Versions = BTreeMap<String, Option<String>>;
+
+/// Writes [`TOOLS_FILE`]: the node sets its own tools at start and after each rescan, the pool the
+/// peers' whenever the peer table changes; the file changes only when the versions do.
+pub struct PoolTools {
+    path: PathBuf,
+    state: Mutex<ToolsState>,
+}
+
+#[derive(Default)]
+struct ToolsState {
+    local: Option<(String, Versions)>,
+    peers: BTreeMap<String, Versions>,
+    /// The adverts `peers` was read from (by address): an unchanged table is not read again.
+    adverts: Vec<(NodeId, usize)>,
+    written: Option<String>,
+}
+
+impl PoolTools {
+    pub fn new(data_dir: &Path) -> Arc<PoolTools> {
+        Arc::new(PoolTools { path: data_dir.join(TOOLS_FILE), state: Mutex::default() })
+    }
+
+    pub fn set_local(&self, node: &NodeId, versions: Versions) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.local = Some((node.to_string(), versions));
+        self.write(&mut state);
+    }
+
+    pub fn set_peers(&self, peers: &[PeerView]) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let adverts: Vec<(NodeId, usize)> = peers
+            .iter()
+            .filter_map(|p| p.advert.as_ref().map(|a| (p.node_id.clone(), Arc::as_ptr(a) as usize)))
+            .collect();
+        if adverts == state.adverts {
+            return;
+        }
+        state.peers = peers
+            .iter()
+            .filter_map(|p| p.advert.as_ref().map(|a| (p.node_id.to_string(), a.resources.tool_versions())))
+            .collect();
+        state.adverts = adverts;
+        self.write(&mut state);
+    }
+
+    /// Writes the line if the node's own tools are known and the digest changed: beside the file,
+    /// then renamed over it, so a reader sees the old line or the new one.
+    fn write(&self, state: &mut ToolsState) {
+        let Some((local, versions)) = &state.local else { return };
+        let mut all: BTreeMap<&str, &Versions> = state.peers.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        all.insert(local, versions);
+        let mut hasher = blake3::Hasher::new();
+        let _ = serde_json::to_writer(&mut hasher, &all);
+        let line = hasher.finalize().to_hex().to_string();
+        if state.written.as_ref() == Some(&line) {
+            return;
+        }
+        let tmp = self.path.with_extension("new");
+        let written = std::fs::write(&tmp, format!("{line}\n")).and_then(|()| std::fs::rename(&tmp, &self.path));
+        match written {
+            Ok(()) => state.written = Some(line),
+            Err(e) => log::warn!("{}: {e}; builds will ask the node even when nothing changed", self.path.display()),
+        }
+    }
+}
+
+/// The tools line in `data_dir`, if the daemon wrote one.
+pub fn read_tools(data_dir: &Path) -> Option<String> {
+    let line = std::fs::read_to_string(data_dir.join(TOOLS_FILE)).ok()?;
+    Some(line.trim().to_string()).filter(|l| !l.is_empty())
+}
+
+/// What the CLI keeps of the last build of one project it completed through one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    v: u32,
+    /// [`request_digest`] of the request with `force` cleared (a forced build's outputs answer
+    /// the same request without it).
+    pub request: String,
+    /// The tools line as read before the request was sent.
+    pub tools: String,
+    pub build_id: String,
+    pub packages: usize,
+    /// The inputs whose stamps vouch for their digests (see `inputs::snapshot_known`).
+    pub inputs: BTreeMap<String, FileRef>,
+    pub stamps: BTreeMap<String, Stamp>,
+    pub outputs: Vec<WrittenOutput>,
+}
+
+/// One output as the CLI left it in the project.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WrittenOutput {
+    /// Where it was written (a project path through a link inside the project is resolved).
+    pub place: PathBuf,
+    pub digest: String,
+    pub executable: bool,
+    pub stamp: Stamp,
+    /// Whether the stamp was taken long enough after the file's last change to vouch for it.
+    pub settled: bool,
+}
+
+impl Record {
+    pub fn new(request: String, tools: String, build_id: String, packages: usize) -> Record {
+        Record {
+            v: RECORD_VERSION,
+            request,
+            tools,
+            build_id,
+            packages,
+            inputs: BTreeMap::new(),
+            stamps: BTreeMap::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    /// The record file of the project at `root` (canonical) in `data_dir`.
+    pub fn path(data_dir: &Path, root: &Path) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        let name = blake3::hash(root.as_os_str().as_bytes()).to_hex();
+        data_dir.join(RECORDS_DIR).join(format!("{}.json", &name[..32]))
+    }
+
+    /// The record at `path`, if there is one this version can read.
+    pub fn read(path: &Path) -> Option<Record> {
+        let text = std::fs::read(path).ok()?;
+        serde_json::from_slice::<Record>(&text).ok().filter(|r| r.v == RECORD_VERSION)
+    }
+
+    /// Writes the record beside its place and renames it over, the directory made if missing.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension(format!("{:016x}", rand::random::<u64>()));
+        let text = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    }
+
+    /// Adds an output just written or found in place at `place`; false if it is not a regular
+    /// file there any more.
+    pub fn add_output(&mut self, place: &Path, file: &FileRef, now_ns: i128) -> bool {
+        let Ok(meta) = std::fs::symlink_metadata(place) else { return false };
+        if !meta.is_file() {
+            return false;
+        }
+        let stamp = Stamp::of(&meta);
+        self.outputs.push(WrittenOutput {
+            place: place.to_path_buf(),
+            digest: file.digest.clone(),
+            executable: file.executable,
+            settled: stamp.settled_before(now_ns),
+            stamp,
+        });
+        true
+    }
+
+    /// Whether every output is still in place: the same file by a settled stamp, else a regular
+    /// file (not a link) with the recorded digest and executable bit. Returns how many had to be
+    /// hashed, or None when one is missing or differs.
+    pub fn outputs_in_place(&self) -> Option<usize> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut hashed = 0;
+        for out in &self.outputs {
+            let meta = std::fs::symlink_metadata(&out.place).ok()?;
+            if !meta.is_file() {
+                return None;
+            }
+            if out.settled && Stamp::of(&meta) == out.stamp {
+                continue;
+            }
+            let executable = meta.permissions().mode() & 0o111 != 0;
+            let (digest, _) = cas::hash_file(&out.place).ok()?;
+            if digest != out.digest || executable != out.executable {
+                return None;
+            }
+            hashed += 1;
+        }
+        Some(hashed)
+    }
+
+    /// The record with the stamps of outputs that have settled since it was written, if any has
+    /// (so the next check need not hash them); None when nothing would change.
+    pub fn resettled(&self, now_ns: i128) -> Option<Record> {
+        let mut record = self.clone();
+        let mut changed = false;
+        for out in record.outputs.iter_mut().filter(|o| !o.settled) {
+            if let Ok(meta) = std::fs::symlink_metadata(&out.place) {
+                let stamp = Stamp::of(&meta);
+                if meta.is_file() && stamp.settled_before(now_ns) {
+                    out.stamp = stamp;
+                    out.settled = true;
+                    changed = true;
+                }
+            }
+        }
+        changed.then_some(record)
+    }
+}
+
+/// The digest [`Record::request`] holds: BLAKE3 of the request's JSON (the caller clears `force`).
+pub fn request_digest(request: &BuildRequest) -> String {
+    let mut hasher = blake3::Hasher::new();
+    // Writing into a hasher cannot fail, and a request always serializes.
+    let _ = serde_json::to_writer(&mut hasher, request);
+    hasher.finalize().to_hex().to_string()
+}
+
+/// Nanoseconds since the epoch, as file times count them.
+pub fn now_ns() -> i128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as i128
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versions(git: &str) -> Versions {
+        BTreeMap::from([("git".to_string(), Some(git.to_string())), ("make".to_string(), None)])
+    }
+
+    #[test]
+    fn the_tools_line_is_written_once_the_node_knows_its_own_and_again_only_when_a_version_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tools = PoolTools::new(dir.path());
+        tools.set_peers(&[]);
+        assert_eq!(read_tools(dir.path()), None, "not before the node's own tools are known");
+        let me = NodeId::from_public_key(&[7; 32]);
+        tools.set_local(&me, versions("2.40.0"));
+        let first = read_tools(dir.path()).expect("written");
+        std::fs::remove_file(dir.path().join(TOOLS_FILE)).expect("remove");
+        tools.set_local(&me, versions("2.40.0"));
+        assert_eq!(read_tools(dir.path()), None, "the same versions are not written again");
+        tools.set_local(&me, versions("2.41.0"));
+        let second = read_tools(dir.path()).expect("written");
+        assert_ne!(first, second, "a new version, a new line");
+    }
+
+    #[test]
+    fn an_output_is_in_place_while_it_is_the_file_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let place = dir.path().join("out.txt");
+        std::fs::write(&place, "alpha").expect("write");
+        let (digest, size) = cas::hash_file(&place).expect("hash");
+        let file = FileRef { path: "out.txt".into(), digest, executable: false, size };
+        let later = now_ns() + 10_000_000_000;
+
+        let mut settled = Record::new("r".into(), "t".into(), "b".into(), 1);
+        assert!(settled.add_output(&place, &file, later));
+        assert_eq!(settled.outputs_in_place(), Some(0), "a settled stamp vouches: nothing hashed");
+        let mut fresh = Record::new("r".into(), "t".into(), "b".into(), 1);
+        assert!(fresh.add_output(&place, &file, now_ns()));
+        assert_eq!(fresh.outputs_in_place(), Some(1), "a stamp taken at the change is checked by content");
+        assert!(fresh.resettled(now_ns()).is_none(), "nothing has settled yet");
+        assert!(fresh.resettled(later).is_some_and(|r| r.outputs[0].settled));
+
+        std::fs::write(&place, "omega").expect("same size, other bytes");
+        assert_eq!(settled.outputs_in_place(), None, "the stamp changed and so did the content");
+        std::fs::remove_file(&place).expect("remove");
+        std::fs::write(dir.path().join("elsewhere"), "alpha").expect("write");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &place).expect("link");
+        assert_eq!(fresh.outputs_in_place(), None, "a link is never taken for the output");
+        assert!(!fresh.clone().add_output(&place, &file, later), "nor recorded as one");
+    }
+}

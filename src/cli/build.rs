@@ -100,8 +100,8 @@ struct Recording {
 
 /// Reads the project and its inputs and, for a build through the data dir's own node
 /// (`local_dir`) with nothing changed since the last build of it there, answers "up to date"
-/// without asking (`builds::uptodate`). This runs before the CLI connects, so that answer costs
-/// no connection, client or runtime.
+/// without asking (`builds::uptodate`). This runs before the CLI's runtime starts or any
+/// connection is made, so that answer costs neither.
 pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Result<Prepared, CliError> {
     let root = args
         .project
@@ -137,7 +137,9 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
     let digest = uptodate::request_digest(&request);
     request.force = forced;
     let asked = args.force || args.ask_node || format != Format::Table;
-    if let Some(previous) = previous.filter(|p| !asked && p.request == digest && p.tools == tools) {
+    let same_places =
+        |r: &Record| r.outputs.iter().all(|o| writeback::existing_place(&root, &o.path).as_ref() == Some(&o.place));
+    if let Some(previous) = previous.filter(|p| !asked && p.request == digest && p.tools == tools && same_places(p)) {
         if let Some(hashed) = previous.outputs_in_place() {
             // Stamps that settled since the record was written spare the next check its reads.
             let resettled = previous.resettled(uptodate::now_ns());
@@ -149,7 +151,7 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
             }
             let by_content = if hashed > 0 { format!(", {hashed} checked by content") } else { String::new() };
             println!(
-                "Up to date: nothing changed since build {} ({} packages, {} output file(s) in place{by_content}).",
+                "Up to date: nothing changed since build {} ({} package(s), {} output file(s) in place{by_content}).",
                 previous.build_id,
                 previous.packages,
                 previous.outputs.len(),
@@ -165,6 +167,11 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
     let Asking { args, root, request, record } = asking;
     if args.estimate {
         return estimate(ctx, request).await;
+    }
+    // Only a build that ends in success with every output in place leaves a record; whatever
+    // happens from here on, the one before no longer says what the project holds.
+    if let Some(r) = &record {
+        let _ = std::fs::remove_file(&r.path);
     }
     // The build is asked for first: when the node holds every input (a rebuild) that is the only
     // request; when it lacks some (`missing_blobs`) they are sent and the build asked for again.

@@ -168,6 +168,9 @@ pub fn data_dir(global: &GlobalArgs) -> Result<PathBuf, CliError> {
 pub struct Ctx {
     pub client: Client,
     pub format: Format,
+    /// The data dir, when the node addressed is its own (its `address` file): where a build
+    /// keeps what lets the next one see it is up to date (`builds::uptodate`).
+    pub local_dir: Option<PathBuf>,
 }
 
 /// The node a command talks to: its address, and whether it is the data dir's own node.
@@ -224,7 +227,8 @@ impl Ctx {
             None => std::fs::read_to_string(dir.join(ADMIN_KEY_FILE)).ok().map(|s| s.trim().to_string()),
         };
         let token = token.filter(|t| !t.is_empty()).ok_or_else(|| CliError::NoToken(dir.join(ADMIN_KEY_FILE)))?;
-        Ok(Ctx { client: Client::new(address, Some(token), pin), format: global.format })
+        let local_dir = local.then_some(dir);
+        Ok(Ctx { client: Client::new(address, Some(token), pin), format: global.format, local_dir })
     }
 
     /// Prints a document when a machine format was asked for; true if it did.
@@ -264,13 +268,13 @@ pub fn run(cli: Cli, token_on_command_line: bool) -> Result<(), CliError> {
         }
         Command::Init(args) => init::run(args),
         Command::Build(args) => {
-            // A build with nothing changed is answered before any connection (`build::prepare`).
-            let addressed = Addressed::find(&cli.global)?;
-            let local_dir = addressed.is_local().then_some(addressed.dir.as_path());
-            match build::prepare(args, local_dir, cli.global.format)? {
+            // Everything `connect` checks (address, key, pin) is checked first, as for any
+            // command; a build with nothing changed is then answered without a connection or a
+            // runtime (`build::prepare`).
+            let ctx = Ctx::connect(&cli.global, false)?;
+            match build::prepare(args, ctx.local_dir.as_deref(), cli.global.format)? {
                 build::Prepared::UpToDate => Ok(()),
                 build::Prepared::Ask(asking) => {
-                    let ctx = Ctx::connect(&cli.global, false)?;
                     actix_rt::System::new().block_on(async move { build::run(&ctx, *asking).await })
                 }
             }

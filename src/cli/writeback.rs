@@ -29,6 +29,19 @@ pub fn place(root: &Path, project: &Project, path: &str) -> Result<PathBuf, CliE
     if !declared.contains(path) {
         return Err(refused(path, "no package of buildnet.toml declares it"));
     }
+    walk(root, path, true)
+}
+
+/// Where output `path` (already declared and checked) is now, by the same walk as [`place`] but
+/// making nothing: None where a directory on the way is missing or refused.
+pub fn existing_place(root: &Path, path: &str) -> Option<PathBuf> {
+    wire::check_path(path).ok()?;
+    walk(root, path, false).ok()
+}
+
+/// The walk of [`place`]: each directory on the way entered if it is one, followed if it is a link
+/// staying inside the project, made if missing and `create`.
+fn walk(root: &Path, path: &str, create: bool) -> Result<PathBuf, CliError> {
     let mut components: Vec<&str> = path.split('/').collect();
     let last = components.pop().unwrap_or_default();
     let mut at = root.to_path_buf();
@@ -51,7 +64,7 @@ pub fn place(root: &Path, project: &Project, path: &str) -> Result<PathBuf, CliE
                 at = target;
             }
             Ok(_) => return Err(refused(path, format!("'{shown}' is not a directory"))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 std::fs::create_dir(&next).map_err(|e| refused(path, format!("{}: {e}", next.display())))?;
                 at = next;
             }

@@ -741,7 +741,10 @@ fn a_build_with_nothing_changed_is_answered_up_to_date_without_asking_the_node()
     assert!(run(&[]).contains("1 ran, 0 from cache"));
     let id = node.cli_json(&["history"])["builds"][0]["id"].as_str().expect("id").to_string();
     let text = run(&[]);
-    assert!(text.starts_with(&format!("Up to date: nothing changed since build {id} (1 packages, 1 output")), "{text}");
+    assert!(
+        text.starts_with(&format!("Up to date: nothing changed since build {id} (1 package(s), 1 output")),
+        "{text}"
+    );
     assert_eq!(history(), 1, "no request: the node recorded nothing");
 
     // The same content under a new time: still up to date.
@@ -775,6 +778,13 @@ fn a_build_with_nothing_changed_is_answered_up_to_date_without_asking_the_node()
     assert_eq!(std::fs::read_to_string(&out).expect("output"), "alpha\nbeta\n");
     assert!(run(&[]).starts_with("Up to date"));
 
+    // The output's directory moved and a link left in its place: the same file, reached another
+    // way, is not taken for the one written until the node has been asked.
+    std::fs::rename(root.join("out"), root.join("out2")).expect("move");
+    std::os::unix::fs::symlink(root.join("out2"), root.join("out")).expect("link");
+    assert!(run(&[]).contains("0 ran, 1 from cache"), "an output reached through a new link");
+    assert!(run(&[]).starts_with("Up to date"));
+
     // A record that is not one is passed over: the node is asked.
     let records: Vec<PathBuf> = std::fs::read_dir(node.dir.join("up-to-date"))
         .expect("records")
@@ -793,4 +803,13 @@ fn a_build_with_nothing_changed_is_answered_up_to_date_without_asking_the_node()
     assert!(rescan.status.success(), "{}", String::from_utf8_lossy(&rescan.stderr));
     assert_ne!(line(&node), before, "the pool's tools line follows the rescan");
     assert!(run(&[]).contains("1 ran, 0 from cache"), "a new git version: the package runs again");
+    assert!(run(&[]).starts_with("Up to date"));
+
+    // A node killed leaves its tools line behind, and nothing keeps it true: no answer without it.
+    let mut node = node;
+    node.child.kill().expect("kill -9");
+    let _ = node.child.wait();
+    let after = build(&node, &root, &[]);
+    assert_eq!(after.status.code(), Some(2), "{}", String::from_utf8_lossy(&after.stdout));
+    assert!(String::from_utf8_lossy(&after.stderr).contains("no BuildNet node answers"));
 }

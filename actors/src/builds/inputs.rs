@@ -189,18 +189,15 @@ fn snapshot_at(
                 field: format!("packages.{package}.inputs"),
                 message,
             };
-            // A file whose stamp (device, inode, size, times) is the one hashed before is that
-            // same settled inode, however its path is reached; only a file to be read has its
-            // path walked without following a link.
+            let full = join_no_follow(root, path, false).map_err(|e| fail(e.to_string()))?;
             let known = known.and_then(|(files, stamps)| Some((stamps.get(path)?, files.get(path)?)));
-            if let (Some((stamp, f)), Ok(m)) = (known, std::fs::symlink_metadata(root.join(path))) {
+            if let (Some((stamp, f)), Ok(m)) = (known, std::fs::symlink_metadata(&full)) {
                 if m.is_file() && Stamp::of(&m) == *stamp && cas.is_none_or(|c| c.has(&f.digest)) {
                     files.insert(path.clone(), f.clone());
                     stamps.insert(path.clone(), *stamp);
                     continue;
                 }
             }
-            let full = join_no_follow(root, path, false).map_err(|e| fail(e.to_string()))?;
             let (f, stamp) = read(&full, path, cas).map_err(fail)?;
             files.insert(path.clone(), f);
             if stamp.settled_before(now_ns) {

@@ -25,6 +25,7 @@ use super::inputs::Stamp;
 use super::runner::BuildRequest;
 use crate::cas::{self, FileRef};
 use crate::mesh::PeerView;
+use crate::node::NodeStatus;
 use crate::wire::NodeId;
 
 /// The daemon's line of tool versions, in its data dir.
@@ -36,58 +37,104 @@ const RECORD_VERSION: u32 = 1;
 
 type Versions = BTreeMap<String, Option<String>>;
 
+/// Held locked by the daemon for its whole life: a tools line whose lock nobody holds was left
+/// by a node that is no longer running (killed, or its machine stopped), and nothing keeps it
+/// true any more, so the CLI does not trust it.
+pub const TOOLS_LOCK: &str = "pool-tools.lock";
+
 /// Writes [`TOOLS_FILE`]: the node sets its own tools at start and after each rescan, the pool the
 /// peers' whenever the peer table changes; the file changes only when the versions do.
 pub struct PoolTools {
     path: PathBuf,
     state: Mutex<ToolsState>,
+    /// The lock on [`TOOLS_LOCK`], held while this node lives (None if it could not be taken:
+    /// then no line is written, and builds ask the node).
+    held: Option<std::fs::File>,
 }
 
 #[derive(Default)]
 struct ToolsState {
-    local: Option<(String, Versions)>,
-    peers: BTreeMap<String, Versions>,
-    /// The adverts `peers` was read from (by address): an unchanged table is not read again.
-    adverts: Vec<(NodeId, usize)>,
+    local: Option<(NodeId, [u8; 32])>,
+    /// Each peer's versions as a digest, with the advert they were read from: a peer table
+    /// arrives on every liveness change, and only a new advert is read again (a simulation
+    /// holds hundreds of engines, each with hundreds of peers).
+    peers: BTreeMap<NodeId, (Arc<NodeStatus>, [u8; 32])>,
     written: Option<String>,
+}
+
+/// One node's tool versions as a digest.
+fn digest_of(versions: &Versions) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    // Writing into a hasher cannot fail, and a map of strings always serializes.
+    let _ = serde_json::to_writer(&mut hasher, versions);
+    *hasher.finalize().as_bytes()
 }
 
 impl PoolTools {
     pub fn new(data_dir: &Path) -> Arc<PoolTools> {
-        Arc::new(PoolTools { path: data_dir.join(TOOLS_FILE), state: Mutex::default() })
+        let path = data_dir.join(TOOLS_FILE);
+        let lock = std::fs::File::options().create(true).truncate(false).write(true).open(data_dir.join(TOOLS_LOCK));
+        let held = match lock.map(|f| f.try_lock().map(|()| f)) {
+            Ok(Ok(file)) => Some(file),
+            other => {
+                log::warn!(
+                    "{}: not locked ({other:?}); builds will ask the node even when nothing changed",
+                    path.display()
+                );
+                None
+            }
+        };
+        // A line from before this start is not this node's: it is written again once known.
+        let _ = std::fs::remove_file(&path);
+        Arc::new(PoolTools { path, state: Mutex::default(), held })
     }
 
     pub fn set_local(&self, node: &NodeId, versions: Versions) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.local = Some((node.to_string(), versions));
+        state.local = Some((node.clone(), digest_of(&versions)));
         self.write(&mut state);
     }
 
     pub fn set_peers(&self, peers: &[PeerView]) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let adverts: Vec<(NodeId, usize)> = peers
-            .iter()
-            .filter_map(|p| p.advert.as_ref().map(|a| (p.node_id.clone(), Arc::as_ptr(a) as usize)))
-            .collect();
-        if adverts == state.adverts {
-            return;
+        let mut changed = false;
+        let mut next = BTreeMap::new();
+        for peer in peers {
+            let Some(advert) = &peer.advert else { continue };
+            let digest = match state.peers.get(&peer.node_id) {
+                Some((seen, digest)) if Arc::ptr_eq(seen, advert) => *digest,
+                known => {
+                    let fresh = digest_of(&advert.resources.tool_versions());
+                    changed |= known.is_none_or(|(_, digest)| *digest != fresh);
+                    fresh
+                }
+            };
+            next.insert(peer.node_id.clone(), (advert.clone(), digest));
         }
-        state.peers = peers
-            .iter()
-            .filter_map(|p| p.advert.as_ref().map(|a| (p.node_id.to_string(), a.resources.tool_versions())))
-            .collect();
-        state.adverts = adverts;
-        self.write(&mut state);
+        changed |= next.len() != state.peers.len();
+        state.peers = next;
+        if changed {
+            self.write(&mut state);
+        }
     }
 
     /// Writes the line if the node's own tools are known and the digest changed: beside the file,
-    /// then renamed over it, so a reader sees the old line or the new one.
+    /// then renamed over it, so a reader sees the old line or the new one. The line also holds
+    /// this binary's version and the action key's, so an upgraded node is asked again.
     fn write(&self, state: &mut ToolsState) {
-        let Some((local, versions)) = &state.local else { return };
-        let mut all: BTreeMap<&str, &Versions> = state.peers.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        all.insert(local, versions);
+        let Some((local, own)) = &state.local else { return };
+        if self.held.is_none() {
+            return;
+        }
+        let mut all: BTreeMap<&NodeId, &[u8; 32]> = state.peers.iter().map(|(id, (_, d))| (id, d)).collect();
+        all.insert(local, own);
         let mut hasher = blake3::Hasher::new();
-        let _ = serde_json::to_writer(&mut hasher, &all);
+        hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+        hasher.update(&crate::wire::ACTION_KEY_VERSION.to_le_bytes());
+        for (id, digest) in all {
+            hasher.update(id.as_str().as_bytes());
+            hasher.update(digest);
+        }
         let line = hasher.finalize().to_hex().to_string();
         if state.written.as_ref() == Some(&line) {
             return;
@@ -96,13 +143,25 @@ impl PoolTools {
         let written = std::fs::write(&tmp, format!("{line}\n")).and_then(|()| std::fs::rename(&tmp, &self.path));
         match written {
             Ok(()) => state.written = Some(line),
-            Err(e) => log::warn!("{}: {e}; builds will ask the node even when nothing changed", self.path.display()),
+            Err(e) => {
+                // The old line must not outlive the versions it stood for.
+                let _ = std::fs::remove_file(&self.path);
+                state.written = None;
+                log::warn!("{}: {e}; builds will ask the node even when nothing changed", self.path.display());
+            }
         }
     }
 }
 
-/// The tools line in `data_dir`, if the daemon wrote one.
+/// The tools line in `data_dir`, if the daemon wrote one and is still running (it holds
+/// [`TOOLS_LOCK`]).
 pub fn read_tools(data_dir: &Path) -> Option<String> {
+    let lock = std::fs::File::open(data_dir.join(TOOLS_LOCK)).ok()?;
+    match lock.try_lock_shared() {
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        // Nobody holds it (the shared lock just taken goes with the file), or it cannot be told.
+        _ => return None,
+    }
     let line = std::fs::read_to_string(data_dir.join(TOOLS_FILE)).ok()?;
     Some(line.trim().to_string()).filter(|l| !l.is_empty())
 }
@@ -127,7 +186,10 @@ pub struct Record {
 /// One output as the CLI left it in the project.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WrittenOutput {
-    /// Where it was written (a project path through a link inside the project is resolved).
+    /// The output's path in the project, as the manifest declares it.
+    pub path: String,
+    /// Where it was written: `path` with any link inside the project on the way resolved. A
+    /// check resolves `path` again and requires the same place.
     pub place: PathBuf,
     pub digest: String,
     pub executable: bool,
@@ -184,6 +246,7 @@ impl Record {
         }
         let stamp = Stamp::of(&meta);
         self.outputs.push(WrittenOutput {
+            path: file.path.clone(),
             place: place.to_path_buf(),
             digest: file.digest.clone(),
             executable: file.executable,

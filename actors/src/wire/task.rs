@@ -112,7 +112,7 @@ impl Task {
             invocation: &self.invocation,
             outputs: &self.outputs,
             tools: tool_versions,
-            v: 1,
+            v: ACTION_KEY_VERSION,
         };
         let mut hasher = blake3::Hasher::new();
         // Writing into a hasher cannot fail, and these types always serialize.
@@ -120,6 +120,9 @@ impl Task {
         hasher.finalize().to_hex().to_string()
     }
 }
+
+/// The version of the action key's document: a new one misses every cached result.
+pub const ACTION_KEY_VERSION: u32 = 1;
 
 /// What running a task did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

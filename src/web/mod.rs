@@ -86,16 +86,11 @@ pub fn server(
 /// Unknown API paths are 404; a known path asked with a method it does not take is 405 (routes
 /// are registered one method each, so such a request falls through to here).
 async fn api_not_found(req: HttpRequest) -> HttpResponse {
-    let err = if req.resource_map().has_resource(req.path()) {
-        ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} is not allowed on {}; see /api/openapi.json", req.method(), req.path()),
-        )
-    } else {
-        ApiError::not_found(format!("no API route {} {}; see /api/openapi.json", req.method(), req.path()))
-    };
-    actix_web::ResponseError::error_response(&err)
+    if !req.resource_map().has_resource(req.path()) {
+        let err = ApiError::not_found(format!("no API route {} {}; see /api/openapi.json", req.method(), req.path()));
+        return actix_web::ResponseError::error_response(&err);
+    }
+    not_allowed(&req)
 }
 
 async fn page_not_found(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -104,13 +99,27 @@ async fn page_not_found(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
 
 fn method_not_allowed<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
     let (req, _) = res.into_parts();
+    let res = ServiceResponse::new(req.clone(), not_allowed(&req)).map_into_right_body();
+    Ok(ErrorHandlerResponse::Response(res))
+}
+
+/// A 405 naming the methods the path takes (from the OpenAPI document, for an API path) in its
+/// message and its `Allow` header.
+fn not_allowed(req: &HttpRequest) -> HttpResponse {
+    let is_api = req.path().starts_with("/api/");
+    let allowed = is_api.then(|| api::allowed_methods(req.path())).flatten();
+    let takes = allowed.as_deref().map(|m| format!(" (it takes {m})")).unwrap_or_default();
+    let see = if is_api { "; see /api/openapi.json" } else { "" };
     let err = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} is not allowed on {}", req.method(), req.path()),
+        format!("{} is not allowed on {}{takes}{see}", req.method(), req.path()),
     );
-    let res = ServiceResponse::new(req, actix_web::ResponseError::error_response(&err)).map_into_right_body();
-    Ok(ErrorHandlerResponse::Response(res))
+    let mut res = actix_web::ResponseError::error_response(&err);
+    if let Some(value) = allowed.and_then(|m| actix_web::http::header::HeaderValue::from_str(&m).ok()) {
+        res.headers_mut().insert(actix_web::http::header::ALLOW, value);
+    }
+    res
 }
 
 /// A page saying what went wrong.

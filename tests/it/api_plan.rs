@@ -16,6 +16,24 @@ fn plan_shapes_are_accepted_and_mistakes_are_named() {
     assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
     let (status, body) = node.send("POST", "/api/ledger", &json!({}));
     assert_eq!(status, 405, "{body}");
+    // `Allow` names what the path takes, as the OpenAPI document lists it (RFC 9110 §15.5.6).
+    for (method, path, allow) in [
+        ("DELETE", "/api/node", "GET"),
+        ("PUT", "/api/ledger", "GET"),
+        ("GET", "/api/build", "POST"),
+        ("PATCH", "/api/keys/key_0a1b2c3d4e5f", "DELETE"),
+    ] {
+        let (status, headers, body) = common::http_full(
+            method,
+            &format!("{}{path}", node.url),
+            &[("Authorization", &format!("Bearer {}", node.admin_key)), ("Content-Type", "application/json")],
+            Some(b"{}"),
+        );
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        let allowed = headers.iter().find(|(k, _)| k == "allow").map(|(_, v)| v.as_str());
+        assert_eq!(allowed, Some(allow), "{method} {path}: {headers:?}");
+        assert!(body.contains(&format!("(it takes {allow})")), "{body}");
+    }
     assert_eq!(node.get("/api/no-such-thing").0, 404);
 
     // Unknown query parameters and values: 400 naming the parameter.

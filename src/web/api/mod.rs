@@ -116,6 +116,49 @@ pub async fn openapi(_caller: Caller) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(ApiDoc::openapi()))
 }
 
+/// The methods the API takes at `path`, as its OpenAPI document lists them (read once): a 405
+/// names them in `Allow` (RFC 9110 §15.5.6), from the same description `/api/openapi.json`
+/// serves. Every template the path fits counts (`/api/build/estimate` fits `/api/build/{id}`
+/// too), as every route it fits was tried. None for a path no template fits.
+pub fn allowed_methods(path: &str) -> Option<String> {
+    static ROUTES: std::sync::OnceLock<Vec<(Vec<String>, Vec<&'static str>)>> = std::sync::OnceLock::new();
+    let routes = ROUTES.get_or_init(|| {
+        ApiDoc::openapi()
+            .paths
+            .paths
+            .iter()
+            .map(|(template, item)| {
+                let methods = [
+                    ("GET", item.get.is_some()),
+                    ("HEAD", item.head.is_some()),
+                    ("POST", item.post.is_some()),
+                    ("PUT", item.put.is_some()),
+                    ("PATCH", item.patch.is_some()),
+                    ("DELETE", item.delete.is_some()),
+                ];
+                let taken = methods.iter().filter(|(_, on)| *on).map(|(m, _)| *m).collect();
+                (template.split('/').map(str::to_string).collect(), taken)
+            })
+            .collect()
+    });
+    let segments: Vec<&str> = path.split('/').collect();
+    let fits = |template: &[String]| {
+        template.len() == segments.len()
+            && template
+                .iter()
+                .zip(&segments)
+                .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}') && !s.is_empty()))
+    };
+    let mut allowed: Vec<&str> = routes.iter().filter(|(t, _)| fits(t)).flat_map(|(_, m)| m.iter().copied()).collect();
+    if allowed.is_empty() {
+        return None;
+    }
+    let order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+    allowed.sort_by_key(|m| order.iter().position(|o| o == m));
+    allowed.dedup();
+    Some(allowed.join(", "))
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {

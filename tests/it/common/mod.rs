@@ -257,11 +257,16 @@ impl TestNode {
 }
 
 /// Waits until every node's pool view lists exactly these nodes and none of them offline.
+/// Waits until every node sees every other online with its advert (its resources and tools)
+/// received: liveness can come before the advert, and a build placed or recorded in between
+/// sees a smaller pool than the one the test meant (a later advert changes the pool's tools
+/// line, and with it whether a rebuild is up to date).
 pub fn wait_all_online(nodes: &[&TestNode]) {
     for n in nodes {
-        wait_until("every node online in every pool view", Duration::from_secs(30), || {
+        wait_until("every node online and advertised in every pool view", Duration::from_secs(30), || {
             let list = n.pool_nodes();
-            (list.len() == nodes.len() && list.iter().all(|x| x["status"] != "offline")).then_some(())
+            let ready = |x: &Value| x["status"] != "offline" && x["memory_bytes"].as_u64().is_some_and(|m| m > 0);
+            (list.len() == nodes.len() && list.iter().all(ready)).then_some(())
         });
     }
 }

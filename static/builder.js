@@ -366,15 +366,21 @@
     say(`Saved the template "${name}".`, true);
     loadTemplates();
   }
+  // The download's link stays (hidden) until the next export replaces it, and carries the
+  // document in `data-exported`, so a script or a test can read what was exported (the page's
+  // CSP lets nothing fetch a blob: URL).
   function exportJson() {
-    const blob = new Blob([JSON.stringify(configJson(), null, 2)], { type: "application/json" });
+    const before = $("a[data-exported]");
+    if (before) { URL.revokeObjectURL(before.href); before.remove(); }
+    const text = JSON.stringify(configJson(), null, 2);
+    const blob = new Blob([text], { type: "application/json" });
     const a = document.createElement("a");
     a.href = URL.createObjectURL(blob);
     a.download = `${configJson().name}.json`;
-    a.dataset.exported = "";
+    a.dataset.exported = text;
+    a.hidden = true;
     document.body.append(a);
     a.click();
-    setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
   }
   async function run() {
     if (invalidChip()) return;

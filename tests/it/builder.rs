@@ -160,6 +160,22 @@ fn browser_drags_nodes_into_a_configuration_sees_the_estimate_move_saves_and_run
     let shown = a.cli_json(&["config", "show", "dragged"]);
     assert_eq!(shown["resources"], saved, "the page saved what `config show` prints");
 
+    // Exported, it is the same configuration, and `config import` takes it back.
+    driver.click("[data-action=\"export\"]");
+    let exported = wait_until("the export's link", Duration::from_secs(5), || {
+        driver.attr("a[data-exported]", "data-exported").filter(|t| !t.is_empty())
+    });
+    let mut exported: Value =
+        serde_json::from_str(&exported).unwrap_or_else(|e| panic!("the export is not JSON ({e}): {exported}"));
+    assert_eq!(exported["name"], "dragged", "{exported}");
+    assert_eq!(exported["resources"]["cpu"]["node_allocations"], saved["cpu"]["node_allocations"], "{exported}");
+    exported["name"] = json!("imported");
+    let file = dir.path().join("exported.json");
+    std::fs::write(&file, exported.to_string()).expect("write");
+    let imported = a.cli(&["config", "import", file.to_str().expect("path")]);
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    assert_eq!(resources(&a, "imported")["cpu"], saved["cpu"], "imported as exported");
+
     // Run from the page: it goes to the build's page, and the build succeeds on beta.
     driver.click("[data-action=\"run\"]");
     let build = wait_until("the build page", Duration::from_secs(10), || {

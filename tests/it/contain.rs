@@ -516,3 +516,46 @@ fn served(
     read.read_to_string(&mut said).expect("output");
     (status, said)
 }
+
+/// A runtime found on the node's PATH through a version manager's shim (pyenv's, asdf's: a script
+/// that execs the interpreter from a directory of the manager's own) runs in the sandbox: the
+/// node advertises the interpreter the shim leads to, and the sandbox exposes that one's prefix.
+/// Exposing only the shim, as before, failed every Python package with exit 127.
+#[test]
+fn a_runtime_behind_a_version_managers_shim_runs_in_the_sandbox() {
+    let _shared = common::shared();
+    let asked = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output();
+    let Some(real) =
+        asked.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    else {
+        eprintln!("no python3 here: skipped");
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let manager = tmp.path().canonicalize().expect("canonical").join("manager");
+    let (shims, bin) = (manager.join("shims"), manager.join("versions/3/bin"));
+    std::fs::create_dir_all(&shims).expect("shims");
+    std::fs::create_dir_all(&bin).expect("versions");
+    std::os::unix::fs::symlink(&real, bin.join("python3")).expect("the interpreter");
+    let shim = shims.join("python3");
+    std::fs::write(&shim, format!("#!/bin/sh\nexec '{}' \"$@\"\n", bin.join("python3").display())).expect("shim");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    let node = TestNode::start_with(Start { path_prefix: Some(&shims), ..Default::default() });
+    let project = tmp.path().join("project");
+    std::fs::create_dir_all(&project).expect("project");
+    std::fs::write(
+        project.join("buildnet.toml"),
+        "[packages.py]\ncommand = [\"python3\", \"-c\", \"open('out.txt', 'w').write('ran in python')\"]\n\
+         outputs = [\"out.txt\"]\nruntimes = [{ name = \"python\", version = \">=3\" }]\n",
+    )
+    .expect("manifest");
+    let out = node.cli(&["build", "--project", project.to_str().expect("path")]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(project.join("out.txt")).expect("output"), "ran in python");
+    let status = node.cli_json(&["node", "status"]);
+    let python = status["resources"]["runtimes"].as_array().and_then(|r| r.iter().find(|r| r["name"] == "python"));
+    let advertised = python.and_then(|p| p["path"].as_str()).unwrap_or_default().to_string();
+    assert_eq!(advertised, bin.join("python3").display().to_string(), "the interpreter, not the shim: {status}");
+}

@@ -178,6 +178,9 @@ pub fn probe_tool(spec: &ToolSpec, path: &Path, timeout: Duration) -> ToolInfo {
             info.version_output = out.first_line();
             info.version = version_in(&version_text(spec, &out));
             info.capabilities = (spec.capabilities)(path, timeout);
+            if let Some(real) = real_executable(spec, path, timeout) {
+                info.path = real.display().to_string();
+            }
         }
         Ok(out) => {
             let code = out.code.map_or("a signal".to_string(), |c| format!("status {c}"));
@@ -187,6 +190,22 @@ pub fn probe_tool(spec: &ToolSpec, path: &Path, timeout: Duration) -> ToolInfo {
         Err(e) => info.error = Some(format!("{asked} {e}")),
     }
     info
+}
+
+/// The interpreter a runtime found on the PATH really runs, when it can say: version managers
+/// (pyenv, asdf, nvm's and volta's shims) put a script on the PATH that execs the interpreter
+/// from a directory of their own, and a sandbox that lets a package reach only the script fails
+/// with "No such file or directory" (exit 127). With the interpreter's path, the sandbox exposes
+/// its prefix (`exec::tool_locations`) and puts its `bin` on the package's PATH.
+fn real_executable(spec: &ToolSpec, path: &Path, timeout: Duration) -> Option<PathBuf> {
+    let args: &[&str] = match spec.name {
+        "python" => &["-c", "import sys; print(sys.executable)"],
+        "node" => &["-p", "process.execPath"],
+        _ => return None,
+    };
+    let out = probe::run(path, args, timeout).ok().filter(|o| o.success())?;
+    let real = PathBuf::from(out.first_line()?.trim());
+    (real.is_absolute() && real.is_file()).then_some(real)
 }
 
 /// Where a tool prints its version: `java -version` uses stderr.

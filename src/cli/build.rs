@@ -269,11 +269,13 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
 /// before otherwise. A record that cannot be written only means the next build asks the node.
 fn keep_record(path: &Path, succeeded: bool, record: impl FnOnce() -> Option<Record>) {
     match succeeded.then(record).flatten() {
-        Some(record) => {
-            if let Err(e) = record.write(path) {
-                log::debug!("{}: {e}", path.display());
-            }
-        }
+        Some(record) => match record.write(path) {
+            Ok(()) => uptodate::sweep(path),
+            Err(e) => eprintln!(
+                "note: {}: {e} — the next build of this project will ask the node even if nothing changed",
+                path.display()
+            ),
+        },
         None => {
             let _ = std::fs::remove_file(path);
         }

@@ -299,6 +299,24 @@ impl Record {
     }
 }
 
+/// Removes what a CLI killed between writing a record and renaming it left beside `record`
+/// (anything in its directory that is not a record and is older than ten minutes, so a write
+/// under way is left alone).
+pub fn sweep(record: &Path) {
+    let Some(Ok(entries)) = record.parent().map(std::fs::read_dir) else { return };
+    let old =
+        |m: &std::fs::Metadata| m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a.as_secs() > 600);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            continue;
+        }
+        if entry.metadata().is_ok_and(|m| m.is_file() && old(&m)) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// The digest [`Record::request`] holds: BLAKE3 of the request's JSON (the caller clears `force`).
 pub fn request_digest(request: &BuildRequest) -> String {
     let mut hasher = blake3::Hasher::new();
@@ -335,6 +353,24 @@ mod tests {
         tools.set_local(&me, versions("2.41.0"));
         let second = read_tools(dir.path()).expect("written");
         assert_ne!(first, second, "a new version, a new line");
+    }
+
+    #[test]
+    fn a_sweep_removes_old_leftovers_beside_a_record_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let record = Record::path(dir.path(), Path::new("/some/project"));
+        Record::new("r".into(), "t".into(), "b".into(), 1).write(&record).expect("write");
+        let records = record.parent().expect("dir");
+        let (old, fresh) = (records.join("x.0123456789abcdef"), records.join("y.fedcba9876543210"));
+        for f in [&old, &fresh] {
+            std::fs::write(f, "partial").expect("leftover");
+        }
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options().write(true).open(&old).expect("open").set_modified(long_ago).expect("age it");
+        sweep(&record);
+        assert!(!old.exists(), "an old leftover goes");
+        assert!(fresh.exists(), "a write that may be under way stays");
+        assert!(Record::read(&record).is_some(), "the record stays");
     }
 
     #[test]

@@ -13,7 +13,8 @@ use serde::Deserialize;
 
 use buildnet_actors::builds::{inputs, project};
 
-use super::CliError;
+use super::{CliError, Ctx, GlobalArgs};
+use serde_json::Value;
 
 #[derive(Args)]
 pub struct InitArgs {
@@ -38,7 +39,40 @@ struct Entry {
     output: Option<String>,
 }
 
-pub fn run(args: InitArgs) -> Result<(), CliError> {
+/// Each usable tool of the pool by name: the file name of its binary and the node that has it.
+type PoolTools = BTreeMap<String, Vec<(String, String)>>;
+
+/// The pool's tools, asked of the node this CLI would talk to; empty (with a note saying so)
+/// when no node answers, so `init` still works on a machine without one.
+fn pool_tools(global: &GlobalArgs, notes: &mut Vec<String>) -> PoolTools {
+    let asked = Ctx::connect(global, false).and_then(|ctx| {
+        actix_rt::System::new().block_on(async move { ctx.client.get::<Value>("/api/pool/resources?type=tool").await })
+    });
+    let listed = match asked {
+        Ok(v) => v,
+        Err(e) => {
+            notes.push(format!("tools looked for on this machine's PATH only: {e}"));
+            return PoolTools::new();
+        }
+    };
+    let mut tools = PoolTools::new();
+    for r in listed["resources"].as_array().into_iter().flatten() {
+        let info = &r["info"];
+        if !info["error"].is_null() || r["capacity"].as_u64() == Some(0) {
+            continue;
+        }
+        let (Some(name), Some(path), Some(node)) =
+            (info["name"].as_str(), info["path"].as_str(), r["node_name"].as_str())
+        else {
+            continue;
+        };
+        let binary = Path::new(path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        tools.entry(name.to_string()).or_default().push((binary, node.to_string()));
+    }
+    tools
+}
+
+pub fn run(args: InitArgs, global: &GlobalArgs) -> Result<(), CliError> {
     let root = args.dir.canonicalize().map_err(|e| CliError::Usage(format!("{}: {e}", args.dir.display())))?;
     let target = root.join(project::MANIFEST);
     if target.exists() && !args.force && !args.dry_run {
@@ -51,7 +85,16 @@ pub fn run(args: InitArgs) -> Result<(), CliError> {
         ["compile_commands.json", "build/compile_commands.json"].iter().map(|p| root.join(p)).find(|p| p.is_file());
     let (text, notes) = match compdb {
         Some(db) => from_compdb(&root, &db)?,
-        None => from_media(&root)?,
+        None => {
+            let mut asked = Vec::new();
+            let pool = pool_tools(global, &mut asked);
+            let (text, mut notes) = from_media(&root, &pool).map_err(|e| match e {
+                CliError::Other(m) if !asked.is_empty() => CliError::Other(format!("{m}; {}", asked.join("; "))),
+                e => e,
+            })?;
+            notes.extend(asked);
+            (text, notes)
+        }
     };
     // What was written must load as a project here.
     project::Manifest::parse(project::MANIFEST, &text)
@@ -304,7 +347,21 @@ fn on_path(binary: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(binary).is_file()))
 }
 
-fn from_media(root: &Path) -> Result<(String, Vec<String>), CliError> {
+/// The recipe for a kind: one whose binary is on this machine's PATH, else one whose tool a node
+/// of the pool has under that binary's name (the package will be placed there), with where it
+/// was found.
+fn choose<'a>(recipes: &'a [Recipe], pool: &PoolTools) -> Option<(&'a Recipe, String)> {
+    if let Some(r) = recipes.iter().find(|(bin, ..)| on_path(bin)) {
+        return Some((r, "found on PATH".into()));
+    }
+    recipes.iter().find_map(|r| {
+        let (bin, tool, ..) = r;
+        let node = pool.get(*tool)?.iter().find(|(binary, _)| binary == bin).map(|(_, node)| node.clone())?;
+        Some((r, format!("not on this machine's PATH; the pool has it on {node}")))
+    })
+}
+
+fn from_media(root: &Path, pool: &PoolTools) -> Result<(String, Vec<String>), CliError> {
     let files = inputs::expand(root, "**/*").map_err(|e| CliError::Other(format!("{}: {e}", root.display())))?;
     // (kind, top-level directory or "", extension) → count
     let mut found: BTreeMap<(usize, String, String), usize> = BTreeMap::new();
@@ -334,8 +391,8 @@ fn from_media(root: &Path) -> Result<(String, Vec<String>), CliError> {
         let (kind_name, _, recipes) = KINDS[kind];
         let glob = if top.is_empty() { format!("*.{ext}") } else { format!("{top}/**/*.{ext}") };
         let name = name_of(&format!("{kind_name}_{}{}{ext}", top, if top.is_empty() { "" } else { "_" }));
-        match recipes.iter().find(|(bin, ..)| on_path(bin)) {
-            Some((bin, tool, command, _)) => {
+        match choose(recipes, pool) {
+            Some(((bin, tool, command, _), found)) => {
                 let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
                 let output = command.last().cloned().unwrap_or_default();
                 out.push_str(&format!(
@@ -345,18 +402,17 @@ fn from_media(root: &Path) -> Result<(String, Vec<String>), CliError> {
                     list(&[output]),
                     q(tool)
                 ));
-                notes
-                    .push(format!("{name}: {count} {kind_name} file(s) ({glob}) processed with {bin} (found on PATH)"));
+                notes.push(format!("{name}: {count} {kind_name} file(s) ({glob}) processed with {bin} ({found})"));
             }
             None => {
                 let wanted: Vec<&str> = recipes.iter().map(|(b, ..)| *b).collect();
                 out.push_str(&format!(
-                    "\n# {count} {kind_name} file(s) match {glob}, but none of {} is on PATH: fill in a command.\n# [packages.{name}]\n# for_each = {}\n# command = [\"your-tool\", \"{{in}}\", \"out/{{dir}}/{{stem}}.{ext}\"]\n# outputs = [\"out/{{dir}}/{{stem}}.{ext}\"]\n",
+                    "\n# {count} {kind_name} file(s) match {glob}, but none of {} is on PATH or in the pool: fill in a command.\n# [packages.{name}]\n# for_each = {}\n# command = [\"your-tool\", \"{{in}}\", \"out/{{dir}}/{{stem}}.{ext}\"]\n# outputs = [\"out/{{dir}}/{{stem}}.{ext}\"]\n",
                     wanted.join(", "),
                     q(&glob)
                 ));
                 notes.push(format!(
-                    "{name}: {count} {kind_name} file(s) ({glob}) but no {} on PATH: a commented stub",
+                    "{name}: {count} {kind_name} file(s) ({glob}) but no {} on PATH or in the pool: a commented stub",
                     wanted.join("/")
                 ));
             }
@@ -364,7 +420,7 @@ fn from_media(root: &Path) -> Result<(String, Vec<String>), CliError> {
     }
     if !out.contains("\n[packages.") {
         return Err(CliError::Other(format!(
-            "found media in {} but no tool for it on PATH ({}); install one, or write buildnet.toml by hand",
+            "found media in {} but no tool for it on PATH or in the pool ({}); install one, or write buildnet.toml by hand",
             root.display(),
             notes.join("; ")
         )));

@@ -266,7 +266,7 @@ pub fn run(cli: Cli, token_on_command_line: bool) -> Result<(), CliError> {
             let join_token = if args.join.is_some() { typed_token } else { None };
             up::run(&cli.global, args, join_token)
         }
-        Command::Init(args) => init::run(args),
+        Command::Init(args) => init::run(args, &cli.global),
         Command::Build(args) => {
             // Everything `connect` checks (address, key, pin) is checked first, as for any
             // command; a build with nothing changed is then answered without a connection or a

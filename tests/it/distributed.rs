@@ -130,3 +130,51 @@ fn a_worker_killed_mid_build_has_its_package_retried_elsewhere() {
     );
     drop(c);
 }
+
+/// `buildnet init` on a machine without the tool its media need writes the package anyway when
+/// a node of the pool has it (here only gamma has `ffmpeg`), says where, and the build it wrote
+/// runs there. With no node to ask it says it looked on this machine's PATH only.
+#[test]
+fn init_finds_a_tool_the_pool_has_and_this_machine_lacks() {
+    let _serial = common::serial();
+    let tools = tempfile::tempdir().expect("tempdir");
+    fake_ffmpeg(tools.path());
+    let (a, _b, c) = mesh_of_three(tools.path());
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("sounds");
+    std::fs::create_dir_all(root.join("clips")).expect("mkdir");
+    for name in ["a.wav", "b.wav"] {
+        std::fs::write(root.join("clips").join(name), "RIFF").expect("clip");
+    }
+    // A PATH with no ffmpeg on it, whatever this machine has.
+    let empty = work.path().join("empty-path");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let init = |data_dir: &Path| {
+        std::process::Command::new(common::BIN)
+            .args(["init", root.to_str().expect("path")])
+            .env("BUILDNET_DATA_DIR", data_dir)
+            .env("PATH", &empty)
+            .env_remove("BUILDNET_ADDRESS")
+            .env_remove("BUILDNET_TOKEN")
+            .output()
+            .expect("init")
+    };
+    let nowhere = init(work.path());
+    assert!(!nowhere.status.success(), "no node to ask, no ffmpeg here: nothing to write");
+    let said = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(said.contains("on PATH or in the pool") && said.contains("PATH only"), "{said}");
+
+    let out = init(&a.dir);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("the pool has it on gamma"), "{said}");
+    let built = a.cli(&["build", "--project", root.to_str().expect("path")]);
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    assert_eq!(std::fs::read_to_string(root.join("audio/clips/a.wav")).expect("output"), "tone\n");
+    let build = last_build(&a);
+    let gamma = c.node_id();
+    assert!(
+        build["packages"].as_array().expect("packages").iter().all(|p| p["node"] == gamma.as_str()),
+        "every expansion ran on gamma, the one node with ffmpeg: {build}"
+    );
+}

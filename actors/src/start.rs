@@ -3,7 +3,7 @@
 //! the web layer and the CLI's daemon hold; it also runs benchmarks, which touch several actors.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use actix::prelude::*;
 
@@ -316,8 +316,12 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
     .start();
     let node = NodeHandle { addr: node_actor };
     let cas = Cas::open(opts.data_dir.join("cas")).map_err(|e| NodeError::Scan(e.to_string()))?;
+    // What a node killed mid-package left in its sandboxes, in the data dir and on each volume.
     let sandboxes = opts.data_dir.join("sandboxes");
     let _ = std::fs::remove_dir_all(&sandboxes);
+    for volume in &resources.storage {
+        let _ = std::fs::remove_dir_all(crate::exec::volume_sandboxes(Path::new(&volume.path), &identity.node_id));
+    }
     let executor = ExecutorHandle::start(ExecutorOptions {
         node: node.clone(),
         ledger: ledger.clone(),

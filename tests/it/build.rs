@@ -312,6 +312,21 @@ fn sandboxes_go_to_the_storage_volume_the_configuration_selects() {
     assert!(out.status.success());
     let wd = std::fs::read_to_string(dir.path().join("out/where.txt")).expect("output");
     assert!(wd.contains("/data/sandboxes/"), "without a configuration, sandboxes are in the data dir: {wd}");
+
+    // What a node killed mid-package leaves on the volume is cleared when it starts again; another
+    // node's sandboxes on the same volume are not its to clear.
+    let own = fast.join("buildnet-sandboxes").join(node.node_id()).join("b_killed/where");
+    let other = fast.join("buildnet-sandboxes/0123456789abcdef/b_running/pkg");
+    for d in [&own, &other] {
+        std::fs::create_dir_all(d).expect("a sandbox");
+        std::fs::write(d.join("half-written.o"), "x").expect("leftover");
+    }
+    let data = node.dir.clone();
+    let (_, _keep) = node.stop();
+    let node = TestNode::start_with(common::Start { config: Some(&config), dir: Some(data), ..Default::default() });
+    assert!(!own.exists(), "this node's leftover sandbox is gone");
+    assert!(other.join("half-written.o").exists(), "another node's is left alone");
+    drop(node);
 }
 
 #[test]

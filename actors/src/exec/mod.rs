@@ -133,9 +133,16 @@ impl Actor for ExecutorActor {
 
 /// Where the sandbox of a run goes: the requested volume when it is one of this node's, else the
 /// data dir's sandboxes.
+/// This node's sandboxes on a storage volume: a directory of its own under
+/// [`VOLUME_SANDBOX_DIR`], since nodes on one machine may share a volume, and each clears its
+/// own at start.
+pub fn volume_sandboxes(volume: &Path, node: &NodeId) -> PathBuf {
+    volume.join(VOLUME_SANDBOX_DIR).join(node.as_str())
+}
+
 pub fn sandbox_root(opts: &ExecutorOptions, volume: Option<&str>) -> PathBuf {
     match volume.map(Path::new) {
-        Some(v) if opts.volumes.iter().any(|own| own == v) => v.join(VOLUME_SANDBOX_DIR),
+        Some(v) if opts.volumes.iter().any(|own| own == v) => volume_sandboxes(v, &opts.me),
         Some(v) => {
             log::warn!("volume {} is not one of this node's; using the data dir", v.display());
             opts.sandboxes.clone()

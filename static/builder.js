@@ -370,7 +370,7 @@
   // document in `data-exported`, so a script or a test can read what was exported (the page's
   // CSP lets nothing fetch a blob: URL).
   function exportJson() {
-    const before = $("a[data-exported]");
+    const before = document.querySelector("a[data-exported]");
     if (before) { URL.revokeObjectURL(before.href); before.remove(); }
     const text = JSON.stringify(configJson(), null, 2);
     const blob = new Blob([text], { type: "application/json" });

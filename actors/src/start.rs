@@ -320,7 +320,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
     let sandboxes = opts.data_dir.join("sandboxes");
     let _ = std::fs::remove_dir_all(&sandboxes);
     for volume in &resources.storage {
-        let _ = std::fs::remove_dir_all(crate::exec::volume_sandboxes(Path::new(&volume.path), &identity.node_id));
+        clear_own(&crate::exec::volume_sandboxes(Path::new(&volume.path), &identity.node_id));
     }
     let executor = ExecutorHandle::start(ExecutorOptions {
         node: node.clone(),
@@ -329,7 +329,12 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         sandboxes,
         volumes: resources.storage.iter().map(|v| PathBuf::from(&v.path)).collect(),
         launch,
-        tools: crate::exec::tool_locations(&resources),
+        tools: crate::exec::tool_locations(
+            &resources,
+            &std::iter::once(opts.data_dir.clone())
+                .chain(resources.storage.iter().map(|v| PathBuf::from(&v.path)))
+                .collect::<Vec<_>>(),
+        ),
         required: opts.config.sandbox.require,
         me: identity.node_id.clone(),
     });
@@ -416,6 +421,24 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
 }
 
 /// Options for a node in the engine's own tests.
+/// Removes this node's sandboxes on a volume, `<volume>/buildnet-sandboxes/<node id>`, only when
+/// both directories are real directories (not links) owned by this user: on a volume others can
+/// write to, a link planted on the way would make the removal reach somewhere else.
+fn clear_own(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let owned_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == me);
+    match dir.parent() {
+        Some(parent) if owned_dir(parent) && owned_dir(dir) => {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        _ if dir.exists() => {
+            log::warn!("{} is not a directory of this node's; its sandboxes there are not cleared", dir.display())
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn test_options(data_dir: &std::path::Path) -> NodeOptions {
     NodeOptions {

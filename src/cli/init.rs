@@ -42,11 +42,23 @@ struct Entry {
 /// Each usable tool of the pool by name: the file name of its binary and the node that has it.
 type PoolTools = BTreeMap<String, Vec<(String, String)>>;
 
-/// The pool's tools, asked of the node this CLI would talk to; empty (with a note saying so)
-/// when no node answers, so `init` still works on a machine without one.
+/// How long `init` waits for the node it asks about the pool's tools: it works without one.
+const POOL_ASK: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The pool's tools, asked of the node this CLI would talk to (once, and only when this
+/// machine's PATH lacks a tool); empty, with a note saying so, when no node answers in
+/// [`POOL_ASK`], so `init` still works on a machine without one.
 fn pool_tools(global: &GlobalArgs, notes: &mut Vec<String>) -> PoolTools {
     let asked = Ctx::connect(global, false).and_then(|ctx| {
-        actix_rt::System::new().block_on(async move { ctx.client.get::<Value>("/api/pool/resources?type=tool").await })
+        actix_rt::System::new().block_on(async move {
+            let ask = ctx.client.get::<Value>("/api/pool/resources?type=tool");
+            match actix_rt::time::timeout(POOL_ASK, ask).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    Err(CliError::Other(format!("{} did not answer in {} s", ctx.client.base(), POOL_ASK.as_secs())))
+                }
+            }
+        })
     });
     let listed = match asked {
         Ok(v) => v,
@@ -87,8 +99,10 @@ pub fn run(args: InitArgs, global: &GlobalArgs) -> Result<(), CliError> {
         Some(db) => from_compdb(&root, &db)?,
         None => {
             let mut asked = Vec::new();
-            let pool = pool_tools(global, &mut asked);
-            let (text, mut notes) = from_media(&root, &pool).map_err(|e| match e {
+            let mut pool: Option<PoolTools> = None;
+            let mut ask = || pool.get_or_insert_with(|| pool_tools(global, &mut asked)).clone();
+            let made = from_media(&root, &mut ask);
+            let (text, mut notes) = made.map_err(|e| match e {
                 CliError::Other(m) if !asked.is_empty() => CliError::Other(format!("{m}; {}", asked.join("; "))),
                 e => e,
             })?;
@@ -350,10 +364,11 @@ fn on_path(binary: &str) -> bool {
 /// The recipe for a kind: one whose binary is on this machine's PATH, else one whose tool a node
 /// of the pool has under that binary's name (the package will be placed there), with where it
 /// was found.
-fn choose<'a>(recipes: &'a [Recipe], pool: &PoolTools) -> Option<(&'a Recipe, String)> {
+fn choose<'a>(recipes: &'a [Recipe], pool: &mut impl FnMut() -> PoolTools) -> Option<(&'a Recipe, String)> {
     if let Some(r) = recipes.iter().find(|(bin, ..)| on_path(bin)) {
         return Some((r, "found on PATH".into()));
     }
+    let pool = pool();
     recipes.iter().find_map(|r| {
         let (bin, tool, ..) = r;
         let node = pool.get(*tool)?.iter().find(|(binary, _)| binary == bin).map(|(_, node)| node.clone())?;
@@ -361,7 +376,7 @@ fn choose<'a>(recipes: &'a [Recipe], pool: &PoolTools) -> Option<(&'a Recipe, St
     })
 }
 
-fn from_media(root: &Path, pool: &PoolTools) -> Result<(String, Vec<String>), CliError> {
+fn from_media(root: &Path, pool: &mut impl FnMut() -> PoolTools) -> Result<(String, Vec<String>), CliError> {
     let files = inputs::expand(root, "**/*").map_err(|e| CliError::Other(format!("{}: {e}", root.display())))?;
     // (kind, top-level directory or "", extension) → count
     let mut found: BTreeMap<(usize, String, String), usize> = BTreeMap::new();

@@ -160,8 +160,16 @@ fn browser_drags_nodes_into_a_configuration_sees_the_estimate_move_saves_and_run
     let shown = a.cli_json(&["config", "show", "dragged"]);
     assert_eq!(shown["resources"], saved, "the page saved what `config show` prints");
 
-    // Exported, it is the same configuration, and `config import` takes it back.
+    // Exported, it is the same configuration, and `config import` takes it back. Exported twice,
+    // one link is left: the last one.
     driver.click("[data-action=\"export\"]");
+    driver.click("[data-action=\"export\"]");
+    let links = driver.call(
+        "POST",
+        "/execute/sync",
+        Some(json!({"script": "return document.querySelectorAll('a[data-exported]').length", "args": []})),
+    );
+    assert_eq!(links, json!(1), "one export link after two exports");
     let exported = wait_until("the export's link", Duration::from_secs(5), || {
         driver.attr("a[data-exported]", "data-exported").filter(|t| !t.is_empty())
     });

@@ -397,11 +397,17 @@ fn browser_benchmark_pages_show_figures_history_and_the_network_matrix() {
         assert_eq!(r["network"].as_array().map(Vec::len), Some(1), "{r}");
         score = r["cpu"]["single_core_score"].as_f64().expect("score");
     }
+    // Both runs in alpha's ledger, and beta's advert carrying the second run's figures (the
+    // ledger's entries can arrive before the advert that follows them).
     wait_until("beta's results on alpha", Duration::from_secs(30), || {
         let (_, v) = a.get(&format!("/api/ledger?types=BenchmarkCompleted&origin={b_id}"));
         let (_, p) = a.get("/api/pool/nodes");
         let beta = p["nodes"].as_array()?.iter().find(|n| n["id"] == b_id.as_str())?.clone();
-        (v["entries"].as_array()?.len() == 2 && beta["benchmarks"]["network"].as_array()?.len() == 1).then_some(())
+        let advertised = beta["benchmarks"]["cpu"]["single_core_score"].as_f64()?;
+        (v["entries"].as_array()?.len() == 2
+            && beta["benchmarks"]["network"].as_array()?.len() == 1
+            && advertised == score)
+            .then_some(())
     });
 
     let driver = Driver::start(&chromium, &chromedriver);
@@ -410,7 +416,8 @@ fn browser_benchmark_pages_show_figures_history_and_the_network_matrix() {
     let matrix = driver.text("#network-matrix");
     assert!(matrix.contains("ms") && matrix.contains("Mbit/s"), "beta's link to alpha: {matrix}");
     assert!(matrix.contains("not measured"), "alpha has not measured its link to beta: {matrix}");
-    assert!(driver.text("#benchmark-nodes").contains(&format!("{score:.0}")), "beta's CPU score is listed");
+    let listed = driver.text("#benchmark-nodes");
+    assert!(listed.contains(&format!("{score:.0}")), "beta's CPU score {score:.0} is listed: {listed}");
 
     driver.call("POST", "/url", Some(json!({"url": format!("{}/nodes/{b_id}", a.url)})));
     assert!(driver.text("dl.benchmarks").contains("units/s"), "beta's latest figures on its page");

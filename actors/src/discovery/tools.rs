@@ -141,11 +141,21 @@ pub fn scan(
             .iter()
             .filter(|spec| overrides.get(spec.name).is_none_or(|o| o.enabled))
             .filter_map(|spec| {
-                let path = match overrides.get(spec.name).and_then(|o| o.path.clone()) {
-                    Some(p) => p,
-                    None => spec.binaries.iter().find_map(|b| find_executable(b, search_path))?,
+                let configured = overrides.get(spec.name).and_then(|o| o.path.clone());
+                let (path, on_path) = match configured {
+                    Some(p) => (p, false),
+                    None => (spec.binaries.iter().find_map(|b| find_executable(b, search_path))?, true),
                 };
-                Some(scope.spawn(move || (spec.kind, probe_tool(spec, &path, timeout))))
+                Some(scope.spawn(move || {
+                    let mut info = probe_tool(spec, &path, timeout);
+                    // A path the configuration names is kept as it is.
+                    if on_path && info.error.is_none() {
+                        if let Some(real) = real_executable(spec, &path, info.version.as_deref(), timeout) {
+                            info.path = real.display().to_string();
+                        }
+                    }
+                    (spec.kind, info)
+                }))
             })
             .collect();
         handles.into_iter().filter_map(|h| h.join().ok()).collect()
@@ -178,9 +188,6 @@ pub fn probe_tool(spec: &ToolSpec, path: &Path, timeout: Duration) -> ToolInfo {
             info.version_output = out.first_line();
             info.version = version_in(&version_text(spec, &out));
             info.capabilities = (spec.capabilities)(path, timeout);
-            if let Some(real) = real_executable(spec, path, timeout) {
-                info.path = real.display().to_string();
-            }
         }
         Ok(out) => {
             let code = out.code.map_or("a signal".to_string(), |c| format!("status {c}"));
@@ -196,8 +203,11 @@ pub fn probe_tool(spec: &ToolSpec, path: &Path, timeout: Duration) -> ToolInfo {
 /// (pyenv, asdf, nvm's and volta's shims) put a script on the PATH that execs the interpreter
 /// from a directory of their own, and a sandbox that lets a package reach only the script fails
 /// with "No such file or directory" (exit 127). With the interpreter's path, the sandbox exposes
-/// its prefix (`exec::tool_locations`) and puts its `bin` on the package's PATH.
-fn real_executable(spec: &ToolSpec, path: &Path, timeout: Duration) -> Option<PathBuf> {
+/// its prefix (`exec::tool_locations`, which refuses a prefix that would expose too much) and puts
+/// its `bin` on the package's PATH. The answer is taken only for an executable file that reports
+/// the same version as the one the PATH led to.
+fn real_executable(spec: &ToolSpec, path: &Path, version: Option<&str>, timeout: Duration) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
     let args: &[&str] = match spec.name {
         "python" => &["-c", "import sys; print(sys.executable)"],
         "node" => &["-p", "process.execPath"],
@@ -205,7 +215,12 @@ fn real_executable(spec: &ToolSpec, path: &Path, timeout: Duration) -> Option<Pa
     };
     let out = probe::run(path, args, timeout).ok().filter(|o| o.success())?;
     let real = PathBuf::from(out.first_line()?.trim());
-    (real.is_absolute() && real.is_file()).then_some(real)
+    let executable = std::fs::metadata(&real).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if !real.is_absolute() || !executable || real == path {
+        return None;
+    }
+    let same = probe::run(&real, spec.version_args, timeout).ok().filter(|o| o.success());
+    (same.map(|o| version_in(&version_text(spec, &o))).as_ref().map(Option::as_deref) == Some(version)).then_some(real)
 }
 
 /// Where a tool prints its version: `java -version` uses stderr.

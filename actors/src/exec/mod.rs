@@ -84,18 +84,30 @@ impl ExecutorOptions {
 
 /// What a package that declares a tool may read: the tool's file, or for a runtime found in a
 /// `bin` directory, its whole installation (its libraries live beside it).
-pub fn tool_locations(resources: &crate::wire::NodeResources) -> BTreeMap<String, PathBuf> {
+pub fn tool_locations(resources: &crate::wire::NodeResources, protected: &[PathBuf]) -> BTreeMap<String, PathBuf> {
+    locations(&resources.tools, &resources.runtimes, protected)
+}
+
+fn locations(
+    tools: &[crate::wire::ToolInfo],
+    runtimes: &[crate::wire::ToolInfo],
+    protected: &[PathBuf],
+) -> BTreeMap<String, PathBuf> {
     let usable = |t: &&crate::wire::ToolInfo| t.error.is_none();
+    // A prefix that is the root, or holds the data dir or a volume (keys, the store, other
+    // builds' sandboxes), would expose those to every package: then only the executable is.
+    let protected: Vec<PathBuf> = protected.iter().map(|p| p.canonicalize().unwrap_or_else(|_| p.clone())).collect();
+    let too_wide = |dir: &Path| dir.parent().is_none() || protected.iter().any(|p| p.starts_with(dir));
     let mut out = BTreeMap::new();
-    for t in resources.tools.iter().filter(usable) {
+    for t in tools.iter().filter(usable) {
         let path = PathBuf::from(&t.path);
         out.insert(t.name.clone(), path.canonicalize().unwrap_or(path));
     }
-    for r in resources.runtimes.iter().filter(usable) {
+    for r in runtimes.iter().filter(usable) {
         let path = PathBuf::from(&r.path);
         let exe = path.canonicalize().unwrap_or(path);
-        let prefix = exe.parent().filter(|d| d.ends_with("bin")).and_then(Path::parent).map(Path::to_path_buf);
-        out.insert(r.name.clone(), prefix.unwrap_or(exe));
+        let prefix = exe.parent().filter(|d| d.ends_with("bin")).and_then(Path::parent).filter(|p| !too_wide(p));
+        out.insert(r.name.clone(), prefix.map(Path::to_path_buf).unwrap_or(exe));
     }
     out
 }
@@ -131,8 +143,6 @@ impl Actor for ExecutorActor {
     }
 }
 
-/// Where the sandbox of a run goes: the requested volume when it is one of this node's, else the
-/// data dir's sandboxes.
 /// This node's sandboxes on a storage volume: a directory of its own under
 /// [`VOLUME_SANDBOX_DIR`], since nodes on one machine may share a volume, and each clears its
 /// own at start.
@@ -140,6 +150,8 @@ pub fn volume_sandboxes(volume: &Path, node: &NodeId) -> PathBuf {
     volume.join(VOLUME_SANDBOX_DIR).join(node.as_str())
 }
 
+/// Where the sandbox of a run goes: the requested volume when it is one of this node's, else the
+/// data dir's sandboxes.
 pub fn sandbox_root(opts: &ExecutorOptions, volume: Option<&str>) -> PathBuf {
     match volume.map(Path::new) {
         Some(v) if opts.volumes.iter().any(|own| own == v) => volume_sandboxes(v, &opts.me),
@@ -314,5 +326,38 @@ impl ExecutorHandle {
     /// Kills everything a node asked for: it is gone, and nobody is waiting for the results.
     pub fn cancel_requester(&self, requester: &NodeId) {
         self.addr.do_send(Cancel { build_id: None, requester: Some(requester.clone()) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(path: &Path) -> crate::wire::ToolInfo {
+        crate::wire::ToolInfo {
+            name: "python".into(),
+            path: path.display().to_string(),
+            version: Some("3.11.7".into()),
+            version_output: None,
+            capabilities: vec![],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_runtime_is_exposed_by_its_prefix_unless_that_would_expose_the_data_dir() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = tmp.path().canonicalize().expect("canonical");
+        for bin in ["opt/py/bin", "home/bin"] {
+            std::fs::create_dir_all(base.join(bin)).expect("bin");
+            std::fs::write(base.join(bin).join("python3"), "").expect("interpreter");
+        }
+        let data = base.join("home/.buildnet");
+        std::fs::create_dir_all(&data).expect("data dir");
+        let at = |bin: &str| {
+            locations(&[], &[runtime(&base.join(bin).join("python3"))], std::slice::from_ref(&data))["python"].clone()
+        };
+        assert_eq!(at("opt/py/bin"), base.join("opt/py"), "its installation, libraries and all");
+        assert_eq!(at("home/bin"), base.join("home/bin/python3"), "not the home holding the data dir: the file alone");
     }
 }

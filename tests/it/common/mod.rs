@@ -256,11 +256,10 @@ impl TestNode {
     }
 }
 
-/// Waits until every node's pool view lists exactly these nodes and none of them offline.
-/// Waits until every node sees every other online with its advert (its resources and tools)
-/// received: liveness can come before the advert, and a build placed or recorded in between
-/// sees a smaller pool than the one the test meant (a later advert changes the pool's tools
-/// line, and with it whether a rebuild is up to date).
+/// Waits until every node's pool view lists exactly these nodes, none of them offline, each with
+/// its advert (its resources and tools) received: liveness can come before the advert, and a
+/// build placed or recorded in between sees a smaller pool than the one the test meant (a later
+/// advert changes the pool's tools line, and with it whether a rebuild is up to date).
 pub fn wait_all_online(nodes: &[&TestNode]) {
     for n in nodes {
         wait_until("every node online and advertised in every pool view", Duration::from_secs(30), || {

@@ -714,11 +714,8 @@ fn a_build_body_of_any_odd_shape_is_refused_with_a_named_error() {
 
 /// A fake `git` on the node's PATH that reports the version written in `version` beside it.
 fn fake_git(dir: &Path, version: &str) {
-    use std::os::unix::fs::PermissionsExt;
     std::fs::write(dir.join("version"), format!("git version {version}\n")).expect("version");
-    let script = dir.join("git");
-    std::fs::write(&script, format!("#!/bin/sh\ncat '{}'\n", dir.join("version").display())).expect("git");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    common::fake_tool(dir, "git", &format!("#!/bin/sh\ncat '{}'\n", dir.join("version").display()));
 }
 
 /// `buildnet build` with nothing changed since the last build of the project through this data

@@ -537,10 +537,7 @@ fn a_runtime_behind_a_version_managers_shim_runs_in_the_sandbox() {
     std::fs::create_dir_all(&shims).expect("shims");
     std::fs::create_dir_all(&bin).expect("versions");
     std::os::unix::fs::symlink(&real, bin.join("python3")).expect("the interpreter");
-    let shim = shims.join("python3");
-    std::fs::write(&shim, format!("#!/bin/sh\nexec '{}' \"$@\"\n", bin.join("python3").display())).expect("shim");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    common::fake_tool(&shims, "python3", &format!("#!/bin/sh\nexec '{}' \"$@\"\n", bin.join("python3").display()));
 
     let node = TestNode::start_with(Start { path_prefix: Some(&shims), ..Default::default() });
     let project = tmp.path().join("project");

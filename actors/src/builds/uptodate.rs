@@ -139,9 +139,9 @@ impl PoolTools {
         if state.written.as_ref() == Some(&line) {
             return;
         }
-        let tmp = self.path.with_extension("new");
-        let written = std::fs::write(&tmp, format!("{line}\n")).and_then(|()| std::fs::rename(&tmp, &self.path));
-        match written {
+        // One writer per data dir (the lock): a fixed name, which a write killed midway leaves
+        // for the next one to overwrite.
+        match replace(&self.path, &self.path.with_extension("new"), format!("{line}\n").as_bytes()) {
             Ok(()) => state.written = Some(line),
             Err(e) => {
                 // The old line must not outlive the versions it stood for.
@@ -151,6 +151,14 @@ impl PoolTools {
             }
         }
     }
+}
+
+/// Writes `bytes` to `tmp` beside `path` and renames it over `path`, so a reader sees the old
+/// file or the new one.
+fn replace(path: &Path, tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(tmp, bytes).and_then(|()| std::fs::rename(tmp, path)).inspect_err(|_| {
+        let _ = std::fs::remove_file(tmp);
+    })
 }
 
 /// The tools line in `data_dir`, if the daemon wrote one and is still running (it holds
@@ -230,11 +238,10 @@ impl Record {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        // Several CLIs may write at once: a name of each one's own (`sweep` removes what a killed
+        // one left).
         let tmp = path.with_extension(format!("{:016x}", rand::random::<u64>()));
-        let text = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)).inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+        replace(path, &tmp, &serde_json::to_vec(self).map_err(std::io::Error::other)?)
     }
 
     /// Adds an output just written or found in place at `place`; false if it is not a regular

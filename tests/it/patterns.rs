@@ -263,3 +263,30 @@ fn the_media_example_builds_per_picture_and_init_guesses_a_pattern() {
         eprintln!("no ImageMagick `magick` here: its variant is not built");
     }
 }
+
+/// A node that takes the connection and never answers does not hold `init` up: it asks about the
+/// pool's tools for at most 3 s, then says it looked on this machine's PATH only.
+#[test]
+fn init_does_not_wait_long_for_a_node_that_never_answers() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = format!("http://{}", silent.local_addr().expect("address"));
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("sounds");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    std::fs::write(root.join("a.wav"), "RIFF").expect("clip");
+    let empty = work.path().join("empty-path");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let started = Instant::now();
+    let out = std::process::Command::new(common::BIN)
+        .args(["init", root.to_str().expect("path"), "--address", &address, "--token", "any"])
+        .env("PATH", &empty)
+        .env("BUILDNET_DATA_DIR", work.path().join("no-node"))
+        .output()
+        .expect("init");
+    let took = started.elapsed();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "no ffmpeg anywhere: nothing to write");
+    assert!(said.contains("did not answer in 3 s") && said.contains("PATH only"), "{said}");
+    assert!(took < std::time::Duration::from_secs(20), "init waited {took:?}");
+    drop(silent);
+}

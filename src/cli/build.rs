@@ -96,6 +96,7 @@ struct Recording {
     tools: String,
     digest: String,
     stamps: BTreeMap<String, inputs::Stamp>,
+    watch: Option<inputs::Watch>,
 }
 
 /// Reads the project and its inputs and, for a build through the data dir's own node
@@ -113,11 +114,30 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
         .filter(|_| args.config.is_none() && args.template.is_none() && !args.estimate)
         .map(|dir| (dir.to_path_buf(), Record::path(dir, &root)));
     let previous = record_at.as_ref().and_then(|(_, path)| Record::read(path));
+    let tools = record_at.as_ref().and_then(|(dir, _)| uptodate::read_tools(dir));
+    let asked = args.force || args.ask_node || format != Format::Table;
+    let same_places =
+        |r: &Record| r.outputs.iter().all(|o| writeback::existing_place(&root, &o.path).as_ref() == Some(&o.place));
+    let answerable = |r: &Record| !asked && tools.as_ref() == Some(&r.tools) && same_places(r);
+    // Nothing the request is made from changed by stamps: answered without reading the project.
+    if let (Some((_, path)), Some(previous)) = (&record_at, &previous) {
+        if answerable(previous) && previous.unchanged(&root, args.local_only) {
+            if let Some(hashed) = previous.outputs_in_place() {
+                if let Some(record) = previous.resettled(uptodate::now_ns()) {
+                    let _ = record.write(path);
+                }
+                return Ok(up_to_date(previous, hashed));
+            }
+        }
+    }
     // The node collects a registered project's inputs with this same function.
     let snapshot = inputs::snapshot_known(&root, None, previous.as_ref().map(|r| (&r.inputs, &r.stamps)))
         .map_err(|e| CliError::Other(e.to_string()))?;
     let stamps = snapshot.stamps().clone();
+    let watch = snapshot.watch().cloned();
     let inputs::Snapshot { project, files, .. } = snapshot;
+    // Every field is the command line's or the project's: what a record keeps of the command
+    // line (`Record::local_only`) must follow a field added here.
     let mut request = BuildRequest {
         project,
         files,
@@ -127,39 +147,27 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
         template: args.template.clone(),
         inline_config: None,
     };
-    let Some((dir, path)) = record_at else {
-        return Ok(Prepared::Ask(Box::new(Asking { args, root, request, record: None })));
-    };
-    let Some(tools) = uptodate::read_tools(&dir) else {
+    let (Some((_, path)), Some(tools)) = (record_at, tools.clone()) else {
         return Ok(Prepared::Ask(Box::new(Asking { args, root, request, record: None })));
     };
     let forced = std::mem::replace(&mut request.force, false);
     let digest = uptodate::request_digest(&request);
     request.force = forced;
-    let asked = args.force || args.ask_node || format != Format::Table;
-    let same_places =
-        |r: &Record| r.outputs.iter().all(|o| writeback::existing_place(&root, &o.path).as_ref() == Some(&o.place));
-    if let Some(previous) = previous.filter(|p| !asked && p.request == digest && p.tools == tools && same_places(p)) {
+    if let Some(previous) = previous.filter(|p| p.request == digest && answerable(p)) {
         if let Some(hashed) = previous.outputs_in_place() {
             // Stamps that settled since the record was written spare the next check its reads.
             let resettled = previous.resettled(uptodate::now_ns());
-            if resettled.is_some() || stamps.len() > previous.stamps.len() {
+            if resettled.is_some() || stamps.len() > previous.stamps.len() || watch != previous.watch {
                 let mut record = resettled.unwrap_or_else(|| previous.clone());
                 record.inputs = vouched(&request.files, &stamps);
                 record.stamps = stamps;
+                record.watch = watch;
                 let _ = record.write(&path);
             }
-            let by_content = if hashed > 0 { format!(", {hashed} checked by content") } else { String::new() };
-            println!(
-                "Up to date: nothing changed since build {} ({} package(s), {} output file(s) in place{by_content}).",
-                previous.build_id,
-                previous.packages,
-                previous.outputs.len(),
-            );
-            return Ok(Prepared::UpToDate);
+            return Ok(up_to_date(&previous, hashed));
         }
     }
-    let record = Some(Recording { path, tools, digest, stamps });
+    let record = Some(Recording { path, tools, digest, stamps, watch });
     Ok(Prepared::Ask(Box::new(Asking { args, root, request, record })))
 }
 
@@ -230,11 +238,12 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
         fetch_output(ctx, f, dest).await?;
         written += 1;
     }
-    if let Some(Recording { path, tools, digest, stamps }) = record {
+    if let Some(Recording { path, tools, digest, stamps, watch }) = record {
         keep_record(&path, status.status == BuildState::Succeeded, || {
-            let mut record = Record::new(digest, tools, id.clone(), status.packages.len());
+            let mut record = Record::new(digest, tools, id.clone(), status.packages.len(), request.local_only);
             record.inputs = vouched(&request.files, &stamps);
             record.stamps = stamps;
+            record.watch = watch;
             let now = uptodate::now_ns();
             places.iter().all(|(f, dest)| record.add_output(dest, f, now)).then_some(record)
         });
@@ -263,6 +272,18 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
             Err(CliError::Other(format!("build {id} {other}: {}", status.error.unwrap_or_default())))
         }
     }
+}
+
+/// Says a build is up to date; `hashed` outputs were checked by their content.
+fn up_to_date(previous: &Record, hashed: usize) -> Prepared {
+    let by_content = if hashed > 0 { format!(", {hashed} checked by content") } else { String::new() };
+    println!(
+        "Up to date: nothing changed since build {} ({} package(s), {} output file(s) in place{by_content}).",
+        previous.build_id,
+        previous.packages,
+        previous.outputs.len(),
+    );
+    Prepared::UpToDate
 }
 
 /// Writes the record of a build that succeeded with every output in place, and removes the one

@@ -16,25 +16,29 @@ use crate::web::tls::{self, Fingerprint, Seen};
 
 /// A connection to one node's API, over HTTP or HTTPS.
 pub struct Client {
-    http: awc::Client,
+    /// Made at the first request, with what the TLS verifier saw (to explain a refused
+    /// certificate): a build found up to date sends none, and the TLS set-up (the webpki roots)
+    /// was ~3 % of that answer's time.
+    http: std::cell::OnceCell<(awc::Client, Arc<Seen>)>,
     base: String,
     token: Option<String>,
     /// The fingerprint an https:// node's certificate must have (None: a known authority's).
     pin: Option<Fingerprint>,
-    /// What the TLS verifier saw, to explain a refused certificate.
-    seen: Arc<Seen>,
 }
 
 impl Client {
     pub fn new(base: String, token: Option<String>, pin: Option<Fingerprint>) -> Self {
-        let (http, seen) = tls::api_client(Duration::from_secs(300), pin);
-        Client { http, base: base.trim_end_matches('/').to_string(), token, pin, seen }
+        Client { http: std::cell::OnceCell::new(), base: base.trim_end_matches('/').to_string(), token, pin }
+    }
+
+    fn http(&self) -> &awc::Client {
+        &self.http.get_or_init(|| tls::api_client(Duration::from_secs(300), self.pin)).0
     }
 
     /// A request that could not be sent: a refused TLS certificate is said as such, with what to
     /// do; no connection at all means no node answers.
     fn send_error(&self, e: awc::error::SendRequestError, doing: impl FnOnce() -> String) -> CliError {
-        if let Some(presented) = self.seen.refused() {
+        if let Some(presented) = self.http.get().and_then(|(_, seen)| seen.refused()) {
             let base = &self.base;
             return CliError::Tls(match self.pin {
                 Some(pin) => format!(
@@ -84,7 +88,7 @@ impl Client {
             data.truncate(n);
             Ok::<_, std::io::Error>((n > 0).then(|| (actix_web::web::Bytes::from(data), source)))
         });
-        let mut req = self.http.put(&url).insert_header(("Content-Type", "application/octet-stream"));
+        let mut req = self.http().put(&url).insert_header(("Content-Type", "application/octet-stream"));
         if let Some(token) = &self.token {
             req = req.insert_header(("Authorization", format!("Bearer {token}")));
         }
@@ -118,7 +122,7 @@ impl Client {
 
     async fn stream_blob(&self, digest: &str, file: &mut std::fs::File) -> Result<u64, CliError> {
         let url = format!("{}/api/blobs/{digest}", self.base);
-        let mut req = self.http.get(&url);
+        let mut req = self.http().get(&url);
         if let Some(token) = &self.token {
             req = req.insert_header(("Authorization", format!("Bearer {token}")));
         }
@@ -155,7 +159,7 @@ impl Client {
     async fn send<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<Value>) -> Result<T, CliError> {
         let url = format!("{}{path}", self.base);
         let method = awc::http::Method::from_bytes(method.as_bytes()).map_err(|e| CliError::Other(e.to_string()))?;
-        let mut req = self.http.request(method, &url);
+        let mut req = self.http().request(method, &url);
         if let Some(token) = &self.token {
             req = req.insert_header(("Authorization", format!("Bearer {token}")));
         }

@@ -825,3 +825,90 @@ fn a_build_with_nothing_changed_is_answered_up_to_date_without_asking_the_node()
     assert_eq!(after.status.code(), Some(2), "{}", String::from_utf8_lossy(&after.stdout));
     assert!(String::from_utf8_lossy(&after.stderr).contains("no BuildNet node answers"));
 }
+
+/// Once the project has settled, "up to date" is told from stamps alone, without reading the
+/// manifest or listing a directory (`inputs::Watch`): each change that answer could miss is made
+/// right after the record holds such a watch, and the build still sees it.
+#[test]
+fn an_up_to_date_answer_from_stamps_alone_still_sees_every_change() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("cat");
+    std::fs::create_dir_all(root.join("in/deep")).expect("mkdir");
+    std::fs::write(root.join("in/a.txt"), "alpha\n").expect("input");
+    let manifest = |line: &str| {
+        std::fs::write(
+            root.join("buildnet.toml"),
+            format!(
+                "[packages.cat]\nshell = \"mkdir -p out && cat $(find in -name '*.txt' | sort) > out/all.txt{line}\"\n\
+                 inputs = [\"in/**/*.txt\"]\noutputs = [\"out/all.txt\"]\n"
+            ),
+        )
+        .expect("manifest")
+    };
+    manifest("");
+    let out = root.join("out/all.txt");
+    let run = |extra: &[&str]| {
+        let o = build(&node, &root, extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let record = || -> Value {
+        let dir = node.dir.join("up-to-date");
+        let entry = std::fs::read_dir(&dir)
+            .expect("records")
+            .flatten()
+            .find(|e| e.path().extension().is_some_and(|x| x == "json"));
+        serde_json::from_slice(&std::fs::read(entry.expect("a record").path()).expect("read")).expect("json")
+    };
+    // Settled, a no-op keeps a watch in the record; the next answer comes from stamps alone.
+    let settle = || {
+        std::thread::sleep(Duration::from_millis(2100));
+        assert!(run(&[]).starts_with("Up to date"));
+        assert!(record()["watch"].is_object(), "the record holds a watch: {}", record());
+        assert!(run(&[]).starts_with("Up to date"), "answered from stamps");
+    };
+    assert!(run(&[]).contains("1 ran"));
+    assert!(record()["watch"].is_null(), "files written just now do not vouch for themselves yet");
+    settle();
+
+    // A file added where the glob looks, two directories down.
+    std::fs::write(root.join("in/deep/b.txt"), "beta\n").expect("input");
+    assert!(run(&[]).contains("1 ran"), "an added input");
+    assert_eq!(std::fs::read_to_string(&out).expect("output"), "alpha\nbeta\n");
+    settle();
+
+    // A directory the glob walked replaced by a link to it: the same files are still reached
+    // through the link, but a glob never enters one, so the input is gone.
+    std::fs::rename(root.join("in/deep"), root.join("deep.real")).expect("move");
+    std::os::unix::fs::symlink(root.join("deep.real"), root.join("in/deep")).expect("link");
+    assert!(std::fs::metadata(root.join("in/deep/b.txt")).is_ok());
+    // (The node has that build in its cache, from before b.txt was added.)
+    assert!(run(&[]).contains("1 from cache; 1 output file(s) written"), "a walked directory made a link");
+    assert_eq!(std::fs::read_to_string(&out).expect("output"), "alpha\n");
+    std::fs::remove_file(root.join("in/deep")).expect("unlink");
+    std::fs::rename(root.join("deep.real"), root.join("in/deep")).expect("move back");
+    assert!(!run(&[]).starts_with("Up to date"), "the directory back");
+    assert_eq!(std::fs::read_to_string(&out).expect("output"), "alpha\nbeta\n");
+    settle();
+
+    // The manifest edited.
+    manifest(" && echo end >> out/all.txt");
+    assert!(run(&[]).contains("1 ran"), "an edited manifest");
+    assert!(std::fs::read_to_string(&out).expect("output").ends_with("end\n"));
+    settle();
+
+    // An input rewritten to the same size, its modification time put back: the change time
+    // still moved, so it is read again.
+    let input = root.join("in/a.txt");
+    let mtime = std::fs::metadata(&input).expect("meta").modified().expect("mtime");
+    std::fs::write(&input, "ALPHA\n").expect("rewrite");
+    std::fs::File::options().write(true).open(&input).expect("open").set_modified(mtime).expect("put back");
+    assert!(run(&[]).contains("1 ran"), "same size and modification time, new content");
+    assert!(std::fs::read_to_string(&out).expect("output").starts_with("ALPHA\n"));
+    settle();
+
+    // Another command line is another request.
+    assert!(run(&["--local-only"]).contains("from cache"), "--local-only asks the node");
+}

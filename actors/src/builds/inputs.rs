@@ -25,11 +25,20 @@ fn link_refused(path: &str) -> String {
     format!("'{path}' is a symbolic link; links are not followed (inputs must be regular files in the project)")
 }
 
+/// Directories whose listing an expansion read (project-relative, `""` for the root), each
+/// stamped just before it was read: a change while it was read shows as a different stamp.
+pub type Listed = BTreeMap<String, Stamp>;
+
 /// The regular files under `root` that `pattern` matches, project-relative and sorted. A
 /// matching symbolic link, or a directory on the way that is one, is an error; directories that
 /// are links are never entered; FIFOs, sockets and devices are passed over. The pattern was
 /// checked with [`check_path`] (`Manifest::check_structure`).
 pub fn expand(root: &Path, pattern: &str) -> Result<Vec<String>, String> {
+    expand_listing(root, pattern, &mut Listed::new())
+}
+
+/// [`expand`], adding each directory it lists to `listed`.
+pub fn expand_listing(root: &Path, pattern: &str, listed: &mut Listed) -> Result<Vec<String>, String> {
     let pat = glob::Pattern::new(pattern).map_err(|e| format!("bad glob '{pattern}': {e}"))?;
     let components: Vec<&str> = pattern.split('/').collect();
     let literal = components.iter().take_while(|c| !c.contains(['*', '?', '['])).count();
@@ -58,6 +67,15 @@ pub fn expand(root: &Path, pattern: &str) -> Result<Vec<String>, String> {
     let mut found = Vec::new();
     let mut stack = vec![(start, prefix, 0usize)];
     while let Some((dir, rel_dir, depth)) = stack.pop() {
+        // Stamped before it is read, and not entered if it became a link since it was listed.
+        let meta = std::fs::symlink_metadata(&dir).map_err(|e| format!("'{rel_dir}': {e}"))?;
+        if meta.file_type().is_symlink() {
+            return Err(link_refused(&rel_dir));
+        }
+        if !meta.is_dir() {
+            return Err(format!("'{rel_dir}' is not a directory"));
+        }
+        listed.entry(rel_dir.clone()).or_insert_with(|| Stamp::of(&meta));
         let entries = std::fs::read_dir(&dir).map_err(|e| format!("'{rel_dir}': {e}"))?;
         for entry in entries {
             let entry = entry.map_err(|e| format!("'{rel_dir}': {e}"))?;
@@ -127,6 +145,7 @@ pub struct Snapshot {
     pub project: Project,
     pub files: BTreeMap<String, FileRef>,
     stamps: BTreeMap<String, Stamp>,
+    watch: Option<Watch>,
 }
 
 impl Snapshot {
@@ -134,19 +153,85 @@ impl Snapshot {
     pub fn stamps(&self) -> &BTreeMap<String, Stamp> {
         &self.stamps
     }
+
+    /// What the project was read from besides its inputs, when all of it had settled.
+    pub fn watch(&self) -> Option<&Watch> {
+        self.watch.as_ref()
+    }
+}
+
+/// Everything a snapshot was made from besides its input files, by stamps: the manifest, each
+/// directory whose listing a glob read, and each directory on the way to an input. While these
+/// and the inputs' stamps are unchanged (and had settled when taken), a new snapshot would be the
+/// same, so it need not be made: the CLI's check that a build is up to date reads no file
+/// (`builds::uptodate`), as ninja decides from its log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Watch {
+    manifest: Stamp,
+    listed: Listed,
+    /// Directory → (device, inode): the same directories, none of them replaced or made a link,
+    /// as a snapshot refuses to read through one.
+    on_the_way: BTreeMap<String, (u64, u64)>,
+}
+
+impl Watch {
+    /// The watch of a snapshot begun at `now_ns`, if every stamp in it had settled (see
+    /// [`SETTLED_NS`]) and every directory on the way to an input is one.
+    fn of(
+        root: &Path,
+        manifest: Stamp,
+        listed: Listed,
+        files: &BTreeMap<String, FileRef>,
+        now_ns: i128,
+    ) -> Option<Watch> {
+        if !manifest.settled_before(now_ns) || !listed.values().all(|s| s.settled_before(now_ns)) {
+            return None;
+        }
+        let mut on_the_way = BTreeMap::new();
+        for path in files.keys() {
+            let mut dir = path.as_str();
+            while let Some(slash) = dir.rfind('/') {
+                dir = &dir[..slash];
+                if on_the_way.contains_key(dir) {
+                    break;
+                }
+                let meta = std::fs::symlink_metadata(root.join(dir)).ok().filter(|m| m.is_dir())?;
+                on_the_way.insert(dir.to_string(), (meta.dev(), meta.ino()));
+            }
+        }
+        Some(Watch { manifest, listed, on_the_way })
+    }
+
+    /// Whether the manifest, the listed directories and those on the way are as they were.
+    pub fn holds(&self, root: &Path) -> bool {
+        let stamp = |rel: &str| std::fs::symlink_metadata(root.join(rel)).ok();
+        stamp(project::MANIFEST).is_some_and(|m| m.is_file() && Stamp::of(&m) == self.manifest)
+            && self.listed.iter().all(|(dir, s)| stamp(dir).is_some_and(|m| m.is_dir() && Stamp::of(&m) == *s))
+            && self
+                .on_the_way
+                .iter()
+                .all(|(dir, id)| stamp(dir).is_some_and(|m| m.is_dir() && (m.dev(), m.ino()) == *id))
+    }
 }
 
 /// Reads and checks `<root>/buildnet.toml` (not through a symbolic link) and expands its inputs.
 pub fn load(root: &Path) -> Result<Project, ProjectError> {
+    load_watching(root, &mut Listed::new()).map(|(project, _)| project)
+}
+
+/// [`load`], with the manifest's stamp (taken before it was read) and every directory listed.
+fn load_watching(root: &Path, listed: &mut Listed) -> Result<(Project, Option<Stamp>), ProjectError> {
     let manifest = root.join(project::MANIFEST);
-    if std::fs::symlink_metadata(&manifest).is_ok_and(|m| m.file_type().is_symlink()) {
+    let meta = std::fs::symlink_metadata(&manifest).ok();
+    if meta.as_ref().is_some_and(|m| m.file_type().is_symlink()) {
         return Err(ProjectError {
             file: manifest.display().to_string(),
             field: "(file)".into(),
             message: "is a symbolic link; links are not followed".into(),
         });
     }
-    project::load(root)
+    let stamp = meta.filter(|m| m.is_file()).map(|m| Stamp::of(&m));
+    Ok((project::load_listing(root, listed)?, stamp))
 }
 
 /// Reads `<root>/buildnet.toml`, expands its inputs and hashes every input file; with a `cas`,
@@ -175,7 +260,8 @@ fn snapshot_at(
     known: Option<Known<'_>>,
     now_ns: i128,
 ) -> Result<Snapshot, ProjectError> {
-    let project = load(root)?;
+    let mut listed = Listed::new();
+    let (project, manifest) = load_watching(root, &mut listed)?;
     let file = root.join(project::MANIFEST).display().to_string();
     let mut files = BTreeMap::new();
     let mut stamps = BTreeMap::new();
@@ -205,7 +291,10 @@ fn snapshot_at(
             }
         }
     }
-    Ok(Snapshot { project, files, stamps })
+    // Only a snapshot whose every input a settled stamp vouches for can be known unchanged by stamps.
+    let all_vouched = stamps.len() == files.len();
+    let watch = manifest.filter(|_| all_vouched).and_then(|m| Watch::of(root, m, listed, &files, now_ns));
+    Ok(Snapshot { project, files, stamps, watch })
 }
 
 /// Hashes one file, never through a link at its own name (`exec::layout::open_regular`, as
@@ -330,5 +419,42 @@ mod tests {
             blake3::hash(b"stale").to_hex().to_string(),
             "not read: the stamp vouched"
         );
+    }
+
+    /// A watch stands for what a snapshot read besides its inputs: a file added where a glob
+    /// looks, a directory on the way made a link, or an edited manifest all break it, and it is
+    /// kept only when everything it holds had settled.
+    #[test]
+    fn a_watch_holds_only_while_the_manifest_and_the_directories_read_are_unchanged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("p");
+        write(&root, "src/a.c", "a");
+        write(&root, "src/deep/b.c", "b");
+        write(&root, "include/x.h", "x");
+        write(&root, project::MANIFEST, "[packages.x]\ncommand=[\"cc\"]\ninputs=[\"src/**/*.c\", \"include/x.h\"]\n");
+        let later = crate::builds::uptodate::now_ns() + 100 * SETTLED_NS;
+        let watched = || snapshot_at(&root, None, None, later).expect("snapshot").watch.expect("settled: a watch");
+        assert!(
+            snapshot_at(&root, None, None, later - 100 * SETTLED_NS).expect("snapshot").watch.is_none(),
+            "nothing settled yet"
+        );
+        let watch = watched();
+        assert_eq!(watch.listed.keys().collect::<Vec<_>>(), ["src", "src/deep"], "the directories the glob read");
+        assert_eq!(watch.on_the_way.keys().collect::<Vec<_>>(), ["include", "src", "src/deep"]);
+        assert!(watch.holds(&root));
+
+        write(&root, "src/deep/c.c", "c");
+        assert!(!watch.holds(&root), "a file added where the glob looks");
+        let watch = watched();
+        std::fs::rename(root.join("include"), root.join("include.real")).expect("move");
+        std::os::unix::fs::symlink(root.join("include.real"), root.join("include")).expect("link");
+        assert!(std::fs::metadata(root.join("include/x.h")).is_ok(), "the input is still reached, through a link");
+        assert!(!watch.holds(&root), "a directory on the way made a link");
+        std::fs::remove_file(root.join("include")).expect("unlink");
+        std::fs::rename(root.join("include.real"), root.join("include")).expect("move back");
+        let watch = watched();
+        assert!(watch.holds(&root));
+        write(&root, project::MANIFEST, "[packages.x]\ncommand=[\"cd\"]\ninputs=[\"src/**/*.c\", \"include/x.h\"]\n");
+        assert!(!watch.holds(&root), "an edited manifest");
     }
 }

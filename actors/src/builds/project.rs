@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use super::inputs::Listed;
 use crate::wire::check_path;
 
 use serde::{Deserialize, Serialize};
@@ -172,8 +173,13 @@ impl Manifest {
     /// Checks the manifest against the project directory, expands its pattern packages and
     /// orders the packages.
     pub fn check(self, file: &str, root: &Path) -> Result<Project, ProjectError> {
+        self.check_listing(file, root, &mut Listed::new())
+    }
+
+    /// [`Manifest::check`], adding every directory whose listing it read to `listed`.
+    pub fn check_listing(self, file: &str, root: &Path, listed: &mut Listed) -> Result<Project, ProjectError> {
         self.check_structure(file)?;
-        let manifest = self.expand(file, root)?;
+        let manifest = self.expand(file, root, listed)?;
         let order = manifest.structure(file, true)?;
         let mut inputs = BTreeMap::new();
         // Each pattern is walked once, however many packages list it: a generated manifest gives
@@ -186,7 +192,8 @@ impl Manifest {
             for pattern in &p.inputs {
                 if !walked.contains_key(pattern.as_str()) {
                     // Expanded without following a link (`inputs::expand`), as the CLI and the node share it.
-                    let found = super::inputs::expand(root, pattern).map_err(|m| err(file, field("inputs"), m))?;
+                    let found = super::inputs::expand_listing(root, pattern, listed)
+                        .map_err(|m| err(file, field("inputs"), m))?;
                     walked.insert(pattern, found);
                 }
                 let found = &walked[pattern.as_str()];
@@ -389,7 +396,7 @@ impl Manifest {
     /// (walked as inputs are, never through a link), and a dependency on the pattern with one on
     /// every expansion. A glob that matches nothing, or two expansions producing one output, is
     /// an error naming the table (and the files).
-    fn expand(mut self, file: &str, root: &Path) -> Result<Manifest, ProjectError> {
+    fn expand(mut self, file: &str, root: &Path, listed: &mut Listed) -> Result<Manifest, ProjectError> {
         let patterns: Vec<String> =
             self.packages.iter().filter(|(_, p)| p.for_each.is_some()).map(|(n, _)| n.clone()).collect();
         let mut expansions: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -397,7 +404,8 @@ impl Manifest {
             let Some(pattern) = self.packages.remove(&table) else { continue };
             let glob = pattern.for_each.clone().unwrap_or_default();
             let field = |f: &str| format!("packages.{table}.{f}");
-            let files = super::inputs::expand(root, &glob).map_err(|m| err(file, field("for_each"), m))?;
+            let files =
+                super::inputs::expand_listing(root, &glob, listed).map_err(|m| err(file, field("for_each"), m))?;
             if files.is_empty() {
                 return Err(err(file, field("for_each"), format!("'{glob}' matches no file in {}", root.display())));
             }
@@ -498,11 +506,16 @@ fn topological_order(packages: &BTreeMap<String, Package>) -> Result<Vec<String>
 
 /// Reads and checks `<root>/buildnet.toml`.
 pub fn load(root: &Path) -> Result<Project, ProjectError> {
+    load_listing(root, &mut Listed::new())
+}
+
+/// [`load`], adding every directory whose listing it read to `listed`.
+pub fn load_listing(root: &Path, listed: &mut Listed) -> Result<Project, ProjectError> {
     let path: PathBuf = root.join(MANIFEST);
     let file = path.display().to_string();
     let text =
         std::fs::read_to_string(&path).map_err(|e| err(&file, "(file)".into(), format!("cannot be read: {e}")))?;
-    Manifest::parse(&file, &text)?.check(&file, root)
+    Manifest::parse(&file, &text)?.check_listing(&file, root, listed)
 }
 
 impl Project {

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::inputs::Stamp;
+use super::inputs::{Stamp, Watch};
 use super::runner::BuildRequest;
 use crate::cas::{self, FileRef};
 use crate::mesh::PeerView;
@@ -33,7 +33,7 @@ pub const TOOLS_FILE: &str = "pool-tools";
 /// The CLI's records, one file per project, in the node's data dir.
 pub const RECORDS_DIR: &str = "up-to-date";
 /// A record's format; a record of another version is not read.
-const RECORD_VERSION: u32 = 1;
+const RECORD_VERSION: u32 = 2;
 
 type Versions = BTreeMap<String, Option<String>>;
 
@@ -185,9 +185,15 @@ pub struct Record {
     pub tools: String,
     pub build_id: String,
     pub packages: usize,
+    /// The request's `local_only`: with `force` cleared, the one part of a recorded request
+    /// that comes from the command line rather than the project (a build with a saved
+    /// configuration or template keeps no record).
+    pub local_only: bool,
     /// The inputs whose stamps vouch for their digests (see `inputs::snapshot_known`).
     pub inputs: BTreeMap<String, FileRef>,
     pub stamps: BTreeMap<String, Stamp>,
+    /// What else the request was made from, when all of it had settled: see [`Record::unchanged`].
+    pub watch: Option<Watch>,
     pub outputs: Vec<WrittenOutput>,
 }
 
@@ -207,17 +213,33 @@ pub struct WrittenOutput {
 }
 
 impl Record {
-    pub fn new(request: String, tools: String, build_id: String, packages: usize) -> Record {
+    pub fn new(request: String, tools: String, build_id: String, packages: usize, local_only: bool) -> Record {
         Record {
             v: RECORD_VERSION,
             request,
             tools,
             build_id,
             packages,
+            local_only,
             inputs: BTreeMap::new(),
             stamps: BTreeMap::new(),
+            watch: None,
             outputs: Vec::new(),
         }
+    }
+
+    /// Whether the request would be the recorded one, told without making it: the manifest,
+    /// the directories read and every input are as they were by stamps that had settled
+    /// (`inputs::Watch`), and the command line asks the same. Only the inputs' stamps are read,
+    /// not the files; false means only that the request has to be made and compared.
+    pub fn unchanged(&self, root: &Path, local_only: bool) -> bool {
+        // A watch is kept only with a stamp for every input (`inputs::Snapshot::watch`).
+        let Some(watch) = &self.watch else { return false };
+        local_only == self.local_only
+            && watch.holds(root)
+            && self.stamps.iter().all(|(path, stamp)| {
+                std::fs::symlink_metadata(root.join(path)).is_ok_and(|m| m.is_file() && Stamp::of(&m) == *stamp)
+            })
     }
 
     /// The record file of the project at `root` (canonical) in `data_dir`.
@@ -366,7 +388,7 @@ mod tests {
     fn a_sweep_removes_old_leftovers_beside_a_record_and_nothing_else() {
         let dir = tempfile::tempdir().expect("tempdir");
         let record = Record::path(dir.path(), Path::new("/some/project"));
-        Record::new("r".into(), "t".into(), "b".into(), 1).write(&record).expect("write");
+        Record::new("r".into(), "t".into(), "b".into(), 1, false).write(&record).expect("write");
         let records = record.parent().expect("dir");
         let (old, fresh) = (records.join("x.0123456789abcdef"), records.join("y.fedcba9876543210"));
         for f in [&old, &fresh] {
@@ -389,10 +411,10 @@ mod tests {
         let file = FileRef { path: "out.txt".into(), digest, executable: false, size };
         let later = now_ns() + 10_000_000_000;
 
-        let mut settled = Record::new("r".into(), "t".into(), "b".into(), 1);
+        let mut settled = Record::new("r".into(), "t".into(), "b".into(), 1, false);
         assert!(settled.add_output(&place, &file, later));
         assert_eq!(settled.outputs_in_place(), Some(0), "a settled stamp vouches: nothing hashed");
-        let mut fresh = Record::new("r".into(), "t".into(), "b".into(), 1);
+        let mut fresh = Record::new("r".into(), "t".into(), "b".into(), 1, false);
         assert!(fresh.add_output(&place, &file, now_ns()));
         assert_eq!(fresh.outputs_in_place(), Some(1), "a stamp taken at the change is checked by content");
         assert!(fresh.resettled(now_ns()).is_none(), "nothing has settled yet");

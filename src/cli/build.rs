@@ -157,11 +157,13 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
         if let Some(hashed) = previous.outputs_in_place() {
             // Stamps that settled since the record was written spare the next check its reads.
             let resettled = previous.resettled(uptodate::now_ns());
-            if resettled.is_some() || stamps.len() > previous.stamps.len() || watch != previous.watch {
+            let cli = uptodate::cli_stamp();
+            if resettled.is_some() || stamps != previous.stamps || watch != previous.watch || cli != previous.cli {
                 let mut record = resettled.unwrap_or_else(|| previous.clone());
                 record.inputs = vouched(&request.files, &stamps);
                 record.stamps = stamps;
                 record.watch = watch;
+                record.cli = cli;
                 let _ = record.write(&path);
             }
             return Ok(up_to_date(&previous, hashed));
@@ -244,6 +246,7 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
             record.inputs = vouched(&request.files, &stamps);
             record.stamps = stamps;
             record.watch = watch;
+            record.cli = uptodate::cli_stamp();
             let now = uptodate::now_ns();
             places.iter().all(|(f, dest)| record.add_output(dest, f, now)).then_some(record)
         });

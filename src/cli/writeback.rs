@@ -47,23 +47,28 @@ fn walk(root: &Path, path: &str, create: bool) -> Result<PathBuf, CliError> {
     let mut at = root.to_path_buf();
     for (i, c) in components.iter().enumerate() {
         let next = at.join(c);
-        let shown = components[..=i].join("/");
+        // Named only in a refusal: every up-to-date check walks each output's path.
+        let shown = || components[..=i].join("/");
         match std::fs::symlink_metadata(&next) {
             Ok(m) if m.is_dir() => at = next,
             Ok(m) if m.file_type().is_symlink() => {
-                let target = next.canonicalize().map_err(|e| refused(path, format!("'{shown}' is a link: {e}")))?;
+                let target = next.canonicalize().map_err(|e| refused(path, format!("'{}' is a link: {e}", shown())))?;
                 if !target.starts_with(root) {
                     return Err(refused(
                         path,
-                        format!("'{shown}' is a symbolic link leading outside the project (to {})", target.display()),
+                        format!(
+                            "'{}' is a symbolic link leading outside the project (to {})",
+                            shown(),
+                            target.display()
+                        ),
                     ));
                 }
                 if !target.is_dir() {
-                    return Err(refused(path, format!("'{shown}' is not a directory")));
+                    return Err(refused(path, format!("'{}' is not a directory", shown())));
                 }
                 at = target;
             }
-            Ok(_) => return Err(refused(path, format!("'{shown}' is not a directory"))),
+            Ok(_) => return Err(refused(path, format!("'{}' is not a directory", shown()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 std::fs::create_dir(&next).map_err(|e| refused(path, format!("{}: {e}", next.display())))?;
                 at = next;

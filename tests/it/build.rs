@@ -909,6 +909,37 @@ fn an_up_to_date_answer_from_stamps_alone_still_sees_every_change() {
     assert!(std::fs::read_to_string(&out).expect("output").starts_with("ALPHA\n"));
     settle();
 
+    // An input touched, its content the same: once it settles, the record takes its new stamp,
+    // so the answer comes from stamps alone again rather than reading it every time.
+    use std::os::unix::fs::MetadataExt;
+    let input = root.join("in/a.txt");
+    let now = std::time::SystemTime::now();
+    std::fs::File::options().write(true).open(&input).expect("open").set_modified(now).expect("touch");
+    std::thread::sleep(Duration::from_millis(2100));
+    assert!(run(&[]).starts_with("Up to date"));
+    let mtime_ns = |m: std::fs::Metadata| m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
+    assert_eq!(
+        record()["stamps"]["in/a.txt"][1].as_i64().map(i128::from),
+        Some(mtime_ns(std::fs::metadata(&input).expect("meta"))),
+        "the touched input's settled stamp is kept: {}",
+        record()
+    );
+
+    // Another `buildnet` binary may make its requests another way: its first build makes the
+    // request again (and, finding it the same, answers up to date and keeps its own stamp).
+    let other = work.path().join("buildnet-copy");
+    std::fs::copy(common::BIN, &other).expect("copy the binary");
+    let cli_before = record()["cli"].clone();
+    let copied = std::process::Command::new(&other)
+        .args(["build", "--project", root.to_str().expect("utf-8")])
+        .env("BUILDNET_DATA_DIR", &node.dir)
+        .env_remove("BUILDNET_ADDRESS")
+        .env_remove("BUILDNET_TOKEN")
+        .output()
+        .expect("run the copy");
+    assert!(String::from_utf8_lossy(&copied.stdout).starts_with("Up to date"), "{copied:?}");
+    assert!(cli_before.is_array() && record()["cli"] != cli_before, "the record now names the copy: {}", record());
+
     // Another command line is another request.
     assert!(run(&["--local-only"]).contains("from cache"), "--local-only asks the node");
 }

@@ -103,14 +103,31 @@ pub fn expand_listing(root: &Path, pattern: &str, listed: &mut Listed) -> Result
 }
 
 /// What a file looked like when it was hashed: unchanged stamps mean an unchanged digest — once
-/// the file had settled (see [`SETTLED_NS`]).
+/// the file had settled (see [`SETTLED_NS`]). Kept as a bare array (`[size, mtime, ctime, inode,
+/// device]`): a record holds one per input and output, and reading it is part of every
+/// up-to-date answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "StampFields", into = "StampFields")]
 pub struct Stamp {
     size: u64,
     mtime_ns: i128,
     ctime_ns: i128,
     inode: u64,
     device: u64,
+}
+
+type StampFields = (u64, i128, i128, u64, u64);
+
+impl From<Stamp> for StampFields {
+    fn from(s: Stamp) -> StampFields {
+        (s.size, s.mtime_ns, s.ctime_ns, s.inode, s.device)
+    }
+}
+
+impl From<StampFields> for Stamp {
+    fn from((size, mtime_ns, ctime_ns, inode, device): StampFields) -> Stamp {
+        Stamp { size, mtime_ns, ctime_ns, inode, device }
+    }
 }
 
 impl Stamp {

@@ -33,7 +33,7 @@ pub const TOOLS_FILE: &str = "pool-tools";
 /// The CLI's records, one file per project, in the node's data dir.
 pub const RECORDS_DIR: &str = "up-to-date";
 /// A record's format; a record of another version is not read.
-const RECORD_VERSION: u32 = 2;
+const RECORD_VERSION: u32 = 3;
 
 type Versions = BTreeMap<String, Option<String>>;
 
@@ -194,6 +194,9 @@ pub struct Record {
     pub stamps: BTreeMap<String, Stamp>,
     /// What else the request was made from, when all of it had settled: see [`Record::unchanged`].
     pub watch: Option<Watch>,
+    /// The CLI executable that made the request ([`cli_stamp`]): another one may make requests
+    /// another way, so only a request made again vouches across a change of binary.
+    pub cli: Option<Stamp>,
     pub outputs: Vec<WrittenOutput>,
 }
 
@@ -224,6 +227,7 @@ impl Record {
             inputs: BTreeMap::new(),
             stamps: BTreeMap::new(),
             watch: None,
+            cli: None,
             outputs: Vec::new(),
         }
     }
@@ -236,6 +240,8 @@ impl Record {
         // A watch is kept only with a stamp for every input (`inputs::Snapshot::watch`).
         let Some(watch) = &self.watch else { return false };
         local_only == self.local_only
+            && self.cli.is_some()
+            && self.cli == cli_stamp()
             && watch.holds(root)
             && self.stamps.iter().all(|(path, stamp)| {
                 std::fs::symlink_metadata(root.join(path)).is_ok_and(|m| m.is_file() && Stamp::of(&m) == *stamp)
@@ -312,20 +318,31 @@ impl Record {
     /// The record with the stamps of outputs that have settled since it was written, if any has
     /// (so the next check need not hash them); None when nothing would change.
     pub fn resettled(&self, now_ns: i128) -> Option<Record> {
+        let settled_now = |out: &WrittenOutput| {
+            let meta = std::fs::symlink_metadata(&out.place).ok().filter(|m| m.is_file())?;
+            Some(Stamp::of(&meta)).filter(|s| s.settled_before(now_ns))
+        };
+        let stamps: Vec<Option<Stamp>> =
+            self.outputs.iter().map(|out| if out.settled { None } else { settled_now(out) }).collect();
+        if stamps.iter().all(Option::is_none) {
+            return None;
+        }
         let mut record = self.clone();
-        let mut changed = false;
-        for out in record.outputs.iter_mut().filter(|o| !o.settled) {
-            if let Ok(meta) = std::fs::symlink_metadata(&out.place) {
-                let stamp = Stamp::of(&meta);
-                if meta.is_file() && stamp.settled_before(now_ns) {
-                    out.stamp = stamp;
-                    out.settled = true;
-                    changed = true;
-                }
+        for (out, stamp) in record.outputs.iter_mut().zip(stamps) {
+            if let Some(stamp) = stamp {
+                out.stamp = stamp;
+                out.settled = true;
             }
         }
-        changed.then_some(record)
+        Some(record)
     }
+}
+
+/// The stamp of the running executable: a rebuilt or upgraded `buildnet` has another inode or
+/// other times. None if it cannot be told (then nothing is answered from stamps alone).
+pub fn cli_stamp() -> Option<Stamp> {
+    let exe = std::env::current_exe().ok()?;
+    std::fs::symlink_metadata(exe).ok().filter(|m| m.is_file()).map(|m| Stamp::of(&m))
 }
 
 /// Removes what a CLI killed between writing a record and renaming it left beside `record`

@@ -509,12 +509,43 @@ impl Handler<Stop> for NodeActor {
 
 /// Creates the data dir if needed.
 pub fn prepare_data_dir(path: &Path) -> Result<(), NodeError> {
-    std::fs::create_dir_all(path).map_err(|source| NodeError::DataDir { path: path.to_path_buf(), source })
+    // A new data dir is this user's alone, as ~/.ssh is: it holds the admin key, the ledger and
+    // every input and output built. One that exists keeps the mode its owner gave it.
+    if path.is_dir() {
+        return Ok(());
+    }
+    let fail = |source| NodeError::DataDir { path: path.to_path_buf(), source };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(fail)?;
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        other => other.map_err(fail),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_data_dir_is_this_users_alone_and_an_existing_one_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        let new = tmp.path().join("home/.buildnet");
+        prepare_data_dir(&new).expect("made");
+        assert_eq!(mode(&new), 0o700);
+        prepare_data_dir(&new).expect("there already");
+        let existing = tmp.path().join("shared");
+        std::fs::create_dir(&existing).expect("mkdir");
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+        prepare_data_dir(&existing).expect("there already");
+        assert_eq!(mode(&existing), 0o750, "the owner's choice stands");
+        std::fs::write(tmp.path().join("file"), "x").expect("write");
+        assert!(prepare_data_dir(&tmp.path().join("file")).is_err(), "a file is not a data dir");
+    }
 
     #[test]
     fn a_node_benchmarks_at_start_only_when_asked_to() {

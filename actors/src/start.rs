@@ -420,7 +420,6 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
     Ok(Started { node, new_admin_key, first_start })
 }
 
-/// Options for a node in the engine's own tests.
 /// Removes this node's sandboxes on a volume, `<volume>/buildnet-sandboxes/<node id>`, only when
 /// both directories are real directories (not links) owned by this user: on a volume others can
 /// write to, a link planted on the way would make the removal reach somewhere else.
@@ -439,6 +438,7 @@ fn clear_own(dir: &Path) {
     }
 }
 
+/// Options for a node in the engine's own tests.
 #[cfg(test)]
 pub(crate) fn test_options(data_dir: &std::path::Path) -> NodeOptions {
     NodeOptions {

@@ -308,6 +308,10 @@ fn sandboxes_go_to_the_storage_volume_the_configuration_selects() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let wd = std::fs::read_to_string(dir.path().join("out/where.txt")).expect("output");
     assert!(common::ran_in_volume(&wd, &fast), "ran in {wd}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&fast.join("buildnet-sandboxes").join(node.node_id())), 0o700, "this node's sandboxes are its own");
+    assert_ne!(mode(&fast.join("buildnet-sandboxes")), 0o700, "the directory above is left for other nodes' users");
     let out = build(&node, dir.path(), &["--force"]);
     assert!(out.status.success());
     let wd = std::fs::read_to_string(dir.path().join("out/where.txt")).expect("output");

@@ -481,6 +481,18 @@ impl BuildDirs {
         dirs.retain(|(d, users)| {
             *users > 0 || std::fs::remove_dir(d).is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
         });
+        if let Some(root) = build_dir.parent().filter(|r| !r.is_dir()) {
+            // The node's own sandboxes are its user's alone; on a shared volume the directory
+            // above them (`exec::VOLUME_SANDBOX_DIR`) is left as others need it.
+            if let Some(above) = root.parent() {
+                std::fs::create_dir_all(above)?;
+            }
+            use std::os::unix::fs::DirBuilderExt;
+            match std::fs::DirBuilder::new().mode(0o700).create(root) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                other => other?,
+            }
+        }
         std::fs::create_dir_all(build_dir)?;
         dirs.push((build_dir.to_path_buf(), 1));
         Ok(())

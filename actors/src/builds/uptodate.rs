@@ -315,15 +315,19 @@ impl Record {
         Some(hashed)
     }
 
-    /// The record with the stamps of outputs that have settled since it was written, if any has
-    /// (so the next check need not hash them); None when nothing would change.
+    /// The record with the stamps of outputs that have settled since it was written, or that
+    /// were touched or rewritten with the same content and have settled since (so the next check
+    /// need not hash them); None when nothing would change. Called right after
+    /// [`Record::outputs_in_place`] found every output's content the recorded one: a stamp that
+    /// had settled by now last changed before that check read the file.
     pub fn resettled(&self, now_ns: i128) -> Option<Record> {
         let settled_now = |out: &WrittenOutput| {
             let meta = std::fs::symlink_metadata(&out.place).ok().filter(|m| m.is_file())?;
-            Some(Stamp::of(&meta)).filter(|s| s.settled_before(now_ns))
+            let stamp = Stamp::of(&meta);
+            let new = !out.settled || stamp != out.stamp;
+            Some(stamp).filter(|s| new && s.settled_before(now_ns))
         };
-        let stamps: Vec<Option<Stamp>> =
-            self.outputs.iter().map(|out| if out.settled { None } else { settled_now(out) }).collect();
+        let stamps: Vec<Option<Stamp>> = self.outputs.iter().map(settled_now).collect();
         if stamps.iter().all(Option::is_none) {
             return None;
         }
@@ -436,6 +440,15 @@ mod tests {
         assert_eq!(fresh.outputs_in_place(), Some(1), "a stamp taken at the change is checked by content");
         assert!(fresh.resettled(now_ns()).is_none(), "nothing has settled yet");
         assert!(fresh.resettled(later).is_some_and(|r| r.outputs[0].settled));
+
+        // Rewritten with the same bytes (`make -B`, `touch`): read while new, then its new stamp
+        // is kept once settled, so later checks read nothing again.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::fs::write(&place, "alpha").expect("the same bytes again");
+        assert_eq!(settled.outputs_in_place(), Some(1), "a new stamp: checked by content");
+        assert!(settled.resettled(now_ns()).is_none(), "the new stamp has not settled yet");
+        let kept = settled.resettled(now_ns() + 10_000_000_000).expect("the new stamp, settled");
+        assert_eq!(kept.outputs_in_place(), Some(0), "the new stamp vouches");
 
         std::fs::write(&place, "omega").expect("same size, other bytes");
         assert_eq!(settled.outputs_in_place(), None, "the stamp changed and so did the content");

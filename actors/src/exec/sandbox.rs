@@ -481,17 +481,8 @@ impl BuildDirs {
         dirs.retain(|(d, users)| {
             *users > 0 || std::fs::remove_dir(d).is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
         });
-        if let Some(root) = build_dir.parent().filter(|r| !r.is_dir()) {
-            // The node's own sandboxes are its user's alone; on a shared volume the directory
-            // above them (`exec::VOLUME_SANDBOX_DIR`) is left as others need it.
-            if let Some(above) = root.parent() {
-                std::fs::create_dir_all(above)?;
-            }
-            use std::os::unix::fs::DirBuilderExt;
-            match std::fs::DirBuilder::new().mode(0o700).create(root) {
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                other => other?,
-            }
+        if let Some(root) = build_dir.parent() {
+            private_dir(root)?;
         }
         std::fs::create_dir_all(build_dir)?;
         dirs.push((build_dir.to_path_buf(), 1));
@@ -506,6 +497,42 @@ impl BuildDirs {
             }
         }
     }
+}
+
+/// Makes sure the node's sandboxes directory `root` is a directory of this user's alone (0700),
+/// making it (and, with the default mode, what is missing above it) if need be: packages' files
+/// are not for other users of the machine. One left by an older version is made private. On a
+/// volume others can write to, where the node's id is no secret, a link planted at `root` or
+/// the directory above, or a directory above of another user's (who could move `root` away and
+/// put a link in its place), is refused rather than used.
+fn private_dir(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let me = nix::unistd::geteuid().as_raw();
+    let refuse = |dir: &Path| {
+        std::io::Error::other(format!(
+            "{} is not a directory of this user's (a link, a file, or another user's); sandboxes are not made there",
+            dir.display()
+        ))
+    };
+    if let Some(above) = root.parent() {
+        std::fs::create_dir_all(above)?;
+        let meta = std::fs::symlink_metadata(above)?;
+        if !meta.is_dir() || (meta.uid() != me && meta.uid() != 0) {
+            return Err(refuse(above));
+        }
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(root) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        other => other?,
+    }
+    let meta = std::fs::symlink_metadata(root)?;
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(refuse(root));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// Makes the sandbox `dir` for a package that wants what `wanted` says: an emptied one from
@@ -832,6 +859,30 @@ fn kill_group(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sandboxes_directory_is_private_and_never_reached_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        let root = tmp.path().join("volume/buildnet-sandboxes/node");
+        private_dir(&root).expect("made");
+        assert_eq!(mode(&root), 0o700);
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        private_dir(&root).expect("there already");
+        assert_eq!(mode(&root), 0o700, "made private again");
+
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        let linked = tmp.path().join("volume/buildnet-sandboxes/other");
+        std::os::unix::fs::symlink(&elsewhere, &linked).expect("link");
+        assert!(private_dir(&linked).is_err(), "a link at the node's directory");
+        let above = tmp.path().join("volume2/buildnet-sandboxes");
+        std::fs::create_dir_all(above.parent().expect("parent")).expect("mkdir");
+        std::os::unix::fs::symlink(&elsewhere, &above).expect("link");
+        assert!(private_dir(&above.join("node")).is_err(), "a link at the directory above");
+        assert_eq!(std::fs::read_dir(&elsewhere).expect("list").count(), 0, "nothing made through either");
+    }
 
     /// [`super::run`] with its sandbox released before the result is looked at, as most tests
     /// want (the used sandbox is dropped at once).

@@ -22,6 +22,11 @@ fn plan_shapes_are_accepted_and_mistakes_are_named() {
         ("PUT", "/api/ledger", "GET"),
         ("GET", "/api/build", "POST"),
         ("PATCH", "/api/keys/key_0a1b2c3d4e5f", "DELETE"),
+        // A literal path beside a template is its own resource: not `GET /api/build/{id}`, nor
+        // a blob named "missing".
+        ("GET", "/api/build/estimate", "POST"),
+        ("PUT", "/api/blobs/missing", "POST"),
+        ("DELETE", "/api/build/b_0a1b2c3d4e5f", "GET"),
     ] {
         let (status, headers, body) = common::http_full(
             method,

@@ -60,7 +60,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/pool/leave", web::post().to(mesh::leave))
         .route("/pool/visualization", web::get().to(mesh::visualization))
         .route("/ledger/sync", web::post().to(mesh::sync))
-        .route("/blobs/missing", web::post().to(build::missing))
+        // A literal path beside a template (`/blobs/missing`, `/build/estimate`) is a resource of
+        // its own, matched by path before the template: another method there is 405, not a blob
+        // named "missing" (`allowed_methods` says the same).
+        .service(web::resource("/blobs/missing").route(web::post().to(build::missing)))
         // The body is streamed to disk; `put_blob` checks the role and the size first.
         .route("/blobs/{digest}", web::put().to(build::put_blob))
         .route("/blobs/{digest}", web::get().to(build::get_blob))
@@ -118,8 +121,10 @@ pub async fn openapi(_caller: Caller) -> Result<HttpResponse, ApiError> {
 
 /// The methods the API takes at `path`, as its OpenAPI document lists them (read once): a 405
 /// names them in `Allow` (RFC 9110 §15.5.6), from the same description `/api/openapi.json`
-/// serves. Every template the path fits counts (`/api/build/estimate` fits `/api/build/{id}`
-/// too), as every route it fits was tried. None for a path no template fits.
+/// serves. A path that is a template without parameters is that resource alone, as [`routes`]
+/// matches it before any template it also fits (`/api/build/estimate` takes POST only, though
+/// `/api/build/{id}` takes GET); otherwise every template it fits counts, each tried in turn.
+/// None for a path no template fits.
 pub fn allowed_methods(path: &str) -> Option<String> {
     static ROUTES: std::sync::OnceLock<Vec<(Vec<String>, Vec<&'static str>)>> = std::sync::OnceLock::new();
     let routes = ROUTES.get_or_init(|| {
@@ -149,7 +154,12 @@ pub fn allowed_methods(path: &str) -> Option<String> {
                 .zip(&segments)
                 .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}') && !s.is_empty()))
     };
-    let mut allowed: Vec<&str> = routes.iter().filter(|(t, _)| fits(t)).flat_map(|(_, m)| m.iter().copied()).collect();
+    let literal =
+        routes.iter().find(|(t, _)| t.iter().zip(&segments).all(|(t, s)| t == s) && t.len() == segments.len());
+    let mut allowed: Vec<&str> = match literal {
+        Some((_, methods)) => methods.clone(),
+        None => routes.iter().filter(|(t, _)| fits(t)).flat_map(|(_, m)| m.iter().copied()).collect(),
+    };
     if allowed.is_empty() {
         return None;
     }

@@ -168,8 +168,9 @@ pub fn data_dir(global: &GlobalArgs) -> Result<PathBuf, CliError> {
 pub struct Ctx {
     pub client: Client,
     pub format: Format,
-    /// The data dir, when the node addressed is its own (its `address` file): where a build
-    /// keeps what lets the next one see it is up to date (`builds::uptodate`).
+    /// The data dir, when the node addressed is its own (its `address` file) and the key is its
+    /// own admin key: where a build keeps what lets the next one see it is up to date
+    /// (`builds::uptodate`).
     pub local_dir: Option<PathBuf>,
 }
 
@@ -222,12 +223,16 @@ impl Ctx {
             None => None,
         };
         let api_token = if token_is_join_token { std::env::var("BUILDNET_TOKEN").ok() } else { global.token.clone() };
-        let token = match api_token {
+        let admin_key = || std::fs::read_to_string(dir.join(ADMIN_KEY_FILE)).ok().map(|s| s.trim().to_string());
+        let token = match api_token.clone() {
             Some(t) => Some(t),
-            None => std::fs::read_to_string(dir.join(ADMIN_KEY_FILE)).ok().map(|s| s.trim().to_string()),
+            None => admin_key(),
         };
         let token = token.filter(|t| !t.is_empty()).ok_or_else(|| CliError::NoToken(dir.join(ADMIN_KEY_FILE)))?;
-        let local_dir = local.then_some(dir);
+        // Only the data dir's own key may be answered without asking the node (`build::prepare`):
+        // another key, which may not be allowed to build, has the node say so.
+        let own_key = api_token.is_none() || admin_key().is_some_and(|k| k == token);
+        let local_dir = (local && own_key).then_some(dir);
         Ok(Ctx { client: Client::new(address, Some(token), pin), format: global.format, local_dir })
     }
 

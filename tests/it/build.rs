@@ -779,6 +779,20 @@ fn a_build_with_nothing_changed_is_answered_up_to_date_without_asking_the_node()
     );
     assert_eq!(history(), 1, "no request: the node recorded nothing");
 
+    // Another key than the data dir's own asks the node, which may refuse it, and leaves the
+    // record as it was.
+    let observer = node.key("observer");
+    let refused = build(&node, &root, &["--token", &observer]);
+    assert_eq!(refused.status.code(), Some(1), "{}", String::from_utf8_lossy(&refused.stdout));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("may not start builds"));
+    let builder = node.key("builder");
+    assert!(
+        !build(&node, &root, &["--token", &builder]).stdout.starts_with(b"Up to date"),
+        "a builder's key is answered by the node"
+    );
+    assert!(run(&[]).starts_with("Up to date"), "the record stands");
+    let asked = history();
+
     // The same content under a new time: still up to date.
     let input = std::fs::File::options().write(true).open(root.join("in/a.txt")).expect("open");
     input.set_modified(std::time::SystemTime::now() + Duration::from_secs(5)).expect("touch");
@@ -788,7 +802,7 @@ fn a_build_with_nothing_changed_is_answered_up_to_date_without_asking_the_node()
     let json: Value = serde_json::from_slice(&build(&node, &root, &["--format", "json"]).stdout).expect("json");
     assert_eq!(json["packages"][0]["cache_hit"], true, "{json}");
     assert!(run(&["--ask-node"]).contains("0 ran, 1 from cache"));
-    assert_eq!(history(), 3);
+    assert_eq!(history(), asked + 2);
 
     // An output edited, replaced by a link to the same content, or removed: the node's answer
     // writes it back.

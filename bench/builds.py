@@ -25,7 +25,7 @@ first; --bin times another binary as it is, e.g. a copy from before a change, fo
 Standard library only; everything listens on 127.0.0.1 and is stopped at the end.
 Targets (issue 14): overhead/pkg <= 1 ms for (a); (c) within 1.05x of make; cached <= 1 % of cold.
 """
-import argparse, os, resource, shutil, statistics, subprocess, sys, time
+import argparse, contextlib, os, resource, shutil, statistics, subprocess, sys, time
 
 import localmesh
 from localmesh import ROOT, cli, cli_json, mesh
@@ -33,6 +33,24 @@ from localmesh import ROOT, cli, cli_json, mesh
 # No benchmark, at start or scheduled (a node never measured is due at once): it would load
 # the cores the builds are timed on.
 QUIET = '{"benchmark": {"on_start": false, "interval_hours": 0}}'
+BIN_HELP = "time this binary as it is instead of building target/release/buildnet"
+
+
+@contextlib.contextmanager
+def three_nodes(bin_path, prefix):
+    """The mesh these build benchmarks time on: alpha, beta and gamma, release nodes on 127.0.0.1
+    with no benchmark of their own, built first unless `bin_path` (`--bin`) names a binary to
+    run as it is. Yields (work dir, data dir by name)."""
+    if bin_path:
+        localmesh.BIN = os.path.abspath(bin_path)
+    ready = lambda n: n["cores"] > 0
+    with mesh(["alpha", "beta", "gamma"], QUIET, prefix, ready, build=not bin_path) as (work, dirs):
+        yield work, dirs
+
+
+def total_cores(data):
+    """The cores of every node in the pool of the node of `data`: make's -j at the same concurrency."""
+    return sum(n["cores"] for n in cli_json(data, "pool", "nodes")["nodes"])
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -104,17 +122,14 @@ def c_compdb(work):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--bin", help="time this binary as it is instead of building target/release/buildnet")
+    ap.add_argument("--bin", help=BIN_HELP)
     ap.add_argument("--only", help="run only the workloads whose label contains this (e.g. c-compdb)")
     args = ap.parse_args()
     runs = args.runs
-    if args.bin:
-        localmesh.BIN = os.path.abspath(args.bin)
-    ready = lambda n: n["cores"] > 0
-    with mesh(["alpha", "beta", "gamma"], QUIET, "bn-bench-", ready, build=not args.bin) as (work, dirs):
+    with three_nodes(args.bin, "bn-bench-") as (work, dirs):
         a = dirs["alpha"]
         nodes = cli_json(a, "pool", "nodes")["nodes"]
-        all_cores = sum(n["cores"] for n in nodes)
+        all_cores = total_cores(a)
         own_cores = next(n["cores"] for n in nodes if n["name"] == "alpha")
         cases = [  # label, project, packages, CLI flags, make -j, whether make has a no-op
             ("200 x true", trues(work), 200, [], all_cores, False),

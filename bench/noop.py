@@ -18,11 +18,11 @@ Usage: python3 bench/noop.py [--rounds 60] [--builds 11] [--bin PATH]   (builds 
 buildnet unless --bin). Standard library only; everything listens on 127.0.0.1 and is stopped at
 the end.
 """
-import argparse, os, statistics, subprocess, time
+import argparse, statistics, subprocess, time
 
 import builds
 import localmesh
-from localmesh import cli, mesh
+from localmesh import cli
 
 
 def timed(cmd):
@@ -36,16 +36,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--builds", type=int, default=11)
-    ap.add_argument("--bin", help="time this binary as it is instead of building target/release/buildnet")
+    ap.add_argument("--bin", help=builds.BIN_HELP)
     args = ap.parse_args()
-    if args.bin:
-        localmesh.BIN = os.path.abspath(args.bin)
-    ready = lambda n: n["cores"] > 0
-    with mesh(["alpha", "beta", "gamma"], builds.QUIET, "bn-noop-", ready, build=not args.bin) as (work, dirs):
+    with builds.three_nodes(args.bin, "bn-noop-") as (work, dirs):
         a = dirs["alpha"]
         project = builds.c_compdb(work)
-        # make at the total concurrency of the nodes, as bench/builds.py runs it
-        jobs = f"-j{sum(n['cores'] for n in localmesh.cli_json(a, 'pool', 'nodes')['nodes'])}"
+        jobs = f"-j{builds.total_cores(a)}"  # make at the nodes' total concurrency, as bench/builds.py runs it
         time.sleep(2.2)  # the sources settle, as a project's do between edits
         noop = [localmesh.BIN, "--data-dir", a, "build", "--project", project]
         make_nop = ["make", "-s", jobs, "-C", project]

@@ -20,7 +20,7 @@ import argparse, os, re, statistics, subprocess, sys, time
 
 import builds
 import localmesh
-from localmesh import cli, mesh
+from localmesh import cli
 
 
 def record(out, work):
@@ -69,15 +69,12 @@ def phases(ev, program):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=8)
-    ap.add_argument("--bin", help="time this binary as it is instead of building target/release/buildnet")
+    ap.add_argument("--bin", help=builds.BIN_HELP)
     args = ap.parse_args()
-    if args.bin:
-        localmesh.BIN = os.path.abspath(args.bin)
-    ready = lambda n: n["cores"] > 0
-    with mesh(["alpha", "beta", "gamma"], builds.QUIET, "bn-phases-", ready, build=not args.bin) as (work, dirs):
+    with builds.three_nodes(args.bin, "bn-phases-") as (work, dirs):
         a = dirs["alpha"]
         project = builds.c_compdb(work)
-        jobs = sum(n["cores"] for n in localmesh.cli_json(a, "pool", "nodes")["nodes"])
+        jobs = builds.total_cores(a)
         cli(a, "build", "--project", project, "--force")
         data = os.path.join(work, "perf.data")
         perf = record(data, work)

@@ -118,10 +118,11 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
     let asked = args.force || args.ask_node || format != Format::Table;
     let same_places =
         |r: &Record| r.outputs.iter().all(|o| writeback::existing_place(&root, &o.path).as_ref() == Some(&o.place));
-    let answerable = |r: &Record| !asked && tools.as_ref() == Some(&r.tools) && same_places(r);
+    // Whether the record may answer at all, told once for both checks below.
+    let answerable = previous.as_ref().is_some_and(|r| !asked && tools.as_ref() == Some(&r.tools) && same_places(r));
     // Nothing the request is made from changed by stamps: answered without reading the project.
     if let (Some((_, path)), Some(previous)) = (&record_at, &previous) {
-        if answerable(previous) && previous.unchanged(&root, args.local_only) {
+        if answerable && previous.unchanged(&root, args.local_only) {
             if let Some(hashed) = previous.outputs_in_place() {
                 if let Some(record) = previous.resettled(uptodate::now_ns()) {
                     let _ = record.write(path);
@@ -153,7 +154,7 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
     let forced = std::mem::replace(&mut request.force, false);
     let digest = uptodate::request_digest(&request);
     request.force = forced;
-    if let Some(previous) = previous.filter(|p| p.request == digest && answerable(p)) {
+    if let Some(previous) = previous.filter(|p| answerable && p.request == digest) {
         if let Some(hashed) = previous.outputs_in_place() {
             // Stamps that settled since the record was written spare the next check its reads.
             let resettled = previous.resettled(uptodate::now_ns());

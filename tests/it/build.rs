@@ -746,6 +746,17 @@ fn fake_git(dir: &Path, version: &str) {
 /// record that is not one — sends the request, and the node's answer puts things right. A
 /// touched input with the same content is still up to date (content, not times, decides), and
 /// `--ask-node` and `--format json` always ask (and the build is recorded in history).
+/// The up-to-date records in `node`'s data dir.
+fn records_in(node: &TestNode) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(node.dir.join("up-to-date"))
+        .expect("records")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    found.sort();
+    found
+}
+
 #[test]
 fn a_build_with_nothing_changed_is_answered_up_to_date_without_asking_the_node() {
     let _shared = common::shared();
@@ -832,14 +843,30 @@ fn a_build_with_nothing_changed_is_answered_up_to_date_without_asking_the_node()
     assert!(run(&[]).starts_with("Up to date"));
 
     // A record that is not one is passed over: the node is asked.
-    let records: Vec<PathBuf> = std::fs::read_dir(node.dir.join("up-to-date"))
-        .expect("records")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let records = records_in(&node);
     assert_eq!(records.len(), 1, "{records:?}");
     std::fs::write(&records[0], "{\"v\": 1, \"request\": [[[[").expect("garbage");
     assert!(run(&[]).contains("0 ran, 1 from cache"), "a broken record");
     assert!(run(&[]).starts_with("Up to date"), "and a good one written again");
+
+    // A project deleted (a CI job's checkout) leaves a record no check can use again: the day's
+    // sweep, by the next build that writes a record, removes it and keeps the live one.
+    let gone = work.path().join("gone");
+    std::fs::create_dir_all(gone.join("in")).expect("mkdir");
+    std::fs::copy(root.join("buildnet.toml"), gone.join("buildnet.toml")).expect("manifest");
+    std::fs::write(gone.join("in/a.txt"), "gone\n").expect("input");
+    let built = build(&node, &gone, &[]);
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let (live, both) = (records.clone(), records_in(&node));
+    assert_eq!(both.len(), 2, "{both:?}");
+    std::fs::remove_dir_all(&gone).expect("delete the project");
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+    for path in both.iter().chain([&node.dir.join("up-to-date/.swept")]) {
+        std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(long_ago)).expect("age");
+    }
+    assert!(run(&["--ask-node"]).contains("0 ran, 1 from cache"));
+    assert_eq!(records_in(&node), live, "the deleted project's record went, the live one stayed");
+    assert!(run(&[]).starts_with("Up to date"));
 
     // A tool's new version may change a result: after the node sees it, the package runs again.
     let line = |node: &TestNode| std::fs::read_to_string(node.dir.join("pool-tools")).expect("pool-tools");

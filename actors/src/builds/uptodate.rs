@@ -315,6 +315,12 @@ impl Record {
         Some(hashed)
     }
 
+    /// Whether the record had outputs and none of them is in the project any more: then no
+    /// check can answer from it again (see [`sweep`]). A record without outputs is kept.
+    fn places_gone(&self) -> bool {
+        !self.outputs.is_empty() && self.outputs.iter().all(|o| std::fs::symlink_metadata(&o.place).is_err())
+    }
+
     /// The record with the stamps of outputs that have settled since it was written, or that
     /// were touched or rewritten with the same content and have settled since (so the next check
     /// need not hash them); None when nothing would change. Called right after
@@ -351,21 +357,54 @@ pub fn cli_stamp() -> Option<Stamp> {
 
 /// Removes what a CLI killed between writing a record and renaming it left beside `record`
 /// (anything in its directory that is not a record and is older than ten minutes, so a write
-/// under way is left alone).
+/// under way is left alone), and, at most once a day ([`RECORDS_SWEPT`]), the records no check
+/// can use again: those of another format, and those none of whose outputs is where it was
+/// written (the project was deleted or moved, or a CI job's checkout removed). A CI runner that
+/// builds each job in a fresh directory would otherwise keep one record per job for ever.
 pub fn sweep(record: &Path) {
-    let Some(Ok(entries)) = record.parent().map(std::fs::read_dir) else { return };
-    let old =
-        |m: &std::fs::Metadata| m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a.as_secs() > 600);
+    let Some(dir) = record.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let older_than = |m: &std::fs::Metadata, secs| {
+        m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a.as_secs() > secs)
+    };
+    let marker = dir.join(RECORDS_SWEPT);
+    let records_due = !std::fs::metadata(&marker).is_ok_and(|m| !older_than(&m, RECORDS_SWEEP_SECS));
+    let mut records = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.extension().is_some_and(|e| e == "json") {
+        if path == marker {
             continue;
         }
-        if entry.metadata().is_ok_and(|m| m.is_file() && old(&m)) {
+        if path.extension().is_some_and(|e| e == "json") {
+            if records_due && path != record {
+                records.push(path);
+            }
+            continue;
+        }
+        if entry.metadata().is_ok_and(|m| m.is_file() && older_than(&m, 600)) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    if !records_due {
+        return;
+    }
+    // Marked first: CLIs finishing builds at once do not all read every record.
+    if std::fs::write(&marker, b"").is_err() {
+        return;
+    }
+    for path in records {
+        // A record being replaced now is its project in use: a rename over the path just read
+        // would be removed with it, so one younger than a minute is left alone.
+        let young = std::fs::symlink_metadata(&path).map_or(true, |m| !older_than(&m, 60));
+        if !young && Record::read(&path).is_none_or(|r| r.places_gone()) {
             let _ = std::fs::remove_file(&path);
         }
     }
 }
+
+/// In [`RECORDS_DIR`]: when the records were last looked through by [`sweep`].
+const RECORDS_SWEPT: &str = ".swept";
+const RECORDS_SWEEP_SECS: u64 = 24 * 3600;
 
 /// The digest [`Record::request`] holds: BLAKE3 of the request's JSON (the caller clears `force`).
 pub fn request_digest(request: &BuildRequest) -> String {
@@ -421,6 +460,69 @@ mod tests {
         assert!(!old.exists(), "an old leftover goes");
         assert!(fresh.exists(), "a write that may be under way stays");
         assert!(Record::read(&record).is_some(), "the record stays");
+    }
+
+    #[test]
+    fn once_a_day_a_sweep_removes_the_records_no_check_can_use_again() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let project = tempfile::tempdir().expect("project");
+        let place = project.path().join("out.txt");
+        std::fs::write(&place, "alpha").expect("write");
+        let (digest, size) = cas::hash_file(&place).expect("hash");
+        let file = FileRef { path: "out.txt".into(), digest, executable: false, size };
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let age = |p: &Path| std::fs::File::options().write(true).open(p).and_then(|f| f.set_modified(long_ago));
+        let write = |root: &str, place: Option<&Path>| {
+            let path = Record::path(data.path(), Path::new(root));
+            let mut record = Record::new("r".into(), "t".into(), "b".into(), 1, false);
+            if let Some(place) = place {
+                assert!(record.add_output(place, &file, now_ns()));
+            }
+            record.write(&path).expect("write");
+            path
+        };
+        let (live, gone, without_outputs) =
+            (write("/live", Some(&place)), write("/gone", Some(&place)), write("/no-outputs", None));
+        let other_format = live.with_file_name("0123456789abcdef0123456789abcdef.json");
+        std::fs::write(&other_format, r#"{"v": 1}"#).expect("old record");
+        // The project of `gone` is deleted: its record names a place that is no more.
+        let mut record = Record::read(&gone).expect("read");
+        record.outputs[0].place = project.path().join("deleted/out.txt");
+        record.write(&gone).expect("write");
+        let fresh_gone = write("/fresh", None);
+        let mut fresh = Record::read(&fresh_gone).expect("read");
+        fresh.outputs = record.outputs.clone();
+        fresh.write(&fresh_gone).expect("write");
+        for p in [&live, &gone, &without_outputs, &other_format] {
+            age(p).expect("age it");
+        }
+        let current = write("/current", Some(&place));
+
+        sweep(&current);
+        assert!(!gone.exists(), "a record whose outputs are all gone goes");
+        assert!(!other_format.exists(), "a record of another format goes");
+        for (kept, why) in [
+            (&live, "outputs in place"),
+            (&without_outputs, "nothing to tell by"),
+            (&fresh_gone, "written within the minute: its project may be in use"),
+            (&current, "the record just written"),
+        ] {
+            assert!(kept.exists(), "kept: {why}");
+        }
+
+        // Not again within the day: a record gone meanwhile stays until the next day's sweep.
+        age(&fresh_gone).expect("age it");
+        sweep(&current);
+        assert!(fresh_gone.exists(), "swept once a day");
+        let a_day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(RECORDS_SWEEP_SECS + 60);
+        std::fs::File::options()
+            .write(true)
+            .open(current.with_file_name(RECORDS_SWEPT))
+            .and_then(|f| f.set_modified(a_day_ago))
+            .expect("a day later");
+        sweep(&current);
+        assert!(!fresh_gone.exists(), "the next day's sweep removes it");
+        assert!(live.exists() && current.exists(), "and keeps what can answer");
     }
 
     #[test]

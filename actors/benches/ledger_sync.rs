@@ -39,6 +39,7 @@ async fn node(net: &MemoryNet, dir: &Path, name: &str, create_mesh: bool) -> Nod
         address: format!("mem://{name}"),
         create_mesh,
         launcher: None,
+        lock: buildnet_actors::node::lock_data_dir(&dir.join(name)).expect("the data dir is free"),
     };
     let node = match start(opts).await {
         Ok(s) => s.node,

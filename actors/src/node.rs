@@ -49,6 +49,13 @@ pub const CONFIG_FILE: &str = "node-config.json";
 pub enum NodeError {
     #[error("data dir {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
+    #[error(
+        "data dir {} is in use by another node{}: stop that one first (one that is stopping lets go within \
+         seconds), or give this one a data dir of its own with --data-dir",
+        path.display(),
+        holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    DataDirInUse { path: PathBuf, holder: Option<u32> },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("identity: {0}")]
@@ -86,6 +93,9 @@ pub struct NodeOptions {
     /// The `buildnet` binary, re-executed as `sandbox-exec` to contain packages (`None`: no
     /// containment — the engine's own tests, which have no such binary).
     pub launcher: Option<PathBuf>,
+    /// The data dir, taken for this node ([`lock_data_dir`]) before anything in it is touched;
+    /// let go by the node's shutdown.
+    pub lock: Arc<DataDirLock>,
 }
 
 /// Result of a rescan.
@@ -508,6 +518,64 @@ impl Handler<Stop> for NodeActor {
 }
 
 /// Creates the data dir if needed.
+/// Held locked by a running node for its whole life ([`lock_data_dir`]): a second node on the
+/// same data dir is refused — two would share one identity, database and ledger chain, and each
+/// would remove the other's `address` file when it stopped — and the CLI trusts what the node
+/// keeps for it (the pool's tools line) only while it is held ([`data_dir_in_use`]).
+pub const LOCK_FILE: &str = "node.lock";
+
+/// A node's hold on its data dir: let go by [`DataDirLock::release`] (the node's shutdown) or when
+/// the process ends, however it ends (the kernel drops a `flock` with its last descriptor, so a
+/// node killed with -9 leaves nothing to clean up).
+#[derive(Debug)]
+pub struct DataDirLock {
+    file: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+impl DataDirLock {
+    pub fn release(&self) {
+        self.file.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// Makes the data dir if it is missing ([`prepare_data_dir`]) and takes it for one node, writing
+/// this process's id into [`LOCK_FILE`] for the message another one gets. Refused while another
+/// node — in this process or another — holds it.
+pub fn lock_data_dir(path: &Path) -> Result<Arc<DataDirLock>, NodeError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    prepare_data_dir(path)?;
+    let lock_path = path.join(LOCK_FILE);
+    let fail = |source| NodeError::DataDir { path: lock_path.clone(), source };
+    let mut file =
+        std::fs::File::options().create(true).truncate(false).write(true).mode(0o600).open(&lock_path).map_err(fail)?;
+    // A CLI asking whether the node runs ([`data_dir_in_use`]) holds a shared lock for a moment;
+    // a node only ever holds it for its life.
+    let mut tries = 0;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if tries < 10 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&lock_path).ok().and_then(|t| t.trim().parse().ok());
+                return Err(NodeError::DataDirInUse { path: path.to_path_buf(), holder });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(fail(e)),
+        }
+    }
+    file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id())).map_err(fail)?;
+    Ok(Arc::new(DataDirLock { file: std::sync::Mutex::new(Some(file)) }))
+}
+
+/// Whether a running node holds `data_dir` ([`lock_data_dir`]).
+pub fn data_dir_in_use(data_dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(data_dir.join(LOCK_FILE)) else { return false };
+    matches!(file.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
+}
+
 pub fn prepare_data_dir(path: &Path) -> Result<(), NodeError> {
     // A new data dir is this user's alone, as ~/.ssh is: it holds the admin key, the ledger and
     // every input and output built. One that exists keeps the mode its owner gave it.

@@ -105,6 +105,7 @@ async fn start_node(net: &MemoryNet, dir: &Path, i: usize) -> Result<Node, Strin
         address: format!("mem://{name}"),
         create_mesh: i == 0,
         launcher: None,
+        lock: crate::node::lock_data_dir(&dir.join(&name)).map_err(|e| format!("node {name}: {e}"))?,
     };
     let node = start(opts).await.map_err(|e| format!("node {name} did not start: {e}"))?.node;
     net.register(&node.address, node.mesh.clone());

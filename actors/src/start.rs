@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use actix::prelude::*;
 
@@ -16,8 +17,8 @@ use crate::keys::Keys;
 use crate::ledger::LedgerHandle;
 use crate::mesh::{MeshActor, MeshHandle, MeshOptions, Workers};
 use crate::node::{
-    first_benchmark_due, persist, prepare_data_dir, run_scan, NodeActor, NodeError, NodeHandle, NodeOptions,
-    NodeStatus, Stop, ADMIN_KEY_FILE,
+    first_benchmark_due, persist, run_scan, DataDirLock, NodeActor, NodeError, NodeHandle, NodeOptions, NodeStatus,
+    Stop, ADMIN_KEY_FILE,
 };
 use crate::pool::{PoolActor, PoolHandle};
 use crate::store::{self, Durability, StoreHandle};
@@ -56,6 +57,7 @@ pub struct Node {
     pub store: StoreHandle,
     pub data_dir: PathBuf,
     pub address: String,
+    lock: Arc<DataDirLock>,
 }
 
 impl Node {
@@ -207,6 +209,8 @@ impl Node {
         let _ = self.node.addr.send(Stop).await;
         self.ledger.close().await;
         self.store.close().await;
+        // Last: a node started on this data dir from now on finds everything closed.
+        self.lock.release();
     }
 }
 
@@ -270,7 +274,6 @@ async fn stored_name(store: &StoreHandle, id: &NodeId) -> Option<String> {
 
 /// Starts a node: identity, database, ledger, first scan, actors, keys.
 pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
-    prepare_data_dir(&opts.data_dir)?;
     for s in &opts.config.resource_limits.storage {
         std::fs::create_dir_all(&s.path).map_err(|source| NodeError::DataDir { path: s.path.clone(), source })?;
     }
@@ -415,6 +418,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         store,
         data_dir: opts.data_dir,
         address: opts.address,
+        lock: opts.lock,
     };
     node.serve_benchmark_turns();
     Ok(Started { node, new_admin_key, first_start })
@@ -442,6 +446,7 @@ fn clear_own(dir: &Path) {
 #[cfg(test)]
 pub(crate) fn test_options(data_dir: &std::path::Path) -> NodeOptions {
     NodeOptions {
+        lock: crate::node::lock_data_dir(data_dir).expect("the data dir is free"),
         data_dir: data_dir.to_path_buf(),
         config: crate::config::NodeConfig::default(),
         config_file: "test".into(),
@@ -498,6 +503,12 @@ mod tests {
             Err(NodeError::UnknownResource(_))
         ));
         let id = s.node.identity.node_id.clone();
+        // Not a second node on the same data dir while this one runs: refused before it touches it.
+        match crate::node::lock_data_dir(dir.path()) {
+            Err(NodeError::DataDirInUse { holder, .. }) => assert_eq!(holder, Some(std::process::id())),
+            other => panic!("a second node on a data dir in use: {other:?}"),
+        }
+        s.node.shutdown("test").await;
         drop(s);
         let again = started(dir.path()).await;
         assert!(!again.first_start);

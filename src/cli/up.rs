@@ -111,7 +111,8 @@ pub fn run(global: &GlobalArgs, args: UpArgs, join_token: Option<String>) -> Res
         return Err(CliError::Usage("--join needs the join token: buildnet up --join URL --token bnj_…".into()));
     }
     let dir = data_dir(global)?;
-    node::prepare_data_dir(&dir).map_err(|e| CliError::Other(e.to_string()))?;
+    // Taken before anything in the data dir is read or written (its certificate included).
+    let lock = node::lock_data_dir(&dir).map_err(|e| CliError::Other(e.to_string()))?;
     let config_path = args.config.clone().or_else(|| Some(dir.join(CONFIG_FILE)).filter(|p| p.exists()));
     let (config, config_file) = match &config_path {
         Some(p) => (NodeConfig::load(p).map_err(|e| CliError::Other(e.to_string()))?, p.display().to_string()),
@@ -145,6 +146,7 @@ pub fn run(global: &GlobalArgs, args: UpArgs, join_token: Option<String>) -> Res
             address: url.clone(),
             create_mesh: joining.is_none(),
             launcher: std::env::current_exe().ok(),
+            lock: lock.clone(),
         })
         .await
         .map_err(|e| CliError::Other(e.to_string()))?;
@@ -205,6 +207,7 @@ pub fn run(global: &GlobalArgs, args: UpArgs, join_token: Option<String>) -> Res
         log::info!("server stopped; closing the node");
         let _ = std::fs::remove_file(dir.join(ADDRESS_FILE));
         node.shutdown("signal").await;
+        drop(lock);
         log::info!("stopped cleanly");
         actix_rt::System::current().stop();
         served.map_err(|e| CliError::Other(format!("server: {e}")))

@@ -254,6 +254,50 @@ fn a_bad_config_stops_up_before_it_serves_with_one_line() {
 }
 
 #[test]
+fn a_second_node_on_a_data_dir_in_use_is_refused_and_the_first_keeps_serving() {
+    let node = TestNode::start_with(Start { args: vec!["--tls".into()], ..Default::default() });
+    let files = ["address", "tls-fingerprint", "tls-cert.pem", "node.lock"];
+    let read = |name: &str| std::fs::read(node.dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let before: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect();
+    let second_err = node.dir.with_extension("second.stderr");
+    let mut second = Command::new(BIN)
+        .args(["up", "--tls", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&node.dir)
+        .env_remove("BUILDNET_DATA_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&second_err).expect("stderr file"))
+        .spawn()
+        .expect("run");
+    // Bounded: a second node that is not refused would serve until killed.
+    let exited = (0..300).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        second.try_wait().ok().flatten()
+    });
+    let Some(status) = exited else {
+        let _ = second.kill();
+        panic!("a second node on the same data dir was not refused");
+    };
+    assert_eq!(status.code(), Some(1));
+    let err = std::fs::read_to_string(&second_err).expect("stderr");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains(&format!("is in use by another node (pid {})", node.child.id())), "{err}");
+    let after: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect();
+    assert!(before == after, "the second one touched none of the first one's files");
+    let (status, _) = node.get("/api/node");
+    assert_eq!(status, 200, "the first one keeps serving");
+    assert!(node.cli(&["ledger", "verify"]).status.success());
+
+    // Killed, a node leaves no lock behind: the next start takes the data dir at once.
+    let mut node = node;
+    node.child.kill().expect("kill -9");
+    let _ = node.child.wait();
+    let again =
+        TestNode::start_with(Start { dir: Some(node.dir.clone()), args: vec!["--tls".into()], ..Default::default() });
+    assert_eq!(again.get("/api/node").0, 200);
+}
+
+#[test]
 fn an_altered_ledger_row_is_caught_by_verify() {
     let node = TestNode::start();
     node.key("observer");

@@ -37,19 +37,11 @@ const RECORD_VERSION: u32 = 3;
 
 type Versions = BTreeMap<String, Option<String>>;
 
-/// Held locked by the daemon for its whole life: a tools line whose lock nobody holds was left
-/// by a node that is no longer running (killed, or its machine stopped), and nothing keeps it
-/// true any more, so the CLI does not trust it.
-pub const TOOLS_LOCK: &str = "pool-tools.lock";
-
 /// Writes [`TOOLS_FILE`]: the node sets its own tools at start and after each rescan, the pool the
 /// peers' whenever the peer table changes; the file changes only when the versions do.
 pub struct PoolTools {
     path: PathBuf,
     state: Mutex<ToolsState>,
-    /// The lock on [`TOOLS_LOCK`], held while this node lives (None if it could not be taken:
-    /// then no line is written, and builds ask the node).
-    held: Option<std::fs::File>,
 }
 
 #[derive(Default)]
@@ -73,20 +65,9 @@ fn digest_of(versions: &Versions) -> [u8; 32] {
 impl PoolTools {
     pub fn new(data_dir: &Path) -> Arc<PoolTools> {
         let path = data_dir.join(TOOLS_FILE);
-        let lock = std::fs::File::options().create(true).truncate(false).write(true).open(data_dir.join(TOOLS_LOCK));
-        let held = match lock.map(|f| f.try_lock().map(|()| f)) {
-            Ok(Ok(file)) => Some(file),
-            other => {
-                log::warn!(
-                    "{}: not locked ({other:?}); builds will ask the node even when nothing changed",
-                    path.display()
-                );
-                None
-            }
-        };
         // A line from before this start is not this node's: it is written again once known.
         let _ = std::fs::remove_file(&path);
-        Arc::new(PoolTools { path, state: Mutex::default(), held })
+        Arc::new(PoolTools { path, state: Mutex::default() })
     }
 
     pub fn set_local(&self, node: &NodeId, versions: Versions) {
@@ -123,9 +104,6 @@ impl PoolTools {
     /// this binary's version and the action key's, so an upgraded node is asked again.
     fn write(&self, state: &mut ToolsState) {
         let Some((local, own)) = &state.local else { return };
-        if self.held.is_none() {
-            return;
-        }
         let mut all: BTreeMap<&NodeId, &[u8; 32]> = state.peers.iter().map(|(id, (_, d))| (id, d)).collect();
         all.insert(local, own);
         let mut hasher = blake3::Hasher::new();
@@ -161,14 +139,12 @@ fn replace(path: &Path, tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
-/// The tools line in `data_dir`, if the daemon wrote one and is still running (it holds
-/// [`TOOLS_LOCK`]).
+/// The tools line in `data_dir`, if the daemon wrote one and is still running (it holds the
+/// data dir's lock, `node::lock_data_dir`): a line left by a node killed, or whose machine
+/// stopped, is kept true by nobody, so it is not trusted.
 pub fn read_tools(data_dir: &Path) -> Option<String> {
-    let lock = std::fs::File::open(data_dir.join(TOOLS_LOCK)).ok()?;
-    match lock.try_lock_shared() {
-        Err(std::fs::TryLockError::WouldBlock) => {}
-        // Nobody holds it (the shared lock just taken goes with the file), or it cannot be told.
-        _ => return None,
+    if !crate::node::data_dir_in_use(data_dir) {
+        return None;
     }
     let line = std::fs::read_to_string(data_dir.join(TOOLS_FILE)).ok()?;
     Some(line.trim().to_string()).filter(|l| !l.is_empty())
@@ -430,6 +406,7 @@ mod tests {
     #[test]
     fn the_tools_line_is_written_once_the_node_knows_its_own_and_again_only_when_a_version_changes() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let lock = crate::node::lock_data_dir(dir.path()).expect("the node's lock");
         let tools = PoolTools::new(dir.path());
         tools.set_peers(&[]);
         assert_eq!(read_tools(dir.path()), None, "not before the node's own tools are known");
@@ -442,6 +419,8 @@ mod tests {
         tools.set_local(&me, versions("2.41.0"));
         let second = read_tools(dir.path()).expect("written");
         assert_ne!(first, second, "a new version, a new line");
+        lock.release();
+        assert_eq!(read_tools(dir.path()), None, "a line no running node keeps true is not trusted");
     }
 
     #[test]

@@ -254,6 +254,19 @@ fn configurations_and_templates_shape_builds() {
         templates["templates"].as_array().expect("templates").iter().filter_map(|t| t["name"].as_str()).collect();
     assert_eq!(&names[..4], ["Local Only", "Quick Build", "Full Distributed", "CI/CD"]);
     assert!(node.cli(&["template", "use", "local-only", "--name", "mine", "--set", "cores=1"]).status.success());
+    // The author is the key that sent it: not the template's "system", nor what a body or an
+    // edit says.
+    let author = |id: &str| node.get(&format!("/api/configs/{id}")).1["created_by"].as_str().map(str::to_string);
+    let admin = author("mine").expect("an author");
+    assert!(admin.starts_with("admin (key_"), "{admin}");
+    assert_eq!(author("local-dev").as_deref(), Some(admin.as_str()));
+    let edited = node.cli(&["config", "edit", "local-dev", "--set", "created_by=mallory"]);
+    assert!(edited.status.success(), "{}", String::from_utf8_lossy(&edited.stderr));
+    assert_eq!(author("local-dev").as_deref(), Some(admin.as_str()), "an edit does not change the author");
+    let (status, body) = node.post("/api/configs", &json!({"name": "claimed", "created_by": "mallory"}));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(author("claimed").as_deref(), Some(admin.as_str()), "nor does a body");
+    assert!(node.cli(&["config", "delete", "claimed"]).status.success());
     assert!(node.cli(&["template", "save", "one-core", "--name", "one-core-template"]).status.success());
     assert!(node.cli_json(&["template", "list"])["templates"].to_string().contains("one-core-template"));
 
@@ -269,8 +282,8 @@ fn configurations_and_templates_shape_builds() {
     let (_, ledger) = node.get("/api/ledger?types=ConfigCreated,ConfigModified&limit=50");
     let types: Vec<&str> =
         ledger["entries"].as_array().expect("entries").iter().filter_map(|e| e["entry_type"].as_str()).collect();
-    assert_eq!(types.iter().filter(|t| **t == "ConfigCreated").count(), 4);
-    assert_eq!(types.iter().filter(|t| **t == "ConfigModified").count(), 2, "an edit and a delete");
+    assert_eq!(types.iter().filter(|t| **t == "ConfigCreated").count(), 5);
+    assert_eq!(types.iter().filter(|t| **t == "ConfigModified").count(), 4, "two edits and two deletes");
     let builder = node.key("builder");
     let (status, _) = http(
         "POST",

@@ -42,7 +42,9 @@ impl Builds {
             format!("cfg_{}", wire::hex(&raw))
         });
         cfg.id = Some(id.clone());
-        cfg.created_by.get_or_insert_with(|| by.to_string());
+        // Whoever sends it: not the body's own say (a template's "system", an exported config's
+        // author on another node, or a name made up).
+        cfg.created_by = Some(by.to_string());
         let (row, name, now) = (cfg.clone(), cfg.name.clone(), wire::now_ms() as i64);
         let inserted = self
             .store
@@ -128,7 +130,9 @@ impl Builds {
         let mut cfg: config::BuildConfiguration = serde_json::from_value(doc).map_err(|e| {
             BuildError::InvalidConfig(vec![config::Problem { field: "(body)".into(), message: e.to_string() }])
         })?;
+        // Its id and author are the configuration's, not the patch's.
         cfg.id = current.id.clone();
+        cfg.created_by = current.created_by.clone();
         self.check(&mut cfg).await?;
         let (row, now) = (cfg.clone(), wire::now_ms() as i64);
         self.store

@@ -21,6 +21,8 @@ pub enum KeyError {
     BadName,
     #[error("no key with id '{0}'")]
     NotFound(String),
+    #[error("key '{0}' is revoked already")]
+    AlreadyRevoked(String),
     #[error("key '{0}' is the last admin key; create another admin key before revoking it")]
     LastAdmin(String),
     #[error(transparent)]
@@ -158,8 +160,11 @@ impl Keys {
         let now = wire::now_ms();
         let target = {
             let ring = self.ring.read().map_err(|_| StoreError::Unavailable)?;
-            let target = ring.iter().find(|k| k.info.id == id && k.info.revoked_at_ms.is_none()).cloned();
+            let target = ring.iter().find(|k| k.info.id == id).cloned();
             let target = target.ok_or_else(|| KeyError::NotFound(id.to_string()))?;
+            if target.info.revoked_at_ms.is_some() {
+                return Err(KeyError::AlreadyRevoked(id.to_string()));
+            }
             let other_admins =
                 ring.iter().filter(|k| k.info.id != id && k.info.role == Role::Admin && k.info.active(now)).count();
             if target.info.role == Role::Admin && other_admins == 0 {
@@ -282,7 +287,8 @@ mod tests {
         assert!(keys.authenticate("bn_wrong").is_none());
         keys.revoke(&info.id, "test").await.expect("revoke");
         assert!(keys.authenticate(&secret).is_none());
-        assert!(matches!(keys.revoke(&info.id, "test").await, Err(KeyError::NotFound(_))));
+        assert!(matches!(keys.revoke(&info.id, "test").await, Err(KeyError::AlreadyRevoked(_))));
+        assert!(matches!(keys.revoke("key_000000000000", "test").await, Err(KeyError::NotFound(_))));
     }
 
     #[actix::test]

@@ -98,6 +98,7 @@ impl From<KeyError> for ApiError {
         match e {
             KeyError::BadName => ApiError::bad_request("invalid_field", e.to_string()),
             KeyError::NotFound(_) => ApiError::not_found(e.to_string()),
+            KeyError::AlreadyRevoked(_) => ApiError::new(StatusCode::CONFLICT, "already_revoked", e.to_string()),
             KeyError::LastAdmin(_) => ApiError::new(StatusCode::CONFLICT, "last_admin_key", e.to_string()),
             KeyError::Store(s) => ApiError::internal(&s),
         }

@@ -112,7 +112,9 @@ fn keys_can_be_created_listed_and_revoked() {
     assert!(revoked.status.success());
     let again = node.cli(&["key", "revoke", &id]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("no key with id"));
+    assert!(String::from_utf8_lossy(&again.stderr).contains(&format!("key '{id}' is revoked already")));
+    let unknown = node.cli(&["key", "revoke", "key_000000000000"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no key with id 'key_000000000000'"));
 
     let bad = node.cli(&["key", "create", "--role", "king", "--name", "x"]);
     assert_eq!(bad.status.code(), Some(2), "clap refuses a bad role");

@@ -155,7 +155,16 @@ pub async fn run(ctx: &Ctx, cmd: ConfigCommand) -> Result<(), CliError> {
                 let r = &cfg.resources;
                 print_facts(&[
                     ("Name", format!("{} ({})", cfg.name, cfg.id.clone().unwrap_or_default())),
-                    ("Cores", if r.cpu.cores == 0 { "all the pool offers".into() } else { r.cpu.cores.to_string() }),
+                    (
+                        "Cores",
+                        match r.cpu.cores_at_most() {
+                            0 if r.cpu.node_allocations.as_ref().is_some_and(|a| !a.is_empty()) => {
+                                "all the nodes below offer".into()
+                            }
+                            0 => "all the pool offers".into(),
+                            n => n.to_string(),
+                        },
+                    ),
                     (
                         "Nodes",
                         r.cpu
@@ -166,7 +175,10 @@ pub async fn run(ctx: &Ctx, cmd: ConfigCommand) -> Result<(), CliError> {
                             .collect::<Vec<_>>()
                             .join(", "),
                     ),
-                    ("Memory", format!("{} GB", r.memory.gb)),
+                    (
+                        "Memory",
+                        if r.memory.gb == 0.0 { "what is available".into() } else { format!("{} GB", r.memory.gb) },
+                    ),
                     ("Tools", r.tools.iter().map(|t| t.name().to_string()).collect::<Vec<_>>().join(", ")),
                     (
                         "Runtimes",

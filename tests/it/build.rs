@@ -257,6 +257,13 @@ fn configurations_and_templates_shape_builds() {
     // The author is the key that sent it: not the template's "system", nor what a body or an
     // edit says.
     let author = |id: &str| node.get(&format!("/api/configs/{id}")).1["created_by"].as_str().map(str::to_string);
+    // Its cores are the template's node allocation, and the list and the facts say so.
+    let listed = node.cli_json(&["config", "list"]);
+    let mine = listed["configs"].as_array().expect("configs").iter().find(|c| c["name"] == "mine").expect("mine");
+    assert_eq!(mine["cores"], 1, "{mine}");
+    let shown = String::from_utf8_lossy(&node.cli(&["config", "show", "mine"]).stdout).to_string();
+    assert!(shown.lines().any(|l| l.starts_with("Cores") && l.trim_end().ends_with(" 1")), "{shown}");
+    assert!(shown.lines().any(|l| l.starts_with("Memory") && l.contains("what is available")), "{shown}");
     let admin = author("mine").expect("an author");
     assert!(admin.starts_with("admin (key_"), "{admin}");
     assert_eq!(author("local-dev").as_deref(), Some(admin.as_str()));

@@ -107,7 +107,7 @@ impl Builds {
                     id: cfg.id.clone().unwrap_or_default(),
                     name: cfg.name.clone(),
                     description: cfg.description.clone(),
-                    cores: cfg.resources.cpu.cores,
+                    cores: cfg.resources.cpu.cores_at_most(),
                     memory_gb: cfg.resources.memory.gb,
                     nodes: cfg.resources.cpu.node_allocations.iter().flatten().map(|a| a.node_id.clone()).collect(),
                     updated_at_ms: updated as u64,

@@ -67,6 +67,19 @@ impl Default for CpuSelection {
     }
 }
 
+impl CpuSelection {
+    /// The cores a build under this selection may use at most, as far as the selection alone
+    /// says: `cores`, else the sum of its node allocations when each names a number; 0 when it
+    /// is "all a node (or the pool) offers".
+    pub fn cores_at_most(&self) -> u32 {
+        match &self.node_allocations {
+            _ if self.cores > 0 => self.cores,
+            Some(a) if !a.is_empty() && a.iter().all(|a| a.cores > 0) => a.iter().map(|a| a.cores).sum(),
+            _ => 0,
+        }
+    }
+}
+
 fn normal() -> String {
     "normal".into()
 }

@@ -93,6 +93,7 @@ pub struct ConfigSummary {
     pub id: String,
     pub name: String,
     pub description: Option<String>,
+    /// The most cores a build under it may use (`CpuSelection::cores_at_most`); 0 = all offered.
     pub cores: u32,
     pub memory_gb: f64,
     pub nodes: Vec<String>,

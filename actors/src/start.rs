@@ -361,6 +361,10 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         })
         .await?,
     );
+    // Before any build can start: what was running when this node last stopped has ended.
+    for id in crate::builds::history::end_interrupted(&store, &ledger).await? {
+        log::warn!("build {id} was running when this node stopped; it is recorded as failed (interrupted)");
+    }
     let pool = PoolHandle::start(PoolActor::new(node.clone(), pool_tools));
     mesh.set_pool(pool.peers_sink());
     let workers = Workers::new(identity.node_id.clone(), executor, mesh.clone());

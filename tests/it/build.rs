@@ -153,6 +153,45 @@ fn a_running_build_can_be_cancelled_and_observers_cannot_build() {
 }
 
 #[test]
+fn a_build_under_way_when_its_node_is_killed_ends_as_interrupted_at_the_next_start() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("buildnet.toml"), "[packages.slow]\nshell = \"sleep 60\"\n").expect("write");
+    let mut child = spawn_build(&node, dir.path(), &[], std::process::Stdio::null());
+    let id = wait_until("the build to run", Duration::from_secs(20), || {
+        let (_, list) = node.get("/api/builds");
+        let b = list["builds"].as_array()?.first()?.clone();
+        let (_, status) = node.get(&format!("/api/build/{}", b["id"].as_str()?));
+        (status["packages"][0]["state"] == "running").then(|| b["id"].as_str().map(str::to_string)).flatten()
+    });
+    let mut node = node;
+    node.child.kill().expect("kill -9");
+    let _ = node.child.wait();
+    let _ = child.wait();
+
+    let again = TestNode::start_with(common::Start { dir: Some(node.dir.clone()), ..Default::default() });
+    let (_, status) = again.get(&format!("/api/build/{id}"));
+    assert_eq!(status["status"], "failed", "{status}");
+    assert!(status["error"].as_str().is_some_and(|e| e.starts_with("interrupted")), "{status}");
+    let (_, ledger) = again.get("/api/ledger?types=BuildFailed&limit=10");
+    let entries = ledger["entries"].as_array().expect("entries");
+    assert!(entries.iter().any(|e| e["data"]["build_id"] == id.as_str()), "{ledger}");
+    let history = again.cli(&["history"]);
+    assert!(
+        String::from_utf8_lossy(&history.stdout).contains("failed"),
+        "{}",
+        String::from_utf8_lossy(&history.stdout)
+    );
+    // Restarted again, it is not ended twice.
+    let (_, _keep) = again.stop();
+    let third = TestNode::start_with(common::Start { dir: Some(node.dir.clone()), ..Default::default() });
+    let (_, ledger) = third.get("/api/ledger?types=BuildFailed&limit=10");
+    assert_eq!(ledger["entries"].as_array().map(Vec::len), Some(1), "{ledger}");
+    assert!(third.cli(&["ledger", "verify"]).status.success());
+}
+
+#[test]
 fn builds_have_pages_and_can_be_run_again() {
     let _shared = common::shared();
     let node = TestNode::start();

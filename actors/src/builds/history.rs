@@ -6,8 +6,42 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::runner::{BuildState, BuildStatus, PackageState, PackageStatus};
+use crate::ledger::LedgerHandle;
 use crate::store::{StoreError, StoreHandle};
 use crate::wire::NodeId;
+
+/// The error an interrupted build ends with ([`end_interrupted`]).
+pub const INTERRUPTED: &str = "interrupted: the node stopped while the build ran";
+
+/// Ends the builds this node was running when it stopped — killed, or stopped with builds under
+/// way: their rows still say running, and nothing would ever end them (a cancel finds no build
+/// to stop). Each is marked failed with [`INTERRUPTED`] and gets its `BuildFailed` ledger entry,
+/// so history, the pages and the ledger say what happened. Run at start, before any build can
+/// begin. Returns their ids.
+pub async fn end_interrupted(store: &StoreHandle, ledger: &LedgerHandle) -> Result<Vec<String>, StoreError> {
+    let now = crate::wire::now_ms() as i64;
+    let ended = store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            let ids: Vec<String> = tx
+                .prepare("SELECT id FROM builds WHERE status = ?1 ORDER BY started_at")?
+                .query_map(params![BuildState::Running.as_str()], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            tx.execute(
+                "UPDATE builds SET status = ?1, error = ?2, completed_at = ?3, duration_ms = MAX(0, ?3 - started_at)
+                 WHERE status = ?4",
+                params![BuildState::Failed.as_str(), INTERRUPTED, now, BuildState::Running.as_str()],
+            )?;
+            tx.commit()?;
+            Ok(ids)
+        })
+        .await?;
+    for id in &ended {
+        let data = serde_json::json!({ "build_id": id, "error": INTERRUPTED, "status": BuildState::Failed });
+        ledger.append(crate::wire::LedgerEntryType::BuildFailed, data).await?;
+    }
+    Ok(ended)
+}
 
 /// What [`save`] writes of a build.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -221,7 +221,9 @@ where
 
 /// Joins the mesh of the node at `url` with `token`, over the encrypted join at `/mesh/join`.
 pub async fn join_remote(mesh: &MeshHandle, url: &str, token: &str) -> Result<MeshInfo, String> {
-    JoinToken::parse(token).map_err(|e| e.to_string())?;
+    let parsed = JoinToken::parse(token).map_err(|e| e.to_string())?;
+    // Refused here before any connection, so the holder counts no failed join.
+    mesh.can_join(&parsed.mesh_id).await.map_err(|e| e.to_string())?;
     let target = format!("{}/join", mesh_url(url));
     let client = super::tls::mesh_client(JOIN_STEP);
     let framed = match client.ws(&target).max_frame_size(MAX_FRAME).connect().await {

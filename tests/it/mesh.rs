@@ -350,4 +350,23 @@ fn observers_offer_nothing_rescans_propagate_and_a_node_can_leave() {
     let refused = a.cli(&["node", "leave"]);
     assert_eq!(refused.status.code(), Some(1), "the mesh key holder cannot leave while others depend on it");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("mesh key"));
+
+    // Nor can it join another mesh (beta's, a mesh of one now): that would drop its mesh key,
+    // and no node could be admitted to its mesh again.
+    let token = b.token("builder");
+    let refused = a.cli(&["node", "join", &b.url, "--token", &token]);
+    assert_eq!(refused.status.code(), Some(1), "{}", String::from_utf8_lossy(&refused.stdout));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("run `buildnet node leave` first"), "{err}");
+    assert!(a.dir.join("mesh.key").exists(), "the mesh key is kept");
+    assert_eq!(a.get("/api/mesh").1["mesh_admin"], true);
+    // A mesh of one may join: beta goes back into alpha's mesh with a token of alpha's.
+    let back = b.cli(&["node", "join", &a.url, "--token", &a.token("builder")]);
+    assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
+    let again = b.cli(&["node", "join", &a.url, "--token", &a.token("builder")]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("a member of mesh"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
 }

@@ -431,10 +431,41 @@ pub struct StartJoin {
     pub token: JoinToken,
 }
 
+/// Whether this node may join the mesh a token is for: not one it is in, and not another while
+/// it shares its own with other nodes — joining drops its mesh and, if it holds it, the mesh key,
+/// after which no node could ever be admitted to that mesh again. A mesh of one (a new node, or
+/// one that left) may be given up.
+#[derive(Message)]
+#[rtype(result = "Result<(), RosterError>")]
+pub struct CanJoin {
+    pub mesh_id: String,
+}
+
+impl Handler<CanJoin> for MeshActor {
+    type Result = Result<(), RosterError>;
+
+    fn handle(&mut self, msg: CanJoin, _: &mut Context<Self>) -> Self::Result {
+        self.may_join(&msg.mesh_id)
+    }
+}
+
+impl MeshActor {
+    fn may_join(&self, mesh_id: &str) -> Result<(), RosterError> {
+        match &self.mesh {
+            Some(m) if m.mesh_id == mesh_id => Err(RosterError::AlreadyMember(m.mesh_id.clone())),
+            Some(m) if !self.peers.is_empty() => {
+                Err(RosterError::InAnotherMesh { mesh: m.mesh_id.clone(), others: self.peers.len() })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Handler<StartJoin> for MeshActor {
     type Result = Result<(Initiator, Vec<u8>), RosterError>;
 
     fn handle(&mut self, msg: StartJoin, _: &mut Context<Self>) -> Self::Result {
+        self.may_join(&msg.token.mesh_id)?;
         Initiator::start(
             msg.token,
             self.identity.clone(),
@@ -541,6 +572,10 @@ impl Handler<Leave> for MeshActor {
                 act.mesh = Some(info);
                 act.mesh_key = Some(key);
                 act.role = Role::Admin;
+                // At once: the pool, and with it `pool nodes`, showed the old peers online
+                // until the next periodic flush.
+                act.peers_changed.set(true);
+                act.flush_peers();
                 Ok(())
             }),
         )

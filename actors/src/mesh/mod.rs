@@ -47,8 +47,8 @@ use coordinator::{BenchSchedule, SetBenchmarkSink};
 use links::{Attach, DialFailed, SetDialer};
 pub use links::{LinkAuthenticated, LinkClosed};
 use membership::{
-    store_error, AcceptJoin, Admit, CreateToken, Leave, NoteRefusal, OpenJoin, RefusedJoins, ReloadRoster, StartJoin,
-    TokenHash,
+    store_error, AcceptJoin, Admit, CanJoin, CreateToken, Leave, NoteRefusal, OpenJoin, RefusedJoins, ReloadRoster,
+    StartJoin, TokenHash,
 };
 pub use membership::{Refusal, REFUSAL_SUMMARY_EVERY};
 use netbench::NetworkTest;
@@ -779,6 +779,11 @@ impl MeshHandle {
     }
 
     /// Starts this node's side of a join with a token: the first message to send.
+    /// Whether this node may join the mesh `mesh_id` (see [`membership::CanJoin`]).
+    pub async fn can_join(&self, mesh_id: &str) -> Result<(), RosterError> {
+        self.addr.send(CanJoin { mesh_id: mesh_id.to_string() }).await.map_err(|_| stopped())?
+    }
+
     pub async fn start_join(&self, token: roster::JoinToken) -> Result<(join::Initiator, Vec<u8>), RosterError> {
         self.addr.send(StartJoin { token }).await.map_err(|_| stopped())?
     }

@@ -38,6 +38,12 @@ pub enum RosterError {
     WrongMesh { pinned: String, actual: String },
     #[error("this node does not hold the mesh key; ask the node that created the mesh")]
     NotMeshAdmin,
+    #[error("this node is a member of mesh {0} already")]
+    AlreadyMember(String),
+    #[error(
+        "this node belongs to mesh {mesh} with {others} other node(s); run `buildnet node leave` first to join another"
+    )]
+    InAnotherMesh { mesh: String, others: usize },
     #[error("roster entry for {0} has a bad signature")]
     BadSignature(String),
     #[error(transparent)]

@@ -3,7 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use buildnet_actors::mesh::roster::{RosterError, TokenInfo};
+use buildnet_actors::mesh::roster::{JoinToken, RosterError, TokenInfo};
 use buildnet_actors::mesh::MeshView;
 use buildnet_actors::pool::{Aggregate, PoolNode};
 use buildnet_actors::wire::{Action, NodeState, Role};
@@ -91,7 +91,8 @@ pub struct JoinPoolResponse {
 
 /// Makes this running node join another mesh.
 #[utoipa::path(post, path = "/api/pool/join", tag = "pool", request_body = JoinPoolRequest,
-    responses((status = 200, body = JoinPoolResponse), (status = 400, body = ErrorBody), (status = 502, body = ErrorBody)),
+    responses((status = 200, body = JoinPoolResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 502, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn join(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
     caller.require(Action::ManageNodes, "join a mesh")?;
@@ -101,6 +102,11 @@ pub async fn join(state: web::Data<AppState>, caller: Caller, body: JsonBody) ->
             "invalid_body",
             format!("address: expected a URL like http://host:port, got '{}'", req.address),
         ));
+    }
+    if let Ok(token) = JoinToken::parse(&req.token) {
+        // A refusal of this node's own (it is in a mesh with others) is a conflict, not a
+        // failure of the node asked.
+        state.node.mesh.can_join(&token.mesh_id).await.map_err(mesh_error)?;
     }
     let info = crate::web::mesh::join_remote(&state.node.mesh, &req.address, &req.token)
         .await

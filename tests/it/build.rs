@@ -112,6 +112,22 @@ fn an_invalid_project_is_refused_naming_package_and_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("packages.app.deps: unknown package 'lib'"), "{err}");
+
+    // More memory or cores than any node offers fails at once instead of waiting for room.
+    for (what, ask) in [("memory", "memory_gb = 100000"), ("cores", "cores = 100000")] {
+        std::fs::write(dir.path().join("buildnet.toml"), format!("[packages.big]\ncommand = [\"true\"]\n{ask}\n"))
+            .expect("write");
+        let started = std::time::Instant::now();
+        let out = build(&node, dir.path(), &[]);
+        assert_eq!(out.status.code(), Some(1), "{what}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("of {what}, more than any node"))
+                || err.contains(&format!("{what}, more than any node")),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20), "{what}: it did not wait");
+    }
 }
 
 #[test]

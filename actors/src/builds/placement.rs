@@ -138,6 +138,8 @@ pub struct NodeOffer {
     pub free_cores: u64,
     /// Cores the node offers in all.
     pub capacity: u64,
+    /// Memory the node offers in all, in bytes.
+    pub memory_bytes: u64,
     /// Single-core benchmark score; 0 when the node has not been measured.
     pub cpu_score: f64,
 }
@@ -152,6 +154,7 @@ impl NodeOffer {
             tools,
             free_cores: u64::MAX,
             capacity: status.map_or(0, |s| s.resources.cpu.offered as u64),
+            memory_bytes: status.map_or(0, |s| s.resources.memory.offered_bytes),
             cpu_score: status.and_then(|s| s.benchmarks.cpu_single()).unwrap_or(0.0),
         }
     }
@@ -168,6 +171,7 @@ impl NodeOffer {
             tools: advert.resources.tool_versions(),
             free_cores,
             capacity,
+            memory_bytes: advert.resources.memory.offered_bytes,
             cpu_score: advert.benchmarks.cpu_single().unwrap_or(0.0),
         })
     }
@@ -364,7 +368,17 @@ pub(super) async fn place_and_run(
                     return Ok(hit);
                 }
             }
-            if let Some(x) = reserve_best(&pool, list.iter().copied(), cores, &c.limits, |n| busy.contains(n)) {
+            // A memory lease larger than a node offers is never granted: asked of such a node,
+            // the package would be answered Busy for ever.
+            if let Some(bytes) = memory.filter(|m| list.iter().all(|x| pool.offer(x).memory_bytes < *m)) {
+                return Err(PlaceError::Unplaceable(format!(
+                    "asks for {:.1} GB of memory, more than any node of this build offers (at most {:.1} GB)",
+                    bytes as f64 / (1u64 << 30) as f64,
+                    list.iter().map(|x| pool.offer(x).memory_bytes).max().unwrap_or(0) as f64 / (1u64 << 30) as f64
+                )));
+            }
+            let roomy = list.iter().copied().filter(|x| memory.is_none_or(|m| pool.offer(x).memory_bytes >= m));
+            if let Some(x) = reserve_best(&pool, roomy, cores, &c.limits, |n| busy.contains(n)) {
                 let offer = pool.offer(x);
                 break (offer.node.clone(), offer.name.clone(), x.versions.clone());
             }

@@ -114,7 +114,7 @@ impl Keys {
         created_by: &str,
     ) -> Result<(String, KeyInfo), KeyError> {
         let name = name.trim();
-        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        if !wire::is_display_name(name) {
             return Err(KeyError::BadName);
         }
         let mut secret_bytes = [0u8; 32];

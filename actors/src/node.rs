@@ -58,6 +58,11 @@ pub enum NodeError {
     DataDirInUse { path: PathBuf, holder: Option<u32> },
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(
+        "the node's name (--name, or node_name in the node config): must be 1 to {} printable characters",
+        wire::MAX_NAME
+    )]
+    BadName,
     #[error("identity: {0}")]
     Identity(#[from] IdentityError),
     #[error(transparent)]

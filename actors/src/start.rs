@@ -289,13 +289,20 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
 
     let resources = run_scan(opts.config.clone(), opts.data_dir.clone()).await?;
     opts.config.validate_for_machine(&opts.config_file, resources.cpu.count)?;
-    let name = opts
-        .name
-        .clone()
-        .or_else(|| opts.config.node_name.clone())
-        .or(stored_name(&store, &identity.node_id).await)
-        .or_else(|| sysinfo::System::host_name().ok())
-        .unwrap_or_else(|| identity.node_id.to_string());
+    // A name given (--name, or node_name in the config) must be one every member will show; one
+    // found (the last start's, the host's) that is not falls back to the next, then to the id.
+    let given = opts.name.clone().or_else(|| opts.config.node_name.clone());
+    if given.as_deref().is_some_and(|n| !wire::is_display_name(n)) {
+        return Err(NodeError::BadName);
+    }
+    let name = match given {
+        Some(name) => name,
+        None => stored_name(&store, &identity.node_id)
+            .await
+            .filter(|n| wire::is_display_name(n))
+            .or_else(|| sysinfo::System::host_name().ok().filter(|n| wire::is_display_name(n)))
+            .unwrap_or_else(|| identity.node_id.to_string()),
+    };
     persist(&store, &identity, &name, &opts.address, &resources).await?;
 
     let launch = containment(opts.launcher.as_deref(), &opts.config.sandbox);

@@ -33,7 +33,7 @@ impl Table {
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.into_iter().map(shown).collect());
     }
 
     pub fn render(&self) -> String {
@@ -77,8 +77,17 @@ impl Table {
 pub fn print_facts(facts: &[(&str, String)]) {
     let w = facts.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in facts {
-        println!("{:<w$}  {v}", format!("{k}:"), w = w + 1);
+        println!("{:<w$}  {}", format!("{k}:"), shown(v.clone()), w = w + 1);
     }
+}
+
+/// A value from a node as a table shows it: control characters escaped (`\u{1b}`, `\n`), so
+/// what a peer or a project names cannot repaint the terminal or forge a line of the table.
+fn shown(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 pub use crate::human::{bytes, utc as time};
@@ -184,6 +193,16 @@ fn quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cell_cannot_repaint_the_terminal_or_forge_a_row() {
+        let mut t = Table::new(&["name", "status"]);
+        t.row(vec!["x\u{1b}[2J\u{1b}[31mFAKE\nalpha  online".into(), "online".into()]);
+        let text = t.render();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(text.contains("x\\u{1b}[2J"), "{text}");
+    }
 
     #[test]
     fn tables_align() {

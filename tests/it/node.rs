@@ -298,6 +298,24 @@ fn a_second_node_on_a_data_dir_in_use_is_refused_and_the_first_keeps_serving() {
 }
 
 #[test]
+fn a_name_that_could_forge_a_line_of_another_users_table_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["x\u{1b}[2J\u{1b}[31mFAKE", "two\nlines", &"n".repeat(65), ""] {
+        let out = Command::new(BIN)
+            .args(["up", "--listen", "127.0.0.1:0", "--name", name, "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{name:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(lines[0].contains("must be 1 to 64 printable characters"), "{err}");
+        assert!(!dir.path().join("address").exists(), "it never served");
+    }
+}
+
+#[test]
 fn an_altered_ledger_row_is_caught_by_verify() {
     let node = TestNode::start();
     node.key("observer");

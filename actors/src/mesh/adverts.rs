@@ -109,6 +109,12 @@ impl MeshActor {
             return;
         }
         let Some(peer) = self.peers.get_mut(&origin) else { return };
+        // A member's name reaches every user's tables and pages: one that could forge a line
+        // there is not taken (a node of this version refuses such a name of its own at start).
+        if !wire::is_display_name(&status.name) {
+            log::warn!("advert of {origin}: its name is not 1 to {} printable characters; ignored", wire::MAX_NAME);
+            return;
+        }
         // The origin's own word always counts (a member passing on a forged `seq` cannot
         // shut it out); a copy passed on counts when newer.
         if peer.entry.revoked || (from != origin && peer.advert.is_some() && seq <= peer.advert_seq) {

@@ -29,8 +29,6 @@ use crate::wire::{self, NodeId, PROTOCOL_VERSION};
 pub const JOIN_NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
 /// Where the pre-shared key goes in `XXpsk3`.
 const PSK_SLOT: usize = 3;
-/// Longest node name a join may carry (as `node_name` in the node config).
-pub const MAX_NAME: usize = 64;
 /// Longest address a join may carry.
 pub const MAX_ADDRESS: usize = 512;
 /// Largest reply a joiner reassembles (a roster of thousands of nodes fits).
@@ -98,8 +96,8 @@ impl JoinRequest {
 
     /// Field caps and shape, before anything is signed or stored. Names the field at fault.
     pub fn check_fields(&self) -> Result<(), String> {
-        if self.name.is_empty() || self.name.chars().count() > MAX_NAME || self.name.chars().any(char::is_control) {
-            return Err(format!("name: must be 1 to {MAX_NAME} printable characters"));
+        if !wire::is_display_name(&self.name) {
+            return Err(format!("name: must be 1 to {} printable characters", wire::MAX_NAME));
         }
         if self.address.len() > MAX_ADDRESS
             || !self.address.contains("://")

@@ -144,6 +144,16 @@ pub struct InvalidId {
 }
 
 /// Lowercase hex of some bytes.
+/// The longest name of a node or an API key, in characters.
+pub const MAX_NAME: usize = 64;
+
+/// Whether `name` may name a node or an API key: 1 to [`MAX_NAME`] characters, none of them a
+/// control character — a newline or an escape sequence in a name would forge or repaint lines
+/// of other users' tables.
+pub fn is_display_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().count() <= MAX_NAME && !name.chars().any(char::is_control)
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

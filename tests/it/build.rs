@@ -329,6 +329,26 @@ fn configurations_and_templates_shape_builds() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(author("claimed").as_deref(), Some(admin.as_str()), "nor does a body");
     assert!(node.cli(&["config", "delete", "claimed"]).status.success());
+
+    // A field no configuration has is refused by name, not dropped (a misspelt `cpuu` allowed
+    // every core), in a body, an edit and an import alike.
+    let (status, body) = node.post("/api/configs", &json!({"name": "typo", "resources": {"cpuu": {"cores": 2}}}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("cpuu"), "{body}");
+    let edit = node.cli(&["config", "edit", "local-dev", "--set", "nonexist.field=1"]);
+    assert_eq!(edit.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&edit.stderr).contains("nonexist"), "{}", String::from_utf8_lossy(&edit.stderr));
+    let edit = node.cli(&["config", "edit", "local-dev", "--set", "resources.cpu.cores=abc"]);
+    assert!(
+        String::from_utf8_lossy(&edit.stderr).contains("resources.cpu.cores"),
+        "{}",
+        String::from_utf8_lossy(&edit.stderr)
+    );
+    let typo = dir.path().join("typo.json");
+    std::fs::write(&typo, json!({"name": "typo", "resources": {"memory": {"gbs": 1}}}).to_string()).expect("write");
+    let imported = node.cli(&["config", "import", typo.to_str().expect("path")]);
+    assert_eq!(imported.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&imported.stderr).contains("gbs"), "{}", String::from_utf8_lossy(&imported.stderr));
     assert!(node.cli(&["template", "save", "one-core", "--name", "one-core-template"]).status.success());
     assert!(node.cli_json(&["template", "list"])["templates"].to_string().contains("one-core-template"));
 

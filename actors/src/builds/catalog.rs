@@ -127,8 +127,10 @@ impl Builds {
         let current = self.config(key).await?;
         let mut doc = serde_json::to_value(&current).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         merge(&mut doc, patch);
-        let mut cfg: config::BuildConfiguration = serde_json::from_value(doc).map_err(|e| {
-            BuildError::InvalidConfig(vec![config::Problem { field: "(body)".into(), message: e.to_string() }])
+        let mut cfg: config::BuildConfiguration = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { "(body)".to_string() } else { field };
+            BuildError::InvalidConfig(vec![config::Problem { field, message: e.into_inner().to_string() }])
         })?;
         // Its id and author are the configuration's, not the patch's.
         cfg.id = current.id.clone();

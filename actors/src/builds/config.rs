@@ -16,6 +16,9 @@ use crate::wire::NodeId;
 pub const LOCAL: &str = "local";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+// Every level refuses a field it does not know: a misspelt `cpuu` would otherwise be dropped and
+// the configuration allow every core, saying nothing.
+#[serde(deny_unknown_fields)]
 pub struct BuildConfiguration {
     #[serde(default)]
     pub id: Option<String>,
@@ -37,6 +40,7 @@ pub struct BuildConfiguration {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ResourceSelection {
     #[serde(default)]
     pub cpu: CpuSelection,
@@ -51,6 +55,7 @@ pub struct ResourceSelection {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CpuSelection {
     /// Cores in all; 0 = all the pool (or the allocated nodes) offers.
     #[serde(default)]
@@ -85,6 +90,7 @@ fn normal() -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NodeCpuAllocation {
     /// A node id, or `local`.
     pub node_id: String,
@@ -95,6 +101,7 @@ pub struct NodeCpuAllocation {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct MemorySelection {
     /// GB in all; 0 = what is available.
     #[serde(default)]
@@ -112,12 +119,14 @@ impl Default for MemorySelection {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NodeMemoryAllocation {
     pub node_id: String,
     pub gb: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StorageSelection {
     #[serde(default)]
     pub volumes: Vec<StorageVolumeSelection>,
@@ -137,6 +146,7 @@ fn any() -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StorageVolumeSelection {
     pub node_id: String,
     pub path: String,

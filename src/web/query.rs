@@ -43,7 +43,9 @@ pub fn parse<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     let parser = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
     serde_path_to_error::deserialize(parser).map_err(|e| {
         let (path, inner) = (e.path().to_string(), e.into_inner());
-        ApiError::bad_request("invalid_query", format!("{path}: {inner}"))
+        // The whole query at fault (a parameter given twice): the error names the parameter.
+        let message = if path == "." { inner.to_string() } else { format!("{path}: {inner}") };
+        ApiError::bad_request("invalid_query", message)
     })
 }
 
@@ -66,5 +68,7 @@ mod tests {
         assert!(e.message.starts_with("wait_ms: "), "{e}");
         let e = parse::<Q>("limit=-1").expect_err("refused");
         assert!(e.message.starts_with("limit: "), "{e}");
+        let e = parse::<Q>("limit=1&limit=2").expect_err("refused");
+        assert!(e.message.starts_with("duplicate field `limit`"), "{e}");
     }
 }

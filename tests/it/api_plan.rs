@@ -50,12 +50,21 @@ fn plan_shapes_are_accepted_and_mistakes_are_named() {
         ("/api/pool/resources?kind=cpu", "kind"),
         ("/api/pool/resources?type=gpu", "type"),
         ("/api/node/benchmarks?type=gpu", "type"),
+        ("/api/ledger?limit=0", "limit"),
     ] {
         let (status, body) = node.get(path);
         assert_eq!(status, 400, "{path}: {body}");
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(message.starts_with(&format!("{param}:")), "{path}: {body}");
     }
+
+    let (status, body) = node.get("/api/ledger?types=KeyCreated&types=NodeJoined");
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.starts_with("duplicate field `types`")), "{body}");
+    // A key that would be expired as it is made is refused, naming the field.
+    let (status, body) = node.post("/api/keys", &json!({"name": "gone", "role": "observer", "ttl_secs": 0}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.starts_with("ttl_secs:")), "{body}");
 
     // Ledger entries carry the plan's field names too, and its filter names work.
     let (status, body) = node.get("/api/ledger?entry_types=KeyCreated,NodeJoined&from_time=0");

@@ -49,6 +49,12 @@ pub struct CreatedKey {
 pub async fn create(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
     caller.require(Action::ManageKeys, "manage keys")?;
     let req: CreateKeyRequest = body.parse()?;
+    if req.ttl_secs == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "ttl_secs: must be at least 1 (leave it out for a key that does not expire)",
+        ));
+    }
     let ttl_ms = req.ttl_secs.map(|s| s.saturating_mul(1000));
     let (key, info) = state.node.keys.create(&req.name, req.role, ttl_ms, &caller.actor()).await?;
     Ok(HttpResponse::Created().json(CreatedKey { key, info }))

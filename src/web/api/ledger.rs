@@ -45,9 +45,13 @@ fn time(field: &str, text: &str) -> Result<u64, ApiError> {
     })
 }
 
-fn number(field: &str, text: &str, max: usize) -> Result<usize, ApiError> {
-    text.parse::<usize>().ok().filter(|n| *n <= max).ok_or_else(|| {
-        ApiError::bad_request("invalid_query", format!("{field}: expected an integer from 0 to {max}, got '{text}'"))
+fn number(field: &str, text: &str, range: std::ops::RangeInclusive<usize>) -> Result<usize, ApiError> {
+    text.parse::<usize>().ok().filter(|n| range.contains(n)).ok_or_else(|| {
+        let (min, max) = (range.start(), range.end());
+        ApiError::bad_request(
+            "invalid_query",
+            format!("{field}: expected an integer from {min} to {max}, got '{text}'"),
+        )
     })
 }
 
@@ -76,10 +80,10 @@ impl LedgerQuery {
             filter.to_ms = Some(time("to", &to)?);
         }
         if let Some(limit) = nonempty(&self.limit) {
-            filter.limit = number("limit", &limit, MAX_PAGE)?.max(1);
+            filter.limit = number("limit", &limit, 1..=MAX_PAGE)?;
         }
         if let Some(offset) = nonempty(&self.offset) {
-            filter.offset = number("offset", &offset, usize::MAX / 2)?;
+            filter.offset = number("offset", &offset, 0..=usize::MAX / 2)?;
         }
         Ok(filter)
     }
@@ -172,6 +176,7 @@ mod tests {
         assert!(bad(LedgerQuery { types: Some("Nope".into()), ..Default::default() }).starts_with("types:"));
         assert!(bad(LedgerQuery { limit: Some("x".into()), ..Default::default() }).starts_with("limit:"));
         assert!(bad(LedgerQuery { limit: Some("5000".into()), ..Default::default() }).starts_with("limit:"));
+        assert!(bad(LedgerQuery { limit: Some("0".into()), ..Default::default() }).contains("from 1 to"));
         assert!(bad(LedgerQuery { origin: Some("zz".into()), ..Default::default() }).starts_with("origin:"));
         assert!(bad(LedgerQuery { to: Some("yesterday".into()), ..Default::default() }).starts_with("to:"));
     }

@@ -194,5 +194,14 @@ fn api_error(base: &str, status: awc::http::StatusCode, body: &[u8]) -> CliError
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| format!("{base} answered {status}"));
+    // The node's words are for scripts sending headers; a CLI user passes a flag.
+    let message = if status == awc::http::StatusCode::UNAUTHORIZED {
+        format!(
+            "missing or invalid API key for {base}: pass a key it knows with --token (or BUILDNET_TOKEN); \
+             `buildnet key create` on that node makes one"
+        )
+    } else {
+        message
+    };
     CliError::Api { status: status.as_u16(), code, message }
 }

@@ -110,6 +110,9 @@ pub fn run(global: &GlobalArgs, args: UpArgs, join_token: Option<String>) -> Res
     if args.join.is_some() && join_token.is_none() {
         return Err(CliError::Usage("--join needs the join token: buildnet up --join URL --token bnj_…".into()));
     }
+    if let Some(url) = &args.join {
+        crate::web::mesh::check_join_url("--join", url).map_err(CliError::Usage)?;
+    }
     let dir = data_dir(global)?;
     // Taken before anything in the data dir is read or written (its certificate included).
     let lock = node::lock_data_dir(&dir).map_err(|e| CliError::Other(e.to_string()))?;

@@ -81,7 +81,7 @@ fn address_and_token_flags_reach_another_node() {
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("missing or invalid API key"), "{err}");
+    assert!(err.contains("missing or invalid API key") && err.contains("--token"), "{err}");
     assert_eq!(err.lines().count(), 1);
 }
 

@@ -136,6 +136,19 @@ fn a_joiner_refuses_an_impostor_that_cannot_prove_the_mesh_key() {
     assert!(seen.iter().any(|s| s.starts_with("could not read the join")), "{seen:?}");
     assert!(!seen.iter().any(|s| s.starts_with("read the request")), "{seen:?}");
 
+    // A token altered (another mesh id) or of another mesh is said to be so, not as a cipher's
+    // error, and a URL that is none is a usage error before anything starts.
+    let (_, secret) = token.trim_start_matches("bnj_").split_once('_').expect("token shape");
+    let altered = format!("bnj_ffffffffffffffff_{secret}");
+    let err = common::join_with(&a.url, &altered, "victim").expect_err("refused");
+    assert!(err.contains("did not make that join token"), "{err}");
+    let bad_url = std::process::Command::new(common::BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--join", "notaurl", "--token", &token])
+        .output()
+        .expect("run");
+    assert_eq!(bad_url.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_url.stderr).contains("--join: expected a node's URL"));
+
     // The real holder still takes the token: nobody spent it.
     common::join_with(&a.url, &token, "rightful").expect("the token still admits at the real node");
 }

@@ -410,6 +410,14 @@ pub enum JoinFailure {
     Outcome(#[from] JoinOutcome),
 }
 
+/// Why a join was closed whose hello did not open: the token names another mesh, or was altered.
+pub const NOT_THIS_MESH: &str =
+    "this node's mesh did not make that join token (it is another mesh's, or was altered); ask this mesh's key holder for one";
+/// Why a join was closed whose token proof did not check: the token's secret is not the one this
+/// holder made.
+pub const WRONG_SECRET: &str =
+    "the join token's secret is not the one this mesh made (altered?); ask this mesh's key holder for a new token";
+
 /// The joiner's side of one join over `io`: handshake, request, verified reply, adoption.
 pub async fn run_join(mesh: &super::MeshHandle, io: &mut impl FrameIo, token: &str) -> Result<MeshInfo, JoinFailure> {
     let token = JoinToken::parse(token)?;
@@ -446,7 +454,12 @@ pub async fn serve_join(
         Ok(id) => id,
         Err(e) => {
             refused(Refusal::BadRequest);
-            return Err(e.to_string());
+            // The hello is bound to the mesh the token names: one that does not open is a
+            // token of another mesh, or one altered ("decrypt error" said nothing of that).
+            return Err(match e {
+                JoinError::Noise(_) => NOT_THIS_MESH.to_string(),
+                other => other.to_string(),
+            });
         }
     };
     let hash = match mesh.token_hash(&token_id).await {
@@ -460,9 +473,10 @@ pub async fn serve_join(
     let third = io.recv().await?;
     let mut admitting = match responder.finish(&third) {
         Ok(a) => a,
-        Err(e) => {
+        Err(_) => {
             refused(Refusal::WrongSecret);
-            return Err(e.to_string());
+            // What the joiner is told (it knows its token failed; "decrypt error" said nothing).
+            return Err(WRONG_SECRET.into());
         }
     };
     let request = io.recv().await?;

@@ -97,12 +97,7 @@ pub struct JoinPoolResponse {
 pub async fn join(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
     caller.require(Action::ManageNodes, "join a mesh")?;
     let req: JoinPoolRequest = body.parse()?;
-    if !(req.address.starts_with("http://") || req.address.starts_with("https://")) {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            format!("address: expected a URL like http://host:port, got '{}'", req.address),
-        ));
-    }
+    crate::web::mesh::check_join_url("address", &req.address).map_err(|e| ApiError::bad_request("invalid_body", e))?;
     if let Ok(token) = JoinToken::parse(&req.token) {
         // A refusal of this node's own (it is in a mesh with others) is a conflict, not a
         // failure of the node asked.

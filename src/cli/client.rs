@@ -55,7 +55,11 @@ impl Client {
         match e {
             awc::error::SendRequestError::Connect(_) => CliError::NoNode { url: self.base.clone() },
             awc::error::SendRequestError::Timeout => CliError::Other(format!("{} did not answer in time", self.base)),
-            other => CliError::Other(format!("{}: {other}", doing())),
+            other => CliError::Other(format!(
+                "{}: {other} — is {} a BuildNet node? (--address, BUILDNET_ADDRESS)",
+                doing(),
+                self.base
+            )),
         }
     }
 
@@ -177,7 +181,12 @@ impl Client {
         if !status.is_success() {
             return Err(api_error(&self.base, status, &bytes));
         }
-        serde_json::from_slice(&bytes).map_err(|e| CliError::Other(format!("unexpected answer from {url}: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| {
+            CliError::Other(format!(
+                "unexpected answer from {url} ({e}) — is {} a BuildNet node of this version? (--address, BUILDNET_ADDRESS)",
+                self.base
+            ))
+        })
     }
 }
 

@@ -28,6 +28,31 @@ fn no_node_answers_is_one_line_and_exit_2() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("start one with `buildnet up`"));
+
+    // Something else answers there (a web server, or no HTTP at all): the line asks whether the
+    // address is a BuildNet node's.
+    for answer in [&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"[..], b"SSH-2.0-x\r\n"] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            if let Ok((mut socket, _)) = listener.accept() {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request);
+                let _ = socket.write_all(answer);
+            }
+        });
+        let out = Command::new(BIN)
+            .args(["pool", "status", "--address", &url, "--token", "bn_x", "--data-dir"])
+            .arg(empty.path())
+            .output()
+            .expect("run");
+        let _ = server.join();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("is {url} a BuildNet node")), "{err}");
+    }
 }
 
 #[test]

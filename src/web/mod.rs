@@ -30,23 +30,27 @@ pub struct AppState {
     pub login_limit: limit::RateLimit,
     /// The serialized `/api/pool` answer, shared for a few milliseconds.
     pub pool_json: api::pool::PoolJson,
+    /// Turns true when the node is told to stop: open event streams end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Builds the server on a bound listener, serving HTTPS when given a TLS configuration; the
-/// caller awaits it. actix-web stops it on SIGINT and SIGTERM, finishing requests in flight for
-/// up to five seconds.
+/// caller awaits it. SIGINT or SIGTERM stops it ([`stop_on_signal`]).
 pub fn server(
     node: Node,
     listener: std::net::TcpListener,
     tls: Option<rustls::ServerConfig>,
 ) -> std::io::Result<Server> {
     node.mesh.set_dialer(mesh::dialer());
+    let (stop_told, stopping) = tokio::sync::watch::channel(false);
+    let mesh_of_node = node.mesh.clone();
     let state = web::Data::new(AppState {
         node,
         sessions: auth::Sessions::default(),
         join_limit: limit::RateLimit::new("join", 10, std::time::Duration::from_secs(6)),
         login_limit: limit::RateLimit::new("login", 20, std::time::Duration::from_secs(3)),
         pool_json: api::pool::PoolJson::default(),
+        stopping,
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -74,13 +78,53 @@ pub fn server(
     // Small messages (a mesh link's task results, API answers) go at once rather than waiting
     // for the ACK of the one before (see `tls::no_delay`, the client side).
     .tcp_nodelay(true)
-    .shutdown_timeout(5);
+    .shutdown_timeout(5)
+    .disable_signals();
     let server = match tls {
         Some(config) => server.listen_rustls_0_23(listener, config)?,
         None => server.listen(listener)?,
     }
     .run();
+    actix_rt::spawn(stop_on_signal(server.handle(), mesh_of_node, stop_told));
     Ok(server)
+}
+
+/// On SIGINT or SIGTERM: the mesh's links and the open event streams are closed first, then the
+/// server finishes the requests in flight (up to five seconds) and stops. Left to actix-web, a
+/// peer's link — a request that never ends — held every stop for the whole five seconds.
+async fn stop_on_signal(
+    server: actix_web::dev::ServerHandle,
+    mesh: buildnet_actors::mesh::MeshHandle,
+    stop_told: tokio::sync::watch::Sender<bool>,
+) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::warn!("SIGTERM cannot be caught ({e}); Ctrl-C still stops the node");
+            None
+        }
+    };
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let interrupted = async {
+        // A handler that cannot be installed never fires (it must not stop the node).
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await
+        }
+    };
+    tokio::select! {
+        _ = interrupted => log::info!("interrupted; stopping"),
+        _ = terminated => log::info!("SIGTERM received; stopping"),
+    }
+    mesh.stop().await;
+    let _ = stop_told.send(true);
+    server.stop(true).await;
 }
 
 /// Unknown API paths are 404; a known path asked with a method it does not take is 405 (routes

@@ -40,6 +40,7 @@ pub async fn events(
     }
     let (response, mut session, mut stream) = actix_ws::handle(&req, body)?;
     let mut events = state.node.events.subscribe();
+    let mut stopping = state.stopping.clone();
     actix_web::rt::spawn(async move {
         let mut subscribed: HashSet<String> = HashSet::new();
         loop {
@@ -77,6 +78,8 @@ pub async fn events(
                     Ok(_) | Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => break,
                 },
+                // The node is stopping: the stream ends now rather than holding the stop.
+                _ = stopping.changed() => break,
             }
         }
         let _ = session.close(None).await;

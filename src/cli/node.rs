@@ -130,13 +130,19 @@ fn print_status(s: &NodeStatus) {
         ),
     ]);
     println!("\nStorage");
-    let mut t = Table::new(&["path", "purpose", "mount", "type", "total", "available", "offered"]);
+    let mut t = Table::new(&["path", "purpose", "mount", "class", "total", "available", "offered"]);
     for v in &r.storage {
+        // What the benchmark measured where it has run: a virtual disk is often "rotational" to
+        // the kernel whatever it stands on (an hdd here measured as an ssd).
+        let class = match s.benchmarks.storage_for(&v.path) {
+            Some(b) => format!("{} (measured)", b.storage_class),
+            None => format!("{} (kernel; not measured)", v.storage_type),
+        };
         t.row(vec![
             v.path.clone(),
             v.purpose.clone(),
             v.mount_point.clone(),
-            v.storage_type.clone(),
+            class,
             bytes(v.total_bytes),
             bytes(v.available_bytes),
             bytes(v.offered_bytes),

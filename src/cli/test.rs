@@ -13,7 +13,9 @@ use super::{CliError, Ctx};
 pub enum TestCommand {
     /// CPU: single-core and all-core scores (work units/s), parallel efficiency
     Cpu {
-        /// Seconds of one-core and of all-core work each, in five rounds (at least 0.2 s a round)
+        /// Seconds of one-core work and as many of all-core work, split into five rounds (at least
+        /// 0.2 s a round); a round disturbed by other work is run again, so a run takes at least
+        /// twice this
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
     },

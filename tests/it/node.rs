@@ -429,13 +429,18 @@ fn benchmarks_measure_record_and_need_an_admin() {
     let bad = node.cli(&["test", "storage", "/no/such/dir"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("path:"));
+    // The data dir's volume: its class is the kernel's word until measured, then the measure's.
+    let status = || String::from_utf8_lossy(&node.cli(&["node", "status"]).stdout).to_string();
+    assert!(status().contains("(kernel; not measured)"), "{}", status());
+    node.cli_json(&["test", "storage", node.dir.to_str().expect("path"), "--size-mb", "8"]);
+    assert!(status().contains(" (measured)"), "{}", status());
 
     let (_, history) = node.get("/api/node/benchmarks");
     let kinds: Vec<&str> =
         history.as_array().expect("records").iter().filter_map(|r| r["benchmark_type"].as_str()).collect();
-    assert_eq!(kinds, vec!["storage", "cpu"]);
+    assert_eq!(kinds, vec!["storage", "storage", "cpu"]);
     let (_, ledger) = node.get("/api/ledger?types=BenchmarkCompleted");
-    assert_eq!(ledger["entries"].as_array().expect("entries").len(), 2);
+    assert_eq!(ledger["entries"].as_array().expect("entries").len(), 3);
     let observer = node.key("observer");
     let (status, _) = http(
         "POST",

@@ -73,6 +73,10 @@ fn login_sets_a_session_and_forms_need_the_csrf_token() {
     let (status, page) = http("GET", &url("/ledger?types=NodeJoined"), &[("Cookie", &auth)], None);
     assert_eq!(status, 200);
     assert!(page.contains("data-type=\"NodeJoined\"") && !page.contains("data-type=\"KeyCreated\""));
+    // A misspelt filter is said, not taken for "everything".
+    let (status, page) = http("GET", &url("/ledger?type=NodeJoined"), &[("Cookie", &auth)], None);
+    assert_eq!(status, 400);
+    assert!(page.contains("type: unknown parameter") && !page.contains("data-type=\"KeyCreated\""), "{page}");
     let (status, _) = http("GET", &url("/api/node"), &[("Cookie", &auth)], None);
     assert_eq!(status, 200, "the session cookie also works for the API");
 

@@ -90,7 +90,7 @@ impl LedgerQuery {
 }
 
 /// Parameters `GET /api/ledger` takes (with plan §10.2's names).
-const PARAMS: [&str; 10] =
+pub(crate) const PARAMS: [&str; 10] =
     ["types", "entry_types", "origin", "origin_node", "from", "from_time", "to", "to_time", "limit", "offset"];
 
 /// A ledger entry with plan §10.1's field names beside ours: `origin_node` (= `origin`),

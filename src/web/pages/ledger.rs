@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{caller, html_response, layout, time};
-use crate::web::api::ledger::{LedgerQuery, DEFAULT_LIMIT};
+use crate::web::api::ledger::{LedgerQuery, DEFAULT_LIMIT, PARAMS};
 use crate::web::AppState;
 
 /// The page's query: the API's filters plus a relative time range.
@@ -75,6 +75,12 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>, query: web::Quer
         Ok(c) => c,
         Err(redirect) => return *redirect,
     };
+    // A misspelt filter (`type=` for `types=`) is said, as the API says it, rather than the
+    // whole ledger shown as if filtered.
+    let known: Vec<&str> = PARAMS.iter().copied().chain(["since"]).collect();
+    if let Err(e) = crate::web::api::known_params(&req, &known) {
+        return super::super::error_page(Some(&who), &e.message);
+    }
     let mut filter = match query.api.filter() {
         Ok(f) => f,
         Err(e) => return super::super::error_page(Some(&who), &e.message),

@@ -134,6 +134,17 @@ fn a_request_naming_files_outside_the_project_is_refused_naming_the_field() {
     let message = body["error"]["message"].as_str().expect("message");
     assert!(message.contains("packages.p.outputs[0]: '../../../x' has a '..' component"), "{message}");
 
+    // A digest that is none, or an input with no entry, is the request's mistake, named as such;
+    // no upload could mend it (it was answered `missing_blobs`).
+    for (files, want) in [
+        (json!({ "a.txt": file("a.txt", "zz") }), "files.a.txt.digest: expected 64 lowercase hex digits"),
+        (json!({}), "files: 'a.txt' has no entry"),
+    ] {
+        let (status, body) = send_as(&node, &builder, "POST", "/api/build", &request(files, &["out.txt"], None));
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_field")), "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.starts_with(want)), "{body}");
+    }
+
     let (_, history) = node.get("/api/builds");
     assert_eq!(history["builds"].as_array().map(Vec::len), Some(0), "nothing started: {history}");
     nothing_escaped(node.dir.parent().expect("the node's temporary dir"));

@@ -48,6 +48,8 @@ pub enum BuildError {
     MissingBlobs { count: usize, first: String },
     #[error("files: '{0}' has no entry")]
     MissingFile(String),
+    #[error("files.{0}.digest: expected 64 lowercase hex digits (a BLAKE3 digest)")]
+    BadDigest(String),
     /// A path of the request that could leave the project or the sandbox.
     #[error(transparent)]
     Path(#[from] wire::BadPath),
@@ -158,6 +160,10 @@ impl Builds {
                     return Err(BuildError::MissingFile(f.clone()));
                 }
             }
+        }
+        // Not a digest at all: no upload can supply it, so it is not "missing".
+        if let Some(path) = req.files.iter().find(|(_, f)| !crate::cas::valid_digest(&f.digest)).map(|(p, _)| p) {
+            return Err(BuildError::BadDigest(path.clone()));
         }
         let digests: Vec<String> = req.files.values().map(|f| f.digest.clone()).collect();
         let missing = self.cas.missing(&digests);

@@ -32,9 +32,10 @@ pub fn build_error(e: BuildError) -> ApiError {
         e @ BuildError::Insufficient(_) => ApiError::new(StatusCode::CONFLICT, "insufficient_resources", e.to_string()),
         e @ BuildError::Duplicate(_) => ApiError::new(StatusCode::CONFLICT, "duplicate", e.to_string()),
         BuildError::Project(p) => ApiError::bad_request("invalid_project", p.to_string()),
-        e @ (BuildError::MissingBlobs { .. } | BuildError::MissingFile(_)) => {
-            ApiError::bad_request("missing_blobs", e.to_string())
+        e @ (BuildError::MissingFile(_) | BuildError::BadDigest(_)) => {
+            ApiError::bad_request("invalid_field", e.to_string())
         }
+        e @ BuildError::MissingBlobs { .. } => ApiError::bad_request("missing_blobs", e.to_string()),
         e @ BuildError::Path(_) => ApiError::bad_request("invalid_path", e.to_string()),
         e @ (BuildError::NotFound(_) | BuildError::NoConfig(_) | BuildError::NoProject(_)) => {
             ApiError::not_found(e.to_string())

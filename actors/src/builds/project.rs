@@ -98,6 +98,21 @@ impl Requirement {
     }
 }
 
+/// Whether `requirement` is one [`version_matches`] reads as written: an optional operator
+/// (`>=`, `<=`, `>`, `<`, `==`, `=`), then a version — an optional `v` and dot-separated numbers,
+/// each of which may carry a suffix (`3.11`, `v20`, `12.2.0-rc1`). Anything else (`>=>=9`) would
+/// be read as some other requirement without a word.
+pub fn is_version_requirement(requirement: &str) -> bool {
+    let req = requirement.trim();
+    let rest = [">=", "<=", "==", ">", "<", "="].iter().find_map(|op| req.strip_prefix(op)).unwrap_or(req).trim();
+    let version = rest.strip_prefix('v').unwrap_or(rest);
+    !version.is_empty()
+        && version.split('.').all(|part| {
+            part.starts_with(|c: char| c.is_ascii_digit())
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '+')
+        })
+}
+
 /// Compares dotted numeric versions: `>=20`, `>1.2`, `<=3`, `<3.11`, `=12.2.0`, or a bare
 /// version meaning "starts with" (`12` accepts 12.2.0). Missing components count as zero.
 pub fn version_matches(requirement: &str, found: &str) -> bool {
@@ -271,6 +286,20 @@ impl Manifest {
             }
             if p.cores == Some(0) {
                 return Err(err(file, field("cores"), "must be at least 1"));
+            }
+            for (kind, list) in [("tools", &p.tools), ("runtimes", &p.runtimes)] {
+                for (i, r) in list.iter().enumerate() {
+                    if let Some(bad) = r.version().filter(|v| !is_version_requirement(v)) {
+                        return Err(err(
+                            file,
+                            field(&format!("{kind}[{i}].version")),
+                            format!(
+                                "'{}' is not a version requirement: a version like 12.2 or v20, after one of >=, <=, >, <, = or nothing",
+                                bad.escape_debug()
+                            ),
+                        ));
+                    }
+                }
             }
             if let Some(gb) = p.memory_gb {
                 if !gb.is_finite() || gb <= 0.0 {
@@ -592,6 +621,12 @@ memory_gb = 0.5
         assert_eq!(p.inputs["util"], vec!["src/util.c", "src/util.h"]);
         assert!(p.manifest.packages["main"].tools[0].accepts(Some("12.2.0")));
         assert!(!p.manifest.packages["main"].tools[0].accepts(Some("8.5")));
+        for good in [">=9", "12", "v20", "=12.2.0", "<3.11", "== 1.2.3-rc1", ">= 2"] {
+            assert!(is_version_requirement(good), "{good}");
+        }
+        for bad in [">=>=9", "", ">=", "latest", "9..1", "~1.2", ">=v"] {
+            assert!(!is_version_requirement(bad), "{bad}");
+        }
     }
 
     #[test]
@@ -636,6 +671,14 @@ memory_gb = 0.5
             ),
             ("[packages.a]\ncommand=[\"cc\"]\ninputs=[\"/etc/*\"]\n", "packages.a.inputs[0]: '/etc/*' is absolute"),
             ("[packages.a]\ncommand=[\"cc\"]\ncores=\"two\"\n", "packages.a.cores"),
+            (
+                "[packages.a]\ncommand=[\"cc\"]\ntools=[{name=\"gcc\", version=\">=>=9\"}]\n",
+                "packages.a.tools[0].version: '>=>=9' is not a version requirement",
+            ),
+            (
+                "[packages.a]\ncommand=[\"cc\"]\nruntimes=[{name=\"node\", version=\"latest\"}]\n",
+                "packages.a.runtimes[0].version: 'latest'",
+            ),
             ("[packages.a]\ncommand=[\"cc\"]\ncolour=\"red\"\n", "packages.a"),
             ("[packages.a\n", "(document)"),
         ];

@@ -30,7 +30,8 @@ fn main() {
     let default_level = if daemon { "info" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
     if let Err(e) = cli::run(cli, token_on_command_line) {
-        eprintln!("buildnet: {e}");
+        // One line, whatever a node put in the message.
+        eprintln!("buildnet: {}", cli::output::one_line(&e.to_string()));
         std::process::exit(e.exit_code());
     }
 }

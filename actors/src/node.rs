@@ -522,7 +522,6 @@ impl Handler<Stop> for NodeActor {
     }
 }
 
-/// Creates the data dir if needed.
 /// Held locked by a running node for its whole life ([`lock_data_dir`]): a second node on the
 /// same data dir is refused — two would share one identity, database and ledger chain, and each
 /// would remove the other's `address` file when it stopped — and the CLI trusts what the node
@@ -552,8 +551,10 @@ pub fn lock_data_dir(path: &Path) -> Result<Arc<DataDirLock>, NodeError> {
     prepare_data_dir(path)?;
     let lock_path = path.join(LOCK_FILE);
     let fail = |source| NodeError::DataDir { path: lock_path.clone(), source };
+    // Readable by all (it holds a process id): a CLI of another user sharing the data dir must
+    // be able to see whether the node runs.
     let mut file =
-        std::fs::File::options().create(true).truncate(false).write(true).mode(0o600).open(&lock_path).map_err(fail)?;
+        std::fs::File::options().create(true).truncate(false).write(true).mode(0o644).open(&lock_path).map_err(fail)?;
     // A CLI asking whether the node runs ([`data_dir_in_use`]) holds a shared lock for a moment;
     // a node only ever holds it for its life.
     let mut tries = 0;
@@ -565,13 +566,30 @@ pub fn lock_data_dir(path: &Path) -> Result<Arc<DataDirLock>, NodeError> {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&lock_path).ok().and_then(|t| t.trim().parse().ok());
+                // The id written by the holder, if that process is alive (a CLI's probe that
+                // outlasted the tries above leaves the id of the node that last held it).
+                let holder = std::fs::read_to_string(&lock_path)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok())
+                    .filter(|pid| Path::new("/proc").join(pid.to_string()).exists());
                 return Err(NodeError::DataDirInUse { path: path.to_path_buf(), holder });
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(fail(e)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                // A file system without locks (some FUSE, 9p or CIFS mounts): the node still
+                // runs, without the guard.
+                log::warn!(
+                    "{}: cannot be locked ({e}); a second node on this data dir would not be refused, and \
+                     builds ask the node even when nothing changed",
+                    lock_path.display()
+                );
+                return Ok(Arc::new(DataDirLock { file: std::sync::Mutex::new(None) }));
+            }
         }
     }
     file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id())).map_err(fail)?;
+    // The last run's tools line is no one's now: gone before anything else, so no CLI trusts it
+    // while this node starts (its scan can take seconds), even if the tools changed meanwhile.
+    let _ = std::fs::remove_file(path.join(crate::builds::uptodate::TOOLS_FILE));
     Ok(Arc::new(DataDirLock { file: std::sync::Mutex::new(Some(file)) }))
 }
 
@@ -581,6 +599,7 @@ pub fn data_dir_in_use(data_dir: &Path) -> bool {
     matches!(file.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
 }
 
+/// Creates the data dir if needed.
 pub fn prepare_data_dir(path: &Path) -> Result<(), NodeError> {
     // A new data dir is this user's alone, as ~/.ssh is: it holds the admin key, the ledger and
     // every input and output built. One that exists keeps the mode its owner gave it.

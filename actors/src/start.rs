@@ -369,7 +369,7 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         .await?,
     );
     // Before any build can start: what was running when this node last stopped has ended.
-    for id in crate::builds::history::end_interrupted(&store, &ledger).await? {
+    for id in crate::builds::history::end_interrupted(&store, &ledger, &identity.node_id).await? {
         log::warn!("build {id} was running when this node stopped; it is recorded as failed (interrupted)");
     }
     let pool = PoolHandle::start(PoolActor::new(node.clone(), pool_tools));
@@ -491,6 +491,52 @@ mod tests {
         let expected =
             2 + status.resources.storage.len() + status.resources.tools.len() + status.resources.runtimes.len();
         assert_eq!(status.resource_status.len(), expected);
+    }
+
+    #[actix::test]
+    async fn builds_left_running_end_as_their_ledger_says_or_as_interrupted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = started(dir.path()).await;
+        let (store, ledger, me) = (s.node.store.clone(), s.node.ledger.clone(), s.node.identity.node_id.clone());
+        for id in ["b_done", "b_lost", "b_over"] {
+            let id = id.to_string();
+            store
+                .run(move |c| {
+                    c.execute(
+                        "INSERT INTO builds (id, status, started_at, triggered_by) VALUES (?1, 'running', 1, 'test')",
+                        rusqlite::params![id],
+                    )?;
+                    Ok(())
+                })
+                .await
+                .expect("row");
+        }
+        // b_done's end reached the ledger but not its row (the save was lost).
+        ledger
+            .append(LedgerEntryType::BuildCompleted, serde_json::json!({ "build_id": "b_done" }))
+            .await
+            .expect("entry");
+        store
+            .run(|c| {
+                c.execute("UPDATE builds SET status = 'succeeded' WHERE id = 'b_over'", [])?;
+                Ok(())
+            })
+            .await
+            .expect("ended");
+        let ended = crate::builds::history::end_interrupted(&store, &ledger, &me).await.expect("ended");
+        assert_eq!(ended, vec!["b_lost".to_string()], "only the build with no recorded end is interrupted");
+        let rows: Vec<(String, String)> = store
+            .run(|c| {
+                let mut q = c.prepare("SELECT id, status FROM builds ORDER BY id")?;
+                let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .await
+            .expect("rows");
+        let want = [("b_done", "succeeded"), ("b_lost", "failed"), ("b_over", "succeeded")];
+        assert_eq!(rows, want.map(|(a, b)| (a.to_string(), b.to_string())).to_vec());
+        let again = crate::builds::history::end_interrupted(&store, &ledger, &me).await.expect("again");
+        assert!(again.is_empty(), "nothing is ended twice");
     }
 
     #[actix::test]

@@ -16,7 +16,7 @@ use buildnet_actors::builds::runner::{BuildRequest, BuildState, BuildStatus, Pac
 use buildnet_actors::builds::uptodate::{self, Record};
 use buildnet_actors::cas::{self, FileRef};
 
-use super::output::{time, Format, Table};
+use super::output::{self, time, Format, Table};
 use super::{writeback, CliError, Ctx};
 
 #[derive(Args)]
@@ -337,12 +337,12 @@ fn failure_report(p: &PackageStatus) -> String {
     let exit = p.exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default();
     let lines: Vec<&str> = p.output_tail.lines().filter(|l| !l.trim().is_empty()).collect();
     if lines.is_empty() {
-        let why = p.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        let why = p.error.as_deref().map(|e| format!(": {}", output::one_line(e))).unwrap_or_default();
         return format!("--- {}{on} failed{exit} and printed nothing{why} ---\n", p.name);
     }
     let mut out = format!("--- {}{on}{exit} (last lines of its output) ---\n", p.name);
     for line in &lines[lines.len().saturating_sub(20)..] {
-        out.push_str(line);
+        out.push_str(&output::one_line(line));
         out.push('\n');
     }
     out
@@ -481,8 +481,11 @@ impl Bars {
                         self.multi.remove(&bar);
                     }
                     if state == PackageState::Failed {
-                        let _ =
-                            self.multi.println(format!("✗ {} failed: {}", p.name, p.error.clone().unwrap_or_default()));
+                        let _ = self.multi.println(format!(
+                            "✗ {} failed: {}",
+                            p.name,
+                            output::one_line(p.error.as_deref().unwrap_or_default())
+                        ));
                     }
                 }
             }

@@ -55,11 +55,13 @@ impl Client {
         match e {
             awc::error::SendRequestError::Connect(_) => CliError::NoNode { url: self.base.clone() },
             awc::error::SendRequestError::Timeout => CliError::Other(format!("{} did not answer in time", self.base)),
-            other => CliError::Other(format!(
-                "{}: {other} — is {} a BuildNet node? (--address, BUILDNET_ADDRESS)",
+            // Something answered that does not speak HTTP.
+            awc::error::SendRequestError::Response(e) => CliError::NotANode(format!(
+                "{}: {e} — is {} a BuildNet node? (--address, BUILDNET_ADDRESS)",
                 doing(),
                 self.base
             )),
+            other => CliError::Other(format!("{}: {other}", doing())),
         }
     }
 
@@ -182,7 +184,7 @@ impl Client {
             return Err(api_error(&self.base, status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| {
-            CliError::Other(format!(
+            CliError::NotANode(format!(
                 "unexpected answer from {url} ({e}) — is {} a BuildNet node of this version? (--address, BUILDNET_ADDRESS)",
                 self.base
             ))

@@ -138,6 +138,9 @@ pub enum CliError {
     /// The node's TLS certificate was refused (not the pinned one, or from no known authority).
     #[error("{0}")]
     Tls(String),
+    /// Something other than a BuildNet node (of this version) answered at the address.
+    #[error("{0}")]
+    NotANode(String),
     #[error("{0}")]
     Other(String),
 }
@@ -150,7 +153,8 @@ impl CliError {
             | CliError::NoAddress(_)
             | CliError::NoToken(_)
             | CliError::Usage(_)
-            | CliError::Tls(_) => 2,
+            | CliError::Tls(_)
+            | CliError::NotANode(_) => 2,
             CliError::Api { status: 401, .. } => 2,
             _ => 1,
         }

@@ -1,5 +1,7 @@
 //! `buildnet node status|scan`.
 
+use std::path::Path;
+
 use clap::Subcommand;
 
 use buildnet_actors::node::{NodeStatus, ScanOutcome};
@@ -134,7 +136,9 @@ fn print_status(s: &NodeStatus) {
     for v in &r.storage {
         // What the benchmark measured where it has run: a virtual disk is often "rotational" to
         // the kernel whatever it stands on (an hdd here measured as an ssd).
-        let class = match s.benchmarks.storage_for(&v.path) {
+        // Only a measure taken on this volume: one of `/` says nothing of a disk mounted below it.
+        let measured = s.benchmarks.storage_for(&v.path).filter(|b| Path::new(&b.path).starts_with(&v.mount_point));
+        let class = match measured {
             Some(b) => format!("{} (measured)", b.storage_class),
             None => format!("{} (kernel; not measured)", v.storage_type),
         };

@@ -87,7 +87,15 @@ fn shown(text: String) -> String {
     if !text.chars().any(char::is_control) {
         return text;
     }
-    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    one_line(&text)
+}
+
+/// `text` from a node (an error, a line of a package's output, which a peer's package may have
+/// written) as one line a terminal shows as it is: control characters but tabs escaped.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\t' { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 pub use crate::human::{bytes, utc as time};

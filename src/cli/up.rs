@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use buildnet_actors::config::{NodeConfig, TlsSetting};
+use buildnet_actors::mesh::roster::RosterError;
 use buildnet_actors::node::{self, NodeOptions, ADDRESS_FILE, ADMIN_KEY_FILE, CONFIG_FILE};
 
 use super::{data_dir, CliError, GlobalArgs};
@@ -155,18 +156,17 @@ pub fn run(global: &GlobalArgs, args: UpArgs, join_token: Option<String>) -> Res
         .map_err(|e| CliError::Other(e.to_string()))?;
         let node = started.node.clone();
         if let Some((target, token)) = &joining {
-            let member = node.mesh.view().await.and_then(|view| view.mesh_id);
             let pinned =
                 buildnet_actors::mesh::roster::JoinToken::parse(token).map_err(|e| CliError::Usage(e.to_string()))?;
-            match member {
-                Some(id) if id == pinned.mesh_id => log::info!("already a member of mesh {id}; not joining again"),
-                Some(id) => {
+            // The same rule as `node join`: a mesh of one (a new node, or one that left) may
+            // join; a member of the token's mesh restarted with the same flags just runs.
+            match node.mesh.can_join(&pinned.mesh_id).await {
+                Err(RosterError::AlreadyMember(id)) => log::info!("already a member of mesh {id}; not joining again"),
+                Err(e) => {
                     node.shutdown("join refused").await;
-                    return Err(CliError::Other(format!(
-                        "this node already belongs to mesh {id}; run `buildnet node leave` first"
-                    )));
+                    return Err(CliError::Other(e.to_string()));
                 }
-                None => match crate::web::mesh::join_remote(&node.mesh, target, token).await {
+                Ok(()) => match crate::web::mesh::join_remote(&node.mesh, target, token).await {
                     Ok(info) => println!("Joined mesh {} through {target}.", info.mesh_id),
                     Err(e) => {
                         node.shutdown("join refused").await;

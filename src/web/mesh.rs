@@ -219,7 +219,6 @@ where
     }
 }
 
-/// Joins the mesh of the node at `url` with `token`, over the encrypted join at `/mesh/join`.
 /// Whether `url` can be a node's address to join through: `field` names where it came from.
 pub fn check_join_url(field: &str, url: &str) -> Result<(), String> {
     if url.starts_with("http://") || url.starts_with("https://") {
@@ -229,6 +228,7 @@ pub fn check_join_url(field: &str, url: &str) -> Result<(), String> {
     }
 }
 
+/// Joins the mesh of the node at `url` with `token`, over the encrypted join at `/mesh/join`.
 pub async fn join_remote(mesh: &MeshHandle, url: &str, token: &str) -> Result<MeshInfo, String> {
     let parsed = JoinToken::parse(token).map_err(|e| e.to_string())?;
     // Refused here before any connection, so the holder counts no failed join.

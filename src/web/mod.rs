@@ -89,42 +89,38 @@ pub fn server(
     Ok(server)
 }
 
-/// On SIGINT or SIGTERM: the mesh's links and the open event streams are closed first, then the
-/// server finishes the requests in flight (up to five seconds) and stops. Left to actix-web, a
-/// peer's link — a request that never ends — held every stop for the whole five seconds.
+/// On SIGINT, SIGTERM or SIGQUIT: the mesh's links and the open event streams are closed first,
+/// then the server finishes the requests in flight (up to five seconds) and stops. Left to
+/// actix-web, a peer's link — a request that never ends — held every stop for the whole five
+/// seconds. A second signal stops the process at once, should the stop itself hang.
 async fn stop_on_signal(
     server: actix_web::dev::ServerHandle,
     mesh: buildnet_actors::mesh::MeshHandle,
     stop_told: tokio::sync::watch::Sender<bool>,
 ) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            log::warn!("SIGTERM cannot be caught ({e}); Ctrl-C still stops the node");
-            None
-        }
-    };
-    let terminated = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
-    let interrupted = async {
-        // A handler that cannot be installed never fires (it must not stop the node).
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await
-        }
-    };
-    tokio::select! {
-        _ = interrupted => log::info!("interrupted; stopping"),
-        _ = terminated => log::info!("SIGTERM received; stopping"),
-    }
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut signals: Vec<_> = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::quit()]
+        .into_iter()
+        .filter_map(|kind| signal(kind).map_err(|e| log::warn!("a stop signal cannot be caught: {e}")).ok())
+        .collect();
+    next_signal(&mut signals).await;
+    log::info!("stopping: closing the mesh's links, then the server (a second signal stops at once)");
+    actix_rt::spawn(async move {
+        next_signal(&mut signals).await;
+        log::warn!("a second stop signal: stopping at once");
+        std::process::exit(130);
+    });
     mesh.stop().await;
     let _ = stop_told.send(true);
     server.stop(true).await;
+}
+
+/// Waits for the next of `signals` (for ever when none could be caught).
+async fn next_signal(signals: &mut [tokio::signal::unix::Signal]) {
+    if signals.is_empty() {
+        return std::future::pending().await;
+    }
+    let _ = futures_util::future::select_all(signals.iter_mut().map(|s| Box::pin(s.recv()))).await;
 }
 
 /// Unknown API paths are 404; a known path asked with a method it does not take is 405 (routes

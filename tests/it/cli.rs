@@ -49,7 +49,7 @@ fn no_node_answers_is_one_line_and_exit_2() {
             .expect("run");
         let _ = server.join();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(out.status.code(), Some(2), "no node to use at all: {err}");
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains(&format!("is {url} a BuildNet node")), "{err}");
     }

@@ -129,7 +129,9 @@ fn a_killed_worker_goes_offline_and_rejoins_on_restart_without_a_token() {
     let stopping = std::time::Instant::now();
     let (status, _keep) = back.stop();
     assert!(status.success(), "{status}");
-    assert!(stopping.elapsed() < Duration::from_secs(5), "the stop waited for the links: {:?}", stopping.elapsed());
+    // Waiting for the links took the whole 5 s graceful timeout and ~2 s more (7.2 s measured);
+    // without it a stop takes ~2.5 s here.
+    assert!(stopping.elapsed() < Duration::from_secs(6), "the stop waited for the links: {:?}", stopping.elapsed());
 }
 
 #[test]

@@ -269,11 +269,7 @@ fn a_second_node_on_a_data_dir_in_use_is_refused_and_the_first_keeps_serving() {
         .spawn()
         .expect("run");
     // Bounded: a second node that is not refused would serve until killed.
-    let exited = (0..300).find_map(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        second.try_wait().ok().flatten()
-    });
-    let Some(status) = exited else {
+    let Some(status) = common::exit_within(&mut second, Duration::from_secs(30)) else {
         let _ = second.kill();
         panic!("a second node on the same data dir was not refused");
     };

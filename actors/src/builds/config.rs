@@ -27,6 +27,11 @@ pub struct BuildConfiguration {
     pub description: Option<String>,
     #[serde(default)]
     pub created_by: Option<String>,
+    /// The plan's shape (§5.1) carries it; the node keeps its own times, so it is read and
+    /// dropped rather than refused.
+    #[serde(default, skip_serializing)]
+    #[schema(ignore)]
+    pub created_at: Option<serde_json::Value>,
     #[serde(default)]
     pub resources: ResourceSelection,
     /// Build settings (free-form, kept as given).
@@ -434,6 +439,7 @@ fn base(name: &str) -> BuildConfiguration {
         name: name.into(),
         description: None,
         created_by: Some("system".into()),
+        created_at: None,
         resources: ResourceSelection::default(),
         build: None,
         execution: None,

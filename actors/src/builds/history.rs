@@ -10,37 +10,74 @@ use crate::ledger::LedgerHandle;
 use crate::store::{StoreError, StoreHandle};
 use crate::wire::NodeId;
 
+/// A build's end as its node's ledger holds it: entry type, and the entry's status and error.
+type RecordedEnd = (String, Option<String>, Option<String>);
+
 /// The error an interrupted build ends with ([`end_interrupted`]).
 pub const INTERRUPTED: &str = "interrupted: the node stopped while the build ran";
 
 /// Ends the builds this node was running when it stopped — killed, or stopped with builds under
 /// way: their rows still say running, and nothing would ever end them (a cancel finds no build
-/// to stop). Each is marked failed with [`INTERRUPTED`] and gets its `BuildFailed` ledger entry,
-/// so history, the pages and the ledger say what happened. Run at start, before any build can
-/// begin. Returns their ids.
-pub async fn end_interrupted(store: &StoreHandle, ledger: &LedgerHandle) -> Result<Vec<String>, StoreError> {
-    let now = crate::wire::now_ms() as i64;
-    let ended = store
+/// to stop). A build whose end this node's ledger already holds (the row's save was lost) takes
+/// that end; any other is marked failed with [`INTERRUPTED`], its `BuildFailed` entry appended
+/// before its row changes, so a start that fails half-way leaves the rest for the next one. Run
+/// at start, before any build can begin. Returns the ids of the builds it ended as interrupted.
+pub async fn end_interrupted(
+    store: &StoreHandle,
+    ledger: &LedgerHandle,
+    me: &NodeId,
+) -> Result<Vec<String>, StoreError> {
+    let origin = me.to_string();
+    let found: Vec<(String, Option<RecordedEnd>)> = store
         .run(move |conn| {
-            let tx = conn.transaction()?;
-            let ids: Vec<String> = tx
+            let ids: Vec<String> = conn
                 .prepare("SELECT id FROM builds WHERE status = ?1 ORDER BY started_at")?
                 .query_map(params![BuildState::Running.as_str()], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
-            tx.execute(
-                "UPDATE builds SET status = ?1, error = ?2, completed_at = ?3, duration_ms = MAX(0, ?3 - started_at)
-                 WHERE status = ?4",
-                params![BuildState::Failed.as_str(), INTERRUPTED, now, BuildState::Running.as_str()],
+            let mut end = conn.prepare(
+                "SELECT entry_type, json_extract(entry_data, '$.status'), json_extract(entry_data, '$.error') FROM ledger
+                 WHERE origin = ?1 AND entry_type IN ('BuildCompleted', 'BuildFailed')
+                   AND json_extract(entry_data, '$.build_id') = ?2
+                 ORDER BY seq DESC LIMIT 1",
             )?;
-            tx.commit()?;
-            Ok(ids)
+            ids.into_iter()
+                .map(|id| {
+                    let recorded = end.query_row(params![origin, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+                    Ok((id, recorded))
+                })
+                .collect()
         })
         .await?;
-    for id in &ended {
-        let data = serde_json::json!({ "build_id": id, "error": INTERRUPTED, "status": BuildState::Failed });
-        ledger.append(crate::wire::LedgerEntryType::BuildFailed, data).await?;
+    let mut interrupted = Vec::new();
+    for (id, recorded) in found {
+        let (state, error) = match recorded {
+            Some((kind, _, _)) if kind == "BuildCompleted" => (BuildState::Succeeded, None),
+            Some((_, status, error)) => {
+                let state =
+                    if status.as_deref() == Some("cancelled") { BuildState::Cancelled } else { BuildState::Failed };
+                (state, Some(error.unwrap_or_else(|| INTERRUPTED.to_string())))
+            }
+            None => {
+                let data = serde_json::json!({ "build_id": id, "error": INTERRUPTED, "status": BuildState::Failed });
+                ledger.append(crate::wire::LedgerEntryType::BuildFailed, data).await?;
+                interrupted.push(id.clone());
+                (BuildState::Failed, Some(INTERRUPTED.to_string()))
+            }
+        };
+        let now = crate::wire::now_ms() as i64;
+        store
+            .run(move |conn| {
+                conn.execute(
+                    "UPDATE builds SET status = ?1, error = ?2, completed_at = COALESCE(completed_at, ?3),
+                       duration_ms = COALESCE(duration_ms, MAX(0, ?3 - started_at))
+                     WHERE id = ?4 AND status = ?5",
+                    params![state.as_str(), error, now, id, BuildState::Running.as_str()],
+                )?;
+                Ok(())
+            })
+            .await?;
     }
-    Ok(ended)
+    Ok(interrupted)
 }
 
 /// What [`save`] writes of a build.

@@ -372,9 +372,26 @@ pub fn sweep(record: &Path) {
         // A record being replaced now is its project in use: a rename over the path just read
         // would be removed with it, so one younger than a minute is left alone.
         let young = std::fs::symlink_metadata(&path).map_or(true, |m| !older_than(&m, 60));
-        if !young && Record::read(&path).is_none_or(|r| r.places_gone()) {
+        if !young && no_use(&path) {
             let _ = std::fs::remove_file(&path);
         }
+    }
+}
+
+/// Whether the record at `path` can answer no check again: one of this format whose outputs
+/// are all gone, one of an older format (or none: unreadable). A newer BuildNet's record is
+/// its business: two versions may share a data dir.
+fn no_use(path: &Path) -> bool {
+    #[derive(Deserialize)]
+    struct Format {
+        v: u32,
+    }
+    let Ok(text) = std::fs::read(path) else { return false };
+    match serde_json::from_slice::<Format>(&text) {
+        Err(_) => true,
+        Ok(f) if f.v < RECORD_VERSION => true,
+        Ok(f) if f.v > RECORD_VERSION => false,
+        Ok(_) => Record::read(path).is_none_or(|r| r.places_gone()),
     }
 }
 
@@ -406,7 +423,11 @@ mod tests {
     #[test]
     fn the_tools_line_is_written_once_the_node_knows_its_own_and_again_only_when_a_version_changes() {
         let dir = tempfile::tempdir().expect("tempdir");
+        // The last run's line is not trusted from the moment a node takes the data dir, before
+        // its start has got as far as its tools.
+        std::fs::write(dir.path().join(TOOLS_FILE), "stale\n").expect("a line left behind");
         let lock = crate::node::lock_data_dir(dir.path()).expect("the node's lock");
+        assert_eq!(read_tools(dir.path()), None, "the line left behind");
         let tools = PoolTools::new(dir.path());
         tools.set_peers(&[]);
         assert_eq!(read_tools(dir.path()), None, "not before the node's own tools are known");
@@ -464,6 +485,8 @@ mod tests {
             (write("/live", Some(&place)), write("/gone", Some(&place)), write("/no-outputs", None));
         let other_format = live.with_file_name("0123456789abcdef0123456789abcdef.json");
         std::fs::write(&other_format, r#"{"v": 1}"#).expect("old record");
+        let newer_format = live.with_file_name("fedcba9876543210fedcba9876543210.json");
+        std::fs::write(&newer_format, format!(r#"{{"v": {}}}"#, RECORD_VERSION + 1)).expect("newer record");
         // The project of `gone` is deleted: its record names a place that is no more.
         let mut record = Record::read(&gone).expect("read");
         record.outputs[0].place = project.path().join("deleted/out.txt");
@@ -472,14 +495,15 @@ mod tests {
         let mut fresh = Record::read(&fresh_gone).expect("read");
         fresh.outputs = record.outputs.clone();
         fresh.write(&fresh_gone).expect("write");
-        for p in [&live, &gone, &without_outputs, &other_format] {
+        for p in [&live, &gone, &without_outputs, &other_format, &newer_format] {
             age(p).expect("age it");
         }
         let current = write("/current", Some(&place));
 
         sweep(&current);
         assert!(!gone.exists(), "a record whose outputs are all gone goes");
-        assert!(!other_format.exists(), "a record of another format goes");
+        assert!(!other_format.exists(), "a record of an older format goes");
+        assert!(newer_format.exists(), "a newer BuildNet's record is its own business");
         for (kept, why) in [
             (&live, "outputs in place"),
             (&without_outputs, "nothing to tell by"),

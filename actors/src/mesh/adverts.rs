@@ -109,11 +109,18 @@ impl MeshActor {
             return;
         }
         let Some(peer) = self.peers.get_mut(&origin) else { return };
-        // A member's name reaches every user's tables and pages: one that could forge a line
-        // there is not taken (a node of this version refuses such a name of its own at start).
+        // A member's name reaches every user's tables and pages: one that could forge a line or
+        // pass for another there is replaced by the node's id (a node of this version refuses
+        // such a name of its own at start; an older one may have started with it).
+        let mut status = status;
         if !wire::is_display_name(&status.name) {
-            log::warn!("advert of {origin}: its name is not 1 to {} printable characters; ignored", wire::MAX_NAME);
-            return;
+            if peer.advert.as_ref().is_none_or(|a| a.name != origin.as_str()) {
+                log::warn!(
+                    "{origin} advertises a name that is not 1 to {} printable characters; shown by its id",
+                    wire::MAX_NAME
+                );
+            }
+            status.name = origin.to_string();
         }
         // The origin's own word always counts (a member passing on a forged `seq` cannot
         // shut it out); a copy passed on counts when newer.

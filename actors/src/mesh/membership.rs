@@ -451,11 +451,11 @@ impl Handler<CanJoin> for MeshActor {
 
 impl MeshActor {
     fn may_join(&self, mesh_id: &str) -> Result<(), RosterError> {
+        // Counted as `Leave` counts them: revoked members are no longer in the mesh.
+        let others = self.peers.values().filter(|p| !p.entry.revoked).count();
         match &self.mesh {
             Some(m) if m.mesh_id == mesh_id => Err(RosterError::AlreadyMember(m.mesh_id.clone())),
-            Some(m) if !self.peers.is_empty() => {
-                Err(RosterError::InAnotherMesh { mesh: m.mesh_id.clone(), others: self.peers.len() })
-            }
+            Some(m) if others > 0 => Err(RosterError::InAnotherMesh { mesh: m.mesh_id.clone(), others }),
             _ => Ok(()),
         }
     }
@@ -488,6 +488,11 @@ impl Handler<AcceptJoin> for MeshActor {
     type Result = ResponseActFuture<Self, Result<MeshInfo, RosterError>>;
 
     fn handle(&mut self, msg: AcceptJoin, _: &mut Context<Self>) -> Self::Result {
+        // Again, now: this node may have admitted a member while its own join was under way,
+        // and adopting the other mesh drops its mesh key.
+        if let Err(e) = self.may_join(&msg.admission.mesh.mesh_id) {
+            return Box::pin(fut::ready(Err(e)));
+        }
         let (store, data_dir, me) = (self.store.clone(), self.data_dir.clone(), self.me.clone());
         Box::pin(
             async move {

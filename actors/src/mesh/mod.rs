@@ -778,12 +778,12 @@ impl MeshHandle {
         self.addr.do_send(NoteRefusal { source, reason });
     }
 
-    /// Starts this node's side of a join with a token: the first message to send.
     /// Whether this node may join the mesh `mesh_id` (see [`membership::CanJoin`]).
     pub async fn can_join(&self, mesh_id: &str) -> Result<(), RosterError> {
         self.addr.send(CanJoin { mesh_id: mesh_id.to_string() }).await.map_err(|_| stopped())?
     }
 
+    /// Starts this node's side of a join with a token: the first message to send.
     pub async fn start_join(&self, token: roster::JoinToken) -> Result<(join::Initiator, Vec<u8>), RosterError> {
         self.addr.send(StartJoin { token }).await.map_err(|_| stopped())?
     }

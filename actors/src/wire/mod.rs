@@ -143,17 +143,23 @@ pub struct InvalidId {
     pub expected: &'static str,
 }
 
-/// Lowercase hex of some bytes.
 /// The longest name of a node or an API key, in characters.
 pub const MAX_NAME: usize = 64;
 
 /// Whether `name` may name a node or an API key: 1 to [`MAX_NAME`] characters, none of them a
 /// control character — a newline or an escape sequence in a name would forge or repaint lines
-/// of other users' tables.
+/// of other users' tables — nor an invisible one that reorders or hides text (bidi overrides
+/// and isolates, zero-width characters, line and paragraph separators), which would let a
+/// name pass for another.
 pub fn is_display_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().count() <= MAX_NAME && !name.chars().any(char::is_control)
+    let invisible = |c: char| {
+        matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    };
+    !name.is_empty() && name.chars().count() <= MAX_NAME && !name.chars().any(|c| c.is_control() || invisible(c))
 }
 
+/// Lowercase hex of some bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -539,6 +545,17 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_shows_as_what_it_is() {
+        for good in ["alpha", "build-01", "Ünïcode ok", "東京"] {
+            assert!(is_display_name(good), "{good}");
+        }
+        let long = "n".repeat(MAX_NAME + 1);
+        for bad in ["", "a\nb", "x\u{1b}[2J", "admin\u{202E}nimda", "al\u{200B}pha", "a\u{2028}b", long.as_str()] {
+            assert!(!is_display_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn node_id_parses_only_16_lower_hex() {

@@ -35,6 +35,19 @@ pub fn shared() -> RwLockReadGuard<'static, ()> {
     CORES.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The exit status of `child` if it exits within `bound`; None (it still runs) otherwise. A test
+/// of something that must end fails through this instead of hanging.
+pub fn exit_within(child: &mut std::process::Child, bound: Duration) -> Option<std::process::ExitStatus> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < bound {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
 /// Polls `check` until it returns Some or the deadline passes.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -181,9 +181,6 @@ pub fn run(global: &GlobalArgs, args: UpArgs, join_token: Option<String>) -> Res
         };
         let server = crate::web::server(node.clone(), listener, tls_config)
             .map_err(|e| CliError::Other(format!("cannot serve: {e}")))?;
-        std::fs::write(dir.join(ADDRESS_FILE), format!("{url}\n"))
-            .map_err(|e| CliError::Other(format!("{}: {e}", dir.join(ADDRESS_FILE).display())))?;
-
         println!("BuildNet node {} is up.", node.identity.node_id);
         println!("  API:         {url}/api  (OpenAPI: {url}/api/openapi.json)");
         println!("  Admin pages: {url}/");
@@ -205,6 +202,10 @@ pub fn run(global: &GlobalArgs, args: UpArgs, join_token: Option<String>) -> Res
             None => println!("  Admin key:   in {}", dir.join(ADMIN_KEY_FILE).display()),
         }
         println!("Stop with Ctrl-C.");
+        // Last: whoever waits for the address file (a script, the local CLI) finds the banner
+        // printed by then.
+        std::fs::write(dir.join(ADDRESS_FILE), format!("{url}\n"))
+            .map_err(|e| CliError::Other(format!("{}: {e}", dir.join(ADDRESS_FILE).display())))?;
 
         let served = server.await;
         log::info!("server stopped; closing the node");

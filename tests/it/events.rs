@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::common::TestNode;
+use crate::common::{self, TestNode};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 
@@ -71,4 +71,21 @@ async fn subscribers_receive_ledger_and_resource_events() {
     assert_eq!(status, 200);
     let update = next_matching(&mut conn, |v| v["type"] == "resource_update").await;
     assert!(update["resources"]["cpu"]["count"].as_u64().expect("cores") >= 1);
+
+    // The node told to stop ends the stream itself (it held every stop for the server's whole
+    // graceful timeout before), and exits.
+    node.signal(libc::SIGTERM);
+    let closed = actix_rt::time::timeout(Duration::from_secs(4), async {
+        loop {
+            match conn.next().await {
+                None | Some(Err(_)) | Some(Ok(awc::ws::Frame::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the event stream ended when the node was told to stop");
+    let mut node = node;
+    let status = common::exit_within(&mut node.child, Duration::from_secs(20)).expect("the node exits");
+    assert!(status.success(), "{status}");
 }

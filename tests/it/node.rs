@@ -356,6 +356,41 @@ fn sigterm_stops_cleanly_and_a_restart_keeps_identity_and_keys() {
 }
 
 #[test]
+fn a_second_stop_signal_ends_the_node_at_once() {
+    let _shared = common::shared();
+    let mut node = TestNode::start();
+    // A request in flight that the graceful stop waits for: a build of `sleep 60`, asked to
+    // answer when it ends.
+    let body = json!({
+        "project": { "manifest": { "packages": { "slow": { "shell": "sleep 60" } } }, "order": [], "inputs": {} },
+        "files": {},
+    });
+    let (url, key) = (format!("{}/api/build?wait_ms=30000", node.url), node.admin_key.clone());
+    let waiting = std::thread::spawn(move || {
+        let auth = format!("Bearer {key}");
+        http(
+            "POST",
+            &url,
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            Some(body.to_string().as_bytes()),
+        )
+    });
+    wait_until("the build to run", Duration::from_secs(20), || {
+        let (_, list) = node.get("/api/builds");
+        (list["builds"][0]["status"] == "running").then_some(())
+    });
+    node.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    node.signal(libc::SIGINT);
+    let status = common::exit_within(&mut node.child, Duration::from_secs(20)).expect("the node exits");
+    assert_eq!(status.code(), Some(130), "{status}");
+    let _ = waiting.join();
+    // Nothing is left locked: the next start takes the data dir.
+    let again = TestNode::start_with(Start { dir: Some(node.dir.clone()), ..Default::default() });
+    assert_eq!(again.get("/api/node").0, 200);
+}
+
+#[test]
 fn a_rescan_that_finds_a_new_tool_is_persisted_and_in_the_ledger() {
     let tools = tempfile::tempdir().expect("tempdir");
     let node = TestNode::start_with(Start { path_prefix: Some(tools.path()), ..Default::default() });

@@ -67,6 +67,14 @@ pub fn server(
             )
             .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/api/health"))
             .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, method_not_allowed))
+            // HEAD is GET without the body (RFC 9110 §9.3.2): routes are registered for GET only,
+            // and the connection, which saw HEAD, sends the headers alone.
+            .wrap_fn(|mut req, srv| {
+                if req.method() == actix_web::http::Method::HEAD {
+                    req.head_mut().method = actix_web::http::Method::GET;
+                }
+                actix_web::dev::Service::call(srv, req)
+            })
             .route("/mesh", web::get().to(mesh::accept))
             .route("/mesh/join", web::get().to(mesh::accept_join))
             .route("/ws", web::get().to(ws::events))

@@ -40,6 +40,16 @@ fn plan_shapes_are_accepted_and_mistakes_are_named() {
         assert!(body.contains(&format!("(it takes {allow})")), "{body}");
     }
     assert_eq!(node.get("/api/no-such-thing").0, 404);
+    // HEAD is GET without the body: the headers, the length included, and nothing else.
+    let auth = format!("Bearer {}", node.admin_key);
+    let (status, headers, body) =
+        common::http_full("HEAD", &format!("{}/api/node", node.url), &[("Authorization", &auth)], None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.is_empty(), "{body}");
+    let length = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok());
+    assert!(length.is_some_and(|n| n > 100), "{headers:?}");
+    let (status, _, _) = common::http_full("HEAD", &format!("{}/api/node", node.url), &[], None);
+    assert_eq!(status, 401, "and asks for the same key");
 
     // Unknown query parameters and values: 400 naming the parameter.
     for (path, param) in [

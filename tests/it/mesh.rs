@@ -355,6 +355,13 @@ fn observers_offer_nothing_rescans_propagate_and_a_node_can_leave() {
     wait_until("NodeLeft reached alpha", Duration::from_secs(10), || {
         a.get("/api/ledger?types=NodeLeft").1["entries"].as_array().filter(|e| !e.is_empty()).map(|_| ())
     });
+    // Restarted, alpha still knows from its ledger that beta left: beta is not listed again.
+    let a_dir = a.dir.clone();
+    let (status, _keep_a) = a.stop();
+    assert!(status.success(), "{status}");
+    let a = TestNode::start_with(Start { dir: Some(a_dir), ..Default::default() });
+    wait_until("the observer back in alpha's pool", Duration::from_secs(15), || a.sees_up(&o_id).then_some(()));
+    assert!(!a.pool_nodes().iter().any(|n| n["id"] == b_id.as_str()), "{:?}", a.pool_nodes());
     let refused = a.cli(&["node", "leave"]);
     assert_eq!(refused.status.code(), Some(1), "the mesh key holder cannot leave while others depend on it");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("mesh key"));

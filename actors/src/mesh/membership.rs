@@ -64,6 +64,13 @@ impl MeshActor {
     pub(super) async fn reload_roster(&mut self) -> Result<(), RosterError> {
         let roster = self.store.run(|c| roster::load_roster(c).map_err(store_error)).await?;
         self.take_roster(roster);
+        // Who left is in the ledger, not the roster: read again at start, a member that left is
+        // not listed again (offline), nor counted as one that the mesh key holder's leaving or a
+        // join to another mesh must wait for.
+        let filter =
+            crate::ledger::LedgerFilter { types: vec![LedgerEntryType::NodeLeft], limit: 10_000, ..Default::default() };
+        let left = self.ledger.query(filter).await?;
+        self.note_departures(&left);
         Ok(())
     }
 

@@ -522,10 +522,11 @@ impl Handler<Stop> for NodeActor {
     }
 }
 
-/// Held locked by a running node for its whole life ([`lock_data_dir`]): a second node on the
-/// same data dir is refused — two would share one identity, database and ledger chain, and each
-/// would remove the other's `address` file when it stopped — and the CLI trusts what the node
-/// keeps for it (the pool's tools line) only while it is held ([`data_dir_in_use`]).
+/// The process id of the node holding the data dir. The data dir itself is held locked by a
+/// running node for its whole life ([`lock_data_dir`]): a second node on it is refused — two
+/// would share one identity, database and ledger chain, and each would remove the other's
+/// `address` file when it stopped — and the CLI trusts what the node keeps for it (the pool's
+/// tools line) only while it is held ([`data_dir_in_use`]).
 pub const LOCK_FILE: &str = "node.lock";
 
 /// A node's hold on its data dir: let go by [`DataDirLock::release`] (the node's shutdown) or when
@@ -551,15 +552,15 @@ pub fn lock_data_dir(path: &Path) -> Result<Arc<DataDirLock>, NodeError> {
     prepare_data_dir(path)?;
     let lock_path = path.join(LOCK_FILE);
     let fail = |source| NodeError::DataDir { path: lock_path.clone(), source };
-    // Readable by all (it holds a process id): a CLI of another user sharing the data dir must
-    // be able to see whether the node runs.
-    let mut file =
-        std::fs::File::options().create(true).truncate(false).write(true).mode(0o644).open(&lock_path).map_err(fail)?;
+    // The lock is on the directory itself: a lock file can be deleted under a running node (by
+    // hand, or a tmp cleaner), and a new one would let a second node lock it (found by a
+    // tester). `node.lock` only says which process holds the directory.
+    let dir = std::fs::File::open(path).map_err(|source| NodeError::DataDir { path: path.to_path_buf(), source })?;
     // A CLI asking whether the node runs ([`data_dir_in_use`]) holds a shared lock for a moment;
     // a node only ever holds it for its life.
     let mut tries = 0;
     loop {
-        match file.try_lock() {
+        match dir.try_lock() {
             Ok(()) => break,
             Err(std::fs::TryLockError::WouldBlock) if tries < 10 => {
                 tries += 1;
@@ -586,17 +587,20 @@ pub fn lock_data_dir(path: &Path) -> Result<Arc<DataDirLock>, NodeError> {
             }
         }
     }
-    file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id())).map_err(fail)?;
+    // Readable by all: the process id is for the refusal another start prints.
+    let mut file =
+        std::fs::File::options().create(true).truncate(true).write(true).mode(0o644).open(&lock_path).map_err(fail)?;
+    writeln!(file, "{}", std::process::id()).map_err(fail)?;
     // The last run's tools line is no one's now: gone before anything else, so no CLI trusts it
     // while this node starts (its scan can take seconds), even if the tools changed meanwhile.
     let _ = std::fs::remove_file(path.join(crate::builds::uptodate::TOOLS_FILE));
-    Ok(Arc::new(DataDirLock { file: std::sync::Mutex::new(Some(file)) }))
+    Ok(Arc::new(DataDirLock { file: std::sync::Mutex::new(Some(dir)) }))
 }
 
 /// Whether a running node holds `data_dir` ([`lock_data_dir`]).
 pub fn data_dir_in_use(data_dir: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(data_dir.join(LOCK_FILE)) else { return false };
-    matches!(file.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
+    let Ok(dir) = std::fs::File::open(data_dir) else { return false };
+    matches!(dir.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
 }
 
 /// Creates the data dir if needed.

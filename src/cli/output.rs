@@ -84,18 +84,18 @@ pub fn print_facts(facts: &[(&str, String)]) {
 /// A value from a node as a table shows it: control characters escaped (`\u{1b}`, `\n`), so
 /// what a peer or a project names cannot repaint the terminal or forge a line of the table.
 fn shown(text: String) -> String {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(|c| c.is_control() || buildnet_actors::wire::is_invisible(c)) {
         return text;
     }
     one_line(&text)
 }
 
 /// `text` from a node (an error, a line of a package's output, which a peer's package may have
-/// written) as one line a terminal shows as it is: control characters but tabs escaped.
+/// written) as one line a terminal shows as it is: control characters but tabs, and characters
+/// that show as nothing or reorder the text (`wire::is_invisible`), escaped.
 pub fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() && c != '\t' { c.escape_default().to_string() } else { c.to_string() })
-        .collect()
+    let escaped = |c: char| (c.is_control() && c != '\t') || buildnet_actors::wire::is_invisible(c);
+    text.chars().map(|c| if escaped(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 pub use crate::human::{bytes, utc as time};

@@ -99,16 +99,21 @@ fn names_work_wherever_ids_do_and_shared_names_are_refused() {
     // the failure shows the failing package's output under a header naming its node.
     let tmp = tempfile::tempdir().expect("tempdir");
     // Its output came from another machine: an escape sequence in it is shown, not obeyed.
-    let root = project(tmp.path(), "printf '\\\\033[2J\\\\033[31m' >&2; echo boom >&2; exit 3");
+    let root = project(tmp.path(), "printf '\\\\033[2J\\\\033[31m\\\\342\\\\200\\\\256' >&2; echo boom >&2; exit 3");
     let out = a.cli(&["build", "--project", root.to_str().expect("path"), "--config", "on-beta"]);
     let (_, err) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.lines().any(|l| l == "slow on beta"), "the progress line names the node: {err}");
     assert!(
-        err.contains("--- fail on beta, exit code 3 (last lines of its output) ---\n\\u{1b}[2J\\u{1b}[31mboom\n"),
+        err.contains(
+            "--- fail on beta, exit code 3 (last lines of its output) ---\n\\u{1b}[2J\\u{1b}[31m\\u{202e}boom\n"
+        ),
         "{err}"
     );
-    assert!(!err.contains('\u{1b}'), "no raw escape reached the terminal: {err:?}");
+    assert!(
+        !err.contains('\u{1b}') && !err.contains('\u{202e}'),
+        "no raw escape or bidi override reached the terminal: {err:?}"
+    );
 
     // A package that fails without a word says so instead of an empty header.
     let quiet = project(&tmp.path().join("q"), "exit 4");

@@ -372,12 +372,18 @@ fn observers_offer_nothing_rescans_propagate_and_a_node_can_leave() {
     let refused = a.cli(&["node", "join", &b.url, "--token", &token]);
     assert_eq!(refused.status.code(), Some(1), "{}", String::from_utf8_lossy(&refused.stdout));
     let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(err.contains("run `buildnet node leave` first"), "{err}");
+    assert!(err.contains("holds the key of mesh") && err.contains("neither leave that mesh nor join another"), "{err}");
     assert!(a.dir.join("mesh.key").exists(), "the mesh key is kept");
     assert_eq!(a.get("/api/mesh").1["mesh_admin"], true);
     // A mesh of one may join: beta goes back into alpha's mesh with a token of alpha's.
     let back = b.cli(&["node", "join", &a.url, "--token", &a.token("builder")]);
     assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
+    // A member that does not hold the key is told to leave first.
+    let other = TestNode::start_with(Start::named("other"));
+    let elsewhere = b.cli(&["node", "join", &other.url, "--token", &other.token("builder")]);
+    assert_eq!(elsewhere.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&elsewhere.stderr).to_string();
+    assert!(err.contains("run `buildnet node leave` first"), "{err}");
     let again = b.cli(&["node", "join", &a.url, "--token", &a.token("builder")]);
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("a member of mesh"),

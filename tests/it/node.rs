@@ -284,6 +284,25 @@ fn a_second_node_on_a_data_dir_in_use_is_refused_and_the_first_keeps_serving() {
     assert_eq!(status, 200, "the first one keeps serving");
     assert!(node.cli(&["ledger", "verify"]).status.success());
 
+    // The lock is the directory's, not node.lock's: with that file deleted (by hand, a tmp
+    // cleaner), a second node is still refused.
+    std::fs::remove_file(node.dir.join("node.lock")).expect("delete node.lock");
+    let mut third = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&node.dir)
+        .env_remove("BUILDNET_DATA_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let Some(status) = common::exit_within(&mut third, Duration::from_secs(30)) else {
+        let _ = third.kill();
+        panic!("a second node was not refused once node.lock was deleted");
+    };
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(read("address"), before[0], "the first one's address stands");
+    assert!(node.cli(&["ledger", "verify"]).status.success());
+
     // Killed, a node leaves no lock behind: the next start takes the data dir at once.
     let mut node = node;
     node.child.kill().expect("kill -9");

@@ -462,6 +462,10 @@ impl MeshActor {
         let others = self.peers.values().filter(|p| !p.entry.revoked).count();
         match &self.mesh {
             Some(m) if m.mesh_id == mesh_id => Err(RosterError::AlreadyMember(m.mesh_id.clone())),
+            // Leaving first is no way out for the key holder: say so rather than advise it.
+            Some(m) if others > 0 && self.mesh_key.is_some() => {
+                Err(RosterError::HoldsMeshKey { mesh: m.mesh_id.clone(), others })
+            }
             Some(m) if others > 0 => Err(RosterError::InAnotherMesh { mesh: m.mesh_id.clone(), others }),
             _ => Ok(()),
         }

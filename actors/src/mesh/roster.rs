@@ -44,6 +44,10 @@ pub enum RosterError {
         "this node belongs to mesh {mesh} with {others} other node(s); run `buildnet node leave` first to join another"
     )]
     InAnotherMesh { mesh: String, others: usize },
+    #[error(
+        "this node holds the key of mesh {mesh}, which {others} other node(s) depend on: it can neither leave that mesh nor join another"
+    )]
+    HoldsMeshKey { mesh: String, others: usize },
     #[error("roster entry for {0} has a bad signature")]
     BadSignature(String),
     #[error(transparent)]

@@ -152,11 +152,20 @@ pub const MAX_NAME: usize = 64;
 /// and isolates, zero-width characters, line and paragraph separators), which would let a
 /// name pass for another.
 pub fn is_display_name(name: &str) -> bool {
-    let invisible = |c: char| {
-        matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
-    };
-    !name.is_empty() && name.chars().count() <= MAX_NAME && !name.chars().any(|c| c.is_control() || invisible(c))
+    !name.trim().is_empty()
+        && name.chars().count() <= MAX_NAME
+        && !name.chars().any(|c| c.is_control() || is_invisible(c))
+}
+
+/// A character that shows as nothing, or reorders what follows: format characters (bidi
+/// overrides and isolates, zero-width ones, the soft hyphen), line and paragraph separators,
+/// tag characters, variation selectors and the Hangul fillers that show as blanks. In a name
+/// or a line of a peer's output they would let one text pass for another.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}'
+        | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}'
+        | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}'
+        | '\u{E0100}'..='\u{E01EF}')
 }
 
 /// Lowercase hex of some bytes.
@@ -552,7 +561,20 @@ mod tests {
             assert!(is_display_name(good), "{good}");
         }
         let long = "n".repeat(MAX_NAME + 1);
-        for bad in ["", "a\nb", "x\u{1b}[2J", "admin\u{202E}nimda", "al\u{200B}pha", "a\u{2028}b", long.as_str()] {
+        for bad in [
+            "",
+            "   ",
+            "a\nb",
+            "x\u{1b}[2J",
+            "admin\u{202E}nimda",
+            "al\u{200B}pha",
+            "a\u{2028}b",
+            "k\u{E0020}ey",
+            "\u{3164}",
+            "a\u{206A}b",
+            "a\u{FE0F}",
+            long.as_str(),
+        ] {
             assert!(!is_display_name(bad), "{bad:?}");
         }
     }

@@ -253,28 +253,33 @@ fn a_bad_config_stops_up_before_it_serves_with_one_line() {
     assert!(!dir.path().join("address").exists(), "it never served");
 }
 
+/// Runs a second `buildnet up` on `dir`, which must be refused (exit 1) within 30 s; its stderr.
+/// Bounded: a second node that is not refused would serve until killed.
+fn second_up_refused(dir: &std::path::Path, case: &str) -> String {
+    let err_file = dir.with_extension("second.stderr");
+    let mut second = Command::new(BIN)
+        .args(["up", "--tls", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env_remove("BUILDNET_DATA_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_file).expect("stderr file"))
+        .spawn()
+        .expect("run");
+    let Some(status) = common::exit_within(&mut second, Duration::from_secs(30)) else {
+        let _ = second.kill();
+        panic!("{case}: a second node on the same data dir was not refused");
+    };
+    assert_eq!(status.code(), Some(1), "{case}");
+    std::fs::read_to_string(&err_file).expect("stderr")
+}
+
 #[test]
 fn a_second_node_on_a_data_dir_in_use_is_refused_and_the_first_keeps_serving() {
     let node = TestNode::start_with(Start { args: vec!["--tls".into()], ..Default::default() });
     let files = ["address", "tls-fingerprint", "tls-cert.pem", "node.lock"];
     let read = |name: &str| std::fs::read(node.dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     let before: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect();
-    let second_err = node.dir.with_extension("second.stderr");
-    let mut second = Command::new(BIN)
-        .args(["up", "--tls", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&node.dir)
-        .env_remove("BUILDNET_DATA_DIR")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&second_err).expect("stderr file"))
-        .spawn()
-        .expect("run");
-    // Bounded: a second node that is not refused would serve until killed.
-    let Some(status) = common::exit_within(&mut second, Duration::from_secs(30)) else {
-        let _ = second.kill();
-        panic!("a second node on the same data dir was not refused");
-    };
-    assert_eq!(status.code(), Some(1));
-    let err = std::fs::read_to_string(&second_err).expect("stderr");
+    let err = second_up_refused(&node.dir, "the data dir in use");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].contains(&format!("is in use by another node (pid {})", node.child.id())), "{err}");
@@ -287,19 +292,7 @@ fn a_second_node_on_a_data_dir_in_use_is_refused_and_the_first_keeps_serving() {
     // The lock is the directory's, not node.lock's: with that file deleted (by hand, a tmp
     // cleaner), a second node is still refused.
     std::fs::remove_file(node.dir.join("node.lock")).expect("delete node.lock");
-    let mut third = Command::new(BIN)
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&node.dir)
-        .env_remove("BUILDNET_DATA_DIR")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run");
-    let Some(status) = common::exit_within(&mut third, Duration::from_secs(30)) else {
-        let _ = third.kill();
-        panic!("a second node was not refused once node.lock was deleted");
-    };
-    assert_eq!(status.code(), Some(1));
+    second_up_refused(&node.dir, "node.lock deleted");
     assert_eq!(read("address"), before[0], "the first one's address stands");
     assert!(node.cli(&["ledger", "verify"]).status.success());
 

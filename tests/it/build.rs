@@ -194,6 +194,9 @@ fn a_build_under_way_when_its_node_is_killed_ends_as_interrupted_at_the_next_sta
     let (_, status) = again.get(&format!("/api/build/{id}"));
     assert_eq!(status["status"], "failed", "{status}");
     assert!(status["error"].as_str().is_some_and(|e| e.starts_with("interrupted")), "{status}");
+    // Cancelling a build that has ended cancels nothing, and says so.
+    let (code, cancelled) = again.post(&format!("/api/build/{id}/cancel"), &json!({}));
+    assert_eq!((code, cancelled["success"].as_bool()), (200, Some(false)), "{cancelled}");
     let (_, ledger) = again.get("/api/ledger?types=BuildFailed&limit=10");
     let entries = ledger["entries"].as_array().expect("entries");
     assert!(entries.iter().any(|e| e["data"]["build_id"] == id.as_str()), "{ledger}");

@@ -387,7 +387,12 @@ pub async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Action::CancelBuild, "cancel builds")?;
     let build = state.node.builds.cancel(&id).await.map_err(build_error)?;
-    Ok(HttpResponse::Ok().json(Cancelled { success: true, build: shown_to(&caller, build) }))
+    // A build that had ended (succeeded or failed) before the request was not cancelled by it.
+    let success = matches!(
+        build.status,
+        buildnet_actors::builds::runner::BuildState::Running | buildnet_actors::builds::runner::BuildState::Cancelled
+    );
+    Ok(HttpResponse::Ok().json(Cancelled { success, build: shown_to(&caller, build) }))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]

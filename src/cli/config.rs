@@ -277,7 +277,9 @@ pub async fn run(ctx: &Ctx, cmd: ConfigCommand) -> Result<(), CliError> {
                 }
             }
             let created: Created = match ctx.client.post("/api/configs", Some(body)).await {
-                Err(CliError::Api { status: 409, message, code }) => {
+                // Only a name taken has that way out (a pool that cannot give what the
+                // configuration asks is a 409 too).
+                Err(CliError::Api { status: 409, message, code }) if code == "duplicate" => {
                     return Err(CliError::Api {
                         status: 409,
                         code,

@@ -303,6 +303,22 @@ fn configurations_and_templates_shape_builds() {
     std::fs::write(dir.path().join("dev.json"), appendix.to_string()).expect("write");
     let imported = node.cli(&["config", "import", dir.path().join("dev.json").to_str().expect("path")]);
     assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    // Imported again, its name is taken: the way out is named. A pool that cannot give what a
+    // configuration asks is no name's fault, and gets no such hint.
+    let again = node.cli(&["config", "import", dir.path().join("dev.json").to_str().expect("path")]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("--name NEW"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    std::fs::write(
+        dir.path().join("huge.json"),
+        json!({"name": "huge", "resources": {"cpu": {"cores": 9999}}}).to_string(),
+    )
+    .expect("write");
+    let huge = node.cli(&["config", "import", dir.path().join("huge.json").to_str().expect("path")]);
+    let err = String::from_utf8_lossy(&huge.stderr).to_string();
+    assert!(!huge.status.success() && !err.contains("--name NEW"), "{err}");
     assert!(node.cli(&["config", "edit", "local-dev", "--set", "resources.memory.gb=1"]).status.success());
     assert_eq!(node.get("/api/configs/local-dev").1["resources"]["memory"]["gb"], 1.0);
     let export = dir.path().join("out.json");

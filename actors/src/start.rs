@@ -387,7 +387,10 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         opts.data_dir.clone(),
     );
 
-    let entry_type = if first_start { LedgerEntryType::NodeJoined } else { LedgerEntryType::NodeStarted };
+    // The chain's first entry says the node joined: a first start stopped before it wrote any
+    // (its key made, a signal within the first moments) is still the first.
+    let joined = first_start || ledger.entries_after(identity.node_id.clone(), 0, 1).await?.is_empty();
+    let entry_type = if joined { LedgerEntryType::NodeJoined } else { LedgerEntryType::NodeStarted };
     ledger
         .append(
             entry_type,
@@ -537,6 +540,19 @@ mod tests {
         assert_eq!(rows, want.map(|(a, b)| (a.to_string(), b.to_string())).to_vec());
         let again = crate::builds::history::end_interrupted(&store, &ledger, &me).await.expect("again");
         assert!(again.is_empty(), "nothing is ended twice");
+    }
+
+    #[actix::test]
+    async fn a_first_start_cut_short_before_its_first_entry_still_records_the_join() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // What a start killed right after making its key leaves: the key, nothing else.
+        crate::identity::Identity::load_or_create(dir.path()).expect("key");
+        let s = started(dir.path()).await;
+        assert!(!s.first_start);
+        let filter = crate::ledger::LedgerFilter { limit: 10, ..Default::default() };
+        let mut entries = s.node.ledger.query(filter).await.expect("entries");
+        entries.sort_by_key(|e| e.seq);
+        assert_eq!(entries.first().map(|e| e.entry_type), Some(LedgerEntryType::NodeJoined), "{entries:?}");
     }
 
     #[actix::test]

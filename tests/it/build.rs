@@ -134,19 +134,29 @@ fn an_invalid_project_is_refused_naming_package_and_field() {
     }
 }
 
-#[test]
-fn a_running_build_can_be_cancelled_and_observers_cannot_build() {
-    let _shared = common::shared();
-    let node = TestNode::start();
+/// A build of one `sleep 60` package started through the CLI on `node`, once its package runs:
+/// the project's directory, the CLI's process and the build's id.
+fn slow_build_running(
+    node: &TestNode,
+    stderr: std::process::Stdio,
+) -> (tempfile::TempDir, std::process::Child, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("buildnet.toml"), "[packages.slow]\nshell = \"sleep 60\"\n").expect("write");
-    let mut child = spawn_build(&node, dir.path(), &[], std::process::Stdio::piped());
+    let child = spawn_build(node, dir.path(), &[], stderr);
     let id = wait_until("the build to run", Duration::from_secs(20), || {
         let (_, list) = node.get("/api/builds");
         let b = list["builds"].as_array()?.first()?.clone();
         let (_, status) = node.get(&format!("/api/build/{}", b["id"].as_str()?));
         (status["packages"][0]["state"] == "running").then(|| b["id"].as_str().map(str::to_string)).flatten()
     });
+    (dir, child, id)
+}
+
+#[test]
+fn a_running_build_can_be_cancelled_and_observers_cannot_build() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let (_dir, mut child, id) = slow_build_running(&node, std::process::Stdio::piped());
     let started = std::time::Instant::now();
     let (status, body) = node.post(&format!("/api/build/{id}/cancel"), &json!({}));
     assert_eq!(status, 200, "{body}");
@@ -176,15 +186,7 @@ fn a_running_build_can_be_cancelled_and_observers_cannot_build() {
 fn a_build_under_way_when_its_node_is_killed_ends_as_interrupted_at_the_next_start() {
     let _shared = common::shared();
     let node = TestNode::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("buildnet.toml"), "[packages.slow]\nshell = \"sleep 60\"\n").expect("write");
-    let mut child = spawn_build(&node, dir.path(), &[], std::process::Stdio::null());
-    let id = wait_until("the build to run", Duration::from_secs(20), || {
-        let (_, list) = node.get("/api/builds");
-        let b = list["builds"].as_array()?.first()?.clone();
-        let (_, status) = node.get(&format!("/api/build/{}", b["id"].as_str()?));
-        (status["packages"][0]["state"] == "running").then(|| b["id"].as_str().map(str::to_string)).flatten()
-    });
+    let (_dir, mut child, id) = slow_build_running(&node, std::process::Stdio::null());
     let mut node = node;
     node.child.kill().expect("kill -9");
     let _ = node.child.wait();

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use buildnet_actors::node::{NodeStatus, ScanOutcome};
 use buildnet_actors::wire::ToolInfo;
 
-use super::output::{bytes, print_facts, spinner, time, Table};
+use super::output::{bytes, one_line, print_facts, spinner, time, Table};
 use super::{CliError, Ctx};
 
 #[derive(Subcommand)]
@@ -23,6 +23,11 @@ pub enum NodeCommand {
     },
     /// Leave the mesh cleanly; this node becomes a mesh of one
     Leave,
+    /// Remove a member that cannot leave by itself (a lost machine); on the mesh key holder
+    Remove {
+        /// The member's node id, or its name
+        node: String,
+    },
     /// Benchmark this node: CPU, memory, every storage volume and the links to online peers
     Benchmark,
 }
@@ -32,6 +37,13 @@ struct Joined {
     success: bool,
     node_id: String,
     mesh_id: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Removed {
+    success: bool,
+    node_id: String,
+    name: String,
 }
 
 pub async fn run(ctx: &Ctx, cmd: NodeCommand, join_token: Option<String>) -> Result<(), CliError> {
@@ -51,6 +63,17 @@ pub async fn run(ctx: &Ctx, cmd: NodeCommand, join_token: Option<String>) -> Res
             let left: serde_json::Value = ctx.client.post("/api/pool/leave", None).await?;
             if !ctx.printed_as_document(&left) {
                 println!("Left the mesh; this node is now a mesh of one.");
+            }
+        }
+        NodeCommand::Remove { node } => {
+            let removed: Removed =
+                ctx.client.post("/api/pool/remove", Some(serde_json::json!({ "node": node }))).await?;
+            if !ctx.printed_as_document(&removed) {
+                println!(
+                    "Removed {} ({}) from the mesh: every member closes its link and refuses it from now on.",
+                    one_line(&removed.name),
+                    removed.node_id
+                );
             }
         }
         NodeCommand::Status => {

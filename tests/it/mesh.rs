@@ -391,3 +391,78 @@ fn observers_offer_nothing_rescans_propagate_and_a_node_can_leave() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// A member whose machine is lost never leaves by itself; the mesh key holder removes it (a
+/// revoked roster entry, signed again) and every member refuses it from then on — also with its
+/// own keys, restarted from its data dir — until it leaves and a new token admits it. Only the
+/// key holder, with an admin key, may remove, and not itself. Before this a lost member kept the
+/// key holder from ever leaving or joining another mesh.
+#[test]
+fn the_key_holder_removes_a_lost_member_which_every_member_then_refuses() {
+    let _serial = serial();
+    let (a, b, c) = three_nodes();
+    let (b_id, c_id) = (b.node_id(), c.node_id());
+    let fails = |out: &std::process::Output, says: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(says), "expected '{says}' in: {err}");
+    };
+    // Who may not: a node without the mesh key, the holder itself, a builder's key, a stranger.
+    fails(&b.cli(&["node", "remove", "gamma"]), "does not hold the mesh key");
+    fails(&a.cli(&["node", "remove", "alpha"]), "cannot remove itself");
+    fails(&a.cli(&["node", "remove", "nosuch"]), "no node named 'nosuch'");
+    let builder = a.key("builder");
+    let (status, body) = common::http(
+        "POST",
+        &format!("{}/api/pool/remove", a.url),
+        &[("Authorization", &format!("Bearer {builder}")), ("Content-Type", "application/json")],
+        Some(json!({ "node": "gamma" }).to_string().as_bytes()),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = a.post("/api/pool/remove", &json!({ "node": "gamma", "force": true }));
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_body")), "{body}");
+    assert!(a.sees_up(&c_id), "nothing was removed by the refused requests");
+
+    // Gamma's machine is lost.
+    let c_dir = c.dir.clone();
+    c.signal(libc::SIGKILL);
+    wait_until("gamma offline", Duration::from_secs(10), || {
+        (a.status_of(&c_id).as_deref() == Some("offline")).then_some(())
+    });
+    let out = a.cli(&["node", "remove", "gamma"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("Removed gamma ({c_id})")));
+    assert!(!a.pool_nodes().iter().any(|n| n["id"] == c_id.as_str()), "gone at once on the holder");
+    wait_until("gamma gone from beta's pool", Duration::from_secs(10), || {
+        (!b.pool_nodes().iter().any(|n| n["id"] == c_id.as_str())).then_some(())
+    });
+    fails(&a.cli(&["node", "remove", &c_id]), "no longer a member");
+    let (_, left) = a.get("/api/ledger?types=NodeLeft");
+    let entry = &left["entries"][0]["data"];
+    assert_eq!((entry["node_id"].as_str(), entry["reason"].as_str()), (Some(c_id.as_str()), Some("removed")), "{left}");
+
+    // Back from its data dir, with its own keys, it is refused by every member.
+    let _keep = c;
+    let back = TestNode::start_with(Start { dir: Some(c_dir), ..Default::default() });
+    std::thread::sleep(Duration::from_secs(3));
+    for n in [&a, &b] {
+        assert!(!n.pool_nodes().iter().any(|x| x["id"] == c_id.as_str()), "{:?}", n.pool_nodes());
+        assert_eq!(n.get("/api/mesh").1["links"], 1, "only the other member is linked");
+    }
+    // It leaves (a mesh of one) and a new token admits it again.
+    let out = back.cli(&["node", "leave"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = back.cli(&["node", "join", &a.url, "--token", &a.token("builder")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("gamma admitted again", Duration::from_secs(15), || a.sees_up(&c_id).then_some(()));
+
+    // The key holder, its other members removed (one of them online), may leave its mesh.
+    fails(&a.cli(&["node", "leave"]), "mesh key");
+    for id in [&b_id, &c_id] {
+        let out = a.cli(&["node", "remove", id]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    wait_until("beta's link closed", Duration::from_secs(10), || (a.get("/api/mesh").1["links"] == 0).then_some(()));
+    let out = a.cli(&["node", "leave"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -124,38 +124,60 @@ impl MeshActor {
                     .await
             }
             .into_actor(self)
-            .map(|fresh, act, _| {
-                let fresh = fresh.unwrap_or_default();
-                if fresh.is_empty() {
-                    return;
-                }
-                // Passed on to every link: in a grid not every member hears the admitting node,
-                // and entries a peer holds already stop there.
-                roster_messages(fresh.clone()).into_iter().for_each(|m| act.broadcast(m));
-                for e in fresh {
-                    if e.node_id == act.me {
-                        act.role = e.role;
-                        act.own_entry = Some(e);
-                        continue;
-                    }
-                    let revoked = e.revoked;
-                    let id = e.node_id.clone();
-                    match act.peers.get_mut(&id) {
-                        Some(p) => p.set_entry(e),
-                        None => {
-                            let address = e.address.clone();
-                            act.peers.insert(id.clone(), Peer::new(e, address));
-                        }
-                    }
-                    if revoked {
-                        if let Some(link) = act.peers.get(&id).and_then(|p| p.link).and_then(|l| act.links.get(&l)) {
-                            link.addr.do_send(bridge::Close);
-                        }
-                    }
-                }
-                act.apply_topology();
-            }),
+            .map(|fresh, act, _| act.adopt_entries(fresh.unwrap_or_default())),
         );
+    }
+
+    /// Takes roster entries this node has just verified and stored as its view: passed on to
+    /// every link (in a grid not every member hears the admitting node, and entries a peer holds
+    /// already stop there), then the peer table. A member whose entry is now revoked is removed:
+    /// its link is closed and it is shown offline, "removed".
+    fn adopt_entries(&mut self, fresh: Vec<RosterEntry>) {
+        if fresh.is_empty() {
+            return;
+        }
+        roster_messages(fresh.clone()).into_iter().for_each(|m| self.broadcast(m));
+        let mut removed = false;
+        for e in fresh {
+            if e.node_id == self.me {
+                if e.revoked {
+                    log::warn!(
+                        "this node was removed from its mesh by the mesh key holder; its members refuse its links. \
+                         `buildnet node leave` makes it a mesh of one, which a new join token can admit again"
+                    );
+                }
+                self.role = e.role;
+                self.own_entry = Some(e);
+                continue;
+            }
+            let (id, revoked) = (e.node_id.clone(), e.revoked);
+            let was_member = self.peers.get(&id).is_some_and(|p| !p.entry.revoked);
+            match self.peers.get_mut(&id) {
+                Some(p) => p.set_entry(e),
+                None => {
+                    let address = e.address.clone();
+                    self.peers.insert(id.clone(), Peer::new(e, address));
+                }
+            }
+            if revoked {
+                if let Some(link) = self.peers.get(&id).and_then(|p| p.link).and_then(|l| self.links.get(&l)) {
+                    link.addr.do_send(bridge::Close);
+                }
+                if was_member {
+                    log::info!("{id} was removed from the mesh");
+                    self.events.publish(Event::NodeStatus {
+                        node_id: id,
+                        status: NodeState::Offline,
+                        reason: Some("removed".into()),
+                    });
+                    removed = true;
+                }
+            }
+        }
+        self.apply_topology();
+        if removed {
+            self.publish_peers();
+        }
     }
 
     pub(super) async fn all_entries(store: &StoreHandle) -> Vec<RosterEntry> {
@@ -593,6 +615,66 @@ impl Handler<Leave> for MeshActor {
                 act.peers_changed.set(true);
                 act.flush_peers();
                 Ok(())
+            }),
+        )
+    }
+}
+
+/// Removes a member that cannot leave by itself — its machine or its data dir is lost — on the
+/// node holding the mesh key: its roster entry is signed again, revoked, and goes to every
+/// member, which closes its link and refuses it from then on (DESIGN: "revocation is a signed
+/// roster entry too"); `NodeLeft` with reason `removed` records who removed it. Until then a
+/// member that never came back kept the key holder from leaving or joining another mesh.
+#[derive(Message)]
+#[rtype(result = "Result<RosterEntry, RosterError>")]
+pub struct Remove {
+    pub node: NodeId,
+    /// Who asked (an API key's actor), for the ledger.
+    pub by: String,
+}
+
+impl Handler<Remove> for MeshActor {
+    type Result = ResponseActFuture<Self, Result<RosterEntry, RosterError>>;
+
+    fn handle(&mut self, msg: Remove, _: &mut Context<Self>) -> Self::Result {
+        let refuse = |e: RosterError| -> Self::Result { Box::pin(fut::ready(Err(e))) };
+        let (Some(key), Some(mesh)) = (&self.mesh_key, self.mesh.clone()) else {
+            return refuse(RosterError::NotMeshAdmin);
+        };
+        if msg.node == self.me {
+            return refuse(RosterError::RemoveSelf);
+        }
+        let Some(peer) = self.peers.get(&msg.node) else {
+            return refuse(RosterError::UnknownMember(msg.node.to_string()));
+        };
+        if peer.entry.revoked {
+            return refuse(RosterError::NoLongerMember(msg.node.to_string()));
+        }
+        let mut entry = peer.entry.clone();
+        entry.revoked = true;
+        // Newer than the entry it replaces, which every member keeps otherwise.
+        entry.issued_at_ms = wire::now_ms().max(entry.issued_at_ms + 1);
+        key.sign(&mut entry);
+        let (store, ledger) = (self.store.clone(), self.ledger.clone());
+        let saved = entry.clone();
+        let mesh_id = mesh.mesh_id.clone();
+        Box::pin(
+            async move {
+                store.run(move |c| roster::save_entry(c, &mesh, &saved).map_err(store_error)).await?;
+                let data = serde_json::json!({
+                    "node_id": entry.node_id, "node_name": entry.name, "mesh_id": mesh_id,
+                    "reason": "removed", "removed_by": msg.by,
+                });
+                ledger.append(LedgerEntryType::NodeLeft, data).await?;
+                Ok(entry)
+            }
+            .into_actor(self)
+            .map(|result: Result<RosterEntry, RosterError>, act, _| {
+                let entry = result?;
+                act.adopt_entries(vec![entry.clone()]);
+                // At once, for the caller's next `pool nodes`.
+                act.flush_peers();
+                Ok(entry)
             }),
         )
     }

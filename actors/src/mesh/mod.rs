@@ -48,7 +48,7 @@ use links::{Attach, DialFailed, SetDialer};
 pub use links::{LinkAuthenticated, LinkClosed};
 use membership::{
     store_error, AcceptJoin, Admit, CanJoin, CreateToken, Leave, NoteRefusal, OpenJoin, RefusedJoins, ReloadRoster,
-    StartJoin, TokenHash,
+    Remove, StartJoin, TokenHash,
 };
 pub use membership::{Refusal, REFUSAL_SUMMARY_EVERY};
 use netbench::NetworkTest;
@@ -814,5 +814,10 @@ impl MeshHandle {
 
     pub async fn leave(&self) -> Result<(), RosterError> {
         self.addr.send(Leave).await.map_err(|_| RosterError::Io("mesh actor stopped".into()))?
+    }
+
+    /// Removes a member that cannot leave by itself (on the mesh key holder): see [`Remove`].
+    pub async fn remove(&self, node: NodeId, by: &str) -> Result<RosterEntry, RosterError> {
+        self.addr.send(Remove { node, by: by.to_string() }).await.map_err(|_| stopped())?
     }
 }

@@ -48,6 +48,12 @@ pub enum RosterError {
         "this node holds the key of mesh {mesh}, which {others} other node(s) depend on: it can neither leave that mesh nor join another"
     )]
     HoldsMeshKey { mesh: String, others: usize },
+    #[error("this node cannot remove itself; run `buildnet node leave` on it instead")]
+    RemoveSelf,
+    #[error("no member with id {0} in this mesh")]
+    UnknownMember(String),
+    #[error("{0} is no longer a member of this mesh (it left or was removed)")]
+    NoLongerMember(String),
     #[error("roster entry for {0} has a bad signature")]
     BadSignature(String),
     #[error(transparent)]

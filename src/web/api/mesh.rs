@@ -5,8 +5,8 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use buildnet_actors::mesh::roster::{JoinToken, RosterError, TokenInfo};
 use buildnet_actors::mesh::MeshView;
-use buildnet_actors::pool::{Aggregate, PoolNode};
-use buildnet_actors::wire::{Action, NodeState, Role};
+use buildnet_actors::pool::{resolve_node, Aggregate, NodeLookupError, PoolNode};
+use buildnet_actors::wire::{Action, NodeId, NodeState, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -22,6 +22,7 @@ fn mesh_error(e: RosterError) -> ApiError {
     match e {
         RosterError::Store(s) => ApiError::internal(&s),
         e @ RosterError::NotMeshAdmin => ApiError::new(StatusCode::CONFLICT, "not_mesh_admin", e.to_string()),
+        e @ RosterError::UnknownMember(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_node", e.to_string()),
         other => ApiError::new(StatusCode::CONFLICT, "mesh", other.to_string()),
     }
 }
@@ -125,6 +126,48 @@ pub async fn leave(state: web::Data<AppState>, caller: Caller) -> Result<HttpRes
     caller.require(Action::ManageNodes, "leave the mesh")?;
     state.node.mesh.leave().await.map_err(mesh_error)?;
     Ok(HttpResponse::Ok().json(Success { success: true }))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveNodeRequest {
+    /// The member to remove: its node id, or its name when exactly one node carries it.
+    pub node: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RemoveNodeResponse {
+    pub success: bool,
+    pub node_id: String,
+    pub name: String,
+}
+
+/// Removes a member that cannot leave by itself (its machine or data dir is lost), on the node
+/// holding the mesh key: its roster entry is signed again, revoked; every member closes its link
+/// and refuses it from then on, and `NodeLeft` (reason `removed`) records it. A new join token
+/// admits it again once it has left (`buildnet node leave` on it).
+#[utoipa::path(post, path = "/api/pool/remove", tag = "pool", request_body = RemoveNodeRequest,
+    responses((status = 200, body = RemoveNodeResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
+    caller.require(Action::ManageNodes, "remove a node from the mesh")?;
+    let req: RemoveNodeRequest = body.parse()?;
+    // Ids of members that are gone already are not in the pool: asked by id, the mesh says so.
+    let nodes = state.node.pool.view().await?.nodes;
+    let node = match resolve_node(&nodes, &req.node) {
+        Ok(id) => id,
+        Err(NodeLookupError::Unknown(key)) => NodeId::parse(&key).map_err(|_| {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_node", format!("node: no node named '{key}' in the pool"))
+        })?,
+        Err(e) => return Err(ApiError::bad_request("invalid_field", format!("node: {e}"))),
+    };
+    let entry = state.node.mesh.remove(node, &caller.actor()).await.map_err(mesh_error)?;
+    Ok(HttpResponse::Ok().json(RemoveNodeResponse {
+        success: true,
+        node_id: entry.node_id.to_string(),
+        name: entry.name,
+    }))
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

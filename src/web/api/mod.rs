@@ -58,6 +58,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/mesh", web::get().to(mesh::view))
         .route("/pool/join", web::post().to(mesh::join))
         .route("/pool/leave", web::post().to(mesh::leave))
+        .route("/pool/remove", web::post().to(mesh::remove))
         .route("/pool/visualization", web::get().to(mesh::visualization))
         .route("/ledger/sync", web::post().to(mesh::sync))
         // A literal path beside a template (`/blobs/missing`, `/build/estimate`) is a resource of
@@ -198,7 +199,7 @@ impl Modify for BearerAuth {
         build::missing, build::put_blob, build::get_blob, build::start, build::status, build::cancel, build::rerun, build::list, build::estimate,
         configs::list, configs::create, configs::get, configs::update, configs::delete, configs::templates, configs::save_template, configs::use_template,
         projects::list, projects::add, projects::get, projects::remove,
-        mesh::view, mesh::create_token, mesh::join, mesh::leave, mesh::sync, mesh::visualization,
+        mesh::view, mesh::create_token, mesh::join, mesh::leave, mesh::remove, mesh::sync, mesh::visualization,
     ),
     modifiers(&BearerAuth),
     tags((name = "node"), (name = "pool"), (name = "ledger"), (name = "keys"), (name = "builds"))

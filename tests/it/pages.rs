@@ -586,3 +586,38 @@ fn a_running_packages_output_streams_to_the_build_page_from_a_peer() {
     let (_, list) = http("GET", &format!("{}/builds", a.url), &[("Cookie", &auth)], None);
     assert!(list.contains("<td>beta</td>"), "the history names the nodes");
 }
+
+/// The nodes page of the mesh key holder offers to remove a member, asks first, and posts with
+/// the session's CSRF token; a member without the key offers nothing, and a forged form removes
+/// nothing.
+#[test]
+fn the_key_holder_removes_a_member_from_the_nodes_page_after_asking() {
+    let _serial = common::serial();
+    let (a, b) = two_nodes();
+    let b_id = b.node_id();
+    let (auth_a, auth_b) = (session(&a), session(&b));
+    let ctype = ("Content-Type", "application/x-www-form-urlencoded");
+    let (_, page) = http("GET", &format!("{}/nodes", b.url), &[("Cookie", &auth_b)], None);
+    assert!(!page.contains("data-remove"), "only the key holder offers removal");
+    let (_, page) = http("GET", &format!("{}/nodes", a.url), &[("Cookie", &auth_a)], None);
+    assert!(
+        page.contains(&format!("href=\"/nodes/{b_id}/remove\"")) && page.contains("data-remove=\"beta\""),
+        "{page}"
+    );
+    let ask = format!("{}/nodes/{b_id}/remove", a.url);
+    let (status, page) = http("GET", &ask, &[("Cookie", &auth_a)], None);
+    assert_eq!(status, 200);
+    assert!(page.contains("Remove beta from the mesh?") && page.contains("data-confirm-remove=\"beta\""), "{page}");
+    let (status, _) = http("POST", &ask, &[ctype, ("Cookie", &auth_a)], Some(b"csrf=forged"));
+    assert_eq!(status, 400);
+    assert!(a.sees_up(&b_id), "asking and a forged form removed nothing");
+    let csrf = hidden_csrf(&page);
+    let (status, _) = http("POST", &ask, &[ctype, ("Cookie", &auth_a)], Some(format!("csrf={csrf}").as_bytes()));
+    assert_eq!(status, 303);
+    assert!(!a.pool_nodes().iter().any(|n| n["id"] == b_id.as_str()), "{:?}", a.pool_nodes());
+    let (_, page) = http("GET", &format!("{}/nodes", a.url), &[("Cookie", &auth_a)], None);
+    assert!(!page.contains("data-remove=\"beta\""), "{page}");
+    let (status, page) = http("POST", &ask, &[ctype, ("Cookie", &auth_a)], Some(format!("csrf={csrf}").as_bytes()));
+    assert_eq!(status, 400);
+    assert!(page.contains("no longer a member"), "{page}");
+}

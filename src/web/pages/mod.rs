@@ -28,6 +28,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/node/scan", web::post().to(node::scan))
         .route("/nodes", web::get().to(nodes::page))
         .route("/nodes/{id}", web::get().to(node::remote_page))
+        .route("/nodes/{id}/remove", web::get().to(nodes::confirm_remove))
+        .route("/nodes/{id}/remove", web::post().to(nodes::remove))
         .route("/benchmarks", web::get().to(benchmarks::page))
         .route("/benchmarks/run", web::post().to(benchmarks::run))
         .route("/builder", web::get().to(builder::page))

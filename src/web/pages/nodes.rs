@@ -11,7 +11,7 @@ use maud::{html, Markup};
 use super::{bytes, caller, html_response, layout, time};
 use crate::web::api::mesh::{topology, PoolVisualization};
 use crate::web::AppState;
-use buildnet_actors::wire::NodeState;
+use buildnet_actors::wire::{Action, NodeId, NodeState};
 
 /// Draws the topology.
 pub fn topology_svg(viz: &PoolVisualization, me: &str) -> Markup {
@@ -83,7 +83,10 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
         Err(e) => return super::super::error_page(Some(&who), &e.message),
     };
     let me = state.node.identity.node_id.to_string();
-    let mesh_id = state.node.mesh.view().await.and_then(|v| v.mesh_id).unwrap_or_default();
+    let view = state.node.mesh.view().await;
+    let mesh_id = view.as_ref().and_then(|v| v.mesh_id.clone()).unwrap_or_default();
+    // Members are removed on the mesh key holder, by a caller who may manage nodes.
+    let may_remove = view.is_some_and(|v| v.mesh_admin) && who.require(Action::ManageNodes, "").is_ok();
     let body = html! {
         h1 { "Nodes" }
         p.small { "Mesh " code { (mesh_id) } " · coordinator "
@@ -91,7 +94,8 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
             " (epoch " (viz.epoch) ")" }
         (topology_svg(&viz, &me))
         table #nodes {
-            thead { tr { th { "Name" } th { "Status" } th { "Role" } th { "Latency" } th { "Cores" } th { "Memory" } th { "Last seen" } } }
+            thead { tr { th { "Name" } th { "Status" } th { "Role" } th { "Latency" } th { "Cores" } th { "Memory" } th { "Last seen" }
+                @if may_remove { th {} } } }
             tbody {
                 @for n in &viz.nodes {
                     tr data-node=(n.id) {
@@ -102,6 +106,11 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
                         td { (n.cores_available) " / " (n.cores) }
                         td { (bytes(n.memory_available_bytes)) " / " (bytes(n.memory_bytes)) }
                         td { @if n.last_seen_ms > 0 { (time(n.last_seen_ms)) } @else { "never" } }
+                        @if may_remove {
+                            td { @if n.id.as_str() != me {
+                                a.button.danger href=(format!("/nodes/{}/remove", n.id)) data-remove=(n.name) { "Remove…" }
+                            } }
+                        }
                     }
                 }
             }
@@ -110,4 +119,56 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
                   code { "buildnet up --join <this node's URL> --token <token>" } " there." }
     };
     html_response(StatusCode::OK, layout("Nodes", Some(&who), "/nodes", body))
+}
+
+/// Asks before removing a member: it is refused by every member from then on.
+pub async fn confirm_remove(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
+    let who = match caller(&req, &state) {
+        Ok(c) => c,
+        Err(redirect) => return *redirect,
+    };
+    if let Err(e) = who.require(Action::ManageNodes, "remove a node from the mesh") {
+        return super::super::forbidden_page(&who, &e.message);
+    }
+    let nodes = state.node.pool.view().await.map(|v| v.nodes).unwrap_or_default();
+    let Some(node) = nodes.iter().find(|n| n.id.as_str() == id.as_str()) else {
+        return super::not_found(Some(&who), &format!("/nodes/{id}/remove"));
+    };
+    let body = html! {
+        h1 { "Remove " (node.name) " from the mesh?" }
+        p { "For a member that cannot leave by itself, such as a lost machine. Every member closes its link to "
+            code { (node.id) } " and refuses it from then on, even restarted with its own data dir. "
+            "It can come back only by leaving (" code { "buildnet node leave" } " on it) and joining again with a new token." }
+        form.inline method="post" action=(format!("/nodes/{}/remove", node.id)) {
+            input type="hidden" name="csrf" value=(who.csrf.clone().unwrap_or_default());
+            button.danger type="submit" data-confirm-remove=(node.name) { "Remove " (node.name) }
+            a href="/nodes" { "Cancel" }
+        }
+    };
+    html_response(StatusCode::OK, layout("Remove node", Some(&who), "/nodes", body))
+}
+
+#[derive(serde::Deserialize)]
+pub struct RemoveForm {
+    csrf: String,
+}
+
+/// Removes a member (see `POST /api/pool/remove`), then shows the nodes page.
+pub async fn remove(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    form: web::Form<RemoveForm>,
+) -> HttpResponse {
+    let who = match super::form_caller(&req, &state, &form.csrf, Action::ManageNodes, "remove a node from the mesh") {
+        Ok(who) => who,
+        Err(res) => return *res,
+    };
+    let Ok(node) = NodeId::parse(&id) else {
+        return super::not_found(Some(&who), &format!("/nodes/{id}/remove"));
+    };
+    match state.node.mesh.remove(node, &who.actor()).await {
+        Ok(_) => HttpResponse::SeeOther().insert_header((actix_web::http::header::LOCATION, "/nodes")).finish(),
+        Err(e) => super::super::error_page(Some(&who), &e.to_string()),
+    }
 }

@@ -55,6 +55,11 @@ impl Cas {
         self.path(digest).map(|p| p.is_file()).unwrap_or(false)
     }
 
+    /// The size of a stored blob, `None` when it is not stored.
+    pub fn size_of(&self, digest: &str) -> Option<u64> {
+        self.path(digest).ok().and_then(|p| std::fs::metadata(p).ok()).filter(|m| m.is_file()).map(|m| m.len())
+    }
+
     /// Digests from a list this store lacks.
     pub fn missing(&self, digests: &[String]) -> Vec<String> {
         digests.iter().filter(|d| !self.has(d)).cloned().collect()

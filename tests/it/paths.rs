@@ -139,6 +139,11 @@ fn a_request_naming_files_outside_the_project_is_refused_naming_the_field() {
     for (files, want) in [
         (json!({ "a.txt": file("a.txt", "zz") }), "files.a.txt.digest: expected 64 lowercase hex digits"),
         (json!({}), "files: 'a.txt' has no entry"),
+        // A size other than its blob's: estimates and transfers are planned from it.
+        (
+            json!({ "a.txt": { "path": "a.txt", "digest": digest, "executable": false, "size": 9 } }),
+            "files.a.txt.size: declared 9 bytes, but the blob of its digest holds 8",
+        ),
     ] {
         let (status, body) = send_as(&node, &builder, "POST", "/api/build", &request(files, &["out.txt"], None));
         assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_field")), "{body}");

@@ -50,6 +50,8 @@ pub enum BuildError {
     MissingFile(String),
     #[error("files.{0}.digest: expected 64 lowercase hex digits (a BLAKE3 digest)")]
     BadDigest(String),
+    #[error("files.{path}.size: declared {declared} bytes, but the blob of its digest holds {stored}")]
+    WrongSize { path: String, declared: u64, stored: u64 },
     /// A path of the request that could leave the project or the sandbox.
     #[error(transparent)]
     Path(#[from] wire::BadPath),
@@ -165,8 +167,18 @@ impl Builds {
         if let Some(path) = req.files.iter().find(|(_, f)| !crate::cas::valid_digest(&f.digest)).map(|(p, _)| p) {
             return Err(BuildError::BadDigest(path.clone()));
         }
-        let digests: Vec<String> = req.files.values().map(|f| f.digest.clone()).collect();
-        let missing = self.cas.missing(&digests);
+        // Each blob is looked up once: missing, or there with the size its entry declares
+        // (estimates and transfers are planned from the declared sizes).
+        let mut missing = Vec::new();
+        for (path, f) in &req.files {
+            match self.cas.size_of(&f.digest) {
+                None => missing.push(f.digest.clone()),
+                Some(stored) if stored != f.size => {
+                    return Err(BuildError::WrongSize { path: path.clone(), declared: f.size, stored })
+                }
+                Some(_) => {}
+            }
+        }
         if let Some(first) = missing.first() {
             return Err(BuildError::MissingBlobs { count: missing.len(), first: first.clone() });
         }

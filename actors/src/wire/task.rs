@@ -17,6 +17,7 @@ pub struct FileRef {
     /// BLAKE3 of the contents, 64 hex digits.
     pub digest: String,
     pub executable: bool,
+    /// Bytes; a build request's must be its blob's (checked as the build starts).
     pub size: u64,
 }
 

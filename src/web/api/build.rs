@@ -32,7 +32,7 @@ pub fn build_error(e: BuildError) -> ApiError {
         e @ BuildError::Insufficient(_) => ApiError::new(StatusCode::CONFLICT, "insufficient_resources", e.to_string()),
         e @ BuildError::Duplicate(_) => ApiError::new(StatusCode::CONFLICT, "duplicate", e.to_string()),
         BuildError::Project(p) => ApiError::bad_request("invalid_project", p.to_string()),
-        e @ (BuildError::MissingFile(_) | BuildError::BadDigest(_)) => {
+        e @ (BuildError::MissingFile(_) | BuildError::BadDigest(_) | BuildError::WrongSize { .. }) => {
             ApiError::bad_request("invalid_field", e.to_string())
         }
         e @ BuildError::MissingBlobs { .. } => ApiError::bad_request("missing_blobs", e.to_string()),

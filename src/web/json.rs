@@ -70,6 +70,12 @@ impl FromRequest for JsonBody {
 
 /// Parses JSON, naming the field at fault.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // Every body is an object. serde reads a struct from an array too, by position, so
+    // `["gamma"]` removed node gamma as `{"node": "gamma"}` would: no field was named, and no
+    // client means that.
+    if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b != b'{') {
+        return Err(ApiError::bad_request("invalid_body", "body: expected a JSON object ({…})"));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

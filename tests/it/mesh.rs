@@ -419,16 +419,26 @@ fn the_key_holder_removes_a_lost_member_which_every_member_then_refuses() {
         Some(json!({ "node": "gamma" }).to_string().as_bytes()),
     );
     assert_eq!(status, 403, "{body}");
-    let (status, body) = a.post("/api/pool/remove", &json!({ "node": "gamma", "force": true }));
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_body")), "{body}");
+    // Bodies that name no field: an unknown one, and an array (which serde reads by position).
+    for bad in [json!({ "node": "gamma", "force": true }), json!(["gamma"])] {
+        let (status, body) = a.post("/api/pool/remove", &bad);
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_body")), "{body}");
+    }
     assert!(a.sees_up(&c_id), "nothing was removed by the refused requests");
 
-    // Gamma's machine is lost.
+    // Gamma's machine is lost. A new machine meant to replace it under its name is refused while
+    // the lost one is a member (names are what users pick nodes by), without spending the token.
     let c_dir = c.dir.clone();
     c.signal(libc::SIGKILL);
     wait_until("gamma offline", Duration::from_secs(10), || {
         (a.status_of(&c_id).as_deref() == Some("offline")).then_some(())
     });
+    let token = a.token("builder");
+    let taken = common::join_with(&a.url, &token, "gamma").expect_err("a second gamma");
+    assert!(
+        taken.contains("a member named 'gamma' exists already") && taken.contains("buildnet node remove"),
+        "{taken}"
+    );
     let out = a.cli(&["node", "remove", "gamma"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("Removed gamma ({c_id})")));
@@ -440,21 +450,57 @@ fn the_key_holder_removes_a_lost_member_which_every_member_then_refuses() {
     let (_, left) = a.get("/api/ledger?types=NodeLeft");
     let entry = &left["entries"][0]["data"];
     assert_eq!((entry["node_id"].as_str(), entry["reason"].as_str()), (Some(c_id.as_str()), Some("removed")), "{left}");
+    // The replacement takes the name with the same token.
+    let args = ["--name", "gamma", "--join", a.url.as_str(), "--token", token.as_str()].map(String::from).to_vec();
+    let new_gamma = TestNode::start_with(Start { args, ..Default::default() });
+    let new_id = new_gamma.node_id();
+    wait_until("the new gamma online", Duration::from_secs(15), || {
+        (a.sees_up(&new_id) && b.sees_up(&new_id)).then_some(())
+    });
 
-    // Back from its data dir, with its own keys, it is refused by every member.
+    // The lost one, back from its data dir with its own keys, is refused by every member.
     let _keep = c;
     let back = TestNode::start_with(Start { dir: Some(c_dir), ..Default::default() });
     std::thread::sleep(Duration::from_secs(3));
     for n in [&a, &b] {
         assert!(!n.pool_nodes().iter().any(|x| x["id"] == c_id.as_str()), "{:?}", n.pool_nodes());
-        assert_eq!(n.get("/api/mesh").1["links"], 1, "only the other member is linked");
+        assert_eq!(n.get("/api/mesh").1["links"], 2, "linked to the two members only");
     }
-    // It leaves (a mesh of one) and a new token admits it again.
+    // It is told why (its revoked entry, on the link a member then closes) and stops dialling:
+    // it redialled every member every second, each refusal a warning in the member's log.
+    wait_until("gamma knows it was removed", Duration::from_secs(10), || {
+        (back.get("/api/mesh").1["removed"] == true).then_some(())
+    });
+    let status = back.cli(&["pool", "status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("removed from its mesh"));
+    let warnings = |n: &TestNode| n.stderr_text().matches("refused a node that is not in the roster").count();
+    let before = warnings(&a) + warnings(&b);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(warnings(&a) + warnings(&b) <= before + 1, "{}", a.stderr_text());
+    assert_eq!(back.get("/api/mesh").1["dialing"], 0);
+    fails(&back.cli(&["node", "join", &a.url, "--token", &a.token("builder")]), "run `buildnet node leave` first");
+    // It leaves (a mesh of one); joining again, its name is the new gamma's now.
     let out = back.cli(&["node", "leave"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = back.cli(&["node", "join", &a.url, "--token", &a.token("builder")]);
+    let token = a.token("builder");
+    fails(&back.cli(&["node", "join", &a.url, "--token", &token]), "a member named 'gamma' exists already");
+    // The replacement is removed while online (its link closes), by four removals at once: one
+    // succeeds and records it, the others are told it is no member any more (all four succeeded,
+    // with a `NodeLeft` each).
+    let removals: Vec<std::process::Output> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..4).map(|_| s.spawn(|| a.cli(&["node", "remove", &new_id]))).collect();
+        started.into_iter().map(|t| t.join().expect("a removal")).collect()
+    });
+    assert_eq!(removals.iter().filter(|o| o.status.success()).count(), 1, "{removals:?}");
+    let (_, left) = a.get("/api/ledger?types=NodeLeft");
+    let recorded =
+        left["entries"].as_array().expect("entries").iter().filter(|e| e["data"]["node_id"] == new_id.as_str());
+    assert_eq!(recorded.count(), 1, "{left}");
+    // The old gamma is admitted again.
+    let out = back.cli(&["node", "join", &a.url, "--token", &token]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_until("gamma admitted again", Duration::from_secs(15), || a.sees_up(&c_id).then_some(()));
+    assert!(!a.pool_nodes().iter().any(|x| x["id"] == new_id.as_str()));
 
     // The key holder, its other members removed (one of them online), may leave its mesh.
     fails(&a.cli(&["node", "leave"]), "mesh key");

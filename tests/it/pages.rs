@@ -604,6 +604,12 @@ fn the_key_holder_removes_a_member_from_the_nodes_page_after_asking() {
         page.contains(&format!("href=\"/nodes/{b_id}/remove\"")) && page.contains("data-remove=\"beta\""),
         "{page}"
     );
+    // Typed by hand: the holder's own row, or a member without the key, is refused at the question.
+    let a_id = a.node_id();
+    let (status, page) = http("GET", &format!("{}/nodes/{a_id}/remove", a.url), &[("Cookie", &auth_a)], None);
+    assert!(status == 400 && page.contains("cannot remove itself"), "{status} {page}");
+    let (status, page) = http("GET", &format!("{}/nodes/{a_id}/remove", b.url), &[("Cookie", &auth_b)], None);
+    assert!(status == 400 && page.contains("does not hold the mesh key"), "{status} {page}");
     let ask = format!("{}/nodes/{b_id}/remove", a.url);
     let (status, page) = http("GET", &ask, &[("Cookie", &auth_a)], None);
     assert_eq!(status, 200);

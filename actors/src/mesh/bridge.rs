@@ -331,6 +331,27 @@ impl Handler<Accepted> for BridgeActor {
     }
 }
 
+/// Tells an authenticated peer that may not link one thing — a removed member its revoked roster
+/// entry, so that it stops dialling — and closes the link.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Dismiss {
+    pub peer: NodeId,
+    pub body: MeshMessage,
+}
+
+impl Handler<Dismiss> for BridgeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Dismiss, ctx: &mut Context<Self>) {
+        if let Phase::Authenticating(transport) = std::mem::replace(&mut self.phase, Phase::Closed) {
+            self.phase = Phase::Open { transport, peer: msg.peer };
+            self.send_message(ctx, msg.body);
+        }
+        self.close(ctx);
+    }
+}
+
 /// Sends a message to the peer.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -108,6 +108,10 @@ impl MeshActor {
 
     pub(super) fn dial_missing(&mut self, now: Instant, ctx: &mut Context<Self>) {
         let Some(dialer) = self.dialer.clone() else { return };
+        // Removed from its mesh, a node has nobody to link to: every member refuses it.
+        if self.removed() {
+            return;
+        }
         let handle = MeshHandle { addr: ctx.address() };
         for p in self.peers.values_mut() {
             let needed = p.wanted || p.on_demand_until.is_some_and(|t| t > now);
@@ -185,6 +189,19 @@ impl Handler<LinkAuthenticated> for MeshActor {
             .find(|(_, p)| p.entry.noise_public == remote && !p.entry.revoked)
             .map(|(id, _)| id.clone());
         let Some(peer_id) = found else {
+            // A member the key holder removed is told so (its revoked entry, which it verifies
+            // with the mesh key) and stops dialling; without it, it redialled every member every
+            // second for ever, each refusal a warning here.
+            let removed = self.peers.iter().find(|(_, p)| {
+                p.entry.noise_public == remote
+                    && p.entry.revoked
+                    && self.mesh.as_ref().is_some_and(|m| p.entry.verify(m).is_ok())
+            });
+            if let Some((id, p)) = removed {
+                log::info!("link {}: {id} was removed from the mesh; told so and closed", msg.link_id);
+                let body = MeshMessage::Roster { entries: vec![p.entry.clone()] };
+                return msg.bridge.do_send(bridge::Dismiss { peer: id.clone(), body });
+            }
             log::warn!("link {}: refused a node that is not in the roster", msg.link_id);
             return msg.bridge.do_send(bridge::Accepted { peer: None });
         };

@@ -15,6 +15,10 @@ use crate::events::Event;
 use crate::store::StoreHandle;
 use crate::wire::{self, LedgerEntryType, MeshMessage, NodeId, NodeState, Role};
 
+/// What a removed node says, at start and when it learns it.
+const REMOVED: &str = "this node was removed from its mesh by the mesh key holder, and its members refuse its \
+                       links: `buildnet node leave` makes it a mesh of one, which a new join token can admit again";
+
 impl MeshActor {
     /// The mesh admin re-signs its own entry when its address changed.
     pub(super) async fn refresh_own_entry(&mut self) -> Result<(), RosterError> {
@@ -78,6 +82,9 @@ impl MeshActor {
     fn take_roster(&mut self, roster: Vec<(RosterEntry, String)>) {
         for (entry, address) in roster {
             if entry.node_id == self.me {
+                if entry.revoked {
+                    log::warn!("{REMOVED}");
+                }
                 self.role = entry.role;
                 self.own_entry = Some(entry);
                 continue;
@@ -141,10 +148,7 @@ impl MeshActor {
         for e in fresh {
             if e.node_id == self.me {
                 if e.revoked {
-                    log::warn!(
-                        "this node was removed from its mesh by the mesh key holder; its members refuse its links. \
-                         `buildnet node leave` makes it a mesh of one, which a new join token can admit again"
-                    );
+                    log::warn!("{REMOVED}");
                 }
                 self.role = e.role;
                 self.own_entry = Some(e);
@@ -159,25 +163,30 @@ impl MeshActor {
                     self.peers.insert(id.clone(), Peer::new(e, address));
                 }
             }
-            if revoked {
-                if let Some(link) = self.peers.get(&id).and_then(|p| p.link).and_then(|l| self.links.get(&l)) {
-                    link.addr.do_send(bridge::Close);
-                }
-                if was_member {
-                    log::info!("{id} was removed from the mesh");
-                    self.events.publish(Event::NodeStatus {
-                        node_id: id,
-                        status: NodeState::Offline,
-                        reason: Some("removed".into()),
-                    });
-                    removed = true;
-                }
+            if revoked && was_member {
+                self.member_removed(&id);
+                removed = true;
             }
         }
         self.apply_topology();
         if removed {
             self.publish_peers();
         }
+    }
+
+    /// A member was removed (its revoked entry is in the peer table): its link is closed, and
+    /// pages and subscribers are told it is offline, "removed".
+    fn member_removed(&mut self, id: &NodeId) {
+        if let Some(link) = self.peers.get(id).and_then(|p| p.link).and_then(|l| self.links.get(&l)) {
+            link.addr.do_send(bridge::Close);
+        }
+        log::info!("{id} was removed from the mesh");
+        self.events.publish(Event::NodeStatus {
+            node_id: id.clone(),
+            status: NodeState::Offline,
+            reason: Some("removed".into()),
+        });
+        self.peers_changed.set(true);
     }
 
     pub(super) async fn all_entries(store: &StoreHandle) -> Vec<RosterEntry> {
@@ -240,6 +249,7 @@ pub enum Refusal {
     WrongSecret,
     BadRequest,
     RateLimited,
+    NameTaken,
 }
 
 impl Refusal {
@@ -251,6 +261,7 @@ impl Refusal {
             Refusal::WrongSecret => "wrong token secret",
             Refusal::BadRequest => "malformed join",
             Refusal::RateLimited => "rate limited",
+            Refusal::NameTaken => "name taken",
         }
     }
 
@@ -261,6 +272,7 @@ impl Refusal {
             }
             RosterError::UsedToken => Refusal::UsedToken,
             RosterError::ExpiredToken => Refusal::ExpiredToken,
+            RosterError::NameTaken { .. } => Refusal::NameTaken,
             _ => Refusal::BadRequest,
         }
     }
@@ -403,6 +415,13 @@ impl Handler<Admit> for MeshActor {
 
     fn handle(&mut self, msg: Admit, _: &mut Context<Self>) -> Self::Result {
         let req = msg.request;
+        // Before the token is spent: a joiner told to choose another name can use it again.
+        if let Some(holder) = self.member_named(&req.name).filter(|id| *id != req.node_id) {
+            return Box::pin(fut::ready(Err(RosterError::NameTaken {
+                name: req.name.clone(),
+                holder: holder.to_string(),
+            })));
+        }
         let store = self.store.clone();
         let mesh = self.mesh.clone().filter(|_| self.mesh_key.is_some());
         let unsigned = self.entry_for(
@@ -483,6 +502,7 @@ impl MeshActor {
         // Counted as `Leave` counts them: revoked members are no longer in the mesh.
         let others = self.peers.values().filter(|p| !p.entry.revoked).count();
         match &self.mesh {
+            Some(m) if self.removed() => Err(RosterError::Removed(m.mesh_id.clone())),
             Some(m) if m.mesh_id == mesh_id => Err(RosterError::AlreadyMember(m.mesh_id.clone())),
             // Leaving first is no way out for the key holder: say so rather than advise it.
             Some(m) if others > 0 && self.mesh_key.is_some() => {
@@ -551,6 +571,8 @@ impl Handler<AcceptJoin> for MeshActor {
                     act.mesh = Some(mesh.clone());
                     act.mesh_key = None;
                     act.peers.clear();
+                    // An entry of the old mesh (revoked, if it was removed from it) is no longer this node's.
+                    act.own_entry = None;
                     for link in act.links.values() {
                         link.addr.do_send(bridge::Close);
                     }
@@ -573,7 +595,9 @@ impl Handler<Leave> for MeshActor {
         let others = self.peers.values().filter(|p| !p.entry.revoked).count();
         if self.mesh_key.is_some() && others > 0 {
             return Box::pin(fut::ready(Err(RosterError::Io(
-                "this node holds the mesh key and other nodes depend on it; it cannot leave its own mesh".into(),
+                "this node holds the mesh key and other nodes depend on it; it cannot leave its own mesh \
+                 (members that are gone for good are removed with `buildnet node remove`)"
+                    .into(),
             ))));
         }
         let (ledger, store, data_dir, me) =
@@ -607,6 +631,8 @@ impl Handler<Leave> for MeshActor {
                     link.addr.do_send(bridge::Close);
                 }
                 act.peers.clear();
+                // An entry of the old mesh (revoked, if it was removed from it) is no longer this node's.
+                act.own_entry = None;
                 act.mesh = Some(info);
                 act.mesh_key = Some(key);
                 act.role = Role::Admin;
@@ -650,28 +676,45 @@ impl Handler<Remove> for MeshActor {
         if peer.entry.revoked {
             return refuse(RosterError::NoLongerMember(msg.node.to_string()));
         }
-        let mut entry = peer.entry.clone();
+        let before = peer.entry.clone();
+        let mut entry = before.clone();
         entry.revoked = true;
         // Newer than the entry it replaces, which every member keeps otherwise.
         entry.issued_at_ms = wire::now_ms().max(entry.issued_at_ms + 1);
         key.sign(&mut entry);
+        // In the peer table at once: a second removal of the same member, asked while this one
+        // is stored, is told it is no member any more (both succeeded, each with its `NodeLeft`).
+        if let Some(p) = self.peers.get_mut(&msg.node) {
+            p.set_entry(entry.clone());
+        }
         let (store, ledger) = (self.store.clone(), self.ledger.clone());
         let saved = entry.clone();
         let mesh_id = mesh.mesh_id.clone();
         Box::pin(
             async move {
-                store.run(move |c| roster::save_entry(c, &mesh, &saved).map_err(store_error)).await?;
+                // The record first: a node stopped between the two has a `NodeLeft` for a
+                // removal the next attempt completes, never a removal nobody recorded.
                 let data = serde_json::json!({
                     "node_id": entry.node_id, "node_name": entry.name, "mesh_id": mesh_id,
                     "reason": "removed", "removed_by": msg.by,
                 });
                 ledger.append(LedgerEntryType::NodeLeft, data).await?;
+                store.run(move |c| roster::save_entry(c, &mesh, &saved).map_err(store_error)).await?;
                 Ok(entry)
             }
             .into_actor(self)
-            .map(|result: Result<RosterEntry, RosterError>, act, _| {
-                let entry = result?;
+            .map(move |result: Result<RosterEntry, RosterError>, act, _| {
+                let entry = match result {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        if let Some(p) = act.peers.get_mut(&before.node_id) {
+                            p.set_entry(before);
+                        }
+                        return Err(e);
+                    }
+                };
                 act.adopt_entries(vec![entry.clone()]);
+                act.member_removed(&entry.node_id);
                 // At once, for the caller's next `pool nodes`.
                 act.flush_peers();
                 Ok(entry)
@@ -761,6 +804,15 @@ impl MeshActor {
                 self.mark_left(&entry.origin.clone());
             }
         }
+    }
+
+    /// The member (this node included) that carries `name` now (its latest advert's name):
+    /// names are what users pick nodes by (`--node beta:2`, `node remove beta`).
+    fn member_named(&self, name: &str) -> Option<NodeId> {
+        if *self.name == *name {
+            return Some(self.me.clone());
+        }
+        self.peers.iter().filter(|(_, p)| !p.entry.revoked).find(|(_, p)| *p.name == *name).map(|(id, _)| id.clone())
     }
 
     /// `node` left: it is no longer a member here (its link, if any, is closed).

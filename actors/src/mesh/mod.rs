@@ -123,6 +123,10 @@ pub struct MeshView {
     /// Dials on their way now.
     #[serde(default)]
     pub dialing: usize,
+    /// The mesh key holder removed this node (`buildnet node remove`): every member refuses its
+    /// links; `buildnet node leave` makes it a mesh of one, which a new token can admit again.
+    #[serde(default)]
+    pub removed: bool,
 }
 
 struct Peer {
@@ -671,7 +675,13 @@ impl MeshActor {
             links: self.links.values().filter(|l| l.peer.is_some()).count(),
             links_wanted: self.peers.values().filter(|p| p.wanted && !p.entry.revoked).count(),
             dialing: self.peers.values().filter(|p| p.dialing).count(),
+            removed: self.removed(),
         }
+    }
+
+    /// Whether the mesh key holder removed this node (its own roster entry is revoked).
+    fn removed(&self) -> bool {
+        self.own_entry.as_ref().is_some_and(|e| e.revoked)
     }
 }
 

@@ -48,8 +48,15 @@ pub enum RosterError {
         "this node holds the key of mesh {mesh}, which {others} other node(s) depend on: it can neither leave that mesh nor join another"
     )]
     HoldsMeshKey { mesh: String, others: usize },
-    #[error("this node cannot remove itself; run `buildnet node leave` on it instead")]
+    #[error(
+        "a member named '{name}' exists already ({holder}); start the joining node with another --name, or, if it \
+         replaces that member, remove it first (`buildnet node remove {holder}` on the mesh key holder)"
+    )]
+    NameTaken { name: String, holder: String },
+    #[error("the mesh key holder cannot remove itself (`buildnet node leave`, once every other member is removed)")]
     RemoveSelf,
+    #[error("this node was removed from mesh {0}; run `buildnet node leave` first, then join with a new token")]
+    Removed(String),
     #[error("no member with id {0} in this mesh")]
     UnknownMember(String),
     #[error("{0} is no longer a member of this mesh (it left or was removed)")]

@@ -22,7 +22,6 @@ fn mesh_error(e: RosterError) -> ApiError {
     match e {
         RosterError::Store(s) => ApiError::internal(&s),
         e @ RosterError::NotMeshAdmin => ApiError::new(StatusCode::CONFLICT, "not_mesh_admin", e.to_string()),
-        e @ RosterError::UnknownMember(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_node", e.to_string()),
         other => ApiError::new(StatusCode::CONFLICT, "mesh", other.to_string()),
     }
 }
@@ -157,12 +156,19 @@ pub async fn remove(state: web::Data<AppState>, caller: Caller, body: JsonBody) 
     let nodes = state.node.pool.view().await?.nodes;
     let node = match resolve_node(&nodes, &req.node) {
         Ok(id) => id,
-        Err(NodeLookupError::Unknown(key)) => NodeId::parse(&key).map_err(|_| {
-            ApiError::new(StatusCode::NOT_FOUND, "unknown_node", format!("node: no node named '{key}' in the pool"))
+        Err(NodeLookupError::Unknown(key)) => NodeId::parse(&key.to_ascii_lowercase()).map_err(|_| {
+            let shown: String = key.chars().take(64).collect();
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_node", format!("node: no node named '{shown}' in the pool"))
         })?,
         Err(e) => return Err(ApiError::bad_request("invalid_field", format!("node: {e}"))),
     };
-    let entry = state.node.mesh.remove(node, &caller.actor()).await.map_err(mesh_error)?;
+    let entry = state.node.mesh.remove(node, &caller.actor()).await.map_err(|e| match e {
+        e @ (RosterError::RemoveSelf | RosterError::NoLongerMember(_)) => {
+            ApiError::new(StatusCode::CONFLICT, "not_removable", format!("node: {e}"))
+        }
+        e @ RosterError::UnknownMember(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_node", format!("node: {e}")),
+        other => mesh_error(other),
+    })?;
     Ok(HttpResponse::Ok().json(RemoveNodeResponse {
         success: true,
         node_id: entry.node_id.to_string(),

@@ -11,6 +11,7 @@ use maud::{html, Markup};
 use super::{bytes, caller, html_response, layout, time};
 use crate::web::api::mesh::{topology, PoolVisualization};
 use crate::web::AppState;
+use buildnet_actors::mesh::roster::RosterError;
 use buildnet_actors::wire::{Action, NodeId, NodeState};
 
 /// Draws the topology.
@@ -134,6 +135,13 @@ pub async fn confirm_remove(req: HttpRequest, state: web::Data<AppState>, id: we
     let Some(node) = nodes.iter().find(|n| n.id.as_str() == id.as_str()) else {
         return super::not_found(Some(&who), &format!("/nodes/{id}/remove"));
     };
+    // Said before the question, not after it was answered.
+    if !state.node.mesh.view().await.is_some_and(|v| v.mesh_admin) {
+        return super::super::error_page(Some(&who), &RosterError::NotMeshAdmin.to_string());
+    }
+    if node.id == state.node.identity.node_id {
+        return super::super::error_page(Some(&who), &RosterError::RemoveSelf.to_string());
+    }
     let body = html! {
         h1 { "Remove " (node.name) " from the mesh?" }
         p { "For a member that cannot leave by itself, such as a lost machine. Every member closes its link to "

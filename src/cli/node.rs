@@ -9,6 +9,7 @@ use buildnet_actors::wire::ToolInfo;
 
 use super::output::{bytes, one_line, print_facts, spinner, time, Table};
 use super::{CliError, Ctx};
+use crate::web::api::mesh::RemoveNodeResponse;
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
@@ -39,13 +40,6 @@ struct Joined {
     mesh_id: String,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Removed {
-    success: bool,
-    node_id: String,
-    name: String,
-}
-
 pub async fn run(ctx: &Ctx, cmd: NodeCommand, join_token: Option<String>) -> Result<(), CliError> {
     match cmd {
         NodeCommand::Join { url } => {
@@ -66,7 +60,7 @@ pub async fn run(ctx: &Ctx, cmd: NodeCommand, join_token: Option<String>) -> Res
             }
         }
         NodeCommand::Remove { node } => {
-            let removed: Removed =
+            let removed: RemoveNodeResponse =
                 ctx.client.post("/api/pool/remove", Some(serde_json::json!({ "node": node }))).await?;
             if !ctx.printed_as_document(&removed) {
                 println!(

@@ -85,12 +85,9 @@ pub async fn run(ctx: &Ctx, cmd: PoolCommand) -> Result<(), CliError> {
             ]);
             println!("\nNodes ({})", p.nodes.len());
             nodes_table(&p.nodes, Some(p.coordinator.as_str()));
-            let mesh: Result<serde_json::Value, _> = ctx.client.get("/api/mesh").await;
-            if mesh.is_ok_and(|m| m["removed"] == true) {
-                println!(
-                    "\nThis node was removed from its mesh by the mesh key holder, and its members refuse its links: \
-                     `buildnet node leave` makes it a mesh of one, which a new join token can admit again."
-                );
+            let mesh: Result<buildnet_actors::mesh::MeshView, _> = ctx.client.get("/api/mesh").await;
+            if mesh.is_ok_and(|m| m.removed) {
+                println!("\n{}", buildnet_actors::mesh::REMOVED);
             }
         }
         PoolCommand::Resources { kind, node } => {

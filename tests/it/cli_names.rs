@@ -34,10 +34,15 @@ deps = ["slow"]
 #[test]
 fn names_work_wherever_ids_do_and_shared_names_are_refused() {
     let _serial = common::serial();
-    // Two nodes named alpha (ambiguous) and one beta (unique, a peer of the first).
+    // Two nodes named alpha (ambiguous) and one beta (unique, a peer of the first). A join under
+    // a name a member carries is refused, so the twin is admitted as "twin" and restarted as
+    // "alpha": a node renamed by a restart is how two members come to share a name.
     let a = TestNode::start_with(Start::named("alpha"));
     let b = a.join("beta", "builder", Start::default());
-    let twin = a.join("alpha", "builder", Start::default());
+    let admitted = a.join("twin", "builder", Start::default());
+    let twin_dir = admitted.dir.clone();
+    let (_, _keep) = admitted.stop();
+    let twin = TestNode::start_with(Start { dir: Some(twin_dir), ..Start::named("alpha") });
     common::wait_all_online(&[&a, &b, &twin]);
     let (beta, alpha1, alpha2) = (b.node_id(), a.node_id(), twin.node_id());
 

@@ -89,6 +89,9 @@ pub struct BridgeActor {
     next_msg_id: u64,
     /// Frames that arrived while the mesh was still checking the peer.
     pending: Vec<Vec<u8>>,
+    /// The socket closed while frames were pending: they are read once the mesh accepts the
+    /// peer, then the bridge stops (a member tells a removed node so, then closes at once).
+    closed_with_pending: bool,
 }
 
 impl BridgeActor {
@@ -111,6 +114,7 @@ impl BridgeActor {
             last_rekey: Instant::now(),
             next_msg_id: 1,
             pending: Vec::new(),
+            closed_with_pending: false,
         }
     }
 
@@ -301,6 +305,10 @@ impl Handler<SocketClosed> for BridgeActor {
     type Result = ();
 
     fn handle(&mut self, _: SocketClosed, ctx: &mut Context<Self>) {
+        if matches!(self.phase, Phase::Authenticating(_)) && !self.pending.is_empty() {
+            self.closed_with_pending = true;
+            return;
+        }
         self.phase = Phase::Closed;
         ctx.stop();
     }
@@ -323,6 +331,10 @@ impl Handler<Accepted> for BridgeActor {
                 self.last_rx = Instant::now();
                 for frame in std::mem::take(&mut self.pending) {
                     self.open_frame(ctx, &frame);
+                }
+                if self.closed_with_pending {
+                    self.phase = Phase::Closed;
+                    ctx.stop();
                 }
             }
             (None, _) => self.fail(ctx, "peer is not a member of this mesh (or a duplicate link)"),

@@ -15,8 +15,8 @@ use crate::events::Event;
 use crate::store::StoreHandle;
 use crate::wire::{self, LedgerEntryType, MeshMessage, NodeId, NodeState, Role};
 
-/// What a removed node says, at start and when it learns it.
-const REMOVED: &str = "this node was removed from its mesh by the mesh key holder, and its members refuse its \
+/// What a removed node says, at start, when it learns it, and in `buildnet pool status`.
+pub const REMOVED: &str = "this node was removed from its mesh by the mesh key holder, and its members refuse its \
                        links: `buildnet node leave` makes it a mesh of one, which a new join token can admit again";
 
 impl MeshActor {
@@ -415,13 +415,17 @@ impl Handler<Admit> for MeshActor {
 
     fn handle(&mut self, msg: Admit, _: &mut Context<Self>) -> Self::Result {
         let req = msg.request;
-        // Before the token is spent: a joiner told to choose another name can use it again.
-        if let Some(holder) = self.member_named(&req.name).filter(|id| *id != req.node_id) {
+        // Before the token is spent: a joiner told to choose another name can use it again. A
+        // name being admitted right now counts as taken (two joins at once under one name).
+        let taken = self.member_named(&req.name).or_else(|| self.admitting.get(&req.name).cloned());
+        if let Some(holder) = taken.filter(|id| *id != req.node_id) {
             return Box::pin(fut::ready(Err(RosterError::NameTaken {
                 name: req.name.clone(),
                 holder: holder.to_string(),
             })));
         }
+        self.admitting.insert(req.name.clone(), req.node_id.clone());
+        let admitted_name = req.name.clone();
         let store = self.store.clone();
         let mesh = self.mesh.clone().filter(|_| self.mesh_key.is_some());
         let unsigned = self.entry_for(
@@ -460,7 +464,8 @@ impl Handler<Admit> for MeshActor {
                     Ok((JoinReply::Admitted { mesh, proof, roster }, entry))
                 })
             })
-            .map(|result: Result<(JoinReply, RosterEntry), RosterError>, act, _| {
+            .map(move |result: Result<(JoinReply, RosterEntry), RosterError>, act, _| {
+                act.admitting.remove(&admitted_name);
                 let (reply, entry) = result?;
                 let id = entry.node_id.clone();
                 let address = entry.address.clone();
@@ -676,20 +681,21 @@ impl Handler<Remove> for MeshActor {
         if peer.entry.revoked {
             return refuse(RosterError::NoLongerMember(msg.node.to_string()));
         }
-        let before = peer.entry.clone();
-        let mut entry = before.clone();
+        // One removal of a member at a time: a second, asked while the first is stored, is
+        // refused (both succeeded before, each with its `NodeLeft`). The signed entry reaches
+        // the peer table, and with it any link, only once it is recorded and stored.
+        if !self.removing.insert(msg.node.clone()) {
+            return refuse(RosterError::RemovalUnderWay(msg.node.to_string()));
+        }
+        let mut entry = peer.entry.clone();
         entry.revoked = true;
         // Newer than the entry it replaces, which every member keeps otherwise.
         entry.issued_at_ms = wire::now_ms().max(entry.issued_at_ms + 1);
         key.sign(&mut entry);
-        // In the peer table at once: a second removal of the same member, asked while this one
-        // is stored, is told it is no member any more (both succeeded, each with its `NodeLeft`).
-        if let Some(p) = self.peers.get_mut(&msg.node) {
-            p.set_entry(entry.clone());
-        }
         let (store, ledger) = (self.store.clone(), self.ledger.clone());
         let saved = entry.clone();
         let mesh_id = mesh.mesh_id.clone();
+        let node = msg.node.clone();
         Box::pin(
             async move {
                 // The record first: a node stopped between the two has a `NodeLeft` for a
@@ -704,17 +710,9 @@ impl Handler<Remove> for MeshActor {
             }
             .into_actor(self)
             .map(move |result: Result<RosterEntry, RosterError>, act, _| {
-                let entry = match result {
-                    Ok(entry) => entry,
-                    Err(e) => {
-                        if let Some(p) = act.peers.get_mut(&before.node_id) {
-                            p.set_entry(before);
-                        }
-                        return Err(e);
-                    }
-                };
+                act.removing.remove(&node);
+                let entry = result?;
                 act.adopt_entries(vec![entry.clone()]);
-                act.member_removed(&entry.node_id);
                 // At once, for the caller's next `pool nodes`.
                 act.flush_peers();
                 Ok(entry)

@@ -50,7 +50,7 @@ use membership::{
     store_error, AcceptJoin, Admit, CanJoin, CreateToken, Leave, NoteRefusal, OpenJoin, RefusedJoins, ReloadRoster,
     Remove, StartJoin, TokenHash,
 };
-pub use membership::{Refusal, REFUSAL_SUMMARY_EVERY};
+pub use membership::{Refusal, REFUSAL_SUMMARY_EVERY, REMOVED};
 use netbench::NetworkTest;
 use remote::RemoteWork;
 pub use remote::{Job, Workers};
@@ -315,6 +315,10 @@ pub struct MeshActor {
     last_advert_ask: Option<Instant>,
     /// Work waiting for a link to a peer to come up: (peer, told when it is up).
     link_waiters: Vec<(NodeId, tokio::sync::oneshot::Sender<()>)>,
+    /// Members whose removal is being recorded and stored (`membership::Remove`).
+    removing: std::collections::HashSet<NodeId>,
+    /// Names of joiners being admitted, with their ids (`membership::Admit`).
+    admitting: HashMap<String, NodeId>,
     /// The peer table changed since it last went to the pool.
     peers_changed: std::cell::Cell<bool>,
     /// When the peer table last went to the pool.
@@ -394,6 +398,8 @@ impl MeshActor {
             advert_seq: 0,
             last_advert_ask: None,
             link_waiters: Vec::new(),
+            removing: Default::default(),
+            admitting: HashMap::new(),
             peers_changed: std::cell::Cell::new(true),
             peers_published: std::cell::Cell::new(None),
         };

@@ -57,6 +57,8 @@ pub enum RosterError {
     RemoveSelf,
     #[error("this node was removed from mesh {0}; run `buildnet node leave` first, then join with a new token")]
     Removed(String),
+    #[error("{0} is being removed already")]
+    RemovalUnderWay(String),
     #[error("no member with id {0} in this mesh")]
     UnknownMember(String),
     #[error("{0} is no longer a member of this mesh (it left or was removed)")]

@@ -152,6 +152,10 @@ pub struct RemoveNodeResponse {
 pub async fn remove(state: web::Data<AppState>, caller: Caller, body: JsonBody) -> Result<HttpResponse, ApiError> {
     caller.require(Action::ManageNodes, "remove a node from the mesh")?;
     let req: RemoveNodeRequest = body.parse()?;
+    // Only the key holder can remove; said before any name is looked up.
+    if !state.node.mesh.view().await.is_some_and(|v| v.mesh_admin) {
+        return Err(mesh_error(RosterError::NotMeshAdmin));
+    }
     // Ids of members that are gone already are not in the pool: asked by id, the mesh says so.
     let nodes = state.node.pool.view().await?.nodes;
     let node = match resolve_node(&nodes, &req.node) {
@@ -163,7 +167,7 @@ pub async fn remove(state: web::Data<AppState>, caller: Caller, body: JsonBody) 
         Err(e) => return Err(ApiError::bad_request("invalid_field", format!("node: {e}"))),
     };
     let entry = state.node.mesh.remove(node, &caller.actor()).await.map_err(|e| match e {
-        e @ (RosterError::RemoveSelf | RosterError::NoLongerMember(_)) => {
+        e @ (RosterError::RemoveSelf | RosterError::NoLongerMember(_) | RosterError::RemovalUnderWay(_)) => {
             ApiError::new(StatusCode::CONFLICT, "not_removable", format!("node: {e}"))
         }
         e @ RosterError::UnknownMember(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_node", format!("node: {e}")),

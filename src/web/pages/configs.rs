@@ -271,10 +271,11 @@ pub async fn edit(
         Ok(w) => w,
         Err(res) => return *res,
     };
-    let patch = match crate::web::json::parse::<serde_json::Value>(form.json.as_bytes()) {
+    // The form's own field, not an API body: its errors name `json`.
+    let patch = match serde_json::from_str::<serde_json::Value>(&form.json) {
         Ok(v) if v.is_object() => v,
-        Ok(_) => return show(&who, &state, &id, Some("the JSON must be an object")).await,
-        Err(e) => return show(&who, &state, &id, Some(&e.message)).await,
+        Ok(_) => return show(&who, &state, &id, Some("json: must be an object")).await,
+        Err(e) => return show(&who, &state, &id, Some(&format!("json: {e}"))).await,
     };
     match state.node.builds.update_config(&id, patch, &who.actor()).await {
         Ok(_) => HttpResponse::SeeOther().insert_header((header::LOCATION, format!("/configs/{id}"))).finish(),

@@ -24,15 +24,28 @@ pub struct Client {
     token: Option<String>,
     /// The fingerprint an https:// node's certificate must have (None: a known authority's).
     pin: Option<Fingerprint>,
+    /// How long an ordinary request waits for the answer (`--timeout`).
+    timeout: Duration,
+}
+
+/// `--timeout`'s default: a node answers an ordinary request in milliseconds, and one that took
+/// the connection but never answers (stopped with SIGSTOP, or wedged) held a command 300 s.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
+/// The wait for requests whose answer comes when their work is done, and for file transfers.
+const WORK_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Requests answered when their work is done: benchmarks and tests, a rescan, a join.
+fn answered_when_done(path: &str) -> bool {
+    ["/api/node/benchmark", "/api/test/", "/api/node/scan", "/api/pool/join"].iter().any(|p| path.starts_with(p))
 }
 
 impl Client {
-    pub fn new(base: String, token: Option<String>, pin: Option<Fingerprint>) -> Self {
-        Client { http: std::cell::OnceCell::new(), base: base.trim_end_matches('/').to_string(), token, pin }
+    pub fn new(base: String, token: Option<String>, pin: Option<Fingerprint>, timeout: Duration) -> Self {
+        Client { http: std::cell::OnceCell::new(), base: base.trim_end_matches('/').to_string(), token, pin, timeout }
     }
 
     fn http(&self) -> &awc::Client {
-        &self.http.get_or_init(|| tls::api_client(Duration::from_secs(300), self.pin)).0
+        &self.http.get_or_init(|| tls::api_client(WORK_TIMEOUT, self.pin)).0
     }
 
     /// A request that could not be sent: a refused TLS certificate is said as such, with what to
@@ -54,7 +67,9 @@ impl Client {
         }
         match e {
             awc::error::SendRequestError::Connect(_) => CliError::NoNode { url: self.base.clone() },
-            awc::error::SendRequestError::Timeout => CliError::Other(format!("{} did not answer in time", self.base)),
+            awc::error::SendRequestError::Timeout => {
+                CliError::NoAnswer { url: self.base.clone(), secs: self.timeout.as_secs() }
+            }
             // Something answered that does not speak HTTP.
             awc::error::SendRequestError::Response(e) => CliError::NotANode(format!(
                 "{}: {e} — is {} a BuildNet node? (--address, BUILDNET_ADDRESS)",
@@ -165,7 +180,8 @@ impl Client {
     async fn send<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<Value>) -> Result<T, CliError> {
         let url = format!("{}{path}", self.base);
         let method = awc::http::Method::from_bytes(method.as_bytes()).map_err(|e| CliError::Other(e.to_string()))?;
-        let mut req = self.http().request(method, &url);
+        let wait = if answered_when_done(path) { WORK_TIMEOUT } else { self.timeout };
+        let mut req = self.http().request(method, &url).timeout(wait);
         if let Some(token) = &self.token {
             req = req.insert_header(("Authorization", format!("Bearer {token}")));
         }

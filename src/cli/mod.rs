@@ -60,6 +60,11 @@ pub struct GlobalArgs {
     /// Output format
     #[arg(long, global = true, value_enum, default_value = "table")]
     pub format: Format,
+    /// Seconds a request waits for the node's answer; benchmarks, tests, a rescan, a join and
+    /// transfers of files wait for as long as their work takes
+    #[arg(long, global = true, env = "BUILDNET_TIMEOUT", value_name = "SECONDS", default_value_t = client::DEFAULT_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: u64,
 }
 
 // Deferred: a subcommand's arguments are made only when it is the one run, so `buildnet build`
@@ -141,6 +146,11 @@ pub enum CliError {
     /// Something other than a BuildNet node (of this version) answered at the address.
     #[error("{0}")]
     NotANode(String),
+    /// The node took the connection but did not answer in time (stopped, or overloaded).
+    #[error(
+        "{url} did not answer within {secs} s — is the node stopped or overloaded? (--timeout SECONDS waits longer)"
+    )]
+    NoAnswer { url: String, secs: u64 },
     #[error("{0}")]
     Other(String),
 }
@@ -154,7 +164,8 @@ impl CliError {
             | CliError::NoToken(_)
             | CliError::Usage(_)
             | CliError::Tls(_)
-            | CliError::NotANode(_) => 2,
+            | CliError::NotANode(_)
+            | CliError::NoAnswer { .. } => 2,
             CliError::Api { status: 401, .. } => 2,
             _ => 1,
         }
@@ -240,7 +251,11 @@ impl Ctx {
         // another key, which may not be allowed to build, has the node say so.
         let own_key = api_token.is_none() || admin_key().is_some_and(|k| k == token);
         let local_dir = (local && own_key).then_some(dir);
-        Ok(Ctx { client: Client::new(address, Some(token), pin), format: global.format, local_dir })
+        Ok(Ctx {
+            client: Client::new(address, Some(token), pin, std::time::Duration::from_secs(global.timeout)),
+            format: global.format,
+            local_dir,
+        })
     }
 
     /// Prints a document when a machine format was asked for; true if it did.

@@ -53,6 +53,24 @@ fn no_node_answers_is_one_line_and_exit_2() {
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains(&format!("is {url} a BuildNet node")), "{err}");
     }
+
+    // A port that takes the connection and never answers (a node stopped with SIGSTOP, or
+    // wedged): the command gives up after --timeout, not after five minutes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let _held = std::thread::spawn(move || listener.incoming().flatten().collect::<Vec<_>>());
+    let started = std::time::Instant::now();
+    let out = Command::new(BIN)
+        .args(["pool", "status", "--timeout", "1", "--address", &url, "--token", "bn_x", "--data-dir"])
+        .arg(empty.path())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("{url} did not answer within 1 s")) && err.contains("--timeout"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    let out = Command::new(BIN).args(["pool", "status", "--timeout", "0"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

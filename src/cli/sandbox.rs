@@ -53,7 +53,13 @@ pub fn run(args: SandboxArgs) -> i32 {
             return CANNOT_CONTAIN;
         }
     };
-    let spec =
-        Spec { dir: args.dir.unwrap_or_default(), read_only: args.read_only, level, user: args.user, argv: args.argv };
+    let spec = Spec {
+        dir: args.dir.unwrap_or_default(),
+        read_only: args.read_only,
+        level,
+        user: args.user,
+        argv: args.argv,
+        tmp: None,
+    };
     contain::run(&spec)
 }

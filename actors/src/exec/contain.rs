@@ -73,6 +73,15 @@ pub struct Spec {
     /// Run as this uid/gid (the node runs as root).
     pub user: Option<u32>,
     pub argv: Vec<String>,
+    /// A directory of the sandbox (its TMPDIR) covered, for this package alone, by a tmpfs of
+    /// its own when the level has namespaces: temporary files stay in memory and go with the
+    /// package. On disk, every compile's temporary files were inodes made and freed in the
+    /// sandbox's block group, and on ext4 without a journal each new inode there skips every
+    /// one freed in the last minutes (`recently_deleted`): a quarter of the compiler driver's
+    /// time and a fifth of the assembler's in a 30-package C build, against 1 % and 4 % under
+    /// make with `/tmp`.
+    #[serde(default)]
+    pub tmp: Option<PathBuf>,
 }
 
 /// Why the launcher could not contain a package (it exits 126 with this on stderr).
@@ -202,6 +211,7 @@ enum Step {
     GidMap,
     PrivateMounts,
     Tmpfs,
+    TmpDir,
     Mountpoint,
     Bind,
     Proc,
@@ -345,6 +355,8 @@ pub struct Prepared {
     /// The user to become (the node runs as root); the sandbox is already theirs.
     user: Option<u32>,
     dir: CString,
+    /// The TMPDIR covered by a tmpfs of the package's own, with that tmpfs's options.
+    tmp: Option<(CString, CString)>,
     landlock: Option<Landlock>,
     exec: Exec,
     /// For the words of a failure.
@@ -372,6 +384,19 @@ impl Prepared {
         }
         let landlock = spec.level.has_landlock().then(|| landlock(spec)).transpose()?;
         let dir = c_path(&spec.dir).map_err(|_| ContainError::Exec("the sandbox's path contains a NUL byte".into()))?;
+        // Owned by the user the package becomes (root inside a user namespace maps to the
+        // node's own user); at most half the memory, the kernel's default, said outright.
+        let options = match user {
+            Some(user) => format!("mode=0700,size=50%,uid={user},gid={user}"),
+            None => "mode=0700,size=50%".to_string(),
+        };
+        let tmp = match (&spec.tmp, namespaces) {
+            (Some(path), Some(_)) => Some((
+                c_path(path).map_err(|_| ContainError::Exec("the TMPDIR's path contains a NUL byte".into()))?,
+                CString::new(options).map_err(|_| ContainError::Exec("tmpfs options".into()))?,
+            )),
+            _ => None,
+        };
         Ok(Prepared {
             namespaces,
             user_map: namespaces.and_then(|n| n.user_map()),
@@ -379,6 +404,7 @@ impl Prepared {
             mounts,
             user,
             dir,
+            tmp,
             landlock,
             exec: Exec::new(&spec.argv, env)?,
             dir_shown: spec.dir.display().to_string(),
@@ -453,6 +479,12 @@ impl Prepared {
                         }
                     }
                 }
+                // Last: where the sandbox is bound into a cover, through the bind.
+                if let Some((path, options)) = &self.tmp {
+                    let flags = (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong;
+                    let tmpfs = c"tmpfs".as_ptr();
+                    check(Step::TmpDir, libc::mount(tmpfs, path.as_ptr(), tmpfs, flags, options.as_ptr().cast()))?;
+                }
             }
             if let Some(user) = self.user {
                 // Raw calls: glibc's wrappers would signal the other threads of a process that
@@ -506,6 +538,7 @@ impl Prepared {
             Step::GidMap => namespaces("gid_map"),
             Step::PrivateMounts => namespaces("private mounts"),
             Step::Tmpfs => namespaces("tmpfs"),
+            Step::TmpDir => namespaces("tmpfs on TMPDIR"),
             Step::Mountpoint => namespaces("mountpoint"),
             Step::Bind => namespaces("bind"),
             Step::Proc => namespaces("/proc"),
@@ -1195,6 +1228,7 @@ mod tests {
             read_only: vec![],
             level: SandboxLevel::None,
             user: None,
+            tmp: None,
             argv: vec!["true".into()],
         };
         for (name, value) in [("A=B", "x"), ("", "x"), ("A", "nul\0inside")] {
@@ -1234,6 +1268,7 @@ mod tests {
             read_only: vec![],
             level: SandboxLevel::Full,
             user: None,
+            tmp: None,
             argv: vec![
                 "sh".into(),
                 "-c".into(),
@@ -1297,6 +1332,7 @@ mod tests {
             read_only: vec![],
             level: SandboxLevel::Full,
             user: Some(NOBODY),
+            tmp: None,
             argv: vec![
                 "sh".into(),
                 "-c".into(),
@@ -1336,6 +1372,7 @@ mod tests {
             read_only: vec![],
             level: SandboxLevel::Landlock,
             user: None,
+            tmp: None,
             argv: vec!["sh".into(), "-c".into(), shell],
         };
         let env = [("PATH", "/usr/bin:/bin"), ("A", "first"), ("B", "b"), ("A", "second")];

@@ -154,6 +154,7 @@ impl Launch {
                     level,
                     user: self.user,
                     argv,
+                    tmp: Some(tmp.clone()),
                 };
                 server.start(&spec, &env, &stdout, &stderr).map(Running::Served)
             }

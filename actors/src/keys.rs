@@ -17,7 +17,7 @@ pub const KEY_PREFIX: &str = "bn_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("name: must be 1 to 64 printable characters")]
+    #[error("name: must be 1 to 64 printable characters, with no blank at either end")]
     BadName,
     #[error("no key with id '{0}'")]
     NotFound(String),

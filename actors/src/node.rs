@@ -59,7 +59,7 @@ pub enum NodeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(
-        "the node's name (--name, or node_name in the node config): must be 1 to {} printable characters",
+        "the node's name (--name, or node_name in the node config): must be 1 to {} printable characters, with no blank at either end",
         wire::MAX_NAME
     )]
     BadName,

@@ -77,7 +77,7 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         return Err(ApiError::bad_request("invalid_body", "body: expected a JSON object ({…})"));
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let mut msg = inner.to_string();
@@ -86,5 +86,8 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         }
         let message = if path == "." { format!("body: {msg}") } else { format!("{path}: {msg}") };
         ApiError::bad_request("invalid_body", message)
-    })
+    })?;
+    // Nothing after the value: `{"name":"k"} ["more"]` was taken as the first object.
+    de.end().map_err(|_| ApiError::bad_request("invalid_body", "body: something follows the JSON object"))?;
+    Ok(value)
 }

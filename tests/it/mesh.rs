@@ -424,6 +424,13 @@ fn the_key_holder_removes_a_lost_member_which_every_member_then_refuses() {
         let (status, body) = a.post("/api/pool/remove", &bad);
         assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_body")), "{body}");
     }
+    let (status, body) = common::http(
+        "POST",
+        &format!("{}/api/pool/remove", a.url),
+        &[("Authorization", &format!("Bearer {}", a.admin_key)), ("Content-Type", "application/json")],
+        Some(br#"{"node": "beta"} ["gamma"]"#),
+    );
+    assert!(status == 400 && body.contains("something follows the JSON object"), "{status} {body}");
     assert!(a.sees_up(&c_id), "nothing was removed by the refused requests");
 
     // Gamma's machine is lost. A new machine meant to replace it under its name is refused while
@@ -513,4 +520,8 @@ fn the_key_holder_removes_a_lost_member_which_every_member_then_refuses() {
     wait_until("beta's link closed", Duration::from_secs(10), || (a.get("/api/mesh").1["links"] == 0).then_some(()));
     let out = a.cli(&["node", "leave"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Its new mesh of one admits a node that sees it: the new mesh's roster holds its entry (a
+    // tester found joiners refusing its links for ever, the roster they got lacking it).
+    let d = a.join("delta", "builder", Start::default());
+    common::wait_all_online(&[&a, &d]);
 }

@@ -308,7 +308,9 @@ fn a_second_node_on_a_data_dir_in_use_is_refused_and_the_first_keeps_serving() {
 #[test]
 fn a_name_that_could_forge_a_line_of_another_users_table_is_refused_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for name in ["x\u{1b}[2J\u{1b}[31mFAKE", "two\nlines", &"n".repeat(65), ""] {
+    // A blank at either end too: names are looked up trimmed, and " beta" would be found as
+    // "beta", another node (a tester removed the wrong node that way).
+    for name in ["x\u{1b}[2J\u{1b}[31mFAKE", "two\nlines", &"n".repeat(65), "", " beta", "beta\t"] {
         let out = Command::new(BIN)
             .args(["up", "--listen", "127.0.0.1:0", "--name", name, "--data-dir"])
             .arg(dir.path())

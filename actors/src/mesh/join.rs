@@ -97,7 +97,10 @@ impl JoinRequest {
     /// Field caps and shape, before anything is signed or stored. Names the field at fault.
     pub fn check_fields(&self) -> Result<(), String> {
         if !wire::is_display_name(&self.name) {
-            return Err(format!("name: must be 1 to {} printable characters", wire::MAX_NAME));
+            return Err(format!(
+                "name: must be 1 to {} printable characters, with no blank at either end",
+                wire::MAX_NAME
+            ));
         }
         if self.address.len() > MAX_ADDRESS
             || !self.address.contains("://")

@@ -608,6 +608,17 @@ impl Handler<Leave> for MeshActor {
         let (ledger, store, data_dir, me) =
             (self.ledger.clone(), self.store.clone(), self.data_dir.clone(), self.me.clone());
         let mesh_id = self.mesh.as_ref().map(|m| m.mesh_id.clone());
+        // Its own entry in the new mesh, as a start writes it (`refresh_own_entry`): without
+        // it, a node admitted to the new mesh got a roster without its admitter and refused
+        // that node's links for ever.
+        let mut own = self.entry_for(
+            self.me.clone(),
+            self.name.clone(),
+            Role::Admin,
+            wire::hex(&self.identity.public_key()),
+            wire::hex(&self.noise_public),
+            self.address.clone(),
+        );
         Box::pin(
             async move {
                 let left = ledger
@@ -621,32 +632,40 @@ impl Handler<Leave> for MeshActor {
                 let recent = ledger.entries_after(me, left.seq.saturating_sub(SYNC_BATCH as u64), SYNC_BATCH).await?;
                 let key = MeshKey::create(&data_dir)?;
                 let info = key.info();
-                let saved = info.clone();
-                store.run(move |c| roster::save_mesh(c, &saved).map_err(store_error)).await?;
-                Ok((key, info, recent))
+                key.sign(&mut own);
+                let (saved, entry) = (info.clone(), own.clone());
+                store
+                    .run(move |c| {
+                        roster::save_mesh(c, &saved).map_err(store_error)?;
+                        roster::save_entry(c, &saved, &entry).map(|_| ()).map_err(store_error)
+                    })
+                    .await?;
+                Ok((key, info, recent, own))
             }
             .into_actor(self)
-            .map(|result: Result<(MeshKey, MeshInfo, Vec<wire::LedgerEntry>), RosterError>, act, _| {
-                let (key, info, recent) = result?;
-                for entries in split_batch(recent) {
-                    act.broadcast(MeshMessage::LedgerEntries { entries, hop: 1 });
-                }
-                act.broadcast(MeshMessage::Leave { node_id: act.me.clone() });
-                for link in act.links.values() {
-                    link.addr.do_send(bridge::Close);
-                }
-                act.peers.clear();
-                // An entry of the old mesh (revoked, if it was removed from it) is no longer this node's.
-                act.own_entry = None;
-                act.mesh = Some(info);
-                act.mesh_key = Some(key);
-                act.role = Role::Admin;
-                // At once: the pool, and with it `pool nodes`, showed the old peers online
-                // until the next periodic flush.
-                act.peers_changed.set(true);
-                act.flush_peers();
-                Ok(())
-            }),
+            .map(
+                |result: Result<(MeshKey, MeshInfo, Vec<wire::LedgerEntry>, RosterEntry), RosterError>, act, _| {
+                    let (key, info, recent, own) = result?;
+                    for entries in split_batch(recent) {
+                        act.broadcast(MeshMessage::LedgerEntries { entries, hop: 1 });
+                    }
+                    act.broadcast(MeshMessage::Leave { node_id: act.me.clone() });
+                    for link in act.links.values() {
+                        link.addr.do_send(bridge::Close);
+                    }
+                    act.peers.clear();
+                    // Its entry of the new mesh; the old one (revoked, if it was removed) is gone.
+                    act.own_entry = Some(own);
+                    act.mesh = Some(info);
+                    act.mesh_key = Some(key);
+                    act.role = Role::Admin;
+                    // At once: the pool, and with it `pool nodes`, showed the old peers online
+                    // until the next periodic flush.
+                    act.peers_changed.set(true);
+                    act.flush_peers();
+                    Ok(())
+                },
+            ),
         )
     }
 }

@@ -152,7 +152,10 @@ pub const MAX_NAME: usize = 64;
 /// and isolates, zero-width characters, line and paragraph separators), which would let a
 /// name pass for another.
 pub fn is_display_name(name: &str) -> bool {
+    // Blanks at either end are refused too: names are looked up trimmed, so " beta" would be
+    // found as "beta", another node.
     !name.trim().is_empty()
+        && name.trim() == name
         && name.chars().count() <= MAX_NAME
         && !name.chars().any(|c| c.is_control() || is_invisible(c))
 }

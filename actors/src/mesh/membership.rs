@@ -29,17 +29,22 @@ impl MeshActor {
         if mine.as_ref().is_some_and(|e| e.address == self.address && e.name == self.name && !e.revoked) {
             return Ok(());
         }
-        let mut entry = self.entry_for(
+        let mut entry = self.own_admin_entry();
+        key.sign(&mut entry);
+        self.store.run(move |c| roster::save_entry(c, &mesh, &entry).map(|_| ()).map_err(store_error)).await?;
+        Ok(())
+    }
+
+    /// This node's roster entry as the holder of its mesh's key (unsigned).
+    fn own_admin_entry(&self) -> RosterEntry {
+        self.entry_for(
             self.me.clone(),
             self.name.clone(),
             Role::Admin,
             wire::hex(&self.identity.public_key()),
             wire::hex(&self.noise_public),
             self.address.clone(),
-        );
-        key.sign(&mut entry);
-        self.store.run(move |c| roster::save_entry(c, &mesh, &entry).map(|_| ()).map_err(store_error)).await?;
-        Ok(())
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -611,14 +616,7 @@ impl Handler<Leave> for MeshActor {
         // Its own entry in the new mesh, as a start writes it (`refresh_own_entry`): without
         // it, a node admitted to the new mesh got a roster without its admitter and refused
         // that node's links for ever.
-        let mut own = self.entry_for(
-            self.me.clone(),
-            self.name.clone(),
-            Role::Admin,
-            wire::hex(&self.identity.public_key()),
-            wire::hex(&self.noise_public),
-            self.address.clone(),
-        );
+        let mut own = self.own_admin_entry();
         Box::pin(
             async move {
                 let left = ledger

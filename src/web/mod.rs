@@ -56,7 +56,7 @@ pub fn server(
         App::new()
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(json::MAX_BODY_BYTES))
-            .app_data(web::FormConfig::default().limit(64 * 1024))
+            .app_data(web::FormConfig::default().limit(64 * 1024).error_handler(form_error))
             .app_data(
                 web::QueryConfig::default()
                     .error_handler(|e, _| ApiError::bad_request("invalid_query", e.to_string()).into()),
@@ -121,6 +121,15 @@ async fn stop_on_signal(
     mesh.stop().await;
     let _ = stop_told.send(true);
     server.stop(true).await;
+}
+
+/// A page form that cannot be read (a field missing, a value of the wrong kind, too large):
+/// the error page, not actix's plain-text "Parse error". Forms are the pages' alone; the API
+/// reads JSON.
+fn form_error(e: actix_web::error::UrlencodedError, req: &HttpRequest) -> actix_web::Error {
+    let caller = req.app_data::<web::Data<AppState>>().and_then(|state| auth::authenticate(req, state));
+    let page = error_page(caller.as_ref(), &format!("The form could not be read ({e}); reload the page and try again."));
+    actix_web::error::InternalError::from_response(e, page).into()
 }
 
 /// Waits for the next of `signals` (for ever when none could be caught).

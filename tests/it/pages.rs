@@ -616,6 +616,9 @@ fn the_key_holder_removes_a_member_from_the_nodes_page_after_asking() {
     assert!(page.contains("Remove beta from the mesh?") && page.contains("data-confirm-remove=\"beta\""), "{page}");
     let (status, _) = http("POST", &ask, &[ctype, ("Cookie", &auth_a)], Some(b"csrf=forged"));
     assert_eq!(status, 400);
+    // A form without its field is the error page too (it was actix's plain-text "Parse error").
+    let (status, page) = http("POST", &ask, &[ctype, ("Cookie", &auth_a)], Some(b"other=1"));
+    assert!(status == 400 && page.contains("The form could not be read") && page.contains("<html"), "{page}");
     assert!(a.sees_up(&b_id), "asking and a forged form removed nothing");
     let csrf = hidden_csrf(&page);
     let (status, _) = http("POST", &ask, &[ctype, ("Cookie", &auth_a)], Some(format!("csrf={csrf}").as_bytes()));

@@ -60,6 +60,7 @@ pub fn run(args: SandboxArgs) -> i32 {
         user: args.user,
         argv: args.argv,
         tmp: None,
+        given: false,
     };
     contain::run(&spec)
 }

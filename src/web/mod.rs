@@ -128,7 +128,8 @@ async fn stop_on_signal(
 /// reads JSON.
 fn form_error(e: actix_web::error::UrlencodedError, req: &HttpRequest) -> actix_web::Error {
     let caller = req.app_data::<web::Data<AppState>>().and_then(|state| auth::authenticate(req, state));
-    let page = error_page(caller.as_ref(), &format!("The form could not be read ({e}); reload the page and try again."));
+    let page =
+        error_page(caller.as_ref(), &format!("The form could not be read ({e}); reload the page and try again."));
     actix_web::error::InternalError::from_response(e, page).into()
 }
 

@@ -262,6 +262,7 @@ fn an_unprivileged_fork_server_contains_its_package_in_a_user_namespace() {
         level: SandboxLevel::Full,
         user: None,
         tmp: Some(sandbox.join(".tmp")),
+        given: false,
         argv: vec![
             "/bin/sh".into(),
             "-c".into(),
@@ -508,6 +509,7 @@ fn a_package_sees_what_was_mounted_after_its_namespaces_were_made_ahead() {
             level: SandboxLevel::Full,
             user: None,
             tmp: None,
+            given: false,
             argv: vec!["/bin/sh".into(), "-c".into(), line.into()],
         };
         let (status, said) = served(&server, &spec);

@@ -82,6 +82,10 @@ pub struct Spec {
     /// make with `/tmp`.
     #[serde(default)]
     pub tmp: Option<PathBuf>,
+    /// The daemon has given the sandbox to `user` as it laid it out (`sandbox::give_sandbox`):
+    /// the launcher does not walk it to do so.
+    #[serde(default)]
+    pub given: bool,
 }
 
 /// Why the launcher could not contain a package (it exits 126 with this on stderr).
@@ -378,7 +382,7 @@ impl Prepared {
             (Some(_), Some(_)) => expose_to_nobody(spec)?,
             _ => (Vec::new(), Vec::new()),
         };
-        if let Some(user) = user {
+        if let Some(user) = user.filter(|_| !spec.given) {
             chown_tree(&spec.dir, user)
                 .map_err(|e| ContainError::User { user, detail: format!("{}: {e}", spec.dir.display()) })?;
         }
@@ -1229,6 +1233,7 @@ mod tests {
             level: SandboxLevel::None,
             user: None,
             tmp: None,
+            given: false,
             argv: vec!["true".into()],
         };
         for (name, value) in [("A=B", "x"), ("", "x"), ("A", "nul\0inside")] {
@@ -1269,6 +1274,7 @@ mod tests {
             level: SandboxLevel::Full,
             user: None,
             tmp: None,
+            given: false,
             argv: vec![
                 "sh".into(),
                 "-c".into(),
@@ -1333,6 +1339,7 @@ mod tests {
             level: SandboxLevel::Full,
             user: Some(NOBODY),
             tmp: None,
+            given: false,
             argv: vec![
                 "sh".into(),
                 "-c".into(),
@@ -1373,6 +1380,7 @@ mod tests {
             level: SandboxLevel::Landlock,
             user: None,
             tmp: None,
+            given: false,
             argv: vec!["sh".into(), "-c".into(), shell],
         };
         let env = [("PATH", "/usr/bin:/bin"), ("A", "first"), ("B", "b"), ("A", "second")];

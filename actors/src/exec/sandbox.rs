@@ -124,7 +124,7 @@ impl Launch {
     /// Starts the package in `dir` as the leader of its own process group, stdin /dev/null,
     /// output to `stdout` and `stderr`. Its environment is what it declared plus PATH, HOME and
     /// TMPDIR inside the sandbox, nothing of the node's.
-    fn start(&self, dir: &Path, task: &Task, stdout: OwnedFd, stderr: OwnedFd) -> Result<Running, String> {
+    fn start(&self, dir: &Path, task: &Task, given: bool, stdout: OwnedFd, stderr: OwnedFd) -> Result<Running, String> {
         let argv: Vec<String> = match &task.invocation {
             Invocation::Argv(argv) => argv.clone(),
             Invocation::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
@@ -155,6 +155,7 @@ impl Launch {
                     user: self.user,
                     argv,
                     tmp: Some(tmp.clone()),
+                    given,
                 };
                 server.start(&spec, &env, &stdout, &stderr).map(Running::Served)
             }
@@ -795,7 +796,17 @@ fn run_in(
         Ok(pipes) => pipes,
         Err(e) => return Ok(failed(format!("could not create the output pipes: {e}"), started)),
     };
-    let running = match launch.start(dir, task, out_write, err_write) {
+    // A package that runs as another user gets its sandbox given to it here, where what was
+    // laid out is known, rather than by the launcher walking all of it (the walk and a stat per
+    // input were the most of the fork server's time per package: a C compile has every header).
+    let given = match launch.links_for() {
+        Some(user) => match give_sandbox(dir, task, linked, user) {
+            Ok(()) => true,
+            Err(e) => return Ok(failed(format!("sandbox {}: giving it to user {user}: {e}", dir.display()), started)),
+        },
+        None => false,
+    };
+    let running = match launch.start(dir, task, given, out_write, err_write) {
         Ok(r) => r,
         Err(e) => return Ok(failed(e, started)),
     };
@@ -843,6 +854,26 @@ fn run_in(
     }
     result.duration_ms = started.elapsed().as_millis() as u64;
     Ok(result)
+}
+
+/// Gives the sandbox `dir`, just laid out for `task`, to `user`: the sandbox, its `.tmp` and the
+/// directories the task's files go into, and every input that is not a hard link to a stored
+/// object (those stay the store's, read-only: see `contain::chown_tree`). A pooled sandbox's
+/// kept directories are the user's already; giving them again costs a call each, not a walk.
+fn give_sandbox(dir: &Path, task: &Task, linked: &[Linked], user: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::lchown;
+    let give = |path: &Path| lchown(path, Some(user), Some(user));
+    std::fs::create_dir_all(dir.join(TMP))?;
+    give(dir)?;
+    give(&dir.join(TMP))?;
+    for d in super::layout::dirs(task) {
+        give(&dir.join(d))?;
+    }
+    let links: BTreeSet<&str> = linked.iter().map(|l| l.path.as_str()).collect();
+    for f in task.files.iter().filter(|f| !links.contains(f.path.as_str())) {
+        give(&dir.join(&f.path))?;
+    }
+    Ok(())
 }
 
 /// A pipe whose ends are closed on exec (the package gets its end through dup2).

@@ -34,9 +34,25 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
 /// The wait for requests whose answer comes when their work is done, and for file transfers.
 const WORK_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Requests answered when their work is done: benchmarks and tests, a rescan, a join.
+/// Requests answered when their work is done, which can take longer than an ordinary answer:
+/// benchmarks and tests, a rescan, joining, leaving and removing (the mesh's records), a ledger
+/// sync or verify (they grow with the ledger), adding a project (its files are read) and an
+/// estimate.
 fn answered_when_done(path: &str) -> bool {
-    ["/api/node/benchmark", "/api/test/", "/api/node/scan", "/api/pool/join"].iter().any(|p| path.starts_with(p))
+    [
+        "/api/node/benchmark",
+        "/api/test/",
+        "/api/node/scan",
+        "/api/pool/join",
+        "/api/pool/leave",
+        "/api/pool/remove",
+        "/api/ledger/sync",
+        "/api/ledger/verify",
+        "/api/projects",
+        "/api/build/estimate",
+    ]
+    .iter()
+    .any(|p| path.starts_with(p))
 }
 
 impl Client {

@@ -176,6 +176,7 @@ fn a_packages_temporary_files_are_in_memory_of_its_own_and_go_with_it() {
     let level = node.get("/api/node").1["sandbox"].as_str().expect("sandbox level").to_string();
     let work = tempfile::tempdir().expect("tempdir");
     let shell = "stat -f -c %T \"$TMPDIR\" > kind.txt; stat -c %U:%a \"$TMPDIR\" >> kind.txt; \
+                 stat -f -c %b:%S \"$TMPDIR\" >> kind.txt; \
                  head -c 1048576 /dev/zero > \"$TMPDIR/big\"; ls \"$TMPDIR\" >> kind.txt";
     std::fs::write(
         work.path().join("buildnet.toml"),
@@ -189,7 +190,19 @@ fn a_packages_temporary_files_are_in_memory_of_its_own_and_go_with_it() {
         let lines: Vec<&str> = kind.lines().collect();
         if level == "landlock+namespaces" {
             let owner = if is_root() { "nobody:700" } else { "root:700" };
-            assert_eq!(lines, ["tmpfs", owner, "big"], "{kind}");
+            assert_eq!((lines[0], lines[1], lines[3]), ("tmpfs", owner, "big"), "{kind}");
+            // Bounded: the memory over twice the cores, so a package per core fills at most half
+            // of it (its pages belong to no process: the OOM killer would pick the daemon).
+            let (blocks, block) = lines[2].split_once(':').expect("size");
+            let size = blocks.parse::<u64>().expect("blocks") * block.parse::<u64>().expect("block size");
+            let memory_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+                .expect("meminfo")
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+                .expect("MemTotal");
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+            assert!(size <= memory_kb * 1024 / (2 * cores) + (1 << 20), "{size} bytes: {kind}");
         } else {
             assert_ne!(lines.first(), Some(&"tmpfs"), "{kind}");
         }

@@ -389,10 +389,14 @@ impl Prepared {
         let landlock = spec.level.has_landlock().then(|| landlock(spec)).transpose()?;
         let dir = c_path(&spec.dir).map_err(|_| ContainError::Exec("the sandbox's path contains a NUL byte".into()))?;
         // Owned by the user the package becomes (root inside a user namespace maps to the
-        // node's own user); at most half the memory, the kernel's default, said outright.
+        // node's own user). Its pages belong to no process, so the OOM killer would pick the
+        // daemon rather than the package that filled it: each holds at most the memory over
+        // twice the cores (a node runs a package per core, so together at most half the
+        // memory), and a quarter million files.
+        let size = format!("mode=0700,size={},nr_inodes=262144", tmp_bytes());
         let options = match user {
-            Some(user) => format!("mode=0700,size=50%,uid={user},gid={user}"),
-            None => "mode=0700,size=50%".to_string(),
+            Some(user) => format!("{size},uid={user},gid={user}"),
+            None => size,
         };
         let tmp = match (&spec.tmp, namespaces) {
             (Some(path), Some(_)) => Some((
@@ -1150,6 +1154,15 @@ fn expose_to_nobody(spec: &Spec) -> Result<(Vec<CString>, Vec<MountStep>), Conta
     }
     let covers = covered.iter().map(|c| c_path(c)).collect::<Result<_, _>>().map_err(nul)?;
     Ok((covers, mounts))
+}
+
+/// The most a package's TMPDIR holds: the machine's memory over twice its cores.
+fn tmp_bytes() -> u64 {
+    // SAFETY: sysconf takes a constant and returns a number (-1 when unknown).
+    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let memory = (pages.max(0) as u64).saturating_mul(page.max(0) as u64);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    (memory / (2 * cores)).max(64 << 20)
 }
 
 /// Gives every entry under `dir` to `user`, without following links — except files with more

@@ -87,11 +87,7 @@ impl MeshActor {
     fn take_roster(&mut self, roster: Vec<(RosterEntry, String)>) {
         for (entry, address) in roster {
             if entry.node_id == self.me {
-                if entry.revoked {
-                    log::warn!("{REMOVED}");
-                }
-                self.role = entry.role;
-                self.own_entry = Some(entry);
+                self.take_own_entry(entry);
                 continue;
             }
             match self.peers.get_mut(&entry.node_id) {
@@ -152,11 +148,7 @@ impl MeshActor {
         let mut removed = false;
         for e in fresh {
             if e.node_id == self.me {
-                if e.revoked {
-                    log::warn!("{REMOVED}");
-                }
-                self.role = e.role;
-                self.own_entry = Some(e);
+                self.take_own_entry(e);
                 continue;
             }
             let (id, revoked) = (e.node_id.clone(), e.revoked);
@@ -182,16 +174,31 @@ impl MeshActor {
     /// A member was removed (its revoked entry is in the peer table): its link is closed, and
     /// pages and subscribers are told it is offline, "removed".
     fn member_removed(&mut self, id: &NodeId) {
+        self.member_gone(id, "removed");
+        self.peers_changed.set(true);
+    }
+
+    /// This node's own roster entry, at start or as received; a revoked one is said.
+    fn take_own_entry(&mut self, entry: RosterEntry) {
+        if entry.revoked {
+            log::warn!("{REMOVED}");
+        }
+        self.role = entry.role;
+        self.own_entry = Some(entry);
+    }
+
+    /// A member that is no longer one (it left, or was removed): its link is closed, and pages
+    /// and subscribers are told it is offline, with why.
+    fn member_gone(&mut self, id: &NodeId, why: &str) {
         if let Some(link) = self.peers.get(id).and_then(|p| p.link).and_then(|l| self.links.get(&l)) {
             link.addr.do_send(bridge::Close);
         }
-        log::info!("{id} was removed from the mesh");
+        log::info!("{id} is no longer a member of the mesh ({why})");
         self.events.publish(Event::NodeStatus {
             node_id: id.clone(),
             status: NodeState::Offline,
-            reason: Some("removed".into()),
+            reason: Some(why.into()),
         });
-        self.peers_changed.set(true);
     }
 
     pub(super) async fn all_entries(store: &StoreHandle) -> Vec<RosterEntry> {
@@ -833,16 +840,8 @@ impl MeshActor {
     /// `node` left: it is no longer a member here (its link, if any, is closed).
     fn mark_left(&mut self, node: &NodeId) {
         let Some(p) = self.peers.get_mut(node).filter(|p| !p.entry.revoked) else { return };
-        log::info!("{node} left the mesh");
         p.entry.revoked = true;
-        if let Some(link) = p.link.and_then(|l| self.links.get(&l)) {
-            link.addr.do_send(bridge::Close);
-        }
-        self.events.publish(Event::NodeStatus {
-            node_id: node.clone(),
-            status: NodeState::Offline,
-            reason: Some("left".into()),
-        });
+        self.member_gone(node, "left");
         self.publish_peers();
     }
 }

@@ -90,6 +90,15 @@ fn three_nodes_form_one_pool_with_one_ledger() {
     });
     let out = c.cli(&["ledger", "sync"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A read-only key may not make the node ask every peer (each call would).
+    let (status, body) = common::http(
+        "POST",
+        &format!("{}/api/ledger/sync", a.url),
+        &[("Authorization", &format!("Bearer {key}")), ("Content-Type", "application/json")],
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("admin"), "it says which role may: {body}");
 }
 
 #[test]

@@ -87,6 +87,11 @@ fn bad_requests(digest: &str, outside: &Path) -> Vec<(Value, String)> {
         ),
         (json!({ "a.txt": file("b.txt", digest) }), r#"files["a.txt"].path: 'b.txt' differs from its key"#.into()),
         (json!({ "a.txt": file("a.txt\u{0}x", digest) }), r#"files["a.txt"].path: 'a.txt\0x' contains a NUL"#.into()),
+        // The package's TMPDIR: a tmpfs of its own would hide the input.
+        (
+            json!({ "a.txt": file("a.txt", digest), ".tmp/a.txt": file(".tmp/a.txt", digest) }),
+            r#"files[".tmp/a.txt"]: '.tmp/a.txt' is under '.tmp'"#.into(),
+        ),
     ]
 }
 
@@ -133,6 +138,12 @@ fn a_request_naming_files_outside_the_project_is_refused_naming_the_field() {
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_project")), "{body}");
     let message = body["error"]["message"].as_str().expect("message");
     assert!(message.contains("packages.p.outputs[0]: '../../../x' has a '..' component"), "{message}");
+    // An output in the package's TMPDIR would go with it.
+    let files = json!({ "a.txt": file("a.txt", &digest) });
+    let (status, body) = send_as(&node, &builder, "POST", "/api/build", &request(files, &[".tmp/out.txt"], None));
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_project")), "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("packages.p.outputs[0]: '.tmp/out.txt' is under '.tmp'"), "{message}");
 
     // A digest that is none, or an input with no entry, is the request's mistake, named as such;
     // no upload could mend it (it was answered `missing_blobs`).
@@ -327,4 +338,40 @@ fn a_link_in_the_project_at_an_output_path_is_never_written_through() {
     assert!(stderr.lines().any(|l| l.contains(want)), "{stderr}");
     assert_eq!(std::fs::read_to_string(outside.join("victim.txt")).expect("victim"), "precious\n");
     assert_eq!(std::fs::read_dir(&outside).expect("outside").count(), 1, "nothing else was written outside");
+}
+
+/// Each package's TMPDIR is its sandbox's `.tmp` (a tmpfs of its own where the node has
+/// namespaces): a project file a glob finds there, or an output declared there, would be hidden
+/// or lost in the sandbox, so the CLI refuses the build in one line naming the path.
+#[test]
+fn a_project_path_in_the_packages_tmpdir_is_refused_by_the_cli() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let builder = node.key("builder");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("project");
+    std::fs::create_dir_all(root.join(".tmp")).expect("project");
+    std::fs::write(root.join("a.txt"), "a\n").expect("input");
+    std::fs::write(root.join(".tmp/b.txt"), "b\n").expect("input in .tmp");
+    let manifest = |inputs: &str, output: &str| {
+        format!("[packages.p]\nshell = \"cat *.txt > {output}\"\ninputs = [{inputs}]\noutputs = [\"{output}\"]\n")
+    };
+    for (inputs, output, want) in [
+        ("\"**/*.txt\"", "out.log", "'.tmp/b.txt' is under '.tmp'"),
+        ("\"a.txt\"", ".tmp/out.log", "'.tmp/out.log' is under '.tmp'"),
+    ] {
+        std::fs::write(root.join("buildnet.toml"), manifest(inputs, output)).expect("manifest");
+        let out = build_as(&node, &builder, &root, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(want) && stderr.contains("TMPDIR"), "{stderr}");
+    }
+    let (_, history) = node.get("/api/builds");
+    assert_eq!(history["builds"].as_array().map(Vec::len), Some(0), "nothing was asked for: {history}");
+    // Outside `.tmp` the same project builds.
+    std::fs::write(root.join("buildnet.toml"), manifest("\"a.txt\"", "out.log")).expect("manifest");
+    let out = build_as(&node, &builder, &root, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(root.join("out.log")).expect("output"), "a\n");
 }

@@ -434,8 +434,8 @@ impl Wanted {
 /// removed per package were 39 % of the daemon's CPU in a 200-package build, and the directories
 /// its inputs go into (`src/`, `include/`, `obj/`) ~190 ms of CPU per c-compdb build.
 const FREE_SANDBOXES: &str = ".free";
-/// Each package's TMPDIR, inside its sandbox.
-const TMP: &str = ".tmp";
+/// Each package's TMPDIR, inside its sandbox (no project path may lie under it: `check_path`).
+const TMP: &str = crate::wire::SANDBOX_TMP;
 
 /// An emptied sandbox in a pool, with the empty directories kept in it (relative to it, each
 /// after its parent) for a package that lays out its files in the same ones, and the inputs kept

@@ -42,7 +42,16 @@ pub enum PathError {
     ComponentTooLong { len: usize },
     #[error("must be a single name, without '/'")]
     NotAName,
+    #[error(
+        "is under '{SANDBOX_TMP}', which is each package's TMPDIR in its sandbox; rename it or leave it out of the inputs and outputs"
+    )]
+    Reserved,
 }
+
+/// Each package's `TMPDIR` in its sandbox. No project path may lie under it: at levels with
+/// namespaces it is a tmpfs of the package's own, which would hide an input laid out there and
+/// swallow an output written there, and at every level the executor makes and empties it.
+pub const SANDBOX_TMP: &str = ".tmp";
 
 /// Checks a path string from outside. `Ok` means: relative, `/`-separated, inside whatever
 /// root it is joined onto (before symbolic links, which [`join_no_follow`] deals with).
@@ -70,6 +79,9 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
             c if c.len() > MAX_COMPONENT_BYTES => return Err(PathError::ComponentTooLong { len: c.len() }),
             _ => {}
         }
+    }
+    if path.split('/').next() == Some(SANDBOX_TMP) {
+        return Err(PathError::Reserved);
     }
     Ok(())
 }
@@ -184,8 +196,21 @@ mod tests {
 
     #[test]
     fn ordinary_paths_pass() {
-        for p in ["a", "a.c", "src/main.c", "obj/x.o", ".hidden", "a/.b/c..d", "...", "with space", "ünï/cödé", "*.h"]
-        {
+        for p in [
+            "a",
+            "a.c",
+            "src/main.c",
+            "obj/x.o",
+            ".hidden",
+            "a/.b/c..d",
+            "...",
+            "with space",
+            "ünï/cödé",
+            "*.h",
+            ".tmpx",
+            "a/.tmp/b",
+            ".tmp.c",
+        ] {
             assert_eq!(check_path(p), Ok(()), "{p}");
         }
         assert_eq!(check_path("a/".repeat(2000).trim_end_matches('/')), Ok(()));
@@ -201,6 +226,9 @@ mod tests {
             ("../../../../x", PathError::ParentDir),
             ("a/../../x", PathError::ParentDir),
             ("a/..", PathError::ParentDir),
+            (".tmp", PathError::Reserved),
+            (".tmp/x.c", PathError::Reserved),
+            (".tmp/a/b", PathError::Reserved),
             ("..", PathError::ParentDir),
             ("./a", PathError::CurDir),
             ("a/./b", PathError::CurDir),

@@ -68,6 +68,11 @@ impl Task {
 
     pub fn check_paths(&self) -> Result<(), BadPath> {
         check_name(&self.build_id).map_err(|e| BadPath::new("task.build_id", &self.build_id, e))?;
+        // A build's directory sits beside the node's own entries of its sandboxes' root (the
+        // pool of emptied sandboxes, `.free`): a requester's build id may not name one.
+        if self.build_id.starts_with('.') {
+            return Err(BadPath::new("task.build_id", &self.build_id, "starts with '.', which build ids never do"));
+        }
         if self.expansion().is_none() {
             check_name(&self.package).map_err(|e| BadPath::new("task.package", &self.package, e))?;
         }
@@ -216,6 +221,9 @@ mod tests {
             (|t| t.build_id = "../..".into(), "task.build_id: '../..' has a '..'"),
             (|t| t.package = "a/b".into(), "task.package: 'a/b' must be a single name"),
             (|t| t.package = "t[../x]".into(), "task.package: 't[../x]' must be a single name"),
+            (|t| t.build_id = ".free".into(), "task.build_id: '.free' starts with '.'"),
+            (|t| t.files[0].path = ".tmp/a.c".into(), "task.files[0].path: '.tmp/a.c' is under '.tmp'"),
+            (|t| t.outputs[0] = ".tmp/app".into(), "task.outputs[0]: '.tmp/app' is under '.tmp'"),
         ];
         for (spoil, want) in cases {
             let mut t = task();

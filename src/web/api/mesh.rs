@@ -186,11 +186,13 @@ pub struct SyncResponse {
     pub peers: usize,
 }
 
-/// Forces a ledger exchange with every linked peer now.
+/// Forces a ledger exchange with every linked peer now (an admin's: each call sends a request
+/// to every peer, which a read-only key could repeat to load the whole mesh; the exchange runs
+/// every second anyway).
 #[utoipa::path(post, path = "/api/ledger/sync", tag = "ledger",
     responses((status = 200, body = SyncResponse)), security(("bearer" = [])))]
 pub async fn sync(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
-    caller.require(Action::View, "sync the ledger")?;
+    caller.require(Action::ManageNodes, "sync the ledger")?;
     Ok(HttpResponse::Ok().json(SyncResponse { peers: state.node.mesh.sync_now().await }))
 }
 

@@ -182,6 +182,56 @@ fn a_running_build_can_be_cancelled_and_observers_cannot_build() {
     assert_eq!(status, 403, "an observer cannot trigger work");
 }
 
+/// What ended before a kill -9 is kept: the rows of packages that ended while the build ran
+/// are written within half a second, and the interrupted build's end is the last thing known
+/// of it, not the next start (its duration leaves out the time the node was down).
+#[test]
+fn a_killed_nodes_build_keeps_what_ended_and_its_duration_leaves_out_the_downtime() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("buildnet.toml"),
+        "[packages.quick]\nshell = \"echo quick > q.txt\"\noutputs = [\"q.txt\"]\n\n\
+         [packages.slow]\nshell = \"sleep 60\"\n\n\
+         [packages.after]\nshell = \"true\"\ndeps = [\"slow\"]\n",
+    )
+    .expect("manifest");
+    let mut child = spawn_build(&node, dir.path(), &[], std::process::Stdio::null());
+    let (id, started_at) = wait_until("quick done and slow running", Duration::from_secs(20), || {
+        let (_, list) = node.get("/api/builds");
+        let b = list["builds"].as_array()?.first()?.clone();
+        let (_, status) = node.get(&format!("/api/build/{}", b["id"].as_str()?));
+        let state =
+            |name: &str| status["packages"].as_array()?.iter().find(|p| p["name"] == name).map(|p| p["state"].clone());
+        (state("quick")? == "succeeded" && state("slow")? == "running")
+            .then(|| Some((b["id"].as_str()?.to_string(), status["started_at_ms"].as_u64()?)))
+            .flatten()
+    });
+    // Past the rows' save, then killed.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut node = node;
+    node.child.kill().expect("kill -9");
+    let _ = node.child.wait();
+    let killed_at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let _ = child.kill();
+    let _ = child.wait();
+    std::thread::sleep(Duration::from_secs(3));
+
+    let again = TestNode::start_with(common::Start { dir: Some(node.dir.clone()), ..Default::default() });
+    let (_, status) = again.get(&format!("/api/build/{id}"));
+    assert_eq!(status["status"], "failed", "{status}");
+    assert!(status["error"].as_str().is_some_and(|e| e.starts_with("interrupted")), "{status}");
+    let packages = status["packages"].as_array().expect("packages");
+    let quick = packages.iter().find(|p| p["name"] == "quick").expect("the package that ended is kept");
+    assert_eq!(quick["state"], "succeeded", "{status}");
+    assert!(quick["node"].is_string() && quick["duration_ms"].is_u64(), "{status}");
+    assert!(packages.iter().all(|p| p["name"] != "slow" || p["state"] != "running"), "{status}");
+    let duration = status["duration_ms"].as_u64().expect("duration");
+    assert!(duration + started_at <= killed_at, "ends no later than the kill, not at the restart 3 s on: {status}");
+}
+
 #[test]
 fn a_build_under_way_when_its_node_is_killed_ends_as_interrupted_at_the_next_start() {
     let _shared = common::shared();

@@ -20,15 +20,18 @@ pub const INTERRUPTED: &str = "interrupted: the node stopped while the build ran
 /// way: their rows still say running, and nothing would ever end them (a cancel finds no build
 /// to stop). A build whose end this node's ledger already holds (the row's save was lost) takes
 /// that end; any other is marked failed with [`INTERRUPTED`], its `BuildFailed` entry appended
-/// before its row changes, so a start that fails half-way leaves the rest for the next one. Run
-/// at start, before any build can begin. Returns the ids of the builds it ended as interrupted.
+/// before its row changes, so a start that fails half-way leaves the rest for the next one. Its
+/// end is the last thing known of it — a package's end in its row ([`Rows::Ended`]), or any
+/// node's ledger entry for it — not this start, so its duration leaves out the time the node
+/// was down. Run at start, before any build can begin. Returns the ids of the builds it ended
+/// as interrupted.
 pub async fn end_interrupted(
     store: &StoreHandle,
     ledger: &LedgerHandle,
     me: &NodeId,
 ) -> Result<Vec<String>, StoreError> {
     let origin = me.to_string();
-    let found: Vec<(String, Option<RecordedEnd>)> = store
+    let found: Vec<(String, Option<RecordedEnd>, i64)> = store
         .run(move |conn| {
             let ids: Vec<String> = conn
                 .prepare("SELECT id FROM builds WHERE status = ?1 ORDER BY started_at")?
@@ -40,16 +43,26 @@ pub async fn end_interrupted(
                    AND json_extract(entry_data, '$.build_id') = ?2
                  ORDER BY seq DESC LIMIT 1",
             )?;
+            // Read before this start appends anything for the build; never later than now (a
+            // peer's clock may be ahead).
+            let mut last = conn.prepare(
+                "SELECT MIN(?2, MAX(started_at,
+                    COALESCE((SELECT MAX(completed_at) FROM build_packages WHERE build_id = ?1), 0),
+                    COALESCE((SELECT MAX(hlc_wall) FROM ledger WHERE json_extract(entry_data, '$.build_id') = ?1), 0)))
+                 FROM builds WHERE id = ?1",
+            )?;
+            let now = crate::wire::now_ms() as i64;
             ids.into_iter()
                 .map(|id| {
                     let recorded = end.query_row(params![origin, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
-                    Ok((id, recorded))
+                    let last: i64 = last.query_row(params![id, now], |r| r.get(0))?;
+                    Ok((id, recorded, last))
                 })
                 .collect()
         })
         .await?;
     let mut interrupted = Vec::new();
-    for (id, recorded) in found {
+    for (id, recorded, last) in found {
         let (state, error) = match recorded {
             Some((kind, _, _)) if kind == "BuildCompleted" => (BuildState::Succeeded, None),
             Some((_, status, error)) => {
@@ -64,14 +77,13 @@ pub async fn end_interrupted(
                 (BuildState::Failed, Some(INTERRUPTED.to_string()))
             }
         };
-        let now = crate::wire::now_ms() as i64;
         store
             .run(move |conn| {
                 conn.execute(
                     "UPDATE builds SET status = ?1, error = ?2, completed_at = COALESCE(completed_at, ?3),
                        duration_ms = COALESCE(duration_ms, MAX(0, ?3 - started_at))
                      WHERE id = ?4 AND status = ?5",
-                    params![state.as_str(), error, now, id, BuildState::Running.as_str()],
+                    params![state.as_str(), error, last, id, BuildState::Running.as_str()],
                 )?;
                 Ok(())
             })
@@ -94,6 +106,10 @@ pub enum Rows {
     Start { request: Option<String> },
     /// Its row and one per package (with each result).
     WithPackages,
+    /// The rows of these packages (by position), which ended while the build runs; not the
+    /// build's own row, so a save that reaches the store after the build's last one changes
+    /// nothing (an ended package's row is final).
+    Ended(Vec<usize>),
 }
 
 /// Writes a build, and with [`Rows::WithPackages`] its packages, to the history tables.
@@ -104,10 +120,10 @@ pub async fn save(store: &StoreHandle, status: &BuildStatus, rows: Rows) -> Resu
         "executed": status.packages.iter().filter(|p| p.state == PackageState::Succeeded).count(),
     });
     let artifacts = serde_json::to_string(&status.outputs()).unwrap_or_default();
-    let packages = if rows == Rows::WithPackages { status.packages.clone() } else { Vec::new() };
-    let request = match rows {
-        Rows::Start { request } => request,
-        Rows::WithPackages => None,
+    let (build_row, packages, request) = match rows {
+        Rows::Start { request } => (true, Vec::new(), request),
+        Rows::WithPackages => (true, status.packages.clone(), None),
+        Rows::Ended(which) => (false, which.iter().filter_map(|&i| status.packages.get(i).cloned()).collect(), None),
     };
     let (id, state, triggered_by, error) =
         (status.id.clone(), status.status, status.triggered_by.clone(), status.error.clone());
@@ -115,22 +131,24 @@ pub async fn save(store: &StoreHandle, status: &BuildStatus, rows: Rows) -> Resu
     store
         .run(move |conn| {
             let tx = conn.transaction()?;
-            tx.prepare_cached(
-                "INSERT INTO builds (id, config_id, status, started_at, completed_at, duration_ms, error, metrics, artifacts, triggered_by)
-                 VALUES (?1, NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT(id) DO UPDATE SET status = ?2, completed_at = ?4, duration_ms = ?5, error = ?6, metrics = ?7, artifacts = ?8",
-            )?
-            .execute(params![
-                id,
-                state.as_str(),
-                started as i64,
-                completed.map(|t| t as i64),
-                duration.map(|t| t as i64),
-                error,
-                metrics.to_string(),
-                artifacts,
-                triggered_by
-            ])?;
+            if build_row {
+                tx.prepare_cached(
+                    "INSERT INTO builds (id, config_id, status, started_at, completed_at, duration_ms, error, metrics, artifacts, triggered_by)
+                     VALUES (?1, NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT(id) DO UPDATE SET status = ?2, completed_at = ?4, duration_ms = ?5, error = ?6, metrics = ?7, artifacts = ?8",
+                )?
+                .execute(params![
+                    id,
+                    state.as_str(),
+                    started as i64,
+                    completed.map(|t| t as i64),
+                    duration.map(|t| t as i64),
+                    error,
+                    metrics.to_string(),
+                    artifacts,
+                    triggered_by
+                ])?;
+            }
             if let Some(request) = &request {
                 tx.prepare_cached("INSERT INTO build_requests (build_id, request) VALUES (?1, ?2)")?
                     .execute(params![id, request])?;

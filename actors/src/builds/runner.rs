@@ -197,7 +197,16 @@ pub struct BuildActor {
     /// Callers waiting for the build's end ([`WhenDone`]): sent its final status once its
     /// history and ledger entry are written, or dropped if it stops otherwise.
     waiting: Vec<tokio::sync::oneshot::Sender<BuildStatus>>,
+    /// Packages (by position) that ended since their rows were last written, and the timer
+    /// that writes them ([`ENDED_SAVE`]).
+    unsaved: BTreeSet<usize>,
+    ended_save: Option<SpawnHandle>,
 }
+
+/// How soon the rows of packages that ended are written while their build runs: a node killed
+/// mid-build keeps what ended until then in its history. A build that ends sooner writes them
+/// with its own rows instead, so a short build costs no more store work than before.
+const ENDED_SAVE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Live builds by id, shared with the web layer.
 pub type Registry = Arc<Mutex<HashMap<String, Addr<BuildActor>>>>;
@@ -244,6 +253,28 @@ impl BuildActor {
             cancel: Arc::new(AtomicBool::new(false)),
             registry,
             waiting: Vec::new(),
+            unsaved: BTreeSet::new(),
+            ended_save: None,
+        }
+    }
+
+    /// Marks the package at `i` ended, and has its row written within [`ENDED_SAVE`].
+    fn ended(&mut self, i: usize, ctx: &mut Context<Self>) {
+        self.unsaved.insert(i);
+        if self.ended_save.is_none() {
+            self.ended_save = Some(ctx.run_later(ENDED_SAVE, |act, ctx| {
+                act.ended_save = None;
+                let which: Vec<usize> = std::mem::take(&mut act.unsaved).into_iter().collect();
+                let (store, status) = (act.ctx.store.clone(), act.status.clone());
+                ctx.spawn(
+                    async move {
+                        if let Err(e) = save(&store, &status, Rows::Ended(which)).await {
+                            log::warn!("saving the packages of build {} that ended: {e}", status.id);
+                        }
+                    }
+                    .into_actor(act),
+                );
+            }));
         }
     }
 
@@ -255,15 +286,18 @@ impl BuildActor {
         self.frontier.position(name).and_then(|i| self.status.packages.get_mut(i))
     }
 
-    /// A package ended: its dependents may start, or, if it did not succeed, are skipped.
-    fn settle(&mut self, name: &str, ok: bool) {
+    /// A package ended: its dependents may start, or, if it did not succeed, are skipped. Both
+    /// have their rows written soon ([`BuildActor::ended`]).
+    fn settle(&mut self, name: &str, ok: bool, ctx: &mut Context<Self>) {
         let Some(i) = self.frontier.position(name) else { return };
+        self.ended(i, ctx);
         for skipped in self.frontier.finish(i, ok) {
             let Some(p) = self.status.packages.get_mut(skipped) else { continue };
             p.state = PackageState::Skipped;
             p.error = Some("a dependency failed".into());
             let name = p.name.clone();
             self.publish(&name);
+            self.ended(skipped, ctx);
         }
     }
 
@@ -330,7 +364,7 @@ impl BuildActor {
                         p.error = Some(e);
                     }
                     self.publish(&name);
-                    self.settle(&name, false);
+                    self.settle(&name, false, ctx);
                 }
                 Ok(task) => {
                     if let Some(p) = self.pkg_mut(&name) {
@@ -400,7 +434,7 @@ impl BuildActor {
             }
             act.publish(&name);
             let ok = act.pkg(&name).is_some_and(|p| p.state.ok());
-            act.settle(&name, ok);
+            act.settle(&name, ok, ctx);
             act.schedule(ctx);
         }));
     }
@@ -409,6 +443,11 @@ impl BuildActor {
         if self.status.done() {
             return;
         }
+        // Every row is written below.
+        if let Some(timer) = self.ended_save.take() {
+            ctx.cancel_future(timer);
+        }
+        self.unsaved.clear();
         let now = wire::now_ms();
         let cancelled = self.cancel.load(Ordering::SeqCst);
         let failed: Vec<&PackageStatus> =

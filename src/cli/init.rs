@@ -12,6 +12,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use buildnet_actors::builds::{inputs, project};
+use buildnet_actors::wire;
 
 use super::{CliError, Ctx, GlobalArgs};
 use serde_json::Value;
@@ -217,6 +218,8 @@ fn from_compdb(root: &Path, db: &Path) -> Result<(String, Vec<String>), CliError
         };
         let source =
             rel(dir, &e.file).ok_or_else(|| fail(format!("entry {i}: '{}' is outside {}", e.file, root.display())))?;
+        // A path no manifest may name (under `.tmp`, say) is the project's to move, not a guess gone wrong.
+        wire::check_path(&source).map_err(|e| fail(format!("entry {i}: '{source}' {e}")))?;
         let mut command = Vec::new();
         let (mut includes, mut output) = (vec![], e.output.clone().and_then(|o| rel(dir, &o)));
         let mut it = argv.iter().peekable();
@@ -249,6 +252,7 @@ fn from_compdb(root: &Path, db: &Path) -> Result<(String, Vec<String>), CliError
                 o
             }
         };
+        wire::check_path(&object).map_err(|e| fail(format!("entry {i}: its output '{object}' {e}")))?;
         let mut inputs = vec![source.clone()];
         let source_dir = source.rsplit_once('/').map_or(String::new(), |(d, _)| d.to_string());
         for d in std::iter::once(source_dir).chain(includes) {

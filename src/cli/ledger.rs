@@ -29,7 +29,7 @@ pub struct LedgerArgs {
 pub enum LedgerCommand {
     /// Check every chain's links, hashes and signatures; exit 1 naming the first bad entry
     Verify,
-    /// Exchange ledger heads with every linked peer now
+    /// Exchange ledger heads with every linked peer now (an admin key; it also runs every second)
     Sync,
 }
 

@@ -341,10 +341,12 @@ fn a_link_in_the_project_at_an_output_path_is_never_written_through() {
 }
 
 /// Each package's TMPDIR is its sandbox's `.tmp` (a tmpfs of its own where the node has
-/// namespaces): a project file a glob finds there, or an output declared there, would be hidden
-/// or lost in the sandbox, so the CLI refuses the build in one line naming the path.
+/// namespaces): no glob looks there, and a project file named there outright, or an output
+/// declared there, would be hidden or lost in the sandbox, so the CLI refuses the build in one
+/// line naming the path. `buildnet init` skips it, and says so of a compilation database's
+/// source there (the project's to move, not a guess gone wrong).
 #[test]
-fn a_project_path_in_the_packages_tmpdir_is_refused_by_the_cli() {
+fn a_project_path_in_the_packages_tmpdir_is_skipped_by_globs_and_refused_when_named() {
     let _shared = common::shared();
     let node = TestNode::start();
     let builder = node.key("builder");
@@ -357,7 +359,7 @@ fn a_project_path_in_the_packages_tmpdir_is_refused_by_the_cli() {
         format!("[packages.p]\nshell = \"cat *.txt > {output}\"\ninputs = [{inputs}]\noutputs = [\"{output}\"]\n")
     };
     for (inputs, output, want) in [
-        ("\"**/*.txt\"", "out.log", "'.tmp/b.txt' is under '.tmp'"),
+        ("\"a.txt\", \".tmp/b.txt\"", "out.log", "'.tmp/b.txt' is under '.tmp'"),
         ("\"a.txt\"", ".tmp/out.log", "'.tmp/out.log' is under '.tmp'"),
     ] {
         std::fs::write(root.join("buildnet.toml"), manifest(inputs, output)).expect("manifest");
@@ -369,9 +371,31 @@ fn a_project_path_in_the_packages_tmpdir_is_refused_by_the_cli() {
     }
     let (_, history) = node.get("/api/builds");
     assert_eq!(history["builds"].as_array().map(Vec::len), Some(0), "nothing was asked for: {history}");
-    // Outside `.tmp` the same project builds.
-    std::fs::write(root.join("buildnet.toml"), manifest("\"a.txt\"", "out.log")).expect("manifest");
+    // A glob does not look into `.tmp`: the package sees a.txt alone.
+    std::fs::write(root.join("buildnet.toml"), manifest("\"**/*.txt\"", "out.log")).expect("manifest");
     let out = build_as(&node, &builder, &root, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(root.join("out.log")).expect("output"), "a\n");
+
+    // `buildnet init`: media found beside a `.tmp` of notes; a compilation database's source
+    // in `.tmp` is named as the project's to move.
+    let init = |dir: &Path, extra: &[&str]| {
+        Command::new(common::BIN).arg("init").arg(dir).args(extra).output().expect("run buildnet init")
+    };
+    let media = tmp.path().join("media");
+    std::fs::create_dir_all(media.join("img")).expect("img");
+    std::fs::create_dir_all(media.join(".tmp")).expect(".tmp");
+    std::fs::write(media.join("img/a.pgm"), b"P5\n2 2\n255\n\0\x10\x20\x30").expect("image");
+    std::fs::write(media.join(".tmp/notes.txt"), "notes\n").expect("notes");
+    let out = init(&media, &["--dry-run"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let c = tmp.path().join("c");
+    std::fs::create_dir_all(c.join(".tmp")).expect(".tmp");
+    std::fs::write(c.join(".tmp/gen.c"), "int gen(void) { return 1; }\n").expect("source");
+    let db = json!([{ "directory": c, "file": ".tmp/gen.c", "arguments": ["cc", "-c", ".tmp/gen.c", "-o", "gen.o"] }]);
+    std::fs::write(c.join("compile_commands.json"), db.to_string()).expect("database");
+    let out = init(&c, &["--dry-run"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("entry 0: '.tmp/gen.c' is under '.tmp'") && !stderr.contains("report"), "{stderr}");
 }

@@ -81,6 +81,11 @@ pub fn expand_listing(root: &Path, pattern: &str, listed: &mut Listed) -> Result
             let entry = entry.map_err(|e| format!("'{rel_dir}': {e}"))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            // Each package's TMPDIR in its sandbox: no glob looks there (a path named there
+            // outright is refused by `check_path`).
+            if rel_dir.is_empty() && name == crate::wire::SANDBOX_TMP {
+                continue;
+            }
             let rel = if rel_dir.is_empty() { name.to_string() } else { format!("{rel_dir}/{name}") };
             let kind = entry.file_type().map_err(|e| format!("'{rel}': {e}"))?;
             if kind.is_dir() {

@@ -348,6 +348,11 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         required: opts.config.sandbox.require,
         me: identity.node_id.clone(),
     });
+    // Before any build can start, and before the mesh brings in peers' entries from the time
+    // this node was down: what was running when it last stopped has ended.
+    for id in crate::builds::history::end_interrupted(&store, &ledger, &identity.node_id).await? {
+        log::warn!("build {id} was running when this node stopped; it is recorded as failed (interrupted)");
+    }
     let mesh = MeshHandle::start(
         MeshActor::load(MeshOptions {
             identity: identity.clone(),
@@ -368,10 +373,6 @@ pub async fn start(opts: NodeOptions) -> Result<Started, NodeError> {
         })
         .await?,
     );
-    // Before any build can start: what was running when this node last stopped has ended.
-    for id in crate::builds::history::end_interrupted(&store, &ledger, &identity.node_id).await? {
-        log::warn!("build {id} was running when this node stopped; it is recorded as failed (interrupted)");
-    }
     let pool = PoolHandle::start(PoolActor::new(node.clone(), pool_tools));
     mesh.set_pool(pool.peers_sink());
     let workers = Workers::new(identity.node_id.clone(), executor, mesh.clone());

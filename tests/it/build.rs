@@ -182,6 +182,34 @@ fn a_running_build_can_be_cancelled_and_observers_cannot_build() {
     assert_eq!(status, 403, "an observer cannot trigger work");
 }
 
+/// A build longer than the rows' save (half a second): the packages that ended early were
+/// written as they ended, the rest by the build's end, and the history holds every one.
+#[test]
+fn a_longer_builds_history_holds_every_package_whether_written_as_it_ended_or_at_the_end() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("buildnet.toml"),
+        "[packages.quick]\nshell = \"echo q > q.txt\"\noutputs = [\"q.txt\"]\n\n\
+         [packages.slow]\nshell = \"sleep 1.2; echo s > s.txt\"\noutputs = [\"s.txt\"]\n\n\
+         [packages.last]\nshell = \"cat s.txt > l.txt\"\ndeps = [\"slow\"]\noutputs = [\"l.txt\"]\n",
+    )
+    .expect("manifest");
+    let out = build(&node, dir.path(), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, list) = node.get("/api/builds");
+    let summary = list["builds"][0].clone();
+    assert_eq!((summary["packages"].as_u64(), summary["executed"].as_u64()), (Some(3), Some(3)), "{summary}");
+    let (_, status) = node.get(&format!("/api/build/{}", summary["id"].as_str().expect("id")));
+    let packages = status["packages"].as_array().expect("packages");
+    assert_eq!(packages.len(), 3, "{status}");
+    for p in packages {
+        assert_eq!(p["state"], "succeeded", "{status}");
+        assert!(p["node"].is_string() && p["outputs"].as_array().is_some_and(|o| o.len() == 1), "{status}");
+    }
+}
+
 /// What ended before a kill -9 is kept: the rows of packages that ended while the build ran
 /// are written within half a second, and the interrupted build's end is the last thing known
 /// of it, not the next start (its duration leaves out the time the node was down).
@@ -227,9 +255,13 @@ fn a_killed_nodes_build_keeps_what_ended_and_its_duration_leaves_out_the_downtim
     let quick = packages.iter().find(|p| p["name"] == "quick").expect("the package that ended is kept");
     assert_eq!(quick["state"], "succeeded", "{status}");
     assert!(quick["node"].is_string() && quick["duration_ms"].is_u64(), "{status}");
-    assert!(packages.iter().all(|p| p["name"] != "slow" || p["state"] != "running"), "{status}");
+    assert_eq!(packages.len(), 1, "what had not ended has no row: {status}");
     let duration = status["duration_ms"].as_u64().expect("duration");
     assert!(duration + started_at <= killed_at, "ends no later than the kill, not at the restart 3 s on: {status}");
+    // Its summary counts what ran.
+    let (_, list) = again.get("/api/builds");
+    let summary = list["builds"].as_array().and_then(|b| b.iter().find(|b| b["id"] == id.as_str())).expect("listed");
+    assert_eq!((summary["packages"].as_u64(), summary["executed"].as_u64()), (Some(3), Some(1)), "{summary}");
 }
 
 #[test]

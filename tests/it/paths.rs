@@ -380,7 +380,9 @@ fn a_project_path_in_the_packages_tmpdir_is_skipped_by_globs_and_refused_when_na
     // `buildnet init`: media found beside a `.tmp` of notes; a compilation database's source
     // in `.tmp` is named as the project's to move.
     let init = |dir: &Path, extra: &[&str]| {
-        Command::new(common::BIN).arg("init").arg(dir).args(extra).output().expect("run buildnet init")
+        let mut args = vec!["init", dir.to_str().expect("utf-8 path")];
+        args.extend(extra);
+        node.cli(&args)
     };
     let media = tmp.path().join("media");
     std::fs::create_dir_all(media.join("img")).expect("img");

@@ -21,7 +21,7 @@ pub const INTERRUPTED: &str = "interrupted: the node stopped while the build ran
 /// to stop). A build whose end this node's ledger already holds (the row's save was lost) takes
 /// that end; any other is marked failed with [`INTERRUPTED`], its `BuildFailed` entry appended
 /// before its row changes, so a start that fails half-way leaves the rest for the next one. Its
-/// end is the last thing known of it — a package's end in its row ([`Rows::Ended`]), or any
+/// end is the last thing known of it — a package's end in its row ([`save_ended`]), or any
 /// node's ledger entry for it — not this start, so its duration leaves out the time the node
 /// was down. Run at start, before any build can begin. Returns the ids of the builds it ended
 /// as interrupted.
@@ -43,12 +43,18 @@ pub async fn end_interrupted(
                    AND json_extract(entry_data, '$.build_id') = ?2
                  ORDER BY seq DESC LIMIT 1",
             )?;
-            // Read before this start appends anything for the build; never later than now (a
-            // peer's clock may be ahead).
+            // Read before this start appends anything for the build, and before the mesh starts
+            // (a peer still running one of its packages would sync in an entry from the
+            // downtime); never later than now (a peer's clock may be ahead). A build's end
+            // entries are not activity: an earlier start's own interrupted `BuildFailed` would
+            // put the end in the downtime. Only entries since the build started are read, by the
+            // time index: every entry's JSON is parsed otherwise (0.7 s per build in 1M).
             let mut last = conn.prepare(
                 "SELECT MIN(?2, MAX(started_at,
                     COALESCE((SELECT MAX(completed_at) FROM build_packages WHERE build_id = ?1), 0),
-                    COALESCE((SELECT MAX(hlc_wall) FROM ledger WHERE json_extract(entry_data, '$.build_id') = ?1), 0)))
+                    COALESCE((SELECT MAX(hlc_wall) FROM ledger WHERE hlc_wall >= builds.started_at
+                              AND entry_type NOT IN ('BuildCompleted', 'BuildFailed')
+                              AND json_extract(entry_data, '$.build_id') = ?1), 0)))
                  FROM builds WHERE id = ?1",
             )?;
             let now = crate::wire::now_ms() as i64;
@@ -79,11 +85,22 @@ pub async fn end_interrupted(
         };
         store
             .run(move |conn| {
+                // Its summary counts what its rows say ran (the row's was written at its start).
                 conn.execute(
                     "UPDATE builds SET status = ?1, error = ?2, completed_at = COALESCE(completed_at, ?3),
-                       duration_ms = COALESCE(duration_ms, MAX(0, ?3 - started_at))
+                       duration_ms = COALESCE(duration_ms, MAX(0, ?3 - started_at)),
+                       metrics = json_set(COALESCE(json(metrics), '{}'),
+                         '$.executed', (SELECT COUNT(*) FROM build_packages WHERE build_id = ?4 AND status = ?6),
+                         '$.cached', (SELECT COUNT(*) FROM build_package_results WHERE build_id = ?4 AND cache_hit))
                      WHERE id = ?4 AND status = ?5",
-                    params![state.as_str(), error, last, id, BuildState::Running.as_str()],
+                    params![
+                        state.as_str(),
+                        error,
+                        last,
+                        id,
+                        BuildState::Running.as_str(),
+                        PackageState::Succeeded.as_str()
+                    ],
                 )?;
                 Ok(())
             })
@@ -104,15 +121,12 @@ pub enum Rows {
     /// failure is logged, not the build's: such a build runs, and cannot be run again by id
     /// once it has ended.
     Start { request: Option<String> },
-    /// Its row and one per package (with each result).
-    WithPackages,
-    /// The rows of these packages (by position), which ended while the build runs; not the
-    /// build's own row, so a save that reaches the store after the build's last one changes
-    /// nothing (an ended package's row is final).
-    Ended(Vec<usize>),
+    /// Its row and one per package (with each result), but those (by position) already
+    /// written as they ended ([`save_ended`]): an ended package's row is final.
+    End { written: std::collections::BTreeSet<usize> },
 }
 
-/// Writes a build, and with [`Rows::WithPackages`] its packages, to the history tables.
+/// Writes a build's row, and with [`Rows::End`] its packages', to the history tables.
 pub async fn save(store: &StoreHandle, status: &BuildStatus, rows: Rows) -> Result<(), StoreError> {
     let metrics = serde_json::json!({
         "packages": status.packages.len(),
@@ -120,10 +134,12 @@ pub async fn save(store: &StoreHandle, status: &BuildStatus, rows: Rows) -> Resu
         "executed": status.packages.iter().filter(|p| p.state == PackageState::Succeeded).count(),
     });
     let artifacts = serde_json::to_string(&status.outputs()).unwrap_or_default();
-    let (build_row, packages, request) = match rows {
-        Rows::Start { request } => (true, Vec::new(), request),
-        Rows::WithPackages => (true, status.packages.clone(), None),
-        Rows::Ended(which) => (false, which.iter().filter_map(|&i| status.packages.get(i).cloned()).collect(), None),
+    let (packages, request) = match rows {
+        Rows::Start { request } => (Vec::new(), request),
+        Rows::End { written } => {
+            let unwritten = status.packages.iter().enumerate().filter(|(i, _)| !written.contains(i));
+            (unwritten.map(|(_, p)| p.clone()).collect(), None)
+        }
     };
     let (id, state, triggered_by, error) =
         (status.id.clone(), status.status, status.triggered_by.clone(), status.error.clone());
@@ -131,67 +147,83 @@ pub async fn save(store: &StoreHandle, status: &BuildStatus, rows: Rows) -> Resu
     store
         .run(move |conn| {
             let tx = conn.transaction()?;
-            if build_row {
-                tx.prepare_cached(
-                    "INSERT INTO builds (id, config_id, status, started_at, completed_at, duration_ms, error, metrics, artifacts, triggered_by)
-                     VALUES (?1, NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                     ON CONFLICT(id) DO UPDATE SET status = ?2, completed_at = ?4, duration_ms = ?5, error = ?6, metrics = ?7, artifacts = ?8",
-                )?
-                .execute(params![
-                    id,
-                    state.as_str(),
-                    started as i64,
-                    completed.map(|t| t as i64),
-                    duration.map(|t| t as i64),
-                    error,
-                    metrics.to_string(),
-                    artifacts,
-                    triggered_by
-                ])?;
-            }
+            tx.prepare_cached(
+                "INSERT INTO builds (id, config_id, status, started_at, completed_at, duration_ms, error, metrics, artifacts, triggered_by)
+                 VALUES (?1, NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(id) DO UPDATE SET status = ?2, completed_at = ?4, duration_ms = ?5, error = ?6, metrics = ?7, artifacts = ?8",
+            )?
+            .execute(params![
+                id,
+                state.as_str(),
+                started as i64,
+                completed.map(|t| t as i64),
+                duration.map(|t| t as i64),
+                error,
+                metrics.to_string(),
+                artifacts,
+                triggered_by
+            ])?;
             if let Some(request) = &request {
                 tx.prepare_cached("INSERT INTO build_requests (build_id, request) VALUES (?1, ?2)")?
                     .execute(params![id, request])?;
             }
-            // Two statements per package, prepared once per connection: preparing them anew for every package was ~10 % of
-            // the daemon's CPU in 200-package builds (issue 14). The node is kept only when the
-            // roster knows it (the foreign key).
-            let mut package_row = tx.prepare_cached(
-                "INSERT INTO build_packages (id, build_id, package_name, status, started_at, completed_at, duration_ms, assigned_node, output, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT id FROM nodes WHERE id = ?10), ?8, ?9)
-                 ON CONFLICT(id) DO UPDATE SET status = ?4, started_at = ?5, completed_at = ?6, duration_ms = ?7,
-                   assigned_node = excluded.assigned_node, output = ?8, error = ?9",
-            )?;
-            let mut result_row = tx.prepare_cached(
-                "INSERT OR REPLACE INTO build_package_results (build_id, package_name, cache_hit, exit_code, action_key, outputs, cpu_ms) VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6)",
-            )?;
-            for p in &packages {
-                package_row.execute(params![
-                    format!("{}/{}", id, p.name),
-                    id,
-                    p.name,
-                    p.state.as_str(),
-                    p.started_at_ms.map(|t| t as i64),
-                    p.started_at_ms.zip(p.duration_ms).map(|(a, d)| (a + d) as i64),
-                    p.duration_ms.map(|t| t as i64),
-                    p.output_tail,
-                    p.error,
-                    p.node.as_ref().map(|n| n.to_string())
-                ])?;
-                result_row.execute(params![
-                    id,
-                    p.name,
-                    p.cache_hit,
-                    p.exit_code,
-                    serde_json::to_string(&p.outputs).unwrap_or_default(),
-                    p.cpu_ms.map(|c| c as i64)
-                ])?;
-            }
-            drop((package_row, result_row));
+            package_rows(&tx, &id, &packages)?;
             tx.commit()?;
             Ok(())
         })
         .await
+}
+
+/// Writes the rows of packages of build `id` that ended while it runs — not the build's own row,
+/// which says running until its end — so that a node that dies mid-build keeps them.
+pub async fn save_ended(store: &StoreHandle, id: String, packages: Vec<PackageStatus>) -> Result<(), StoreError> {
+    store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            package_rows(&tx, &id, &packages)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+}
+
+/// The rows of `packages` of build `id`, each with its result. Two statements per package,
+/// prepared once per connection: preparing them anew for every package was ~10 % of the
+/// daemon's CPU in 200-package builds (issue 14). The node is kept only when the roster knows it
+/// (the foreign key).
+fn package_rows(tx: &rusqlite::Transaction, id: &str, packages: &[PackageStatus]) -> rusqlite::Result<()> {
+    let mut package_row = tx.prepare_cached(
+        "INSERT INTO build_packages (id, build_id, package_name, status, started_at, completed_at, duration_ms, assigned_node, output, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT id FROM nodes WHERE id = ?10), ?8, ?9)
+         ON CONFLICT(id) DO UPDATE SET status = ?4, started_at = ?5, completed_at = ?6, duration_ms = ?7,
+           assigned_node = excluded.assigned_node, output = ?8, error = ?9",
+    )?;
+    let mut result_row = tx.prepare_cached(
+        "INSERT OR REPLACE INTO build_package_results (build_id, package_name, cache_hit, exit_code, action_key, outputs, cpu_ms) VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6)",
+    )?;
+    for p in packages {
+        package_row.execute(params![
+            format!("{}/{}", id, p.name),
+            id,
+            p.name,
+            p.state.as_str(),
+            p.started_at_ms.map(|t| t as i64),
+            p.started_at_ms.zip(p.duration_ms).map(|(a, d)| (a + d) as i64),
+            p.duration_ms.map(|t| t as i64),
+            p.output_tail,
+            p.error,
+            p.node.as_ref().map(|n| n.to_string())
+        ])?;
+        result_row.execute(params![
+            id,
+            p.name,
+            p.cache_hit,
+            p.exit_code,
+            serde_json::to_string(&p.outputs).unwrap_or_default(),
+            p.cpu_ms.map(|c| c as i64)
+        ])?;
+    }
+    Ok(())
 }
 
 /// Reads a finished build back from history.

@@ -355,6 +355,23 @@ mod tests {
     }
 
     #[test]
+    fn globs_do_not_look_into_the_packages_tmpdir_at_the_top_only() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        for f in ["a.txt", ".tmp/b.txt", ".tmp/deep/c.txt", "sub/.tmp/d.txt", ".tmpx/e.txt"] {
+            std::fs::create_dir_all(root.join(f).parent().expect("dir")).expect("mkdir");
+            std::fs::write(root.join(f), f).expect("write");
+        }
+        let mut found = expand(root, "**/*.txt").expect("expand");
+        found.sort();
+        assert_eq!(found, [".tmpx/e.txt", "a.txt", "sub/.tmp/d.txt"]);
+        assert_eq!(expand(root, "*/*.txt").expect("expand"), [".tmpx/e.txt"]);
+        // Named outright, it is refused with the reason.
+        let e = expand(root, ".tmp/*.txt").expect_err("refused");
+        assert!(e.contains("is under '.tmp'"), "{e}");
+    }
+
+    #[test]
     fn globs_match_like_glob_without_following_links() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("p");

@@ -398,7 +398,7 @@ pub(super) async fn place_and_run(
         placed(&node, &name);
         let since = Instant::now();
         let job = Job { task: task.clone(), cores, memory_bytes: memory, volume: c.limits.volumes.get(&node).cloned() };
-        let ran = c.workers.run_on(&node, job).await.and_then(|result| answering(&task, result));
+        let ran = c.workers.run_on(&node, job).await;
         c.limits.release(&node, cores);
         match ran {
             Ok(mut result) => {
@@ -422,25 +422,6 @@ pub(super) async fn place_and_run(
             }
         }
     }
-}
-
-/// A node's result for `task`, if it answers it: a success names exactly the outputs the package
-/// declares, at their paths and in their order (what the executor collects), and a failure
-/// names none. A result naming others — from a broken or hostile member — is refused like a
-/// failed node (the package goes elsewhere): its outputs would be laid out for the dependents as
-/// inputs, over their own files at those paths, and kept in the action cache.
-fn answering(task: &Task, result: TaskResult) -> Result<TaskResult, RemoteError> {
-    let paths = || result.outputs.iter().map(|f| f.path.as_str());
-    let answers =
-        if result.success() { paths().eq(task.outputs.iter().map(String::as_str)) } else { result.outputs.is_empty() };
-    if answers {
-        return Ok(result);
-    }
-    let named: Vec<&str> = paths().collect();
-    Err(RemoteError::Failed(format!(
-        "its result names the outputs {named:?}, but the package declares {:?}",
-        task.outputs
-    )))
 }
 
 /// Why no node can take a package: a tool nobody has, or every node that had it lost.
@@ -485,54 +466,4 @@ async fn cache_hit(c: &BuildContext, task: &Task, pool: &PoolIndex, list: &[&Can
         }
     }
     None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::{FileRef, Invocation};
-
-    fn task(outputs: &[&str]) -> Task {
-        Task {
-            build_id: "b_1".into(),
-            package: "p".into(),
-            invocation: Invocation::Argv(vec!["true".into()]),
-            env: Default::default(),
-            files: vec![],
-            outputs: outputs.iter().map(|o| o.to_string()).collect(),
-            tools: vec![],
-        }
-    }
-
-    fn result(exit: i32, outputs: &[&str]) -> TaskResult {
-        let file = |path: &&str| FileRef { path: path.to_string(), digest: "0".repeat(64), executable: false, size: 1 };
-        TaskResult {
-            exit_code: Some(exit),
-            outputs: outputs.iter().map(file).collect(),
-            output_tail: String::new(),
-            duration_ms: 1,
-            cpu_ms: 1,
-            error: None,
-        }
-    }
-
-    #[test]
-    fn a_result_answers_only_with_the_outputs_its_package_declares() {
-        let declared = task(&["obj/a.o", "app"]);
-        assert!(answering(&declared, result(0, &["obj/a.o", "app"])).is_ok());
-        assert!(answering(&declared, result(1, &[])).is_ok(), "a failure names none");
-        assert!(answering(&task(&[]), result(0, &[])).is_ok());
-        for (exit, named) in [
-            (0, &["obj/a.o", "app", "src/main.c"][..]),
-            (0, &["obj/a.o"][..]),
-            (0, &["app", "obj/a.o"][..]),
-            (0, &["obj/a.o", ".git/hooks/pre-commit"][..]),
-            (1, &["src/main.c"][..]),
-        ] {
-            match answering(&declared, result(exit, named)) {
-                Err(RemoteError::Failed(why)) => assert!(why.contains("but the package declares"), "{why}"),
-                other => panic!("{named:?} (exit {exit}) answered: {other:?}"),
-            }
-        }
-    }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::frontier::Frontier;
-use super::history::{save, Rows};
+use super::history::{save, save_ended, Rows};
 pub use super::placement::Limits;
 use super::placement::{place_and_run, PlaceError, Ran};
 use super::project::{Project, Requirement};
@@ -197,10 +197,11 @@ pub struct BuildActor {
     /// Callers waiting for the build's end ([`WhenDone`]): sent its final status once its
     /// history and ledger entry are written, or dropped if it stops otherwise.
     waiting: Vec<tokio::sync::oneshot::Sender<BuildStatus>>,
-    /// Packages (by position) that ended since their rows were last written, and the timer
-    /// that writes them ([`ENDED_SAVE`]).
+    /// Packages (by position) that ended since their rows were last written, the timer that
+    /// writes them ([`ENDED_SAVE`]), and those written so (the build's end leaves them be).
     unsaved: BTreeSet<usize>,
     ended_save: Option<SpawnHandle>,
+    written: BTreeSet<usize>,
 }
 
 /// How soon the rows of packages that ended are written while their build runs: a node killed
@@ -255,6 +256,7 @@ impl BuildActor {
             waiting: Vec::new(),
             unsaved: BTreeSet::new(),
             ended_save: None,
+            written: BTreeSet::new(),
         }
     }
 
@@ -264,15 +266,21 @@ impl BuildActor {
         if self.ended_save.is_none() {
             self.ended_save = Some(ctx.run_later(ENDED_SAVE, |act, ctx| {
                 act.ended_save = None;
-                let which: Vec<usize> = std::mem::take(&mut act.unsaved).into_iter().collect();
-                let (store, status) = (act.ctx.store.clone(), act.status.clone());
+                let which = std::mem::take(&mut act.unsaved);
+                let packages: Vec<PackageStatus> =
+                    which.iter().filter_map(|&i| act.status.packages.get(i).cloned()).collect();
+                let (store, id) = (act.ctx.store.clone(), act.status.id.clone());
                 ctx.spawn(
-                    async move {
-                        if let Err(e) = save(&store, &status, Rows::Ended(which)).await {
-                            log::warn!("saving the packages of build {} that ended: {e}", status.id);
-                        }
-                    }
-                    .into_actor(act),
+                    async move { save_ended(&store, id.clone(), packages).await.map_err(|e| (id, e)) }
+                        .into_actor(act)
+                        .map(
+                            // Counted written only once they are: a save still on its way when the
+                            // build ends is dropped, and the end writes those rows itself.
+                            move |saved, act, _| match saved {
+                                Ok(()) => act.written.extend(which),
+                                Err((id, e)) => log::warn!("saving the packages of build {id} that ended: {e}"),
+                            },
+                        ),
                 );
             }));
         }
@@ -448,6 +456,7 @@ impl BuildActor {
             ctx.cancel_future(timer);
         }
         self.unsaved.clear();
+        let written = std::mem::take(&mut self.written);
         let now = wire::now_ms();
         let cancelled = self.cancel.load(Ordering::SeqCst);
         let failed: Vec<&PackageStatus> =
@@ -471,7 +480,7 @@ impl BuildActor {
             async move {
                 // The history rows and the ledger entry go to different threads: written side
                 // by side, the build's end waits for the slower of the two, not their sum.
-                let saved = save(&c.store, &status, Rows::WithPackages);
+                let saved = save(&c.store, &status, Rows::End { written });
                 let executed = status.packages.iter().filter(|p| p.state == PackageState::Succeeded).count();
                 let cached = status.packages.iter().filter(|p| p.cache_hit).count();
                 let (kind, data) = if status.status == BuildState::Succeeded {

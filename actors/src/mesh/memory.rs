@@ -353,7 +353,7 @@ mod tests {
     use crate::ledger::LedgerFilter;
     use crate::mesh::Job;
     use crate::start::{start, test_options, Node};
-    use crate::wire::{Invocation, LedgerEntryType, NodeId, NodeState, RemoteError, Role, Task};
+    use crate::wire::{Invocation, LedgerEntryType, NodeId, NodeState, RemoteError, Role, Task, TaskResult};
 
     async fn node(net: &MemoryNet, dir: &Path, name: &str, create_mesh: bool) -> Node {
         let mut opts = test_options(&dir.join(name));
@@ -675,6 +675,56 @@ mod tests {
         assert!(!b.builds.cas.has(&file.digest), "the corrupt blob is not stored");
         let leftovers = std::fs::read_dir(dir.path().join("b/cas/tmp")).expect("b's cas/tmp").count();
         assert_eq!(leftovers, 0, "its temporary file is gone");
+    }
+
+    /// A member's result that does not answer its task — an output the package does not declare,
+    /// one left out, a failure carrying outputs — fails that node for the package (the build
+    /// places it elsewhere) before any of its blobs is stored or pulled.
+    #[actix::test]
+    async fn a_result_naming_outputs_the_package_does_not_declare_is_refused_before_its_blobs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_net, a, b, ids) = two_linked(dir.path()).await;
+        let blob = vec![7u8; 20_000];
+        let digest = blake3::hash(&blob).to_hex().to_string();
+        let file = |path: &str| crate::wire::FileRef {
+            path: path.into(),
+            digest: digest.clone(),
+            executable: false,
+            size: 20_000,
+        };
+        let cases: Vec<(Option<i32>, Vec<crate::wire::FileRef>)> = vec![
+            (Some(0), vec![file("out.txt"), file("src/main.c")]),
+            (Some(0), vec![]),
+            (Some(0), vec![file("out.txt"), file("out.txt")]),
+            (Some(1), vec![file("out.txt")]),
+        ];
+        for (i, (exit_code, outputs)) in cases.into_iter().enumerate() {
+            let mut job = hello(&format!("mem-answer-{i}"));
+            job.task.invocation = Invocation::Shell("sleep 1; echo hi > out.txt".into());
+            let workers = a.workers.clone();
+            let peer = ids[1].clone();
+            let running = actix_rt::spawn(async move { workers.run_on(&peer, job).await });
+            // Sent and running there; then b's "result" comes first.
+            actix_rt::time::sleep(Duration::from_millis(500)).await;
+            let result =
+                TaskResult { exit_code, outputs, output_tail: String::new(), duration_ms: 1, cpu_ms: 1, error: None };
+            let inline = vec![crate::wire::InlineBlob { digest: digest.clone(), data: blob.clone() }];
+            let task_id = i as u64 + 1;
+            a.mesh.addr.do_send(crate::mesh::remote::TaskDoneFrom {
+                from: ids[1].clone(),
+                task_id,
+                result: Ok(result),
+                outputs: inline,
+            });
+            match running.await.expect("joined") {
+                Err(RemoteError::Failed(why)) => assert!(why.contains("but the package declares ['out.txt']"), "{why}"),
+                other => panic!("case {i}: {other:?}"),
+            }
+            assert!(!a.builds.cas.has(&digest), "case {i}: nothing of it was stored");
+            // b's own package is still sleeping (a no longer waits for it): its cores come back.
+            actix_rt::time::sleep(Duration::from_millis(1200)).await;
+        }
+        drop(b);
     }
 
     #[actix::test]

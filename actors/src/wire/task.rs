@@ -150,6 +150,27 @@ impl TaskResult {
     pub fn success(&self) -> bool {
         self.error.is_none() && self.exit_code == Some(0)
     }
+
+    /// Whether this result answers a task that declares `declared`: a success names exactly
+    /// those outputs, at their paths and in their order (what an executor collects), and a
+    /// failure names none. A node's result that does not — a broken or hostile member's, naming
+    /// others, leaving one out or repeating one — is not taken: its outputs would go on to
+    /// later packages as inputs and to the CLI. Says what is wrong otherwise.
+    pub fn answers(&self, declared: &[String]) -> Result<(), String> {
+        let paths = || self.outputs.iter().map(|f| f.path.as_str());
+        let answers =
+            if self.success() { paths().eq(declared.iter().map(String::as_str)) } else { self.outputs.is_empty() };
+        if answers {
+            return Ok(());
+        }
+        let shown =
+            |paths: Vec<&str>| paths.iter().map(|p| format!("'{}'", p.escape_debug())).collect::<Vec<_>>().join(", ");
+        Err(format!(
+            "its result names the outputs [{}] but the package declares [{}]",
+            shown(paths().take(8).collect()),
+            shown(declared.iter().map(String::as_str).collect())
+        ))
+    }
 }
 
 /// A package to run on another node, with the leases it needs there.
@@ -206,6 +227,36 @@ mod tests {
             files: vec![file("src/a.c"), file("src/b.c")],
             outputs: vec!["out/app".into()],
             tools: vec![],
+        }
+    }
+
+    #[test]
+    fn a_result_answers_only_with_the_outputs_its_package_declares() {
+        let declared: Vec<String> = vec!["obj/a.o".into(), "app".into()];
+        let result = |exit: i32, outputs: &[&str]| TaskResult {
+            exit_code: Some(exit),
+            outputs: outputs
+                .iter()
+                .map(|p| FileRef { path: p.to_string(), digest: "0".repeat(64), executable: false, size: 1 })
+                .collect(),
+            output_tail: String::new(),
+            duration_ms: 1,
+            cpu_ms: 1,
+            error: None,
+        };
+        assert_eq!(result(0, &["obj/a.o", "app"]).answers(&declared), Ok(()));
+        assert_eq!(result(1, &[]).answers(&declared), Ok(()), "a failure names none");
+        assert_eq!(result(0, &[]).answers(&[]), Ok(()));
+        for (exit, named) in [
+            (0, &["obj/a.o", "app", "src/main.c"][..]),
+            (0, &["obj/a.o"][..]),
+            (0, &["app", "obj/a.o"][..]),
+            (0, &["obj/a.o", "obj/a.o"][..]),
+            (0, &["obj/a.o", ".git/hooks/pre-commit"][..]),
+            (1, &["src/main.c"][..]),
+        ] {
+            let why = result(exit, named).answers(&declared).expect_err("refused");
+            assert!(why.ends_with("but the package declares ['obj/a.o', 'app']"), "{why}");
         }
     }
 

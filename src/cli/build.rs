@@ -184,13 +184,21 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
     if let Some(r) = &record {
         let _ = std::fs::remove_file(&r.path);
     }
+    // Ctrl-C from here on cancels the build on the node (once it has an id), and a second one
+    // leaves at once. One stream for the whole command: a signal that arrives while a request
+    // is under way is kept for the next look, not lost (a `ctrl_c()` made anew for each pause
+    // saw only the signals of that pause, and a following build's pauses are none).
+    let mut interrupts = Interrupts::new();
     // The build is asked for first: when the node holds every input (a rebuild) that is the only
     // request; when it lacks some (`missing_blobs`) they are sent and the build asked for again.
     let body = serde_json::to_value(&request).map_err(|e| CliError::Other(e.to_string()))?;
     let start = format!("/api/build?wait_ms={START_WAIT_MS}");
     let (started, uploaded): (Started, usize) = match ctx.client.post(&start, Some(body.clone())).await {
         Err(CliError::Api { code, .. }) if code == "missing_blobs" => {
-            let uploaded = upload_missing(ctx, &root, &request.files).await?;
+            let uploaded = tokio::select! {
+                uploaded = upload_missing(ctx, &root, &request.files) => uploaded?,
+                () = interrupts.next() => return Err(CliError::Other("interrupted while sending the inputs; no build was started".into())),
+            };
             (ctx.client.post(&start, Some(body)).await?, uploaded)
         }
         other => (other?, 0),
@@ -209,8 +217,18 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
             bars.update(&status);
             break status;
         }
+        if interrupts.came() {
+            cancel(ctx, &bars, &id, &mut cancelled).await?;
+        }
         let asked = std::time::Instant::now();
-        let status: BuildStatus = ctx.client.get(&format!("/api/build/{id}?wait_ms=100")).await?;
+        let poll = format!("/api/build/{id}?wait_ms=100");
+        let status: BuildStatus = tokio::select! {
+            status = ctx.client.get(&poll) => status?,
+            () = interrupts.next() => {
+                cancel(ctx, &bars, &id, &mut cancelled).await?;
+                continue;
+            }
+        };
         bars.update(&status);
         if status.done() {
             break status;
@@ -218,11 +236,7 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
         let rest = if asked.elapsed() >= Duration::from_millis(50) { Duration::ZERO } else { pause };
         tokio::select! {
             _ = actix_rt::time::sleep(rest) => pause = (pause * 2).min(Duration::from_millis(100)),
-            _ = tokio::signal::ctrl_c(), if !cancelled => {
-                cancelled = true;
-                bars.note("cancelling…");
-                let _: BuildStatus = ctx.client.post(&format!("/api/build/{id}/cancel"), None).await?;
-            }
+            () = interrupts.next() => cancel(ctx, &bars, &id, &mut cancelled).await?,
         }
     };
     bars.finish();
@@ -276,6 +290,48 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
             Err(CliError::Other(format!("build {id} {other}: {}", status.error.unwrap_or_default())))
         }
     }
+}
+
+/// SIGINT (Ctrl-C) for a build the CLI follows, from the moment it is made: it then no longer
+/// ends the process, and a signal is kept until it is looked for.
+struct Interrupts {
+    signals: Option<tokio::signal::unix::Signal>,
+}
+
+impl Interrupts {
+    fn new() -> Interrupts {
+        Interrupts { signals: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok() }
+    }
+
+    /// The next interrupt (never, where none can be received).
+    async fn next(&mut self) {
+        match &mut self.signals {
+            Some(signals) => {
+                signals.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether one came since the last look.
+    fn came(&mut self) -> bool {
+        use futures_util::FutureExt;
+        self.next().now_or_never().is_some()
+    }
+}
+
+/// Ctrl-C during a build: the first asks the node to cancel it (its packages are killed wherever
+/// they run and the build ends `cancelled`, which the CLI then reports); a second leaves at once.
+async fn cancel(ctx: &Ctx, bars: &Bars, id: &str, cancelled: &mut bool) -> Result<(), CliError> {
+    if *cancelled {
+        return Err(CliError::Other(format!(
+            "interrupted; build {id} is being cancelled on the node (`buildnet history {id}` shows it)"
+        )));
+    }
+    *cancelled = true;
+    bars.note("cancelling… (Ctrl-C again to leave without waiting)");
+    let _: BuildStatus = ctx.client.post(&format!("/api/build/{id}/cancel"), None).await?;
+    Ok(())
 }
 
 /// Says a build is up to date; `hashed` outputs were checked by their content.

@@ -255,13 +255,91 @@ fn a_killed_nodes_build_keeps_what_ended_and_its_duration_leaves_out_the_downtim
     let quick = packages.iter().find(|p| p["name"] == "quick").expect("the package that ended is kept");
     assert_eq!(quick["state"], "succeeded", "{status}");
     assert!(quick["node"].is_string() && quick["duration_ms"].is_u64(), "{status}");
-    assert_eq!(packages.len(), 1, "what had not ended has no row: {status}");
+    for name in ["slow", "after"] {
+        let p = packages.iter().find(|p| p["name"] == name).expect("every package has a row");
+        assert_eq!(p["state"], "cancelled", "{status}");
+        assert!(p["error"].as_str().is_some_and(|e| e.starts_with("interrupted")), "{status}");
+    }
     let duration = status["duration_ms"].as_u64().expect("duration");
     assert!(duration + started_at <= killed_at, "ends no later than the kill, not at the restart 3 s on: {status}");
     // Its summary counts what ran.
     let (_, list) = again.get("/api/builds");
     let summary = list["builds"].as_array().and_then(|b| b.iter().find(|b| b["id"] == id.as_str())).expect("listed");
     assert_eq!((summary["packages"].as_u64(), summary["executed"].as_u64()), (Some(3), Some(1)), "{summary}");
+
+    // Stopped on purpose (SIGTERM) instead, a build ends when the node stopped: its
+    // `NodeStopped` entry says when.
+    let mut child = spawn_build(&again, dir.path(), &["--force"], std::process::Stdio::null());
+    let id = wait_until("slow running again", Duration::from_secs(20), || {
+        let (_, list) = again.get("/api/builds");
+        let b = list["builds"].as_array()?.iter().find(|b| b["id"] != id.as_str() && b["status"] == "running")?.clone();
+        b["id"].as_str().map(str::to_string)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, _keep) = again.stop();
+    let _ = child.kill();
+    let _ = child.wait();
+    std::thread::sleep(Duration::from_secs(2));
+    let third = TestNode::start_with(common::Start { dir: Some(node.dir.clone()), ..Default::default() });
+    let (_, status) = third.get(&format!("/api/build/{id}"));
+    assert_eq!(status["status"], "failed", "{status}");
+    let duration = status["duration_ms"].as_u64().expect("duration");
+    assert!((1400..3500).contains(&duration), "from its start to the stop, not the restart: {status}");
+}
+
+/// Ctrl-C in `buildnet build` cancels the build on the node, whenever it comes: while the CLI
+/// waits for the node's answer (every poll of a running build), or before the build was even
+/// started (the signal is kept until the build has an id); a second one leaves at once.
+#[test]
+fn ctrl_c_in_the_cli_cancels_the_build_on_the_node_whenever_it_comes() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let interrupt = |child: &std::process::Child| {
+        // SAFETY: kill(2) with the pid of a child this test started and has not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    };
+    for early in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("buildnet.toml"), "[packages.slow]\nshell = \"sleep 30\"\n").expect("write");
+        let mut child = spawn_build(&node, dir.path(), &[], std::process::Stdio::piped());
+        if early {
+            // While the start request waits (up to 100 ms) for the build's end: the CLI has no id yet.
+            wait_until("the build to start", Duration::from_secs(20), || {
+                let (_, list) = node.get("/api/builds");
+                (list["builds"].as_array()?.len() == 1 + usize::from(early)).then_some(())
+            });
+            interrupt(&child);
+        } else {
+            wait_until("the package to run", Duration::from_secs(20), || {
+                let (_, list) = node.get("/api/builds");
+                (list["builds"][0]["status"] == "running").then_some(())
+            });
+            std::thread::sleep(Duration::from_millis(400));
+            interrupt(&child);
+        }
+        let exit = wait_until("the CLI to end", Duration::from_secs(15), || child.try_wait().ok().flatten());
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr).expect("stderr");
+        let (_, list) = node.get("/api/builds");
+        let build = list["builds"][0].clone();
+        assert_eq!(build["status"], "cancelled", "early={early}: {build} {stderr}");
+        assert_eq!(exit.code(), Some(1), "early={early}: {stderr}");
+        assert!(stderr.contains("cancelled"), "early={early}: {stderr}");
+    }
+    // A second Ctrl-C leaves without waiting for the cancel to finish.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("buildnet.toml"), "[packages.stubborn]\nshell = \"trap '' TERM; sleep 30\"\n")
+        .expect("write");
+    let mut child = spawn_build(&node, dir.path(), &[], std::process::Stdio::piped());
+    wait_until("the package to run", Duration::from_secs(20), || {
+        let (_, list) = node.get("/api/builds");
+        (list["builds"][0]["status"] == "running").then_some(())
+    });
+    interrupt(&child);
+    std::thread::sleep(Duration::from_millis(50));
+    interrupt(&child);
+    let exit = wait_until("the CLI to leave", Duration::from_secs(10), || child.try_wait().ok().flatten());
+    assert_eq!(exit.code(), Some(1));
 }
 
 #[test]

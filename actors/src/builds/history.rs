@@ -10,21 +10,25 @@ use crate::ledger::LedgerHandle;
 use crate::store::{StoreError, StoreHandle};
 use crate::wire::NodeId;
 
-/// A build's end as its node's ledger holds it: entry type, and the entry's status and error.
-type RecordedEnd = (String, Option<String>, Option<String>);
+/// A build's end as its node's ledger holds it: entry type, the entry's status and error, and its time.
+type RecordedEnd = (String, Option<String>, Option<String>, i64);
 
 /// The error an interrupted build ends with ([`end_interrupted`]).
 pub const INTERRUPTED: &str = "interrupted: the node stopped while the build ran";
 
 /// Ends the builds this node was running when it stopped — killed, or stopped with builds under
 /// way: their rows still say running, and nothing would ever end them (a cancel finds no build
-/// to stop). A build whose end this node's ledger already holds (the row's save was lost) takes
-/// that end; any other is marked failed with [`INTERRUPTED`], its `BuildFailed` entry appended
-/// before its row changes, so a start that fails half-way leaves the rest for the next one. Its
-/// end is the last thing known of it — a package's end in its row ([`save_ended`]), or any
-/// node's ledger entry for it — not this start, so its duration leaves out the time the node
-/// was down. Run at start, before any build can begin. Returns the ids of the builds it ended
-/// as interrupted.
+/// to stop). A build whose end this node's ledger already holds (its row's last save was lost)
+/// takes that end, at that entry's time; any other is marked failed with [`INTERRUPTED`], its
+/// `BuildFailed` entry appended before its row changes, so a start that fails half-way leaves
+/// the rest for the next one. Such a build ends when this node stopped, by its own `NodeStopped`
+/// entry after the build's start, or, killed, at the last thing this node knew of it: a
+/// package's end in its row ([`save_packages`]) or one of its own ledger entries for the build
+/// (not a peer's: a peer's clock may be ahead) — never before the build's start nor after this
+/// start — so its duration leaves out the time the node was down. Its packages that had not
+/// ended get rows too, cancelled with the same error, and its summary counts what ran. Run at
+/// start, before the mesh brings peers' entries in and before any build can begin. Returns the
+/// ids of the builds it ended as interrupted.
 pub async fn end_interrupted(
     store: &StoreHandle,
     ledger: &LedgerHandle,
@@ -38,30 +42,30 @@ pub async fn end_interrupted(
                 .query_map(params![BuildState::Running.as_str()], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             let mut end = conn.prepare(
-                "SELECT entry_type, json_extract(entry_data, '$.status'), json_extract(entry_data, '$.error') FROM ledger
+                "SELECT entry_type, json_extract(entry_data, '$.status'), json_extract(entry_data, '$.error'), hlc_wall FROM ledger
                  WHERE origin = ?1 AND entry_type IN ('BuildCompleted', 'BuildFailed')
                    AND json_extract(entry_data, '$.build_id') = ?2
                  ORDER BY seq DESC LIMIT 1",
             )?;
-            // Read before this start appends anything for the build, and before the mesh starts
-            // (a peer still running one of its packages would sync in an entry from the
-            // downtime); never later than now (a peer's clock may be ahead). A build's end
-            // entries are not activity: an earlier start's own interrupted `BuildFailed` would
-            // put the end in the downtime. Only entries since the build started are read, by the
-            // time index: every entry's JSON is parsed otherwise (0.7 s per build in 1M).
+            // Read before this start appends anything. Entries since the build started only, by
+            // the time index: every entry's JSON is parsed otherwise (0.7 s a build in 1M).
             let mut last = conn.prepare(
-                "SELECT MIN(?2, MAX(started_at,
-                    COALESCE((SELECT MAX(completed_at) FROM build_packages WHERE build_id = ?1), 0),
-                    COALESCE((SELECT MAX(hlc_wall) FROM ledger WHERE hlc_wall >= builds.started_at
-                              AND entry_type NOT IN ('BuildCompleted', 'BuildFailed')
-                              AND json_extract(entry_data, '$.build_id') = ?1), 0)))
+                "SELECT MAX(started_at, MIN(?3, COALESCE(
+                    (SELECT MIN(hlc_wall) FROM ledger WHERE origin = ?2 AND entry_type = 'NodeStopped'
+                       AND hlc_wall >= builds.started_at),
+                    MAX(COALESCE((SELECT MAX(completed_at) FROM build_packages WHERE build_id = ?1), 0),
+                        COALESCE((SELECT MAX(hlc_wall) FROM ledger WHERE origin = ?2 AND hlc_wall >= builds.started_at
+                                    AND entry_type NOT IN ('BuildCompleted', 'BuildFailed')
+                                    AND json_extract(entry_data, '$.build_id') = ?1), 0)))))
                  FROM builds WHERE id = ?1",
             )?;
             let now = crate::wire::now_ms() as i64;
             ids.into_iter()
                 .map(|id| {
-                    let recorded = end.query_row(params![origin, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
-                    let last: i64 = last.query_row(params![id, now], |r| r.get(0))?;
+                    let recorded = end
+                        .query_row(params![origin, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                        .optional()?;
+                    let last: i64 = last.query_row(params![id, origin, now], |r| r.get(0))?;
                     Ok((id, recorded, last))
                 })
                 .collect()
@@ -69,25 +73,35 @@ pub async fn end_interrupted(
         .await?;
     let mut interrupted = Vec::new();
     for (id, recorded, last) in found {
-        let (state, error) = match recorded {
-            Some((kind, _, _)) if kind == "BuildCompleted" => (BuildState::Succeeded, None),
-            Some((_, status, error)) => {
+        let (state, error, end) = match recorded {
+            Some((kind, _, _, at)) if kind == "BuildCompleted" => (BuildState::Succeeded, None, at),
+            Some((_, status, error, at)) => {
                 let state =
                     if status.as_deref() == Some("cancelled") { BuildState::Cancelled } else { BuildState::Failed };
-                (state, Some(error.unwrap_or_else(|| INTERRUPTED.to_string())))
+                (state, Some(error.unwrap_or_else(|| INTERRUPTED.to_string())), at)
             }
             None => {
                 let data = serde_json::json!({ "build_id": id, "error": INTERRUPTED, "status": BuildState::Failed });
                 ledger.append(crate::wire::LedgerEntryType::BuildFailed, data).await?;
                 interrupted.push(id.clone());
-                (BuildState::Failed, Some(INTERRUPTED.to_string()))
+                (BuildState::Failed, Some(INTERRUPTED.to_string()), last)
             }
         };
         store
             .run(move |conn| {
+                let tx = conn.transaction()?;
+                // The packages that had not ended: stopped with the node (those of a build that
+                // ended have their rows, written before its ledger entry).
+                tx.execute(
+                    "INSERT OR IGNORE INTO build_packages (id, build_id, package_name, status, error)
+                     SELECT ?1 || '/' || o.value, ?1, o.value, ?2, ?3
+                     FROM build_requests r, json_each(json_extract(r.request, '$.project.order')) o
+                     WHERE r.build_id = ?1 AND json_valid(r.request)",
+                    params![id, PackageState::Cancelled.as_str(), INTERRUPTED],
+                )?;
                 // Its summary counts what its rows say ran (the row's was written at its start).
-                conn.execute(
-                    "UPDATE builds SET status = ?1, error = ?2, completed_at = COALESCE(completed_at, ?3),
+                tx.execute(
+                    "UPDATE builds SET status = ?1, error = ?2, completed_at = COALESCE(completed_at, MAX(started_at, ?3)),
                        duration_ms = COALESCE(duration_ms, MAX(0, ?3 - started_at)),
                        metrics = json_set(COALESCE(json(metrics), '{}'),
                          '$.executed', (SELECT COUNT(*) FROM build_packages WHERE build_id = ?4 AND status = ?6),
@@ -96,12 +110,13 @@ pub async fn end_interrupted(
                     params![
                         state.as_str(),
                         error,
-                        last,
+                        end,
                         id,
                         BuildState::Running.as_str(),
                         PackageState::Succeeded.as_str()
                     ],
                 )?;
+                tx.commit()?;
                 Ok(())
             })
             .await?;
@@ -121,12 +136,11 @@ pub enum Rows {
     /// failure is logged, not the build's: such a build runs, and cannot be run again by id
     /// once it has ended.
     Start { request: Option<String> },
-    /// Its row and one per package (with each result), but those (by position) already
-    /// written as they ended ([`save_ended`]): an ended package's row is final.
-    End { written: std::collections::BTreeSet<usize> },
+    /// Its row as it ended (its packages' rows are [`save_packages`]'s).
+    End,
 }
 
-/// Writes a build's row, and with [`Rows::End`] its packages', to the history tables.
+/// Writes a build's own row to the history tables.
 pub async fn save(store: &StoreHandle, status: &BuildStatus, rows: Rows) -> Result<(), StoreError> {
     let metrics = serde_json::json!({
         "packages": status.packages.len(),
@@ -134,12 +148,9 @@ pub async fn save(store: &StoreHandle, status: &BuildStatus, rows: Rows) -> Resu
         "executed": status.packages.iter().filter(|p| p.state == PackageState::Succeeded).count(),
     });
     let artifacts = serde_json::to_string(&status.outputs()).unwrap_or_default();
-    let (packages, request) = match rows {
-        Rows::Start { request } => (Vec::new(), request),
-        Rows::End { written } => {
-            let unwritten = status.packages.iter().enumerate().filter(|(i, _)| !written.contains(i));
-            (unwritten.map(|(_, p)| p.clone()).collect(), None)
-        }
+    let request = match rows {
+        Rows::Start { request } => request,
+        Rows::End => None,
     };
     let (id, state, triggered_by, error) =
         (status.id.clone(), status.status, status.triggered_by.clone(), status.error.clone());
@@ -167,16 +178,15 @@ pub async fn save(store: &StoreHandle, status: &BuildStatus, rows: Rows) -> Resu
                 tx.prepare_cached("INSERT INTO build_requests (build_id, request) VALUES (?1, ?2)")?
                     .execute(params![id, request])?;
             }
-            package_rows(&tx, &id, &packages)?;
             tx.commit()?;
             Ok(())
         })
         .await
 }
 
-/// Writes the rows of packages of build `id` that ended while it runs — not the build's own row,
-/// which says running until its end — so that a node that dies mid-build keeps them.
-pub async fn save_ended(store: &StoreHandle, id: String, packages: Vec<PackageStatus>) -> Result<(), StoreError> {
+/// Writes the rows of packages of build `id` that ended — not the build's own row: while it
+/// runs, so that a node that dies mid-build keeps them, and at its end before its ledger entry.
+pub async fn save_packages(store: &StoreHandle, id: String, packages: Vec<PackageStatus>) -> Result<(), StoreError> {
     store
         .run(move |conn| {
             let tx = conn.transaction()?;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::frontier::Frontier;
-use super::history::{save, save_ended, Rows};
+use super::history::{save, save_packages, Rows};
 pub use super::placement::Limits;
 use super::placement::{place_and_run, PlaceError, Ran};
 use super::project::{Project, Requirement};
@@ -271,7 +271,7 @@ impl BuildActor {
                     which.iter().filter_map(|&i| act.status.packages.get(i).cloned()).collect();
                 let (store, id) = (act.ctx.store.clone(), act.status.id.clone());
                 ctx.spawn(
-                    async move { save_ended(&store, id.clone(), packages).await.map_err(|e| (id, e)) }
+                    async move { save_packages(&store, id.clone(), packages).await.map_err(|e| (id, e)) }
                         .into_actor(act)
                         .map(
                             // Counted written only once they are: a save still on its way when the
@@ -476,11 +476,25 @@ impl BuildActor {
         self.status.completed_at_ms = Some(now);
         self.status.duration_ms = Some(now.saturating_sub(self.status.started_at_ms));
         let (status, c) = (self.status.clone(), self.ctx.clone());
+        let unwritten: Vec<PackageStatus> = self
+            .status
+            .packages
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !written.contains(i))
+            .map(|(_, p)| p.clone())
+            .collect();
         ctx.wait(
             async move {
-                // The history rows and the ledger entry go to different threads: written side
-                // by side, the build's end waits for the slower of the two, not their sum.
-                let saved = save(&c.store, &status, Rows::End { written });
+                // In this order: the packages' rows, the ledger's entry, the build's own row. A
+                // node killed in between keeps every row of a build its ledger says ended (side
+                // by side, the entry could commit first and the rows be lost: a kill in that
+                // window left a build succeeded with no packages), and never a build row that
+                // says ended without the entry (the next start ends it, as interrupted, by the
+                // ledger). The end waits for the sum: one store commit more than before.
+                if let Err(e) = save_packages(&c.store, status.id.clone(), unwritten).await {
+                    log::error!("saving the packages of build {}: {e}", status.id);
+                }
                 let executed = status.packages.iter().filter(|p| p.state == PackageState::Succeeded).count();
                 let cached = status.packages.iter().filter(|p| p.cache_hit).count();
                 let (kind, data) = if status.status == BuildState::Succeeded {
@@ -506,7 +520,8 @@ impl BuildActor {
                         let _ = c.ledger.append(kind, data).await;
                     }
                 };
-                if let (Err(e), ()) = futures_util::join!(saved, recorded) {
+                recorded.await;
+                if let Err(e) = save(&c.store, &status, Rows::End).await {
                     log::error!("saving build {}: {e}", status.id);
                 }
                 c.events.publish(Event::BuildProgress { build_id: status.id.clone(), package: String::new(), status: status.status.to_string(), progress: 1.0, output: status.error.clone() });
@@ -658,6 +673,9 @@ impl Handler<Placed> for BuildActor {
         }
         p.node = Some(msg.node);
         p.node_name = Some(msg.node_name);
+        // It starts now (its duration is counted from here), not when it became ready: it may
+        // have waited for a core.
+        p.started_at_ms = Some(wire::now_ms());
         self.publish(&msg.package);
     }
 }

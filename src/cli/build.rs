@@ -193,13 +193,20 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
     // request; when it lacks some (`missing_blobs`) they are sent and the build asked for again.
     let body = serde_json::to_value(&request).map_err(|e| CliError::Other(e.to_string()))?;
     let start = format!("/api/build?wait_ms={START_WAIT_MS}");
-    let (started, uploaded): (Started, usize) = match ctx.client.post(&start, Some(body.clone())).await {
+    // A Ctrl-C while the build is asked for is kept until it has an id (`pending`).
+    let mut pending = false;
+    let asked = meanwhile(&mut interrupts, &mut pending, ctx.client.post(&start, Some(body.clone()))).await;
+    let (started, uploaded): (Started, usize) = match asked {
         Err(CliError::Api { code, .. }) if code == "missing_blobs" => {
+            let no_build = || CliError::Other("interrupted while sending the inputs; no build was started".into());
+            if pending {
+                return Err(no_build());
+            }
             let uploaded = tokio::select! {
                 uploaded = upload_missing(ctx, &root, &request.files) => uploaded?,
-                () = interrupts.next() => return Err(CliError::Other("interrupted while sending the inputs; no build was started".into())),
+                () = interrupts.next() => return Err(no_build()),
             };
-            (ctx.client.post(&start, Some(body)).await?, uploaded)
+            (meanwhile(&mut interrupts, &mut pending, ctx.client.post(&start, Some(body))).await?, uploaded)
         }
         other => (other?, 0),
     };
@@ -217,15 +224,15 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
             bars.update(&status);
             break status;
         }
-        if interrupts.came() {
-            cancel(ctx, &bars, &id, &mut cancelled).await?;
+        if std::mem::take(&mut pending) || interrupts.came() {
+            cancel(ctx, &bars, &id, &mut cancelled, &mut interrupts).await?;
         }
         let asked = std::time::Instant::now();
         let poll = format!("/api/build/{id}?wait_ms=100");
         let status: BuildStatus = tokio::select! {
             status = ctx.client.get(&poll) => status?,
             () = interrupts.next() => {
-                cancel(ctx, &bars, &id, &mut cancelled).await?;
+                cancel(ctx, &bars, &id, &mut cancelled, &mut interrupts).await?;
                 continue;
             }
         };
@@ -236,7 +243,7 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
         let rest = if asked.elapsed() >= Duration::from_millis(50) { Duration::ZERO } else { pause };
         tokio::select! {
             _ = actix_rt::time::sleep(rest) => pause = (pause * 2).min(Duration::from_millis(100)),
-            () = interrupts.next() => cancel(ctx, &bars, &id, &mut cancelled).await?,
+            () = interrupts.next() => cancel(ctx, &bars, &id, &mut cancelled, &mut interrupts).await?,
         }
     };
     bars.finish();
@@ -248,12 +255,20 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
         let dest = writeback::place(&root, &request.project, &f.path)?;
         places.push((f, dest));
     }
-    for (f, dest) in &places {
-        if writeback::holds(dest, &f.digest) {
-            continue;
+    let writing = async {
+        for (f, dest) in &places {
+            if writeback::holds(dest, &f.digest) {
+                continue;
+            }
+            fetch_output(ctx, f, dest).await?;
+            written += 1;
         }
-        fetch_output(ctx, f, dest).await?;
-        written += 1;
+        Ok::<(), CliError>(())
+    };
+    tokio::select! {
+        wrote = writing => wrote?,
+        // An output half-fetched is a temporary file beside its place, which goes with it.
+        () = interrupts.next() => return Err(CliError::Other(format!("interrupted while writing the outputs of build {id}"))),
     }
     if let Some(Recording { path, tools, digest, stamps, watch }) = record {
         keep_record(&path, status.status == BuildState::Succeeded, || {
@@ -321,17 +336,53 @@ impl Interrupts {
 }
 
 /// Ctrl-C during a build: the first asks the node to cancel it (its packages are killed wherever
-/// they run and the build ends `cancelled`, which the CLI then reports); a second leaves at once.
-async fn cancel(ctx: &Ctx, bars: &Bars, id: &str, cancelled: &mut bool) -> Result<(), CliError> {
-    if *cancelled {
-        return Err(CliError::Other(format!(
+/// they run and the build ends `cancelled`, which the CLI then reports); a second leaves at once,
+/// even while that request waits for a node that does not answer.
+async fn cancel(
+    ctx: &Ctx,
+    bars: &Bars,
+    id: &str,
+    cancelled: &mut bool,
+    interrupts: &mut Interrupts,
+) -> Result<(), CliError> {
+    let leave = || {
+        CliError::Other(format!(
             "interrupted; build {id} is being cancelled on the node (`buildnet history {id}` shows it)"
-        )));
+        ))
+    };
+    if *cancelled {
+        return Err(leave());
     }
     *cancelled = true;
     bars.note("cancelling… (Ctrl-C again to leave without waiting)");
-    let _: BuildStatus = ctx.client.post(&format!("/api/build/{id}/cancel"), None).await?;
-    Ok(())
+    let url = format!("/api/build/{id}/cancel");
+    tokio::select! {
+        asked = ctx.client.post::<BuildStatus>(&url, None) => asked.map(|_| ()),
+        () = interrupts.next() => Err(leave()),
+    }
+}
+
+/// Awaits `request`, made before the build has an id, while Ctrl-C may come: the first is kept
+/// in `pending` (the build is cancelled once it has an id), a second leaves at once.
+async fn meanwhile<T>(
+    interrupts: &mut Interrupts,
+    pending: &mut bool,
+    request: impl std::future::Future<Output = Result<T, CliError>>,
+) -> Result<T, CliError> {
+    tokio::pin!(request);
+    loop {
+        tokio::select! {
+            done = &mut request => return done,
+            () = interrupts.next() => {
+                if *pending {
+                    return Err(CliError::Other(
+                        "interrupted while asking for the build; it may have started on the node (`buildnet history` shows it)".into(),
+                    ));
+                }
+                *pending = true;
+            }
+        }
+    }
 }
 
 /// Says a build is up to date; `hashed` outputs were checked by their content.

@@ -50,13 +50,15 @@ pub async fn end_interrupted(
             // Read before this start appends anything. Entries since the build started only, by
             // the time index: every entry's JSON is parsed otherwise (0.7 s a build in 1M).
             let mut last = conn.prepare(
-                "SELECT MAX(started_at, MIN(?3, COALESCE(
-                    (SELECT MIN(hlc_wall) FROM ledger WHERE origin = ?2 AND entry_type = 'NodeStopped'
-                       AND hlc_wall >= builds.started_at),
-                    MAX(COALESCE((SELECT MAX(completed_at) FROM build_packages WHERE build_id = ?1), 0),
-                        COALESCE((SELECT MAX(hlc_wall) FROM ledger WHERE origin = ?2 AND hlc_wall >= builds.started_at
-                                    AND entry_type NOT IN ('BuildCompleted', 'BuildFailed')
-                                    AND json_extract(entry_data, '$.build_id') = ?1), 0)))))
+                "SELECT MAX(started_at, MIN(?3, MAX(
+                    COALESCE((SELECT MAX(completed_at) FROM build_packages WHERE build_id = ?1), 0),
+                    COALESCE(
+                      (SELECT MIN(hlc_wall) FROM ledger WHERE origin = ?2 AND entry_type = 'NodeStopped'
+                         AND hlc_wall >= builds.started_at),
+                      (SELECT MAX(hlc_wall) FROM ledger WHERE origin = ?2 AND hlc_wall >= builds.started_at
+                         AND entry_type NOT IN ('BuildCompleted', 'BuildFailed')
+                         AND json_valid(entry_data) AND json_extract(entry_data, '$.build_id') = ?1),
+                      0))))
                  FROM builds WHERE id = ?1",
             )?;
             let now = crate::wire::now_ms() as i64;
@@ -75,6 +77,11 @@ pub async fn end_interrupted(
     for (id, recorded, last) in found {
         let (state, error, end) = match recorded {
             Some((kind, _, _, at)) if kind == "BuildCompleted" => (BuildState::Succeeded, None, at),
+            // Ended as interrupted by an earlier start whose row update was lost: that entry
+            // was made at that start, not when the build stopped.
+            Some((_, _, error, _)) if error.as_deref() == Some(INTERRUPTED) => {
+                (BuildState::Failed, Some(INTERRUPTED.to_string()), last)
+            }
             Some((_, status, error, at)) => {
                 let state =
                     if status.as_deref() == Some("cancelled") { BuildState::Cancelled } else { BuildState::Failed };
@@ -87,23 +94,27 @@ pub async fn end_interrupted(
                 (BuildState::Failed, Some(INTERRUPTED.to_string()), last)
             }
         };
-        store
+        let build = id.clone();
+        let ended = store
             .run(move |conn| {
                 let tx = conn.transaction()?;
                 // The packages that had not ended: stopped with the node (those of a build that
-                // ended have their rows, written before its ledger entry).
+                // ended have their rows, written before its ledger entry). A request that is not
+                // the JSON it should be names none.
                 tx.execute(
                     "INSERT OR IGNORE INTO build_packages (id, build_id, package_name, status, error)
                      SELECT ?1 || '/' || o.value, ?1, o.value, ?2, ?3
-                     FROM build_requests r, json_each(json_extract(r.request, '$.project.order')) o
-                     WHERE r.build_id = ?1 AND json_valid(r.request)",
+                     FROM build_requests r, json_each(CASE WHEN json_valid(r.request)
+                       AND json_type(r.request, '$.project.order') = 'array'
+                       THEN json_extract(r.request, '$.project.order') ELSE '[]' END) o
+                     WHERE r.build_id = ?1 AND o.type = 'text'",
                     params![id, PackageState::Cancelled.as_str(), INTERRUPTED],
                 )?;
                 // Its summary counts what its rows say ran (the row's was written at its start).
                 tx.execute(
                     "UPDATE builds SET status = ?1, error = ?2, completed_at = COALESCE(completed_at, MAX(started_at, ?3)),
                        duration_ms = COALESCE(duration_ms, MAX(0, ?3 - started_at)),
-                       metrics = json_set(COALESCE(json(metrics), '{}'),
+                       metrics = json_set(CASE WHEN json_valid(metrics) THEN metrics ELSE '{}' END,
                          '$.executed', (SELECT COUNT(*) FROM build_packages WHERE build_id = ?4 AND status = ?6),
                          '$.cached', (SELECT COUNT(*) FROM build_package_results WHERE build_id = ?4 AND cache_hit))
                      WHERE id = ?4 AND status = ?5",
@@ -119,13 +130,18 @@ pub async fn end_interrupted(
                 tx.commit()?;
                 Ok(())
             })
-            .await?;
+            .await;
+        // One build's rows that cannot be updated do not keep the node from starting: it stays
+        // running in the history, and the next start tries again (its entry is not appended twice).
+        if let Err(e) = ended {
+            log::error!("ending interrupted build {build}: {e}");
+        }
     }
     Ok(interrupted)
 }
 
 /// What [`save`] writes of a build.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Rows {
     /// Its own row, and the request it was started with (JSON, kept so it can be run again):
     /// a build that starts has nothing yet to say per package (its live status is the
@@ -136,8 +152,9 @@ pub enum Rows {
     /// failure is logged, not the build's: such a build runs, and cannot be run again by id
     /// once it has ended.
     Start { request: Option<String> },
-    /// Its row as it ended (its packages' rows are [`save_packages`]'s).
-    End,
+    /// Its row as it ended, with the rows of `packages` — those [`save_packages`] could not
+    /// write (normally none).
+    End { packages: Vec<PackageStatus> },
 }
 
 /// Writes a build's own row to the history tables.
@@ -148,9 +165,9 @@ pub async fn save(store: &StoreHandle, status: &BuildStatus, rows: Rows) -> Resu
         "executed": status.packages.iter().filter(|p| p.state == PackageState::Succeeded).count(),
     });
     let artifacts = serde_json::to_string(&status.outputs()).unwrap_or_default();
-    let request = match rows {
-        Rows::Start { request } => request,
-        Rows::End => None,
+    let (request, packages) = match rows {
+        Rows::Start { request } => (request, Vec::new()),
+        Rows::End { packages } => (None, packages),
     };
     let (id, state, triggered_by, error) =
         (status.id.clone(), status.status, status.triggered_by.clone(), status.error.clone());
@@ -178,6 +195,7 @@ pub async fn save(store: &StoreHandle, status: &BuildStatus, rows: Rows) -> Resu
                 tx.prepare_cached("INSERT INTO build_requests (build_id, request) VALUES (?1, ?2)")?
                     .execute(params![id, request])?;
             }
+            package_rows(&tx, &id, &packages)?;
             tx.commit()?;
             Ok(())
         })

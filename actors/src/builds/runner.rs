@@ -491,10 +491,16 @@ impl BuildActor {
                 // by side, the entry could commit first and the rows be lost: a kill in that
                 // window left a build succeeded with no packages), and never a build row that
                 // says ended without the entry (the next start ends it, as interrupted, by the
-                // ledger). The end waits for the sum: one store commit more than before.
-                if let Err(e) = save_packages(&c.store, status.id.clone(), unwritten).await {
-                    log::error!("saving the packages of build {}: {e}", status.id);
-                }
+                // ledger). The end waits for the sum: one store commit more than before. Rows
+                // that could not be written go with the build's own (as before, one transaction:
+                // the build's row may be missing, if its start's save failed).
+                let unsaved = match save_packages(&c.store, status.id.clone(), unwritten.clone()).await {
+                    Ok(()) => Vec::new(),
+                    Err(e) => {
+                        log::error!("saving the packages of build {}: {e}", status.id);
+                        unwritten
+                    }
+                };
                 let executed = status.packages.iter().filter(|p| p.state == PackageState::Succeeded).count();
                 let cached = status.packages.iter().filter(|p| p.cache_hit).count();
                 let (kind, data) = if status.status == BuildState::Succeeded {
@@ -505,24 +511,26 @@ impl BuildActor {
                 // A build that ran nothing (every package from the cache) is recorded like any
                 // other, but its end does not wait for the sync: it allocated nothing and made no
                 // artifact, so a crash that loses its entries (within `ledger::SOON`) loses the
-                // record of a no-op, and the next entry anyone waits for commits them first. A
-                // build that ran something reports its end only once its entry — and with it
-                // every entry its packages caused — is on disk.
-                let recorded = async {
-                    if executed == 0 && status.status == BuildState::Succeeded {
-                        let queued = c.ledger.submit(kind, data, Commit::Soon);
-                        actix::spawn(async move {
-                            if let Err(e) = queued.await {
-                                log::warn!("recording the end of a build that ran nothing: {e}");
-                            }
-                        });
-                    } else {
-                        let _ = c.ledger.append(kind, data).await;
-                    }
+                // record of a no-op — its row may then say it ended without an entry — and the
+                // next entry anyone waits for commits them first. A build that ran something
+                // reports its end only once its entry — and with it every entry its packages
+                // caused — is on disk; if the entry cannot be appended (the ledger closing with
+                // the node), its row is left saying running, and the next start ends it.
+                let recorded = if executed == 0 && status.status == BuildState::Succeeded {
+                    let queued = c.ledger.submit(kind, data, Commit::Soon);
+                    actix::spawn(async move {
+                        if let Err(e) = queued.await {
+                            log::warn!("recording the end of a build that ran nothing: {e}");
+                        }
+                    });
+                    true
+                } else {
+                    c.ledger.append(kind, data).await.map_err(|e| log::error!("recording the end of build {}: {e}", status.id)).is_ok()
                 };
-                recorded.await;
-                if let Err(e) = save(&c.store, &status, Rows::End).await {
-                    log::error!("saving build {}: {e}", status.id);
+                if recorded {
+                    if let Err(e) = save(&c.store, &status, Rows::End { packages: unsaved }).await {
+                        log::error!("saving build {}: {e}", status.id);
+                    }
                 }
                 c.events.publish(Event::BuildProgress { build_id: status.id.clone(), package: String::new(), status: status.status.to_string(), progress: 1.0, output: status.error.clone() });
             }

@@ -543,6 +543,43 @@ mod tests {
         assert!(again.is_empty(), "nothing is ended twice");
     }
 
+    /// An interrupted build ends at the last entry for it this node received — by this node's
+    /// clock, whatever the origin stamped (a peer's clock ahead) — not at the restart.
+    #[actix::test]
+    async fn an_interrupted_build_ends_when_this_node_last_heard_of_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = started(dir.path()).await;
+        let (store, ledger, me) = (s.node.store.clone(), s.node.ledger.clone(), s.node.identity.node_id.clone());
+        let start = crate::wire::now_ms() as i64 - 60_000;
+        store
+            .run(move |c| {
+                c.execute(
+                    "INSERT INTO builds (id, status, started_at, triggered_by) VALUES ('b_peer', 'running', ?1, 'test')",
+                    rusqlite::params![start],
+                )?;
+                // A peer's allocation, stamped five minutes ahead by its clock, received 2 s in.
+                c.execute(
+                    "INSERT INTO ledger (origin, seq, prev_hash, hlc_wall, hlc_logical, entry_type, entry_data, hash, signature, received_at)
+                     VALUES ('peer', 1, '', ?1, 0, 'ResourceAllocated', '{\"build_id\":\"b_peer\"}', 'h', 's', ?2)",
+                    rusqlite::params![start + 360_000, start + 2_000],
+                )?;
+                Ok(())
+            })
+            .await
+            .expect("rows");
+        let ended = crate::builds::history::end_interrupted(&store, &ledger, &me).await.expect("ended");
+        assert_eq!(ended, vec!["b_peer".to_string()]);
+        let (completed, duration): (i64, i64) = store
+            .run(|c| {
+                Ok(c.query_row("SELECT completed_at, duration_ms FROM builds WHERE id = 'b_peer'", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?)
+            })
+            .await
+            .expect("row");
+        assert_eq!((completed - start, duration), (2_000, 2_000));
+    }
+
     #[actix::test]
     async fn a_first_start_cut_short_before_its_first_entry_still_records_the_join() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -23,9 +23,9 @@ pub const INTERRUPTED: &str = "interrupted: the node stopped while the build ran
 /// `BuildFailed` entry appended before its row changes, so a start that fails half-way leaves
 /// the rest for the next one. Such a build ends when this node stopped, by its own `NodeStopped`
 /// entry after the build's start, or, killed, at the last thing this node knew of it: a
-/// package's end in its row ([`save_packages`]) or one of its own ledger entries for the build
-/// (not a peer's: a peer's clock may be ahead) — never before the build's start nor after this
-/// start — so its duration leaves out the time the node was down. Its packages that had not
+/// package's end in its row ([`save_packages`]) or the arrival of a ledger entry for the build,
+/// its own or a peer's (by this node's clock: a peer's may be ahead) — never before the build's
+/// start nor after this start — so its duration leaves out the time the node was down. Its packages that had not
 /// ended get rows too, cancelled with the same error, and its summary counts what ran. Run at
 /// start, before the mesh brings peers' entries in and before any build can begin. Returns the
 /// ids of the builds it ended as interrupted.
@@ -47,15 +47,18 @@ pub async fn end_interrupted(
                    AND json_extract(entry_data, '$.build_id') = ?2
                  ORDER BY seq DESC LIMIT 1",
             )?;
-            // Read before this start appends anything. Entries since the build started only, by
-            // the time index: every entry's JSON is parsed otherwise (0.7 s a build in 1M).
+            // Read before this start appends anything. An entry counts by when this node got it
+            // (`received_at`, its own clock: a peer's may be ahead or behind); those stamped by
+            // their origin within an hour before the build's start or after are read, by the time
+            // index — every entry's JSON is parsed otherwise (0.7 s a build in 1M).
             let mut last = conn.prepare(
                 "SELECT MAX(started_at, MIN(?3, MAX(
                     COALESCE((SELECT MAX(completed_at) FROM build_packages WHERE build_id = ?1), 0),
                     COALESCE(
                       (SELECT MIN(hlc_wall) FROM ledger WHERE origin = ?2 AND entry_type = 'NodeStopped'
                          AND hlc_wall >= builds.started_at),
-                      (SELECT MAX(hlc_wall) FROM ledger WHERE origin = ?2 AND hlc_wall >= builds.started_at
+                      (SELECT MAX(received_at) FROM ledger WHERE hlc_wall >= builds.started_at - 3600000
+                         AND received_at >= builds.started_at
                          AND entry_type NOT IN ('BuildCompleted', 'BuildFailed')
                          AND json_valid(entry_data) AND json_extract(entry_data, '$.build_id') = ?1),
                       0))))

@@ -267,7 +267,8 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
     };
     tokio::select! {
         wrote = writing => wrote?,
-        // An output half-fetched is a temporary file beside its place, which goes with it.
+        // An output half-fetched is a temporary file beside its place, removed as its download
+        // is dropped (`client::download_blob`); what is already at the place is untouched.
         () = interrupts.next() => return Err(CliError::Other(format!("interrupted while writing the outputs of build {id}"))),
     }
     if let Some(Recording { path, tools, digest, stamps, watch }) = record {

@@ -149,11 +149,12 @@ impl Client {
             .create_new(true)
             .open(to)
             .map_err(|e| CliError::Other(format!("{}: {e}", to.display())))?;
+        // Gone unless the whole blob arrived: also when this future is dropped half-way (the
+        // CLI interrupted by Ctrl-C), which a check of the result alone missed.
+        let mut partial = Partial { path: to, keep: false };
         let got = self.stream_blob(digest, &mut file).await;
         drop(file);
-        if got.is_err() {
-            let _ = std::fs::remove_file(to);
-        }
+        partial.keep = got.is_ok();
         got
     }
 
@@ -247,4 +248,36 @@ fn api_error(base: &str, status: awc::http::StatusCode, body: &[u8]) -> CliError
         message
     };
     CliError::Api { status: status.as_u16(), code, message }
+}
+
+/// A file being written, removed when this is dropped unless `keep` was set.
+struct Partial<'a> {
+    path: &'a Path,
+    keep: bool,
+}
+
+impl Drop for Partial<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_download_dropped_half_way_leaves_no_file_and_a_whole_one_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (half, whole) = (dir.path().join(".half.buildnet-0"), dir.path().join(".whole.buildnet-1"));
+        for path in [&half, &whole] {
+            std::fs::write(path, "some bytes").expect("write");
+        }
+        drop(Partial { path: &half, keep: false });
+        drop(Partial { path: &whole, keep: true });
+        assert!(!half.exists(), "dropped before the whole blob arrived: removed");
+        assert!(whole.exists(), "kept once it arrived");
+    }
 }

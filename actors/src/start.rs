@@ -497,23 +497,28 @@ mod tests {
         assert_eq!(status.resource_status.len(), expected);
     }
 
+    /// A build's row as its start writes it: running since `started_at`.
+    async fn running_build(store: &crate::store::StoreHandle, id: &str, started_at: i64) {
+        let id = id.to_string();
+        store
+            .run(move |c| {
+                c.execute(
+                    "INSERT INTO builds (id, status, started_at, triggered_by) VALUES (?1, 'running', ?2, 'test')",
+                    rusqlite::params![id, started_at],
+                )?;
+                Ok(())
+            })
+            .await
+            .expect("row");
+    }
+
     #[actix::test]
     async fn builds_left_running_end_as_their_ledger_says_or_as_interrupted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = started(dir.path()).await;
         let (store, ledger, me) = (s.node.store.clone(), s.node.ledger.clone(), s.node.identity.node_id.clone());
         for id in ["b_done", "b_lost", "b_over"] {
-            let id = id.to_string();
-            store
-                .run(move |c| {
-                    c.execute(
-                        "INSERT INTO builds (id, status, started_at, triggered_by) VALUES (?1, 'running', 1, 'test')",
-                        rusqlite::params![id],
-                    )?;
-                    Ok(())
-                })
-                .await
-                .expect("row");
+            running_build(&store, id, 1).await;
         }
         // b_done's end reached the ledger but not its row (the save was lost).
         ledger
@@ -551,12 +556,9 @@ mod tests {
         let s = started(dir.path()).await;
         let (store, ledger, me) = (s.node.store.clone(), s.node.ledger.clone(), s.node.identity.node_id.clone());
         let start = crate::wire::now_ms() as i64 - 60_000;
+        running_build(&store, "b_peer", start).await;
         store
             .run(move |c| {
-                c.execute(
-                    "INSERT INTO builds (id, status, started_at, triggered_by) VALUES ('b_peer', 'running', ?1, 'test')",
-                    rusqlite::params![start],
-                )?;
                 // A peer's allocation, stamped five minutes ahead by its clock, received 2 s in.
                 c.execute(
                     "INSERT INTO ledger (origin, seq, prev_hash, hlc_wall, hlc_logical, entry_type, entry_data, hash, signature, received_at)

@@ -36,6 +36,13 @@ fn build(node: &TestNode, root: &Path, extra: &[&str]) -> std::process::Output {
     node.cli(&args)
 }
 
+/// A project of its own holding `manifest` as its `buildnet.toml`.
+fn project(manifest: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("buildnet.toml"), manifest).expect("manifest");
+    dir
+}
+
 #[test]
 fn the_c_example_builds_runs_its_check_and_caches() {
     let _shared = common::shared();
@@ -140,8 +147,7 @@ fn slow_build_running(
     node: &TestNode,
     stderr: std::process::Stdio,
 ) -> (tempfile::TempDir, std::process::Child, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("buildnet.toml"), "[packages.slow]\nshell = \"sleep 60\"\n").expect("write");
+    let dir = project("[packages.slow]\nshell = \"sleep 60\"\n");
     let child = spawn_build(node, dir.path(), &[], stderr);
     let id = wait_until("the build to run", Duration::from_secs(20), || {
         let (_, list) = node.get("/api/builds");
@@ -188,14 +194,11 @@ fn a_running_build_can_be_cancelled_and_observers_cannot_build() {
 fn a_longer_builds_history_holds_every_package_whether_written_as_it_ended_or_at_the_end() {
     let _shared = common::shared();
     let node = TestNode::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("buildnet.toml"),
+    let dir = project(
         "[packages.quick]\nshell = \"echo q > q.txt\"\noutputs = [\"q.txt\"]\n\n\
          [packages.slow]\nshell = \"sleep 1.2; echo s > s.txt\"\noutputs = [\"s.txt\"]\n\n\
          [packages.last]\nshell = \"cat s.txt > l.txt\"\ndeps = [\"slow\"]\noutputs = [\"l.txt\"]\n",
-    )
-    .expect("manifest");
+    );
     let out = build(&node, dir.path(), &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (_, list) = node.get("/api/builds");
@@ -217,14 +220,11 @@ fn a_longer_builds_history_holds_every_package_whether_written_as_it_ended_or_at
 fn a_killed_nodes_build_keeps_what_ended_and_its_duration_leaves_out_the_downtime() {
     let _shared = common::shared();
     let node = TestNode::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("buildnet.toml"),
+    let dir = project(
         "[packages.quick]\nshell = \"echo quick > q.txt\"\noutputs = [\"q.txt\"]\n\n\
          [packages.slow]\nshell = \"sleep 60\"\n\n\
          [packages.after]\nshell = \"true\"\ndeps = [\"slow\"]\n",
-    )
-    .expect("manifest");
+    );
     let mut child = spawn_build(&node, dir.path(), &[], std::process::Stdio::null());
     let (id, started_at) = wait_until("quick done and slow running", Duration::from_secs(20), || {
         let (_, list) = node.get("/api/builds");
@@ -306,8 +306,7 @@ fn ctrl_c_in_the_cli_cancels_the_build_on_the_node_whenever_it_comes() {
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     };
     for early in [false, true] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("buildnet.toml"), "[packages.slow]\nshell = \"sleep 30\"\n").expect("write");
+        let dir = project("[packages.slow]\nshell = \"sleep 30\"\n");
         let mut child = spawn_build(&node, dir.path(), &[], std::process::Stdio::piped());
         if early {
             // While the start request waits (up to 100 ms) for the build's end: the CLI has no id yet.
@@ -335,8 +334,7 @@ fn ctrl_c_in_the_cli_cancels_the_build_on_the_node_whenever_it_comes() {
     }
     // A second Ctrl-C leaves at once, even while the first one's request waits for a node that
     // does not answer (stopped here with SIGSTOP).
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("buildnet.toml"), "[packages.slow]\nshell = \"sleep 30\"\n").expect("write");
+    let dir = project("[packages.slow]\nshell = \"sleep 30\"\n");
     let mut child = spawn_build(&node, dir.path(), &[], std::process::Stdio::piped());
     let id = wait_until("the package to run", Duration::from_secs(20), || {
         let (_, list) = node.get("/api/builds");

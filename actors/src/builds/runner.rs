@@ -476,14 +476,12 @@ impl BuildActor {
         self.status.completed_at_ms = Some(now);
         self.status.duration_ms = Some(now.saturating_sub(self.status.started_at_ms));
         let (status, c) = (self.status.clone(), self.ctx.clone());
-        let unwritten: Vec<PackageStatus> = self
-            .status
-            .packages
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !written.contains(i))
-            .map(|(_, p)| p.clone())
-            .collect();
+        // The packages whose rows were not written as they ended (taken again from the status
+        // only if their save fails, rather than copied ahead for that case).
+        let unwritten = move |status: &BuildStatus| -> Vec<PackageStatus> {
+            let rows = status.packages.iter().enumerate().filter(|(i, _)| !written.contains(i));
+            rows.map(|(_, p)| p.clone()).collect()
+        };
         ctx.wait(
             async move {
                 // In this order: the packages' rows, the ledger's entry, the build's own row. A
@@ -494,11 +492,11 @@ impl BuildActor {
                 // ledger). The end waits for the sum: one store commit more than before. Rows
                 // that could not be written go with the build's own (as before, one transaction:
                 // the build's row may be missing, if its start's save failed).
-                let unsaved = match save_packages(&c.store, status.id.clone(), unwritten.clone()).await {
+                let unsaved = match save_packages(&c.store, status.id.clone(), unwritten(&status)).await {
                     Ok(()) => Vec::new(),
                     Err(e) => {
                         log::error!("saving the packages of build {}: {e}", status.id);
-                        unwritten
+                        unwritten(&status)
                     }
                 };
                 let executed = status.packages.iter().filter(|p| p.state == PackageState::Succeeded).count();

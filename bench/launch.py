@@ -40,9 +40,9 @@ class Server:
 
     def run(self, spec, env):
         """Starts one package and waits for its exit; returns (status, cpu_ms as reported, the
-        descriptors that came with the exit: the package's mount namespace, which the caller
-        closes, as the daemon's `launcher-ns` thread does, outside the timed path, and the
-        seconds from the request to the `Started` answer)."""
+        descriptors that came with the answers: the package's mount namespace, handed over with
+        `Started`, which the caller closes after the exit, as the daemon's `launcher-ns` thread
+        does, outside the timed path, and the seconds from the request to the `Started` answer)."""
         rid, self.next_id = self.next_id, self.next_id + 1
         out_r, out_w = os.pipe()
         request = json.dumps({"id": rid, "spec": spec, "env": env}).encode()
@@ -50,17 +50,21 @@ class Server:
         fds = array.array("i", [out_w, out_w]).tobytes()
         sent = time.perf_counter()
         self.sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-        started = json.loads(self.sock.recv(4096))
+        attached = array.array("i")
+
+        def answer():
+            message, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
+            for level, kind, data in ancillary:
+                if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                    attached.frombytes(data[: len(data) - len(data) % 4])
+            return json.loads(message)
+
+        started = answer()
         to_start = time.perf_counter() - sent
         os.close(out_w)
         assert "Started" in started, started
-        message, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
-        exited = json.loads(message)
+        exited = answer()
         assert "Exited" in exited, exited
-        attached = array.array("i")
-        for level, kind, data in ancillary:
-            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
-                attached.frombytes(data[: len(data) - len(data) % 4])
         os.read(out_r, 65536)
         os.close(out_r)
         return exited["Exited"]["status"], exited["Exited"]["cpu_ms"], list(attached), to_start

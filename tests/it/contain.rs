@@ -507,7 +507,6 @@ fn a_kept_input_is_the_stored_one_whatever_the_package_before_put_at_its_path() 
 /// it; and with the tmpfs gone again, the next package in the folder under it.
 #[test]
 fn a_package_sees_what_was_mounted_after_its_namespaces_were_made_ahead() {
-    use buildnet_actors::exec::contain::{SandboxLevel, Spec};
     use buildnet_actors::exec::forkserver::ForkServer;
     if !is_root() {
         eprintln!("skipped: needs root to mount");
@@ -516,16 +515,7 @@ fn a_package_sees_what_was_mounted_after_its_namespaces_were_made_ahead() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = ForkServer::new(common::BIN.into());
     let run = |sandbox: &Path, line: &str| -> (bool, String) {
-        let spec = Spec {
-            dir: sandbox.to_path_buf(),
-            read_only: vec![],
-            level: SandboxLevel::Full,
-            user: None,
-            tmp: None,
-            given: false,
-            argv: vec!["/bin/sh".into(), "-c".into(), line.into()],
-        };
-        let (status, said) = served(&server, &spec);
+        let (status, said) = served(&server, &fully_contained(sandbox, line));
         (status.success(), said)
     };
     let volume = dir.path().join("volume");
@@ -550,6 +540,68 @@ fn a_package_sees_what_was_mounted_after_its_namespaces_were_made_ahead() {
     std::fs::create_dir(&sandbox).expect("a sandbox in the folder");
     assert_eq!(run(&sandbox, "echo under > out.txt && echo wrote"), (true, "wrote\n".into()));
     assert_eq!(std::fs::read_to_string(sandbox.join("out.txt")).expect("written"), "under\n");
+}
+
+/// The daemon holds each package's own mount namespace while it runs, and lets go of it on a
+/// thread of its own after the exit, so that the teardown (an RCU grace period) waits on neither
+/// the package's result nor the fork server; the server takes it from the spare made ahead rather
+/// than after the package's exec. Run here through the real fork server: a package started in a
+/// spare finds its `/proc/self/ns/mnt` among this process's open descriptors.
+#[test]
+fn the_daemon_holds_the_mount_namespace_its_package_runs_in() {
+    use buildnet_actors::exec::forkserver::ForkServer;
+    if !is_root() {
+        eprintln!("skipped: needs root for the package's namespaces");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ForkServer::new(common::BIN.into());
+    let spec = |line: &str| fully_contained(dir.path(), line);
+    // The first package, after which the server has a spare waiting for the next.
+    assert!(served(&server, &spec("true")).0.success());
+    std::thread::sleep(Duration::from_millis(200));
+    let (_read, write) = std::io::pipe().expect("pipe");
+    let write = std::os::fd::OwnedFd::from(write);
+    let env = [("PATH".to_string(), "/usr/bin:/bin".to_string())];
+    let running =
+        server.start(&spec("readlink /proc/self/ns/mnt > ns.txt; sleep 30"), &env, &write, &write).expect("started");
+    let own = wait_until("the package says its namespace", Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.path().join("ns.txt")).ok().filter(|s| s.ends_with('\n'))
+    });
+    let own = own.trim().to_string();
+    let held = || -> Vec<String> {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("this process's descriptors")
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .map(|link| link.display().to_string())
+            .filter(|link| link.starts_with("mnt:"))
+            .collect()
+    };
+    let while_running = held();
+    // SAFETY: kill on the package's own process group.
+    unsafe { libc::kill(-(running.pid as i32), libc::SIGKILL) };
+    let ended = running.wait(Duration::from_secs(10));
+    assert!(own.starts_with("mnt:["), "{own}");
+    assert!(while_running.contains(&own), "held while it runs: {own} in {while_running:?}");
+    assert!(matches!(ended, Ok(Some(_))), "it ended: {ended:?}");
+    wait_until("the namespace is let go of after the exit", Duration::from_secs(10), || {
+        (!held().contains(&own)).then_some(())
+    });
+}
+
+/// `sh -c line` in `sandbox` at the full level (Landlock and namespaces), as the node's own user.
+fn fully_contained(sandbox: &Path, line: &str) -> buildnet_actors::exec::contain::Spec {
+    use buildnet_actors::exec::contain::{SandboxLevel, Spec};
+    Spec {
+        dir: sandbox.to_path_buf(),
+        read_only: vec![],
+        level: SandboxLevel::Full,
+        user: None,
+        tmp: None,
+        given: false,
+        argv: vec!["/bin/sh".into(), "-c".into(), line.into()],
+    }
 }
 
 /// Runs `spec` through `server` with `PATH` as its environment, as the executor does: its exit

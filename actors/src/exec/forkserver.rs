@@ -34,9 +34,15 @@
 //!
 //! The last reference to a mount namespace tears it down, and that waits for an RCU grace period
 //! (`namespace_unlock` → `synchronize_rcu_expedited`: milliseconds on a loaded 2-vCPU machine).
-//! So that neither the package's result nor the server waits for it, the server holds each
-//! child's mount namespace (`/proc/<pid>/ns/mnt`) while it runs and hands it to the daemon with
-//! `Exited`, where a thread of its own lets go of it.
+//! So that neither the package's result nor the server waits for it, the server opens each
+//! child's mount namespace (`/proc/<pid>/ns/mnt`) and hands it to the daemon with `Started`; the
+//! daemon keeps it until the package's `Exited` and then lets go of it on a thread of its own.
+//! The server's copy is closed while the package still holds the namespace, so it is never the
+//! last. It opens it when the spare is made, not
+//! once the package has exec'd: that open waits on the child's exec (`proc_ns_get_link` takes
+//! the task's `exec_update_lock`, which `execve` holds while it loads the program), and the
+//! server, which starts and reaps every package of the node, sat in it 0.5–7 ms about a dozen
+//! times per 30-package C build (`sched_switch` stacks, issue 14).
 //!
 //! Failure: when the server dies, the daemon's reader thread sees the socket close; every package
 //! in flight fails with an error naming the launcher (and its group is killed by the daemon), and
@@ -138,11 +144,16 @@ pub fn serve() -> i32 {
     code
 }
 
-/// A child of the server: the request it serves, and its mount namespace (see the module's
-/// documentation) when it has one of its own.
-struct Started {
-    id: u64,
-    mount_namespace: Option<OwnedFd>,
+/// A started package: its pid, why it failed if it did, and its mount namespace (when it has
+/// one of its own and it could be opened).
+type Launched = (Pid, Option<Failure>, Option<OwnedFd>);
+
+/// A spare with its mount namespace, opened while it waits for its package: the package's, since
+/// the spare made it at its clone and the package only adds mounts to it. Not opened (a spare that
+/// died already, say): the package's exit pays for the teardown, and nothing is lost but time.
+fn with_mount_namespace(spare: Spare) -> (Spare, Option<OwnedFd>) {
+    let namespace = std::fs::File::open(format!("/proc/{}/ns/mnt", spare.pid())).ok().map(OwnedFd::from);
+    (spare, namespace)
 }
 
 struct Server {
@@ -151,8 +162,9 @@ struct Server {
     /// The stack of the child that becomes the next package without namespaces (see
     /// [`Prepared::spawn`]).
     stack: ChildStack,
-    /// The child made ahead that becomes the next package with namespaces, once one came.
-    spare: Option<Spare>,
+    /// The child made ahead that becomes the next package with namespaces, once one came, and
+    /// its mount namespace (the package's), held from when it was made.
+    spare: Option<(Spare, Option<OwnedFd>)>,
     /// The stack for the next spare when there is none.
     spare_stack: Option<ChildStack>,
     /// Whether packages with namespaces came (spares are made only then).
@@ -161,8 +173,8 @@ struct Server {
     /// made when it was cloned, so one made before a mount (a storage volume, say) is replaced
     /// by one that has it. Without it, every spare is made at its package's start.
     mounts: Option<std::fs::File>,
-    /// Started packages not yet reaped, by pid (which is also their process group).
-    children: HashMap<Pid, Started>,
+    /// The requests of started packages not yet reaped, by pid (which is also their process group).
+    children: HashMap<Pid, u64>,
     buf: Vec<u8>,
 }
 
@@ -244,11 +256,18 @@ impl Server {
             Ok(_) | Err(_) => return Err(format!("an unreadable request ({bytes} bytes)")),
         };
         let id = request.id;
-        let reply = match <[OwnedFd; 2]>::try_from(fds) {
+        let (reply, mount_namespace) = match <[OwnedFd; 2]>::try_from(fds) {
             Ok([stdout, stderr]) => self.start(request, stdout, stderr),
-            Err(fds) => Reply::NotStarted { id, error: format!("the launcher got {} descriptors, not 2", fds.len()) },
+            Err(fds) => {
+                (Reply::NotStarted { id, error: format!("the launcher got {} descriptors, not 2", fds.len()) }, None)
+            }
         };
-        self.reply(&reply)?;
+        // Sent with `Started`, the daemon's copy outlives this one: the package holds the
+        // namespace too until the daemon has its exit, so closing it here is never the last
+        // reference (with `Exited`, the daemon's thread could let go of it first, and this
+        // close then waited for the teardown: ~10 % of packages).
+        self.reply_with(&reply, mount_namespace.as_ref())?;
+        drop(mount_namespace);
         // The next package's namespaces are made while this one runs.
         if matches!(reply, Reply::Started { .. }) && self.wants_spares && self.spare.is_none() {
             self.make_spare();
@@ -260,36 +279,39 @@ impl Server {
     fn make_spare(&mut self) {
         let Some(stack) = self.spare_stack.take() else { return };
         match Spare::new(Namespaces::here(), stack) {
-            Ok(spare) => self.spare = Some(spare),
+            Ok(spare) => self.spare = Some(with_mount_namespace(spare)),
             Err((stack, _)) => self.spare_stack = Some(stack),
         }
     }
 
     /// Starts `prepared` in the spare made ahead (made now when there is none, or it died).
-    fn start_spare(&mut self, prepared: &Prepared, stdio: [RawFd; 2]) -> Result<(Pid, Option<Failure>), String> {
+    /// Returns the package's pid, why it failed if it did, and its mount namespace.
+    fn start_spare(&mut self, prepared: &Prepared, stdio: [RawFd; 2]) -> Result<Launched, String> {
         self.wants_spares = true;
         let mounted = self.mounts_changed();
-        if let Some(dead) = self.spare.take_if(|s| mounted || !s.alive()) {
+        // A spare replaced (rare: the mount table changed) lets go of its namespace here.
+        if let Some((dead, _)) = self.spare.take_if(|(s, _)| mounted || !s.alive()) {
             let pid = dead.pid();
             self.spare_stack = Some(dead.end());
             let _ = try_reap(pid.as_raw() as u32);
         }
-        let spare = match self.spare.take() {
-            Some(spare) => spare,
+        let (spare, mount_namespace) = match self.spare.take() {
+            Some(made) => made,
             None => {
                 let stack = match self.spare_stack.take() {
                     Some(stack) => stack,
                     None => ChildStack::new().map_err(|e| e.to_string())?,
                 };
-                Spare::new(Namespaces::here(), stack).map_err(|(stack, e)| {
+                let spare = Spare::new(Namespaces::here(), stack).map_err(|(stack, e)| {
                     self.spare_stack = Some(stack);
                     e.to_string()
-                })?
+                })?;
+                with_mount_namespace(spare)
             }
         };
         let (pid, failed, stack) = spare.start(prepared, stdio);
         self.spare_stack = Some(stack);
-        Ok((pid, failed))
+        Ok((pid, failed, mount_namespace))
     }
 
     /// Whether this process's mount table changed since last asked (always, when it cannot
@@ -304,21 +326,25 @@ impl Server {
         }
     }
 
-    fn start(&mut self, request: Request, stdout: OwnedFd, stderr: OwnedFd) -> Reply {
+    /// Starts a package; the answer, and the package's mount namespace to go with it.
+    fn start(&mut self, request: Request, stdout: OwnedFd, stderr: OwnedFd) -> (Reply, Option<OwnedFd>) {
         let id = request.id;
         // Everything that allocates or looks things up, here; the child only makes system calls.
         let prepared = match Prepared::new(&request.spec, request.env.iter().map(|(k, v)| (k, v))) {
             Ok(p) => p,
-            Err(e) => return Reply::NotStarted { id, error: format!("buildnet sandbox-exec: {e}") },
+            Err(e) => return (Reply::NotStarted { id, error: format!("buildnet sandbox-exec: {e}") }, None),
         };
         let stdio = [stdout.as_raw_fd(), stderr.as_raw_fd()];
         let spawned = match prepared.namespaces() {
             Some(_) => self.start_spare(&prepared, stdio),
-            None => prepared.spawn(&mut self.stack, Some(stdio)).map_err(|e| e.to_string()),
+            None => prepared
+                .spawn(&mut self.stack, Some(stdio))
+                .map(|(pid, failed)| (pid, failed, None))
+                .map_err(|e| e.to_string()),
         };
-        let (child, failed) = match spawned {
+        let (child, failed, mount_namespace) = match spawned {
             Ok(spawned) => spawned,
-            Err(e) => return Reply::NotStarted { id, error: format!("the launcher could not fork: {e}") },
+            Err(e) => return (Reply::NotStarted { id, error: format!("the launcher could not fork: {e}") }, None),
         };
         // The child has exec'd the package or exited (CLONE_VFORK): it made its process group
         // before either, so the group exists before the daemon can signal it. A child that
@@ -328,14 +354,8 @@ impl Server {
             let mut stderr = std::fs::File::from(stderr);
             let _ = writeln!(stderr, "buildnet sandbox-exec: {}", prepared.explain(failure));
         }
-        // Gone already (it failed, or the package was quicker than this): its exit paid for the
-        // teardown, and nothing is lost but time.
-        let mount_namespace = prepared
-            .namespaces()
-            .and_then(|_| std::fs::File::open(format!("/proc/{child}/ns/mnt")).ok())
-            .map(OwnedFd::from);
-        self.children.insert(child, Started { id, mount_namespace });
-        Reply::Started { id, pid: child.as_raw() as u32 }
+        self.children.insert(child, id);
+        (Reply::Started { id, pid: child.as_raw() as u32 }, mount_namespace)
     }
 
     /// Ends every child that has exited: kills what it left in its group (its id cannot be
@@ -354,9 +374,8 @@ impl Server {
             };
             let _ = killpg(pid, Signal::SIGKILL);
             let reaped = try_reap(pid.as_raw() as u32).map_err(|e| format!("wait4: {e}"))?;
-            let (Some((status, cpu_ms)), Some(child)) = (reaped, self.children.remove(&pid)) else { continue };
-            let reply = Reply::Exited { id: child.id, status: status.into_raw(), cpu_ms };
-            self.reply_with(&reply, child.mount_namespace.as_ref())?;
+            let (Some((status, cpu_ms)), Some(id)) = (reaped, self.children.remove(&pid)) else { continue };
+            self.reply(&Reply::Exited { id, status: status.into_raw(), cpu_ms })?;
         }
     }
 
@@ -540,6 +559,15 @@ impl Connection {
     /// Hands replies to the packages they are about until the socket closes, and the descriptors
     /// that come with them to `release`; returns why it stopped.
     fn read_replies(&self, release: &mpsc::Sender<OwnedFd>) -> String {
+        // The mount namespaces of the packages running, by request: when the server is gone they
+        // go to the releasing thread too, so that telling its packages waits for no teardown.
+        let mut namespaces: HashMap<u64, OwnedFd> = HashMap::new();
+        let why = self.read_replies_holding(release, &mut namespaces);
+        namespaces.into_values().for_each(|fd| drop(release.send(fd)));
+        why
+    }
+
+    fn read_replies_holding(&self, release: &mpsc::Sender<OwnedFd>, namespaces: &mut HashMap<u64, OwnedFd>) -> String {
         let mut buf = vec![0u8; 4096];
         loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
@@ -566,18 +594,29 @@ impl Connection {
                 Ok(r) => r,
                 Err(e) => return format!("an unreadable reply: {e}"),
             };
-            let Ok(mut waiting) = self.waiting.lock() else { return "a poisoned lock".into() };
             let (id, event) = match reply {
                 Reply::Started { id, pid } => (id, Event::Started(pid)),
                 Reply::NotStarted { id, error } => (id, Event::NotStarted(error)),
                 Reply::Exited { id, status, cpu_ms } => (id, Event::Exited { status, cpu_ms }),
             };
             let last = !matches!(event, Event::Started(_));
+            // A package's mount namespace comes with its `Started` and is let go of (on the
+            // releasing thread) once it has ended.
+            if let (false, Some(namespace)) = (last, attached.pop()) {
+                namespaces.insert(id, namespace);
+            }
+            let Ok(mut waiting) = self.waiting.lock() else { return "a poisoned lock".into() };
             let tx = if last { waiting.by_id.remove(&id) } else { waiting.by_id.get(&id).cloned() };
             if let Some(tx) = tx {
                 let _ = tx.send(event);
             }
             drop(waiting);
+            if last {
+                if let Some(namespace) = namespaces.remove(&id) {
+                    let _ = release.send(namespace);
+                }
+            }
+            // Anything else attached is not expected: let go of it the same way.
             attached.into_iter().for_each(|fd| drop(release.send(fd)));
         }
     }

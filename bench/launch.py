@@ -8,7 +8,7 @@ directly as the floor. Prints, per path, the median wall time from the request t
 end as reported (the one-shot launcher reaped; the fork server's `Exited` answer) and the mean
 CPU time (user + system) of everything started for it, from rusage and /proc in clock ticks,
 over interleaved rounds (for the fork server, with what closing the package's mount namespace,
-handed back with its exit, costs this process). For the fork server also the median time from
+handed over with its `Started` and closed after its exit, costs this process). For the fork server also the median time from
 the request to its `Started` answer (the package has exec'd): what making the package's child
 costs its start — with namespaces, a child made ahead (issue 14) takes the clone and its mounts
 off it, when the machine had a core free while the package before ran.

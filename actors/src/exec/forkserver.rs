@@ -37,12 +37,13 @@
 //! So that neither the package's result nor the server waits for it, the server opens each
 //! child's mount namespace (`/proc/<pid>/ns/mnt`) and hands it to the daemon with `Started`; the
 //! daemon keeps it until the package's `Exited` and then lets go of it on a thread of its own.
-//! The server's copy is closed while the package still holds the namespace, so it is never the
-//! last. It opens it when the spare is made, not
-//! once the package has exec'd: that open waits on the child's exec (`proc_ns_get_link` takes
-//! the task's `exec_update_lock`, which `execve` holds while it loads the program), and the
-//! server, which starts and reaps every package of the node, sat in it 0.5–7 ms about a dozen
-//! times per 30-package C build (`sched_switch` stacks, issue 14).
+//! The server closes its copy once the message carrying one is sent, and the daemon lets go only
+//! after `Exited`, which the server sends later: the server's close is not the last reference
+//! (a spare replaced unused, rare, is the exception). It opens the namespace when the spare is
+//! made, not once the package has exec'd: that open waits on the child's exec
+//! (`proc_ns_get_link` takes the task's `exec_update_lock`, which `execve` holds while it loads
+//! the program), and the server, which starts and reaps every package of the node, sat in it
+//! 0.5–7 ms about a dozen times per 30-package C build (`sched_switch` stacks, issue 14).
 //!
 //! Failure: when the server dies, the daemon's reader thread sees the socket close; every package
 //! in flight fails with an error naming the launcher (and its group is killed by the daemon), and
@@ -262,10 +263,10 @@ impl Server {
                 (Reply::NotStarted { id, error: format!("the launcher got {} descriptors, not 2", fds.len()) }, None)
             }
         };
-        // Sent with `Started`, the daemon's copy outlives this one: the package holds the
-        // namespace too until the daemon has its exit, so closing it here is never the last
-        // reference (with `Exited`, the daemon's thread could let go of it first, and this
-        // close then waited for the teardown: ~10 % of packages).
+        // Sent with `Started`, a copy travels in the message and the daemon keeps it until the
+        // package's `Exited`, which this server sends only later: closing it here is not the
+        // last reference. (Sent with `Exited`, the daemon's thread could let go of its copy
+        // first, and this close then waited for the teardown: ~10 % of packages.)
         self.reply_with(&reply, mount_namespace.as_ref())?;
         drop(mount_namespace);
         // The next package's namespaces are made while this one runs.
@@ -289,8 +290,11 @@ impl Server {
     fn start_spare(&mut self, prepared: &Prepared, stdio: [RawFd; 2]) -> Result<Launched, String> {
         self.wants_spares = true;
         let mounted = self.mounts_changed();
-        // A spare replaced (rare: the mount table changed) lets go of its namespace here.
-        if let Some((dead, _)) = self.spare.take_if(|(s, _)| mounted || !s.alive()) {
+        // A spare replaced (rare: the mount table changed): its namespace is let go of while
+        // the spare (alive, or exiting and not yet reaped) may still hold it, so that its end,
+        // not this close, is likely the last reference.
+        if let Some((dead, namespace)) = self.spare.take_if(|(s, _)| mounted || !s.alive()) {
+            drop(namespace);
             let pid = dead.pid();
             self.spare_stack = Some(dead.end());
             let _ = try_reap(pid.as_raw() as u32);
@@ -373,8 +377,10 @@ impl Server {
                 },
             };
             let _ = killpg(pid, Signal::SIGKILL);
-            let reaped = try_reap(pid.as_raw() as u32).map_err(|e| format!("wait4: {e}"))?;
-            let (Some((status, cpu_ms)), Some(id)) = (reaped, self.children.remove(&pid)) else { continue };
+            let Some((status, cpu_ms)) = try_reap(pid.as_raw() as u32).map_err(|e| format!("wait4: {e}"))? else {
+                continue;
+            };
+            let Some(id) = self.children.remove(&pid) else { continue };
             self.reply(&Reply::Exited { id, status: status.into_raw(), cpu_ms })?;
         }
     }
@@ -602,8 +608,10 @@ impl Connection {
             let last = !matches!(event, Event::Started(_));
             // A package's mount namespace comes with its `Started` and is let go of (on the
             // releasing thread) once it has ended.
-            if let (false, Some(namespace)) = (last, attached.pop()) {
-                namespaces.insert(id, namespace);
+            if !last {
+                if let Some(namespace) = attached.pop() {
+                    namespaces.insert(id, namespace);
+                }
             }
             let Ok(mut waiting) = self.waiting.lock() else { return "a poisoned lock".into() };
             let tx = if last { waiting.by_id.remove(&id) } else { waiting.by_id.get(&id).cloned() };

@@ -14,7 +14,7 @@ use std::path::Path;
 use super::project::{self, Project, ProjectError};
 use crate::cas::{self, Cas, CasError, FileRef};
 use crate::exec::layout::open_regular;
-use crate::wire::{check_path, join_no_follow, JoinError};
+use crate::wire::{check_path, join_no_follow, join_no_follow_in, CheckedDirs, JoinError};
 
 /// How globs match: as `glob::glob` walks (a `*` stays within one component, `**` crosses them,
 /// hidden files match), but over a walk that never follows a link.
@@ -287,6 +287,8 @@ fn snapshot_at(
     let file = root.join(project::MANIFEST).display().to_string();
     let mut files = BTreeMap::new();
     let mut stamps = BTreeMap::new();
+    // Each directory on the way to an input is looked at once (a C project's 30 sources in `src`).
+    let mut checked = CheckedDirs::default();
     for (package, paths) in &project.inputs {
         for path in paths {
             if files.contains_key(path) {
@@ -297,7 +299,7 @@ fn snapshot_at(
                 field: format!("packages.{package}.inputs"),
                 message,
             };
-            let full = join_no_follow(root, path, false).map_err(|e| fail(e.to_string()))?;
+            let full = join_no_follow_in(root, path, false, &mut checked).map_err(|e| fail(e.to_string()))?;
             let known = known.and_then(|(files, stamps)| Some((stamps.get(path)?, files.get(path)?)));
             if let (Some((stamp, f)), Ok(m)) = (known, std::fs::symlink_metadata(&full)) {
                 if m.is_file() && Stamp::of(&m) == *stamp && cas.is_none_or(|c| c.has(&f.digest)) {

@@ -15,7 +15,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::cas::{Cas, Object, Staged};
-use crate::wire::{join_no_follow, FileRef, JoinError, Task};
+use crate::wire::{join_no_follow, join_no_follow_in, CheckedDirs, FileRef, JoinError, Task};
 
 /// An input that is a hard link to its stored object in a sandbox: a pooled sandbox may keep it
 /// for the next package that wants the same object at the same path (`sandbox`'s pool).
@@ -40,11 +40,14 @@ pub fn inputs(
 ) -> Result<(), String> {
     let in_place: std::collections::BTreeSet<(String, String)> =
         linked.iter().map(|l| (l.path.clone(), l.digest.clone())).collect();
+    // Each directory on the way is looked at (or made) once: the sandbox is the node's until the
+    // package starts, and a pooled one's kept directories were checked as it was emptied.
+    let mut checked = CheckedDirs::default();
     for f in &task.files {
         if !f.executable && in_place.contains(&(f.path.clone(), f.digest.clone())) {
             continue;
         }
-        let dest = join_no_follow(dir, &f.path, true).map_err(|e| format!("input {e}"))?;
+        let dest = join_no_follow_in(dir, &f.path, true, &mut checked).map_err(|e| format!("input {e}"))?;
         if std::fs::symlink_metadata(&dest).is_ok() {
             return Err(format!("input '{}': something is already at that path in the sandbox", f.path));
         }
@@ -56,7 +59,7 @@ pub fn inputs(
     }
     // Declared outputs may go into directories the command expects to exist.
     for o in &task.outputs {
-        join_no_follow(dir, o, true).map_err(|e| format!("output directory for {e}"))?;
+        join_no_follow_in(dir, o, true, &mut checked).map_err(|e| format!("output directory for {e}"))?;
     }
     Ok(())
 }

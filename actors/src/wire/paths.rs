@@ -157,30 +157,62 @@ pub enum JoinError {
 /// yet). `root` itself is trusted. The last component is not looked at: the caller decides what
 /// a link or a file there means (open it with `O_NOFOLLOW`, or replace it by a rename).
 pub fn join_no_follow(root: &Path, path: &str, create_dirs: bool) -> Result<PathBuf, JoinError> {
+    join_no_follow_in(root, path, create_dirs, &mut CheckedDirs::default())
+}
+
+/// The directories under one root that [`join_no_follow_in`] found to be directories (not links)
+/// or made, during one pass over many paths — a project's inputs, a sandbox's layout — so that
+/// each is looked at once, not once per path under it: 30 files in `src/` cost 30 looks at `src`
+/// (a cold C build's CLI made 172 `statx` calls for 57 inputs, issue 14). A directory swapped for
+/// a link after its look is no more followed than before: the last component is still opened
+/// without following, as ever, and a pass is one moment's view, as one path's walk was.
+#[derive(Debug, Default)]
+pub struct CheckedDirs {
+    dirs: std::collections::HashSet<String>,
+}
+
+/// [`join_no_follow`], looking only at directories `checked` has not seen, and adding those it
+/// finds or makes.
+pub fn join_no_follow_in(
+    root: &Path,
+    path: &str,
+    create_dirs: bool,
+    checked: &mut CheckedDirs,
+) -> Result<PathBuf, JoinError> {
     check_path(path).map_err(|problem| JoinError::Invalid { path: shorten(path), problem })?;
     let mut components: Vec<&str> = path.split('/').collect();
     let last = components.pop().unwrap_or_default();
     let mut at = root.to_path_buf();
     let mut missing = false;
+    // The directory so far, relative to `root`: `path` up to the end of component `i`.
+    let mut end = 0;
     for (i, c) in components.iter().enumerate() {
         at.push(c);
+        end += c.len() + usize::from(i > 0);
+        let here = &path[..end];
         if missing {
             if create_dirs {
                 std::fs::create_dir(&at).map_err(|source| JoinError::Io { path: shorten(path), source })?;
+                checked.dirs.insert(here.to_string());
             }
             continue;
         }
-        let here = || components[..=i].join("/");
+        if checked.dirs.contains(here) {
+            continue;
+        }
         match std::fs::symlink_metadata(&at) {
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(JoinError::Symlink { path: shorten(path), at: shorten(&here()) })
+                return Err(JoinError::Symlink { path: shorten(path), at: shorten(here) })
             }
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(JoinError::NotADirectory { path: shorten(path), at: shorten(&here()) }),
+            Ok(m) if m.is_dir() => {
+                checked.dirs.insert(here.to_string());
+            }
+            Ok(_) => return Err(JoinError::NotADirectory { path: shorten(path), at: shorten(here) }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 missing = true;
                 if create_dirs {
                     std::fs::create_dir(&at).map_err(|source| JoinError::Io { path: shorten(path), source })?;
+                    checked.dirs.insert(here.to_string());
                 }
             }
             Err(source) => return Err(JoinError::Io { path: shorten(path), source }),
@@ -265,6 +297,43 @@ mod tests {
         let e = check_field(|| "outputs[0]".into(), "a\0b").expect_err("refused");
         assert_eq!(e.to_string(), r"outputs[0]: 'a\0b' contains a NUL byte");
         assert_eq!(check_field(|| "x".into(), "").expect_err("refused").to_string(), "x: the path is empty");
+    }
+
+    /// One pass over many paths with the directories it has seen gives, path by path, what a
+    /// walk of each alone gives: the same joined path, the same link or file refused at the same
+    /// place, the same directories made.
+    #[test]
+    fn a_pass_over_many_paths_joins_each_as_a_walk_of_its_own_would() {
+        let paths =
+            ["src/a.c", "src/b/c.h", "src/b/d/e.h", "link/x", "src/link/y", "file/x", "new/d/e", "new/d/f", "top"];
+        let tree = || {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let root = dir.path().join("root");
+            std::fs::create_dir_all(root.join("src/b")).expect("tree");
+            std::fs::write(root.join("file"), "").expect("file");
+            std::os::unix::fs::symlink(dir.path(), root.join("link")).expect("symlink");
+            std::os::unix::fs::symlink(dir.path(), root.join("src/link")).expect("symlink");
+            (dir, root)
+        };
+        let shown = |r: Result<PathBuf, JoinError>, root: &Path| match r {
+            Ok(p) => format!("ok {}", p.strip_prefix(root).expect("inside").display()),
+            Err(JoinError::Symlink { at, .. }) => format!("link at {at}"),
+            Err(JoinError::NotADirectory { at, .. }) => format!("not a directory at {at}"),
+            Err(e) => format!("{e}"),
+        };
+        for create in [false, true] {
+            let (_one, alone) = tree();
+            let (_other, pass) = tree();
+            let mut checked = CheckedDirs::default();
+            for p in paths {
+                let each = shown(join_no_follow(&alone, p, create), &alone);
+                let together = shown(join_no_follow_in(&pass, p, create, &mut checked), &pass);
+                assert_eq!(each, together, "{p}, create {create}");
+            }
+            for made in ["src/b/d", "new/d"] {
+                assert_eq!(alone.join(made).is_dir(), pass.join(made).is_dir(), "{made}, create {create}");
+            }
+        }
     }
 
     #[test]

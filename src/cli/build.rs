@@ -97,6 +97,9 @@ struct Recording {
     digest: String,
     stamps: BTreeMap<String, inputs::Stamp>,
     watch: Option<inputs::Watch>,
+    /// The last record of the project, whose settled stamps spare reading outputs that are
+    /// still the files it wrote (`Record::vouches_for`).
+    previous: Option<Record>,
 }
 
 /// Reads the project and its inputs and, for a build through the data dir's own node
@@ -154,7 +157,7 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
     let forced = std::mem::replace(&mut request.force, false);
     let digest = uptodate::request_digest(&request);
     request.force = forced;
-    if let Some(previous) = previous.filter(|p| answerable && p.request == digest) {
+    if let Some(previous) = previous.as_ref().filter(|p| answerable && p.request == digest) {
         if let Some(hashed) = previous.outputs_in_place() {
             // Stamps that settled since the record was written spare the next check its reads.
             let resettled = previous.resettled(uptodate::now_ns());
@@ -167,10 +170,10 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
                 record.cli = cli;
                 let _ = record.write(&path);
             }
-            return Ok(up_to_date(&previous, hashed));
+            return Ok(up_to_date(previous, hashed));
         }
     }
-    let record = Some(Recording { path, tools, digest, stamps, watch });
+    let record = Some(Recording { path, tools, digest, stamps, watch, previous });
     Ok(Prepared::Ask(Box::new(Asking { args, root, request, record })))
 }
 
@@ -255,9 +258,10 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
         let dest = writeback::place(&root, &request.project, &f.path)?;
         places.push((f, dest));
     }
+    let previous = record.as_ref().and_then(|r| r.previous.as_ref());
     let writing = async {
         for (f, dest) in &places {
-            if writeback::holds(dest, &f.digest) {
+            if previous.is_some_and(|r| r.vouches_for(dest, &f.digest)) || writeback::holds(dest, &f.digest) {
                 continue;
             }
             fetch_output(ctx, f, dest).await?;
@@ -271,7 +275,7 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
         // is dropped (`client::download_blob`); what is already at the place is untouched.
         () = interrupts.next() => return Err(CliError::Other(format!("interrupted while writing the outputs of build {id}"))),
     }
-    if let Some(Recording { path, tools, digest, stamps, watch }) = record {
+    if let Some(Recording { path, tools, digest, stamps, watch, .. }) = record {
         keep_record(&path, status.status == BuildState::Succeeded, || {
             let mut record = Record::new(digest, tools, id.clone(), status.packages.len(), request.local_only);
             record.inputs = vouched(&request.files, &stamps);

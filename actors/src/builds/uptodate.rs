@@ -291,6 +291,20 @@ impl Record {
         Some(hashed)
     }
 
+    /// Whether the output a build wants at `place` with `digest` is already there because this
+    /// record's settled stamp says the file is the one it wrote with that digest: a build whose
+    /// outputs are unchanged (forced, or after one source changed) then reads none of them again
+    /// (the CLI hashed every output in place after every build, a large artifact each time). A
+    /// stamp that has not settled, or changed, vouches for nothing: the caller reads the file.
+    pub fn vouches_for(&self, place: &Path, digest: &str) -> bool {
+        self.outputs.iter().any(|o| {
+            o.settled
+                && o.place == place
+                && o.digest == digest
+                && std::fs::symlink_metadata(place).is_ok_and(|m| m.is_file() && Stamp::of(&m) == o.stamp)
+        })
+    }
+
     /// Whether the record had outputs and none of them is in the project any more: then no
     /// check can answer from it again (see [`sweep`]). A record without outputs is kept.
     fn places_gone(&self) -> bool {
@@ -562,5 +576,27 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), &place).expect("link");
         assert_eq!(fresh.outputs_in_place(), None, "a link is never taken for the output");
         assert!(!fresh.clone().add_output(&place, &file, later), "nor recorded as one");
+    }
+
+    #[test]
+    fn a_settled_stamp_vouches_for_the_output_a_build_wants_where_it_was_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let place = dir.path().join("out.txt");
+        std::fs::write(&place, "alpha").expect("write");
+        let (digest, size) = cas::hash_file(&place).expect("hash");
+        let file = FileRef { path: "out.txt".into(), digest: digest.clone(), executable: false, size };
+        let mut settled = Record::new("r".into(), "t".into(), "b".into(), 1, false);
+        assert!(settled.add_output(&place, &file, now_ns() + 10_000_000_000));
+        assert!(settled.vouches_for(&place, &digest), "the file written, its stamp settled");
+        assert!(!settled.vouches_for(&place, &"0".repeat(64)), "not for other content");
+        assert!(!settled.vouches_for(&dir.path().join("other.txt"), &digest), "not for another place");
+        let mut fresh = Record::new("r".into(), "t".into(), "b".into(), 1, false);
+        assert!(fresh.add_output(&place, &file, now_ns()));
+        assert!(!fresh.vouches_for(&place, &digest), "a stamp taken at the change vouches for nothing");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::fs::write(&place, "omega").expect("same size, other bytes");
+        assert!(!settled.vouches_for(&place, &digest), "the stamp changed");
+        std::fs::remove_file(&place).expect("remove");
+        assert!(!settled.vouches_for(&place, &digest), "nor for a file gone");
     }
 }

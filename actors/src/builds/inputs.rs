@@ -287,8 +287,10 @@ fn snapshot_at(
     let file = root.join(project::MANIFEST).display().to_string();
     let mut files = BTreeMap::new();
     let mut stamps = BTreeMap::new();
-    // Each directory on the way to an input is looked at once (a C project's 30 sources in `src`).
-    let mut checked = CheckedDirs::default();
+    // The CLI reads its user's own tree: each directory on the way to an input is looked at once
+    // (a C project's 30 sources in `src`). The node reading a registered project for a builder
+    // (with its store) looks again for every input: others may write to that tree meanwhile.
+    let mut checked = if cas.is_some() { CheckedDirs::looking_each_time() } else { CheckedDirs::remembering() };
     for (package, paths) in &project.inputs {
         for path in paths {
             if files.contains_key(path) {

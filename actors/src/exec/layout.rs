@@ -42,7 +42,7 @@ pub fn inputs(
         linked.iter().map(|l| (l.path.clone(), l.digest.clone())).collect();
     // Each directory on the way is looked at (or made) once: the sandbox is the node's until the
     // package starts, and a pooled one's kept directories were checked as it was emptied.
-    let mut checked = CheckedDirs::default();
+    let mut checked = CheckedDirs::remembering();
     for f in &task.files {
         if !f.executable && in_place.contains(&(f.path.clone(), f.digest.clone())) {
             continue;

@@ -157,18 +157,40 @@ pub enum JoinError {
 /// yet). `root` itself is trusted. The last component is not looked at: the caller decides what
 /// a link or a file there means (open it with `O_NOFOLLOW`, or replace it by a rename).
 pub fn join_no_follow(root: &Path, path: &str, create_dirs: bool) -> Result<PathBuf, JoinError> {
-    join_no_follow_in(root, path, create_dirs, &mut CheckedDirs::default())
+    join_no_follow_in(root, path, create_dirs, &mut CheckedDirs::looking_each_time())
 }
 
 /// The directories under one root that [`join_no_follow_in`] found to be directories (not links)
 /// or made, during one pass over many paths — a project's inputs, a sandbox's layout — so that
 /// each is looked at once, not once per path under it: 30 files in `src/` cost 30 looks at `src`
 /// (a cold C build's CLI made 172 `statx` calls for 57 inputs, issue 14). A directory swapped for
-/// a link after its look is no more followed than before: the last component is still opened
-/// without following, as ever, and a pass is one moment's view, as one path's walk was.
-#[derive(Debug, Default)]
+/// a link after its look would be followed by an open below it for the rest of the pass, so only
+/// a pass over a tree nobody else changes meanwhile remembers ([`CheckedDirs::remembering`]).
+#[derive(Debug)]
 pub struct CheckedDirs {
     dirs: std::collections::HashSet<String>,
+    remember: bool,
+}
+
+impl CheckedDirs {
+    /// Remembers each directory found: for the caller's own files (the CLI reading its user's
+    /// project) or a sandbox before its package starts, where no one else changes the tree.
+    pub fn remembering() -> CheckedDirs {
+        CheckedDirs { dirs: Default::default(), remember: true }
+    }
+
+    /// Looks at every directory on the way of every path: for a tree others may write to while
+    /// it is read (a project the node reads for a builder), where remembering would widen the
+    /// window for a directory swapped for a link from one path's walk to the whole pass.
+    pub fn looking_each_time() -> CheckedDirs {
+        CheckedDirs { dirs: Default::default(), remember: false }
+    }
+
+    fn insert(&mut self, dir: &str) {
+        if self.remember {
+            self.dirs.insert(dir.to_string());
+        }
+    }
 }
 
 /// [`join_no_follow`], looking only at directories `checked` has not seen, and adding those it
@@ -193,7 +215,7 @@ pub fn join_no_follow_in(
         if missing {
             if create_dirs {
                 std::fs::create_dir(&at).map_err(|source| JoinError::Io { path: shorten(path), source })?;
-                checked.dirs.insert(here.to_string());
+                checked.insert(here);
             }
             continue;
         }
@@ -205,14 +227,14 @@ pub fn join_no_follow_in(
                 return Err(JoinError::Symlink { path: shorten(path), at: shorten(here) })
             }
             Ok(m) if m.is_dir() => {
-                checked.dirs.insert(here.to_string());
+                checked.insert(here);
             }
             Ok(_) => return Err(JoinError::NotADirectory { path: shorten(path), at: shorten(here) }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 missing = true;
                 if create_dirs {
                     std::fs::create_dir(&at).map_err(|source| JoinError::Io { path: shorten(path), source })?;
-                    checked.dirs.insert(here.to_string());
+                    checked.insert(here);
                 }
             }
             Err(source) => return Err(JoinError::Io { path: shorten(path), source }),
@@ -324,7 +346,7 @@ mod tests {
         for create in [false, true] {
             let (_one, alone) = tree();
             let (_other, pass) = tree();
-            let mut checked = CheckedDirs::default();
+            let mut checked = CheckedDirs::remembering();
             for p in paths {
                 let each = shown(join_no_follow(&alone, p, create), &alone);
                 let together = shown(join_no_follow_in(&pass, p, create, &mut checked), &pass);
@@ -333,6 +355,26 @@ mod tests {
             for made in ["src/b/d", "new/d"] {
                 assert_eq!(alone.join(made).is_dir(), pass.join(made).is_dir(), "{made}, create {create}");
             }
+        }
+    }
+
+    /// A pass over a tree others may change looks again at every directory: one swapped for a
+    /// link between two paths is refused at the second. A remembering pass (for a tree no one
+    /// else changes) takes its first look for the whole pass.
+    #[test]
+    fn a_directory_swapped_for_a_link_mid_pass_is_refused_unless_the_pass_remembers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("src")).expect("tree");
+        for (mut checked, remembers) in [(CheckedDirs::looking_each_time(), false), (CheckedDirs::remembering(), true)]
+        {
+            let _ = std::fs::remove_file(root.join("src"));
+            std::fs::create_dir_all(root.join("src")).expect("a real directory again");
+            join_no_follow_in(&root, "src/a.c", false, &mut checked).expect("a real directory");
+            std::fs::remove_dir(root.join("src")).expect("rmdir");
+            std::os::unix::fs::symlink(dir.path(), root.join("src")).expect("swapped for a link");
+            let second = join_no_follow_in(&root, "src/b.c", false, &mut checked);
+            assert_eq!(second.is_ok(), remembers, "remembering {remembers}: {second:?}");
         }
     }
 

@@ -259,9 +259,17 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
         places.push((f, dest));
     }
     let previous = record.as_ref().and_then(|r| r.previous.as_ref());
+    // Before any output is looked at or written: a stamp the record keeps vouches for the
+    // content only if the file's last change came 2 s before this (`Record::add_output`). Taken
+    // when the record is written instead, a file changed just after it was written or checked
+    // looked settled to a CLI held up meanwhile (stopped, a slow hash), and the record vouched
+    // for bytes the file no longer had.
+    let checked_from = uptodate::now_ns();
     let writing = async {
         for (f, dest) in &places {
-            if previous.is_some_and(|r| r.vouches_for(dest, &f.digest)) || writeback::holds(dest, &f.digest) {
+            if previous.is_some_and(|r| r.vouches_for(dest, &f.digest, f.executable))
+                || writeback::holds(dest, &f.digest, f.executable)
+            {
                 continue;
             }
             fetch_output(ctx, f, dest).await?;
@@ -282,8 +290,7 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
             record.stamps = stamps;
             record.watch = watch;
             record.cli = uptodate::cli_stamp();
-            let now = uptodate::now_ns();
-            places.iter().all(|(f, dest)| record.add_output(dest, f, now)).then_some(record)
+            places.iter().all(|(f, dest)| record.add_output(dest, f, checked_from)).then_some(record)
         });
     }
     if ctx.printed_as_document(&status) {

@@ -79,9 +79,12 @@ fn walk(root: &Path, path: &str, create: bool) -> Result<PathBuf, CliError> {
     Ok(at.join(last))
 }
 
-/// Whether `dest` is already a regular file (not a link) holding `digest`.
-pub fn holds(dest: &Path, digest: &str) -> bool {
-    std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_file()) && cas::hash_file(dest).is_ok_and(|(d, _)| d == digest)
+/// Whether `dest` is already a regular file (not a link) holding `digest`, executable or not as
+/// `executable` says (a build that only changes an output's mode changes the project's file).
+pub fn holds(dest: &Path, digest: &str, executable: bool) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_file() && (m.permissions().mode() & 0o111 != 0) == executable)
+        && cas::hash_file(dest).is_ok_and(|(d, _)| d == digest)
 }
 
 #[cfg(test)]
@@ -125,6 +128,23 @@ mod tests {
         std::fs::write(outside.join("same"), "x").expect("write");
         std::os::unix::fs::symlink(outside.join("same"), root.join("a.txt")).expect("symlink");
         let (digest, _) = cas::hash_file(&outside.join("same")).expect("hash");
-        assert!(!holds(&root.join("a.txt"), &digest), "a link is never taken for the output");
+        assert!(!holds(&root.join("a.txt"), &digest, false), "a link is never taken for the output");
+    }
+
+    /// An output whose bytes are right but whose executable bit is not is not held: a build that
+    /// only changes an output's mode changes the project's file (found by a tester).
+    #[test]
+    fn an_output_is_held_with_its_bytes_and_its_executable_bit() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let out = tmp.path().join("x.sh");
+        std::fs::write(&out, "echo hi\n").expect("write");
+        let (digest, _) = cas::hash_file(&out).expect("hash");
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(holds(&out, &digest, false));
+        assert!(!holds(&out, &digest, true), "wanted executable, it is not");
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert!(holds(&out, &digest, true));
+        assert!(!holds(&out, &digest, false), "wanted not executable, it is");
     }
 }

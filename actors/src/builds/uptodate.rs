@@ -249,8 +249,11 @@ impl Record {
     }
 
     /// Adds an output just written or found in place at `place`; false if it is not a regular
-    /// file there any more.
-    pub fn add_output(&mut self, place: &Path, file: &FileRef, now_ns: i128) -> bool {
+    /// file there any more. `checked_from`: when the caller began to write or check the outputs
+    /// (not now): the stamp vouches for the content only if the file's last change came 2 s
+    /// before that (`Stamp::settled_before`), so a change made after the file was written or
+    /// checked is never taken for the content recorded, however late the stamp is taken.
+    pub fn add_output(&mut self, place: &Path, file: &FileRef, checked_from: i128) -> bool {
         let Ok(meta) = std::fs::symlink_metadata(place) else { return false };
         if !meta.is_file() {
             return false;
@@ -261,7 +264,7 @@ impl Record {
             place: place.to_path_buf(),
             digest: file.digest.clone(),
             executable: file.executable,
-            settled: stamp.settled_before(now_ns),
+            settled: stamp.settled_before(checked_from),
             stamp,
         });
         true
@@ -291,16 +294,18 @@ impl Record {
         Some(hashed)
     }
 
-    /// Whether the output a build wants at `place` with `digest` is already there because this
+    /// Whether the output a build wants at `place` with `digest` (and `executable` or not) is
+    /// already there because this
     /// record's settled stamp says the file is the one it wrote with that digest: a build whose
     /// outputs are unchanged (forced, or after one source changed) then reads none of them again
     /// (the CLI hashed every output in place after every build, a large artifact each time). A
     /// stamp that has not settled, or changed, vouches for nothing: the caller reads the file.
-    pub fn vouches_for(&self, place: &Path, digest: &str) -> bool {
+    pub fn vouches_for(&self, place: &Path, digest: &str, executable: bool) -> bool {
         self.outputs.iter().any(|o| {
             o.settled
                 && o.place == place
                 && o.digest == digest
+                && o.executable == executable
                 && std::fs::symlink_metadata(place).is_ok_and(|m| m.is_file() && Stamp::of(&m) == o.stamp)
         })
     }
@@ -578,6 +583,30 @@ mod tests {
         assert!(!fresh.clone().add_output(&place, &file, later), "nor recorded as one");
     }
 
+    /// A file changed after the CLI began to write or check the outputs is not recorded as
+    /// settled, however long after that its stamp is taken (a CLI stopped, or hashing a large
+    /// output): the record would vouch for bytes the file no longer has (found by a tester: the
+    /// next `--force` kept the wrong output).
+    #[test]
+    fn a_change_after_the_outputs_were_checked_is_never_settled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let place = dir.path().join("out.txt");
+        std::fs::write(&place, "alpha").expect("write");
+        let (digest, size) = cas::hash_file(&place).expect("hash");
+        let file = FileRef { path: "out.txt".into(), digest: digest.clone(), executable: false, size };
+        let checked_from = now_ns() + 10_000_000_000;
+        let mut before = Record::new("r".into(), "t".into(), "b".into(), 1, false);
+        assert!(before.add_output(&place, &file, checked_from));
+        assert!(before.outputs[0].settled, "unchanged since long before the check");
+        let checked_from = now_ns();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::fs::write(&place, "omega").expect("changed after the check began");
+        let mut after = Record::new("r".into(), "t".into(), "b".into(), 1, false);
+        assert!(after.add_output(&place, &file, checked_from));
+        assert!(!after.outputs[0].settled, "changed after the check: vouches for nothing");
+        assert!(!after.vouches_for(&place, &digest, false));
+    }
+
     #[test]
     fn a_settled_stamp_vouches_for_the_output_a_build_wants_where_it_was_written() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -587,16 +616,17 @@ mod tests {
         let file = FileRef { path: "out.txt".into(), digest: digest.clone(), executable: false, size };
         let mut settled = Record::new("r".into(), "t".into(), "b".into(), 1, false);
         assert!(settled.add_output(&place, &file, now_ns() + 10_000_000_000));
-        assert!(settled.vouches_for(&place, &digest), "the file written, its stamp settled");
-        assert!(!settled.vouches_for(&place, &"0".repeat(64)), "not for other content");
-        assert!(!settled.vouches_for(&dir.path().join("other.txt"), &digest), "not for another place");
+        assert!(settled.vouches_for(&place, &digest, false), "the file written, its stamp settled");
+        assert!(!settled.vouches_for(&place, &"0".repeat(64), false), "not for other content");
+        assert!(!settled.vouches_for(&place, &digest, true), "not for the same bytes wanted executable");
+        assert!(!settled.vouches_for(&dir.path().join("other.txt"), &digest, false), "not for another place");
         let mut fresh = Record::new("r".into(), "t".into(), "b".into(), 1, false);
         assert!(fresh.add_output(&place, &file, now_ns()));
-        assert!(!fresh.vouches_for(&place, &digest), "a stamp taken at the change vouches for nothing");
+        assert!(!fresh.vouches_for(&place, &digest, false), "a stamp taken at the change vouches for nothing");
         std::thread::sleep(std::time::Duration::from_millis(5));
         std::fs::write(&place, "omega").expect("same size, other bytes");
-        assert!(!settled.vouches_for(&place, &digest), "the stamp changed");
+        assert!(!settled.vouches_for(&place, &digest, false), "the stamp changed");
         std::fs::remove_file(&place).expect("remove");
-        assert!(!settled.vouches_for(&place, &digest), "nor for a file gone");
+        assert!(!settled.vouches_for(&place, &digest, false), "nor for a file gone");
     }
 }

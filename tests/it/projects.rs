@@ -329,3 +329,52 @@ fn the_projects_page_registers_and_removes_with_the_forms_token() {
     assert_eq!(status, 303);
     assert_eq!(node.get("/api/projects").1["projects"], json!([]));
 }
+
+/// A builder who can write into a registered project cannot make the node read a file outside
+/// it by swapping a directory on the way for a link while the node reads the inputs: here a
+/// thread exchanges `src` with a link to a directory outside (`renameat2(RENAME_EXCHANGE)`) as
+/// fast as it can while 60 builds of the project are asked for; the outside file's digest must
+/// never reach the node's store (a check of the directories followed by an open by path let a
+/// tester's builds store `/etc/shadow` about one time in ten).
+#[test]
+fn a_directory_swapped_for_a_link_while_the_node_reads_a_project_leads_nowhere() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let node = TestNode::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("swapped");
+    let outside = work.path().join("outside");
+    write(&root, "buildnet.toml", "[packages.x]\ncommand = [\"cat\", \"src/secret\"]\ninputs = [\"src/secret\"]\n");
+    write(&root, "src/secret", "inside");
+    write(&outside, "secret", "OUTSIDE, the node's secret");
+    let secret = blake3::hash(b"OUTSIDE, the node's secret").to_hex().to_string();
+    std::os::unix::fs::symlink(&outside, root.join("alt")).expect("symlink");
+    let (status, e) = register(&node, &root, Some("swapped"));
+    assert_eq!(status, 201, "{e}");
+
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, src, alt) = (stop.clone(), root.join("src"), root.join("alt"));
+        std::thread::spawn(move || {
+            use std::os::unix::ffi::OsStrExt;
+            let src = std::ffi::CString::new(src.as_os_str().as_bytes()).expect("path");
+            let alt = std::ffi::CString::new(alt.as_os_str().as_bytes()).expect("path");
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: renameat2 on two NUL-terminated paths that outlive the call.
+                unsafe {
+                    libc::renameat2(libc::AT_FDCWD, src.as_ptr(), libc::AT_FDCWD, alt.as_ptr(), libc::RENAME_EXCHANGE)
+                };
+            }
+        })
+    };
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..60 {
+        let (status, _) = node.post("/api/build", &json!({ "project": "swapped", "force": true }));
+        *answers.entry(status).or_insert(0) += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().expect("swapper");
+    assert!(answers.keys().all(|s| [202, 400].contains(s)), "started or refused: {answers:?}");
+    let (status, missing) = node.post("/api/blobs/missing", &json!({ "digests": [secret] }));
+    assert_eq!(status, 200, "{missing}");
+    assert_eq!(missing["missing"], json!([secret]), "the outside file never reached the store ({answers:?})");
+}

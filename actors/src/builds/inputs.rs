@@ -13,7 +13,7 @@ use std::path::Path;
 
 use super::project::{self, Project, ProjectError};
 use crate::cas::{self, Cas, CasError, FileRef};
-use crate::exec::layout::open_regular;
+use crate::exec::layout::{open_regular, open_regular_beneath};
 use crate::wire::{check_path, join_no_follow, join_no_follow_in, CheckedDirs, JoinError};
 
 /// How globs match: as `glob::glob` walks (a `*` stays within one component, `**` crosses them,
@@ -310,7 +310,7 @@ fn snapshot_at(
                     continue;
                 }
             }
-            let (f, stamp) = read(&full, path, cas).map_err(fail)?;
+            let (f, stamp) = read(root, &full, path, cas).map_err(fail)?;
             files.insert(path.clone(), f);
             if stamp.settled_before(now_ns) {
                 stamps.insert(path.clone(), stamp);
@@ -327,8 +327,14 @@ fn snapshot_at(
 /// outputs are read), and stores it in `cas` if given and missing: read again from the same
 /// descriptor and checked against the digest on the way, so a file that changed meanwhile is
 /// refused rather than stored under the wrong name.
-fn read(full: &Path, path: &str, cas: Option<&Cas>) -> Result<(FileRef, Stamp), String> {
-    let (mut file, meta) = open_regular(full, &format!("'{path}'"), || link_refused(path))?;
+fn read(root: &Path, full: &Path, path: &str, cas: Option<&Cas>) -> Result<(FileRef, Stamp), String> {
+    let what = format!("'{path}'");
+    // The node reading a project for a builder opens it beneath its root, a directory at a
+    // time: others may write to that tree while it is read. The CLI reads its user's own.
+    let (mut file, meta) = match cas {
+        Some(_) => open_regular_beneath(root, path, &what, || link_refused(path))?,
+        None => open_regular(full, &what, || link_refused(path))?,
+    };
     let (digest, size) = cas::hash_reader(&mut file, full).map_err(|e| e.to_string())?;
     if let Some(cas) = cas.filter(|c| !c.has(&digest)) {
         let stored = (|| {

@@ -111,6 +111,59 @@ pub fn open_regular(
     Ok((file, meta))
 }
 
+/// [`open_regular`] for `rel` (a checked relative path) under `root`, without following a link
+/// anywhere on the way, whatever changes meanwhile: each directory is opened relative to the one
+/// before (`O_PATH | O_DIRECTORY | O_NOFOLLOW`: a link fails to open as a directory) and the file
+/// relative to the last. A check of the directories followed by an open by path is a race: a
+/// directory swapped for a link to `/etc` between the two was followed, and a node reading a
+/// registered project stored `/etc/shadow` for a builder who could write into the project (found
+/// by a tester, about one try in ten). `link` answers a link at the name; one on the way is
+/// named in the error.
+pub fn open_regular_beneath(
+    root: &Path,
+    rel: &str,
+    what: &str,
+    link: impl FnOnce() -> String,
+) -> Result<(File, std::fs::Metadata), String> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    let walk = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let failed = |e: nix::errno::Errno| format!("{what}: {}", std::io::Error::from(e));
+    let mut dir =
+        openat(nix::fcntl::AT_FDCWD, root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(failed)?;
+    let mut components = rel.split('/').peekable();
+    let mut way = 0;
+    while let Some(component) = components.next() {
+        way += component.len() + usize::from(way > 0);
+        if components.peek().is_none() {
+            let read = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+            let fd = openat(&dir, component, read, Mode::empty()).map_err(|e| match e {
+                nix::errno::Errno::ELOOP => link(),
+                e => failed(e),
+            })?;
+            let file = File::from(fd);
+            let meta = file.metadata().map_err(|e| format!("{what}: {e}"))?;
+            if !meta.is_file() {
+                return Err(format!("{what} is not a regular file"));
+            }
+            return Ok((file, meta));
+        }
+        dir = match openat(&dir, component, walk, Mode::empty()) {
+            Ok(next) => next,
+            // A link (or a file) where a directory should be.
+            Err(nix::errno::Errno::ENOTDIR | nix::errno::Errno::ELOOP) => {
+                return Err(format!(
+                    "{what} passes through '{}', a symbolic link or not a directory; links are not followed",
+                    &rel[..way]
+                ))
+            }
+            Err(e) => return Err(failed(e)),
+        };
+    }
+    Err(format!("{what}: an empty path"))
+}
+
 fn output(cas: &Cas, dir: &Path, o: &str) -> Result<FileRef, String> {
     let not_produced = || format!("output '{o}' was not produced");
     let path = match join_no_follow(dir, o, false) {
@@ -141,6 +194,33 @@ fn output(cas: &Cas, dir: &Path, o: &str) -> Result<FileRef, String> {
 mod tests {
     use super::*;
     use crate::wire::Invocation;
+
+    /// Opened beneath the root a directory at a time, a file is never reached through a link on
+    /// the way or at its name, and what is not a regular file (a FIFO) is refused without
+    /// hanging. A directory swapped for a link while the node opens is tried through the binary:
+    /// `projects::a_directory_swapped_for_a_link_while_the_node_reads_a_project_leads_nowhere`.
+    #[test]
+    fn a_file_opened_beneath_its_root_is_never_reached_through_a_link() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("project");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("src")).expect("src");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::fs::write(root.join("src/secret"), "inside").expect("write");
+        std::fs::write(outside.join("secret"), "OUTSIDE").expect("write");
+        std::os::unix::fs::symlink(&outside, root.join("alt")).expect("link");
+        let link = || "link".to_string();
+
+        let (file, meta) = open_regular_beneath(&root, "src/secret", "'src/secret'", link).expect("opened");
+        assert!(meta.is_file());
+        drop(file);
+        let through = open_regular_beneath(&root, "alt/secret", "'alt/secret'", link).expect_err("a link on the way");
+        assert!(through.contains("passes through 'alt'"), "{through}");
+        assert_eq!(open_regular_beneath(&root, "alt", "'alt'", link).expect_err("a link at the name"), "link");
+        nix::unistd::mkfifo(&root.join("src/fifo"), nix::sys::stat::Mode::S_IRWXU).expect("fifo");
+        let fifo = open_regular_beneath(&root, "src/fifo", "'src/fifo'", link).expect_err("not a file");
+        assert!(fifo.contains("not a regular file"), "{fifo}");
+    }
 
     fn task(files: Vec<FileRef>, outputs: &[&str]) -> Task {
         Task {

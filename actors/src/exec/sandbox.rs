@@ -465,8 +465,9 @@ fn take_free(pool: &Path, wanted: &Wanted) -> Option<Free> {
 
 /// The builds' directories (`<root>/<build>`, each holding that build's sandboxes) with how
 /// many of their sandboxes are in use. One in use is never removed; one no longer in use leaves
-/// its place when the next build's is made, so a node keeps at most one empty build directory per
-/// root instead of one per build it ever ran (they piled up until the node restarted), and a
+/// its place when the next build's is made, so a node keeps one empty build directory per root
+/// (and one per build that was still running then, until the next build's is made) instead of
+/// one per build it ever ran (they piled up until the node restarted), and a
 /// build whose packages reach this node one at a time does not make its directory per package.
 ///
 /// Leaving is a rename aside (`<root>/.gone-…`); the removal waits for the next release, after a

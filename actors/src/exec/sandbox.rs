@@ -465,9 +465,9 @@ fn take_free(pool: &Path, wanted: &Wanted) -> Option<Free> {
 
 /// The builds' directories (`<root>/<build>`, each holding that build's sandboxes) with how
 /// many of their sandboxes are in use. One in use is never removed; one no longer in use leaves
-/// its place when the next build's is made, so a node keeps one empty build directory per root
-/// (and one per build that was still running then, until the next build's is made) instead of
-/// one per build it ever ran (they piled up until the node restarted), and a
+/// its place when the next build's is made (or, for a build still running then, with its last
+/// sandbox), so a node keeps at most one empty build directory per root instead of one per build
+/// it ever ran (they piled up until the node restarted), and a
 /// build whose packages reach this node one at a time does not make its directory per package.
 ///
 /// Leaving is a rename aside (`<root>/.gone-…`); the removal waits for the next release, after a
@@ -488,33 +488,12 @@ const GONE_PREFIX: &str = ".gone-";
 impl BuildDirs {
     /// Counts a sandbox in `build_dir`, making the directory for the first one.
     fn enter(build_dir: &Path) -> std::io::Result<()> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut dirs = BUILD_DIRS.lock().map_err(|_| std::io::Error::other("the build directories' lock"))?;
         if let Some((_, users)) = dirs.iter_mut().find(|(d, _)| d == build_dir) {
             *users += 1;
             return Ok(());
         }
-        let mut gone = Vec::new();
-        dirs.retain(|(d, users)| {
-            if *users > 0 {
-                return true;
-            }
-            let aside = d.with_file_name(format!(
-                "{GONE_PREFIX}{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-            match std::fs::rename(d, &aside) {
-                Ok(()) => {
-                    gone.push(aside);
-                    false
-                }
-                Err(e) => e.kind() != std::io::ErrorKind::NotFound,
-            }
-        });
-        if let (false, Ok(mut list)) = (gone.is_empty(), GONE_BUILD_DIRS.lock()) {
-            list.append(&mut gone);
-        }
+        dirs.retain(|(d, users)| *users > 0 || !Self::moved_aside(d));
         if let Some(root) = build_dir.parent() {
             private_dir(root)?;
         }
@@ -523,12 +502,17 @@ impl BuildDirs {
         Ok(())
     }
 
-    /// Counts a sandbox out of `build_dir` (the directory stays until another build's is made),
-    /// then removes the build directories moved aside meanwhile.
+    /// Counts a sandbox out of `build_dir` — which stays while it is its root's newest, and leaves
+    /// with its last sandbox when a newer build's was made meanwhile (concurrent builds) — then
+    /// removes the build directories moved aside.
     fn leave(build_dir: &Path) {
         if let Ok(mut dirs) = BUILD_DIRS.lock() {
-            if let Some((_, users)) = dirs.iter_mut().find(|(d, _)| d == build_dir) {
-                *users = users.saturating_sub(1);
+            if let Some(at) = dirs.iter().position(|(d, _)| d == build_dir) {
+                dirs[at].1 = dirs[at].1.saturating_sub(1);
+                let newer = dirs[at + 1..].iter().any(|(d, _)| d.parent() == build_dir.parent());
+                if dirs[at].1 == 0 && newer && Self::moved_aside(build_dir) {
+                    dirs.remove(at);
+                }
             }
         }
         let gone = GONE_BUILD_DIRS.lock().map(|mut list| std::mem::take(&mut *list)).unwrap_or_default();
@@ -536,6 +520,24 @@ impl BuildDirs {
             // The node's own directory, under its private sandboxes root; a sandbox left in it
             // (one that could not be removed) goes with it.
             let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// Moves the unused build directory `dir` aside for the next release to remove; true when it
+    /// is no longer at its place (moved, or gone already), false when it stays (and is kept
+    /// counted, to be tried again).
+    fn moved_aside(dir: &Path) -> bool {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let aside =
+            dir.with_file_name(format!("{GONE_PREFIX}{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        match std::fs::rename(dir, &aside) {
+            Ok(()) => {
+                if let Ok(mut list) = GONE_BUILD_DIRS.lock() {
+                    list.push(aside);
+                }
+                true
+            }
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
         }
     }
 }
@@ -1142,6 +1144,27 @@ mod tests {
         }
         found.sort();
         found
+    }
+
+    /// A build still running when the next one's directory is made leaves with its last
+    /// sandbox; the newest build's directory stays after its last, for its next package. After
+    /// concurrent builds, at most that one is left (a tester counted three).
+    #[test]
+    fn a_build_directory_leaves_with_its_last_sandbox_once_a_newer_one_is_made() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (first, second) = (root.path().join("b1/p"), root.path().join("b2/q"));
+        made(&root.path().join(FREE_SANDBOXES), &first, &wanted(&[]));
+        made(&root.path().join(FREE_SANDBOXES), &second, &wanted(&[]));
+        assert!(root.path().join("b1").is_dir(), "in use when the newer one was made");
+        released(None, &first, &wanted(&[]));
+        let gone = || !root.path().join("b1").exists();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !gone() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(gone(), "left with its last sandbox, a newer build's directory being there");
+        released(None, &second, &wanted(&[]));
+        assert!(root.path().join("b2").is_dir(), "the newest stays for its build's next package");
     }
 
     #[test]

@@ -124,10 +124,14 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
     // Whether the record may answer at all, told once for both checks below.
     let answerable = previous.as_ref().is_some_and(|r| !asked && tools.as_ref() == Some(&r.tools) && same_places(r));
     // Nothing the request is made from changed by stamps: answered without reading the project.
+    // Before any output is checked: a stamp found settled against this last changed before the
+    // check read the file (`Record::resettled`; taken after the check, a file changed while a
+    // large output was hashed, or the CLI was stopped, was recorded as settled).
+    let checked_from = uptodate::now_ns();
     if let (Some((_, path)), Some(previous)) = (&record_at, &previous) {
         if answerable && previous.unchanged(&root, args.local_only) {
             if let Some(hashed) = previous.outputs_in_place() {
-                if let Some(record) = previous.resettled(uptodate::now_ns()) {
+                if let Some(record) = previous.resettled(checked_from) {
                     let _ = record.write(path);
                 }
                 return Ok(up_to_date(previous, hashed));
@@ -160,7 +164,7 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
     if let Some(previous) = previous.as_ref().filter(|p| answerable && p.request == digest) {
         if let Some(hashed) = previous.outputs_in_place() {
             // Stamps that settled since the record was written spare the next check its reads.
-            let resettled = previous.resettled(uptodate::now_ns());
+            let resettled = previous.resettled(checked_from);
             let cli = uptodate::cli_stamp();
             if resettled.is_some() || stamps != previous.stamps || watch != previous.watch || cli != previous.cli {
                 let mut record = resettled.unwrap_or_else(|| previous.clone());

@@ -8,7 +8,7 @@
 //! placement, the action cache, retries, history and estimates treat it as one, by a stable name.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::inputs::Listed;
 use crate::wire::check_path;
@@ -540,11 +540,23 @@ pub fn load(root: &Path) -> Result<Project, ProjectError> {
 
 /// [`load`], adding every directory whose listing it read to `listed`.
 pub fn load_listing(root: &Path, listed: &mut Listed) -> Result<Project, ProjectError> {
-    let path: PathBuf = root.join(MANIFEST);
-    let file = path.display().to_string();
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| err(&file, "(file)".into(), format!("cannot be read: {e}")))?;
+    let file = root.join(MANIFEST).display().to_string();
+    let text = read_manifest(root).map_err(|message| err(&file, "(file)".into(), message))?;
     Manifest::parse(&file, &text)?.check_listing(&file, root, listed)
+}
+
+/// The text of `<root>/buildnet.toml`, read without following a link on the way or at its name
+/// (`exec::layout::open_regular_beneath`), only if it is a regular file, and never more than
+/// [`MAX_MANIFEST_BYTES`] + 1 bytes (then [`Manifest::parse`] refuses it): a manifest that was a
+/// link to `/dev/zero` had the node read until it ran out of memory, and a FIFO held a thread.
+/// The error is the message, for the caller to place.
+pub fn read_manifest(root: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let link = || "is a symbolic link; links are not followed".to_string();
+    let (file, _) = crate::exec::layout::open_regular_beneath(root, MANIFEST, "cannot be read", link)?;
+    let mut text = String::new();
+    file.take(MAX_MANIFEST_BYTES as u64 + 1).read_to_string(&mut text).map_err(|e| format!("cannot be read: {e}"))?;
+    Ok(text)
 }
 
 impl Project {
@@ -577,6 +589,31 @@ impl Project {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The manifest is read only as a regular file reached without a link, and never past the
+    /// size a manifest may have: a link to `/dev/zero` had the node read until memory ran out,
+    /// a FIFO held a thread.
+    #[test]
+    fn the_manifest_is_read_only_as_a_bounded_regular_file_without_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("p");
+        std::fs::create_dir(&root).expect("mkdir");
+        std::os::unix::fs::symlink("/dev/zero", root.join(MANIFEST)).expect("link");
+        let e = read_manifest(&root).expect_err("a link");
+        assert!(e.contains("symbolic link"), "{e}");
+        std::fs::remove_file(root.join(MANIFEST)).expect("rm");
+        nix::unistd::mkfifo(&root.join(MANIFEST), nix::sys::stat::Mode::S_IRWXU).expect("fifo");
+        let e = read_manifest(&root).expect_err("a FIFO");
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_file(root.join(MANIFEST)).expect("rm");
+        std::fs::write(root.join(MANIFEST), "#".repeat(4 * MAX_MANIFEST_BYTES)).expect("write");
+        assert_eq!(read_manifest(&root).expect("read").len(), MAX_MANIFEST_BYTES + 1, "bounded");
+        let e = load(&root).expect_err("too large").to_string();
+        assert!(e.contains("a manifest may have at most"), "{e}");
+        std::os::unix::fs::symlink(&root, dir.path().join("via")).expect("link");
+        let e = read_manifest(&dir.path().join("via")).expect_err("a project reached through a link");
+        assert!(e.contains("passes through a symbolic link"), "{e}");
+    }
 
     fn project(files: &[(&str, &str)], manifest: &str) -> (tempfile::TempDir, Result<Project, ProjectError>) {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -158,8 +158,8 @@ fn describe(name: String, path: String, created_at_ms: u64, created_by: String, 
         error: None,
     };
     let file = Path::new(&info.path).join(project::MANIFEST);
-    let read = std::fs::read_to_string(&file)
-        .map_err(|e| format!("{}: cannot be read: {e}", file.display()))
+    let read = project::read_manifest(Path::new(&info.path))
+        .map_err(|e| format!("{}: {e}", file.display()))
         .and_then(|text| Manifest::parse(&file.display().to_string(), &text).map_err(|e| e.to_string()))
         .and_then(|m| {
             m.check_structure(&file.display().to_string()).map(|order| (m, order)).map_err(|e| e.to_string())

@@ -318,15 +318,17 @@ impl Record {
 
     /// The record with the stamps of outputs that have settled since it was written, or that
     /// were touched or rewritten with the same content and have settled since (so the next check
-    /// need not hash them); None when nothing would change. Called right after
-    /// [`Record::outputs_in_place`] found every output's content the recorded one: a stamp that
-    /// had settled by now last changed before that check read the file.
-    pub fn resettled(&self, now_ns: i128) -> Option<Record> {
+    /// need not hash them); None when nothing would change. Called after
+    /// [`Record::outputs_in_place`] found every output's content the recorded one, with
+    /// `checked_from` taken before that check: a stamp settled against it last changed before the
+    /// check read the file (against the time of this call, a file changed during a long check
+    /// would be taken for the content checked).
+    pub fn resettled(&self, checked_from: i128) -> Option<Record> {
         let settled_now = |out: &WrittenOutput| {
             let meta = std::fs::symlink_metadata(&out.place).ok().filter(|m| m.is_file())?;
             let stamp = Stamp::of(&meta);
             let new = !out.settled || stamp != out.stamp;
-            Some(stamp).filter(|s| new && s.settled_before(now_ns))
+            Some(stamp).filter(|s| new && s.settled_before(checked_from))
         };
         let stamps: Vec<Option<Stamp>> = self.outputs.iter().map(settled_now).collect();
         if stamps.iter().all(Option::is_none) {
@@ -605,6 +607,25 @@ mod tests {
         assert!(after.add_output(&place, &file, checked_from));
         assert!(!after.outputs[0].settled, "changed after the check: vouches for nothing");
         assert!(!after.vouches_for(&place, &digest, false));
+    }
+
+    /// The same for a record brought up to date after a check: a file changed after the check
+    /// began is not taken as settled (found in a review: the stamp was judged against the time
+    /// of the update, after hashing every output).
+    #[test]
+    fn an_output_changed_during_a_check_is_not_resettled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let place = dir.path().join("out.txt");
+        std::fs::write(&place, "alpha").expect("write");
+        let (digest, size) = cas::hash_file(&place).expect("hash");
+        let file = FileRef { path: "out.txt".into(), digest, executable: false, size };
+        let mut fresh = Record::new("r".into(), "t".into(), "b".into(), 1, false);
+        assert!(fresh.add_output(&place, &file, now_ns()));
+        let checked_from = now_ns();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::fs::write(&place, "omega").expect("changed during the check");
+        assert!(fresh.resettled(checked_from).is_none(), "nothing settled before the check began");
+        assert!(fresh.resettled(now_ns() + 10_000_000_000).is_some(), "judged later, it would have been");
     }
 
     #[test]

@@ -127,11 +127,28 @@ pub fn open_regular_beneath(
 ) -> Result<(File, std::fs::Metadata), String> {
     use nix::fcntl::{openat, OFlag};
     use nix::sys::stat::Mode;
+    crate::wire::check_path(rel).map_err(|problem| format!("{what} {problem}"))?;
     let walk = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let failed = |e: nix::errno::Errno| format!("{what}: {}", std::io::Error::from(e));
-    let mut dir =
-        openat(nix::fcntl::AT_FDCWD, root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(failed)?;
+    // The root too, from `/` (or the working directory) a directory at a time: a project's
+    // directory is registered canonical, and one swapped for a link by whoever can write to its
+    // parent must not lead elsewhere either.
+    let start = if root.is_absolute() { "/" } else { "." };
+    let mut dir = openat(nix::fcntl::AT_FDCWD, start, walk, Mode::empty()).map_err(failed)?;
+    for component in root.components() {
+        let name = match component {
+            std::path::Component::Normal(name) => name,
+            std::path::Component::RootDir | std::path::Component::CurDir => continue,
+            _ => return Err(format!("{what}: {} is not a canonical directory", root.display())),
+        };
+        dir = openat(&dir, name, walk, Mode::empty()).map_err(|e| match e {
+            nix::errno::Errno::ENOTDIR | nix::errno::Errno::ELOOP => format!(
+                "{what}: {} passes through a symbolic link or is not a directory; links are not followed",
+                root.display()
+            ),
+            e => failed(e),
+        })?;
+    }
     let mut components = rel.split('/').peekable();
     let mut way = 0;
     while let Some(component) = components.next() {
@@ -145,7 +162,7 @@ pub fn open_regular_beneath(
             let file = File::from(fd);
             let meta = file.metadata().map_err(|e| format!("{what}: {e}"))?;
             if !meta.is_file() {
-                return Err(format!("{what} is not a regular file"));
+                return Err(format!("{what}: not a regular file"));
             }
             return Ok((file, meta));
         }

@@ -131,7 +131,7 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
     if let (Some((_, path)), Some(previous)) = (&record_at, &previous) {
         if answerable && previous.unchanged(&root, args.local_only) {
             if let Some(hashed) = previous.outputs_in_place() {
-                if let Some(record) = previous.resettled(checked_from) {
+                if let Some(record) = previous.resettled(uptodate::settled_reference(checked_from)) {
                     let _ = record.write(path);
                 }
                 return Ok(up_to_date(previous, hashed));
@@ -164,7 +164,7 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
     if let Some(previous) = previous.as_ref().filter(|p| answerable && p.request == digest) {
         if let Some(hashed) = previous.outputs_in_place() {
             // Stamps that settled since the record was written spare the next check its reads.
-            let resettled = previous.resettled(checked_from);
+            let resettled = previous.resettled(uptodate::settled_reference(checked_from));
             let cli = uptodate::cli_stamp();
             if resettled.is_some() || stamps != previous.stamps || watch != previous.watch || cli != previous.cli {
                 let mut record = resettled.unwrap_or_else(|| previous.clone());
@@ -294,7 +294,8 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
             record.stamps = stamps;
             record.watch = watch;
             record.cli = uptodate::cli_stamp();
-            places.iter().all(|(f, dest)| record.add_output(dest, f, checked_from)).then_some(record)
+            let reference = uptodate::settled_reference(checked_from);
+            places.iter().all(|(f, dest)| record.add_output(dest, f, reference)).then_some(record)
         });
     }
     if ctx.printed_as_document(&status) {

@@ -433,6 +433,17 @@ pub fn now_ns() -> i128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as i128
 }
 
+/// What a stamp must have settled before, for a check that began at `checked_from`: that time,
+/// unless the clock has gone back since (then a later change could look older than the check,
+/// so nothing counts as settled, and the next check reads the files again).
+pub fn settled_reference(checked_from: i128) -> i128 {
+    if now_ns() < checked_from {
+        i128::MIN
+    } else {
+        checked_from
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,13 +560,18 @@ mod tests {
         assert!(live.exists() && current.exists(), "and keeps what can answer");
     }
 
+    /// `out.txt` holding "alpha" in `dir`, and the output it is.
+    fn output_file(dir: &Path) -> (PathBuf, FileRef) {
+        let place = dir.join("out.txt");
+        std::fs::write(&place, "alpha").expect("write");
+        let (digest, size) = cas::hash_file(&place).expect("hash");
+        (place, FileRef { path: "out.txt".into(), digest, executable: false, size })
+    }
+
     #[test]
     fn an_output_is_in_place_while_it_is_the_file_written() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let place = dir.path().join("out.txt");
-        std::fs::write(&place, "alpha").expect("write");
-        let (digest, size) = cas::hash_file(&place).expect("hash");
-        let file = FileRef { path: "out.txt".into(), digest, executable: false, size };
+        let (place, file) = output_file(dir.path());
         let later = now_ns() + 10_000_000_000;
 
         let mut settled = Record::new("r".into(), "t".into(), "b".into(), 1, false);
@@ -592,10 +608,8 @@ mod tests {
     #[test]
     fn a_change_after_the_outputs_were_checked_is_never_settled() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let place = dir.path().join("out.txt");
-        std::fs::write(&place, "alpha").expect("write");
-        let (digest, size) = cas::hash_file(&place).expect("hash");
-        let file = FileRef { path: "out.txt".into(), digest: digest.clone(), executable: false, size };
+        let (place, file) = output_file(dir.path());
+        let digest = file.digest.clone();
         let checked_from = now_ns() + 10_000_000_000;
         let mut before = Record::new("r".into(), "t".into(), "b".into(), 1, false);
         assert!(before.add_output(&place, &file, checked_from));
@@ -615,10 +629,7 @@ mod tests {
     #[test]
     fn an_output_changed_during_a_check_is_not_resettled() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let place = dir.path().join("out.txt");
-        std::fs::write(&place, "alpha").expect("write");
-        let (digest, size) = cas::hash_file(&place).expect("hash");
-        let file = FileRef { path: "out.txt".into(), digest, executable: false, size };
+        let (place, file) = output_file(dir.path());
         let mut fresh = Record::new("r".into(), "t".into(), "b".into(), 1, false);
         assert!(fresh.add_output(&place, &file, now_ns()));
         let checked_from = now_ns();
@@ -628,13 +639,26 @@ mod tests {
         assert!(fresh.resettled(now_ns() + 10_000_000_000).is_some(), "judged later, it would have been");
     }
 
+    /// A clock that went back since the check began (the check's start is after now) leaves
+    /// nothing settled: a change made after the check could otherwise look older than it.
+    #[test]
+    fn nothing_is_settled_when_the_clock_went_back_since_the_check_began() {
+        let before = now_ns() - 1;
+        assert_eq!(settled_reference(before), before);
+        let ahead = now_ns() + 60_000_000_000;
+        assert_eq!(settled_reference(ahead), i128::MIN);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (place, file) = output_file(dir.path());
+        let mut record = Record::new("r".into(), "t".into(), "b".into(), 1, false);
+        assert!(record.add_output(&place, &file, settled_reference(ahead)));
+        assert!(!record.outputs[0].settled);
+    }
+
     #[test]
     fn a_settled_stamp_vouches_for_the_output_a_build_wants_where_it_was_written() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let place = dir.path().join("out.txt");
-        std::fs::write(&place, "alpha").expect("write");
-        let (digest, size) = cas::hash_file(&place).expect("hash");
-        let file = FileRef { path: "out.txt".into(), digest: digest.clone(), executable: false, size };
+        let (place, file) = output_file(dir.path());
+        let digest = file.digest.clone();
         let mut settled = Record::new("r".into(), "t".into(), "b".into(), 1, false);
         assert!(settled.add_output(&place, &file, now_ns() + 10_000_000_000));
         assert!(settled.vouches_for(&place, &digest, false), "the file written, its stamp settled");

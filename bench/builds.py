@@ -48,6 +48,22 @@ def three_nodes(bin_path, prefix):
         yield work, dirs
 
 
+# How long a file must sit unchanged before the CLI's stamps vouch for it (builds::inputs::SETTLED_NS,
+# 2 s): a user's tree between edits, which the scripts wait for where they time what a user sees.
+SETTLE_S = 2.2
+
+
+@contextlib.contextmanager
+def compdb_mesh(bin_path, prefix, settled=False):
+    """examples/c-compdb (through `buildnet init`) on the three-node mesh of `three_nodes`, its
+    sources `settled` first if asked. Yields (work dir, alpha's data dir, project dir)."""
+    with three_nodes(bin_path, prefix) as (work, dirs):
+        project = c_compdb(work)
+        if settled:
+            time.sleep(SETTLE_S)
+        yield work, dirs["alpha"], project
+
+
 def total_cores(data):
     """The cores of every node in the pool of the node of `data`: make's -j at the same concurrency."""
     return sum(n["cores"] for n in cli_json(data, "pool", "nodes")["nodes"])

@@ -38,11 +38,8 @@ def main():
     ap.add_argument("--builds", type=int, default=11)
     ap.add_argument("--bin", help=builds.BIN_HELP)
     args = ap.parse_args()
-    with builds.three_nodes(args.bin, "bn-noop-") as (work, dirs):
-        a = dirs["alpha"]
-        project = builds.c_compdb(work)
+    with builds.compdb_mesh(args.bin, "bn-noop-", settled=True) as (_, a, project):
         jobs = f"-j{builds.total_cores(a)}"  # make at the nodes' total concurrency, as bench/builds.py runs it
-        time.sleep(2.2)  # the sources settle, as a project's do between edits
         noop = [localmesh.BIN, "--data-dir", a, "build", "--project", project]
         make_nop = ["make", "-s", jobs, "-C", project]
         after = {"buildnet": [], "make": []}
@@ -56,7 +53,7 @@ def main():
             after["make"].append(timed(make_nop)[0])
         # The steady state: what the builds above wrote settles, and one answer takes the new stamps
         # into the record (make -B rewrote the outputs buildnet wrote), so none is read again.
-        time.sleep(2.2)
+        time.sleep(builds.SETTLE_S)
         timed(noop)
         interleaved = {"buildnet": [], "make": [], "--version": []}
         for _ in range(args.rounds):

@@ -71,9 +71,7 @@ def main():
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--bin", help=builds.BIN_HELP)
     args = ap.parse_args()
-    with builds.three_nodes(args.bin, "bn-phases-") as (work, dirs):
-        a = dirs["alpha"]
-        project = builds.c_compdb(work)
+    with builds.compdb_mesh(args.bin, "bn-phases-") as (work, a, project):
         jobs = builds.total_cores(a)
         cli(a, "build", "--project", project, "--force")
         data = os.path.join(work, "perf.data")

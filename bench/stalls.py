@@ -43,10 +43,7 @@ def main():
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--bin", help=builds.BIN_HELP)
     args = ap.parse_args()
-    with builds.three_nodes(args.bin, "bn-stalls-") as (work, dirs):
-        alpha = dirs["alpha"]
-        project = builds.c_compdb(work)
-        time.sleep(2.2)  # inputs settle (see builds::inputs::SETTLED_NS), as in a user's tree
+    with builds.compdb_mesh(args.bin, "bn-stalls-", settled=True) as (work, alpha, project):
         for _ in range(3):
             cli(alpha, "build", "--project", project, "--force")
         pgrep = lambda pattern: set(subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split())

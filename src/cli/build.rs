@@ -98,7 +98,7 @@ struct Recording {
     stamps: BTreeMap<String, inputs::Stamp>,
     watch: Option<inputs::Watch>,
     /// The last record of the project, whose settled stamps spare reading outputs that are
-    /// still the files it wrote (`Record::vouches_for`).
+    /// still the files it wrote (`Record::vouched`).
     previous: Option<Record>,
 }
 
@@ -262,7 +262,7 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
         let dest = writeback::place(&root, &request.project, &f.path)?;
         places.push((f, dest));
     }
-    let previous = record.as_ref().and_then(|r| r.previous.as_ref());
+    let vouched_outputs = record.as_ref().and_then(|r| r.previous.as_ref()).map(Record::vouched);
     // Before any output is looked at or written: a stamp the record keeps vouches for the
     // content only if the file's last change came 2 s before this (`Record::add_output`). Taken
     // when the record is written instead, a file changed just after it was written or checked
@@ -271,7 +271,7 @@ pub async fn run(ctx: &Ctx, asking: Asking) -> Result<(), CliError> {
     let checked_from = uptodate::now_ns();
     let writing = async {
         for (f, dest) in &places {
-            if previous.is_some_and(|r| r.vouches_for(dest, &f.digest, f.executable))
+            if vouched_outputs.as_ref().is_some_and(|v| v.holds(dest, &f.digest, f.executable))
                 || writeback::holds(dest, &f.digest, f.executable)
             {
                 continue;

@@ -119,8 +119,10 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
     let previous = record_at.as_ref().and_then(|(_, path)| Record::read(path));
     let tools = record_at.as_ref().and_then(|(dir, _)| uptodate::read_tools(dir));
     let asked = args.force || args.ask_node || format != Format::Table;
-    let same_places =
-        |r: &Record| r.outputs.iter().all(|o| writeback::existing_place(&root, &o.path).as_ref() == Some(&o.place));
+    let same_places = |r: &Record| {
+        let mut places = writeback::ExistingPlaces::new(&root);
+        r.outputs.iter().all(|o| places.of(&o.path).as_ref() == Some(&o.place))
+    };
     // Whether the record may answer at all, told once for both checks below.
     let answerable = previous.as_ref().is_some_and(|r| !asked && tools.as_ref() == Some(&r.tools) && same_places(r));
     // Nothing the request is made from changed by stamps: answered without reading the project.
@@ -130,11 +132,11 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
     let checked_from = uptodate::now_ns();
     if let (Some((_, path)), Some(previous)) = (&record_at, &previous) {
         if answerable && previous.unchanged(&root, args.local_only) {
-            if let Some(hashed) = previous.outputs_in_place() {
-                if let Some(record) = previous.resettled(uptodate::settled_reference(checked_from)) {
+            if let Some(checked) = previous.outputs_in_place() {
+                if let Some(record) = previous.resettled(&checked, uptodate::settled_reference(checked_from)) {
                     let _ = record.write(path);
                 }
-                return Ok(up_to_date(previous, hashed));
+                return Ok(up_to_date(previous, checked.hashed));
             }
         }
     }
@@ -162,9 +164,9 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
     let digest = uptodate::request_digest(&request);
     request.force = forced;
     if let Some(previous) = previous.as_ref().filter(|p| answerable && p.request == digest) {
-        if let Some(hashed) = previous.outputs_in_place() {
+        if let Some(checked) = previous.outputs_in_place() {
             // Stamps that settled since the record was written spare the next check its reads.
-            let resettled = previous.resettled(uptodate::settled_reference(checked_from));
+            let resettled = previous.resettled(&checked, uptodate::settled_reference(checked_from));
             let cli = uptodate::cli_stamp();
             if resettled.is_some() || stamps != previous.stamps || watch != previous.watch || cli != previous.cli {
                 let mut record = resettled.unwrap_or_else(|| previous.clone());
@@ -174,7 +176,7 @@ pub fn prepare(args: BuildArgs, local_dir: Option<&Path>, format: Format) -> Res
                 record.cli = cli;
                 let _ = record.write(&path);
             }
-            return Ok(up_to_date(previous, hashed));
+            return Ok(up_to_date(previous, checked.hashed));
         }
     }
     let record = Some(Recording { path, tools, digest, stamps, watch, previous });

@@ -32,11 +32,31 @@ pub fn place(root: &Path, project: &Project, path: &str) -> Result<PathBuf, CliE
     walk(root, path, true)
 }
 
-/// Where output `path` (already declared and checked) is now, by the same walk as [`place`] but
-/// making nothing: None where a directory on the way is missing or refused.
-pub fn existing_place(root: &Path, path: &str) -> Option<PathBuf> {
-    wire::check_path(path).ok()?;
-    walk(root, path, false).ok()
+/// Where outputs (already declared and checked) are now, by the same walk as [`place`] but
+/// making nothing: None where a directory on the way is missing or refused. Each directory is
+/// walked to once for every output under it, as `wire::CheckedDirs::remembering` does for the
+/// inputs: an up-to-date check reads its user's own tree, and 30 outputs in `obj/` cost 30 looks
+/// at `obj` before (issue 14).
+pub struct ExistingPlaces<'a> {
+    root: &'a Path,
+    dirs: std::collections::HashMap<String, Option<PathBuf>>,
+}
+
+impl<'a> ExistingPlaces<'a> {
+    pub fn new(root: &'a Path) -> Self {
+        ExistingPlaces { root, dirs: Default::default() }
+    }
+
+    pub fn of(&mut self, path: &str) -> Option<PathBuf> {
+        wire::check_path(path).ok()?;
+        let (dir, last) = path.rsplit_once('/').unwrap_or(("", path));
+        if !self.dirs.contains_key(dir) {
+            let components: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
+            let found = walk_dirs(self.root, path, &components, false).ok();
+            self.dirs.insert(dir.to_string(), found);
+        }
+        self.dirs.get(dir).and_then(|found| found.as_ref()).map(|dir| dir.join(last))
+    }
 }
 
 /// The walk of [`place`]: each directory on the way entered if it is one, followed if it is a link
@@ -44,6 +64,11 @@ pub fn existing_place(root: &Path, path: &str) -> Option<PathBuf> {
 fn walk(root: &Path, path: &str, create: bool) -> Result<PathBuf, CliError> {
     let mut components: Vec<&str> = path.split('/').collect();
     let last = components.pop().unwrap_or_default();
+    Ok(walk_dirs(root, path, &components, create)?.join(last))
+}
+
+/// The directories `components` of output `path` (named in a refusal), walked as [`walk`] says.
+fn walk_dirs(root: &Path, path: &str, components: &[&str], create: bool) -> Result<PathBuf, CliError> {
     let mut at = root.to_path_buf();
     for (i, c) in components.iter().enumerate() {
         let next = at.join(c);
@@ -76,7 +101,7 @@ fn walk(root: &Path, path: &str, create: bool) -> Result<PathBuf, CliError> {
             Err(e) => return Err(refused(path, format!("{}: {e}", next.display()))),
         }
     }
-    Ok(at.join(last))
+    Ok(at)
 }
 
 /// Whether `dest` is already a regular file (not a link) holding `digest`, executable or not as
@@ -99,8 +124,9 @@ mod tests {
         Project { manifest, order: vec!["p".into()], inputs: Default::default() }
     }
 
-    #[test]
-    fn outputs_go_inside_the_project_only() {
+    /// A project dir with `real/`, `inner` (a link to `real`) and `out` (a link to a directory
+    /// outside it): (the temporary dir, the project, the outside directory).
+    fn project_with_links() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let base = tmp.path().canonicalize().expect("canonical");
         let root = base.join("project");
@@ -109,6 +135,12 @@ mod tests {
         std::fs::create_dir_all(&outside).expect("outside");
         std::os::unix::fs::symlink(&outside, root.join("out")).expect("symlink");
         std::os::unix::fs::symlink(root.join("real"), root.join("inner")).expect("symlink");
+        (tmp, root, outside)
+    }
+
+    #[test]
+    fn outputs_go_inside_the_project_only() {
+        let (_tmp, root, outside) = project_with_links();
         let p = project(&["obj/a.o", "out/x", "inner/y", "a.txt"]);
 
         assert_eq!(place(&root, &p, "obj/a.o").expect("placed"), root.join("obj/a.o"));
@@ -129,6 +161,29 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("same"), root.join("a.txt")).expect("symlink");
         let (digest, _) = cas::hash_file(&outside.join("same")).expect("hash");
         assert!(!holds(&root.join("a.txt"), &digest, false), "a link is never taken for the output");
+    }
+
+    /// An up-to-date check finds each output where `place` put it, walking each directory once
+    /// for all the outputs under it, and nowhere when a directory on the way is missing or leads
+    /// outside the project; one answer about a directory does not leak into another's.
+    #[test]
+    fn existing_places_are_where_place_put_them() {
+        let (_tmp, root, _) = project_with_links();
+        let outputs = ["obj/a.o", "obj/b.o", "obj/deep/c.o", "inner/y", "inner/z", "a.txt"];
+        let p = project(&[&outputs[..], &["out/x", "gone/w"]].concat());
+        let placed: Vec<PathBuf> = outputs.iter().map(|o| place(&root, &p, o).expect("placed")).collect();
+
+        let mut places = ExistingPlaces::new(&root);
+        for (output, placed) in outputs.iter().zip(&placed) {
+            assert_eq!(places.of(output).as_ref(), Some(placed), "{output}");
+        }
+        assert_eq!(places.of("obj/a.o").as_ref(), Some(&placed[0]), "asked again, the same answer");
+        assert_eq!(places.of("out/x"), None, "a link leading outside the project");
+        assert_eq!(places.of("gone/w"), None, "a directory that is not there");
+        assert_eq!(places.of("../x"), None, "a path that climbs out");
+        assert_eq!(places.of("obj/../../x"), None);
+        std::fs::remove_dir_all(root.join("obj")).expect("remove");
+        assert_eq!(ExistingPlaces::new(&root).of("obj/a.o"), None, "a new check looks again");
     }
 
     /// An output whose bytes are right but whose executable bit is not is not held: a build that

@@ -290,17 +290,20 @@ impl Record {
     }
 
     /// Whether every output is still in place: the same file by a settled stamp, else a regular
-    /// file (not a link) with the recorded digest and executable bit. Returns how many had to be
-    /// hashed, or None when one is missing or differs.
-    pub fn outputs_in_place(&self) -> Option<usize> {
+    /// file (not a link) with the recorded digest and executable bit. Answers how many had to be
+    /// hashed and the stamp each output had when it was checked (for [`Record::resettled`]), or
+    /// None when one is missing or differs.
+    pub fn outputs_in_place(&self) -> Option<InPlace> {
         use std::os::unix::fs::PermissionsExt;
-        let mut hashed = 0;
+        let mut in_place = InPlace { hashed: 0, stamps: Vec::with_capacity(self.outputs.len()) };
         for out in &self.outputs {
             let meta = std::fs::symlink_metadata(&out.place).ok()?;
             if !meta.is_file() {
                 return None;
             }
-            if out.settled && Stamp::of(&meta) == out.stamp {
+            let stamp = Stamp::of(&meta);
+            in_place.stamps.push(stamp);
+            if out.settled && stamp == out.stamp {
                 continue;
             }
             let executable = meta.permissions().mode() & 0o111 != 0;
@@ -308,9 +311,9 @@ impl Record {
             if digest != out.digest || executable != out.executable {
                 return None;
             }
-            hashed += 1;
+            in_place.hashed += 1;
         }
-        Some(hashed)
+        Some(in_place)
     }
 
     /// The outputs this record's settled stamps vouch for, by place, for a build to ask of each
@@ -327,19 +330,17 @@ impl Record {
 
     /// The record with the stamps of outputs that have settled since it was written, or that
     /// were touched or rewritten with the same content and have settled since (so the next check
-    /// need not hash them); None when nothing would change. Called after
-    /// [`Record::outputs_in_place`] found every output's content the recorded one, with
-    /// `checked_from` taken before that check: a stamp settled against it last changed before the
-    /// check read the file (against the time of this call, a file changed during a long check
-    /// would be taken for the content checked).
-    pub fn resettled(&self, checked_from: i128) -> Option<Record> {
-        let settled_now = |out: &WrittenOutput| {
-            let meta = std::fs::symlink_metadata(&out.place).ok().filter(|m| m.is_file())?;
-            let stamp = Stamp::of(&meta);
-            let new = !out.settled || stamp != out.stamp;
-            Some(stamp).filter(|s| new && s.settled_before(checked_from))
+    /// need not hash them); None when nothing would change. `in_place` is what
+    /// [`Record::outputs_in_place`] answered: each output's stamp as that check saw it, before
+    /// reading the file, so a change made during or after the check gives the file another
+    /// stamp than the one kept. `checked_from` was taken before that check: a stamp settled
+    /// against it last changed before the check read the file.
+    pub fn resettled(&self, in_place: &InPlace, checked_from: i128) -> Option<Record> {
+        let settled_now = |(out, stamp): (&WrittenOutput, &Stamp)| {
+            let new = !out.settled || *stamp != out.stamp;
+            Some(*stamp).filter(|s| new && s.settled_before(checked_from))
         };
-        let stamps: Vec<Option<Stamp>> = self.outputs.iter().map(settled_now).collect();
+        let stamps: Vec<Option<Stamp>> = self.outputs.iter().zip(&in_place.stamps).map(settled_now).collect();
         if stamps.iter().all(Option::is_none) {
             return None;
         }
@@ -352,6 +353,15 @@ impl Record {
         }
         Some(record)
     }
+}
+
+/// What [`Record::outputs_in_place`] found when every output was in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InPlace {
+    /// How many outputs were read and hashed (no settled stamp vouched for them).
+    pub hashed: usize,
+    /// Each output's stamp as the check saw it, in the record's order.
+    stamps: Vec<Stamp>,
 }
 
 /// The stamp of the running executable: a rebuilt or upgraded `buildnet` has another inode or
@@ -585,28 +595,30 @@ mod tests {
 
         let mut settled = Record::new("r".into(), "t".into(), "b".into(), 1, false);
         assert!(settled.add_output(&place, &file, later));
-        assert_eq!(settled.outputs_in_place(), Some(0), "a settled stamp vouches: nothing hashed");
+        assert_eq!(hashed(&settled), Some(0), "a settled stamp vouches: nothing hashed");
         let mut fresh = Record::new("r".into(), "t".into(), "b".into(), 1, false);
         assert!(fresh.add_output(&place, &file, now_ns()));
-        assert_eq!(fresh.outputs_in_place(), Some(1), "a stamp taken at the change is checked by content");
-        assert!(fresh.resettled(now_ns()).is_none(), "nothing has settled yet");
-        assert!(fresh.resettled(later).is_some_and(|r| r.outputs[0].settled));
+        let checked = fresh.outputs_in_place().expect("in place");
+        assert_eq!(checked.hashed, 1, "a stamp taken at the change is checked by content");
+        assert!(fresh.resettled(&checked, now_ns()).is_none(), "nothing has settled yet");
+        assert!(fresh.resettled(&checked, later).is_some_and(|r| r.outputs[0].settled));
 
         // Rewritten with the same bytes (`make -B`, `touch`): read while new, then its new stamp
         // is kept once settled, so later checks read nothing again.
         std::thread::sleep(std::time::Duration::from_millis(5));
         std::fs::write(&place, "alpha").expect("the same bytes again");
-        assert_eq!(settled.outputs_in_place(), Some(1), "a new stamp: checked by content");
-        assert!(settled.resettled(now_ns()).is_none(), "the new stamp has not settled yet");
-        let kept = settled.resettled(now_ns() + 10_000_000_000).expect("the new stamp, settled");
-        assert_eq!(kept.outputs_in_place(), Some(0), "the new stamp vouches");
+        let checked = settled.outputs_in_place().expect("in place");
+        assert_eq!(checked.hashed, 1, "a new stamp: checked by content");
+        assert!(settled.resettled(&checked, now_ns()).is_none(), "the new stamp has not settled yet");
+        let kept = settled.resettled(&checked, now_ns() + 10_000_000_000).expect("the new stamp, settled");
+        assert_eq!(hashed(&kept), Some(0), "the new stamp vouches");
 
         std::fs::write(&place, "omega").expect("same size, other bytes");
-        assert_eq!(settled.outputs_in_place(), None, "the stamp changed and so did the content");
+        assert_eq!(hashed(&settled), None, "the stamp changed and so did the content");
         std::fs::remove_file(&place).expect("remove");
         std::fs::write(dir.path().join("elsewhere"), "alpha").expect("write");
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), &place).expect("link");
-        assert_eq!(fresh.outputs_in_place(), None, "a link is never taken for the output");
+        assert_eq!(hashed(&fresh), None, "a link is never taken for the output");
         assert!(!fresh.clone().add_output(&place, &file, later), "nor recorded as one");
     }
 
@@ -632,9 +644,16 @@ mod tests {
         assert!(!after.vouched().holds(&place, &digest, false));
     }
 
+    /// How many outputs a check of `record` hashed, None when one was not in place.
+    fn hashed(record: &Record) -> Option<usize> {
+        record.outputs_in_place().map(|checked| checked.hashed)
+    }
+
     /// The same for a record brought up to date after a check: a file changed after the check
     /// began is not taken as settled (found in a review: the stamp was judged against the time
-    /// of the update, after hashing every output).
+    /// of the update, after hashing every output), and the stamp kept is the one the check saw
+    /// before it read the file, so a change made during the check is seen by the next one
+    /// however late the record is brought up to date.
     #[test]
     fn an_output_changed_during_a_check_is_not_resettled() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -642,10 +661,13 @@ mod tests {
         let mut fresh = Record::new("r".into(), "t".into(), "b".into(), 1, false);
         assert!(fresh.add_output(&place, &file, now_ns()));
         let checked_from = now_ns();
+        let checked = fresh.outputs_in_place().expect("in place: the bytes written");
         std::thread::sleep(std::time::Duration::from_millis(5));
         std::fs::write(&place, "omega").expect("changed during the check");
-        assert!(fresh.resettled(checked_from).is_none(), "nothing settled before the check began");
-        assert!(fresh.resettled(now_ns() + 10_000_000_000).is_some(), "judged later, it would have been");
+        assert!(fresh.resettled(&checked, checked_from).is_none(), "nothing settled before the check began");
+        let late = fresh.resettled(&checked, now_ns() + 10_000_000_000).expect("judged later, the stamp settled");
+        assert!(late.outputs[0].settled);
+        assert_eq!(hashed(&late), None, "the change has another stamp: read again, and found changed");
     }
 
     /// A clock that went back since the check began (the check's start is after now) leaves

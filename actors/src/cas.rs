@@ -134,7 +134,8 @@ impl Cas {
         std::fs::read(&path).map_err(|e| missing_or_io(digest, &path, e))
     }
 
-    /// Puts a blob at `dest` (creating directories). With `link_for`, the user a contained
+    /// Puts a blob at `dest`, in a directory the caller has made (`exec::layout::inputs` makes
+    /// each one once for every input under it). With `link_for`, the user a contained
     /// package runs as, the blob is a hard link to the stored object when that is safe (see
     /// [`linkable`]): no new file, so no inode to allocate — on this machine's ext4 each new one
     /// cost more than the rest of staging — and read-only for the package. Otherwise, or when the
@@ -146,9 +147,6 @@ impl Cas {
             Ok(m) if m.is_file() => m,
             _ => return Err(CasError::Missing(file.digest.clone())),
         };
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
-        }
         if link_for.is_some_and(|user| linkable(&object, user, file.executable)) {
             match std::fs::hard_link(&source, dest) {
                 Ok(()) => return Ok(Staged::Linked(Object::of(&object))),
@@ -369,6 +367,7 @@ mod tests {
         let (d, size) = cas.put_file(&src).expect("put file");
         assert_eq!(size, 10);
         let out = dir.path().join("x/y/tool.sh");
+        std::fs::create_dir_all(dir.path().join("x/y")).expect("its directory");
         let tool = FileRef { path: "x".into(), digest: d, executable: true, size };
         assert_eq!(cas.materialize(&tool, &out, None).expect("materialize"), Staged::Copied);
         assert!(is_executable(&out));
@@ -399,6 +398,7 @@ mod tests {
         let package_user = me.wrapping_add(1);
         let input = |executable| FileRef { path: "x.h".into(), digest: text.clone(), executable, size: 6 };
         let at = |name: &str| dir.path().join("sandbox").join(name);
+        std::fs::create_dir(dir.path().join("sandbox")).expect("the sandbox");
 
         // Another user's package: a link, sharing the object's read-only inode.
         assert!(matches!(

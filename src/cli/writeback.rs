@@ -108,8 +108,13 @@ fn walk_dirs(root: &Path, path: &str, components: &[&str], create: bool) -> Resu
 /// `executable` says (a build that only changes an output's mode changes the project's file).
 pub fn holds(dest: &Path, digest: &str, executable: bool) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_file() && (m.permissions().mode() & 0o111 != 0) == executable)
-        && cas::hash_file(dest).is_ok_and(|(d, _)| d == digest)
+    // Read through a descriptor that is the regular file itself: a link at its name fails the
+    // open rather than being followed to a file elsewhere that holds the bytes.
+    let Ok((mut file, meta)) = buildnet_actors::exec::layout::open_regular(dest, "output", String::new) else {
+        return false;
+    };
+    (meta.permissions().mode() & 0o111 != 0) == executable
+        && cas::hash_reader(&mut file, dest).is_ok_and(|(d, _)| d == digest)
 }
 
 #[cfg(test)]

@@ -330,27 +330,18 @@ fn the_projects_page_registers_and_removes_with_the_forms_token() {
     assert_eq!(node.get("/api/projects").1["projects"], json!([]));
 }
 
-/// A builder who can write into a registered project cannot make the node read a file outside
-/// it by swapping a directory on the way for a link while the node reads the inputs: here a
-/// thread exchanges `src` with a link to a directory outside (`renameat2(RENAME_EXCHANGE)`) as
-/// fast as it can while 60 builds of the project are asked for; the outside file's digest must
-/// never reach the node's store (a check of the directories followed by an open by path let a
-/// tester's builds store `/etc/shadow` about one time in ten).
-#[test]
-fn a_directory_swapped_for_a_link_while_the_node_reads_a_project_leads_nowhere() {
+/// Asks `node` for `builds` forced builds of its registered project `name` (at `root`) while a
+/// thread exchanges `src` with the link `alt` beside it (`renameat2(RENAME_EXCHANGE)`) as fast as
+/// it can; answers each build's status and body, or None (saying why) where the filesystem cannot
+/// exchange two names. Every answer is a start or a refusal, and both come: the node read the
+/// project while the swaps went on.
+fn builds_while_src_is_swapped(
+    node: &TestNode,
+    name: &str,
+    root: &std::path::Path,
+    builds: usize,
+) -> Option<Vec<(u16, serde_json::Value)>> {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let node = TestNode::start();
-    let work = tempfile::tempdir().expect("tempdir");
-    let root = work.path().join("swapped");
-    let outside = work.path().join("outside");
-    write(&root, "buildnet.toml", "[packages.x]\ncommand = [\"cat\", \"src/secret\"]\ninputs = [\"src/secret\"]\n");
-    write(&root, "src/secret", "inside");
-    write(&outside, "secret", "OUTSIDE, the node's secret");
-    let secret = blake3::hash(b"OUTSIDE, the node's secret").to_hex().to_string();
-    std::os::unix::fs::symlink(&outside, root.join("alt")).expect("symlink");
-    let (status, e) = register(&node, &root, Some("swapped"));
-    assert_eq!(status, 201, "{e}");
-
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let swapper = {
         let (stop, src, alt) = (stop.clone(), root.join("src"), root.join("alt"));
@@ -369,22 +360,75 @@ fn a_directory_swapped_for_a_link_while_the_node_reads_a_project_leads_nowhere()
             swaps
         })
     };
-    let mut answers = std::collections::BTreeMap::new();
-    for _ in 0..60 {
-        let (status, _) = node.post("/api/build", &json!({ "project": "swapped", "force": true }));
-        *answers.entry(status).or_insert(0) += 1;
-    }
+    let answers: Vec<(u16, serde_json::Value)> =
+        (0..builds).map(|_| node.post("/api/build", &json!({ "project": name, "force": true }))).collect();
     stop.store(true, Ordering::Relaxed);
     let swaps = swapper.join().expect("swapper");
     if swaps == 0 {
         eprintln!("skipped: this filesystem cannot exchange two names (renameat2 RENAME_EXCHANGE)");
-        return;
+        return None;
     }
-    assert!(answers.keys().all(|s| [202, 400].contains(s)), "started or refused: {answers:?}");
-    // The node read the inputs while the swaps went on: some builds started (an input read from
-    // the project), some were refused (a link found on the way).
-    assert!(answers.contains_key(&202) && answers.contains_key(&400), "{answers:?} over {swaps} swaps");
+    let statuses: std::collections::BTreeMap<u16, usize> = answers.iter().fold(Default::default(), |mut m, (s, _)| {
+        *m.entry(*s).or_insert(0) += 1;
+        m
+    });
+    assert!(statuses.keys().all(|s| [202, 400].contains(s)), "started or refused: {statuses:?}");
+    assert!(statuses.contains_key(&202) && statuses.contains_key(&400), "{statuses:?} over {swaps} swaps");
+    Some(answers)
+}
+
+/// A builder who can write into a registered project cannot make the node read a file outside
+/// it by swapping a directory on the way for a link while the node reads the inputs: here a
+/// thread exchanges `src` with a link to a directory outside (`renameat2(RENAME_EXCHANGE)`) as
+/// fast as it can while 60 builds of the project are asked for; the outside file's digest must
+/// never reach the node's store (a check of the directories followed by an open by path let a
+/// tester's builds store `/etc/shadow` about one time in ten).
+#[test]
+fn a_directory_swapped_for_a_link_while_the_node_reads_a_project_leads_nowhere() {
+    let node = TestNode::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("swapped");
+    let outside = work.path().join("outside");
+    write(&root, "buildnet.toml", "[packages.x]\ncommand = [\"cat\", \"src/secret\"]\ninputs = [\"src/secret\"]\n");
+    write(&root, "src/secret", "inside");
+    write(&outside, "secret", "OUTSIDE, the node's secret");
+    let secret = blake3::hash(b"OUTSIDE, the node's secret").to_hex().to_string();
+    std::os::unix::fs::symlink(&outside, root.join("alt")).expect("symlink");
+    let (status, e) = register(&node, &root, Some("swapped"));
+    assert_eq!(status, 201, "{e}");
+
+    let Some(answers) = builds_while_src_is_swapped(&node, "swapped", &root, 60) else { return };
     let (status, missing) = node.post("/api/blobs/missing", &json!({ "digests": [secret] }));
     assert_eq!(status, 200, "{missing}");
-    assert_eq!(missing["missing"], json!([secret]), "the outside file never reached the store ({answers:?})");
+    assert_eq!(
+        missing["missing"],
+        json!([secret]),
+        "the outside file never reached the store ({} builds)",
+        answers.len()
+    );
+}
+
+/// The same for a glob: the node lists a registered project's directories from descriptors
+/// opened beneath the project without following a link, so a directory swapped for a link while
+/// it is listed shows nothing of the other side, not even a name in an error (listed by path,
+/// after a look at the directory, the names of the files outside that the glob matched came
+/// back in the refusal).
+#[test]
+fn a_directory_swapped_for_a_link_while_the_node_lists_a_glob_shows_nothing_outside() {
+    let node = TestNode::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("globbed");
+    let outside = work.path().join("outside");
+    write(&root, "buildnet.toml", "[packages.x]\ncommand = [\"cat\", \"src/main.c\"]\ninputs = [\"src/*.c\"]\n");
+    write(&root, "src/main.c", "int main;");
+    for i in 0..40 {
+        write(&outside, &format!("outside-only-{i}.c"), "elsewhere");
+    }
+    std::os::unix::fs::symlink(&outside, root.join("alt")).expect("symlink");
+    let (status, e) = register(&node, &root, Some("globbed"));
+    assert_eq!(status, 201, "{e}");
+
+    let Some(answers) = builds_while_src_is_swapped(&node, "globbed", &root, 80) else { return };
+    let shown: Vec<_> = answers.iter().filter(|(_, body)| body.to_string().contains("outside-only")).collect();
+    assert!(shown.is_empty(), "names from outside the project in {} answers, e.g. {:?}", shown.len(), shown[0]);
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use super::project::{self, Project, ProjectError};
 use crate::cas::{self, Cas, CasError, FileRef};
-use crate::exec::layout::{open_regular, open_regular_beneath};
+use crate::exec::layout::{dir_beneath, open_regular, open_regular_beneath};
 use crate::wire::{check_path, join_no_follow, join_no_follow_in, CheckedDirs, JoinError};
 
 /// How globs match: as `glob::glob` walks (a `*` stays within one component, `**` crosses them,
@@ -63,48 +63,89 @@ pub fn expand_listing(root: &Path, pattern: &str, listed: &mut Listed) -> Result
         Ok(m) if m.is_dir() => {}
         _ => return Ok(vec![]),
     }
+    // Each directory is listed from a descriptor opened beneath the one before without following
+    // a link (the first from `/`, `exec::layout::dir_beneath`), never by path: one swapped for a
+    // link while the walk goes on fails to open, and what is on the other side is not listed,
+    // not even its names in an error (a node reads registered projects others may write to).
+    let mut stack = vec![(open_listing(root, &prefix)?, prefix, 0usize)];
     let max_depth = if pattern.contains("**") { usize::MAX } else { components.len() - literal };
     let mut found = Vec::new();
-    let mut stack = vec![(start, prefix, 0usize)];
     while let Some((dir, rel_dir, depth)) = stack.pop() {
-        // Stamped before it is read, and not entered if it became a link since it was listed.
-        let meta = std::fs::symlink_metadata(&dir).map_err(|e| format!("'{rel_dir}': {e}"))?;
-        if meta.file_type().is_symlink() {
-            return Err(link_refused(&rel_dir));
+        let failed = |e: &dyn std::fmt::Display| format!("'{rel_dir}': {e}");
+        // Stamped before it is read.
+        let dir = std::fs::File::from(dir);
+        let stamp = Stamp::of(&dir.metadata().map_err(|e| failed(&e))?);
+        listed.entry(rel_dir.clone()).or_insert(stamp);
+        let dir = std::os::fd::OwnedFd::from(dir);
+        let parent = dir.try_clone().map_err(|e| failed(&e))?;
+        let mut listing = nix::dir::Dir::from_fd(dir).map_err(|e| failed(&e))?;
+        let mut entries = Vec::new();
+        for entry in listing.iter() {
+            let entry = entry.map_err(|e| failed(&e))?;
+            let Ok(name) = entry.file_name().to_str() else { continue };
+            if name != "." && name != ".." {
+                entries.push((name.to_string(), entry.file_type()));
+            }
         }
-        if !meta.is_dir() {
-            return Err(format!("'{rel_dir}' is not a directory"));
-        }
-        listed.entry(rel_dir.clone()).or_insert_with(|| Stamp::of(&meta));
-        let entries = std::fs::read_dir(&dir).map_err(|e| format!("'{rel_dir}': {e}"))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| format!("'{rel_dir}': {e}"))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
+        for (name, kind) in entries {
             // Each package's TMPDIR in its sandbox: no glob looks there (a path named there
             // outright is refused by `check_path`).
             if rel_dir.is_empty() && name == crate::wire::SANDBOX_TMP {
                 continue;
             }
-            let rel = if rel_dir.is_empty() { name.to_string() } else { format!("{rel_dir}/{name}") };
-            let kind = entry.file_type().map_err(|e| format!("'{rel}': {e}"))?;
-            if kind.is_dir() {
-                if depth + 1 < max_depth {
-                    stack.push((entry.path(), rel, depth + 1));
+            let rel = if rel_dir.is_empty() { name.clone() } else { format!("{rel_dir}/{name}") };
+            let kind = match kind {
+                Some(kind) => kind,
+                // Filesystems that do not say in the listing: asked of the entry, not followed.
+                None => entry_kind(&parent, &name).map_err(|e| format!("'{rel}': {e}"))?,
+            };
+            match kind {
+                nix::dir::Type::Directory if depth + 1 < max_depth => {
+                    stack.push((open_child(&parent, &name, &rel)?, rel, depth + 1));
                 }
-            } else if pat.matches_with(&rel, MATCH) {
-                if kind.is_symlink() {
-                    return Err(link_refused(&rel));
-                }
-                if kind.is_file() {
+                _ if !pat.matches_with(&rel, MATCH) => {}
+                nix::dir::Type::Symlink => return Err(link_refused(&rel)),
+                nix::dir::Type::File => {
                     check_path(&rel).map_err(|e| format!("'{}' {e}", rel.escape_debug()))?;
                     found.push(rel);
                 }
+                _ => {}
             }
         }
     }
     found.sort();
     Ok(found)
+}
+
+/// The directory `rel` ("" for the root) under `root` opened for listing, beneath `root` a
+/// directory at a time without following a link (see [`expand_listing`]).
+fn open_listing(root: &Path, rel: &str) -> Result<std::os::fd::OwnedFd, String> {
+    let (dirs, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let parent = dir_beneath(root, dirs, &format!("'{rel}'"))?;
+    open_child(&parent, if name.is_empty() { "." } else { name }, rel)
+}
+
+/// `name` in the directory `parent` opened for listing, refused if it is (or has become) a
+/// link or not a directory.
+fn open_child(parent: &std::os::fd::OwnedFd, name: &str, rel: &str) -> Result<std::os::fd::OwnedFd, String> {
+    use nix::fcntl::{openat, OFlag};
+    let read = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    openat(parent, name, read, nix::sys::stat::Mode::empty()).map_err(|e| match e {
+        nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => link_refused(rel),
+        e => format!("'{rel}': {}", std::io::Error::from(e)),
+    })
+}
+
+/// The kind of entry `name` in `parent`, the entry itself (a link is a link).
+fn entry_kind(parent: &std::os::fd::OwnedFd, name: &str) -> std::io::Result<nix::dir::Type> {
+    use nix::sys::stat::{fstatat, SFlag};
+    let stat = fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    Ok(match SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFDIR => nix::dir::Type::Directory,
+        SFlag::S_IFLNK => nix::dir::Type::Symlink,
+        SFlag::S_IFREG => nix::dir::Type::File,
+        _ => nix::dir::Type::Fifo,
+    })
 }
 
 /// What a file looked like when it was hashed: unchanged stamps mean an unchanged digest — once

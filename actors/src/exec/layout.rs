@@ -128,11 +128,31 @@ pub fn open_regular_beneath(
     use nix::fcntl::{openat, OFlag};
     use nix::sys::stat::Mode;
     crate::wire::check_path(rel).map_err(|problem| format!("{what} {problem}"))?;
+    let (dirs, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let dir = dir_beneath(root, dirs, what)?;
+    let read = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd = openat(&dir, name, read, Mode::empty()).map_err(|e| match e {
+        nix::errno::Errno::ELOOP => link(),
+        e => format!("{what}: {}", std::io::Error::from(e)),
+    })?;
+    let file = File::from(fd);
+    let meta = file.metadata().map_err(|e| format!("{what}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{what}: not a regular file"));
+    }
+    Ok((file, meta))
+}
+
+/// The directory `dirs` (a checked relative path, or "" for `root` itself) under `root`, opened
+/// `O_PATH` a directory at a time from `/` (or the working directory) without following a link
+/// anywhere, `root` included: a project's directory is registered canonical, and one swapped for a
+/// link by whoever can write to its parent must not lead elsewhere either. Errors name `what`
+/// and, for a link or a file on the way, where it is.
+pub fn dir_beneath(root: &Path, dirs: &str, what: &str) -> Result<std::os::fd::OwnedFd, String> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
     let walk = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let failed = |e: nix::errno::Errno| format!("{what}: {}", std::io::Error::from(e));
-    // The root too, from `/` (or the working directory) a directory at a time: a project's
-    // directory is registered canonical, and one swapped for a link by whoever can write to its
-    // parent must not lead elsewhere either.
     let start = if root.is_absolute() { "/" } else { "." };
     let mut dir = openat(nix::fcntl::AT_FDCWD, start, walk, Mode::empty()).map_err(failed)?;
     for component in root.components() {
@@ -149,36 +169,22 @@ pub fn open_regular_beneath(
             e => failed(e),
         })?;
     }
-    let mut components = rel.split('/').peekable();
     let mut way = 0;
-    while let Some(component) = components.next() {
+    for component in dirs.split('/').filter(|c| !c.is_empty()) {
         way += component.len() + usize::from(way > 0);
-        if components.peek().is_none() {
-            let read = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-            let fd = openat(&dir, component, read, Mode::empty()).map_err(|e| match e {
-                nix::errno::Errno::ELOOP => link(),
-                e => failed(e),
-            })?;
-            let file = File::from(fd);
-            let meta = file.metadata().map_err(|e| format!("{what}: {e}"))?;
-            if !meta.is_file() {
-                return Err(format!("{what}: not a regular file"));
-            }
-            return Ok((file, meta));
-        }
         dir = match openat(&dir, component, walk, Mode::empty()) {
             Ok(next) => next,
             // A link (or a file) where a directory should be.
             Err(nix::errno::Errno::ENOTDIR | nix::errno::Errno::ELOOP) => {
                 return Err(format!(
                     "{what} passes through '{}', a symbolic link or not a directory; links are not followed",
-                    &rel[..way]
+                    &dirs[..way]
                 ))
             }
             Err(e) => return Err(failed(e)),
         };
     }
-    Err(format!("{what}: an empty path"))
+    Ok(dir)
 }
 
 fn output(cas: &Cas, dir: &Path, o: &str) -> Result<FileRef, String> {

@@ -63,22 +63,25 @@ pub fn expand_listing(root: &Path, pattern: &str, listed: &mut Listed) -> Result
         Ok(m) if m.is_dir() => {}
         _ => return Ok(vec![]),
     }
-    // Each directory is listed from a descriptor opened beneath the one before without following
-    // a link (the first from `/`, `exec::layout::dir_beneath`), never by path: one swapped for a
-    // link while the walk goes on fails to open, and what is on the other side is not listed,
-    // not even its names in an error (a node reads registered projects others may write to).
-    let mut stack = vec![(open_listing(root, &prefix)?, prefix, 0usize)];
+    // Each directory is listed from a descriptor, never by path: opened beneath the project's
+    // root (itself reached from `/` without following a link, `exec::layout::dir_beneath`) by
+    // `openat2` with no link followed anywhere on the way. One swapped for a link while the walk
+    // goes on fails to open, and what is on the other side is not listed, not even its names in
+    // an error (a node reads registered projects others may write to). Only the root and the
+    // directory being listed are open at a time, however wide or deep the tree, and no directory
+    // deeper than a path may be long is entered.
+    let root_fd = dir_beneath(root, "", &format!("'{prefix}'"))?;
+    let mut stack = vec![(prefix, 0usize)];
     let max_depth = if pattern.contains("**") { usize::MAX } else { components.len() - literal };
     let mut found = Vec::new();
-    while let Some((dir, rel_dir, depth)) = stack.pop() {
+    while let Some((rel_dir, depth)) = stack.pop() {
         let failed = |e: &dyn std::fmt::Display| format!("'{rel_dir}': {e}");
         // Stamped before it is read.
-        let dir = std::fs::File::from(dir);
+        let dir = std::fs::File::from(open_beneath(&root_fd, root, &rel_dir)?);
         let stamp = Stamp::of(&dir.metadata().map_err(|e| failed(&e))?);
         listed.entry(rel_dir.clone()).or_insert(stamp);
         let dir = std::os::fd::OwnedFd::from(dir);
-        let parent = dir.try_clone().map_err(|e| failed(&e))?;
-        let mut listing = nix::dir::Dir::from_fd(dir).map_err(|e| failed(&e))?;
+        let mut listing = nix::dir::Dir::from_fd(dir.try_clone().map_err(|e| failed(&e))?).map_err(|e| failed(&e))?;
         let mut entries = Vec::new();
         for entry in listing.iter() {
             let entry = entry.map_err(|e| failed(&e))?;
@@ -87,6 +90,7 @@ pub fn expand_listing(root: &Path, pattern: &str, listed: &mut Listed) -> Result
                 entries.push((name.to_string(), entry.file_type()));
             }
         }
+        drop(listing);
         for (name, kind) in entries {
             // Each package's TMPDIR in its sandbox: no glob looks there (a path named there
             // outright is refused by `check_path`).
@@ -97,11 +101,18 @@ pub fn expand_listing(root: &Path, pattern: &str, listed: &mut Listed) -> Result
             let kind = match kind {
                 Some(kind) => kind,
                 // Filesystems that do not say in the listing: asked of the entry, not followed.
-                None => entry_kind(&parent, &name).map_err(|e| format!("'{rel}': {e}"))?,
+                None => entry_kind(&dir, &name).map_err(|e| format!("'{rel}': {e}"))?,
             };
             match kind {
                 nix::dir::Type::Directory if depth + 1 < max_depth => {
-                    stack.push((open_child(&parent, &name, &rel)?, rel, depth + 1));
+                    if rel.len() > crate::wire::MAX_PATH_BYTES {
+                        let shown: String = rel.chars().take(100).collect();
+                        return Err(format!(
+                            "'{shown}…' is deeper than a path may be long ({} bytes); a glob goes no deeper",
+                            crate::wire::MAX_PATH_BYTES
+                        ));
+                    }
+                    stack.push((rel, depth + 1));
                 }
                 _ if !pat.matches_with(&rel, MATCH) => {}
                 nix::dir::Type::Symlink => return Err(link_refused(&rel)),
@@ -117,23 +128,34 @@ pub fn expand_listing(root: &Path, pattern: &str, listed: &mut Listed) -> Result
     Ok(found)
 }
 
-/// The directory `rel` ("" for the root) under `root` opened for listing, beneath `root` a
-/// directory at a time without following a link (see [`expand_listing`]).
-fn open_listing(root: &Path, rel: &str) -> Result<std::os::fd::OwnedFd, String> {
-    let (dirs, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-    let parent = dir_beneath(root, dirs, &format!("'{rel}'"))?;
-    open_child(&parent, if name.is_empty() { "." } else { name }, rel)
-}
-
-/// `name` in the directory `parent` opened for listing, refused if it is (or has become) a
-/// link or not a directory.
-fn open_child(parent: &std::os::fd::OwnedFd, name: &str, rel: &str) -> Result<std::os::fd::OwnedFd, String> {
-    use nix::fcntl::{openat, OFlag};
+/// The directory `rel` ("" for the root itself) beneath the project's root `root_fd` (reached
+/// as [`dir_beneath`] does), opened for listing without following a link anywhere on the way:
+/// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` where the kernel has it (Linux 5.6),
+/// else a directory at a time from `/` with `O_NOFOLLOW`. A link or a file on the way is refused.
+fn open_beneath(root_fd: &std::os::fd::OwnedFd, root: &Path, rel: &str) -> Result<std::os::fd::OwnedFd, String> {
+    use nix::errno::Errno;
+    use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
     let read = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    openat(parent, name, read, nix::sys::stat::Mode::empty()).map_err(|e| match e {
-        nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => link_refused(rel),
+    let refused = |e: Errno| match e {
+        Errno::ELOOP => link_refused(rel),
+        Errno::ENOTDIR => format!("'{rel}' is not a directory"),
         e => format!("'{rel}': {}", std::io::Error::from(e)),
-    })
+    };
+    let at = if rel.is_empty() { "." } else { rel };
+    let how = OpenHow::new()
+        .flags(read)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    match openat2(root_fd, at, how) {
+        Ok(fd) => Ok(fd),
+        // No `openat2` here (an older kernel, or a container's seccomp filter refusing it).
+        Err(Errno::ENOSYS | Errno::EPERM) => {
+            let (dirs, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+            let parent = dir_beneath(root, dirs, &format!("'{rel}'"))?;
+            openat(&parent, if name.is_empty() { "." } else { name }, read, nix::sys::stat::Mode::empty())
+                .map_err(refused)
+        }
+        Err(e) => Err(refused(e)),
+    }
 }
 
 /// The kind of entry `name` in `parent`, the entry itself (a link is a link).
@@ -448,6 +470,29 @@ mod tests {
         let e = expand(&root, "src/*.c").expect_err("a matching link");
         assert!(e.contains("'src/leak.c' is a symbolic link"), "{e}");
         assert!(expand(&root, "src/leak.c").expect_err("named").contains("symbolic link"));
+    }
+
+    /// A glob enters no directory deeper than a path may be long, and says so in a line of its
+    /// own size (found by a tester: listed from descriptors with no such limit, a chain of
+    /// 255-byte directory names grew a node to a gigabyte and its refusal to 400 KB; listed by
+    /// path, the old walk had stopped at the kernel's limit).
+    #[test]
+    fn a_glob_goes_no_deeper_than_a_path_may_be_long() {
+        use nix::fcntl::{openat, OFlag};
+        use nix::sys::stat::{mkdirat, Mode};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("p");
+        write(&root, "src/a.h", "x");
+        let name = "d".repeat(255);
+        let mut at = openat(nix::fcntl::AT_FDCWD, &root.join("src"), OFlag::O_DIRECTORY, Mode::empty()).expect("src");
+        for _ in 0..20 {
+            mkdirat(&at, name.as_str(), Mode::from_bits_truncate(0o755)).expect("mkdirat");
+            at = openat(&at, name.as_str(), OFlag::O_DIRECTORY, Mode::empty()).expect("openat");
+        }
+        let e = expand(&root, "src/**/*.h").expect_err("too deep");
+        assert!(e.contains("is deeper than a path may be long (4096 bytes)"), "{e}");
+        assert!(e.len() < 500, "a line, not the path: {} bytes", e.len());
+        assert_eq!(expand(&root, "src/*.h").expect("one level"), ["src/a.h"], "a shallow glob is not affected");
     }
 
     #[test]

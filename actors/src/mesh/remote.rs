@@ -44,10 +44,20 @@ pub(super) struct RemoteWork {
     sent: HashMap<u64, Sent>,
     /// Where the output of a task sent to a peer goes while it runs.
     sent_output: HashMap<u64, OutputSink>,
-    /// Tasks from peers waiting for blobs: (link, peer, request).
-    waiting: Vec<(u64, NodeId, wire::TaskRequest)>,
+    /// Tasks from peers waiting for blobs.
+    waiting: Vec<Waiting>,
     /// Results of tasks run on peers, waiting for their outputs to arrive.
     collecting: Vec<Collecting>,
+}
+
+/// A peer's task waiting for blobs, with the digests it still lacks: each arrival strikes one
+/// off every task that lacks it, instead of every waiting task's every input being looked up in
+/// the store again whenever any blob arrives (quadratic for a new node pulling a build's inputs).
+struct Waiting {
+    link_id: u64,
+    from: NodeId,
+    req: wire::TaskRequest,
+    missing: BTreeSet<String>,
 }
 
 impl RemoteWork {
@@ -179,19 +189,28 @@ impl MeshActor {
             // Every blob is here (checked just now): it starts without joining the waiting ones.
             self.start_task(ctx, link_id, from, req);
         } else {
-            self.work.waiting.push((link_id, from, req));
+            self.work.waiting.push(Waiting { link_id, from, req, missing: missing.iter().cloned().collect() });
             self.fetch_blobs(link_id, missing);
         }
     }
 
-    /// Hands every waiting task whose blobs are all here to the executor.
-    pub(super) fn start_ready_tasks(&mut self, ctx: &mut Context<Self>) {
+    /// Hands every waiting task whose blobs are all here to the executor: `arrived` is struck
+    /// off what each lacks, or with None (blobs stored in a batch) what each still lacks is
+    /// looked up in the store.
+    fn start_ready_tasks(&mut self, ctx: &mut Context<Self>, arrived: Option<&str>) {
         let cas = self.transfer.cas.clone();
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.work.waiting)
-            .into_iter()
-            .partition(|(_, _, r)| r.task.files.iter().all(|f| cas.has(&f.digest)));
+        for waiting in &mut self.work.waiting {
+            match arrived {
+                Some(digest) => {
+                    waiting.missing.remove(digest);
+                }
+                None => waiting.missing.retain(|d| !cas.has(d)),
+            }
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.work.waiting).into_iter().partition(|w| w.missing.is_empty());
         self.work.waiting = waiting;
-        for (link_id, from, req) in ready {
+        for Waiting { link_id, from, req, .. } in ready {
             self.start_task(ctx, link_id, from, req);
         }
     }
@@ -283,8 +302,8 @@ impl MeshActor {
 
     /// A blob is stored: tasks waiting for their inputs may start, results whose outputs are
     /// all here are answered.
-    pub(super) fn blob_arrived(&mut self, ctx: &mut Context<Self>, _digest: &str) {
-        self.start_ready_tasks(ctx);
+    pub(super) fn blob_arrived(&mut self, ctx: &mut Context<Self>, digest: &str) {
+        self.start_ready_tasks(ctx, Some(digest).filter(|d| !d.is_empty()));
         let cas = self.transfer.cas.clone();
         let (done, collecting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.work.collecting)
             .into_iter()
@@ -300,9 +319,9 @@ impl MeshActor {
         let needs = |files: &[wire::FileRef]| files.iter().any(|f| f.digest == digest);
         let (failed, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.work.waiting)
             .into_iter()
-            .partition(|(link, _, r)| *link == link_id && needs(&r.task.files));
+            .partition(|w| w.link_id == link_id && needs(&w.req.task.files));
         self.work.waiting = waiting;
-        for (_, _, req) in failed {
+        for Waiting { req, .. } in failed {
             let path = req.task.files.iter().find(|f| f.digest == digest).map(|f| f.path.clone()).unwrap_or_default();
             let result = Err(RemoteError::Failed(format!("input {path} could not be received: {why}")));
             self.send(link_id, MeshMessage::TaskDone { task_id: req.task_id, result, outputs: vec![] });
@@ -322,9 +341,9 @@ impl MeshActor {
     pub(super) fn on_task_cancel(&mut self, ctx: &mut Context<Self>, link_id: u64, from: NodeId, build_id: String) {
         let (cancelled, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.work.waiting)
             .into_iter()
-            .partition(|(_, peer, r)| *peer == from && r.task.build_id == build_id);
+            .partition(|w| w.from == from && w.req.task.build_id == build_id);
         self.work.waiting = waiting;
-        for (_, _, req) in cancelled {
+        for Waiting { req, .. } in cancelled {
             self.send(
                 link_id,
                 MeshMessage::TaskDone { task_id: req.task_id, result: Err(RemoteError::Cancelled), outputs: vec![] },
@@ -350,7 +369,7 @@ impl MeshActor {
                 let _ = reply.send(Err(RemoteError::LostNode(peer.clone())));
             }
         }
-        self.work.waiting.retain(|(_, from, _)| from != peer);
+        self.work.waiting.retain(|w| w.from != *peer);
         let (lost, collecting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.work.collecting).into_iter().partition(|c| c.peer == *peer);
         self.work.collecting = collecting;
@@ -418,7 +437,7 @@ impl MeshActor {
     /// Whether anything is in flight with `peer` (its link is not idle).
     pub(super) fn work_with(&self, peer: &NodeId) -> bool {
         self.work.sent.values().any(|sent| sent.peer == *peer)
-            || self.work.waiting.iter().any(|(_, p, _)| p == peer)
+            || self.work.waiting.iter().any(|w| w.from == *peer)
             || self.work.collecting.iter().any(|c| c.peer == *peer)
     }
 }

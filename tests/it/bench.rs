@@ -2,7 +2,7 @@
 //! pool, the start-up benchmarks that the coordinator grants one node at a time, one benchmark at
 //! a time on a node, no new packages while it runs, and disturbed figures kept from placement.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::common::{self, two_nodes, wait_until, Start, TestNode};
@@ -127,16 +127,7 @@ fn start_up_benchmarks_take_turns_across_the_mesh() {
 
 /// `buildnet test cpu` against `node`, running in the background.
 fn cpu_test_in_background(node: &TestNode, seconds: &str) -> std::process::Child {
-    Command::new(common::BIN)
-        .args(["test", "cpu", "--seconds", seconds, "--format", "json"])
-        .env("BUILDNET_DATA_DIR", &node.dir)
-        .env_remove("BUILDNET_ADDRESS")
-        .env_remove("BUILDNET_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn buildnet test cpu")
+    node.spawn_cli(&["test", "cpu", "--seconds", seconds, "--format", "json"])
 }
 
 fn wait_benchmarking(node: &TestNode, timeout: Duration) {

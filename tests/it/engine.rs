@@ -125,6 +125,62 @@ fn a_configurations_storage_volume_is_used_on_a_peer() {
     assert!(common::ran_in_volume(&wd, &fast), "the peer ran it on the selected volume, not in its data dir: {wd}");
 }
 
+/// A peer's task waiting for its inputs starts once they are all in the peer's store, however
+/// they got there: here most reach beta's store by an upload of their own while beta still has
+/// them queued to pull from alpha, so beta finds them stored when their turn comes (found by a
+/// reviewer: such a blob was dropped from the queue without being struck off what the task
+/// lacked, and the task waited for ever).
+#[test]
+fn a_peers_task_starts_when_its_inputs_reach_its_store_by_another_way() {
+    let _serial = common::serial();
+    let a = TestNode::start_with(Start::named("alpha"));
+    let b = a.join("beta", "builder", Start::default());
+    wait_all_online(&[&a, &b]);
+    let beta = b.node_id();
+    let created = a.cli(&["config", "create", "--name", "on-beta", "--node", &format!("{beta}:1")]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let work = tempfile::tempdir().expect("tempdir");
+    write_manifest(
+        work.path(),
+        "[packages.sum]\nshell = \"cat in/*.txt | wc -c > out/n.txt\"\ninputs = [\"in/*.txt\"]\noutputs = [\"out/n.txt\"]\n",
+    );
+    // More inputs than beta pulls at once (`transfer::MAX_INCOMING`, 8), each large enough that
+    // the rest are still queued when the uploads below land.
+    let inputs: Vec<String> = (0..24).map(|i| format!("{i:02}").repeat(2 << 20)).collect();
+    std::fs::create_dir_all(work.path().join("in")).expect("in");
+    for (i, text) in inputs.iter().enumerate() {
+        std::fs::write(work.path().join(format!("in/f{i:02}.txt")), text).expect("input");
+    }
+    let digests: Vec<String> = inputs.iter().map(|t| blake3::hash(t.as_bytes()).to_hex().to_string()).collect();
+    let project = work.path().to_str().expect("a UTF-8 path");
+    let mut cli = a.spawn_cli(&["build", "--config", "on-beta", "--project", project]);
+    let missing_on_beta = || {
+        let (_, missing) = b.post("/api/blobs/missing", &json!({ "digests": digests }));
+        missing["missing"].as_array().map(Vec::len).unwrap_or(digests.len())
+    };
+    // Beta has begun pulling: the task is waiting, the rest of its inputs queued.
+    wait_until("beta to pull its first input", Duration::from_secs(60), || (missing_on_beta() < 24).then_some(()));
+    let auth = format!("Bearer {}", b.admin_key);
+    // Beta pulls in digest order: the last it will pull go up first, while surely still queued.
+    let mut uploads: Vec<(&String, &String)> = inputs.iter().zip(&digests).collect();
+    uploads.sort_by(|x, y| y.1.cmp(x.1));
+    for (text, digest) in uploads {
+        let (status, body) = common::http(
+            "PUT",
+            &format!("{}/api/blobs/{digest}", b.url),
+            &[("Authorization", &auth)],
+            Some(text.as_bytes()),
+        );
+        assert!([200, 201, 204].contains(&status), "{status} {body}");
+    }
+    let exit = wait_until("the build to end", Duration::from_secs(60), || cli.try_wait().ok().flatten());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(cli.stderr.as_mut().expect("stderr"), &mut stderr).expect("stderr");
+    assert!(exit.success(), "{stderr}");
+    let n = std::fs::read_to_string(work.path().join("out/n.txt")).expect("output");
+    assert_eq!(n.trim(), ((24 * 4) << 20).to_string(), "every input, whole");
+}
+
 /// The `ResourceAllocated` and `ResourceReleased` entries one node recorded for a build.
 fn allocation_entries(node: &TestNode, build_id: &str) -> Vec<Value> {
     let (_, ledger) = node.get("/api/ledger?types=ResourceAllocated,ResourceReleased&limit=500");

@@ -75,7 +75,7 @@ pub fn expand_listing(root: &Path, pattern: &str, listed: &mut Listed) -> Result
     let max_depth = if pattern.contains("**") { usize::MAX } else { components.len() - literal };
     let mut found = Vec::new();
     while let Some((rel_dir, depth)) = stack.pop() {
-        let failed = |e: &dyn std::fmt::Display| format!("'{rel_dir}': {e}");
+        let failed = |e: &dyn std::fmt::Display| format!("'{}': {e}", shown(&rel_dir));
         // Stamped before it is read.
         let dir = std::fs::File::from(open_beneath(&root_fd, root, &rel_dir)?);
         let stamp = Stamp::of(&dir.metadata().map_err(|e| failed(&e))?);
@@ -105,10 +105,11 @@ pub fn expand_listing(root: &Path, pattern: &str, listed: &mut Listed) -> Result
             };
             match kind {
                 nix::dir::Type::Directory if depth + 1 < max_depth => {
-                    if rel.len() > crate::wire::MAX_PATH_BYTES {
-                        let shown: String = rel.chars().take(100).collect();
+                    // A path the kernel takes is shorter than MAX_PATH_BYTES, its NUL included.
+                    if rel.len() >= crate::wire::MAX_PATH_BYTES {
                         return Err(format!(
-                            "'{shown}…' is deeper than a path may be long ({} bytes); a glob goes no deeper",
+                            "'{}' is deeper than a path may be long ({} bytes); a glob goes no deeper",
+                            shown(&rel),
                             crate::wire::MAX_PATH_BYTES
                         ));
                     }
@@ -137,9 +138,9 @@ fn open_beneath(root_fd: &std::os::fd::OwnedFd, root: &Path, rel: &str) -> Resul
     use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
     let read = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let refused = |e: Errno| match e {
-        Errno::ELOOP => link_refused(rel),
-        Errno::ENOTDIR => format!("'{rel}' is not a directory"),
-        e => format!("'{rel}': {}", std::io::Error::from(e)),
+        Errno::ELOOP => link_refused(&shown(rel)),
+        Errno::ENOTDIR => format!("'{}' is not a directory", shown(rel)),
+        e => format!("'{}': {}", shown(rel), std::io::Error::from(e)),
     };
     let at = if rel.is_empty() { "." } else { rel };
     let how = OpenHow::new()
@@ -155,6 +156,16 @@ fn open_beneath(root_fd: &std::os::fd::OwnedFd, root: &Path, rel: &str) -> Resul
                 .map_err(refused)
         }
         Err(e) => Err(refused(e)),
+    }
+}
+
+/// `rel` as an error names it: a directory deep in a tree has a path of up to 4 KB, and a line
+/// about it need not repeat all of it.
+fn shown(rel: &str) -> String {
+    const SHOWN: usize = 120;
+    match rel.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}…", &rel[..cut]),
+        None => rel.to_string(),
     }
 }
 
@@ -492,6 +503,24 @@ mod tests {
         let e = expand(&root, "src/**/*.h").expect_err("too deep");
         assert!(e.contains("is deeper than a path may be long (4096 bytes)"), "{e}");
         assert!(e.len() < 500, "a line, not the path: {} bytes", e.len());
+        // A directory whose path is 4,096 bytes exactly is one too long for the kernel too (its
+        // NUL): refused the same way, in a line of its own size (found by a tester).
+        let exact = tempfile::tempdir().expect("tempdir");
+        let root = exact.path().join("p");
+        write(&root, "src/a.h", "x");
+        let mut at = openat(nix::fcntl::AT_FDCWD, &root.join("src"), OFlag::O_DIRECTORY, Mode::empty()).expect("src");
+        let mut rel = "src".len();
+        while rel < crate::wire::MAX_PATH_BYTES {
+            let len = (crate::wire::MAX_PATH_BYTES - rel - 1).clamp(1, 255);
+            let name = "e".repeat(len);
+            mkdirat(&at, name.as_str(), Mode::from_bits_truncate(0o755)).expect("mkdirat");
+            at = openat(&at, name.as_str(), OFlag::O_DIRECTORY, Mode::empty()).expect("openat");
+            rel += 1 + len;
+        }
+        assert_eq!(rel, crate::wire::MAX_PATH_BYTES);
+        let e = expand(&root, "src/**/*.h").expect_err("exactly at the limit");
+        assert!(e.contains("is deeper than a path may be long"), "{e}");
+        assert!(e.len() < 500, "{} bytes", e.len());
         assert_eq!(expand(&root, "src/*.h").expect("one level"), ["src/a.h"], "a shallow glob is not affected");
     }
 

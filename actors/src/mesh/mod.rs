@@ -438,6 +438,10 @@ impl MeshActor {
         self.ask_missing_adverts();
         self.schedule_benchmarks();
         self.expire_transfers();
+        // A blob a waiting task lacks may have come another way than a transfer it waits for.
+        if self.work.has_waiting() {
+            self.start_ready_tasks(ctx, None);
+        }
         self.summarise_refusals();
         if self.ticks.is_multiple_of(REPUBLISH_TICKS) {
             self.publish_peers_soon();

@@ -61,6 +61,11 @@ struct Waiting {
 }
 
 impl RemoteWork {
+    /// Whether a peer's task waits here for blobs.
+    pub(super) fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     pub(super) fn new(executor: ExecutorHandle, accept: bool, local_only_hours: Vec<HoursWindow>) -> RemoteWork {
         RemoteWork {
             executor,
@@ -191,15 +196,24 @@ impl MeshActor {
         } else {
             self.work.waiting.push(Waiting { link_id, from, req, missing: missing.iter().cloned().collect() });
             self.fetch_blobs(link_id, missing);
+            // One stored meanwhile (between the look and the queue) is struck off now.
+            if !self.transfer.present.is_empty() {
+                self.start_ready_tasks(ctx, Some(""));
+            }
         }
     }
 
-    /// Hands every waiting task whose blobs are all here to the executor: `arrived` is struck
-    /// off what each lacks, or with None (blobs stored in a batch) what each still lacks is
-    /// looked up in the store.
-    fn start_ready_tasks(&mut self, ctx: &mut Context<Self>, arrived: Option<&str>) {
+    /// Hands every waiting task whose blobs are all here to the executor: `arrived`, and what
+    /// the transfers found stored already, is struck off what each lacks; with None (blobs
+    /// stored in a batch, or the tick's look for blobs that came another way: an upload, a
+    /// transfer finished after its link closed) what each still lacks is looked up in the store.
+    pub(super) fn start_ready_tasks(&mut self, ctx: &mut Context<Self>, arrived: Option<&str>) {
         let cas = self.transfer.cas.clone();
+        let present = std::mem::take(&mut self.transfer.present);
         for waiting in &mut self.work.waiting {
+            for digest in &present {
+                waiting.missing.remove(digest);
+            }
             match arrived {
                 Some(digest) => {
                     waiting.missing.remove(digest);

@@ -109,6 +109,10 @@ pub(super) struct Transfer {
     send_queue: HashMap<u64, Queue<String>>,
     /// Blobs this node has asked peers for since it started.
     pub(super) asked: u64,
+    /// Blobs found already stored when they were about to be asked for (an upload, a build of
+    /// this node's own, another link's transfer got them there first): struck off what waiting
+    /// tasks lack at the next look ([`MeshActor::start_ready_tasks`]), as an arrival would be.
+    pub(super) present: Vec<String>,
 }
 
 impl Transfer {
@@ -121,6 +125,7 @@ impl Transfer {
             sending: HashMap::new(),
             send_queue: HashMap::new(),
             asked: 0,
+            present: Vec::new(),
         }
     }
 }
@@ -132,7 +137,11 @@ impl MeshActor {
         let t = &mut self.transfer;
         for d in digests {
             let key = (link_id, d);
-            if t.cas.has(&key.1) || t.receiving.contains_key(&key) || t.wanted.contains(&key) {
+            if t.cas.has(&key.1) {
+                t.present.push(key.1);
+                continue;
+            }
+            if t.receiving.contains_key(&key) || t.wanted.contains(&key) {
                 continue;
             }
             t.wanted.push(key);
@@ -146,7 +155,11 @@ impl MeshActor {
         let t = &mut self.transfer;
         while t.receiving.len() < MAX_INCOMING {
             let Some(key) = t.wanted.pop() else { break };
-            if t.cas.has(&key.1) || t.receiving.contains_key(&key) || !self.links.contains_key(&key.0) {
+            if t.cas.has(&key.1) {
+                t.present.push(key.1);
+                continue;
+            }
+            if t.receiving.contains_key(&key) || !self.links.contains_key(&key.0) {
                 continue;
             }
             asks.entry(key.0).or_default().push(key.1.clone());

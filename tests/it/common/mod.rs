@@ -169,16 +169,28 @@ impl TestNode {
         TestNode::start_with(Start { args, ..extra })
     }
 
-    /// Runs the CLI against this node through its data dir.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+    /// The CLI against this node through its data dir (no address or token from the
+    /// environment), reading nothing.
+    fn command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
+        let mut command = Command::new(BIN);
+        command
             .args(args)
             .env("BUILDNET_DATA_DIR", &self.dir)
             .env_remove("BUILDNET_ADDRESS")
             .env_remove("BUILDNET_TOKEN")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run buildnet")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs the CLI against this node through its data dir.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run buildnet")
+    }
+
+    /// Starts the CLI against this node through its data dir, in the background, its output
+    /// piped.
+    pub fn spawn_cli<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> std::process::Child {
+        self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start buildnet")
     }
 
     /// Runs the CLI and parses its `--format json` output.

@@ -439,8 +439,11 @@ impl MeshActor {
         self.schedule_benchmarks();
         self.expire_transfers();
         // A blob a waiting task lacks may have come another way than a transfer it waits for.
+        // With no task waiting, what the transfers found stored already concerns nobody.
         if self.work.has_waiting() {
             self.start_ready_tasks(ctx, None);
+        } else {
+            self.transfer.present.clear();
         }
         self.summarise_refusals();
         if self.ticks.is_multiple_of(REPUBLISH_TICKS) {

@@ -101,7 +101,7 @@ pub fn expand_listing(root: &Path, pattern: &str, listed: &mut Listed) -> Result
             let kind = match kind {
                 Some(kind) => kind,
                 // Filesystems that do not say in the listing: asked of the entry, not followed.
-                None => entry_kind(&dir, &name).map_err(|e| format!("'{rel}': {e}"))?,
+                None => entry_kind(&dir, &name).map_err(|e| format!("'{}': {e}", shown(&rel)))?,
             };
             match kind {
                 nix::dir::Type::Directory if depth + 1 < max_depth => {
@@ -116,9 +116,9 @@ pub fn expand_listing(root: &Path, pattern: &str, listed: &mut Listed) -> Result
                     stack.push((rel, depth + 1));
                 }
                 _ if !pat.matches_with(&rel, MATCH) => {}
-                nix::dir::Type::Symlink => return Err(link_refused(&rel)),
+                nix::dir::Type::Symlink => return Err(link_refused(&shown(&rel))),
                 nix::dir::Type::File => {
-                    check_path(&rel).map_err(|e| format!("'{}' {e}", rel.escape_debug()))?;
+                    check_path(&rel).map_err(|e| format!("'{}' {e}", shown(&rel).escape_debug()))?;
                     found.push(rel);
                 }
                 _ => {}
@@ -162,11 +162,15 @@ fn open_beneath(root_fd: &std::os::fd::OwnedFd, root: &Path, rel: &str) -> Resul
 /// `rel` as an error names it: a directory deep in a tree has a path of up to 4 KB, and a line
 /// about it need not repeat all of it.
 fn shown(rel: &str) -> String {
-    const SHOWN: usize = 120;
-    match rel.char_indices().nth(SHOWN) {
-        Some((cut, _)) => format!("{}…", &rel[..cut]),
-        None => rel.to_string(),
+    // Its start and its end (which names what failed), whole below this many characters.
+    const EACH: usize = 100;
+    let chars = rel.chars().count();
+    if chars <= 2 * EACH {
+        return rel.to_string();
     }
+    let start: String = rel.chars().take(EACH).collect();
+    let end: String = rel.chars().skip(chars - EACH).collect();
+    format!("{start}…{end}")
 }
 
 /// The kind of entry `name` in `parent`, the entry itself (a link is a link).

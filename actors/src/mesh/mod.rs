@@ -438,12 +438,17 @@ impl MeshActor {
         self.ask_missing_adverts();
         self.schedule_benchmarks();
         self.expire_transfers();
-        // A blob a waiting task lacks may have come another way than a transfer it waits for.
-        // With no task waiting, what the transfers found stored already concerns nobody.
-        if self.work.has_waiting() {
-            self.start_ready_tasks(ctx, None);
-        } else {
+        // A blob a task or a result waits for may have come another way than a transfer (an
+        // upload, a transfer finished after its link closed). While blobs are on their way their
+        // arrivals look again; once none is, nothing else would. With no task waiting, what the
+        // transfers found stored already concerns nobody.
+        if !self.work.has_waiting() {
             self.transfer.present.clear();
+        } else if self.transfer.idle() {
+            self.start_ready_tasks(ctx, remote::Stored::LookUp);
+        }
+        if self.work.has_collecting() && self.transfer.idle() {
+            self.answer_collected();
         }
         self.summarise_refusals();
         if self.ticks.is_multiple_of(REPUBLISH_TICKS) {

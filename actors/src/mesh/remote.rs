@@ -50,6 +50,17 @@ pub(super) struct RemoteWork {
     collecting: Vec<Collecting>,
 }
 
+/// What is known to have been stored since waiting tasks last looked.
+pub(super) enum Stored<'a> {
+    /// Nothing beyond what the transfers found stored already.
+    Nothing,
+    /// This blob, just received.
+    Blob(&'a str),
+    /// Perhaps anything (a batch of blobs stored at once, or an upload or a transfer finished
+    /// after its link closed): what each task still lacks is looked up in the store.
+    LookUp,
+}
+
 /// A peer's task waiting for blobs, with the digests it still lacks: each arrival strikes one
 /// off every task that lacks it, instead of every waiting task's every input being looked up in
 /// the store again whenever any blob arrives (quadratic for a new node pulling a build's inputs).
@@ -64,6 +75,11 @@ impl RemoteWork {
     /// Whether a peer's task waits here for blobs.
     pub(super) fn has_waiting(&self) -> bool {
         !self.waiting.is_empty()
+    }
+
+    /// Whether a peer's result waits here for its outputs.
+    pub(super) fn has_collecting(&self) -> bool {
+        !self.collecting.is_empty()
     }
 
     pub(super) fn new(executor: ExecutorHandle, accept: bool, local_only_hours: Vec<HoursWindow>) -> RemoteWork {
@@ -198,27 +214,28 @@ impl MeshActor {
             self.fetch_blobs(link_id, missing);
             // One stored meanwhile (between the look and the queue) is struck off now.
             if !self.transfer.present.is_empty() {
-                self.start_ready_tasks(ctx, Some(""));
+                self.start_ready_tasks(ctx, Stored::Nothing);
             }
         }
     }
 
-    /// Hands every waiting task whose blobs are all here to the executor: `arrived`, and what
-    /// the transfers found stored already, is struck off what each lacks; with None (blobs
-    /// stored in a batch, or the tick's look for blobs that came another way: an upload, a
-    /// transfer finished after its link closed) what each still lacks is looked up in the store.
-    pub(super) fn start_ready_tasks(&mut self, ctx: &mut Context<Self>, arrived: Option<&str>) {
-        let cas = self.transfer.cas.clone();
-        let present = std::mem::take(&mut self.transfer.present);
-        for waiting in &mut self.work.waiting {
-            for digest in &present {
-                waiting.missing.remove(digest);
+    /// Hands every waiting task whose blobs are all here to the executor. What the transfers
+    /// found stored already is struck off what each lacks, and with it what `news` says.
+    pub(super) fn start_ready_tasks(&mut self, ctx: &mut Context<Self>, news: Stored<'_>) {
+        let mut stored = std::mem::take(&mut self.transfer.present);
+        match news {
+            Stored::Nothing => {}
+            Stored::Blob(digest) => stored.push(digest.to_string()),
+            // Each digest a waiting task lacks looked up once, however many tasks lack it.
+            Stored::LookUp => {
+                let lacking: BTreeSet<&String> = self.work.waiting.iter().flat_map(|w| &w.missing).collect();
+                let cas = &self.transfer.cas;
+                stored.extend(lacking.into_iter().filter(|d| cas.has(d)).cloned());
             }
-            match arrived {
-                Some(digest) => {
-                    waiting.missing.remove(digest);
-                }
-                None => waiting.missing.retain(|d| !cas.has(d)),
+        }
+        for waiting in &mut self.work.waiting {
+            for digest in &stored {
+                waiting.missing.remove(digest);
             }
         }
         let (ready, waiting): (Vec<_>, Vec<_>) =
@@ -317,7 +334,13 @@ impl MeshActor {
     /// A blob is stored: tasks waiting for their inputs may start, results whose outputs are
     /// all here are answered.
     pub(super) fn blob_arrived(&mut self, ctx: &mut Context<Self>, digest: &str) {
-        self.start_ready_tasks(ctx, Some(digest).filter(|d| !d.is_empty()));
+        self.start_ready_tasks(ctx, if digest.is_empty() { Stored::LookUp } else { Stored::Blob(digest) });
+        self.answer_collected();
+    }
+
+    /// Answers every result whose outputs are all here (a result has a few, looked up in the
+    /// store each time).
+    pub(super) fn answer_collected(&mut self) {
         let cas = self.transfer.cas.clone();
         let (done, collecting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.work.collecting)
             .into_iter()

@@ -116,6 +116,11 @@ pub(super) struct Transfer {
 }
 
 impl Transfer {
+    /// Whether no blob is on its way here or queued to be asked for.
+    pub(super) fn idle(&self) -> bool {
+        self.receiving.is_empty() && self.wanted.len() == 0
+    }
+
     pub(super) fn new(cas: Cas) -> Transfer {
         Transfer {
             cas,

@@ -12,6 +12,7 @@ use super::roster::{self, JoinToken, MeshInfo, MeshKey, RosterEntry, RosterError
 use super::sync::split_batch;
 use super::{MeshActor, Peer, SYNC_BATCH};
 use crate::events::Event;
+use crate::ledger::{LedgerFilter, LedgerHandle};
 use crate::store::StoreHandle;
 use crate::wire::{self, LedgerEntryType, MeshMessage, NodeId, NodeState, Role};
 
@@ -76,8 +77,7 @@ impl MeshActor {
         // Who left is in the ledger, not the roster: read again at start, a member that left is
         // not listed again (offline), nor counted as one that the mesh key holder's leaving or a
         // join to another mesh must wait for.
-        let filter =
-            crate::ledger::LedgerFilter { types: vec![LedgerEntryType::NodeLeft], limit: 10_000, ..Default::default() };
+        let filter = LedgerFilter { types: vec![LedgerEntryType::NodeLeft], limit: 10_000, ..Default::default() };
         let left = self.ledger.query(filter).await?;
         self.note_departures(&left);
         Ok(())
@@ -712,6 +712,7 @@ impl Handler<Remove> for MeshActor {
             return refuse(RosterError::RemovalUnderWay(msg.node.to_string()));
         }
         let mut entry = peer.entry.clone();
+        let admitted_at_ms = entry.issued_at_ms;
         entry.revoked = true;
         // Newer than the entry it replaces, which every member keeps otherwise.
         entry.issued_at_ms = wire::now_ms().max(entry.issued_at_ms + 1);
@@ -720,15 +721,20 @@ impl Handler<Remove> for MeshActor {
         let saved = entry.clone();
         let mesh_id = mesh.mesh_id.clone();
         let node = msg.node.clone();
+        let me = self.me.clone();
         Box::pin(
             async move {
                 // The record first: a node stopped between the two has a `NodeLeft` for a
-                // removal the next attempt completes, never a removal nobody recorded.
-                let data = serde_json::json!({
-                    "node_id": entry.node_id, "node_name": entry.name, "mesh_id": mesh_id,
-                    "reason": "removed", "removed_by": msg.by,
-                });
-                ledger.append(LedgerEntryType::NodeLeft, data).await?;
+                // removal the next attempt completes, never a removal nobody recorded. That
+                // attempt finds the record and does not write it again (a kill -9 between the
+                // two left a second `NodeLeft` for one removal before).
+                if !removal_recorded(&ledger, &me, &entry.node_id, &mesh_id, admitted_at_ms).await? {
+                    let data = serde_json::json!({
+                        "node_id": entry.node_id, "node_name": entry.name, "mesh_id": mesh_id,
+                        "reason": "removed", "removed_by": msg.by,
+                    });
+                    ledger.append(LedgerEntryType::NodeLeft, data).await?;
+                }
                 store.run(move |c| roster::save_entry(c, &mesh, &saved).map_err(store_error)).await?;
                 Ok(entry)
             }
@@ -743,6 +749,29 @@ impl Handler<Remove> for MeshActor {
             }),
         )
     }
+}
+
+/// Whether this node recorded the removal of `node` from `mesh_id` since the roster entry that
+/// admitted it was signed (`admitted_at_ms`, this node's clock, as the record's is): a removal
+/// whose roster entry was never stored, because the node stopped between the two.
+async fn removal_recorded(
+    ledger: &LedgerHandle,
+    me: &NodeId,
+    node: &NodeId,
+    mesh_id: &str,
+    admitted_at_ms: u64,
+) -> Result<bool, RosterError> {
+    let filter = LedgerFilter {
+        types: vec![LedgerEntryType::NodeLeft],
+        origin: Some(me.clone()),
+        from_ms: Some(admitted_at_ms),
+        limit: crate::ledger::MAX_PAGE,
+        ..Default::default()
+    };
+    let recorded = ledger.query(filter).await?;
+    Ok(recorded
+        .iter()
+        .any(|e| e.data["node_id"] == node.as_str() && e.data["mesh_id"] == mesh_id && e.data["reason"] == "removed"))
 }
 
 /// Reloads the roster table into the peer table.

@@ -531,6 +531,70 @@ mod tests {
         }
     }
 
+    /// A removal cut short after its record — the key holder killed between the `NodeLeft`
+    /// entry and the revoked roster entry — is completed by the next one, which finds the
+    /// record and writes none (before, each attempt wrote its own). A record from before the
+    /// member was admitted again is not this removal's.
+    #[actix::test]
+    async fn a_removal_cut_short_after_its_record_is_completed_without_a_second_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_net, a, b, ids) = two_linked(dir.path()).await;
+        let mesh_id = a.mesh.view().await.expect("view").mesh_id.expect("a mesh");
+        let record = |mesh_id: &str| {
+            serde_json::json!({
+                "node_id": ids[1], "node_name": "b", "mesh_id": mesh_id, "reason": "removed", "removed_by": "cut short",
+            })
+        };
+        let removals = || {
+            let filter = LedgerFilter { types: vec![LedgerEntryType::NodeLeft], limit: 100, ..Default::default() };
+            let ledger = a.ledger.clone();
+            let b_id = ids[1].clone();
+            async move {
+                let left = ledger.query(filter).await.expect("a's ledger");
+                left.into_iter().filter(|e| e.data["node_id"] == b_id.as_str()).collect::<Vec<_>>()
+            }
+        };
+        // What the attempt cut short left: its record, and b still a member.
+        a.ledger.append(LedgerEntryType::NodeLeft, record(&mesh_id)).await.expect("append");
+        // Another mesh's removal of b says nothing about this one.
+        a.ledger.append(LedgerEntryType::NodeLeft, record("another-mesh")).await.expect("append");
+        assert_eq!(removals().await.len(), 2);
+        let entry = a.mesh.remove(ids[1].clone(), "admin").await.expect("removed");
+        assert!(entry.revoked);
+        let recorded = removals().await;
+        assert_eq!(recorded.len(), 2, "no second record for one removal: {recorded:?}");
+        assert!(recorded.iter().all(|e| e.data["removed_by"] == "cut short"), "{recorded:?}");
+        b.shutdown("test over").await;
+        a.shutdown("test over").await;
+    }
+
+    /// The same record, older than the member's admission, belongs to an earlier membership:
+    /// a removal now records its own.
+    #[actix::test]
+    async fn a_removal_records_itself_when_the_only_record_is_from_before_the_admission() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let net = MemoryNet::new();
+        let a = node(&net, dir.path(), "a", true).await;
+        let b = node(&net, dir.path(), "b", false).await;
+        let mesh_id = a.mesh.view().await.expect("view").mesh_id.expect("a mesh");
+        let b_id = b.identity.node_id.clone();
+        let data = serde_json::json!({
+            "node_id": b_id, "node_name": "b", "mesh_id": mesh_id, "reason": "removed", "removed_by": "long ago",
+        });
+        a.ledger.append(LedgerEntryType::NodeLeft, data).await.expect("append");
+        // Admitted later than that record, on the same clock.
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+        join(&a, &b).await;
+        a.mesh.remove(b_id.clone(), "admin").await.expect("removed");
+        let filter = LedgerFilter { types: vec![LedgerEntryType::NodeLeft], limit: 100, ..Default::default() };
+        let left = a.ledger.query(filter).await.expect("a's ledger");
+        let by: Vec<_> =
+            left.iter().filter(|e| e.data["node_id"] == b_id.as_str()).map(|e| &e.data["removed_by"]).collect();
+        assert_eq!(by, ["admin", "long ago"], "{left:?}");
+        b.shutdown("test over").await;
+        a.shutdown("test over").await;
+    }
+
     #[actix::test]
     async fn a_short_cut_stalls_a_link_and_what_was_sent_arrives_after_it() {
         let dir = tempfile::tempdir().expect("tempdir");

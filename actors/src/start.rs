@@ -512,6 +512,19 @@ mod tests {
             .expect("row");
     }
 
+    /// A build's `completed_at` and `duration_ms` as its row says.
+    async fn build_end(store: &crate::store::StoreHandle, id: &str) -> (i64, i64) {
+        let id = id.to_string();
+        store
+            .run(move |c| {
+                Ok(c.query_row("SELECT completed_at, duration_ms FROM builds WHERE id = ?1", [id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?)
+            })
+            .await
+            .expect("row")
+    }
+
     #[actix::test]
     async fn builds_left_running_end_as_their_ledger_says_or_as_interrupted() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -548,38 +561,72 @@ mod tests {
         assert!(again.is_empty(), "nothing is ended twice");
     }
 
-    /// An interrupted build ends at the last entry for it this node received — by this node's
-    /// clock, whatever the origin stamped (a peer's clock ahead) — not at the restart.
-    #[actix::test]
-    async fn an_interrupted_build_ends_when_this_node_last_heard_of_it() {
+    /// A ledger row for [`end_of_interrupted`]: origin (`None`: the node itself), seq, its stamp
+    /// and its arrival in ms after the build's start, its type.
+    type Row = (Option<&'static str>, i64, i64, i64, &'static str);
+
+    /// Starts a node whose store holds `id` running since a minute ago and `rows` in its ledger,
+    /// each naming the build but a stop; ends interrupted builds as a start does, and returns when the
+    /// build ended (ms after its start) and its duration.
+    async fn end_of_interrupted(id: &str, rows: &'static [Row]) -> (i64, i64) {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = started(dir.path()).await;
         let (store, ledger, me) = (s.node.store.clone(), s.node.ledger.clone(), s.node.identity.node_id.clone());
         let start = crate::wire::now_ms() as i64 - 60_000;
-        running_build(&store, "b_peer", start).await;
+        running_build(&store, id, start).await;
+        let (build, own) = (id.to_string(), me.to_string());
         store
             .run(move |c| {
-                // A peer's allocation, stamped five minutes ahead by its clock, received 2 s in.
-                c.execute(
+                let mut insert = c.prepare(
                     "INSERT INTO ledger (origin, seq, prev_hash, hlc_wall, hlc_logical, entry_type, entry_data, hash, signature, received_at)
-                     VALUES ('peer', 1, '', ?1, 0, 'ResourceAllocated', '{\"build_id\":\"b_peer\"}', 'h', 's', ?2)",
-                    rusqlite::params![start + 360_000, start + 2_000],
+                     VALUES (?1, ?2, '', ?3, 0, ?4,
+                             CASE ?4 WHEN 'NodeStopped' THEN '{}' ELSE json_object('build_id', ?5) END, 'h', 's', ?6)",
                 )?;
+                for (origin, seq, stamped, received, kind) in rows {
+                    let origin = origin.map_or(own.clone(), str::to_string);
+                    insert.execute(rusqlite::params![origin, seq, start + stamped, kind, build, start + received])?;
+                }
                 Ok(())
             })
             .await
             .expect("rows");
         let ended = crate::builds::history::end_interrupted(&store, &ledger, &me).await.expect("ended");
-        assert_eq!(ended, vec!["b_peer".to_string()]);
-        let (completed, duration): (i64, i64) = store
-            .run(|c| {
-                Ok(c.query_row("SELECT completed_at, duration_ms FROM builds WHERE id = 'b_peer'", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?)
-            })
-            .await
-            .expect("row");
-        assert_eq!((completed - start, duration), (2_000, 2_000));
+        assert_eq!(ended, vec![id.to_string()]);
+        let (completed, duration) = build_end(&store, id).await;
+        (completed - start, duration)
+    }
+
+    /// An interrupted build ends at the last entry for it this node received — by this node's
+    /// clock, whatever the origin stamped (a peer's clock ahead) — not at the restart.
+    #[actix::test]
+    async fn an_interrupted_build_ends_when_this_node_last_heard_of_it() {
+        // A peer's allocation, stamped five minutes ahead by its clock, received 2 s in.
+        let rows = &[(Some("peer"), 1, 360_000, 2_000, "ResourceAllocated")];
+        assert_eq!(end_of_interrupted("b_peer", rows).await, (2_000, 2_000));
+    }
+
+    /// A clock set back between two runs: an earlier run's `NodeStopped`, stamped after the
+    /// build's start by the clock of then, is not this build's end — what counts is the first
+    /// stop after the build's start in this node's own chain. The build, killed, ends when this
+    /// node last heard of it.
+    #[actix::test]
+    async fn an_earlier_runs_stop_stamped_later_is_not_an_interrupted_builds_end() {
+        let rows = &[
+            // The earlier run stopped with its clock ten minutes ahead of this run's.
+            (None, 1000, 600_000, 600_000, "NodeStopped"),
+            (None, 1001, 0, 0, "BuildStarted"),
+            // The last this node heard of the build before it was killed: 3 s in.
+            (None, 1002, 3_000, 3_000, "ResourceReleased"),
+        ];
+        assert_eq!(end_of_interrupted("b_back", rows).await, (3_000, 3_000));
+        // Stopped on purpose after it, the build ends at this run's stop, stamped by this clock.
+        let rows = &[
+            (None, 1000, 600_000, 600_000, "NodeStopped"),
+            (None, 1001, 0, 0, "BuildStarted"),
+            (None, 1002, 3_000, 3_000, "ResourceReleased"),
+            (None, 1003, 4_000, 4_000, "NodeStopped"),
+        ];
+        assert_eq!(end_of_interrupted("b_stopped", rows).await, (4_000, 4_000));
     }
 
     #[actix::test]

@@ -22,7 +22,8 @@ pub const INTERRUPTED: &str = "interrupted: the node stopped while the build ran
 /// takes that end, at that entry's time; any other is marked failed with [`INTERRUPTED`], its
 /// `BuildFailed` entry appended before its row changes, so a start that fails half-way leaves
 /// the rest for the next one. Such a build ends when this node stopped, by its own `NodeStopped`
-/// entry after the build's start, or, killed, at the last thing this node knew of it: a
+/// entry after the build's `BuildStarted` in its chain (after the build's start by time where
+/// that entry is missing), or, killed, at the last thing this node knew of it: a
 /// package's end in its row ([`save_packages`]) or the arrival of a ledger entry for the build,
 /// its own or a peer's (by this node's clock: a peer's may be ahead) — never before the build's
 /// start nor after this start — so its duration leaves out the time the node was down. Its packages that had not
@@ -55,8 +56,12 @@ pub async fn end_interrupted(
                 "SELECT MAX(started_at, MIN(?3, MAX(
                     COALESCE((SELECT MAX(completed_at) FROM build_packages WHERE build_id = ?1), 0),
                     COALESCE(
-                      (SELECT MIN(hlc_wall) FROM ledger WHERE origin = ?2 AND entry_type = 'NodeStopped'
-                         AND hlc_wall >= builds.started_at),
+                      CASE WHEN ?4 IS NULL
+                        THEN (SELECT MIN(hlc_wall) FROM ledger WHERE origin = ?2 AND entry_type = 'NodeStopped'
+                                AND hlc_wall >= builds.started_at)
+                        ELSE (SELECT hlc_wall FROM ledger WHERE origin = ?2 AND entry_type = 'NodeStopped'
+                                AND seq > ?4 ORDER BY seq LIMIT 1)
+                      END,
                       (SELECT MAX(received_at) FROM ledger WHERE hlc_wall >= builds.started_at - 3600000
                          AND received_at >= builds.started_at
                          AND entry_type NOT IN ('BuildCompleted', 'BuildFailed')
@@ -64,13 +69,24 @@ pub async fn end_interrupted(
                       0))))
                  FROM builds WHERE id = ?1",
             )?;
+            // Where the build's start sits in this node's own chain: the stop that ends it is the
+            // first `NodeStopped` after that, in chain order. By time alone, a clock set back
+            // between two runs made an earlier run's stop (stamped later than this build's start)
+            // count as this build's end. A start not in the ledger (the node was killed before
+            // its group commit) leaves the stop to be found by time.
+            let mut started_seq = conn.prepare(
+                "SELECT MIN(seq) FROM ledger WHERE origin = ?1 AND entry_type = 'BuildStarted'
+                   AND hlc_wall >= (SELECT started_at FROM builds WHERE id = ?2) - 3600000
+                   AND json_valid(entry_data) AND json_extract(entry_data, '$.build_id') = ?2",
+            )?;
             let now = crate::wire::now_ms() as i64;
             ids.into_iter()
                 .map(|id| {
                     let recorded = end
                         .query_row(params![origin, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                         .optional()?;
-                    let last: i64 = last.query_row(params![id, origin, now], |r| r.get(0))?;
+                    let seq: Option<i64> = started_seq.query_row(params![origin, id], |r| r.get(0))?;
+                    let last: i64 = last.query_row(params![id, origin, now, seq], |r| r.get(0))?;
                     Ok((id, recorded, last))
                 })
                 .collect()

@@ -321,6 +321,30 @@ mod tests {
         panic!("build {id} did not finish");
     }
 
+    /// A build whose end cannot reach the ledger (the node closing it as it stops) is not told
+    /// to its caller as succeeded: the next start ends it as interrupted, and the caller is told
+    /// that now (before, it was told succeeded and the history said failed).
+    #[actix::test]
+    async fn a_build_whose_end_cannot_be_recorded_is_reported_as_the_history_will_say() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("project");
+        write(&root, "a.txt", "alpha");
+        write(
+            &root,
+            project::MANIFEST,
+            "[packages.a]\ncommand = [\"cp\", \"a.txt\", \"a.out\"]\ninputs = [\"a.txt\"]\noutputs = [\"a.out\"]\n",
+        );
+        let started = start(test_options(&dir.path().join("data"))).await.expect("node");
+        let builds = started.node.builds.clone();
+        let request = request(&root, &builds.cas, true).await;
+        started.node.ledger.close().await;
+        let id = builds.start(request, "test").await.expect("start");
+        let s = builds.status_when_done(&id, std::time::Duration::from_secs(30)).await.expect("status");
+        assert_eq!(s.status, runner::BuildState::Failed, "{s:?}");
+        assert_eq!(s.error.as_deref(), Some(history::INTERRUPTED), "{s:?}");
+        assert!(s.packages.iter().all(|p| p.state == runner::PackageState::Succeeded), "the package itself ran: {s:?}");
+    }
+
     #[actix::test]
     async fn a_dag_builds_caches_and_rebuilds_only_what_changed() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -475,7 +475,7 @@ impl BuildActor {
         }
         self.status.completed_at_ms = Some(now);
         self.status.duration_ms = Some(now.saturating_sub(self.status.started_at_ms));
-        let (status, c) = (self.status.clone(), self.ctx.clone());
+        let (mut status, c) = (self.status.clone(), self.ctx.clone());
         // The packages whose rows were not written as they ended (taken again from the status
         // only if their save fails, rather than copied ahead for that case).
         let unwritten = move |status: &BuildStatus| -> Vec<PackageStatus> {
@@ -513,7 +513,8 @@ impl BuildActor {
                 // next entry anyone waits for commits them first. A build that ran something
                 // reports its end only once its entry — and with it every entry its packages
                 // caused — is on disk; if the entry cannot be appended (the ledger closing with
-                // the node), its row is left saying running, and the next start ends it.
+                // the node), its row is left saying running, and the next start ends it as
+                // interrupted, which its callers are told now.
                 let recorded = if executed == 0 && status.status == BuildState::Succeeded {
                     let queued = c.ledger.submit(kind, data, Commit::Soon);
                     actix::spawn(async move {
@@ -529,13 +530,22 @@ impl BuildActor {
                     if let Err(e) = save(&c.store, &status, Rows::End { packages: unsaved }).await {
                         log::error!("saving build {}: {e}", status.id);
                     }
+                } else if status.status == BuildState::Succeeded {
+                    // What the next start will record for it, said now: a caller told it
+                    // succeeded would find it failed in the history (its outputs were made, but
+                    // nothing the ledger vouches for says so). A build that failed or was
+                    // cancelled keeps its own reason, which says more.
+                    status.status = BuildState::Failed;
+                    status.error = Some(super::history::INTERRUPTED.to_string());
                 }
                 c.events.publish(Event::BuildProgress { build_id: status.id.clone(), package: String::new(), status: status.status.to_string(), progress: 1.0, output: status.error.clone() });
+                status
             }
             .into_actor(self)
             // Only once the history and the ledger have the result: the callers waiting for it
             // get it, and the actor stops.
-            .map(|_, act, ctx| {
+            .map(|status, act, ctx| {
+                act.status = status;
                 for waiting in act.waiting.drain(..) {
                     let _ = waiting.send(act.status.clone());
                 }

@@ -514,7 +514,7 @@ impl BuildActor {
                 // reports its end only once its entry — and with it every entry its packages
                 // caused — is on disk; if the entry cannot be appended (the ledger closing with
                 // the node), its row is left saying running, and the next start ends it as
-                // interrupted, which its callers are told now.
+                // interrupted; its callers are not told it succeeded.
                 let recorded = if executed == 0 && status.status == BuildState::Succeeded {
                     let queued = c.ledger.submit(kind, data, Commit::Soon);
                     actix::spawn(async move {
@@ -522,21 +522,30 @@ impl BuildActor {
                             log::warn!("recording the end of a build that ran nothing: {e}");
                         }
                     });
-                    true
+                    Ok(())
                 } else {
-                    c.ledger.append(kind, data).await.map_err(|e| log::error!("recording the end of build {}: {e}", status.id)).is_ok()
+                    c.ledger.append(kind, data).await.map(|_| ()).map_err(|e| {
+                        log::error!("recording the end of build {}: {e}", status.id);
+                        e
+                    })
                 };
-                if recorded {
-                    if let Err(e) = save(&c.store, &status, Rows::End { packages: unsaved }).await {
-                        log::error!("saving build {}: {e}", status.id);
+                match recorded {
+                    Ok(()) => {
+                        if let Err(e) = save(&c.store, &status, Rows::End { packages: unsaved }).await {
+                            log::error!("saving build {}: {e}", status.id);
+                        }
                     }
-                } else if status.status == BuildState::Succeeded {
-                    // What the next start will record for it, said now: a caller told it
-                    // succeeded would find it failed in the history (its outputs were made, but
-                    // nothing the ledger vouches for says so). A build that failed or was
-                    // cancelled keeps its own reason, which says more.
-                    status.status = BuildState::Failed;
-                    status.error = Some(super::history::INTERRUPTED.to_string());
+                    // Not told as succeeded: the history will say it failed (the next start
+                    // ends it as interrupted), and nothing the ledger vouches for says it ran
+                    // (its outputs were made). A build that failed or was cancelled keeps its
+                    // own reason, which says more.
+                    Err(e) if status.status == BuildState::Succeeded => {
+                        status.status = BuildState::Failed;
+                        status.error = Some(format!(
+                            "its end could not be recorded in the ledger ({e}); the node records it as interrupted when it starts again"
+                        ));
+                    }
+                    Err(_) => {}
                 }
                 c.events.publish(Event::BuildProgress { build_id: status.id.clone(), package: String::new(), status: status.status.to_string(), progress: 1.0, output: status.error.clone() });
                 status

@@ -729,9 +729,11 @@ impl Handler<Remove> for MeshActor {
                 // attempt finds the record and does not write it again (a kill -9 between the
                 // two left a second `NodeLeft` for one removal before).
                 if !removal_recorded(&ledger, &me, &entry.node_id, &mesh_id, admitted_at_ms).await? {
+                    // `admitted_at_ms` names the membership this removal ends (the roster
+                    // entry it revokes), so a later attempt knows its own record by it.
                     let data = serde_json::json!({
                         "node_id": entry.node_id, "node_name": entry.name, "mesh_id": mesh_id,
-                        "reason": "removed", "removed_by": msg.by,
+                        "reason": "removed", "removed_by": msg.by, "admitted_at_ms": admitted_at_ms,
                     });
                     ledger.append(LedgerEntryType::NodeLeft, data).await?;
                 }
@@ -751,9 +753,12 @@ impl Handler<Remove> for MeshActor {
     }
 }
 
-/// Whether this node recorded the removal of `node` from `mesh_id` since the roster entry that
-/// admitted it was signed (`admitted_at_ms`, this node's clock, as the record's is): a removal
-/// whose roster entry was never stored, because the node stopped between the two.
+/// Whether this node recorded the removal of `node` from `mesh_id` that ends the membership
+/// its roster entry signed at `admitted_at_ms` began: a removal whose revoked roster entry was
+/// never stored, because the node stopped between the two. The record names that entry; one
+/// written before records did is taken by time (stamped since the admission, which a clock set
+/// back between the two can fool). The newest of this node's `NodeLeft` entries are read: its
+/// own leavings and the removals it made.
 async fn removal_recorded(
     ledger: &LedgerHandle,
     me: &NodeId,
@@ -764,14 +769,20 @@ async fn removal_recorded(
     let filter = LedgerFilter {
         types: vec![LedgerEntryType::NodeLeft],
         origin: Some(me.clone()),
-        from_ms: Some(admitted_at_ms),
         limit: crate::ledger::MAX_PAGE,
         ..Default::default()
     };
     let recorded = ledger.query(filter).await?;
-    Ok(recorded
-        .iter()
-        .any(|e| e.data["node_id"] == node.as_str() && e.data["mesh_id"] == mesh_id && e.data["reason"] == "removed"))
+    Ok(recorded.iter().any(|e| {
+        let this_membership = match e.data["admitted_at_ms"].as_u64() {
+            Some(admitted) => admitted == admitted_at_ms,
+            None => e.hlc.wall_ms >= admitted_at_ms,
+        };
+        e.data["node_id"] == node.as_str()
+            && e.data["mesh_id"] == mesh_id
+            && e.data["reason"] == "removed"
+            && this_membership
+    }))
 }
 
 /// Reloads the roster table into the peer table.

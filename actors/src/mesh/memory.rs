@@ -533,18 +533,34 @@ mod tests {
 
     /// A removal cut short after its record — the key holder killed between the `NodeLeft`
     /// entry and the revoked roster entry — is completed by the next one, which finds the
-    /// record and writes none (before, each attempt wrote its own). A record from before the
-    /// member was admitted again is not this removal's.
+    /// record and writes none (before, each attempt wrote its own): a record naming the
+    /// membership it ends, and one from before records named it (taken by time).
     #[actix::test]
     async fn a_removal_cut_short_after_its_record_is_completed_without_a_second_record() {
+        for names_its_membership in [true, false] {
+            complete_a_removal_cut_short(names_its_membership).await;
+        }
+    }
+
+    async fn complete_a_removal_cut_short(names_its_membership: bool) {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_net, a, b, ids) = two_linked(dir.path()).await;
         let mesh_id = a.mesh.view().await.expect("view").mesh_id.expect("a mesh");
-        let record = |mesh_id: &str| {
-            serde_json::json!({
-                "node_id": ids[1], "node_name": "b", "mesh_id": mesh_id, "reason": "removed", "removed_by": "cut short",
-            })
-        };
+        let b_id = ids[1].to_string();
+        let roster_entry: String = a
+            .store
+            .run(move |c| Ok(c.query_row("SELECT entry FROM roster WHERE node_id = ?1", [b_id], |r| r.get(0))?))
+            .await
+            .expect("b's roster entry");
+        let admitted_at_ms = serde_json::from_str::<serde_json::Value>(&roster_entry).expect("json")["issued_at_ms"]
+            .as_u64()
+            .expect("issued_at_ms");
+        let mut record = serde_json::json!({
+            "node_id": ids[1], "node_name": "b", "mesh_id": mesh_id, "reason": "removed", "removed_by": "cut short",
+        });
+        if names_its_membership {
+            record["admitted_at_ms"] = admitted_at_ms.into();
+        }
         let removals = || {
             let filter = LedgerFilter { types: vec![LedgerEntryType::NodeLeft], limit: 100, ..Default::default() };
             let ledger = a.ledger.clone();
@@ -555,42 +571,50 @@ mod tests {
             }
         };
         // What the attempt cut short left: its record, and b still a member.
-        a.ledger.append(LedgerEntryType::NodeLeft, record(&mesh_id)).await.expect("append");
-        // Another mesh's removal of b says nothing about this one.
-        a.ledger.append(LedgerEntryType::NodeLeft, record("another-mesh")).await.expect("append");
-        assert_eq!(removals().await.len(), 2);
+        a.ledger.append(LedgerEntryType::NodeLeft, record).await.expect("append");
         let entry = a.mesh.remove(ids[1].clone(), "admin").await.expect("removed");
         assert!(entry.revoked);
         let recorded = removals().await;
-        assert_eq!(recorded.len(), 2, "no second record for one removal: {recorded:?}");
-        assert!(recorded.iter().all(|e| e.data["removed_by"] == "cut short"), "{recorded:?}");
+        assert_eq!(recorded.len(), 1, "no second record for one removal: {recorded:?}");
+        assert_eq!(recorded[0].data["removed_by"], "cut short", "{recorded:?}");
         b.shutdown("test over").await;
         a.shutdown("test over").await;
     }
 
-    /// The same record, older than the member's admission, belongs to an earlier membership:
-    /// a removal now records its own.
+    /// Records that are not this removal's: one from before the member's admission, another
+    /// mesh's, and one naming another membership (an earlier admission, stamped later through a
+    /// clock set back). A removal records its own, naming the membership it ends.
     #[actix::test]
-    async fn a_removal_records_itself_when_the_only_record_is_from_before_the_admission() {
+    async fn a_removal_records_itself_when_no_record_is_of_this_membership() {
         let dir = tempfile::tempdir().expect("tempdir");
         let net = MemoryNet::new();
         let a = node(&net, dir.path(), "a", true).await;
         let b = node(&net, dir.path(), "b", false).await;
         let mesh_id = a.mesh.view().await.expect("view").mesh_id.expect("a mesh");
         let b_id = b.identity.node_id.clone();
-        let data = serde_json::json!({
-            "node_id": b_id, "node_name": "b", "mesh_id": mesh_id, "reason": "removed", "removed_by": "long ago",
-        });
-        a.ledger.append(LedgerEntryType::NodeLeft, data).await.expect("append");
+        let record = |mesh_id: &str, by: &str, admitted_at_ms: Option<u64>| {
+            let mut data = serde_json::json!({
+                "node_id": b_id, "node_name": "b", "mesh_id": mesh_id, "reason": "removed", "removed_by": by,
+            });
+            if let Some(at) = admitted_at_ms {
+                data["admitted_at_ms"] = at.into();
+            }
+            data
+        };
+        a.ledger.append(LedgerEntryType::NodeLeft, record(&mesh_id, "long ago", None)).await.expect("append");
         // Admitted later than that record, on the same clock.
         actix_rt::time::sleep(Duration::from_millis(5)).await;
         join(&a, &b).await;
+        a.ledger.append(LedgerEntryType::NodeLeft, record("another-mesh", "elsewhere", None)).await.expect("append");
+        a.ledger.append(LedgerEntryType::NodeLeft, record(&mesh_id, "earlier", Some(1))).await.expect("append");
         a.mesh.remove(b_id.clone(), "admin").await.expect("removed");
         let filter = LedgerFilter { types: vec![LedgerEntryType::NodeLeft], limit: 100, ..Default::default() };
         let left = a.ledger.query(filter).await.expect("a's ledger");
         let by: Vec<_> =
             left.iter().filter(|e| e.data["node_id"] == b_id.as_str()).map(|e| &e.data["removed_by"]).collect();
-        assert_eq!(by, ["admin", "long ago"], "{left:?}");
+        assert_eq!(by, ["admin", "earlier", "elsewhere", "long ago"], "{left:?}");
+        let own = left.iter().find(|e| e.data["removed_by"] == "admin").expect("the removal's record");
+        assert!(own.data["admitted_at_ms"].as_u64().is_some_and(|at| at > 1), "it names its membership: {own:?}");
         b.shutdown("test over").await;
         a.shutdown("test over").await;
     }

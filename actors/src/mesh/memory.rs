@@ -542,19 +542,22 @@ mod tests {
         }
     }
 
+    /// When the roster entry `holder` stores for `member` was signed.
+    async fn issued_at_ms(holder: &Node, member: &NodeId) -> u64 {
+        let member = member.to_string();
+        let entry: String = holder
+            .store
+            .run(move |c| Ok(c.query_row("SELECT entry FROM roster WHERE node_id = ?1", [member], |r| r.get(0))?))
+            .await
+            .expect("the member's roster entry");
+        serde_json::from_str::<serde_json::Value>(&entry).expect("json")["issued_at_ms"].as_u64().expect("issued_at_ms")
+    }
+
     async fn complete_a_removal_cut_short(names_its_membership: bool) {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_net, a, b, ids) = two_linked(dir.path()).await;
         let mesh_id = a.mesh.view().await.expect("view").mesh_id.expect("a mesh");
-        let b_id = ids[1].to_string();
-        let roster_entry: String = a
-            .store
-            .run(move |c| Ok(c.query_row("SELECT entry FROM roster WHERE node_id = ?1", [b_id], |r| r.get(0))?))
-            .await
-            .expect("b's roster entry");
-        let admitted_at_ms = serde_json::from_str::<serde_json::Value>(&roster_entry).expect("json")["issued_at_ms"]
-            .as_u64()
-            .expect("issued_at_ms");
+        let admitted_at_ms = issued_at_ms(&a, &ids[1]).await;
         let mut record = serde_json::json!({
             "node_id": ids[1], "node_name": "b", "mesh_id": mesh_id, "reason": "removed", "removed_by": "cut short",
         });
@@ -607,6 +610,7 @@ mod tests {
         join(&a, &b).await;
         a.ledger.append(LedgerEntryType::NodeLeft, record("another-mesh", "elsewhere", None)).await.expect("append");
         a.ledger.append(LedgerEntryType::NodeLeft, record(&mesh_id, "earlier", Some(1))).await.expect("append");
+        let admitted_at_ms = issued_at_ms(&a, &b_id).await;
         a.mesh.remove(b_id.clone(), "admin").await.expect("removed");
         let filter = LedgerFilter { types: vec![LedgerEntryType::NodeLeft], limit: 100, ..Default::default() };
         let left = a.ledger.query(filter).await.expect("a's ledger");
@@ -614,7 +618,7 @@ mod tests {
             left.iter().filter(|e| e.data["node_id"] == b_id.as_str()).map(|e| &e.data["removed_by"]).collect();
         assert_eq!(by, ["admin", "earlier", "elsewhere", "long ago"], "{left:?}");
         let own = left.iter().find(|e| e.data["removed_by"] == "admin").expect("the removal's record");
-        assert!(own.data["admitted_at_ms"].as_u64().is_some_and(|at| at > 1), "it names its membership: {own:?}");
+        assert_eq!(own.data["admitted_at_ms"].as_u64(), Some(admitted_at_ms), "it names its membership: {own:?}");
         b.shutdown("test over").await;
         a.shutdown("test over").await;
     }

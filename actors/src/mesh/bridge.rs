@@ -343,8 +343,12 @@ impl Handler<Accepted> for BridgeActor {
     }
 }
 
+/// How long a dismissed peer's link stays open for its answer (see [`Dismiss`]).
+pub const DISMISS_GRACE: Duration = Duration::from_secs(2);
+
 /// Tells an authenticated peer that may not link one thing — a removed member its revoked roster
-/// entry, so that it stops dialling — and closes the link.
+/// entry, so that it stops dialling — and closes the link [`DISMISS_GRACE`] later: a member
+/// admitted again since answers with its newer entry, which the mesh reads meanwhile.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Dismiss {
@@ -356,11 +360,12 @@ impl Handler<Dismiss> for BridgeActor {
     type Result = ();
 
     fn handle(&mut self, msg: Dismiss, ctx: &mut Context<Self>) {
-        if let Phase::Authenticating(transport) = std::mem::replace(&mut self.phase, Phase::Closed) {
-            self.phase = Phase::Open { transport, peer: msg.peer };
-            self.send_message(ctx, msg.body);
-        }
-        self.close(ctx);
+        let Phase::Authenticating(transport) = std::mem::replace(&mut self.phase, Phase::Closed) else {
+            return self.close(ctx);
+        };
+        self.phase = Phase::Open { transport, peer: msg.peer };
+        self.send_message(ctx, msg.body);
+        ctx.run_later(DISMISS_GRACE, |act, ctx| act.close(ctx));
     }
 }
 

@@ -163,7 +163,8 @@ impl Handler<Attach> for MeshActor {
         self.next_link += 1;
         let addr = BridgeActor::new(id, ctx.address(), self.me.clone(), handshake, initiator, msg.outgoing).start();
         let opened = Instant::now();
-        self.links.insert(id, Link { addr: addr.clone(), initiator, dialed: msg.dialed, peer: None, opened });
+        let link = Link { addr: addr.clone(), initiator, dialed: msg.dialed, peer: None, dismissed: None, opened };
+        self.links.insert(id, link);
         Some(addr)
     }
 }
@@ -199,8 +200,11 @@ impl Handler<LinkAuthenticated> for MeshActor {
             });
             if let Some((id, p)) = removed {
                 log::info!("link {}: {id} was removed from the mesh; told so and closed", msg.link_id);
-                let body = MeshMessage::Roster { entries: vec![p.entry.clone()] };
-                return msg.bridge.do_send(bridge::Dismiss { peer: id.clone(), body });
+                let (id, body) = (id.clone(), MeshMessage::Roster { entries: vec![p.entry.clone()] });
+                if let Some(link) = self.links.get_mut(&msg.link_id) {
+                    link.dismissed = Some(id.clone());
+                }
+                return msg.bridge.do_send(bridge::Dismiss { peer: id, body });
             }
             log::warn!("link {}: refused a node that is not in the roster", msg.link_id);
             return msg.bridge.do_send(bridge::Accepted { peer: None });

@@ -100,8 +100,15 @@ impl MeshActor {
         self.apply_topology();
     }
 
-    pub(super) fn on_roster(&mut self, ctx: &mut Context<Self>, mut entries: Vec<RosterEntry>) {
+    pub(super) fn on_roster(&mut self, ctx: &mut Context<Self>, link_id: u64, mut entries: Vec<RosterEntry>) {
         let Some(mesh) = self.mesh.clone() else { return };
+        // A member holding an older entry of ours missed our admission again (it dismisses us
+        // for a removal since undone): ours goes back on the link the old one came on.
+        if let Some(own) = &self.own_entry {
+            if entries.iter().any(|e| e.node_id == self.me && e.issued_at_ms < own.issued_at_ms) {
+                self.send(link_id, MeshMessage::Roster { entries: vec![own.clone()] });
+            }
+        }
         // Entries held already are not checked again (a signature check each, on every link).
         entries.retain(|e| {
             let held = if e.node_id == self.me {

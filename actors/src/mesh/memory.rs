@@ -623,6 +623,47 @@ mod tests {
         a.shutdown("test over").await;
     }
 
+    /// A member that heard of a node's removal but not of its admission again — down meanwhile,
+    /// and back when no up-to-date member is up — refused the node at each of its dials for
+    /// ever (it dismisses a removed member before any roster exchange). The dismissed node
+    /// answers with its newer entry, and the two link again.
+    #[actix::test]
+    async fn a_member_that_missed_an_admission_again_learns_it_from_the_node_it_dismisses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let net = MemoryNet::new();
+        let a = node(&net, dir.path(), "a", true).await;
+        let b = node(&net, dir.path(), "b", false).await;
+        let c = node(&net, dir.path(), "c", false).await;
+        join(&a, &b).await;
+        join(&a, &c).await;
+        let ids = [&a, &b, &c].map(|n| n.identity.node_id.clone());
+        wait_until("all online", &[&a, &b, &c], Duration::from_secs(20), |n, v| {
+            ids.iter().filter(|id| **id != n.identity.node_id).all(|id| v.get(id) == Some(&NodeState::Online))
+        })
+        .await;
+        // b is removed, and c hears of it; then c is down while b is admitted again.
+        a.mesh.remove(ids[1].clone(), "admin").await.expect("removed");
+        wait_until("b gone for c", &[&c], Duration::from_secs(10), |_, v| !v.contains_key(&ids[1])).await;
+        net.kill(&c.address);
+        c.shutdown("down while b is admitted again").await;
+        b.mesh.leave().await.expect("b leaves");
+        join(&a, &b).await;
+        wait_until("b back for a", &[&a], Duration::from_secs(15), |_, v| v.get(&ids[1]) == Some(&NodeState::Online))
+            .await;
+        // The one member that knows goes down, and c comes back from its data dir.
+        net.kill(&a.address);
+        a.shutdown("down").await;
+        let c = node(&net, dir.path(), "c", false).await;
+        let took = wait_until("b and c linked again", &[&b, &c], Duration::from_secs(20), |n, v| {
+            let other = if n.identity.node_id == ids[1] { &ids[2] } else { &ids[1] };
+            v.get(other) == Some(&NodeState::Online)
+        })
+        .await;
+        eprintln!("b and c linked {took:?} after c came back");
+        b.shutdown("test over").await;
+        c.shutdown("test over").await;
+    }
+
     #[actix::test]
     async fn a_short_cut_stalls_a_link_and_what_was_sent_arrives_after_it() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -231,6 +231,10 @@ struct Link {
     /// The URL this node dialled to open the link (`None` when the peer dialled).
     dialed: Option<String>,
     peer: Option<NodeId>,
+    /// A removed member told so on this link ([`bridge::Dismiss`]): until the link closes, the
+    /// one thing read from it is a newer roster entry of its own — it was admitted again while
+    /// this node was away, and without that this node would dismiss it at every dial.
+    dismissed: Option<NodeId>,
     /// When the socket was attached (a link opened for work is not closed as idle sooner).
     opened: Instant,
 }
@@ -527,7 +531,7 @@ impl MeshActor {
             MeshMessage::Pong { echo_ms } => self.on_pong(&from, echo_ms),
             MeshMessage::Advert { seq, status } => self.on_advert(from, seq, status),
             MeshMessage::AdvertWant { nodes } => self.on_advert_want(link_id, nodes),
-            MeshMessage::Roster { entries } => self.on_roster(ctx, entries),
+            MeshMessage::Roster { entries } => self.on_roster(ctx, link_id, entries),
             MeshMessage::Leave { node_id } => self.on_leave(from, node_id),
             MeshMessage::Rekey => {}
             MeshMessage::LedgerHeads { heads } => self.answer_heads(ctx, link_id, heads),
@@ -586,8 +590,16 @@ impl Handler<LinkMessage> for MeshActor {
     type Result = ();
 
     fn handle(&mut self, msg: LinkMessage, ctx: &mut Context<Self>) {
-        if self.links.get(&msg.link_id).and_then(|l| l.peer.as_ref()) == Some(&msg.from) {
+        let Some(link) = self.links.get(&msg.link_id) else { return };
+        if link.peer.as_ref() == Some(&msg.from) {
             self.on_message(ctx, msg.link_id, msg.from, msg.body);
+        } else if link.dismissed.as_ref() == Some(&msg.from) {
+            // Only its own entry, and only one that admits it: whatever else it sends is not
+            // read from a node that is not a member here.
+            if let MeshMessage::Roster { mut entries } = msg.body {
+                entries.retain(|e| e.node_id == msg.from && !e.revoked);
+                self.on_roster(ctx, msg.link_id, entries);
+            }
         }
     }
 }

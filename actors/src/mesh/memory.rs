@@ -369,6 +369,15 @@ mod tests {
         node
     }
 
+    /// Nodes on `net` named `names`, the first with a mesh of its own, the others not yet in it.
+    async fn unjoined<const N: usize>(net: &MemoryNet, dir: &Path, names: [&str; N]) -> [Node; N] {
+        let mut nodes = Vec::new();
+        for (i, name) in names.into_iter().enumerate() {
+            nodes.push(node(net, dir, name, i == 0).await);
+        }
+        nodes.try_into().unwrap_or_else(|_| unreachable!("one node per name"))
+    }
+
     /// `joiner` joins `admin`'s mesh, the steps `buildnet join` takes over HTTP.
     async fn join(admin: &Node, joiner: &Node) {
         let (token, _) = admin.mesh.create_token(Role::Builder, 60_000, "test").await.expect("token");
@@ -591,8 +600,7 @@ mod tests {
     async fn a_removal_records_itself_when_no_record_is_of_this_membership() {
         let dir = tempfile::tempdir().expect("tempdir");
         let net = MemoryNet::new();
-        let a = node(&net, dir.path(), "a", true).await;
-        let b = node(&net, dir.path(), "b", false).await;
+        let [a, b] = unjoined(&net, dir.path(), ["a", "b"]).await;
         let mesh_id = a.mesh.view().await.expect("view").mesh_id.expect("a mesh");
         let b_id = b.identity.node_id.clone();
         let record = |mesh_id: &str, by: &str, admitted_at_ms: Option<u64>| {
@@ -631,9 +639,7 @@ mod tests {
     async fn a_member_that_missed_an_admission_again_learns_it_from_the_node_it_dismisses() {
         let dir = tempfile::tempdir().expect("tempdir");
         let net = MemoryNet::new();
-        let a = node(&net, dir.path(), "a", true).await;
-        let b = node(&net, dir.path(), "b", false).await;
-        let c = node(&net, dir.path(), "c", false).await;
+        let [a, b, c] = unjoined(&net, dir.path(), ["a", "b", "c"]).await;
         join(&a, &b).await;
         join(&a, &c).await;
         let ids = [&a, &b, &c].map(|n| n.identity.node_id.clone());

@@ -590,13 +590,15 @@ impl Handler<LinkMessage> for MeshActor {
     type Result = ();
 
     fn handle(&mut self, msg: LinkMessage, ctx: &mut Context<Self>) {
-        let Some(link) = self.links.get(&msg.link_id) else { return };
+        let Some(link) = self.links.get_mut(&msg.link_id) else { return };
         if link.peer.as_ref() == Some(&msg.from) {
             self.on_message(ctx, msg.link_id, msg.from, msg.body);
         } else if link.dismissed.as_ref() == Some(&msg.from) {
-            // Only its own entry, and only one that admits it: whatever else it sends is not
-            // read from a node that is not a member here.
+            // One roster message, and of it only its own entry, and only one that admits it:
+            // nothing else is read from a node that is not a member here. A node truly removed
+            // gains nothing: its unrevoked entries are older than the revocation, not taken.
             if let MeshMessage::Roster { mut entries } = msg.body {
+                link.dismissed = None;
                 entries.retain(|e| e.node_id == msg.from && !e.revoked);
                 self.on_roster(ctx, msg.link_id, entries);
             }

@@ -92,6 +92,9 @@ pub struct BridgeActor {
     /// The socket closed while frames were pending: they are read once the mesh accepts the
     /// peer, then the bridge stops (a member tells a removed node so, then closes at once).
     closed_with_pending: bool,
+    /// Frames read since the mesh dismissed the peer ([`Dismiss`]): a few are passed on for
+    /// its answer, then the link closes.
+    read_since_dismissal: Option<usize>,
 }
 
 impl BridgeActor {
@@ -115,6 +118,7 @@ impl BridgeActor {
             next_msg_id: 1,
             pending: Vec::new(),
             closed_with_pending: false,
+            read_since_dismissal: None,
         }
     }
 
@@ -241,7 +245,15 @@ impl Handler<Incoming> for BridgeActor {
             }
             Phase::Authenticating(_) if self.pending.len() < 64 => self.pending.push(msg.frame),
             Phase::Authenticating(_) => self.fail(ctx, "too many messages before the link was accepted"),
-            Phase::Open { .. } => self.open_frame(ctx, &msg.frame),
+            Phase::Open { .. } => {
+                if let Some(read) = &mut self.read_since_dismissal {
+                    *read += 1;
+                    if *read > DISMISSED_FRAMES {
+                        return self.close(ctx);
+                    }
+                }
+                self.open_frame(ctx, &msg.frame)
+            }
             Phase::Closed => {}
         }
     }
@@ -343,8 +355,12 @@ impl Handler<Accepted> for BridgeActor {
     }
 }
 
-/// How long a dismissed peer's link stays open for its answer (see [`Dismiss`]).
+/// How long a dismissed peer's link stays open for its answer (see [`Dismiss`]), at most.
 pub const DISMISS_GRACE: Duration = Duration::from_secs(2);
+/// How many frames a dismissed peer may send before its answer: what a node sends on a new
+/// link before it reads anything (its hello, a heartbeat, its ledger digest, its advert, a
+/// roster exchange) fits, and anything more is not an answer.
+const DISMISSED_FRAMES: usize = 32;
 
 /// Tells an authenticated peer that may not link one thing — a removed member its revoked roster
 /// entry, so that it stops dialling — and closes the link [`DISMISS_GRACE`] later: a member
@@ -364,6 +380,7 @@ impl Handler<Dismiss> for BridgeActor {
             return self.close(ctx);
         };
         self.phase = Phase::Open { transport, peer: msg.peer };
+        self.read_since_dismissal = Some(0);
         self.send_message(ctx, msg.body);
         ctx.run_later(DISMISS_GRACE, |act, ctx| act.close(ctx));
     }

@@ -217,6 +217,14 @@ impl MeshActor {
     }
 }
 
+/// Of what a dismissed member sent, the entry that admits it again: its own, unrevoked, newer than
+/// the revoked one this node holds (the newest such). Its signature is checked when stored.
+pub(super) fn admits_again(held: &RosterEntry, sent: Vec<RosterEntry>) -> Option<RosterEntry> {
+    sent.into_iter()
+        .filter(|e| e.node_id == held.node_id && !e.revoked && e.issued_at_ms > held.issued_at_ms)
+        .max_by_key(|e| e.issued_at_ms)
+}
+
 /// Roster entries as messages that each fit a frame (a whole roster of ~150 members does not).
 fn roster_messages(entries: Vec<RosterEntry>) -> Vec<MeshMessage> {
     frame_batches(entries, |e| format!("roster entry of {}", e.node_id))
@@ -897,6 +905,39 @@ impl MeshActor {
 mod tests {
     use super::*;
     use crate::mesh::noise;
+
+    /// What a dismissed member may send that is read: only a newer, unrevoked entry of its own.
+    /// A node truly removed holds none (its unrevoked entries are older than the revocation),
+    /// so what it sends — its old entry, copies of it, others' entries — is never stored.
+    #[test]
+    fn a_dismissed_member_is_read_again_only_with_a_newer_entry_of_its_own() {
+        let entry = |node: &str, issued_at_ms: u64, revoked: bool| RosterEntry {
+            node_id: NodeId::parse(node).expect("id"),
+            name: "n".into(),
+            role: Role::Builder,
+            ed_public: "ab".repeat(32),
+            noise_public: "cd".repeat(32),
+            address: "mem://n".into(),
+            issued_at_ms,
+            revoked,
+            signature: "ef".repeat(64),
+        };
+        let (me, other) = ("00000000000000aa", "00000000000000bb");
+        let revoked = entry(me, 2_000, true);
+        let old = entry(me, 1_000, false);
+        let refused = [
+            vec![],
+            vec![old.clone(), old.clone(), old],
+            vec![entry(me, 3_000, true)],
+            vec![entry(other, 3_000, false)],
+            vec![entry(me, 2_000, false)],
+        ];
+        for sent in refused {
+            assert_eq!(admits_again(&revoked, sent.clone()), None, "{sent:?}");
+        }
+        let sent = vec![entry(me, 3_000, false), entry(me, 4_000, false), entry(other, 5_000, false)];
+        assert_eq!(admits_again(&revoked, sent).map(|e| e.issued_at_ms), Some(4_000));
+    }
 
     #[test]
     fn a_large_roster_crosses_in_messages_that_each_fit_a_frame() {

@@ -590,18 +590,18 @@ impl Handler<LinkMessage> for MeshActor {
     type Result = ();
 
     fn handle(&mut self, msg: LinkMessage, ctx: &mut Context<Self>) {
-        let Some(link) = self.links.get_mut(&msg.link_id) else { return };
+        let Some(link) = self.links.get(&msg.link_id) else { return };
         if link.peer.as_ref() == Some(&msg.from) {
             self.on_message(ctx, msg.link_id, msg.from, msg.body);
         } else if link.dismissed.as_ref() == Some(&msg.from) {
-            // One roster message, and of it only its own entry, and only one that admits it:
-            // nothing else is read from a node that is not a member here. A node truly removed
-            // gains nothing: its unrevoked entries are older than the revocation, not taken.
-            if let MeshMessage::Roster { mut entries } = msg.body {
-                link.dismissed = None;
-                entries.retain(|e| e.node_id == msg.from && !e.revoked);
-                self.on_roster(ctx, msg.link_id, entries);
-            }
+            // Only a newer entry of its own that admits it is read, and it ends the link (the
+            // node dials again as a member). Nothing else reaches the store or the log from a
+            // node that is not a member here: a node truly removed holds no such entry.
+            let MeshMessage::Roster { entries } = msg.body else { return };
+            let held = self.peers.get(&msg.from).map(|p| &p.entry);
+            let Some(entry) = held.and_then(|held| membership::admits_again(held, entries)) else { return };
+            link.addr.do_send(bridge::Close);
+            self.on_roster(ctx, msg.link_id, vec![entry]);
         }
     }
 }

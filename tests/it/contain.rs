@@ -98,9 +98,7 @@ fn is_root() -> bool {
 #[test]
 fn a_package_cannot_read_keys_write_outside_or_see_the_node_here_or_on_a_peer() {
     let _serial = common::serial();
-    let a = TestNode::start_with(Start::named("alpha"));
-    let b = a.join("beta", "builder", Start::default());
-    wait_all_online(&[&a, &b]);
+    let (a, b) = common::two_nodes();
     for n in [&a, &b] {
         assert_eq!(n.get("/api/node").1["sandbox"], "landlock+namespaces", "this kernel offers both");
     }

@@ -133,9 +133,7 @@ fn a_configurations_storage_volume_is_used_on_a_peer() {
 #[test]
 fn a_peers_task_starts_when_its_inputs_reach_its_store_by_another_way() {
     let _serial = common::serial();
-    let a = TestNode::start_with(Start::named("alpha"));
-    let b = a.join("beta", "builder", Start::default());
-    wait_all_online(&[&a, &b]);
+    let (a, b) = common::two_nodes();
     let beta = b.node_id();
     let created = a.cli(&["config", "create", "--name", "on-beta", "--node", &format!("{beta}:1")]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));

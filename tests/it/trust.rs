@@ -46,9 +46,7 @@ fn a_node_whose_own_ledger_was_altered_refuses_to_start() {
 #[test]
 fn the_coordinator_epoch_never_goes_back_after_a_restart() {
     let _serial = common::serial();
-    let a = TestNode::start_with(Start::named("alpha"));
-    let b = a.join("beta", "builder", Start::default());
-    wait_all_online(&[&a, &b]);
+    let (a, b) = common::two_nodes();
     let epoch_of = |n: &TestNode| n.get("/api/mesh").1["epoch"].as_u64().unwrap_or(0);
     // Whichever coordinates (once both agree), stopping it moves the other to a new epoch.
     let coordinator = wait_until("one coordinator for both", Duration::from_secs(10), || {

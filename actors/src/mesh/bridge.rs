@@ -90,7 +90,8 @@ pub struct BridgeActor {
     /// Frames that arrived while the mesh was still checking the peer.
     pending: Vec<Vec<u8>>,
     /// The socket closed while frames were pending: they are read once the mesh accepts the
-    /// peer, then the bridge stops (a member tells a removed node so, then closes at once).
+    /// peer, then the bridge stops (a member tells a removed node so, then closes within
+    /// [`DISMISS_GRACE`]: see [`Dismiss`]).
     closed_with_pending: bool,
     /// Frames read since the mesh dismissed the peer ([`Dismiss`]): a few are passed on for
     /// its answer, then the link closes.

@@ -294,3 +294,83 @@ fn over_https_the_session_cookie_is_marked_secure() {
     let set = headers.iter().find(|(k, v)| k == "set-cookie" && v.starts_with("bn_session=")).expect("session cookie");
     assert!(set.1.contains("Secure") && set.1.contains("HttpOnly"), "{}", set.1);
 }
+
+/// A member that dismisses a removed node (its revoked entry, then the link closes) reads from
+/// it one thing: a newer, unrevoked entry of the node's own, which a node admitted again sends
+/// back. Here the removed node, with its own keys from its data dir, answers the dismissal with
+/// a flood instead: 100 roster messages of 100 forged entries each. The member checks at most
+/// one (its signature is refused), closes the link, keeps the node removed and keeps serving
+/// (before, each forged copy was a signature check on the store's thread and a warning).
+#[test]
+fn a_removed_node_that_answers_its_dismissal_with_forged_entries_is_read_once_and_closed() {
+    use buildnet_actors::mesh::join::FrameIo;
+    use buildnet_actors::mesh::noise::{prologue, Handshake};
+    use buildnet_actors::mesh::{bridge, roster};
+    use buildnet_actors::wire::{self, Envelope, MeshMessage, NodeId, Role, RosterEntry};
+
+    let _serial = common::serial();
+    let (a, b) = common::two_nodes();
+    let (a_id, b_id) = (a.node_id(), b.node_id());
+    b.signal(libc::SIGKILL);
+    wait_until("beta offline", Duration::from_secs(10), || {
+        (a.status_of(&b_id).as_deref() == Some("offline")).then_some(())
+    });
+    let out = a.cli(&["node", "remove", "beta"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (private, public) = roster::noise_keys(&b.dir).expect("beta's noise key");
+    let mesh_id = a.get("/api/mesh").1["mesh_id"].as_str().expect("mesh id").to_string();
+    let refusals_before = a.stderr_text().matches("roster entry refused").count();
+
+    let (told, sent) = block_on(async {
+        let mut ws = outsider::open_at(&a.url, "/mesh").await.expect("the member takes the socket");
+        let mut hs = Handshake::initiator(&private, &prologue(&mesh_id)).expect("handshake");
+        while !hs.finished() {
+            if hs.my_turn() {
+                ws.send(hs.write().expect("write")).await.expect("send");
+            } else {
+                hs.read(&ws.recv().await.expect("the member's handshake")).expect("read");
+            }
+        }
+        let mut transport = hs.into_transport().expect("transport");
+        let member = NodeId::parse(&a_id).expect("id");
+        let first = ws.recv().await.expect("the dismissal");
+        let told = match bridge::open_frame(&mut transport, &member, &first).expect("opens") {
+            bridge::Opened::Message(MeshMessage::Roster { entries }) => entries,
+            other => panic!("expected the revoked entry, got {other:?}"),
+        };
+        let me = NodeId::parse(&b_id).expect("id");
+        let forged = |i: u64| RosterEntry {
+            node_id: me.clone(),
+            name: "beta".into(),
+            role: Role::Admin,
+            ed_public: "ab".repeat(32),
+            noise_public: wire::hex(&public),
+            address: "http://127.0.0.1:9".into(),
+            issued_at_ms: wire::now_ms() + 1_000_000 + i,
+            revoked: false,
+            signature: "ef".repeat(64),
+        };
+        let mut sent = 0;
+        for m in 0..100u64 {
+            let body = MeshMessage::Roster { entries: (0..100).map(|i| forged(m * 100 + i)).collect() };
+            let env =
+                Envelope { v: wire::PROTOCOL_VERSION, id: m + 1, from: me.clone(), to: Some(member.clone()), body };
+            let frame = transport.encrypt(&wire::encode(&env).expect("encode")).expect("encrypt");
+            if ws.send(frame).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        // The member closes the link: nothing but its close comes back.
+        let closed = tokio::time::timeout(Duration::from_secs(5), ws.recv()).await;
+        assert!(matches!(closed, Ok(Err(_))), "the member closed the link within its grace: {closed:?}");
+        (told, sent)
+    });
+    assert!(told.len() == 1 && told[0].revoked, "the member told beta it was removed: {told:?}");
+    assert!(sent > 0, "the flood reached the member");
+    std::thread::sleep(Duration::from_millis(500));
+    let refusals = a.stderr_text().matches("roster entry refused").count() - refusals_before;
+    assert!(refusals <= 1, "{refusals} forged entries were checked and refused, of {} sent", sent * 100);
+    assert!(!a.pool_nodes().iter().any(|n| n["id"] == b_id.as_str()), "beta is still removed");
+    assert_eq!(a.get("/api/health").0, 200, "the member keeps serving");
+}

@@ -601,6 +601,10 @@ impl Handler<LinkMessage> for MeshActor {
             let held = self.peers.get(&msg.from).map(|p| &p.entry);
             let Some(entry) = held.and_then(|held| membership::admits_again(held, entries)) else { return };
             link.addr.do_send(bridge::Close);
+            // Frames the bridge passed on before it closes are not read.
+            if let Some(link) = self.links.get_mut(&msg.link_id) {
+                link.dismissed = None;
+            }
             self.on_roster(ctx, msg.link_id, vec![entry]);
         }
     }

@@ -51,7 +51,12 @@ where
 /// Opens `/mesh/join` on `url`; `Err` holds the HTTP status when the node answered without
 /// upgrading (429 when rate-limited).
 pub async fn open(url: &str) -> Result<impl FrameIo, u16> {
-    let target = format!("{}/mesh/join", url.replacen("http://", "ws://", 1));
+    open_at(url, "/mesh/join").await
+}
+
+/// Opens `path` (`/mesh/join`, or `/mesh` where links are made) on `url`, as [`open`] does.
+pub async fn open_at(url: &str, path: &str) -> Result<impl FrameIo, u16> {
+    let target = format!("{}{path}", url.replacen("http://", "ws://", 1));
     match awc::Client::new().ws(target).max_frame_size(MAX_FRAME).connect().await {
         Ok((_, framed)) => Ok(Socket { framed }),
         Err(awc::error::WsClientError::InvalidResponseStatus(s)) => Err(s.as_u16()),

@@ -213,6 +213,44 @@ fn a_longer_builds_history_holds_every_package_whether_written_as_it_ended_or_at
     }
 }
 
+/// Once a build's last packages are out, the row of each that ends is written at once rather
+/// within half a second (issue 14: the end then has only the last one's to write before its
+/// ledger entry): a node killed a quarter of a second after a package ended, before the
+/// half-second save of the test below, keeps it.
+#[test]
+fn once_the_last_packages_are_out_a_package_that_ends_is_kept_at_once() {
+    let _shared = common::shared();
+    let node = TestNode::start();
+    let dir = project(
+        "[packages.quick]\nshell = \"echo quick > q.txt\"\noutputs = [\"q.txt\"]\n\n\
+         [packages.slow]\nshell = \"sleep 60\"\n",
+    );
+    let mut child = spawn_build(&node, dir.path(), &[], std::process::Stdio::null());
+    let id = wait_until("quick done and slow running", Duration::from_secs(20), || {
+        let (_, list) = node.get("/api/builds");
+        let b = list["builds"].as_array()?.first()?.clone();
+        let (_, status) = node.get(&format!("/api/build/{}", b["id"].as_str()?));
+        let state =
+            |name: &str| status["packages"].as_array()?.iter().find(|p| p["name"] == name).map(|p| p["state"].clone());
+        (state("quick")? == "succeeded" && state("slow")? == "running").then(|| b["id"].as_str().map(str::to_string))?
+    });
+    std::thread::sleep(Duration::from_millis(250));
+    let mut node = node;
+    node.child.kill().expect("kill -9");
+    let _ = node.child.wait();
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let again = TestNode::start_with(common::Start { dir: Some(node.dir.clone()), ..Default::default() });
+    let (_, status) = again.get(&format!("/api/build/{id}"));
+    assert!(status["error"].as_str().is_some_and(|e| e.starts_with("interrupted")), "{status}");
+    let packages = status["packages"].as_array().expect("packages");
+    let quick = packages.iter().find(|p| p["name"] == "quick").expect("the package that ended is kept");
+    assert_eq!(quick["state"], "succeeded", "written as it ended: {status}");
+    let slow = packages.iter().find(|p| p["name"] == "slow").expect("a row");
+    assert_eq!(slow["state"], "cancelled", "{status}");
+}
+
 /// What ended before a kill -9 is kept: the rows of packages that ended while the build ran
 /// are written within half a second, and the interrupted build's end is the last thing known
 /// of it, not the next start (its duration leaves out the time the node was down).

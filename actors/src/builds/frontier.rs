@@ -18,6 +18,8 @@ pub struct Frontier {
     ready: BTreeSet<usize>,
     /// Packages not finished yet.
     open: usize,
+    /// Packages neither handed out nor settled yet.
+    untaken: usize,
 }
 
 impl Frontier {
@@ -37,7 +39,8 @@ impl Frontier {
             }
         }
         let ready = (0..order.len()).filter(|i| waiting_on[*i] == 0).collect();
-        Frontier { position, dependents, waiting_on, taken: vec![false; order.len()], ready, open: order.len() }
+        let n = order.len();
+        Frontier { position, dependents, waiting_on, taken: vec![false; n], ready, open: n, untaken: n }
     }
 
     /// Where `name` stands in the build order.
@@ -49,7 +52,7 @@ impl Frontier {
     pub fn take_ready(&mut self) -> Vec<usize> {
         let ready = std::mem::take(&mut self.ready);
         for i in &ready {
-            self.taken[*i] = true;
+            self.take(*i);
         }
         ready.into_iter().collect()
     }
@@ -61,7 +64,7 @@ impl Frontier {
         if i >= self.taken.len() {
             return Vec::new();
         }
-        self.taken[i] = true;
+        self.take(i);
         self.ready.remove(&i);
         self.open = self.open.saturating_sub(1);
         if ok {
@@ -77,7 +80,7 @@ impl Frontier {
         let mut stack = self.dependents[i].clone();
         while let Some(d) = stack.pop() {
             if !self.taken[d] {
-                self.taken[d] = true;
+                self.take(d);
                 self.ready.remove(&d);
                 self.open = self.open.saturating_sub(1);
                 skipped.insert(d);
@@ -91,11 +94,24 @@ impl Frontier {
     pub fn settle_pending(&mut self) -> Vec<usize> {
         let pending: Vec<usize> = (0..self.taken.len()).filter(|i| !self.taken[*i]).collect();
         for i in &pending {
-            self.taken[*i] = true;
+            self.take(*i);
         }
         self.ready.clear();
         self.open = self.open.saturating_sub(pending.len());
         pending
+    }
+
+    /// Marks package `i` handed out or settled.
+    fn take(&mut self, i: usize) {
+        if !std::mem::replace(&mut self.taken[i], true) {
+            self.untaken -= 1;
+        }
+    }
+
+    /// Whether every package has been handed out or settled: what is left of the build is
+    /// running (or waiting for room) and nothing more will start.
+    pub fn all_handed_out(&self) -> bool {
+        self.untaken == 0
     }
 
     /// Whether every package has finished or been settled.
@@ -133,7 +149,9 @@ mod tests {
         f.finish(1, true);
         assert_eq!(f.take_ready(), vec![2]);
         f.finish(2, true);
+        assert!(!f.all_handed_out(), "d waits for c");
         assert_eq!(f.take_ready(), vec![3]);
+        assert!(f.all_handed_out(), "d, the last, is out; e runs");
         f.finish(3, true);
         assert!(!f.done(), "e is still running");
         f.finish(4, true);
@@ -144,7 +162,9 @@ mod tests {
     fn a_failure_skips_its_dependents_transitively_and_nothing_else() {
         let mut f = frontier(&[("a", &[]), ("b", &["a"]), ("c", &["b"]), ("d", &[]), ("e", &["d", "c"])]);
         assert_eq!(f.take_ready(), vec![0, 3]);
+        assert!(!f.all_handed_out());
         assert_eq!(f.finish(0, false), vec![1, 2, 4]);
+        assert!(f.all_handed_out(), "what was skipped is settled");
         assert!(!f.done(), "d still runs");
         assert!(f.finish(3, true).is_empty());
         assert!(f.take_ready().is_empty(), "e was skipped, not readied");
@@ -156,6 +176,7 @@ mod tests {
         let mut f = frontier(&[("a", &[]), ("b", &["a"]), ("c", &[])]);
         assert_eq!(f.take_ready(), vec![0, 2]);
         assert_eq!(f.settle_pending(), vec![1]);
+        assert!(f.all_handed_out());
         f.finish(0, true);
         assert!(f.take_ready().is_empty(), "a settled package never becomes ready");
         f.finish(2, false);

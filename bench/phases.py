@@ -23,11 +23,29 @@ import localmesh
 from localmesh import cli
 
 
-def record(out, work):
-    """Starts perf on the two tracepoints, system-wide."""
-    return subprocess.Popen(["perf", "record", "-a", "-e", "sched:sched_process_exec", "-e",
-                             "sched:sched_process_exit", "-o", out],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+TRACEPOINTS = ["sched:sched_process_exec", "sched:sched_process_exit"]
+
+
+def traced_runs(bin_path, runs, read, tracepoints=TRACEPOINTS):
+    """Cold c-compdb builds on the mesh of bench/builds.py and `make -B -jN` runs of the same
+    project, interleaved, under `perf record -a` of `tracepoints`; returns `read(perf.data)`,
+    read before the mesh is stopped."""
+    with builds.compdb_mesh(bin_path, "bn-phases-") as (work, a, project):
+        jobs = builds.total_cores(a)
+        cli(a, "build", "--project", project, "--force")
+        data = os.path.join(work, "perf.data")
+        events = [x for t in tracepoints for x in ("-e", t)]
+        perf = subprocess.Popen(["perf", "record", "-a", *events, "-o", data],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+        time.sleep(0.5)
+        for _ in range(runs):
+            cli(a, "build", "--project", project, "--force")
+            time.sleep(0.05)
+            subprocess.run(["make", "-s", "-B", f"-j{jobs}", "-C", project], check=True, capture_output=True)
+            time.sleep(0.05)
+        perf.send_signal(2)
+        perf.wait()
+        return read(data)
 
 
 def events(data):
@@ -71,23 +89,10 @@ def main():
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--bin", help=builds.BIN_HELP)
     args = ap.parse_args()
-    with builds.compdb_mesh(args.bin, "bn-phases-") as (work, a, project):
-        jobs = builds.total_cores(a)
-        cli(a, "build", "--project", project, "--force")
-        data = os.path.join(work, "perf.data")
-        perf = record(data, work)
-        time.sleep(0.5)
-        for _ in range(args.runs):
-            cli(a, "build", "--project", project, "--force")
-            time.sleep(0.05)
-            subprocess.run(["make", "-s", "-B", f"-j{jobs}", "-C", project], check=True, capture_output=True)
-            time.sleep(0.05)
-        perf.send_signal(2)
-        perf.wait()
-        ev = events(data)
+    ev = traced_runs(args.bin, args.runs, events)
     make = subprocess.run(["sh", "-c", "command -v make"], capture_output=True, text=True).stdout.strip()
     columns = ["total", "start", "compile", "gap", "link", "tail"]
-    print(f"c-compdb, cold, medians of {args.runs} interleaved runs (ms; make -j{jobs} at the same concurrency)")
+    print(f"c-compdb, cold, medians of {args.runs} interleaved runs (ms; make -jN at the same concurrency)")
     print(f"{'':<10}" + "".join(f"{c:>10}" for c in columns))
     for label, program in (("buildnet", localmesh.BIN), ("make", os.path.realpath(make))):
         rows = phases(ev, program)

@@ -11,7 +11,7 @@ import argparse, collections, os, re, statistics, subprocess, sys
 
 import builds
 import localmesh
-from phases import TRACEPOINTS, phases, traced_runs
+from phases import TRACEPOINTS, phases, spans, traced_runs
 
 SWITCH = re.compile(r"\[(\d+)\]\s+(\d+\.\d+):\s+sched:sched_switch: prev_comm=(.*?) prev_pid=(\d+) .*==> next_comm=(.*?) next_pid=(\d+)")
 OTHER = re.compile(r"\s(\d+\.\d+):\s+sched:(sched_process_\w+): (.*)")
@@ -41,7 +41,7 @@ def parse(data):
 def windows(ev, program):
     """(start, compile, gap, link, tail) windows of each run of `program`, as time pairs."""
     out = []
-    for t0, t_end in starts_ends(ev, program):
+    for t0, t_end in spans(ev, program):
         rows = phases([x for x in ev if t0 <= x[0] <= t_end], program)
         if not rows:
             continue
@@ -53,17 +53,6 @@ def windows(ev, program):
             s = e
         out.append(bounds)
     return out
-
-
-def starts_ends(ev, program):
-    for i, (t, kind, text) in enumerate(ev):
-        if kind != "sched_process_exec" or f"filename={program} " not in text + " ":
-            continue
-        pid = re.search(r"pid=(\d+)", text).group(1)
-        end = next((t2 for t2, k2, x2 in ev[i:] if k2 == "sched_process_exit" and f"pid={pid} " in x2), None)
-        if end is None:
-            continue
-        yield t, end
 
 
 def busy(runs, lo, hi):

@@ -59,16 +59,21 @@ def events(data):
     return out
 
 
-def phases(ev, program):
-    """The phases of each run of `program` (its exec to its exit), in ms."""
-    rows = []
+def spans(ev, program):
+    """(exec, exit) times of each traced run of `program`."""
     for i, (t, kind, text) in enumerate(ev):
         if kind != "sched_process_exec" or f"filename={program} " not in text + " ":
             continue
         pid = re.search(r"pid=(\d+)", text).group(1)
         end = next((t2 for t2, k2, x2 in ev[i:] if k2 == "sched_process_exit" and f"pid={pid} " in x2), None)
-        if end is None:
-            continue
+        if end is not None:
+            yield t, end
+
+
+def phases(ev, program):
+    """The phases of each run of `program` (its exec to its exit), in ms."""
+    rows = []
+    for t, end in spans(ev, program):
         win = [x for x in ev if t <= x[0] <= end]
         cc1 = [x[0] for x in win if x[1] == "sched_process_exec" and "cc1" in x[2]]
         link = [x[0] for x in win if x[1] == "sched_process_exec" and "collect2" in x[2]]

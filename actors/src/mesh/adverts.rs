@@ -18,6 +18,12 @@ use super::MeshActor;
 use crate::events::Event;
 use crate::wire::{self, MeshMessage, NodeId, NodeRole, NodeStatus};
 
+/// A node's own advert is read again after a task ends at most this often. Placement reads the
+/// pool once per [`super::TICK`] (`builds::placement::POOL_SNAPSHOT_TTL`), so a freed core seen
+/// a quarter of a tick later is seen in time. Reading it after every task end cost a status
+/// read (a round trip to each resource's actor) per package run for a peer, though a broadcast
+/// followed only when the status differed from the last advert (a few times a second).
+const ADVERT_EVERY: Duration = Duration::from_millis(250);
 /// A member missing adverts asks for them at most this often.
 const ASK_EVERY: Duration = Duration::from_secs(2);
 /// Adverts named in one ask (and so answered in one go).
@@ -27,6 +33,8 @@ impl MeshActor {
     /// Sends our resources to every peer when they changed (a new link gets them when its
     /// peer's hello says it holds another advert of ours, see [`MeshActor::send_own_advert`]).
     pub(super) fn advertise(&mut self, ctx: &mut Context<Self>) {
+        self.advert_read_at = Some(Instant::now());
+        self.own_status_reads += 1;
         let node = self.node.clone();
         ctx.spawn(async move { node.status().await }.into_actor(self).map(move |status, act, _| {
             let Ok(mut status) = status else { return };
@@ -39,6 +47,24 @@ impl MeshActor {
                 act.advert_seq = (act.advert_seq + 1).max(wire::now_ms());
                 act.broadcast(MeshMessage::Advert { seq: act.advert_seq, status: Box::new(status) });
             }
+        }));
+    }
+
+    /// Advertises a change that peers should see before the next tick (a core freed by a task
+    /// that ended): at once when no advert was read within [`ADVERT_EVERY`], else once when that
+    /// has passed, however many tasks end meanwhile.
+    pub(super) fn advertise_soon(&mut self, ctx: &mut Context<Self>) {
+        if self.advert_due.is_some() {
+            return;
+        }
+        let wait = self.advert_read_at.map_or(Duration::ZERO, |at| ADVERT_EVERY.saturating_sub(at.elapsed()));
+        if wait.is_zero() {
+            self.advertise(ctx);
+            return;
+        }
+        self.advert_due = Some(ctx.run_later(wait, |act, ctx| {
+            act.advert_due = None;
+            act.advertise(ctx);
         }));
     }
 

@@ -350,6 +350,7 @@ mod tests {
 
     use super::*;
 
+    use crate::events::Event;
     use crate::ledger::LedgerFilter;
     use crate::mesh::Job;
     use crate::start::{start, test_options, Node};
@@ -446,7 +447,7 @@ mod tests {
         assert!(result.success(), "{result:?}");
         assert_eq!(result.outputs.len(), 1);
         assert!(a.builds.cas.has(&result.outputs[0].digest), "the output is in a's CAS");
-        assert_eq!(a.mesh.blobs_asked().await, 0, "a small output comes inside the result, not asked for");
+        assert_eq!(a.mesh.counters().await.blobs_asked, 0, "a small output comes inside the result, not asked for");
         // One larger than a result carries is pulled as before.
         let mut large = hello("mem-large");
         large.task.invocation = Invocation::Shell("head -c 40000 /dev/zero | tr '\\0' x > out.txt".into());
@@ -454,7 +455,7 @@ mod tests {
         assert!(result.success(), "{result:?}");
         assert_eq!(result.outputs[0].size, 40_000);
         assert_eq!(a.builds.cas.read(&result.outputs[0].digest).expect("in a's CAS"), vec![b'x'; 40_000]);
-        assert_eq!(a.mesh.blobs_asked().await, 1, "the large output was pulled");
+        assert_eq!(a.mesh.counters().await.blobs_asked, 1, "the large output was pulled");
         let filter = LedgerFilter {
             types: vec![LedgerEntryType::ResourceAllocated],
             origin: Some(ids[1].clone()),
@@ -705,15 +706,27 @@ mod tests {
         advert.resource_status.iter().find(|r| r.key == "cpu").map(|r| r.leased)
     }
 
+    /// Waits until `viewer`'s advert of `of` says `leased` cpu cores are leased; how long it took.
+    async fn until_cpu_leased_as_seen(
+        viewer: &Node,
+        of: &NodeId,
+        leased: u64,
+        within: Duration,
+        what: &str,
+    ) -> Duration {
+        let started = Instant::now();
+        while cpu_leased_as_seen(viewer, of).await != Some(leased) {
+            assert!(started.elapsed() < within, "{what}");
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        started.elapsed()
+    }
+
     #[actix::test]
     async fn an_advert_that_changed_while_unlinked_arrives_over_the_next_link() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (net, a, b, [a_id, _]) = two_linked(dir.path()).await;
-        let started = Instant::now();
-        while cpu_leased_as_seen(&b, &a_id).await != Some(0) {
-            assert!(started.elapsed() < Duration::from_secs(10), "b never held a's advert");
-            actix_rt::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_cpu_leased_as_seen(&b, &a_id, 0, Duration::from_secs(10), "b never held a's advert").await;
         // a drops off the net; its advert changes (a lease) while nothing links it to b, so the
         // change it broadcasts reaches nobody.
         net.kill(&a.address);
@@ -725,12 +738,59 @@ mod tests {
         // the one that changed (a new link no longer carries the advert when it is unchanged).
         let opened = net.links_opened();
         net.register(&a.address, a.mesh.clone());
-        let started = Instant::now();
-        while cpu_leased_as_seen(&b, &a_id).await != Some(1) {
-            assert!(started.elapsed() < Duration::from_secs(15), "a's changed advert never arrived");
-            actix_rt::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_cpu_leased_as_seen(&b, &a_id, 1, Duration::from_secs(15), "a's changed advert never arrived").await;
         assert!(net.links_opened() > opened, "it came over a new link");
+    }
+
+    /// A peer whose tasks end one after another advertises its freed cores a few times a
+    /// second, not once per task, and the last change still arrives before the next tick.
+    #[actix::test]
+    async fn task_ends_are_advertised_a_few_times_a_second_not_once_each() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_net, a, b, [_, b_id]) = two_linked(dir.path()).await;
+        until_cpu_leased_as_seen(&a, &b_id, 0, Duration::from_secs(10), "a never held b's advert").await;
+        let mut events = a.events.subscribe();
+        let window = Instant::now();
+        let reads_before = b.mesh.counters().await.own_status_reads;
+        // Two streams of tasks of different lengths on b: each end finds the other stream's task
+        // running or not, so b's free cores differ from one end to the next.
+        let stream = |name: &'static str, seconds: &'static str| {
+            let workers = a.workers.clone();
+            let b_id = b_id.clone();
+            async move {
+                for i in 0..16 {
+                    let mut job = hello(&format!("{name}-{i}"));
+                    job.task.invocation = Invocation::Shell(format!("sleep {seconds}; echo hi > out.txt"));
+                    let result = workers.run_on(&b_id, job).await.expect("ran on b");
+                    assert!(result.success(), "{result:?}");
+                }
+            }
+        };
+        let burst = Instant::now();
+        futures_util::future::join(stream("short", "0.02"), stream("long", "0.035")).await;
+        let burst = burst.elapsed();
+        let seen_after =
+            until_cpu_leased_as_seen(&a, &b_id, 0, Duration::from_secs(5), "b's freed cores never reached a").await;
+        let mut adverts = 0;
+        loop {
+            match events.try_recv() {
+                Ok(Event::ResourceUpdate { node_id, .. }) if node_id == b_id => adverts += 1,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => panic!("{n} events missed: count lost"),
+                Err(_) => break,
+            }
+        }
+        let reads = b.mesh.counters().await.own_status_reads - reads_before;
+        let took = window.elapsed();
+        // b read its status for a task end at most once per quarter second after any read, and
+        // once per tick (1 s) besides.
+        let bound = (took.as_millis() as u64 / 250 + 1) + (took.as_secs() + 1);
+        eprintln!(
+            "32 tasks on b in {burst:?}: b read its status {reads} times for adverts (at most {bound}), \
+             a took {adverts} adverts of b; b idle seen after {seen_after:?}"
+        );
+        assert!(reads <= bound, "b read its status {reads} times for 32 task ends in {took:?}: more than {bound}");
+        assert!(seen_after < Duration::from_millis(900), "the last freed core took {seen_after:?} to be seen");
     }
 
     #[actix::test]

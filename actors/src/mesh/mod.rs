@@ -315,6 +315,11 @@ pub struct MeshActor {
     topology_of: u64,
     /// The `seq` of our latest advert.
     advert_seq: u64,
+    /// When our status was last read for an advert, and the read due after a task ended (see
+    /// [`MeshActor::advertise_soon`]).
+    advert_read_at: Option<Instant>,
+    advert_due: Option<SpawnHandle>,
+    own_status_reads: u64,
     /// When we last asked a peer for adverts we lack.
     last_advert_ask: Option<Instant>,
     /// Work waiting for a link to a peer to come up: (peer, told when it is up).
@@ -400,6 +405,9 @@ impl MeshActor {
             topology: topology::Topology::default(),
             topology_of: 0,
             advert_seq: 0,
+            advert_read_at: None,
+            advert_due: None,
+            own_status_reads: 0,
             last_advert_ask: None,
             link_waiters: Vec::new(),
             removing: Default::default(),
@@ -662,15 +670,25 @@ impl Handler<GetView> for MeshActor {
 #[rtype(result = "String")]
 struct ExplainPeer(NodeId);
 
+/// How much of some work a node has done since it started, for tests that check it is not
+/// done more often than it needs to be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, MessageResponse)]
+pub struct MeshCounters {
+    /// Blobs asked of peers (outputs that came inside a task's result are not asked for).
+    pub blobs_asked: u64,
+    /// Reads of this node's own status for an advert.
+    pub own_status_reads: u64,
+}
+
 #[derive(Message)]
-#[rtype(result = "u64")]
-struct BlobsAsked;
+#[rtype(result = "MeshCounters")]
+struct Counters;
 
-impl Handler<BlobsAsked> for MeshActor {
-    type Result = u64;
+impl Handler<Counters> for MeshActor {
+    type Result = MeshCounters;
 
-    fn handle(&mut self, _: BlobsAsked, _: &mut Context<Self>) -> u64 {
-        self.transfer.asked
+    fn handle(&mut self, _: Counters, _: &mut Context<Self>) -> MeshCounters {
+        MeshCounters { blobs_asked: self.transfer.asked, own_status_reads: self.own_status_reads }
     }
 }
 
@@ -765,10 +783,9 @@ impl MeshHandle {
         self.addr.send(ExplainPeer(peer)).await.unwrap_or_else(|_| "mesh stopped".into())
     }
 
-    /// How many blobs this node has asked its peers for since it started (outputs that came
-    /// inside a task's result are not asked for).
-    pub async fn blobs_asked(&self) -> u64 {
-        self.addr.send(BlobsAsked).await.unwrap_or(0)
+    /// How much of some work this node has done since it started ([`MeshCounters`]).
+    pub async fn counters(&self) -> MeshCounters {
+        self.addr.send(Counters).await.unwrap_or_default()
     }
 
     /// Closes every link and stops the mesh actor.

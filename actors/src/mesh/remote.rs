@@ -260,9 +260,9 @@ impl MeshActor {
             // Small outputs go along; the requester pulls those it still lacks.
             let outputs = result.as_ref().map(|r| act.inline_outputs(r)).unwrap_or_default();
             act.send(link_id, MeshMessage::TaskDone { task_id, result, outputs });
-            // The freed core is news now: a requester waiting for it should not wait for the
-            // next tick's advert.
-            act.advertise(ctx);
+            // The freed core is news: a requester waiting for it should not wait for the next
+            // tick's advert (nor should every task end cost one).
+            act.advertise_soon(ctx);
         }));
     }
 

@@ -18,11 +18,11 @@ use super::MeshActor;
 use crate::events::Event;
 use crate::wire::{self, MeshMessage, NodeId, NodeRole, NodeStatus};
 
-/// A node's own advert is read again after a task ends at most this often. Placement reads the
-/// pool once per [`super::TICK`] (`builds::placement::POOL_SNAPSHOT_TTL`), so a freed core seen
-/// a quarter of a tick later is seen in time. Reading it after every task end cost a status
-/// read (a round trip to each resource's actor) per package run for a peer, though a broadcast
-/// followed only when the status differed from the last advert (a few times a second).
+/// After a task ends, a node reads its own status for an advert at most this often, unless the
+/// last read found it saturated (see [`advert_wait`]). Reading it after every task end cost a
+/// status read (a round trip to each resource's actor) per package run for a peer, though few
+/// of those reads differed from the advert before and were sent (none of 32 for tasks run one
+/// after another in `mesh::memory::tests::task_ends_are_advertised_a_few_times_a_second_not_once_each`).
 const ADVERT_EVERY: Duration = Duration::from_millis(250);
 /// A member missing adverts asks for them at most this often.
 const ASK_EVERY: Duration = Duration::from_secs(2);
@@ -33,6 +33,10 @@ impl MeshActor {
     /// Sends our resources to every peer when they changed (a new link gets them when its
     /// peer's hello says it holds another advert of ours, see [`MeshActor::send_own_advert`]).
     pub(super) fn advertise(&mut self, ctx: &mut Context<Self>) {
+        // This read covers whatever a read still due was for.
+        if let Some(due) = self.advert_due.take() {
+            ctx.cancel_future(due);
+        }
         self.advert_read_at = Some(Instant::now());
         self.own_status_reads += 1;
         let node = self.node.clone();
@@ -50,14 +54,14 @@ impl MeshActor {
         }));
     }
 
-    /// Advertises a change that peers should see before the next tick (a core freed by a task
-    /// that ended): at once when no advert was read within [`ADVERT_EVERY`], else once when that
-    /// has passed, however many tasks end meanwhile.
+    /// Advertises a core freed by a task that ended, when [`advert_wait`] says, however many
+    /// tasks end meanwhile.
     pub(super) fn advertise_soon(&mut self, ctx: &mut Context<Self>) {
         if self.advert_due.is_some() {
             return;
         }
-        let wait = self.advert_read_at.map_or(Duration::ZERO, |at| ADVERT_EVERY.saturating_sub(at.elapsed()));
+        let saturated = self.bench.own.as_ref().is_some_and(|own| own.status == wire::NodeState::Busy);
+        let wait = advert_wait(self.advert_read_at.map(|at| at.elapsed()), saturated);
         if wait.is_zero() {
             self.advertise(ctx);
             return;
@@ -105,6 +109,19 @@ impl MeshActor {
                 }
             }
         }
+    }
+}
+
+/// How long after a task ended this node reads its status for an advert, `since_last_read` the
+/// time since it last did. At once when the last read found it saturated (busy: no core free),
+/// which is what keeps a requester from placing work here: placement takes a node whose advert
+/// shows a free core, from a snapshot of the pool it reads once a tick
+/// (`builds::placement::POOL_SNAPSHOT_TTL`). Otherwise peers already see a free core here and
+/// the new figure can wait until [`ADVERT_EVERY`] has passed since the last read.
+fn advert_wait(since_last_read: Option<Duration>, saturated: bool) -> Duration {
+    match since_last_read {
+        Some(elapsed) if !saturated => ADVERT_EVERY.saturating_sub(elapsed),
+        _ => Duration::ZERO,
     }
 }
 
@@ -184,5 +201,21 @@ impl MeshActor {
         for link in next {
             self.send(link, MeshMessage::Advert { seq, status: Box::new(NodeStatus::clone(&status)) });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_end_is_read_at_once_unless_a_read_of_a_node_with_room_is_recent() {
+        let ms = Duration::from_millis;
+        assert_eq!(advert_wait(None, false), Duration::ZERO, "never read: at once");
+        assert_eq!(advert_wait(Some(ms(100)), false), ms(150), "read 100 ms ago: the rest of the 250");
+        assert_eq!(advert_wait(Some(ms(250)), false), Duration::ZERO);
+        assert_eq!(advert_wait(Some(ms(900)), false), Duration::ZERO);
+        // Peers last saw no free core here: the freed one is news to placement now.
+        assert_eq!(advert_wait(Some(ms(10)), true), Duration::ZERO);
     }
 }

@@ -394,21 +394,28 @@ fn browser_benchmark_pages_show_figures_history_and_the_network_matrix() {
     let small = json!({ "types": ["cpu", "storage", "network"],
         "options": { "cpu_secs": 0.2, "file_mb": 4, "random_secs": 0.2 },
         "network_options": { "samples": 5, "interval_ms": 1, "size_mb": 1 } });
-    let mut score = 0.0;
-    for _ in 0..2 {
+    // A CPU figure that other work disturbed is recorded but not advertised (the whole suite
+    // loads the machine): the advert carries the last undisturbed one, so runs go on (six at
+    // most) until there is one.
+    let (mut runs, mut score) = (0, None);
+    while runs < 2 || (score.is_none() && runs < 6) {
         let (status, r) = b.post("/api/node/benchmark", &small);
         assert_eq!(status, 200, "{r}");
         assert_eq!(r["network"].as_array().map(Vec::len), Some(1), "{r}");
-        score = r["cpu"]["single_core_score"].as_f64().expect("score");
+        runs += 1;
+        if r["cpu"]["disturbed"].is_null() {
+            score = Some(r["cpu"]["single_core_score"].as_f64().expect("score"));
+        }
     }
-    // Both runs in alpha's ledger, and beta's advert carrying the second run's figures (the
+    let score = score.expect("an undisturbed CPU figure in six runs: the machine is too busy");
+    // Every run in alpha's ledger, and beta's advert carrying the last undisturbed figures (the
     // ledger's entries can arrive before the advert that follows them).
     wait_until("beta's results on alpha", Duration::from_secs(30), || {
         let (_, v) = a.get(&format!("/api/ledger?types=BenchmarkCompleted&origin={b_id}"));
         let (_, p) = a.get("/api/pool/nodes");
         let beta = p["nodes"].as_array()?.iter().find(|n| n["id"] == b_id.as_str())?.clone();
         let advertised = beta["benchmarks"]["cpu"]["single_core_score"].as_f64()?;
-        (v["entries"].as_array()?.len() == 2
+        (v["entries"].as_array()?.len() == runs
             && beta["benchmarks"]["network"].as_array()?.len() == 1
             && advertised == score)
             .then_some(())

@@ -319,6 +319,7 @@ pub struct MeshActor {
     /// [`MeshActor::advertise_soon`]).
     advert_read_at: Option<Instant>,
     advert_due: Option<SpawnHandle>,
+    /// Reads of our status for an advert since start ([`MeshCounters`]).
     own_status_reads: u64,
     /// When we last asked a peer for adverts we lack.
     last_advert_ask: Option<Instant>,
